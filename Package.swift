@@ -1,0 +1,31 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "qlora",
+    products: [
+        .executable(name: "qlora", targets: ["qlora"]),
+        .library(name: "QLoRAKit", targets: ["Tensors", "Quantization", "ModelFiles", "Llama"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .target(name: "Tensors"),
+        .target(name: "Quantization", dependencies: ["Tensors"]),
+        .target(name: "ModelFiles", dependencies: ["Tensors", "Quantization"]),
+        .target(name: "Llama", dependencies: ["Tensors", "Quantization", "ModelFiles"]),
+        .executableTarget(
+            name: "qlora",
+            dependencies: [
+                "Tensors", "Quantization", "ModelFiles", "Llama",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(
+            name: "QLoRATests",
+            dependencies: ["Tensors", "Quantization", "ModelFiles", "Llama"]
+        ),
+    ],
+    swiftLanguageModes: [.v5]
+)

@@ -1,0 +1,221 @@
+import Foundation
+import ModelFiles
+
+/// The architecture of a Llama-family causal LM (Llama 2/3, Mistral, Qwen2, SmolLM), decoded from a Hugging Face
+/// `config.json` and validated while decoding.
+public struct LlamaConfig: Codable, Equatable, Sendable {
+    /// `model_type`: llama, mistral, qwen2 (SmolLM checkpoints say llama).
+    public var modelType: String
+    /// C: width of the residual stream.
+    public var hiddenSize: Int
+    /// F: width of the MLP.
+    public var intermediateSize: Int
+    /// Number of decoder layers.
+    public var layerCount: Int
+    /// H: query heads.
+    public var headCount: Int
+    /// Hkv: key/value heads (grouped-query attention); equals `headCount` when the file omits it.
+    public var kvHeadCount: Int
+    /// D: width of one head; `hiddenSize / headCount` when the file omits it.
+    public var headDim: Int
+    /// V: vocabulary size.
+    public var vocabSize: Int
+    /// RMSNorm epsilon.
+    public var rmsNormEps: Double
+    /// RoPE base frequency (`rope_theta`, or `rope_parameters.rope_theta`).
+    public var ropeTheta: Double
+    /// Llama 3 style RoPE frequency scaling, if any.
+    public var ropeScaling: RopeScaling?
+    /// Longest sequence the model was trained for.
+    public var maxPositionEmbeddings: Int
+    /// True when lm_head shares the embedding matrix.
+    public var tieWordEmbeddings: Bool
+    /// True when q/k/v projections have biases (Qwen2).
+    public var attentionBias: Bool
+    /// True when the MLP projections have biases.
+    public var mlpBias: Bool
+    /// Beginning-of-sequence token id.
+    public var bosTokenId: Int?
+    /// End-of-sequence token ids (one or several).
+    public var eosTokenIds: [Int]
+    /// The dtype the weights were saved in (`torch_dtype` or `dtype`), if stated.
+    public var torchDtype: String?
+
+    /// Llama 3's frequency-dependent RoPE scaling (`rope_type: "llama3"`), or plain linear scaling.
+    public struct RopeScaling: Codable, Equatable, Sendable {
+        /// `llama3`, `linear` or `default`.
+        public var ropeType: String
+        /// Scale factor.
+        public var factor: Double
+        /// Llama 3: wavelengths longer than original/low_freq_factor are divided by factor.
+        public var lowFreqFactor: Double?
+        /// Llama 3: wavelengths shorter than original/high_freq_factor are kept.
+        public var highFreqFactor: Double?
+        /// Llama 3: the context length the scaling is relative to.
+        public var originalMaxPositionEmbeddings: Int?
+    }
+
+    /// Model types this tool runs.
+    public static let supportedModelTypes: Set<String> = ["llama", "mistral", "qwen2"]
+
+    enum CodingKeys: String, CodingKey {
+        case modelType = "model_type", hiddenSize = "hidden_size", intermediateSize = "intermediate_size"
+        case layerCount = "num_hidden_layers", headCount = "num_attention_heads", kvHeadCount = "num_key_value_heads"
+        case headDim = "head_dim", vocabSize = "vocab_size", rmsNormEps = "rms_norm_eps", ropeTheta = "rope_theta"
+        case ropeScaling = "rope_scaling", ropeParameters = "rope_parameters"
+        case maxPositionEmbeddings = "max_position_embeddings", tieWordEmbeddings = "tie_word_embeddings"
+        case attentionBias = "attention_bias", mlpBias = "mlp_bias", bosTokenId = "bos_token_id"
+        case eosTokenId = "eos_token_id", torchDtype = "torch_dtype", dtype = "dtype", hiddenAct = "hidden_act"
+    }
+
+    enum RopeKeys: String, CodingKey {
+        case ropeType = "rope_type", type, factor, ropeTheta = "rope_theta", lowFreqFactor = "low_freq_factor"
+        case highFreqFactor = "high_freq_factor", originalMaxPositionEmbeddings = "original_max_position_embeddings"
+    }
+
+    /// Why a config is rejected.
+    public struct Invalid: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        func require<T: Decodable>(_ type: T.Type, _ key: CodingKeys) throws -> T {
+            guard let v = try c.decodeIfPresent(type, forKey: key) else {
+                throw Invalid(description: "missing \"\(key.rawValue)\"")
+            }
+            return v
+        }
+        modelType = try c.decodeIfPresent(String.self, forKey: .modelType) ?? "llama"
+        guard Self.supportedModelTypes.contains(modelType) else {
+            throw Invalid(description: "model_type \"\(modelType)\" is not supported (supported: llama, mistral, qwen2)")
+        }
+        if let act = try c.decodeIfPresent(String.self, forKey: .hiddenAct), act != "silu" {
+            throw Invalid(description: "hidden_act \"\(act)\" is not supported (Llama-family models use silu)")
+        }
+        hiddenSize = try require(Int.self, .hiddenSize)
+        intermediateSize = try require(Int.self, .intermediateSize)
+        layerCount = try require(Int.self, .layerCount)
+        headCount = try require(Int.self, .headCount)
+        kvHeadCount = try c.decodeIfPresent(Int.self, forKey: .kvHeadCount) ?? headCount
+        vocabSize = try require(Int.self, .vocabSize)
+        for (name, value) in [("hidden_size", hiddenSize), ("intermediate_size", intermediateSize),
+                              ("num_hidden_layers", layerCount), ("num_attention_heads", headCount),
+                              ("num_key_value_heads", kvHeadCount), ("vocab_size", vocabSize)] where value <= 0 {
+            throw Invalid(description: "\"\(name)\" must be positive, found \(value)")
+        }
+        guard headCount % kvHeadCount == 0 else {
+            throw Invalid(description: "num_attention_heads (\(headCount)) is not a multiple of num_key_value_heads (\(kvHeadCount))")
+        }
+        if let d = try c.decodeIfPresent(Int.self, forKey: .headDim) {
+            headDim = d
+        } else {
+            guard hiddenSize % headCount == 0 else {
+                throw Invalid(description: "hidden_size (\(hiddenSize)) is not a multiple of num_attention_heads (\(headCount)) and head_dim is not given")
+            }
+            headDim = hiddenSize / headCount
+        }
+        guard headDim > 0, headDim % 2 == 0 else { throw Invalid(description: "head_dim must be positive and even, found \(headDim)") }
+        rmsNormEps = try c.decodeIfPresent(Double.self, forKey: .rmsNormEps) ?? 1e-6
+        guard rmsNormEps > 0 else { throw Invalid(description: "rms_norm_eps must be positive") }
+        maxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .maxPositionEmbeddings) ?? 2048
+        tieWordEmbeddings = try c.decodeIfPresent(Bool.self, forKey: .tieWordEmbeddings) ?? false
+        attentionBias = try c.decodeIfPresent(Bool.self, forKey: .attentionBias) ?? (modelType == "qwen2")
+        mlpBias = try c.decodeIfPresent(Bool.self, forKey: .mlpBias) ?? false
+        bosTokenId = try? c.decodeIfPresent(Int.self, forKey: .bosTokenId)
+        if let one = try? c.decodeIfPresent(Int.self, forKey: .eosTokenId) {
+            eosTokenIds = [one]
+        } else {
+            eosTokenIds = (try? c.decodeIfPresent([Int].self, forKey: .eosTokenId)) ?? []
+        }
+        torchDtype = try c.decodeIfPresent(String.self, forKey: .torchDtype) ?? c.decodeIfPresent(String.self, forKey: .dtype)
+
+        // RoPE: transformers 5 writes `rope_parameters` (theta and scaling together); older files `rope_theta` and
+        // `rope_scaling`.
+        var theta = try c.decodeIfPresent(Double.self, forKey: .ropeTheta)
+        var scaling: RopeScaling?
+        for key in [CodingKeys.ropeParameters, .ropeScaling] where c.contains(key) {
+            guard (try? c.decodeNil(forKey: key)) != true else { continue }
+            let r = try c.nestedContainer(keyedBy: RopeKeys.self, forKey: key)
+            if let t = try r.decodeIfPresent(Double.self, forKey: .ropeTheta) { theta = t }
+            let type = try r.decodeIfPresent(String.self, forKey: .ropeType)
+                ?? r.decodeIfPresent(String.self, forKey: .type) ?? "default"
+            switch type {
+            case "default": break
+            case "linear", "llama3":
+                guard let factor = try r.decodeIfPresent(Double.self, forKey: .factor), factor > 0 else {
+                    throw Invalid(description: "\(key.rawValue) of type \(type) needs a positive \"factor\"")
+                }
+                scaling = RopeScaling(
+                    ropeType: type, factor: factor,
+                    lowFreqFactor: try r.decodeIfPresent(Double.self, forKey: .lowFreqFactor),
+                    highFreqFactor: try r.decodeIfPresent(Double.self, forKey: .highFreqFactor),
+                    originalMaxPositionEmbeddings: try r.decodeIfPresent(Int.self, forKey: .originalMaxPositionEmbeddings))
+                if type == "llama3", scaling?.lowFreqFactor == nil || scaling?.highFreqFactor == nil
+                    || scaling?.originalMaxPositionEmbeddings == nil {
+                    throw Invalid(description: "\(key.rawValue) of type llama3 needs low_freq_factor, high_freq_factor and original_max_position_embeddings")
+                }
+            default:
+                throw Invalid(description: "RoPE type \"\(type)\" is not supported (supported: default, linear, llama3)")
+            }
+        }
+        ropeTheta = theta ?? 10000
+        ropeScaling = scaling
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(modelType, forKey: .modelType)
+        try c.encode(hiddenSize, forKey: .hiddenSize)
+        try c.encode(intermediateSize, forKey: .intermediateSize)
+        try c.encode(layerCount, forKey: .layerCount)
+        try c.encode(headCount, forKey: .headCount)
+        try c.encode(kvHeadCount, forKey: .kvHeadCount)
+        try c.encode(headDim, forKey: .headDim)
+        try c.encode(vocabSize, forKey: .vocabSize)
+        try c.encode(rmsNormEps, forKey: .rmsNormEps)
+        try c.encode(ropeTheta, forKey: .ropeTheta)
+        try c.encodeIfPresent(ropeScaling, forKey: .ropeScaling)
+        try c.encode(maxPositionEmbeddings, forKey: .maxPositionEmbeddings)
+        try c.encode(tieWordEmbeddings, forKey: .tieWordEmbeddings)
+        try c.encode(attentionBias, forKey: .attentionBias)
+        try c.encode(mlpBias, forKey: .mlpBias)
+        try c.encodeIfPresent(bosTokenId, forKey: .bosTokenId)
+        try c.encode(eosTokenIds, forKey: .eosTokenId)
+        try c.encodeIfPresent(torchDtype, forKey: .torchDtype)
+    }
+
+    /// Reads and validates `config.json` in a model folder (or the file itself).
+    public init(contentsOf path: String) throws {
+        let file = FileSystem.isDirectory(path) ? path + "/config.json" : path
+        let data: [UInt8]
+        do { data = try FileSystem.readBytes(file) } catch {
+            throw ModelFileError.invalidConfig(path: file, detail: "cannot read the model config: \(error)")
+        }
+        do {
+            self = try JSONDecoder().decode(LlamaConfig.self, from: Data(data))
+        } catch let e as Invalid {
+            throw ModelFileError.invalidConfig(path: file, detail: e.description)
+        } catch DecodingError.typeMismatch(_, let context), DecodingError.valueNotFound(_, let context) {
+            let key = context.codingPath.map(\.stringValue).joined(separator: ".")
+            throw ModelFileError.invalidConfig(path: file, detail: "\"\(key)\" has the wrong type: \(context.debugDescription)")
+        } catch {
+            throw ModelFileError.invalidConfig(path: file, detail: "not a valid config: \(error)")
+        }
+    }
+
+    /// Names of the linear projections of one decoder layer, as Hugging Face names them.
+    public static let projectionNames = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+    /// `(out, in)` shape of a projection's weight.
+    public func projectionShape(_ name: String) -> (outFeatures: Int, inFeatures: Int)? {
+        switch name {
+        case "q_proj": return (headCount * headDim, hiddenSize)
+        case "k_proj", "v_proj": return (kvHeadCount * headDim, hiddenSize)
+        case "o_proj": return (hiddenSize, headCount * headDim)
+        case "gate_proj", "up_proj": return (intermediateSize, hiddenSize)
+        case "down_proj": return (hiddenSize, intermediateSize)
+        default: return nil
+        }
+    }
+}

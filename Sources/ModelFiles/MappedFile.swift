@@ -1,0 +1,90 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A whole file mapped read-only into memory; tensors read from it are views that keep it alive.
+public final class MappedFile: @unchecked Sendable {
+    /// The path it was opened from.
+    public let path: String
+    /// The file's bytes.
+    public let bytes: UnsafeRawBufferPointer
+
+    /// Maps `path`; an empty file maps to an empty buffer.
+    public init(path: String) throws {
+        self.path = path
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { throw ModelFileError.cannotOpen(path: path, reason: String(cString: strerror(errno))) }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else {
+            throw ModelFileError.cannotOpen(path: path, reason: String(cString: strerror(errno)))
+        }
+        guard (info.st_mode & S_IFMT) == S_IFREG else { throw ModelFileError.cannotOpen(path: path, reason: "not a regular file") }
+        let size = Int(info.st_size)
+        if size == 0 {
+            bytes = UnsafeRawBufferPointer(start: nil, count: 0)
+            return
+        }
+        guard let base = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), base != MAP_FAILED else {
+            throw ModelFileError.cannotOpen(path: path, reason: "mmap failed: \(String(cString: strerror(errno)))")
+        }
+        bytes = UnsafeRawBufferPointer(start: base, count: size)
+    }
+
+    deinit {
+        if let base = bytes.baseAddress { munmap(UnsafeMutableRawPointer(mutating: base), bytes.count) }
+    }
+}
+
+/// Writes files so that nothing already on disk is lost on failure: data goes to a temporary name beside the
+/// target, is flushed, and then renamed over it.
+public enum AtomicFile {
+    /// Writes the chunks produced by `produce` to `path` atomically; `produce` calls its argument once per chunk.
+    public static func write(to path: String,
+                             _ produce: ((UnsafeRawBufferPointer) throws -> Void) throws -> Void) throws {
+        let temporary = path + ".tmp-\(getpid())"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        guard fd >= 0 else { throw ModelFileError.writeFailed(path: path, reason: String(cString: strerror(errno))) }
+        var closed = false
+        do {
+            try produce { chunk in
+                var offset = 0
+                while offset < chunk.count {
+                    let written = Glibc.write(fd, chunk.baseAddress! + offset, chunk.count - offset)
+                    if written < 0 {
+                        if errno == EINTR { continue }
+                        let reason = errno == ENOSPC ? "no space left on the device" : String(cString: strerror(errno))
+                        throw ModelFileError.writeFailed(path: path, reason: reason)
+                    }
+                    offset += written
+                }
+            }
+            guard fsync(fd) == 0 else {
+                throw ModelFileError.writeFailed(path: path, reason: String(cString: strerror(errno)))
+            }
+            closed = true
+            guard close(fd) == 0 else {
+                throw ModelFileError.writeFailed(path: path, reason: String(cString: strerror(errno)))
+            }
+            guard rename(temporary, path) == 0 else {
+                throw ModelFileError.writeFailed(path: path, reason: String(cString: strerror(errno)))
+            }
+        } catch {
+            if !closed { close(fd) }
+            unlink(temporary)
+            throw error
+        }
+    }
+
+    /// Writes `bytes` to `path` atomically.
+    public static func write(_ bytes: [UInt8], to path: String) throws {
+        try write(to: path) { emit in try bytes.withUnsafeBytes { try emit($0) } }
+    }
+
+    /// Writes `text` as UTF-8 to `path` atomically.
+    public static func write(text: String, to path: String) throws {
+        try write(Array(text.utf8), to: path)
+    }
+}

@@ -1,0 +1,86 @@
+import ArgumentParser
+import Foundation
+import ModelFiles
+import Quantization
+import Tensors
+
+/// `qlora bench-quantize`: CPU quantization throughput, printed as a table.
+struct BenchQuantize: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench-quantize",
+        abstract: "Benchmark 4-bit quantization on the CPU: a large bf16 matrix, and a whole model's linear weights.")
+
+    @Option(help: "Rows of the benchmark matrix.")
+    var rows: Int = 4096
+
+    @Option(help: "Columns of the benchmark matrix.")
+    var cols: Int = 11008
+
+    @Option(help: "Timed repetitions (the best is reported).")
+    var repeats: Int = 3
+
+    @Option(help: "Also time `quantize` on this model folder.")
+    var model: String?
+
+    func run() throws {
+        print("| what | quant | elements | best time (s) | input GB/s |")
+        print("| --- | --- | ---: | ---: | ---: |")
+        let matrix = randomBF16(count: rows * cols, seed: 1, scale: 0.02).reshaped([rows, cols])
+        for (type, dq) in [(QuantType.nf4, true), (.nf4, false), (.fp4, true)] {
+            let t = best(of: repeats) { _ = try! Quantized4BitTensor(quantizing: matrix, type: type, doubleQuant: dq) }
+            row("\(rows)×\(cols) bf16", type, dq, rows * cols, t, matrix.byteCount)
+        }
+        let t = best(of: repeats) {
+            let q = try! Quantized4BitTensor(quantizing: matrix, type: .nf4, doubleQuant: true)
+            _ = q.dequantized()
+        }
+        row("\(rows)×\(cols) quantize+dequantize", .nf4, true, rows * cols, t, matrix.byteCount)
+
+        // SmolLM2-135M: 30 layers, hidden 576, MLP 1536, 9 heads and 3 KV heads of 64.
+        let shapes = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)]
+        let layers = (0..<30).map { l in shapes.enumerated().map { i, s in
+            randomBF16(count: s.0 * s.1, seed: UInt64(l * 7 + i + 2), scale: 0.02).reshaped([s.0, s.1]) } }
+        let elements = layers.joined().reduce(0) { $0 + $1.elementCount }
+        let bytes = layers.joined().reduce(0) { $0 + $1.byteCount }
+        let tm = best(of: repeats) {
+            for layer in layers { for w in layer { _ = try! Quantized4BitTensor(quantizing: w, type: .nf4, doubleQuant: true) } }
+        }
+        row("SmolLM2-135M linear weights (210)", .nf4, true, elements, tm, bytes)
+
+        if let model {
+            let out = NSTemporaryDirectory() + "qlora-bench-\(getpid())"
+            let start = Date()
+            try ModelQuantizer().quantize(modelDirectory: model, outputDirectory: out)
+            let seconds = Date().timeIntervalSince(start)
+            try? FileManager.default.removeItem(atPath: out)
+            print("| quantize \(model) (read + quantize + write) | nf4 + dq | | \(String(format: "%.3f", seconds)) | |")
+        }
+        print("\ncores: \(ProcessInfo.processInfo.activeProcessorCount)")
+    }
+
+    private func row(_ what: String, _ type: QuantType, _ dq: Bool, _ n: Int, _ seconds: Double, _ bytes: Int) {
+        print("| \(what) | \(type.rawValue)\(dq ? " + dq" : "") | \(n) | \(String(format: "%.4f", seconds)) | "
+              + String(format: "%.2f", Double(bytes) / seconds / 1e9) + " |")
+    }
+
+    private func best(of n: Int, _ body: () -> Void) -> Double {
+        var best = Double.infinity
+        for _ in 0..<max(1, n) {
+            let start = DispatchTime.now().uptimeNanoseconds
+            body()
+            best = min(best, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+        }
+        return best
+    }
+
+    private func randomBF16(count: Int, seed: UInt64, scale: Float) -> Tensor {
+        var state = seed &* 0x9E3779B97F4A7C15 | 1
+        var bits = [UInt16](repeating: 0, count: count)
+        for i in 0..<count {
+            state ^= state << 13; state ^= state >> 7; state ^= state << 17
+            let u = Float(state >> 40) / Float(1 << 24) - 0.5
+            bits[i] = bf16Bits(from: u * 2 * scale)
+        }
+        return Tensor(copying: bits, shape: [count], dtype: .bf16)
+    }
+}

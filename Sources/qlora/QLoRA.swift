@@ -1,0 +1,11 @@
+import ArgumentParser
+
+/// The command line: one subcommand per job.
+@main
+struct QLoRA: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "qlora",
+        abstract: "QLoRA fine-tuning: 4-bit NF4 base models with LoRA adapters.",
+        subcommands: [Quantize.self, BenchQuantize.self]
+    )
+}

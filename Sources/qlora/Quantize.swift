@@ -1,0 +1,99 @@
+import ArgumentParser
+import Foundation
+import Llama
+import ModelFiles
+import Quantization
+import Tensors
+
+extension QuantType: ExpressibleByArgument {}
+
+/// Compute dtypes as the command line spells them.
+enum ComputeDTypeOption: String, ExpressibleByArgument, CaseIterable {
+    case bf16, fp32, fp16
+    var dtype: DType {
+        switch self {
+        case .bf16: return .bf16
+        case .fp32: return .f32
+        case .fp16: return .f16
+        }
+    }
+}
+
+/// `qlora quantize`: a Hugging Face model folder in, a bitsandbytes 4-bit checkpoint folder out.
+struct Quantize: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Quantize a Hugging Face model folder to a bitsandbytes 4-bit checkpoint (NF4/FP4, double quant).")
+
+    @Option(help: "Model folder: config.json and model.safetensors (or a sharded index).")
+    var model: String
+
+    @Option(help: "Output folder for the 4-bit checkpoint.")
+    var output: String
+
+    @Option(help: "4-bit data type: nf4 or fp4.")
+    var quantType: QuantType = .nf4
+
+    @Option(help: "Quantize the block scales to 8 bits too: true or false.")
+    var doubleQuant: Bool = true
+
+    @Option(help: "Values per quantization block: a power of two from 32 to 4096.")
+    var blocksize: Int = 64
+
+    @Option(help: "Compute dtype recorded in quantization_config: bf16, fp32 or fp16.")
+    var computeDtype: ComputeDTypeOption = .bf16
+
+    func validate() throws {
+        guard Quantized4BitTensor.isSupported(blocksize: blocksize) else {
+            throw ValidationError("--blocksize \(blocksize) is not supported: use a power of two from 32 to 4096")
+        }
+        guard FileSystem.isDirectory(model) else { throw ValidationError("--model \(model) is not a folder") }
+    }
+
+    func run() throws {
+        // Refuse configs we could not train on before spending time on the weights.
+        _ = try LlamaConfig(contentsOf: model)
+        var quantizer = ModelQuantizer()
+        quantizer.quantType = quantType
+        quantizer.doubleQuant = doubleQuant
+        quantizer.blocksize = blocksize
+        quantizer.computeDType = computeDtype.dtype
+        let start = Date()
+        let reporter = ProgressReporter(label: "quantize")
+        let summary = try quantizer.quantize(modelDirectory: model, outputDirectory: output) { done, total, name in
+            reporter.update(done: done, total: total, detail: name)
+        }
+        reporter.finish()
+        let seconds = Date().timeIntervalSince(start)
+        let mb = { (bytes: Int) in String(format: "%.1f MB", Double(bytes) / 1e6) }
+        print("quantized \(summary.quantizedCount) weights to \(quantType.rawValue)\(doubleQuant ? " + double quant" : "") "
+              + "(\(mb(summary.bytesBefore)) → \(mb(summary.bytesAfter))), kept \(summary.copiedCount) tensors, "
+              + String(format: "%.2f s", seconds) + " → \(output)")
+    }
+}
+
+/// A progress line on stderr: redrawn in place on a terminal, a line every 10% otherwise.
+final class ProgressReporter {
+    let label: String
+    let start = Date()
+    let isTerminal = isatty(2) == 1
+    var lastDecile = -1
+
+    init(label: String) { self.label = label }
+
+    func update(done: Int, total: Int, detail: String) {
+        let elapsed = Date().timeIntervalSince(start)
+        let remaining = done > 0 ? elapsed / Double(done) * Double(total - done) : 0
+        let line = String(format: "%@ %d/%d (%.0f%%) elapsed %.1fs, left %.1fs  %@", label, done, total,
+                          100 * Double(done) / Double(max(total, 1)), elapsed, remaining, detail)
+        if isTerminal {
+            FileHandle.standardError.write(("\r\u{1B}[K" + line).data(using: .utf8)!)
+        } else {
+            let decile = done * 10 / max(total, 1)
+            if decile != lastDecile { lastDecile = decile; FileHandle.standardError.write((line + "\n").data(using: .utf8)!) }
+        }
+    }
+
+    func finish() {
+        if isTerminal { FileHandle.standardError.write("\n".data(using: .utf8)!) }
+    }
+}
