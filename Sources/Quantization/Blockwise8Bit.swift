@@ -1,5 +1,5 @@
 /// Blockwise 8-bit quantization with a 256-entry code book (bitsandbytes' `quantize_blockwise` with `General8bit`):
-/// each block's values are scaled by the reciprocal of the block's largest magnitude and mapped to the nearest code
+/// each block's values are scaled by the (GPU's approximate) reciprocal of the block's largest magnitude and mapped to the nearest code
 /// by `DynamicMap.code(for:in:)`.
 public enum Blockwise8Bit {
     /// Codes (one per value) and the absmax of each block of `blocksize` values.
@@ -14,8 +14,8 @@ public enum Blockwise8Bit {
                 var maxMagnitude: Float = 0
                 for i in range { maxMagnitude = max(maxMagnitude, abs(values[i])) }
                 absmax[b] = maxMagnitude
-                let scale = 1 / maxMagnitude
-                for i in range { codes[i] = DynamicMap.code(for: values[i] * scale, in: m) }
+                let scale = GPUReciprocal.reciprocal(maxMagnitude)
+                for i in range { codes[i] = DynamicMap.code(for: GPUReciprocal.flushToZero(values[i] * scale), in: m) }
             }
         }
         return (codes, absmax)
@@ -50,12 +50,9 @@ public struct DoubleQuantizedScales: Sendable, Equatable {
         self.nestedCodeBook = nestedCodeBook
     }
 
-    /// Compresses `absmax`. The mean follows torch's `mean` on float32: the sum (here exact, then rounded to float32)
-    /// times the float32 reciprocal of the count.
+    /// Compresses `absmax`, taking its mean as torch does on the GPU (`GPUMean`).
     public init(compressing absmax: [Float], nestedBlocksize: Int = 256) {
-        var sum = 0.0
-        for v in absmax { sum += Double(v) }
-        let offset = Float(sum) * (1 / Float(absmax.count))
+        let offset = GPUMean.mean(absmax)
         let centred = absmax.map { $0 - offset }
         let (codes, nested) = Blockwise8Bit.quantize(centred, blocksize: nestedBlocksize, map: DynamicMap.signed)
         self.init(codes: codes, nestedAbsmax: nested, offset: offset, nestedBlocksize: nestedBlocksize,

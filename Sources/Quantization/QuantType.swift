@@ -3,11 +3,21 @@ public enum QuantType: String, Sendable, CaseIterable {
     case nf4
     case fp4
 
-    /// The 16 values a code stands for, indexed by the code (bitsandbytes' `get_4bit_type`, in float32).
+    /// The 16 values a code stands for, indexed by the code, as bitsandbytes stores them in `quant_map`
+    /// (`get_4bit_type`, in float32).
     public var codeBook: [Float] {
         switch self {
         case .nf4: return NF4.codeBook
         case .fp4: return FP4.codeBook
+        }
+    }
+
+    /// What the dequantization kernel multiplies the absmax by for each code. Equal to `codeBook` except FP4's
+    /// code 8, which the kernel computes as 0 × -1 = -0 while `quant_map` stores +0.
+    public var dequantizationTable: [Float] {
+        switch self {
+        case .nf4: return NF4.codeBook
+        case .fp4: return FP4.magnitudes + FP4.magnitudes.map { -$0 }
         }
     }
 
@@ -65,8 +75,8 @@ public enum FP4 {
     /// Magnitudes by the low three bits (`fp4_dequantization_lut`).
     static let magnitudes: [Float] = [0.0, 0.005208333333, 0.66666667, 1.0, 0.33333333, 0.5, 0.16666667, 0.25]
 
-    /// Code → value (codes 8-15 are the negatives of 0-7; code 8 is -0).
-    public static let codeBook: [Float] = magnitudes + magnitudes.map { -$0 }
+    /// Code → value (codes 8-15 are the negatives of 0-7), as `get_4bit_type("fp4")` builds it: code 8 is +0.
+    public static let codeBook: [Float] = magnitudes + magnitudes.map { $0 == 0 ? 0 : -$0 }
 
     /// Thresholds on |x| between magnitudes in increasing order, as the kernel's float32 literals (`dQuantizeFP4`).
     @usableFromInline

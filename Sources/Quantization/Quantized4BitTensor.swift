@@ -33,7 +33,7 @@ public enum BlockScales: Sendable, Equatable {
 }
 
 /// A tensor in bitsandbytes' blockwise 4-bit format: the flattened values cut into blocks of `blocksize`, each
-/// scaled by the reciprocal of its largest magnitude and mapped to a 4-bit code, two codes a byte (element 2j in the
+/// scaled by the (GPU's approximate) reciprocal of its largest magnitude and mapped to a 4-bit code, two codes a byte (element 2j in the
 /// high nibble, 2j+1 in the low one). A ragged last block is padded with zeros; an all-zero block scales to NaN and
 /// gets code 0, as in bitsandbytes' kernel.
 public struct Quantized4BitTensor: Sendable, Equatable {
@@ -92,13 +92,13 @@ public struct Quantized4BitTensor: Sendable, Equatable {
                   scales: doubleQuant ? .doubleQuantized(DoubleQuantizedScales(compressing: absmax)) : .float32(absmax))
     }
 
-    /// The float32 values the codes stand for: `codeBook[code] * absmax[block]` (the float product, before any
-    /// rounding to `dtype`).
+    /// The float32 values the codes stand for: `dequantizationTable[code] * absmax[block]` (the float product,
+    /// before any rounding to `dtype`).
     public func dequantizedFloat32() -> [Float] {
         let n = elementCount
         var out = [Float](repeating: 0, count: n)
         let absmax = scales.absmax()
-        let book = quantType.codeBook
+        let book = quantType.dequantizationTable
         let blocksize = self.blocksize
         packed.withUnsafeBufferPointer { p in
             out.withUnsafeMutableBufferPointer { o in
@@ -170,7 +170,7 @@ private struct QuantizeJob {
         var maxMagnitude: Float = 0
         for i in 0..<blocksize { maxMagnitude = max(maxMagnitude, abs(s[i])) }
         absmax[b] = maxMagnitude
-        let scale = 1 / maxMagnitude
+        let scale = GPUReciprocal.reciprocal(maxMagnitude)
         let byteStart = start / 2
         let byteCount = (valid + 1) / 2
         switch type {
@@ -180,7 +180,8 @@ private struct QuantizeJob {
             }
         case .fp4:
             for j in 0..<byteCount {
-                packed[byteStart + j] = FP4.code(for: s[2 * j] * scale) << 4 | FP4.code(for: s[2 * j + 1] * scale)
+                packed[byteStart + j] = FP4.code(for: GPUReciprocal.flushToZero(s[2 * j] * scale)) << 4
+                    | FP4.code(for: GPUReciprocal.flushToZero(s[2 * j + 1] * scale))
             }
         }
     }
