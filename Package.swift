@@ -13,8 +13,9 @@ let package = Package(
     targets: [
         .target(name: "Tensors"),
         .target(name: "Quantization", dependencies: ["Tensors"]),
+        .target(name: "CPUBackend", dependencies: ["Tensors"]),
         .target(name: "ModelFiles", dependencies: ["Tensors", "Quantization"]),
-        .target(name: "Llama", dependencies: ["Tensors", "Quantization", "ModelFiles"]),
+        .target(name: "Llama", dependencies: ["Tensors", "Quantization", "ModelFiles", "CPUBackend"]),
         .executableTarget(
             name: "qlora",
             dependencies: [
@@ -24,7 +25,7 @@ let package = Package(
         ),
         .testTarget(
             name: "QLoRATests",
-            dependencies: ["Tensors", "Quantization", "ModelFiles", "Llama"]
+            dependencies: ["Tensors", "Quantization", "ModelFiles", "Llama", "CPUBackend"]
         ),
     ],
     swiftLanguageModes: [.v5]

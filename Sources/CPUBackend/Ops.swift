@@ -1,0 +1,223 @@
+import Foundation
+
+// The reference CPU ops of the Llama training step, forward and backward side by side, float32, row-major.
+// Shape letters: N rows (batch × tokens), B batch, T tokens, C hidden, H heads, Hkv KV heads, D head dim,
+// F MLP width, V vocabulary, R LoRA rank.
+
+/// Reference implementations of every op of the training step.
+public enum CPUOps {
+    // MARK: Linear
+
+    /// y (N, out) = x (N, in) · Wᵀ, W (out, in); `accumulate` adds into y.
+    public static func linearForward(_ y: inout [Float], _ x: [Float], _ w: [Float], rows: Int, inFeatures: Int,
+                                     outFeatures: Int, accumulate: Bool = false, alpha: Float = 1) {
+        x.withUnsafeBufferPointer { xp in w.withUnsafeBufferPointer { wp in y.withUnsafeMutableBufferPointer { yp in
+            BLAS.sgemm(transposeA: false, transposeB: true, m: rows, n: outFeatures, k: inFeatures, alpha: alpha,
+                       a: xp.baseAddress!, lda: inFeatures, b: wp.baseAddress!, ldb: inFeatures,
+                       beta: accumulate ? 1 : 0, c: yp.baseAddress!, ldc: outFeatures)
+        } } }
+    }
+
+    /// dx (N, in) (+)= dy (N, out) · W, W (out, in).
+    public static func linearBackwardInput(_ dx: inout [Float], _ dy: [Float], _ w: [Float], rows: Int, inFeatures: Int,
+                                           outFeatures: Int, accumulate: Bool = false, alpha: Float = 1) {
+        dy.withUnsafeBufferPointer { dp in w.withUnsafeBufferPointer { wp in dx.withUnsafeMutableBufferPointer { xp in
+            BLAS.sgemm(transposeA: false, transposeB: false, m: rows, n: inFeatures, k: outFeatures, alpha: alpha,
+                       a: dp.baseAddress!, lda: outFeatures, b: wp.baseAddress!, ldb: inFeatures,
+                       beta: accumulate ? 1 : 0, c: xp.baseAddress!, ldc: inFeatures)
+        } } }
+    }
+
+    /// dW (out, in) (+)= dyᵀ (out, N) · x (N, in).
+    public static func linearBackwardWeight(_ dw: inout [Float], _ dy: [Float], _ x: [Float], rows: Int, inFeatures: Int,
+                                            outFeatures: Int, accumulate: Bool = false, alpha: Float = 1) {
+        dy.withUnsafeBufferPointer { dp in x.withUnsafeBufferPointer { xp in dw.withUnsafeMutableBufferPointer { wp in
+            BLAS.sgemm(transposeA: true, transposeB: false, m: outFeatures, n: inFeatures, k: rows, alpha: alpha,
+                       a: dp.baseAddress!, lda: outFeatures, b: xp.baseAddress!, ldb: inFeatures,
+                       beta: accumulate ? 1 : 0, c: wp.baseAddress!, ldc: inFeatures)
+        } } }
+    }
+
+    // MARK: RMSNorm
+
+    /// y = w ⊙ x · rstd per row, rstd = 1/√(mean(x²) + eps); saves rstd (N).
+    public static func rmsNormForward(_ y: inout [Float], _ rstd: inout [Float], _ x: [Float], _ w: [Float],
+                                      rows: Int, width: Int, eps: Float) {
+        for r in 0..<rows {
+            let base = r * width
+            var sum: Float = 0
+            for i in 0..<width { sum += x[base + i] * x[base + i] }
+            let s = 1 / (sum / Float(width) + eps).squareRoot()
+            rstd[r] = s
+            for i in 0..<width { y[base + i] = w[i] * (x[base + i] * s) }
+        }
+    }
+
+    /// dx (+)= rstd · (g − x · rstd² · mean(g ⊙ x)), g = w ⊙ dy (the norm weight is frozen).
+    public static func rmsNormBackward(_ dx: inout [Float], _ dy: [Float], _ x: [Float], _ w: [Float], _ rstd: [Float],
+                                       rows: Int, width: Int, accumulate: Bool) {
+        for r in 0..<rows {
+            let base = r * width
+            let s = rstd[r]
+            var dot: Float = 0
+            for i in 0..<width { dot += w[i] * dy[base + i] * x[base + i] }
+            let c = dot * s * s / Float(width)
+            for i in 0..<width {
+                let v = s * (w[i] * dy[base + i] - x[base + i] * c)
+                dx[base + i] = accumulate ? dx[base + i] + v : v
+            }
+        }
+    }
+
+    // MARK: RoPE
+
+    /// Rotates each head's (i, i + D/2) pairs by position · invFreq[i] (Hugging Face's half-rotation layout), in
+    /// place on x (B, T, heads, D); `inverse` applies the transpose (the backward pass).
+    public static func rope(_ x: inout [Float], cos: [Float], sin: [Float], batch: Int, tokens: Int, heads: Int,
+                            headDim: Int, inverse: Bool = false) {
+        let half = headDim / 2
+        for b in 0..<batch {
+            for t in 0..<tokens {
+                for h in 0..<heads {
+                    let base = ((b * tokens + t) * heads + h) * headDim
+                    for i in 0..<half {
+                        let c = cos[t * headDim + i], s = inverse ? -sin[t * headDim + i] : sin[t * headDim + i]
+                        let x1 = x[base + i], x2 = x[base + i + half]
+                        x[base + i] = x1 * c - x2 * s
+                        x[base + i + half] = x2 * c + x1 * s
+                    }
+                }
+            }
+        }
+    }
+
+    // MARK: Attention
+
+    /// Causal grouped-query attention: out (B, T, H, D) from q (B, T, H, D), k, v (B, T, Hkv, D); saves the
+    /// probabilities P (B, H, T, T).
+    public static func attentionForward(_ out: inout [Float], _ probs: inout [Float], q: [Float], k: [Float], v: [Float],
+                                        batch: Int, tokens: Int, heads: Int, kvHeads: Int, headDim: Int) {
+        let scale = 1 / Float(headDim).squareRoot()
+        let group = heads / kvHeads
+        let T = tokens, D = headDim
+        var row = [Float](repeating: 0, count: T)
+        for b in 0..<batch {
+            for h in 0..<heads {
+                let kh = h / group
+                for i in 0..<T {
+                    let qBase = ((b * T + i) * heads + h) * D
+                    var m = -Float.infinity
+                    for j in 0...i {
+                        let kBase = ((b * T + j) * kvHeads + kh) * D
+                        var s: Float = 0
+                        for d in 0..<D { s += q[qBase + d] * k[kBase + d] }
+                        row[j] = s * scale
+                        m = max(m, row[j])
+                    }
+                    var z: Float = 0
+                    for j in 0...i { row[j] = Foundation.exp(row[j] - m); z += row[j] }
+                    let pBase = ((b * heads + h) * T + i) * T
+                    for j in 0..<T { probs[pBase + j] = j <= i ? row[j] / z : 0 }
+                    for d in 0..<D { out[qBase + d] = 0 }
+                    for j in 0...i {
+                        let p = probs[pBase + j]
+                        let vBase = ((b * T + j) * kvHeads + kh) * D
+                        for d in 0..<D { out[qBase + d] += p * v[vBase + d] }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gradients of `attentionForward`: dq (B, T, H, D), dk, dv (B, T, Hkv, D), overwritten.
+    public static func attentionBackward(dq: inout [Float], dk: inout [Float], dv: inout [Float], dout: [Float],
+                                         probs: [Float], q: [Float], k: [Float], v: [Float],
+                                         batch: Int, tokens: Int, heads: Int, kvHeads: Int, headDim: Int) {
+        let scale = 1 / Float(headDim).squareRoot()
+        let group = heads / kvHeads
+        let T = tokens, D = headDim
+        for i in dq.indices { dq[i] = 0 }
+        for i in dk.indices { dk[i] = 0 }
+        for i in dv.indices { dv[i] = 0 }
+        var dp = [Float](repeating: 0, count: T)
+        for b in 0..<batch {
+            for h in 0..<heads {
+                let kh = h / group
+                for i in 0..<T {
+                    let qBase = ((b * T + i) * heads + h) * D
+                    let pBase = ((b * heads + h) * T + i) * T
+                    var dot: Float = 0
+                    for j in 0...i {
+                        let vBase = ((b * T + j) * kvHeads + kh) * D
+                        var s: Float = 0
+                        for d in 0..<D { s += dout[qBase + d] * v[vBase + d] }
+                        dp[j] = s
+                        dot += s * probs[pBase + j]
+                        let p = probs[pBase + j]
+                        for d in 0..<D { dv[vBase + d] += p * dout[qBase + d] }
+                    }
+                    for j in 0...i {
+                        let ds = probs[pBase + j] * (dp[j] - dot) * scale
+                        let kBase = ((b * T + j) * kvHeads + kh) * D
+                        for d in 0..<D {
+                            dq[qBase + d] += ds * k[kBase + d]
+                            dk[kBase + d] += ds * q[qBase + d]
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // MARK: SwiGLU
+
+    /// a = silu(g) ⊙ u.
+    public static func swigluForward(_ a: inout [Float], gate: [Float], up: [Float]) {
+        for i in a.indices {
+            let g = gate[i]
+            a[i] = g / (1 + Foundation.exp(-g)) * up[i]
+        }
+    }
+
+    /// dgate, dup from da.
+    public static func swigluBackward(dgate: inout [Float], dup: inout [Float], da: [Float], gate: [Float], up: [Float]) {
+        for i in da.indices {
+            let g = gate[i]
+            let sig = 1 / (1 + Foundation.exp(-g))
+            let silu = g * sig
+            dup[i] = da[i] * silu
+            dgate[i] = da[i] * up[i] * sig * (1 + g * (1 - sig))
+        }
+    }
+
+    // MARK: Cross-entropy
+
+    /// Mean cross-entropy of logits (N, V) against targets (N; −100 ignored); returns the loss and the number of
+    /// counted targets, and writes dlogits = (softmax − onehot) · scale (scale = 1/count unless given).
+    public static func crossEntropy(_ logits: [Float], targets: [Int], vocab: Int, dlogits: inout [Float]?,
+                                    gradientScale: Float? = nil) -> (loss: Double, count: Int) {
+        let count = targets.filter { $0 != -100 }.count
+        let scale = gradientScale ?? (count > 0 ? 1 / Float(count) : 0)
+        var total = 0.0
+        for (r, target) in targets.enumerated() {
+            let base = r * vocab
+            if target == -100 {
+                if dlogits != nil { for j in 0..<vocab { dlogits![base + j] = 0 } }
+                continue
+            }
+            var m = -Float.infinity
+            for j in 0..<vocab { m = max(m, logits[base + j]) }
+            var z: Double = 0
+            for j in 0..<vocab { z += Double(Foundation.exp(logits[base + j] - m)) }
+            let logZ = Double(m) + Foundation.log(z)
+            total += logZ - Double(logits[base + target])
+            if dlogits != nil {
+                for j in 0..<vocab {
+                    let p = Float(Foundation.exp(Double(logits[base + j]) - logZ))
+                    dlogits![base + j] = (p - (j == target ? 1 : 0)) * scale
+                }
+            }
+        }
+        return (count > 0 ? total / Double(count) : 0, count)
+    }
+}

@@ -1,0 +1,217 @@
+import CPUBackend
+import Foundation
+
+/// Gradients of the loss with respect to every adapter, keyed like `LlamaModel.adapters`.
+public typealias LoRAGradients = [String: LoRAWeights]
+
+/// What one forward (and backward) pass produced.
+public struct StepResult {
+    /// Mean loss over the counted targets of this batch.
+    public var loss: Double
+    /// Number of counted (not −100) targets.
+    public var tokenCount: Int
+    /// Gradients (empty when not asked for).
+    public var gradients: LoRAGradients
+    /// Logits (B·T, V), when asked for.
+    public var logits: [Float]?
+}
+
+/// Everything a decoder layer's backward needs from its forward, named and shaped.
+struct LayerActivations {
+    var x: [Float] = []            // (N, C) layer input
+    var rstd1: [Float] = []        // (N)
+    var h1: [Float] = []           // (N, C)
+    var q: [Float] = []            // (N, H·D) after RoPE
+    var k: [Float] = []            // (N, Hkv·D) after RoPE
+    var v: [Float] = []            // (N, Hkv·D)
+    var probs: [Float] = []        // (B, H, T, T)
+    var attention: [Float] = []    // (N, H·D)
+    var xMid: [Float] = []         // (N, C) after the attention residual
+    var rstd2: [Float] = []        // (N)
+    var h2: [Float] = []           // (N, C)
+    var gate: [Float] = []         // (N, F)
+    var up: [Float] = []           // (N, F)
+    var act: [Float] = []          // (N, F)
+    var loraInput: [String: [Float]] = [:]   // dropout(x) per adapted projection (N, in)
+    var loraMask: [String: [Float]] = [:]    // dropout scale per element, when dropout > 0
+    var loraZ: [String: [Float]] = [:]       // dropout(x) · Aᵀ (N, R)
+}
+
+extension LlamaModel {
+    /// Loss (labels shifted inside, as transformers does; −100 ignored) and, if `withGradients`, the gradients of
+    /// `gradientScale × sum of token losses` (default: the mean) for every adapter. `training` turns dropout on.
+    /// With `checkpointing`, only each layer's input is kept and the layer is recomputed in the backward pass (same
+    /// dropout masks, same numbers).
+    public func step(inputIds: [Int], labels: [Int], batch: Int, tokens: Int, withGradients: Bool = true,
+                     training: Bool = true, rng: inout SeededGenerator, checkpointing: Bool = false,
+                     gradientScale: Float? = nil, keepLogits: Bool = false) -> StepResult {
+        precondition(inputIds.count == batch * tokens && labels.count == batch * tokens)
+        precondition(tokens <= config.maxPositionEmbeddings, "sequence longer than max_position_embeddings")
+        let n = batch * tokens, c = config.hiddenSize, vocab = config.vocabSize
+        var x = [Float](repeating: 0, count: n * c)
+        for (r, id) in inputIds.enumerated() {
+            precondition(id >= 0 && id < vocab, "token id \(id) outside the vocabulary")
+            for i in 0..<c { x[r * c + i] = embedding[id * c + i] }
+        }
+        var saved: [LayerActivations] = []
+        var rngStates: [SeededGenerator] = []
+        for l in layers.indices {
+            rngStates.append(rng)
+            var act = LayerActivations()
+            x = layerForward(l, x, batch: batch, tokens: tokens, training: training, rng: &rng, saving: &act)
+            if withGradients { saved.append(checkpointing ? LayerActivations(x: act.x) : act) }
+        }
+        var rstdF = [Float](repeating: 0, count: n)
+        var xf = [Float](repeating: 0, count: n * c)
+        CPUOps.rmsNormForward(&xf, &rstdF, x, finalNorm, rows: n, width: c, eps: Float(config.rmsNormEps))
+        var logits = [Float](repeating: 0, count: n * vocab)
+        CPUOps.linearForward(&logits, xf, lmHead, rows: n, inFeatures: c, outFeatures: vocab)
+        var targets = [Int](repeating: -100, count: n)
+        for b in 0..<batch { for t in 0..<(tokens - 1) { targets[b * tokens + t] = labels[b * tokens + t + 1] } }
+        var dlogits: [Float]? = withGradients ? [Float](repeating: 0, count: n * vocab) : nil
+        let (loss, count) = CPUOps.crossEntropy(logits, targets: targets, vocab: vocab, dlogits: &dlogits,
+                                                 gradientScale: gradientScale)
+        var result = StepResult(loss: loss, tokenCount: count, gradients: [:], logits: keepLogits ? logits : nil)
+        guard withGradients, let dl = dlogits else { return result }
+
+        var dxf = [Float](repeating: 0, count: n * c)
+        CPUOps.linearBackwardInput(&dxf, dl, lmHead, rows: n, inFeatures: c, outFeatures: vocab)
+        var dx = [Float](repeating: 0, count: n * c)
+        CPUOps.rmsNormBackward(&dx, dxf, x, finalNorm, rstdF, rows: n, width: c, accumulate: false)
+        var grads = LoRAGradients()
+        for l in layers.indices.reversed() {
+            var act = saved[l]
+            if checkpointing {
+                var replay = rngStates[l]
+                _ = layerForward(l, act.x, batch: batch, tokens: tokens, training: training, rng: &replay, saving: &act)
+            }
+            dx = layerBackward(l, dx, act, batch: batch, tokens: tokens, grads: &grads)
+            saved[l] = LayerActivations()
+        }
+        result.gradients = grads
+        return result
+    }
+
+    /// Logits (B·T, V) of a batch, no dropout, no gradients.
+    public func logits(inputIds: [Int], batch: Int, tokens: Int) -> [Float] {
+        var rng = SeededGenerator(seed: 0)
+        return step(inputIds: inputIds, labels: inputIds, batch: batch, tokens: tokens, withGradients: false,
+                    training: false, rng: &rng, keepLogits: true).logits!
+    }
+
+    // MARK: One decoder layer
+
+    private func layerForward(_ l: Int, _ x: [Float], batch: Int, tokens: Int, training: Bool,
+                              rng: inout SeededGenerator, saving act: inout LayerActivations) -> [Float] {
+        let layer = layers[l]
+        let n = batch * tokens, c = config.hiddenSize
+        let h = config.headCount, hkv = config.kvHeadCount, d = config.headDim
+        let eps = Float(config.rmsNormEps)
+        act.x = x
+        act.rstd1 = [Float](repeating: 0, count: n)
+        act.h1 = [Float](repeating: 0, count: n * c)
+        CPUOps.rmsNormForward(&act.h1, &act.rstd1, x, layer.inputNorm, rows: n, width: c, eps: eps)
+        act.q = projectionForward(l, "q_proj", act.h1, rows: n, training: training, rng: &rng, act: &act)
+        act.k = projectionForward(l, "k_proj", act.h1, rows: n, training: training, rng: &rng, act: &act)
+        act.v = projectionForward(l, "v_proj", act.h1, rows: n, training: training, rng: &rng, act: &act)
+        CPUOps.rope(&act.q, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: h, headDim: d)
+        CPUOps.rope(&act.k, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: hkv, headDim: d)
+        act.attention = [Float](repeating: 0, count: n * h * d)
+        act.probs = [Float](repeating: 0, count: batch * h * tokens * tokens)
+        CPUOps.attentionForward(&act.attention, &act.probs, q: act.q, k: act.k, v: act.v, batch: batch, tokens: tokens,
+                                heads: h, kvHeads: hkv, headDim: d)
+        let o = projectionForward(l, "o_proj", act.attention, rows: n, training: training, rng: &rng, act: &act)
+        act.xMid = zip(x, o).map { $0 + $1 }
+        act.rstd2 = [Float](repeating: 0, count: n)
+        act.h2 = [Float](repeating: 0, count: n * c)
+        CPUOps.rmsNormForward(&act.h2, &act.rstd2, act.xMid, layer.postAttentionNorm, rows: n, width: c, eps: eps)
+        act.gate = projectionForward(l, "gate_proj", act.h2, rows: n, training: training, rng: &rng, act: &act)
+        act.up = projectionForward(l, "up_proj", act.h2, rows: n, training: training, rng: &rng, act: &act)
+        act.act = [Float](repeating: 0, count: act.gate.count)
+        CPUOps.swigluForward(&act.act, gate: act.gate, up: act.up)
+        let down = projectionForward(l, "down_proj", act.act, rows: n, training: training, rng: &rng, act: &act)
+        return zip(act.xMid, down).map { $0 + $1 }
+    }
+
+    private func layerBackward(_ l: Int, _ dOut: [Float], _ act: LayerActivations, batch: Int, tokens: Int,
+                               grads: inout LoRAGradients) -> [Float] {
+        let layer = layers[l]
+        let n = batch * tokens, c = config.hiddenSize
+        let h = config.headCount, hkv = config.kvHeadCount, d = config.headDim
+        var dxMid = dOut
+        let dAct = projectionBackward(l, "down_proj", dOut, rows: n, act: act, grads: &grads)
+        var dGate = [Float](repeating: 0, count: dAct.count), dUp = dGate
+        CPUOps.swigluBackward(dgate: &dGate, dup: &dUp, da: dAct, gate: act.gate, up: act.up)
+        var dh2 = projectionBackward(l, "gate_proj", dGate, rows: n, act: act, grads: &grads)
+        let dh2Up = projectionBackward(l, "up_proj", dUp, rows: n, act: act, grads: &grads)
+        for i in dh2.indices { dh2[i] += dh2Up[i] }
+        CPUOps.rmsNormBackward(&dxMid, dh2, act.xMid, layer.postAttentionNorm, act.rstd2, rows: n, width: c, accumulate: true)
+        let dAttention = projectionBackward(l, "o_proj", dxMid, rows: n, act: act, grads: &grads)
+        var dq = [Float](repeating: 0, count: act.q.count), dk = [Float](repeating: 0, count: act.k.count)
+        var dv = [Float](repeating: 0, count: act.v.count)
+        CPUOps.attentionBackward(dq: &dq, dk: &dk, dv: &dv, dout: dAttention, probs: act.probs, q: act.q, k: act.k,
+                                 v: act.v, batch: batch, tokens: tokens, heads: h, kvHeads: hkv, headDim: d)
+        CPUOps.rope(&dq, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: h, headDim: d, inverse: true)
+        CPUOps.rope(&dk, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: hkv, headDim: d, inverse: true)
+        var dh1 = projectionBackward(l, "q_proj", dq, rows: n, act: act, grads: &grads)
+        for (name, g) in [("k_proj", dk), ("v_proj", dv)] {
+            let part = projectionBackward(l, name, g, rows: n, act: act, grads: &grads)
+            for i in dh1.indices { dh1[i] += part[i] }
+        }
+        var dx = dxMid
+        CPUOps.rmsNormBackward(&dx, dh1, act.x, layer.inputNorm, act.rstd1, rows: n, width: c, accumulate: true)
+        return dx
+    }
+
+    // MARK: A frozen projection with its adapter
+
+    /// y (N, out) = x Wᵀ + bias + scale · (dropout(x) Aᵀ) Bᵀ.
+    private func projectionForward(_ l: Int, _ name: String, _ x: [Float], rows: Int, training: Bool,
+                                   rng: inout SeededGenerator, act: inout LayerActivations) -> [Float] {
+        let p = layers[l].projections[name]!
+        var y = [Float](repeating: 0, count: rows * p.outFeatures)
+        if let bias = p.bias { for r in 0..<rows { for o in 0..<p.outFeatures { y[r * p.outFeatures + o] = bias[o] } } }
+        CPUOps.linearForward(&y, x, p.weight, rows: rows, inFeatures: p.inFeatures, outFeatures: p.outFeatures,
+                             accumulate: p.bias != nil)
+        guard let adapter = adapters["\(l).\(name)"] else { return y }
+        let r = loraConfig.r
+        var input = x
+        if training && loraConfig.dropout > 0 {
+            let keep = Float(1 - loraConfig.dropout)
+            let mask = (0..<x.count).map { _ in rng.nextUniform() < keep ? 1 / keep : 0 }
+            for i in input.indices { input[i] *= mask[i] }
+            act.loraMask[name] = mask
+        }
+        var z = [Float](repeating: 0, count: rows * r)
+        CPUOps.linearForward(&z, input, adapter.a, rows: rows, inFeatures: p.inFeatures, outFeatures: r)
+        CPUOps.linearForward(&y, z, adapter.b, rows: rows, inFeatures: r, outFeatures: p.outFeatures, accumulate: true,
+                             alpha: loraConfig.scale)
+        act.loraInput[name] = input
+        act.loraZ[name] = z
+        return y
+    }
+
+    /// dx (N, in) from dy, adding the adapter's gradients into `grads`.
+    private func projectionBackward(_ l: Int, _ name: String, _ dy: [Float], rows: Int, act: LayerActivations,
+                                    grads: inout LoRAGradients) -> [Float] {
+        let p = layers[l].projections[name]!
+        var dx = [Float](repeating: 0, count: rows * p.inFeatures)
+        CPUOps.linearBackwardInput(&dx, dy, p.weight, rows: rows, inFeatures: p.inFeatures, outFeatures: p.outFeatures)
+        let key = "\(l).\(name)"
+        guard let adapter = adapters[key], let z = act.loraZ[name], let input = act.loraInput[name] else { return dx }
+        let r = loraConfig.r, s = loraConfig.scale
+        var g = grads[key] ?? LoRAWeights(a: [Float](repeating: 0, count: adapter.a.count),
+                                          b: [Float](repeating: 0, count: adapter.b.count))
+        CPUOps.linearBackwardWeight(&g.b, dy, z, rows: rows, inFeatures: r, outFeatures: p.outFeatures,
+                                    accumulate: true, alpha: s)
+        var dz = [Float](repeating: 0, count: rows * r)
+        CPUOps.linearBackwardInput(&dz, dy, adapter.b, rows: rows, inFeatures: r, outFeatures: p.outFeatures, alpha: s)
+        CPUOps.linearBackwardWeight(&g.a, dz, input, rows: rows, inFeatures: p.inFeatures, outFeatures: r, accumulate: true)
+        var dInput = [Float](repeating: 0, count: rows * p.inFeatures)
+        CPUOps.linearBackwardInput(&dInput, dz, adapter.a, rows: rows, inFeatures: p.inFeatures, outFeatures: r)
+        if let mask = act.loraMask[name] { for i in dInput.indices { dInput[i] *= mask[i] } }
+        for i in dx.indices { dx[i] += dInput[i] }
+        grads[key] = g
+        return dx
+    }
+}

@@ -1,0 +1,197 @@
+import Foundation
+import ModelFiles
+import Quantization
+import Tensors
+
+/// Why a model could not be built.
+public struct ModelError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// How the frozen base is computed with.
+public enum ComputeDType: String, Sendable, CaseIterable {
+    /// float32 throughout (the conformance setting).
+    case fp32
+    /// Dequantized weights rounded to bf16, as bitsandbytes gives them to a bf16 model; arithmetic in float32.
+    case bf16
+}
+
+/// A frozen linear layer of the base: its 4-bit weight, dequantized once for the CPU's products, and its bias.
+public struct FrozenLinear: Sendable {
+    /// Output features.
+    public let outFeatures: Int
+    /// Input features.
+    public let inFeatures: Int
+    /// The quantized weight (the source of truth).
+    public let quantized: Quantized4BitTensor
+    /// W (out, in), dequantized.
+    public let weight: [Float]
+    /// Bias (out), if any (Qwen2's q/k/v).
+    public let bias: [Float]?
+}
+
+/// One decoder layer's frozen parameters.
+public struct DecoderLayer: Sendable {
+    /// RMSNorm weights (C).
+    public let inputNorm: [Float]
+    public let postAttentionNorm: [Float]
+    /// The seven projections by Hugging Face name.
+    public let projections: [String: FrozenLinear]
+}
+
+/// A Llama-family causal LM with a frozen 4-bit base and trainable LoRA adapters.
+public final class LlamaModel: @unchecked Sendable {
+    /// Architecture.
+    public let config: LlamaConfig
+    /// Token embedding (V, C).
+    public let embedding: [Float]
+    /// Decoder layers.
+    public let layers: [DecoderLayer]
+    /// Final RMSNorm (C).
+    public let finalNorm: [Float]
+    /// lm_head (V, C); the embedding when tied.
+    public let lmHead: [Float]
+    /// LoRA settings.
+    public private(set) var loraConfig: LoRAConfig
+    /// Adapters keyed by `layerIndex.projection` (e.g. `0.q_proj`).
+    public var adapters: [String: LoRAWeights]
+    /// RoPE tables (T_max, D): cos and sin of position · inverse frequency, duplicated over both halves.
+    let ropeCos: [Float]
+    let ropeSin: [Float]
+
+    /// Builds the model from loaded parts.
+    public init(config: LlamaConfig, embedding: [Float], layers: [DecoderLayer], finalNorm: [Float], lmHead: [Float],
+                lora: LoRAConfig, seed: UInt64 = 0) {
+        self.config = config
+        self.embedding = embedding
+        self.layers = layers
+        self.finalNorm = finalNorm
+        self.lmHead = lmHead
+        self.loraConfig = lora
+        self.adapters = [:]
+        (ropeCos, ropeSin) = Self.ropeTables(config: config, positions: config.maxPositionEmbeddings)
+        resetAdapters(lora, seed: seed)
+    }
+
+    /// Replaces the adapters with fresh ones as peft initializes them: A kaiming-uniform (a = √5, i.e. uniform in
+    /// ±1/√in), B zero.
+    public func resetAdapters(_ lora: LoRAConfig, seed: UInt64) {
+        loraConfig = lora
+        adapters = [:]
+        var rng = SeededGenerator(seed: seed)
+        for (l, layer) in layers.enumerated() {
+            for name in lora.resolvedTargets {
+                guard let p = layer.projections[name] else { continue }
+                let bound = 1 / Float(p.inFeatures).squareRoot()
+                let a = (0..<(lora.r * p.inFeatures)).map { _ in (rng.nextUniform() * 2 - 1) * bound }
+                adapters["\(l).\(name)"] = LoRAWeights(a: a, b: [Float](repeating: 0, count: p.outFeatures * lora.r))
+            }
+        }
+    }
+
+    /// Number of trainable parameters and of all parameters, as peft's `get_nb_trainable_parameters` counts them
+    /// (a 4-bit weight counts as its packed bytes × 2, as bitsandbytes' Params4bit numel does).
+    public var parameterCounts: (trainable: Int, all: Int) {
+        let trainable = adapters.values.reduce(0) { $0 + $1.a.count + $1.b.count }
+        var all = embedding.count + finalNorm.count + (config.tieWordEmbeddings ? 0 : lmHead.count)
+        for layer in layers {
+            all += layer.inputNorm.count + layer.postAttentionNorm.count
+            for p in layer.projections.values { all += p.quantized.packed.count * 2 + (p.bias?.count ?? 0) }
+        }
+        return (trainable, all + trainable)
+    }
+
+    /// cos/sin tables for positions 0..<positions, with Llama 3 / linear frequency scaling, in float32 as
+    /// transformers computes them (inv_freq = 1 / θ^(2i/D)).
+    static func ropeTables(config: LlamaConfig, positions: Int) -> ([Float], [Float]) {
+        let d = config.headDim
+        var invFreq = (0..<(d / 2)).map { i -> Float in 1 / Float(Foundation.pow(config.ropeTheta, Double(Float(2 * i) / Float(d)))) }
+        if let s = config.ropeScaling {
+            switch s.ropeType {
+            case "linear": invFreq = invFreq.map { $0 / Float(s.factor) }
+            case "llama3":
+                let original = Float(s.originalMaxPositionEmbeddings!)
+                let low = Float(s.lowFreqFactor!), high = Float(s.highFreqFactor!), factor = Float(s.factor)
+                let lowWavelen = original / low, highWavelen = original / high
+                invFreq = invFreq.map { f in
+                    let wavelen = 2 * Float.pi / f
+                    if wavelen > lowWavelen { return f / factor }
+                    if wavelen < highWavelen { return f }
+                    let smooth = (original / wavelen - low) / (high - low)
+                    return (1 - smooth) * f / factor + smooth * f
+                }
+            default: break
+            }
+        }
+        var cosTable = [Float](repeating: 0, count: positions * d)
+        var sinTable = cosTable
+        for t in 0..<positions {
+            for i in 0..<(d / 2) {
+                let angle = Float(t) * invFreq[i]
+                cosTable[t * d + i] = Foundation.cos(angle); cosTable[t * d + i + d / 2] = Foundation.cos(angle)
+                sinTable[t * d + i] = Foundation.sin(angle); sinTable[t * d + i + d / 2] = Foundation.sin(angle)
+            }
+        }
+        return (cosTable, sinTable)
+    }
+}
+
+extension LlamaModel {
+    /// Loads a model folder: plain Hugging Face weights (quantized here with `quantType`, `doubleQuant`,
+    /// `blocksize`) or a bitsandbytes 4-bit checkpoint (its own quantization is used).
+    public static func load(directory: String, quantType: QuantType = .nf4, doubleQuant: Bool = true,
+                            blocksize: Int = 64, compute: ComputeDType = .fp32, lora: LoRAConfig = LoRAConfig(),
+                            seed: UInt64 = 0) throws -> LlamaModel {
+        let config = try LlamaConfig(contentsOf: directory)
+        let archive = try SafeTensorsArchive(directory: directory)
+        func floats(_ name: String, count: Int) throws -> [Float] {
+            let t = try archive.tensor(named: name)
+            guard t.elementCount == count, t.dtype.isFloatingPoint else {
+                throw ModelFileError.invalidCheckpoint(path: directory, tensor: name,
+                                                       detail: "is \(t.dtype.rawValue) \(t.shape), expected a float tensor of \(count) values")
+            }
+            return t.floats()
+        }
+        let c = config.hiddenSize
+        let embedding = try floats("model.embed_tokens.weight", count: config.vocabSize * c)
+        var layers: [DecoderLayer] = []
+        for l in 0..<config.layerCount {
+            var projections: [String: FrozenLinear] = [:]
+            for name in LlamaConfig.projectionNames {
+                let module = (["q_proj", "k_proj", "v_proj", "o_proj"].contains(name) ? "self_attn" : "mlp")
+                let weightName = "model.layers.\(l).\(module).\(name).weight"
+                let (out, inF) = config.projectionShape(name)!
+                let q: Quantized4BitTensor
+                if BnB4BitCheckpoint.isQuantized(weightName, in: archive) {
+                    q = try BnB4BitCheckpoint.readWeight(weightName, from: archive)
+                } else {
+                    let w = try archive.tensor(named: weightName)
+                    guard w.shape == [out, inF] else {
+                        throw ModelFileError.invalidCheckpoint(path: directory, tensor: weightName,
+                                                               detail: "has shape \(w.shape), expected [\(out), \(inF)]")
+                    }
+                    q = try Quantized4BitTensor(quantizing: w, type: quantType, blocksize: blocksize, doubleQuant: doubleQuant)
+                }
+                guard q.shape == [out, inF] else {
+                    throw ModelFileError.invalidCheckpoint(path: directory, tensor: weightName,
+                                                           detail: "has shape \(q.shape), expected [\(out), \(inF)]")
+                }
+                var weight = q.dequantizedFloat32()
+                if compute == .bf16 { weight = weight.map { float(fromBF16: bf16Bits(from: $0)) } }
+                let biasName = "model.layers.\(l).\(module).\(name).bias"
+                let bias = archive.contains(biasName) ? try floats(biasName, count: out) : nil
+                projections[name] = FrozenLinear(outFeatures: out, inFeatures: inF, quantized: q, weight: weight, bias: bias)
+            }
+            layers.append(DecoderLayer(
+                inputNorm: try floats("model.layers.\(l).input_layernorm.weight", count: c),
+                postAttentionNorm: try floats("model.layers.\(l).post_attention_layernorm.weight", count: c),
+                projections: projections))
+        }
+        let finalNorm = try floats("model.norm.weight", count: c)
+        let lmHead = config.tieWordEmbeddings || !archive.contains("lm_head.weight")
+            ? embedding : try floats("lm_head.weight", count: config.vocabSize * c)
+        return LlamaModel(config: config, embedding: embedding, layers: layers, finalNorm: finalNorm, lmHead: lmHead,
+                          lora: lora, seed: seed)
+    }
+}

@@ -1,0 +1,105 @@
+import ModelFiles
+import Tensors
+
+/// LoRA adapters in peft's on-disk format: `adapter_config.json` and `adapter_model.safetensors` with keys
+/// `base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight` (A: R × in) and `...lora_B.weight` (B: out × R).
+public enum PEFTAdapter {
+    /// The module path of projection `name` in layer `layer` (`model.layers.0.self_attn.q_proj`).
+    public static func modulePath(layer: Int, projection name: String) -> String {
+        let block = ["q_proj", "k_proj", "v_proj", "o_proj"].contains(name) ? "self_attn" : "mlp"
+        return "model.layers.\(layer).\(block).\(name)"
+    }
+
+    /// The safetensors key of an adapter matrix, as `save_pretrained` writes it.
+    public static func key(layer: Int, projection name: String, matrix: String) -> String {
+        "base_model.model.\(modulePath(layer: layer, projection: name)).lora_\(matrix).weight"
+    }
+
+    /// Reads `adapter_config.json` into a LoRA configuration.
+    public static func readConfig(directory: String) throws -> LoRAConfig {
+        let path = directory + "/adapter_config.json"
+        let json: JSONValue
+        do { json = try JSONValue(parsing: FileSystem.readBytes(path)) } catch let e as JSONParseError {
+            throw ModelFileError.invalidConfig(path: path, detail: "\(e)")
+        }
+        guard json["peft_type"]?.stringValue ?? "LORA" == "LORA" else {
+            throw ModelFileError.invalidConfig(path: path, detail: "peft_type is \(json["peft_type"]!.compactText()), only LORA is supported")
+        }
+        var lora = LoRAConfig()
+        guard let r = json["r"]?.intValue, r > 0 else { throw ModelFileError.invalidConfig(path: path, detail: "no positive \"r\"") }
+        lora.r = r
+        lora.alpha = json["lora_alpha"]?.doubleValue ?? Double(r)
+        lora.dropout = json["lora_dropout"]?.doubleValue ?? 0
+        lora.useRSLoRA = json["use_rslora"] == .bool(true)
+        if let single = json["target_modules"]?.stringValue {
+            lora.targetModules = [single]
+        } else if let list = json["target_modules"]?.arrayValue?.compactMap(\.stringValue) {
+            lora.targetModules = list
+        }
+        if json["use_dora"] == .bool(true) { throw ModelFileError.invalidConfig(path: path, detail: "DoRA adapters are not supported") }
+        if let bias = json["bias"]?.stringValue, bias != "none" {
+            throw ModelFileError.invalidConfig(path: path, detail: "bias \"\(bias)\" is not supported (only \"none\")")
+        }
+        return lora
+    }
+
+    /// Loads the adapter in `directory` into `model`, replacing its adapters (configuration and weights).
+    public static func load(directory: String, into model: LlamaModel) throws {
+        let lora = try readConfig(directory: directory)
+        model.resetAdapters(lora, seed: 0)
+        let file = try SafeTensorsFile(path: directory + "/adapter_model.safetensors")
+        var used = Set<String>()
+        for key in model.adapters.keys.sorted() {
+            let parts = key.split(separator: ".")
+            let layer = Int(parts[0])!, name = String(parts[1])
+            let p = model.layers[layer].projections[name]!
+            func read(_ matrix: String, _ shape: [Int]) throws -> [Float] {
+                let k = Self.key(layer: layer, projection: name, matrix: matrix)
+                let t = try file.tensor(named: k)
+                guard t.shape == shape, t.dtype.isFloatingPoint else {
+                    throw ModelFileError.invalidCheckpoint(path: file.path, tensor: k,
+                                                           detail: "has \(t.dtype.rawValue) \(t.shape), expected \(shape)")
+                }
+                used.insert(k)
+                return t.floats()
+            }
+            model.adapters[key] = LoRAWeights(a: try read("A", [lora.r, p.inFeatures]), b: try read("B", [p.outFeatures, lora.r]))
+        }
+        if let extra = file.names.first(where: { !used.contains($0) }) {
+            throw ModelFileError.invalidCheckpoint(path: file.path, tensor: extra,
+                                                   detail: "is not an adapter of a targeted projection of this model")
+        }
+    }
+
+    /// Saves the model's adapters in peft's format into `directory` (created if needed), each file atomically.
+    public static func save(_ model: LlamaModel, to directory: String, baseModel: String = "") throws {
+        try FileSystem.createDirectory(directory)
+        var tensors: [(name: String, tensor: Tensor)] = []
+        let lora = model.loraConfig
+        for (key, w) in model.adapters {
+            let parts = key.split(separator: ".")
+            let layer = Int(parts[0])!, name = String(parts[1])
+            let p = model.layers[layer].projections[name]!
+            tensors.append((Self.key(layer: layer, projection: name, matrix: "A"), Tensor(w.a, shape: [lora.r, p.inFeatures])))
+            tensors.append((Self.key(layer: layer, projection: name, matrix: "B"), Tensor(w.b, shape: [p.outFeatures, lora.r])))
+        }
+        try SafeTensorsWriter.write(tensors, to: directory + "/adapter_model.safetensors")
+        let config: JSONValue = .object([
+            ("base_model_name_or_path", .string(baseModel)),
+            ("bias", .string("none")),
+            ("fan_in_fan_out", .bool(false)),
+            ("inference_mode", .bool(true)),
+            ("init_lora_weights", .bool(true)),
+            ("lora_alpha", lora.alpha.rounded() == lora.alpha ? .int(Int(lora.alpha)) : .double(lora.alpha)),
+            ("lora_dropout", .double(lora.dropout)),
+            ("modules_to_save", .null),
+            ("peft_type", .string("LORA")),
+            ("r", .int(lora.r)),
+            ("target_modules", .array(lora.resolvedTargets.map { .string($0) })),
+            ("task_type", .string("CAUSAL_LM")),
+            ("use_dora", .bool(false)),
+            ("use_rslora", .bool(lora.useRSLoRA)),
+        ])
+        try AtomicFile.write(text: config.pythonText(indent: 2, sortKeys: true) + "\n", to: directory + "/adapter_config.json")
+    }
+}

@@ -1,0 +1,87 @@
+import CPUBackend
+import Llama
+import ModelFiles
+import Quantization
+import Tensors
+import XCTest
+
+/// relative error ‖a − e‖ / ‖e‖.
+func relativeError(_ a: [Float], _ e: [Float]) -> Double {
+    precondition(a.count == e.count, "\(a.count) vs \(e.count)")
+    var num = 0.0, den = 0.0
+    for i in a.indices { num += Double(a[i] - e[i]) * Double(a[i] - e[i]); den += Double(e[i]) * Double(e[i]) }
+    return (num / max(den, 1e-30)).squareRoot()
+}
+
+/// tiny-llama through the QLoRA recipe (NF4 + double quant, fp32 compute, tiny-adapter) against transformers + peft.
+final class ModelGoldenTests: XCTestCase {
+    func loadTiny() throws -> (LlamaModel, SafeTensorsFile, JSONValue) {
+        let golden = try Shared.requireGolden()
+        let model = try LlamaModel.load(directory: golden + "/tiny-llama", quantType: .nf4, doubleQuant: true)
+        try PEFTAdapter.load(directory: golden + "/tiny-adapter", into: model)
+        let ref = try SafeTensorsFile(path: golden + "/qlora.safetensors")
+        let json = try JSONValue(parsing: FileSystem.readBytes(golden + "/qlora.json"))
+        return (model, ref, json)
+    }
+
+    func testLogitsLossAndGradients() throws {
+        let (model, ref, json) = try loadTiny()
+        let ids = try ref.tensor(named: "input_ids")
+        let inputIds = ids.withUnsafeBytes { raw in (0..<ids.elementCount).map { Int(raw.loadUnaligned(fromByteOffset: $0 * 8, as: Int64.self)) } }
+        var rng = SeededGenerator(seed: 1)
+        let result = model.step(inputIds: inputIds, labels: inputIds, batch: 2, tokens: 24, rng: &rng, keepLogits: true)
+        XCTAssertLessThan(relativeError(result.logits!, try ref.tensor(named: "logits").floats()), 1e-4)
+        XCTAssertEqual(result.loss, json["loss"]!.doubleValue!, accuracy: 1e-5)
+        XCTAssertEqual(result.tokenCount, 46)
+        var checked = 0
+        for (key, g) in result.gradients {
+            let parts = key.split(separator: ".")
+            let path = PEFTAdapter.modulePath(layer: Int(parts[0])!, projection: String(parts[1]))
+            for (matrix, values) in [("A", g.a), ("B", g.b)] {
+                let expected = try ref.tensor(named: "grad.base_model.model.\(path).lora_\(matrix).default.weight").floats()
+                XCTAssertLessThan(relativeError(values, expected), 1e-3, "\(key) \(matrix)")
+                checked += 1
+            }
+        }
+        XCTAssertEqual(checked, 28)
+        let counts = model.parameterCounts
+        XCTAssertEqual(counts.trainable, json["trainable_params"]!.intValue!)
+        XCTAssertEqual(counts.all, json["all_params"]!.intValue!)
+    }
+
+    func testCheckpointingChangesNoNumber() throws {
+        let (model, ref, _) = try loadTiny()
+        let ids = try ref.tensor(named: "input_ids")
+        let inputIds = ids.withUnsafeBytes { raw in (0..<ids.elementCount).map { Int(raw.loadUnaligned(fromByteOffset: $0 * 8, as: Int64.self)) } }
+        var lora = model.loraConfig
+        lora.dropout = 0.1
+        let saved = model.adapters
+        model.resetAdapters(lora, seed: 0)
+        model.adapters = saved
+        var rng1 = SeededGenerator(seed: 5), rng2 = SeededGenerator(seed: 5)
+        let plain = model.step(inputIds: inputIds, labels: inputIds, batch: 2, tokens: 24, rng: &rng1)
+        let recomputed = model.step(inputIds: inputIds, labels: inputIds, batch: 2, tokens: 24, rng: &rng2, checkpointing: true)
+        XCTAssertEqual(plain.loss, recomputed.loss)
+        for (k, g) in plain.gradients {
+            XCTAssertEqual(g.a, recomputed.gradients[k]!.a, k)
+            XCTAssertEqual(g.b, recomputed.gradients[k]!.b, k)
+        }
+        XCTAssertEqual(rng1, rng2)
+    }
+
+    func testAdapterRoundTrip() throws {
+        let (model, _, _) = try loadTiny()
+        let dir = makeTemporaryDirectory(self) + "/adapter"
+        try PEFTAdapter.save(model, to: dir, baseModel: "tiny-llama")
+        let golden = try Shared.requireGolden()
+        // Same keys, shapes and values as peft's own file.
+        let ours = try SafeTensorsFile(path: dir + "/adapter_model.safetensors")
+        let theirs = try SafeTensorsFile(path: golden + "/tiny-adapter/adapter_model.safetensors")
+        XCTAssertEqual(Set(ours.names), Set(theirs.names))
+        for name in theirs.names { XCTAssertEqual(try ours.tensor(named: name).bytesArray(), try theirs.tensor(named: name).bytesArray(), name) }
+        let config = try PEFTAdapter.readConfig(directory: dir)
+        XCTAssertEqual(config.r, 8)
+        XCTAssertEqual(config.alpha, 16)
+        XCTAssertEqual(Set(config.resolvedTargets), Set(LlamaConfig.projectionNames))
+    }
+}
