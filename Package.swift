@@ -16,16 +16,17 @@ let package = Package(
         .target(name: "CPUBackend", dependencies: ["Tensors"]),
         .target(name: "ModelFiles", dependencies: ["Tensors", "Quantization"]),
         .target(name: "Llama", dependencies: ["Tensors", "Quantization", "ModelFiles", "CPUBackend"]),
+        .target(name: "Training", dependencies: ["Tensors", "Quantization", "ModelFiles", "Llama"]),
         .executableTarget(
             name: "qlora",
             dependencies: [
-                "Tensors", "Quantization", "ModelFiles", "Llama",
+                "Tensors", "Quantization", "ModelFiles", "Llama", "CPUBackend", "Training",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(
             name: "QLoRATests",
-            dependencies: ["Tensors", "Quantization", "ModelFiles", "Llama", "CPUBackend"]
+            dependencies: ["Tensors", "Quantization", "ModelFiles", "Llama", "CPUBackend", "Training"]
         ),
     ],
     swiftLanguageModes: [.v5]
