@@ -29,6 +29,12 @@ public struct FrozenLinear: Sendable {
     public let weight: [Float]
     /// Bias (out), if any (Qwen2's q/k/v).
     public let bias: [Float]?
+
+    /// Memberwise.
+    public init(outFeatures: Int, inFeatures: Int, quantized: Quantized4BitTensor, weight: [Float], bias: [Float]?) {
+        self.outFeatures = outFeatures; self.inFeatures = inFeatures; self.quantized = quantized
+        self.weight = weight; self.bias = bias
+    }
 }
 
 /// One decoder layer's frozen parameters.
@@ -38,6 +44,11 @@ public struct DecoderLayer: Sendable {
     public let postAttentionNorm: [Float]
     /// The seven projections by Hugging Face name.
     public let projections: [String: FrozenLinear]
+
+    /// Memberwise.
+    public init(inputNorm: [Float], postAttentionNorm: [Float], projections: [String: FrozenLinear]) {
+        self.inputNorm = inputNorm; self.postAttentionNorm = postAttentionNorm; self.projections = projections
+    }
 }
 
 /// A Llama-family causal LM with a frozen 4-bit base and trainable LoRA adapters.
