@@ -94,8 +94,85 @@ public enum CPUOps {
     // MARK: Attention
 
     /// Causal grouped-query attention: out (B, T, H, D) from q (B, T, H, D), k, v (B, T, Hkv, D); saves the
-    /// probabilities P (B, H, T, T).
+    /// probabilities P (B, H, T, T). Per (batch, head): S = Q Kᵀ / √D (BLAS), causal softmax, O = P V (BLAS).
     public static func attentionForward(_ out: inout [Float], _ probs: inout [Float], q: [Float], k: [Float], v: [Float],
+                                        batch: Int, tokens: Int, heads: Int, kvHeads: Int, headDim: Int) {
+        let scale = 1 / Float(headDim).squareRoot()
+        let group = heads / kvHeads
+        let T = tokens, D = headDim
+        q.withUnsafeBufferPointer { qp in k.withUnsafeBufferPointer { kp in v.withUnsafeBufferPointer { vp in
+        out.withUnsafeMutableBufferPointer { op in probs.withUnsafeMutableBufferPointer { pp in
+            for b in 0..<batch {
+                for h in 0..<heads {
+                    let kh = h / group
+                    let qh = qp.baseAddress! + (b * T * heads + h) * D
+                    let kk = kp.baseAddress! + (b * T * kvHeads + kh) * D
+                    let vv = vp.baseAddress! + (b * T * kvHeads + kh) * D
+                    let p = pp.baseAddress! + (b * heads + h) * T * T
+                    BLAS.sgemm(transposeA: false, transposeB: true, m: T, n: T, k: D, alpha: scale, a: qh, lda: heads * D,
+                               b: kk, ldb: kvHeads * D, c: p, ldc: T)
+                    for i in 0..<T {
+                        let row = p + i * T
+                        var m = -Float.infinity
+                        for j in 0...i { m = max(m, row[j]) }
+                        var z: Float = 0
+                        for j in 0...i { row[j] = Foundation.exp(row[j] - m); z += row[j] }
+                        let inv = 1 / z
+                        for j in 0...i { row[j] *= inv }
+                        for j in (i + 1)..<T { row[j] = 0 }
+                    }
+                    BLAS.sgemm(transposeA: false, transposeB: false, m: T, n: D, k: T, a: p, lda: T, b: vv,
+                               ldb: kvHeads * D, c: op.baseAddress! + (b * T * heads + h) * D, ldc: heads * D)
+                }
+            }
+        } } } } }
+    }
+
+    /// Gradients of `attentionForward` with BLAS: dP = dO Vᵀ, dV += Pᵀ dO, dS = P ⊙ (dP − rowsum(dP ⊙ P)) / √D,
+    /// dQ = dS K, dK += dSᵀ Q. dq, dk, dv are overwritten.
+    public static func attentionBackward(dq: inout [Float], dk: inout [Float], dv: inout [Float], dout: [Float],
+                                         probs: [Float], q: [Float], k: [Float], v: [Float],
+                                         batch: Int, tokens: Int, heads: Int, kvHeads: Int, headDim: Int) {
+        let scale = 1 / Float(headDim).squareRoot()
+        let group = heads / kvHeads
+        let T = tokens, D = headDim
+        for i in dk.indices { dk[i] = 0 }
+        for i in dv.indices { dv[i] = 0 }
+        var ds = [Float](repeating: 0, count: T * T)
+        q.withUnsafeBufferPointer { qp in k.withUnsafeBufferPointer { kp in v.withUnsafeBufferPointer { vp in
+        dout.withUnsafeBufferPointer { dop in probs.withUnsafeBufferPointer { pp in
+        dq.withUnsafeMutableBufferPointer { dqp in dk.withUnsafeMutableBufferPointer { dkp in
+        dv.withUnsafeMutableBufferPointer { dvp in ds.withUnsafeMutableBufferPointer { dsp in
+            let s = dsp.baseAddress!
+            for b in 0..<batch {
+                for h in 0..<heads {
+                    let kh = h / group
+                    let qOffset = (b * T * heads + h) * D, kvOffset = (b * T * kvHeads + kh) * D
+                    let p = pp.baseAddress! + (b * heads + h) * T * T
+                    let dO = dop.baseAddress! + qOffset
+                    BLAS.sgemm(transposeA: false, transposeB: true, m: T, n: T, k: D, a: dO, lda: heads * D,
+                               b: vp.baseAddress! + kvOffset, ldb: kvHeads * D, c: s, ldc: T)
+                    BLAS.sgemm(transposeA: true, transposeB: false, m: T, n: D, k: T, a: p, lda: T, b: dO, ldb: heads * D,
+                               beta: 1, c: dvp.baseAddress! + kvOffset, ldc: kvHeads * D)
+                    for i in 0..<T {
+                        let prow = p + i * T, srow = s + i * T
+                        var dot: Float = 0
+                        for j in 0...i { dot += srow[j] * prow[j] }
+                        for j in 0...i { srow[j] = prow[j] * (srow[j] - dot) * scale }
+                        for j in (i + 1)..<T { srow[j] = 0 }
+                    }
+                    BLAS.sgemm(transposeA: false, transposeB: false, m: T, n: D, k: T, a: s, lda: T,
+                               b: kp.baseAddress! + kvOffset, ldb: kvHeads * D, c: dqp.baseAddress! + qOffset, ldc: heads * D)
+                    BLAS.sgemm(transposeA: true, transposeB: false, m: T, n: D, k: T, a: s, lda: T,
+                               b: qp.baseAddress! + qOffset, ldb: heads * D, beta: 1,
+                               c: dkp.baseAddress! + kvOffset, ldc: kvHeads * D)
+                }
+            }
+        } } } } } } } } }
+    }
+
+    /// The plain loops of `attentionForward`, kept as the oracle.
+    public static func attentionForwardReference(_ out: inout [Float], _ probs: inout [Float], q: [Float], k: [Float], v: [Float],
                                         batch: Int, tokens: Int, heads: Int, kvHeads: Int, headDim: Int) {
         let scale = 1 / Float(headDim).squareRoot()
         let group = heads / kvHeads
@@ -129,8 +206,8 @@ public enum CPUOps {
         }
     }
 
-    /// Gradients of `attentionForward`: dq (B, T, H, D), dk, dv (B, T, Hkv, D), overwritten.
-    public static func attentionBackward(dq: inout [Float], dk: inout [Float], dv: inout [Float], dout: [Float],
+    /// The plain loops of `attentionBackward`, kept as the oracle.
+    public static func attentionBackwardReference(dq: inout [Float], dk: inout [Float], dv: inout [Float], dout: [Float],
                                          probs: [Float], q: [Float], k: [Float], v: [Float],
                                          batch: Int, tokens: Int, heads: Int, kvHeads: Int, headDim: Int) {
         let scale = 1 / Float(headDim).squareRoot()
