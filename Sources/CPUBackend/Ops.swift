@@ -276,22 +276,25 @@ public enum CPUOps {
         let count = targets.filter { $0 != -100 }.count
         let scale = gradientScale ?? (count > 0 ? 1 / Float(count) : 0)
         var total = 0.0
-        for (r, target) in targets.enumerated() {
-            let base = r * vocab
-            if target == -100 {
-                if dlogits != nil { for j in 0..<vocab { dlogits![base + j] = 0 } }
-                continue
-            }
-            var m = -Float.infinity
-            for j in 0..<vocab { m = max(m, logits[base + j]) }
-            var z: Double = 0
-            for j in 0..<vocab { z += Double(Foundation.exp(logits[base + j] - m)) }
-            let logZ = Double(m) + Foundation.log(z)
-            total += logZ - Double(logits[base + target])
-            if dlogits != nil {
-                for j in 0..<vocab {
-                    let p = Float(Foundation.exp(Double(logits[base + j]) - logZ))
-                    dlogits![base + j] = (p - (j == target ? 1 : 0)) * scale
+        logits.withUnsafeBufferPointer { lp in
+            for (r, target) in targets.enumerated() {
+                let row = lp.baseAddress! + r * vocab
+                if target == -100 {
+                    if dlogits != nil { for j in 0..<vocab { dlogits![r * vocab + j] = 0 } }
+                    continue
+                }
+                var m = -Float.infinity
+                for j in 0..<vocab { m = max(m, row[j]) }
+                var z: Double = 0
+                for j in 0..<vocab { z += Double(Foundation.exp(row[j] - m)) }
+                let logZ = m + Float(Foundation.log(z))
+                total += Double(m) + Foundation.log(z) - Double(row[target])
+                if dlogits != nil {
+                    dlogits!.withUnsafeMutableBufferPointer { dp in
+                        let out = dp.baseAddress! + r * vocab
+                        for j in 0..<vocab { out[j] = Foundation.exp(row[j] - logZ) * scale }
+                        out[target] -= scale
+                    }
                 }
             }
         }

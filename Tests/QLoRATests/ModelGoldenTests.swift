@@ -3,6 +3,7 @@ import Llama
 import ModelFiles
 import Quantization
 import Tensors
+import Training
 import XCTest
 
 /// relative error ‖a − e‖ / ‖e‖.
@@ -83,5 +84,30 @@ final class ModelGoldenTests: XCTestCase {
         XCTAssertEqual(config.r, 8)
         XCTAssertEqual(config.alpha, 16)
         XCTAssertEqual(Set(config.resolvedTargets), Set(LlamaConfig.projectionNames))
+    }
+}
+
+/// `qlora eval`'s computation (Trainer.evaluate over a JSONL file) on the golden input_ids gives the golden loss.
+final class EvalCommandTests: XCTestCase {
+    func testEvaluateGivesTheGoldenLoss() throws {
+        let golden = try Shared.requireGolden()
+        let ref = try SafeTensorsFile(path: golden + "/qlora.safetensors")
+        let ids = try ref.tensor(named: "input_ids")
+        let values = ids.withUnsafeBytes { raw in (0..<ids.elementCount).map { Int(raw.loadUnaligned(fromByteOffset: $0 * 8, as: Int64.self)) } }
+        let path = makeTemporaryDirectory(self) + "/ids.jsonl"
+        let lines = (0..<2).map { r in "{\"input_ids\": [" + values[(r * 24)..<((r + 1) * 24)].map(String.init).joined(separator: ", ") + "]}" }
+        try AtomicFile.write(text: lines.joined(separator: "\n") + "\n", to: path)
+        let model = try LlamaModel.load(directory: golden + "/tiny-llama")
+        try PEFTAdapter.load(directory: golden + "/tiny-adapter", into: model)
+        let examples = try TokenizedDataset.load(path: path, vocabSize: model.config.vocabSize)
+        let (loss, tokens) = Trainer.evaluate(model: model, examples: examples, batchSize: 4)
+        let json = try JSONValue(parsing: FileSystem.readBytes(golden + "/qlora.json"))
+        XCTAssertEqual(loss, json["loss"]!.doubleValue!, accuracy: 1e-5)
+        XCTAssertEqual(tokens, 46)
+        // A bad line is reported with its file and line number.
+        try AtomicFile.write(text: lines[0] + "\n{\"input_ids\": [1, 99999]}\n", to: path)
+        XCTAssertThrowsError(try TokenizedDataset.load(path: path, vocabSize: 384)) {
+            XCTAssertTrue("\($0)".contains("ids.jsonl:2"), "\($0)")
+        }
     }
 }
