@@ -76,6 +76,19 @@ public struct Tensor: @unchecked Sendable {
         }
     }
 
+    /// The elements of an integer tensor (U8, I32, I64) as Int.
+    public func integers() -> [Int] {
+        let n = elementCount
+        return withUnsafeBytes { raw -> [Int] in
+            switch dtype {
+            case .u8: return raw.prefix(n).map { Int($0) }
+            case .i32: return (0..<n).map { Int(raw.loadUnaligned(fromByteOffset: $0 * 4, as: Int32.self)) }
+            case .i64: return (0..<n).map { Int(raw.loadUnaligned(fromByteOffset: $0 * 8, as: Int64.self)) }
+            default: preconditionFailure("integers() of a \(dtype) tensor")
+            }
+        }
+    }
+
     /// The raw bytes as an array (for comparisons and small tensors).
     public func bytesArray() -> [UInt8] { withUnsafeBytes { Array($0) } }
 

@@ -28,7 +28,7 @@ final class ModelGoldenTests: XCTestCase {
     func testLogitsLossAndGradients() throws {
         let (model, ref, json) = try loadTiny()
         let ids = try ref.tensor(named: "input_ids")
-        let inputIds = ids.withUnsafeBytes { raw in (0..<ids.elementCount).map { Int(raw.loadUnaligned(fromByteOffset: $0 * 8, as: Int64.self)) } }
+        let inputIds = ids.integers()
         var rng = SeededGenerator(seed: 1)
         let result = model.step(inputIds: inputIds, labels: inputIds, batch: 2, tokens: 24, rng: &rng, keepLogits: true)
         XCTAssertLessThan(relativeError(result.logits!, try ref.tensor(named: "logits").floats()), 1e-4)
@@ -53,7 +53,7 @@ final class ModelGoldenTests: XCTestCase {
     func testCheckpointingChangesNoNumber() throws {
         let (model, ref, _) = try loadTiny()
         let ids = try ref.tensor(named: "input_ids")
-        let inputIds = ids.withUnsafeBytes { raw in (0..<ids.elementCount).map { Int(raw.loadUnaligned(fromByteOffset: $0 * 8, as: Int64.self)) } }
+        let inputIds = ids.integers()
         var lora = model.loraConfig
         lora.dropout = 0.1
         let saved = model.adapters
@@ -93,7 +93,7 @@ final class EvalCommandTests: XCTestCase {
         let golden = try Shared.requireGolden()
         let ref = try SafeTensorsFile(path: golden + "/qlora.safetensors")
         let ids = try ref.tensor(named: "input_ids")
-        let values = ids.withUnsafeBytes { raw in (0..<ids.elementCount).map { Int(raw.loadUnaligned(fromByteOffset: $0 * 8, as: Int64.self)) } }
+        let values = ids.integers()
         let path = makeTemporaryDirectory(self) + "/ids.jsonl"
         let lines = (0..<2).map { r in "{\"input_ids\": [" + values[(r * 24)..<((r + 1) * 24)].map(String.init).joined(separator: ", ") + "]}" }
         try AtomicFile.write(text: lines.joined(separator: "\n") + "\n", to: path)

@@ -47,7 +47,7 @@ final class OptimizerGoldenTests: XCTestCase {
         let ref = try SafeTensorsFile(path: golden + "/qlora.safetensors")
         let json = try JSONValue(parsing: FileSystem.readBytes(golden + "/qlora.json"))
         let batches = try ref.tensor(named: "train_batches")
-        let ids = batches.withUnsafeBytes { raw in (0..<batches.elementCount).map { Int(raw.loadUnaligned(fromByteOffset: $0 * 8, as: Int64.self)) } }
+        let ids = batches.integers()
         for (kind, name) in [(OptimizerKind.adamw, "adamw32"), (.paged_adamw_8bit, "paged_adamw8bit")] {
             let model = try LlamaModel.load(directory: golden + "/tiny-llama")
             try PEFTAdapter.load(directory: golden + "/tiny-adapter", into: model)
