@@ -1,4 +1,5 @@
 import Foundation
+import Llama
 import Quantization
 
 /// Hyper-parameters shared by the AdamW variants.
@@ -74,6 +75,17 @@ public struct AdamW: Sendable {
             } else {
                 bitsandbytes8Update(name, &parameter, gradient, lr: lr, step: step)
             }
+        }
+    }
+
+    /// Updates every adapter of `model` from `gradients` (scaled by `gradientScale`, e.g. for clipping); adapter
+    /// matrices are named `layer.projection.A` / `.B`.
+    public mutating func update(_ model: LlamaModel, gradients: LoRAGradients, lr: Float, gradientScale: Float = 1) {
+        for key in model.adapters.keys.sorted() {
+            guard let g = gradients[key], var w = model.adapters[key] else { continue }
+            update(key + ".A", parameter: &w.a, gradient: gradientScale == 1 ? g.a : g.a.map { $0 * gradientScale }, lr: lr)
+            update(key + ".B", parameter: &w.b, gradient: gradientScale == 1 ? g.b : g.b.map { $0 * gradientScale }, lr: lr)
+            model.adapters[key] = w
         }
     }
 

@@ -114,13 +114,7 @@ public struct Trainer {
             let norm = Float(squares.squareRoot())
             let clip: Float = config.maxGradNorm > 0 && norm > config.maxGradNorm ? config.maxGradNorm / (norm + 1e-6) : 1
             let lr = config.learningRate(atStep: step)
-            for key in model.adapters.keys.sorted() {
-                guard let g = result.gradients[key] else { continue }
-                var w = model.adapters[key]!
-                optimizer.update(key + ".A", parameter: &w.a, gradient: clip == 1 ? g.a : g.a.map { $0 * clip }, lr: lr)
-                optimizer.update(key + ".B", parameter: &w.b, gradient: clip == 1 ? g.b : g.b.map { $0 * clip }, lr: lr)
-                model.adapters[key] = w
-            }
+            optimizer.update(model, gradients: result.gradients, lr: lr, gradientScale: clip)
             lossSum += result.loss; lossSteps += 1; tokensSinceLog += ids.count; lastNorm = norm
             progress(step + 1, result.loss)
             if (step + 1) % max(1, config.loggingSteps) == 0 || step + 1 == config.maxSteps {

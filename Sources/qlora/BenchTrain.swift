@@ -26,12 +26,7 @@ struct BenchTrain: ParsableCommand {
         var opt = AdamW(kind: .paged_adamw_8bit)
         func oneStep() {
             let r = model.step(inputIds: ids, labels: ids, batch: batch, tokens: seq, rng: &rng)
-            for key in model.adapters.keys.sorted() {
-                var w = model.adapters[key]!
-                opt.update(key + ".A", parameter: &w.a, gradient: r.gradients[key]!.a, lr: 1e-4)
-                opt.update(key + ".B", parameter: &w.b, gradient: r.gradients[key]!.b, lr: 1e-4)
-                model.adapters[key] = w
-            }
+            opt.update(model, gradients: r.gradients, lr: 1e-4)
         }
         oneStep()
         let start = Date()
