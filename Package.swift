@@ -16,17 +16,18 @@ let package = Package(
         .target(name: "CPUBackend", dependencies: ["Tensors"]),
         .target(name: "ModelFiles", dependencies: ["Tensors", "Quantization"]),
         .target(name: "Llama", dependencies: ["Tensors", "Quantization", "ModelFiles", "CPUBackend"]),
-        .target(name: "Training", dependencies: ["Tensors", "Quantization", "ModelFiles", "Llama"]),
+        .target(name: "Tokenizers", dependencies: ["ModelFiles"]),
+        .target(name: "Training", dependencies: ["Tensors", "Quantization", "ModelFiles", "Llama", "Tokenizers"]),
         .executableTarget(
             name: "qlora",
             dependencies: [
-                "Tensors", "Quantization", "ModelFiles", "Llama", "CPUBackend", "Training",
+                "Tensors", "Quantization", "ModelFiles", "Llama", "CPUBackend", "Training", "Tokenizers",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(
             name: "QLoRATests",
-            dependencies: ["Tensors", "Quantization", "ModelFiles", "Llama", "CPUBackend", "Training"]
+            dependencies: ["Tensors", "Quantization", "ModelFiles", "Llama", "CPUBackend", "Training", "Tokenizers"]
         ),
     ],
     swiftLanguageModes: [.v5]

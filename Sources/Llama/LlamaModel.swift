@@ -154,8 +154,16 @@ extension LlamaModel {
     public static func load(directory: String, quantType: QuantType = .nf4, doubleQuant: Bool = true,
                             blocksize: Int = 64, compute: ComputeDType = .fp32, lora: LoRAConfig = LoRAConfig(),
                             seed: UInt64 = 0) throws -> LlamaModel {
-        let config = try LlamaConfig(contentsOf: directory)
-        let archive = try SafeTensorsArchive(directory: directory)
+        try load(config: LlamaConfig(contentsOf: directory), source: SafeTensorsArchive(directory: directory),
+                 quantType: quantType, doubleQuant: doubleQuant, blocksize: blocksize, compute: compute, lora: lora,
+                 seed: seed)
+    }
+
+    /// Builds the model from `config` and the Hugging Face-named tensors of `source`.
+    public static func load(config: LlamaConfig, source archive: TensorSource, quantType: QuantType = .nf4,
+                            doubleQuant: Bool = true, blocksize: Int = 64, compute: ComputeDType = .fp32,
+                            lora: LoRAConfig = LoRAConfig(), seed: UInt64 = 0) throws -> LlamaModel {
+        let directory = archive.location
         func floats(_ name: String, count: Int) throws -> [Float] {
             let t = try archive.tensor(named: name)
             guard t.elementCount == count, t.dtype.isFloatingPoint else {

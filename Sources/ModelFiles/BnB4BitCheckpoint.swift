@@ -52,13 +52,13 @@ public enum BnB4BitCheckpoint {
     }
 
     /// True when `archive` stores `name` as a 4-bit weight.
-    public static func isQuantized(_ name: String, in archive: SafeTensorsArchive) -> Bool {
+    public static func isQuantized(_ name: String, in archive: TensorSource) -> Bool {
         archive.contains(name + ".quant_state.bitsandbytes__nf4") || archive.contains(name + ".quant_state.bitsandbytes__fp4")
     }
 
     /// Reads the 4-bit weight stored under `name`, checking every part against the others.
-    public static func readWeight(_ name: String, from archive: SafeTensorsArchive) throws -> Quantized4BitTensor {
-        let location = archive.directory
+    public static func readWeight(_ name: String, from archive: TensorSource) throws -> Quantized4BitTensor {
+        let location = archive.location
         func fail(_ detail: String) -> ModelFileError {
             ModelFileError.invalidCheckpoint(path: location, tensor: name, detail: detail)
         }
