@@ -111,3 +111,25 @@ final class EvalCommandTests: XCTestCase {
         }
     }
 }
+
+/// The cached generation path agrees with the full forward pass, and generating changes no training number.
+final class GenerationTests: XCTestCase {
+    func testCachedStepsMatchFullForward() throws {
+        let golden = try Shared.requireGolden()
+        let model = try LlamaModel.load(directory: golden + "/tiny-llama")
+        try PEFTAdapter.load(directory: golden + "/tiny-adapter", into: model)
+        let prompt = [5, 77, 301, 12, 9]
+        var options = SamplingOptions()
+        options.maxNewTokens = 6
+        let generated = model.generate(prompt: prompt, options: options)
+        XCTAssertEqual(generated.count, 6)
+        // Greedy: each generated token is the argmax of the full forward pass over everything before it.
+        var sequence = prompt
+        for next in generated {
+            let logits = model.logits(inputIds: sequence, batch: 1, tokens: sequence.count)
+            let last = Array(logits[((sequence.count - 1) * 384)..<(sequence.count * 384)])
+            XCTAssertEqual(next, last.indices.max { last[$0] < last[$1] }!)
+            sequence.append(next)
+        }
+    }
+}
