@@ -9,6 +9,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
     ],
     targets: [
         .target(name: "Tensors"),
@@ -17,7 +18,8 @@ let package = Package(
         .target(name: "ModelFiles", dependencies: ["Tensors", "Quantization"]),
         .target(name: "Llama", dependencies: ["Tensors", "Quantization", "ModelFiles", "CPUBackend"]),
         .target(name: "Tokenizers", dependencies: ["ModelFiles"]),
-        .target(name: "Training", dependencies: ["Tensors", "Quantization", "ModelFiles", "Llama", "Tokenizers"]),
+        .target(name: "Training", dependencies: ["Tensors", "Quantization", "ModelFiles", "Llama", "Tokenizers",
+                                                 .product(name: "Yams", package: "Yams")]),
         .executableTarget(
             name: "qlora",
             dependencies: [

@@ -7,12 +7,16 @@ public enum LRScheduleKind: String, CaseIterable, Sendable {
     case constant, linear, cosine
 }
 
-/// The core training loop's settings (Hugging Face `TrainingArguments` names in comments).
+/// The training loop's settings, with Hugging Face `TrainingArguments` semantics (their names in comments).
 public struct TrainingConfig: Sendable {
     /// per_device_train_batch_size
     public var batchSize = 4
-    /// max_steps
-    public var maxSteps = 100
+    /// gradient_accumulation_steps: micro-batches per optimizer step.
+    public var gradientAccumulationSteps = 1
+    /// max_steps (nil: run `epochs` epochs)
+    public var maxSteps: Int? = nil
+    /// num_train_epochs
+    public var epochs: Double = 1
     /// learning_rate
     public var learningRate: Float = 2e-4
     /// weight_decay
@@ -21,58 +25,121 @@ public struct TrainingConfig: Sendable {
     public var optimizer: OptimizerKind = .paged_adamw_8bit
     /// lr_scheduler_type
     public var schedule: LRScheduleKind = .linear
-    /// warmup_steps
+    /// warmup_steps (wins over the ratio when positive)
     public var warmupSteps = 0
+    /// warmup_ratio
+    public var warmupRatio: Double = 0
     /// max_grad_norm (0 turns clipping off)
     public var maxGradNorm: Float = 1
     /// logging_steps
     public var loggingSteps = 10
+    /// eval_steps (nil: evaluate only at the end)
+    public var evalSteps: Int? = nil
+    /// save_steps (nil: no intermediate checkpoints)
+    public var saveSteps: Int? = nil
+    /// save_total_limit (nil: keep all)
+    public var saveTotalLimit: Int? = nil
     /// seed
     public var seed: UInt64 = 42
-    /// Shuffle the examples each epoch (Trainer does by default).
+    /// Shuffle the examples each epoch (the Trainer does by default).
     public var shuffle = true
     /// gradient_checkpointing
     public var gradientCheckpointing = false
     /// Defaults as above.
     public init() {}
 
+    /// Optimizer steps for `exampleCount` examples: `maxSteps`, or epochs × ⌈examples / (batch × accumulation)⌉.
+    public func totalSteps(exampleCount: Int) -> Int {
+        if let maxSteps { return maxSteps }
+        let perEpoch = max(1, (exampleCount + batchSize * gradientAccumulationSteps - 1) / (batchSize * gradientAccumulationSteps))
+        return max(1, Int((Double(perEpoch) * epochs).rounded(.up)))
+    }
+
+    /// Warm-up steps: `warmupSteps` if set, else ⌈ratio × total⌉.
+    public func warmup(totalSteps: Int) -> Int {
+        warmupSteps > 0 ? warmupSteps : Int((warmupRatio * Double(totalSteps)).rounded(.up))
+    }
+
     /// The learning rate of optimizer step `step` (0-based), as transformers' schedules compute it.
-    public func learningRate(atStep step: Int) -> Float {
-        if step < warmupSteps { return learningRate * Float(step) / Float(max(1, warmupSteps)) }
-        let progress = Double(step - warmupSteps) / Double(max(1, maxSteps - warmupSteps))
+    public func learningRate(atStep step: Int, totalSteps: Int) -> Float {
+        let warm = warmup(totalSteps: totalSteps)
+        if step < warm { return learningRate * Float(step) / Float(max(1, warm)) }
+        let remaining = Double(max(1, totalSteps - warm))
         switch schedule {
         case .constant: return learningRate
-        case .linear: return learningRate * Float(max(0, Double(maxSteps - step) / Double(max(1, maxSteps - warmupSteps))))
-        case .cosine: return learningRate * Float(max(0, 0.5 * (1 + Foundation.cos(Double.pi * progress))))
+        case .linear: return learningRate * Float(max(0, Double(totalSteps - step) / remaining))
+        case .cosine: return learningRate * Float(max(0, 0.5 * (1 + Foundation.cos(Double.pi * Double(step - warm) / remaining))))
         }
     }
 }
 
-/// One logged line of `metrics.jsonl`.
-public struct StepMetrics: Sendable {
+/// One logged line of `metrics.jsonl`: a training line (loss, learning_rate, grad_norm, tokens_per_second) or an
+/// evaluation line (eval_loss).
+public struct StepMetrics: Sendable, Equatable {
     public var step: Int
-    public var loss: Double
-    public var learningRate: Float
-    public var gradNorm: Float
-    public var tokensPerSecond: Double
+    public var loss: Double? = nil
+    public var learningRate: Float? = nil
+    public var gradNorm: Float? = nil
+    public var tokensPerSecond: Double? = nil
+    public var evalLoss: Double? = nil
+
+    public init(step: Int, loss: Double? = nil, learningRate: Float? = nil, gradNorm: Float? = nil,
+                tokensPerSecond: Double? = nil, evalLoss: Double? = nil) {
+        self.step = step; self.loss = loss; self.learningRate = learningRate; self.gradNorm = gradNorm
+        self.tokensPerSecond = tokensPerSecond; self.evalLoss = evalLoss
+    }
 
     /// The JSON line.
     public var json: String {
-        JSONValue.object([("step", .int(step)), ("loss", .double(loss)), ("learning_rate", .double(Double(learningRate))),
-                          ("grad_norm", .double(Double(gradNorm))), ("tokens_per_second", .double(tokensPerSecond))]).pythonText()
+        var pairs: [(String, JSONValue)] = [("step", .int(step))]
+        if let loss { pairs.append(("loss", .double(loss))) }
+        if let learningRate { pairs.append(("learning_rate", .double(Double(learningRate)))) }
+        if let gradNorm { pairs.append(("grad_norm", .double(Double(gradNorm)))) }
+        if let tokensPerSecond { pairs.append(("tokens_per_second", .double(tokensPerSecond))) }
+        if let evalLoss { pairs.append(("eval_loss", .double(evalLoss))) }
+        return JSONValue.object(pairs).pythonText()
+    }
+
+    /// Parses a line written by `json`.
+    public init?(json line: String) {
+        guard let v = try? JSONValue(parsing: line), let step = v["step"]?.intValue else { return nil }
+        self.step = step
+        loss = v["loss"]?.doubleValue
+        learningRate = v["learning_rate"]?.doubleValue.map(Float.init)
+        gradNorm = v["grad_norm"]?.doubleValue.map(Float.init)
+        tokensPerSecond = v["tokens_per_second"]?.doubleValue
+        evalLoss = v["eval_loss"]?.doubleValue
     }
 }
 
-/// Runs optimizer steps over a tokenized dataset: batches in (seeded) shuffled order, loss and gradients, global
-/// gradient-norm clipping, the schedule, the optimizer, and a logged line every `loggingSteps`.
+/// Why training stopped early.
+public struct TrainingError: Error, CustomStringConvertible {
+    public let description: String
+}
+
+/// Where the data stands: which example comes next, in which order, in which epoch.
+public struct DataPosition: Codable, Equatable, Sendable {
+    public var order: [Int] = []
+    public var position = 0
+    public var epoch = 0
+}
+
+/// Runs optimizer steps over a tokenized dataset: micro-batches in (seeded) shuffled order, gradients accumulated
+/// over `gradientAccumulationSteps` micro-batches and normalized by the accumulated batch's total number of target
+/// tokens (as transformers does), global gradient-norm clipping, the schedule, the optimizer; a logged line every
+/// `loggingSteps`, evaluation every `evalSteps`, a checkpoint every `saveSteps`.
 public struct Trainer {
     public let model: LlamaModel
     public let config: TrainingConfig
     public var optimizer: AdamW
-    private var rng: SeededGenerator
-    private var order: [Int] = []
-    private var position = 0
+    /// Completed optimizer steps.
+    public private(set) var step = 0
+    /// The generator for dropout and shuffling (saved in checkpoints).
+    public private(set) var rng: SeededGenerator
+    public private(set) var data = DataPosition()
     private let examples: [TokenizedExample]
+    /// Total optimizer steps of this run.
+    public let totalSteps: Int
 
     /// A trainer over `examples`.
     public init(model: LlamaModel, examples: [TokenizedExample], config: TrainingConfig) {
@@ -81,49 +148,98 @@ public struct Trainer {
         self.examples = examples
         self.optimizer = AdamW(kind: config.optimizer, settings: AdamWSettings(weightDecay: config.weightDecay))
         self.rng = SeededGenerator(seed: config.seed)
+        self.totalSteps = config.totalSteps(exampleCount: examples.count)
     }
 
-    private mutating func nextBatch() -> [TokenizedExample] {
+    private mutating func nextMicroBatch() -> [TokenizedExample] {
         var batch: [TokenizedExample] = []
         while batch.count < config.batchSize {
-            if position >= order.count {
-                order = Array(examples.indices)
-                if config.shuffle { order.shuffle(using: &rng) }
-                position = 0
+            if data.position >= data.order.count {
+                if !data.order.isEmpty { data.epoch += 1 }
+                data.order = Array(examples.indices)
+                if config.shuffle { data.order.shuffle(using: &rng) }
+                data.position = 0
             }
-            batch.append(examples[order[position]])
-            position += 1
+            batch.append(examples[data.order[data.position]])
+            data.position += 1
         }
         return batch
     }
 
-    /// Runs `config.maxSteps` steps; `log` receives each logged line, `progress` every step.
-    public mutating func train(log: (StepMetrics) -> Void, progress: (Int, Double) -> Void = { _, _ in }) {
+    /// Hooks the caller provides.
+    public struct Callbacks {
+        public var log: (StepMetrics) -> Void = { _ in }
+        public var progress: (Int, Int, Double) -> Void = { _, _, _ in }
+        public var evaluate: ((LlamaModel) -> Double)? = nil
+        public var save: ((Trainer) throws -> Void)? = nil
+        public init() {}
+    }
+
+    /// Runs the remaining steps up to `totalSteps` (or `stopAfter`, to simulate an interruption).
+    public mutating func train(_ callbacks: Callbacks, stopAfter: Int? = nil) throws {
         var lossSum = 0.0, lossSteps = 0, tokensSinceLog = 0
         var logStart = Date()
-        var lastNorm: Float = 0
-        for step in 0..<config.maxSteps {
-            let (ids, labels, tokens) = TokenizedDataset.collate(nextBatch())
-            let result = model.step(inputIds: ids, labels: labels, batch: config.batchSize, tokens: tokens, rng: &rng,
-                                    checkpointing: config.gradientCheckpointing)
+        let end = min(totalSteps, stopAfter ?? totalSteps)
+        while step < end {
+            let micro = (0..<config.gradientAccumulationSteps).map { _ in TokenizedDataset.collate(nextMicroBatch()) }
+            let targetCount = micro.reduce(0) { total, b in
+                total + (0..<config.batchSize).reduce(0) { sum, row in
+                    sum + (1..<b.tokens).filter { b.labels[row * b.tokens + $0] != -100 }.count
+                }
+            }
+            var gradients = LoRAGradients()
+            var lossTotal = 0.0
+            for b in micro {
+                let r = model.step(inputIds: b.ids, labels: b.labels, batch: config.batchSize, tokens: b.tokens, rng: &rng,
+                                   checkpointing: config.gradientCheckpointing,
+                                   gradientScale: 1 / Float(max(1, targetCount)))
+                lossTotal += r.loss * Double(r.tokenCount)
+                for (k, g) in r.gradients {
+                    if var acc = gradients[k] {
+                        for i in acc.a.indices { acc.a[i] += g.a[i] }
+                        for i in acc.b.indices { acc.b[i] += g.b[i] }
+                        gradients[k] = acc
+                    } else {
+                        gradients[k] = g
+                    }
+                }
+                tokensSinceLog += b.ids.count
+            }
+            let loss = lossTotal / Double(max(1, targetCount))
+            guard loss.isFinite else {
+                throw TrainingError(description: "the loss became \(loss) at step \(step + 1); stopping before the adapter is damaged (last checkpoint kept)")
+            }
             var squares = 0.0
-            for g in result.gradients.values {
+            for g in gradients.values {
                 for x in g.a { squares += Double(x) * Double(x) }
                 for x in g.b { squares += Double(x) * Double(x) }
             }
             let norm = Float(squares.squareRoot())
             let clip: Float = config.maxGradNorm > 0 && norm > config.maxGradNorm ? config.maxGradNorm / (norm + 1e-6) : 1
-            let lr = config.learningRate(atStep: step)
-            optimizer.update(model, gradients: result.gradients, lr: lr, gradientScale: clip)
-            lossSum += result.loss; lossSteps += 1; tokensSinceLog += ids.count; lastNorm = norm
-            progress(step + 1, result.loss)
-            if (step + 1) % max(1, config.loggingSteps) == 0 || step + 1 == config.maxSteps {
+            let lr = config.learningRate(atStep: step, totalSteps: totalSteps)
+            optimizer.update(model, gradients: gradients, lr: lr, gradientScale: clip)
+            step += 1
+            lossSum += loss; lossSteps += 1
+            callbacks.progress(step, totalSteps, loss)
+            if step % max(1, config.loggingSteps) == 0 || step == totalSteps {
                 let seconds = Date().timeIntervalSince(logStart)
-                log(StepMetrics(step: step + 1, loss: lossSum / Double(lossSteps), learningRate: lr, gradNorm: lastNorm,
-                                tokensPerSecond: Double(tokensSinceLog) / max(seconds, 1e-9)))
+                callbacks.log(StepMetrics(step: step, loss: lossSum / Double(lossSteps), learningRate: lr, gradNorm: norm,
+                                          tokensPerSecond: Double(tokensSinceLog) / max(seconds, 1e-9)))
                 lossSum = 0; lossSteps = 0; tokensSinceLog = 0; logStart = Date()
             }
+            if let evaluate = callbacks.evaluate, let every = config.evalSteps, step % every == 0, step != totalSteps {
+                callbacks.log(StepMetrics(step: step, evalLoss: evaluate(model)))
+            }
+            if let save = callbacks.save, let every = config.saveSteps, step % every == 0 { try save(self) }
         }
+        if step == totalSteps, let evaluate = callbacks.evaluate {
+            callbacks.log(StepMetrics(step: step, evalLoss: evaluate(model)))
+        }
+    }
+
+    /// Restores the position of a checkpoint (the adapters and optimizer must be restored by the caller).
+    public mutating func restore(step: Int, rng: SeededGenerator, data: DataPosition, optimizer: AdamW) {
+        self.step = step; self.rng = rng; self.data = data; self.optimizer = optimizer
     }
 
     /// Mean token loss of `examples` (no dropout, no gradients), batched by `batchSize`.

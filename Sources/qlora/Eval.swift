@@ -6,18 +6,21 @@ import Training
 
 /// `qlora eval`: mean token loss and perplexity of a model (and adapter) on a data file.
 struct Eval: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Mean token loss and perplexity on a JSONL data file.")
+    static let configuration = CommandConfiguration(abstract: "Mean token loss and perplexity on a data file.")
 
     @OptionGroup var modelOptions: ModelOptions
 
     @Option(help: "A PEFT adapter folder to apply.")
     var adapter: String?
 
-    @Option(help: "JSONL data: {\"input_ids\": [...]} per line, optionally with \"labels\" (-100 masked).")
+    @Option(help: "Data file (JSONL or JSON): pre-tokenized {\"input_ids\": [...]} records.")
     var data: String
 
     @Option(help: "Sequences per forward pass.")
     var batchSize: Int = 4
+
+    @Option(help: "Use only the first N examples.")
+    var limit: Int?
 
     @Option(help: "Cut sequences to this many tokens.")
     var maxSeqLength: Int?
@@ -28,10 +31,12 @@ struct Eval: ParsableCommand {
     func run() throws {
         var lora = LoRAConfig()
         lora.targetModules = []
-        let model = try modelOptions.load(lora: lora)
+        let loaded = try modelOptions.load(lora: lora)
+        let model = loaded.model
         if let adapter { try PEFTAdapter.load(directory: adapter, into: model) }
-        let examples = try TokenizedDataset.load(path: data, vocabSize: model.config.vocabSize,
+        var examples = try TokenizedDataset.load(path: data, vocabSize: model.config.vocabSize,
                                                  maxLength: maxSeqLength ?? model.config.maxPositionEmbeddings)
+        if let limit { examples = Array(examples.prefix(limit)) }
         let (loss, tokens) = Trainer.evaluate(model: model, examples: examples, batchSize: batchSize)
         if json {
             print(JSONValue.object([("loss", .double(loss)), ("perplexity", .double(Foundation.exp(loss))),

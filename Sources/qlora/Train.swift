@@ -7,86 +7,163 @@ import Training
 extension OptimizerKind: ExpressibleByArgument {}
 extension LRScheduleKind: ExpressibleByArgument {}
 
-/// `qlora train`: the core QLoRA loop on pre-tokenized data; writes metrics.jsonl and the adapter in PEFT format.
+/// `qlora train`: QLoRA fine-tuning on the CPU. Settings come from flags, else from `--config` (Hugging Face key
+/// names), else from the defaults; writes metrics.jsonl, checkpoints, the adapter in PEFT format and loss.svg.
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Fine-tune LoRA adapters on a frozen 4-bit base (CPU).")
 
     @OptionGroup var modelOptions: ModelOptions
-
-    @Option(help: "JSONL data: {\"input_ids\": [...]} per line, optionally with \"labels\".")
-    var data: String
-
-    @Option(help: "Where metrics.jsonl and the adapter go.")
-    var outputDir: String
-
-    @Option(help: "Start from this PEFT adapter (its r, alpha, targets) instead of fresh adapters.")
-    var initAdapter: String?
-
-    @Option(help: "LoRA rank r.") var loraR: Int = 8
-    @Option(help: "LoRA alpha.") var loraAlpha: Double = 16
-    @Option(help: "LoRA dropout.") var loraDropout: Double = 0.05
-    @Option(help: "Comma-separated projections (q_proj,v_proj,...) or all-linear.") var targetModules: String = "q_proj,v_proj"
+    @Option(help: "Recipe file (YAML or JSON) with Hugging Face key names; flags override it.") var config: String?
+    @Option(help: "Training data file.") var data: String?
+    @Option(help: "Validation data file.") var evalData: String?
+    @Option(help: "Hold out this fraction of the training data for validation (when no --eval-data).") var validationSplit: Double?
+    @Option(help: "Where metrics.jsonl, checkpoints, the adapter and loss.svg go.") var outputDir: String?
+    @Option(help: "Start from this PEFT adapter (its r, alpha, targets) instead of fresh adapters.") var initAdapter: String?
+    @Option(help: "Continue from a checkpoint folder, or 'latest' in --output-dir.") var resumeFromCheckpoint: String?
+    @Option(help: "LoRA rank r (default 8).") var loraR: Int?
+    @Option(help: "LoRA alpha (default 16).") var loraAlpha: Double?
+    @Option(help: "LoRA dropout (default 0.05).") var loraDropout: Double?
+    @Option(help: "Comma-separated projections (q_proj,v_proj,...) or all-linear (default q_proj,v_proj).") var targetModules: String?
     @Flag(help: "rsLoRA scaling (alpha / sqrt(r)).") var useRslora = false
-    @Option(help: "Sequences per step.") var batchSize: Int = 4
-    @Option(help: "Optimizer steps.") var maxSteps: Int = 100
-    @Option(help: "Peak learning rate.") var learningRate: Float = 2e-4
-    @Option(help: "Decoupled weight decay.") var weightDecay: Float = 0
-    @Option(help: "adamw, adamw_8bit, paged_adamw_8bit or paged_adamw_32bit.") var optim: OptimizerKind = .paged_adamw_8bit
-    @Option(help: "constant, linear or cosine.") var lrScheduler: LRScheduleKind = .linear
-    @Option(help: "Linear warm-up steps.") var warmupSteps: Int = 0
-    @Option(help: "Clip the global gradient norm to this (0: off).") var maxGradNorm: Float = 1
+    @Option(help: "Sequences per micro-batch (default 4).") var batchSize: Int?
+    @Option(help: "Micro-batches per optimizer step (default 1).") var gradientAccumulationSteps: Int?
+    @Option(help: "Optimizer steps (default: run the epochs).") var maxSteps: Int?
+    @Option(help: "Epochs when --max-steps is not given (default 1).") var numTrainEpochs: Double?
+    @Option(help: "Peak learning rate (default 2e-4).") var learningRate: Float?
+    @Option(help: "Decoupled weight decay (default 0).") var weightDecay: Float?
+    @Option(help: "adamw, adamw_8bit, paged_adamw_8bit or paged_adamw_32bit (default paged_adamw_8bit).") var optim: OptimizerKind?
+    @Option(help: "constant, linear or cosine (default linear).") var lrScheduler: LRScheduleKind?
+    @Option(help: "Linear warm-up steps.") var warmupSteps: Int?
+    @Option(help: "Warm-up as a fraction of the steps.") var warmupRatio: Double?
+    @Option(help: "Clip the global gradient norm to this (0: off; default 1).") var maxGradNorm: Float?
     @Flag(help: "Keep the data order.") var noShuffle = false
-    @Option(help: "Log every this many steps.") var loggingSteps: Int = 10
-    @Option(help: "Seed for adapters, dropout and shuffling.") var seed: UInt64 = 42
+    @Option(help: "Log every this many steps (default 10).") var loggingSteps: Int?
+    @Option(help: "Evaluate every this many steps (default: at the end).") var evalSteps: Int?
+    @Option(help: "Save a checkpoint every this many steps.") var saveSteps: Int?
+    @Option(help: "Keep at most this many checkpoints.") var saveTotalLimit: Int?
+    @Option(help: "Seed for adapters, dropout and shuffling (default 42).") var seed: UInt64?
     @Flag(help: "Recompute each layer's activations in the backward pass (less memory, same numbers).")
     var gradientCheckpointing = false
-    @Option(help: "Cut sequences to this many tokens.") var maxSeqLength: Int?
-
-    func validate() throws {
-        guard loraR > 0 else { throw ValidationError("--lora-r must be positive") }
-        guard (0..<1).contains(loraDropout) else { throw ValidationError("--lora-dropout must be in [0, 1)") }
-        guard batchSize > 0, maxSteps > 0, loggingSteps > 0 else {
-            throw ValidationError("--batch-size, --max-steps and --logging-steps must be positive")
-        }
-        let known = Set(LlamaConfig.projectionNames + ["all-linear"])
-        for t in targetModules.split(separator: ",") where !known.contains(String(t)) {
-            throw ValidationError("--target-modules: unknown module '\(t)' (known: \(LlamaConfig.projectionNames.joined(separator: ", ")), all-linear)")
-        }
-    }
+    @Option(help: "Cut sequences to this many tokens (default 512).") var maxSeqLength: Int?
 
     func run() throws {
+        let recipe = try config.map { try TrainingRecipe(contentsOf: $0) } ?? TrainingRecipe()
+        guard let dataPath = try data ?? recipe.string("data") else { throw ValidationError("missing --data (or \"train_file\" in the recipe)") }
+        guard let output = try outputDir ?? recipe.string("output_dir") else { throw ValidationError("missing --output-dir (or \"output_dir\" in the recipe)") }
         var lora = LoRAConfig()
-        lora.r = loraR; lora.alpha = loraAlpha; lora.dropout = loraDropout; lora.useRSLoRA = useRslora
-        lora.targetModules = targetModules.split(separator: ",").map(String.init)
-        let model = try modelOptions.load(lora: lora, seed: seed)
+        lora.r = try loraR ?? recipe.int("r") ?? 8
+        lora.alpha = try loraAlpha ?? recipe.double("lora_alpha") ?? 16
+        lora.dropout = try loraDropout ?? recipe.double("lora_dropout") ?? 0.05
+        lora.useRSLoRA = try useRslora || (recipe.bool("use_rslora") ?? false)
+        lora.targetModules = try targetModules.map { $0.split(separator: ",").map(String.init) } ?? recipe.list("target_modules") ?? ["q_proj", "v_proj"]
+        if let bias = try recipe.string("bias"), bias != "none" { throw ValidationError("bias \"\(bias)\": only \"none\" is supported") }
+        guard lora.r > 0, (0..<1).contains(lora.dropout) else { throw ValidationError("LoRA r must be positive and dropout in [0, 1)") }
+        let known = Set(LlamaConfig.projectionNames + ["all-linear"])
+        if let bad = lora.targetModules.first(where: { !known.contains($0) }) {
+            throw ValidationError("target module '\(bad)' is unknown (known: \(LlamaConfig.projectionNames.joined(separator: ", ")), all-linear)")
+        }
+        var settings = TrainingConfig()
+        settings.batchSize = try batchSize ?? recipe.int("batch_size") ?? 4
+        settings.gradientAccumulationSteps = try gradientAccumulationSteps ?? recipe.int("gradient_accumulation_steps") ?? 1
+        settings.maxSteps = try maxSteps ?? recipe.int("max_steps")
+        if let m = settings.maxSteps, m <= 0 { settings.maxSteps = nil }
+        settings.epochs = try numTrainEpochs ?? recipe.double("num_train_epochs") ?? 1
+        settings.learningRate = try learningRate ?? recipe.double("learning_rate").map(Float.init) ?? 2e-4
+        settings.weightDecay = try weightDecay ?? recipe.double("weight_decay").map(Float.init) ?? 0
+        settings.optimizer = try optim ?? recipe.string("optim").map { name in
+            guard let o = OptimizerKind(rawValue: name) else { throw ValidationError("optim \"\(name)\": use \(OptimizerKind.allCases.map(\.rawValue).joined(separator: ", "))") }
+            return o
+        } ?? .paged_adamw_8bit
+        settings.schedule = try lrScheduler ?? recipe.string("lr_scheduler_type").map { name in
+            guard let s = LRScheduleKind(rawValue: name) else { throw ValidationError("lr_scheduler_type \"\(name)\": use constant, linear or cosine") }
+            return s
+        } ?? .linear
+        settings.warmupSteps = try warmupSteps ?? recipe.int("warmup_steps") ?? 0
+        settings.warmupRatio = try warmupRatio ?? recipe.double("warmup_ratio") ?? 0
+        settings.maxGradNorm = try maxGradNorm ?? recipe.double("max_grad_norm").map(Float.init) ?? 1
+        settings.loggingSteps = try loggingSteps ?? recipe.int("logging_steps") ?? 10
+        settings.evalSteps = try evalSteps ?? recipe.int("eval_steps")
+        settings.saveSteps = try saveSteps ?? recipe.int("save_steps")
+        settings.saveTotalLimit = try saveTotalLimit ?? recipe.int("save_total_limit")
+        settings.seed = try seed ?? recipe.int("seed").map(UInt64.init) ?? 42
+        settings.shuffle = try !noShuffle && (recipe.bool("shuffle") ?? true)
+        settings.gradientCheckpointing = try gradientCheckpointing || (recipe.bool("gradient_checkpointing") ?? false)
+        guard settings.batchSize > 0, settings.gradientAccumulationSteps > 0, settings.loggingSteps > 0 else {
+            throw ValidationError("batch size, gradient accumulation steps and logging steps must be positive")
+        }
+
+        let loaded = try modelOptions.load(lora: lora, seed: settings.seed, recipe: recipe)
+        let model = loaded.model
         if let initAdapter { try PEFTAdapter.load(directory: initAdapter, into: model) }
         let counts = model.parameterCounts
         print(String(format: "trainable params: %@ || all params: %@ || trainable%%: %.4f",
                      counts.trainable.formatted(), counts.all.formatted(), 100 * Double(counts.trainable) / Double(counts.all)))
-        let examples = try TokenizedDataset.load(path: data, vocabSize: model.config.vocabSize,
-                                                 maxLength: maxSeqLength ?? model.config.maxPositionEmbeddings)
-        var config = TrainingConfig()
-        config.batchSize = batchSize; config.maxSteps = maxSteps; config.learningRate = learningRate
-        config.weightDecay = weightDecay; config.optimizer = optim; config.schedule = lrScheduler
-        config.warmupSteps = warmupSteps; config.maxGradNorm = maxGradNorm; config.loggingSteps = loggingSteps
-        config.seed = seed; config.shuffle = !noShuffle; config.gradientCheckpointing = gradientCheckpointing
-        try FileSystem.createDirectory(outputDir)
-        let metricsPath = outputDir + "/metrics.jsonl"
-        FileManager.default.createFile(atPath: metricsPath, contents: nil)
+        let maxLength = try maxSeqLength ?? recipe.int("max_seq_length") ?? 512
+        var examples = try TokenizedDataset.load(path: dataPath, vocabSize: model.config.vocabSize,
+                                                 maxLength: min(maxLength, model.config.maxPositionEmbeddings))
+        var validation: [TokenizedExample] = []
+        if let evalPath = try evalData ?? recipe.string("eval_data") {
+            validation = try TokenizedDataset.load(path: evalPath, vocabSize: model.config.vocabSize, maxLength: maxLength)
+        } else if let split = try validationSplit ?? recipe.double("validation_split"), split > 0 {
+            var rng = SeededGenerator(seed: settings.seed ^ 0x5eed)
+            examples.shuffle(using: &rng)
+            let held = max(1, Int(Double(examples.count) * split))
+            validation = Array(examples.prefix(held))
+            examples = Array(examples.dropFirst(held))
+        }
+
+        try FileSystem.createDirectory(output)
+        var trainer = Trainer(model: model, examples: examples, config: settings)
+        let resume = try resumeFromCheckpoint ?? recipe.string("resume_from_checkpoint")
+        let metricsPath = output + "/metrics.jsonl"
+        var history: [String] = []
+        if let resume {
+            let dir = resume == "latest" ? try Checkpoint.checkpoints(in: output).last?.path : resume
+            guard let dir else { throw ValidationError("--resume-from-checkpoint latest: no checkpoint in \(output)") }
+            try Checkpoint.restore(&trainer, from: dir)
+            // Keep the metrics logged up to the checkpoint; what came after it is logged again.
+            if let text = try? String(contentsOfFile: metricsPath, encoding: .utf8) {
+                history = text.split(separator: "\n").map(String.init).filter { (StepMetrics(json: $0)?.step ?? .max) <= trainer.step }
+            }
+            print("resuming from \(dir) at step \(trainer.step) of \(trainer.totalSteps)")
+        }
+        try AtomicFile.write(text: history.map { $0 + "\n" }.joined(), to: metricsPath)
         let metrics = try FileHandle(forWritingTo: URL(fileURLWithPath: metricsPath))
+        metrics.seekToEndOfFile()
         defer { try? metrics.close() }
-        var trainer = Trainer(model: model, examples: examples, config: config)
         let reporter = ProgressReporter(label: "train")
+        var callbacks = Trainer.Callbacks()
         var lastLoss = Double.nan
-        trainer.train(log: { m in
+        callbacks.log = { m in
             metrics.write((m.json + "\n").data(using: .utf8)!)
-            lastLoss = m.loss
-        }, progress: { step, loss in
-            reporter.update(done: step, total: maxSteps, detail: String(format: "loss %.4f", loss))
-        })
+            if let loss = m.loss { lastLoss = loss }
+            if let e = m.evalLoss { FileHandle.standardError.write(String(format: "\nstep %d: validation loss %.4f\n", m.step, e).data(using: .utf8)!) }
+        }
+        callbacks.progress = { step, total, loss in
+            reporter.update(done: step, total: total, detail: String(format: "loss %.4f  lr %.2e", loss, settings.learningRate(atStep: step - 1, totalSteps: total)))
+        }
+        if !validation.isEmpty {
+            let evalBatch = try recipe.int("eval_batch_size") ?? settings.batchSize
+            callbacks.evaluate = { m in Trainer.evaluate(model: m, examples: validation, batchSize: evalBatch).loss }
+        }
+        let limit = settings.saveTotalLimit
+        callbacks.save = { t in try Checkpoint.save(t, outputDirectory: output, limit: limit) }
+        do {
+            try trainer.train(callbacks)
+        } catch {
+            reporter.finish()
+            throw error
+        }
         reporter.finish()
-        guard lastLoss.isFinite else { throw ValidationError("training produced a non-finite loss; the adapter was not saved") }
-        try PEFTAdapter.save(model, to: outputDir, baseModel: modelOptions.model)
-        print("saved the adapter and metrics.jsonl to \(outputDir) (final logged loss \(String(format: "%.4f", lastLoss)))")
+        try PEFTAdapter.save(model, to: output, baseModel: loaded.path)
+        let plot = try LossPlot.write(runDirectory: output)
+        print("saved the adapter, metrics.jsonl and \(plot) to \(output) (final logged loss \(String(format: "%.4f", lastLoss)))")
     }
+}
+
+/// `qlora plot RUN_DIR`: the loss plot of a run as SVG.
+struct Plot: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Draw RUN_DIR/metrics.jsonl as RUN_DIR/loss.svg.")
+    @Argument(help: "A run folder (holding metrics.jsonl).") var runDirectory: String
+    func run() throws { print(try LossPlot.write(runDirectory: runDirectory)) }
 }

@@ -1,0 +1,101 @@
+import Foundation
+import Llama
+import ModelFiles
+import Tensors
+
+/// A training checkpoint, `OUTPUT/checkpoint-STEP/`: the adapter in PEFT format, `optimizer.safetensors` (every
+/// moment, bit for bit, and each tensor's step count), and `trainer_state.json` (the step, the generator state, the
+/// data order and position). Written into a temporary folder and renamed, so a crash never leaves a half checkpoint;
+/// resuming from one continues exactly as if the run had never stopped.
+public enum Checkpoint {
+    /// Saves `trainer` under `outputDirectory`, then deletes the oldest checkpoints beyond `limit`.
+    @discardableResult
+    public static func save(_ trainer: Trainer, outputDirectory: String, limit: Int?) throws -> String {
+        let final = outputDirectory + "/checkpoint-\(trainer.step)"
+        let temporary = final + ".tmp-\(getpid())"
+        try? FileManager.default.removeItem(atPath: temporary)
+        try PEFTAdapter.save(trainer.model, to: temporary)
+        var tensors: [(name: String, tensor: Tensor)] = []
+        var steps: [(String, JSONValue)] = []
+        for (name, state) in trainer.optimizer.states.sorted(by: { $0.key < $1.key }) {
+            switch state {
+            case .float32(let m, let v):
+                tensors.append((name + ".m", Tensor(m, shape: [m.count])))
+                tensors.append((name + ".v", Tensor(v, shape: [v.count])))
+            case .eightBit(let m, let v, let am, let av):
+                tensors.append((name + ".m", Tensor(copying: m, shape: [m.count], dtype: .u8)))
+                tensors.append((name + ".v", Tensor(copying: v, shape: [v.count], dtype: .u8)))
+                tensors.append((name + ".absmax_m", Tensor(am, shape: [am.count])))
+                tensors.append((name + ".absmax_v", Tensor(av, shape: [av.count])))
+            }
+            steps.append((name, .int(trainer.optimizer.steps[name] ?? 0)))
+        }
+        try SafeTensorsWriter.write(tensors, metadata: ["optim": trainer.optimizer.kind.rawValue,
+                                                        "steps": JSONValue.object(steps).compactText()],
+                                    to: temporary + "/optimizer.safetensors")
+        let state: JSONValue = .object([
+            ("global_step", .int(trainer.step)),
+            ("total_steps", .int(trainer.totalSteps)),
+            ("rng_state", .string(String(trainer.rng.state))),
+            ("epoch", .int(trainer.data.epoch)),
+            ("data_position", .int(trainer.data.position)),
+            ("data_order", .array(trainer.data.order.map { .int($0) })),
+        ])
+        try AtomicFile.write(text: state.pythonText(indent: 2) + "\n", to: temporary + "/trainer_state.json")
+        try? FileManager.default.removeItem(atPath: final)
+        guard rename(temporary, final) == 0 else {
+            throw ModelFileError.writeFailed(path: final, reason: String(cString: strerror(errno)))
+        }
+        if let limit, limit > 0 {
+            let all = try checkpoints(in: outputDirectory)
+            for old in all.dropLast(limit) { try? FileManager.default.removeItem(atPath: old.path) }
+        }
+        return final
+    }
+
+    /// The checkpoints in `outputDirectory`, oldest first.
+    public static func checkpoints(in outputDirectory: String) throws -> [(step: Int, path: String)] {
+        guard FileSystem.isDirectory(outputDirectory) else { return [] }
+        return try FileSystem.contents(of: outputDirectory).compactMap { name -> (Int, String)? in
+            guard name.hasPrefix("checkpoint-"), let step = Int(name.dropFirst("checkpoint-".count)) else { return nil }
+            return (step, outputDirectory + "/" + name)
+        }.sorted { $0.0 < $1.0 }
+    }
+
+    /// Restores the checkpoint in `directory` into `trainer` (adapters, optimizer, step, generator, data position).
+    public static func restore(_ trainer: inout Trainer, from directory: String) throws {
+        let statePath = directory + "/trainer_state.json"
+        let state: JSONValue
+        do { state = try JSONValue(parsing: FileSystem.readBytes(statePath)) } catch {
+            throw ModelFileError.invalidCheckpoint(path: directory, tensor: "trainer_state.json", detail: "\(error)")
+        }
+        guard let step = state["global_step"]?.intValue, let rngText = state["rng_state"]?.stringValue,
+              let rngState = UInt64(rngText), let order = state["data_order"]?.arrayValue?.compactMap(\.intValue),
+              let position = state["data_position"]?.intValue, let epoch = state["epoch"]?.intValue else {
+            throw ModelFileError.invalidCheckpoint(path: directory, tensor: "trainer_state.json", detail: "missing or malformed fields")
+        }
+        try PEFTAdapter.load(directory: directory, into: trainer.model)
+        let file = try SafeTensorsFile(path: directory + "/optimizer.safetensors")
+        guard file.metadata["optim"] == trainer.optimizer.kind.rawValue else {
+            throw ModelFileError.invalidCheckpoint(path: file.path, tensor: "optimizer",
+                                                   detail: "was saved by \(file.metadata["optim"] ?? "?"), this run uses \(trainer.optimizer.kind.rawValue)")
+        }
+        let stepsJSON = try JSONValue(parsing: file.metadata["steps"] ?? "{}")
+        var states: [String: OptimizerState] = [:], steps: [String: Int] = [:]
+        for (name, count) in stepsJSON.objectValue ?? [] {
+            steps[name] = count.intValue ?? 0
+            let m = try file.tensor(named: name + ".m"), v = try file.tensor(named: name + ".v")
+            if m.dtype == .u8 {
+                states[name] = .eightBit(m: m.bytesArray(), v: v.bytesArray(),
+                                         absmaxM: try file.tensor(named: name + ".absmax_m").floats(),
+                                         absmaxV: try file.tensor(named: name + ".absmax_v").floats())
+            } else {
+                states[name] = .float32(m: m.floats(), v: v.floats())
+            }
+        }
+        let optimizer = AdamW(kind: trainer.optimizer.kind, settings: trainer.optimizer.settings, states: states, steps: steps)
+        var rng = SeededGenerator(seed: 0)
+        rng.state = rngState
+        trainer.restore(step: step, rng: rng, data: DataPosition(order: order, position: position, epoch: epoch), optimizer: optimizer)
+    }
+}
