@@ -64,18 +64,36 @@ extension LlamaModel {
         var rstdF = [Float](repeating: 0, count: n)
         var xf = [Float](repeating: 0, count: n * c)
         CPUOps.rmsNormForward(&xf, &rstdF, x, finalNorm, rows: n, width: c, eps: Float(config.rmsNormEps))
-        var logits = [Float](repeating: 0, count: n * vocab)
-        CPUOps.linearForward(&logits, xf, lmHead, rows: n, inFeatures: c, outFeatures: vocab)
         var targets = [Int](repeating: -100, count: n)
         for b in 0..<batch { for t in 0..<(tokens - 1) { targets[b * tokens + t] = labels[b * tokens + t + 1] } }
-        var dlogits: [Float]? = withGradients ? [Float](repeating: 0, count: n * vocab) : nil
-        let (loss, count) = CPUOps.crossEntropy(logits, targets: targets, vocab: vocab, dlogits: &dlogits,
-                                                 gradientScale: gradientScale)
-        var result = StepResult(loss: loss, tokenCount: count, gradients: [:], logits: keepLogits ? logits : nil)
-        guard withGradients, let dl = dlogits else { return result }
+        let count = targets.filter { $0 != -100 }.count
+        let scale = gradientScale ?? (count > 0 ? 1 / Float(count) : 0)
+        // lm_head and the loss a chunk of rows at a time, so the (N, V) logits never exist all at once.
+        let chunk = max(1, min(n, (1 << 22) / vocab))
+        var lossSum = 0.0
+        var keptLogits: [Float] = keepLogits ? [Float](repeating: 0, count: n * vocab) : []
+        var dxf = [Float](repeating: 0, count: withGradients ? n * c : 0)
+        var logitsChunk = [Float](repeating: 0, count: chunk * vocab)
+        var dChunk: [Float]? = withGradients ? [Float](repeating: 0, count: chunk * vocab) : nil
+        for start in stride(from: 0, to: n, by: chunk) {
+            let rows = min(chunk, n - start)
+            let xChunk = Array(xf[(start * c)..<((start + rows) * c)])
+            if rows < chunk { logitsChunk = [Float](repeating: 0, count: rows * vocab); if withGradients { dChunk = logitsChunk } }
+            CPUOps.linearForward(&logitsChunk, xChunk, lmHead, rows: rows, inFeatures: c, outFeatures: vocab)
+            if keepLogits { keptLogits.replaceSubrange((start * vocab)..<((start + rows) * vocab), with: logitsChunk) }
+            let part = CPUOps.crossEntropy(logitsChunk, targets: Array(targets[start..<(start + rows)]), vocab: vocab,
+                                           dlogits: &dChunk, gradientScale: scale)
+            lossSum += part.loss * Double(part.count)
+            if withGradients, let d = dChunk {
+                var dxChunk = [Float](repeating: 0, count: rows * c)
+                CPUOps.linearBackwardInput(&dxChunk, d, lmHead, rows: rows, inFeatures: c, outFeatures: vocab)
+                dxf.replaceSubrange((start * c)..<((start + rows) * c), with: dxChunk)
+            }
+        }
+        let loss = count > 0 ? lossSum / Double(count) : 0
+        var result = StepResult(loss: loss, tokenCount: count, gradients: [:], logits: keepLogits ? keptLogits : nil)
+        guard withGradients else { return result }
 
-        var dxf = [Float](repeating: 0, count: n * c)
-        CPUOps.linearBackwardInput(&dxf, dl, lmHead, rows: n, inFeatures: c, outFeatures: vocab)
         var dx = [Float](repeating: 0, count: n * c)
         CPUOps.rmsNormBackward(&dx, dxf, x, finalNorm, rstdF, rows: n, width: c, accumulate: false)
         var grads = LoRAGradients()

@@ -23,9 +23,9 @@ public enum ModelFileError: Error, CustomStringConvertible, Equatable {
         case let .headerTooLarge(path, claimed, available):
             return "\(path): header claims \(claimed) bytes but only \(available) bytes follow the length field"
         case let .invalidHeader(path, detail):
-            return "\(path): invalid safetensors header: \(detail)"
+            return "\(path): invalid header: \(detail)"
         case let .unknownDType(path, tensor, dtype):
-            return "\(path): tensor '\(tensor)' has unknown dtype '\(dtype)' (supported: F32, F16, BF16, U8, I32, I64)"
+            return "\(path): tensor '\(tensor)' has an unknown or unsupported type '\(dtype)'"
         case let .offsetsOutOfRange(path, tensor, start, end, dataSize):
             return "\(path): tensor '\(tensor)' has data_offsets [\(start), \(end)] outside the \(dataSize)-byte data section"
         case let .sizeMismatch(path, tensor, expected, found):

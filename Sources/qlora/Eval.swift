@@ -13,17 +13,16 @@ struct Eval: ParsableCommand {
     @Option(help: "A PEFT adapter folder to apply.")
     var adapter: String?
 
-    @Option(help: "Data file (JSONL or JSON): pre-tokenized {\"input_ids\": [...]} records.")
+    @Option(help: "Data file: JSONL / JSON array of text, instruction, chat or pre-tokenized records, or plain text.")
     var data: String
+
+    @OptionGroup var dataOptions: DataOptions
 
     @Option(help: "Sequences per forward pass.")
     var batchSize: Int = 4
 
     @Option(help: "Use only the first N examples.")
     var limit: Int?
-
-    @Option(help: "Cut sequences to this many tokens.")
-    var maxSeqLength: Int?
 
     @Flag(help: "Print one JSON object instead of text.")
     var json = false
@@ -34,8 +33,11 @@ struct Eval: ParsableCommand {
         let loaded = try modelOptions.load(lora: lora)
         let model = loaded.model
         if let adapter { try PEFTAdapter.load(directory: adapter, into: model) }
-        var examples = try TokenizedDataset.load(path: data, vocabSize: model.config.vocabSize,
-                                                 maxLength: maxSeqLength ?? model.config.maxPositionEmbeddings)
+        let text = try? ModelText.load(path: loaded.path)
+        var options = try dataOptions.options(text ?? ModelText.none, maxPositions: model.config.maxPositionEmbeddings)
+        options.packing = false
+        var examples = try TextDataset.load(path: data, tokenizer: text?.tokenizer, vocabularySize: model.config.vocabSize,
+                                            options: options)
         if let limit { examples = Array(examples.prefix(limit)) }
         let (loss, tokens) = Trainer.evaluate(model: model, examples: examples, batchSize: batchSize)
         if json {

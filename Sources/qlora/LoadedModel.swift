@@ -2,20 +2,74 @@ import Foundation
 import Llama
 import ModelFiles
 import Quantization
+import Tokenizers
+import Training
 
-/// A model with what came with it: where it was loaded from (folder or GGUF file).
+/// A model with what came with it: its tokenizer and chat format, from a Hugging Face folder (tokenizer.json,
+/// tokenizer_config.json), a bitsandbytes 4-bit checkpoint folder, or a GGUF file (its own vocabulary and template).
 struct LoadedModel {
     let model: LlamaModel
     let path: String
 
-    /// Loads a Hugging Face folder or a bitsandbytes 4-bit checkpoint folder.
+    /// Loads the weights (4-bit base plus fresh adapters).
     static func load(path: String, quantType: QuantType, doubleQuant: Bool, compute: ComputeDType, lora: LoRAConfig,
                      seed: UInt64) throws -> LoadedModel {
-        guard FileSystem.isDirectory(path) else {
-            throw ModelFileError.cannotOpen(path: path, reason: "not a model folder (GGUF files are read once the GGUF reader lands)")
+        if FileSystem.isDirectory(path) {
+            let model = try LlamaModel.load(directory: path, quantType: quantType, doubleQuant: doubleQuant, compute: compute,
+                                            lora: lora, seed: seed)
+            return LoadedModel(model: model, path: path)
         }
-        let model = try LlamaModel.load(directory: path, quantType: quantType, doubleQuant: doubleQuant, compute: compute,
-                                        lora: lora, seed: seed)
+        guard FileSystem.isFile(path) else { throw ModelFileError.cannotOpen(path: path, reason: "no such model folder or GGUF file") }
+        let archive = try GGUFArchive(path: path)
+        let model = try LlamaModel.load(config: LlamaConfig(gguf: archive.file), source: archive, quantType: quantType,
+                                        doubleQuant: doubleQuant, compute: compute, lora: lora, seed: seed)
         return LoadedModel(model: model, path: path)
+    }
+}
+
+/// The tokenizer and chat format of a model path (folder or GGUF file), or of a tokenizer.json file.
+struct ModelText {
+    let tokenizer: Tokenizer?
+    let chatTemplate: ChatTemplate?
+
+    /// No tokenizer (a model folder without one: only pre-tokenized data can be used).
+    static let none = ModelText(tokenizer: nil, chatTemplate: nil)
+
+    static func load(path: String) throws -> ModelText {
+        if FileSystem.isDirectory(path) {
+            let tokenizer = try Tokenizer(tokenizerJSONPath: path + "/tokenizer.json")
+            var template: String? = nil
+            if let config = try? JSONValue(parsing: FileSystem.readBytes(path + "/tokenizer_config.json")) {
+                template = config["chat_template"]?.stringValue
+            }
+            if template == nil, let jinja = try? String(contentsOfFile: path + "/chat_template.jinja", encoding: .utf8) { template = jinja }
+            return ModelText(tokenizer: tokenizer, chatTemplate: template.flatMap { ChatTemplate(jinja: $0) })
+        }
+        if path.hasSuffix(".json") {
+            return ModelText(tokenizer: try Tokenizer(tokenizerJSONPath: path), chatTemplate: nil)
+        }
+        let gguf = try GGUFFile(path: path)
+        let m = gguf.metadata
+        guard let model = m["tokenizer.ggml.model"]?.string, let tokens = m["tokenizer.ggml.tokens"]?.strings else {
+            throw ModelFileError.invalidHeader(path: path, detail: "no tokenizer.ggml.model / tokenizer.ggml.tokens vocabulary")
+        }
+        let tokenizer = try Tokenizer(
+            ggufModel: model, pre: m["tokenizer.ggml.pre"]?.string, tokens: tokens,
+            tokenTypes: m["tokenizer.ggml.token_type"]?.ints, scores: m["tokenizer.ggml.scores"]?.floats?.map { Float($0) },
+            merges: m["tokenizer.ggml.merges"]?.strings, bosTokenId: m["tokenizer.ggml.bos_token_id"]?.int,
+            eosTokenId: m["tokenizer.ggml.eos_token_id"]?.int, unknownTokenId: m["tokenizer.ggml.unknown_token_id"]?.int,
+            paddingTokenId: m["tokenizer.ggml.padding_token_id"]?.int,
+            addBOS: m["tokenizer.ggml.add_bos_token"]?.bool ?? (model == "llama"),
+            addSpacePrefix: m["tokenizer.ggml.add_space_prefix"]?.bool ?? (model == "llama"))
+        return ModelText(tokenizer: tokenizer, chatTemplate: m["tokenizer.chat_template"]?.string.flatMap { ChatTemplate(jinja: $0) })
+    }
+
+    /// Ids that end generation: EOS and the chat format's end-of-turn marker.
+    var stopTokenIds: Set<Int> {
+        var ids = Set<Int>()
+        guard let tokenizer else { return ids }
+        if let eos = tokenizer.eosTokenId { ids.insert(eos) }
+        for marker in chatTemplate?.endOfTurnMarkers ?? [] { if let id = tokenizer.id(forToken: marker) { ids.insert(id) } }
+        return ids
     }
 }

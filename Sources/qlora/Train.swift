@@ -44,7 +44,7 @@ struct Train: ParsableCommand {
     @Option(help: "Seed for adapters, dropout and shuffling (default 42).") var seed: UInt64?
     @Flag(help: "Recompute each layer's activations in the backward pass (less memory, same numbers).")
     var gradientCheckpointing = false
-    @Option(help: "Cut sequences to this many tokens (default 512).") var maxSeqLength: Int?
+    @OptionGroup var dataOptions: DataOptions
 
     func run() throws {
         let recipe = try config.map { try TrainingRecipe(contentsOf: $0) } ?? TrainingRecipe()
@@ -98,12 +98,17 @@ struct Train: ParsableCommand {
         let counts = model.parameterCounts
         print(String(format: "trainable params: %@ || all params: %@ || trainable%%: %.4f",
                      counts.trainable.formatted(), counts.all.formatted(), 100 * Double(counts.trainable) / Double(counts.all)))
-        let maxLength = try maxSeqLength ?? recipe.int("max_seq_length") ?? 512
-        var examples = try TokenizedDataset.load(path: dataPath, vocabSize: model.config.vocabSize,
-                                                 maxLength: min(maxLength, model.config.maxPositionEmbeddings))
+        let text = try? ModelText.load(path: loaded.path)
+        let options = try dataOptions.options(text ?? ModelText.none, recipe: recipe, maxPositions: model.config.maxPositionEmbeddings)
+        print("\(dataPath): training examples are being tokenized")
+        var examples = try TextDataset.load(path: dataPath, tokenizer: text?.tokenizer, vocabularySize: model.config.vocabSize,
+                                            options: options)
         var validation: [TokenizedExample] = []
         if let evalPath = try evalData ?? recipe.string("eval_data") {
-            validation = try TokenizedDataset.load(path: evalPath, vocabSize: model.config.vocabSize, maxLength: maxLength)
+            var evalOptions = options
+            evalOptions.packing = false
+            validation = try TextDataset.load(path: evalPath, tokenizer: text?.tokenizer, vocabularySize: model.config.vocabSize,
+                                              options: evalOptions)
         } else if let split = try validationSplit ?? recipe.double("validation_split"), split > 0 {
             var rng = SeededGenerator(seed: settings.seed ^ 0x5eed)
             examples.shuffle(using: &rng)

@@ -99,14 +99,14 @@ final class EvalCommandTests: XCTestCase {
         try AtomicFile.write(text: lines.joined(separator: "\n") + "\n", to: path)
         let model = try LlamaModel.load(directory: golden + "/tiny-llama")
         try PEFTAdapter.load(directory: golden + "/tiny-adapter", into: model)
-        let examples = try TokenizedDataset.load(path: path, vocabSize: model.config.vocabSize)
+        let examples = try TextDataset.load(path: path, tokenizer: nil, vocabularySize: model.config.vocabSize, options: DatasetOptions())
         let (loss, tokens) = Trainer.evaluate(model: model, examples: examples, batchSize: 4)
         let json = try JSONValue(parsing: FileSystem.readBytes(golden + "/qlora.json"))
         XCTAssertEqual(loss, json["loss"]!.doubleValue!, accuracy: 1e-5)
         XCTAssertEqual(tokens, 46)
         // A bad line is reported with its file and line number.
         try AtomicFile.write(text: lines[0] + "\n{\"input_ids\": [1, 99999]}\n", to: path)
-        XCTAssertThrowsError(try TokenizedDataset.load(path: path, vocabSize: 384)) {
+        XCTAssertThrowsError(try TextDataset.load(path: path, tokenizer: nil, vocabularySize: 384, options: DatasetOptions())) {
             XCTAssertTrue("\($0)".contains("ids.jsonl:2"), "\($0)")
         }
     }

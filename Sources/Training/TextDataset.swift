@@ -1,0 +1,169 @@
+import Foundation
+import ModelFiles
+import Tokenizers
+
+/// How records become training examples.
+public struct DatasetOptions: Sendable {
+    /// Field holding the prompt of instruction records (default: `instruction` (+ `input`), or `prompt`).
+    public var promptField: String? = nil
+    /// Field holding the completion (default: `output`, or `completion`).
+    public var completionField: String? = nil
+    /// Take the loss on prompts too (default: completions / assistant turns only).
+    public var trainOnInputs = false
+    /// Cut examples to this many tokens.
+    public var maxSeqLength = 512
+    /// Concatenate examples and cut the stream into full `maxSeqLength` blocks.
+    public var packing = false
+    /// The model's chat format; instruction records are rendered as a user/assistant exchange with it.
+    public var chatTemplate: ChatTemplate? = nil
+    /// Defaults as above.
+    public init() {}
+}
+
+/// Reads text data and turns it into token ids and labels.
+///
+/// Files: JSONL (a JSON object a line), a JSON array of objects, or plain text (any file that is neither: the whole
+/// text is one stream, cut into `maxSeqLength` blocks). Records: pre-tokenized (`input_ids`, optional `labels`),
+/// chat (`messages`: [{role, content}]), instruction (`promptField`/`completionField`, or `instruction`/`input`/
+/// `output`, or `prompt`/`completion`), or plain `text`.
+public enum TextDataset {
+    /// All examples of `path` (examples that truncation leaves nothing to learn are dropped). Without a tokenizer
+    /// only pre-tokenized records can be read; ids are checked against `vocabularySize`.
+    public static func load(path: String, tokenizer: Tokenizer?, vocabularySize: Int,
+                            options: DatasetOptions) throws -> [TokenizedExample] {
+        let bytes: [UInt8]
+        do { bytes = try FileSystem.readBytes(path) } catch { throw DatasetError(description: "\(error)") }
+        let records = try parseRecords(bytes, path: path)
+        var examples: [TokenizedExample] = []
+        switch records {
+        case .text(let text):
+            guard let tokenizer else { throw DatasetError(description: "\(path): plain text needs a tokenizer, and the model has none") }
+            let ids = tokenizer.encode(text, addSpecialTokens: tokenizer.addsBOS)
+            let block = max(2, options.maxSeqLength)
+            for start in stride(from: 0, to: ids.count - 1, by: block) {
+                let chunk = Array(ids[start..<min(ids.count, start + block)])
+                if chunk.count >= 2 { examples.append(TokenizedExample(inputIds: chunk, labels: chunk)) }
+            }
+        case .json(let items):
+            for (line, record) in items {
+                let segments = try self.segments(of: record, options: options, tokenizer: tokenizer, location: "\(path):\(line)")
+                var ids: [Int] = [], labels: [Int] = []
+                switch segments {
+                case .tokens(let i, let l): ids = i; labels = l
+                case .text(let parts):
+                    guard let tokenizer else {
+                        throw DatasetError(description: "\(path):\(line): text records need a tokenizer, and the model has none (use pre-tokenized input_ids)")
+                    }
+                    if tokenizer.addsBOS, let bos = tokenizer.bosTokenId, !(parts.first?.text.hasPrefix(tokenizer.token(forId: bos) ?? "\u{0}") ?? false) {
+                        ids.append(bos); labels.append(options.trainOnInputs ? bos : -100)
+                    }
+                    for part in parts {
+                        let piece = tokenizer.encode(part.text, addSpecialTokens: false)
+                        ids += piece
+                        labels += part.trainable || options.trainOnInputs ? piece : [Int](repeating: -100, count: piece.count)
+                    }
+                }
+                for id in ids where id < 0 || id >= vocabularySize {
+                        throw DatasetError(description: "\(path):\(line): token id \(id) is outside the vocabulary [0, \(vocabularySize))")
+                }
+                if !options.packing && ids.count > options.maxSeqLength {
+                    ids = Array(ids.prefix(options.maxSeqLength)); labels = Array(labels.prefix(options.maxSeqLength))
+                }
+                guard ids.count >= 2, labels.dropFirst().contains(where: { $0 != -100 }) else { continue }
+                examples.append(TokenizedExample(inputIds: ids, labels: labels))
+            }
+        }
+        if options.packing { examples = pack(examples, length: options.maxSeqLength) }
+        guard !examples.isEmpty else { throw DatasetError(description: "\(path): no usable examples") }
+        return examples
+    }
+
+    /// Concatenates examples and cuts full blocks of `length` tokens (the remainder is dropped, as TRL's packing does).
+    public static func pack(_ examples: [TokenizedExample], length: Int) -> [TokenizedExample] {
+        let ids = examples.flatMap(\.inputIds), labels = examples.flatMap(\.labels)
+        return stride(from: 0, to: ids.count - length + 1, by: length).map {
+            TokenizedExample(inputIds: Array(ids[$0..<($0 + length)]), labels: Array(labels[$0..<($0 + length)]))
+        }
+    }
+
+    enum Records { case text(String), json([(Int, JSONValue)]) }
+
+    static func parseRecords(_ bytes: [UInt8], path: String) throws -> Records {
+        let firstNonSpace = bytes.first { ![0x20, 0x0A, 0x0D, 0x09].contains($0) }
+        if firstNonSpace == UInt8(ascii: "[") {
+            guard let array = (try? JSONValue(parsing: bytes))?.arrayValue else {
+                throw DatasetError(description: "\(path): starts like a JSON array but is not valid JSON")
+            }
+            return .json(array.enumerated().map { ($0.offset + 1, $0.element) })
+        }
+        if firstNonSpace == UInt8(ascii: "{") {
+            var items: [(Int, JSONValue)] = []
+            for (n, line) in bytes.split(separator: 0x0A, omittingEmptySubsequences: false).enumerated() {
+                if line.allSatisfy({ [0x20, 0x0D, 0x09].contains($0) }) { continue }
+                do { items.append((n + 1, try JSONValue(parsing: line))) } catch {
+                    throw DatasetError(description: "\(path):\(n + 1): \(error)")
+                }
+            }
+            return .json(items)
+        }
+        return .text(String(decoding: bytes, as: UTF8.self))
+    }
+
+    enum Segments { case tokens([Int], [Int]), text([TextSegment]) }
+
+    static func segments(of record: JSONValue, options: DatasetOptions, tokenizer: Tokenizer?, location: String) throws -> Segments {
+        func fail(_ why: String) -> DatasetError { DatasetError(description: "\(location): \(why)") }
+        guard record.objectValue != nil else { throw fail("a record must be a JSON object") }
+        if let ids = record["input_ids"]?.arrayValue {
+            let i = try ids.map { v -> Int in guard let x = v.intValue else { throw fail("input_ids must be integers") }; return x }
+            var l = i
+            if let labels = record["labels"]?.arrayValue {
+                guard labels.count == i.count else { throw fail("\"labels\" has \(labels.count) entries, \"input_ids\" \(i.count)") }
+                l = try labels.map { v -> Int in
+                    guard let x = v.intValue, x == -100 || x >= 0 else { throw fail("label \(v.compactText()) is neither -100 nor a token id") }
+                    return x
+                }
+            }
+            return .tokens(i, l)
+        }
+        if let messages = record["messages"]?.arrayValue {
+            guard let template = options.chatTemplate else { throw fail("chat records need a chat template; the model has none this tool recognizes") }
+            let chat = try messages.map { m -> ChatMessage in
+                guard let role = m["role"]?.stringValue, let content = m["content"]?.stringValue else {
+                    throw fail("each message needs \"role\" and \"content\" strings")
+                }
+                return ChatMessage(role: role, content: content)
+            }
+            return .text(template.render(chat, addGenerationPrompt: false))
+        }
+        if let (prompt, completion) = try instruction(record, options: options, fail: fail) {
+            if let template = options.chatTemplate {
+                return .text(template.render([ChatMessage(role: "user", content: prompt),
+                                              ChatMessage(role: "assistant", content: completion)], addGenerationPrompt: false))
+            }
+            let eos = tokenizer?.eosTokenId.flatMap { tokenizer?.token(forId: $0) } ?? ""
+            return .text([TextSegment(text: prompt + "\n", trainable: false), TextSegment(text: completion + eos, trainable: true)])
+        }
+        if let text = record["text"]?.stringValue {
+            let eos = tokenizer?.eosTokenId.flatMap { tokenizer?.token(forId: $0) } ?? ""
+            return .text([TextSegment(text: text + eos, trainable: true)])
+        }
+        throw fail("no input_ids, messages, text, or prompt/completion fields (use --prompt-field and --completion-field)")
+    }
+
+    /// The prompt and completion of an instruction record, or nil when it is not one.
+    static func instruction(_ r: JSONValue, options: DatasetOptions, fail: (String) -> DatasetError) throws -> (String, String)? {
+        if let p = options.promptField, let c = options.completionField {
+            guard let prompt = r[p]?.stringValue, let completion = r[c]?.stringValue else {
+                throw fail("missing string fields \"\(p)\" and \"\(c)\"")
+            }
+            return (prompt, completion)
+        }
+        if let instruction = r["instruction"]?.stringValue, let output = r["output"]?.stringValue {
+            let input = r["input"]?.stringValue ?? ""
+            return (input.isEmpty ? instruction : instruction + "\n\n" + input, output)
+        }
+        if let prompt = r["prompt"]?.stringValue, let completion = r["completion"]?.stringValue { return (prompt, completion) }
+        return nil
+    }
+}

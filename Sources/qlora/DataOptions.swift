@@ -1,0 +1,26 @@
+import ArgumentParser
+import Training
+
+/// How data files are read, shared by `train` and `eval`; each may come from a recipe too.
+struct DataOptions: ParsableArguments {
+    @Option(help: "Field with the prompt of instruction records (e.g. question).") var promptField: String?
+    @Option(help: "Field with the completion of instruction records (e.g. answer).") var completionField: String?
+    @Flag(help: "Take the loss on prompts too, not only on completions and assistant turns.") var trainOnInputs = false
+    @Flag(help: "Concatenate examples into full --max-seq-length blocks.") var packing = false
+    @Option(help: "Cut examples to this many tokens (default 512).") var maxSeqLength: Int?
+
+    /// The dataset options for a model's text (the chat template comes from the model).
+    func options(_ text: ModelText, recipe: TrainingRecipe = TrainingRecipe(), maxPositions: Int) throws -> DatasetOptions {
+        var o = DatasetOptions()
+        o.promptField = try promptField ?? recipe.string("prompt_field")
+        o.completionField = try completionField ?? recipe.string("completion_field")
+        if (o.promptField == nil) != (o.completionField == nil) {
+            throw ValidationError("--prompt-field and --completion-field go together")
+        }
+        o.trainOnInputs = try trainOnInputs || (recipe.bool("train_on_inputs") ?? false)
+        o.packing = try packing || (recipe.bool("packing") ?? false)
+        o.maxSeqLength = min(try maxSeqLength ?? recipe.int("max_seq_length") ?? 512, maxPositions)
+        o.chatTemplate = text.chatTemplate
+        return o
+    }
+}

@@ -1,0 +1,85 @@
+import ArgumentParser
+import Foundation
+import Llama
+import ModelFiles
+import Training
+
+/// `qlora generate`: continue a prompt with the model (and an adapter), greedy by default.
+struct Generate: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Generate text from a prompt (greedy unless --temperature > 0).")
+
+    @OptionGroup var modelOptions: ModelOptions
+    @Option(help: "A PEFT adapter folder to apply.") var adapter: String?
+    @Option(help: "The prompt.") var prompt: String?
+    @Option(help: "Read prompts from a JSONL file instead (see --prompt-field).") var promptsFrom: String?
+    @Option(help: "Field of --prompts-from records holding the prompt.") var promptField: String = "prompt"
+    @Option(help: "Use only the first N prompts of --prompts-from.") var limit: Int?
+    @Flag(help: "Wrap the prompt as a user turn in the model's chat template.") var chat = false
+    @Option(help: "Tokens to generate at most.") var maxNewTokens: Int = 128
+    @Option(help: "Sampling temperature (0: greedy).") var temperature: Float = 0
+    @Option(help: "Nucleus sampling threshold.") var topP: Float = 1
+    @Option(help: "Sampling seed.") var seed: UInt64 = 0
+
+    func validate() throws {
+        guard (prompt == nil) != (promptsFrom == nil) else { throw ValidationError("give exactly one of --prompt and --prompts-from") }
+        guard maxNewTokens > 0, temperature >= 0, topP > 0, topP <= 1 else {
+            throw ValidationError("--max-new-tokens must be positive, --temperature ≥ 0, --top-p in (0, 1]")
+        }
+    }
+
+    func run() throws {
+        var lora = LoRAConfig()
+        lora.targetModules = []
+        let loaded = try modelOptions.load(lora: lora)
+        if let adapter { try PEFTAdapter.load(directory: adapter, into: loaded.model) }
+        let text = try ModelText.load(path: loaded.path)
+        guard let tokenizer = text.tokenizer else { throw ValidationError("\(loaded.path) has no tokenizer") }
+        var prompts: [String] = []
+        if let prompt { prompts = [prompt] }
+        if let promptsFrom {
+            let bytes = try FileSystem.readBytes(promptsFrom)
+            for (n, line) in bytes.split(separator: 0x0A).enumerated() {
+                guard let p = (try? JSONValue(parsing: line))?[promptField]?.stringValue else {
+                    throw ValidationError("\(promptsFrom):\(n + 1): no string field \"\(promptField)\"")
+                }
+                prompts.append(p)
+            }
+            if let limit { prompts = Array(prompts.prefix(limit)) }
+        }
+        var options = SamplingOptions()
+        options.maxNewTokens = maxNewTokens; options.temperature = temperature; options.topP = topP; options.seed = seed
+        options.stopTokenIds = text.stopTokenIds
+        for p in prompts {
+            var ids: [Int]
+            if chat {
+                guard let template = text.chatTemplate else { throw ValidationError("--chat: the model has no chat template this tool recognizes") }
+                ids = template.render([ChatMessage(role: "user", content: p)], addGenerationPrompt: true)
+                    .flatMap { tokenizer.encode($0.text) }
+            } else {
+                ids = tokenizer.encode(p, addSpecialTokens: tokenizer.addsBOS)
+            }
+            let out = loaded.model.generate(prompt: ids, options: options)
+            let answer = tokenizer.decode(out.filter { !options.stopTokenIds.contains($0) }, skipSpecialTokens: true)
+            print("### prompt\n\(p)\n### completion\n\(answer)\n")
+        }
+    }
+}
+
+/// `qlora tokenize`: JSONL {"text": ...} in, {"ids": [...]} out.
+struct Tokenize: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Tokenize JSONL {\"text\": ...} lines (stdin or --input) into {\"ids\": [...]}.")
+    @Option(help: "tokenizer.json, a model folder, or a GGUF file.") var tokenizer: String
+    @Option(help: "Input file (default: standard input).") var input: String?
+    @Flag(help: "Add the tokenizer's special tokens (BOS).") var addSpecialTokens = false
+
+    func run() throws {
+        guard let tok = try ModelText.load(path: tokenizer).tokenizer else { throw ValidationError("no tokenizer at \(tokenizer)") }
+        let bytes = try input.map { try FileSystem.readBytes($0) } ?? Array(FileHandle.standardInput.readDataToEndOfFile())
+        for (n, line) in bytes.split(separator: 0x0A).enumerated() {
+            guard let text = (try? JSONValue(parsing: line))?["text"]?.stringValue else {
+                throw ValidationError("\(input ?? "stdin"):\(n + 1): no string field \"text\"")
+            }
+            print(JSONValue.object([("ids", .array(tok.encode(text, addSpecialTokens: addSpecialTokens).map { .int($0) }))]).pythonText())
+        }
+    }
+}
