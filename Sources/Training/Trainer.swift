@@ -169,7 +169,8 @@ public struct Trainer {
     /// Hooks the caller provides.
     public struct Callbacks {
         public var log: (StepMetrics) -> Void = { _ in }
-        public var progress: (Int, Int, Double) -> Void = { _, _, _ in }
+        /// (step, total steps, loss, tokens in the step)
+        public var progress: (Int, Int, Double, Int) -> Void = { _, _, _, _ in }
         public var evaluate: ((LlamaModel) -> Double)? = nil
         public var save: ((Trainer) throws -> Void)? = nil
         public init() {}
@@ -220,7 +221,7 @@ public struct Trainer {
             optimizer.update(model, gradients: gradients, lr: lr, gradientScale: clip)
             step += 1
             lossSum += loss; lossSteps += 1
-            callbacks.progress(step, totalSteps, loss)
+            callbacks.progress(step, totalSteps, loss, micro.reduce(0) { $0 + $1.ids.count })
             if step % max(1, config.loggingSteps) == 0 || step == totalSteps {
                 let seconds = Date().timeIntervalSince(logStart)
                 callbacks.log(StepMetrics(step: step, loss: lossSum / Double(lossSteps), learningRate: lr, gradNorm: norm,

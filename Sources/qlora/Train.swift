@@ -144,8 +144,13 @@ struct Train: ParsableCommand {
             if let loss = m.loss { lastLoss = loss }
             if let e = m.evalLoss { FileHandle.standardError.write(String(format: "\nstep %d: validation loss %.4f\n", m.step, e).data(using: .utf8)!) }
         }
-        callbacks.progress = { step, total, loss in
-            reporter.update(done: step, total: total, detail: String(format: "loss %.4f  lr %.2e", loss, settings.learningRate(atStep: step - 1, totalSteps: total)))
+        var tokensSeen = 0
+        let started = Date()
+        callbacks.progress = { step, total, loss, tokens in
+            tokensSeen += tokens
+            let rate = Double(tokensSeen) / max(Date().timeIntervalSince(started), 1e-9)
+            reporter.update(done: step, total: total, detail: String(format: "loss %.4f  lr %.2e  %.0f tokens/s", loss,
+                                                                     settings.learningRate(atStep: step - 1, totalSteps: total), rate))
         }
         if !validation.isEmpty {
             let evalBatch = try recipe.int("eval_batch_size") ?? settings.batchSize
