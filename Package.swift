@@ -18,6 +18,9 @@ let package = Package(
         .target(name: "ModelFiles", dependencies: ["Tensors", "Quantization"]),
         .target(name: "Llama", dependencies: ["Tensors", "Quantization", "ModelFiles", "CPUBackend"]),
         .target(name: "Tokenizers", dependencies: ["ModelFiles"]),
+        .target(name: "CUDABackend", dependencies: ["Tensors", "Quantization"],
+                resources: ["common.cuh", "quantize.cu", "norm.cu", "rope.cu", "attention.cu", "elementwise.cu", "loss.cu",
+                            "optimizer.cu"].map { .embedInCode("Kernels/" + $0) }),
         .target(name: "Training", dependencies: ["Tensors", "Quantization", "ModelFiles", "Llama", "Tokenizers",
                                                  .product(name: "Yams", package: "Yams")]),
         .executableTarget(
@@ -29,7 +32,8 @@ let package = Package(
         ),
         .testTarget(
             name: "QLoRATests",
-            dependencies: ["Tensors", "Quantization", "ModelFiles", "Llama", "CPUBackend", "Training", "Tokenizers"]
+            dependencies: ["Tensors", "Quantization", "ModelFiles", "Llama", "CPUBackend", "Training", "Tokenizers",
+                           "CUDABackend"]
         ),
     ],
     swiftLanguageModes: [.v5]

@@ -1,0 +1,84 @@
+// quantize.cu: bitsandbytes' blockwise 4-bit format on the GPU (CPU twin: Quantization/Quantized4BitTensor.swift).
+// Layout: the flattened tensor in blocks of `blocksize`, two codes a byte (element 2j in the high nibble, 2j+1 in
+// the low one), one float32 absmax per block; with double quantization the absmax values are 8-bit codes scaled by
+// a nested absmax per 256 and shifted by an offset. Products are written with __fmul_rn / __fadd_rn so that no
+// multiply-add is contracted: the values are exactly the CPU's (and bitsandbytes').
+#include "common.cuh"
+
+// absmax[i] = nestedCode[codes[i]] * nested[i / nestedBlocksize] + offset. One thread per absmax.
+extern "C" __global__ void dequantize_absmax(float* absmax, const unsigned char* codes, const float* nested,
+                                             const float* nestedCode, float offset, int nestedBlocksize,
+                                             long long count) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= count) return;
+    absmax[i] = __fadd_rn(__fmul_rn(nestedCode[codes[i]], nested[i / nestedBlocksize]), offset);
+}
+
+// out[i] = table[code(i)] * absmax[i / blocksize], rounded to T. One thread per packed byte (two elements).
+extern "C" __global__ void dequantize_4bit(T* out, const unsigned char* packed, const float* absmax,
+                                           const float* table, long long n, int blocksize) {
+    __shared__ float book[16];
+    if (threadIdx.x < 16) book[threadIdx.x] = table[threadIdx.x];
+    __syncthreads();
+    long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long i = 2 * j;
+    if (i >= n) return;
+    unsigned char b = packed[j];
+    out[i] = st(__fmul_rn(book[b >> 4], absmax[i / blocksize]));
+    if (i + 1 < n) out[i + 1] = st(__fmul_rn(book[b & 15], absmax[(i + 1) / blocksize]));
+}
+
+// bitsandbytes' NF4 decision tree (dQuantizeNF4): the number of thresholds strictly below x; NaN gives 0.
+__device__ __forceinline__ unsigned char nf4_code(float x) {
+    const float t[16] = {-0.8480964004993439f, -0.6106329262256622f, -0.4599952697753906f, -0.33967943489551544f,
+                         -0.23460740596055984f, -0.13791173323988914f, -0.045525018125772476f, 0.03979014977812767f,
+                         0.1202552504837513f, 0.2035212516784668f, 0.2920137718319893f, 0.3893125355243683f,
+                         0.5016634166240692f, 0.6427869200706482f, 0.8614784181118011f, INFINITY};
+    int i = x > t[7] ? 8 : 0;
+    i += x > t[i + 3] ? 4 : 0;
+    i += x > t[i + 1] ? 2 : 0;
+    i += x > t[i] ? 1 : 0;
+    return (unsigned char)i;
+}
+
+// bitsandbytes' FP4 (dQuantizeFP4): sign bit 3, the magnitude's rank mapped to its 3-bit pattern.
+__device__ __forceinline__ unsigned char fp4_code(float x) {
+    const float t[8] = {0.00260417f, 0.0859375f, 0.20833333f, 0.29166667f, 0.4166667f, 0.583333f, 0.8333333f, INFINITY};
+    const unsigned char bits[8] = {0, 1, 6, 7, 4, 5, 2, 3};
+    unsigned char sign = x < 0.0f ? 8 : 0;
+    float m = fabsf(x);
+    int i = m > t[3] ? 4 : 0;
+    i += m > t[i + 1] ? 2 : 0;
+    i += m > t[i] ? 1 : 0;
+    return bits[i] | sign;
+}
+
+// One thread block per quantization block: absmax of |x| (padding past n counts as 0), scale by the approximate
+// reciprocal, two codes a byte. blockDim.x = min(blocksize / 2, 1024) threads, each doing pairs.
+extern "C" __global__ void quantize_4bit(unsigned char* packed, float* absmax, const T* in, long long n,
+                                        int blocksize, int fp4) {
+    long long start = (long long)blockIdx.x * blocksize;
+    float m = 0.0f;
+    for (int k = threadIdx.x; k < blocksize; k += blockDim.x) {
+        long long i = start + k;
+        if (i < n) m = fmaxf(m, fabsf(ld(in[i])));
+    }
+    m = block_max(m);
+    if (threadIdx.x == 0) absmax[blockIdx.x] = m;
+    float scale = rcp_approx(m);
+    for (int p = threadIdx.x; p < blocksize / 2; p += blockDim.x) {
+        long long i = start + 2 * p;
+        if (i >= n) break;
+        float a = __fmul_rn(ld(in[i]), scale);
+        float b = i + 1 < n ? __fmul_rn(ld(in[i + 1]), scale) : __fmul_rn(0.0f, scale);
+        unsigned char code;
+        if (fp4) {
+            if (fabsf(a) < 1.17549435e-38f) a = copysignf(0.0f, a);
+            if (fabsf(b) < 1.17549435e-38f) b = copysignf(0.0f, b);
+            code = (unsigned char)(fp4_code(a) << 4) | fp4_code(b);
+        } else {
+            code = (unsigned char)(nf4_code(a) << 4) | nf4_code(b);
+        }
+        packed[i / 2] = code;
+    }
+}
