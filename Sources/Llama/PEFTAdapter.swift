@@ -47,12 +47,27 @@ public enum PEFTAdapter {
     public static func load(directory: String, into model: LlamaModel) throws {
         let lora = try readConfig(directory: directory)
         model.resetAdapters(lora, seed: 0)
+        var shapes: [String: (outFeatures: Int, inFeatures: Int)] = [:]
+        for key in model.adapters.keys {
+            let parts = key.split(separator: ".")
+            let p = model.layers[Int(parts[0])!].projections[String(parts[1])]!
+            shapes[key] = (p.outFeatures, p.inFeatures)
+        }
+        model.adapters = try readWeights(directory: directory, r: lora.r, shapes: shapes)
+    }
+
+    /// Reads the matrices of the adapter in `directory` (rank `r`) for the projections `shapes` names (keyed like
+    /// `LlamaModel.adapters`, each with its weight's `(out, in)`): A (R, in) and B (out, R) of every one, in a
+    /// floating-point dtype, and no other tensor.
+    public static func readWeights(directory: String, r: Int,
+                                   shapes: [String: (outFeatures: Int, inFeatures: Int)]) throws -> [String: LoRAWeights] {
         let file = try SafeTensorsFile(path: directory + "/adapter_model.safetensors")
         var used = Set<String>()
-        for key in model.adapters.keys.sorted() {
+        var weights: [String: LoRAWeights] = [:]
+        for key in shapes.keys.sorted() {
             let parts = key.split(separator: ".")
             let layer = Int(parts[0])!, name = String(parts[1])
-            let p = model.layers[layer].projections[name]!
+            let (outFeatures, inFeatures) = shapes[key]!
             func read(_ matrix: String, _ shape: [Int]) throws -> [Float] {
                 let k = Self.key(layer: layer, projection: name, matrix: matrix)
                 let t = try file.tensor(named: k)
@@ -63,25 +78,31 @@ public enum PEFTAdapter {
                 used.insert(k)
                 return t.floats()
             }
-            model.adapters[key] = LoRAWeights(a: try read("A", [lora.r, p.inFeatures]), b: try read("B", [p.outFeatures, lora.r]))
+            weights[key] = LoRAWeights(a: try read("A", [r, inFeatures]), b: try read("B", [outFeatures, r]))
         }
         if let extra = file.names.first(where: { !used.contains($0) }) {
             throw ModelFileError.invalidCheckpoint(path: file.path, tensor: extra,
                                                    detail: "is not an adapter of a targeted projection of this model")
         }
+        return weights
     }
 
     /// Saves the model's adapters in peft's format into `directory` (created if needed), each file atomically.
     public static func save(_ model: LlamaModel, to directory: String, baseModel: String = "") throws {
+        try save(model.adapters, lora: model.loraConfig, to: directory, baseModel: baseModel)
+    }
+
+    /// Saves `adapters` (keyed like `LlamaModel.adapters`, A (R, in) and B (out, R) at `lora.r`) with the settings
+    /// `lora` in peft's format into `directory` (created if needed), each file atomically.
+    public static func save(_ adapters: [String: LoRAWeights], lora: LoRAConfig, to directory: String,
+                            baseModel: String = "") throws {
         try FileSystem.createDirectory(directory)
         var tensors: [(name: String, tensor: Tensor)] = []
-        let lora = model.loraConfig
-        for (key, w) in model.adapters {
+        for (key, w) in adapters {
             let parts = key.split(separator: ".")
             let layer = Int(parts[0])!, name = String(parts[1])
-            let p = model.layers[layer].projections[name]!
-            tensors.append((Self.key(layer: layer, projection: name, matrix: "A"), Tensor(w.a, shape: [lora.r, p.inFeatures])))
-            tensors.append((Self.key(layer: layer, projection: name, matrix: "B"), Tensor(w.b, shape: [p.outFeatures, lora.r])))
+            tensors.append((Self.key(layer: layer, projection: name, matrix: "A"), Tensor(w.a, shape: [lora.r, w.a.count / lora.r])))
+            tensors.append((Self.key(layer: layer, projection: name, matrix: "B"), Tensor(w.b, shape: [w.b.count / lora.r, lora.r])))
         }
         try SafeTensorsWriter.write(tensors, to: directory + "/adapter_model.safetensors")
         let config: JSONValue = .object([

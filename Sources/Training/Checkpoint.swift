@@ -14,10 +14,11 @@ public enum Checkpoint {
         let final = outputDirectory + "/checkpoint-\(trainer.step)"
         let temporary = final + ".tmp-\(getpid())"
         try? FileManager.default.removeItem(atPath: temporary)
-        try PEFTAdapter.save(trainer.model, to: temporary)
+        try PEFTAdapter.save(trainer.engine.adapterWeights(), lora: trainer.engine.loraConfig, to: temporary)
+        let optimizer = trainer.engine.optimizerSnapshot()
         var tensors: [(name: String, tensor: Tensor)] = []
         var steps: [(String, JSONValue)] = []
-        for (name, state) in trainer.optimizer.states.sorted(by: { $0.key < $1.key }) {
+        for (name, state) in optimizer.states.sorted(by: { $0.key < $1.key }) {
             switch state {
             case .float32(let m, let v):
                 tensors.append((name + ".m", Tensor(m, shape: [m.count])))
@@ -28,9 +29,9 @@ public enum Checkpoint {
                 tensors.append((name + ".absmax_m", Tensor(am, shape: [am.count])))
                 tensors.append((name + ".absmax_v", Tensor(av, shape: [av.count])))
             }
-            steps.append((name, .int(trainer.optimizer.steps[name] ?? 0)))
+            steps.append((name, .int(optimizer.steps[name] ?? 0)))
         }
-        try SafeTensorsWriter.write(tensors, metadata: ["optim": trainer.optimizer.kind.rawValue,
+        try SafeTensorsWriter.write(tensors, metadata: ["optim": optimizer.kind.rawValue,
                                                         "steps": JSONValue.object(steps).compactText()],
                                     to: temporary + "/optimizer.safetensors")
         let state: JSONValue = .object([
@@ -62,7 +63,8 @@ public enum Checkpoint {
         }.sorted { $0.0 < $1.0 }
     }
 
-    /// Restores the checkpoint in `directory` into `trainer` (adapters, optimizer, step, generator, data position).
+    /// Restores the checkpoint in `directory` into `trainer` (the engine's adapters and optimizer; the step, generator
+    /// and data position). The checkpoint's LoRA settings must be the engine's.
     public static func restore(_ trainer: inout Trainer, from directory: String) throws {
         let statePath = directory + "/trainer_state.json"
         let state: JSONValue
@@ -74,11 +76,24 @@ public enum Checkpoint {
               let position = state["data_position"]?.intValue, let epoch = state["epoch"]?.intValue else {
             throw ModelFileError.invalidCheckpoint(path: directory, tensor: "trainer_state.json", detail: "missing or malformed fields")
         }
-        try PEFTAdapter.load(directory: directory, into: trainer.model)
+        let engine = trainer.engine
+        let lora = engine.loraConfig, saved = try PEFTAdapter.readConfig(directory: directory)
+        guard saved.r == lora.r, saved.alpha == lora.alpha, saved.dropout == lora.dropout, saved.useRSLoRA == lora.useRSLoRA,
+              saved.resolvedTargets == lora.resolvedTargets else {
+            func text(_ c: LoRAConfig) -> String {
+                "r \(c.r), alpha \(c.alpha), dropout \(c.dropout), rsLoRA \(c.useRSLoRA), targets \(c.resolvedTargets.joined(separator: ","))"
+            }
+            throw ModelFileError.invalidCheckpoint(path: directory, tensor: "adapter_config.json",
+                                                   detail: "was saved with \(text(saved)), this run uses \(text(lora))")
+        }
+        // Each adapter's A (R, in) and B (out, R), shaped like the engine's.
+        let shapes = engine.adapterWeights().mapValues { (outFeatures: $0.b.count / lora.r, inFeatures: $0.a.count / lora.r) }
+        let adapters = try PEFTAdapter.readWeights(directory: directory, r: lora.r, shapes: shapes)
+        let current = engine.optimizerSnapshot()
         let file = try SafeTensorsFile(path: directory + "/optimizer.safetensors")
-        guard file.metadata["optim"] == trainer.optimizer.kind.rawValue else {
+        guard file.metadata["optim"] == current.kind.rawValue else {
             throw ModelFileError.invalidCheckpoint(path: file.path, tensor: "optimizer",
-                                                   detail: "was saved by \(file.metadata["optim"] ?? "?"), this run uses \(trainer.optimizer.kind.rawValue)")
+                                                   detail: "was saved by \(file.metadata["optim"] ?? "?"), this run uses \(current.kind.rawValue)")
         }
         let stepsJSON = try JSONValue(parsing: file.metadata["steps"] ?? "{}")
         var states: [String: OptimizerState] = [:], steps: [String: Int] = [:]
@@ -93,9 +108,10 @@ public enum Checkpoint {
                 states[name] = .float32(m: m.floats(), v: v.floats())
             }
         }
-        let optimizer = AdamW(kind: trainer.optimizer.kind, settings: trainer.optimizer.settings, states: states, steps: steps)
+        try engine.setAdapterWeights(adapters)
+        try engine.restoreOptimizer(AdamW(kind: current.kind, settings: current.settings, states: states, steps: steps))
         var rng = SeededGenerator(seed: 0)
         rng.state = rngState
-        trainer.restore(step: step, rng: rng, data: DataPosition(order: order, position: position, epoch: epoch), optimizer: optimizer)
+        trainer.restore(step: step, rng: rng, data: DataPosition(order: order, position: position, epoch: epoch))
     }
 }

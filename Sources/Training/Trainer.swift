@@ -127,11 +127,12 @@ public struct DataPosition: Codable, Equatable, Sendable {
 /// Runs optimizer steps over a tokenized dataset: micro-batches in (seeded) shuffled order, gradients accumulated
 /// over `gradientAccumulationSteps` micro-batches and normalized by the accumulated batch's total number of target
 /// tokens (as transformers does), global gradient-norm clipping, the schedule, the optimizer; a logged line every
-/// `loggingSteps`, evaluation every `evalSteps`, a checkpoint every `saveSteps`.
+/// `loggingSteps`, evaluation every `evalSteps`, a checkpoint every `saveSteps`. The forward and backward passes, the
+/// gradients and the optimizer belong to the `engine`.
 public struct Trainer {
-    public let model: LlamaModel
+    /// The model with its adapters, gradients and optimizer.
+    public let engine: TrainingEngine
     public let config: TrainingConfig
-    public var optimizer: AdamW
     /// Completed optimizer steps.
     public private(set) var step = 0
     /// The generator for dropout and shuffling (saved in checkpoints).
@@ -141,14 +142,19 @@ public struct Trainer {
     /// Total optimizer steps of this run.
     public let totalSteps: Int
 
-    /// A trainer over `examples`.
-    public init(model: LlamaModel, examples: [TokenizedExample], config: TrainingConfig) {
-        self.model = model
+    /// A trainer of `engine` over `examples`.
+    public init(engine: TrainingEngine, examples: [TokenizedExample], config: TrainingConfig) {
+        self.engine = engine
         self.config = config
         self.examples = examples
-        self.optimizer = AdamW(kind: config.optimizer, settings: AdamWSettings(weightDecay: config.weightDecay))
         self.rng = SeededGenerator(seed: config.seed)
         self.totalSteps = config.totalSteps(exampleCount: examples.count)
+    }
+
+    /// A trainer of `model` on the CPU, with the optimizer `config` names, over `examples`.
+    public init(model: LlamaModel, examples: [TokenizedExample], config: TrainingConfig) {
+        let optimizer = AdamW(kind: config.optimizer, settings: AdamWSettings(weightDecay: config.weightDecay))
+        self.init(engine: CPUTrainingEngine(model: model, optimizer: optimizer), examples: examples, config: config)
     }
 
     private mutating func nextMicroBatch() -> [TokenizedExample] {
@@ -171,7 +177,8 @@ public struct Trainer {
         public var log: (StepMetrics) -> Void = { _ in }
         /// (step, total steps, loss, tokens in the step)
         public var progress: (Int, Int, Double, Int) -> Void = { _, _, _, _ in }
-        public var evaluate: ((LlamaModel) -> Double)? = nil
+        /// The validation loss of the engine's current adapters.
+        public var evaluate: ((TrainingEngine) throws -> Double)? = nil
         public var save: ((Trainer) throws -> Void)? = nil
         public init() {}
     }
@@ -188,37 +195,22 @@ public struct Trainer {
                     sum + (1..<b.tokens).filter { b.labels[row * b.tokens + $0] != -100 }.count
                 }
             }
-            var gradients = LoRAGradients()
             var lossTotal = 0.0
             for b in micro {
-                let r = model.step(inputIds: b.ids, labels: b.labels, batch: config.batchSize, tokens: b.tokens, rng: &rng,
-                                   checkpointing: config.gradientCheckpointing,
-                                   gradientScale: 1 / Float(max(1, targetCount)))
+                let r = try engine.accumulateGradients(inputIds: b.ids, labels: b.labels, batch: config.batchSize,
+                                                       tokens: b.tokens, rng: &rng, checkpointing: config.gradientCheckpointing,
+                                                       gradientScale: 1 / Float(max(1, targetCount)))
                 lossTotal += r.loss * Double(r.tokenCount)
-                for (k, g) in r.gradients {
-                    if var acc = gradients[k] {
-                        for i in acc.a.indices { acc.a[i] += g.a[i] }
-                        for i in acc.b.indices { acc.b[i] += g.b[i] }
-                        gradients[k] = acc
-                    } else {
-                        gradients[k] = g
-                    }
-                }
                 tokensSinceLog += b.ids.count
             }
             let loss = lossTotal / Double(max(1, targetCount))
             guard loss.isFinite else {
                 throw TrainingError(description: "the loss became \(loss) at step \(step + 1); stopping before the adapter is damaged (last checkpoint kept)")
             }
-            var squares = 0.0
-            for g in gradients.values {
-                for x in g.a { squares += Double(x) * Double(x) }
-                for x in g.b { squares += Double(x) * Double(x) }
-            }
-            let norm = Float(squares.squareRoot())
+            let norm = engine.gradientNorm()
             let clip: Float = config.maxGradNorm > 0 && norm > config.maxGradNorm ? config.maxGradNorm / (norm + 1e-6) : 1
             let lr = config.learningRate(atStep: step, totalSteps: totalSteps)
-            optimizer.update(model, gradients: gradients, lr: lr, gradientScale: clip)
+            try engine.applyOptimizer(lr: lr, gradientScale: clip)
             step += 1
             lossSum += loss; lossSteps += 1
             callbacks.progress(step, totalSteps, loss, micro.reduce(0) { $0 + $1.ids.count })
@@ -229,29 +221,28 @@ public struct Trainer {
                 lossSum = 0; lossSteps = 0; tokensSinceLog = 0; logStart = Date()
             }
             if let evaluate = callbacks.evaluate, let every = config.evalSteps, step % every == 0, step != totalSteps {
-                callbacks.log(StepMetrics(step: step, evalLoss: evaluate(model)))
+                callbacks.log(StepMetrics(step: step, evalLoss: try evaluate(engine)))
             }
             if let save = callbacks.save, let every = config.saveSteps, step % every == 0 { try save(self) }
         }
         if step == totalSteps, let evaluate = callbacks.evaluate {
-            callbacks.log(StepMetrics(step: step, evalLoss: evaluate(model)))
+            callbacks.log(StepMetrics(step: step, evalLoss: try evaluate(engine)))
         }
     }
 
-    /// Restores the position of a checkpoint (the adapters and optimizer must be restored by the caller).
-    public mutating func restore(step: Int, rng: SeededGenerator, data: DataPosition, optimizer: AdamW) {
-        self.step = step; self.rng = rng; self.data = data; self.optimizer = optimizer
+    /// Restores the position of a checkpoint (the engine's adapters and optimizer must be restored by the caller).
+    public mutating func restore(step: Int, rng: SeededGenerator, data: DataPosition) {
+        self.step = step; self.rng = rng; self.data = data
     }
 
-    /// Mean token loss of `examples` (no dropout, no gradients), batched by `batchSize`.
-    public static func evaluate(model: LlamaModel, examples: [TokenizedExample], batchSize: Int) -> (loss: Double, tokens: Int) {
+    /// Mean token loss of `examples` on `engine` (no dropout, no gradients), batched by `batchSize`.
+    public static func evaluate(engine: TrainingEngine, examples: [TokenizedExample],
+                                batchSize: Int) throws -> (loss: Double, tokens: Int) {
         var total = 0.0, count = 0
-        var rng = SeededGenerator(seed: 0)
         for start in stride(from: 0, to: examples.count, by: batchSize) {
             let batch = Array(examples[start..<min(examples.count, start + batchSize)])
             let (ids, labels, tokens) = TokenizedDataset.collate(batch)
-            let r = model.step(inputIds: ids, labels: labels, batch: batch.count, tokens: tokens, withGradients: false,
-                               training: false, rng: &rng)
+            let r = try engine.loss(inputIds: ids, labels: labels, batch: batch.count, tokens: tokens)
             total += r.loss * Double(r.tokenCount)
             count += r.tokenCount
         }

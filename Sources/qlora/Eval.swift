@@ -39,7 +39,8 @@ struct Eval: ParsableCommand {
         var examples = try TextDataset.load(path: data, tokenizer: text?.tokenizer, vocabularySize: model.config.vocabSize,
                                             options: options)
         if let limit { examples = Array(examples.prefix(limit)) }
-        let (loss, tokens) = Trainer.evaluate(model: model, examples: examples, batchSize: batchSize)
+        let engine = CPUTrainingEngine(model: model, optimizer: AdamW(kind: .adamw))   // the optimizer is never used
+        let (loss, tokens) = try Trainer.evaluate(engine: engine, examples: examples, batchSize: batchSize)
         if json {
             print(JSONValue.object([("loss", .double(loss)), ("perplexity", .double(Foundation.exp(loss))),
                                     ("tokens", .int(tokens)), ("examples", .int(examples.count))]).pythonText())

@@ -154,7 +154,7 @@ struct Train: ParsableCommand {
         }
         if !validation.isEmpty {
             let evalBatch = try recipe.int("eval_batch_size") ?? settings.batchSize
-            callbacks.evaluate = { m in Trainer.evaluate(model: m, examples: validation, batchSize: evalBatch).loss }
+            callbacks.evaluate = { engine in try Trainer.evaluate(engine: engine, examples: validation, batchSize: evalBatch).loss }
         }
         let limit = settings.saveTotalLimit
         callbacks.save = { t in try Checkpoint.save(t, outputDirectory: output, limit: limit) }
@@ -165,7 +165,7 @@ struct Train: ParsableCommand {
             throw error
         }
         reporter.finish()
-        try PEFTAdapter.save(model, to: output, baseModel: loaded.path)
+        try PEFTAdapter.save(trainer.engine.adapterWeights(), lora: trainer.engine.loraConfig, to: output, baseModel: loaded.path)
         let plot = try LossPlot.write(runDirectory: output)
         print("saved the adapter, metrics.jsonl and \(plot) to \(output) (final logged loss \(String(format: "%.4f", lastLoss)))")
     }

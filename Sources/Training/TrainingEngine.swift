@@ -1,0 +1,122 @@
+import Llama
+
+/// What the trainer drives: a model with its adapters, accumulated gradients and optimizer, on some device.
+public protocol TrainingEngine: AnyObject {
+    /// The model's architecture.
+    var config: LlamaConfig { get }
+    /// The LoRA settings.
+    var loraConfig: LoRAConfig { get }
+    /// Forward (LoRA dropout drawn from `rng`) and backward of one micro-batch: ids and labels row-major
+    /// (batch, tokens), labels −100 ignored and shifted inside, as `LlamaModel.step` does; adds
+    /// gradientScale × d(sum of token losses) into the engine's gradient accumulators. Returns the mean loss over the
+    /// counted targets and their count.
+    func accumulateGradients(inputIds: [Int], labels: [Int], batch: Int, tokens: Int, rng: inout SeededGenerator,
+                             checkpointing: Bool, gradientScale: Float) throws -> (loss: Double, tokenCount: Int)
+    /// L2 norm of the accumulated gradients (the sum of squares in float64).
+    func gradientNorm() -> Float
+    /// One optimizer update of every adapter with the accumulated gradients multiplied by gradientScale (clipping),
+    /// then zeroes the accumulators.
+    func applyOptimizer(lr: Float, gradientScale: Float) throws
+    /// Mean loss and count of a batch without dropout or gradients (evaluation); changes nothing.
+    func loss(inputIds: [Int], labels: [Int], batch: Int, tokens: Int) throws -> (loss: Double, tokenCount: Int)
+    /// Host copies of the adapters, keyed like `LlamaModel.adapters` ("0.q_proj").
+    func adapterWeights() -> [String: LoRAWeights]
+    /// Replaces the adapters (resume).
+    func setAdapterWeights(_ weights: [String: LoRAWeights]) throws
+    /// The optimizer with its full state (for checkpoints).
+    func optimizerSnapshot() -> AdamW
+    /// Restores optimizer state from a checkpoint.
+    func restoreOptimizer(_ optimizer: AdamW) throws
+}
+
+/// The CPU engine: a `LlamaModel` whose adapters are trained in place (`LlamaModel.step`), the micro-batches'
+/// gradients summed in host memory, and a host `AdamW`.
+public final class CPUTrainingEngine: TrainingEngine {
+    /// The model; its adapters are the ones trained.
+    public let model: LlamaModel
+    /// The optimizer and its state.
+    public private(set) var optimizer: AdamW
+    /// The gradients summed since the last update, keyed like the adapters (empty after an update).
+    private var gradients = LoRAGradients()
+
+    /// An engine training `model`'s adapters with `optimizer`.
+    public init(model: LlamaModel, optimizer: AdamW) {
+        self.model = model
+        self.optimizer = optimizer
+    }
+
+    /// The model's architecture.
+    public var config: LlamaConfig { model.config }
+    /// The model's LoRA settings.
+    public var loraConfig: LoRAConfig { model.loraConfig }
+
+    /// `LlamaModel.step` with dropout and gradients; its gradient dictionary is added, element by element, into the
+    /// accumulated one (the first micro-batch's is taken as it is).
+    public func accumulateGradients(inputIds: [Int], labels: [Int], batch: Int, tokens: Int, rng: inout SeededGenerator,
+                                    checkpointing: Bool, gradientScale: Float) throws -> (loss: Double, tokenCount: Int) {
+        let r = model.step(inputIds: inputIds, labels: labels, batch: batch, tokens: tokens, rng: &rng,
+                           checkpointing: checkpointing, gradientScale: gradientScale)
+        for (k, g) in r.gradients {
+            if var acc = gradients[k] {
+                for i in acc.a.indices { acc.a[i] += g.a[i] }
+                for i in acc.b.indices { acc.b[i] += g.b[i] }
+                gradients[k] = acc
+            } else {
+                gradients[k] = g
+            }
+        }
+        return (r.loss, r.tokenCount)
+    }
+
+    /// √(Σ g²) over every accumulated A and B, summed in float64.
+    public func gradientNorm() -> Float {
+        var squares = 0.0
+        for g in gradients.values {
+            for x in g.a { squares += Double(x) * Double(x) }
+            for x in g.b { squares += Double(x) * Double(x) }
+        }
+        return Float(squares.squareRoot())
+    }
+
+    /// `AdamW.update(model, gradients:lr:gradientScale:)` with the accumulated gradients, which are then dropped.
+    public func applyOptimizer(lr: Float, gradientScale: Float) throws {
+        optimizer.update(model, gradients: gradients, lr: lr, gradientScale: gradientScale)
+        gradients = [:]
+    }
+
+    /// `LlamaModel.step` without dropout or gradients.
+    public func loss(inputIds: [Int], labels: [Int], batch: Int, tokens: Int) throws -> (loss: Double, tokenCount: Int) {
+        var rng = SeededGenerator(seed: 0)   // unused: no dropout outside training
+        let r = model.step(inputIds: inputIds, labels: labels, batch: batch, tokens: tokens, withGradients: false,
+                           training: false, rng: &rng)
+        return (r.loss, r.tokenCount)
+    }
+
+    /// The model's adapters.
+    public func adapterWeights() -> [String: LoRAWeights] { model.adapters }
+
+    /// Replaces the model's adapters with `weights`, which must have the same keys and sizes.
+    public func setAdapterWeights(_ weights: [String: LoRAWeights]) throws {
+        for (key, w) in model.adapters {
+            guard let new = weights[key] else { throw TrainingError(description: "adapter \(key) is missing") }
+            guard new.a.count == w.a.count, new.b.count == w.b.count else {
+                throw TrainingError(description: "adapter \(key) has \(new.a.count) + \(new.b.count) values, expected \(w.a.count) + \(w.b.count)")
+            }
+        }
+        if let extra = weights.keys.first(where: { model.adapters[$0] == nil }) {
+            throw TrainingError(description: "adapter \(extra) is not one of this model's")
+        }
+        model.adapters = weights
+    }
+
+    /// A copy of the optimizer.
+    public func optimizerSnapshot() -> AdamW { optimizer }
+
+    /// Replaces the optimizer with `optimizer`, which must be of the same kind.
+    public func restoreOptimizer(_ optimizer: AdamW) throws {
+        guard optimizer.kind == self.optimizer.kind else {
+            throw TrainingError(description: "optimizer \(optimizer.kind.rawValue) restored into an engine using \(self.optimizer.kind.rawValue)")
+        }
+        self.optimizer = optimizer
+    }
+}
