@@ -23,17 +23,18 @@ let package = Package(
                             "optimizer.cu"].map { .embedInCode("Kernels/" + $0) }),
         .target(name: "Training", dependencies: ["Tensors", "Quantization", "ModelFiles", "Llama", "Tokenizers",
                                                  .product(name: "Yams", package: "Yams")]),
+        .target(name: "CUDATraining", dependencies: ["CUDABackend", "Llama", "Training", "Quantization"]),
         .executableTarget(
             name: "qlora",
             dependencies: [
                 "Tensors", "Quantization", "ModelFiles", "Llama", "CPUBackend", "Training", "Tokenizers",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "CUDABackend", "CUDATraining", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(
             name: "QLoRATests",
             dependencies: ["Tensors", "Quantization", "ModelFiles", "Llama", "CPUBackend", "Training", "Tokenizers",
-                           "CUDABackend"]
+                           "CUDABackend", "CUDATraining"]
         ),
     ],
     swiftLanguageModes: [.v5]

@@ -115,7 +115,7 @@ public final class LlamaModel: @unchecked Sendable {
 
     /// cos/sin tables for positions 0..<positions, with Llama 3 / linear frequency scaling, in float32 as
     /// transformers computes them (inv_freq = 1 / θ^(2i/D)).
-    static func ropeTables(config: LlamaConfig, positions: Int) -> ([Float], [Float]) {
+    public static func ropeTables(config: LlamaConfig, positions: Int) -> ([Float], [Float]) {
         let d = config.headDim
         var invFreq = (0..<(d / 2)).map { i -> Float in 1 / Float(Foundation.pow(config.ropeTheta, Double(Float(2 * i) / Float(d)))) }
         if let s = config.ropeScaling {

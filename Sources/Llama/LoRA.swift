@@ -30,6 +30,8 @@ public struct LoRAWeights: Sendable, Equatable {
     public var a: [Float]
     /// Up projection (out × R).
     public var b: [Float]
+    /// Memberwise.
+    public init(a: [Float], b: [Float]) { self.a = a; self.b = b }
 }
 
 /// A deterministic generator (xorshift64*) for initialization, dropout and shuffling: the same seed gives the same

@@ -15,7 +15,7 @@ public enum Checkpoint {
         let temporary = final + ".tmp-\(getpid())"
         try? FileManager.default.removeItem(atPath: temporary)
         try PEFTAdapter.save(trainer.engine.adapterWeights(), lora: trainer.engine.loraConfig, to: temporary)
-        let optimizer = trainer.engine.optimizerSnapshot()
+        let optimizer = try trainer.engine.optimizerSnapshot()
         var tensors: [(name: String, tensor: Tensor)] = []
         var steps: [(String, JSONValue)] = []
         for (name, state) in optimizer.states.sorted(by: { $0.key < $1.key }) {
@@ -87,9 +87,9 @@ public enum Checkpoint {
                                                    detail: "was saved with \(text(saved)), this run uses \(text(lora))")
         }
         // Each adapter's A (R, in) and B (out, R), shaped like the engine's.
-        let shapes = engine.adapterWeights().mapValues { (outFeatures: $0.b.count / lora.r, inFeatures: $0.a.count / lora.r) }
+        let shapes = try engine.adapterWeights().mapValues { (outFeatures: $0.b.count / lora.r, inFeatures: $0.a.count / lora.r) }
         let adapters = try PEFTAdapter.readWeights(directory: directory, r: lora.r, shapes: shapes)
-        let current = engine.optimizerSnapshot()
+        let current = try engine.optimizerSnapshot()
         let file = try SafeTensorsFile(path: directory + "/optimizer.safetensors")
         guard file.metadata["optim"] == current.kind.rawValue else {
             throw ModelFileError.invalidCheckpoint(path: file.path, tensor: "optimizer",

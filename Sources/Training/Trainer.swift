@@ -115,6 +115,7 @@ public struct StepMetrics: Sendable, Equatable {
 /// Why training stopped early.
 public struct TrainingError: Error, CustomStringConvertible {
     public let description: String
+    public init(description: String) { self.description = description }
 }
 
 /// Where the data stands: which example comes next, in which order, in which epoch.
@@ -207,7 +208,7 @@ public struct Trainer {
             guard loss.isFinite else {
                 throw TrainingError(description: "the loss became \(loss) at step \(step + 1); stopping before the adapter is damaged (last checkpoint kept)")
             }
-            let norm = engine.gradientNorm()
+            let norm = try engine.gradientNorm()
             let clip: Float = config.maxGradNorm > 0 && norm > config.maxGradNorm ? config.maxGradNorm / (norm + 1e-6) : 1
             let lr = config.learningRate(atStep: step, totalSteps: totalSteps)
             try engine.applyOptimizer(lr: lr, gradientScale: clip)

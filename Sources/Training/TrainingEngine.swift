@@ -13,18 +13,18 @@ public protocol TrainingEngine: AnyObject {
     func accumulateGradients(inputIds: [Int], labels: [Int], batch: Int, tokens: Int, rng: inout SeededGenerator,
                              checkpointing: Bool, gradientScale: Float) throws -> (loss: Double, tokenCount: Int)
     /// L2 norm of the accumulated gradients (the sum of squares in float64).
-    func gradientNorm() -> Float
+    func gradientNorm() throws -> Float
     /// One optimizer update of every adapter with the accumulated gradients multiplied by gradientScale (clipping),
     /// then zeroes the accumulators.
     func applyOptimizer(lr: Float, gradientScale: Float) throws
     /// Mean loss and count of a batch without dropout or gradients (evaluation); changes nothing.
     func loss(inputIds: [Int], labels: [Int], batch: Int, tokens: Int) throws -> (loss: Double, tokenCount: Int)
     /// Host copies of the adapters, keyed like `LlamaModel.adapters` ("0.q_proj").
-    func adapterWeights() -> [String: LoRAWeights]
+    func adapterWeights() throws -> [String: LoRAWeights]
     /// Replaces the adapters (resume).
     func setAdapterWeights(_ weights: [String: LoRAWeights]) throws
     /// The optimizer with its full state (for checkpoints).
-    func optimizerSnapshot() -> AdamW
+    func optimizerSnapshot() throws -> AdamW
     /// Restores optimizer state from a checkpoint.
     func restoreOptimizer(_ optimizer: AdamW) throws
 }
@@ -71,7 +71,8 @@ public final class CPUTrainingEngine: TrainingEngine {
     /// √(Σ g²) over every accumulated A and B, summed in float64.
     public func gradientNorm() -> Float {
         var squares = 0.0
-        for g in gradients.values {
+        for key in gradients.keys.sorted() {
+            let g = gradients[key]!
             for x in g.a { squares += Double(x) * Double(x) }
             for x in g.b { squares += Double(x) * Double(x) }
         }

@@ -1,0 +1,348 @@
+import Foundation
+
+/// Element types of device buffers.
+public enum GPUDType: String, Sendable {
+    case f32, bf16, u8, i32, f64
+
+    /// Bytes per element.
+    public var size: Int {
+        switch self {
+        case .f32, .i32: return 4
+        case .bf16: return 2
+        case .u8: return 1
+        case .f64: return 8
+        }
+    }
+}
+
+/// A block of device memory from the pool, returned to it when the last reference goes.
+public final class DeviceBuffer: @unchecked Sendable {
+    /// The device address.
+    public let address: UInt64
+    /// Elements and their type.
+    public let count: Int
+    public let dtype: GPUDType
+    /// Bytes reserved (rounded up).
+    let reserved: Int
+    let managed: Bool
+    unowned let device: CUDADevice
+
+    init(address: UInt64, count: Int, dtype: GPUDType, reserved: Int, managed: Bool, device: CUDADevice) {
+        self.address = address; self.count = count; self.dtype = dtype; self.reserved = reserved
+        self.managed = managed; self.device = device
+    }
+    deinit { device.release(self) }
+
+    /// Bytes of the elements.
+    public var bytes: Int { count * dtype.size }
+    /// The address `elements` elements in.
+    public func address(at elements: Int) -> UInt64 { address + UInt64(elements * dtype.size) }
+}
+
+/// One kernel argument, as `cuLaunchKernel` takes it (a pointer to the value).
+public enum KernelArgument {
+    case buffer(DeviceBuffer), address(UInt64), int32(Int32), int64(Int64), uint64(UInt64), float(Float)
+    /// An `int` argument.
+    public static func int(_ v: Int) -> KernelArgument { .int32(Int32(v)) }
+    /// A `long long` argument.
+    public static func long(_ v: Int) -> KernelArgument { .int64(Int64(v)) }
+}
+
+/// One GPU with its context, one stream, a caching memory pool, the compiled kernel modules and cuBLASLt.
+/// Everything runs in order on the one stream; the host waits only where it reads results back.
+public final class CUDADevice: @unchecked Sendable {
+    let driver: CUDADriver
+    let compiler: KernelCompiler
+    let blas: CublasLt
+    let ordinal: Int32
+    let context: UnsafeMutableRawPointer?
+    let stream: UnsafeMutableRawPointer?
+    var blasHandle: UnsafeMutableRawPointer? = nil
+    /// "sm_90" for an H100/H200.
+    public let architecture: String
+    /// The device's name, as the driver gives it.
+    public let name: String
+    /// Streaming multiprocessors.
+    public let multiprocessorCount: Int
+
+    private var freeBlocks: [Int: [UInt64]] = [:]
+    private var modules: [String: UnsafeMutableRawPointer?] = [:]
+    private var functions: [String: UnsafeMutableRawPointer?] = [:]
+    /// Bytes in live buffers now, and the most there were.
+    public private(set) var allocatedBytes = 0
+    public private(set) var peakAllocatedBytes = 0
+    /// Bytes held from the driver (live or cached).
+    public private(set) var reservedBytes = 0
+    var workspace: DeviceBuffer? = nil
+    var gemmPlans: [GemmKey: GemmPlan] = [:]
+
+    /// Opens GPU `ordinal`: loads the driver, NVRTC and cuBLASLt, makes the context and the stream.
+    public init(ordinal: Int = 0) throws {
+        driver = try CUDADriver()
+        try driver.check(driver.cuInit(0), "cuInit")
+        var count: Int32 = 0
+        try driver.check(driver.cuDeviceGetCount(&count), "cuDeviceGetCount")
+        guard ordinal < count else {
+            throw CUDAError("no CUDA GPU \(ordinal): the driver sees \(count). Run without --device cuda, or on a machine with an NVIDIA GPU.")
+        }
+        var dev: Int32 = 0
+        try driver.check(driver.cuDeviceGet(&dev, Int32(ordinal)), "cuDeviceGet(\(ordinal))")
+        self.ordinal = dev
+        var nameBytes = [CChar](repeating: 0, count: 256)
+        _ = driver.cuDeviceGetName(&nameBytes, 256, dev)
+        name = String(cString: nameBytes)
+        var major: Int32 = 0, minor: Int32 = 0, sms: Int32 = 0
+        try driver.check(driver.cuDeviceGetAttribute(&major, 75, dev), "cuDeviceGetAttribute(compute capability)")
+        try driver.check(driver.cuDeviceGetAttribute(&minor, 76, dev), "cuDeviceGetAttribute(compute capability)")
+        try driver.check(driver.cuDeviceGetAttribute(&sms, 16, dev), "cuDeviceGetAttribute(multiprocessors)")
+        architecture = "sm_\(major)\(minor)"
+        multiprocessorCount = Int(sms)
+        var ctx: UnsafeMutableRawPointer? = nil
+        try driver.check(driver.cuDevicePrimaryCtxRetain(&ctx, dev), "cuDevicePrimaryCtxRetain")
+        context = ctx
+        try driver.check(driver.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
+        var s: UnsafeMutableRawPointer? = nil
+        try driver.check(driver.cuStreamCreate(&s, 1), "cuStreamCreate")   // CU_STREAM_NON_BLOCKING
+        stream = s
+        compiler = try KernelCompiler()
+        blas = try CublasLt()
+        var h: UnsafeMutableRawPointer? = nil
+        try blas.check(blas.cublasLtCreate(&h), "cublasLtCreate")
+        blasHandle = h
+    }
+
+    /// One line about the device and the libraries.
+    public var description: String {
+        "\(name) (\(architecture), \(multiprocessorCount) SMs); driver \(driver.library.path); \(compiler.description); cuBLASLt \(blas.library.path)"
+    }
+
+    // MARK: Memory
+
+    static func rounded(_ bytes: Int) -> Int {
+        let b = max(bytes, 1)
+        return b < (1 << 20) ? (b + 511) / 512 * 512 : ((b + (1 << 21) - 1) >> 21) << 21
+    }
+
+    /// A buffer of `count` elements of `dtype` (contents undefined); `managed` memory is unified memory that pages
+    /// between host and device (bitsandbytes' paged optimizer states).
+    public func allocate(_ count: Int, _ dtype: GPUDType, managed: Bool = false) throws -> DeviceBuffer {
+        let size = Self.rounded(count * dtype.size)
+        var address: UInt64 = 0
+        if managed {
+            try driver.check(driver.cuMemAllocManaged(&address, size, 1), "cuMemAllocManaged(\(size) bytes)")
+            reservedBytes += size
+        } else if var list = freeBlocks[size], let a = list.popLast() {
+            address = a
+            freeBlocks[size] = list
+        } else {
+            var status = driver.cuMemAlloc(&address, size)
+            if status == 2 {   // CUDA_ERROR_OUT_OF_MEMORY: give the cached blocks back and try once more
+                try synchronize()
+                for (s, list) in freeBlocks { for a in list { _ = driver.cuMemFree(a); reservedBytes -= s } }
+                freeBlocks = [:]
+                status = driver.cuMemAlloc(&address, size)
+            }
+            try driver.check(status, "cuMemAlloc(\(size) bytes; \(allocatedBytes >> 20) MiB in use)")
+            reservedBytes += size
+        }
+        allocatedBytes += size
+        peakAllocatedBytes = max(peakAllocatedBytes, allocatedBytes)
+        return DeviceBuffer(address: address, count: count, dtype: dtype, reserved: size, managed: managed, device: self)
+    }
+
+    /// A zero-filled buffer.
+    public func zeros(_ count: Int, _ dtype: GPUDType, managed: Bool = false) throws -> DeviceBuffer {
+        let b = try allocate(count, dtype, managed: managed)
+        try fillZero(b)
+        return b
+    }
+
+    func release(_ b: DeviceBuffer) {
+        allocatedBytes -= b.reserved
+        if b.managed { _ = driver.cuMemFree(b.address); reservedBytes -= b.reserved; return }
+        freeBlocks[b.reserved, default: []].append(b.address)
+    }
+
+    /// Starts the peak count again from what is allocated now.
+    public func resetPeak() { peakAllocatedBytes = allocatedBytes }
+
+    /// Free and total device memory, as the driver reports them.
+    public func memoryInfo() throws -> (free: Int, total: Int) {
+        var free = 0, total = 0
+        try driver.check(driver.cuMemGetInfo(&free, &total), "cuMemGetInfo")
+        return (free, total)
+    }
+
+    /// Moves a managed buffer to the GPU ahead of its use (a no-op for ordinary buffers).
+    public func prefetch(_ b: DeviceBuffer) throws {
+        guard b.managed else { return }
+        if let v2 = driver.cuMemPrefetchAsyncV2 {
+            try driver.check(v2(b.address, b.reserved, 1 | UInt64(UInt32(bitPattern: ordinal)) << 32, 0, stream), "cuMemPrefetchAsync")
+        } else if let v1 = driver.cuMemPrefetchAsyncV1 {
+            try driver.check(v1(b.address, b.reserved, ordinal, stream), "cuMemPrefetchAsync")
+        }
+    }
+
+    // MARK: Copies
+
+    /// A device buffer holding `values`.
+    public func upload(_ values: [Float]) throws -> DeviceBuffer {
+        let b = try allocate(values.count, .f32)
+        try copy(values, to: b)
+        return b
+    }
+    public func upload(_ values: [Int32]) throws -> DeviceBuffer {
+        let b = try allocate(values.count, .i32)
+        try values.withUnsafeBytes { try copy(bytes: $0, to: b.address) }
+        return b
+    }
+    public func upload(_ values: [UInt8]) throws -> DeviceBuffer {
+        let b = try allocate(values.count, .u8)
+        try values.withUnsafeBytes { try copy(bytes: $0, to: b.address) }
+        return b
+    }
+    /// Copies float32 values into `b` (f32), or rounds them into it (bf16).
+    public func copy(_ values: [Float], to b: DeviceBuffer, offset: Int = 0) throws {
+        precondition(offset + values.count <= b.count)
+        switch b.dtype {
+        case .f32: try values.withUnsafeBytes { try copy(bytes: $0, to: b.address(at: offset)) }
+        case .bf16:
+            let bits = values.map { Self.bf16(from: $0) }
+            try bits.withUnsafeBytes { try copy(bytes: $0, to: b.address(at: offset)) }
+        default: preconditionFailure("copy of floats into \(b.dtype)")
+        }
+    }
+    public func copy(_ values: [Int32], to b: DeviceBuffer) throws {
+        precondition(b.dtype == .i32 && values.count <= b.count)
+        try values.withUnsafeBytes { try copy(bytes: $0, to: b.address) }
+    }
+    public func copy(_ values: [UInt8], to b: DeviceBuffer) throws {
+        precondition(b.dtype == .u8 && values.count <= b.count)
+        try values.withUnsafeBytes { try copy(bytes: $0, to: b.address) }
+    }
+
+    func copy(bytes: UnsafeRawBufferPointer, to address: UInt64) throws {
+        guard bytes.count > 0 else { return }
+        try driver.check(driver.cuMemcpyHtoDAsync(address, bytes.baseAddress!, bytes.count, stream), "cuMemcpyHtoD")
+        try synchronize()   // the host array may go away after return
+    }
+
+    /// Device-to-device copy of `count` elements.
+    public func copy(from source: DeviceBuffer, to destination: DeviceBuffer, count: Int? = nil, sourceOffset: Int = 0,
+                     destinationOffset: Int = 0) throws {
+        precondition(source.dtype == destination.dtype)
+        let n = count ?? source.count
+        try driver.check(driver.cuMemcpyDtoDAsync(destination.address(at: destinationOffset), source.address(at: sourceOffset),
+                                                  n * source.dtype.size, stream), "cuMemcpyDtoD")
+    }
+
+    /// The buffer's values as float32 (f32, bf16, f64, i32 buffers).
+    public func download(_ b: DeviceBuffer, count: Int? = nil) throws -> [Float] {
+        let n = count ?? b.count
+        switch b.dtype {
+        case .f32:
+            var out = [Float](repeating: 0, count: n)
+            try out.withUnsafeMutableBytes { try read(b.address, into: $0) }
+            return out
+        case .bf16:
+            var bits = [UInt16](repeating: 0, count: n)
+            try bits.withUnsafeMutableBytes { try read(b.address, into: $0) }
+            return bits.map { Float(bitPattern: UInt32($0) << 16) }
+        case .f64:
+            var out = [Double](repeating: 0, count: n)
+            try out.withUnsafeMutableBytes { try read(b.address, into: $0) }
+            return out.map { Float($0) }
+        case .i32:
+            var out = [Int32](repeating: 0, count: n)
+            try out.withUnsafeMutableBytes { try read(b.address, into: $0) }
+            return out.map { Float($0) }
+        case .u8:
+            return try downloadBytes(b, count: n).map { Float($0) }
+        }
+    }
+    /// The raw bytes of a u8 buffer.
+    public func downloadBytes(_ b: DeviceBuffer, count: Int? = nil) throws -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: (count ?? b.count) * b.dtype.size)
+        try out.withUnsafeMutableBytes { try read(b.address, into: $0) }
+        return out
+    }
+    /// A float64 scalar (loss and norm accumulators).
+    public func downloadDouble(_ b: DeviceBuffer) throws -> Double {
+        var v = 0.0
+        try withUnsafeMutableBytes(of: &v) { try read(b.address, into: $0) }
+        return v
+    }
+
+    func read(_ address: UInt64, into bytes: UnsafeMutableRawBufferPointer) throws {
+        guard bytes.count > 0 else { return }
+        try driver.check(driver.cuMemcpyDtoHAsync(bytes.baseAddress!, address, bytes.count, stream), "cuMemcpyDtoH")
+        try synchronize()
+    }
+
+    /// Sets every byte of `b` to zero.
+    public func fillZero(_ b: DeviceBuffer) throws {
+        try driver.check(driver.cuMemsetD8Async(b.address, 0, b.bytes, stream), "cuMemsetD8")
+    }
+
+    /// Waits for everything queued on the stream; reports a failed kernel here.
+    public func synchronize() throws {
+        try driver.check(driver.cuStreamSynchronize(stream), "cuStreamSynchronize (an earlier kernel or copy failed)")
+    }
+
+    /// float32 → bf16 bits, round to nearest even (NaN kept).
+    static func bf16(from f: Float) -> UInt16 {
+        let u = f.bitPattern
+        if u & 0x7fff_ffff > 0x7f80_0000 { return UInt16(u >> 16) | 0x40 }
+        return UInt16((u &+ 0x7fff &+ ((u >> 16) & 1)) >> 16)
+    }
+
+    // MARK: Kernels
+
+    /// Launches kernel `name` of `source` (bf16 or f32 activations) on `grid` × `block` threads.
+    public func launch(_ source: KernelSource, _ name: String, bf16: Bool = false, grid: Int, block: Int,
+                       _ arguments: [KernelArgument]) throws {
+        guard grid > 0 else { return }
+        let function = try self.function(source, name, bf16: bf16)
+        var storage = [UInt64](repeating: 0, count: arguments.count)
+        for (i, a) in arguments.enumerated() {
+            switch a {
+            case .buffer(let b): storage[i] = b.address
+            case .address(let v): storage[i] = v
+            case .int32(let v): storage[i] = UInt64(UInt32(bitPattern: v))
+            case .int64(let v): storage[i] = UInt64(bitPattern: v)
+            case .uint64(let v): storage[i] = v
+            case .float(let v): storage[i] = UInt64(v.bitPattern)
+            }
+        }
+        // Each value sits at the start of its own 8-byte slot; little-endian, so a 4-byte int or float reads right.
+        let status = storage.withUnsafeMutableBufferPointer { values -> Int32 in
+            var pointers = (0..<arguments.count).map { UnsafeMutableRawPointer(values.baseAddress! + $0) as UnsafeMutableRawPointer? }
+            return pointers.withUnsafeMutableBufferPointer { p in
+                driver.cuLaunchKernel(function, UInt32(grid), 1, 1, UInt32(block), 1, 1, 0, stream, p.baseAddress, nil)
+            }
+        }
+        try driver.check(status, "cuLaunchKernel(\(name), grid \(grid), block \(block))")
+        if ProcessInfo.processInfo.environment["QLORA_CUDA_SYNC"] != nil { try synchronize() }
+    }
+
+    func function(_ source: KernelSource, _ name: String, bf16: Bool) throws -> UnsafeMutableRawPointer? {
+        let key = "\(source.rawValue)/\(bf16)/\(name)"
+        if let f = functions[key] { return f }
+        let moduleKey = "\(source.rawValue)/\(bf16)"
+        var module = modules[moduleKey] ?? nil
+        if module == nil {
+            let cubin = try compiler.cubin(source, bf16: bf16, architecture: architecture)
+            try cubin.withUnsafeBytes { try driver.check(driver.cuModuleLoadData(&module, $0.baseAddress!), "cuModuleLoadData(\(source).cu)") }
+            modules[moduleKey] = module
+        }
+        var f: UnsafeMutableRawPointer? = nil
+        try driver.check(driver.cuModuleGetFunction(&f, module, name), "cuModuleGetFunction(\(name) in \(source).cu)")
+        functions[key] = f
+        return f
+    }
+
+    /// Blocks for a one-thread-per-element launch of `count` elements (grid-stride kernels cap it).
+    public static func blocks(_ count: Int, threads: Int = 256, cap: Int = 1 << 20) -> Int {
+        min(cap, max(1, (count + threads - 1) / threads))
+    }
+}

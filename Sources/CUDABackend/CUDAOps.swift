@@ -1,0 +1,195 @@
+import Foundation
+import Quantization
+
+// Launchers for the kernels of the training step, one per kernel, with the CPU twin's argument order (outputs,
+// then saved values, then inputs). Activation buffers are all f32 or all bf16; the kernel variant follows them.
+// Shape letters as in CPUOps: N rows, C hidden, H heads, Hkv KV heads, D head dim, F MLP width, V vocabulary.
+
+extension CUDADevice {
+    // MARK: Norm
+
+    /// y (N, C), rstd (N) from x (N, C) and the float32 weight (C).
+    public func rmsNormForward(_ y: DeviceBuffer, _ rstd: DeviceBuffer, _ x: DeviceBuffer, _ w: DeviceBuffer,
+                               rows: Int, width: Int, eps: Float) throws {
+        try launch(.norm, "rmsnorm_forward", bf16: y.dtype == .bf16, grid: rows, block: Self.rowThreads(width),
+                   [.buffer(y), .buffer(rstd), .buffer(x), .buffer(w), .int(rows), .int(width), .float(eps)])
+    }
+
+    /// dx (+)= the input gradient of RMSNorm.
+    public func rmsNormBackward(_ dx: DeviceBuffer, _ dy: DeviceBuffer, _ x: DeviceBuffer, _ w: DeviceBuffer,
+                                _ rstd: DeviceBuffer, rows: Int, width: Int, accumulate: Bool) throws {
+        try launch(.norm, "rmsnorm_backward", bf16: dx.dtype == .bf16, grid: rows, block: Self.rowThreads(width),
+                   [.buffer(dx), .buffer(dy), .buffer(x), .buffer(w), .buffer(rstd), .int(rows), .int(width),
+                    .int(accumulate ? 1 : 0)])
+    }
+
+    static func rowThreads(_ width: Int) -> Int { width >= 4096 ? 1024 : width >= 1024 ? 512 : width >= 256 ? 256 : 64 }
+
+    // MARK: RoPE
+
+    /// Rotates x (B, T, heads, D) in place; `inverse` for the backward pass.
+    public func rope(_ x: DeviceBuffer, cos: DeviceBuffer, sin: DeviceBuffer, batch: Int, tokens: Int, heads: Int,
+                     headDim: Int, inverse: Bool = false, offset: Int = 0) throws {
+        let total = batch * tokens * heads * (headDim / 2)
+        try launch(.rope, "rope", bf16: x.dtype == .bf16, grid: (total + 255) / 256, block: 256,
+                   [.buffer(x), .buffer(cos), .buffer(sin), .int(batch), .int(tokens), .int(heads), .int(headDim),
+                    .int(inverse ? 1 : 0), .int(offset)])
+    }
+
+    // MARK: Attention
+
+    /// Causal GQA attention: out (B, T, H, D) and the probabilities (B, H, T, T) from q (B, T, H, D), k, v
+    /// (B, T, Hkv, D). Per batch and per head-in-group, one batched product over the KV heads.
+    public func attentionForward(_ out: DeviceBuffer, _ probs: DeviceBuffer, q: DeviceBuffer, k: DeviceBuffer,
+                                 v: DeviceBuffer, batch: Int, tokens: Int, heads: Int, kvHeads: Int, headDim: Int) throws {
+        let T = tokens, D = headDim, H = heads, Hkv = kvHeads, group = heads / kvHeads
+        let scale = 1 / Float(D).squareRoot()
+        for b in 0..<batch {
+            for g in 0..<group {
+                try gemm(m: T, n: T, k: D, a: q, aOffset: (b * T * H + g) * D, lda: H * D,
+                         b: k, bOffset: b * T * Hkv * D, ldb: Hkv * D, transB: true,
+                         c: probs, cOffset: (b * H + g) * T * T, ldc: T, alpha: scale,
+                         batch: Hkv, strideA: group * D, strideB: D, strideC: group * T * T)
+            }
+        }
+        try launch(.attention, "softmax_causal_forward", bf16: probs.dtype == .bf16, grid: batch * H * T,
+                   block: Self.rowThreads(T), [.buffer(probs), .int(T), .long(batch * H * T)])
+        for b in 0..<batch {
+            for g in 0..<group {
+                try gemm(m: T, n: D, k: T, a: probs, aOffset: (b * H + g) * T * T, lda: T,
+                         b: v, bOffset: b * T * Hkv * D, ldb: Hkv * D,
+                         c: out, cOffset: (b * T * H + g) * D, ldc: H * D,
+                         batch: Hkv, strideA: group * T * T, strideB: D, strideC: group * D)
+            }
+        }
+    }
+
+    /// dq, dk, dv (overwritten) from dout and what the forward saved; `scratch` holds (B, H, T, T) for dS.
+    public func attentionBackward(dq: DeviceBuffer, dk: DeviceBuffer, dv: DeviceBuffer, dout: DeviceBuffer,
+                                  probs: DeviceBuffer, q: DeviceBuffer, k: DeviceBuffer, v: DeviceBuffer,
+                                  scratch ds: DeviceBuffer, batch: Int, tokens: Int, heads: Int, kvHeads: Int,
+                                  headDim: Int) throws {
+        let T = tokens, D = headDim, H = heads, Hkv = kvHeads, group = heads / kvHeads
+        let scale = 1 / Float(D).squareRoot()
+        try fillZero(dk); try fillZero(dv)
+        for b in 0..<batch {
+            for g in 0..<group {
+                let qOffset = (b * T * H + g) * D, kvOffset = b * T * Hkv * D, pOffset = (b * H + g) * T * T
+                // dP = dO Vᵀ
+                try gemm(m: T, n: T, k: D, a: dout, aOffset: qOffset, lda: H * D, b: v, bOffset: kvOffset, ldb: Hkv * D,
+                         transB: true, c: ds, cOffset: pOffset, ldc: T,
+                         batch: Hkv, strideA: group * D, strideB: D, strideC: group * T * T)
+                // dV += Pᵀ dO
+                try gemm(m: T, n: D, k: T, a: probs, aOffset: pOffset, lda: T, transA: true, b: dout, bOffset: qOffset,
+                         ldb: H * D, c: dv, cOffset: kvOffset, ldc: Hkv * D, beta: 1,
+                         batch: Hkv, strideA: group * T * T, strideB: group * D, strideC: D)
+            }
+        }
+        try launch(.attention, "softmax_causal_backward", bf16: ds.dtype == .bf16, grid: batch * H * T,
+                   block: Self.rowThreads(T), [.buffer(ds), .buffer(probs), .int(T), .long(batch * H * T), .float(scale)])
+        for b in 0..<batch {
+            for g in 0..<group {
+                let qOffset = (b * T * H + g) * D, kvOffset = b * T * Hkv * D, pOffset = (b * H + g) * T * T
+                // dQ = dS K
+                try gemm(m: T, n: D, k: T, a: ds, aOffset: pOffset, lda: T, b: k, bOffset: kvOffset, ldb: Hkv * D,
+                         c: dq, cOffset: qOffset, ldc: H * D,
+                         batch: Hkv, strideA: group * T * T, strideB: D, strideC: group * D)
+                // dK += dSᵀ Q
+                try gemm(m: T, n: D, k: T, a: ds, aOffset: pOffset, lda: T, transA: true, b: q, bOffset: qOffset,
+                         ldb: H * D, c: dk, cOffset: kvOffset, ldc: Hkv * D, beta: 1,
+                         batch: Hkv, strideA: group * T * T, strideB: group * D, strideC: D)
+            }
+        }
+    }
+
+    // MARK: Elementwise
+
+    /// out (N, C) = table[ids] (V, C).
+    public func embedding(_ out: DeviceBuffer, ids: DeviceBuffer, table: DeviceBuffer, rows: Int, width: Int) throws {
+        try launch(.elementwise, "embedding_forward", bf16: out.dtype == .bf16, grid: Self.blocks(rows * width), block: 256,
+                   [.buffer(out), .buffer(ids), .buffer(table), .long(rows), .int(width)])
+    }
+
+    /// out = a + b.
+    public func add(_ out: DeviceBuffer, _ a: DeviceBuffer, _ b: DeviceBuffer) throws {
+        try launch(.elementwise, "add", bf16: out.dtype == .bf16, grid: Self.blocks(out.count), block: 256,
+                   [.buffer(out), .buffer(a), .buffer(b), .long(out.count)])
+    }
+
+    /// act = silu(gate) ⊙ up.
+    public func swigluForward(_ act: DeviceBuffer, gate: DeviceBuffer, up: DeviceBuffer) throws {
+        try launch(.elementwise, "swiglu_forward", bf16: act.dtype == .bf16, grid: Self.blocks(act.count), block: 256,
+                   [.buffer(act), .buffer(gate), .buffer(up), .long(act.count)])
+    }
+
+    /// dgate, dup from da.
+    public func swigluBackward(dgate: DeviceBuffer, dup: DeviceBuffer, da: DeviceBuffer, gate: DeviceBuffer,
+                               up: DeviceBuffer) throws {
+        try launch(.elementwise, "swiglu_backward", bf16: da.dtype == .bf16, grid: Self.blocks(da.count), block: 256,
+                   [.buffer(dgate), .buffer(dup), .buffer(da), .buffer(gate), .buffer(up), .long(da.count)])
+    }
+
+    /// out = x ⊙ mask / keep, the mask drawn from `seed`.
+    public func dropout(_ out: DeviceBuffer, _ x: DeviceBuffer, keep: Float, seed: UInt64) throws {
+        try launch(.elementwise, "dropout_forward", bf16: out.dtype == .bf16, grid: Self.blocks(out.count), block: 256,
+                   [.buffer(out), .buffer(x), .long(out.count), .float(keep), .uint64(seed)])
+    }
+
+    /// dx += dinput ⊙ mask / keep (the mask of `dropout` with this seed).
+    public func dropoutBackwardAdd(_ dx: DeviceBuffer, _ dinput: DeviceBuffer, keep: Float, seed: UInt64) throws {
+        try launch(.elementwise, "dropout_backward_add", bf16: dx.dtype == .bf16, grid: Self.blocks(dx.count), block: 256,
+                   [.buffer(dx), .buffer(dinput), .long(dx.count), .float(keep), .uint64(seed)])
+    }
+
+    /// out (f32 or bf16) = in (f32), rounded.
+    public func cast(_ out: DeviceBuffer, from input: DeviceBuffer) throws {
+        if out.dtype == input.dtype { return try copy(from: input, to: out) }
+        if input.dtype == .f32 {
+            try launch(.elementwise, "cast_from_f32", bf16: true, grid: Self.blocks(out.count), block: 256,
+                       [.buffer(out), .buffer(input), .long(out.count)])
+        } else {
+            try launch(.elementwise, "cast_to_f32", bf16: true, grid: Self.blocks(out.count), block: 256,
+                       [.buffer(out), .buffer(input), .long(out.count)])
+        }
+    }
+
+    /// y (N, cols) += bias (cols, float32).
+    public func addBias(_ y: DeviceBuffer, bias: DeviceBuffer, rows: Int, cols: Int) throws {
+        try launch(.elementwise, "bias_add", bf16: y.dtype == .bf16, grid: Self.blocks(rows * cols), block: 256,
+                   [.buffer(y), .buffer(bias), .long(rows), .int(cols)])
+    }
+
+    /// Fills with random bytes / uniform values from a seed (the benchmark's random model).
+    public func fillRandomBytes(_ b: DeviceBuffer, seed: UInt64) throws {
+        try launch(.elementwise, "random_bytes", grid: Self.blocks(b.bytes), block: 256,
+                   [.buffer(b), .long(b.bytes), .uint64(seed)])
+    }
+    public func fillUniform(_ b: DeviceBuffer, low: Float, high: Float, seed: UInt64) throws {
+        if b.dtype == .f32 {
+            try launch(.elementwise, "random_uniform_f32", grid: Self.blocks(b.count), block: 256,
+                       [.buffer(b), .long(b.count), .uint64(seed), .float(low), .float(high)])
+        } else {
+            try launch(.elementwise, "random_uniform", bf16: true, grid: Self.blocks(b.count), block: 256,
+                       [.buffer(b), .long(b.count), .uint64(seed), .float(low), .float(high)])
+        }
+    }
+
+    // MARK: Loss
+
+    /// Adds the cross-entropy of each row of logits (rows, V) with a target ≥ 0 into lossSum (f64); with
+    /// `writeGradient`, overwrites the logits with (softmax − onehot) · scale.
+    public func crossEntropy(_ logits: DeviceBuffer, lossSum: DeviceBuffer, targets: DeviceBuffer, targetOffset: Int = 0,
+                             rows: Int, vocab: Int, scale: Float, writeGradient: Bool) throws {
+        try launch(.loss, "cross_entropy", bf16: logits.dtype == .bf16, grid: rows, block: 1024,
+                   [.buffer(logits), .buffer(lossSum), .address(targets.address(at: targetOffset)), .int(rows), .int(vocab),
+                    .float(scale), .int(writeGradient ? 1 : 0)])
+    }
+
+    // MARK: Optimizer
+
+    /// out (f64) += Σ g².
+    public func addSumOfSquares(_ out: DeviceBuffer, _ g: DeviceBuffer) throws {
+        try launch(.optimizer, "sum_squares", grid: Self.blocks(g.count, cap: 4 * multiprocessorCount), block: 256,
+                   [.buffer(out), .buffer(g), .long(g.count)])
+    }
+}

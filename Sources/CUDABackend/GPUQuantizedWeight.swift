@@ -1,0 +1,96 @@
+import Foundation
+import Quantization
+
+/// A frozen 4-bit weight on the GPU, stored as bitsandbytes stores it (packed codes; absmax in float32 or double
+/// quantized) and dequantized into a scratch buffer of the compute type when a product needs it.
+public final class GPUQuantizedWeight: @unchecked Sendable {
+    /// (out, in).
+    public let rows: Int, columns: Int
+    public let blocksize: Int
+    let packed: DeviceBuffer
+    let table: DeviceBuffer                  // 16 dequantization values
+    let absmax: DeviceBuffer?                // float32 scales, when not double quantized
+    let codes: DeviceBuffer?                 // double quantization: 8-bit codes, nested absmax, nested code book
+    let nestedAbsmax: DeviceBuffer?
+    let nestedCode: DeviceBuffer?
+    let offset: Float
+    let nestedBlocksize: Int
+    unowned let device: CUDADevice
+
+    /// Uploads a quantized tensor of shape (out, in).
+    public init(_ q: Quantized4BitTensor, device: CUDADevice) throws {
+        precondition(q.shape.count == 2)
+        self.device = device
+        rows = q.shape[0]; columns = q.shape[1]; blocksize = q.blocksize
+        packed = try device.upload(q.packed)
+        table = try device.upload(q.quantType.dequantizationTable)
+        switch q.scales {
+        case .float32(let a):
+            absmax = try device.upload(a); codes = nil; nestedAbsmax = nil; nestedCode = nil; offset = 0; nestedBlocksize = 256
+        case .doubleQuantized(let d):
+            absmax = nil
+            codes = try device.upload(d.codes)
+            nestedAbsmax = try device.upload(d.nestedAbsmax)
+            nestedCode = try device.upload(d.nestedCodeBook)
+            offset = d.offset; nestedBlocksize = d.nestedBlocksize
+        }
+    }
+
+    /// A random NF4 weight with double-quantized scales, made on the GPU (the benchmark's model): uniform codes,
+    /// and scales near `scale` so the weights have about the spread of a trained model's.
+    public init(randomRows rows: Int, columns: Int, blocksize: Int = 64, scale: Float, seed: UInt64, device: CUDADevice) throws {
+        self.device = device
+        self.rows = rows; self.columns = columns; self.blocksize = blocksize
+        let n = rows * columns
+        packed = try device.allocate((n + 1) / 2, .u8)
+        try device.fillRandomBytes(packed, seed: seed)
+        table = try device.upload(QuantType.nf4.dequantizationTable)
+        let blocks = (n + blocksize - 1) / blocksize
+        absmax = nil
+        codes = try device.allocate(blocks, .u8)
+        try device.fillRandomBytes(codes!, seed: seed &+ 1)
+        nestedBlocksize = 256
+        nestedAbsmax = try device.upload([Float](repeating: scale / 4, count: (blocks + 255) / 256))
+        nestedCode = try device.upload(DynamicMap.signed)
+        offset = scale
+    }
+
+    /// Bytes held on the GPU.
+    public var bytes: Int { packed.bytes + (absmax?.bytes ?? 0) + (codes?.bytes ?? 0) + (nestedAbsmax?.bytes ?? 0) }
+
+    /// Elements the packed codes stand for, as bitsandbytes' Params4bit counts them (packed bytes × 2).
+    public var parameterCount: Int { packed.count * 2 }
+
+    /// W (out, in) dequantized into a new buffer of `dtype`.
+    public func dequantized(_ dtype: GPUDType) throws -> DeviceBuffer {
+        let n = rows * columns
+        let scales: DeviceBuffer
+        if let a = absmax {
+            scales = a
+        } else {
+            let blocks = (n + blocksize - 1) / blocksize
+            scales = try device.allocate(blocks, .f32)
+            try device.launch(.quantize, "dequantize_absmax", grid: (blocks + 255) / 256, block: 256,
+                              [.buffer(scales), .buffer(codes!), .buffer(nestedAbsmax!), .buffer(nestedCode!),
+                               .float(offset), .int(nestedBlocksize), .long(blocks)])
+        }
+        let out = try device.allocate(n, dtype)
+        try device.launch(.quantize, "dequantize_4bit", bf16: dtype == .bf16, grid: ((n + 1) / 2 + 255) / 256, block: 256,
+                          [.buffer(out), .buffer(packed), .buffer(scales), .buffer(table), .long(n), .int(blocksize)])
+        return out
+    }
+}
+
+extension CUDADevice {
+    /// Quantizes x (f32 or bf16 values) to 4 bits on the GPU: the packed codes and the float32 absmax per block,
+    /// bit-exact with bitsandbytes. (Double quantization of the small absmax array is done on the host by
+    /// `DoubleQuantizedScales`, which needs the GPU mean's exact reduction order anyway.)
+    public func quantize4Bit(_ x: DeviceBuffer, type: QuantType, blocksize: Int) throws -> (packed: [UInt8], absmax: [Float]) {
+        let n = x.count
+        let blocks = (n + blocksize - 1) / blocksize
+        let packed = try allocate((n + 1) / 2, .u8), absmax = try allocate(blocks, .f32)
+        try launch(.quantize, "quantize_4bit", bf16: x.dtype == .bf16, grid: blocks, block: min(1024, max(32, blocksize / 2)),
+                   [.buffer(packed), .buffer(absmax), .buffer(x), .long(n), .int(blocksize), .int(type == .fp4 ? 1 : 0)])
+        return (try downloadBytes(packed), try download(absmax))
+    }
+}

@@ -1,0 +1,226 @@
+import CUDABackend
+import Foundation
+import Llama
+
+/// What one GPU forward (and backward) pass produced.
+public struct GPUStepResult {
+    /// Mean loss over the counted targets, and their count.
+    public var loss: Double
+    public var tokenCount: Int
+    /// Logits (B·T, V) as float32, when asked for.
+    public var logits: [Float]?
+}
+
+extension CUDALlama {
+    /// The GPU twin of `LlamaModel.step`: the loss (labels shifted inside, −100 ignored) and, with `withGradients`,
+    /// `gradientScale` × d(sum of token losses) added into the adapters' gradient accumulators. Dropout masks come
+    /// from `seed` (one stream per layer and projection), so a recomputed layer (`checkpointing`) draws the same ones.
+    public func step(inputIds: [Int], labels: [Int], batch: Int, tokens: Int, withGradients: Bool = true,
+                     training: Bool = true, seed: UInt64 = 0, checkpointing: Bool = false,
+                     gradientScale: Float? = nil, keepLogits: Bool = false) throws -> GPUStepResult {
+        precondition(inputIds.count == batch * tokens && labels.count == batch * tokens)
+        guard tokens <= config.maxPositionEmbeddings else {
+            throw CUDAError("a sequence of \(tokens) tokens is longer than max_position_embeddings (\(config.maxPositionEmbeddings))")
+        }
+        try ensureRope(tokens)
+        let n = batch * tokens, c = config.hiddenSize, vocab = config.vocabSize
+        if let bad = inputIds.first(where: { $0 < 0 || $0 >= vocab }) {
+            throw CUDAError("token id \(bad) is outside the vocabulary (\(vocab))")
+        }
+        let ids = try device.upload(inputIds.map { Int32($0) })
+        var x = try device.allocate(n * c, dtype)
+        try device.embedding(x, ids: ids, table: embedding, rows: n, width: c)
+        var saved: [GPULayerActivations?] = []
+        for l in layers.indices {
+            let act = GPULayerActivations(x: x)
+            x = try layerForward(l, x, batch: batch, tokens: tokens, training: training, seed: seed, saving: act)
+            if withGradients { saved.append(checkpointing ? GPULayerActivations(x: act.x) : act) }
+        }
+        let rstdF = try device.allocate(n, .f32)
+        let xf = try device.allocate(n * c, dtype)
+        try device.rmsNormForward(xf, rstdF, x, finalNorm, rows: n, width: c, eps: Float(config.rmsNormEps))
+        var targets = [Int32](repeating: -100, count: n)
+        for b in 0..<batch { for t in 0..<(tokens - 1) { targets[b * tokens + t] = Int32(labels[b * tokens + t + 1]) } }
+        let count = targets.filter { $0 != -100 }.count
+        let scale = gradientScale ?? (count > 0 ? 1 / Float(count) : 0)
+        let targetBuffer = try device.upload(targets)
+        let lossSum = try device.zeros(1, .f64)
+        // lm_head and the loss a chunk of rows at a time: the (N, V) logits never exist all at once.
+        let chunk = max(1, min(n, (1 << 27) / (vocab * dtype.size)))
+        var keptLogits: [Float] = []
+        let dxf = withGradients ? try device.allocate(n * c, dtype) : nil
+        for start in stride(from: 0, to: n, by: chunk) {
+            let rows = min(chunk, n - start)
+            let logits = try device.allocate(rows * vocab, dtype)
+            try device.gemm(m: rows, n: vocab, k: c, a: xf, aOffset: start * c, lda: c, b: lmHead, ldb: c, transB: true,
+                            c: logits, ldc: vocab)
+            if keepLogits { keptLogits += try device.download(logits) }
+            try device.crossEntropy(logits, lossSum: lossSum, targets: targetBuffer, targetOffset: start, rows: rows,
+                                    vocab: vocab, scale: scale, writeGradient: withGradients)
+            if let dxf {
+                try device.gemm(m: rows, n: c, k: vocab, a: logits, lda: vocab, b: lmHead, ldb: c, c: dxf,
+                                cOffset: start * c, ldc: c)
+            }
+        }
+        let loss = count > 0 ? try device.downloadDouble(lossSum) / Double(count) : 0
+        let result = GPUStepResult(loss: loss, tokenCount: count, logits: keepLogits ? keptLogits : nil)
+        guard withGradients, let dxf else { return result }
+
+        var dx = try device.allocate(n * c, dtype)
+        try device.rmsNormBackward(dx, dxf, x, finalNorm, rstdF, rows: n, width: c, accumulate: false)
+        for l in layers.indices.reversed() {
+            let act = saved[l]!
+            saved[l] = nil
+            if checkpointing {
+                _ = try layerForward(l, act.x, batch: batch, tokens: tokens, training: training, seed: seed, saving: act)
+            }
+            dx = try layerBackward(l, dx, act, batch: batch, tokens: tokens, training: training, seed: seed)
+        }
+        try device.synchronize()
+        return result
+    }
+
+    /// Logits (B·T, V) of a batch, no dropout, no gradients.
+    public func logits(inputIds: [Int], batch: Int, tokens: Int) throws -> [Float] {
+        try step(inputIds: inputIds, labels: inputIds, batch: batch, tokens: tokens, withGradients: false,
+                 training: false, keepLogits: true).logits!
+    }
+
+    // MARK: One decoder layer
+
+    /// The dropout seed of projection `name` in layer `l`.
+    func dropoutSeed(_ seed: UInt64, layer l: Int, _ name: String) -> UInt64 {
+        let p = UInt64(LlamaConfig.projectionNames.firstIndex(of: name) ?? 0)
+        return seed ^ (UInt64(l) &* 0x9E37_79B9_7F4A_7C15) ^ ((p + 1) &* 0xC2B2_AE3D_27D4_EB4F)
+    }
+
+    func layerForward(_ l: Int, _ x: DeviceBuffer, batch: Int, tokens: Int, training: Bool, seed: UInt64,
+                      saving act: GPULayerActivations) throws -> DeviceBuffer {
+        let layer = layers[l]
+        let n = batch * tokens, c = config.hiddenSize
+        let h = config.headCount, hkv = config.kvHeadCount, d = config.headDim
+        let eps = Float(config.rmsNormEps)
+        act.x = x
+        act.rstd1 = try device.allocate(n, .f32)
+        act.h1 = try device.allocate(n * c, dtype)
+        try device.rmsNormForward(act.h1, act.rstd1, x, layer.inputNorm, rows: n, width: c, eps: eps)
+        act.q = try projectionForward(l, "q_proj", act.h1, rows: n, training: training, seed: seed, act: act)
+        act.k = try projectionForward(l, "k_proj", act.h1, rows: n, training: training, seed: seed, act: act)
+        act.v = try projectionForward(l, "v_proj", act.h1, rows: n, training: training, seed: seed, act: act)
+        try device.rope(act.q, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: h, headDim: d)
+        try device.rope(act.k, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: hkv, headDim: d)
+        act.attention = try device.allocate(n * h * d, dtype)
+        act.probs = try device.allocate(batch * h * tokens * tokens, dtype)
+        try device.attentionForward(act.attention, act.probs, q: act.q, k: act.k, v: act.v, batch: batch, tokens: tokens,
+                                    heads: h, kvHeads: hkv, headDim: d)
+        let o = try projectionForward(l, "o_proj", act.attention, rows: n, training: training, seed: seed, act: act)
+        act.xMid = try device.allocate(n * c, dtype)
+        try device.add(act.xMid, x, o)
+        act.rstd2 = try device.allocate(n, .f32)
+        act.h2 = try device.allocate(n * c, dtype)
+        try device.rmsNormForward(act.h2, act.rstd2, act.xMid, layer.postAttentionNorm, rows: n, width: c, eps: eps)
+        act.gate = try projectionForward(l, "gate_proj", act.h2, rows: n, training: training, seed: seed, act: act)
+        act.up = try projectionForward(l, "up_proj", act.h2, rows: n, training: training, seed: seed, act: act)
+        act.act = try device.allocate(act.gate.count, dtype)
+        try device.swigluForward(act.act, gate: act.gate, up: act.up)
+        let down = try projectionForward(l, "down_proj", act.act, rows: n, training: training, seed: seed, act: act)
+        try device.add(down, act.xMid, down)
+        return down
+    }
+
+    func layerBackward(_ l: Int, _ dOut: DeviceBuffer, _ act: GPULayerActivations, batch: Int, tokens: Int,
+                       training: Bool, seed: UInt64) throws -> DeviceBuffer {
+        let layer = layers[l]
+        let n = batch * tokens, c = config.hiddenSize
+        let h = config.headCount, hkv = config.kvHeadCount, d = config.headDim
+        let dxMid = dOut
+        let dAct = try projectionBackward(l, "down_proj", dOut, rows: n, act: act, training: training, seed: seed)
+        let dGate = try device.allocate(dAct.count, dtype), dUp = try device.allocate(dAct.count, dtype)
+        try device.swigluBackward(dgate: dGate, dup: dUp, da: dAct, gate: act.gate, up: act.up)
+        act.gate = nil; act.up = nil; act.act = nil
+        let dh2 = try projectionBackward(l, "gate_proj", dGate, rows: n, act: act, training: training, seed: seed)
+        let dh2Up = try projectionBackward(l, "up_proj", dUp, rows: n, act: act, training: training, seed: seed)
+        try device.add(dh2, dh2, dh2Up)
+        try device.rmsNormBackward(dxMid, dh2, act.xMid, layer.postAttentionNorm, act.rstd2, rows: n, width: c, accumulate: true)
+        let dAttention = try projectionBackward(l, "o_proj", dxMid, rows: n, act: act, training: training, seed: seed)
+        let dq = try device.allocate(act.q.count, dtype), dk = try device.allocate(act.k.count, dtype)
+        let dv = try device.allocate(act.v.count, dtype)
+        let scratch = try device.allocate(act.probs.count, dtype)
+        try device.attentionBackward(dq: dq, dk: dk, dv: dv, dout: dAttention, probs: act.probs, q: act.q, k: act.k,
+                                     v: act.v, scratch: scratch, batch: batch, tokens: tokens, heads: h, kvHeads: hkv,
+                                     headDim: d)
+        act.probs = nil
+        try device.rope(dq, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: h, headDim: d, inverse: true)
+        try device.rope(dk, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: hkv, headDim: d, inverse: true)
+        let dh1 = try projectionBackward(l, "q_proj", dq, rows: n, act: act, training: training, seed: seed)
+        for (name, g) in [("k_proj", dk), ("v_proj", dv)] {
+            let part = try projectionBackward(l, name, g, rows: n, act: act, training: training, seed: seed)
+            try device.add(dh1, dh1, part)
+        }
+        try device.rmsNormBackward(dxMid, dh1, act.x, layer.inputNorm, act.rstd1, rows: n, width: c, accumulate: true)
+        return dxMid
+    }
+
+    // MARK: A frozen projection with its adapter
+
+    /// y (N, out) = x Wᵀ + bias + scale · (dropout(x) Aᵀ) Bᵀ, W dequantized for this product only.
+    func projectionForward(_ l: Int, _ name: String, _ x: DeviceBuffer, rows: Int, training: Bool, seed: UInt64,
+                           act: GPULayerActivations) throws -> DeviceBuffer {
+        let p = layers[l].projections[name]!
+        let y = try device.allocate(rows * p.outFeatures, dtype)
+        do {
+            let w = try p.weight.dequantized(dtype)
+            try device.gemm(m: rows, n: p.outFeatures, k: p.inFeatures, a: x, lda: p.inFeatures, b: w, ldb: p.inFeatures,
+                            transB: true, c: y, ldc: p.outFeatures)
+        }
+        if let bias = p.bias { try device.addBias(y, bias: bias, rows: rows, cols: p.outFeatures) }
+        guard let adapter = adapters["\(l).\(name)"] else { return y }
+        let r = loraConfig.r
+        var input = x
+        if training && loraConfig.dropout > 0 {
+            input = try device.allocate(x.count, dtype)
+            try device.dropout(input, x, keep: Float(1 - loraConfig.dropout), seed: dropoutSeed(seed, layer: l, name))
+        }
+        let z = try device.allocate(rows * r, dtype)
+        try device.gemm(m: rows, n: r, k: p.inFeatures, a: input, lda: p.inFeatures, b: adapter.aCompute, ldb: p.inFeatures,
+                        transB: true, c: z, ldc: r)
+        try device.gemm(m: rows, n: p.outFeatures, k: r, a: z, lda: r, b: adapter.bCompute, ldb: r, transB: true,
+                        c: y, ldc: p.outFeatures, alpha: loraConfig.scale, beta: 1)
+        act.loraInput[name] = input
+        act.loraZ[name] = z
+        return y
+    }
+
+    /// dx (N, in) from dy, adding the adapter's gradients into its accumulators.
+    func projectionBackward(_ l: Int, _ name: String, _ dy: DeviceBuffer, rows: Int, act: GPULayerActivations,
+                            training: Bool, seed: UInt64) throws -> DeviceBuffer {
+        let p = layers[l].projections[name]!
+        let dx = try device.allocate(rows * p.inFeatures, dtype)
+        do {
+            let w = try p.weight.dequantized(dtype)
+            try device.gemm(m: rows, n: p.inFeatures, k: p.outFeatures, a: dy, lda: p.outFeatures, b: w, ldb: p.inFeatures,
+                            c: dx, ldc: p.inFeatures)
+        }
+        guard let adapter = adapters["\(l).\(name)"], let z = act.loraZ[name], let input = act.loraInput[name] else { return dx }
+        let r = loraConfig.r, s = loraConfig.scale
+        // dB += s · dyᵀ z ; dz = s · dy B ; dA += dzᵀ · input ; dx += dz A (through the dropout mask)
+        try device.gemm(m: p.outFeatures, n: r, k: rows, a: dy, lda: p.outFeatures, transA: true, b: z, ldb: r,
+                        c: adapter.gradB, ldc: r, alpha: s, beta: 1)
+        let dz = try device.allocate(rows * r, dtype)
+        try device.gemm(m: rows, n: r, k: p.outFeatures, a: dy, lda: p.outFeatures, b: adapter.bCompute, ldb: r,
+                        c: dz, ldc: r, alpha: s)
+        try device.gemm(m: r, n: p.inFeatures, k: rows, a: dz, lda: r, transA: true, b: input, ldb: p.inFeatures,
+                        c: adapter.gradA, ldc: p.inFeatures, beta: 1)
+        if training && loraConfig.dropout > 0 {
+            let dInput = try device.allocate(rows * p.inFeatures, dtype)
+            try device.gemm(m: rows, n: p.inFeatures, k: r, a: dz, lda: r, b: adapter.aCompute, ldb: p.inFeatures,
+                            c: dInput, ldc: p.inFeatures)
+            try device.dropoutBackwardAdd(dx, dInput, keep: Float(1 - loraConfig.dropout), seed: dropoutSeed(seed, layer: l, name))
+        } else {
+            try device.gemm(m: rows, n: p.inFeatures, k: r, a: dz, lda: r, b: adapter.aCompute, ldb: p.inFeatures,
+                            c: dx, ldc: p.inFeatures, beta: 1)
+        }
+        act.loraInput[name] = nil; act.loraZ[name] = nil
+        return dx
+    }
+}

@@ -1,0 +1,216 @@
+import CUDABackend
+import Foundation
+import Llama
+import Quantization
+
+/// One trainable adapter on the GPU: float32 masters, their compute-type copies for the products, and the
+/// float32 gradient accumulators.
+final class GPUAdapter {
+    let a: DeviceBuffer, b: DeviceBuffer          // A (R, in), B (out, R), float32
+    var aCompute: DeviceBuffer, bCompute: DeviceBuffer
+    let gradA: DeviceBuffer, gradB: DeviceBuffer
+    init(a: DeviceBuffer, b: DeviceBuffer, compute: GPUDType, device: CUDADevice) throws {
+        self.a = a; self.b = b
+        aCompute = compute == .f32 ? a : try device.allocate(a.count, compute)
+        bCompute = compute == .f32 ? b : try device.allocate(b.count, compute)
+        gradA = try device.zeros(a.count, .f32)
+        gradB = try device.zeros(b.count, .f32)
+        try refresh(device)
+    }
+    /// Rounds the masters into the compute copies (after an update).
+    func refresh(_ device: CUDADevice) throws {
+        if aCompute !== a { try device.cast(aCompute, from: a); try device.cast(bCompute, from: b) }
+    }
+}
+
+/// A frozen projection on the GPU.
+struct GPUProjection {
+    let weight: GPUQuantizedWeight
+    let bias: DeviceBuffer?
+    var outFeatures: Int { weight.rows }
+    var inFeatures: Int { weight.columns }
+}
+
+/// One decoder layer's frozen parameters on the GPU.
+struct GPULayer {
+    let inputNorm: DeviceBuffer, postAttentionNorm: DeviceBuffer   // (C) float32
+    let projections: [String: GPUProjection]
+}
+
+/// What a decoder layer's backward needs from its forward (the GPU twin of `LayerActivations`).
+final class GPULayerActivations {
+    var x: DeviceBuffer!                       // (N, C) layer input
+    var rstd1: DeviceBuffer!, h1: DeviceBuffer!
+    var q: DeviceBuffer!, k: DeviceBuffer!, v: DeviceBuffer!    // after RoPE
+    var probs: DeviceBuffer!                   // (B, H, T, T)
+    var attention: DeviceBuffer!
+    var xMid: DeviceBuffer!, rstd2: DeviceBuffer!, h2: DeviceBuffer!
+    var gate: DeviceBuffer!, up: DeviceBuffer!, act: DeviceBuffer!
+    var loraInput: [String: DeviceBuffer] = [:]   // dropout(x) per adapted projection
+    var loraZ: [String: DeviceBuffer] = [:]       // dropout(x) · Aᵀ (N, R)
+    init(x: DeviceBuffer) { self.x = x }
+}
+
+/// The Llama training step on an NVIDIA GPU: the same computation as `LlamaModel.step` (the CPU reference), with
+/// activations in float32 or bf16, the frozen weights in 4 bits and dequantized per product, products through
+/// cuBLASLt and everything else in the kernels of `CUDABackend`. LoRA weights and their gradients are float32.
+public final class CUDALlama: @unchecked Sendable {
+    public let device: CUDADevice
+    public let config: LlamaConfig
+    public let loraConfig: LoRAConfig
+    /// Activation type (f32 or bf16).
+    public let dtype: GPUDType
+    let embedding: DeviceBuffer      // (V, C) dtype
+    let lmHead: DeviceBuffer         // (V, C) dtype; the embedding when tied
+    let finalNorm: DeviceBuffer
+    let layers: [GPULayer]
+    let adapters: [String: GPUAdapter]
+    /// Adapter keys in a fixed order ("0.q_proj", ...).
+    public let adapterKeys: [String]
+    var ropeCos: DeviceBuffer, ropeSin: DeviceBuffer
+    var ropePositions: Int
+    let hostParameterCounts: (trainable: Int, all: Int)
+
+    /// Copies a loaded model to the GPU: its 4-bit weights as they are, embeddings rounded to `dtype`, adapters.
+    public init(model: LlamaModel, device: CUDADevice, dtype: GPUDType) throws {
+        precondition(dtype == .f32 || dtype == .bf16)
+        self.device = device; config = model.config; loraConfig = model.loraConfig; self.dtype = dtype
+        let c = config.hiddenSize, v = config.vocabSize
+        embedding = try device.allocate(v * c, dtype)
+        try device.copy(model.embedding, to: embedding)
+        if model.config.tieWordEmbeddings || model.lmHead == model.embedding {
+            lmHead = embedding
+        } else {
+            lmHead = try device.allocate(v * c, dtype)
+            try device.copy(model.lmHead, to: lmHead)
+        }
+        finalNorm = try device.upload(model.finalNorm)
+        layers = try model.layers.map { layer in
+            var projections: [String: GPUProjection] = [:]
+            for (name, p) in layer.projections {
+                projections[name] = GPUProjection(weight: try GPUQuantizedWeight(p.quantized, device: device),
+                                                  bias: try p.bias.map { try device.upload($0) })
+            }
+            return GPULayer(inputNorm: try device.upload(layer.inputNorm),
+                            postAttentionNorm: try device.upload(layer.postAttentionNorm), projections: projections)
+        }
+        var adapters: [String: GPUAdapter] = [:]
+        for (key, w) in model.adapters {
+            adapters[key] = try GPUAdapter(a: try device.upload(w.a), b: try device.upload(w.b), compute: dtype, device: device)
+        }
+        self.adapters = adapters
+        adapterKeys = Self.sortedKeys(adapters.keys)
+        hostParameterCounts = model.parameterCounts
+        ropePositions = 0
+        ropeCos = try device.allocate(1, .f32); ropeSin = ropeCos
+    }
+
+    /// A random-weight model of `config`'s shape built directly on the GPU in 4 bits (NF4, double quantized, blocks
+    /// of 64), with fresh adapters (A uniform in ±1/√in, B zero) on `lora`'s targets: the benchmark's model.
+    public init(randomConfig config: LlamaConfig, lora: LoRAConfig, device: CUDADevice, dtype: GPUDType, seed: UInt64 = 1) throws {
+        self.device = device; self.config = config; loraConfig = lora; self.dtype = dtype
+        let c = config.hiddenSize, v = config.vocabSize
+        var s = seed
+        func nextSeed() -> UInt64 { s = s &* 6364136223846793005 &+ 1442695040888963407; return s }
+        embedding = try device.allocate(v * c, dtype)
+        try device.fillUniform(embedding, low: -0.04, high: 0.04, seed: nextSeed())
+        if config.tieWordEmbeddings { lmHead = embedding } else {
+            lmHead = try device.allocate(v * c, dtype)
+            try device.fillUniform(lmHead, low: -0.04, high: 0.04, seed: nextSeed())
+        }
+        finalNorm = try device.upload([Float](repeating: 1, count: c))
+        var all = v * c + c + (config.tieWordEmbeddings ? 0 : v * c)
+        var layers: [GPULayer] = []
+        for _ in 0..<config.layerCount {
+            var projections: [String: GPUProjection] = [:]
+            for name in LlamaConfig.projectionNames {
+                let (out, inF) = config.projectionShape(name)!
+                let w = try GPUQuantizedWeight(randomRows: out, columns: inF, scale: 0.04, seed: nextSeed(), device: device)
+                projections[name] = GPUProjection(weight: w, bias: nil)
+                all += w.parameterCount
+            }
+            layers.append(GPULayer(inputNorm: try device.upload([Float](repeating: 1, count: c)),
+                                   postAttentionNorm: try device.upload([Float](repeating: 1, count: c)),
+                                   projections: projections))
+            all += 2 * c
+        }
+        self.layers = layers
+        var adapters: [String: GPUAdapter] = [:]
+        var trainable = 0
+        for l in 0..<config.layerCount {
+            for name in lora.resolvedTargets {
+                let (out, inF) = config.projectionShape(name)!
+                let a = try device.allocate(lora.r * inF, .f32)
+                let bound = 1 / Float(inF).squareRoot()
+                try device.fillUniform(a, low: -bound, high: bound, seed: nextSeed())
+                adapters["\(l).\(name)"] = try GPUAdapter(a: a, b: try device.zeros(out * lora.r, .f32), compute: dtype, device: device)
+                trainable += lora.r * (inF + out)
+            }
+        }
+        self.adapters = adapters
+        adapterKeys = Self.sortedKeys(adapters.keys)
+        hostParameterCounts = (trainable, all + trainable)
+        ropePositions = 0
+        ropeCos = try device.allocate(1, .f32); ropeSin = ropeCos
+    }
+
+    static func sortedKeys<S: Sequence>(_ keys: S) -> [String] where S.Element == String {
+        keys.sorted { l, r in
+            let a = l.split(separator: "."), b = r.split(separator: ".")
+            let la = Int(a[0]) ?? 0, lb = Int(b[0]) ?? 0
+            if la != lb { return la < lb }
+            return (LlamaConfig.projectionNames.firstIndex(of: String(a[1])) ?? 0) < (LlamaConfig.projectionNames.firstIndex(of: String(b[1])) ?? 0)
+        }
+    }
+
+    /// Trainable and all parameters, as peft counts them.
+    public var parameterCounts: (trainable: Int, all: Int) { hostParameterCounts }
+
+    func ensureRope(_ positions: Int) throws {
+        guard positions > ropePositions else { return }
+        let n = max(positions, min(config.maxPositionEmbeddings, 4096))
+        let (cosT, sinT) = LlamaModel.ropeTables(config: config, positions: n)
+        ropeCos = try device.upload(cosT); ropeSin = try device.upload(sinT)
+        ropePositions = n
+    }
+
+    // MARK: Adapters
+
+    /// Host copies of the adapters.
+    public func adapterWeights() throws -> [String: LoRAWeights] {
+        var out: [String: LoRAWeights] = [:]
+        for (k, a) in adapters { out[k] = LoRAWeights(a: try device.download(a.a), b: try device.download(a.b)) }
+        return out
+    }
+
+    /// Replaces the adapters' values (same keys and sizes).
+    public func setAdapterWeights(_ weights: [String: LoRAWeights]) throws {
+        for (k, a) in adapters {
+            guard let w = weights[k] else { throw CUDAError("adapter \(k) is missing") }
+            guard w.a.count == a.a.count, w.b.count == a.b.count else {
+                throw CUDAError("adapter \(k) has \(w.a.count) + \(w.b.count) values, expected \(a.a.count) + \(a.b.count)")
+            }
+            try device.copy(w.a, to: a.a); try device.copy(w.b, to: a.b)
+            try a.refresh(device)
+        }
+    }
+
+    /// Host copies of the accumulated gradients.
+    public func gradients() throws -> [String: LoRAWeights] {
+        var out: [String: LoRAWeights] = [:]
+        for (k, a) in adapters { out[k] = LoRAWeights(a: try device.download(a.gradA), b: try device.download(a.gradB)) }
+        return out
+    }
+
+    /// Sets the gradient accumulators to zero.
+    public func zeroGradients() throws {
+        for a in adapters.values { try device.fillZero(a.gradA); try device.fillZero(a.gradB) }
+    }
+
+    /// √(Σ g²) over every accumulator.
+    public func gradientNorm() throws -> Float {
+        let sum = try device.zeros(1, .f64)
+        for k in adapterKeys { try device.addSumOfSquares(sum, adapters[k]!.gradA); try device.addSumOfSquares(sum, adapters[k]!.gradB) }
+        return Float(try device.downloadDouble(sum).squareRoot())
+    }
+}

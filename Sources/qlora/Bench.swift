@@ -1,0 +1,132 @@
+import ArgumentParser
+import CPUBackend
+import CUDABackend
+import CUDATraining
+import Foundation
+import Llama
+import ModelFiles
+import Quantization
+import Tensors
+import Training
+
+/// `qlora bench`: training throughput on a random-weight model of a named shape, as one JSON line with the fields of
+/// `../shared/bench/hf_baseline.py`, so the two compare line by line.
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Benchmark QLoRA training steps on a random-weight model (tokens/s, peak memory), as one JSON line.")
+
+    /// The shapes of hf_baseline.py.
+    static let shapes: [String: String] = [
+        "smollm2-135m": #""hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": true, "rope_theta": 100000.0"#,
+        "tinyllama-1.1b": #""hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32, "num_key_value_heads": 4, "vocab_size": 32000"#,
+        "llama2-7b": #""hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000"#,
+        "llama3-8b": #""hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256, "rope_theta": 500000.0"#,
+    ]
+
+    @Option(help: "smollm2-135m, tinyllama-1.1b, llama2-7b or llama3-8b.") var shape: String = "smollm2-135m"
+    @Option(help: "A config.json to take the shape from instead.") var config: String?
+    @Option(help: "LoRA targets: qv (q_proj, v_proj) or all (the seven projections).") var targets: String = "qv"
+    @Option(help: "Sequences per step.") var batch: Int = 4
+    @Option(help: "Tokens per sequence.") var seq: Int = 2048
+    @Option(help: "Timed steps (after 3 warm-up steps).") var steps: Int = 10
+    @Option(help: "cpu or cuda.") var device: String = "cpu"
+    @Option(help: "Compute dtype on the GPU: bf16 or fp32.") var computeDtype: String = "bf16"
+    @Option(help: "Build only this many layers (a quick look; tokens/s is not rescaled).") var layers: Int?
+    @Flag(help: "Turn gradient checkpointing off.") var noCkpt = false
+
+    func validate() throws {
+        guard ["qv", "all"].contains(targets) else { throw ValidationError("--targets must be qv or all, not \(targets)") }
+        guard ["cpu", "cuda"].contains(device) else { throw ValidationError("--device must be cpu or cuda, not \(device)") }
+        guard config != nil || Self.shapes[shape] != nil else {
+            throw ValidationError("unknown --shape \(shape): one of \(Self.shapes.keys.sorted().joined(separator: ", ")), or --config")
+        }
+        guard batch > 0, seq > 1, steps > 0 else { throw ValidationError("--batch, --seq and --steps must be positive (--seq ≥ 2)") }
+    }
+
+    func run() throws {
+        var cfg: LlamaConfig
+        if let config { cfg = try LlamaConfig(contentsOf: config) } else {
+            let json = "{\"model_type\": \"llama\", \"max_position_embeddings\": 4096, \"rms_norm_eps\": 1e-05, \(Self.shapes[shape]!)}"
+            cfg = try JSONDecoder().decode(LlamaConfig.self, from: Data(json.utf8))
+        }
+        if let layers { cfg.layerCount = layers }
+        var lora = LoRAConfig()
+        lora.r = 16; lora.alpha = 32; lora.dropout = 0.05
+        lora.targetModules = targets == "qv" ? ["q_proj", "v_proj"] : ["all-linear"]
+        let started = Date()
+        let engine: TrainingEngine
+        var gpu: CUDADevice? = nil
+        if device == "cuda" {
+            let d = try CUDADevice()
+            gpu = d
+            let model = try CUDALlama(randomConfig: cfg, lora: lora, device: d, dtype: computeDtype == "fp32" ? .f32 : .bf16)
+            engine = try CUDATrainingEngine(model: model, optimizer: try CUDAAdamW(kind: .paged_adamw_8bit,
+                                                                                   settings: AdamWSettings(), device: d))
+            try d.synchronize()
+            FileHandle.standardError.write("bench on \(d.description)\n".data(using: .utf8)!)
+        } else {
+            engine = CPUTrainingEngine(model: try Self.randomCPUModel(cfg, lora: lora), optimizer: AdamW(kind: .paged_adamw_8bit))
+        }
+        let counts = (engine as? CUDATrainingEngine)?.model.parameterCounts ?? (engine as! CPUTrainingEngine).model.parameterCounts
+        let loadSeconds = Date().timeIntervalSince(started)
+        var rng = SeededGenerator(seed: 1)
+        var lastLoss = 0.0
+        func step() throws {
+            let ids = (0..<(batch * seq)).map { _ in Int(rng.next() % UInt64(cfg.vocabSize)) }
+            let count = batch * (seq - 1)
+            let r = try engine.accumulateGradients(inputIds: ids, labels: ids, batch: batch, tokens: seq, rng: &rng,
+                                                   checkpointing: !noCkpt, gradientScale: 1 / Float(count))
+            try engine.applyOptimizer(lr: 2e-4, gradientScale: 1)
+            lastLoss = r.loss
+        }
+        for _ in 0..<3 { try step() }
+        gpu?.resetPeak()
+        let t0 = Date()
+        for _ in 0..<steps { try step() }
+        try gpu?.synchronize()
+        let seconds = Date().timeIntervalSince(t0)
+        let peak = gpu.map { Double($0.peakAllocatedBytes) } ?? Double(Self.peakRSSBytes())
+        let reserved = gpu.map { Double($0.reservedBytes) } ?? peak
+        func r(_ x: Double, _ digits: Int) -> Double { (x * Foundation.pow(10, Double(digits))).rounded() / Foundation.pow(10, Double(digits)) }
+        let line: [(String, JSONValue)] = [
+            ("system", .string("qlora-swift-\(device)")), ("shape", .string(config ?? shape)), ("targets", .string(targets)),
+            ("batch", .int(batch)), ("seq", .int(seq)), ("grad_ckpt", .bool(!noCkpt)), ("steps", .int(steps)),
+            ("tokens_per_s", .double(r(Double(batch * seq * steps) / seconds, 1))),
+            ("step_s", .double(r(seconds / Double(steps), 4))), ("peak_alloc_gib", .double(r(peak / 1073741824, 3))),
+            ("peak_reserved_gib", .double(r(reserved / 1073741824, 3))), ("load_s", .double(r(loadSeconds, 1))),
+            ("trainable", .int(counts.trainable)), ("all_params", .int(counts.all)), ("final_loss", .double(r(lastLoss, 4))),
+            ("compute_dtype", .string(device == "cuda" ? computeDtype : "fp32")),
+        ]
+        print(JSONValue.object(line).pythonText())
+    }
+
+    /// A random-weight CPU model: weights uniform in ±0.04 (bf16), quantized to NF4 with double quantization.
+    static func randomCPUModel(_ config: LlamaConfig, lora: LoRAConfig) throws -> LlamaModel {
+        var rng = SeededGenerator(seed: 7)
+        func random(_ n: Int, _ scale: Float) -> [Float] { (0..<n).map { _ in (rng.nextUniform() * 2 - 1) * scale } }
+        let c = config.hiddenSize
+        var built: [DecoderLayer] = []
+        for _ in 0..<config.layerCount {
+            var projections: [String: FrozenLinear] = [:]
+            for name in LlamaConfig.projectionNames {
+                let (out, inF) = config.projectionShape(name)!
+                let w = Tensor(random(out * inF, 0.04), shape: [out, inF], dtype: .bf16)
+                let q = try Quantized4BitTensor(quantizing: w, type: .nf4, doubleQuant: true)
+                projections[name] = FrozenLinear(outFeatures: out, inFeatures: inF, quantized: q, weight: q.dequantizedFloat32(), bias: nil)
+            }
+            built.append(DecoderLayer(inputNorm: [Float](repeating: 1, count: c), postAttentionNorm: [Float](repeating: 1, count: c),
+                                      projections: projections))
+        }
+        let embedding = random(config.vocabSize * c, 0.02)
+        let lmHead = config.tieWordEmbeddings ? embedding : random(config.vocabSize * c, 0.02)
+        return LlamaModel(config: config, embedding: embedding, layers: built, finalNorm: [Float](repeating: 1, count: c),
+                          lmHead: lmHead, lora: lora, seed: 1)
+    }
+
+    static func peakRSSBytes() -> Int {
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+              let kb = Int(line.split(separator: " ").dropFirst().first(where: { !$0.isEmpty }) ?? "") else { return -1 }
+        return kb * 1024
+    }
+}
