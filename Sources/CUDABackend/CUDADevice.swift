@@ -25,18 +25,39 @@ public final class DeviceBuffer: @unchecked Sendable {
     /// Bytes reserved (rounded up).
     let reserved: Int
     let managed: Bool
-    unowned let device: CUDADevice
+    let pool: DeviceMemoryPool
 
-    init(address: UInt64, count: Int, dtype: GPUDType, reserved: Int, managed: Bool, device: CUDADevice) {
+    init(address: UInt64, count: Int, dtype: GPUDType, reserved: Int, managed: Bool, pool: DeviceMemoryPool) {
         self.address = address; self.count = count; self.dtype = dtype; self.reserved = reserved
-        self.managed = managed; self.device = device
+        self.managed = managed; self.pool = pool
     }
-    deinit { device.release(self) }
+    deinit { pool.release(address: address, reserved: reserved, managed: managed) }
 
     /// Bytes of the elements.
     public var bytes: Int { count * dtype.size }
     /// The address `elements` elements in.
     public func address(at elements: Int) -> UInt64 { address + UInt64(elements * dtype.size) }
+}
+
+/// The device memory behind the buffers: blocks freed by a buffer are kept by size and handed to the next buffer
+/// of that size (a training step asks for the same sizes every time), so no step calls cuMemAlloc after the first.
+final class DeviceMemoryPool: @unchecked Sendable {
+    let driver: CUDADriver
+    var freeBlocks: [Int: [UInt64]] = [:]
+    var allocatedBytes = 0, peakAllocatedBytes = 0, reservedBytes = 0
+    init(driver: CUDADriver) { self.driver = driver }
+
+    func release(address: UInt64, reserved: Int, managed: Bool) {
+        allocatedBytes -= reserved
+        if managed { _ = driver.cuMemFree(address); reservedBytes -= reserved; return }
+        freeBlocks[reserved, default: []].append(address)
+    }
+
+    /// Gives every cached block back to the driver.
+    func trim() {
+        for (s, list) in freeBlocks { for a in list { _ = driver.cuMemFree(a); reservedBytes -= s } }
+        freeBlocks = [:]
+    }
 }
 
 /// One kernel argument, as `cuLaunchKernel` takes it (a pointer to the value).
@@ -65,20 +86,21 @@ public final class CUDADevice: @unchecked Sendable {
     /// Streaming multiprocessors.
     public let multiprocessorCount: Int
 
-    private var freeBlocks: [Int: [UInt64]] = [:]
+    let pool: DeviceMemoryPool
     private var modules: [String: UnsafeMutableRawPointer?] = [:]
     private var functions: [String: UnsafeMutableRawPointer?] = [:]
     /// Bytes in live buffers now, and the most there were.
-    public private(set) var allocatedBytes = 0
-    public private(set) var peakAllocatedBytes = 0
+    public var allocatedBytes: Int { pool.allocatedBytes }
+    public var peakAllocatedBytes: Int { pool.peakAllocatedBytes }
     /// Bytes held from the driver (live or cached).
-    public private(set) var reservedBytes = 0
+    public var reservedBytes: Int { pool.reservedBytes }
     var workspace: DeviceBuffer? = nil
     var gemmPlans: [GemmKey: GemmPlan] = [:]
 
     /// Opens GPU `ordinal`: loads the driver, NVRTC and cuBLASLt, makes the context and the stream.
     public init(ordinal: Int = 0) throws {
         driver = try CUDADriver()
+        pool = DeviceMemoryPool(driver: driver)
         try driver.check(driver.cuInit(0), "cuInit")
         var count: Int32 = 0
         try driver.check(driver.cuDeviceGetCount(&count), "cuDeviceGetCount")
@@ -130,24 +152,23 @@ public final class CUDADevice: @unchecked Sendable {
         var address: UInt64 = 0
         if managed {
             try driver.check(driver.cuMemAllocManaged(&address, size, 1), "cuMemAllocManaged(\(size) bytes)")
-            reservedBytes += size
-        } else if var list = freeBlocks[size], let a = list.popLast() {
+            pool.reservedBytes += size
+        } else if var list = pool.freeBlocks[size], let a = list.popLast() {
             address = a
-            freeBlocks[size] = list
+            pool.freeBlocks[size] = list
         } else {
             var status = driver.cuMemAlloc(&address, size)
             if status == 2 {   // CUDA_ERROR_OUT_OF_MEMORY: give the cached blocks back and try once more
                 try synchronize()
-                for (s, list) in freeBlocks { for a in list { _ = driver.cuMemFree(a); reservedBytes -= s } }
-                freeBlocks = [:]
+                pool.trim()
                 status = driver.cuMemAlloc(&address, size)
             }
             try driver.check(status, "cuMemAlloc(\(size) bytes; \(allocatedBytes >> 20) MiB in use)")
-            reservedBytes += size
+            pool.reservedBytes += size
         }
-        allocatedBytes += size
-        peakAllocatedBytes = max(peakAllocatedBytes, allocatedBytes)
-        return DeviceBuffer(address: address, count: count, dtype: dtype, reserved: size, managed: managed, device: self)
+        pool.allocatedBytes += size
+        pool.peakAllocatedBytes = max(pool.peakAllocatedBytes, pool.allocatedBytes)
+        return DeviceBuffer(address: address, count: count, dtype: dtype, reserved: size, managed: managed, pool: pool)
     }
 
     /// A zero-filled buffer.
@@ -157,14 +178,8 @@ public final class CUDADevice: @unchecked Sendable {
         return b
     }
 
-    func release(_ b: DeviceBuffer) {
-        allocatedBytes -= b.reserved
-        if b.managed { _ = driver.cuMemFree(b.address); reservedBytes -= b.reserved; return }
-        freeBlocks[b.reserved, default: []].append(b.address)
-    }
-
     /// Starts the peak count again from what is allocated now.
-    public func resetPeak() { peakAllocatedBytes = allocatedBytes }
+    public func resetPeak() { pool.peakAllocatedBytes = pool.allocatedBytes }
 
     /// Free and total device memory, as the driver reports them.
     public func memoryInfo() throws -> (free: Int, total: Int) {

@@ -15,7 +15,7 @@ public final class GPUQuantizedWeight: @unchecked Sendable {
     let nestedCode: DeviceBuffer?
     let offset: Float
     let nestedBlocksize: Int
-    unowned let device: CUDADevice
+    let device: CUDADevice
 
     /// Uploads a quantized tensor of shape (out, in).
     public init(_ q: Quantized4BitTensor, device: CUDADevice) throws {

@@ -44,6 +44,7 @@ struct Bench: ParsableCommand {
     }
 
     func run() throws {
+        setvbuf(stdout, nil, _IOLBF, 0)   // lines reach a pipe or file as they are printed
         var cfg: LlamaConfig
         if let config { cfg = try LlamaConfig(contentsOf: config) } else {
             let json = "{\"model_type\": \"llama\", \"max_position_embeddings\": 4096, \"rms_norm_eps\": 1e-05, \(Self.shapes[shape]!)}"

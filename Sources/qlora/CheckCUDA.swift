@@ -22,6 +22,7 @@ struct CheckCUDA: ParsableCommand {
     var shared: String = ProcessInfo.processInfo.environment["QLORA_SHARED"] ?? "../shared"
 
     func run() throws {
+        setvbuf(stdout, nil, _IOLBF, 0)   // lines reach a pipe or file as they are printed
         let device = try CUDADevice()
         print("device: \(device.description)")
         var checker = Checker()
