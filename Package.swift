@@ -23,7 +23,7 @@ let package = Package(
                             "optimizer.cu"].map { .embedInCode("Kernels/" + $0) }),
         .target(name: "Training", dependencies: ["Tensors", "Quantization", "ModelFiles", "Llama", "Tokenizers",
                                                  .product(name: "Yams", package: "Yams")]),
-        .target(name: "CUDATraining", dependencies: ["CUDABackend", "Llama", "Training", "Quantization"]),
+        .target(name: "CUDATraining", dependencies: ["CUDABackend", "CPUBackend", "Llama", "Training", "Quantization", "ModelFiles", "Tensors"]),
         .executableTarget(
             name: "qlora",
             dependencies: [

@@ -176,20 +176,29 @@ extension CUDADevice {
 
     // MARK: Loss
 
-    /// Adds the cross-entropy of each row of logits (rows, V) with a target ≥ 0 into lossSum (f64); with
-    /// `writeGradient`, overwrites the logits with (softmax − onehot) · scale.
-    public func crossEntropy(_ logits: DeviceBuffer, lossSum: DeviceBuffer, targets: DeviceBuffer, targetOffset: Int = 0,
+    /// Writes the cross-entropy of each row of logits (rows, V) into rowLoss (f32, from `rowOffset`; 0 for a target
+    /// of −100); with `writeGradient`, overwrites the logits with (softmax − onehot) · scale.
+    public func crossEntropy(_ logits: DeviceBuffer, rowLoss: DeviceBuffer, targets: DeviceBuffer, rowOffset: Int = 0,
                              rows: Int, vocab: Int, scale: Float, writeGradient: Bool) throws {
         try launch(.loss, "cross_entropy", bf16: logits.dtype == .bf16, grid: rows, block: 1024,
-                   [.buffer(logits), .buffer(lossSum), .address(targets.address(at: targetOffset)), .int(rows), .int(vocab),
-                    .float(scale), .int(writeGradient ? 1 : 0)])
+                   [.buffer(logits), .address(rowLoss.address(at: rowOffset)), .address(targets.address(at: rowOffset)),
+                    .int(rows), .int(vocab), .float(scale), .int(writeGradient ? 1 : 0)])
     }
 
     // MARK: Optimizer
 
-    /// out (f64) += Σ g².
-    public func addSumOfSquares(_ out: DeviceBuffer, _ g: DeviceBuffer) throws {
-        try launch(.optimizer, "sum_squares", grid: Self.blocks(g.count, cap: 4 * multiprocessorCount), block: 256,
-                   [.buffer(out), .buffer(g), .long(g.count)])
+    /// Partial sums per block written by `sumOfSquares`.
+    public static let sumOfSquaresBlocks = 256
+
+    /// Σ g² over every buffer, in float64, the same on every run: each buffer's block partials, then one fixed-order sum.
+    public func sumOfSquares(_ buffers: [DeviceBuffer]) throws -> Double {
+        let g = Self.sumOfSquaresBlocks
+        let partials = try allocate(max(1, buffers.count) * g, .f32), out = try allocate(1, .f64)
+        try fillZero(partials)
+        for (i, b) in buffers.enumerated() {
+            try launch(.optimizer, "sum_squares", grid: g, block: 256, [.address(partials.address(at: i * g)), .buffer(b), .long(b.count)])
+        }
+        try launch(.optimizer, "sum_partials", grid: 1, block: 256, [.buffer(out), .buffer(partials), .int(partials.count)])
+        return try downloadDouble(out)
     }
 }

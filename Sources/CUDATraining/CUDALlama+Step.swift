@@ -44,7 +44,7 @@ extension CUDALlama {
         let count = targets.filter { $0 != -100 }.count
         let scale = gradientScale ?? (count > 0 ? 1 / Float(count) : 0)
         let targetBuffer = try device.upload(targets)
-        let lossSum = try device.zeros(1, .f64)
+        let rowLoss = try device.allocate(n, .f32)
         // lm_head and the loss a chunk of rows at a time: the (N, V) logits never exist all at once.
         let chunk = max(1, min(n, (1 << 27) / (vocab * dtype.size)))
         var keptLogits: [Float] = []
@@ -55,14 +55,14 @@ extension CUDALlama {
             try device.gemm(m: rows, n: vocab, k: c, a: xf, aOffset: start * c, lda: c, b: lmHead, ldb: c, transB: true,
                             c: logits, ldc: vocab)
             if keepLogits { keptLogits += try device.download(logits) }
-            try device.crossEntropy(logits, lossSum: lossSum, targets: targetBuffer, targetOffset: start, rows: rows,
+            try device.crossEntropy(logits, rowLoss: rowLoss, targets: targetBuffer, rowOffset: start, rows: rows,
                                     vocab: vocab, scale: scale, writeGradient: withGradients)
             if let dxf {
                 try device.gemm(m: rows, n: c, k: vocab, a: logits, lda: vocab, b: lmHead, ldb: c, c: dxf,
                                 cOffset: start * c, ldc: c)
             }
         }
-        let loss = count > 0 ? try device.downloadDouble(lossSum) / Double(count) : 0
+        let loss = count > 0 ? try device.download(rowLoss).reduce(0.0) { $0 + Double($1) } / Double(count) : 0
         let result = GPUStepResult(loss: loss, tokenCount: count, logits: keepLogits ? keptLogits : nil)
         guard withGradients, let dxf else { return result }
 

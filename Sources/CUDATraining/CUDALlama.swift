@@ -209,8 +209,6 @@ public final class CUDALlama: @unchecked Sendable {
 
     /// √(Σ g²) over every accumulator.
     public func gradientNorm() throws -> Float {
-        let sum = try device.zeros(1, .f64)
-        for k in adapterKeys { try device.addSumOfSquares(sum, adapters[k]!.gradA); try device.addSumOfSquares(sum, adapters[k]!.gradB) }
-        return Float(try device.downloadDouble(sum).squareRoot())
+        Float(try device.sumOfSquares(adapterKeys.flatMap { [adapters[$0]!.gradA, adapters[$0]!.gradB] }).squareRoot())
     }
 }

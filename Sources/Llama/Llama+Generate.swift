@@ -44,7 +44,7 @@ extension LlamaModel {
         return out
     }
 
-    static func pick(from logits: [Float], options: SamplingOptions, rng: inout SeededGenerator) -> Int {
+    public static func pick(from logits: [Float], options: SamplingOptions, rng: inout SeededGenerator) -> Int {
         if options.temperature <= 0 {
             var best = 0
             for i in logits.indices where logits[i] > logits[best] { best = i }

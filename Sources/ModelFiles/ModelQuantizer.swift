@@ -11,6 +11,11 @@ public struct ModelQuantizer {
     public var blocksize: Int = 64
     /// The compute dtype recorded in `quantization_config` (what a loader should compute in).
     public var computeDType: DType = .bf16
+    /// How one weight is quantized: on the CPU by default; the command line puts the GPU's quantizer here for
+    /// --device cuda (both are bit-exact with bitsandbytes).
+    public var quantizeWeight: (Tensor, QuantType, Int, Bool) throws -> Quantized4BitTensor = { tensor, type, blocksize, dq in
+        try Quantized4BitTensor(quantizing: tensor, type: type, blocksize: blocksize, doubleQuant: dq)
+    }
 
     /// Default settings: NF4, double quantization, blocksize 64, bf16 compute (the QLoRA recipe).
     public init() {}
@@ -62,7 +67,7 @@ public struct ModelQuantizer {
                     throw ModelFileError.invalidCheckpoint(path: modelDirectory, tensor: name,
                                                            detail: "is \(tensor.dtype.rawValue); expected F32, F16 or BF16 to quantize")
                 }
-                let q = try Quantized4BitTensor(quantizing: tensor, type: quantType, blocksize: blocksize, doubleQuant: doubleQuant)
+                let q = try quantizeWeight(tensor, quantType, blocksize, doubleQuant)
                 let parts = BnB4BitCheckpoint.tensors(storing: q, as: name)
                 outputs += parts
                 summary.quantizedCount += 1

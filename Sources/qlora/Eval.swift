@@ -39,7 +39,7 @@ struct Eval: ParsableCommand {
         var examples = try TextDataset.load(path: data, tokenizer: text?.tokenizer, vocabularySize: model.config.vocabSize,
                                             options: options)
         if let limit { examples = Array(examples.prefix(limit)) }
-        let engine = CPUTrainingEngine(model: model, optimizer: AdamW(kind: .adamw))   // the optimizer is never used
+        let engine = try modelOptions.makeEngine(model, optimizer: AdamW(kind: .adamw))   // the optimizer is never used
         let (loss, tokens) = try Trainer.evaluate(engine: engine, examples: examples, batchSize: batchSize)
         if json {
             print(JSONValue.object([("loss", .double(loss)), ("perplexity", .double(Foundation.exp(loss))),

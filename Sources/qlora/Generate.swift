@@ -1,4 +1,5 @@
 import ArgumentParser
+import CUDATraining
 import Foundation
 import Llama
 import ModelFiles
@@ -32,6 +33,8 @@ struct Generate: ParsableCommand {
         lora.targetModules = []
         let loaded = try modelOptions.load(lora: lora)
         if let adapter { try PEFTAdapter.load(directory: adapter, into: loaded.model) }
+        let gpuModel = modelOptions.usesGPU ? try CUDALlama(model: loaded.model, device: try modelOptions.openGPU(),
+                                                           dtype: try modelOptions.gpuDType()) : nil
         let text = try ModelText.load(path: loaded.path)
         guard let tokenizer = text.tokenizer else { throw ValidationError("\(loaded.path) has no tokenizer") }
         var prompts: [String] = []
@@ -58,7 +61,7 @@ struct Generate: ParsableCommand {
             } else {
                 ids = tokenizer.encode(p, addSpecialTokens: tokenizer.addsBOS)
             }
-            let out = loaded.model.generate(prompt: ids, options: options)
+            let out = try gpuModel?.generate(prompt: ids, options: options) ?? loaded.model.generate(prompt: ids, options: options)
             let answer = tokenizer.decode(out.filter { !options.stopTokenIds.contains($0) }, skipSpecialTokens: true)
             print("### prompt\n\(p)\n### completion\n\(answer)\n")
         }

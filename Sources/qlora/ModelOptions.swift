@@ -1,4 +1,7 @@
 import ArgumentParser
+import CUDABackend
+import CUDATraining
+import Foundation
 import Llama
 import Quantization
 import Training
@@ -15,16 +18,41 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "Double quantization of the block scales: true or false (default true).")
     var doubleQuant: Bool?
 
-    @Option(help: "Compute dtype of the frozen base on the CPU: fp32 or bf16 (weights rounded to bf16; default fp32).")
+    @Option(help: "Compute dtype: fp32 or bf16 (default fp32 on the CPU, where bf16 rounds the weights; bf16 on the GPU).")
     var computeDtype: ComputeDType?
 
-    @Option(help: "Device: cpu (cuda comes with the GPU backend).")
+    @Option(help: "Device: cpu, or cuda (cuda:N for GPU N; needs an NVIDIA driver and CUDA 12/13 libraries).")
     var device: String = "cpu"
 
     func validate() throws {
-        guard device == "cpu" else {
-            throw ValidationError("--device \(device) is not available in this build: only cpu (the CUDA backend is not built yet)")
+        guard device == "cpu" || device == "cuda" || (device.hasPrefix("cuda:") && Int(device.dropFirst(5)) != nil) else {
+            throw ValidationError("--device \(device): use cpu, cuda or cuda:N")
         }
+    }
+
+    /// True for --device cuda[:N].
+    var usesGPU: Bool { device.hasPrefix("cuda") }
+
+    /// The GPU of --device cuda[:N]; a clear error where there is none.
+    func openGPU() throws -> CUDADevice {
+        let ordinal = device.hasPrefix("cuda:") ? Int(device.dropFirst(5))! : 0
+        let gpu = try CUDADevice(ordinal: ordinal)
+        FileHandle.standardError.write("using \(gpu.description)\n".data(using: .utf8)!)
+        return gpu
+    }
+
+    /// The activation dtype on the GPU: --compute-dtype, else the recipe's bf16 flag, else bf16.
+    func gpuDType(_ recipe: TrainingRecipe = TrainingRecipe()) throws -> GPUDType {
+        let compute = try computeDtype ?? (recipe.bool("bf16") == false ? .fp32 : .bf16)
+        return compute == .bf16 ? .bf16 : .f32
+    }
+
+    /// The engine that trains (or evaluates) `model` on this device: the CPU reference, or the model copied to the GPU.
+    func makeEngine(_ model: LlamaModel, optimizer: AdamW, recipe: TrainingRecipe = TrainingRecipe()) throws -> TrainingEngine {
+        guard usesGPU else { return CPUTrainingEngine(model: model, optimizer: optimizer) }
+        let gpu = try openGPU()
+        let gpuModel = try CUDALlama(model: model, device: gpu, dtype: try gpuDType(recipe))
+        return try CUDATrainingEngine(model: gpuModel, optimizer: try CUDAAdamW(kind: optimizer.kind, settings: optimizer.settings, device: gpu))
     }
 
     /// The model path, from the flag or the recipe.

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CUDABackend
 import Foundation
 import Llama
 import ModelFiles
@@ -42,7 +43,11 @@ struct Quantize: ParsableCommand {
     @Option(help: "Compute dtype recorded in quantization_config: bf16, fp32 or fp16.")
     var computeDtype: ComputeDTypeOption = .bf16
 
+    @Option(help: "Where to quantize: cpu or cuda (the GPU; the same bits).")
+    var device: String = "cpu"
+
     func validate() throws {
+        guard device == "cpu" || device == "cuda" else { throw ValidationError("--device \(device): use cpu or cuda") }
         guard Quantized4BitTensor.isSupported(blocksize: blocksize) else {
             throw ValidationError("--blocksize \(blocksize) is not supported: use a power of two from 32 to 4096")
         }
@@ -57,6 +62,17 @@ struct Quantize: ParsableCommand {
         quantizer.doubleQuant = doubleQuant
         quantizer.blocksize = blocksize
         quantizer.computeDType = computeDtype.dtype
+        if device == "cuda" {
+            let gpu = try CUDADevice()
+            FileHandle.standardError.write("quantizing on \(gpu.description)\n".data(using: .utf8)!)
+            quantizer.quantizeWeight = { tensor, type, blocksize, dq in
+                let x = try gpu.allocate(tensor.elementCount, tensor.dtype == .bf16 ? .bf16 : .f32)
+                try gpu.copy(tensor.floats(), to: x)
+                let (packed, absmax) = try gpu.quantize4Bit(x, type: type, blocksize: blocksize)
+                return Quantized4BitTensor(quantType: type, blocksize: blocksize, shape: tensor.shape, dtype: tensor.dtype,
+                                           packed: packed, scales: dq ? .doubleQuantized(DoubleQuantizedScales(compressing: absmax)) : .float32(absmax))
+            }
+        }
         let start = Date()
         let reporter = ProgressReporter(label: "quantize")
         let summary = try quantizer.quantize(modelDirectory: model, outputDirectory: output) { done, total, name in

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CUDATraining
 import Foundation
 import Llama
 import ModelFiles
@@ -10,7 +11,7 @@ extension LRScheduleKind: ExpressibleByArgument {}
 /// `qlora train`: QLoRA fine-tuning on the CPU. Settings come from flags, else from `--config` (Hugging Face key
 /// names), else from the defaults; writes metrics.jsonl, checkpoints, the adapter in PEFT format and loss.svg.
 struct Train: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Fine-tune LoRA adapters on a frozen 4-bit base (CPU).")
+    static let configuration = CommandConfiguration(abstract: "Fine-tune LoRA adapters on a frozen 4-bit base (CPU, or an NVIDIA GPU with --device cuda).")
 
     @OptionGroup var modelOptions: ModelOptions
     @Option(help: "Recipe file (YAML or JSON) with Hugging Face key names; flags override it.") var config: String?
@@ -118,7 +119,10 @@ struct Train: ParsableCommand {
         }
 
         try FileSystem.createDirectory(output)
-        var trainer = Trainer(model: model, examples: examples, config: settings)
+        let engine = try modelOptions.makeEngine(model, optimizer: AdamW(kind: settings.optimizer,
+                                                                         settings: AdamWSettings(weightDecay: settings.weightDecay)),
+                                                 recipe: recipe)
+        var trainer = Trainer(engine: engine, examples: examples, config: settings)
         let resume = try resumeFromCheckpoint ?? recipe.string("resume_from_checkpoint")
         let metricsPath = output + "/metrics.jsonl"
         var history: [String] = []
@@ -165,6 +169,10 @@ struct Train: ParsableCommand {
             throw error
         }
         reporter.finish()
+        if let gpu = (engine as? CUDATrainingEngine)?.model.device {
+            print(String(format: "peak GPU memory: %.3f GiB allocated, %.3f GiB reserved (%@)", Double(gpu.peakAllocatedBytes) / 1073741824,
+                         Double(gpu.reservedBytes) / 1073741824, gpu.name))
+        }
         try PEFTAdapter.save(trainer.engine.adapterWeights(), lora: trainer.engine.loraConfig, to: output, baseModel: loaded.path)
         let plot = try LossPlot.write(runDirectory: output)
         print("saved the adapter, metrics.jsonl and \(plot) to \(output) (final logged loss \(String(format: "%.4f", lastLoss)))")

@@ -3,13 +3,28 @@
 // the GPU and the CPU compute the same bits. Gradients are multiplied by gscale (clipping) first, as on the CPU.
 #include "common.cuh"
 
-// *out += Σ g² (float partial sums per block, added in float64).
-extern "C" __global__ void sum_squares(double* out, const float* g, long long n) {
+// partials[blockIdx] = Σ g² over this block's grid-stride share. No atomics: with sum_partials the result is the
+// same on every run (gradient clipping must not make a resumed run differ).
+extern "C" __global__ void sum_squares(float* partials, const float* g, long long n) {
     float s = 0.0f;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
         s += g[i] * g[i];
     s = block_sum(s);
-    if (threadIdx.x == 0) atomicAdd(out, (double)s);
+    if (threadIdx.x == 0) partials[blockIdx.x] = s;
+}
+
+// *out = Σ partials in float64, in a fixed order (one block of 256 threads).
+extern "C" __global__ void sum_partials(double* out, const float* partials, int count) {
+    __shared__ double part[256];
+    double s = 0.0;
+    for (int i = threadIdx.x; i < count; i += blockDim.x) s += (double)partials[i];
+    part[threadIdx.x] = s;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if (threadIdx.x < w) part[threadIdx.x] += part[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) *out = part[0];
 }
 
 // torch.optim.AdamW. stepSize = lr / (1 − β1ᵗ), bc2Sqrt = √(1 − β2ᵗ), both computed on the host in float64 as torch does.

@@ -1,5 +1,4 @@
 import CUDABackend
-import CUDATraining
 import Foundation
 import Llama
 import ModelFiles
@@ -8,7 +7,8 @@ import Tensors
 import Training
 
 /// tiny-llama and the NF4 vectors from the Hugging Face stack, on the GPU (the CPU passes the same in `swift test`).
-struct GoldenChecks {
+public struct GPUGoldenChecks {
+    public init(device: CUDADevice, golden: String) { self.device = device; self.golden = golden }
     let device: CUDADevice
     let golden: String
 
@@ -18,7 +18,7 @@ struct GoldenChecks {
         return model
     }
 
-    func run(_ c: inout Checker) throws {
+    public func run(_ c: inout Checker) throws {
         // The GPU quantizer against bitsandbytes' own output (nf4.safetensors).
         let nf4 = try SafeTensorsFile(path: golden + "/nf4.safetensors")
         let json = try JSONValue(parsing: FileSystem.readBytes(golden + "/qlora.json"))

@@ -1,0 +1,229 @@
+import CPUBackend
+import CUDABackend
+import Foundation
+import Llama
+import ModelFiles
+import Quantization
+import Tensors
+import Training
+
+/// Counts and prints checks: |a − e| as the relative error ‖a − e‖ / ‖e‖ against a tolerance.
+public struct Checker {
+    public init() {}
+    public var passed = 0, failures = 0
+
+    public mutating func close(_ name: String, _ actual: [Float], _ expected: [Float], tolerance: Double) {
+        guard actual.count == expected.count else {
+            print("FAIL  \(name): \(actual.count) values, expected \(expected.count)"); failures += 1; return
+        }
+        var num = 0.0, den = 0.0, worst = 0.0, worstAt = 0
+        for i in actual.indices {
+            let d = Double(actual[i]) - Double(expected[i])
+            num += d * d; den += Double(expected[i]) * Double(expected[i])
+            if !(abs(d) <= worst) { worst = abs(d); worstAt = i }
+        }
+        let rel = (num / max(den, 1e-30)).squareRoot()
+        let ok = rel <= tolerance
+        print(String(format: "%@  %@: relative error %.3g (tolerance %.0e); worst |Δ| %.3g at %d (%g vs %g)",
+                     ok ? "ok  " : "FAIL", name, rel, tolerance, worst, worstAt,
+                     actual.isEmpty ? 0 : actual[worstAt], expected.isEmpty ? 0 : expected[worstAt]))
+        if ok { passed += 1 } else { failures += 1 }
+    }
+
+    public mutating func scalar(_ name: String, _ actual: Double, _ expected: Double, tolerance: Double) {
+        let ok = abs(actual - expected) <= tolerance
+        print(String(format: "%@  %@: %.7f vs %.7f (|Δ| %.2g, tolerance %.0e)", ok ? "ok  " : "FAIL", name, actual,
+                     expected, abs(actual - expected), tolerance))
+        if ok { passed += 1 } else { failures += 1 }
+    }
+
+    public mutating func equal<T: Equatable>(_ name: String, _ actual: [T], _ expected: [T]) {
+        let same = actual.count == expected.count ? zip(actual, expected).filter { $0 == $1 }.count : -1
+        let ok = same == expected.count
+        print("\(ok ? "ok  " : "FAIL")  \(name): \(same)/\(expected.count) equal")
+        if ok { passed += 1 } else { failures += 1 }
+    }
+}
+
+/// GPU ops against their CPU twins (`qlora check-cuda`, and `GPUTests` where a GPU is present).
+public struct GPUOpChecks {
+    let device: CUDADevice
+    var rng = SeededGenerator(seed: 42)
+
+    public init(device: CUDADevice) { self.device = device }
+
+    mutating func random(_ n: Int, _ scale: Float = 1) -> [Float] { (0..<n).map { _ in (rng.nextUniform() * 2 - 1) * scale } }
+
+    /// Uploads in `dtype`; the CPU twin sees the same (rounded) values.
+    func put(_ v: [Float], _ dtype: GPUDType) throws -> ([Float], DeviceBuffer) {
+        let b = try device.allocate(v.count, dtype)
+        try device.copy(v, to: b)
+        return (try device.download(b), b)
+    }
+
+    public mutating func run(_ c: inout Checker) throws {
+        for dtype in [GPUDType.f32, .bf16] {
+            let tol = dtype == .f32 ? 1e-5 : 1e-2
+            let tag = dtype.rawValue
+            // RMSNorm
+            for (rows, width) in [(7, 576), (33, 4096), (5, 100)] {
+                let (x, xb) = try put(random(rows * width, 2), dtype)
+                let w = random(width), wb = try device.upload(w)
+                let dyv = random(rows * width)
+                let (dy, dyb) = try put(dyv, dtype)
+                var y = [Float](repeating: 0, count: rows * width), rstd = [Float](repeating: 0, count: rows)
+                CPUOps.rmsNormForward(&y, &rstd, x, w, rows: rows, width: width, eps: 1e-5)
+                let yb = try device.allocate(rows * width, dtype), rb = try device.allocate(rows, .f32)
+                try device.rmsNormForward(yb, rb, xb, wb, rows: rows, width: width, eps: 1e-5)
+                c.close("rmsnorm forward \(tag) \(rows)×\(width)", try device.download(yb), y, tolerance: tol)
+                var dx = [Float](repeating: 0, count: rows * width)
+                CPUOps.rmsNormBackward(&dx, dy, x, w, rstd, rows: rows, width: width, accumulate: false)
+                let dxb = try device.allocate(rows * width, dtype)
+                try device.rmsNormBackward(dxb, dyb, xb, wb, rb, rows: rows, width: width, accumulate: false)
+                c.close("rmsnorm backward \(tag) \(rows)×\(width)", try device.download(dxb), dx, tolerance: tol)
+            }
+            // RoPE, forward and inverse
+            for (b, t, h, d) in [(2, 13, 3, 64), (1, 40, 4, 128)] {
+                var cfg = try JSONDecoder().decode(LlamaConfig.self, from: Data(#"{"hidden_size": \#(h * d), "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": \#(h), "vocab_size": 8, "max_position_embeddings": 64}"#.utf8))
+                cfg.ropeTheta = 10000
+                let (cosT, sinT) = LlamaModel.ropeTables(config: cfg, positions: t)
+                let cb = try device.upload(cosT), sb = try device.upload(sinT)
+                for inverse in [false, true] {
+                    var (x, xb) = try put(random(b * t * h * d), dtype)
+                    CPUOps.rope(&x, cos: cosT, sin: sinT, batch: b, tokens: t, heads: h, headDim: d, inverse: inverse)
+                    try device.rope(xb, cos: cb, sin: sb, batch: b, tokens: t, heads: h, headDim: d, inverse: inverse)
+                    c.close("rope\(inverse ? " inverse" : "") \(tag) \(b)×\(t)×\(h)×\(d)", try device.download(xb), x, tolerance: tol)
+                }
+            }
+            // Attention
+            for (b, t, h, hkv, d) in [(2, 37, 6, 2, 32), (1, 64, 4, 4, 64), (3, 5, 9, 3, 16)] {
+                let (q, qb) = try put(random(b * t * h * d), dtype), (k, kb) = try put(random(b * t * hkv * d), dtype)
+                let (v, vb) = try put(random(b * t * hkv * d), dtype), (dout, db) = try put(random(b * t * h * d), dtype)
+                var out = [Float](repeating: 0, count: q.count), probs = [Float](repeating: 0, count: b * h * t * t)
+                CPUOps.attentionForwardReference(&out, &probs, q: q, k: k, v: v, batch: b, tokens: t, heads: h, kvHeads: hkv, headDim: d)
+                let ob = try device.allocate(q.count, dtype), pb = try device.allocate(probs.count, dtype)
+                try device.attentionForward(ob, pb, q: qb, k: kb, v: vb, batch: b, tokens: t, heads: h, kvHeads: hkv, headDim: d)
+                c.close("attention forward \(tag) B\(b) T\(t) H\(h) Hkv\(hkv) D\(d)", try device.download(ob), out, tolerance: tol)
+                var dq = [Float](repeating: 0, count: q.count), dk = [Float](repeating: 0, count: k.count), dv = dk
+                CPUOps.attentionBackwardReference(dq: &dq, dk: &dk, dv: &dv, dout: dout, probs: probs, q: q, k: k, v: v,
+                                                  batch: b, tokens: t, heads: h, kvHeads: hkv, headDim: d)
+                let dqb = try device.allocate(q.count, dtype), dkb = try device.allocate(k.count, dtype)
+                let dvb = try device.allocate(v.count, dtype), sb = try device.allocate(probs.count, dtype)
+                try device.attentionBackward(dq: dqb, dk: dkb, dv: dvb, dout: db, probs: pb, q: qb, k: kb, v: vb, scratch: sb,
+                                             batch: b, tokens: t, heads: h, kvHeads: hkv, headDim: d)
+                c.close("attention backward dq \(tag) B\(b) T\(t)", try device.download(dqb), dq, tolerance: tol)
+                c.close("attention backward dk \(tag) B\(b) T\(t)", try device.download(dkb), dk, tolerance: tol)
+                c.close("attention backward dv \(tag) B\(b) T\(t)", try device.download(dvb), dv, tolerance: tol)
+            }
+            // SwiGLU
+            for n in [1000, 12345] {
+                let (g, gb) = try put(random(n, 4), dtype), (u, ub) = try put(random(n, 2), dtype), (da, dab) = try put(random(n), dtype)
+                var a = [Float](repeating: 0, count: n)
+                CPUOps.swigluForward(&a, gate: g, up: u)
+                let ab = try device.allocate(n, dtype)
+                try device.swigluForward(ab, gate: gb, up: ub)
+                c.close("swiglu forward \(tag) \(n)", try device.download(ab), a, tolerance: tol)
+                var dg = a, du = a
+                CPUOps.swigluBackward(dgate: &dg, dup: &du, da: da, gate: g, up: u)
+                let dgb = try device.allocate(n, dtype), dub = try device.allocate(n, dtype)
+                try device.swigluBackward(dgate: dgb, dup: dub, da: dab, gate: gb, up: ub)
+                c.close("swiglu backward dgate \(tag) \(n)", try device.download(dgb), dg, tolerance: tol)
+                c.close("swiglu backward dup \(tag) \(n)", try device.download(dub), du, tolerance: tol)
+            }
+            // Linear products through cuBLASLt
+            for (n, inF, outF) in [(37, 96, 130), (128, 576, 192), (3, 17, 5)] {
+                let (x, xb) = try put(random(n * inF), dtype), (w, wb) = try put(random(outF * inF, 0.1), dtype)
+                let (dy, dyb) = try put(random(n * outF), dtype)
+                var y = [Float](repeating: 0, count: n * outF)
+                CPUOps.linearForward(&y, x, w, rows: n, inFeatures: inF, outFeatures: outF)
+                let yb = try device.allocate(n * outF, dtype)
+                try device.gemm(m: n, n: outF, k: inF, a: xb, lda: inF, b: wb, ldb: inF, transB: true, c: yb, ldc: outF)
+                c.close("linear forward \(tag) \(n)×\(inF)→\(outF)", try device.download(yb), y, tolerance: tol)
+                var dx = [Float](repeating: 0, count: n * inF)
+                CPUOps.linearBackwardInput(&dx, dy, w, rows: n, inFeatures: inF, outFeatures: outF)
+                let dxb = try device.allocate(n * inF, dtype)
+                try device.gemm(m: n, n: inF, k: outF, a: dyb, lda: outF, b: wb, ldb: inF, c: dxb, ldc: inF)
+                c.close("linear backward input \(tag) \(n)×\(inF)→\(outF)", try device.download(dxb), dx, tolerance: tol)
+                var dw = [Float](repeating: 0, count: outF * inF)
+                CPUOps.linearBackwardWeight(&dw, dy, x, rows: n, inFeatures: inF, outFeatures: outF, alpha: 0.5)
+                let dwb = try device.zeros(outF * inF, .f32)   // float32 accumulator, as LoRA gradients are
+                try device.gemm(m: outF, n: inF, k: n, a: dyb, lda: outF, transA: true, b: xb, ldb: inF, c: dwb, ldc: inF,
+                                alpha: 0.5, beta: 1)
+                c.close("linear backward weight \(tag)→f32 \(n)×\(inF)→\(outF)", try device.download(dwb), dw, tolerance: tol)
+            }
+            // Cross-entropy (loss and dlogits, one ignored row)
+            for (rows, vocab) in [(9, 1001), (4, 49152)] {
+                let (logits, lb) = try put(random(rows * vocab, 8), dtype)
+                var targets = (0..<rows).map { _ in Int(rng.next() % UInt64(vocab)) }
+                targets[1] = -100
+                var d: [Float]? = [Float](repeating: 0, count: rows * vocab)
+                let (loss, count) = CPUOps.crossEntropy(logits, targets: targets, vocab: vocab, dlogits: &d)
+                let tb = try device.upload(targets.map { Int32($0) }), rowLoss = try device.allocate(rows, .f32)
+                try device.crossEntropy(lb, rowLoss: rowLoss, targets: tb, rows: rows, vocab: vocab, scale: 1 / Float(count),
+                                        writeGradient: true)
+                let sum = try device.download(rowLoss).reduce(0.0) { $0 + Double($1) }
+                c.scalar("cross-entropy loss \(tag) \(rows)×\(vocab)", sum / Double(count), loss,
+                         tolerance: dtype == .f32 ? 1e-5 : 1e-3)
+                c.close("cross-entropy dlogits \(tag) \(rows)×\(vocab)", try device.download(lb), d!, tolerance: tol)
+            }
+            // Embedding gather
+            do {
+                let (table, tb) = try put(random(50 * 24), dtype)
+                let ids = (0..<17).map { _ in Int(rng.next() % 50) }
+                let ib = try device.upload(ids.map { Int32($0) }), ob = try device.allocate(17 * 24, dtype)
+                try device.embedding(ob, ids: ib, table: tb, rows: 17, width: 24)
+                c.close("embedding \(tag)", try device.download(ob), ids.flatMap { Array(table[($0 * 24)..<($0 * 24 + 24)]) }, tolerance: 0)
+            }
+            // 4-bit dequantization (exact: the same float32 products, rounded once to the dtype)
+            for type in QuantType.allCases {
+                for dq in [false, true] {
+                    let w = Tensor(random(300 * 77, 0.05), shape: [300, 77], dtype: .f32)
+                    let q = try Quantized4BitTensor(quantizing: w, type: type, blocksize: 64, doubleQuant: dq)
+                    let gw = try GPUQuantizedWeight(q, device: device)
+                    let expected = dtype == .f32 ? q.dequantizedFloat32() : Tensor(q.dequantizedFloat32(), shape: q.shape, dtype: .bf16).floats()
+                    c.equal("dequantize \(type) dq=\(dq) \(tag) 300×77", try device.download(try gw.dequantized(dtype)).map { $0.bitPattern },
+                            expected.map { $0.bitPattern })
+                }
+            }
+        }
+        // 4-bit quantization on the GPU against the CPU's (which is bit-exact with bitsandbytes)
+        for (dtype, blocksize) in [(GPUDType.f32, 64), (.bf16, 64), (.f32, 128), (.bf16, 4096), (.f32, 32)] {
+            for type in QuantType.allCases {
+                let v = random(1000 * 37 + 3, 0.1)
+                let (x, xb) = try put(v, dtype)
+                let q = try Quantized4BitTensor(quantizing: Tensor(x, shape: [x.count], dtype: dtype == .f32 ? .f32 : .bf16),
+                                                type: type, blocksize: blocksize, doubleQuant: false)
+                let (packed, absmax) = try device.quantize4Bit(xb, type: type, blocksize: blocksize)
+                c.equal("quantize \(type) \(dtype.rawValue) blocksize \(blocksize) packed", packed, q.packed)
+                c.equal("quantize \(type) \(dtype.rawValue) blocksize \(blocksize) absmax", absmax.map { $0.bitPattern }, q.scales.absmax().map { $0.bitPattern })
+            }
+        }
+        // Optimizers: three updates with random gradients, GPU vs CPU
+        for kind in OptimizerKind.allCases {
+            for n in [1000, 5000, 4096 * 3 + 17] {
+                var p = random(n, 0.1)
+                let settings = AdamWSettings(beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01)
+                var cpu = AdamW(kind: kind, settings: settings)
+                let gpu = try CUDAAdamW(kind: kind, settings: settings, device: device)
+                let pb = try device.upload(p)
+                for s in 0..<3 {
+                    let g = random(n, 0.01)
+                    cpu.update("t", parameter: &p, gradient: g.map { $0 * 0.7 }, lr: 1e-3 * Float(s + 1))
+                    let gb = try device.upload(g)
+                    try gpu.update("t", parameter: pb, gradient: gb, lr: 1e-3 * Float(s + 1), gradientScale: 0.7)
+                }
+                c.close("\(kind.rawValue) \(n) values, 3 steps", try device.download(pb), p, tolerance: 1e-6)
+                if case .eightBit(let m, let v, _, _)? = cpu.states["t"], case .eightBit(let gm, let gv, _, _)? = try gpu.snapshot().states["t"] {
+                    c.equal("\(kind.rawValue) \(n) state codes", gm + gv, m + v)
+                }
+            }
+        }
+        // Gradient norm
+        do {
+            let g = random(100_003)
+            let h = random(777)
+            let sum = try device.sumOfSquares([try device.upload(g), try device.upload(h)])
+            c.scalar("sum of squares", sum, (g + h).reduce(0.0) { $0 + Double($1) * Double($1) }, tolerance: 1e-2)
+        }
+    }
+}
