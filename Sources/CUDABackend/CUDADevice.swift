@@ -133,6 +133,16 @@ public final class CUDADevice: @unchecked Sendable {
         blasHandle = h
     }
 
+    /// Makes this device's context current on the calling thread.
+    public func makeCurrent() throws { try driver.check(driver.cuCtxSetCurrent(context), "cuCtxSetCurrent") }
+
+    /// How many CUDA GPUs the driver sees (0 where there is no driver).
+    public static func count() -> Int {
+        guard let driver = try? CUDADriver(), driver.cuInit(0) == 0 else { return 0 }
+        var n: Int32 = 0
+        return driver.cuDeviceGetCount(&n) == 0 ? Int(n) : 0
+    }
+
     /// One line about the device and the libraries.
     public var description: String {
         "\(name) (\(architecture), \(multiprocessorCount) SMs); driver \(driver.library.path); \(compiler.description); cuBLASLt \(blas.library.path)"

@@ -125,10 +125,18 @@ public final class CUDAAdamW {
 public final class CUDATrainingEngine: TrainingEngine {
     public let model: CUDALlama
     public let optimizer: CUDAAdamW
+    /// The data-parallel group's communicator, when this engine is one rank of several.
+    public let communicator: NCCLCommunicator?
 
-    public init(model: CUDALlama, optimizer: CUDAAdamW) throws {
-        self.model = model; self.optimizer = optimizer
+    public init(model: CUDALlama, optimizer: CUDAAdamW, communicator: NCCLCommunicator? = nil) throws {
+        self.model = model; self.optimizer = optimizer; self.communicator = communicator
         try model.zeroGradients()
+    }
+
+    /// Sums every adapter gradient over the ranks (one NCCL group of all-reduces, on the model's stream).
+    public func allReduceGradients() throws {
+        guard let communicator, communicator.worldSize > 1 else { return }
+        try communicator.allReduceSum(model.adapterKeys.flatMap { [model.adapters[$0]!.gradA, model.adapters[$0]!.gradB] })
     }
 
     public var config: LlamaConfig { model.config }
@@ -137,7 +145,9 @@ public final class CUDATrainingEngine: TrainingEngine {
     /// The dropout seed is the next draw of `rng`, so runs and resumed runs repeat exactly.
     public func accumulateGradients(inputIds: [Int], labels: [Int], batch: Int, tokens: Int, rng: inout SeededGenerator,
                                     checkpointing: Bool, gradientScale: Float) throws -> (loss: Double, tokenCount: Int) {
-        let seed = rng.next()
+        // Every rank draws the same value (their generators stay in step); the rank is mixed in so that the ranks'
+        // dropout masks differ.
+        let seed = rng.next() ^ (UInt64(communicator?.rank ?? 0) &* 0xD6E8_FEB8_6659_FD93)
         let r = try model.step(inputIds: inputIds, labels: labels, batch: batch, tokens: tokens, seed: seed,
                                checkpointing: checkpointing, gradientScale: gradientScale)
         return (r.loss, r.tokenCount)
@@ -166,4 +176,13 @@ public final class CUDATrainingEngine: TrainingEngine {
     public func setAdapterWeights(_ weights: [String: LoRAWeights]) throws { try model.setAdapterWeights(weights) }
     public func optimizerSnapshot() throws -> AdamW { try optimizer.snapshot() }
     public func restoreOptimizer(_ o: AdamW) throws { try optimizer.restore(o) }
+}
+
+/// The data-parallel group of NCCL ranks, for the trainer's host sums (loss, target and token counts).
+public final class NCCLGroup: DataParallelGroup {
+    public let communicator: NCCLCommunicator
+    public init(_ communicator: NCCLCommunicator) { self.communicator = communicator }
+    public var rank: Int { communicator.rank }
+    public var worldSize: Int { communicator.worldSize }
+    public func sum(_ values: [Double]) throws -> [Double] { try communicator.sum(values) }
 }

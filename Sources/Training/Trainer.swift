@@ -142,14 +142,21 @@ public struct Trainer {
     private let examples: [TokenizedExample]
     /// Total optimizer steps of this run.
     public let totalSteps: Int
+    /// The data-parallel group this trainer is one rank of (nil: alone).
+    public let group: DataParallelGroup?
 
-    /// A trainer of `engine` over `examples`.
-    public init(engine: TrainingEngine, examples: [TokenizedExample], config: TrainingConfig) {
+    /// A trainer of `engine` over `examples`. With a `group`, every rank walks the same shuffled order (the same
+    /// seed) and takes its own `batchSize` rows of each `batchSize × worldSize` slice, so each example goes to
+    /// exactly one rank per epoch; losses and target counts are summed over the ranks, and the engine sums its
+    /// gradients over them before the norm and the update.
+    public init(engine: TrainingEngine, examples: [TokenizedExample], config: TrainingConfig, group: DataParallelGroup? = nil) {
         self.engine = engine
         self.config = config
         self.examples = examples
+        self.group = group
         self.rng = SeededGenerator(seed: config.seed)
-        self.totalSteps = config.totalSteps(exampleCount: examples.count)
+        let world = group?.worldSize ?? 1
+        self.totalSteps = config.totalSteps(exampleCount: (examples.count + world - 1) / world)
     }
 
     /// A trainer of `model` on the CPU, with the optimizer `config` names, over `examples`.
@@ -160,7 +167,8 @@ public struct Trainer {
 
     private mutating func nextMicroBatch() -> [TokenizedExample] {
         var batch: [TokenizedExample] = []
-        while batch.count < config.batchSize {
+        let world = group?.worldSize ?? 1, rank = group?.rank ?? 0
+        while batch.count < config.batchSize * world {
             if data.position >= data.order.count {
                 if !data.order.isEmpty { data.epoch += 1 }
                 data.order = Array(examples.indices)
@@ -170,7 +178,7 @@ public struct Trainer {
             batch.append(examples[data.order[data.position]])
             data.position += 1
         }
-        return batch
+        return Array(batch[(rank * config.batchSize)..<((rank + 1) * config.batchSize)])
     }
 
     /// Hooks the caller provides.
@@ -191,19 +199,26 @@ public struct Trainer {
         let end = min(totalSteps, stopAfter ?? totalSteps)
         while step < end {
             let micro = (0..<config.gradientAccumulationSteps).map { _ in TokenizedDataset.collate(nextMicroBatch()) }
-            let targetCount = micro.reduce(0) { total, b in
+            var targetCount = micro.reduce(0) { total, b in
                 total + (0..<config.batchSize).reduce(0) { sum, row in
                     sum + (1..<b.tokens).filter { b.labels[row * b.tokens + $0] != -100 }.count
                 }
             }
-            var lossTotal = 0.0
+            if let group { targetCount = Int(try group.sum([Double(targetCount)])[0]) }
+            var lossTotal = 0.0, stepTokens = 0
             for b in micro {
                 let r = try engine.accumulateGradients(inputIds: b.ids, labels: b.labels, batch: config.batchSize,
                                                        tokens: b.tokens, rng: &rng, checkpointing: config.gradientCheckpointing,
                                                        gradientScale: 1 / Float(max(1, targetCount)))
                 lossTotal += r.loss * Double(r.tokenCount)
-                tokensSinceLog += b.ids.count
+                stepTokens += b.ids.count
             }
+            if let group {
+                let sums = try group.sum([lossTotal, Double(stepTokens)])
+                lossTotal = sums[0]; stepTokens = Int(sums[1])
+                try engine.allReduceGradients()
+            }
+            tokensSinceLog += stepTokens
             let loss = lossTotal / Double(max(1, targetCount))
             guard loss.isFinite else {
                 throw TrainingError(description: "the loss became \(loss) at step \(step + 1); stopping before the adapter is damaged (last checkpoint kept)")
@@ -214,7 +229,7 @@ public struct Trainer {
             try engine.applyOptimizer(lr: lr, gradientScale: clip)
             step += 1
             lossSum += loss; lossSteps += 1
-            callbacks.progress(step, totalSteps, loss, micro.reduce(0) { $0 + $1.ids.count })
+            callbacks.progress(step, totalSteps, loss, stepTokens)
             if step % max(1, config.loggingSteps) == 0 || step == totalSteps {
                 let seconds = Date().timeIntervalSince(logStart)
                 callbacks.log(StepMetrics(step: step, loss: lossSum / Double(lossSteps), learningRate: lr, gradNorm: norm,

@@ -12,6 +12,8 @@ public protocol TrainingEngine: AnyObject {
     /// counted targets and their count.
     func accumulateGradients(inputIds: [Int], labels: [Int], batch: Int, tokens: Int, rng: inout SeededGenerator,
                              checkpointing: Bool, gradientScale: Float) throws -> (loss: Double, tokenCount: Int)
+    /// Sums the accumulated gradients over the engine's data-parallel group (a no-op by default).
+    func allReduceGradients() throws
     /// L2 norm of the accumulated gradients (the sum of squares in float64).
     func gradientNorm() throws -> Float
     /// One optimizer update of every adapter with the accumulated gradients multiplied by gradientScale (clipping),
@@ -29,6 +31,20 @@ public protocol TrainingEngine: AnyObject {
     func restoreOptimizer(_ optimizer: AdamW) throws
 }
 
+/// The ranks of data-parallel training, as one of them sees the group.
+public protocol DataParallelGroup: AnyObject {
+    /// This rank (0 logs, evaluates and saves) and the number of ranks.
+    var rank: Int { get }
+    var worldSize: Int { get }
+    /// The element-wise sum of `values` over all ranks (every rank calls it with the same count).
+    func sum(_ values: [Double]) throws -> [Double]
+}
+
+extension TrainingEngine {
+    /// Sums the accumulated gradients over the engine's data-parallel group; nothing for an engine that is alone.
+    public func allReduceGradients() throws {}
+}
+
 /// The CPU engine: a `LlamaModel` whose adapters are trained in place (`LlamaModel.step`), the micro-batches'
 /// gradients summed in host memory, and a host `AdamW`.
 public final class CPUTrainingEngine: TrainingEngine {
@@ -38,11 +54,34 @@ public final class CPUTrainingEngine: TrainingEngine {
     public private(set) var optimizer: AdamW
     /// The gradients summed since the last update, keyed like the adapters (empty after an update).
     private var gradients = LoRAGradients()
+    /// The data-parallel group whose gradients are summed with this engine's (nil: alone).
+    public let group: DataParallelGroup?
 
     /// An engine training `model`'s adapters with `optimizer`.
-    public init(model: LlamaModel, optimizer: AdamW) {
+    public init(model: LlamaModel, optimizer: AdamW, group: DataParallelGroup? = nil) {
         self.model = model
         self.optimizer = optimizer
+        self.group = group
+    }
+
+    /// Sums the gradients over the group, every adapter in key order, through `DataParallelGroup.sum`.
+    public func allReduceGradients() throws {
+        guard let group, group.worldSize > 1 else { return }
+        let keys = model.adapters.keys.sorted()
+        var flat: [Double] = []
+        for k in keys {
+            let w = model.adapters[k]!
+            let g = gradients[k] ?? LoRAWeights(a: [Float](repeating: 0, count: w.a.count), b: [Float](repeating: 0, count: w.b.count))
+            flat += g.a.map(Double.init) + g.b.map(Double.init)
+        }
+        let summed = try group.sum(flat)
+        var offset = 0
+        for k in keys {
+            let w = model.adapters[k]!
+            let a = summed[offset..<(offset + w.a.count)].map { Float($0) }; offset += w.a.count
+            let b = summed[offset..<(offset + w.b.count)].map { Float($0) }; offset += w.b.count
+            gradients[k] = LoRAWeights(a: a, b: b)
+        }
     }
 
     /// The model's architecture.

@@ -33,6 +33,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Compute dtype on the GPU: bf16 or fp32.") var computeDtype: String = "bf16"
     @Option(help: "Build only this many layers (a quick look; tokens/s is not rescaled).") var layers: Int?
     @Flag(help: "Turn gradient checkpointing off.") var noCkpt = false
+    @OptionGroup var parallel: DataParallelOptions
 
     func validate() throws {
         guard ["qv", "all"].contains(targets) else { throw ValidationError("--targets must be qv or all, not \(targets)") }
@@ -45,6 +46,9 @@ struct Bench: ParsableCommand {
 
     func run() throws {
         setvbuf(stdout, nil, _IOLBF, 0)   // lines reach a pipe or file as they are printed
+        if parallel.isLauncher { try parallel.launchWorkers() }
+        let worker = DataParallelOptions.worker
+        DataParallelOptions.quietUnlessRankZero()
         var cfg: LlamaConfig
         if let config { cfg = try LlamaConfig(contentsOf: config) } else {
             let json = "{\"model_type\": \"llama\", \"max_position_embeddings\": 4096, \"rms_norm_eps\": 1e-05, \(Self.shapes[shape]!)}"
@@ -57,12 +61,17 @@ struct Bench: ParsableCommand {
         let started = Date()
         let engine: TrainingEngine
         var gpu: CUDADevice? = nil
-        if device == "cuda" {
-            let d = try CUDADevice()
+        var group: NCCLGroup? = nil
+        if device == "cuda" || worker != nil {
+            var communicator: NCCLCommunicator? = nil
+            let d: CUDADevice
+            if let worker { (d, communicator) = try DataParallelOptions.join(worker); group = communicator.map(NCCLGroup.init) }
+            else { d = try CUDADevice() }
             gpu = d
             let model = try CUDALlama(randomConfig: cfg, lora: lora, device: d, dtype: computeDtype == "fp32" ? .f32 : .bf16)
             engine = try CUDATrainingEngine(model: model, optimizer: try CUDAAdamW(kind: .paged_adamw_8bit,
-                                                                                   settings: AdamWSettings(), device: d))
+                                                                                   settings: AdamWSettings(), device: d),
+                                            communicator: communicator)
             try d.synchronize()
             FileHandle.standardError.write("bench on \(d.description)\n".data(using: .utf8)!)
         } else {
@@ -70,15 +79,18 @@ struct Bench: ParsableCommand {
         }
         let counts = (engine as? CUDATrainingEngine)?.model.parameterCounts ?? (engine as! CPUTrainingEngine).model.parameterCounts
         let loadSeconds = Date().timeIntervalSince(started)
-        var rng = SeededGenerator(seed: 1)
+        let world = group?.worldSize ?? 1
+        var rng = SeededGenerator(seed: 1 + UInt64(group?.rank ?? 0))   // each rank its own random tokens
         var lastLoss = 0.0
         func step() throws {
             let ids = (0..<(batch * seq)).map { _ in Int(rng.next() % UInt64(cfg.vocabSize)) }
-            let count = batch * (seq - 1)
+            let count = batch * (seq - 1) * world
             let r = try engine.accumulateGradients(inputIds: ids, labels: ids, batch: batch, tokens: seq, rng: &rng,
                                                    checkpointing: !noCkpt, gradientScale: 1 / Float(count))
+            try engine.allReduceGradients()
             try engine.applyOptimizer(lr: 2e-4, gradientScale: 1)
-            lastLoss = r.loss
+            lastLoss = try group?.sum([r.loss])[0] ?? r.loss
+            lastLoss /= Double(world)
         }
         for _ in 0..<3 { try step() }
         gpu?.resetPeak()
@@ -90,13 +102,13 @@ struct Bench: ParsableCommand {
         let reserved = gpu.map { Double($0.reservedBytes) } ?? peak
         func r(_ x: Double, _ digits: Int) -> Double { (x * Foundation.pow(10, Double(digits))).rounded() / Foundation.pow(10, Double(digits)) }
         let line: [(String, JSONValue)] = [
-            ("system", .string("qlora-swift-\(device)")), ("shape", .string(config ?? shape)), ("targets", .string(targets)),
+            ("system", .string("qlora-swift-\(gpu != nil ? "cuda" : "cpu")")), ("shape", .string(config ?? shape)), ("targets", .string(targets)),
             ("batch", .int(batch)), ("seq", .int(seq)), ("grad_ckpt", .bool(!noCkpt)), ("steps", .int(steps)),
-            ("tokens_per_s", .double(r(Double(batch * seq * steps) / seconds, 1))),
+            ("tokens_per_s", .double(r(Double(batch * seq * steps * world) / seconds, 1))),
             ("step_s", .double(r(seconds / Double(steps), 4))), ("peak_alloc_gib", .double(r(peak / 1073741824, 3))),
             ("peak_reserved_gib", .double(r(reserved / 1073741824, 3))), ("load_s", .double(r(loadSeconds, 1))),
             ("trainable", .int(counts.trainable)), ("all_params", .int(counts.all)), ("final_loss", .double(r(lastLoss, 4))),
-            ("compute_dtype", .string(device == "cuda" ? computeDtype : "fp32")),
+            ("compute_dtype", .string(gpu != nil ? computeDtype : "fp32")), ("devices", .int(world)),
         ]
         print(JSONValue.object(line).pythonText())
     }

@@ -46,8 +46,13 @@ struct Train: ParsableCommand {
     @Flag(help: "Recompute each layer's activations in the backward pass (less memory, same numbers).")
     var gradientCheckpointing = false
     @OptionGroup var dataOptions: DataOptions
+    @OptionGroup var parallel: DataParallelOptions
 
     func run() throws {
+        if parallel.isLauncher { try parallel.launchWorkers() }
+        let worker = DataParallelOptions.worker
+        let isMain = (worker?.rank ?? 0) == 0
+        DataParallelOptions.quietUnlessRankZero()
         let recipe = try config.map { try TrainingRecipe(contentsOf: $0) } ?? TrainingRecipe()
         guard let dataPath = try data ?? recipe.string("data") else { throw ValidationError("missing --data (or \"train_file\" in the recipe)") }
         guard let output = try outputDir ?? recipe.string("output_dir") else { throw ValidationError("missing --output-dir (or \"output_dir\" in the recipe)") }
@@ -119,10 +124,19 @@ struct Train: ParsableCommand {
         }
 
         try FileSystem.createDirectory(output)
-        let engine = try modelOptions.makeEngine(model, optimizer: AdamW(kind: settings.optimizer,
-                                                                         settings: AdamWSettings(weightDecay: settings.weightDecay)),
-                                                 recipe: recipe)
-        var trainer = Trainer(engine: engine, examples: examples, config: settings)
+        let optimizer = AdamW(kind: settings.optimizer, settings: AdamWSettings(weightDecay: settings.weightDecay))
+        let engine: TrainingEngine
+        var group: NCCLGroup? = nil
+        if let worker {
+            let (gpu, communicator) = try DataParallelOptions.join(worker)
+            engine = try CUDATrainingEngine(model: try CUDALlama(model: model, device: gpu, dtype: try modelOptions.gpuDType(recipe)),
+                                            optimizer: try CUDAAdamW(kind: optimizer.kind, settings: optimizer.settings, device: gpu),
+                                            communicator: communicator)
+            group = NCCLGroup(communicator)
+        } else {
+            engine = try modelOptions.makeEngine(model, optimizer: optimizer, recipe: recipe)
+        }
+        var trainer = Trainer(engine: engine, examples: examples, config: settings, group: group)
         let resume = try resumeFromCheckpoint ?? recipe.string("resume_from_checkpoint")
         let metricsPath = output + "/metrics.jsonl"
         var history: [String] = []
@@ -134,10 +148,10 @@ struct Train: ParsableCommand {
             if let text = try? String(contentsOfFile: metricsPath, encoding: .utf8) {
                 history = text.split(separator: "\n").map(String.init).filter { (StepMetrics(json: $0)?.step ?? .max) <= trainer.step }
             }
-            print("resuming from \(dir) at step \(trainer.step) of \(trainer.totalSteps)")
+            if isMain { print("resuming from \(dir) at step \(trainer.step) of \(trainer.totalSteps)") }
         }
-        try AtomicFile.write(text: history.map { $0 + "\n" }.joined(), to: metricsPath)
-        let metrics = try FileHandle(forWritingTo: URL(fileURLWithPath: metricsPath))
+        if isMain { try AtomicFile.write(text: history.map { $0 + "\n" }.joined(), to: metricsPath) }
+        let metrics = isMain ? try FileHandle(forWritingTo: URL(fileURLWithPath: metricsPath)) : FileHandle.nullDevice
         metrics.seekToEndOfFile()
         defer { try? metrics.close() }
         let reporter = ProgressReporter(label: "train")
@@ -162,6 +176,7 @@ struct Train: ParsableCommand {
         }
         let limit = settings.saveTotalLimit
         callbacks.save = { t in try Checkpoint.save(t, outputDirectory: output, limit: limit) }
+        if !isMain { callbacks = Trainer.Callbacks() }   // rank 0 alone logs, evaluates and saves
         do {
             try trainer.train(callbacks)
         } catch {
@@ -169,6 +184,7 @@ struct Train: ParsableCommand {
             throw error
         }
         reporter.finish()
+        guard isMain else { return }
         if let gpu = (engine as? CUDATrainingEngine)?.model.device {
             print(String(format: "peak GPU memory: %.3f GiB allocated, %.3f GiB reserved (%@)", Double(gpu.peakAllocatedBytes) / 1073741824,
                          Double(gpu.reservedBytes) / 1073741824, gpu.name))

@@ -1,0 +1,113 @@
+import ArgumentParser
+import CUDABackend
+import CUDATraining
+import Foundation
+
+/// `--devices N|all` (with `--nnodes`, `--node-rank`, `--rendezvous` across machines): data-parallel training, one
+/// worker process per GPU. The command started by the user is the launcher: it starts one copy of itself per local
+/// GPU with `QLORA_RANK`, `QLORA_WORLD_SIZE`, `QLORA_RENDEZVOUS` and `CUDA_VISIBLE_DEVICES` set, waits for them, and
+/// fails if any fails. Each worker joins the NCCL group through the rendezvous: rank 0 writes NCCL's unique id to the
+/// shared file (under a temporary name, then renamed), the others wait for it.
+struct DataParallelOptions: ParsableArguments {
+    @Option(help: "Data-parallel training on N GPUs of this machine (or all): one worker per GPU, gradients all-reduced with NCCL.")
+    var devices: String?
+    @Option(help: "Machines taking part (each runs the same command with its --node-rank).") var nnodes: Int = 1
+    @Option(help: "This machine's index, 0 ..< --nnodes.") var nodeRank: Int = 0
+    @Option(help: "file:PATH on a file system every machine sees (needed with --nnodes > 1; a fresh path per run).")
+    var rendezvous: String?
+
+    func validate() throws {
+        if let devices, devices != "all", (Int(devices) ?? 0) < 1 { throw ValidationError("--devices \(devices): a positive number or all") }
+        guard nnodes >= 1, (0..<nnodes).contains(nodeRank) else { throw ValidationError("--node-rank must be in 0 ..< --nnodes") }
+        if nnodes > 1 && rendezvous == nil { throw ValidationError("--nnodes > 1 needs --rendezvous file:PATH on a shared file system") }
+        if let rendezvous, !rendezvous.hasPrefix("file:") { throw ValidationError("--rendezvous \(rendezvous): use file:PATH") }
+    }
+
+    /// This process's place, when it is a worker started by a launcher.
+    struct Worker { let rank: Int, worldSize: Int, rendezvous: String }
+
+    static var worker: Worker? {
+        let env = ProcessInfo.processInfo.environment
+        guard let r = env["QLORA_RANK"].flatMap(Int.init), let w = env["QLORA_WORLD_SIZE"].flatMap(Int.init),
+              let path = env["QLORA_RENDEZVOUS"] else { return nil }
+        return Worker(rank: r, worldSize: w, rendezvous: path)
+    }
+
+    /// True when this process should start the workers (and not train itself).
+    var isLauncher: Bool { devices != nil && Self.worker == nil }
+
+    /// Starts one worker per local GPU running this same command line, waits for all, and exits with the first
+    /// failure's status (stopping the others).
+    func launchWorkers() throws -> Never {
+        let local = devices == "all" ? CUDADevice.count() : Int(devices!)!
+        guard local >= 1 else { throw CUDAError("--devices all: the driver sees no GPU") }
+        let world = local * nnodes
+        let path = rendezvous.map { String($0.dropFirst(5)) }
+            ?? NSTemporaryDirectory() + "qlora-rendezvous-\(getpid())-\(UInt64(Date().timeIntervalSince1970 * 1000))"
+        let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        var workers: [Process] = []
+        for localRank in 0..<local {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: executable)
+            p.arguments = Array(CommandLine.arguments.dropFirst())
+            var env = ProcessInfo.processInfo.environment
+            env["QLORA_RANK"] = String(nodeRank * local + localRank)
+            env["QLORA_WORLD_SIZE"] = String(world)
+            env["QLORA_RENDEZVOUS"] = path
+            env["CUDA_VISIBLE_DEVICES"] = String(localRank)
+            env["NCCL_NVLS_ENABLE"] = env["NCCL_NVLS_ENABLE"] ?? "0"   // no NVLink multicast (it can hang shared hosts)
+            p.environment = env
+            try p.run()
+            workers.append(p)
+        }
+        FileHandle.standardError.write("started \(local) workers (ranks \(nodeRank * local)..<\(nodeRank * local + local) of \(world))\n".data(using: .utf8)!)
+        var status: Int32 = 0
+        var remaining = Set(workers.indices)
+        while !remaining.isEmpty {
+            for i in remaining where !workers[i].isRunning {
+                remaining.remove(i)
+                let s = workers[i].terminationStatus
+                if s != 0 && status == 0 {
+                    status = s
+                    FileHandle.standardError.write("worker \(i) failed (status \(s)); stopping the others\n".data(using: .utf8)!)
+                    for w in workers where w.isRunning { w.terminate() }
+                }
+            }
+            usleep(100_000)
+        }
+        try? FileManager.default.removeItem(atPath: path)
+        Foundation.exit(status)
+    }
+
+    /// Joins the group as the worker the environment names: the GPU, then NCCL through the rendezvous file.
+    static func join(_ worker: Worker) throws -> (CUDADevice, NCCLCommunicator) {
+        let device = try CUDADevice(ordinal: 0)   // CUDA_VISIBLE_DEVICES shows each worker its own GPU
+        let idPath = worker.rendezvous
+        var id: [UInt8]
+        if worker.rank == 0 {
+            id = try NCCLCommunicator.makeUniqueId()
+            let temp = idPath + ".tmp\(getpid())"
+            guard FileManager.default.createFile(atPath: temp, contents: Data(id)), rename(temp, idPath) == 0 else {
+                throw CUDAError("rendezvous: cannot write \(idPath)")
+            }
+        } else {
+            let deadline = Date().addingTimeInterval(300)
+            while true {
+                if let d = FileManager.default.contents(atPath: idPath), d.count == 128 { id = [UInt8](d); break }
+                guard Date() < deadline else { throw CUDAError("rendezvous: rank 0 wrote no id to \(idPath) within 300 s") }
+                usleep(50_000)
+            }
+        }
+        let communicator = try NCCLCommunicator(device: device, rank: worker.rank, worldSize: worker.worldSize, uniqueId: id)
+        if worker.rank == 0 {
+            FileHandle.standardError.write("rank 0 of \(worker.worldSize): \(device.description); \(communicator.description)\n".data(using: .utf8)!)
+            try? FileManager.default.removeItem(atPath: idPath)   // every rank has joined: the id is spent
+        }
+        return (device, communicator)
+    }
+
+    /// Rank 0 alone prints: the other workers' standard output goes nowhere.
+    static func quietUnlessRankZero() {
+        if let w = worker, w.rank != 0 { freopen("/dev/null", "w", stdout) }
+    }
+}
