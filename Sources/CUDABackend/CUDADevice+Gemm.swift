@@ -52,7 +52,7 @@ extension CUDADevice {
                                 UnsafeMutableRawPointer(bitPattern: UInt(workspace!.address)), plan.workspaceSize, stream)
         } }
         try blas.check(status, "cublasLtMatmul(m \(m), n \(n), k \(k), \(a.dtype) → \(c.dtype), batch \(batch))")
-        if ProcessInfo.processInfo.environment["QLORA_CUDA_SYNC"] != nil { try synchronize() }
+        if Self.synchronizesEveryCall { try synchronize() }
     }
 
     private static func dataType(_ t: GPUDType) -> Int32 {

@@ -97,6 +97,10 @@ public final class CUDADevice: @unchecked Sendable {
     var workspace: DeviceBuffer? = nil
     var gemmPlans: [GemmKey: GemmPlan] = [:]
 
+    /// `QLORA_CUDA_SYNC=1` waits after every kernel and product, so that a failing one is reported where it is
+    /// launched (debugging). Read once: looking the environment up costs tens of microseconds a call.
+    static let synchronizesEveryCall = ProcessInfo.processInfo.environment["QLORA_CUDA_SYNC"] != nil
+
     /// Opens GPU `ordinal`: loads the driver, NVRTC and cuBLASLt, makes the context and the stream.
     public init(ordinal: Int = 0) throws {
         driver = try CUDADriver()
@@ -347,7 +351,7 @@ public final class CUDADevice: @unchecked Sendable {
             }
         }
         try driver.check(status, "cuLaunchKernel(\(name), grid \(grid), block \(block))")
-        if ProcessInfo.processInfo.environment["QLORA_CUDA_SYNC"] != nil { try synchronize() }
+        if Self.synchronizesEveryCall { try synchronize() }
     }
 
     func function(_ source: KernelSource, _ name: String, bf16: Bool) throws -> UnsafeMutableRawPointer? {
