@@ -39,8 +39,7 @@ extension CUDALlama {
         let rstdF = try device.allocate(n, .f32)
         let xf = try device.allocate(n * c, dtype)
         try device.rmsNormForward(xf, rstdF, x, finalNorm, rows: n, width: c, eps: Float(config.rmsNormEps))
-        var targets = [Int32](repeating: -100, count: n)
-        for b in 0..<batch { for t in 0..<(tokens - 1) { targets[b * tokens + t] = Int32(labels[b * tokens + t + 1]) } }
+        let targets = LlamaModel.shiftedTargets(labels: labels, batch: batch, tokens: tokens).map { Int32($0) }
         let count = targets.filter { $0 != -100 }.count
         let scale = gradientScale ?? (count > 0 ? 1 / Float(count) : 0)
         let targetBuffer = try device.upload(targets)

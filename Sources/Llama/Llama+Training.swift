@@ -64,8 +64,7 @@ extension LlamaModel {
         var rstdF = [Float](repeating: 0, count: n)
         var xf = [Float](repeating: 0, count: n * c)
         CPUOps.rmsNormForward(&xf, &rstdF, x, finalNorm, rows: n, width: c, eps: Float(config.rmsNormEps))
-        var targets = [Int](repeating: -100, count: n)
-        for b in 0..<batch { for t in 0..<(tokens - 1) { targets[b * tokens + t] = labels[b * tokens + t + 1] } }
+        let targets = Self.shiftedTargets(labels: labels, batch: batch, tokens: tokens)
         let count = targets.filter { $0 != -100 }.count
         let scale = gradientScale ?? (count > 0 ? 1 / Float(count) : 0)
         // lm_head and the loss a chunk of rows at a time, so the (N, V) logits never exist all at once.
@@ -108,6 +107,14 @@ extension LlamaModel {
         }
         result.gradients = grads
         return result
+    }
+
+    /// The target of each position (B·T): the next position's label, −100 (ignored) at the end of each row, as
+    /// transformers shifts the labels inside the model.
+    public static func shiftedTargets(labels: [Int], batch: Int, tokens: Int) -> [Int] {
+        var targets = [Int](repeating: -100, count: batch * tokens)
+        for b in 0..<batch { for t in 0..<(tokens - 1) { targets[b * tokens + t] = labels[b * tokens + t + 1] } }
+        return targets
     }
 
     /// Logits (B·T, V) of a batch, no dropout, no gradients.

@@ -20,47 +20,32 @@ __device__ __forceinline__ float ld(T v) { return v; }
 __device__ __forceinline__ T st(float f) { return f; }
 #endif
 
-// Sum over a warp, then over a block of up to 1024 threads (blockDim.x a multiple of 32); every thread gets it.
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+// Sum or maximum over a warp, then over a block of up to 1024 threads (blockDim.x a multiple of 32); every thread
+// gets the result. `identity` fills the lanes of warps that do not exist.
+struct SumOp { __device__ float operator()(float a, float b) const { return a + b; } };
+struct MaxOp { __device__ float operator()(float a, float b) const { return fmaxf(a, b); } };
+
+template <class Op> __device__ __forceinline__ float warp_reduce(float v, Op op) {
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-__device__ float block_sum(float v) {
+template <class Op> __device__ float block_reduce(float v, Op op, float identity) {
     __shared__ float partial[32];
     __shared__ float total;
-    v = warp_sum(v);
+    v = warp_reduce(v, op);
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    __syncthreads();
+    __syncthreads();   // an earlier call may still be reading `total`
     if (lane == 0) partial[warp] = v;
     __syncthreads();
     if (warp == 0) {
-        float s = lane < (int)(blockDim.x >> 5) ? partial[lane] : 0.0f;
-        s = warp_sum(s);
+        float s = warp_reduce(lane < (int)(blockDim.x >> 5) ? partial[lane] : identity, op);
         if (lane == 0) total = s;
     }
     __syncthreads();
     return total;
 }
-__device__ float block_max(float v) {
-    __shared__ float partial[32];
-    __shared__ float total;
-    v = warp_max(v);
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    __syncthreads();
-    if (lane == 0) partial[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        float s = lane < (int)(blockDim.x >> 5) ? partial[lane] : -INFINITY;
-        s = warp_max(s);
-        if (lane == 0) total = s;
-    }
-    __syncthreads();
-    return total;
-}
+__device__ __forceinline__ float block_sum(float v) { return block_reduce(v, SumOp(), 0.0f); }
+__device__ __forceinline__ float block_max(float v) { return block_reduce(v, MaxOp(), -INFINITY); }
 
 // The GPU's approximate reciprocal, as bitsandbytes gets it from --use_fast_math.
 __device__ __forceinline__ float rcp_approx(float x) {
