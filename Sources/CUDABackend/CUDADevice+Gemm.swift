@@ -40,6 +40,8 @@ extension CUDADevice {
                           strideC: strideC)
         let plan = try gemmPlan(key)
         if workspace == nil { workspace = try allocate(Self.workspaceBytes, .u8) }
+        let started = try profileStart()
+        defer { if let started { profileEnd("gemm:\(gemmLabel)", started) } }
         var alpha = alpha, beta = beta
         // Row-major C = op(A) op(B) is column-major Cᵀ = op(B)ᵀ op(A)ᵀ: cuBLASLt's first operand is our B.
         let status = withUnsafePointer(to: &alpha) { ap in withUnsafePointer(to: &beta) { bp in

@@ -95,6 +95,11 @@ public final class CUDADevice: @unchecked Sendable {
     /// Bytes held from the driver (live or cached).
     public var reservedBytes: Int { pool.reservedBytes }
     var workspace: DeviceBuffer? = nil
+    /// With a profile, every kernel and product waits for the GPU before and after, and its time is added under its
+    /// kernel file ("kernel:attention") or product label ("gemm:base"): a breakdown of the step, slower than a real run.
+    public var profile: [String: (seconds: Double, calls: Int)]? = nil
+    /// What the next products are, for the profile ("base", "lora", "attention", "lm_head").
+    public var gemmLabel = "other"
     var gemmPlans: [GemmKey: GemmPlan] = [:]
 
     /// `QLORA_CUDA_SYNC=1` waits after every kernel and product, so that a failing one is reported where it is
@@ -332,6 +337,8 @@ public final class CUDADevice: @unchecked Sendable {
                        _ arguments: [KernelArgument]) throws {
         guard grid > 0 else { return }
         let function = try self.function(source, name, bf16: bf16)
+        let started = try profileStart()
+        defer { if let started { profileEnd("kernel:\(source.rawValue)", started) } }
         var storage = [UInt64](repeating: 0, count: arguments.count)
         for (i, a) in arguments.enumerated() {
             switch a {
@@ -352,6 +359,29 @@ public final class CUDADevice: @unchecked Sendable {
         }
         try driver.check(status, "cuLaunchKernel(\(name), grid \(grid), block \(block))")
         if Self.synchronizesEveryCall { try synchronize() }
+    }
+
+    func profileStart() throws -> Date? {
+        guard profile != nil else { return nil }
+        try synchronize()
+        return Date()
+    }
+
+    func profileEnd(_ label: String, _ started: Date) {
+        _ = try? synchronize()
+        let t = profile?[label] ?? (0, 0)
+        profile?[label] = (t.seconds + Date().timeIntervalSince(started), t.calls + 1)
+    }
+
+    /// The profile as a table, longest first.
+    public func profileTable() -> String {
+        let rows = (profile ?? [:]).sorted { $0.value.seconds > $1.value.seconds }
+        let total = rows.reduce(0) { $0 + $1.value.seconds }
+        var out = "| kernel or product | seconds | share | calls |\n| --- | ---: | ---: | ---: |\n"
+        for (label, t) in rows {
+            out += String(format: "| %@ | %.4f | %.1f%% | %d |\n", label, t.seconds, 100 * t.seconds / max(total, 1e-12), t.calls)
+        }
+        return out + String(format: "| total | %.4f | | |\n", total)
     }
 
     func function(_ source: KernelSource, _ name: String, bf16: Bool) throws -> UnsafeMutableRawPointer? {

@@ -44,6 +44,9 @@ extension CUDADevice {
                                  v: DeviceBuffer, batch: Int, tokens: Int, heads: Int, kvHeads: Int, headDim: Int) throws {
         let T = tokens, D = headDim, H = heads, Hkv = kvHeads, group = heads / kvHeads
         let scale = 1 / Float(D).squareRoot()
+        let label = gemmLabel
+        gemmLabel = "attention"
+        defer { gemmLabel = label }
         for b in 0..<batch {
             for g in 0..<group {
                 try gemm(m: T, n: T, k: D, a: q, aOffset: (b * T * H + g) * D, lda: H * D,
@@ -71,6 +74,9 @@ extension CUDADevice {
                                   headDim: Int) throws {
         let T = tokens, D = headDim, H = heads, Hkv = kvHeads, group = heads / kvHeads
         let scale = 1 / Float(D).squareRoot()
+        let label = gemmLabel
+        gemmLabel = "attention"
+        defer { gemmLabel = label }
         try fillZero(dk); try fillZero(dv)
         for b in 0..<batch {
             for g in 0..<group {

@@ -33,7 +33,7 @@ extension CUDALlama {
         var saved: [GPULayerActivations?] = []
         for l in layers.indices {
             let act = GPULayerActivations(x: x)
-            x = try layerForward(l, x, batch: batch, tokens: tokens, training: training, seed: seed, saving: act)
+            x = try layerForward(l, x, batch: batch, tokens: tokens, training: training, seed: seed, saving: act)!
             if withGradients { saved.append(checkpointing ? GPULayerActivations(x: act.x) : act) }
         }
         let rstdF = try device.allocate(n, .f32)
@@ -47,6 +47,7 @@ extension CUDALlama {
         // lm_head and the loss a chunk of rows at a time: the (N, V) logits never exist all at once.
         let chunk = max(1, min(n, (1 << 27) / (vocab * dtype.size)))
         var keptLogits: [Float] = []
+        device.gemmLabel = "lm_head"
         let dxf = withGradients ? try device.allocate(n * c, dtype) : nil
         for start in stride(from: 0, to: n, by: chunk) {
             let rows = min(chunk, n - start)
@@ -71,7 +72,8 @@ extension CUDALlama {
             let act = saved[l]!
             saved[l] = nil
             if checkpointing {
-                _ = try layerForward(l, act.x, batch: batch, tokens: tokens, training: training, seed: seed, saving: act)
+                _ = try layerForward(l, act.x, batch: batch, tokens: tokens, training: training, seed: seed, saving: act,
+                                     recomputing: true)
             }
             dx = try layerBackward(l, dx, act, batch: batch, tokens: tokens, training: training, seed: seed)
         }
@@ -93,8 +95,11 @@ extension CUDALlama {
         return seed ^ (UInt64(l) &* 0x9E37_79B9_7F4A_7C15) ^ ((p + 1) &* 0xC2B2_AE3D_27D4_EB4F)
     }
 
+    /// One decoder layer. `recomputing` (gradient checkpointing's second forward) skips the down projection's
+    /// product: the backward pass needs only its input and LoRA intermediates, not the layer's output (nil then).
+    @discardableResult
     func layerForward(_ l: Int, _ x: DeviceBuffer, batch: Int, tokens: Int, training: Bool, seed: UInt64,
-                      saving act: GPULayerActivations) throws -> DeviceBuffer {
+                      saving act: GPULayerActivations, recomputing: Bool = false) throws -> DeviceBuffer? {
         let layer = layers[l]
         let n = batch * tokens, c = config.hiddenSize
         let h = config.headCount, hkv = config.kvHeadCount, d = config.headDim
@@ -103,26 +108,27 @@ extension CUDALlama {
         act.rstd1 = try device.allocate(n, .f32)
         act.h1 = try device.allocate(n * c, dtype)
         try device.rmsNormForward(act.h1, act.rstd1, x, layer.inputNorm, rows: n, width: c, eps: eps)
-        act.q = try projectionForward(l, "q_proj", act.h1, rows: n, training: training, seed: seed, act: act)
-        act.k = try projectionForward(l, "k_proj", act.h1, rows: n, training: training, seed: seed, act: act)
-        act.v = try projectionForward(l, "v_proj", act.h1, rows: n, training: training, seed: seed, act: act)
+        act.q = try projectionForward(l, "q_proj", act.h1, rows: n, training: training, seed: seed, act: act, output: true)!
+        act.k = try projectionForward(l, "k_proj", act.h1, rows: n, training: training, seed: seed, act: act, output: true)!
+        act.v = try projectionForward(l, "v_proj", act.h1, rows: n, training: training, seed: seed, act: act, output: true)!
         try device.rope(act.q, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: h, headDim: d)
         try device.rope(act.k, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: hkv, headDim: d)
         act.attention = try device.allocate(n * h * d, dtype)
         act.probs = try device.allocate(batch * h * tokens * tokens, dtype)
         try device.attentionForward(act.attention, act.probs, q: act.q, k: act.k, v: act.v, batch: batch, tokens: tokens,
                                     heads: h, kvHeads: hkv, headDim: d)
-        let o = try projectionForward(l, "o_proj", act.attention, rows: n, training: training, seed: seed, act: act)
+        let o = try projectionForward(l, "o_proj", act.attention, rows: n, training: training, seed: seed, act: act, output: true)!
         act.xMid = try device.allocate(n * c, dtype)
         try device.add(act.xMid, x, o)
         act.rstd2 = try device.allocate(n, .f32)
         act.h2 = try device.allocate(n * c, dtype)
         try device.rmsNormForward(act.h2, act.rstd2, act.xMid, layer.postAttentionNorm, rows: n, width: c, eps: eps)
-        act.gate = try projectionForward(l, "gate_proj", act.h2, rows: n, training: training, seed: seed, act: act)
-        act.up = try projectionForward(l, "up_proj", act.h2, rows: n, training: training, seed: seed, act: act)
+        act.gate = try projectionForward(l, "gate_proj", act.h2, rows: n, training: training, seed: seed, act: act, output: true)!
+        act.up = try projectionForward(l, "up_proj", act.h2, rows: n, training: training, seed: seed, act: act, output: true)!
         act.act = try device.allocate(act.gate.count, dtype)
         try device.swigluForward(act.act, gate: act.gate, up: act.up)
-        let down = try projectionForward(l, "down_proj", act.act, rows: n, training: training, seed: seed, act: act)
+        guard let down = try projectionForward(l, "down_proj", act.act, rows: n, training: training, seed: seed, act: act,
+                                               output: !recomputing) else { return nil }
         try device.add(down, act.xMid, down)
         return down
     }
@@ -162,17 +168,19 @@ extension CUDALlama {
 
     // MARK: A frozen projection with its adapter
 
-    /// y (N, out) = x Wᵀ + bias + scale · (dropout(x) Aᵀ) Bᵀ, W dequantized for this product only.
+    /// y (N, out) = x Wᵀ + bias + scale · (dropout(x) Aᵀ) Bᵀ, W dequantized for this product only. Without
+    /// `output`, only what the backward pass needs is made (the adapter's dropped input and z), and nil returned.
     func projectionForward(_ l: Int, _ name: String, _ x: DeviceBuffer, rows: Int, training: Bool, seed: UInt64,
-                           act: GPULayerActivations) throws -> DeviceBuffer {
+                           act: GPULayerActivations, output: Bool) throws -> DeviceBuffer? {
         let p = layers[l].projections[name]!
-        let y = try device.allocate(rows * p.outFeatures, dtype)
-        do {
+        let y = output ? try device.allocate(rows * p.outFeatures, dtype) : nil
+        device.gemmLabel = "base"
+        if let y {
             let w = try p.weight.dequantized(dtype)
             try device.gemm(m: rows, n: p.outFeatures, k: p.inFeatures, a: x, lda: p.inFeatures, b: w, ldb: p.inFeatures,
                             transB: true, c: y, ldc: p.outFeatures)
         }
-        if let bias = p.bias { try device.addBias(y, bias: bias, rows: rows, cols: p.outFeatures) }
+        if let y, let bias = p.bias { try device.addBias(y, bias: bias, rows: rows, cols: p.outFeatures) }
         guard let adapter = adapters["\(l).\(name)"] else { return y }
         let r = loraConfig.r
         var input = x
@@ -181,10 +189,13 @@ extension CUDALlama {
             try device.dropout(input, x, keep: Float(1 - loraConfig.dropout), seed: dropoutSeed(seed, layer: l, name))
         }
         let z = try device.allocate(rows * r, dtype)
+        device.gemmLabel = "lora"
         try device.gemm(m: rows, n: r, k: p.inFeatures, a: input, lda: p.inFeatures, b: adapter.aCompute, ldb: p.inFeatures,
                         transB: true, c: z, ldc: r)
-        try device.gemm(m: rows, n: p.outFeatures, k: r, a: z, lda: r, b: adapter.bCompute, ldb: r, transB: true,
-                        c: y, ldc: p.outFeatures, alpha: loraConfig.scale, beta: 1)
+        if let y {
+            try device.gemm(m: rows, n: p.outFeatures, k: r, a: z, lda: r, b: adapter.bCompute, ldb: r, transB: true,
+                            c: y, ldc: p.outFeatures, alpha: loraConfig.scale, beta: 1)
+        }
         act.loraInput[name] = input
         act.loraZ[name] = z
         return y
@@ -195,6 +206,7 @@ extension CUDALlama {
                             training: Bool, seed: UInt64) throws -> DeviceBuffer {
         let p = layers[l].projections[name]!
         let dx = try device.allocate(rows * p.inFeatures, dtype)
+        device.gemmLabel = "base"
         do {
             let w = try p.weight.dequantized(dtype)
             try device.gemm(m: rows, n: p.inFeatures, k: p.outFeatures, a: dy, lda: p.outFeatures, b: w, ldb: p.inFeatures,
@@ -202,6 +214,7 @@ extension CUDALlama {
         }
         guard let adapter = adapters["\(l).\(name)"], let z = act.loraZ[name], let input = act.loraInput[name] else { return dx }
         let r = loraConfig.r, s = loraConfig.scale
+        device.gemmLabel = "lora"
         // dB += s · dyᵀ z ; dz = s · dy B ; dA += dzᵀ · input ; dx += dz A (through the dropout mask)
         try device.gemm(m: p.outFeatures, n: r, k: rows, a: dy, lda: p.outFeatures, transA: true, b: z, ldb: r,
                         c: adapter.gradB, ldc: r, alpha: s, beta: 1)

@@ -31,8 +31,11 @@ struct Bench: ParsableCommand {
     @Option(help: "Timed steps (after 3 warm-up steps).") var steps: Int = 10
     @Option(help: "cpu or cuda.") var device: String = "cpu"
     @Option(help: "Compute dtype on the GPU: bf16 or fp32.") var computeDtype: String = "bf16"
+    @Option(help: "LoRA dropout (hf_baseline.py uses 0.05; unsloth_bench.py needs 0).") var loraDropout: Double = 0.05
     @Option(help: "Build only this many layers (a quick look; tokens/s is not rescaled).") var layers: Int?
     @Flag(help: "Turn gradient checkpointing off.") var noCkpt = false
+    @Flag(help: "After the timed steps, one more step with the GPU waited on around every kernel and product: a table of where the time goes (stderr).")
+    var profile = false
     @OptionGroup var parallel: DataParallelOptions
 
     func validate() throws {
@@ -56,7 +59,7 @@ struct Bench: ParsableCommand {
         }
         if let layers { cfg.layerCount = layers }
         var lora = LoRAConfig()
-        lora.r = 16; lora.alpha = 32; lora.dropout = 0.05
+        lora.r = 16; lora.alpha = 32; lora.dropout = loraDropout
         lora.targetModules = targets == "qv" ? ["q_proj", "v_proj"] : ["all-linear"]
         let started = Date()
         let engine: TrainingEngine
@@ -98,6 +101,13 @@ struct Bench: ParsableCommand {
         for _ in 0..<steps { try step() }
         try gpu?.synchronize()
         let seconds = Date().timeIntervalSince(t0)
+        let finalLoss = lastLoss
+        if profile, let gpu {
+            gpu.profile = [:]
+            try step()
+            FileHandle.standardError.write(("profile of one step on \(gpu.name), \(shape) \(targets):\n" + gpu.profileTable()).data(using: .utf8)!)
+            gpu.profile = nil
+        }
         let peak = gpu.map { Double($0.peakAllocatedBytes) } ?? Double(Self.peakRSSBytes())
         let reserved = gpu.map { Double($0.reservedBytes) } ?? peak
         func r(_ x: Double, _ digits: Int) -> Double { (x * Foundation.pow(10, Double(digits))).rounded() / Foundation.pow(10, Double(digits)) }
@@ -107,8 +117,9 @@ struct Bench: ParsableCommand {
             ("tokens_per_s", .double(r(Double(batch * seq * steps * world) / seconds, 1))),
             ("step_s", .double(r(seconds / Double(steps), 4))), ("peak_alloc_gib", .double(r(peak / 1073741824, 3))),
             ("peak_reserved_gib", .double(r(reserved / 1073741824, 3))), ("load_s", .double(r(loadSeconds, 1))),
-            ("trainable", .int(counts.trainable)), ("all_params", .int(counts.all)), ("final_loss", .double(r(lastLoss, 4))),
-            ("compute_dtype", .string(gpu != nil ? computeDtype : "fp32")), ("devices", .int(world)),
+            ("trainable", .int(counts.trainable)), ("all_params", .int(counts.all)), ("final_loss", .double(r(finalLoss, 4))),
+            ("compute_dtype", .string(gpu != nil ? computeDtype : "fp32")), ("lora_dropout", .double(loraDropout)),
+            ("devices", .int(world)),
         ]
         print(JSONValue.object(line).pythonText())
     }
