@@ -144,47 +144,54 @@ public struct AdamW: Sendable {
                                 [Float](repeating: 0, count: blocks), [Float](repeating: 0, count: blocks))
         }
         let s = settings
-        let signedMap = DynamicMap.signed, unsignedMap = DynamicMap.unsigned
         let correction1 = 1 - Foundation.powf(s.beta1, Float(step))
         let correction2 = (1 - Foundation.powf(s.beta2, Float(step))).squareRoot()
         let stepSize = (-lr * correction2) * GPUReciprocal.reciprocal(correction1)
-        var m = [Float](repeating: 0, count: bs), v = m
-        for b in 0..<blocks {
-            let range = (b * bs)..<min(n, (b + 1) * bs)
-            var maxM: Float = 0, maxV: Float = 0
-            for (j, i) in range.enumerated() {
-                let gi = g[i]
-                if gi.isFinite {
-                    let v0 = unsignedMap[Int(cv[i])] * av[b]
-                    v[j] = ((1 - s.beta2) * gi * gi).addingProduct(v0, s.beta2)
-                    let m0 = signedMap[Int(cm[i])] * am[b]
-                    m[j] = ((1 - s.beta1) * gi).addingProduct(m0, s.beta1)
-                } else {
-                    m[j] = 0; v[j] = 0
+        // Blocks are independent (as the kernel's thread blocks are): split them over the cores.
+        p.withUnsafeMutableBufferPointer { p in g.withUnsafeBufferPointer { g in
+        cm.withUnsafeMutableBufferPointer { cm in cv.withUnsafeMutableBufferPointer { cv in
+        am.withUnsafeMutableBufferPointer { am in av.withUnsafeMutableBufferPointer { av in
+        DynamicMap.signed.withUnsafeBufferPointer { signedMap in DynamicMap.unsigned.withUnsafeBufferPointer { unsignedMap in
+            parallelChunks(count: blocks, grain: 64) { blockRange in
+                var m = [Float](repeating: 0, count: bs), v = m
+                for b in blockRange {
+                    let range = (b * bs)..<min(n, (b + 1) * bs)
+                    var maxM: Float = 0, maxV: Float = 0
+                    for (j, i) in range.enumerated() {
+                        let gi = g[i]
+                        if gi.isFinite {
+                            let v0 = unsignedMap[Int(cv[i])] * av[b]
+                            v[j] = ((1 - s.beta2) * gi * gi).addingProduct(v0, s.beta2)
+                            let m0 = signedMap[Int(cm[i])] * am[b]
+                            m[j] = ((1 - s.beta1) * gi).addingProduct(m0, s.beta1)
+                        } else {
+                            m[j] = 0; v[j] = 0
+                        }
+                        maxM = max(maxM, abs(m[j])); maxV = max(maxV, abs(v[j]))
+                    }
+                    am[b] = maxM; av[b] = maxV
+                    let rm = GPUReciprocal.reciprocal(maxM), rv = GPUReciprocal.reciprocal(maxV)
+                    for (j, i) in range.enumerated() {
+                        if g[i].isFinite {
+                            let denom = v[j].squareRoot() + correction2 * s.eps
+                            p[i] = p[i] + stepSize * (m[j] * GPUReciprocal.reciprocal(denom))
+                            if s.weightDecay > 0 { p[i] = p[i] * (1 - lr * s.weightDecay) }
+                        }
+                        var c1 = Int(Self.quantize2D(m[j] * rm, map: signedMap, signed: true))
+                        if (signedMap[c1].sign == .minus) != (m[j].sign == .minus) { c1 += m[j] > 0 ? 1 : -1 }
+                        cm[i] = UInt8(clamping: c1)
+                        cv[i] = Self.quantize2D(v[j] * rv, map: unsignedMap, signed: false)
+                    }
                 }
-                maxM = max(maxM, abs(m[j])); maxV = max(maxV, abs(v[j]))
             }
-            am[b] = maxM; av[b] = maxV
-            let rm = GPUReciprocal.reciprocal(maxM), rv = GPUReciprocal.reciprocal(maxV)
-            for (j, i) in range.enumerated() {
-                if g[i].isFinite {
-                    let denom = v[j].squareRoot() + correction2 * s.eps
-                    p[i] = p[i] + stepSize * (m[j] * GPUReciprocal.reciprocal(denom))
-                    if s.weightDecay > 0 { p[i] = p[i] * (1 - lr * s.weightDecay) }
-                }
-                var c1 = Int(Self.quantize2D(m[j] * rm, map: signedMap, signed: true))
-                if (signedMap[c1].sign == .minus) != (m[j].sign == .minus) { c1 += m[j] > 0 ? 1 : -1 }
-                cm[i] = UInt8(clamping: c1)
-                cv[i] = Self.quantize2D(v[j] * rv, map: unsignedMap, signed: false)
-            }
-        }
+        } } } } } } } }
         states[name] = .eightBit(m: cm, v: cv, absmaxM: am, absmaxV: av)
     }
 
     /// The optimizer kernel's code search (`quantize_2D`): the same seven-step binary search from index 127 as
     /// `DynamicMap.code(for:in:)`, but starting its lower bracket at 0 for the unsigned map and never re-reading
     /// the end entries.
-    static func quantize2D(_ x: Float, map: [Float], signed: Bool) -> UInt8 {
+    static func quantize2D(_ x: Float, map: UnsafeBufferPointer<Float>, signed: Bool) -> UInt8 {
         var pivot = 127, upperPivot = 255, lowerPivot = 0
         var lower: Float = signed ? -1 : 0, upper: Float = 1
         var value = map[pivot]
