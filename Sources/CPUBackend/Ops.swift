@@ -270,34 +270,47 @@ public enum CPUOps {
     // MARK: Cross-entropy
 
     /// Mean cross-entropy of logits (N, V) against targets (N; −100 ignored); returns the loss and the number of
-    /// counted targets, and writes dlogits = (softmax − onehot) · scale (scale = 1/count unless given).
+    /// counted targets, and writes dlogits = (softmax − onehot) · scale (scale = 1/count unless given). Rows are
+    /// independent and split over the cores; each row's exponentials are computed once (into dlogits, then scaled),
+    /// and the row losses are added in row order, so the result does not depend on the split.
     public static func crossEntropy(_ logits: [Float], targets: [Int], vocab: Int, dlogits: inout [Float]?,
                                     gradientScale: Float? = nil) -> (loss: Double, count: Int) {
         let count = targets.filter { $0 != -100 }.count
         let scale = gradientScale ?? (count > 0 ? 1 / Float(count) : 0)
-        var total = 0.0
-        logits.withUnsafeBufferPointer { lp in
-            for (r, target) in targets.enumerated() {
-                let row = lp.baseAddress! + r * vocab
-                if target == -100 {
-                    if dlogits != nil { for j in 0..<vocab { dlogits![r * vocab + j] = 0 } }
-                    continue
-                }
-                var m = -Float.infinity
-                for j in 0..<vocab { m = max(m, row[j]) }
-                var z: Double = 0
-                for j in 0..<vocab { z += Double(Foundation.exp(row[j] - m)) }
-                let logZ = m + Float(Foundation.log(z))
-                total += Double(m) + Foundation.log(z) - Double(row[target])
-                if dlogits != nil {
-                    dlogits!.withUnsafeMutableBufferPointer { dp in
-                        let out = dp.baseAddress! + r * vocab
-                        for j in 0..<vocab { out[j] = Foundation.exp(row[j] - logZ) * scale }
-                        out[target] -= scale
+        let rows = targets.count
+        let writeGradient = dlogits != nil
+        var gradient = dlogits ?? []
+        dlogits = nil   // hand the buffer over without a copy
+        var rowLoss = [Double](repeating: 0, count: rows)
+        logits.withUnsafeBufferPointer { lp in gradient.withUnsafeMutableBufferPointer { gp in
+        rowLoss.withUnsafeMutableBufferPointer { lossp in
+            let chunks = max(1, min(rows, ProcessInfo.processInfo.activeProcessorCount))
+            let per = (rows + chunks - 1) / chunks
+            DispatchQueue.concurrentPerform(iterations: chunks) { c in
+                for r in (c * per)..<min(rows, (c + 1) * per) {
+                    let row = lp.baseAddress! + r * vocab
+                    let target = targets[r]
+                    if target == -100 {
+                        if writeGradient { (gp.baseAddress! + r * vocab).update(repeating: 0, count: vocab) }
+                        continue
                     }
+                    var m = -Float.infinity
+                    for j in 0..<vocab { m = max(m, row[j]) }
+                    var z: Double = 0
+                    if writeGradient {
+                        let out = gp.baseAddress! + r * vocab
+                        for j in 0..<vocab { let e = Foundation.exp(row[j] - m); out[j] = e; z += Double(e) }
+                        let factor = Float(Double(scale) / z)
+                        for j in 0..<vocab { out[j] *= factor }
+                        out[target] -= scale
+                    } else {
+                        for j in 0..<vocab { z += Double(Foundation.exp(row[j] - m)) }
+                    }
+                    lossp[r] = Double(m) + Foundation.log(z) - Double(row[target])
                 }
             }
-        }
-        return (count > 0 ? total / Double(count) : 0, count)
+        } } }
+        if writeGradient { dlogits = gradient }
+        return (count > 0 ? rowLoss.reduce(0, +) / Double(count) : 0, count)
     }
 }
