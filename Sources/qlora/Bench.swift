@@ -63,6 +63,7 @@ struct Bench: ParsableCommand {
         lora.targetModules = targets == "qv" ? ["q_proj", "v_proj"] : ["all-linear"]
         let started = Date()
         let engine: TrainingEngine
+        let counts: (trainable: Int, all: Int)
         var gpu: CUDADevice? = nil
         var group: NCCLGroup? = nil
         if device == "cuda" || worker != nil {
@@ -72,15 +73,17 @@ struct Bench: ParsableCommand {
             else { d = try CUDADevice() }
             gpu = d
             let model = try CUDALlama(randomConfig: cfg, lora: lora, device: d, dtype: computeDtype == "fp32" ? .f32 : .bf16)
+            counts = model.parameterCounts
             engine = try CUDATrainingEngine(model: model, optimizer: try CUDAAdamW(kind: .paged_adamw_8bit,
                                                                                    settings: AdamWSettings(), device: d),
                                             communicator: communicator)
             try d.synchronize()
             FileHandle.standardError.write("bench on \(d.description)\n".data(using: .utf8)!)
         } else {
-            engine = CPUTrainingEngine(model: try Self.randomCPUModel(cfg, lora: lora), optimizer: AdamW(kind: .paged_adamw_8bit))
+            let model = try Self.randomCPUModel(cfg, lora: lora)
+            counts = model.parameterCounts
+            engine = CPUTrainingEngine(model: model, optimizer: AdamW(kind: .paged_adamw_8bit))
         }
-        let counts = (engine as? CUDATrainingEngine)?.model.parameterCounts ?? (engine as! CPUTrainingEngine).model.parameterCounts
         let loadSeconds = Date().timeIntervalSince(started)
         let world = group?.worldSize ?? 1
         var rng = SeededGenerator(seed: 1 + UInt64(group?.rank ?? 0))   // each rank its own random tokens
@@ -92,8 +95,7 @@ struct Bench: ParsableCommand {
                                                    checkpointing: !noCkpt, gradientScale: 1 / Float(count))
             try engine.allReduceGradients()
             try engine.applyOptimizer(lr: 2e-4, gradientScale: 1)
-            lastLoss = try group?.sum([r.loss])[0] ?? r.loss
-            lastLoss /= Double(world)
+            lastLoss = r.loss
         }
         for _ in 0..<3 { try step() }
         gpu?.resetPeak()
@@ -101,7 +103,7 @@ struct Bench: ParsableCommand {
         for _ in 0..<steps { try step() }
         try gpu?.synchronize()
         let seconds = Date().timeIntervalSince(t0)
-        let finalLoss = lastLoss
+        let finalLoss = try group.map { try $0.sum([lastLoss])[0] / Double(world) } ?? lastLoss   // the ranks' mean
         if profile, let gpu {
             gpu.profile = [:]
             try step()

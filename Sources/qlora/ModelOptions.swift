@@ -48,11 +48,14 @@ struct ModelOptions: ParsableArguments {
     }
 
     /// The engine that trains (or evaluates) `model` on this device: the CPU reference, or the model copied to the GPU.
-    func makeEngine(_ model: LlamaModel, optimizer: AdamW, recipe: TrainingRecipe = TrainingRecipe()) throws -> TrainingEngine {
-        guard usesGPU else { return CPUTrainingEngine(model: model, optimizer: optimizer) }
-        let gpu = try openGPU()
+    /// A data-parallel worker passes its GPU and communicator (from `DataParallelOptions.join`).
+    func makeEngine(_ model: LlamaModel, optimizer: AdamW, recipe: TrainingRecipe = TrainingRecipe(),
+                    worker: (CUDADevice, NCCLCommunicator)? = nil) throws -> TrainingEngine {
+        guard usesGPU || worker != nil else { return CPUTrainingEngine(model: model, optimizer: optimizer) }
+        let gpu = try worker?.0 ?? openGPU()
         let gpuModel = try CUDALlama(model: model, device: gpu, dtype: try gpuDType(recipe))
-        return try CUDATrainingEngine(model: gpuModel, optimizer: try CUDAAdamW(kind: optimizer.kind, settings: optimizer.settings, device: gpu))
+        return try CUDATrainingEngine(model: gpuModel, optimizer: try CUDAAdamW(kind: optimizer.kind, settings: optimizer.settings, device: gpu),
+                                      communicator: worker?.1)
     }
 
     /// The model path, from the flag or the recipe.

@@ -125,18 +125,9 @@ struct Train: ParsableCommand {
 
         try FileSystem.createDirectory(output)
         let optimizer = AdamW(kind: settings.optimizer, settings: AdamWSettings(weightDecay: settings.weightDecay))
-        let engine: TrainingEngine
-        var group: NCCLGroup? = nil
-        if let worker {
-            let (gpu, communicator) = try DataParallelOptions.join(worker)
-            engine = try CUDATrainingEngine(model: try CUDALlama(model: model, device: gpu, dtype: try modelOptions.gpuDType(recipe)),
-                                            optimizer: try CUDAAdamW(kind: optimizer.kind, settings: optimizer.settings, device: gpu),
-                                            communicator: communicator)
-            group = NCCLGroup(communicator)
-        } else {
-            engine = try modelOptions.makeEngine(model, optimizer: optimizer, recipe: recipe)
-        }
-        var trainer = Trainer(engine: engine, examples: examples, config: settings, group: group)
+        let joined = try worker.map { try DataParallelOptions.join($0) }
+        let engine = try modelOptions.makeEngine(model, optimizer: optimizer, recipe: recipe, worker: joined)
+        var trainer = Trainer(engine: engine, examples: examples, config: settings, group: joined.map { NCCLGroup($0.1) })
         let resume = try resumeFromCheckpoint ?? recipe.string("resume_from_checkpoint")
         let metricsPath = output + "/metrics.jsonl"
         var history: [String] = []
