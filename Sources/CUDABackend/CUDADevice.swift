@@ -78,6 +78,8 @@ public final class CUDADevice: @unchecked Sendable {
     let ordinal: Int32
     let context: UnsafeMutableRawPointer?
     let stream: UnsafeMutableRawPointer?
+    /// The second stream, for copies between GPU and host that overlap compute (made on first use).
+    var copyStreamHandle: UnsafeMutableRawPointer? = nil
     var blasHandle: UnsafeMutableRawPointer? = nil
     /// "sm_90" for an H100/H200.
     public let architecture: String
@@ -321,6 +323,9 @@ public final class CUDADevice: @unchecked Sendable {
     /// Waits for everything queued on the stream; reports a failed kernel here.
     public func synchronize() throws {
         try driver.check(driver.cuStreamSynchronize(stream), "cuStreamSynchronize (an earlier kernel or copy failed)")
+        if let copyStreamHandle {
+            try driver.check(driver.cuStreamSynchronize(copyStreamHandle), "cuStreamSynchronize (an earlier copy to or from the host failed)")
+        }
     }
 
     /// float32 → bf16 bits, round to nearest even (NaN kept).

@@ -1,5 +1,6 @@
 import Foundation
 import Quantization
+import Tensors
 
 /// A frozen 4-bit weight on the GPU, stored as bitsandbytes stores it (packed codes; absmax in float32 or double
 /// quantized) and dequantized into a scratch buffer of the compute type when a product needs it.
@@ -34,6 +35,43 @@ public final class GPUQuantizedWeight: @unchecked Sendable {
             nestedCode = try device.upload(d.nestedCodeBook)
             offset = d.offset; nestedBlocksize = d.nestedBlocksize
         }
+    }
+
+    /// Quantizes `x` (f32 or bf16 values of an (out, in) weight, already on the GPU) in place of the host: the
+    /// codes stay on the GPU; only the absmax comes back, to be double quantized on the host (its mean must follow
+    /// the GPU reduction order of `GPUMean`) and sent up again. Bit-exact with `Quantized4BitTensor(quantizing:)`.
+    public init(quantizing x: DeviceBuffer, rows: Int, columns: Int, type: QuantType, blocksize: Int, doubleQuant: Bool,
+                device: CUDADevice) throws {
+        precondition(x.count == rows * columns)
+        self.device = device
+        self.rows = rows; self.columns = columns; self.blocksize = blocksize
+        let (packed, absmax) = try device.quantize4BitOnDevice(x, type: type, blocksize: blocksize)
+        self.packed = packed
+        table = try device.upload(type.dequantizationTable)
+        if doubleQuant {
+            let d = DoubleQuantizedScales(compressing: try device.download(absmax))
+            self.absmax = nil
+            codes = try device.upload(d.codes)
+            nestedAbsmax = try device.upload(d.nestedAbsmax)
+            nestedCode = try device.upload(d.nestedCodeBook)
+            offset = d.offset; nestedBlocksize = d.nestedBlocksize
+        } else {
+            self.absmax = absmax; codes = nil; nestedAbsmax = nil; nestedCode = nil; offset = 0; nestedBlocksize = 256
+        }
+    }
+
+    /// The weight as a host `Quantized4BitTensor` (for checks: the same bytes the CPU quantizer makes).
+    public func hostCopy(type: QuantType, dtype: DType) throws -> Quantized4BitTensor {
+        let scales: BlockScales
+        if let absmax {
+            scales = .float32(try device.download(absmax))
+        } else {
+            scales = .doubleQuantized(DoubleQuantizedScales(
+                codes: try device.downloadBytes(codes!), nestedAbsmax: try device.download(nestedAbsmax!), offset: offset,
+                nestedBlocksize: nestedBlocksize, nestedCodeBook: try device.download(nestedCode!)))
+        }
+        return Quantized4BitTensor(quantType: type, blocksize: blocksize, shape: [rows, columns], dtype: dtype,
+                                   packed: try device.downloadBytes(packed), scales: scales)
     }
 
     /// A random NF4 weight with double-quantized scales, made on the GPU (the benchmark's model): uniform codes,
@@ -86,11 +124,40 @@ extension CUDADevice {
     /// bit-exact with bitsandbytes. (Double quantization of the small absmax array is done on the host by
     /// `DoubleQuantizedScales`, which needs the GPU mean's exact reduction order anyway.)
     public func quantize4Bit(_ x: DeviceBuffer, type: QuantType, blocksize: Int) throws -> (packed: [UInt8], absmax: [Float]) {
+        let (packed, absmax) = try quantize4BitOnDevice(x, type: type, blocksize: blocksize)
+        return (try downloadBytes(packed), try download(absmax))
+    }
+
+    /// `quantize4Bit` with the packed codes (u8) and float32 absmax left on the GPU.
+    public func quantize4BitOnDevice(_ x: DeviceBuffer, type: QuantType, blocksize: Int) throws -> (packed: DeviceBuffer, absmax: DeviceBuffer) {
         let n = x.count
         let blocks = (n + blocksize - 1) / blocksize
         let packed = try allocate((n + 1) / 2, .u8), absmax = try allocate(blocks, .f32)
         try launch(.quantize, "quantize_4bit", bf16: x.dtype == .bf16, grid: blocks, block: min(1024, max(32, blocksize / 2)),
                    [.buffer(packed), .buffer(absmax), .buffer(x), .long(n), .int(blocksize), .int(type == .fp4 ? 1 : 0)])
-        return (try downloadBytes(packed), try download(absmax))
+        return (packed, absmax)
+    }
+
+    /// A file's floating-point tensor on the GPU as f32 or bf16 values: its bytes as they are when the file's type is
+    /// one of those (a view into a mapped file is read straight from there), else widened to float32 on the host.
+    public func upload(_ t: Tensor) throws -> DeviceBuffer {
+        switch t.dtype {
+        case .f32, .bf16:
+            let b = try allocate(t.elementCount, t.dtype == .f32 ? .f32 : .bf16)
+            try t.withUnsafeBytes { try copy(bytes: $0, to: b.address) }
+            return b
+        default:
+            return try upload(t.floats())
+        }
+    }
+
+    /// `t` on the GPU as `dtype` (f32 or bf16): uploaded as it is, then cast on the GPU (round to nearest even)
+    /// when its type differs.
+    public func upload(_ t: Tensor, as dtype: GPUDType) throws -> DeviceBuffer {
+        let raw = try upload(t)
+        guard raw.dtype != dtype else { return raw }
+        let out = try allocate(raw.count, dtype)
+        try cast(out, from: raw)
+        return out
     }
 }

@@ -141,6 +141,7 @@ public final class CUDATrainingEngine: TrainingEngine {
 
     public var config: LlamaConfig { model.config }
     public var loraConfig: LoRAConfig { model.loraConfig }
+    public var parameterCounts: (trainable: Int, all: Int) { model.parameterCounts }
 
     /// The dropout seed is the next draw of `rng`, so runs and resumed runs repeat exactly.
     public func accumulateGradients(inputIds: [Int], labels: [Int], batch: Int, tokens: Int, rng: inout SeededGenerator,

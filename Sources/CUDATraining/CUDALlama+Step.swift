@@ -30,11 +30,16 @@ extension CUDALlama {
         let ids = try device.upload(inputIds.map { Int32($0) })
         var x = try device.allocate(n * c, dtype)
         try device.embedding(x, ids: ids, table: embedding, rows: n, width: c)
+        // With checkpointing each layer keeps only its input, on the GPU or (offloaded) in pinned host memory: the
+        // copy to the host runs on the copy stream beside the layer's forward, which waits for it only at its end.
+        let offload = withGradients && checkpointing && (offloadCheckpoints ?? true)
         var saved: [GPULayerActivations?] = []
         for l in layers.indices {
             let act = GPULayerActivations(x: x)
+            let copied = offload ? try device.copyToHostAsync(x, try hostCheckpoint(l, bytes: x.bytes)) : nil
             x = try layerForward(l, x, batch: batch, tokens: tokens, training: training, seed: seed, saving: act)!
-            if withGradients { saved.append(checkpointing ? GPULayerActivations(x: act.x) : act) }
+            if let copied { try device.wait(for: copied, on: .compute) }   // the input's memory may be reused now
+            if withGradients { saved.append(offload ? nil : checkpointing ? GPULayerActivations(x: act.x) : act) }
         }
         let rstdF = try device.allocate(n, .f32)
         let xf = try device.allocate(n * c, dtype)
@@ -68,9 +73,23 @@ extension CUDALlama {
 
         var dx = try device.allocate(n * c, dtype)
         try device.rmsNormBackward(dx, dxf, x, finalNorm, rstdF, rows: n, width: c, accumulate: false)
+        // An offloaded input comes back one layer ahead: layer l − 1's copy runs while layer l is recomputed and
+        // differentiated.
+        func fetch(_ l: Int) throws -> (DeviceBuffer, GPUEvent)? {
+            guard offload, l >= 0 else { return nil }
+            return try device.copyFromHostAsync(hostCheckpoints[l], count: n * c, dtype)
+        }
+        var next = try fetch(layers.count - 1)
         for l in layers.indices.reversed() {
-            let act = saved[l]!
-            saved[l] = nil
+            let act: GPULayerActivations
+            if let (input, ready) = next {
+                try device.wait(for: ready, on: .compute)
+                act = GPULayerActivations(x: input)
+                next = try fetch(l - 1)
+            } else {
+                act = saved[l]!
+                saved[l] = nil
+            }
             if checkpointing {
                 _ = try layerForward(l, act.x, batch: batch, tokens: tokens, training: training, seed: seed, saving: act,
                                      recomputing: true)
@@ -79,6 +98,17 @@ extension CUDALlama {
         }
         try device.synchronize()
         return result
+    }
+
+    /// The pinned host buffer of layer `l`'s offloaded input (at least `bytes`).
+    func hostCheckpoint(_ l: Int, bytes: Int) throws -> PinnedHostBuffer {
+        if hostCheckpoints.count != layers.count || hostCheckpoints[l].bytes < bytes {
+            // One size for every layer; a larger batch replaces them all.
+            try device.synchronize()
+            hostCheckpoints = []
+            hostCheckpoints = try layers.indices.map { _ in try device.allocatePinned(bytes) }
+        }
+        return hostCheckpoints[l]
     }
 
     /// Logits (B·T, V) of a batch, no dropout, no gradients.
@@ -133,35 +163,56 @@ extension CUDALlama {
         return down
     }
 
+    /// One decoder layer's backward: dx from dOut (which it overwrites and returns). Every activation and gradient
+    /// is released at its last use (scopes and optionals: Swift may otherwise keep a buffer to the end of its scope),
+    /// so the layer's working set is what is live, not everything it made.
     func layerBackward(_ l: Int, _ dOut: DeviceBuffer, _ act: GPULayerActivations, batch: Int, tokens: Int,
                        training: Bool, seed: UInt64) throws -> DeviceBuffer {
         let layer = layers[l]
         let n = batch * tokens, c = config.hiddenSize
         let h = config.headCount, hkv = config.kvHeadCount, d = config.headDim
         let dxMid = dOut
-        let dAct = try projectionBackward(l, "down_proj", dOut, rows: n, act: act, training: training, seed: seed)
-        let dGate = try device.allocate(dAct.count, dtype), dUp = try device.allocate(dAct.count, dtype)
-        try device.swigluBackward(dgate: dGate, dup: dUp, da: dAct, gate: act.gate, up: act.up)
-        act.gate = nil; act.up = nil; act.act = nil
-        let dh2 = try projectionBackward(l, "gate_proj", dGate, rows: n, act: act, training: training, seed: seed)
-        let dh2Up = try projectionBackward(l, "up_proj", dUp, rows: n, act: act, training: training, seed: seed)
-        try device.add(dh2, dh2, dh2Up)
-        try device.rmsNormBackward(dxMid, dh2, act.xMid, layer.postAttentionNorm, act.rstd2, rows: n, width: c, accumulate: true)
-        let dAttention = try projectionBackward(l, "o_proj", dxMid, rows: n, act: act, training: training, seed: seed)
-        let dq = try device.allocate(act.q.count, dtype), dk = try device.allocate(act.k.count, dtype)
-        let dv = try device.allocate(act.v.count, dtype)
-        let scratch = try device.allocate(act.probs.count, dtype)
-        try device.attentionBackward(dq: dq, dk: dk, dv: dv, dout: dAttention, probs: act.probs, q: act.q, k: act.k,
-                                     v: act.v, scratch: scratch, batch: batch, tokens: tokens, heads: h, kvHeads: hkv,
-                                     headDim: d)
-        act.probs = nil
-        try device.rope(dq, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: h, headDim: d, inverse: true)
-        try device.rope(dk, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: hkv, headDim: d, inverse: true)
-        let dh1 = try projectionBackward(l, "q_proj", dq, rows: n, act: act, training: training, seed: seed)
-        for (name, g) in [("k_proj", dk), ("v_proj", dv)] {
-            let part = try projectionBackward(l, name, g, rows: n, act: act, training: training, seed: seed)
+        do {   // MLP
+            var dGate: DeviceBuffer?, dUp: DeviceBuffer?
+            do {
+                let dAct = try projectionBackward(l, "down_proj", dOut, rows: n, act: act, training: training, seed: seed)
+                dGate = try device.allocate(dAct.count, dtype); dUp = try device.allocate(dAct.count, dtype)
+                try device.swigluBackward(dgate: dGate!, dup: dUp!, da: dAct, gate: act.gate, up: act.up)
+            }
+            act.gate = nil; act.up = nil; act.act = nil
+            let dh2 = try projectionBackward(l, "gate_proj", dGate!, rows: n, act: act, training: training, seed: seed)
+            dGate = nil
+            do {
+                let part = try projectionBackward(l, "up_proj", dUp!, rows: n, act: act, training: training, seed: seed)
+                dUp = nil
+                try device.add(dh2, dh2, part)
+            }
+            act.h2 = nil
+            try device.rmsNormBackward(dxMid, dh2, act.xMid, layer.postAttentionNorm, act.rstd2, rows: n, width: c, accumulate: true)
+            act.xMid = nil; act.rstd2 = nil
+        }
+        var grads: [String: DeviceBuffer] = [:]   // dq, dk, dv (RoPE undone), each released once used
+        do {   // attention
+            let dAttention = try projectionBackward(l, "o_proj", dxMid, rows: n, act: act, training: training, seed: seed)
+            act.attention = nil
+            let dq = try device.allocate(act.q.count, dtype), dk = try device.allocate(act.k.count, dtype)
+            let dv = try device.allocate(act.v.count, dtype)
+            let scratch = try device.allocate(act.probs.count, dtype)
+            try device.attentionBackward(dq: dq, dk: dk, dv: dv, dout: dAttention, probs: act.probs, q: act.q, k: act.k,
+                                         v: act.v, scratch: scratch, batch: batch, tokens: tokens, heads: h, kvHeads: hkv,
+                                         headDim: d)
+            act.probs = nil; act.q = nil; act.k = nil; act.v = nil
+            try device.rope(dq, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: h, headDim: d, inverse: true)
+            try device.rope(dk, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: hkv, headDim: d, inverse: true)
+            grads = ["q_proj": dq, "k_proj": dk, "v_proj": dv]
+        }
+        let dh1 = try projectionBackward(l, "q_proj", grads.removeValue(forKey: "q_proj")!, rows: n, act: act,
+                                         training: training, seed: seed)
+        for name in ["k_proj", "v_proj"] {
+            let part = try projectionBackward(l, name, grads.removeValue(forKey: name)!, rows: n, act: act, training: training, seed: seed)
             try device.add(dh1, dh1, part)
         }
+        act.h1 = nil
         try device.rmsNormBackward(dxMid, dh1, act.x, layer.inputNorm, act.rstd1, rows: n, width: c, accumulate: true)
         return dxMid
     }

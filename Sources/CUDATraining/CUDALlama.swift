@@ -69,40 +69,65 @@ public final class CUDALlama: @unchecked Sendable {
     public let adapterKeys: [String]
     var ropeCos: DeviceBuffer, ropeSin: DeviceBuffer
     var ropePositions: Int
+    /// Where gradient checkpointing keeps the layer inputs between the passes: pinned host memory (true), the GPU
+    /// (false), or nil for the default, host memory (the copies overlap compute, one layer ahead).
+    public var offloadCheckpoints: Bool? = nil
+    /// The pinned host buffers of offloaded checkpoints, one per layer, kept from step to step.
+    var hostCheckpoints: [PinnedHostBuffer] = []
     let hostParameterCounts: (trainable: Int, all: Int)
 
-    /// Copies a loaded model to the GPU: its 4-bit weights as they are, embeddings rounded to `dtype`, adapters.
-    public init(model: LlamaModel, device: CUDADevice, dtype: GPUDType) throws {
+    /// Builds the model on the GPU from a file, one tensor at a time: a dense projection is uploaded as the file
+    /// stores it (bf16 or f32; f16 widened on the host), quantized there (the same bytes as the CPU quantizer) and
+    /// its upload buffer freed; a bitsandbytes 4-bit projection is uploaded as it is; embeddings are rounded to
+    /// `dtype` on the GPU. After each tensor the file's pages are dropped from host memory, so loading holds about one
+    /// tensor on the host whatever the model's size. `adapters` are the starting LoRA weights (fresh or a PEFT file).
+    public init(weights: LlamaWeights, lora: LoRAConfig, adapters initial: [String: LoRAWeights], device: CUDADevice,
+                dtype: GPUDType) throws {
         precondition(dtype == .f32 || dtype == .bf16)
-        self.device = device; config = model.config; loraConfig = model.loraConfig; self.dtype = dtype
+        self.device = device; config = weights.config; loraConfig = lora; self.dtype = dtype
         let c = config.hiddenSize, v = config.vocabSize
-        embedding = try device.allocate(v * c, dtype)
-        try device.copy(model.embedding, to: embedding)
-        if model.config.tieWordEmbeddings || model.lmHead == model.embedding {
-            lmHead = embedding
-        } else {
-            lmHead = try device.allocate(v * c, dtype)
-            try device.copy(model.lmHead, to: lmHead)
-        }
-        finalNorm = try device.upload(model.finalNorm)
-        layers = try model.layers.map { layer in
+        embedding = try device.upload(try weights.embedding(), as: dtype)
+        weights.evictPages()
+        lmHead = try weights.lmHead().map { try device.upload($0, as: dtype) } ?? embedding
+        weights.evictPages()
+        finalNorm = try device.upload(try weights.finalNorm())
+        var all = v * c + c + (config.tieWordEmbeddings ? 0 : v * c)
+        var layers: [GPULayer] = []
+        let q = weights.quantization
+        for l in 0..<config.layerCount {
             var projections: [String: GPUProjection] = [:]
-            for (name, p) in layer.projections {
-                projections[name] = GPUProjection(weight: try GPUQuantizedWeight(p.quantized, device: device),
-                                                  bias: try p.bias.map { try device.upload($0) })
+            for name in LlamaConfig.projectionNames {
+                let (out, inF) = config.projectionShape(name)!
+                let w: GPUQuantizedWeight
+                switch try weights.projection(layer: l, name) {
+                case .quantized(let host): w = try GPUQuantizedWeight(host, device: device)
+                case .dense(let t):
+                    w = try GPUQuantizedWeight(quantizing: try device.upload(t), rows: out, columns: inF, type: q.type,
+                                               blocksize: q.blocksize, doubleQuant: q.doubleQuant, device: device)
+                }
+                let bias = try weights.bias(layer: l, name)
+                projections[name] = GPUProjection(weight: w, bias: try bias.map { try device.upload($0) })
+                all += w.parameterCount + (bias?.count ?? 0)
+                weights.evictPages()
             }
-            return GPULayer(inputNorm: try device.upload(layer.inputNorm),
-                            postAttentionNorm: try device.upload(layer.postAttentionNorm), projections: projections)
+            let norms = try weights.norms(layer: l)
+            layers.append(GPULayer(inputNorm: try device.upload(norms.input), postAttentionNorm: try device.upload(norms.postAttention),
+                                   projections: projections))
+            all += 2 * c
         }
+        self.layers = layers
         var adapters: [String: GPUAdapter] = [:]
-        for (key, w) in model.adapters {
+        var trainable = 0
+        for (key, w) in initial {
             adapters[key] = try GPUAdapter(a: try device.upload(w.a), b: try device.upload(w.b), compute: dtype, device: device)
+            trainable += w.a.count + w.b.count
         }
         self.adapters = adapters
         adapterKeys = Self.sortedKeys(adapters.keys)
-        hostParameterCounts = model.parameterCounts
+        hostParameterCounts = (trainable, all + trainable)
         ropePositions = 0
         ropeCos = try device.allocate(1, .f32); ropeSin = ropeCos
+        try device.synchronize()
     }
 
     /// A random-weight model of `config`'s shape built directly on the GPU in 4 bits (NF4, double quantized, blocks

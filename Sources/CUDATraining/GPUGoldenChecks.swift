@@ -12,10 +12,11 @@ public struct GPUGoldenChecks {
     let device: CUDADevice
     let golden: String
 
-    func loadTiny(_ compute: ComputeDType = .fp32) throws -> LlamaModel {
-        let model = try LlamaModel.load(directory: golden + "/tiny-llama", quantType: .nf4, doubleQuant: true, compute: compute)
-        try PEFTAdapter.load(directory: golden + "/tiny-adapter", into: model)
-        return model
+    /// tiny-llama with the golden adapter, streamed to the GPU from its folder.
+    func loadTiny(_ dtype: GPUDType = .f32) throws -> CUDALlama {
+        let weights = try LlamaWeights.open(path: golden + "/tiny-llama")
+        let (lora, adapters) = try PEFTAdapter.read(directory: golden + "/tiny-adapter", config: weights.config)
+        return try CUDALlama(weights: weights, lora: lora, adapters: adapters, device: device, dtype: dtype)
     }
 
     public func run(_ c: inout Checker) throws {
@@ -54,7 +55,21 @@ public struct GPUGoldenChecks {
         // fp32: logits, loss, gradients and parameter counts.
         let ref = try SafeTensorsFile(path: golden + "/qlora.safetensors")
         let ids = try ref.tensor(named: "input_ids").integers()
-        let gpu = try CUDALlama(model: try loadTiny(), device: device, dtype: .f32)
+        // Streaming to the GPU quantizes there: the same bytes as the host quantizer, dense or pre-quantized file.
+        for folder in ["tiny-llama", "tiny-llama-bnb-nf4"] {
+            let weights = try LlamaWeights.open(path: golden + "/" + folder)
+            let streamed = try CUDALlama(weights: weights, lora: LoRAConfig(), adapters: [:], device: device, dtype: .bf16)
+            for l in [0, weights.config.layerCount - 1] {
+                for name in LlamaConfig.projectionNames {
+                    let host = try weights.quantizedProjection(layer: l, name)
+                    let gpuCopy = try streamed.layers[l].projections[name]!.weight.hostCopy(type: host.quantType, dtype: host.dtype)
+                    c.equal("\(folder) streamed to the GPU: layer \(l) \(name) packed codes", gpuCopy.packed, host.packed)
+                    c.equal("\(folder) streamed to the GPU: layer \(l) \(name) absmax", gpuCopy.scales.absmax().map(\.bitPattern),
+                            host.scales.absmax().map(\.bitPattern))
+                }
+            }
+        }
+        let gpu = try loadTiny()
         try gpu.zeroGradients()
         let r = try gpu.step(inputIds: ids, labels: ids, batch: 2, tokens: 24, keepLogits: true)
         c.close("tiny-llama fp32 logits", r.logits!, try ref.tensor(named: "logits").floats(), tolerance: 1e-4)
@@ -73,7 +88,7 @@ public struct GPUGoldenChecks {
         // Five training steps, both optimizers, losses and final adapters.
         let batches = try ref.tensor(named: "train_batches").integers()
         for (kind, name) in [(OptimizerKind.adamw, "adamw32"), (.paged_adamw_8bit, "paged_adamw8bit")] {
-            let model = try CUDALlama(model: try loadTiny(), device: device, dtype: .f32)
+            let model = try loadTiny()
             let engine = try CUDATrainingEngine(model: model, optimizer: try CUDAAdamW(kind: kind, settings: AdamWSettings(), device: device))
             var rng = SeededGenerator(seed: 0)
             var losses: [Float] = []
@@ -101,10 +116,11 @@ public struct GPUGoldenChecks {
         // Gradient checkpointing and evaluation change no number (dropout on).
         do {
             var lora = LoRAConfig(); lora.r = 4; lora.alpha = 8; lora.dropout = 0.1; lora.targetModules = ["all-linear"]
-            let base = try LlamaModel.load(directory: golden + "/tiny-llama", lora: lora, seed: 3)
+            let weights = try LlamaWeights.open(path: golden + "/tiny-llama")
+            let initial = LoRAWeights.initial(config: weights.config, lora: lora, seed: 3)
             var results: [[Float]] = []
             for (checkpointing, evaluate) in [(false, false), (true, false), (false, true)] {
-                let model = try CUDALlama(model: base, device: device, dtype: .f32)
+                let model = try CUDALlama(weights: weights, lora: lora, adapters: initial, device: device, dtype: .f32)
                 let engine = try CUDATrainingEngine(model: model, optimizer: try CUDAAdamW(kind: .paged_adamw_8bit, settings: AdamWSettings(), device: device))
                 var rng = SeededGenerator(seed: 5)
                 var trace: [Float] = []
@@ -126,7 +142,7 @@ public struct GPUGoldenChecks {
         // bf16 compute: the autocast forward of the Hugging Face stack.
         let extra = try SafeTensorsFile(path: golden + "/extra.safetensors")
         let bf16Ids = try extra.tensor(named: "bf16.input_ids").integers()
-        let bf16 = try CUDALlama(model: try loadTiny(.bf16), device: device, dtype: .bf16)
+        let bf16 = try loadTiny(.bf16)
         let logits = try bf16.logits(inputIds: bf16Ids, batch: 2, tokens: 24)
         c.close("tiny-llama bf16 logits vs transformers autocast", logits, try extra.tensor(named: "bf16.logits").floats(), tolerance: 2e-2)
     }

@@ -89,16 +89,7 @@ public final class LlamaModel: @unchecked Sendable {
     /// ±1/√in), B zero.
     public func resetAdapters(_ lora: LoRAConfig, seed: UInt64) {
         loraConfig = lora
-        adapters = [:]
-        var rng = SeededGenerator(seed: seed)
-        for (l, layer) in layers.enumerated() {
-            for name in lora.resolvedTargets {
-                guard let p = layer.projections[name] else { continue }
-                let bound = 1 / Float(p.inFeatures).squareRoot()
-                let a = (0..<(lora.r * p.inFeatures)).map { _ in (rng.nextUniform() * 2 - 1) * bound }
-                adapters["\(l).\(name)"] = LoRAWeights(a: a, b: [Float](repeating: 0, count: p.outFeatures * lora.r))
-            }
-        }
+        adapters = LoRAWeights.initial(config: config, lora: lora, seed: seed)
     }
 
     /// Number of trainable parameters and of all parameters, as peft's `get_nb_trainable_parameters` counts them
@@ -163,54 +154,33 @@ extension LlamaModel {
     public static func load(config: LlamaConfig, source archive: TensorSource, quantType: QuantType = .nf4,
                             doubleQuant: Bool = true, blocksize: Int = 64, compute: ComputeDType = .fp32,
                             lora: LoRAConfig = LoRAConfig(), seed: UInt64 = 0) throws -> LlamaModel {
-        let directory = archive.location
-        func floats(_ name: String, count: Int) throws -> [Float] {
-            let t = try archive.tensor(named: name)
-            guard t.elementCount == count, t.dtype.isFloatingPoint else {
-                throw ModelFileError.invalidCheckpoint(path: directory, tensor: name,
-                                                       detail: "is \(t.dtype.rawValue) \(t.shape), expected a float tensor of \(count) values")
-            }
-            return t.floats()
-        }
-        let c = config.hiddenSize
-        let embedding = try floats("model.embed_tokens.weight", count: config.vocabSize * c)
+        let weights = LlamaWeights(config: config, source: archive,
+                                   quantization: QuantizationSettings(type: quantType, doubleQuant: doubleQuant, blocksize: blocksize))
+        return try LlamaModel(weights: weights, compute: compute, lora: lora, seed: seed)
+    }
+
+    /// The CPU model of `weights`: every projection quantized on the host (unless the file holds it in 4 bits) and
+    /// dequantized once to float32 for the CPU's products (rounded through bf16 with `compute` bf16).
+    public convenience init(weights: LlamaWeights, compute: ComputeDType = .fp32, lora: LoRAConfig = LoRAConfig(),
+                            seed: UInt64 = 0) throws {
+        let config = weights.config
+        let embedding = try weights.embedding().floats()
         var layers: [DecoderLayer] = []
         for l in 0..<config.layerCount {
             var projections: [String: FrozenLinear] = [:]
             for name in LlamaConfig.projectionNames {
-                let module = (["q_proj", "k_proj", "v_proj", "o_proj"].contains(name) ? "self_attn" : "mlp")
-                let weightName = "model.layers.\(l).\(module).\(name).weight"
                 let (out, inF) = config.projectionShape(name)!
-                let q: Quantized4BitTensor
-                if BnB4BitCheckpoint.isQuantized(weightName, in: archive) {
-                    q = try BnB4BitCheckpoint.readWeight(weightName, from: archive)
-                } else {
-                    let w = try archive.tensor(named: weightName)
-                    guard w.shape == [out, inF] else {
-                        throw ModelFileError.invalidCheckpoint(path: directory, tensor: weightName,
-                                                               detail: "has shape \(w.shape), expected [\(out), \(inF)]")
-                    }
-                    q = try Quantized4BitTensor(quantizing: w, type: quantType, blocksize: blocksize, doubleQuant: doubleQuant)
-                }
-                guard q.shape == [out, inF] else {
-                    throw ModelFileError.invalidCheckpoint(path: directory, tensor: weightName,
-                                                           detail: "has shape \(q.shape), expected [\(out), \(inF)]")
-                }
+                let q = try weights.quantizedProjection(layer: l, name)
                 var weight = q.dequantizedFloat32()
                 if compute == .bf16 { weight = weight.map { float(fromBF16: bf16Bits(from: $0)) } }
-                let biasName = "model.layers.\(l).\(module).\(name).bias"
-                let bias = archive.contains(biasName) ? try floats(biasName, count: out) : nil
-                projections[name] = FrozenLinear(outFeatures: out, inFeatures: inF, quantized: q, weight: weight, bias: bias)
+                projections[name] = FrozenLinear(outFeatures: out, inFeatures: inF, quantized: q, weight: weight,
+                                                 bias: try weights.bias(layer: l, name))
             }
-            layers.append(DecoderLayer(
-                inputNorm: try floats("model.layers.\(l).input_layernorm.weight", count: c),
-                postAttentionNorm: try floats("model.layers.\(l).post_attention_layernorm.weight", count: c),
-                projections: projections))
+            let norms = try weights.norms(layer: l)
+            layers.append(DecoderLayer(inputNorm: norms.input, postAttentionNorm: norms.postAttention, projections: projections))
         }
-        let finalNorm = try floats("model.norm.weight", count: c)
-        let lmHead = config.tieWordEmbeddings || !archive.contains("lm_head.weight")
-            ? embedding : try floats("lm_head.weight", count: config.vocabSize * c)
-        return LlamaModel(config: config, embedding: embedding, layers: layers, finalNorm: finalNorm, lmHead: lmHead,
-                          lora: lora, seed: seed)
+        let lmHead = try weights.lmHead()?.floats() ?? embedding
+        self.init(config: config, embedding: embedding, layers: layers, finalNorm: try weights.finalNorm(), lmHead: lmHead,
+                  lora: lora, seed: seed)
     }
 }

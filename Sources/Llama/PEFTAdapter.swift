@@ -45,15 +45,19 @@ public enum PEFTAdapter {
 
     /// Loads the adapter in `directory` into `model`, replacing its adapters (configuration and weights).
     public static func load(directory: String, into model: LlamaModel) throws {
-        let lora = try readConfig(directory: directory)
+        let (lora, adapters) = try read(directory: directory, config: model.config)
         model.resetAdapters(lora, seed: 0)
+        model.adapters = adapters
+    }
+
+    /// The settings and matrices of the adapter in `directory`, for a model of architecture `config`.
+    public static func read(directory: String, config: LlamaConfig) throws -> (lora: LoRAConfig, adapters: [String: LoRAWeights]) {
+        let lora = try readConfig(directory: directory)
         var shapes: [String: (outFeatures: Int, inFeatures: Int)] = [:]
-        for key in model.adapters.keys {
-            let parts = key.split(separator: ".")
-            let p = model.layers[Int(parts[0])!].projections[String(parts[1])]!
-            shapes[key] = (p.outFeatures, p.inFeatures)
+        for l in 0..<config.layerCount {
+            for name in lora.resolvedTargets { shapes["\(l).\(name)"] = config.projectionShape(name)! }
         }
-        model.adapters = try readWeights(directory: directory, r: lora.r, shapes: shapes)
+        return (lora, try readWeights(directory: directory, r: lora.r, shapes: shapes))
     }
 
     /// Reads the matrices of the adapter in `directory` (rank `r`) for the projections `shapes` names (keyed like

@@ -63,6 +63,9 @@ public final class GGUFArchive: TensorSource, @unchecked Sendable {
     /// True when there is a tensor called `name` (a Hugging Face name).
     public func contains(_ name: String) -> Bool { ggufName[name] != nil }
 
+    /// Drops the file's pages from resident memory.
+    public func evictPages() { file.evictPages() }
+
     /// The GGUF name behind the Hugging Face name `name`, or nil.
     public func ggufName(for name: String) -> String? { ggufName[name] }
 

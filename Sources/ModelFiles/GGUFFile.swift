@@ -162,6 +162,9 @@ public final class GGUFFile: @unchecked Sendable {
     private let index: [String: Int]
     private let file: MappedFile
 
+    /// Drops the file's pages from resident memory (`MappedFile.evictPages`).
+    public func evictPages() { file.evictPages() }
+
     /// Opens and validates `path`.
     public init(path: String) throws {
         self.path = path

@@ -36,6 +36,14 @@ public final class MappedFile: @unchecked Sendable {
     deinit {
         if let base = bytes.baseAddress { munmap(UnsafeMutableRawPointer(mutating: base), bytes.count) }
     }
+
+    /// Drops the file's pages from this process's resident memory (they are read from the file again if touched):
+    /// a loader that streams tensors to a GPU calls it after each one, so that the host never holds the whole model.
+    /// The mapping is private and never written, so nothing is lost.
+    public func evictPages() {
+        guard let base = bytes.baseAddress else { return }
+        _ = madvise(UnsafeMutableRawPointer(mutating: base), bytes.count, Int32(MADV_DONTNEED))
+    }
 }
 
 /// Writes files so that nothing already on disk is lost on failure: data goes to a temporary name beside the

@@ -54,4 +54,7 @@ public final class SafeTensorsArchive: @unchecked Sendable {
 
     /// True when the folder has a tensor called `name`.
     public func contains(_ name: String) -> Bool { shardOf[name] != nil }
+
+    /// Drops the open shards' pages from resident memory.
+    public func evictPages() { for f in openShards.values { f.evictPages() } }
 }

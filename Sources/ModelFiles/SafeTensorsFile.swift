@@ -31,6 +31,9 @@ public final class SafeTensorsFile: @unchecked Sendable {
     private let file: MappedFile
     private let dataStart: Int
 
+    /// Drops the file's pages from resident memory (`MappedFile.evictPages`).
+    public func evictPages() { file.evictPages() }
+
     /// Opens and validates `path`.
     public init(path: String) throws {
         self.path = path

@@ -11,6 +11,9 @@ public protocol TensorSource: AnyObject {
     func tensor(named name: String) throws -> Tensor
     /// True when there is a tensor called `name`.
     func contains(_ name: String) -> Bool
+    /// Drops the mapped files' pages from resident memory (tensors read earlier stay valid; they are read again
+    /// from the file when touched).
+    func evictPages()
 }
 
 extension SafeTensorsArchive: TensorSource {

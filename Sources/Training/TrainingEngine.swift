@@ -6,6 +6,8 @@ public protocol TrainingEngine: AnyObject {
     var config: LlamaConfig { get }
     /// The LoRA settings.
     var loraConfig: LoRAConfig { get }
+    /// Trainable and all parameters, as peft counts them.
+    var parameterCounts: (trainable: Int, all: Int) { get }
     /// Forward (LoRA dropout drawn from `rng`) and backward of one micro-batch: ids and labels row-major
     /// (batch, tokens), labels −100 ignored and shifted inside, as `LlamaModel.step` does; adds
     /// gradientScale × d(sum of token losses) into the engine's gradient accumulators. Returns the mean loss over the
@@ -88,6 +90,8 @@ public final class CPUTrainingEngine: TrainingEngine {
     public var config: LlamaConfig { model.config }
     /// The model's LoRA settings.
     public var loraConfig: LoRAConfig { model.loraConfig }
+    /// The model's parameter counts.
+    public var parameterCounts: (trainable: Int, all: Int) { model.parameterCounts }
 
     /// `LlamaModel.step` with dropout and gradients; its gradient dictionary is added, element by element, into the
     /// accumulated one (the first micro-batch's is taken as it is).

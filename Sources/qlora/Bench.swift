@@ -9,8 +9,9 @@ import Quantization
 import Tensors
 import Training
 
-/// `qlora bench`: training throughput on a random-weight model of a named shape, as one JSON line with the fields of
-/// `../shared/bench/hf_baseline.py`, so the two compare line by line.
+/// `qlora bench`: training throughput on a random-weight model of a named shape (or on a real checkpoint through the
+/// real loading path, `--model`), as one JSON line with the fields of `../shared/bench/hf_baseline.py`, so the two
+/// compare line by line.
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmark QLoRA training steps on a random-weight model (tokens/s, peak memory), as one JSON line.")
@@ -25,6 +26,8 @@ struct Bench: ParsableCommand {
 
     @Option(help: "smollm2-135m, tinyllama-1.1b, llama2-7b or llama3-8b.") var shape: String = "smollm2-135m"
     @Option(help: "A config.json to take the shape from instead.") var config: String?
+    @Option(help: "Time a real checkpoint (Hugging Face folder, bnb 4-bit folder or GGUF) loaded as train loads it; adds load time and host memory.")
+    var model: String?
     @Option(help: "LoRA targets: qv (q_proj, v_proj) or all (the seven projections).") var targets: String = "qv"
     @Option(help: "Sequences per step.") var batch: Int = 4
     @Option(help: "Tokens per sequence.") var seq: Int = 2048
@@ -53,15 +56,20 @@ struct Bench: ParsableCommand {
         let worker = DataParallelOptions.worker
         DataParallelOptions.quietUnlessRankZero()
         var cfg: LlamaConfig
-        if let config { cfg = try LlamaConfig(contentsOf: config) } else {
+        let weights = try model.map { try LlamaWeights.open(path: $0) }
+        if let weights { cfg = weights.config } else if let config { cfg = try LlamaConfig(contentsOf: config) } else {
             let json = "{\"model_type\": \"llama\", \"max_position_embeddings\": 4096, \"rms_norm_eps\": 1e-05, \(Self.shapes[shape]!)}"
             cfg = try JSONDecoder().decode(LlamaConfig.self, from: Data(json.utf8))
         }
-        if let layers { cfg.layerCount = layers }
+        if let layers {
+            guard weights == nil else { throw ValidationError("--layers builds a random model: not with --model") }
+            cfg.layerCount = layers
+        }
         var lora = LoRAConfig()
         lora.r = 16; lora.alpha = 32; lora.dropout = loraDropout
         lora.targetModules = targets == "qv" ? ["q_proj", "v_proj"] : ["all-linear"]
-        let started = Date()
+        var started = Date()
+        var hostBaseline = HostMemory.residentBytes()
         let engine: TrainingEngine
         let counts: (trainable: Int, all: Int)
         var gpu: CUDADevice? = nil
@@ -72,7 +80,11 @@ struct Bench: ParsableCommand {
             if let worker { (d, communicator) = try DataParallelOptions.join(worker); group = communicator.map(NCCLGroup.init) }
             else { d = try CUDADevice() }
             gpu = d
-            let model = try CUDALlama(randomConfig: cfg, lora: lora, device: d, dtype: computeDtype == "fp32" ? .f32 : .bf16)
+            let dtype: GPUDType = computeDtype == "fp32" ? .f32 : .bf16
+            started = Date(); hostBaseline = HostMemory.residentBytes()
+            let model = try weights.map {
+                try CUDALlama(weights: $0, lora: lora, adapters: LoRAWeights.initial(config: cfg, lora: lora, seed: 1), device: d, dtype: dtype)
+            } ?? CUDALlama(randomConfig: cfg, lora: lora, device: d, dtype: dtype)
             counts = model.parameterCounts
             engine = try CUDATrainingEngine(model: model, optimizer: try CUDAAdamW(kind: .paged_adamw_8bit,
                                                                                    settings: AdamWSettings(), device: d),
@@ -80,11 +92,12 @@ struct Bench: ParsableCommand {
             try d.synchronize()
             FileHandle.standardError.write("bench on \(d.description)\n".data(using: .utf8)!)
         } else {
-            let model = try Self.randomCPUModel(cfg, lora: lora)
+            let model = try weights.map { try LlamaModel(weights: $0, lora: lora, seed: 1) } ?? Self.randomCPUModel(cfg, lora: lora)
             counts = model.parameterCounts
             engine = CPUTrainingEngine(model: model, optimizer: AdamW(kind: .paged_adamw_8bit))
         }
         let loadSeconds = Date().timeIntervalSince(started)
+        let hostPeak = HostMemory.peakResidentBytes()
         let world = group?.worldSize ?? 1
         var rng = SeededGenerator(seed: 1 + UInt64(group?.rank ?? 0))   // each rank its own random tokens
         var lastLoss = 0.0
@@ -110,11 +123,12 @@ struct Bench: ParsableCommand {
             FileHandle.standardError.write(("profile of one step on \(gpu.name), \(shape) \(targets):\n" + gpu.profileTable()).data(using: .utf8)!)
             gpu.profile = nil
         }
-        let peak = gpu.map { Double($0.peakAllocatedBytes) } ?? Double(Self.peakRSSBytes())
+        let peak = gpu.map { Double($0.peakAllocatedBytes) } ?? Double(HostMemory.peakResidentBytes())
         let reserved = gpu.map { Double($0.reservedBytes) } ?? peak
         func r(_ x: Double, _ digits: Int) -> Double { (x * Foundation.pow(10, Double(digits))).rounded() / Foundation.pow(10, Double(digits)) }
         let line: [(String, JSONValue)] = [
-            ("system", .string("qlora-swift-\(gpu != nil ? "cuda" : "cpu")")), ("shape", .string(config ?? shape)), ("targets", .string(targets)),
+            ("system", .string("qlora-swift-\(gpu != nil ? "cuda" : "cpu")")), ("shape", .string(model ?? config ?? shape)),
+            ("targets", .string(targets)),
             ("batch", .int(batch)), ("seq", .int(seq)), ("grad_ckpt", .bool(!noCkpt)), ("steps", .int(steps)),
             ("tokens_per_s", .double(r(Double(batch * seq * steps * world) / seconds, 1))),
             ("step_s", .double(r(seconds / Double(steps), 4))), ("peak_alloc_gib", .double(r(peak / 1073741824, 3))),
@@ -122,6 +136,8 @@ struct Bench: ParsableCommand {
             ("trainable", .int(counts.trainable)), ("all_params", .int(counts.all)), ("final_loss", .double(r(finalLoss, 4))),
             ("compute_dtype", .string(gpu != nil ? computeDtype : "fp32")), ("lora_dropout", .double(loraDropout)),
             ("devices", .int(world)),
+            ("host_rss_before_load_gb", .double(r(Double(hostBaseline) / 1e9, 3))),
+            ("host_rss_peak_after_load_gb", .double(r(Double(hostPeak) / 1e9, 3))),
         ]
         print(JSONValue.object(line).pythonText())
     }
@@ -149,10 +165,4 @@ struct Bench: ParsableCommand {
                           lmHead: lmHead, lora: lora, seed: 1)
     }
 
-    static func peakRSSBytes() -> Int {
-        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
-              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
-              let kb = Int(line.split(separator: " ").dropFirst().first(where: { !$0.isEmpty }) ?? "") else { return -1 }
-        return kb * 1024
-    }
 }

@@ -30,16 +30,14 @@ struct Eval: ParsableCommand {
     func run() throws {
         var lora = LoRAConfig()
         lora.targetModules = []
-        let loaded = try modelOptions.load(lora: lora)
-        let model = loaded.model
-        if let adapter { try PEFTAdapter.load(directory: adapter, into: model) }
+        let loaded = try modelOptions.load(lora: lora, adapter: adapter)
         let text = try? ModelText.load(path: loaded.path)
-        var options = try dataOptions.options(text ?? ModelText.none, maxPositions: model.config.maxPositionEmbeddings)
+        var options = try dataOptions.options(text ?? ModelText.none, maxPositions: loaded.config.maxPositionEmbeddings)
         options.packing = false
-        var examples = try TextDataset.load(path: data, tokenizer: text?.tokenizer, vocabularySize: model.config.vocabSize,
+        var examples = try TextDataset.load(path: data, tokenizer: text?.tokenizer, vocabularySize: loaded.config.vocabSize,
                                             options: options)
         if let limit { examples = Array(examples.prefix(limit)) }
-        let engine = try modelOptions.makeEngine(model, optimizer: AdamW(kind: .adamw))   // the optimizer is never used
+        let engine = try modelOptions.makeEngine(loaded, optimizer: AdamW(kind: .adamw))   // the optimizer is never used
         let (loss, tokens) = try Trainer.evaluate(engine: engine, examples: examples, batchSize: batchSize)
         if json {
             print(JSONValue.object([("loss", .double(loss)), ("perplexity", .double(Foundation.exp(loss))),

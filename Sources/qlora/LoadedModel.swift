@@ -5,26 +5,14 @@ import Quantization
 import Tokenizers
 import Training
 
-/// A model with what came with it: its tokenizer and chat format, from a Hugging Face folder (tokenizer.json,
-/// tokenizer_config.json), a bitsandbytes 4-bit checkpoint folder, or a GGUF file (its own vocabulary and template).
+/// A model file opened for reading (nothing loaded yet: each device builds its own copy from `weights`, tensor by
+/// tensor), with the LoRA settings and starting adapters to train or apply.
 struct LoadedModel {
-    let model: LlamaModel
+    let weights: LlamaWeights
     let path: String
-
-    /// Loads the weights (4-bit base plus fresh adapters).
-    static func load(path: String, quantType: QuantType, doubleQuant: Bool, compute: ComputeDType, lora: LoRAConfig,
-                     seed: UInt64) throws -> LoadedModel {
-        if FileSystem.isDirectory(path) {
-            let model = try LlamaModel.load(directory: path, quantType: quantType, doubleQuant: doubleQuant, compute: compute,
-                                            lora: lora, seed: seed)
-            return LoadedModel(model: model, path: path)
-        }
-        guard FileSystem.isFile(path) else { throw ModelFileError.cannotOpen(path: path, reason: "no such model folder or GGUF file") }
-        let archive = try GGUFArchive(path: path)
-        let model = try LlamaModel.load(config: LlamaConfig(gguf: archive.file), source: archive, quantType: quantType,
-                                        doubleQuant: doubleQuant, compute: compute, lora: lora, seed: seed)
-        return LoadedModel(model: model, path: path)
-    }
+    let lora: LoRAConfig
+    let adapters: [String: LoRAWeights]
+    var config: LlamaConfig { weights.config }
 }
 
 /// The tokenizer and chat format of a model path (folder or GGUF file), or of a tokenizer.json file.

@@ -47,15 +47,31 @@ struct ModelOptions: ParsableArguments {
         return compute == .bf16 ? .bf16 : .f32
     }
 
-    /// The engine that trains (or evaluates) `model` on this device: the CPU reference, or the model copied to the GPU.
-    /// A data-parallel worker passes its GPU and communicator (from `DataParallelOptions.join`).
-    func makeEngine(_ model: LlamaModel, optimizer: AdamW, recipe: TrainingRecipe = TrainingRecipe(),
+    /// The engine that trains (or evaluates) `loaded` on this device: the CPU reference, or the model built on the
+    /// GPU straight from the file. A data-parallel worker passes its GPU and communicator (`DataParallelOptions.join`).
+    func makeEngine(_ loaded: LoadedModel, optimizer: AdamW, recipe: TrainingRecipe = TrainingRecipe(),
                     worker: (CUDADevice, NCCLCommunicator)? = nil) throws -> TrainingEngine {
-        guard usesGPU || worker != nil else { return CPUTrainingEngine(model: model, optimizer: optimizer) }
+        guard usesGPU || worker != nil else {
+            return CPUTrainingEngine(model: try cpuModel(loaded, recipe: recipe), optimizer: optimizer)
+        }
         let gpu = try worker?.0 ?? openGPU()
-        let gpuModel = try CUDALlama(model: model, device: gpu, dtype: try gpuDType(recipe))
-        return try CUDATrainingEngine(model: gpuModel, optimizer: try CUDAAdamW(kind: optimizer.kind, settings: optimizer.settings, device: gpu),
+        return try CUDATrainingEngine(model: try gpuModel(loaded, device: gpu, recipe: recipe),
+                                      optimizer: try CUDAAdamW(kind: optimizer.kind, settings: optimizer.settings, device: gpu),
                                       communicator: worker?.1)
+    }
+
+    /// The CPU model of `loaded`, with its adapters.
+    func cpuModel(_ loaded: LoadedModel, recipe: TrainingRecipe = TrainingRecipe()) throws -> LlamaModel {
+        let compute = try computeDtype ?? (recipe.bool("bf16") == true ? .bf16 : .fp32)
+        let model = try LlamaModel(weights: loaded.weights, compute: compute, lora: loaded.lora)
+        model.adapters = loaded.adapters
+        return model
+    }
+
+    /// The GPU model of `loaded`, streamed from its file.
+    func gpuModel(_ loaded: LoadedModel, device: CUDADevice, recipe: TrainingRecipe = TrainingRecipe()) throws -> CUDALlama {
+        try CUDALlama(weights: loaded.weights, lora: loaded.lora, adapters: loaded.adapters, device: device,
+                      dtype: try gpuDType(recipe))
     }
 
     /// The model path, from the flag or the recipe.
@@ -64,16 +80,23 @@ struct ModelOptions: ParsableArguments {
         return path
     }
 
-    /// Loads the model with fresh (or no) adapters.
-    func load(lora: LoRAConfig = LoRAConfig(), seed: UInt64 = 0, recipe: TrainingRecipe = TrainingRecipe()) throws -> LoadedModel {
+    /// Opens the model file and settles its adapters: those of the PEFT folder `adapter` (its own settings), else
+    /// fresh ones for `lora` drawn from `seed`.
+    func load(lora: LoRAConfig = LoRAConfig(), adapter: String? = nil, seed: UInt64 = 0,
+              recipe: TrainingRecipe = TrainingRecipe()) throws -> LoadedModel {
         let quant = try quantType ?? recipe.string("bnb_4bit_quant_type").map { name -> QuantType in
             guard let q = QuantType(rawValue: name) else { throw ValidationError("bnb_4bit_quant_type \"\(name)\": use nf4 or fp4") }
             return q
         } ?? .nf4
         let dq = try doubleQuant ?? recipe.bool("bnb_4bit_use_double_quant") ?? true
-        let compute = try computeDtype ?? (recipe.bool("bf16") == true ? .bf16 : .fp32)
-        return try LoadedModel.load(path: modelPath(recipe), quantType: quant, doubleQuant: dq, compute: compute,
-                                    lora: lora, seed: seed)
+        let path = try modelPath(recipe)
+        let weights = try LlamaWeights.open(path: path, quantization: QuantizationSettings(type: quant, doubleQuant: dq))
+        if let adapter {
+            let (adapterLoRA, adapters) = try PEFTAdapter.read(directory: adapter, config: weights.config)
+            return LoadedModel(weights: weights, path: path, lora: adapterLoRA, adapters: adapters)
+        }
+        return LoadedModel(weights: weights, path: path, lora: lora,
+                           adapters: LoRAWeights.initial(config: weights.config, lora: lora, seed: seed))
     }
 }
 

@@ -98,22 +98,18 @@ struct Train: ParsableCommand {
             throw ValidationError("batch size, gradient accumulation steps and logging steps must be positive")
         }
 
-        let loaded = try modelOptions.load(lora: lora, seed: settings.seed, recipe: recipe)
-        let model = loaded.model
-        if let initAdapter { try PEFTAdapter.load(directory: initAdapter, into: model) }
-        let counts = model.parameterCounts
-        print(String(format: "trainable params: %@ || all params: %@ || trainable%%: %.4f",
-                     counts.trainable.formatted(), counts.all.formatted(), 100 * Double(counts.trainable) / Double(counts.all)))
+        let loaded = try modelOptions.load(lora: lora, adapter: initAdapter, seed: settings.seed, recipe: recipe)
+        let config = loaded.config
         let text = try? ModelText.load(path: loaded.path)
-        let options = try dataOptions.options(text ?? ModelText.none, recipe: recipe, maxPositions: model.config.maxPositionEmbeddings)
+        let options = try dataOptions.options(text ?? ModelText.none, recipe: recipe, maxPositions: config.maxPositionEmbeddings)
         print("\(dataPath): training examples are being tokenized")
-        var examples = try TextDataset.load(path: dataPath, tokenizer: text?.tokenizer, vocabularySize: model.config.vocabSize,
+        var examples = try TextDataset.load(path: dataPath, tokenizer: text?.tokenizer, vocabularySize: config.vocabSize,
                                             options: options)
         var validation: [TokenizedExample] = []
         if let evalPath = try evalData ?? recipe.string("eval_data") {
             var evalOptions = options
             evalOptions.packing = false
-            validation = try TextDataset.load(path: evalPath, tokenizer: text?.tokenizer, vocabularySize: model.config.vocabSize,
+            validation = try TextDataset.load(path: evalPath, tokenizer: text?.tokenizer, vocabularySize: config.vocabSize,
                                               options: evalOptions)
         } else if let split = try validationSplit ?? recipe.double("validation_split"), split > 0 {
             var rng = SeededGenerator(seed: settings.seed ^ 0x5eed)
@@ -126,7 +122,13 @@ struct Train: ParsableCommand {
         try FileSystem.createDirectory(output)
         let optimizer = AdamW(kind: settings.optimizer, settings: AdamWSettings(weightDecay: settings.weightDecay))
         let joined = try worker.map { try DataParallelOptions.join($0) }
-        let engine = try modelOptions.makeEngine(model, optimizer: optimizer, recipe: recipe, worker: joined)
+        let loadStarted = Date()
+        let engine = try modelOptions.makeEngine(loaded, optimizer: optimizer, recipe: recipe, worker: joined)
+        let counts = engine.parameterCounts
+        print(String(format: "trainable params: %@ || all params: %@ || trainable%%: %.4f",
+                     counts.trainable.formatted(), counts.all.formatted(), 100 * Double(counts.trainable) / Double(counts.all)))
+        print(String(format: "loaded %@ in %.1f s (host memory peak so far %.2f GB)", loaded.path,
+                     Date().timeIntervalSince(loadStarted), Double(HostMemory.peakResidentBytes()) / 1e9))
         var trainer = Trainer(engine: engine, examples: examples, config: settings, group: joined.map { NCCLGroup($0.1) })
         let resume = try resumeFromCheckpoint ?? recipe.string("resume_from_checkpoint")
         let metricsPath = output + "/metrics.jsonl"

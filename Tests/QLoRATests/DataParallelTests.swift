@@ -44,6 +44,7 @@ final class RecordingEngine: TrainingEngine {
     init(_ inner: CPUTrainingEngine) { self.inner = inner }
     var config: LlamaConfig { inner.config }
     var loraConfig: LoRAConfig { inner.loraConfig }
+    var parameterCounts: (trainable: Int, all: Int) { inner.parameterCounts }
     func accumulateGradients(inputIds: [Int], labels: [Int], batch: Int, tokens: Int, rng: inout SeededGenerator,
                              checkpointing: Bool, gradientScale: Float) throws -> (loss: Double, tokenCount: Int) {
         for r in 0..<batch { seen.append(Array(inputIds[(r * tokens)..<((r + 1) * tokens)])) }

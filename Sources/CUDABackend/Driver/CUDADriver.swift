@@ -23,6 +23,12 @@ final class CUDADriver: @unchecked Sendable {
     let cuMemcpyDtoHAsync: @convention(c) (UnsafeMutableRawPointer, UInt64, Int, Handle) -> Int32
     let cuMemcpyDtoDAsync: @convention(c) (UInt64, UInt64, Int, Handle) -> Int32
     let cuMemsetD8Async: @convention(c) (UInt64, UInt8, Int, Handle) -> Int32
+    let cuMemHostAlloc: @convention(c) (UnsafeMutablePointer<UnsafeMutableRawPointer?>, Int, UInt32) -> Int32
+    let cuMemFreeHost: @convention(c) (UnsafeMutableRawPointer?) -> Int32
+    let cuEventCreate: @convention(c) (UnsafeMutablePointer<Handle>, UInt32) -> Int32
+    let cuEventRecord: @convention(c) (Handle, Handle) -> Int32
+    let cuEventDestroy: @convention(c) (Handle) -> Int32
+    let cuStreamWaitEvent: @convention(c) (Handle, Handle, UInt32) -> Int32
     /// CUDA ≥ 12.2: (pointer, bytes, CUmemLocation {type, id} passed by value, flags, stream). The 8-byte struct of
     /// two ints travels in one integer register on x86-64 and arm64, so it is declared as a UInt64 (type | id << 32).
     let cuMemPrefetchAsyncV2: (@convention(c) (UInt64, Int, UInt64, UInt32, Handle) -> Int32)?
@@ -58,6 +64,12 @@ final class CUDADriver: @unchecked Sendable {
         cuMemcpyDtoHAsync = try l.function("cuMemcpyDtoHAsync_v2")
         cuMemcpyDtoDAsync = try l.function("cuMemcpyDtoDAsync_v2")
         cuMemsetD8Async = try l.function("cuMemsetD8Async")
+        cuMemHostAlloc = try l.function("cuMemHostAlloc")
+        cuMemFreeHost = try l.function("cuMemFreeHost")
+        cuEventCreate = try l.function("cuEventCreate")
+        cuEventRecord = try l.function("cuEventRecord")
+        cuEventDestroy = try l.function("cuEventDestroy_v2")
+        cuStreamWaitEvent = try l.function("cuStreamWaitEvent")
         cuMemPrefetchAsyncV2 = l.optionalFunction("cuMemPrefetchAsync_v2")
         cuMemPrefetchAsyncV1 = l.optionalFunction("cuMemPrefetchAsync")
         cuModuleLoadData = try l.function("cuModuleLoadData")

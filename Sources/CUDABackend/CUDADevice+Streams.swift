@@ -1,0 +1,84 @@
+import Foundation
+
+// Copies that overlap compute: a second stream, events to order the two, and pinned host memory (which the GPU's
+// copy engines read and write at full speed, unlike pageable memory). Used to keep gradient checkpoints in host
+// memory between the forward and the backward pass.
+
+/// Page-locked host memory of `bytes` bytes, freed with the object.
+public final class PinnedHostBuffer: @unchecked Sendable {
+    public let address: UnsafeMutableRawPointer
+    public let bytes: Int
+    let driver: CUDADriver
+    init(address: UnsafeMutableRawPointer, bytes: Int, driver: CUDADriver) {
+        self.address = address; self.bytes = bytes; self.driver = driver
+    }
+    deinit { _ = driver.cuMemFreeHost(address) }
+}
+
+/// A point in one stream's work that another stream (or the host) can wait for.
+public final class GPUEvent: @unchecked Sendable {
+    let handle: UnsafeMutableRawPointer?
+    let driver: CUDADriver
+    init(handle: UnsafeMutableRawPointer?, driver: CUDADriver) { self.handle = handle; self.driver = driver }
+    deinit { _ = driver.cuEventDestroy(handle) }
+}
+
+/// The device's two streams: kernels and products run on `.compute`; `.copy` moves data to and from the host.
+public enum GPUStream { case compute, copy }
+
+extension CUDADevice {
+    func streamHandle(_ s: GPUStream) throws -> UnsafeMutableRawPointer? {
+        switch s {
+        case .compute: return stream
+        case .copy:
+            if copyStreamHandle == nil {
+                var h: UnsafeMutableRawPointer? = nil
+                try driver.check(driver.cuStreamCreate(&h, 1), "cuStreamCreate (copy stream)")
+                copyStreamHandle = h
+            }
+            return copyStreamHandle
+        }
+    }
+
+    /// `bytes` of pinned host memory.
+    public func allocatePinned(_ bytes: Int) throws -> PinnedHostBuffer {
+        var p: UnsafeMutableRawPointer? = nil
+        try driver.check(driver.cuMemHostAlloc(&p, max(bytes, 1), 0), "cuMemHostAlloc(\(bytes) bytes of pinned host memory)")
+        return PinnedHostBuffer(address: p!, bytes: bytes, driver: driver)
+    }
+
+    /// An event marking everything queued on `stream` so far.
+    public func record(on s: GPUStream) throws -> GPUEvent {
+        var e: UnsafeMutableRawPointer? = nil
+        try driver.check(driver.cuEventCreate(&e, 2), "cuEventCreate")   // CU_EVENT_DISABLE_TIMING
+        let event = GPUEvent(handle: e, driver: driver)
+        try driver.check(driver.cuEventRecord(e, try streamHandle(s)), "cuEventRecord")
+        return event
+    }
+
+    /// Work queued on `stream` from now on starts after `event`.
+    public func wait(for event: GPUEvent, on s: GPUStream) throws {
+        try driver.check(driver.cuStreamWaitEvent(try streamHandle(s), event.handle, 0), "cuStreamWaitEvent")
+    }
+
+    /// Queues a copy of `b`'s bytes into `host` on the copy stream, after the compute stream's work queued so far;
+    /// returns the event of its end. `b` must stay unwritten (and unfreed: hold it, or make compute wait for the
+    /// event before it drops `b`) until then.
+    public func copyToHostAsync(_ b: DeviceBuffer, _ host: PinnedHostBuffer) throws -> GPUEvent {
+        precondition(host.bytes >= b.bytes)
+        try wait(for: try record(on: .compute), on: .copy)
+        try driver.check(driver.cuMemcpyDtoHAsync(host.address, b.address, b.bytes, try streamHandle(.copy)), "cuMemcpyDtoHAsync")
+        return try record(on: .copy)
+    }
+
+    /// A new buffer of `count` × `dtype` filled from `host` on the copy stream, after the compute stream's work queued
+    /// so far (its memory may have been another buffer's a moment ago); compute must wait for the returned event
+    /// before it reads the buffer.
+    public func copyFromHostAsync(_ host: PinnedHostBuffer, count: Int, _ dtype: GPUDType) throws -> (DeviceBuffer, GPUEvent) {
+        let b = try allocate(count, dtype)
+        precondition(host.bytes >= b.bytes)
+        try wait(for: try record(on: .compute), on: .copy)
+        try driver.check(driver.cuMemcpyHtoDAsync(b.address, host.address, b.bytes, try streamHandle(.copy)), "cuMemcpyHtoDAsync")
+        return (b, try record(on: .copy))
+    }
+}

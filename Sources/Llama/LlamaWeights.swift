@@ -1,0 +1,144 @@
+import Foundation
+import ModelFiles
+import Quantization
+import Tensors
+
+/// How a plain (16/32-bit) base is quantized when it is loaded.
+public struct QuantizationSettings: Equatable, Sendable {
+    public var type: QuantType = .nf4
+    public var doubleQuant = true
+    public var blocksize = 64
+    public init(type: QuantType = .nf4, doubleQuant: Bool = true, blocksize: Int = 64) {
+        self.type = type; self.doubleQuant = doubleQuant; self.blocksize = blocksize
+    }
+}
+
+/// A frozen projection's weight as the file holds it: already in bitsandbytes' 4-bit layout (a pre-quantized
+/// checkpoint), or a dense (out, in) tensor that the device building the model quantizes with `settings`.
+public enum ProjectionWeight {
+    case quantized(Quantized4BitTensor)
+    case dense(Tensor)
+}
+
+/// What a model file gives, read one tensor at a time, never all at once: the device that computes with the model
+/// (`LlamaModel` on the CPU, `CUDALlama` on a GPU) builds itself from this, tensor by tensor, and can drop each
+/// one's pages (`evictPages`) once it has its own copy. Every tensor is checked against `config` here, in one place.
+public final class LlamaWeights: @unchecked Sendable {
+    /// Architecture.
+    public let config: LlamaConfig
+    /// The tensors, by Hugging Face name.
+    public let source: TensorSource
+    /// How dense projections are quantized.
+    public let quantization: QuantizationSettings
+
+    public init(config: LlamaConfig, source: TensorSource, quantization: QuantizationSettings = QuantizationSettings()) {
+        self.config = config; self.source = source; self.quantization = quantization
+    }
+
+    /// A Hugging Face folder (plain or bitsandbytes 4-bit safetensors, one file or shards) or a GGUF file.
+    public static func open(path: String, quantization: QuantizationSettings = QuantizationSettings()) throws -> LlamaWeights {
+        if FileSystem.isDirectory(path) {
+            return LlamaWeights(config: try LlamaConfig(contentsOf: path), source: try SafeTensorsArchive(directory: path),
+                                quantization: quantization)
+        }
+        guard FileSystem.isFile(path) else { throw ModelFileError.cannotOpen(path: path, reason: "no such model folder or GGUF file") }
+        let archive = try GGUFArchive(path: path)
+        return LlamaWeights(config: try LlamaConfig(gguf: archive.file), source: archive, quantization: quantization)
+    }
+
+    /// Where the tensors come from.
+    public var location: String { source.location }
+
+    /// Drops the pages of the mapped files from resident memory.
+    public func evictPages() { source.evictPages() }
+
+    /// A floating-point tensor of exactly `shape`.
+    public func dense(_ name: String, shape: [Int]) throws -> Tensor {
+        let t = try source.tensor(named: name)
+        guard t.dtype.isFloatingPoint, t.elementCount == shape.reduce(1, *), t.shape.reduce(1, *) == t.elementCount else {
+            throw ModelFileError.invalidCheckpoint(path: location, tensor: name,
+                                                   detail: "is \(t.dtype.rawValue) \(t.shape), expected a float tensor of shape \(shape)")
+        }
+        return t.shape == shape ? t : t.reshaped(shape)
+    }
+
+    func floats(_ name: String, count: Int) throws -> [Float] { try dense(name, shape: [count]).floats() }
+
+    /// Token embedding (V, C).
+    public func embedding() throws -> Tensor {
+        try dense("model.embed_tokens.weight", shape: [config.vocabSize, config.hiddenSize])
+    }
+
+    /// lm_head (V, C), or nil when it is the embedding (tied, or absent from the file).
+    public func lmHead() throws -> Tensor? {
+        guard !config.tieWordEmbeddings, source.contains("lm_head.weight") else { return nil }
+        return try dense("lm_head.weight", shape: [config.vocabSize, config.hiddenSize])
+    }
+
+    /// Final RMSNorm (C).
+    public func finalNorm() throws -> [Float] { try floats("model.norm.weight", count: config.hiddenSize) }
+
+    /// Layer `l`'s RMSNorm weights (C) before attention and before the MLP.
+    public func norms(layer l: Int) throws -> (input: [Float], postAttention: [Float]) {
+        (try floats("model.layers.\(l).input_layernorm.weight", count: config.hiddenSize),
+         try floats("model.layers.\(l).post_attention_layernorm.weight", count: config.hiddenSize))
+    }
+
+    /// Layer `l`'s projection `name` (q_proj, ..., down_proj), shape-checked.
+    public func projection(layer l: Int, _ name: String) throws -> ProjectionWeight {
+        let weightName = PEFTAdapter.modulePath(layer: l, projection: name) + ".weight"
+        guard let (out, inF) = config.projectionShape(name) else {
+            throw ModelError("\(name) is not a projection of a Llama decoder layer")
+        }
+        if BnB4BitCheckpoint.isQuantized(weightName, in: source) {
+            let q = try BnB4BitCheckpoint.readWeight(weightName, from: source)
+            guard q.shape == [out, inF] else {
+                throw ModelFileError.invalidCheckpoint(path: location, tensor: weightName,
+                                                       detail: "has shape \(q.shape), expected [\(out), \(inF)]")
+            }
+            return .quantized(q)
+        }
+        let w = try source.tensor(named: weightName)
+        guard w.shape == [out, inF], w.dtype.isFloatingPoint else {
+            throw ModelFileError.invalidCheckpoint(path: location, tensor: weightName,
+                                                   detail: "is \(w.dtype.rawValue) \(w.shape), expected a float tensor [\(out), \(inF)]")
+        }
+        return .dense(w)
+    }
+
+    /// Layer `l`'s projection `name` in 4 bits, quantized on the host when the file holds it dense.
+    public func quantizedProjection(layer l: Int, _ name: String) throws -> Quantized4BitTensor {
+        switch try projection(layer: l, name) {
+        case .quantized(let q): return q
+        case .dense(let w):
+            return try Quantized4BitTensor(quantizing: w, type: quantization.type, blocksize: quantization.blocksize,
+                                           doubleQuant: quantization.doubleQuant)
+        }
+    }
+
+    /// The bias (out) of layer `l`'s projection `name`, if the file has one (Qwen2's q/k/v).
+    public func bias(layer l: Int, _ name: String) throws -> [Float]? {
+        let biasName = PEFTAdapter.modulePath(layer: l, projection: name) + ".bias"
+        guard source.contains(biasName) else { return nil }
+        return try floats(biasName, count: config.projectionShape(name)!.0)
+    }
+}
+
+extension LoRAWeights {
+    /// Fresh adapters as peft initializes them, for every layer and target of `lora`: A kaiming-uniform (a = √5,
+    /// i.e. uniform in ±1/√in), B zero; drawn from `seed` in layer order, then projection order. Both devices start
+    /// from these, so the same seed trains the same model on the CPU and on a GPU.
+    public static func initial(config: LlamaConfig, lora: LoRAConfig, seed: UInt64) -> [String: LoRAWeights] {
+        var adapters: [String: LoRAWeights] = [:]
+        var rng = SeededGenerator(seed: seed)
+        for l in 0..<config.layerCount {
+            for name in lora.resolvedTargets {
+                let (out, inF) = config.projectionShape(name)!
+                let bound = 1 / Float(inF).squareRoot()
+                let a = (0..<(lora.r * inF)).map { _ in (rng.nextUniform() * 2 - 1) * bound }
+                adapters["\(l).\(name)"] = LoRAWeights(a: a, b: [Float](repeating: 0, count: out * lora.r))
+            }
+        }
+        return adapters
+    }
+}
