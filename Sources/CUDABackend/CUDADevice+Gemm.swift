@@ -35,11 +35,12 @@ extension CUDADevice {
                      batch: Int = 1, strideA: Int = 0, strideB: Int = 0, strideC: Int = 0) throws {
         precondition(a.dtype == b.dtype, "gemm: A is \(a.dtype), B is \(b.dtype)")
         guard m > 0, n > 0, batch > 0 else { return }
+        if workspace == nil { workspace = try tagging("cuBLASLt workspace") { try allocate(Self.workspaceBytes, .u8) } }
+        guard !isVirtual else { return }
         let key = GemmKey(m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc, transA: transA, transB: transB,
                           inputs: a.dtype, output: c.dtype, batch: batch, strideA: strideA, strideB: strideB,
                           strideC: strideC)
         let plan = try gemmPlan(key)
-        if workspace == nil { workspace = try allocate(Self.workspaceBytes, .u8) }
         let started = try profileStart()
         defer { if let started { profileEnd("gemm:\(gemmLabel)", started) } }
         var alpha = alpha, beta = beta

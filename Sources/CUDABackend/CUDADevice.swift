@@ -42,20 +42,35 @@ public final class DeviceBuffer: @unchecked Sendable {
 /// The device memory behind the buffers: blocks freed by a buffer are kept by size and handed to the next buffer
 /// of that size (a training step asks for the same sizes every time), so no step calls cuMemAlloc after the first.
 final class DeviceMemoryPool: @unchecked Sendable {
-    let driver: CUDADriver
+    /// nil for a virtual device (`CUDADevice(planningFor:)`): the same bookkeeping, no memory.
+    let driver: CUDADriver?
     var freeBlocks: [Int: [UInt64]] = [:]
     var allocatedBytes = 0, peakAllocatedBytes = 0, reservedBytes = 0
-    init(driver: CUDADriver) { self.driver = driver }
+    /// Live bytes by what they hold (`CUDADevice.allocationTag`), and that split at the peak.
+    var taggedBytes: [String: Int] = [:], taggedAtPeak: [String: Int] = [:]
+    var tagOf: [UInt64: String] = [:]
+    init(driver: CUDADriver?) { self.driver = driver }
 
     func release(address: UInt64, reserved: Int, managed: Bool) {
         allocatedBytes -= reserved
-        if managed { _ = driver.cuMemFree(address); reservedBytes -= reserved; return }
+        if let tag = tagOf.removeValue(forKey: address) { taggedBytes[tag, default: 0] -= reserved }
+        if managed { _ = driver?.cuMemFree(address); reservedBytes -= reserved; return }
         freeBlocks[reserved, default: []].append(address)
+    }
+
+    func allocated(_ address: UInt64, _ size: Int, tag: String) {
+        allocatedBytes += size
+        tagOf[address] = tag
+        taggedBytes[tag, default: 0] += size
+        if allocatedBytes > peakAllocatedBytes {
+            peakAllocatedBytes = allocatedBytes
+            taggedAtPeak = taggedBytes
+        }
     }
 
     /// Gives every cached block back to the driver.
     func trim() {
-        for (s, list) in freeBlocks { for a in list { _ = driver.cuMemFree(a); reservedBytes -= s } }
+        for (s, list) in freeBlocks { for a in list { _ = driver?.cuMemFree(a); reservedBytes -= s } }
         freeBlocks = [:]
     }
 }
@@ -72,14 +87,25 @@ public enum KernelArgument {
 /// One GPU with its context, one stream, a caching memory pool, the compiled kernel modules and cuBLASLt.
 /// Everything runs in order on the one stream; the host waits only where it reads results back.
 public final class CUDADevice: @unchecked Sendable {
-    let driver: CUDADriver
-    let compiler: KernelCompiler
-    let blas: CublasLt
+    // nil only on a virtual device, which never reaches the code that uses them (`isVirtual` guards).
+    let driver: CUDADriver!
+    let compiler: KernelCompiler!
+    let blas: CublasLt!
+    /// A device that plans: it keeps the memory pool's books for every allocation the step makes, and runs nothing
+    /// (no GPU, no CUDA library; downloads read zeros). `qlora plan` runs a training step on one to predict its peak.
+    public let isVirtual: Bool
+    /// What the next allocations hold, for the breakdown of the peak ("weights", "activations", ...).
+    public var allocationTag = "other"
+    var nextVirtualAddress: UInt64 = 1 << 40
+    /// Pinned host memory held now (the offloaded checkpoints and upload staging).
+    public internal(set) var pinnedHostBytes = 0
     let ordinal: Int32
     let context: UnsafeMutableRawPointer?
     let stream: UnsafeMutableRawPointer?
     /// The second stream, for copies between GPU and host that overlap compute (made on first use).
     var copyStreamHandle: UnsafeMutableRawPointer? = nil
+    /// Two pinned buffers that large uploads pass through, and the event of each one's last copy.
+    var uploadStaging: [(buffer: PinnedHostBuffer, done: GPUEvent?)] = []
     var blasHandle: UnsafeMutableRawPointer? = nil
     /// "sm_90" for an H100/H200.
     public let architecture: String
@@ -110,6 +136,7 @@ public final class CUDADevice: @unchecked Sendable {
 
     /// Opens GPU `ordinal`: loads the driver, NVRTC and cuBLASLt, makes the context and the stream.
     public init(ordinal: Int = 0) throws {
+        isVirtual = false
         driver = try CUDADriver()
         pool = DeviceMemoryPool(driver: driver)
         try driver.check(driver.cuInit(0), "cuInit")
@@ -144,8 +171,31 @@ public final class CUDADevice: @unchecked Sendable {
         blasHandle = h
     }
 
+    /// A virtual device for planning: `name` and `multiprocessors` as a real one would report them.
+    public init(planningFor name: String = "planned GPU", multiprocessors: Int = 132) {
+        isVirtual = true
+        driver = nil; compiler = nil; blas = nil
+        pool = DeviceMemoryPool(driver: nil)
+        ordinal = 0; context = nil; stream = nil
+        architecture = "sm_90"; self.name = name; multiprocessorCount = multiprocessors
+    }
+
+    /// Runs `body` with its allocations counted under `tag`.
+    public func tagging<R>(_ tag: String, _ body: () throws -> R) rethrows -> R {
+        let saved = allocationTag
+        allocationTag = tag
+        defer { allocationTag = saved }
+        return try body()
+    }
+
+    /// Live bytes by allocation tag at the peak (virtual or real device).
+    public var peakBreakdown: [String: Int] { pool.taggedAtPeak }
+
     /// Makes this device's context current on the calling thread.
-    public func makeCurrent() throws { try driver.check(driver.cuCtxSetCurrent(context), "cuCtxSetCurrent") }
+    public func makeCurrent() throws {
+        guard !isVirtual else { return }
+        try driver.check(driver.cuCtxSetCurrent(context), "cuCtxSetCurrent")
+    }
 
     /// How many CUDA GPUs the driver sees (0 where there is no driver).
     public static func count() -> Int {
@@ -156,7 +206,8 @@ public final class CUDADevice: @unchecked Sendable {
 
     /// One line about the device and the libraries.
     public var description: String {
-        "\(name) (\(architecture), \(multiprocessorCount) SMs); driver \(driver.library.path); \(compiler.description); cuBLASLt \(blas.library.path)"
+        if isVirtual { return "\(name) (virtual: planning only)" }
+        return "\(name) (\(architecture), \(multiprocessorCount) SMs); driver \(driver.library.path); \(compiler.description); cuBLASLt \(blas.library.path)"
     }
 
     // MARK: Memory
@@ -171,7 +222,13 @@ public final class CUDADevice: @unchecked Sendable {
     public func allocate(_ count: Int, _ dtype: GPUDType, managed: Bool = false) throws -> DeviceBuffer {
         let size = Self.rounded(count * dtype.size)
         var address: UInt64 = 0
-        if managed {
+        if isVirtual {
+            if !managed, var list = pool.freeBlocks[size], let a = list.popLast() {
+                address = a; pool.freeBlocks[size] = list
+            } else {
+                address = nextVirtualAddress; nextVirtualAddress += UInt64(size); pool.reservedBytes += size
+            }
+        } else if managed {
             try driver.check(driver.cuMemAllocManaged(&address, size, 1), "cuMemAllocManaged(\(size) bytes)")
             pool.reservedBytes += size
         } else if var list = pool.freeBlocks[size], let a = list.popLast() {
@@ -187,8 +244,7 @@ public final class CUDADevice: @unchecked Sendable {
             try driver.check(status, "cuMemAlloc(\(size) bytes; \(allocatedBytes >> 20) MiB in use)")
             pool.reservedBytes += size
         }
-        pool.allocatedBytes += size
-        pool.peakAllocatedBytes = max(pool.peakAllocatedBytes, pool.allocatedBytes)
+        pool.allocated(address, size, tag: allocationTag)
         return DeviceBuffer(address: address, count: count, dtype: dtype, reserved: size, managed: managed, pool: pool)
     }
 
@@ -200,10 +256,11 @@ public final class CUDADevice: @unchecked Sendable {
     }
 
     /// Starts the peak count again from what is allocated now.
-    public func resetPeak() { pool.peakAllocatedBytes = pool.allocatedBytes }
+    public func resetPeak() { pool.peakAllocatedBytes = pool.allocatedBytes; pool.taggedAtPeak = pool.taggedBytes }
 
     /// Free and total device memory, as the driver reports them.
     public func memoryInfo() throws -> (free: Int, total: Int) {
+        if isVirtual { return (0, 0) }
         var free = 0, total = 0
         try driver.check(driver.cuMemGetInfo(&free, &total), "cuMemGetInfo")
         return (free, total)
@@ -211,7 +268,7 @@ public final class CUDADevice: @unchecked Sendable {
 
     /// Moves a managed buffer to the GPU ahead of its use (a no-op for ordinary buffers).
     public func prefetch(_ b: DeviceBuffer) throws {
-        guard b.managed else { return }
+        guard b.managed, !isVirtual else { return }
         if let v2 = driver.cuMemPrefetchAsyncV2 {
             try driver.check(v2(b.address, b.reserved, 1 | UInt64(UInt32(bitPattern: ordinal)) << 32, 0, stream), "cuMemPrefetchAsync")
         } else if let v1 = driver.cuMemPrefetchAsyncV1 {
@@ -258,7 +315,8 @@ public final class CUDADevice: @unchecked Sendable {
     }
 
     func copy(bytes: UnsafeRawBufferPointer, to address: UInt64) throws {
-        guard bytes.count > 0 else { return }
+        guard bytes.count > 0, !isVirtual else { return }
+        if bytes.count >= Self.stagingChunk { return try stagedCopy(bytes: bytes, to: address) }
         try driver.check(driver.cuMemcpyHtoDAsync(address, bytes.baseAddress!, bytes.count, stream), "cuMemcpyHtoD")
         try synchronize()   // the host array may go away after return
     }
@@ -267,6 +325,7 @@ public final class CUDADevice: @unchecked Sendable {
     public func copy(from source: DeviceBuffer, to destination: DeviceBuffer, count: Int? = nil, sourceOffset: Int = 0,
                      destinationOffset: Int = 0) throws {
         precondition(source.dtype == destination.dtype)
+        guard !isVirtual else { return }
         let n = count ?? source.count
         try driver.check(driver.cuMemcpyDtoDAsync(destination.address(at: destinationOffset), source.address(at: sourceOffset),
                                                   n * source.dtype.size, stream), "cuMemcpyDtoD")
@@ -310,18 +369,20 @@ public final class CUDADevice: @unchecked Sendable {
     }
 
     func read(_ address: UInt64, into bytes: UnsafeMutableRawBufferPointer) throws {
-        guard bytes.count > 0 else { return }
+        guard bytes.count > 0, !isVirtual else { return }
         try driver.check(driver.cuMemcpyDtoHAsync(bytes.baseAddress!, address, bytes.count, stream), "cuMemcpyDtoH")
         try synchronize()
     }
 
     /// Sets every byte of `b` to zero.
     public func fillZero(_ b: DeviceBuffer) throws {
+        guard !isVirtual else { return }
         try driver.check(driver.cuMemsetD8Async(b.address, 0, b.bytes, stream), "cuMemsetD8")
     }
 
     /// Waits for everything queued on the stream; reports a failed kernel here.
     public func synchronize() throws {
+        guard !isVirtual else { return }
         try driver.check(driver.cuStreamSynchronize(stream), "cuStreamSynchronize (an earlier kernel or copy failed)")
         if let copyStreamHandle {
             try driver.check(driver.cuStreamSynchronize(copyStreamHandle), "cuStreamSynchronize (an earlier copy to or from the host failed)")
@@ -340,7 +401,7 @@ public final class CUDADevice: @unchecked Sendable {
     /// Launches kernel `name` of `source` (bf16 or f32 activations) on `grid` × `block` threads.
     public func launch(_ source: KernelSource, _ name: String, bf16: Bool = false, grid: Int, block: Int,
                        _ arguments: [KernelArgument]) throws {
-        guard grid > 0 else { return }
+        guard grid > 0, !isVirtual else { return }
         let function = try self.function(source, name, bf16: bf16)
         let started = try profileStart()
         defer { if let started { profileEnd("kernel:\(source.rawValue)", started) } }

@@ -10,12 +10,12 @@ public final class GPUQuantizedWeight: @unchecked Sendable {
     public let blocksize: Int
     let packed: DeviceBuffer
     let table: DeviceBuffer                  // 16 dequantization values
-    let absmax: DeviceBuffer?                // float32 scales, when not double quantized
-    let codes: DeviceBuffer?                 // double quantization: 8-bit codes, nested absmax, nested code book
-    let nestedAbsmax: DeviceBuffer?
-    let nestedCode: DeviceBuffer?
-    let offset: Float
-    let nestedBlocksize: Int
+    private(set) var absmax: DeviceBuffer?   // float32 scales, when not double quantized
+    private(set) var codes: DeviceBuffer?    // double quantization: 8-bit codes, nested absmax, nested code book
+    private(set) var nestedAbsmax: DeviceBuffer?
+    private(set) var nestedCode: DeviceBuffer?
+    private(set) var offset: Float
+    private(set) var nestedBlocksize: Int
     let device: CUDADevice
 
     /// Uploads a quantized tensor of shape (out, in).
@@ -37,10 +37,11 @@ public final class GPUQuantizedWeight: @unchecked Sendable {
         }
     }
 
-    /// Quantizes `x` (f32 or bf16 values of an (out, in) weight, already on the GPU) in place of the host: the
-    /// codes stay on the GPU; only the absmax comes back, to be double quantized on the host (its mean must follow
-    /// the GPU reduction order of `GPUMean`) and sent up again. Bit-exact with `Quantized4BitTensor(quantizing:)`.
-    public init(quantizing x: DeviceBuffer, rows: Int, columns: Int, type: QuantType, blocksize: Int, doubleQuant: Bool,
+    /// Quantizes `x` (f32 or bf16 values of an (out, in) weight, already on the GPU) in place of the host, with
+    /// float32 absmax: bit-exact with `Quantized4BitTensor(quantizing:)`. Double quantization is then
+    /// `doubleQuantize`, in batches (`doubleQuantize(_:)` on many weights at once): it runs on the host, since the
+    /// mean must follow the GPU reduction order of `GPUMean`, and only the small absmax travels.
+    public init(quantizing x: DeviceBuffer, rows: Int, columns: Int, type: QuantType, blocksize: Int,
                 device: CUDADevice) throws {
         precondition(x.count == rows * columns)
         self.device = device
@@ -48,15 +49,23 @@ public final class GPUQuantizedWeight: @unchecked Sendable {
         let (packed, absmax) = try device.quantize4BitOnDevice(x, type: type, blocksize: blocksize)
         self.packed = packed
         table = try device.upload(type.dequantizationTable)
-        if doubleQuant {
-            let d = DoubleQuantizedScales(compressing: try device.download(absmax))
-            self.absmax = nil
-            codes = try device.upload(d.codes)
-            nestedAbsmax = try device.upload(d.nestedAbsmax)
-            nestedCode = try device.upload(d.nestedCodeBook)
-            offset = d.offset; nestedBlocksize = d.nestedBlocksize
-        } else {
-            self.absmax = absmax; codes = nil; nestedAbsmax = nil; nestedCode = nil; offset = 0; nestedBlocksize = 256
+        self.absmax = absmax; codes = nil; nestedAbsmax = nil; nestedCode = nil; offset = 0; nestedBlocksize = 256
+    }
+
+    /// Replaces the float32 absmax of each weight by its double quantization, computed on the host cores in
+    /// parallel (the same values as `DoubleQuantizedScales(compressing:)` one by one).
+    public static func doubleQuantize(_ weights: [GPUQuantizedWeight]) throws {
+        let absmax = try weights.map { try $0.device.download($0.absmax!) }
+        var scales = [DoubleQuantizedScales?](repeating: nil, count: weights.count)
+        scales.withUnsafeMutableBufferPointer { out in
+            DispatchQueue.concurrentPerform(iterations: weights.count) { out[$0] = DoubleQuantizedScales(compressing: absmax[$0]) }
+        }
+        for (w, d) in zip(weights, scales) {
+            w.codes = try w.device.upload(d!.codes)
+            w.nestedAbsmax = try w.device.upload(d!.nestedAbsmax)
+            w.nestedCode = try w.device.upload(d!.nestedCodeBook)
+            w.offset = d!.offset; w.nestedBlocksize = d!.nestedBlocksize
+            w.absmax = nil
         }
     }
 

@@ -157,6 +157,9 @@ public final class CUDATrainingEngine: TrainingEngine {
     public func gradientNorm() throws -> Float { try model.gradientNorm() }
 
     public func applyOptimizer(lr: Float, gradientScale: Float) throws {
+        let tag = model.device.allocationTag
+        model.device.allocationTag = "optimizer state (paged: managed memory)"
+        defer { model.device.allocationTag = tag }
         for key in model.adapterKeys {
             let a = model.adapters[key]!
             try optimizer.update(key + ".A", parameter: a.a, gradient: a.gradA, lr: lr, gradientScale: gradientScale)

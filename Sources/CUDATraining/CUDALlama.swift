@@ -86,14 +86,17 @@ public final class CUDALlama: @unchecked Sendable {
         precondition(dtype == .f32 || dtype == .bf16)
         self.device = device; config = weights.config; loraConfig = lora; self.dtype = dtype
         let c = config.hiddenSize, v = config.vocabSize
+        device.allocationTag = Self.embeddingTag
         embedding = try device.upload(try weights.embedding(), as: dtype)
         weights.evictPages()
         lmHead = try weights.lmHead().map { try device.upload($0, as: dtype) } ?? embedding
         weights.evictPages()
+        device.allocationTag = Self.baseTag
         finalNorm = try device.upload(try weights.finalNorm())
         var all = v * c + c + (config.tieWordEmbeddings ? 0 : v * c)
         var layers: [GPULayer] = []
         let q = weights.quantization
+        var pending: [GPUQuantizedWeight] = []   // quantized here, double quantized in batches on the host cores
         for l in 0..<config.layerCount {
             var projections: [String: GPUProjection] = [:]
             for name in LlamaConfig.projectionNames {
@@ -103,12 +106,17 @@ public final class CUDALlama: @unchecked Sendable {
                 case .quantized(let host): w = try GPUQuantizedWeight(host, device: device)
                 case .dense(let t):
                     w = try GPUQuantizedWeight(quantizing: try device.upload(t), rows: out, columns: inF, type: q.type,
-                                               blocksize: q.blocksize, doubleQuant: q.doubleQuant, device: device)
+                                               blocksize: q.blocksize, device: device)
+                    if q.doubleQuant { pending.append(w) }
                 }
                 let bias = try weights.bias(layer: l, name)
                 projections[name] = GPUProjection(weight: w, bias: try bias.map { try device.upload($0) })
                 all += w.parameterCount + (bias?.count ?? 0)
                 weights.evictPages()
+            }
+            if pending.count >= 16 || l == config.layerCount - 1 {
+                try GPUQuantizedWeight.doubleQuantize(pending)
+                pending = []
             }
             let norms = try weights.norms(layer: l)
             layers.append(GPULayer(inputNorm: try device.upload(norms.input), postAttentionNorm: try device.upload(norms.postAttention),
@@ -116,6 +124,7 @@ public final class CUDALlama: @unchecked Sendable {
             all += 2 * c
         }
         self.layers = layers
+        device.allocationTag = Self.adapterTag
         var adapters: [String: GPUAdapter] = [:]
         var trainable = 0
         for (key, w) in initial {
@@ -127,8 +136,13 @@ public final class CUDALlama: @unchecked Sendable {
         hostParameterCounts = (trainable, all + trainable)
         ropePositions = 0
         ropeCos = try device.allocate(1, .f32); ropeSin = ropeCos
+        device.allocationTag = Self.activationTag
         try device.synchronize()
     }
+
+    /// What the model's allocations hold, for the breakdown of the peak (`qlora plan`, `bench`).
+    static let embeddingTag = "embedding + lm_head", baseTag = "4-bit base + norms"
+    static let adapterTag = "LoRA adapters (f32, compute copies, gradients)", activationTag = "activations + scratch"
 
     /// A random-weight model of `config`'s shape built directly on the GPU in 4 bits (NF4, double quantized, blocks
     /// of 64), with fresh adapters (A uniform in ±1/√in, B zero) on `lora`'s targets: the benchmark's model.
@@ -137,12 +151,14 @@ public final class CUDALlama: @unchecked Sendable {
         let c = config.hiddenSize, v = config.vocabSize
         var s = seed
         func nextSeed() -> UInt64 { s = s &* 6364136223846793005 &+ 1442695040888963407; return s }
+        device.allocationTag = Self.embeddingTag
         embedding = try device.allocate(v * c, dtype)
         try device.fillUniform(embedding, low: -0.04, high: 0.04, seed: nextSeed())
         if config.tieWordEmbeddings { lmHead = embedding } else {
             lmHead = try device.allocate(v * c, dtype)
             try device.fillUniform(lmHead, low: -0.04, high: 0.04, seed: nextSeed())
         }
+        device.allocationTag = Self.baseTag
         finalNorm = try device.upload([Float](repeating: 1, count: c))
         var all = v * c + c + (config.tieWordEmbeddings ? 0 : v * c)
         var layers: [GPULayer] = []
@@ -160,6 +176,7 @@ public final class CUDALlama: @unchecked Sendable {
             all += 2 * c
         }
         self.layers = layers
+        device.allocationTag = Self.adapterTag
         var adapters: [String: GPUAdapter] = [:]
         var trainable = 0
         for l in 0..<config.layerCount {
@@ -177,6 +194,7 @@ public final class CUDALlama: @unchecked Sendable {
         hostParameterCounts = (trainable, all + trainable)
         ropePositions = 0
         ropeCos = try device.allocate(1, .f32); ropeSin = ropeCos
+        device.allocationTag = Self.activationTag
     }
 
     static func sortedKeys<S: Sequence>(_ keys: S) -> [String] where S.Element == String {
@@ -195,7 +213,7 @@ public final class CUDALlama: @unchecked Sendable {
         guard positions > ropePositions else { return }
         let n = max(positions, min(config.maxPositionEmbeddings, 4096))
         let (cosT, sinT) = LlamaModel.ropeTables(config: config, positions: n)
-        ropeCos = try device.upload(cosT); ropeSin = try device.upload(sinT)
+        (ropeCos, ropeSin) = try device.tagging("RoPE tables") { (try device.upload(cosT), try device.upload(sinT)) }
         ropePositions = n
     }
 

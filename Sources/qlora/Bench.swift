@@ -16,38 +16,16 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmark QLoRA training steps on a random-weight model (tokens/s, peak memory), as one JSON line.")
 
-    /// The shapes of hf_baseline.py.
-    static let shapes: [String: String] = [
-        "smollm2-135m": #""hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": true, "rope_theta": 100000.0"#,
-        "tinyllama-1.1b": #""hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32, "num_key_value_heads": 4, "vocab_size": 32000"#,
-        "llama2-7b": #""hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000"#,
-        "llama3-8b": #""hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256, "rope_theta": 500000.0"#,
-    ]
-
-    @Option(help: "smollm2-135m, tinyllama-1.1b, llama2-7b or llama3-8b.") var shape: String = "smollm2-135m"
-    @Option(help: "A config.json to take the shape from instead.") var config: String?
-    @Option(help: "Time a real checkpoint (Hugging Face folder, bnb 4-bit folder or GGUF) loaded as train loads it; adds load time and host memory.")
-    var model: String?
-    @Option(help: "LoRA targets: qv (q_proj, v_proj) or all (the seven projections).") var targets: String = "qv"
-    @Option(help: "Sequences per step.") var batch: Int = 4
-    @Option(help: "Tokens per sequence.") var seq: Int = 2048
+    @OptionGroup var step: StepShapeOptions
     @Option(help: "Timed steps (after 3 warm-up steps).") var steps: Int = 10
     @Option(help: "cpu or cuda.") var device: String = "cpu"
-    @Option(help: "Compute dtype on the GPU: bf16 or fp32.") var computeDtype: String = "bf16"
-    @Option(help: "LoRA dropout (hf_baseline.py uses 0.05; unsloth_bench.py needs 0).") var loraDropout: Double = 0.05
-    @Option(help: "Build only this many layers (a quick look; tokens/s is not rescaled).") var layers: Int?
-    @Flag(help: "Turn gradient checkpointing off.") var noCkpt = false
     @Flag(help: "After the timed steps, one more step with the GPU waited on around every kernel and product: a table of where the time goes (stderr).")
     var profile = false
     @OptionGroup var parallel: DataParallelOptions
 
     func validate() throws {
-        guard ["qv", "all"].contains(targets) else { throw ValidationError("--targets must be qv or all, not \(targets)") }
         guard ["cpu", "cuda"].contains(device) else { throw ValidationError("--device must be cpu or cuda, not \(device)") }
-        guard config != nil || Self.shapes[shape] != nil else {
-            throw ValidationError("unknown --shape \(shape): one of \(Self.shapes.keys.sorted().joined(separator: ", ")), or --config")
-        }
-        guard batch > 0, seq > 1, steps > 0 else { throw ValidationError("--batch, --seq and --steps must be positive (--seq ≥ 2)") }
+        guard steps > 0 else { throw ValidationError("--steps must be positive") }
     }
 
     func run() throws {
@@ -55,19 +33,9 @@ struct Bench: ParsableCommand {
         if parallel.isLauncher { try parallel.launchWorkers() }
         let worker = DataParallelOptions.worker
         DataParallelOptions.quietUnlessRankZero()
-        var cfg: LlamaConfig
-        let weights = try model.map { try LlamaWeights.open(path: $0) }
-        if let weights { cfg = weights.config } else if let config { cfg = try LlamaConfig(contentsOf: config) } else {
-            let json = "{\"model_type\": \"llama\", \"max_position_embeddings\": 4096, \"rms_norm_eps\": 1e-05, \(Self.shapes[shape]!)}"
-            cfg = try JSONDecoder().decode(LlamaConfig.self, from: Data(json.utf8))
-        }
-        if let layers {
-            guard weights == nil else { throw ValidationError("--layers builds a random model: not with --model") }
-            cfg.layerCount = layers
-        }
-        var lora = LoRAConfig()
-        lora.r = 16; lora.alpha = 32; lora.dropout = loraDropout
-        lora.targetModules = targets == "qv" ? ["q_proj", "v_proj"] : ["all-linear"]
+        let (cfg, lora, weights) = try step.resolve()
+        let (batch, seq, noCkpt, computeDtype, loraDropout, targets) = (step.batch, step.seq, step.noCkpt, step.computeDtype,
+                                                                        step.loraDropout, step.targets)
         var started = Date()
         var hostBaseline = HostMemory.residentBytes()
         let engine: TrainingEngine
@@ -101,7 +69,7 @@ struct Bench: ParsableCommand {
         let world = group?.worldSize ?? 1
         var rng = SeededGenerator(seed: 1 + UInt64(group?.rank ?? 0))   // each rank its own random tokens
         var lastLoss = 0.0
-        func step() throws {
+        func trainStep() throws {
             let ids = (0..<(batch * seq)).map { _ in Int(rng.next() % UInt64(cfg.vocabSize)) }
             let count = batch * (seq - 1) * world
             let r = try engine.accumulateGradients(inputIds: ids, labels: ids, batch: batch, tokens: seq, rng: &rng,
@@ -110,24 +78,24 @@ struct Bench: ParsableCommand {
             try engine.applyOptimizer(lr: 2e-4, gradientScale: 1)
             lastLoss = r.loss
         }
-        for _ in 0..<3 { try step() }
+        for _ in 0..<3 { try trainStep() }
         gpu?.resetPeak()
         let t0 = Date()
-        for _ in 0..<steps { try step() }
+        for _ in 0..<steps { try trainStep() }
         try gpu?.synchronize()
         let seconds = Date().timeIntervalSince(t0)
         let finalLoss = try group.map { try $0.sum([lastLoss])[0] / Double(world) } ?? lastLoss   // the ranks' mean
         if profile, let gpu {
             gpu.profile = [:]
-            try step()
-            FileHandle.standardError.write(("profile of one step on \(gpu.name), \(shape) \(targets):\n" + gpu.profileTable()).data(using: .utf8)!)
+            try trainStep()
+            FileHandle.standardError.write(("profile of one step on \(gpu.name), \(step.shape) \(targets):\n" + gpu.profileTable()).data(using: .utf8)!)
             gpu.profile = nil
         }
         let peak = gpu.map { Double($0.peakAllocatedBytes) } ?? Double(HostMemory.peakResidentBytes())
         let reserved = gpu.map { Double($0.reservedBytes) } ?? peak
         func r(_ x: Double, _ digits: Int) -> Double { (x * Foundation.pow(10, Double(digits))).rounded() / Foundation.pow(10, Double(digits)) }
         let line: [(String, JSONValue)] = [
-            ("system", .string("qlora-swift-\(gpu != nil ? "cuda" : "cpu")")), ("shape", .string(model ?? config ?? shape)),
+            ("system", .string("qlora-swift-\(gpu != nil ? "cuda" : "cpu")")), ("shape", .string(step.model ?? step.config ?? step.shape)),
             ("targets", .string(targets)),
             ("batch", .int(batch)), ("seq", .int(seq)), ("grad_ckpt", .bool(!noCkpt)), ("steps", .int(steps)),
             ("tokens_per_s", .double(r(Double(batch * seq * steps * world) / seconds, 1))),

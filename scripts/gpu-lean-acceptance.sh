@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The lean-GPU acceptance run (one call on a machine with an NVIDIA GPU):
+#  1. qlora check-cuda (every op against its CPU twin, streaming loads quantized on the GPU, tiny-llama's goldens);
+#  2. a real llama2-7b-shaped bf16 checkpoint written by transformers (hf_baseline.py makes it under /tmp): the Hugging
+#     Face recipe's figures, then `qlora train --device cuda` on it with its host peak RSS and load time, and
+#     `qlora bench --model` on it (load time, host memory before and after loading, tokens/s, GPU peak);
+#  3. `qlora bench` on the random-weight shapes beside hf_baseline.py and unsloth_bench.py, in this same call.
+# Usage: QLORA=path/to/qlora QLORA_SHARED=path/to/shared bash scripts/gpu-lean-acceptance.sh [OUT]
+#   SPECS="llama2-7b:all smollm2-135m:all" picks the bench shapes; UNSLOTH=0 skips Unsloth; CHECK=0 skips check-cuda;
+#   REAL=0 skips the real checkpoint; D0=0 skips qlora's dropout-0 runs.
+set -uo pipefail
+Q=${QLORA:-.build/release/qlora}
+SHARED=${QLORA_SHARED:-../shared}
+OUT=${1:-runs/gpu-lean}
+mkdir -p "$OUT"
+# The peak resident memory of a command (what /usr/bin/time -v reports as maximum resident set size), and its time.
+measure() {
+  python3 - "$@" <<'PY'
+import resource, subprocess, sys, time
+t = time.time()
+rc = subprocess.call(sys.argv[1:])
+print(f"host peak RSS {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1048576:.3f} GiB, "
+      f"wall {time.time() - t:.1f} s, exit {rc}", flush=True)
+PY
+}
+
+if [ "${CHECK:-1}" = 1 ]; then
+  echo "== check-cuda"
+  "$Q" check-cuda --shared "$SHARED" > "$OUT/check-cuda.txt" 2>&1
+  echo "exit $?; $(grep -c '^ok' "$OUT/check-cuda.txt") ok"; grep -v '^ok' "$OUT/check-cuda.txt" | tail -20
+fi
+
+if [ "${REAL:-1}" = 1 ]; then
+  echo "== a real llama2-7b checkpoint (bf16 safetensors written by transformers)"
+  python3 "$SHARED/bench/hf_baseline.py" llama2-7b --targets all 2>/dev/null | tail -1 | tee -a "$OUT/bench.jsonl"
+  CK=/tmp/hf-llama2-7b
+  ls -la "$CK" | head; du -sh "$CK"
+  python3 - "$OUT/tokens.jsonl" <<'PY'
+import json, random, sys
+random.seed(0)
+with open(sys.argv[1], "w") as f:
+    for _ in range(16): f.write(json.dumps({"input_ids": [random.randrange(32000) for _ in range(2048)]}) + "\n")
+PY
+  echo "-- qlora train --device cuda on it"
+  measure "$Q" train --device cuda --model "$CK" --data "$OUT/tokens.jsonl" --output-dir "$OUT/train-7b" --max-steps 3 \
+    --batch-size 4 --lora-r 16 --lora-alpha 32 --target-modules all-linear --gradient-checkpointing --logging-steps 1 \
+    --max-seq-length 2048 2>&1 | grep -v '\r' | grep -E "loaded|params|peak|host|saved|rror" 
+  echo "-- qlora bench --model on it"
+  measure "$Q" bench --device cuda --model "$CK" --targets all 2>/dev/null | tee -a "$OUT/bench.jsonl"
+fi
+
+echo "== bench beside the Hugging Face recipe and Unsloth (same call)"
+for spec in ${SPECS:-"llama2-7b:all llama2-7b:qv llama3-8b:all smollm2-135m:all"}; do
+  shape=${spec%%:*}; targets=${spec##*:}
+  "$Q" bench --device cuda --shape "$shape" --targets "$targets" 2>/dev/null | tee -a "$OUT/bench.jsonl"
+  [ "${D0:-1}" = 1 ] && "$Q" bench --device cuda --shape "$shape" --targets "$targets" --lora-dropout 0 2>/dev/null \
+    | tee -a "$OUT/bench.jsonl"
+  [ "$shape:$targets" = llama2-7b:all ] && [ "${REAL:-1}" = 1 ] \
+    || python3 "$SHARED/bench/hf_baseline.py" "$shape" --targets "$targets" 2>/dev/null | tail -1 | tee -a "$OUT/bench.jsonl"
+  [ "${UNSLOTH:-1}" = 1 ] && python3 "$SHARED/bench/unsloth_bench.py" "$shape" --targets "$targets" 2>/dev/null | tail -1 \
+    | tee -a "$OUT/bench.jsonl"
+done
