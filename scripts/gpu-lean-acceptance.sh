@@ -7,7 +7,8 @@
 #  3. `qlora bench` on the random-weight shapes beside hf_baseline.py and unsloth_bench.py, in this same call.
 # Usage: QLORA=path/to/qlora QLORA_SHARED=path/to/shared bash scripts/gpu-lean-acceptance.sh [OUT]
 #   SPECS="llama2-7b:all smollm2-135m:all" picks the bench shapes; UNSLOTH=0 skips Unsloth; CHECK=0 skips check-cuda;
-#   REAL=0 skips the real checkpoint; D0=0 skips qlora's dropout-0 runs.
+#   REAL=0 skips the real checkpoint; D0=0 skips qlora's dropout-0 runs; HF=0 skips hf_baseline.py for the specs;
+#   LONG=1 adds llama2-7b at batch 1 × 16,384 tokens; TRAINING=1 first runs gpu-acceptance.sh's training checks.
 set -uo pipefail
 Q=${QLORA:-.build/release/qlora}
 SHARED=${QLORA_SHARED:-../shared}
@@ -24,6 +25,11 @@ print(f"host peak RSS {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 
 PY
 }
 
+if [ "${TRAINING:-0}" = 1 ]; then
+  echo "== check-cuda and the training checks of gpu-acceptance.sh"
+  QLORA="$Q" QLORA_SHARED="$SHARED" bash "$(dirname "$0")/gpu-acceptance.sh" "$OUT/acceptance" 2>&1 | tail -25
+  CHECK=0
+fi
 if [ "${CHECK:-1}" = 1 ]; then
   echo "== check-cuda"
   "$Q" check-cuda --shared "$SHARED" > "$OUT/check-cuda.txt" 2>&1
@@ -41,21 +47,31 @@ random.seed(0)
 with open(sys.argv[1], "w") as f:
     for _ in range(16): f.write(json.dumps({"input_ids": [random.randrange(32000) for _ in range(2048)]}) + "\n")
 PY
-  echo "-- qlora train --device cuda on it"
-  measure "$Q" train --device cuda --model "$CK" --data "$OUT/tokens.jsonl" --output-dir "$OUT/train-7b" --max-steps 3 \
-    --batch-size 4 --lora-r 16 --lora-alpha 32 --target-modules all-linear --gradient-checkpointing --logging-steps 1 \
-    --max-seq-length 2048 2>&1 | grep -v '\r' | grep -E "loaded|params|peak|host|saved|rror" 
+  for offload in false true; do
+    echo "-- qlora train --device cuda on it (checkpoints offloaded to host memory: $offload)"
+    measure "$Q" train --device cuda --model "$CK" --data "$OUT/tokens.jsonl" --output-dir "$OUT/train-7b-$offload" \
+      --max-steps 3 --batch-size 4 --lora-r 16 --lora-alpha 32 --target-modules all-linear --gradient-checkpointing \
+      --logging-steps 1 --max-seq-length 2048 --offload-checkpoints $offload 2>&1 | tr '\r' '\n' \
+      | grep -E "loaded|params|peak|host|saved|rror"
+  done
   echo "-- qlora bench --model on it"
   measure "$Q" bench --device cuda --model "$CK" --targets all 2>/dev/null | tee -a "$OUT/bench.jsonl"
 fi
 
-echo "== bench beside the Hugging Face recipe and Unsloth (same call)"
+if [ "${LONG:-0}" = 1 ]; then
+  echo "== long context: llama2-7b, batch 1 × 16,384 tokens"
+  "$Q" plan --shape llama2-7b --targets all --batch 1 --seq 16384 --json | tee -a "$OUT/plan.jsonl"
+  "$Q" bench --device cuda --shape llama2-7b --targets all --batch 1 --seq 16384 --steps 3 2>&1 | tail -3 | tee -a "$OUT/bench.jsonl"
+fi
+
+echo "== bench beside the Hugging Face recipe and Unsloth (same call), and qlora plan's prediction"
 for spec in ${SPECS:-"llama2-7b:all llama2-7b:qv llama3-8b:all smollm2-135m:all"}; do
   shape=${spec%%:*}; targets=${spec##*:}
+  "$Q" plan --shape "$shape" --targets "$targets" --json | tee -a "$OUT/plan.jsonl"
   "$Q" bench --device cuda --shape "$shape" --targets "$targets" 2>/dev/null | tee -a "$OUT/bench.jsonl"
   [ "${D0:-1}" = 1 ] && "$Q" bench --device cuda --shape "$shape" --targets "$targets" --lora-dropout 0 2>/dev/null \
     | tee -a "$OUT/bench.jsonl"
-  [ "$shape:$targets" = llama2-7b:all ] && [ "${REAL:-1}" = 1 ] \
+  [ "${HF:-1}" = 0 ] || { [ "$shape:$targets" = llama2-7b:all ] && [ "${REAL:-1}" = 1 ]; } \
     || python3 "$SHARED/bench/hf_baseline.py" "$shape" --targets "$targets" 2>/dev/null | tail -1 | tee -a "$OUT/bench.jsonl"
   [ "${UNSLOTH:-1}" = 1 ] && python3 "$SHARED/bench/unsloth_bench.py" "$shape" --targets "$targets" 2>/dev/null | tail -1 \
     | tee -a "$OUT/bench.jsonl"

@@ -36,78 +36,6 @@ extension CUDADevice {
                     .int(inverse ? 1 : 0), .int(offset)])
     }
 
-    // MARK: Attention
-
-    /// Causal GQA attention: out (B, T, H, D) and the probabilities (B, H, T, T) from q (B, T, H, D), k, v
-    /// (B, T, Hkv, D). Per batch and per head-in-group, one batched product over the KV heads.
-    public func attentionForward(_ out: DeviceBuffer, _ probs: DeviceBuffer, q: DeviceBuffer, k: DeviceBuffer,
-                                 v: DeviceBuffer, batch: Int, tokens: Int, heads: Int, kvHeads: Int, headDim: Int) throws {
-        let T = tokens, D = headDim, H = heads, Hkv = kvHeads, group = heads / kvHeads
-        let scale = 1 / Float(D).squareRoot()
-        let label = gemmLabel
-        gemmLabel = "attention"
-        defer { gemmLabel = label }
-        for b in 0..<batch {
-            for g in 0..<group {
-                try gemm(m: T, n: T, k: D, a: q, aOffset: (b * T * H + g) * D, lda: H * D,
-                         b: k, bOffset: b * T * Hkv * D, ldb: Hkv * D, transB: true,
-                         c: probs, cOffset: (b * H + g) * T * T, ldc: T, alpha: scale,
-                         batch: Hkv, strideA: group * D, strideB: D, strideC: group * T * T)
-            }
-        }
-        try launch(.attention, "softmax_causal_forward", bf16: probs.dtype == .bf16, grid: batch * H * T,
-                   block: Self.rowThreads(T), [.buffer(probs), .int(T), .long(batch * H * T)])
-        for b in 0..<batch {
-            for g in 0..<group {
-                try gemm(m: T, n: D, k: T, a: probs, aOffset: (b * H + g) * T * T, lda: T,
-                         b: v, bOffset: b * T * Hkv * D, ldb: Hkv * D,
-                         c: out, cOffset: (b * T * H + g) * D, ldc: H * D,
-                         batch: Hkv, strideA: group * T * T, strideB: D, strideC: group * D)
-            }
-        }
-    }
-
-    /// dq, dk, dv (overwritten) from dout and what the forward saved; `scratch` holds (B, H, T, T) for dS.
-    public func attentionBackward(dq: DeviceBuffer, dk: DeviceBuffer, dv: DeviceBuffer, dout: DeviceBuffer,
-                                  probs: DeviceBuffer, q: DeviceBuffer, k: DeviceBuffer, v: DeviceBuffer,
-                                  scratch ds: DeviceBuffer, batch: Int, tokens: Int, heads: Int, kvHeads: Int,
-                                  headDim: Int) throws {
-        let T = tokens, D = headDim, H = heads, Hkv = kvHeads, group = heads / kvHeads
-        let scale = 1 / Float(D).squareRoot()
-        let label = gemmLabel
-        gemmLabel = "attention"
-        defer { gemmLabel = label }
-        try fillZero(dk); try fillZero(dv)
-        for b in 0..<batch {
-            for g in 0..<group {
-                let qOffset = (b * T * H + g) * D, kvOffset = b * T * Hkv * D, pOffset = (b * H + g) * T * T
-                // dP = dO Vᵀ
-                try gemm(m: T, n: T, k: D, a: dout, aOffset: qOffset, lda: H * D, b: v, bOffset: kvOffset, ldb: Hkv * D,
-                         transB: true, c: ds, cOffset: pOffset, ldc: T,
-                         batch: Hkv, strideA: group * D, strideB: D, strideC: group * T * T)
-                // dV += Pᵀ dO
-                try gemm(m: T, n: D, k: T, a: probs, aOffset: pOffset, lda: T, transA: true, b: dout, bOffset: qOffset,
-                         ldb: H * D, c: dv, cOffset: kvOffset, ldc: Hkv * D, beta: 1,
-                         batch: Hkv, strideA: group * T * T, strideB: group * D, strideC: D)
-            }
-        }
-        try launch(.attention, "softmax_causal_backward", bf16: ds.dtype == .bf16, grid: batch * H * T,
-                   block: Self.rowThreads(T), [.buffer(ds), .buffer(probs), .int(T), .long(batch * H * T), .float(scale)])
-        for b in 0..<batch {
-            for g in 0..<group {
-                let qOffset = (b * T * H + g) * D, kvOffset = b * T * Hkv * D, pOffset = (b * H + g) * T * T
-                // dQ = dS K
-                try gemm(m: T, n: D, k: T, a: ds, aOffset: pOffset, lda: T, b: k, bOffset: kvOffset, ldb: Hkv * D,
-                         c: dq, cOffset: qOffset, ldc: H * D,
-                         batch: Hkv, strideA: group * T * T, strideB: D, strideC: group * D)
-                // dK += dSᵀ Q
-                try gemm(m: T, n: D, k: T, a: ds, aOffset: pOffset, lda: T, transA: true, b: q, bOffset: qOffset,
-                         ldb: H * D, c: dk, cOffset: kvOffset, ldc: Hkv * D, beta: 1,
-                         batch: Hkv, strideA: group * T * T, strideB: group * D, strideC: D)
-            }
-        }
-    }
-
     // MARK: Elementwise
 
     /// out (N, C) = table[ids] (V, C).
@@ -129,6 +57,7 @@ extension CUDADevice {
     }
 
     /// dgate, dup from da.
+    /// dgate, dup from da and the saved gate, up; dgate may be gate itself and dup up itself (in place).
     public func swigluBackward(dgate: DeviceBuffer, dup: DeviceBuffer, da: DeviceBuffer, gate: DeviceBuffer,
                                up: DeviceBuffer) throws {
         try launch(.elementwise, "swiglu_backward", bf16: da.dtype == .bf16, grid: Self.blocks(da.count), block: 256,
@@ -136,15 +65,19 @@ extension CUDADevice {
     }
 
     /// out = x ⊙ mask / keep, the mask drawn from `seed`.
-    public func dropout(_ out: DeviceBuffer, _ x: DeviceBuffer, keep: Float, seed: UInt64) throws {
-        try launch(.elementwise, "dropout_forward", bf16: out.dtype == .bf16, grid: Self.blocks(out.count), block: 256,
-                   [.buffer(out), .buffer(x), .long(out.count), .float(keep), .uint64(seed)])
+    /// out[0..<elements] = dropout of x's elements first ..< first + elements (the whole tensor's mask for them).
+    public func dropout(_ out: DeviceBuffer, _ x: DeviceBuffer, elements: Int, first: Int, keep: Float, seed: UInt64) throws {
+        precondition(first + elements <= x.count && elements <= out.count)
+        try launch(.elementwise, "dropout_forward", bf16: out.dtype == .bf16, grid: Self.blocks(elements), block: 256,
+                   [.buffer(out), .address(x.address(at: first)), .long(elements), .float(keep), .uint64(seed), .long(first)])
     }
 
-    /// dx += dinput ⊙ mask / keep (the mask of `dropout` with this seed).
-    public func dropoutBackwardAdd(_ dx: DeviceBuffer, _ dinput: DeviceBuffer, keep: Float, seed: UInt64) throws {
-        try launch(.elementwise, "dropout_backward_add", bf16: dx.dtype == .bf16, grid: Self.blocks(dx.count), block: 256,
-                   [.buffer(dx), .buffer(dinput), .long(dx.count), .float(keep), .uint64(seed)])
+    /// dx's elements first ..< first + elements += dinput[0..<elements] ⊙ their mask / keep.
+    public func dropoutBackwardAdd(_ dx: DeviceBuffer, _ dinput: DeviceBuffer, elements: Int, first: Int, keep: Float,
+                                   seed: UInt64) throws {
+        precondition(first + elements <= dx.count && elements <= dinput.count)
+        try launch(.elementwise, "dropout_backward_add", bf16: dx.dtype == .bf16, grid: Self.blocks(elements), block: 256,
+                   [.address(dx.address(at: first)), .buffer(dinput), .long(elements), .float(keep), .uint64(seed), .long(first)])
     }
 
     /// out (f32 or bf16) = in (f32), rounded.

@@ -27,52 +27,29 @@ extension CUDALlama {
         if let bad = inputIds.first(where: { $0 < 0 || $0 >= vocab }) {
             throw CUDAError("token id \(bad) is outside the vocabulary (\(vocab))")
         }
-        let ids = try device.upload(inputIds.map { Int32($0) })
-        var x = try device.allocate(n * c, dtype)
-        try device.embedding(x, ids: ids, table: embedding, rows: n, width: c)
+        var x: DeviceBuffer? = try device.allocate(n * c, dtype)
+        do {
+            let ids = try device.upload(inputIds.map { Int32($0) })
+            try device.embedding(x!, ids: ids, table: embedding, rows: n, width: c)
+        }
         // With checkpointing each layer keeps only its input, on the GPU or (offloaded) in pinned host memory: the
         // copy to the host runs on the copy stream beside the layer's forward, which waits for it only at its end.
         let offload = withGradients && checkpointing && (offloadCheckpoints ?? true)
         var saved: [GPULayerActivations?] = []
         for l in layers.indices {
-            let act = GPULayerActivations(x: x)
-            let copied = offload ? try device.copyToHostAsync(x, try hostCheckpoint(l, bytes: x.bytes)) : nil
-            x = try layerForward(l, x, batch: batch, tokens: tokens, training: training, seed: seed, saving: act)!
+            let act = GPULayerActivations(x: x!)
+            let copied = offload ? try device.copyToHostAsync(x!, try hostCheckpoint(l, bytes: x!.bytes)) : nil
+            x = try layerForward(l, x!, batch: batch, tokens: tokens, training: training, seed: seed, saving: act,
+                                 keeps: withGradients && !checkpointing)!
             if let copied { try device.wait(for: copied, on: .compute) }   // the input's memory may be reused now
             if withGradients { saved.append(offload ? nil : checkpointing ? GPULayerActivations(x: act.x) : act) }
         }
-        let rstdF = try device.allocate(n, .f32)
-        let xf = try device.allocate(n * c, dtype)
-        try device.rmsNormForward(xf, rstdF, x, finalNorm, rows: n, width: c, eps: Float(config.rmsNormEps))
-        let targets = LlamaModel.shiftedTargets(labels: labels, batch: batch, tokens: tokens).map { Int32($0) }
-        let count = targets.filter { $0 != -100 }.count
-        let scale = gradientScale ?? (count > 0 ? 1 / Float(count) : 0)
-        let targetBuffer = try device.upload(targets)
-        let rowLoss = try device.allocate(n, .f32)
-        // lm_head and the loss a chunk of rows at a time: the (N, V) logits never exist all at once.
-        let chunk = max(1, min(n, (1 << 27) / (vocab * dtype.size)))
-        var keptLogits: [Float] = []
-        device.gemmLabel = "lm_head"
-        let dxf = withGradients ? try device.allocate(n * c, dtype) : nil
-        for start in stride(from: 0, to: n, by: chunk) {
-            let rows = min(chunk, n - start)
-            let logits = try device.allocate(rows * vocab, dtype)
-            try device.gemm(m: rows, n: vocab, k: c, a: xf, aOffset: start * c, lda: c, b: lmHead, ldb: c, transB: true,
-                            c: logits, ldc: vocab)
-            if keepLogits { keptLogits += try device.download(logits) }
-            try device.crossEntropy(logits, rowLoss: rowLoss, targets: targetBuffer, rowOffset: start, rows: rows,
-                                    vocab: vocab, scale: scale, writeGradient: withGradients)
-            if let dxf {
-                try device.gemm(m: rows, n: c, k: vocab, a: logits, lda: vocab, b: lmHead, ldb: c, c: dxf,
-                                cOffset: start * c, ldc: c)
-            }
-        }
-        let loss = count > 0 ? try device.download(rowLoss).reduce(0.0) { $0 + Double($1) } / Double(count) : 0
-        let result = GPUStepResult(loss: loss, tokenCount: count, logits: keepLogits ? keptLogits : nil)
-        guard withGradients, let dxf else { return result }
+        let head = try headStep(x!, labels: labels, batch: batch, tokens: tokens, withGradients: withGradients,
+                                gradientScale: gradientScale, keepLogits: keepLogits)
+        x = nil
+        let result = GPUStepResult(loss: head.loss, tokenCount: head.count, logits: head.logits)
+        guard withGradients, var dx = head.dx else { return result }
 
-        var dx = try device.allocate(n * c, dtype)
-        try device.rmsNormBackward(dx, dxf, x, finalNorm, rstdF, rows: n, width: c, accumulate: false)
         // An offloaded input comes back one layer ahead: layer l − 1's copy runs while layer l is recomputed and
         // differentiated.
         func fetch(_ l: Int) throws -> (DeviceBuffer, GPUEvent)? {
@@ -92,7 +69,7 @@ extension CUDALlama {
             }
             if checkpointing {
                 _ = try layerForward(l, act.x, batch: batch, tokens: tokens, training: training, seed: seed, saving: act,
-                                     recomputing: true)
+                                     keeps: true, recomputing: true)
             }
             dx = try layerBackward(l, dx, act, batch: batch, tokens: tokens, training: training, seed: seed)
         }
@@ -111,6 +88,44 @@ extension CUDALlama {
         return hostCheckpoints[l]
     }
 
+    /// The final norm, lm_head and the loss of the last layer's output x, with dx (the gradient reaching x) when
+    /// `withGradients`. lm_head runs a chunk of rows at a time: the (N, V) logits never exist all at once. What it
+    /// makes besides dx is released on return.
+    func headStep(_ x: DeviceBuffer, labels: [Int], batch: Int, tokens: Int, withGradients: Bool, gradientScale: Float?,
+                  keepLogits: Bool) throws -> (loss: Double, count: Int, logits: [Float]?, dx: DeviceBuffer?) {
+        let n = batch * tokens, c = config.hiddenSize, vocab = config.vocabSize
+        let rstdF = try device.allocate(n, .f32)
+        let xf = try device.allocate(n * c, dtype)
+        try device.rmsNormForward(xf, rstdF, x, finalNorm, rows: n, width: c, eps: Float(config.rmsNormEps))
+        let targets = LlamaModel.shiftedTargets(labels: labels, batch: batch, tokens: tokens).map { Int32($0) }
+        let count = targets.filter { $0 != -100 }.count
+        let scale = gradientScale ?? (count > 0 ? 1 / Float(count) : 0)
+        let targetBuffer = try device.upload(targets)
+        let rowLoss = try device.allocate(n, .f32)
+        let chunk = max(1, min(n, (1 << 27) / (vocab * dtype.size)))
+        var keptLogits: [Float] = []
+        device.gemmLabel = "lm_head"
+        let dxf = withGradients ? try device.allocate(n * c, dtype) : nil
+        for start in stride(from: 0, to: n, by: chunk) {
+            let rows = min(chunk, n - start)
+            let logits = try device.allocate(rows * vocab, dtype)
+            try device.gemm(m: rows, n: vocab, k: c, a: xf, aOffset: start * c, lda: c, b: lmHead, ldb: c, transB: true,
+                            c: logits, ldc: vocab)
+            if keepLogits { keptLogits += try device.download(logits) }
+            try device.crossEntropy(logits, rowLoss: rowLoss, targets: targetBuffer, rowOffset: start, rows: rows,
+                                    vocab: vocab, scale: scale, writeGradient: withGradients)
+            if let dxf {
+                try device.gemm(m: rows, n: c, k: vocab, a: logits, lda: vocab, b: lmHead, ldb: c, c: dxf,
+                                cOffset: start * c, ldc: c)
+            }
+        }
+        let loss = count > 0 ? try device.download(rowLoss).reduce(0.0) { $0 + Double($1) } / Double(count) : 0
+        guard let dxf else { return (loss, count, keepLogits ? keptLogits : nil, nil) }
+        let dx = try device.allocate(n * c, dtype)
+        try device.rmsNormBackward(dx, dxf, x, finalNorm, rstdF, rows: n, width: c, accumulate: false)
+        return (loss, count, keepLogits ? keptLogits : nil, dx)
+    }
+
     /// Logits (B·T, V) of a batch, no dropout, no gradients.
     public func logits(inputIds: [Int], batch: Int, tokens: Int) throws -> [Float] {
         try step(inputIds: inputIds, labels: inputIds, batch: batch, tokens: tokens, withGradients: false,
@@ -127,38 +142,51 @@ extension CUDALlama {
 
     /// One decoder layer. `recomputing` (gradient checkpointing's second forward) skips the down projection's
     /// product: the backward pass needs only its input and LoRA intermediates, not the layer's output (nil then).
+    /// `act` keeps what the backward pass reads when `keeps` (no checkpointing, or the recompute); otherwise each
+    /// tensor is released at its last use in this layer.
     @discardableResult
     func layerForward(_ l: Int, _ x: DeviceBuffer, batch: Int, tokens: Int, training: Bool, seed: UInt64,
-                      saving act: GPULayerActivations, recomputing: Bool = false) throws -> DeviceBuffer? {
+                      saving act: GPULayerActivations, keeps: Bool, recomputing: Bool = false) throws -> DeviceBuffer? {
         let layer = layers[l]
         let n = batch * tokens, c = config.hiddenSize
         let h = config.headCount, hkv = config.kvHeadCount, d = config.headDim
         let eps = Float(config.rmsNormEps)
+        func project(_ name: String, _ input: DeviceBuffer, output: Bool = true) throws -> DeviceBuffer? {
+            try projectionForward(l, name, input, rows: n, training: training, seed: seed, act: act, output: output, keeps: keeps)
+        }
         act.x = x
         act.rstd1 = try device.allocate(n, .f32)
         act.h1 = try device.allocate(n * c, dtype)
         try device.rmsNormForward(act.h1, act.rstd1, x, layer.inputNorm, rows: n, width: c, eps: eps)
-        act.q = try projectionForward(l, "q_proj", act.h1, rows: n, training: training, seed: seed, act: act, output: true)!
-        act.k = try projectionForward(l, "k_proj", act.h1, rows: n, training: training, seed: seed, act: act, output: true)!
-        act.v = try projectionForward(l, "v_proj", act.h1, rows: n, training: training, seed: seed, act: act, output: true)!
+        act.q = try project("q_proj", act.h1)!
+        act.k = try project("k_proj", act.h1)!
+        act.v = try project("v_proj", act.h1)!
+        if !keeps { act.h1 = nil; act.rstd1 = nil }
         try device.rope(act.q, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: h, headDim: d)
         try device.rope(act.k, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: hkv, headDim: d)
         act.attention = try device.allocate(n * h * d, dtype)
-        act.probs = try device.allocate(batch * h * tokens * tokens, dtype)
-        try device.attentionForward(act.attention, act.probs, q: act.q, k: act.k, v: act.v, batch: batch, tokens: tokens,
-                                    heads: h, kvHeads: hkv, headDim: d)
-        let o = try projectionForward(l, "o_proj", act.attention, rows: n, training: training, seed: seed, act: act, output: true)!
+        act.lse = try device.allocate(batch * h * tokens, .f32)
+        try device.flashAttentionForward(act.attention, lse: act.lse, q: act.q, k: act.k, v: act.v, batch: batch, tokens: tokens,
+                                         heads: h, kvHeads: hkv, headDim: d)
+        if !keeps { act.q = nil; act.k = nil; act.v = nil; act.lse = nil }
         act.xMid = try device.allocate(n * c, dtype)
-        try device.add(act.xMid, x, o)
+        do {
+            let o = try project("o_proj", act.attention)!
+            if !keeps { act.attention = nil }
+            try device.add(act.xMid, x, o)
+        }
         act.rstd2 = try device.allocate(n, .f32)
         act.h2 = try device.allocate(n * c, dtype)
         try device.rmsNormForward(act.h2, act.rstd2, act.xMid, layer.postAttentionNorm, rows: n, width: c, eps: eps)
-        act.gate = try projectionForward(l, "gate_proj", act.h2, rows: n, training: training, seed: seed, act: act, output: true)!
-        act.up = try projectionForward(l, "up_proj", act.h2, rows: n, training: training, seed: seed, act: act, output: true)!
+        act.gate = try project("gate_proj", act.h2)!
+        act.up = try project("up_proj", act.h2)!
+        if !keeps { act.h2 = nil; act.rstd2 = nil }
         act.act = try device.allocate(act.gate.count, dtype)
         try device.swigluForward(act.act, gate: act.gate, up: act.up)
-        guard let down = try projectionForward(l, "down_proj", act.act, rows: n, training: training, seed: seed, act: act,
-                                               output: !recomputing) else { return nil }
+        if !keeps { act.gate = nil; act.up = nil }
+        let input = act.act!
+        if !keeps { act.act = nil }
+        guard let down = try project("down_proj", input, output: !recomputing) else { return nil }
         try device.add(down, act.xMid, down)
         return down
     }
@@ -175,11 +203,14 @@ extension CUDALlama {
         do {   // MLP
             var dGate: DeviceBuffer?, dUp: DeviceBuffer?
             do {
-                let dAct = try projectionBackward(l, "down_proj", dOut, rows: n, act: act, training: training, seed: seed)
-                dGate = try device.allocate(dAct.count, dtype); dUp = try device.allocate(dAct.count, dtype)
-                try device.swigluBackward(dgate: dGate!, dup: dUp!, da: dAct, gate: act.gate, up: act.up)
+                let dAct = try projectionBackward(l, "down_proj", dOut, rows: n, act: act, training: training, seed: seed) {
+                    act.act = nil   // only the down projection's adapter reads it
+                }
+                // In place: gate's memory becomes dgate and up's dup.
+                try device.swigluBackward(dgate: act.gate, dup: act.up, da: dAct, gate: act.gate, up: act.up)
+                dGate = act.gate; dUp = act.up
             }
-            act.gate = nil; act.up = nil; act.act = nil
+            act.gate = nil; act.up = nil
             let dh2 = try projectionBackward(l, "gate_proj", dGate!, rows: n, act: act, training: training, seed: seed)
             dGate = nil
             do {
@@ -194,14 +225,12 @@ extension CUDALlama {
         var grads: [String: DeviceBuffer] = [:]   // dq, dk, dv (RoPE undone), each released once used
         do {   // attention
             let dAttention = try projectionBackward(l, "o_proj", dxMid, rows: n, act: act, training: training, seed: seed)
-            act.attention = nil
             let dq = try device.allocate(act.q.count, dtype), dk = try device.allocate(act.k.count, dtype)
             let dv = try device.allocate(act.v.count, dtype)
-            let scratch = try device.allocate(act.probs.count, dtype)
-            try device.attentionBackward(dq: dq, dk: dk, dv: dv, dout: dAttention, probs: act.probs, q: act.q, k: act.k,
-                                         v: act.v, scratch: scratch, batch: batch, tokens: tokens, heads: h, kvHeads: hkv,
-                                         headDim: d)
-            act.probs = nil; act.q = nil; act.k = nil; act.v = nil
+            try device.flashAttentionBackward(dq: dq, dk: dk, dv: dv, dout: dAttention, out: act.attention, lse: act.lse,
+                                              q: act.q, k: act.k, v: act.v, batch: batch, tokens: tokens, heads: h,
+                                              kvHeads: hkv, headDim: d)
+            act.attention = nil; act.lse = nil; act.q = nil; act.k = nil; act.v = nil
             try device.rope(dq, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: h, headDim: d, inverse: true)
             try device.rope(dk, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: hkv, headDim: d, inverse: true)
             grads = ["q_proj": dq, "k_proj": dk, "v_proj": dv]
@@ -220,9 +249,10 @@ extension CUDALlama {
     // MARK: A frozen projection with its adapter
 
     /// y (N, out) = x Wᵀ + bias + scale · (dropout(x) Aᵀ) Bᵀ, W dequantized for this product only. Without
-    /// `output`, only what the backward pass needs is made (the adapter's dropped input and z), and nil returned.
+    /// `output`, only what the backward pass needs is made (z), and nil returned. The adapter keeps x itself, not
+    /// dropout(x): the backward pass draws the same mask again, a block of rows at a time.
     func projectionForward(_ l: Int, _ name: String, _ x: DeviceBuffer, rows: Int, training: Bool, seed: UInt64,
-                           act: GPULayerActivations, output: Bool) throws -> DeviceBuffer? {
+                           act: GPULayerActivations, output: Bool, keeps: Bool) throws -> DeviceBuffer? {
         let p = layers[l].projections[name]!
         let y = output ? try device.allocate(rows * p.outFeatures, dtype) : nil
         device.gemmLabel = "base"
@@ -234,28 +264,62 @@ extension CUDALlama {
         if let y, let bias = p.bias { try device.addBias(y, bias: bias, rows: rows, cols: p.outFeatures) }
         guard let adapter = adapters["\(l).\(name)"] else { return y }
         let r = loraConfig.r
-        var input = x
-        if training && loraConfig.dropout > 0 {
-            input = try device.allocate(x.count, dtype)
-            try device.dropout(input, x, keep: Float(1 - loraConfig.dropout), seed: dropoutSeed(seed, layer: l, name))
-        }
         let z = try device.allocate(rows * r, dtype)
         device.gemmLabel = "lora"
-        try device.gemm(m: rows, n: r, k: p.inFeatures, a: input, lda: p.inFeatures, b: adapter.aCompute, ldb: p.inFeatures,
-                        transB: true, c: z, ldc: r)
+        // z = dropout(x) Aᵀ
+        try droppedBlocks(l, name, x, rows: rows, width: p.inFeatures, training: training, seed: seed) { input, start, count in
+            try device.gemm(m: count, n: r, k: p.inFeatures, a: input, lda: p.inFeatures, b: adapter.aCompute, ldb: p.inFeatures,
+                            transB: true, c: z, cOffset: start * r, ldc: r)
+        }
         if let y {
             try device.gemm(m: rows, n: p.outFeatures, k: r, a: z, lda: r, b: adapter.bCompute, ldb: r, transB: true,
                             c: y, ldc: p.outFeatures, alpha: loraConfig.scale, beta: 1)
         }
-        act.loraInput[name] = input
-        act.loraZ[name] = z
+        if keeps { act.loraInput[name] = x; act.loraZ[name] = z }
         return y
     }
 
-    /// dx (N, in) from dy, adding the adapter's gradients into its accumulators.
+    /// Rows of a (rows × width) adapter input as the adapter sees them: x itself without dropout (one block, the
+    /// whole tensor), else dropout(x) made a block of rows at a time into a scratch buffer (at most 16 Mi elements),
+    /// each element with the mask of its index in the whole tensor. `body(input, firstRow, rowCount)`.
+    func droppedBlocks(_ l: Int, _ name: String, _ x: DeviceBuffer, rows: Int, width: Int, training: Bool, seed: UInt64,
+                       _ body: (DeviceBuffer, Int, Int) throws -> Void) throws {
+        guard training && loraConfig.dropout > 0 else { return try body(x, 0, rows) }
+        let blockRows = max(1, min(rows, (16 << 20) / max(width, 1)))
+        let scratch = try device.allocate(blockRows * width, dtype)
+        let keep = Float(1 - loraConfig.dropout), maskSeed = dropoutSeed(seed, layer: l, name)
+        for start in stride(from: 0, to: rows, by: blockRows) {
+            let count = min(blockRows, rows - start)
+            try device.dropout(scratch, x, elements: count * width, first: start * width, keep: keep, seed: maskSeed)
+            try body(scratch, start, count)
+        }
+    }
+
+    /// dx (N, in) from dy, adding the adapter's gradients into its accumulators. The adapter's part that needs the
+    /// layer input runs first; then `releaseInput` (the caller drops the input if nothing else needs it), and only
+    /// then is dx made: the input and dx are never live together.
     func projectionBackward(_ l: Int, _ name: String, _ dy: DeviceBuffer, rows: Int, act: GPULayerActivations,
-                            training: Bool, seed: UInt64) throws -> DeviceBuffer {
+                            training: Bool, seed: UInt64, releaseInput: () -> Void = {}) throws -> DeviceBuffer {
         let p = layers[l].projections[name]!
+        let r = loraConfig.r, s = loraConfig.scale
+        let adapter = adapters["\(l).\(name)"]
+        var dz: DeviceBuffer? = nil
+        if let adapter, let z = act.loraZ[name], let input = act.loraInput[name] {
+            device.gemmLabel = "lora"
+            // dB += s · dyᵀ z ; dz = s · dy B ; dA += dzᵀ · dropout(input)
+            try device.gemm(m: p.outFeatures, n: r, k: rows, a: dy, lda: p.outFeatures, transA: true, b: z, ldb: r,
+                            c: adapter.gradB, ldc: r, alpha: s, beta: 1)
+            let d = try device.allocate(rows * r, dtype)
+            try device.gemm(m: rows, n: r, k: p.outFeatures, a: dy, lda: p.outFeatures, b: adapter.bCompute, ldb: r,
+                            c: d, ldc: r, alpha: s)
+            try droppedBlocks(l, name, input, rows: rows, width: p.inFeatures, training: training, seed: seed) { x, start, count in
+                try device.gemm(m: r, n: p.inFeatures, k: count, a: d, aOffset: start * r, lda: r, transA: true, b: x,
+                                ldb: p.inFeatures, c: adapter.gradA, ldc: p.inFeatures, beta: 1)
+            }
+            dz = d
+        }
+        act.loraInput[name] = nil; act.loraZ[name] = nil
+        releaseInput()
         let dx = try device.allocate(rows * p.inFeatures, dtype)
         device.gemmLabel = "base"
         do {
@@ -263,27 +327,24 @@ extension CUDALlama {
             try device.gemm(m: rows, n: p.inFeatures, k: p.outFeatures, a: dy, lda: p.outFeatures, b: w, ldb: p.inFeatures,
                             c: dx, ldc: p.inFeatures)
         }
-        guard let adapter = adapters["\(l).\(name)"], let z = act.loraZ[name], let input = act.loraInput[name] else { return dx }
-        let r = loraConfig.r, s = loraConfig.scale
+        guard let adapter, let dz else { return dx }
         device.gemmLabel = "lora"
-        // dB += s · dyᵀ z ; dz = s · dy B ; dA += dzᵀ · input ; dx += dz A (through the dropout mask)
-        try device.gemm(m: p.outFeatures, n: r, k: rows, a: dy, lda: p.outFeatures, transA: true, b: z, ldb: r,
-                        c: adapter.gradB, ldc: r, alpha: s, beta: 1)
-        let dz = try device.allocate(rows * r, dtype)
-        try device.gemm(m: rows, n: r, k: p.outFeatures, a: dy, lda: p.outFeatures, b: adapter.bCompute, ldb: r,
-                        c: dz, ldc: r, alpha: s)
-        try device.gemm(m: r, n: p.inFeatures, k: rows, a: dz, lda: r, transA: true, b: input, ldb: p.inFeatures,
-                        c: adapter.gradA, ldc: p.inFeatures, beta: 1)
-        if training && loraConfig.dropout > 0 {
-            let dInput = try device.allocate(rows * p.inFeatures, dtype)
-            try device.gemm(m: rows, n: p.inFeatures, k: r, a: dz, lda: r, b: adapter.aCompute, ldb: p.inFeatures,
-                            c: dInput, ldc: p.inFeatures)
-            try device.dropoutBackwardAdd(dx, dInput, keep: Float(1 - loraConfig.dropout), seed: dropoutSeed(seed, layer: l, name))
-        } else {
+        // dx += dz A, through the dropout mask (a block of rows at a time)
+        guard training && loraConfig.dropout > 0 else {
             try device.gemm(m: rows, n: p.inFeatures, k: r, a: dz, lda: r, b: adapter.aCompute, ldb: p.inFeatures,
                             c: dx, ldc: p.inFeatures, beta: 1)
+            return dx
         }
-        act.loraInput[name] = nil; act.loraZ[name] = nil
+        let blockRows = max(1, min(rows, (16 << 20) / p.inFeatures))
+        let dInput = try device.allocate(blockRows * p.inFeatures, dtype)
+        let keep = Float(1 - loraConfig.dropout), maskSeed = dropoutSeed(seed, layer: l, name)
+        for start in stride(from: 0, to: rows, by: blockRows) {
+            let count = min(blockRows, rows - start)
+            try device.gemm(m: count, n: p.inFeatures, k: r, a: dz, aOffset: start * r, lda: r, b: adapter.aCompute,
+                            ldb: p.inFeatures, c: dInput, ldc: p.inFeatures)
+            try device.dropoutBackwardAdd(dx, dInput, elements: count * p.inFeatures, first: start * p.inFeatures, keep: keep,
+                                          seed: maskSeed)
+        }
         return dx
     }
 }

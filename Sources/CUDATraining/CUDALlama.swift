@@ -42,11 +42,11 @@ final class GPULayerActivations {
     var x: DeviceBuffer!                       // (N, C) layer input
     var rstd1: DeviceBuffer!, h1: DeviceBuffer!
     var q: DeviceBuffer!, k: DeviceBuffer!, v: DeviceBuffer!    // after RoPE
-    var probs: DeviceBuffer!                   // (B, H, T, T)
+    var lse: DeviceBuffer!                     // (B, H, T) float32: log-sum-exp of each query row's scores
     var attention: DeviceBuffer!
     var xMid: DeviceBuffer!, rstd2: DeviceBuffer!, h2: DeviceBuffer!
     var gate: DeviceBuffer!, up: DeviceBuffer!, act: DeviceBuffer!
-    var loraInput: [String: DeviceBuffer] = [:]   // dropout(x) per adapted projection
+    var loraInput: [String: DeviceBuffer] = [:]   // x per adapted projection (its dropout mask is drawn again)
     var loraZ: [String: DeviceBuffer] = [:]       // dropout(x) · Aᵀ (N, R)
     init(x: DeviceBuffer) { self.x = x }
 }

@@ -95,27 +95,8 @@ public struct GPUOpChecks {
                     c.close("rope\(inverse ? " inverse" : "") \(tag) \(b)×\(t)×\(h)×\(d)", try device.download(xb), x, tolerance: tol)
                 }
             }
-            // Attention
-            for (b, t, h, hkv, d) in [(2, 37, 6, 2, 32), (1, 64, 4, 4, 64), (3, 5, 9, 3, 16)] {
-                let (q, qb) = try put(random(b * t * h * d), dtype), (k, kb) = try put(random(b * t * hkv * d), dtype)
-                let (v, vb) = try put(random(b * t * hkv * d), dtype), (dout, db) = try put(random(b * t * h * d), dtype)
-                var out = [Float](repeating: 0, count: q.count), probs = [Float](repeating: 0, count: b * h * t * t)
-                CPUOps.attentionForwardReference(&out, &probs, q: q, k: k, v: v, batch: b, tokens: t, heads: h, kvHeads: hkv, headDim: d)
-                let ob = try device.allocate(q.count, dtype), pb = try device.allocate(probs.count, dtype)
-                try device.attentionForward(ob, pb, q: qb, k: kb, v: vb, batch: b, tokens: t, heads: h, kvHeads: hkv, headDim: d)
-                c.close("attention forward \(tag) B\(b) T\(t) H\(h) Hkv\(hkv) D\(d)", try device.download(ob), out, tolerance: tol)
-                var dq = [Float](repeating: 0, count: q.count), dk = [Float](repeating: 0, count: k.count), dv = dk
-                CPUOps.attentionBackwardReference(dq: &dq, dk: &dk, dv: &dv, dout: dout, probs: probs, q: q, k: k, v: v,
-                                                  batch: b, tokens: t, heads: h, kvHeads: hkv, headDim: d)
-                let dqb = try device.allocate(q.count, dtype), dkb = try device.allocate(k.count, dtype)
-                let dvb = try device.allocate(v.count, dtype), sb = try device.allocate(probs.count, dtype)
-                try device.attentionBackward(dq: dqb, dk: dkb, dv: dvb, dout: db, probs: pb, q: qb, k: kb, v: vb, scratch: sb,
-                                             batch: b, tokens: t, heads: h, kvHeads: hkv, headDim: d)
-                c.close("attention backward dq \(tag) B\(b) T\(t)", try device.download(dqb), dq, tolerance: tol)
-                c.close("attention backward dk \(tag) B\(b) T\(t)", try device.download(dkb), dk, tolerance: tol)
-                c.close("attention backward dv \(tag) B\(b) T\(t)", try device.download(dvb), dv, tolerance: tol)
-            }
-            // SwiGLU
+            // Attention: `flashAttention` (below), against the CPU's plain attention and its own CPU twin.
+            // SwiGLU (the backward in place, as the step runs it: dgate over gate, dup over up)
             for n in [1000, 12345] {
                 let (g, gb) = try put(random(n, 4), dtype), (u, ub) = try put(random(n, 2), dtype), (da, dab) = try put(random(n), dtype)
                 var a = [Float](repeating: 0, count: n)
@@ -125,10 +106,9 @@ public struct GPUOpChecks {
                 c.close("swiglu forward \(tag) \(n)", try device.download(ab), a, tolerance: tol)
                 var dg = a, du = a
                 CPUOps.swigluBackward(dgate: &dg, dup: &du, da: da, gate: g, up: u)
-                let dgb = try device.allocate(n, dtype), dub = try device.allocate(n, dtype)
-                try device.swigluBackward(dgate: dgb, dup: dub, da: dab, gate: gb, up: ub)
-                c.close("swiglu backward dgate \(tag) \(n)", try device.download(dgb), dg, tolerance: tol)
-                c.close("swiglu backward dup \(tag) \(n)", try device.download(dub), du, tolerance: tol)
+                try device.swigluBackward(dgate: gb, dup: ub, da: dab, gate: gb, up: ub)
+                c.close("swiglu backward dgate (in place) \(tag) \(n)", try device.download(gb), dg, tolerance: tol)
+                c.close("swiglu backward dup (in place) \(tag) \(n)", try device.download(ub), du, tolerance: tol)
             }
             // Linear products through cuBLASLt
             for (n, inF, outF) in [(37, 96, 130), (128, 576, 192), (3, 17, 5)] {
@@ -225,5 +205,6 @@ public struct GPUOpChecks {
             let sum = try device.sumOfSquares([try device.upload(g), try device.upload(h)])
             c.scalar("sum of squares", sum, (g + h).reduce(0.0) { $0 + Double($1) * Double($1) }, tolerance: 1e-2)
         }
+        try flashAttention(&c)
     }
 }

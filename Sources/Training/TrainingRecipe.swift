@@ -37,6 +37,7 @@ public struct TrainingRecipe: Sendable {
         "max_seq_length": "max_seq_length", "packing": "packing", "train_on_inputs": "train_on_inputs",
         "prompt_field": "prompt_field", "completion_field": "completion_field",
         "resume_from_checkpoint": "resume_from_checkpoint", "shuffle": "shuffle",
+        "offload_checkpoints": "offload_checkpoints",
     ]
 
     /// Keys that only steer Python tooling (reporting, logging folders): accepted and ignored.

@@ -103,7 +103,7 @@ struct Bench: ParsableCommand {
             ("peak_reserved_gib", .double(r(reserved / 1073741824, 3))), ("load_s", .double(r(loadSeconds, 1))),
             ("trainable", .int(counts.trainable)), ("all_params", .int(counts.all)), ("final_loss", .double(r(finalLoss, 4))),
             ("compute_dtype", .string(gpu != nil ? computeDtype : "fp32")), ("lora_dropout", .double(loraDropout)),
-            ("devices", .int(world)),
+            ("devices", .int(world)), ("offload_checkpoints", .bool(gpu != nil && !noCkpt && (step.offloadCheckpoints ?? true))),
             ("host_rss_before_load_gb", .double(r(Double(hostBaseline) / 1e9, 3))),
             ("host_rss_peak_after_load_gb", .double(r(Double(hostPeak) / 1e9, 3))),
         ]

@@ -45,6 +45,8 @@ struct Train: ParsableCommand {
     @Option(help: "Seed for adapters, dropout and shuffling (default 42).") var seed: UInt64?
     @Flag(help: "Recompute each layer's activations in the backward pass (less memory, same numbers).")
     var gradientCheckpointing = false
+    @Option(help: "On a GPU, keep gradient checkpoints in pinned host memory (true, the default) or on the GPU (false).")
+    var offloadCheckpoints: Bool?
     @OptionGroup var dataOptions: DataOptions
     @OptionGroup var parallel: DataParallelOptions
 
@@ -124,6 +126,9 @@ struct Train: ParsableCommand {
         let joined = try worker.map { try DataParallelOptions.join($0) }
         let loadStarted = Date()
         let engine = try modelOptions.makeEngine(loaded, optimizer: optimizer, recipe: recipe, worker: joined)
+        if let gpuEngine = engine as? CUDATrainingEngine {
+            gpuEngine.model.offloadCheckpoints = try offloadCheckpoints ?? recipe.bool("offload_checkpoints")
+        }
         let counts = engine.parameterCounts
         print(String(format: "trainable params: %@ || all params: %@ || trainable%%: %.4f",
                      counts.trainable.formatted(), counts.all.formatted(), 100 * Double(counts.trainable) / Double(counts.all)))

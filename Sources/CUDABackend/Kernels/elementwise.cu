@@ -21,27 +21,30 @@ extern "C" __global__ void swiglu_forward(T* act, const T* gate, const T* up, lo
     FOR_EACH(i, n) { float g = ld(gate[i]); act[i] = st(g / (1.0f + expf(-g)) * ld(up[i])); }
 }
 
-// dgate = da ⊙ up ⊙ σ(g)(1 + g(1 − σ(g))), dup = da ⊙ silu(g).
+// dgate = da ⊙ up ⊙ σ(g)(1 + g(1 − σ(g))), dup = da ⊙ silu(g). Each element's inputs are read before its outputs
+// are written, so dgate may be gate's memory and dup up's (the step writes them in place).
 extern "C" __global__ void swiglu_backward(T* dgate, T* dup, const T* da, const T* gate, const T* up, long long n) {
     FOR_EACH(i, n) {
-        float g = ld(gate[i]), a = ld(da[i]);
+        float g = ld(gate[i]), u = ld(up[i]), a = ld(da[i]);
         float sig = 1.0f / (1.0f + expf(-g));
         dup[i] = st(a * g * sig);
-        dgate[i] = st(a * ld(up[i]) * sig * (1.0f + g * (1.0f - sig)));
+        dgate[i] = st(a * u * sig * (1.0f + g * (1.0f - sig)));
     }
 }
 
-// out = x ⊙ mask / keep, mask[i] = (uniform(seed, i) < keep).
-extern "C" __global__ void dropout_forward(T* out, const T* x, long long n, float keep, unsigned long long seed) {
+// out = x ⊙ mask / keep, mask[i] = (uniform(seed, first + i) < keep): `first` is the element index of x[0] in the
+// whole tensor, so a tensor processed a block of rows at a time draws the mask it would draw whole.
+extern "C" __global__ void dropout_forward(T* out, const T* x, long long n, float keep, unsigned long long seed,
+                                           long long first) {
     float scale = 1.0f / keep;
-    FOR_EACH(i, n) out[i] = st(hash_uniform(seed, i) < keep ? ld(x[i]) * scale : 0.0f);
+    FOR_EACH(i, n) out[i] = st(hash_uniform(seed, first + i) < keep ? ld(x[i]) * scale : 0.0f);
 }
 
 // dx += dinput ⊙ mask / keep (the same mask as dropout_forward with this seed).
 extern "C" __global__ void dropout_backward_add(T* dx, const T* dinput, long long n, float keep,
-                                                unsigned long long seed) {
+                                                unsigned long long seed, long long first) {
     float scale = 1.0f / keep;
-    FOR_EACH(i, n) if (hash_uniform(seed, i) < keep) dx[i] = st(ld(dx[i]) + ld(dinput[i]) * scale);
+    FOR_EACH(i, n) if (hash_uniform(seed, first + i) < keep) dx[i] = st(ld(dx[i]) + ld(dinput[i]) * scale);
 }
 
 extern "C" __global__ void cast_from_f32(T* out, const float* in, long long n) { FOR_EACH(i, n) out[i] = st(in[i]); }

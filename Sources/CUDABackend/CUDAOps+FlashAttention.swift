@@ -1,0 +1,164 @@
+import Foundation
+
+// Launchers of Kernels/flash_attention.cu: causal GQA attention that keeps only the output and a float32
+// log-sum-exp per query row (CPU twin: CPUOps.flashAttentionForward / flashAttentionBackward). The tile sizes, the
+// thread counts and the shared-memory sizes below are those of the kernel file's header.
+
+extension CUDADevice {
+    /// The head dims the kernels are built for.
+    public static let flashAttentionHeadDims = [32, 64, 96, 128]
+
+    /// out (B, T, H, D) and lse (B, H, T, float32: log Σ_{j ≤ i} exp(q_i·k_j / √D)) from q (B, T, H, D), k, v
+    /// (B, T, Hkv, D). q, k, v and out are all f32 or all bf16; the kernel variant follows `out.dtype`.
+    public func flashAttentionForward(_ out: DeviceBuffer, lse: DeviceBuffer, q: DeviceBuffer, k: DeviceBuffer,
+                                      v: DeviceBuffer, batch: Int, tokens: Int, heads: Int, kvHeads: Int,
+                                      headDim: Int) throws {
+        let shape = FlashAttentionShape(batch: batch, tokens: tokens, heads: heads, kvHeads: kvHeads, headDim: headDim)
+        try shape.validate(activations: [("out", out, shape.queryCount), ("q", q, shape.queryCount),
+                                         ("k", k, shape.keyCount), ("v", v, shape.keyCount)],
+                           rows: [("lse", lse)])
+        guard batch > 0, tokens > 0 else { return }
+        let bf16 = out.dtype == .bf16
+        try launch(.flashAttention, "flash_attention_forward_d\(headDim)", bf16: bf16,
+                   grid: (shape.tiles(64), heads, batch), block: Self.flashThreads(bf16),
+                   sharedBytes: Self.flashSharedBytes(.forward, headDim: headDim, bf16: bf16),
+                   [.buffer(out), .buffer(lse), .buffer(q), .buffer(k), .buffer(v), .int(tokens), .int(heads),
+                    .int(kvHeads)])
+    }
+
+    /// dq (B, T, H, D), dk and dv (B, T, Hkv, D), overwritten, from dout, what the forward saved (out, lse) and its
+    /// inputs. Three kernels: delta = rowsum(dout ⊙ out) into a scratch buffer, then one block per key tile for dK
+    /// and dV, and one block per query tile for dQ. No atomics: the same inputs give the same bits every run.
+    public func flashAttentionBackward(dq: DeviceBuffer, dk: DeviceBuffer, dv: DeviceBuffer, dout: DeviceBuffer,
+                                       out: DeviceBuffer, lse: DeviceBuffer, q: DeviceBuffer, k: DeviceBuffer,
+                                       v: DeviceBuffer, batch: Int, tokens: Int, heads: Int, kvHeads: Int,
+                                       headDim: Int) throws {
+        let shape = FlashAttentionShape(batch: batch, tokens: tokens, heads: heads, kvHeads: kvHeads, headDim: headDim)
+        let n = shape.queryCount, nkv = shape.keyCount
+        try shape.validate(activations: [("dq", dq, n), ("dk", dk, nkv), ("dv", dv, nkv), ("dout", dout, n),
+                                         ("out", out, n), ("q", q, n), ("k", k, nkv), ("v", v, nkv)],
+                           rows: [("lse", lse)])
+        guard batch > 0, tokens > 0 else { return }
+        let bf16 = out.dtype == .bf16, threads = Self.flashThreads(bf16)
+        let rows = batch * tokens * heads
+        let delta = try allocate(rows, .f32)
+        try launch(.flashAttention, "flash_attention_backward_dot", bf16: bf16, grid: (rows + 7) / 8, block: 256,
+                   [.buffer(delta), .buffer(dout), .buffer(out), .int(tokens), .int(heads), .int(headDim),
+                    .long(rows)])
+        try launch(.flashAttention, "flash_attention_backward_kv_d\(headDim)", bf16: bf16,
+                   grid: (shape.tiles(64), kvHeads, batch), block: threads,
+                   sharedBytes: Self.flashSharedBytes(.keysAndValues, headDim: headDim, bf16: bf16),
+                   [.buffer(dk), .buffer(dv), .buffer(dout), .buffer(lse), .buffer(delta), .buffer(q), .buffer(k),
+                    .buffer(v), .int(tokens), .int(heads), .int(kvHeads)])
+        try launch(.flashAttention, "flash_attention_backward_q_d\(headDim)", bf16: bf16,
+                   grid: (shape.tiles(64), heads, batch), block: threads,
+                   sharedBytes: Self.flashSharedBytes(.queries, headDim: headDim, bf16: bf16),
+                   [.buffer(dq), .buffer(dout), .buffer(lse), .buffer(delta), .buffer(q), .buffer(k), .buffer(v),
+                    .int(tokens), .int(heads), .int(kvHeads)])
+    }
+
+    enum FlashKernel { case forward, keysAndValues, queries }
+
+    /// 4 warps of tensor-core tiles (bf16), 16 × 16 threads of plain FMAs (float32).
+    static func flashThreads(_ bf16: Bool) -> Int { bf16 ? 128 : 256 }
+
+    /// Dynamic shared memory of each kernel, as the header of flash_attention.cu gives it.
+    static func flashSharedBytes(_ kernel: FlashKernel, headDim: Int, bf16: Bool) -> Int {
+        if bf16 {
+            let pitch = headDim + 8   // bf16 rows padded by 8 elements
+            switch kernel {
+            case .forward: return 384 * pitch                // q, k, v tiles of 64 rows
+            case .keysAndValues: return 768 * pitch + 1024   // k, v; q, dO twice; lse and delta twice
+            case .queries: return 768 * pitch                // q, dO; k, v twice (64 rows each)
+            }
+        }
+        let pitch = headDim + 1   // float32 rows padded by one element
+        switch kernel {
+        case .forward: return 4 * (192 * pitch + 64 * 65)
+        case .keysAndValues: return 4 * (256 * pitch + 2 * 64 * 65)
+        case .queries: return 4 * (256 * pitch + 64 * 65)
+        }
+    }
+
+    /// Launches kernel `name` on a 3-D grid of `block`-thread blocks with `sharedBytes` of dynamic shared memory
+    /// (raising the kernel's limit first, since beyond 48 KiB a kernel must opt in).
+    func launch(_ source: KernelSource, _ name: String, bf16: Bool, grid: (x: Int, y: Int, z: Int), block: Int,
+                sharedBytes: Int, _ arguments: [KernelArgument]) throws {
+        guard grid.x > 0, grid.y > 0, grid.z > 0, !isVirtual else { return }
+        guard grid.y <= 65535, grid.z <= 65535 else {
+            throw CUDAError("\(name): grid \(grid) is too large (at most 65535 heads and 65535 sequences per call)")
+        }
+        let function = try self.function(source, name, bf16: bf16)
+        if sharedBytes > 48 * 1024 {
+            // cuFuncSetAttribute(function, attribute, value), looked up here so that the driver table stays as it is.
+            typealias SetAttribute = @convention(c) (UnsafeMutableRawPointer?, Int32, Int32) -> Int32
+            guard let setAttribute = driver.library.optionalFunction("cuFuncSetAttribute", as: SetAttribute.self) else {
+                throw CUDAError("\(name) needs \(sharedBytes) bytes of shared memory; no cuFuncSetAttribute here")
+            }
+            try driver.check(setAttribute(function, 8, Int32(sharedBytes)),   // MAX_DYNAMIC_SHARED_SIZE_BYTES
+                             "cuFuncSetAttribute(\(name), \(sharedBytes) bytes of shared memory on \(self.name))")
+        }
+        let started = try profileStart()
+        defer { if let started { profileEnd("kernel:\(source.rawValue)", started) } }
+        var storage = arguments.map { a -> UInt64 in
+            switch a {
+            case .buffer(let b): return b.address
+            case .address(let v): return v
+            case .int32(let v): return UInt64(UInt32(bitPattern: v))
+            case .int64(let v): return UInt64(bitPattern: v)
+            case .uint64(let v): return v
+            case .float(let v): return UInt64(v.bitPattern)
+            }
+        }
+        // Each value at the start of its own 8-byte slot (little-endian), as `launch` has it.
+        let status = storage.withUnsafeMutableBufferPointer { values -> Int32 in
+            var pointers = (0..<values.count).map {
+                UnsafeMutableRawPointer(values.baseAddress! + $0) as UnsafeMutableRawPointer?
+            }
+            return pointers.withUnsafeMutableBufferPointer { p in
+                driver.cuLaunchKernel(function, UInt32(grid.x), UInt32(grid.y), UInt32(grid.z), UInt32(block), 1, 1,
+                                      UInt32(sharedBytes), stream, p.baseAddress, nil)
+            }
+        }
+        try driver.check(status, "cuLaunchKernel(\(name), grid \(grid), block \(block), \(sharedBytes) bytes shared)")
+        if Self.synchronizesEveryCall { try synchronize() }
+    }
+}
+
+/// The sizes of one attention call, checked before anything is launched.
+struct FlashAttentionShape {
+    let batch, tokens, heads, kvHeads, headDim: Int
+
+    var queryCount: Int { batch * tokens * heads * headDim }
+    var keyCount: Int { batch * tokens * kvHeads * headDim }
+    func tiles(_ rows: Int) -> Int { (tokens + rows - 1) / rows }
+
+    func validate(activations: [(String, DeviceBuffer, Int)], rows: [(String, DeviceBuffer)]) throws {
+        guard CUDADevice.flashAttentionHeadDims.contains(headDim) else {
+            throw CUDAError("flash attention has kernels for head dims 32, 64, 96 and 128, not \(headDim)")
+        }
+        guard batch >= 0, tokens >= 0, heads > 0, kvHeads > 0, heads % kvHeads == 0 else {
+            throw CUDAError("flash attention: \(heads) heads, \(kvHeads) KV heads, batch \(batch), \(tokens) tokens: "
+                            + "the heads must be a positive multiple of the KV heads")
+        }
+        let dtype = activations[0].1.dtype
+        guard dtype == .f32 || dtype == .bf16 else {
+            throw CUDAError("flash attention works on f32 or bf16 buffers, not \(dtype.rawValue)")
+        }
+        for (name, buffer, count) in activations {
+            guard buffer.dtype == dtype else {
+                throw CUDAError("flash attention: \(name) is \(buffer.dtype.rawValue) but \(activations[0].0) is "
+                                + dtype.rawValue)
+            }
+            guard buffer.count >= count else {
+                throw CUDAError("flash attention: \(name) holds \(buffer.count) values, needs \(count)")
+            }
+        }
+        for (name, buffer) in rows {
+            guard buffer.dtype == .f32, buffer.count >= batch * heads * tokens else {
+                throw CUDAError("flash attention: \(name) must be f32 with \(batch * heads * tokens) values "
+                                + "(\(buffer.dtype.rawValue), \(buffer.count))")
+            }
+        }
+    }
+}

@@ -1,0 +1,99 @@
+import CPUBackend
+import CUDABackend
+import Foundation
+
+extension GPUOpChecks {
+    /// Flash attention on the GPU (Kernels/flash_attention.cu) against its CPU twin and against the attention that
+    /// materializes the probabilities: out, lse, dq, dk, dv on ragged lengths, grouped and plain heads, every head
+    /// dim, in both activation types; the backward run twice must give the same bits (no atomics).
+    public mutating func flashAttention(_ c: inout Checker) throws {
+        for dtype in [GPUDType.f32, .bf16] {
+            let tol = dtype == .f32 ? 1e-5 : 1e-2
+            for d in CUDADevice.flashAttentionHeadDims {
+                for (b, t, h, hkv) in [(2, 5, 9, 3), (1, 37, 4, 4), (1, 130, 8, 2), (1, 257, 9, 3)] {
+                    try flashAttentionCase(&c, dtype: dtype, tolerance: tol, batch: b, tokens: t, heads: h,
+                                           kvHeads: hkv, headDim: d)
+                }
+            }
+        }
+        do {
+            let x = try device.allocate(2 * 3 * 16, .f32), lse = try device.allocate(2 * 3, .f32)
+            try device.flashAttentionForward(x, lse: lse, q: x, k: x, v: x, batch: 1, tokens: 3, heads: 2, kvHeads: 2,
+                                             headDim: 16)
+            c.equal("flash attention rejects head dim 16", [false], [true])
+        } catch {
+            c.equal("flash attention rejects head dim 16 (\(error))", [true], [true])
+        }
+    }
+
+    mutating func flashAttentionCase(_ c: inout Checker, dtype: GPUDType, tolerance tol: Double, batch b: Int,
+                                     tokens t: Int, heads h: Int, kvHeads hkv: Int, headDim d: Int) throws {
+        let tag = "\(dtype.rawValue) B\(b) T\(t) H\(h) Hkv\(hkv) D\(d)"
+        let n = b * t * h * d, nkv = b * t * hkv * d
+        let (q, qb) = try put(random(n), dtype), (k, kb) = try put(random(nkv), dtype)
+        let (v, vb) = try put(random(nkv), dtype), (dout, db) = try put(random(n), dtype)
+
+        // The plain attention, and the log-sum-exp of its scores.
+        var out = [Float](repeating: 0, count: n), probs = [Float](repeating: 0, count: b * h * t * t)
+        CPUOps.attentionForward(&out, &probs, q: q, k: k, v: v, batch: b, tokens: t, heads: h, kvHeads: hkv,
+                                headDim: d)
+        var dq = [Float](repeating: 0, count: n), dk = [Float](repeating: 0, count: nkv), dv = dk
+        CPUOps.attentionBackward(dq: &dq, dk: &dk, dv: &dv, dout: dout, probs: probs, q: q, k: k, v: v, batch: b,
+                                 tokens: t, heads: h, kvHeads: hkv, headDim: d)
+        let lse = Self.logSumExp(q: q, k: k, batch: b, tokens: t, heads: h, kvHeads: hkv, headDim: d)
+        // The CPU twin.
+        var tOut = [Float](repeating: 0, count: n), tLSE = [Float](repeating: 0, count: b * h * t)
+        CPUOps.flashAttentionForward(&tOut, lse: &tLSE, q: q, k: k, v: v, batch: b, tokens: t, heads: h, kvHeads: hkv,
+                                     headDim: d)
+        var tdq = [Float](repeating: 0, count: n), tdk = [Float](repeating: 0, count: nkv), tdv = tdk
+        CPUOps.flashAttentionBackward(dq: &tdq, dk: &tdk, dv: &tdv, dout: dout, out: tOut, lse: tLSE, q: q, k: k,
+                                      v: v, batch: b, tokens: t, heads: h, kvHeads: hkv, headDim: d)
+        // The GPU.
+        let ob = try device.allocate(n, dtype), lb = try device.allocate(b * h * t, .f32)
+        try device.flashAttentionForward(ob, lse: lb, q: qb, k: kb, v: vb, batch: b, tokens: t, heads: h, kvHeads: hkv,
+                                         headDim: d)
+        let dqb = try device.allocate(n, dtype), dkb = try device.allocate(nkv, dtype)
+        let dvb = try device.allocate(nkv, dtype)
+        try device.flashAttentionBackward(dq: dqb, dk: dkb, dv: dvb, dout: db, out: ob, lse: lb, q: qb, k: kb, v: vb,
+                                          batch: b, tokens: t, heads: h, kvHeads: hkv, headDim: d)
+        let gOut = try device.download(ob), gLSE = try device.download(lb)
+        let gdq = try device.download(dqb), gdk = try device.download(dkb), gdv = try device.download(dvb)
+        for (what, gpu, twin, plain) in [("out", gOut, tOut, out), ("lse", gLSE, tLSE, lse), ("dq", gdq, tdq, dq),
+                                         ("dk", gdk, tdk, dk), ("dv", gdv, tdv, dv)] {
+            c.close("flash attention \(what) \(tag) vs CPU twin", gpu, twin, tolerance: tol)
+            c.close("flash attention \(what) \(tag) vs plain attention", gpu, plain, tolerance: tol)
+        }
+        if t == 257 {
+            try device.flashAttentionBackward(dq: dqb, dk: dkb, dv: dvb, dout: db, out: ob, lse: lb, q: qb, k: kb,
+                                              v: vb, batch: b, tokens: t, heads: h, kvHeads: hkv, headDim: d)
+            let again = try device.download(dqb) + device.download(dkb) + device.download(dvb)
+            c.equal("flash attention backward \(tag) twice, same bits", again.map { $0.bitPattern },
+                    (gdq + gdk + gdv).map { $0.bitPattern })
+        }
+    }
+
+    /// log Σ_{j ≤ i} exp(q_i·k_j / √D) per (b, h, i), in Double.
+    static func logSumExp(q: [Float], k: [Float], batch: Int, tokens: Int, heads: Int, kvHeads: Int,
+                          headDim: Int) -> [Float] {
+        let T = tokens, D = headDim, group = heads / kvHeads
+        var lse = [Float](repeating: 0, count: batch * heads * T)
+        var s = [Double](repeating: 0, count: T)
+        for b in 0..<batch {
+            for h in 0..<heads {
+                for i in 0..<T {
+                    let qi = ((b * T + i) * heads + h) * D
+                    for j in 0...i {
+                        let kj = ((b * T + j) * kvHeads + h / group) * D
+                        var dot = 0.0
+                        for x in 0..<D { dot += Double(q[qi + x]) * Double(k[kj + x]) }
+                        s[j] = dot / Double(D).squareRoot()
+                    }
+                    let m = s[0...i].max()!
+                    let sum = s[0...i].reduce(0.0) { $0 + Foundation.exp($1 - m) }
+                    lse[(b * heads + h) * T + i] = Float(m + Foundation.log(sum))
+                }
+            }
+        }
+        return lse
+    }
+}
