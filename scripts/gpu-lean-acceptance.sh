@@ -8,7 +8,7 @@
 # Usage: QLORA=path/to/qlora QLORA_SHARED=path/to/shared bash scripts/gpu-lean-acceptance.sh [OUT]
 #   SPECS="llama2-7b:all smollm2-135m:all" picks the bench shapes; UNSLOTH=0 skips Unsloth; CHECK=0 skips check-cuda;
 #   REAL=0 skips the real checkpoint; D0=0 skips qlora's dropout-0 runs; HF=0 skips hf_baseline.py for the specs;
-#   LONG=1 adds llama2-7b at batch 1 × 16,384 tokens; TRAINING=1 first runs gpu-acceptance.sh's training checks.
+#   HF_REAL=0 writes the real checkpoint without timing the Hugging Face recipe on it; LONG=1 adds llama2-7b at batch 1 × 16,384 tokens; TRAINING=1 first runs gpu-acceptance.sh's training checks.
 set -uo pipefail
 Q=${QLORA:-.build/release/qlora}
 SHARED=${QLORA_SHARED:-../shared}
@@ -38,8 +38,21 @@ fi
 
 if [ "${REAL:-1}" = 1 ]; then
   echo "== a real llama2-7b checkpoint (bf16 safetensors written by transformers)"
-  python3 "$SHARED/bench/hf_baseline.py" llama2-7b --targets all 2>/dev/null | tail -1 | tee -a "$OUT/bench.jsonl"
   CK=/tmp/hf-llama2-7b
+  if [ "${HF_REAL:-1}" = 1 ]; then
+    python3 "$SHARED/bench/hf_baseline.py" llama2-7b --targets all 2>/dev/null | tail -1 | tee -a "$OUT/bench.jsonl"
+  else   # the same checkpoint as hf_baseline.py writes, without its training run
+    python3 - "$CK" <<'PY'
+import sys, torch
+from transformers import LlamaConfig, LlamaForCausalLM
+torch.manual_seed(0)
+cfg = LlamaConfig(max_position_embeddings=4096, rms_norm_eps=1e-5, hidden_size=4096, intermediate_size=11008,
+                  num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32, vocab_size=32000)
+with torch.device("cuda"):
+    m = LlamaForCausalLM(cfg).to(torch.bfloat16)
+m.save_pretrained(sys.argv[1], safe_serialization=True)
+PY
+  fi
   ls -la "$CK" | head; du -sh "$CK"
   python3 - "$OUT/tokens.jsonl" <<'PY'
 import json, random, sys

@@ -5,14 +5,6 @@ import Llama
 /// The training step that `bench` times and `plan` sizes: a model (a named shape, a config.json or a real
 /// checkpoint), the LoRA targets, batch and sequence length, dtype, dropout and checkpointing.
 struct StepShapeOptions: ParsableArguments {
-    /// The shapes of hf_baseline.py.
-    static let shapes: [String: String] = [
-        "smollm2-135m": #""hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": true, "rope_theta": 100000.0"#,
-        "tinyllama-1.1b": #""hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32, "num_key_value_heads": 4, "vocab_size": 32000"#,
-        "llama2-7b": #""hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000"#,
-        "llama3-8b": #""hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256, "rope_theta": 500000.0"#,
-    ]
-
     @Option(help: "smollm2-135m, tinyllama-1.1b, llama2-7b or llama3-8b.") var shape: String = "smollm2-135m"
     @Option(help: "A config.json to take the shape from instead.") var config: String?
     @Option(help: "A real checkpoint (Hugging Face folder, bnb 4-bit folder or GGUF), loaded as train loads it.")
@@ -30,8 +22,8 @@ struct StepShapeOptions: ParsableArguments {
     func validate() throws {
         guard ["qv", "all"].contains(targets) else { throw ValidationError("--targets must be qv or all, not \(targets)") }
         guard ["bf16", "fp32"].contains(computeDtype) else { throw ValidationError("--compute-dtype must be bf16 or fp32") }
-        guard model != nil || config != nil || Self.shapes[shape] != nil else {
-            throw ValidationError("unknown --shape \(shape): one of \(Self.shapes.keys.sorted().joined(separator: ", ")), or --config")
+        guard model != nil || config != nil || LlamaConfig.benchmarkShapes[shape] != nil else {
+            throw ValidationError("unknown --shape \(shape): one of \(LlamaConfig.benchmarkShapes.keys.sorted().joined(separator: ", ")), or --config")
         }
         guard batch > 0, seq > 1 else { throw ValidationError("--batch and --seq must be positive (--seq ≥ 2)") }
         guard (0..<1).contains(loraDropout) else { throw ValidationError("--lora-dropout must be in [0, 1)") }
@@ -42,8 +34,7 @@ struct StepShapeOptions: ParsableArguments {
         var cfg: LlamaConfig
         let weights = try model.map { try LlamaWeights.open(path: $0) }
         if let weights { cfg = weights.config } else if let config { cfg = try LlamaConfig(contentsOf: config) } else {
-            let json = "{\"model_type\": \"llama\", \"max_position_embeddings\": \(max(4096, seq)), \"rms_norm_eps\": 1e-05, \(Self.shapes[shape]!)}"
-            cfg = try JSONDecoder().decode(LlamaConfig.self, from: Data(json.utf8))
+            cfg = try LlamaConfig.benchmarkShape(shape, maxPositions: max(4096, seq))
         }
         if let layers {
             guard weights == nil else { throw ValidationError("--layers builds a random model: not with --model") }

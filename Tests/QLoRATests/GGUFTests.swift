@@ -591,7 +591,7 @@ final class GGUFTests: XCTestCase {
 
     /// llama.cpp's HF → GGUF row order for q and k, written as the converter states it: view the rows as
     /// (heads, 2, D/2), swap the last two axes, flatten back.
-    private func permuteForGGUF<T>(_ w: [T], rows: Int, heads: Int) -> [T] {
+    private static func permuteForGGUF<T>(_ w: [T], rows: Int, heads: Int) -> [T] {
         let columns = w.count / rows, headDim = rows / heads
         var out = w
         for h in 0..<heads {
@@ -622,7 +622,7 @@ final class GGUFTests: XCTestCase {
             b.add("\(architecture).attention.head_count", .uint32(UInt32(heads)))
             b.add("\(architecture).attention.head_count_kv", .uint32(UInt32(kvHeads)))
             func stored(_ w: [Float], rows: Int, heads: Int) -> [Float] {
-                permuted ? permuteForGGUF(w, rows: rows, heads: heads) : w
+                permuted ? Self.permuteForGGUF(w, rows: rows, heads: heads) : w
             }
             b.addF32("blk.3.attn_q.weight", shape: [heads * headDim, hidden], values: stored(q, rows: heads * headDim, heads: heads))
             b.addF32("blk.3.attn_k.weight", shape: [kvHeads * headDim, hidden], values: stored(k, rows: kvHeads * headDim, heads: kvHeads))
@@ -740,8 +740,8 @@ final class GGUFTests: XCTestCase {
 
     /// The reference tiny Llama, written as a GGUF the way llama.cpp's converter writes it (BF16 tensors, q/k rows
     /// permuted, float32 metadata), loads to the same tensors, config and logits as its Hugging Face folder.
-    func testTinyLlamaLoadsLikeItsHuggingFaceTwin() throws {
-        let folder = try Shared.requireGolden() + "/tiny-llama"
+    /// Writes tiny-llama's Hugging Face folder as a bf16 GGUF file at `path` (llama.cpp's names and q/k row order).
+    static func writeTinyLlamaGGUF(folder: String, to path: String) throws {
         let hfConfig = try LlamaConfig(contentsOf: folder)
         let hf = try SafeTensorsArchive(directory: folder)
         var b = GGUFBuilder()
@@ -767,18 +767,27 @@ final class GGUFTests: XCTestCase {
             }
         }
         for name in tensorNames {
-            let hfName = try XCTUnwrap(GGUFArchive.huggingFaceName(name))
+            guard let hfName = GGUFArchive.huggingFaceName(name) else {
+                throw ModelFileError.missingTensor(name: name, location: path)
+            }
             let t = try hf.tensor(named: hfName)
-            XCTAssertEqual(t.dtype, .bf16)
+            guard t.dtype == .bf16 else { throw ModelFileError.invalidHeader(path: folder, detail: "\(hfName) is not bf16") }
             var bits = t.withUnsafeBytes { raw in (0..<t.elementCount).map { raw.loadUnaligned(fromByteOffset: 2 * $0, as: UInt16.self) } }
             if name.hasSuffix("attn_q.weight") || name.hasSuffix("attn_k.weight") {
                 let heads = name.hasSuffix("attn_q.weight") ? hfConfig.headCount : hfConfig.kvHeadCount
-                bits = permuteForGGUF(bits, rows: t.shape[0], heads: heads)
+                bits = Self.permuteForGGUF(bits, rows: t.shape[0], heads: heads)
             }
             b.addTensor(name, dimensions: t.shape.reversed(), type: GGMLType.bf16.rawValue, data: bits.flatMap(f16Bytes))
         }
-        let path = makeTemporaryDirectory(self) + "/tiny-llama.gguf"
         b.write(to: path)
+    }
+
+    func testTinyLlamaLoadsLikeItsHuggingFaceTwin() throws {
+        let folder = try Shared.requireGolden() + "/tiny-llama"
+        let path = makeTemporaryDirectory(self) + "/tiny-llama.gguf"
+        try Self.writeTinyLlamaGGUF(folder: folder, to: path)
+        let hfConfig = try LlamaConfig(contentsOf: folder)
+        let hf = try SafeTensorsArchive(directory: folder)
 
         let archive = try GGUFArchive(path: path)
         XCTAssertEqual(Set(archive.names), Set(hf.names))

@@ -36,6 +36,26 @@ final class LlamaWeightsTests: XCTestCase {
         XCTAssertEqual(model.layers[1].projections["down_proj"]!.quantized, try bnb.quantizedProjection(layer: 1, "down_proj"))
     }
 
+    /// A GGUF file of the same model (bf16 tensors, llama.cpp's names and q/k row order) gives the same 4-bit
+    /// projections (codes and scales), embedding and norms as the Hugging Face folder.
+    func testGGUFGivesTheSameWeightsAsTheFolder() throws {
+        let folder = try Shared.requireGolden() + "/tiny-llama"
+        let path = makeTemporaryDirectory(self) + "/tiny-llama.gguf"
+        try GGUFTests.writeTinyLlamaGGUF(folder: folder, to: path)
+        let gguf = try LlamaWeights.open(path: path), hf = try LlamaWeights.open(path: folder)
+        XCTAssertEqual(gguf.config.layerCount, hf.config.layerCount)
+        for l in 0..<hf.config.layerCount {
+            for name in LlamaConfig.projectionNames {
+                let a = try gguf.quantizedProjection(layer: l, name), b = try hf.quantizedProjection(layer: l, name)
+                XCTAssertEqual(a.packed, b.packed, "\(l).\(name)")
+                XCTAssertEqual(a.scales, b.scales, "\(l).\(name)")
+            }
+            XCTAssertEqual(try gguf.norms(layer: l).input, try hf.norms(layer: l).input)
+        }
+        XCTAssertEqual(try gguf.embedding().floats(), try hf.embedding().floats())
+        XCTAssertEqual(try gguf.lmHead()?.floats(), try hf.lmHead()?.floats())
+    }
+
     /// A tensor of the wrong shape is an error naming the file and the tensor.
     func testWrongShapeNamesTheTensor() throws {
         let golden = try Shared.requireGolden()
