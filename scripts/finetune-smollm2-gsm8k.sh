@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/smollm2-gsm8k}
-DATA=${QLORA_DATA:-../shared/data/gsm8k}
+DATA=${QLORA_DATA:-data/gsm8k}   # shipped with the project (MIT); QLORA_DATA overrides
 STEPS=${QLORA_STEPS:-80}
 
 # What a fresh machine lacks: OpenBLAS (fast CPU products; optional) and the model (a PyPI package).
