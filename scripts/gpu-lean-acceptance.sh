@@ -8,7 +8,8 @@
 # Usage: QLORA=path/to/qlora QLORA_SHARED=path/to/shared bash scripts/gpu-lean-acceptance.sh [OUT]
 #   SPECS="llama2-7b:all smollm2-135m:all" picks the bench shapes; UNSLOTH=0 skips Unsloth; CHECK=0 skips check-cuda;
 #   REAL=0 skips the real checkpoint; D0=0 skips qlora's dropout-0 runs; HF=0 skips hf_baseline.py for the specs;
-#   HF_REAL=0 writes the real checkpoint without timing the Hugging Face recipe on it; LONG=1 adds llama2-7b at batch 1 × 16,384 tokens; TRAINING=1 first runs gpu-acceptance.sh's training checks.
+#   HF_REAL=0 writes the real checkpoint without timing the Hugging Face recipe on it; LONG=1 adds llama2-7b at
+#   batch 1 × 16,384 tokens; TRAINING=1 first runs gpu-acceptance.sh's training checks.
 set -uo pipefail
 Q=${QLORA:-.build/release/qlora}
 SHARED=${QLORA_SHARED:-../shared}
@@ -74,7 +75,8 @@ fi
 if [ "${LONG:-0}" = 1 ]; then
   echo "== long context: llama2-7b, batch 1 × 16,384 tokens"
   "$Q" plan --shape llama2-7b --targets all --batch 1 --seq 16384 --json | tee -a "$OUT/plan.jsonl"
-  "$Q" bench --device cuda --shape llama2-7b --targets all --batch 1 --seq 16384 --steps 3 2>&1 | tail -3 | tee -a "$OUT/bench.jsonl"
+  "$Q" bench --device cuda --shape llama2-7b --targets all --batch 1 --seq 16384 --steps 3 2>&1 | tail -3 \
+    | tee -a "$OUT/bench.jsonl"
 fi
 
 echo "== bench beside the Hugging Face recipe and Unsloth (same call), and qlora plan's prediction"
@@ -85,7 +87,8 @@ for spec in ${SPECS:-"llama2-7b:all llama2-7b:qv llama3-8b:all smollm2-135m:all"
   [ "${D0:-1}" = 1 ] && "$Q" bench --device cuda --shape "$shape" --targets "$targets" --lora-dropout 0 2>/dev/null \
     | tee -a "$OUT/bench.jsonl"
   [ "${HF:-1}" = 0 ] || { [ "$shape:$targets" = llama2-7b:all ] && [ "${REAL:-1}" = 1 ]; } \
-    || python3 "$SHARED/bench/hf_baseline.py" "$shape" --targets "$targets" 2>/dev/null | tail -1 | tee -a "$OUT/bench.jsonl"
-  [ "${UNSLOTH:-1}" = 1 ] && python3 "$SHARED/bench/unsloth_bench.py" "$shape" --targets "$targets" 2>/dev/null | tail -1 \
+    || python3 "$SHARED/bench/hf_baseline.py" "$shape" --targets "$targets" 2>/dev/null | tail -1 \
     | tee -a "$OUT/bench.jsonl"
+  [ "${UNSLOTH:-1}" = 1 ] && python3 "$SHARED/bench/unsloth_bench.py" "$shape" --targets "$targets" 2>/dev/null \
+    | tail -1 | tee -a "$OUT/bench.jsonl"
 done

@@ -48,7 +48,8 @@ extension CUDADevice {
     public func allocatePinned(_ bytes: Int) throws -> PinnedHostBuffer {
         if isVirtual { return PinnedHostBuffer(address: nil, bytes: bytes, device: self) }
         var p: UnsafeMutableRawPointer? = nil
-        try driver.check(driver.cuMemHostAlloc(&p, max(bytes, 1), 0), "cuMemHostAlloc(\(bytes) bytes of pinned host memory)")
+        try driver.check(driver.cuMemHostAlloc(&p, max(bytes, 1), 0),
+                         "cuMemHostAlloc(\(bytes) bytes of pinned host memory)")
         return PinnedHostBuffer(address: p!, bytes: bytes, device: self)
     }
 
@@ -75,19 +76,22 @@ extension CUDADevice {
         precondition(host.bytes >= b.bytes)
         if isVirtual { return try record(on: .copy) }
         try wait(for: try record(on: .compute), on: .copy)
-        try driver.check(driver.cuMemcpyDtoHAsync(host.address, b.address, b.bytes, try streamHandle(.copy)), "cuMemcpyDtoHAsync")
+        try driver.check(driver.cuMemcpyDtoHAsync(host.address, b.address, b.bytes, try streamHandle(.copy)),
+                         "cuMemcpyDtoHAsync")
         return try record(on: .copy)
     }
 
     /// A new buffer of `count` × `dtype` filled from `host` on the copy stream, after the compute stream's work queued
     /// so far (its memory may have been another buffer's a moment ago); compute must wait for the returned event
     /// before it reads the buffer.
-    public func copyFromHostAsync(_ host: PinnedHostBuffer, count: Int, _ dtype: GPUDType) throws -> (DeviceBuffer, GPUEvent) {
+    public func copyFromHostAsync(_ host: PinnedHostBuffer, count: Int,
+                                  _ dtype: GPUDType) throws -> (DeviceBuffer, GPUEvent) {
         let b = try allocate(count, dtype)
         precondition(host.bytes >= b.bytes)
         if isVirtual { return (b, try record(on: .copy)) }
         try wait(for: try record(on: .compute), on: .copy)
-        try driver.check(driver.cuMemcpyHtoDAsync(b.address, host.address, b.bytes, try streamHandle(.copy)), "cuMemcpyHtoDAsync")
+        try driver.check(driver.cuMemcpyHtoDAsync(b.address, host.address, b.bytes, try streamHandle(.copy)),
+                         "cuMemcpyHtoDAsync")
         return (b, try record(on: .copy))
     }
 }
@@ -110,13 +114,15 @@ extension CUDADevice {
             if let done = uploadStaging[slot].done {
                 try driver.check(driver.cuEventSynchronize(done.handle), "cuEventSynchronize (a staged upload)")
             }
-            let target: UnsafeMutableRawPointer = uploadStaging[slot].buffer.address, source = bytes.baseAddress! + offset
+            let target: UnsafeMutableRawPointer = uploadStaging[slot].buffer.address,
+                source = bytes.baseAddress! + offset
             let pieces = 8, piece = (length + pieces - 1) / pieces
             DispatchQueue.concurrentPerform(iterations: pieces) { p in
                 let start = p * piece, end = min(length, start + piece)
                 if start < end { (target + start).copyMemory(from: source + start, byteCount: end - start) }
             }
-            try driver.check(driver.cuMemcpyHtoDAsync(address + UInt64(offset), target, length, stream), "cuMemcpyHtoDAsync (staged)")
+            try driver.check(driver.cuMemcpyHtoDAsync(address + UInt64(offset), target, length, stream),
+                             "cuMemcpyHtoDAsync (staged)")
             uploadStaging[slot].done = try record(on: .compute)
             offset += length; slot ^= 1
         }

@@ -207,7 +207,8 @@ public final class CUDADevice: @unchecked Sendable {
     /// One line about the device and the libraries.
     public var description: String {
         if isVirtual { return "\(name) (virtual: planning only)" }
-        return "\(name) (\(architecture), \(multiprocessorCount) SMs); driver \(driver.library.path); \(compiler.description); cuBLASLt \(blas.library.path)"
+        return "\(name) (\(architecture), \(multiprocessorCount) SMs); driver \(driver.library.path); "
+            + "\(compiler.description); cuBLASLt \(blas.library.path)"
     }
 
     // MARK: Memory
@@ -385,7 +386,8 @@ public final class CUDADevice: @unchecked Sendable {
         guard !isVirtual else { return }
         try driver.check(driver.cuStreamSynchronize(stream), "cuStreamSynchronize (an earlier kernel or copy failed)")
         if let copyStreamHandle {
-            try driver.check(driver.cuStreamSynchronize(copyStreamHandle), "cuStreamSynchronize (an earlier copy to or from the host failed)")
+            try driver.check(driver.cuStreamSynchronize(copyStreamHandle),
+                             "cuStreamSynchronize (an earlier copy to or from the host failed)")
         }
     }
 

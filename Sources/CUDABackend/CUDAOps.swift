@@ -66,18 +66,22 @@ extension CUDADevice {
 
     /// out = x ⊙ mask / keep, the mask drawn from `seed`.
     /// out[0..<elements] = dropout of x's elements first ..< first + elements (the whole tensor's mask for them).
-    public func dropout(_ out: DeviceBuffer, _ x: DeviceBuffer, elements: Int, first: Int, keep: Float, seed: UInt64) throws {
+    public func dropout(_ out: DeviceBuffer, _ x: DeviceBuffer, elements: Int, first: Int, keep: Float,
+                        seed: UInt64) throws {
         precondition(first + elements <= x.count && elements <= out.count)
         try launch(.elementwise, "dropout_forward", bf16: out.dtype == .bf16, grid: Self.blocks(elements), block: 256,
-                   [.buffer(out), .address(x.address(at: first)), .long(elements), .float(keep), .uint64(seed), .long(first)])
+                   [.buffer(out), .address(x.address(at: first)), .long(elements), .float(keep), .uint64(seed),
+                    .long(first)])
     }
 
     /// dx's elements first ..< first + elements += dinput[0..<elements] ⊙ their mask / keep.
     public func dropoutBackwardAdd(_ dx: DeviceBuffer, _ dinput: DeviceBuffer, elements: Int, first: Int, keep: Float,
                                    seed: UInt64) throws {
         precondition(first + elements <= dx.count && elements <= dinput.count)
-        try launch(.elementwise, "dropout_backward_add", bf16: dx.dtype == .bf16, grid: Self.blocks(elements), block: 256,
-                   [.address(dx.address(at: first)), .buffer(dinput), .long(elements), .float(keep), .uint64(seed), .long(first)])
+        try launch(.elementwise, "dropout_backward_add", bf16: dx.dtype == .bf16, grid: Self.blocks(elements),
+                   block: 256,
+                   [.address(dx.address(at: first)), .buffer(dinput), .long(elements), .float(keep), .uint64(seed),
+                    .long(first)])
     }
 
     /// out (f32 or bf16) = in (f32), rounded.

@@ -58,7 +58,9 @@ public final class GPUQuantizedWeight: @unchecked Sendable {
         let absmax = try weights.map { try $0.device.download($0.absmax!) }
         var scales = [DoubleQuantizedScales?](repeating: nil, count: weights.count)
         scales.withUnsafeMutableBufferPointer { out in
-            DispatchQueue.concurrentPerform(iterations: weights.count) { out[$0] = DoubleQuantizedScales(compressing: absmax[$0]) }
+            DispatchQueue.concurrentPerform(iterations: weights.count) {
+                out[$0] = DoubleQuantizedScales(compressing: absmax[$0])
+            }
         }
         for (w, d) in zip(weights, scales) {
             w.codes = try w.device.upload(d!.codes)
@@ -76,7 +78,8 @@ public final class GPUQuantizedWeight: @unchecked Sendable {
             scales = .float32(try device.download(absmax))
         } else {
             scales = .doubleQuantized(DoubleQuantizedScales(
-                codes: try device.downloadBytes(codes!), nestedAbsmax: try device.download(nestedAbsmax!), offset: offset,
+                codes: try device.downloadBytes(codes!), nestedAbsmax: try device.download(nestedAbsmax!),
+                offset: offset,
                 nestedBlocksize: nestedBlocksize, nestedCodeBook: try device.download(nestedCode!)))
         }
         return Quantized4BitTensor(quantType: type, blocksize: blocksize, shape: [rows, columns], dtype: dtype,
@@ -138,7 +141,8 @@ extension CUDADevice {
     }
 
     /// `quantize4Bit` with the packed codes (u8) and float32 absmax left on the GPU.
-    public func quantize4BitOnDevice(_ x: DeviceBuffer, type: QuantType, blocksize: Int) throws -> (packed: DeviceBuffer, absmax: DeviceBuffer) {
+    public func quantize4BitOnDevice(_ x: DeviceBuffer, type: QuantType,
+                                     blocksize: Int) throws -> (packed: DeviceBuffer, absmax: DeviceBuffer) {
         let n = x.count
         let blocks = (n + blocksize - 1) / blocksize
         let packed = try allocate((n + 1) / 2, .u8), absmax = try allocate(blocks, .f32)

@@ -68,8 +68,8 @@ extension CUDALlama {
                 saved[l] = nil
             }
             if checkpointing {
-                _ = try layerForward(l, act.x, batch: batch, tokens: tokens, training: training, seed: seed, saving: act,
-                                     keeps: true, recomputing: true)
+                _ = try layerForward(l, act.x, batch: batch, tokens: tokens, training: training, seed: seed,
+                                     saving: act, keeps: true, recomputing: true)
             }
             dx = try layerBackward(l, dx, act, batch: batch, tokens: tokens, training: training, seed: seed)
         }
@@ -152,7 +152,8 @@ extension CUDALlama {
         let h = config.headCount, hkv = config.kvHeadCount, d = config.headDim
         let eps = Float(config.rmsNormEps)
         func project(_ name: String, _ input: DeviceBuffer, output: Bool = true) throws -> DeviceBuffer? {
-            try projectionForward(l, name, input, rows: n, training: training, seed: seed, act: act, output: output, keeps: keeps)
+            try projectionForward(l, name, input, rows: n, training: training, seed: seed, act: act, output: output,
+                                  keeps: keeps)
         }
         act.x = x
         act.rstd1 = try device.allocate(n, .f32)
@@ -166,8 +167,8 @@ extension CUDALlama {
         try device.rope(act.k, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: hkv, headDim: d)
         act.attention = try device.allocate(n * h * d, dtype)
         act.lse = try device.allocate(batch * h * tokens, .f32)
-        try device.flashAttentionForward(act.attention, lse: act.lse, q: act.q, k: act.k, v: act.v, batch: batch, tokens: tokens,
-                                         heads: h, kvHeads: hkv, headDim: d)
+        try device.flashAttentionForward(act.attention, lse: act.lse, q: act.q, k: act.k, v: act.v, batch: batch,
+                                         tokens: tokens, heads: h, kvHeads: hkv, headDim: d)
         if !keeps { act.q = nil; act.k = nil; act.v = nil; act.lse = nil }
         act.xMid = try device.allocate(n * c, dtype)
         do {
@@ -203,7 +204,8 @@ extension CUDALlama {
         do {   // MLP
             var dGate: DeviceBuffer?, dUp: DeviceBuffer?
             do {
-                let dAct = try projectionBackward(l, "down_proj", dOut, rows: n, act: act, training: training, seed: seed) {
+                let dAct = try projectionBackward(l, "down_proj", dOut, rows: n, act: act, training: training,
+                                                  seed: seed) {
                     act.act = nil   // only the down projection's adapter reads it
                 }
                 // In place: gate's memory becomes dgate and up's dup.
@@ -219,26 +221,31 @@ extension CUDALlama {
                 try device.add(dh2, dh2, part)
             }
             act.h2 = nil
-            try device.rmsNormBackward(dxMid, dh2, act.xMid, layer.postAttentionNorm, act.rstd2, rows: n, width: c, accumulate: true)
+            try device.rmsNormBackward(dxMid, dh2, act.xMid, layer.postAttentionNorm, act.rstd2, rows: n, width: c,
+                                       accumulate: true)
             act.xMid = nil; act.rstd2 = nil
         }
         var grads: [String: DeviceBuffer] = [:]   // dq, dk, dv (RoPE undone), each released once used
         do {   // attention
-            let dAttention = try projectionBackward(l, "o_proj", dxMid, rows: n, act: act, training: training, seed: seed)
+            let dAttention = try projectionBackward(l, "o_proj", dxMid, rows: n, act: act, training: training,
+                                                    seed: seed)
             let dq = try device.allocate(act.q.count, dtype), dk = try device.allocate(act.k.count, dtype)
             let dv = try device.allocate(act.v.count, dtype)
-            try device.flashAttentionBackward(dq: dq, dk: dk, dv: dv, dout: dAttention, out: act.attention, lse: act.lse,
-                                              q: act.q, k: act.k, v: act.v, batch: batch, tokens: tokens, heads: h,
-                                              kvHeads: hkv, headDim: d)
+            try device.flashAttentionBackward(dq: dq, dk: dk, dv: dv, dout: dAttention, out: act.attention,
+                                              lse: act.lse, q: act.q, k: act.k, v: act.v, batch: batch, tokens: tokens,
+                                              heads: h, kvHeads: hkv, headDim: d)
             act.attention = nil; act.lse = nil; act.q = nil; act.k = nil; act.v = nil
-            try device.rope(dq, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: h, headDim: d, inverse: true)
-            try device.rope(dk, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: hkv, headDim: d, inverse: true)
+            try device.rope(dq, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: h, headDim: d,
+                            inverse: true)
+            try device.rope(dk, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: hkv, headDim: d,
+                            inverse: true)
             grads = ["q_proj": dq, "k_proj": dk, "v_proj": dv]
         }
         let dh1 = try projectionBackward(l, "q_proj", grads.removeValue(forKey: "q_proj")!, rows: n, act: act,
                                          training: training, seed: seed)
         for name in ["k_proj", "v_proj"] {
-            let part = try projectionBackward(l, name, grads.removeValue(forKey: name)!, rows: n, act: act, training: training, seed: seed)
+            let part = try projectionBackward(l, name, grads.removeValue(forKey: name)!, rows: n, act: act,
+                                              training: training, seed: seed)
             try device.add(dh1, dh1, part)
         }
         act.h1 = nil
@@ -267,9 +274,10 @@ extension CUDALlama {
         let z = try device.allocate(rows * r, dtype)
         device.gemmLabel = "lora"
         // z = dropout(x) Aᵀ
-        try droppedBlocks(l, name, x, rows: rows, width: p.inFeatures, training: training, seed: seed) { input, start, count in
-            try device.gemm(m: count, n: r, k: p.inFeatures, a: input, lda: p.inFeatures, b: adapter.aCompute, ldb: p.inFeatures,
-                            transB: true, c: z, cOffset: start * r, ldc: r)
+        try droppedBlocks(l, name, x, rows: rows, width: p.inFeatures, training: training,
+                          seed: seed) { input, start, count in
+            try device.gemm(m: count, n: r, k: p.inFeatures, a: input, lda: p.inFeatures, b: adapter.aCompute,
+                            ldb: p.inFeatures, transB: true, c: z, cOffset: start * r, ldc: r)
         }
         if let y {
             try device.gemm(m: rows, n: p.outFeatures, k: r, a: z, lda: r, b: adapter.bCompute, ldb: r, transB: true,
@@ -312,7 +320,8 @@ extension CUDALlama {
             let d = try device.allocate(rows * r, dtype)
             try device.gemm(m: rows, n: r, k: p.outFeatures, a: dy, lda: p.outFeatures, b: adapter.bCompute, ldb: r,
                             c: d, ldc: r, alpha: s)
-            try droppedBlocks(l, name, input, rows: rows, width: p.inFeatures, training: training, seed: seed) { x, start, count in
+            try droppedBlocks(l, name, input, rows: rows, width: p.inFeatures, training: training,
+                              seed: seed) { x, start, count in
                 try device.gemm(m: r, n: p.inFeatures, k: count, a: d, aOffset: start * r, lda: r, transA: true, b: x,
                                 ldb: p.inFeatures, c: adapter.gradA, ldc: p.inFeatures, beta: 1)
             }
@@ -342,8 +351,8 @@ extension CUDALlama {
             let count = min(blockRows, rows - start)
             try device.gemm(m: count, n: p.inFeatures, k: r, a: dz, aOffset: start * r, lda: r, b: adapter.aCompute,
                             ldb: p.inFeatures, c: dInput, ldc: p.inFeatures)
-            try device.dropoutBackwardAdd(dx, dInput, elements: count * p.inFeatures, first: start * p.inFeatures, keep: keep,
-                                          seed: maskSeed)
+            try device.dropoutBackwardAdd(dx, dInput, elements: count * p.inFeatures, first: start * p.inFeatures,
+                                          keep: keep, seed: maskSeed)
         }
         return dx
     }

@@ -119,7 +119,8 @@ public final class CUDALlama: @unchecked Sendable {
                 pending = []
             }
             let norms = try weights.norms(layer: l)
-            layers.append(GPULayer(inputNorm: try device.upload(norms.input), postAttentionNorm: try device.upload(norms.postAttention),
+            layers.append(GPULayer(inputNorm: try device.upload(norms.input),
+                                   postAttentionNorm: try device.upload(norms.postAttention),
                                    projections: projections))
             all += 2 * c
         }

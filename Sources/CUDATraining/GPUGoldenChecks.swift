@@ -58,14 +58,17 @@ public struct GPUGoldenChecks {
         // Streaming to the GPU quantizes there: the same bytes as the host quantizer, dense or pre-quantized file.
         for folder in ["tiny-llama", "tiny-llama-bnb-nf4"] {
             let weights = try LlamaWeights.open(path: golden + "/" + folder)
-            let streamed = try CUDALlama(weights: weights, lora: LoRAConfig(), adapters: [:], device: device, dtype: .bf16)
+            let streamed = try CUDALlama(weights: weights, lora: LoRAConfig(), adapters: [:], device: device,
+                                         dtype: .bf16)
             for l in [0, weights.config.layerCount - 1] {
                 for name in LlamaConfig.projectionNames {
                     let host = try weights.quantizedProjection(layer: l, name)
-                    let gpuCopy = try streamed.layers[l].projections[name]!.weight.hostCopy(type: host.quantType, dtype: host.dtype)
-                    c.equal("\(folder) streamed to the GPU: layer \(l) \(name) packed codes", gpuCopy.packed, host.packed)
-                    c.equal("\(folder) streamed to the GPU: layer \(l) \(name) absmax", gpuCopy.scales.absmax().map(\.bitPattern),
-                            host.scales.absmax().map(\.bitPattern))
+                    let gpuCopy = try streamed.layers[l].projections[name]!.weight.hostCopy(type: host.quantType,
+                                                                                            dtype: host.dtype)
+                    c.equal("\(folder) streamed to the GPU: layer \(l) \(name) packed codes",
+                            gpuCopy.packed, host.packed)
+                    c.equal("\(folder) streamed to the GPU: layer \(l) \(name) absmax",
+                            gpuCopy.scales.absmax().map(\.bitPattern), host.scales.absmax().map(\.bitPattern))
                 }
             }
         }

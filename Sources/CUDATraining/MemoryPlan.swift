@@ -19,8 +19,9 @@ public struct MemoryPlan {
         let device = CUDADevice(planningFor: "virtual GPU")
         let model = try CUDALlama(randomConfig: config, lora: lora, device: device, dtype: dtype)
         model.offloadCheckpoints = offloadCheckpoints
-        let engine = try CUDATrainingEngine(model: model, optimizer: try CUDAAdamW(kind: optimizer, settings: AdamWSettings(),
-                                                                                    device: device))
+        let engine = try CUDATrainingEngine(model: model,
+                                            optimizer: try CUDAAdamW(kind: optimizer, settings: AdamWSettings(),
+                                                                     device: device))
         let ids = [Int](repeating: 1, count: batch * tokens)
         var rng = SeededGenerator(seed: 1)
         for s in 0..<2 {
@@ -32,6 +33,7 @@ public struct MemoryPlan {
         peakAllocated = device.peakAllocatedBytes
         reserved = device.reservedBytes
         pinnedHost = device.pinnedHostBytes
-        breakdown = device.peakBreakdown.filter { $0.value > 0 }.sorted { $0.value > $1.value }.map { ($0.key, $0.value) }
+        breakdown = device.peakBreakdown.filter { $0.value > 0 }.sorted { $0.value > $1.value }
+            .map { ($0.key, $0.value) }
     }
 }

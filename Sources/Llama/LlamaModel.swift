@@ -155,7 +155,8 @@ extension LlamaModel {
                             doubleQuant: Bool = true, blocksize: Int = 64, compute: ComputeDType = .fp32,
                             lora: LoRAConfig = LoRAConfig(), seed: UInt64 = 0) throws -> LlamaModel {
         let weights = LlamaWeights(config: config, source: archive,
-                                   quantization: QuantizationSettings(type: quantType, doubleQuant: doubleQuant, blocksize: blocksize))
+                                   quantization: QuantizationSettings(type: quantType, doubleQuant: doubleQuant,
+                                                                      blocksize: blocksize))
         return try LlamaModel(weights: weights, compute: compute, lora: lora, seed: seed)
     }
 
@@ -177,10 +178,11 @@ extension LlamaModel {
                                                  bias: try weights.bias(layer: l, name))
             }
             let norms = try weights.norms(layer: l)
-            layers.append(DecoderLayer(inputNorm: norms.input, postAttentionNorm: norms.postAttention, projections: projections))
+            layers.append(DecoderLayer(inputNorm: norms.input, postAttentionNorm: norms.postAttention,
+                                       projections: projections))
         }
         let lmHead = try weights.lmHead()?.floats() ?? embedding
-        self.init(config: config, embedding: embedding, layers: layers, finalNorm: try weights.finalNorm(), lmHead: lmHead,
-                  lora: lora, seed: seed)
+        self.init(config: config, embedding: embedding, layers: layers, finalNorm: try weights.finalNorm(),
+                  lmHead: lmHead, lora: lora, seed: seed)
     }
 }

@@ -31,17 +31,21 @@ public final class LlamaWeights: @unchecked Sendable {
     /// How dense projections are quantized.
     public let quantization: QuantizationSettings
 
-    public init(config: LlamaConfig, source: TensorSource, quantization: QuantizationSettings = QuantizationSettings()) {
+    public init(config: LlamaConfig, source: TensorSource,
+                quantization: QuantizationSettings = QuantizationSettings()) {
         self.config = config; self.source = source; self.quantization = quantization
     }
 
     /// A Hugging Face folder (plain or bitsandbytes 4-bit safetensors, one file or shards) or a GGUF file.
-    public static func open(path: String, quantization: QuantizationSettings = QuantizationSettings()) throws -> LlamaWeights {
+    public static func open(path: String,
+                            quantization: QuantizationSettings = QuantizationSettings()) throws -> LlamaWeights {
         if FileSystem.isDirectory(path) {
-            return LlamaWeights(config: try LlamaConfig(contentsOf: path), source: try SafeTensorsArchive(directory: path),
-                                quantization: quantization)
+            return LlamaWeights(config: try LlamaConfig(contentsOf: path),
+                                source: try SafeTensorsArchive(directory: path), quantization: quantization)
         }
-        guard FileSystem.isFile(path) else { throw ModelFileError.cannotOpen(path: path, reason: "no such model folder or GGUF file") }
+        guard FileSystem.isFile(path) else {
+            throw ModelFileError.cannotOpen(path: path, reason: "no such model folder or GGUF file")
+        }
         let archive = try GGUFArchive(path: path)
         return LlamaWeights(config: try LlamaConfig(gguf: archive.file), source: archive, quantization: quantization)
     }
@@ -55,9 +59,11 @@ public final class LlamaWeights: @unchecked Sendable {
     /// A floating-point tensor of exactly `shape`.
     public func dense(_ name: String, shape: [Int]) throws -> Tensor {
         let t = try source.tensor(named: name)
-        guard t.dtype.isFloatingPoint, t.elementCount == shape.reduce(1, *), t.shape.reduce(1, *) == t.elementCount else {
+        guard t.dtype.isFloatingPoint, t.elementCount == shape.reduce(1, *),
+              t.shape.reduce(1, *) == t.elementCount else {
             throw ModelFileError.invalidCheckpoint(path: location, tensor: name,
-                                                   detail: "is \(t.dtype.rawValue) \(t.shape), expected a float tensor of shape \(shape)")
+                                                   detail: "is \(t.dtype.rawValue) \(t.shape), "
+                                                       + "expected a float tensor of shape \(shape)")
         }
         return t.shape == shape ? t : t.reshaped(shape)
     }
@@ -101,7 +107,8 @@ public final class LlamaWeights: @unchecked Sendable {
         let w = try source.tensor(named: weightName)
         guard w.shape == [out, inF], w.dtype.isFloatingPoint else {
             throw ModelFileError.invalidCheckpoint(path: location, tensor: weightName,
-                                                   detail: "is \(w.dtype.rawValue) \(w.shape), expected a float tensor [\(out), \(inF)]")
+                                                   detail: "is \(w.dtype.rawValue) \(w.shape), "
+                                                       + "expected a float tensor [\(out), \(inF)]")
         }
         return .dense(w)
     }

@@ -51,7 +51,8 @@ public enum PEFTAdapter {
     }
 
     /// The settings and matrices of the adapter in `directory`, for a model of architecture `config`.
-    public static func read(directory: String, config: LlamaConfig) throws -> (lora: LoRAConfig, adapters: [String: LoRAWeights]) {
+    public static func read(directory: String,
+                            config: LlamaConfig) throws -> (lora: LoRAConfig, adapters: [String: LoRAWeights]) {
         let lora = try readConfig(directory: directory)
         var shapes: [String: (outFeatures: Int, inFeatures: Int)] = [:]
         for l in 0..<config.layerCount {

@@ -34,8 +34,8 @@ struct Bench: ParsableCommand {
         let worker = DataParallelOptions.worker
         DataParallelOptions.quietUnlessRankZero()
         let (cfg, lora, weights) = try step.resolve()
-        let (batch, seq, noCkpt, computeDtype, loraDropout, targets) = (step.batch, step.seq, step.noCkpt, step.computeDtype,
-                                                                        step.loraDropout, step.targets)
+        let (batch, seq, noCkpt, computeDtype, loraDropout, targets) =
+            (step.batch, step.seq, step.noCkpt, step.computeDtype, step.loraDropout, step.targets)
         var started = Date()
         var hostBaseline = HostMemory.residentBytes()
         let engine: TrainingEngine
@@ -51,7 +51,8 @@ struct Bench: ParsableCommand {
             let dtype: GPUDType = computeDtype == "fp32" ? .f32 : .bf16
             started = Date(); hostBaseline = HostMemory.residentBytes()
             let model = try weights.map {
-                try CUDALlama(weights: $0, lora: lora, adapters: LoRAWeights.initial(config: cfg, lora: lora, seed: 1), device: d, dtype: dtype)
+                try CUDALlama(weights: $0, lora: lora, adapters: LoRAWeights.initial(config: cfg, lora: lora, seed: 1),
+                              device: d, dtype: dtype)
             } ?? CUDALlama(randomConfig: cfg, lora: lora, device: d, dtype: dtype)
             counts = model.parameterCounts
             engine = try CUDATrainingEngine(model: model, optimizer: try CUDAAdamW(kind: .paged_adamw_8bit,
@@ -60,7 +61,8 @@ struct Bench: ParsableCommand {
             try d.synchronize()
             FileHandle.standardError.write("bench on \(d.description)\n".data(using: .utf8)!)
         } else {
-            let model = try weights.map { try LlamaModel(weights: $0, lora: lora, seed: 1) } ?? Self.randomCPUModel(cfg, lora: lora)
+            let model = try weights.map { try LlamaModel(weights: $0, lora: lora, seed: 1) }
+                ?? Self.randomCPUModel(cfg, lora: lora)
             counts = model.parameterCounts
             engine = CPUTrainingEngine(model: model, optimizer: AdamW(kind: .paged_adamw_8bit))
         }
@@ -88,14 +90,16 @@ struct Bench: ParsableCommand {
         if profile, let gpu {
             gpu.profile = [:]
             try trainStep()
-            FileHandle.standardError.write(("profile of one step on \(gpu.name), \(step.shape) \(targets):\n" + gpu.profileTable()).data(using: .utf8)!)
+            FileHandle.standardError.write(("profile of one step on \(gpu.name), \(step.shape) \(targets):\n"
+                                            + gpu.profileTable()).data(using: .utf8)!)
             gpu.profile = nil
         }
         let peak = gpu.map { Double($0.peakAllocatedBytes) } ?? Double(HostMemory.peakResidentBytes())
         let reserved = gpu.map { Double($0.reservedBytes) } ?? peak
         func r(_ x: Double, _ digits: Int) -> Double { (x * Foundation.pow(10, Double(digits))).rounded() / Foundation.pow(10, Double(digits)) }
         let line: [(String, JSONValue)] = [
-            ("system", .string("qlora-swift-\(gpu != nil ? "cuda" : "cpu")")), ("shape", .string(step.model ?? step.config ?? step.shape)),
+            ("system", .string("qlora-swift-\(gpu != nil ? "cuda" : "cpu")")),
+            ("shape", .string(step.model ?? step.config ?? step.shape)),
             ("targets", .string(targets)),
             ("batch", .int(batch)), ("seq", .int(seq)), ("grad_ckpt", .bool(!noCkpt)), ("steps", .int(steps)),
             ("tokens_per_s", .double(r(Double(batch * seq * steps * world) / seconds, 1))),
@@ -103,7 +107,8 @@ struct Bench: ParsableCommand {
             ("peak_reserved_gib", .double(r(reserved / 1073741824, 3))), ("load_s", .double(r(loadSeconds, 1))),
             ("trainable", .int(counts.trainable)), ("all_params", .int(counts.all)), ("final_loss", .double(r(finalLoss, 4))),
             ("compute_dtype", .string(gpu != nil ? computeDtype : "fp32")), ("lora_dropout", .double(loraDropout)),
-            ("devices", .int(world)), ("offload_checkpoints", .bool(gpu != nil && !noCkpt && (step.offloadCheckpoints ?? true))),
+            ("devices", .int(world)),
+            ("offload_checkpoints", .bool(gpu != nil && !noCkpt && (step.offloadCheckpoints ?? true))),
             ("host_rss_before_load_gb", .double(r(Double(hostBaseline) / 1e9, 3))),
             ("host_rss_peak_after_load_gb", .double(r(Double(hostPeak) / 1e9, 3))),
         ]

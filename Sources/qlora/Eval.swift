@@ -34,10 +34,11 @@ struct Eval: ParsableCommand {
         let text = try? ModelText.load(path: loaded.path)
         var options = try dataOptions.options(text ?? ModelText.none, maxPositions: loaded.config.maxPositionEmbeddings)
         options.packing = false
-        var examples = try TextDataset.load(path: data, tokenizer: text?.tokenizer, vocabularySize: loaded.config.vocabSize,
-                                            options: options)
+        var examples = try TextDataset.load(path: data, tokenizer: text?.tokenizer,
+                                            vocabularySize: loaded.config.vocabSize, options: options)
         if let limit { examples = Array(examples.prefix(limit)) }
-        let engine = try modelOptions.makeEngine(loaded, optimizer: AdamW(kind: .adamw))   // the optimizer is never used
+        // the optimizer is never used
+        let engine = try modelOptions.makeEngine(loaded, optimizer: AdamW(kind: .adamw))
         let (loss, tokens) = try Trainer.evaluate(engine: engine, examples: examples, batchSize: batchSize)
         if json {
             print(JSONValue.object([("loss", .double(loss)), ("perplexity", .double(Foundation.exp(loss))),

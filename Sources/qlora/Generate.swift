@@ -32,7 +32,8 @@ struct Generate: ParsableCommand {
         var lora = LoRAConfig()
         lora.targetModules = []
         let loaded = try modelOptions.load(lora: lora, adapter: adapter)
-        let gpuModel = modelOptions.usesGPU ? try modelOptions.gpuModel(loaded, device: try modelOptions.openGPU()) : nil
+        let gpuModel = modelOptions.usesGPU
+            ? try modelOptions.gpuModel(loaded, device: try modelOptions.openGPU()) : nil
         let cpuModel = gpuModel == nil ? try modelOptions.cpuModel(loaded) : nil
         let text = try ModelText.load(path: loaded.path)
         guard let tokenizer = text.tokenizer else { throw ValidationError("\(loaded.path) has no tokenizer") }
@@ -60,7 +61,8 @@ struct Generate: ParsableCommand {
             } else {
                 ids = tokenizer.encode(p, addSpecialTokens: tokenizer.addsBOS)
             }
-            let out = try gpuModel?.generate(prompt: ids, options: options) ?? cpuModel!.generate(prompt: ids, options: options)
+            let out = try gpuModel?.generate(prompt: ids, options: options)
+                ?? cpuModel!.generate(prompt: ids, options: options)
             let answer = tokenizer.decode(out.filter { !options.stopTokenIds.contains($0) }, skipSpecialTokens: true)
             print("### prompt\n\(p)\n### completion\n\(answer)\n")
         }

@@ -56,7 +56,8 @@ struct ModelOptions: ParsableArguments {
         }
         let gpu = try worker?.0 ?? openGPU()
         return try CUDATrainingEngine(model: try gpuModel(loaded, device: gpu, recipe: recipe),
-                                      optimizer: try CUDAAdamW(kind: optimizer.kind, settings: optimizer.settings, device: gpu),
+                                      optimizer: try CUDAAdamW(kind: optimizer.kind, settings: optimizer.settings,
+                                                               device: gpu),
                                       communicator: worker?.1)
     }
 
@@ -69,7 +70,8 @@ struct ModelOptions: ParsableArguments {
     }
 
     /// The GPU model of `loaded`, streamed from its file.
-    func gpuModel(_ loaded: LoadedModel, device: CUDADevice, recipe: TrainingRecipe = TrainingRecipe()) throws -> CUDALlama {
+    func gpuModel(_ loaded: LoadedModel, device: CUDADevice,
+                  recipe: TrainingRecipe = TrainingRecipe()) throws -> CUDALlama {
         try CUDALlama(weights: loaded.weights, lora: loaded.lora, adapters: loaded.adapters, device: device,
                       dtype: try gpuDType(recipe))
     }
@@ -90,7 +92,8 @@ struct ModelOptions: ParsableArguments {
         } ?? .nf4
         let dq = try doubleQuant ?? recipe.bool("bnb_4bit_use_double_quant") ?? true
         let path = try modelPath(recipe)
-        let weights = try LlamaWeights.open(path: path, quantization: QuantizationSettings(type: quant, doubleQuant: dq))
+        let weights = try LlamaWeights.open(path: path,
+                                            quantization: QuantizationSettings(type: quant, doubleQuant: dq))
         if let adapter {
             let (adapterLoRA, adapters) = try PEFTAdapter.read(directory: adapter, config: weights.config)
             return LoadedModel(weights: weights, path: path, lora: adapterLoRA, adapters: adapters)

@@ -14,14 +14,16 @@ struct Plan: ParsableCommand {
         abstract: "Predict the peak GPU memory of training (the step run on a virtual GPU that only counts memory).")
 
     @OptionGroup var step: StepShapeOptions
-    @Option(help: "Optimizer: adamw, adamw_8bit, paged_adamw_8bit or paged_adamw_32bit.") var optim: OptimizerKind = .paged_adamw_8bit
+    @Option(help: "Optimizer: adamw, adamw_8bit, paged_adamw_8bit or paged_adamw_32bit.")
+    var optim: OptimizerKind = .paged_adamw_8bit
     @Option(help: "Compare with this GPU's memory (GiB), e.g. 8, 24, 80.") var gpuMemory: Double?
     @Flag(help: "Print one JSON object instead of the table.") var json = false
 
     func run() throws {
         let (cfg, lora, _) = try step.resolve()
         if step.model != nil {
-            FileHandle.standardError.write("plan: the model's shape, in NF4 with double quantization (as train quantizes it)\n".data(using: .utf8)!)
+            FileHandle.standardError.write(("plan: the model's shape, in NF4 with double quantization "
+                                            + "(as train quantizes it)\n").data(using: .utf8)!)
         }
         let plan = try MemoryPlan(config: cfg, lora: lora, batch: step.batch, tokens: step.seq,
                                   dtype: step.computeDtype == "fp32" ? .f32 : .bf16, checkpointing: !step.noCkpt,
@@ -44,9 +46,11 @@ struct Plan: ParsableCommand {
             print(JSONValue.object(fields).pythonText())
             return
         }
-        print("plan: \(step.model ?? step.config ?? step.shape), LoRA r \(lora.r) on \(lora.resolvedTargets.joined(separator: ",")), "
+        print("plan: \(step.model ?? step.config ?? step.shape), LoRA r \(lora.r) "
+              + "on \(lora.resolvedTargets.joined(separator: ",")), "
               + "batch \(step.batch) × \(step.seq), \(step.computeDtype), \(optim.rawValue), "
-              + (step.noCkpt ? "no checkpointing" : "gradient checkpointing, checkpoints \(offload ? "in pinned host memory" : "on the GPU")"))
+              + (step.noCkpt ? "no checkpointing"
+                 : "gradient checkpointing, checkpoints \(offload ? "in pinned host memory" : "on the GPU")"))
         print("| at the peak | GiB |\n| --- | ---: |")
         for (tag, bytes) in rows { print(String(format: "| %@ | %.3f |", tag, gib(bytes))) }
         print(String(format: "| **peak allocated** | **%.3f** |", gib(plan.peakAllocated)))
@@ -54,7 +58,8 @@ struct Plan: ParsableCommand {
         print(String(format: "| pinned host memory (offloaded checkpoints) | %.3f |", gib(plan.pinnedHost)))
         if let gpuMemory {
             let fits = gib(plan.reserved) + 0.5 <= gpuMemory   // ~0.5 GiB for the CUDA context and libraries
-            print(fits ? "fits on a \(gpuMemory)-GiB GPU" : "does not fit on a \(gpuMemory)-GiB GPU: try a smaller batch or sequence, "
+            print(fits ? "fits on a \(gpuMemory)-GiB GPU"
+                  : "does not fit on a \(gpuMemory)-GiB GPU: try a smaller batch or sequence, "
                   + "gradient checkpointing, or fewer LoRA targets")
         }
     }

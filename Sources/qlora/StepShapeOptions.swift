@@ -16,14 +16,22 @@ struct StepShapeOptions: ParsableArguments {
     @Option(help: "LoRA dropout (hf_baseline.py uses 0.05; unsloth_bench.py needs 0).") var loraDropout: Double = 0.05
     @Option(help: "Build only this many layers (a quick look; tokens/s is not rescaled).") var layers: Int?
     @Flag(help: "Turn gradient checkpointing off.") var noCkpt = false
-    @Option(help: "On a GPU, keep gradient checkpoints in pinned host memory (true, the default) or on the GPU (false).")
+    @Option(help: """
+        On a GPU, keep gradient checkpoints in pinned host memory (true, the default) \
+        or on the GPU (false).
+        """)
     var offloadCheckpoints: Bool?
 
     func validate() throws {
-        guard ["qv", "all"].contains(targets) else { throw ValidationError("--targets must be qv or all, not \(targets)") }
-        guard ["bf16", "fp32"].contains(computeDtype) else { throw ValidationError("--compute-dtype must be bf16 or fp32") }
+        guard ["qv", "all"].contains(targets) else {
+            throw ValidationError("--targets must be qv or all, not \(targets)")
+        }
+        guard ["bf16", "fp32"].contains(computeDtype) else {
+            throw ValidationError("--compute-dtype must be bf16 or fp32")
+        }
         guard model != nil || config != nil || LlamaConfig.benchmarkShapes[shape] != nil else {
-            throw ValidationError("unknown --shape \(shape): one of \(LlamaConfig.benchmarkShapes.keys.sorted().joined(separator: ", ")), or --config")
+            throw ValidationError("unknown --shape \(shape): one of "
+                                  + "\(LlamaConfig.benchmarkShapes.keys.sorted().joined(separator: ", ")), or --config")
         }
         guard batch > 0, seq > 1 else { throw ValidationError("--batch and --seq must be positive (--seq ≥ 2)") }
         guard (0..<1).contains(loraDropout) else { throw ValidationError("--lora-dropout must be in [0, 1)") }
@@ -41,7 +49,8 @@ struct StepShapeOptions: ParsableArguments {
             cfg.layerCount = layers
         }
         guard seq <= cfg.maxPositionEmbeddings else {
-            throw ValidationError("--seq \(seq) is longer than the model's max_position_embeddings (\(cfg.maxPositionEmbeddings))")
+            throw ValidationError("--seq \(seq) is longer than the model's max_position_embeddings "
+                                  + "(\(cfg.maxPositionEmbeddings))")
         }
         var lora = LoRAConfig()
         lora.r = 16; lora.alpha = 32; lora.dropout = loraDropout

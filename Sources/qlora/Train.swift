@@ -45,7 +45,10 @@ struct Train: ParsableCommand {
     @Option(help: "Seed for adapters, dropout and shuffling (default 42).") var seed: UInt64?
     @Flag(help: "Recompute each layer's activations in the backward pass (less memory, same numbers).")
     var gradientCheckpointing = false
-    @Option(help: "On a GPU, keep gradient checkpoints in pinned host memory (true, the default) or on the GPU (false).")
+    @Option(help: """
+        On a GPU, keep gradient checkpoints in pinned host memory (true, the default) \
+        or on the GPU (false).
+        """)
     var offloadCheckpoints: Bool?
     @OptionGroup var dataOptions: DataOptions
     @OptionGroup var parallel: DataParallelOptions
@@ -103,16 +106,17 @@ struct Train: ParsableCommand {
         let loaded = try modelOptions.load(lora: lora, adapter: initAdapter, seed: settings.seed, recipe: recipe)
         let config = loaded.config
         let text = try? ModelText.load(path: loaded.path)
-        let options = try dataOptions.options(text ?? ModelText.none, recipe: recipe, maxPositions: config.maxPositionEmbeddings)
+        let options = try dataOptions.options(text ?? ModelText.none, recipe: recipe,
+                                              maxPositions: config.maxPositionEmbeddings)
         print("\(dataPath): training examples are being tokenized")
-        var examples = try TextDataset.load(path: dataPath, tokenizer: text?.tokenizer, vocabularySize: config.vocabSize,
-                                            options: options)
+        var examples = try TextDataset.load(path: dataPath, tokenizer: text?.tokenizer,
+                                            vocabularySize: config.vocabSize, options: options)
         var validation: [TokenizedExample] = []
         if let evalPath = try evalData ?? recipe.string("eval_data") {
             var evalOptions = options
             evalOptions.packing = false
-            validation = try TextDataset.load(path: evalPath, tokenizer: text?.tokenizer, vocabularySize: config.vocabSize,
-                                              options: evalOptions)
+            validation = try TextDataset.load(path: evalPath, tokenizer: text?.tokenizer,
+                                              vocabularySize: config.vocabSize, options: evalOptions)
         } else if let split = try validationSplit ?? recipe.double("validation_split"), split > 0 {
             var rng = SeededGenerator(seed: settings.seed ^ 0x5eed)
             examples.shuffle(using: &rng)
@@ -131,7 +135,8 @@ struct Train: ParsableCommand {
         }
         let counts = engine.parameterCounts
         print(String(format: "trainable params: %@ || all params: %@ || trainable%%: %.4f",
-                     counts.trainable.formatted(), counts.all.formatted(), 100 * Double(counts.trainable) / Double(counts.all)))
+                     counts.trainable.formatted(), counts.all.formatted(),
+                     100 * Double(counts.trainable) / Double(counts.all)))
         print(String(format: "loaded %@ in %.1f s (host memory peak so far %.2f GB)", loaded.path,
                      Date().timeIntervalSince(loadStarted), Double(HostMemory.peakResidentBytes()) / 1e9))
         var trainer = Trainer(engine: engine, examples: examples, config: settings, group: joined.map { NCCLGroup($0.1) })

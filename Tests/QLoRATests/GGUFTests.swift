@@ -771,7 +771,9 @@ final class GGUFTests: XCTestCase {
                 throw ModelFileError.missingTensor(name: name, location: path)
             }
             let t = try hf.tensor(named: hfName)
-            guard t.dtype == .bf16 else { throw ModelFileError.invalidHeader(path: folder, detail: "\(hfName) is not bf16") }
+            guard t.dtype == .bf16 else {
+                throw ModelFileError.invalidHeader(path: folder, detail: "\(hfName) is not bf16")
+            }
             var bits = t.withUnsafeBytes { raw in (0..<t.elementCount).map { raw.loadUnaligned(fromByteOffset: 2 * $0, as: UInt16.self) } }
             if name.hasSuffix("attn_q.weight") || name.hasSuffix("attn_k.weight") {
                 let heads = name.hasSuffix("attn_q.weight") ? hfConfig.headCount : hfConfig.kvHeadCount

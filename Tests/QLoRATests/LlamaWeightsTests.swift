@@ -17,8 +17,12 @@ final class LlamaWeightsTests: XCTestCase {
         XCTAssertEqual(dense.config.layerCount, 2)
         for l in 0..<dense.config.layerCount {
             for name in LlamaConfig.projectionNames {
-                guard case .dense(let t) = try dense.projection(layer: l, name) else { return XCTFail("\(l).\(name) is not dense") }
-                guard case .quantized(let q) = try bnb.projection(layer: l, name) else { return XCTFail("\(l).\(name) is not 4-bit") }
+                guard case .dense(let t) = try dense.projection(layer: l, name) else {
+                    return XCTFail("\(l).\(name) is not dense")
+                }
+                guard case .quantized(let q) = try bnb.projection(layer: l, name) else {
+                    return XCTFail("\(l).\(name) is not 4-bit")
+                }
                 XCTAssertEqual(q, try Quantized4BitTensor(quantizing: t, type: .nf4, doubleQuant: true), "\(l).\(name)")
                 XCTAssertEqual(try dense.quantizedProjection(layer: l, name), q, "\(l).\(name)")
             }
@@ -33,7 +37,8 @@ final class LlamaWeightsTests: XCTestCase {
         let model = try LlamaModel(weights: dense, lora: lora, seed: 9)
         XCTAssertEqual(model.adapters, LoRAWeights.initial(config: dense.config, lora: lora, seed: 9))
         XCTAssertEqual(model.adapters.count, 14)
-        XCTAssertEqual(model.layers[1].projections["down_proj"]!.quantized, try bnb.quantizedProjection(layer: 1, "down_proj"))
+        XCTAssertEqual(model.layers[1].projections["down_proj"]!.quantized,
+                       try bnb.quantizedProjection(layer: 1, "down_proj"))
     }
 
     /// A GGUF file of the same model (bf16 tensors, llama.cpp's names and q/k row order) gives the same 4-bit
@@ -82,7 +87,9 @@ final class LlamaWeightsTests: XCTestCase {
         func checksum() -> Double {
             t.withUnsafeBytes { raw in
                 var s = 0.0
-                for i in stride(from: 0, to: n, by: 1024) { s += Double(raw.loadUnaligned(fromByteOffset: 4 * i, as: Float.self)) }
+                for i in stride(from: 0, to: n, by: 1024) {
+                    s += Double(raw.loadUnaligned(fromByteOffset: 4 * i, as: Float.self))
+                }
                 return s
             }
         }
@@ -92,7 +99,8 @@ final class LlamaWeightsTests: XCTestCase {
         XCTAssertGreaterThan(touched - before, 48, "reading the mapped tensor should make it resident")
         archive.evictPages()
         let after = residentMiB()
-        XCTAssertLessThan(after, touched - 48, "evictPages should drop the mapped pages (\(before) → \(touched) → \(after) MiB)")
+        XCTAssertLessThan(after, touched - 48,
+                          "evictPages should drop the mapped pages (\(before) → \(touched) → \(after) MiB)")
         XCTAssertEqual(checksum(), expected)
     }
 }

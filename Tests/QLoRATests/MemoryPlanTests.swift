@@ -13,8 +13,10 @@ final class MemoryPlanTests: XCTestCase {
             .deletingLastPathComponent().appendingPathComponent("docs/gpu-lean-bench-h200.jsonl").path
         var checked = 0
         for line in try FileSystem.readBytes(docs).split(separator: 0x0A) {
-            guard let r = try? JSONValue(parsing: Array(line)), r["system"]?.stringValue == "qlora-swift-cuda", let shape = r["shape"]?.stringValue,
-                  LlamaConfig.benchmarkShapes[shape] != nil, r["offload_checkpoints"] != .bool(false),   // the default: offloaded
+            guard let r = try? JSONValue(parsing: Array(line)), r["system"]?.stringValue == "qlora-swift-cuda",
+                  let shape = r["shape"]?.stringValue, LlamaConfig.benchmarkShapes[shape] != nil,
+                  // the default: offloaded
+                  r["offload_checkpoints"] != .bool(false),
                   let batch = r["batch"]?.intValue, let seq = r["seq"]?.intValue,
                   let measured = r["peak_alloc_gib"]?.doubleValue else { continue }
             var lora = LoRAConfig()
@@ -23,7 +25,8 @@ final class MemoryPlanTests: XCTestCase {
             let config = try LlamaConfig.benchmarkShape(shape, maxPositions: max(4096, seq))
             let plan = try MemoryPlan(config: config, lora: lora, batch: batch, tokens: seq)
             let predicted = Double(plan.peakAllocated) / 1073741824
-            XCTAssertEqual(predicted, measured, accuracy: 0.1 * measured, "\(shape) \(lora.resolvedTargets) \(batch)×\(seq)")
+            XCTAssertEqual(predicted, measured, accuracy: 0.1 * measured,
+                           "\(shape) \(lora.resolvedTargets) \(batch)×\(seq)")
             XCTAssertGreaterThan(plan.pinnedHost, 0, "checkpoints are offloaded by default")
             checked += 1
         }
