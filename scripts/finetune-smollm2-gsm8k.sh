@@ -35,7 +35,7 @@ echo "== fine-tuning"
 $Q train --model "$GGUF" --data "$DATA/train.jsonl" "${FIELDS[@]}" --output-dir "$OUT" \
   --lora-r 16 --lora-alpha 32 --lora-dropout 0.05 --target-modules all-linear --optim paged_adamw_8bit \
   --batch-size 4 --max-steps "$STEPS" --learning-rate 3e-4 --lr-scheduler cosine --warmup-steps 5 \
-  --max-seq-length 384 --logging-steps 5 --save-steps 40 --save-total-limit 1 --seed 42
+  --max-seq-length 384 --logging-steps 5 --save-steps 40 --save-total-limit 1 --seed 42 --overwrite-output-dir
 echo "== held-out loss after fine-tuning"
 $Q eval --model "$GGUF" --adapter "$OUT" --data "$OUT/heldout.jsonl" "${FIELDS[@]}" --json | tee "$OUT/eval-after.json"
 echo "== greedy answers after"

@@ -61,6 +61,7 @@ random.seed(0)
 with open(sys.argv[1], "w") as f:
     for _ in range(16): f.write(json.dumps({"input_ids": [random.randrange(32000) for _ in range(2048)]}) + "\n")
 PY
+  rm -rf "$OUT"/train-7b-*
   for offload in false true; do
     echo "-- qlora train --device cuda on it (checkpoints offloaded to host memory: $offload)"
     measure "$Q" train --device cuda --model "$CK" --data "$OUT/tokens.jsonl" --output-dir "$OUT/train-7b-$offload" \

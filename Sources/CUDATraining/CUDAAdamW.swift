@@ -156,6 +156,11 @@ public final class CUDATrainingEngine: TrainingEngine {
 
     public func gradientNorm() throws -> Float { try model.gradientNorm() }
 
+    /// Σ w² over the float32 masters, reduced on the GPU (one number comes back).
+    public func adapterSumOfSquares() throws -> Double {
+        try model.device.sumOfSquares(model.adapterKeys.flatMap { [model.adapters[$0]!.a, model.adapters[$0]!.b] })
+    }
+
     public func applyOptimizer(lr: Float, gradientScale: Float) throws {
         let tag = model.device.allocationTag
         model.device.allocationTag = "optimizer state (paged: managed memory)"

@@ -18,15 +18,11 @@ extension CUDALlama {
     public func step(inputIds: [Int], labels: [Int], batch: Int, tokens: Int, withGradients: Bool = true,
                      training: Bool = true, seed: UInt64 = 0, checkpointing: Bool = false,
                      gradientScale: Float? = nil, keepLogits: Bool = false) throws -> GPUStepResult {
-        precondition(inputIds.count == batch * tokens && labels.count == batch * tokens)
-        guard tokens <= config.maxPositionEmbeddings else {
-            throw CUDAError("a sequence of \(tokens) tokens is longer than max_position_embeddings (\(config.maxPositionEmbeddings))")
-        }
+        // Sizes, positions, ids and labels, by the CPU step's rule: an id or label outside the vocabulary would
+        // make the embedding and loss kernels read or write out of bounds.
+        try LlamaModel.checkBatch(inputIds: inputIds, labels: labels, batch: batch, tokens: tokens, config: config)
         try ensureRope(tokens)
-        let n = batch * tokens, c = config.hiddenSize, vocab = config.vocabSize
-        if let bad = inputIds.first(where: { $0 < 0 || $0 >= vocab }) {
-            throw CUDAError("token id \(bad) is outside the vocabulary (\(vocab))")
-        }
+        let n = batch * tokens, c = config.hiddenSize
         var x: DeviceBuffer? = try device.allocate(n * c, dtype)
         do {
             let ids = try device.upload(inputIds.map { Int32($0) })

@@ -38,6 +38,29 @@ struct LayerActivations {
 }
 
 extension LlamaModel {
+    /// Checks a micro-batch before a step reads it: `batch` rows of `tokens` positions (at least one of each, at most
+    /// `max_position_embeddings` positions), every input id a token of the vocabulary, every label one too or −100
+    /// (ignored). `step` reads the embedding and the logits at these indices, so this is what keeps bad data an
+    /// error, not an out-of-bounds read; `CPUTrainingEngine` and the GPU step call it first.
+    public static func checkBatch(inputIds: [Int], labels: [Int], batch: Int, tokens: Int,
+                                  config: LlamaConfig) throws {
+        guard batch > 0, tokens > 0 else { throw ModelError("a micro-batch of \(batch) × \(tokens) tokens is empty") }
+        let (n, overflow) = batch.multipliedReportingOverflow(by: tokens)
+        guard !overflow, inputIds.count == n, labels.count == n else {
+            throw ModelError("a micro-batch of \(batch) × \(tokens) tokens has \(inputIds.count) input ids and \(labels.count) labels")
+        }
+        guard tokens <= config.maxPositionEmbeddings else {
+            throw ModelError("a sequence of \(tokens) tokens is longer than max_position_embeddings (\(config.maxPositionEmbeddings))")
+        }
+        let vocab = config.vocabSize
+        if let i = inputIds.firstIndex(where: { $0 < 0 || $0 >= vocab }) {
+            throw ModelError("input id \(inputIds[i]) (row \(i / tokens), position \(i % tokens)) is outside the vocabulary [0, \(vocab))")
+        }
+        if let i = labels.firstIndex(where: { $0 != -100 && ($0 < 0 || $0 >= vocab) }) {
+            throw ModelError("label \(labels[i]) (row \(i / tokens), position \(i % tokens)) is neither -100 nor a token id in [0, \(vocab))")
+        }
+    }
+
     /// Loss (labels shifted inside, as transformers does; −100 ignored) and, if `withGradients`, the gradients of
     /// `gradientScale × sum of token losses` (default: the mean) for every adapter. `training` turns dropout on.
     /// With `checkpointing`, only each layer's input is kept and the layer is recomputed in the backward pass (same
@@ -45,8 +68,11 @@ extension LlamaModel {
     public func step(inputIds: [Int], labels: [Int], batch: Int, tokens: Int, withGradients: Bool = true,
                      training: Bool = true, rng: inout SeededGenerator, checkpointing: Bool = false,
                      gradientScale: Float? = nil, keepLogits: Bool = false) -> StepResult {
+        // Callers check the batch first (`checkBatch`, which throws); here a bad one is a programming error.
         precondition(inputIds.count == batch * tokens && labels.count == batch * tokens)
         precondition(tokens <= config.maxPositionEmbeddings, "sequence longer than max_position_embeddings")
+        precondition(labels.allSatisfy { $0 == -100 || ($0 >= 0 && $0 < config.vocabSize) },
+                     "a label is neither -100 nor a token id (check with LlamaModel.checkBatch)")
         let n = batch * tokens, c = config.hiddenSize, vocab = config.vocabSize
         var x = [Float](repeating: 0, count: n * c)
         for (r, id) in inputIds.enumerated() {
@@ -139,8 +165,8 @@ extension LlamaModel {
         act.q = projectionForward(l, "q_proj", act.h1, rows: n, training: training, rng: &rng, act: &act)
         act.k = projectionForward(l, "k_proj", act.h1, rows: n, training: training, rng: &rng, act: &act)
         act.v = projectionForward(l, "v_proj", act.h1, rows: n, training: training, rng: &rng, act: &act)
-        CPUOps.rope(&act.q, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: h, headDim: d)
-        CPUOps.rope(&act.k, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: hkv, headDim: d)
+        CPUOps.rope(&act.q, cos: ropeCos.prefix(positions: tokens), sin: ropeSin.prefix(positions: tokens), batch: batch, tokens: tokens, heads: h, headDim: d)
+        CPUOps.rope(&act.k, cos: ropeCos.prefix(positions: tokens), sin: ropeSin.prefix(positions: tokens), batch: batch, tokens: tokens, heads: hkv, headDim: d)
         act.attention = [Float](repeating: 0, count: n * h * d)
         act.probs = [Float](repeating: 0, count: batch * h * tokens * tokens)
         CPUOps.attentionForward(&act.attention, &act.probs, q: act.q, k: act.k, v: act.v, batch: batch, tokens: tokens,
@@ -176,8 +202,8 @@ extension LlamaModel {
         var dv = [Float](repeating: 0, count: act.v.count)
         CPUOps.attentionBackward(dq: &dq, dk: &dk, dv: &dv, dout: dAttention, probs: act.probs, q: act.q, k: act.k,
                                  v: act.v, batch: batch, tokens: tokens, heads: h, kvHeads: hkv, headDim: d)
-        CPUOps.rope(&dq, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: h, headDim: d, inverse: true)
-        CPUOps.rope(&dk, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: hkv, headDim: d, inverse: true)
+        CPUOps.rope(&dq, cos: ropeCos.prefix(positions: tokens), sin: ropeSin.prefix(positions: tokens), batch: batch, tokens: tokens, heads: h, headDim: d, inverse: true)
+        CPUOps.rope(&dk, cos: ropeCos.prefix(positions: tokens), sin: ropeSin.prefix(positions: tokens), batch: batch, tokens: tokens, heads: hkv, headDim: d, inverse: true)
         var dh1 = projectionBackward(l, "q_proj", dq, rows: n, act: act, grads: &grads)
         for (name, g) in [("k_proj", dk), ("v_proj", dv)] {
             let part = projectionBackward(l, name, g, rows: n, act: act, grads: &grads)

@@ -81,7 +81,13 @@ extension LlamaConfig {
         json.set("vocab_size", .int(vocabSize))
         if let eps = try number("attention.layer_norm_rms_epsilon") { json.set("rms_norm_eps", .double(eps)) }
         if let theta = try number("rope.freq_base") { json.set("rope_theta", .double(theta)) }
-        if let context = try integer("context_length") { json.set("max_position_embeddings", .int(context)) }
+        if let context = try integer("context_length") {
+            guard context > 0, context <= LlamaConfig.maximumPositions else {
+                throw ModelFileError.invalidConfig(
+                    path: path, detail: "GGUF \(architecture).context_length must be in 1...\(LlamaConfig.maximumPositions), found \(context)")
+            }
+            json.set("max_position_embeddings", .int(context))
+        }
 
         if gguf.tensorInfo(named: "rope_freqs.weight") != nil {
             throw ModelFileError.invalidConfig(

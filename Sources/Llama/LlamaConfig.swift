@@ -116,9 +116,24 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
             headDim = hiddenSize / headCount
         }
         guard headDim > 0, headDim % 2 == 0 else { throw Invalid(description: "head_dim must be positive and even, found \(headDim)") }
+        for (name, value) in [("hidden_size", hiddenSize), ("intermediate_size", intermediateSize),
+                              ("num_hidden_layers", layerCount), ("num_attention_heads", headCount),
+                              ("vocab_size", vocabSize), ("head_dim", headDim)] where value > Self.maximumSize {
+            throw Invalid(description: "\"\(name)\" is \(value), more than this tool accepts (\(Self.maximumSize))")
+        }
+        // Every weight the model allocates is one of these products; each is checked for overflow and bounded.
+        let width = try Self.product(headCount, headDim, "num_attention_heads × head_dim", limit: Self.maximumSize)
+        for (what, rows, columns) in [("vocab_size × hidden_size", vocabSize, hiddenSize),
+                                      ("intermediate_size × hidden_size", intermediateSize, hiddenSize),
+                                      ("num_attention_heads × head_dim × hidden_size", width, hiddenSize)] {
+            _ = try Self.product(rows, columns, what, limit: Self.maximumMatrixElements)
+        }
         rmsNormEps = try c.decodeIfPresent(Double.self, forKey: .rmsNormEps) ?? 1e-6
-        guard rmsNormEps > 0 else { throw Invalid(description: "rms_norm_eps must be positive") }
+        guard rmsNormEps > 0, rmsNormEps.isFinite else { throw Invalid(description: "rms_norm_eps must be positive and finite, found \(rmsNormEps)") }
         maxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .maxPositionEmbeddings) ?? 2048
+        guard maxPositionEmbeddings > 0, maxPositionEmbeddings <= Self.maximumPositions else {
+            throw Invalid(description: "\"max_position_embeddings\" must be in 1...\(Self.maximumPositions), found \(maxPositionEmbeddings)")
+        }
         tieWordEmbeddings = try c.decodeIfPresent(Bool.self, forKey: .tieWordEmbeddings) ?? false
         attentionBias = try c.decodeIfPresent(Bool.self, forKey: .attentionBias) ?? (modelType == "qwen2")
         mlpBias = try c.decodeIfPresent(Bool.self, forKey: .mlpBias) ?? false
@@ -151,16 +166,43 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
                     lowFreqFactor: try r.decodeIfPresent(Double.self, forKey: .lowFreqFactor),
                     highFreqFactor: try r.decodeIfPresent(Double.self, forKey: .highFreqFactor),
                     originalMaxPositionEmbeddings: try r.decodeIfPresent(Int.self, forKey: .originalMaxPositionEmbeddings))
-                if type == "llama3", scaling?.lowFreqFactor == nil || scaling?.highFreqFactor == nil
-                    || scaling?.originalMaxPositionEmbeddings == nil {
-                    throw Invalid(description: "\(key.rawValue) of type llama3 needs low_freq_factor, high_freq_factor and original_max_position_embeddings")
+                guard factor.isFinite else { throw Invalid(description: "\(key.rawValue) has a non-finite \"factor\"") }
+                if type == "llama3" {
+                    guard let low = scaling?.lowFreqFactor, let high = scaling?.highFreqFactor,
+                          let original = scaling?.originalMaxPositionEmbeddings else {
+                        throw Invalid(description: "\(key.rawValue) of type llama3 needs low_freq_factor, high_freq_factor and original_max_position_embeddings")
+                    }
+                    guard low > 0, low.isFinite, high > low, high.isFinite else {
+                        throw Invalid(description: "\(key.rawValue) needs 0 < low_freq_factor < high_freq_factor, found \(low) and \(high)")
+                    }
+                    guard original > 0, original <= Self.maximumPositions else {
+                        throw Invalid(description: "\(key.rawValue).original_max_position_embeddings must be in 1...\(Self.maximumPositions), found \(original)")
+                    }
                 }
             default:
                 throw Invalid(description: "RoPE type \"\(type)\" is not supported (supported: default, linear, llama3)")
             }
         }
         ropeTheta = theta ?? 10000
+        guard ropeTheta > 0, ropeTheta.isFinite else { throw Invalid(description: "rope_theta must be positive and finite, found \(ropeTheta)") }
         ropeScaling = scaling
+    }
+
+    /// Largest `max_position_embeddings` accepted (4M positions, beyond any released model's context).
+    public static let maximumPositions = 1 << 22
+    /// Largest single size accepted (hidden, intermediate, vocabulary, heads, head width, layers; and heads × head
+    /// width).
+    public static let maximumSize = 1 << 24
+    /// Most elements of one weight matrix (vocabulary × hidden and the projections): 2^36, 256 GiB in float32.
+    public static let maximumMatrixElements = 1 << 36
+
+    /// `a × b`, or an error naming `what` when it overflows or exceeds `limit`.
+    static func product(_ a: Int, _ b: Int, _ what: String, limit: Int) throws -> Int {
+        let (p, overflow) = a.multipliedReportingOverflow(by: b)
+        guard !overflow, p <= limit else {
+            throw Invalid(description: "\(what) (\(a) × \(b)) is more than this tool accepts (\(limit))")
+        }
+        return p
     }
 
     public func encode(to encoder: Encoder) throws {

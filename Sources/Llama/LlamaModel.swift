@@ -67,9 +67,11 @@ public final class LlamaModel: @unchecked Sendable {
     public private(set) var loraConfig: LoRAConfig
     /// Adapters keyed by `layerIndex.projection` (e.g. `0.q_proj`).
     public var adapters: [String: LoRAWeights]
-    /// RoPE tables (T_max, D): cos and sin of position · inverse frequency, duplicated over both halves.
-    let ropeCos: [Float]
-    let ropeSin: [Float]
+    /// RoPE tables (T, D): cos and sin of position · inverse frequency, duplicated over both halves. They grow on
+    /// demand to the positions a step or a generation reaches, so a large `max_position_embeddings` costs nothing
+    /// until it is used.
+    let ropeCos: RoPETable
+    let ropeSin: RoPETable
 
     /// Builds the model from loaded parts.
     public init(config: LlamaConfig, embedding: [Float], layers: [DecoderLayer], finalNorm: [Float], lmHead: [Float],
@@ -81,7 +83,9 @@ public final class LlamaModel: @unchecked Sendable {
         self.lmHead = lmHead
         self.loraConfig = lora
         self.adapters = [:]
-        (ropeCos, ropeSin) = Self.ropeTables(config: config, positions: config.maxPositionEmbeddings)
+        let invFreq = Self.ropeInverseFrequencies(config: config)
+        ropeCos = RoPETable(invFreq: invFreq, function: Foundation.cos)
+        ropeSin = RoPETable(invFreq: invFreq, function: Foundation.sin)
         resetAdapters(lora, seed: seed)
     }
 
@@ -108,6 +112,22 @@ public final class LlamaModel: @unchecked Sendable {
     /// transformers computes them (inv_freq = 1 / θ^(2i/D)).
     public static func ropeTables(config: LlamaConfig, positions: Int) -> ([Float], [Float]) {
         let d = config.headDim
+        let invFreq = ropeInverseFrequencies(config: config)
+        var cosTable = [Float](repeating: 0, count: positions * d)
+        var sinTable = cosTable
+        for t in 0..<positions {
+            for i in 0..<(d / 2) {
+                let angle = Float(t) * invFreq[i]
+                cosTable[t * d + i] = Foundation.cos(angle); cosTable[t * d + i + d / 2] = Foundation.cos(angle)
+                sinTable[t * d + i] = Foundation.sin(angle); sinTable[t * d + i + d / 2] = Foundation.sin(angle)
+            }
+        }
+        return (cosTable, sinTable)
+    }
+
+    /// The D/2 inverse frequencies of the rotary embedding, scaled as `config.ropeScaling` says.
+    static func ropeInverseFrequencies(config: LlamaConfig) -> [Float] {
+        let d = config.headDim
         var invFreq = (0..<(d / 2)).map { i -> Float in 1 / Float(Foundation.pow(config.ropeTheta, Double(Float(2 * i) / Float(d)))) }
         if let s = config.ropeScaling {
             switch s.ropeType {
@@ -126,16 +146,56 @@ public final class LlamaModel: @unchecked Sendable {
             default: break
             }
         }
-        var cosTable = [Float](repeating: 0, count: positions * d)
-        var sinTable = cosTable
-        for t in 0..<positions {
-            for i in 0..<(d / 2) {
-                let angle = Float(t) * invFreq[i]
-                cosTable[t * d + i] = Foundation.cos(angle); cosTable[t * d + i + d / 2] = Foundation.cos(angle)
-                sinTable[t * d + i] = Foundation.sin(angle); sinTable[t * d + i + d / 2] = Foundation.sin(angle)
+        return invFreq
+    }
+}
+
+/// One RoPE table (cos or sin of position · inverse frequency, (T, D), duplicated over both halves of a row),
+/// computed on demand: it holds the rows asked for so far and grows, under a lock, when more are needed. Values equal
+/// `LlamaModel.ropeTables`' bit for bit.
+final class RoPETable: @unchecked Sendable {
+    private let invFreq: [Float]
+    private let function: (Float) -> Float
+    private let lock = NSLock()
+    private var values: [Float] = []
+    private var rows = 0
+
+    init(invFreq: [Float], function: @escaping (Float) -> Float) {
+        self.invFreq = invFreq
+        self.function = function
+    }
+
+    /// Width of a row (D).
+    var width: Int { invFreq.count * 2 }
+
+    /// The table ((T, D), row-major) with at least its first `positions` rows computed (the whole of it, uncopied).
+    func prefix(positions: Int) -> [Float] {
+        lock.lock(); defer { lock.unlock() }
+        grow(to: positions)
+        return values
+    }
+
+    /// The values in `range` (flat indices into the (T, D) table), computing rows up to its end if needed.
+    subscript(range: Range<Int>) -> ArraySlice<Float> {
+        lock.lock(); defer { lock.unlock() }
+        grow(to: (range.upperBound + width - 1) / width)
+        return values[range]
+    }
+
+    /// Makes the table hold at least `positions` rows (doubling, so a generation's one-at-a-time growth stays
+    /// linear).
+    private func grow(to positions: Int) {
+        guard positions > rows else { return }
+        let target = max(positions, min(2 * rows, positions + 4096))
+        let d = width, half = invFreq.count
+        values += [Float](repeating: 0, count: (target - rows) * d)
+        for t in rows..<target {
+            for i in 0..<half {
+                let v = function(Float(t) * invFreq[i])
+                values[t * d + i] = v; values[t * d + i + half] = v
             }
         }
-        return (cosTable, sinTable)
+        rows = target
     }
 }
 

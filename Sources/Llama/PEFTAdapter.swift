@@ -15,6 +15,9 @@ public enum PEFTAdapter {
         "base_model.model.\(modulePath(layer: layer, projection: name)).lora_\(matrix).weight"
     }
 
+    /// Largest rank accepted (far above any real adapter; a bigger `r` is an error before anything is allocated).
+    public static let maximumRank = 1 << 16
+
     /// Reads `adapter_config.json` into a LoRA configuration.
     public static func readConfig(directory: String) throws -> LoRAConfig {
         let path = directory + "/adapter_config.json"
@@ -27,9 +30,16 @@ public enum PEFTAdapter {
         }
         var lora = LoRAConfig()
         guard let r = json["r"]?.intValue, r > 0 else { throw ModelFileError.invalidConfig(path: path, detail: "no positive \"r\"") }
+        guard r <= maximumRank else {
+            throw ModelFileError.invalidConfig(path: path, detail: "\"r\" is \(r), more than this tool accepts (\(maximumRank))")
+        }
         lora.r = r
         lora.alpha = json["lora_alpha"]?.doubleValue ?? Double(r)
+        guard lora.alpha.isFinite else { throw ModelFileError.invalidConfig(path: path, detail: "\"lora_alpha\" is not finite") }
         lora.dropout = json["lora_dropout"]?.doubleValue ?? 0
+        guard lora.dropout >= 0, lora.dropout < 1 else {
+            throw ModelFileError.invalidConfig(path: path, detail: "\"lora_dropout\" must be in [0, 1), found \(lora.dropout)")
+        }
         lora.useRSLoRA = json["use_rslora"] == .bool(true)
         if let single = json["target_modules"]?.stringValue {
             lora.targetModules = [single]
@@ -67,6 +77,20 @@ public enum PEFTAdapter {
     public static func readWeights(directory: String, r: Int,
                                    shapes: [String: (outFeatures: Int, inFeatures: Int)]) throws -> [String: LoRAWeights] {
         let file = try SafeTensorsFile(path: directory + "/adapter_model.safetensors")
+        // A and B of every adapter must be allocatable: R × in and out × R, overflow-checked and bounded.
+        for key in shapes.keys.sorted() {
+            let (outFeatures, inFeatures) = shapes[key]!
+            for (what, rows, columns) in [("A", r, inFeatures), ("B", outFeatures, r)] {
+                let (count, overflow) = rows.multipliedReportingOverflow(by: columns)
+                guard r > 0, rows >= 0, columns >= 0, !overflow, count <= LlamaConfig.maximumMatrixElements else {
+                    throw ModelFileError.invalidCheckpoint(
+                        path: file.path, tensor: Self.key(layer: Int(key.prefix { $0 != "." }) ?? 0,
+                                                          projection: String(key.drop { $0 != "." }.dropFirst()),
+                                                          matrix: what),
+                        detail: "rank \(r) makes a \(rows) × \(columns) matrix, more than this tool accepts")
+                }
+            }
+        }
         var used = Set<String>()
         var weights: [String: LoRAWeights] = [:]
         for key in shapes.keys.sorted() {

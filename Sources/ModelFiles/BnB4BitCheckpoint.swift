@@ -51,6 +51,10 @@ public enum BnB4BitCheckpoint {
         return out
     }
 
+    /// Most elements a quant_state's shape may describe (2^40; a checkpoint's packed tensor must hold half as many
+    /// bytes, so a larger claim cannot be a real file).
+    public static let maximumElementCount = 1 << 40
+
     /// True when `archive` stores `name` as a 4-bit weight.
     public static func isQuantized(_ name: String, in archive: TensorSource) -> Bool {
         archive.contains(name + ".quant_state.bitsandbytes__nf4") || archive.contains(name + ".quant_state.bitsandbytes__fp4")
@@ -79,15 +83,27 @@ public enum BnB4BitCheckpoint {
             throw fail("quant_state says quant_type \(state["quant_type"]?.compactText() ?? "nothing"), its name says \(quantType.rawValue)")
         }
         guard let blocksize = state["blocksize"]?.intValue, Quantized4BitTensor.isSupported(blocksize: blocksize) else {
-            throw fail("quant_state has no supported blocksize")
+            throw fail("quant_state has blocksize \(state["blocksize"]?.compactText() ?? "nothing"), "
+                + "expected a power of two from 32 to 4096")
         }
         guard let dtypeName = state["dtype"]?.stringValue, let dtype = DType(torchName: dtypeName), dtype.isFloatingPoint else {
             throw fail("quant_state has no floating-point dtype")
         }
-        guard let dims = state["shape"]?.arrayValue?.compactMap(\.intValue), !dims.isEmpty, dims.allSatisfy({ $0 >= 0 }) else {
-            throw fail("quant_state has no valid shape")
+        guard let shapeValues = state["shape"]?.arrayValue, !shapeValues.isEmpty,
+              case let dims = shapeValues.compactMap(\.intValue), dims.count == shapeValues.count,
+              dims.allSatisfy({ $0 >= 0 }) else {
+            throw fail("quant_state has no valid shape (found \(state["shape"]?.compactText() ?? "nothing"))")
         }
-        let n = dims.reduce(1, *)
+        // The element count, overflow-checked and bounded by what the packed tensor can hold (checked against it
+        // below), before anything is computed from it.
+        var n = 1
+        for d in dims {
+            let (product, overflow) = n.multipliedReportingOverflow(by: d)
+            guard !overflow, product <= Self.maximumElementCount else {
+                throw fail("quant_state shape \(dims) has more elements than this tool accepts (\(Self.maximumElementCount))")
+            }
+            n = product
+        }
         let blockCount = (n + blocksize - 1) / blocksize
         let packedTensor = try archive.tensor(named: name)
         guard packedTensor.dtype == .u8, packedTensor.elementCount == (n + 1) / 2 else {
@@ -104,8 +120,10 @@ public enum BnB4BitCheckpoint {
         let scales: BlockScales
         if let nestedBlocksize = state["nested_blocksize"]?.intValue {
             guard let offset = state["nested_offset"]?.doubleValue else { throw fail("quant_state has no nested_offset") }
-            guard nestedBlocksize > 0, absmaxTensor.dtype == .u8 else {
-                throw fail("double-quantized absmax must be U8 with a positive nested_blocksize")
+            guard offset.isFinite else { throw fail("quant_state has a non-finite nested_offset") }
+            guard nestedBlocksize > 0, nestedBlocksize <= 1 << 20, absmaxTensor.dtype == .u8 else {
+                throw fail("double-quantized absmax must be U8 with a nested_blocksize from 1 to 2^20 "
+                    + "(found \(absmaxTensor.dtype.rawValue) and \(nestedBlocksize))")
             }
             let nestedAbsmax = try archive.tensor(named: name + ".nested_absmax")
             let nestedMap = try archive.tensor(named: name + ".nested_quant_map")

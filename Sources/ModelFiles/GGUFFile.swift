@@ -142,6 +142,8 @@ public final class GGUFFile: @unchecked Sendable {
     public static let defaultAlignment = 32
     /// Most dimensions a ggml tensor has.
     public static let maximumDimensionCount = 4
+    /// Largest `general.alignment` accepted (llama.cpp writes 32; a bound keeps the padding arithmetic exact).
+    public static let maximumAlignment = 1 << 20
     /// Deepest nesting of arrays accepted (a bound on recursion, far above anything real files use).
     public static let maximumArrayDepth = 16
 
@@ -203,8 +205,9 @@ public final class GGUFFile: @unchecked Sendable {
 
         var alignment = Self.defaultAlignment
         if let value = metadata["general.alignment"] {
-            guard let a = value.int, a > 0, a & (a - 1) == 0 else {
-                throw ModelFileError.invalidHeader(path: path, detail: "GGUF general.alignment must be a positive power of two, found \(value)")
+            guard let a = value.int, a > 0, a & (a - 1) == 0, a <= Self.maximumAlignment else {
+                throw ModelFileError.invalidHeader(
+                    path: path, detail: "GGUF general.alignment must be a power of two from 1 to \(Self.maximumAlignment), found \(value)")
             }
             alignment = a
         }
@@ -266,6 +269,8 @@ public final class GGUFFile: @unchecked Sendable {
 
     /// Calls `body` with the stored bytes of `info` (a view into the mapped file, valid only during the call).
     public func withUnsafeData<R>(of info: GGUFTensorInfo, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        // An empty tensor may sit at the very end, where the data section starts past a file with no padding.
+        guard info.byteCount > 0 else { return try body(UnsafeRawBufferPointer(start: nil, count: 0)) }
         let start = dataStart + info.offset
         return try body(UnsafeRawBufferPointer(rebasing: file.bytes[start..<(start + info.byteCount)]))
     }
@@ -280,7 +285,7 @@ public final class GGUFFile: @unchecked Sendable {
                 detail: "has ggml type \(info.type.name), which this reader cannot dequantize (supported: "
                     + GGMLType.allCases.filter(\.isDequantizable).map(\.name).joined(separator: ", ") + ")")
         }
-        if info.type == .f32, (dataStart + info.offset) % MemoryLayout<Float>.alignment == 0 {
+        if info.type == .f32, info.byteCount > 0, (dataStart + info.offset) % MemoryLayout<Float>.alignment == 0 {
             let start = dataStart + info.offset
             let view = UnsafeRawBufferPointer(rebasing: file.bytes[start..<(start + info.byteCount)])
             return Tensor(shape: info.shape, dtype: .f32, storage: TensorStorage(view: view, owner: file))

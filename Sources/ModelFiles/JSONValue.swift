@@ -77,6 +77,11 @@ public struct JSONParseError: Error, CustomStringConvertible {
 
 extension JSONValue {
     /// Parses a UTF-8 JSON text.
+    ///
+    /// Lenient where Python's `json.loads` is (NaN, Infinity, lone surrogates), strict where a hostile text could
+    /// otherwise trap: a `\u` escape needs exactly four hex digits; a surrogate escape that is not half of a
+    /// high-low pair becomes U+FFFD (Python keeps it, but a Swift String cannot hold one); arrays and objects nest at
+    /// most 512 deep (`JSONParseError` beyond, naming the byte offset).
     public init(parsing bytes: some Collection<UInt8>) throws {
         var parser = JSONParser(bytes: Array(bytes))
         parser.skipWhitespace()
@@ -110,8 +115,12 @@ private struct JSONParser {
         }
     }
 
+    /// Deepest nesting of arrays and objects read (a bound on the recursion, so a hostile text of many `[` is an
+    /// error rather than a stack overflow; serde_json's default limit is 128, Python's about 1000).
+    static let maximumDepth = 512
+
     mutating func parseValue(depth: Int) throws -> JSONValue {
-        guard depth < 512 else { throw error("nesting deeper than 512") }
+        guard depth < Self.maximumDepth else { throw error("arrays and objects nested deeper than \(Self.maximumDepth)") }
         guard index < bytes.count else { throw error("unexpected end of text") }
         switch bytes[index] {
         case UInt8(ascii: "{"):
@@ -198,12 +207,21 @@ private struct JSONParser {
             case UInt8(ascii: "b"): out.append(0x08)
             case UInt8(ascii: "f"): out.append(0x0C)
             case UInt8(ascii: "u"):
+                // A high surrogate joins a following low surrogate escape into one scalar. A surrogate that is not
+                // part of such a pair (a lone low one, a high one at the end or before anything else, including
+                // another high one) is accepted, as Python's json accepts it, but a Swift String cannot hold it:
+                // it becomes U+FFFD, and whatever follows is read on its own.
                 var scalar = try hex4()
-                if scalar >= 0xD800 && scalar < 0xDC00, index + 1 < bytes.count,
+                if scalar >= 0xD800 && scalar < 0xDC00, index + 5 < bytes.count,
                    bytes[index] == UInt8(ascii: "\\"), bytes[index + 1] == UInt8(ascii: "u") {
+                    let resume = index
                     index += 2
                     let low = try hex4()
-                    scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
+                    if low >= 0xDC00 && low < 0xE000 {
+                        scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
+                    } else {
+                        index = resume   // not a pair: the second escape is read by itself next
+                    }
                 }
                 let u = Unicode.Scalar(scalar) ?? "\u{FFFD}"
                 out.append(contentsOf: Array(String(Character(u)).utf8))
@@ -213,9 +231,20 @@ private struct JSONParser {
         return String(decoding: out, as: UTF8.self)
     }
 
+    /// Four hexadecimal digits (exactly: no sign, no fewer).
     mutating func hex4() throws -> UInt32 {
-        guard index + 4 <= bytes.count, let v = UInt32(String(decoding: bytes[index..<index + 4], as: UTF8.self), radix: 16)
-        else { throw error("bad \\u escape") }
+        guard index + 4 <= bytes.count else { throw error("bad \\u escape: fewer than 4 hex digits before the end") }
+        var v: UInt32 = 0
+        for b in bytes[index..<index + 4] {
+            let digit: UInt8
+            switch b {
+            case 0x30...0x39: digit = b - 0x30
+            case 0x41...0x46: digit = b - 0x41 + 10
+            case 0x61...0x66: digit = b - 0x61 + 10
+            default: throw error("bad \\u escape: '\(String(decoding: bytes[index..<index + 4], as: UTF8.self))' is not 4 hex digits")
+            }
+            v = v << 4 | UInt32(digit)
+        }
         index += 4
         return v
     }

@@ -13,8 +13,13 @@ public enum Checkpoint {
     public static func save(_ trainer: Trainer, outputDirectory: String, limit: Int?) throws -> String {
         let final = outputDirectory + "/checkpoint-\(trainer.step)"
         let temporary = final + ".tmp-\(getpid())"
+        let weights = try trainer.engine.adapterWeights()
+        // Never write a checkpoint that could not be resumed from.
+        if let bad = weights.sorted(by: { $0.key < $1.key }).first(where: { !$0.value.a.allSatisfy(\.isFinite) || !$0.value.b.allSatisfy(\.isFinite) }) {
+            throw TrainingError(description: "not saving \(final): adapter \(bad.key) holds non-finite weights at step \(trainer.step)")
+        }
         try? FileManager.default.removeItem(atPath: temporary)
-        try PEFTAdapter.save(trainer.engine.adapterWeights(), lora: trainer.engine.loraConfig, to: temporary)
+        try PEFTAdapter.save(weights, lora: trainer.engine.loraConfig, to: temporary)
         let optimizer = try trainer.engine.optimizerSnapshot()
         var tensors: [(name: String, tensor: Tensor)] = []
         var steps: [(String, JSONValue)] = []
@@ -52,6 +57,34 @@ public enum Checkpoint {
             for old in all.dropLast(limit) { try? FileManager.default.removeItem(atPath: old.path) }
         }
         return final
+    }
+
+    /// Removes the `checkpoint-N.tmp-PID` folders that an interrupted save left in `outputDirectory`, when the
+    /// process PID is no longer running (a live one may be saving right now). Returns the paths removed.
+    @discardableResult
+    public static func removeStaleTemporaries(in outputDirectory: String) throws -> [String] {
+        guard FileSystem.isDirectory(outputDirectory) else { return [] }
+        var removed: [String] = []
+        for name in try FileSystem.contents(of: outputDirectory) where name.hasPrefix("checkpoint-") {
+            guard let range = name.range(of: ".tmp-"), let pid = Int32(name[range.upperBound...]),
+                  Int(name[name.index(name.startIndex, offsetBy: "checkpoint-".count)..<range.lowerBound]) != nil else { continue }
+            if pid != getpid(), kill(pid, 0) == 0 || errno == EPERM { continue }   // still running
+            let path = outputDirectory + "/" + name
+            try FileManager.default.removeItem(atPath: path)
+            removed.append(path)
+        }
+        return removed
+    }
+
+    /// Whether `outputDirectory` already holds a run: a non-empty `metrics.jsonl` or a `checkpoint-N` folder (the
+    /// first found). An empty metrics.jsonl (a run that stopped before its first logged step) holds nothing to lose.
+    public static func existingRun(in outputDirectory: String) throws -> String? {
+        guard FileSystem.isDirectory(outputDirectory) else { return nil }
+        let metrics = outputDirectory + "/metrics.jsonl"
+        if let size = (try? FileManager.default.attributesOfItem(atPath: metrics))?[.size] as? NSNumber, size.intValue > 0 {
+            return metrics
+        }
+        return try checkpoints(in: outputDirectory).first?.path
     }
 
     /// The checkpoints in `outputDirectory`, oldest first.

@@ -33,12 +33,19 @@ public enum TextDataset {
                             options: DatasetOptions) throws -> [TokenizedExample] {
         let bytes: [UInt8]
         do { bytes = try FileSystem.readBytes(path) } catch { throw DatasetError(description: "\(error)") }
+        guard options.maxSeqLength > 0 else {
+            throw DatasetError(description: "\(path): the maximum sequence length must be positive, found \(options.maxSeqLength)")
+        }
+        guard vocabularySize > 0 else { throw DatasetError(description: "\(path): the vocabulary is empty") }
         let records = try parseRecords(bytes, path: path)
         var examples: [TokenizedExample] = []
         switch records {
         case .text(let text):
             guard let tokenizer else { throw DatasetError(description: "\(path): plain text needs a tokenizer, and the model has none") }
             let ids = tokenizer.encode(text, addSpecialTokens: tokenizer.addsBOS)
+            if let bad = ids.first(where: { $0 < 0 || $0 >= vocabularySize }) {
+                throw DatasetError(description: "\(path): the tokenizer gives token id \(bad), outside the model's vocabulary [0, \(vocabularySize))")
+            }
             let block = max(2, options.maxSeqLength)
             for start in stride(from: 0, to: ids.count - 1, by: block) {
                 let chunk = Array(ids[start..<min(ids.count, start + block)])
@@ -64,7 +71,11 @@ public enum TextDataset {
                     }
                 }
                 for id in ids where id < 0 || id >= vocabularySize {
-                        throw DatasetError(description: "\(path):\(line): token id \(id) is outside the vocabulary [0, \(vocabularySize))")
+                    throw DatasetError(description: "\(path):\(line): token id \(id) is outside the vocabulary [0, \(vocabularySize))")
+                }
+                // Labels index the logits: each is -100 (ignored) or a token of the vocabulary.
+                for label in labels where label != -100 && (label < 0 || label >= vocabularySize) {
+                    throw DatasetError(description: "\(path):\(line): label \(label) is neither -100 nor a token id in [0, \(vocabularySize))")
                 }
                 if !options.packing && ids.count > options.maxSeqLength {
                     ids = Array(ids.prefix(options.maxSeqLength)); labels = Array(labels.prefix(options.maxSeqLength))

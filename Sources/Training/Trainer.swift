@@ -48,11 +48,63 @@ public struct TrainingConfig: Sendable {
     /// Defaults as above.
     public init() {}
 
+    /// The largest `epochs` accepted (more would only overflow the step count).
+    public static let maximumEpochs = 1_000_000.0
+    /// The largest batch size, accumulation steps, and their product, accepted.
+    public static let maximumBatch = 1 << 24
+
+    /// Refuses settings the loop cannot run (a zero interval, a non-finite or non-positive rate, epochs that overflow
+    /// the step count, ...) with an error naming the flag and recipe key, the value and what is allowed. Every
+    /// command that trains calls this once, after flags and recipe are merged.
+    public func validate() throws {
+        func fail(_ flag: String, _ key: String, _ value: Any, _ allowed: String) -> TrainingError {
+            TrainingError(description: "\(flag) (recipe \(key)) is \(value): \(allowed)")
+        }
+        guard (1...Self.maximumBatch).contains(batchSize) else {
+            throw fail("--batch-size", "per_device_train_batch_size", batchSize, "must be an integer from 1 to \(Self.maximumBatch)")
+        }
+        guard (1...Self.maximumBatch).contains(gradientAccumulationSteps), batchSize * gradientAccumulationSteps <= Self.maximumBatch else {
+            throw fail("--gradient-accumulation-steps", "gradient_accumulation_steps", gradientAccumulationSteps,
+                       "must be at least 1, with batch size × accumulation at most \(Self.maximumBatch)")
+        }
+        if let maxSteps, maxSteps < 1 {
+            throw fail("--max-steps", "max_steps", maxSteps, "must be at least 1 (or unset to run the epochs)")
+        }
+        guard epochs.isFinite, epochs > 0, epochs <= Self.maximumEpochs else {
+            throw fail("--num-train-epochs", "num_train_epochs", epochs, "must be a finite number above 0 and at most \(Int(Self.maximumEpochs))")
+        }
+        guard learningRate.isFinite, learningRate > 0 else {
+            throw fail("--learning-rate", "learning_rate", learningRate, "must be a finite number above 0")
+        }
+        guard weightDecay.isFinite, weightDecay >= 0 else {
+            throw fail("--weight-decay", "weight_decay", weightDecay, "must be a finite number ≥ 0")
+        }
+        guard warmupSteps >= 0 else { throw fail("--warmup-steps", "warmup_steps", warmupSteps, "must be ≥ 0") }
+        guard warmupRatio.isFinite, (0...1).contains(warmupRatio) else {
+            throw fail("--warmup-ratio", "warmup_ratio", warmupRatio, "must be in [0, 1]")
+        }
+        guard maxGradNorm.isFinite, maxGradNorm >= 0 else {
+            throw fail("--max-grad-norm", "max_grad_norm", maxGradNorm, "must be a finite number ≥ 0 (0 turns clipping off)")
+        }
+        guard loggingSteps >= 1 else { throw fail("--logging-steps", "logging_steps", loggingSteps, "must be at least 1") }
+        if let evalSteps, evalSteps < 1 {
+            throw fail("--eval-steps", "eval_steps", evalSteps, "must be at least 1 (or unset to evaluate at the end only)")
+        }
+        if let saveSteps, saveSteps < 1 {
+            throw fail("--save-steps", "save_steps", saveSteps, "must be at least 1 (or unset for no intermediate checkpoints)")
+        }
+        if let saveTotalLimit, saveTotalLimit < 1 {
+            throw fail("--save-total-limit", "save_total_limit", saveTotalLimit, "must be at least 1 (or unset to keep every checkpoint)")
+        }
+    }
+
     /// Optimizer steps for `exampleCount` examples: `maxSteps`, or epochs × ⌈examples / (batch × accumulation)⌉.
     public func totalSteps(exampleCount: Int) -> Int {
         if let maxSteps { return maxSteps }
         let perEpoch = max(1, (exampleCount + batchSize * gradientAccumulationSteps - 1) / (batchSize * gradientAccumulationSteps))
-        return max(1, Int((Double(perEpoch) * epochs).rounded(.up)))
+        // Clamped so that settings `validate` would refuse never trap here.
+        let steps = (Double(perEpoch) * epochs).rounded(.up)
+        return steps >= 1 ? Int(min(steps, Double(Int32.max))) : 1
     }
 
     /// Warm-up steps: `warmupSteps` if set, else ⌈ratio × total⌉.
@@ -139,6 +191,8 @@ public struct Trainer {
     /// The generator for dropout and shuffling (saved in checkpoints).
     public private(set) var rng: SeededGenerator
     public private(set) var data = DataPosition()
+    /// The step of the newest checkpoint known good: saved by this trainer, or restored from (nil: none).
+    public private(set) var lastCheckpointStep: Int? = nil
     private let examples: [TokenizedExample]
     /// Total optimizer steps of this run.
     public let totalSteps: Int
@@ -183,17 +237,21 @@ public struct Trainer {
 
     /// Hooks the caller provides.
     public struct Callbacks {
-        public var log: (StepMetrics) -> Void = { _ in }
+        /// Receives each logged line; an error (a full disk) stops training.
+        public var log: (StepMetrics) throws -> Void = { _ in }
         /// (step, total steps, loss, tokens in the step)
         public var progress: (Int, Int, Double, Int) -> Void = { _, _, _, _ in }
         /// The validation loss of the engine's current adapters.
         public var evaluate: ((TrainingEngine) throws -> Double)? = nil
+        /// Writes a checkpoint of the trainer (called only when its adapters are finite).
         public var save: ((Trainer) throws -> Void)? = nil
         public init() {}
     }
 
     /// Runs the remaining steps up to `totalSteps` (or `stopAfter`, to simulate an interruption).
     public mutating func train(_ callbacks: Callbacks, stopAfter: Int? = nil) throws {
+        try config.validate()
+        guard !examples.isEmpty else { throw TrainingError(description: "no training examples") }
         var lossSum = 0.0, lossSteps = 0, tokensSinceLog = 0
         var logStart = Date()
         let end = min(totalSteps, stopAfter ?? totalSteps)
@@ -220,40 +278,64 @@ public struct Trainer {
             }
             tokensSinceLog += stepTokens
             let loss = lossTotal / Double(max(1, targetCount))
-            guard loss.isFinite else {
-                throw TrainingError(description: "the loss became \(loss) at step \(step + 1); stopping before the adapter is damaged (last checkpoint kept)")
-            }
+            guard loss.isFinite else { throw divergence("the loss is \(loss)", atStep: step + 1) }
             let norm = try engine.gradientNorm()
+            guard norm.isFinite else { throw divergence("the gradient norm is \(norm)", atStep: step + 1) }
             let clip: Float = config.maxGradNorm > 0 && norm > config.maxGradNorm ? config.maxGradNorm / (norm + 1e-6) : 1
             let lr = config.learningRate(atStep: step, totalSteps: totalSteps)
             try engine.applyOptimizer(lr: lr, gradientScale: clip)
+            let squares = try engine.adapterSumOfSquares()
+            guard Self.adaptersAreFinite(sumOfSquares: squares) else {
+                throw divergence("the update left the adapter weights non-finite or overflowing (sum of squares "
+                                 + "\(squares), beyond float32's range)", atStep: step + 1)
+            }
             step += 1
             lossSum += loss; lossSteps += 1
             callbacks.progress(step, totalSteps, loss, stepTokens)
             if step % max(1, config.loggingSteps) == 0 || step == totalSteps {
                 let seconds = Date().timeIntervalSince(logStart)
-                callbacks.log(StepMetrics(step: step, loss: lossSum / Double(lossSteps), learningRate: lr, gradNorm: norm,
+                try callbacks.log(StepMetrics(step: step, loss: lossSum / Double(lossSteps), learningRate: lr, gradNorm: norm,
                                           tokensPerSecond: Double(tokensSinceLog) / max(seconds, 1e-9)))
                 lossSum = 0; lossSteps = 0; tokensSinceLog = 0; logStart = Date()
             }
             if let evaluate = callbacks.evaluate, let every = config.evalSteps, step % every == 0, step != totalSteps {
-                callbacks.log(StepMetrics(step: step, evalLoss: try evaluate(engine)))
+                try callbacks.log(StepMetrics(step: step, evalLoss: try evaluate(engine)))
             }
-            if let save = callbacks.save, let every = config.saveSteps, step % every == 0 { try save(self) }
+            if let save = callbacks.save, let every = config.saveSteps, step % every == 0 {
+                try save(self)
+                lastCheckpointStep = step
+            }
         }
         if step == totalSteps, let evaluate = callbacks.evaluate {
-            callbacks.log(StepMetrics(step: step, evalLoss: try evaluate(engine)))
+            try callbacks.log(StepMetrics(step: step, evalLoss: try evaluate(engine)))
         }
     }
 
     /// Restores the position of a checkpoint (the engine's adapters and optimizer must be restored by the caller).
     public mutating func restore(step: Int, rng: SeededGenerator, data: DataPosition) {
         self.step = step; self.rng = rng; self.data = data
+        lastCheckpointStep = step
+    }
+
+    /// Whether adapters with this sum of squares (float64) are usable: every weight finite, and the sum within
+    /// float32's range (a norm above ~1.8e19 only comes from a diverged run, e.g. a learning rate of 1e30, and
+    /// overflows every float32 product the next step makes).
+    public static func adaptersAreFinite(sumOfSquares: Double) -> Bool {
+        sumOfSquares.isFinite && sumOfSquares <= Double(Float.greatestFiniteMagnitude)
+    }
+
+    /// The error that stops a diverged run at `step` (1-based), naming the last good checkpoint.
+    private func divergence(_ what: String, atStep step: Int) -> TrainingError {
+        let kept = lastCheckpointStep.map { "the last good checkpoint is checkpoint-\($0) (step \($0))" }
+            ?? "no checkpoint was saved"
+        return TrainingError(description: "training diverged at step \(step): \(what); stopped before anything non-finite was written "
+                             + "(\(kept)). Try a lower --learning-rate or --max-grad-norm.")
     }
 
     /// Mean token loss of `examples` on `engine` (no dropout, no gradients), batched by `batchSize`.
     public static func evaluate(engine: TrainingEngine, examples: [TokenizedExample],
                                 batchSize: Int) throws -> (loss: Double, tokens: Int) {
+        guard batchSize >= 1 else { throw TrainingError(description: "the evaluation batch size is \(batchSize): it must be at least 1") }
         var total = 0.0, count = 0
         for start in stride(from: 0, to: examples.count, by: batchSize) {
             let batch = Array(examples[start..<min(examples.count, start + batchSize)])

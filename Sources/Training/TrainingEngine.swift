@@ -18,6 +18,8 @@ public protocol TrainingEngine: AnyObject {
     func allReduceGradients() throws
     /// L2 norm of the accumulated gradients (the sum of squares in float64).
     func gradientNorm() throws -> Float
+    /// The sum of squares of every adapter weight (A and B): the trainer's check that an update left them finite.
+    func adapterSumOfSquares() throws -> Double
     /// One optimizer update of every adapter with the accumulated gradients multiplied by gradientScale (clipping),
     /// then zeroes the accumulators.
     func applyOptimizer(lr: Float, gradientScale: Float) throws
@@ -97,6 +99,7 @@ public final class CPUTrainingEngine: TrainingEngine {
     /// accumulated one (the first micro-batch's is taken as it is).
     public func accumulateGradients(inputIds: [Int], labels: [Int], batch: Int, tokens: Int, rng: inout SeededGenerator,
                                     checkpointing: Bool, gradientScale: Float) throws -> (loss: Double, tokenCount: Int) {
+        try LlamaModel.checkBatch(inputIds: inputIds, labels: labels, batch: batch, tokens: tokens, config: model.config)
         let r = model.step(inputIds: inputIds, labels: labels, batch: batch, tokens: tokens, rng: &rng,
                            checkpointing: checkpointing, gradientScale: gradientScale)
         for (k, g) in r.gradients {
@@ -130,6 +133,7 @@ public final class CPUTrainingEngine: TrainingEngine {
 
     /// `LlamaModel.step` without dropout or gradients.
     public func loss(inputIds: [Int], labels: [Int], batch: Int, tokens: Int) throws -> (loss: Double, tokenCount: Int) {
+        try LlamaModel.checkBatch(inputIds: inputIds, labels: labels, batch: batch, tokens: tokens, config: model.config)
         var rng = SeededGenerator(seed: 0)   // unused: no dropout outside training
         let r = model.step(inputIds: inputIds, labels: labels, batch: batch, tokens: tokens, withGradients: false,
                            training: false, rng: &rng)
@@ -162,5 +166,19 @@ public final class CPUTrainingEngine: TrainingEngine {
             throw TrainingError(description: "optimizer \(optimizer.kind.rawValue) restored into an engine using \(self.optimizer.kind.rawValue)")
         }
         self.optimizer = optimizer
+    }
+}
+
+extension TrainingEngine {
+    /// The sum of squares of every adapter weight (A and B), in float64: the trainer's cheap check that an update
+    /// left the adapters finite. This default reads the host copies (the CPU engine's adapters are
+    /// host arrays); the GPU engine reduces on the GPU.
+    public func adapterSumOfSquares() throws -> Double {
+        var total = 0.0
+        for (_, w) in try adapterWeights() {
+            for x in w.a { total += Double(x) * Double(x) }
+            for x in w.b { total += Double(x) * Double(x) }
+        }
+        return total
     }
 }

@@ -1,17 +1,34 @@
+import CYaml
 import Foundation
 import Yams
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A training recipe file (YAML, or JSON, which YAML reads too) with the Hugging Face key names of
 /// `TrainingArguments`, `LoraConfig` and `BitsAndBytesConfig`, so an existing Python recipe ports as is. Every
 /// value is optional; command-line flags override it. An unknown key is an error that names it.
 public struct TrainingRecipe: Sendable {
     public var values: [String: RecipeValue] = [:]
+    /// The key the file used for each setting (`per_device_train_batch_size` for `batch_size`), for messages.
+    public var fileKeys: [String: String] = [:]
 
     /// A scalar or list from the file.
     public enum RecipeValue: Sendable, Equatable {
         case int(Int), double(Double), bool(Bool), string(String), list([String])
-        var int: Int? { if case .int(let i) = self { return i }; if case .double(let d) = self, d == d.rounded() { return Int(d) }; return nil }
+        /// An integer, or a float with an exact integer value in Int's range (`1e30`, `.inf`, `2.5` are not).
+        var int: Int? { if case .int(let i) = self { return i }; if case .double(let d) = self { return Int(exactly: d) }; return nil }
         var double: Double? { switch self { case .int(let i): return Double(i); case .double(let d): return d; default: return nil } }
+        /// The value as the file wrote it, for messages.
+        public var text: String {
+            switch self {
+            case .int(let i): return "\(i)"
+            case .double(let d): return "\(d)"
+            case .bool(let b): return "\(b)"
+            case .string(let s): return "\"\(s)\""
+            case .list(let l): return "[\(l.joined(separator: ", "))]"
+            }
+        }
         var bool: Bool? { if case .bool(let b) = self { return b }; return nil }
         var string: String? { if case .string(let s) = self { return s }; return nil }
     }
@@ -37,13 +54,18 @@ public struct TrainingRecipe: Sendable {
         "max_seq_length": "max_seq_length", "packing": "packing", "train_on_inputs": "train_on_inputs",
         "prompt_field": "prompt_field", "completion_field": "completion_field",
         "resume_from_checkpoint": "resume_from_checkpoint", "shuffle": "shuffle",
-        "offload_checkpoints": "offload_checkpoints",
+        "offload_checkpoints": "offload_checkpoints", "overwrite_output_dir": "overwrite_output_dir",
     ]
+
+    /// The largest recipe file read (a recipe is a page of settings).
+    public static let maximumFileSize = 1 << 20
+    /// The deepest nesting of mappings and sequences accepted (a recipe is a flat mapping with a few lists).
+    public static let maximumDepth = 64
 
     /// Keys that only steer Python tooling (reporting, logging folders): accepted and ignored.
     public static let ignored: Set<String> = [
         "report_to", "logging_dir", "run_name", "do_train", "do_eval", "evaluation_strategy", "eval_strategy",
-        "save_strategy", "logging_strategy", "overwrite_output_dir", "dataloader_num_workers", "remove_unused_columns",
+        "save_strategy", "logging_strategy", "dataloader_num_workers", "remove_unused_columns",
         "group_by_length", "push_to_hub",
     ]
 
@@ -52,10 +74,15 @@ public struct TrainingRecipe: Sendable {
 
     /// Reads `path`.
     public init(contentsOf path: String) throws {
+        let size = try InputFile.requireRegular(path, what: "the recipe (--config)")
+        guard size <= Self.maximumFileSize else {
+            throw TrainingError(description: "\(path): the recipe is \(size) bytes; at most \(Self.maximumFileSize) (1 MiB) are read")
+        }
         let text: String
         do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
             throw TrainingError(description: "\(path): cannot read the recipe: \(error.localizedDescription)")
         }
+        try Self.checkStructure(text, path: path)
         let parsed: Any?
         do { parsed = try Yams.load(yaml: text) } catch {
             throw TrainingError(description: "\(path): not valid YAML or JSON: \(error)")
@@ -65,6 +92,7 @@ public struct TrainingRecipe: Sendable {
         for (key, raw) in top {
             if Self.ignored.contains(key) { continue }
             guard let setting = Self.aliases[key] else { unknown.append(key); continue }
+            fileKeys[setting] = key
             switch raw {
             case let b as Bool: values[setting] = .bool(b)
             case let i as Int: values[setting] = .int(i)
@@ -80,13 +108,57 @@ public struct TrainingRecipe: Sendable {
         }
     }
 
+    /// Walks the YAML events (libyaml's parser keeps its own stacks, so this never recurses) and refuses what could
+    /// exhaust the stack or the memory when the document is built: nesting deeper than `maximumDepth`, and anchors
+    /// or aliases (an alias chain expands exponentially; a recipe has no use for them).
+    static func checkStructure(_ text: String, path: String) throws {
+        var parser = yaml_parser_t()
+        guard yaml_parser_initialize(&parser) == 1 else { throw TrainingError(description: "\(path): cannot start the YAML parser") }
+        defer { yaml_parser_delete(&parser) }
+        let bytes = Array(text.utf8)
+        try bytes.withUnsafeBufferPointer { buffer in
+            yaml_parser_set_input_string(&parser, buffer.baseAddress, buffer.count)
+            var depth = 0
+            while true {
+                var event = yaml_event_t()
+                guard yaml_parser_parse(&parser, &event) == 1 else {
+                    let problem = parser.problem.map { String(cString: $0) } ?? "unknown error"
+                    throw TrainingError(description: "\(path): not valid YAML or JSON: \(problem) (line \(parser.problem_mark.line + 1))")
+                }
+                defer { yaml_event_delete(&event) }
+                let line = event.start_mark.line + 1
+                var anchor: UnsafeMutablePointer<yaml_char_t>? = nil
+                switch event.type {
+                case YAML_STREAM_END_EVENT: return
+                case YAML_ALIAS_EVENT:
+                    throw TrainingError(description: "\(path): line \(line): YAML aliases (*name) are not accepted in a recipe")
+                case YAML_SCALAR_EVENT: anchor = event.data.scalar.anchor
+                case YAML_SEQUENCE_START_EVENT, YAML_MAPPING_START_EVENT:
+                    anchor = event.type == YAML_SEQUENCE_START_EVENT ? event.data.sequence_start.anchor : event.data.mapping_start.anchor
+                    depth += 1
+                    guard depth <= Self.maximumDepth else {
+                        throw TrainingError(description: "\(path): line \(line): nested deeper than \(Self.maximumDepth) levels; a recipe is a flat mapping of keys to values")
+                    }
+                case YAML_SEQUENCE_END_EVENT, YAML_MAPPING_END_EVENT: depth -= 1
+                default: break
+                }
+                if anchor != nil {
+                    throw TrainingError(description: "\(path): line \(line): YAML anchors (&name) are not accepted in a recipe")
+                }
+            }
+        }
+    }
+
     private func require<T>(_ key: String, _ value: T?, _ kind: String) throws -> T? {
         guard values[key] != nil else { return nil }
-        guard let value else { throw TrainingError(description: "recipe key for \(key) must be \(kind), found \(values[key]!)") }
+        guard let value else { throw TrainingError(description: "recipe key \"\(keyName(key))\": must be \(kind), found \(values[key]!.text)") }
         return value
     }
 
-    public func int(_ key: String) throws -> Int? { try require(key, values[key]?.int, "an integer") }
+    /// The key the file used for setting `key` (the setting's name when it is not from the file).
+    public func keyName(_ key: String) -> String { fileKeys[key] ?? key }
+
+    public func int(_ key: String) throws -> Int? { try require(key, values[key]?.int, "an integer (whole, at most \(Int.max) in size)") }
     public func double(_ key: String) throws -> Double? { try require(key, values[key]?.double, "a number") }
     public func bool(_ key: String) throws -> Bool? { try require(key, values[key]?.bool, "true or false") }
     public func string(_ key: String) throws -> String? { try require(key, values[key]?.string, "a string") }
@@ -98,5 +170,30 @@ public struct TrainingRecipe: Sendable {
         case .string(let s)?: return s.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
         default: throw TrainingError(description: "recipe key for \(key) must be a list")
         }
+    }
+}
+
+
+/// Checks on the files a command reads, before reading them: a FIFO, a device (`/dev/zero`) or a folder named where
+/// a file is expected would block or never end, so only regular files are read.
+public enum InputFile {
+    /// The size of `path` when it is a regular file; else an error naming `what`, the path and what it is.
+    @discardableResult
+    public static func requireRegular(_ path: String, what: String) throws -> Int {
+        var info = stat()
+        guard stat(path, &info) == 0 else {
+            throw TrainingError(description: "\(what) \(path): \(String(cString: strerror(errno)))")
+        }
+        let kind: String
+        switch info.st_mode & S_IFMT {
+        case S_IFREG: return Int(info.st_size)
+        case S_IFDIR: kind = "a folder"
+        case S_IFIFO: kind = "a FIFO (named pipe)"
+        case S_IFCHR: kind = "a character device"
+        case S_IFBLK: kind = "a block device"
+        case S_IFSOCK: kind = "a socket"
+        default: kind = "not a regular file"
+        }
+        throw TrainingError(description: "\(what) \(path) is \(kind); it must be a regular file")
     }
 }

@@ -9,6 +9,15 @@ struct DataOptions: ParsableArguments {
     @Flag(help: "Concatenate examples into full --max-seq-length blocks.") var packing = false
     @Option(help: "Cut examples to this many tokens (default 512).") var maxSeqLength: Int?
 
+    /// `--max-seq-length` (recipe `max_seq_length`, default 512), checked: at least 2 tokens (one input, one target).
+    func maxSeqLength(recipe: TrainingRecipe) throws -> Int {
+        let value = try maxSeqLength ?? recipe.int("max_seq_length") ?? 512
+        guard value >= 2 else {
+            throw ValidationError("--max-seq-length (recipe max_seq_length) is \(value): must be an integer ≥ 2")
+        }
+        return value
+    }
+
     /// The dataset options for a model's text (the chat template comes from the model).
     func options(_ text: ModelText, recipe: TrainingRecipe = TrainingRecipe(), maxPositions: Int) throws -> DatasetOptions {
         var o = DatasetOptions()
@@ -19,7 +28,7 @@ struct DataOptions: ParsableArguments {
         }
         o.trainOnInputs = try trainOnInputs || (recipe.bool("train_on_inputs") ?? false)
         o.packing = try packing || (recipe.bool("packing") ?? false)
-        o.maxSeqLength = min(try maxSeqLength ?? recipe.int("max_seq_length") ?? 512, maxPositions)
+        o.maxSeqLength = min(try self.maxSeqLength(recipe: recipe), maxPositions)
         o.chatTemplate = text.chatTemplate
         return o
     }

@@ -27,6 +27,16 @@ struct Eval: ParsableCommand {
     @Flag(help: "Print one JSON object instead of text.")
     var json = false
 
+    /// The flag checks, in one place (ArgumentParser calls this before `run`).
+    func validate() throws {
+        guard batchSize >= 1 else { throw ValidationError("--batch-size is \(batchSize): must be at least 1") }
+        if let limit, limit < 1 { throw ValidationError("--limit is \(limit): must be at least 1 (or left out for every example)") }
+        if let maxSeqLength = dataOptions.maxSeqLength, maxSeqLength < 2 {
+            throw ValidationError("--max-seq-length is \(maxSeqLength): must be an integer ≥ 2")
+        }
+        try InputFile.requireRegular(data, what: "--data")
+    }
+
     func run() throws {
         var lora = LoRAConfig()
         lora.targetModules = []
@@ -37,6 +47,7 @@ struct Eval: ParsableCommand {
         var examples = try TextDataset.load(path: data, tokenizer: text?.tokenizer,
                                             vocabularySize: loaded.config.vocabSize, options: options)
         if let limit { examples = Array(examples.prefix(limit)) }
+        guard !examples.isEmpty else { throw ValidationError("--data \(data) holds no examples") }
         // the optimizer is never used
         let engine = try modelOptions.makeEngine(loaded, optimizer: AdamW(kind: .adamw))
         let (loss, tokens) = try Trainer.evaluate(engine: engine, examples: examples, batchSize: batchSize)

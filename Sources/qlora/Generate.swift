@@ -26,6 +26,8 @@ struct Generate: ParsableCommand {
         guard maxNewTokens > 0, temperature >= 0, topP > 0, topP <= 1 else {
             throw ValidationError("--max-new-tokens must be positive, --temperature ≥ 0, --top-p in (0, 1]")
         }
+        if let limit, limit < 1 { throw ValidationError("--limit is \(limit): must be at least 1 (or left out for every prompt)") }
+        if let promptsFrom { try InputFile.requireRegular(promptsFrom, what: "--prompts-from") }
     }
 
     func run() throws {
@@ -61,10 +63,26 @@ struct Generate: ParsableCommand {
             } else {
                 ids = tokenizer.encode(p, addSpecialTokens: tokenizer.addsBOS)
             }
+            if ids.isEmpty, let bos = tokenizer.bosTokenId { ids = [bos] }
+            try Self.checkPrompt(tokenCount: ids.count, context: loaded.config.maxPositionEmbeddings, prompt: p)
             let out = try gpuModel?.generate(prompt: ids, options: options)
                 ?? cpuModel!.generate(prompt: ids, options: options)
             let answer = tokenizer.decode(out.filter { !options.stopTokenIds.contains($0) }, skipSpecialTokens: true)
             print("### prompt\n\(p)\n### completion\n\(answer)\n")
+        }
+    }
+}
+
+extension Generate {
+    /// A prompt the model can continue: at least one token (an empty prompt needs a BOS token to start from) and
+    /// room left in the model's context.
+    static func checkPrompt(tokenCount: Int, context: Int, prompt: String) throws {
+        guard tokenCount > 0 else {
+            throw ValidationError("the prompt \"\(prompt)\" is empty and the model's tokenizer has no BOS token to start from: give a non-empty prompt")
+        }
+        guard tokenCount < context else {
+            throw ValidationError("the prompt is \(tokenCount) tokens, but the model's context (max_position_embeddings) is \(context) tokens, "
+                                  + "leaving no room to generate: shorten it below \(context) tokens")
         }
     }
 }

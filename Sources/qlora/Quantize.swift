@@ -52,6 +52,35 @@ struct Quantize: ParsableCommand {
             throw ValidationError("--blocksize \(blocksize) is not supported: use a power of two from 32 to 4096")
         }
         guard FileSystem.isDirectory(model) else { throw ValidationError("--model \(model) is not a folder") }
+        try Self.checkOutput(output, model: model)
+    }
+
+    /// Refuses an output folder that is the model folder or inside it (writing there would replace, or mix with,
+    /// the files being read), before anything is written. Both are compared after resolving links and `..`; an
+    /// output that does not exist yet is resolved through its nearest existing parent.
+    static func checkOutput(_ output: String, model: String) throws {
+        func resolved(_ path: String) -> String {
+            var head = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+            var tail: [String] = []
+            while true {
+                if let real = realpath(head, nil) {
+                    defer { free(real) }
+                    let base = String(cString: real)
+                    return ([base == "/" ? "" : base] + tail.reversed()).joined(separator: "/")
+                }
+                let url = URL(fileURLWithPath: head)
+                let last = url.lastPathComponent
+                if last != "." && last != "" { tail.append(last) }
+                let parent = url.deletingLastPathComponent().path
+                if parent == head || parent.isEmpty { return path }
+                head = parent
+            }
+        }
+        let out = resolved(output), source = resolved(model)
+        guard out != source, !out.hasPrefix(source.hasSuffix("/") ? source : source + "/") else {
+            throw ValidationError("--output \(output) is \(out == source ? "the --model folder itself" : "inside the --model folder \(model)"): "
+                                  + "quantizing there would overwrite or mix with the files being read; choose a folder outside \(model)")
+        }
     }
 
     func run() throws {

@@ -21,6 +21,8 @@ struct Train: ParsableCommand {
     @Option(help: "Where metrics.jsonl, checkpoints, the adapter and loss.svg go.") var outputDir: String?
     @Option(help: "Start from this PEFT adapter (its r, alpha, targets) instead of fresh adapters.") var initAdapter: String?
     @Option(help: "Continue from a checkpoint folder, or 'latest' in --output-dir.") var resumeFromCheckpoint: String?
+    @Flag(help: "Start a new run in an --output-dir that already holds one (its metrics.jsonl is replaced).")
+    var overwriteOutputDir = false
     @Option(help: "LoRA rank r (default 8).") var loraR: Int?
     @Option(help: "LoRA alpha (default 16).") var loraAlpha: Double?
     @Option(help: "LoRA dropout (default 0.05).") var loraDropout: Double?
@@ -68,7 +70,9 @@ struct Train: ParsableCommand {
         lora.useRSLoRA = try useRslora || (recipe.bool("use_rslora") ?? false)
         lora.targetModules = try targetModules.map { $0.split(separator: ",").map(String.init) } ?? recipe.list("target_modules") ?? ["q_proj", "v_proj"]
         if let bias = try recipe.string("bias"), bias != "none" { throw ValidationError("bias \"\(bias)\": only \"none\" is supported") }
-        guard lora.r > 0, (0..<1).contains(lora.dropout) else { throw ValidationError("LoRA r must be positive and dropout in [0, 1)") }
+        guard lora.r > 0 else { throw ValidationError("--lora-r (recipe r) is \(lora.r): must be at least 1") }
+        guard (0..<1).contains(lora.dropout) else { throw ValidationError("--lora-dropout (recipe lora_dropout) is \(lora.dropout): must be in [0, 1)") }
+        guard lora.alpha.isFinite, lora.alpha > 0 else { throw ValidationError("--lora-alpha (recipe lora_alpha) is \(lora.alpha): must be a finite number above 0") }
         let known = Set(LlamaConfig.projectionNames + ["all-linear"])
         if let bad = lora.targetModules.first(where: { !known.contains($0) }) {
             throw ValidationError("target module '\(bad)' is unknown (known: \(LlamaConfig.projectionNames.joined(separator: ", ")), all-linear)")
@@ -96,11 +100,38 @@ struct Train: ParsableCommand {
         settings.evalSteps = try evalSteps ?? recipe.int("eval_steps")
         settings.saveSteps = try saveSteps ?? recipe.int("save_steps")
         settings.saveTotalLimit = try saveTotalLimit ?? recipe.int("save_total_limit")
-        settings.seed = try seed ?? recipe.int("seed").map(UInt64.init) ?? 42
+        settings.seed = try seed ?? recipe.int("seed").map { value in
+            // The flag is unsigned (ArgumentParser refuses -1); the recipe's seed must be too: no wrapping.
+            guard value >= 0 else { throw ValidationError("recipe seed is \(value): must be an integer ≥ 0 (no negative seeds)") }
+            return UInt64(value)
+        } ?? 42
         settings.shuffle = try !noShuffle && (recipe.bool("shuffle") ?? true)
         settings.gradientCheckpointing = try gradientCheckpointing || (recipe.bool("gradient_checkpointing") ?? false)
-        guard settings.batchSize > 0, settings.gradientAccumulationSteps > 0, settings.loggingSteps > 0 else {
-            throw ValidationError("batch size, gradient accumulation steps and logging steps must be positive")
+        // Every setting checked here, once, after flags and recipe are merged, before anything is loaded or written.
+        try settings.validate()
+        let split = try validationSplit ?? recipe.double("validation_split")
+        if let split, !(split.isFinite && split >= 0 && split < 1) {
+            throw ValidationError("--validation-split (recipe validation_split) is \(split): must be in [0, 1) (0: no split)")
+        }
+        let evalBatch = try recipe.int("eval_batch_size") ?? settings.batchSize
+        guard (1...TrainingConfig.maximumBatch).contains(evalBatch) else {
+            throw ValidationError("recipe \(recipe.keyName("eval_batch_size")) is \(evalBatch): must be an integer from 1 to \(TrainingConfig.maximumBatch)")
+        }
+        _ = try dataOptions.maxSeqLength(recipe: recipe)
+        let evalPath = try evalData ?? recipe.string("eval_data")
+        try InputFile.requireRegular(dataPath, what: "--data")
+        if let evalPath { try InputFile.requireRegular(evalPath, what: "--eval-data") }
+        let resume = try resumeFromCheckpoint ?? recipe.string("resume_from_checkpoint")
+        let overwrite = try overwriteOutputDir || (recipe.bool("overwrite_output_dir") ?? false)
+        if isMain {
+            // Nothing lost: a second run into the same folder would replace its metrics and mix its checkpoints.
+            if resume == nil, !overwrite, let existing = try Checkpoint.existingRun(in: output) {
+                throw ValidationError("\(output) already holds a run (\(existing)): continue it with --resume-from-checkpoint latest, "
+                                      + "choose a new --output-dir, or pass --overwrite-output-dir (recipe overwrite_output_dir: true) to replace it")
+            }
+            for path in try Checkpoint.removeStaleTemporaries(in: output) {
+                FileHandle.standardError.write("removed \(path), left by an interrupted checkpoint save\n".data(using: .utf8)!)
+            }
         }
 
         let loaded = try modelOptions.load(lora: lora, adapter: initAdapter, seed: settings.seed, recipe: recipe)
@@ -112,18 +143,22 @@ struct Train: ParsableCommand {
         var examples = try TextDataset.load(path: dataPath, tokenizer: text?.tokenizer,
                                             vocabularySize: config.vocabSize, options: options)
         var validation: [TokenizedExample] = []
-        if let evalPath = try evalData ?? recipe.string("eval_data") {
+        if let evalPath {
             var evalOptions = options
             evalOptions.packing = false
             validation = try TextDataset.load(path: evalPath, tokenizer: text?.tokenizer,
                                               vocabularySize: config.vocabSize, options: evalOptions)
-        } else if let split = try validationSplit ?? recipe.double("validation_split"), split > 0 {
+        } else if let split, split > 0 {
             var rng = SeededGenerator(seed: settings.seed ^ 0x5eed)
             examples.shuffle(using: &rng)
             let held = max(1, Int(Double(examples.count) * split))
             validation = Array(examples.prefix(held))
             examples = Array(examples.dropFirst(held))
+            guard !examples.isEmpty else {
+                throw ValidationError("--validation-split (recipe validation_split) \(split) holds out all \(held) examples of \(dataPath); lower it or give --eval-data")
+            }
         }
+        guard !examples.isEmpty else { throw ValidationError("--data \(dataPath) holds no training examples") }
 
         try FileSystem.createDirectory(output)
         let optimizer = AdamW(kind: settings.optimizer, settings: AdamWSettings(weightDecay: settings.weightDecay))
@@ -140,7 +175,6 @@ struct Train: ParsableCommand {
         print(String(format: "loaded %@ in %.1f s (host memory peak so far %.2f GB)", loaded.path,
                      Date().timeIntervalSince(loadStarted), Double(HostMemory.peakResidentBytes()) / 1e9))
         var trainer = Trainer(engine: engine, examples: examples, config: settings, group: joined.map { NCCLGroup($0.1) })
-        let resume = try resumeFromCheckpoint ?? recipe.string("resume_from_checkpoint")
         let metricsPath = output + "/metrics.jsonl"
         var history: [String] = []
         if let resume {
@@ -155,13 +189,18 @@ struct Train: ParsableCommand {
         }
         if isMain { try AtomicFile.write(text: history.map { $0 + "\n" }.joined(), to: metricsPath) }
         let metrics = isMain ? try FileHandle(forWritingTo: URL(fileURLWithPath: metricsPath)) : FileHandle.nullDevice
-        metrics.seekToEndOfFile()
+        do { try metrics.seekToEnd() } catch {
+            throw ValidationError("\(metricsPath): cannot append: \(error.localizedDescription)")
+        }
         defer { try? metrics.close() }
         let reporter = ProgressReporter(label: "train")
         var callbacks = Trainer.Callbacks()
         var lastLoss = Double.nan
         callbacks.log = { m in
-            metrics.write((m.json + "\n").data(using: .utf8)!)
+            // A full disk stops the run with an error (the trainer rethrows it); no trap.
+            do { try metrics.write(contentsOf: Data((m.json + "\n").utf8)) } catch {
+                throw TrainingError(description: "\(metricsPath): cannot append step \(m.step)'s metrics (\(error.localizedDescription)); stopping")
+            }
             if let loss = m.loss { lastLoss = loss }
             if let e = m.evalLoss { FileHandle.standardError.write(String(format: "\nstep %d: validation loss %.4f\n", m.step, e).data(using: .utf8)!) }
         }
@@ -174,7 +213,6 @@ struct Train: ParsableCommand {
                                                                      settings.learningRate(atStep: step - 1, totalSteps: total), rate))
         }
         if !validation.isEmpty {
-            let evalBatch = try recipe.int("eval_batch_size") ?? settings.batchSize
             callbacks.evaluate = { engine in try Trainer.evaluate(engine: engine, examples: validation, batchSize: evalBatch).loss }
         }
         let limit = settings.saveTotalLimit

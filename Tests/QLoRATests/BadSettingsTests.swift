@@ -1,0 +1,391 @@
+import Foundation
+import Llama
+import ModelFiles
+import Training
+import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Issue 12: bad input never crashes, never hangs, never loses a user's file. Each case is a clear error naming
+/// the flag or recipe key, its value and what is allowed (or correct behaviour), never a trap or a hang.
+final class BadSettingsTests: XCTestCase {
+    // MARK: helpers
+
+    /// The built `qlora` binary beside the test bundle (`swift build --build-tests` builds it).
+    func binary() throws -> String {
+        var dir = Bundle(for: Self.self).bundleURL.deletingLastPathComponent()
+        for _ in 0..<3 {
+            let candidate = dir.appendingPathComponent("qlora").path
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+            dir = dir.deletingLastPathComponent()
+        }
+        let fallback = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent(".build/debug/qlora").path
+        guard FileManager.default.isExecutableFile(atPath: fallback) else { throw XCTSkip("no built qlora binary") }
+        return fallback
+    }
+
+    /// Runs the binary with `arguments`, killing it after `timeout` seconds (a hang fails the test).
+    func run(_ arguments: [String], timeout: TimeInterval = 60) throws -> (status: Int32, crashed: Bool, output: String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: try binary())
+        p.arguments = arguments
+        let log = NSTemporaryDirectory() + "qlora-bad-settings-\(UUID().uuidString).log"
+        FileManager.default.createFile(atPath: log, contents: nil)
+        defer { try? FileManager.default.removeItem(atPath: log) }
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        defer { try? handle.close() }
+        p.standardOutput = handle; p.standardError = handle
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        let deadline = Date().addingTimeInterval(timeout)
+        while p.isRunning && Date() < deadline { usleep(20_000) }
+        if p.isRunning {
+            p.terminate()
+            XCTFail("qlora \(arguments.joined(separator: " ")) hung for \(timeout) s")
+        }
+        p.waitUntilExit()
+        let data = FileManager.default.contents(atPath: log) ?? Data()
+        return (p.terminationStatus, p.terminationReason == .uncaughtSignal, String(decoding: data, as: UTF8.self))
+    }
+
+    /// Expects a clean failure (a non-zero exit, not a signal) whose message holds every string of `expected`.
+    func expectError(_ arguments: [String], _ expected: [String], file: StaticString = #filePath, line: UInt = #line) throws {
+        let (status, crashed, output) = try run(arguments)
+        XCTAssertNotEqual(status, 0, "\(arguments): \(output)", file: file, line: line)
+        XCTAssertFalse(crashed, "\(arguments) crashed (signal \(status)): \(output)", file: file, line: line)
+        for e in expected {
+            XCTAssertTrue(output.contains(e), "\(arguments): expected \"\(e)\" in: \(output)", file: file, line: line)
+        }
+    }
+
+    func tinyExamples() throws -> [TokenizedExample] {
+        let ref = try SafeTensorsFile(path: try Shared.requireGolden() + "/qlora.safetensors")
+        let ids = try ref.tensor(named: "train_batches").integers()
+        return (0..<12).map { r in
+            let row = Array(ids[(r * 32)..<((r + 1) * 32)])
+            return TokenizedExample(inputIds: row, labels: row)
+        }
+    }
+
+    func tinyModel() throws -> LlamaModel {
+        var lora = LoRAConfig()
+        lora.targetModules = ["q_proj", "v_proj"]; lora.dropout = 0
+        return try LlamaModel.load(directory: try Shared.requireGolden() + "/tiny-llama", lora: lora, seed: 11)
+    }
+
+    func write(_ text: String, _ path: String) throws { try AtomicFile.write(text: text, to: path) }
+
+    // MARK: 1. settings
+
+    /// Each bad training setting is refused by `TrainingConfig.validate`, naming the flag, the recipe key and the value.
+    func testTrainingConfigValidateRejectsEachBadSetting() throws {
+        XCTAssertNoThrow(try TrainingConfig().validate())
+        let cases: [(String, (inout TrainingConfig) -> Void)] = [
+            ("--save-steps (recipe save_steps) is 0", { $0.saveSteps = 0 }),
+            ("--eval-steps (recipe eval_steps) is 0", { $0.evalSteps = 0 }),
+            ("--num-train-epochs (recipe num_train_epochs) is 1e+300", { $0.epochs = 1e300 }),
+            ("--num-train-epochs (recipe num_train_epochs) is nan", { $0.epochs = .nan }),
+            ("--num-train-epochs (recipe num_train_epochs) is inf", { $0.epochs = .infinity }),
+            ("--num-train-epochs (recipe num_train_epochs) is 0.0", { $0.epochs = 0 }),
+            ("--num-train-epochs (recipe num_train_epochs) is -1.0", { $0.epochs = -1 }),
+            ("--warmup-ratio (recipe warmup_ratio) is nan: must be in [0, 1]", { $0.warmupRatio = .nan }),
+            ("--warmup-ratio (recipe warmup_ratio) is 1.5", { $0.warmupRatio = 1.5 }),
+            ("--learning-rate (recipe learning_rate) is nan", { $0.learningRate = .nan }),
+            ("--learning-rate (recipe learning_rate) is inf", { $0.learningRate = .infinity }),
+            ("--learning-rate (recipe learning_rate) is 0.0", { $0.learningRate = 0 }),
+            ("--learning-rate (recipe learning_rate) is -0.001", { $0.learningRate = -1e-3 }),
+            ("--max-grad-norm (recipe max_grad_norm) is -1.0", { $0.maxGradNorm = -1 }),
+            ("--max-grad-norm (recipe max_grad_norm) is inf", { $0.maxGradNorm = .infinity }),
+            ("--max-grad-norm (recipe max_grad_norm) is nan", { $0.maxGradNorm = .nan }),
+            ("--batch-size (recipe per_device_train_batch_size) is 0", { $0.batchSize = 0 }),
+            ("--gradient-accumulation-steps (recipe gradient_accumulation_steps) is 0", { $0.gradientAccumulationSteps = 0 }),
+            ("--logging-steps (recipe logging_steps) is 0", { $0.loggingSteps = 0 }),
+            ("--warmup-steps (recipe warmup_steps) is -1", { $0.warmupSteps = -1 }),
+        ]
+        for (expected, change) in cases {
+            var c = TrainingConfig()
+            change(&c)
+            XCTAssertThrowsError(try c.validate(), expected) { XCTAssertTrue("\($0)".contains(expected), "\($0)") }
+            // And the step count never traps on them.
+            _ = c.batchSize > 0 && c.gradientAccumulationSteps > 0 ? c.totalSteps(exampleCount: 10) : 0
+        }
+        var c = TrainingConfig()
+        c.maxGradNorm = 0   // clipping off is allowed
+        XCTAssertNoThrow(try c.validate())
+    }
+
+    /// The trainer refuses a zero save interval itself (no `step % 0` trap), and an evaluation batch of 0.
+    func testTrainerRefusesZeroIntervalsInsteadOfTrapping() throws {
+        var config = TrainingConfig()
+        config.batchSize = 2; config.maxSteps = 2; config.saveSteps = 0
+        var t = Trainer(model: try tinyModel(), examples: try tinyExamples(), config: config)
+        var callbacks = Trainer.Callbacks()
+        callbacks.save = { _ in }
+        XCTAssertThrowsError(try t.train(callbacks)) { XCTAssertTrue("\($0)".contains("save_steps"), "\($0)") }
+        let engine = CPUTrainingEngine(model: try tinyModel(), optimizer: AdamW(kind: .adamw))
+        XCTAssertThrowsError(try Trainer.evaluate(engine: engine, examples: try tinyExamples(), batchSize: 0))
+    }
+
+    /// The recipe's integer accessor rejects non-integral or out-of-range numbers with an error naming the key.
+    func testRecipeIntegersMustBeWholeAndInRange() throws {
+        let dir = makeTemporaryDirectory(self)
+        for value in ["1e30", ".inf", "-.inf", ".nan", "2.5"] {
+            try write("max_steps: \(value)\nper_device_train_batch_size: \(value)\n", dir + "/r.yaml")
+            let recipe = try TrainingRecipe(contentsOf: dir + "/r.yaml")
+            XCTAssertThrowsError(try recipe.int("max_steps"), value) { XCTAssertTrue("\($0)".contains("\"max_steps\""), "\($0)") }
+            XCTAssertThrowsError(try recipe.int("batch_size"), value) {
+                XCTAssertTrue("\($0)".contains("\"per_device_train_batch_size\""), "\($0)")
+            }
+        }
+        try write("max_steps: 3.0\n", dir + "/ok.yaml")
+        XCTAssertEqual(try TrainingRecipe(contentsOf: dir + "/ok.yaml").int("max_steps"), 3)
+        try write("overwrite_output_dir: true\n", dir + "/ow.yaml")
+        XCTAssertEqual(try TrainingRecipe(contentsOf: dir + "/ow.yaml").bool("overwrite_output_dir"), true,
+                       "overwrite_output_dir is a setting now, not ignored")
+    }
+
+    /// `qlora train` refuses each bad merged setting before loading anything (the model path does not even exist).
+    func testTrainCommandRejectsBadSettingsNamingThem() throws {
+        let dir = makeTemporaryDirectory(self)
+        try write(#"{"text": "hello"}"# + "\n", dir + "/data.jsonl")
+        let base = ["train", "--model", dir + "/no-model", "--data", dir + "/data.jsonl", "--output-dir", dir + "/out"]
+        try expectError(base + ["--save-steps", "0"], ["--save-steps", "save_steps", "is 0"])
+        try expectError(base + ["--eval-steps", "0"], ["--eval-steps", "is 0"])
+        try expectError(base + ["--max-seq-length=-1"], ["--max-seq-length", "max_seq_length", "-1"])
+        try expectError(base + ["--validation-split", "1"], ["--validation-split", "validation_split", "1.0", "[0, 1)"])
+        try expectError(base + ["--validation-split=-0.5"], ["--validation-split", "-0.5"])
+        try expectError(base + ["--num-train-epochs", "1e300"], ["--num-train-epochs", "1e+300"])
+        try expectError(base + ["--num-train-epochs", "nan"], ["--num-train-epochs", "nan"])
+        try expectError(base + ["--warmup-ratio", "nan"], ["--warmup-ratio", "nan", "[0, 1]"])
+        try expectError(base + ["--learning-rate", "inf"], ["--learning-rate", "inf"])
+        try expectError(base + ["--learning-rate", "0"], ["--learning-rate", "0.0"])
+        try expectError(base + ["--max-grad-norm=-1"], ["--max-grad-norm", "-1.0"])
+        let recipes: [(String, [String])] = [
+            ("per_device_eval_batch_size: 0\n", ["per_device_eval_batch_size", "is 0"]),
+            ("seed: -1\n", ["seed", "-1", "≥ 0"]),
+            ("num_train_epochs: 1e300\n", ["num_train_epochs", "1e+300"]),
+            ("num_train_epochs: .inf\n", ["num_train_epochs", "inf"]),
+            ("max_steps: 1e30\n", ["\"max_steps\"", "integer"]),
+            ("save_steps: .inf\n", ["\"save_steps\"", "integer"]),
+        ]
+        for (text, expected) in recipes {
+            try write(text, dir + "/recipe.yaml")
+            try expectError(base + ["--config", dir + "/recipe.yaml"], expected)
+        }
+    }
+
+    /// `qlora eval --limit -1` and `--batch-size 0` are errors naming the flag.
+    func testEvalCommandRejectsBadLimitAndBatch() throws {
+        let dir = makeTemporaryDirectory(self)
+        try write(#"{"text": "hello"}"# + "\n", dir + "/data.jsonl")
+        let base = ["eval", "--model", dir + "/no-model", "--data", dir + "/data.jsonl"]
+        try expectError(base + ["--limit=-1"], ["--limit", "-1"])
+        try expectError(base + ["--batch-size", "0"], ["--batch-size", "is 0"])
+    }
+
+    /// `qlora generate` with a prompt longer than the model's context is an error, not a trap.
+    func testGeneratePromptLongerThanTheContextIsAnError() throws {
+        let golden = try Shared.requireGolden()
+        let tokenizer = URL(fileURLWithPath: golden).deletingLastPathComponent().appendingPathComponent("smollm2-tokenizer/tokenizer.json").path
+        guard FileManager.default.fileExists(atPath: tokenizer) else { throw XCTSkip("no smollm2 tokenizer") }
+        let dir = makeTemporaryDirectory(self)
+        for name in ["config.json", "model.safetensors"] {
+            try FileManager.default.createSymbolicLink(atPath: dir + "/" + name, withDestinationPath: golden + "/tiny-llama/" + name)
+        }
+        try FileManager.default.createSymbolicLink(atPath: dir + "/tokenizer.json", withDestinationPath: tokenizer)
+        let long = Array(repeating: "word", count: 400).joined(separator: " ")   // > 256 positions
+        try expectError(["generate", "--model", dir, "--prompt", long, "--max-new-tokens", "1000000"],
+                        ["context", "256"])
+    }
+
+    // MARK: 2. recipe parsing
+
+    /// A recipe nested 10,000 deep, an alias chain ("billion laughs") and a file over 1 MiB are refused with an
+    /// error naming the file, without overflowing the stack or running out of memory.
+    func testRecipeRefusesDeepNestingAliasesAndHugeFiles() throws {
+        let dir = makeTemporaryDirectory(self)
+        let deep = dir + "/deep.yaml"
+        try write("max_steps: " + String(repeating: "[", count: 10_000) + String(repeating: "]", count: 10_000) + "\n", deep)
+        XCTAssertThrowsError(try TrainingRecipe(contentsOf: deep)) {
+            XCTAssertTrue("\($0)".contains(deep) && "\($0)".contains("deeper than 64"), "\($0)")
+        }
+        let blockDeep = dir + "/block.yaml"
+        try write("target_modules:\n" + String(repeating: "- ", count: 5_000) + "x\n", blockDeep)
+        XCTAssertThrowsError(try TrainingRecipe(contentsOf: blockDeep)) { XCTAssertTrue("\($0)".contains("deeper than 64"), "\($0)") }
+
+        var laughs = "a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+        for i in 1...9 { laughs += "a\(i): &a\(i) [" + Array(repeating: "*a\(i - 1)", count: 9).joined(separator: ", ") + "]\n" }
+        let bomb = dir + "/laughs.yaml"
+        try write(laughs, bomb)
+        XCTAssertThrowsError(try TrainingRecipe(contentsOf: bomb)) {
+            XCTAssertTrue("\($0)".contains(bomb) && "\($0)".contains("anchors"), "\($0)")
+        }
+        let big = dir + "/big.yaml"
+        try write("# " + String(repeating: "x", count: TrainingRecipe.maximumFileSize) + "\nmax_steps: 3\n", big)
+        XCTAssertThrowsError(try TrainingRecipe(contentsOf: big)) { XCTAssertTrue("\($0)".contains("1 MiB"), "\($0)") }
+        // A plain recipe with a list still reads.
+        try write("target_modules: [q_proj, v_proj]\nmax_steps: 3\n", dir + "/ok.yaml")
+        XCTAssertEqual(try TrainingRecipe(contentsOf: dir + "/ok.yaml").list("target_modules"), ["q_proj", "v_proj"])
+    }
+
+    // MARK: 3. files
+
+    /// A FIFO, a folder or /dev/zero named as a data or recipe file is refused at once (stat first), never read.
+    func testFIFOsFoldersAndDevicesAreRefusedWithoutBlocking() throws {
+        let dir = makeTemporaryDirectory(self)
+        let fifo = dir + "/pipe"
+        XCTAssertEqual(mkfifo(fifo, 0o600), 0)
+        XCTAssertThrowsError(try TrainingRecipe(contentsOf: fifo)) { XCTAssertTrue("\($0)".contains("FIFO"), "\($0)") }
+        XCTAssertThrowsError(try InputFile.requireRegular(dir, what: "--data")) { XCTAssertTrue("\($0)".contains("a folder"), "\($0)") }
+        XCTAssertThrowsError(try InputFile.requireRegular("/dev/zero", what: "--data")) {
+            XCTAssertTrue("\($0)".contains("character device") && "\($0)".contains("regular file"), "\($0)")
+        }
+        try write("x\n", dir + "/ok.txt")
+        XCTAssertEqual(try InputFile.requireRegular(dir + "/ok.txt", what: "--data"), 2)
+
+        let base = ["--model", dir + "/no-model", "--output-dir", dir + "/out"]
+        try expectError(["train", "--data", fifo] + base, ["--data", fifo, "FIFO", "regular file"])
+        try expectError(["train", "--data", "/dev/zero"] + base, ["--data", "/dev/zero", "regular file"])
+        try expectError(["train", "--data", dir] + base, ["a folder"])
+        try expectError(["eval", "--model", dir + "/no-model", "--data", fifo], ["FIFO"])
+    }
+
+    // MARK: 4. nothing lost
+
+    /// A second `train` into a folder holding a run is refused before anything is written, naming the file and
+    /// suggesting --resume-from-checkpoint latest; the old metrics.jsonl is untouched.
+    func testSecondRunIntoAnOutputDirIsRefusedAndKeepsMetrics() throws {
+        let dir = makeTemporaryDirectory(self)
+        try write(#"{"text": "hello"}"# + "\n", dir + "/data.jsonl")
+        let out = dir + "/out"
+        try FileSystem.createDirectory(out)
+        let old = #"{"step": 1, "loss": 2.5}"# + "\n"
+        try write(old, out + "/metrics.jsonl")
+        XCTAssertEqual(try Checkpoint.existingRun(in: out), out + "/metrics.jsonl")
+        try expectError(["train", "--model", dir + "/no-model", "--data", dir + "/data.jsonl", "--output-dir", out],
+                        ["already holds a run", "metrics.jsonl", "--resume-from-checkpoint latest", "--overwrite-output-dir"])
+        XCTAssertEqual(try String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8), old)
+        // A checkpoint folder alone counts as a run too.
+        let other = dir + "/other"
+        try FileSystem.createDirectory(other + "/checkpoint-4")
+        XCTAssertEqual(try Checkpoint.existingRun(in: other), other + "/checkpoint-4")
+        XCTAssertNil(try Checkpoint.existingRun(in: dir + "/fresh"))
+        try FileSystem.createDirectory(dir + "/failed")
+        try write("", dir + "/failed/metrics.jsonl")
+        XCTAssertNil(try Checkpoint.existingRun(in: dir + "/failed"), "an empty metrics.jsonl holds nothing to lose")
+        // With --overwrite-output-dir the check passes (the run then fails on the missing model, later).
+        let (_, _, output) = try run(["train", "--model", dir + "/no-model", "--data", dir + "/data.jsonl", "--output-dir", out, "--overwrite-output-dir"])
+        XCTAssertFalse(output.contains("already holds a run"), output)
+    }
+
+    /// `qlora quantize` into the model folder, or a folder inside it, is refused before anything is written.
+    func testQuantizeIntoTheModelFolderIsRefused() throws {
+        let dir = makeTemporaryDirectory(self)
+        let model = dir + "/model"
+        try FileSystem.createDirectory(model)
+        try write("{}", model + "/config.json")
+        let before = try FileSystem.contents(of: model)
+        try expectError(["quantize", "--model", model, "--output", model], ["--output", "--model folder"])
+        try expectError(["quantize", "--model", model, "--output", model + "/./"], ["--model folder"])
+        try expectError(["quantize", "--model", model, "--output", model + "/q4/sub"], ["inside the --model folder"])
+        XCTAssertEqual(try FileSystem.contents(of: model), before, "nothing written")
+        XCTAssertFalse(FileSystem.isDirectory(model + "/q4"))
+    }
+
+    /// Stale `checkpoint-N.tmp-PID` folders (PID not running) are removed; a live process's are kept.
+    func testStaleTemporaryCheckpointsAreRemoved() throws {
+        let dir = makeTemporaryDirectory(self)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/true")
+        try p.run(); p.waitUntilExit()
+        let dead = p.processIdentifier
+        try FileSystem.createDirectory(dir + "/checkpoint-3.tmp-\(dead)")
+        try write("x", dir + "/checkpoint-3.tmp-\(dead)/adapter_model.safetensors")
+        try FileSystem.createDirectory(dir + "/checkpoint-5.tmp-1")   // pid 1 is always running
+        try FileSystem.createDirectory(dir + "/checkpoint-2")
+        let removed = try Checkpoint.removeStaleTemporaries(in: dir)
+        XCTAssertEqual(removed, [dir + "/checkpoint-3.tmp-\(dead)"])
+        XCTAssertEqual(try FileSystem.contents(of: dir), ["checkpoint-2", "checkpoint-5.tmp-1"])
+    }
+
+    /// A log callback that fails (a full disk under metrics.jsonl) stops training with its error; no trap.
+    func testAFailingMetricsWriteStopsTrainingCleanly() throws {
+        struct DiskFull: Error, CustomStringConvertible { var description: String { "No space left on device" } }
+        var config = TrainingConfig()
+        config.batchSize = 2; config.maxSteps = 3; config.loggingSteps = 1
+        var t = Trainer(model: try tinyModel(), examples: try tinyExamples(), config: config)
+        var callbacks = Trainer.Callbacks()
+        callbacks.log = { _ in throw DiskFull() }
+        XCTAssertThrowsError(try t.train(callbacks)) { XCTAssertTrue($0 is DiskFull, "\($0)") }
+        XCTAssertEqual(t.step, 1, "stopped at the first failed write")
+        // What `qlora train` appends with: a full disk is a thrown error, not a trap.
+        if FileManager.default.fileExists(atPath: "/dev/full") {
+            let full = try FileHandle(forWritingTo: URL(fileURLWithPath: "/dev/full"))
+            defer { try? full.close() }
+            XCTAssertThrowsError(try full.write(contentsOf: Data(repeating: 0x41, count: 1 << 16)))
+        }
+    }
+
+    // MARK: 5. divergence
+
+    /// A learning rate of 1e30 stops at step 1 with an error naming the step, and no checkpoint (even with
+    /// save_steps 1) holds non-finite or overflowing weights.
+    func testHugeLearningRateStopsNamingTheStepAndWritesNoBadCheckpoint() throws {
+        let dir = makeTemporaryDirectory(self)
+        var config = TrainingConfig()
+        config.batchSize = 2; config.maxSteps = 4; config.saveSteps = 1; config.learningRate = 1e30
+        config.optimizer = .adamw; config.schedule = .constant
+        var t = Trainer(model: try tinyModel(), examples: try tinyExamples(), config: config)
+        var callbacks = Trainer.Callbacks()
+        callbacks.save = { t in try Checkpoint.save(t, outputDirectory: dir, limit: nil) }
+        XCTAssertThrowsError(try t.train(callbacks)) {
+            XCTAssertTrue("\($0)".contains("diverged at step 1"), "\($0)")
+            XCTAssertTrue("\($0)".contains("no checkpoint was saved"), "\($0)")
+        }
+        XCTAssertEqual(try Checkpoint.checkpoints(in: dir).count, 0)
+    }
+
+    /// After good checkpoints, a run that diverges names the last good one, which holds finite weights.
+    func testDivergenceNamesTheLastGoodCheckpoint() throws {
+        let dir = makeTemporaryDirectory(self)
+        var good = TrainingConfig()
+        good.batchSize = 2; good.maxSteps = 2; good.saveSteps = 1; good.learningRate = 1e-3; good.optimizer = .adamw
+        var a = Trainer(model: try tinyModel(), examples: try tinyExamples(), config: good)
+        var callbacks = Trainer.Callbacks()
+        callbacks.save = { t in try Checkpoint.save(t, outputDirectory: dir, limit: nil) }
+        try a.train(callbacks)
+        XCTAssertEqual(a.lastCheckpointStep, 2)
+
+        var bad = good
+        bad.maxSteps = 5; bad.learningRate = 1e30; bad.schedule = .constant
+        var b = Trainer(model: try tinyModel(), examples: try tinyExamples(), config: bad)
+        try Checkpoint.restore(&b, from: dir + "/checkpoint-2")
+        XCTAssertThrowsError(try b.train(callbacks)) {
+            XCTAssertTrue("\($0)".contains("diverged at step 3"), "\($0)")
+            XCTAssertTrue("\($0)".contains("checkpoint-2"), "\($0)")
+        }
+        XCTAssertEqual(try Checkpoint.checkpoints(in: dir).map(\.step), [1, 2])
+    }
+
+    /// `Checkpoint.save` itself refuses adapters holding a NaN, and leaves nothing behind.
+    func testCheckpointRefusesNonFiniteWeights() throws {
+        let dir = makeTemporaryDirectory(self)
+        let model = try tinyModel()
+        var config = TrainingConfig()
+        config.batchSize = 2; config.maxSteps = 1
+        let t = Trainer(model: model, examples: try tinyExamples(), config: config)
+        var weights = try t.engine.adapterWeights()
+        let key = weights.keys.sorted()[0]
+        weights[key]!.b[0] = .nan
+        try t.engine.setAdapterWeights(weights)
+        XCTAssertThrowsError(try Checkpoint.save(t, outputDirectory: dir, limit: nil)) {
+            XCTAssertTrue("\($0)".contains("non-finite") && "\($0)".contains(key), "\($0)")
+        }
+        XCTAssertEqual(try FileSystem.contents(of: dir), [])
+        XCTAssertFalse(Trainer.adaptersAreFinite(sumOfSquares: .infinity))
+        XCTAssertFalse(Trainer.adaptersAreFinite(sumOfSquares: 1e60))
+        XCTAssertTrue(Trainer.adaptersAreFinite(sumOfSquares: 12.5))
+    }
+}
