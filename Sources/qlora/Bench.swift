@@ -48,7 +48,7 @@ struct Bench: ParsableCommand {
             if let worker { (d, communicator) = try DataParallelOptions.join(worker); group = communicator.map(NCCLGroup.init) }
             else { d = try CUDADevice() }
             gpu = d
-            let dtype: GPUDType = computeDtype == "fp32" ? .f32 : .bf16
+            let dtype = step.gpuDType
             started = Date(); hostBaseline = HostMemory.residentBytes()
             let model = try weights.map {
                 try CUDALlama(weights: $0, lora: lora, adapters: LoRAWeights.initial(config: cfg, lora: lora, seed: 1),
@@ -106,7 +106,7 @@ struct Bench: ParsableCommand {
             ("step_s", .double(r(seconds / Double(steps), 4))), ("peak_alloc_gib", .double(r(peak / 1073741824, 3))),
             ("peak_reserved_gib", .double(r(reserved / 1073741824, 3))), ("load_s", .double(r(loadSeconds, 1))),
             ("trainable", .int(counts.trainable)), ("all_params", .int(counts.all)), ("final_loss", .double(r(finalLoss, 4))),
-            ("compute_dtype", .string(gpu != nil ? computeDtype : "fp32")), ("lora_dropout", .double(loraDropout)),
+            ("compute_dtype", .string(gpu != nil ? computeDtype.rawValue : "fp32")), ("lora_dropout", .double(loraDropout)),
             ("devices", .int(world)),
             ("offload_checkpoints", .bool(gpu != nil && !noCkpt && (step.offloadCheckpoints ?? true))),
             ("host_rss_before_load_gb", .double(r(Double(hostBaseline) / 1e9, 3))),

@@ -26,7 +26,7 @@ struct Plan: ParsableCommand {
                                             + "(as train quantizes it)\n").data(using: .utf8)!)
         }
         let plan = try MemoryPlan(config: cfg, lora: lora, batch: step.batch, tokens: step.seq,
-                                  dtype: step.computeDtype == "fp32" ? .f32 : .bf16, checkpointing: !step.noCkpt,
+                                  dtype: step.gpuDType, checkpointing: !step.noCkpt,
                                   offloadCheckpoints: step.offloadCheckpoints, optimizer: optim)
         func gib(_ b: Int) -> Double { Double(b) / 1073741824 }
         func rounded(_ b: Int) -> JSONValue { .double((gib(b) * 1000).rounded() / 1000) }
@@ -36,7 +36,7 @@ struct Plan: ParsableCommand {
             var fields: [(String, JSONValue)] = [
                 ("shape", .string(step.model ?? step.config ?? step.shape)), ("targets", .string(step.targets)),
                 ("batch", .int(step.batch)), ("seq", .int(step.seq)), ("grad_ckpt", .bool(!step.noCkpt)),
-                ("offload_checkpoints", .bool(offload)), ("compute_dtype", .string(step.computeDtype)),
+                ("offload_checkpoints", .bool(offload)), ("compute_dtype", .string(step.computeDtype.rawValue)),
                 ("predicted_peak_alloc_gib", rounded(plan.peakAllocated)),
                 ("predicted_reserved_gib", rounded(plan.reserved)),
                 ("pinned_host_gib", rounded(plan.pinnedHost)),
@@ -48,7 +48,7 @@ struct Plan: ParsableCommand {
         }
         print("plan: \(step.model ?? step.config ?? step.shape), LoRA r \(lora.r) "
               + "on \(lora.resolvedTargets.joined(separator: ",")), "
-              + "batch \(step.batch) × \(step.seq), \(step.computeDtype), \(optim.rawValue), "
+              + "batch \(step.batch) × \(step.seq), \(step.computeDtype.rawValue), \(optim.rawValue), "
               + (step.noCkpt ? "no checkpointing"
                  : "gradient checkpointing, checkpoints \(offload ? "in pinned host memory" : "on the GPU")"))
         print("| at the peak | GiB |\n| --- | ---: |")

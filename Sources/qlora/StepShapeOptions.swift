@@ -1,4 +1,5 @@
 import ArgumentParser
+import CUDABackend
 import Foundation
 import Llama
 
@@ -9,10 +10,14 @@ struct StepShapeOptions: ParsableArguments {
     @Option(help: "A config.json to take the shape from instead.") var config: String?
     @Option(help: "A real checkpoint (Hugging Face folder, bnb 4-bit folder or GGUF), loaded as train loads it.")
     var model: String?
-    @Option(help: "LoRA targets: qv (q_proj, v_proj) or all (the seven projections).") var targets: String = "qv"
-    @Option(help: "Sequences per step.") var batch: Int = 4
-    @Option(help: "Tokens per sequence.") var seq: Int = 2048
-    @Option(help: "Compute dtype on the GPU: bf16 or fp32.") var computeDtype: String = "bf16"
+    // The names train uses (--target-modules, --batch-size, --max-seq-length, --compute-dtype), each also under the
+    // short name of hf_baseline.py's flags (--targets, --batch, --seq).
+    @Option(name: [.customLong("target-modules"), .customLong("targets")],
+            help: "LoRA targets: projections as train takes them (q_proj,v_proj or all-linear), or qv / all.")
+    var targetModules: String = "qv"
+    @Option(name: [.customLong("batch-size"), .customLong("batch")], help: "Sequences per step.") var batch: Int = 4
+    @Option(name: [.customLong("max-seq-length"), .customLong("seq")], help: "Tokens per sequence.") var seq: Int = 2048
+    @Option(help: "Compute dtype on the GPU: bf16 or fp32.") var computeDtype: ComputeDType = .bf16
     @Option(help: "LoRA dropout (hf_baseline.py uses 0.05; unsloth_bench.py needs 0).") var loraDropout: Double = 0.05
     @Option(help: "Build only this many layers (a quick look; tokens/s is not rescaled).") var layers: Int?
     @Flag(help: "Turn gradient checkpointing off.") var noCkpt = false
@@ -23,19 +28,43 @@ struct StepShapeOptions: ParsableArguments {
     var offloadCheckpoints: Bool?
 
     func validate() throws {
-        guard ["qv", "all"].contains(targets) else {
-            throw ValidationError("--targets must be qv or all, not \(targets)")
-        }
-        guard ["bf16", "fp32"].contains(computeDtype) else {
-            throw ValidationError("--compute-dtype must be bf16 or fp32")
+        let known = Set(LlamaConfig.projectionNames + ["all-linear"])
+        if let bad = targetList.first(where: { !known.contains($0) }) {
+            throw ValidationError("--target-modules: '\(bad)' is unknown (use qv, all, all-linear or a list of "
+                                  + LlamaConfig.projectionNames.joined(separator: ", ") + ")")
         }
         guard model != nil || config != nil || LlamaConfig.benchmarkShapes[shape] != nil else {
             throw ValidationError("unknown --shape \(shape): one of "
                                   + "\(LlamaConfig.benchmarkShapes.keys.sorted().joined(separator: ", ")), or --config")
         }
-        guard batch > 0, seq > 1 else { throw ValidationError("--batch and --seq must be positive (--seq ≥ 2)") }
+        guard batch > 0, seq > 1 else {
+            throw ValidationError("--batch-size must be positive and --max-seq-length at least 2")
+        }
         guard (0..<1).contains(loraDropout) else { throw ValidationError("--lora-dropout must be in [0, 1)") }
     }
+
+    /// The targets as train names them: qv and all are hf_baseline.py's shortcuts.
+    var targetList: [String] {
+        switch targetModules {
+        case "qv": return ["q_proj", "v_proj"]
+        case "all": return ["all-linear"]
+        default: return targetModules.split(separator: ",").map { String($0) }
+        }
+    }
+
+    /// The targets as hf_baseline.py reports them (qv, all), else the list.
+    var targets: String {
+        var lora = LoRAConfig()
+        lora.targetModules = targetList
+        switch lora.resolvedTargets {
+        case ["q_proj", "v_proj"]: return "qv"
+        case LlamaConfig.projectionNames: return "all"
+        default: return lora.resolvedTargets.joined(separator: ",")
+        }
+    }
+
+    /// The GPU activation type of --compute-dtype.
+    var gpuDType: GPUDType { computeDtype == .fp32 ? .f32 : .bf16 }
 
     /// The architecture, the LoRA settings (r 16, alpha 32, as the baselines), and the checkpoint's weights if any.
     func resolve() throws -> (LlamaConfig, LoRAConfig, LlamaWeights?) {
@@ -54,7 +83,7 @@ struct StepShapeOptions: ParsableArguments {
         }
         var lora = LoRAConfig()
         lora.r = 16; lora.alpha = 32; lora.dropout = loraDropout
-        lora.targetModules = targets == "qv" ? ["q_proj", "v_proj"] : ["all-linear"]
+        lora.targetModules = targetList
         return (cfg, lora, weights)
     }
 }
