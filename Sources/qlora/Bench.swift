@@ -18,13 +18,12 @@ struct Bench: ParsableCommand {
 
     @OptionGroup var step: StepShapeOptions
     @Option(help: "Timed steps (after 3 warm-up steps).") var steps: Int = 10
-    @Option(help: "cpu or cuda.") var device: String = "cpu"
+    @Option(help: ArgumentHelp("Device: \(DeviceChoice.help).")) var device: DeviceChoice = .cpu
     @Flag(help: "After the timed steps, one more step with the GPU waited on around every kernel and product: a table of where the time goes (stderr).")
     var profile = false
     @OptionGroup var parallel: DataParallelOptions
 
     func validate() throws {
-        guard ["cpu", "cuda"].contains(device) else { throw ValidationError("--device must be cpu or cuda, not \(device)") }
         guard steps > 0 else { throw ValidationError("--steps must be positive") }
     }
 
@@ -42,11 +41,11 @@ struct Bench: ParsableCommand {
         let counts: (trainable: Int, all: Int)
         var gpu: CUDADevice? = nil
         var group: NCCLGroup? = nil
-        if device == "cuda" || worker != nil {
+        if device.isGPU || worker != nil {
             var communicator: NCCLCommunicator? = nil
             let d: CUDADevice
             if let worker { (d, communicator) = try DataParallelOptions.join(worker); group = communicator.map(NCCLGroup.init) }
-            else { d = try CUDADevice() }
+            else { d = try device.open()! }
             gpu = d
             let dtype = step.gpuDType
             started = Date(); hostBaseline = HostMemory.residentBytes()

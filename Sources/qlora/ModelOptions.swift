@@ -21,22 +21,15 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "Compute dtype: fp32 or bf16 (default fp32 on the CPU, where bf16 rounds the weights; bf16 on the GPU).")
     var computeDtype: ComputeDType?
 
-    @Option(help: "Device: cpu, or cuda (cuda:N for GPU N; needs an NVIDIA driver and CUDA 12/13 libraries).")
-    var device: String = "cpu"
-
-    func validate() throws {
-        guard device == "cpu" || device == "cuda" || (device.hasPrefix("cuda:") && Int(device.dropFirst(5)) != nil) else {
-            throw ValidationError("--device \(device): use cpu, cuda or cuda:N")
-        }
-    }
+    @Option(help: ArgumentHelp("Device: \(DeviceChoice.help)."))
+    var device: DeviceChoice = .cpu
 
     /// True for --device cuda[:N].
-    var usesGPU: Bool { device.hasPrefix("cuda") }
+    var usesGPU: Bool { device.isGPU }
 
-    /// The GPU of --device cuda[:N]; a clear error where there is none.
+    /// The GPU of --device cuda[:N] (GPU 0 when the device is cpu); a clear error where there is none.
     func openGPU() throws -> CUDADevice {
-        let ordinal = device.hasPrefix("cuda:") ? Int(device.dropFirst(5))! : 0
-        let gpu = try CUDADevice(ordinal: ordinal)
+        let gpu = try (device.isGPU ? device : .cuda(0)).open()!
         FileHandle.standardError.write("using \(gpu.description)\n".data(using: .utf8)!)
         return gpu
     }

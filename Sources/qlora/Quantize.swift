@@ -43,11 +43,10 @@ struct Quantize: ParsableCommand {
     @Option(help: "Compute dtype recorded in quantization_config: bf16, fp32 or fp16.")
     var computeDtype: ComputeDTypeOption = .bf16
 
-    @Option(help: "Where to quantize: cpu or cuda (the GPU; the same bits).")
-    var device: String = "cpu"
+    @Option(help: ArgumentHelp("Where to quantize (the same bits either way): \(DeviceChoice.help)."))
+    var device: DeviceChoice = .cpu
 
     func validate() throws {
-        guard device == "cpu" || device == "cuda" else { throw ValidationError("--device \(device): use cpu or cuda") }
         guard Quantized4BitTensor.isSupported(blocksize: blocksize) else {
             throw ValidationError("--blocksize \(blocksize) is not supported: use a power of two from 32 to 4096")
         }
@@ -91,8 +90,7 @@ struct Quantize: ParsableCommand {
         quantizer.doubleQuant = doubleQuant
         quantizer.blocksize = blocksize
         quantizer.computeDType = computeDtype.dtype
-        if device == "cuda" {
-            let gpu = try CUDADevice()
+        if let gpu = try device.open() {
             FileHandle.standardError.write("quantizing on \(gpu.description)\n".data(using: .utf8)!)
             quantizer.quantizeWeight = { tensor, type, blocksize, dq in
                 let x = try gpu.allocate(tensor.elementCount, tensor.dtype == .bf16 ? .bf16 : .f32)
