@@ -32,7 +32,7 @@ public struct ModelQuantizer {
     }
 
     /// Files of a model folder that are weights or config, which `quantize` writes itself rather than copies.
-    static func isWeightOrConfig(_ file: String) -> Bool {
+    public static func isWeightOrConfig(_ file: String) -> Bool {
         file == "config.json" || file.hasSuffix(".safetensors") || file.hasSuffix(".safetensors.index.json")
             || [".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5", ".ckpt"].contains { file.hasSuffix($0) }
             || file.contains(".tmp-")

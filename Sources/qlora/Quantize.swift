@@ -57,7 +57,7 @@ struct Quantize: ParsableCommand {
     /// Refuses an output folder that is the model folder or inside it (writing there would replace, or mix with,
     /// the files being read), before anything is written. Both are compared after resolving links and `..`; an
     /// output that does not exist yet is resolved through its nearest existing parent.
-    static func checkOutput(_ output: String, model: String) throws {
+    static func checkOutput(_ output: String, model: String, writing: String = "quantizing") throws {
         func resolved(_ path: String) -> String {
             var head = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
             var tail: [String] = []
@@ -78,7 +78,7 @@ struct Quantize: ParsableCommand {
         let out = resolved(output), source = resolved(model)
         guard out != source, !out.hasPrefix(source.hasSuffix("/") ? source : source + "/") else {
             throw ValidationError("--output \(output) is \(out == source ? "the --model folder itself" : "inside the --model folder \(model)"): "
-                                  + "quantizing there would overwrite or mix with the files being read; choose a folder outside \(model)")
+                                  + "\(writing) there would overwrite or mix with the files being read; choose a folder outside \(model)")
         }
     }
 

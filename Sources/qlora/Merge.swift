@@ -1,0 +1,64 @@
+import ArgumentParser
+import Foundation
+import Llama
+import ModelFiles
+import Tensors
+
+extension MergeBase: ExpressibleByArgument {}
+
+/// `qlora merge`: the adapter folded into the base, written as a plain Hugging Face folder (config.json without
+/// quantization_config, safetensors, tokenizer and generation files), which any loader reads without peft.
+struct Merge: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Merge a PEFT adapter into its base model and write a plain Hugging Face folder.")
+
+    @Option(help: "The base model: a Hugging Face folder (plain or bitsandbytes 4-bit).") var model: String
+    @Option(help: "The PEFT adapter folder (adapter_config.json, adapter_model.safetensors).") var adapter: String
+    @Option(help: "Where the merged model goes (a new folder, not the model's).") var output: String
+    @Option(help: "Weights' dtype in the output: bf16, f16 or f32.") var dtype: String = "bf16"
+    @Option(help: """
+        What the delta is added to: dequantized (the NF4 weights training saw; the default) or original (the \
+        16/32-bit weights the base was quantized from, as peft's merge_and_unload on a float base).
+        """)
+    var onto: MergeBase = .dequantized
+    @Option(help: "Largest safetensors file in bytes before the weights are split into shards with an index.")
+    var maxShardSize: Int = 5_000_000_000
+
+    func validate() throws {
+        guard ["bf16", "f16", "f32"].contains(dtype) else { throw ValidationError("--dtype \(dtype): use bf16, f16 or f32") }
+        guard maxShardSize > 0 else { throw ValidationError("--max-shard-size must be positive") }
+        guard FileSystem.isDirectory(model) else {
+            throw ValidationError("--model \(model) is not a Hugging Face folder (merging from a GGUF base is not supported)")
+        }
+        try Quantize.checkOutput(output, model: model, writing: "merging")
+    }
+
+    func run() throws {
+        let weights = try LlamaWeights.open(path: model)
+        let (lora, adapters) = try PEFTAdapter.read(directory: adapter, config: weights.config)
+        let type: DType = dtype == "f32" ? .f32 : dtype == "f16" ? .f16 : .bf16
+        let reporter = ProgressReporter(label: "merge")
+        let files = try LlamaMerge.write(weights: weights, lora: lora, adapters: adapters, onto: onto, dtype: type,
+                                         to: output, shardBytes: maxShardSize) { done, total, name in
+            reporter.update(done: done, total: total, detail: name)
+        }
+        reporter.finish()
+        // config.json as the base's, without quantization_config, with the dtype written.
+        let configPath = model + "/config.json"
+        var config = try JSONValue(parsing: FileSystem.readBytes(configPath))
+        if case .object(let fields) = config {
+            config = .object(fields.filter { $0.0 != "quantization_config" })
+        }
+        let torchName = ["bf16": "bfloat16", "f16": "float16", "f32": "float32"][dtype]!
+        config.set("torch_dtype", .string(torchName))
+        if config["dtype"] != nil { config.set("dtype", .string(torchName)) }
+        try AtomicFile.write(text: config.pythonText(indent: 2, sortKeys: true) + "\n", to: output + "/config.json")
+        var copied: [String] = []
+        for file in try FileSystem.contents(of: model) where !ModelQuantizer.isWeightOrConfig(file) {
+            try FileSystem.copyFile(from: model + "/" + file, to: output + "/" + file)
+            copied.append(file)
+        }
+        print("merged \(adapters.count) adapters (r \(lora.r), scale \(lora.scale)) onto the \(onto.rawValue) weights of "
+              + "\(model) → \(output): \((files + ["config.json"] + copied).joined(separator: ", "))")
+    }
+}
