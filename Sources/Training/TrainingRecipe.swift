@@ -54,7 +54,7 @@ public struct TrainingRecipe: Sendable {
         "max_seq_length": "max_seq_length", "packing": "packing", "train_on_inputs": "train_on_inputs",
         "prompt_field": "prompt_field", "completion_field": "completion_field",
         "resume_from_checkpoint": "resume_from_checkpoint", "shuffle": "shuffle",
-        "offload_checkpoints": "offload_checkpoints", "overwrite_output_dir": "overwrite_output_dir",
+        "offload_checkpoints": "offload_checkpoints", "report_to": "report_to", "logging_dir": "logging_dir", "overwrite_output_dir": "overwrite_output_dir",
     ]
 
     /// The largest recipe file read (a recipe is a page of settings).
@@ -64,7 +64,7 @@ public struct TrainingRecipe: Sendable {
 
     /// Keys that only steer Python tooling (reporting, logging folders): accepted and ignored.
     public static let ignored: Set<String> = [
-        "report_to", "logging_dir", "run_name", "do_train", "do_eval", "evaluation_strategy", "eval_strategy",
+        "run_name", "do_train", "do_eval", "evaluation_strategy", "eval_strategy",
         "save_strategy", "logging_strategy", "dataloader_num_workers", "remove_unused_columns",
         "group_by_length", "push_to_hub",
     ]

@@ -52,6 +52,9 @@ struct Train: ParsableCommand {
         or on the GPU (false).
         """)
     var offloadCheckpoints: Bool?
+    @Option(help: "Where logs go besides metrics.jsonl: none or tensorboard (event files under --logging-dir).")
+    var reportTo: String?
+    @Option(help: "TensorBoard's folder (default OUTPUT_DIR/runs).") var loggingDir: String?
     @OptionGroup var dataOptions: DataOptions
     @OptionGroup var parallel: DataParallelOptions
 
@@ -193,6 +196,15 @@ struct Train: ParsableCommand {
             throw ValidationError("\(metricsPath): cannot append: \(error.localizedDescription)")
         }
         defer { try? metrics.close() }
+        // report_to: tensorboard writes event files too; the Hugging Face Trainer's other reporters are not here.
+        let reports = try reportTo.map { $0.split(separator: ",").map { String($0) } } ?? recipe.list("report_to") ?? []
+        if let other = reports.first(where: { !["none", "tensorboard", "all"].contains($0) }) {
+            FileHandle.standardError.write("warning: report_to \(other) is not supported (only tensorboard); ignored\n"
+                .data(using: .utf8)!)
+        }
+        let board = isMain && reports.contains(where: { $0 == "tensorboard" || $0 == "all" })
+            ? try TensorBoardWriter(directory: try loggingDir ?? recipe.string("logging_dir") ?? output + "/runs") : nil
+        if let board { print("TensorBoard: tensorboard --logdir \((board.path as NSString).deletingLastPathComponent)") }
         let reporter = ProgressReporter(label: "train")
         var callbacks = Trainer.Callbacks()
         var lastLoss = Double.nan
@@ -201,6 +213,7 @@ struct Train: ParsableCommand {
             do { try metrics.write(contentsOf: Data((m.json + "\n").utf8)) } catch {
                 throw TrainingError(description: "\(metricsPath): cannot append step \(m.step)'s metrics (\(error.localizedDescription)); stopping")
             }
+            try board?.add(m)
             if let loss = m.loss { lastLoss = loss }
             if let e = m.evalLoss { FileHandle.standardError.write(String(format: "\nstep %d: validation loss %.4f\n", m.step, e).data(using: .utf8)!) }
         }
