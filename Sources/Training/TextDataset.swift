@@ -8,6 +8,8 @@ public struct DatasetOptions: Sendable {
     public var promptField: String? = nil
     /// Field holding the completion (default: `output`, or `completion`).
     public var completionField: String? = nil
+    /// Field holding plain text to train on (TRL's `dataset_text_field`, e.g. english_quotes' `quote`); default `text`.
+    public var textField: String? = nil
     /// Take the loss on prompts too (default: completions / assistant turns only).
     public var trainOnInputs = false
     /// Cut examples to this many tokens.
@@ -24,7 +26,7 @@ public struct DatasetOptions: Sendable {
 ///
 /// Files: JSONL (a JSON object a line), a JSON array of objects, or plain text (any file that is neither: the whole
 /// text is one stream, cut into `maxSeqLength` blocks). Records: pre-tokenized (`input_ids`, optional `labels`),
-/// chat (`messages`: [{role, content}]), instruction (`promptField`/`completionField`, or `instruction`/`input`/
+/// chat (`messages`: [{role, content}], or ShareGPT's `conversations`: [{from, value}]), instruction (`promptField`/`completionField`, or `instruction`/`input`/
 /// `output`, or `prompt`/`completion`), or plain `text`.
 public enum TextDataset {
     /// All examples of `path` (examples that truncation leaves nothing to learn are dropped). Without a tokenizer
@@ -136,6 +138,28 @@ public enum TextDataset {
                 }
             }
             return .tokens(i, l)
+        }
+        if let field = options.textField {
+            guard let text = record[field]?.stringValue else { throw fail("no string field \"\(field)\" (--dataset-text-field)") }
+            let eos = tokenizer?.eosTokenId.flatMap { tokenizer?.token(forId: $0) } ?? ""
+            return .text([TextSegment(text: text + eos, trainable: true)])
+        }
+        if let turns = record["conversations"]?.arrayValue {   // ShareGPT: [{"from": "human" | "gpt" | ..., "value"}]
+            guard let template = options.chatTemplate else {
+                throw fail("chat records need a chat template; the model has none this tool recognizes")
+            }
+            let roles = ["human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
+                         "model": "assistant", "system": "system"]
+            let chat = try turns.map { m -> ChatMessage in
+                guard let from = m["from"]?.stringValue, let value = m["value"]?.stringValue else {
+                    throw fail("each ShareGPT turn needs \"from\" and \"value\" strings")
+                }
+                guard let role = roles[from] else {
+                    throw fail("ShareGPT turn from \"\(from)\": use human, gpt or system (or user, assistant)")
+                }
+                return ChatMessage(role: role, content: value)
+            }
+            return .text(template.render(chat, addGenerationPrompt: false))
         }
         if let messages = record["messages"]?.arrayValue {
             guard let template = options.chatTemplate else { throw fail("chat records need a chat template; the model has none this tool recognizes") }

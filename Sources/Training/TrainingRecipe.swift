@@ -54,7 +54,8 @@ public struct TrainingRecipe: Sendable {
         "max_seq_length": "max_seq_length", "packing": "packing", "train_on_inputs": "train_on_inputs",
         "prompt_field": "prompt_field", "completion_field": "completion_field",
         "resume_from_checkpoint": "resume_from_checkpoint", "shuffle": "shuffle",
-        "offload_checkpoints": "offload_checkpoints", "report_to": "report_to", "logging_dir": "logging_dir", "overwrite_output_dir": "overwrite_output_dir",
+        "offload_checkpoints": "offload_checkpoints", "report_to": "report_to", "logging_dir": "logging_dir",
+        "dataset_text_field": "dataset_text_field", "overwrite_output_dir": "overwrite_output_dir",
     ]
 
     /// The largest recipe file read (a recipe is a page of settings).
