@@ -54,11 +54,17 @@ public enum LlamaMerge {
 
     /// Writes the merged model into `directory` (created; every file under a temporary name, then renamed):
     /// safetensors in `dtype` (F32, BF16 or F16), one file or shards of at most `shardBytes` with
-    /// `model.safetensors.index.json`. Returns the file names written. `progress(done, total, tensor)`.
+    /// `model.safetensors.index.json`; `config.json` without `quantization_config`; the base folder's other files
+    /// (tokenizer, generation config, chat template) copied. Returns the file names written.
+    /// `progress(done, total, tensor)`.
     public static func write(weights: LlamaWeights, lora: LoRAConfig, adapters: [String: LoRAWeights], onto: MergeBase,
                              dtype: DType, to directory: String, shardBytes: Int = 5_000_000_000,
                              progress: (Int, Int, String) -> Void = { _, _, _ in }) throws -> [String] {
         guard [.f32, .bf16, .f16].contains(dtype) else { throw ModelError("merge writes f32, bf16 or f16, not \(dtype)") }
+        let source = weights.location
+        guard FileSystem.isDirectory(source) else {
+            throw ModelError("\(source): merging from a GGUF base is not supported; use a Hugging Face folder")
+        }
         let config = weights.config
         let layout = try layout(config, weights: weights)
         let bytes = layout.map { $0.shape.reduce(1, *) * dtype.byteSize }
@@ -107,6 +113,22 @@ public enum LlamaMerge {
             try SafeTensorsWriter.write(tensors, to: directory + "/" + file)
             files.append(file)
         }
+        // config.json as the base's, without quantization_config, with the dtype written; the other files copied.
+        let configPath = source + "/config.json"
+        var json: JSONValue
+        do { json = try JSONValue(parsing: FileSystem.readBytes(configPath)) } catch let e as JSONParseError {
+            throw ModelFileError.invalidConfig(path: configPath, detail: "\(e)")
+        }
+        if case .object(let fields) = json { json = .object(fields.filter { $0.0 != "quantization_config" }) }
+        let torchName = dtype == .f32 ? "float32" : dtype == .f16 ? "float16" : "bfloat16"
+        json.set("torch_dtype", JSONValue.string(torchName))
+        if json["dtype"] != nil { json.set("dtype", JSONValue.string(torchName)) }
+        try AtomicFile.write(text: json.pythonText(indent: 2, sortKeys: true) + "\n", to: directory + "/config.json")
+        files.append("config.json")
+        for file in try FileSystem.contents(of: source) where !ModelQuantizer.isWeightOrConfig(file) {
+            try FileSystem.copyFile(from: source + "/" + file, to: directory + "/" + file)
+            files.append(file)
+        }
         if shards.count > 1 {
             let index: JSONValue = .object([("metadata", .object([("total_size", .int(bytes.reduce(0, +)))])),
                                             ("weight_map", .object(weightMap))])
@@ -114,5 +136,31 @@ public enum LlamaMerge {
             files.append("model.safetensors.index.json")
         }
         return files
+    }
+
+    /// What a merged folder computes against what it came from: the largest logit difference and both mean
+    /// losses (next-token, on `tokens`), the merged model run dense as written, the reference being the base with
+    /// the adapter as trained (the quantized base for `.dequantized`, the dense original for `.original`).
+    public struct Check: Sendable {
+        public let maxLogitDifference: Float, loss: Double, referenceLoss: Double
+    }
+
+    public static func check(merged directory: String, base: LlamaWeights, lora: LoRAConfig,
+                             adapters: [String: LoRAWeights], onto: MergeBase, tokens: [Int]) throws -> Check {
+        var none = LoRAConfig(); none.targetModules = []
+        let merged = try LlamaModel(denseWeights: LlamaWeights.open(path: directory), lora: none)
+        let reference = onto == .original ? try LlamaModel(denseWeights: base, lora: lora) : try LlamaModel(weights: base, lora: lora)
+        reference.adapters = adapters
+        let n = tokens.count
+        var rng = SeededGenerator(seed: 0)
+        func run(_ m: LlamaModel) throws -> (logits: [Float], loss: Double) {
+            try LlamaModel.checkBatch(inputIds: tokens, labels: tokens, batch: 1, tokens: n, config: m.config)
+            let r = m.step(inputIds: tokens, labels: tokens, batch: 1, tokens: n, withGradients: false, training: false,
+                           rng: &rng, keepLogits: true)
+            return (r.logits ?? [], r.loss)
+        }
+        let a = try run(merged), b = try run(reference)
+        let worst = zip(a.logits, b.logits).reduce(Float(0)) { max($0, abs($1.0 - $1.1)) }
+        return Check(maxLogitDifference: worst, loss: a.loss, referenceLoss: b.loss)
     }
 }

@@ -23,15 +23,15 @@ public struct FrozenLinear: Sendable {
     public let outFeatures: Int
     /// Input features.
     public let inFeatures: Int
-    /// The quantized weight (the source of truth).
-    public let quantized: Quantized4BitTensor
-    /// W (out, in), dequantized.
+    /// The quantized weight (the source of truth); nil in a dense model (`LlamaModel(denseWeights:)`).
+    public let quantized: Quantized4BitTensor?
+    /// W (out, in), dequantized (or as the file holds it, dense).
     public let weight: [Float]
     /// Bias (out), if any (Qwen2's q/k/v).
     public let bias: [Float]?
 
     /// Memberwise.
-    public init(outFeatures: Int, inFeatures: Int, quantized: Quantized4BitTensor, weight: [Float], bias: [Float]?) {
+    public init(outFeatures: Int, inFeatures: Int, quantized: Quantized4BitTensor?, weight: [Float], bias: [Float]?) {
         self.outFeatures = outFeatures; self.inFeatures = inFeatures; self.quantized = quantized
         self.weight = weight; self.bias = bias
     }
@@ -103,7 +103,9 @@ public final class LlamaModel: @unchecked Sendable {
         var all = embedding.count + finalNorm.count + (config.tieWordEmbeddings ? 0 : lmHead.count)
         for layer in layers {
             all += layer.inputNorm.count + layer.postAttentionNorm.count
-            for p in layer.projections.values { all += p.quantized.packed.count * 2 + (p.bias?.count ?? 0) }
+            for p in layer.projections.values {
+                all += (p.quantized.map { $0.packed.count * 2 } ?? p.outFeatures * p.inFeatures) + (p.bias?.count ?? 0)
+            }
         }
         return (trainable, all + trainable)
     }
@@ -235,6 +237,33 @@ extension LlamaModel {
                 var weight = q.dequantizedFloat32()
                 if compute == .bf16 { weight = weight.map { float(fromBF16: bf16Bits(from: $0)) } }
                 projections[name] = FrozenLinear(outFeatures: out, inFeatures: inF, quantized: q, weight: weight,
+                                                 bias: try weights.bias(layer: l, name))
+            }
+            let norms = try weights.norms(layer: l)
+            layers.append(DecoderLayer(inputNorm: norms.input, postAttentionNorm: norms.postAttention,
+                                       projections: projections))
+        }
+        let lmHead = try weights.lmHead()?.floats() ?? embedding
+        self.init(config: config, embedding: embedding, layers: layers, finalNorm: try weights.finalNorm(),
+                  lmHead: lmHead, lora: lora, seed: seed)
+    }
+
+    /// A CPU model that computes with the file's dense weights as they are, not quantized (a 4-bit file's are
+    /// dequantized): how a merged export is checked against the base and adapter it came from.
+    public convenience init(denseWeights weights: LlamaWeights, lora: LoRAConfig = LoRAConfig(), seed: UInt64 = 0) throws {
+        let config = weights.config
+        let embedding = try weights.embedding().floats()
+        var layers: [DecoderLayer] = []
+        for l in 0..<config.layerCount {
+            var projections: [String: FrozenLinear] = [:]
+            for name in LlamaConfig.projectionNames {
+                let (out, inF) = config.projectionShape(name)!
+                let weight: [Float]
+                switch try weights.projection(layer: l, name) {
+                case .dense(let t): weight = t.floats()
+                case .quantized(let q): weight = q.dequantizedFloat32()
+                }
+                projections[name] = FrozenLinear(outFeatures: out, inFeatures: inF, quantized: nil, weight: weight,
                                                  bias: try weights.bias(layer: l, name))
             }
             let norms = try weights.norms(layer: l)

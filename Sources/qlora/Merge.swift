@@ -23,10 +23,15 @@ struct Merge: ParsableCommand {
     var onto: MergeBase = .dequantized
     @Option(help: "Largest safetensors file in bytes before the weights are split into shards with an index.")
     var maxShardSize: Int = 5_000_000_000
+    @Option(help: """
+        Check the export (load it back and compare logits with base + adapter on the CPU): auto (models up to         1.5 B parameters), always or never.
+        """)
+    var check: String = "auto"
 
     func validate() throws {
         guard ["bf16", "f16", "f32"].contains(dtype) else { throw ValidationError("--dtype \(dtype): use bf16, f16 or f32") }
         guard maxShardSize > 0 else { throw ValidationError("--max-shard-size must be positive") }
+        guard ["auto", "always", "never"].contains(check) else { throw ValidationError("--check \(check): auto, always or never") }
         guard FileSystem.isDirectory(model) else {
             throw ValidationError("--model \(model) is not a Hugging Face folder (merging from a GGUF base is not supported)")
         }
@@ -43,22 +48,20 @@ struct Merge: ParsableCommand {
             reporter.update(done: done, total: total, detail: name)
         }
         reporter.finish()
-        // config.json as the base's, without quantization_config, with the dtype written.
-        let configPath = model + "/config.json"
-        var config = try JSONValue(parsing: FileSystem.readBytes(configPath))
-        if case .object(let fields) = config {
-            config = .object(fields.filter { $0.0 != "quantization_config" })
-        }
-        let torchName = ["bf16": "bfloat16", "f16": "float16", "f32": "float32"][dtype]!
-        config.set("torch_dtype", .string(torchName))
-        if config["dtype"] != nil { config.set("dtype", .string(torchName)) }
-        try AtomicFile.write(text: config.pythonText(indent: 2, sortKeys: true) + "\n", to: output + "/config.json")
-        var copied: [String] = []
-        for file in try FileSystem.contents(of: model) where !ModelQuantizer.isWeightOrConfig(file) {
-            try FileSystem.copyFile(from: model + "/" + file, to: output + "/" + file)
-            copied.append(file)
+        let c = weights.config
+        let parameters = c.layerCount * LlamaConfig.projectionNames.reduce(0) { n, p in
+            n + c.projectionShape(p)!.0 * c.projectionShape(p)!.1 } + 2 * c.vocabSize * c.hiddenSize
+        if check == "always" || (check == "auto" && parameters <= 1_500_000_000) {
+            var rng = SeededGenerator(seed: 7)
+            let tokens = (0..<min(64, c.maxPositionEmbeddings)).map { _ in Int(rng.next() % UInt64(c.vocabSize)) }
+            let r = try LlamaMerge.check(merged: output, base: weights, lora: lora, adapters: adapters, onto: onto,
+                                         tokens: tokens)
+            print(String(format: "check: the merged model against base + adapter on %d tokens: largest |Δ logit| %.3g, "
+                         + "loss %.6f against %.6f", tokens.count, r.maxLogitDifference, r.loss, r.referenceLoss))
+        } else if check == "auto" {
+            print("check skipped: \(parameters / 1_000_000) M parameters (--check always runs it on the CPU)")
         }
         print("merged \(adapters.count) adapters (r \(lora.r), scale \(lora.scale)) onto the \(onto.rawValue) weights of "
-              + "\(model) → \(output): \((files + ["config.json"] + copied).joined(separator: ", "))")
+              + "\(model) → \(output): \(files.joined(separator: ", "))")
     }
 }

@@ -15,7 +15,10 @@ final class MergeTests: XCTestCase {
         let out = makeTemporaryDirectory(self) + "/merged"
         let files = try LlamaMerge.write(weights: weights, lora: lora, adapters: adapters, onto: .original, dtype: .f32,
                                          to: out)
-        XCTAssertEqual(files, ["model.safetensors"])
+        XCTAssertEqual(files, ["model.safetensors", "config.json", "generation_config.json"])
+        let config = try JSONValue(parsing: FileSystem.readBytes(out + "/config.json"))
+        XCTAssertNil(config["quantization_config"])
+        XCTAssertEqual(config["torch_dtype"], .string("float32"))
         let ours = try SafeTensorsFile(path: out + "/model.safetensors")
         let peft = try SafeTensorsFile(path: golden + "/tiny-llama-merged-f32/model.safetensors")
         XCTAssertEqual(Set(ours.entries.map(\.name)), Set(peft.entries.map(\.name)))
@@ -48,6 +51,8 @@ final class MergeTests: XCTestCase {
                                          to: dir + "/shards", shardBytes: 200_000)
         XCTAssertGreaterThan(files.count, 2)
         XCTAssertEqual(files.last, "model.safetensors.index.json")
+        let bnbConfig = try JSONValue(parsing: FileSystem.readBytes(dir + "/shards/config.json"))
+        XCTAssertNil(bnbConfig["quantization_config"], "the bnb base's quantization_config is not carried over")
         let one = try SafeTensorsArchive(directory: dir + "/one"), shards = try SafeTensorsArchive(directory: dir + "/shards")
         XCTAssertEqual(Set(one.names), Set(shards.names))
         for name in one.names {
@@ -64,5 +69,30 @@ final class MergeTests: XCTestCase {
                                                   dtype: .bf16, to: dir + "/original")) { error in
             XCTAssertTrue("\(error)".contains("--onto dequantized"), "\(error)")
         }
+    }
+
+    /// The export checks itself: loaded back dense, the merged model's logits equal base + adapter's (in float32,
+    /// to rounding), onto either base; in bf16 the difference is bf16's rounding of the weights.
+    func testCheckAgainstBaseAndAdapter() throws {
+        let golden = try Shared.requireGolden()
+        let weights = try LlamaWeights.open(path: golden + "/tiny-llama")
+        let (lora, adapters) = try PEFTAdapter.read(directory: golden + "/tiny-adapter", config: weights.config)
+        let dir = makeTemporaryDirectory(self)
+        let tokens = [1, 17, 250, 3, 99, 42, 7, 300, 5, 64]
+        for onto in MergeBase.allCases {
+            _ = try LlamaMerge.write(weights: weights, lora: lora, adapters: adapters, onto: onto, dtype: .f32,
+                                     to: dir + "/" + onto.rawValue)
+            let r = try LlamaMerge.check(merged: dir + "/" + onto.rawValue, base: weights, lora: lora, adapters: adapters,
+                                         onto: onto, tokens: tokens)
+            XCTAssertLessThan(r.maxLogitDifference, 1e-4, onto.rawValue)
+            XCTAssertEqual(r.loss, r.referenceLoss, accuracy: 1e-5, onto.rawValue)
+        }
+        // Against transformers: the merged folder's logits are peft's merged logits (extra.safetensors).
+        let extra = try SafeTensorsFile(path: golden + "/extra.safetensors")
+        var none = LoRAConfig(); none.targetModules = []
+        let merged = try LlamaModel(denseWeights: LlamaWeights.open(path: dir + "/original"), lora: none)
+        let ids = try extra.tensor(named: "bf16.input_ids").integers()
+        let logits = merged.logits(inputIds: ids, batch: 2, tokens: ids.count / 2)
+        XCTAssertLessThan(relativeError(logits, try extra.tensor(named: "merged.logits").floats()), 1e-4)
     }
 }
