@@ -2,35 +2,62 @@ import ArgumentParser
 import CUDABackend
 import CUDATraining
 import Foundation
+import Training
 
 /// `--devices N|all` (with `--nnodes`, `--node-rank`, `--rendezvous` across machines): data-parallel training, one
 /// worker process per GPU. The command started by the user is the launcher: it starts one copy of itself per local
 /// GPU with `QLORA_RANK`, `QLORA_WORLD_SIZE`, `QLORA_RENDEZVOUS` and `CUDA_VISIBLE_DEVICES` set, waits for them, and
 /// fails if any fails. Each worker joins the NCCL group through the rendezvous: rank 0 writes NCCL's unique id to the
-/// shared file (under a temporary name, then renamed), the others wait for it.
+/// shared file (under a temporary name, then renamed), the others wait for it; or, with `tcp:HOST:PORT`, rank 0 serves
+/// the id on that port (`TCPRendezvous`). A process that a cluster launcher started (torchrun and the like: `RANK`,
+/// `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT` in its environment) is one rank by itself: GPU
+/// `LOCAL_RANK`, rendezvous `tcp:MASTER_ADDR:MASTER_PORT`.
 struct DataParallelOptions: ParsableArguments {
     @Option(help: "Data-parallel training on N GPUs of this machine (or all): one worker per GPU, gradients all-reduced with NCCL.")
     var devices: String?
     @Option(help: "Machines taking part (each runs the same command with its --node-rank).") var nnodes: Int = 1
     @Option(help: "This machine's index, 0 ..< --nnodes.") var nodeRank: Int = 0
-    @Option(help: "file:PATH on a file system every machine sees (needed with --nnodes > 1; a fresh path per run).")
+    @Option(help: """
+        file:PATH on a file system every machine sees (a fresh path per run), or tcp:HOST:PORT (HOST is node 0's \
+        address; rank 0 serves the id there); needed with --nnodes > 1.
+        """)
     var rendezvous: String?
 
     func validate() throws {
         if let devices, devices != "all", (Int(devices) ?? 0) < 1 { throw ValidationError("--devices \(devices): a positive number or all") }
         guard nnodes >= 1, (0..<nnodes).contains(nodeRank) else { throw ValidationError("--node-rank must be in 0 ..< --nnodes") }
-        if nnodes > 1 && rendezvous == nil { throw ValidationError("--nnodes > 1 needs --rendezvous file:PATH on a shared file system") }
-        if let rendezvous, !rendezvous.hasPrefix("file:") { throw ValidationError("--rendezvous \(rendezvous): use file:PATH") }
+        if nnodes > 1 && rendezvous == nil {
+            throw ValidationError("--nnodes > 1 needs --rendezvous file:PATH (a shared file system) or tcp:HOST:PORT")
+        }
+        if let rendezvous, !rendezvous.hasPrefix("file:"), Self.tcpAddress(rendezvous) == nil {
+            throw ValidationError("--rendezvous \(rendezvous): use file:PATH or tcp:HOST:PORT")
+        }
     }
 
-    /// This process's place, when it is a worker started by a launcher.
-    struct Worker { let rank: Int, worldSize: Int, rendezvous: String }
+    /// This process's place, when it is a worker started by a launcher (ours, or a cluster's), and its GPU.
+    struct Worker { let rank: Int, worldSize: Int, rendezvous: String, deviceOrdinal: Int }
 
     static var worker: Worker? {
         let env = ProcessInfo.processInfo.environment
-        guard let r = env["QLORA_RANK"].flatMap(Int.init), let w = env["QLORA_WORLD_SIZE"].flatMap(Int.init),
-              let path = env["QLORA_RENDEZVOUS"] else { return nil }
-        return Worker(rank: r, worldSize: w, rendezvous: path)
+        if let r = env["QLORA_RANK"].flatMap(Int.init), let w = env["QLORA_WORLD_SIZE"].flatMap(Int.init),
+           let path = env["QLORA_RENDEZVOUS"] {
+            return Worker(rank: r, worldSize: w, rendezvous: path, deviceOrdinal: 0)   // CUDA_VISIBLE_DEVICES: one GPU
+        }
+        if let r = env["RANK"].flatMap(Int.init), let w = env["WORLD_SIZE"].flatMap(Int.init), w > 1,
+           let host = env["MASTER_ADDR"], let port = env["MASTER_PORT"] {
+            return Worker(rank: r, worldSize: w, rendezvous: "tcp:\(host):\(port)",
+                          deviceOrdinal: env["LOCAL_RANK"].flatMap(Int.init) ?? 0)
+        }
+        return nil
+    }
+
+    /// (host, port) of a tcp:HOST:PORT rendezvous.
+    static func tcpAddress(_ rendezvous: String) -> (host: String, port: Int)? {
+        guard rendezvous.hasPrefix("tcp:"), let colon = rendezvous.lastIndex(of: ":"),
+              colon > rendezvous.index(rendezvous.startIndex, offsetBy: 3),
+              let port = Int(rendezvous[rendezvous.index(after: colon)...]), (1...65535).contains(port) else { return nil }
+        let host = String(rendezvous[rendezvous.index(rendezvous.startIndex, offsetBy: 4)..<colon])
+        return host.isEmpty ? nil : (host, port)
     }
 
     /// True when this process should start the workers (and not train itself).
@@ -42,7 +69,7 @@ struct DataParallelOptions: ParsableArguments {
         let local = devices == "all" ? CUDADevice.count() : Int(devices!)!
         guard local >= 1 else { throw CUDAError("--devices all: the driver sees no GPU") }
         let world = local * nnodes
-        let path = rendezvous.map { String($0.dropFirst(5)) }
+        let path = rendezvous.map { $0.hasPrefix("file:") ? String($0.dropFirst(5)) : $0 }
             ?? NSTemporaryDirectory() + "qlora-rendezvous-\(getpid())-\(UInt64(Date().timeIntervalSince1970 * 1000))"
         let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         var workers: [Process] = []
@@ -75,33 +102,53 @@ struct DataParallelOptions: ParsableArguments {
             }
             usleep(100_000)
         }
-        try? FileManager.default.removeItem(atPath: path)
+        if !path.hasPrefix("tcp:") { try? FileManager.default.removeItem(atPath: path) }
         Foundation.exit(status)
     }
 
-    /// Joins the group as the worker the environment names: the GPU, then NCCL through the rendezvous file.
+    /// Joins the group as the worker the environment names: the GPU, then NCCL through the rendezvous (a file, or
+    /// rank 0 serving the id over TCP while it joins NCCL itself).
     static func join(_ worker: Worker) throws -> (CUDADevice, NCCLCommunicator) {
-        let device = try CUDADevice(ordinal: 0)   // CUDA_VISIBLE_DEVICES shows each worker its own GPU
-        let idPath = worker.rendezvous
+        let device = try CUDADevice(ordinal: worker.deviceOrdinal)
         var id: [UInt8]
-        if worker.rank == 0 {
-            id = try NCCLCommunicator.makeUniqueId()
-            let temp = idPath + ".tmp\(getpid())"
-            guard FileManager.default.createFile(atPath: temp, contents: Data(id)), rename(temp, idPath) == 0 else {
-                throw CUDAError("rendezvous: cannot write \(idPath)")
+        var server: Thread? = nil
+        if let (host, port) = tcpAddress(worker.rendezvous) {
+            if worker.rank == 0 {
+                id = try NCCLCommunicator.makeUniqueId()
+                let listener = try TCPRendezvous.listen(port: port)
+                let payload = id, clients = worker.worldSize - 1
+                // The others fetch the id while this rank joins NCCL (which waits for all of them).
+                server = Thread {
+                    do { try listener.serve(payload: payload, clients: clients) } catch {
+                        FileHandle.standardError.write("\(error)\n".data(using: .utf8)!)
+                    }
+                }
+                server?.start()
+            } else {
+                id = try TCPRendezvous.fetch(host: host, port: port, count: 128)
             }
         } else {
-            let deadline = Date().addingTimeInterval(300)
-            while true {
-                if let d = FileManager.default.contents(atPath: idPath), d.count == 128 { id = [UInt8](d); break }
-                guard Date() < deadline else { throw CUDAError("rendezvous: rank 0 wrote no id to \(idPath) within 300 s") }
-                usleep(50_000)
+            let idPath = worker.rendezvous
+            if worker.rank == 0 {
+                id = try NCCLCommunicator.makeUniqueId()
+                let temp = idPath + ".tmp\(getpid())"
+                guard FileManager.default.createFile(atPath: temp, contents: Data(id)), rename(temp, idPath) == 0 else {
+                    throw CUDAError("rendezvous: cannot write \(idPath)")
+                }
+            } else {
+                let deadline = Date().addingTimeInterval(300)
+                while true {
+                    if let d = FileManager.default.contents(atPath: idPath), d.count == 128 { id = [UInt8](d); break }
+                    guard Date() < deadline else { throw CUDAError("rendezvous: rank 0 wrote no id to \(idPath) within 300 s") }
+                    usleep(50_000)
+                }
             }
         }
         let communicator = try NCCLCommunicator(device: device, rank: worker.rank, worldSize: worker.worldSize, uniqueId: id)
         if worker.rank == 0 {
-            FileHandle.standardError.write("rank 0 of \(worker.worldSize): \(device.description); \(communicator.description)\n".data(using: .utf8)!)
-            try? FileManager.default.removeItem(atPath: idPath)   // every rank has joined: the id is spent
+            FileHandle.standardError.write("rank 0 of \(worker.worldSize): \(device.description); \(communicator.description)\n"
+                .data(using: .utf8)!)
+            if server == nil { try? FileManager.default.removeItem(atPath: worker.rendezvous) }   // the id is spent
         }
         return (device, communicator)
     }
