@@ -86,7 +86,7 @@ public final class GGUFArchive: TensorSource, @unchecked Sendable {
     /// Undoes the converter's rotary row permutation of a q or k weight `(H·D, C)` or bias `(H·D)`.
     private func unpermuted(_ tensor: Tensor, heads: Int?, source: String, key: String) throws -> Tensor {
         let rows = tensor.shape.first ?? 0
-        guard let heads, heads > 0, rows % (2 * heads) == 0 else {
+        guard let heads, heads > 0, heads <= Int.max / 2, rows % (2 * heads) == 0 else {
             throw ModelFileError.invalidCheckpoint(
                 path: file.path, tensor: source,
                 detail: "cannot undo the rotary row permutation: \(rows) rows for \(heads.map(String.init) ?? "no") "

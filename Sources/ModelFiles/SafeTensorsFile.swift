@@ -61,7 +61,12 @@ public final class SafeTensorsFile: @unchecked Sendable {
         }
         var metadata: [String: String] = [:]
         var entries: [SafeTensorsEntry] = []
+        var seen = Set<String>()
         for (name, value) in pairs {
+            // JSON allows a key twice; a header that names a tensor twice is ambiguous (which one is meant?).
+            guard seen.insert(name).inserted else {
+                throw ModelFileError.invalidHeader(path: path, detail: "the header names '\(name)' twice")
+            }
             if name == "__metadata__" {
                 guard let fields = value.objectValue else {
                     throw ModelFileError.invalidHeader(path: path, detail: "__metadata__ is not an object")

@@ -120,6 +120,9 @@ public struct TrainingRecipe: Sendable {
         try bytes.withUnsafeBufferPointer { buffer in
             yaml_parser_set_input_string(&parser, buffer.baseAddress, buffer.count)
             var depth = 0
+            // Per open collection: nil for a sequence; for a mapping, whether its next node is a key. Yams builds a
+            // mapping's keys as strings and traps on any other key (`[a]: 1`, `? {b: 2}`), so those are refused here.
+            var expectsKey: [Bool?] = []
             while true {
                 var event = yaml_event_t()
                 guard yaml_parser_parse(&parser, &event) == 1 else {
@@ -129,18 +132,36 @@ public struct TrainingRecipe: Sendable {
                 defer { yaml_event_delete(&event) }
                 let line = event.start_mark.line + 1
                 var anchor: UnsafeMutablePointer<yaml_char_t>? = nil
+                let startsNode = [YAML_SCALAR_EVENT, YAML_ALIAS_EVENT, YAML_SEQUENCE_START_EVENT, YAML_MAPPING_START_EVENT]
+                    .contains(event.type)
+                if startsNode, let top = expectsKey.last, let isKey = top {
+                    guard !isKey || event.type == YAML_SCALAR_EVENT || event.type == YAML_ALIAS_EVENT else {
+                        throw TrainingError(description: "\(path): line \(line): a mapping key must be a plain value, not a list or a mapping")
+                    }
+                    expectsKey[expectsKey.count - 1] = !isKey
+                }
                 switch event.type {
                 case YAML_STREAM_END_EVENT: return
                 case YAML_ALIAS_EVENT:
                     throw TrainingError(description: "\(path): line \(line): YAML aliases (*name) are not accepted in a recipe")
-                case YAML_SCALAR_EVENT: anchor = event.data.scalar.anchor
+                case YAML_SCALAR_EVENT:
+                    anchor = event.data.scalar.anchor
+                    if event.data.scalar.style == YAML_PLAIN_SCALAR_STYLE, let value = event.data.scalar.value {
+                        let text = String(decoding: UnsafeBufferPointer(start: value, count: event.data.scalar.length), as: UTF8.self)
+                        if Self.sexagesimalOverflows(text) {
+                            throw TrainingError(description: "\(path): line \(line): \(text) is a base-60 integer (YAML 1.1's 1:30 = 90) too large for 64 bits; quote it if it is text")
+                        }
+                    }
                 case YAML_SEQUENCE_START_EVENT, YAML_MAPPING_START_EVENT:
                     anchor = event.type == YAML_SEQUENCE_START_EVENT ? event.data.sequence_start.anchor : event.data.mapping_start.anchor
                     depth += 1
                     guard depth <= Self.maximumDepth else {
                         throw TrainingError(description: "\(path): line \(line): nested deeper than \(Self.maximumDepth) levels; a recipe is a flat mapping of keys to values")
                     }
-                case YAML_SEQUENCE_END_EVENT, YAML_MAPPING_END_EVENT: depth -= 1
+                    expectsKey.append(event.type == YAML_MAPPING_START_EVENT ? true : nil)
+                case YAML_SEQUENCE_END_EVENT, YAML_MAPPING_END_EVENT:
+                    depth -= 1
+                    _ = expectsKey.popLast()
                 default: break
                 }
                 if anchor != nil {
@@ -148,6 +169,25 @@ public struct TrainingRecipe: Sendable {
                 }
             }
         }
+    }
+
+    /// True when `text` is a plain base-60 integer (`1:30`, YAML 1.1) whose value, computed as Yams computes it
+    /// (each part times a power of 60, that power advanced past the last part too), overflows Int: Yams would trap.
+    static func sexagesimalOverflows(_ text: String) -> Bool {
+        var digits = Substring(text.replacingOccurrences(of: "_", with: ""))
+        if digits.hasPrefix("-") || digits.hasPrefix("+") { digits = digits.dropFirst() }
+        let parts = digits.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count > 1, parts.allSatisfy({ !$0.isEmpty && $0.allSatisfy { $0 >= "0" && $0 <= "9" } }) else { return false }
+        var base = 1, value = 0
+        for part in parts.reversed() {
+            guard let digit = Int(part) else { return true }
+            let (term, o1) = digit.multipliedReportingOverflow(by: base)
+            let (sum, o2) = value.addingReportingOverflow(term)
+            let (next, o3) = base.multipliedReportingOverflow(by: 60)
+            if o1 || o2 || o3 { return true }
+            (base, value) = (next, sum)
+        }
+        return false
     }
 
     private func require<T>(_ key: String, _ value: T?, _ kind: String) throws -> T? {
