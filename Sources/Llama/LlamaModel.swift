@@ -226,31 +226,29 @@ extension LlamaModel {
     /// dequantized once to float32 for the CPU's products (rounded through bf16 with `compute` bf16).
     public convenience init(weights: LlamaWeights, compute: ComputeDType = .fp32, lora: LoRAConfig = LoRAConfig(),
                             seed: UInt64 = 0) throws {
-        let config = weights.config
-        let embedding = try weights.embedding().floats()
-        var layers: [DecoderLayer] = []
-        for l in 0..<config.layerCount {
-            var projections: [String: FrozenLinear] = [:]
-            for name in LlamaConfig.projectionNames {
-                let (out, inF) = config.projectionShape(name)!
-                let q = try weights.quantizedProjection(layer: l, name)
-                var weight = q.dequantizedFloat32()
-                if compute == .bf16 { weight = weight.map { float(fromBF16: bf16Bits(from: $0)) } }
-                projections[name] = FrozenLinear(outFeatures: out, inFeatures: inF, quantized: q, weight: weight,
-                                                 bias: try weights.bias(layer: l, name))
-            }
-            let norms = try weights.norms(layer: l)
-            layers.append(DecoderLayer(inputNorm: norms.input, postAttentionNorm: norms.postAttention,
-                                       projections: projections))
+        try self.init(weights, lora: lora, seed: seed) { l, name in
+            let q = try weights.quantizedProjection(layer: l, name)
+            var weight = q.dequantizedFloat32()
+            if compute == .bf16 { weight = weight.map { float(fromBF16: bf16Bits(from: $0)) } }
+            return (q, weight)
         }
-        let lmHead = try weights.lmHead()?.floats() ?? embedding
-        self.init(config: config, embedding: embedding, layers: layers, finalNorm: try weights.finalNorm(),
-                  lmHead: lmHead, lora: lora, seed: seed)
     }
 
     /// A CPU model that computes with the file's dense weights as they are, not quantized (a 4-bit file's are
     /// dequantized): how a merged export is checked against the base and adapter it came from.
-    public convenience init(denseWeights weights: LlamaWeights, lora: LoRAConfig = LoRAConfig(), seed: UInt64 = 0) throws {
+    public convenience init(denseWeights weights: LlamaWeights, lora: LoRAConfig = LoRAConfig(),
+                            seed: UInt64 = 0) throws {
+        try self.init(weights, lora: lora, seed: seed) { l, name in
+            switch try weights.projection(layer: l, name) {
+            case .dense(let t): return (nil, t.floats())
+            case .quantized(let q): return (nil, q.dequantizedFloat32())
+            }
+        }
+    }
+
+    /// The model of `weights` with each projection's 4-bit tensor (if kept) and float32 weight from `projection`.
+    private convenience init(_ weights: LlamaWeights, lora: LoRAConfig, seed: UInt64,
+                             projection: (Int, String) throws -> (Quantized4BitTensor?, [Float])) throws {
         let config = weights.config
         let embedding = try weights.embedding().floats()
         var layers: [DecoderLayer] = []
@@ -258,12 +256,8 @@ extension LlamaModel {
             var projections: [String: FrozenLinear] = [:]
             for name in LlamaConfig.projectionNames {
                 let (out, inF) = config.projectionShape(name)!
-                let weight: [Float]
-                switch try weights.projection(layer: l, name) {
-                case .dense(let t): weight = t.floats()
-                case .quantized(let q): weight = q.dequantizedFloat32()
-                }
-                projections[name] = FrozenLinear(outFeatures: out, inFeatures: inF, quantized: nil, weight: weight,
+                let (q, weight) = try projection(l, name)
+                projections[name] = FrozenLinear(outFeatures: out, inFeatures: inF, quantized: q, weight: weight,
                                                  bias: try weights.bias(layer: l, name))
             }
             let norms = try weights.norms(layer: l)
