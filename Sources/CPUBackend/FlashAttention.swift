@@ -75,9 +75,10 @@ extension CPUOps {
     }
 
     /// dq (B, T, H, D), dk, dv (B, T, Hkv, D), overwritten, from dout, out and lse of the forward, q, k, v.
-    /// With P = exp(q·k/√D − lse) and delta_i = dO_i·O_i: dV_j = Σ_i P_ij dO_i, dS_ij = P_ij (dO_i·v_j − delta_i),
-    /// dK_j = Σ_i dS_ij q_i / √D, dQ_i = Σ_j dS_ij k_j / √D; one pass per key tile for dK and dV (over the query heads
-    /// of its group and the query tiles from the diagonal on), one pass per query tile for dQ.
+    /// With P = exp(q·k/√D − lse) and delta_i = dO_i·O_i: dV_j = Σ_i P_ij dO_i,
+    /// dS_ij = P_ij (dO_i·v_j − delta_i), dK_j = Σ_i dS_ij q_i / √D, dQ_i = Σ_j dS_ij k_j / √D; one pass per
+    /// key tile for dK and dV (over the query heads of its group and the query tiles from the diagonal on), one pass
+    /// per query tile for dQ.
     public static func flashAttentionBackward(dq: inout [Float], dk: inout [Float], dv: inout [Float], dout: [Float],
                                               out: [Float], lse: [Float], q: [Float], k: [Float], v: [Float],
                                               batch: Int, tokens: Int, heads: Int, kvHeads: Int, headDim: Int) {

@@ -47,17 +47,21 @@ extension LlamaModel {
         guard batch > 0, tokens > 0 else { throw ModelError("a micro-batch of \(batch) × \(tokens) tokens is empty") }
         let (n, overflow) = batch.multipliedReportingOverflow(by: tokens)
         guard !overflow, inputIds.count == n, labels.count == n else {
-            throw ModelError("a micro-batch of \(batch) × \(tokens) tokens has \(inputIds.count) input ids and \(labels.count) labels")
+            throw ModelError("a micro-batch of \(batch) × \(tokens) tokens has \(inputIds.count) input ids and " +
+                "\(labels.count) labels")
         }
         guard tokens <= config.maxPositionEmbeddings else {
-            throw ModelError("a sequence of \(tokens) tokens is longer than max_position_embeddings (\(config.maxPositionEmbeddings))")
+            throw ModelError("a sequence of \(tokens) tokens is longer than max_position_embeddings " +
+                "(\(config.maxPositionEmbeddings))")
         }
         let vocab = config.vocabSize
         if let i = inputIds.firstIndex(where: { $0 < 0 || $0 >= vocab }) {
-            throw ModelError("input id \(inputIds[i]) (row \(i / tokens), position \(i % tokens)) is outside the vocabulary [0, \(vocab))")
+            throw ModelError("input id \(inputIds[i]) (row \(i / tokens), position \(i % tokens)) is outside the " +
+                "vocabulary [0, \(vocab))")
         }
         if let i = labels.firstIndex(where: { $0 != -100 && ($0 < 0 || $0 >= vocab) }) {
-            throw ModelError("label \(labels[i]) (row \(i / tokens), position \(i % tokens)) is neither -100 nor a token id in [0, \(vocab))")
+            throw ModelError("label \(labels[i]) (row \(i / tokens), position \(i % tokens)) is neither -100 nor a " +
+                "token id in [0, \(vocab))")
         }
     }
 
@@ -165,8 +169,10 @@ extension LlamaModel {
         act.q = projectionForward(l, "q_proj", act.h1, rows: n, training: training, rng: &rng, act: &act)
         act.k = projectionForward(l, "k_proj", act.h1, rows: n, training: training, rng: &rng, act: &act)
         act.v = projectionForward(l, "v_proj", act.h1, rows: n, training: training, rng: &rng, act: &act)
-        CPUOps.rope(&act.q, cos: ropeCos.prefix(positions: tokens), sin: ropeSin.prefix(positions: tokens), batch: batch, tokens: tokens, heads: h, headDim: d)
-        CPUOps.rope(&act.k, cos: ropeCos.prefix(positions: tokens), sin: ropeSin.prefix(positions: tokens), batch: batch, tokens: tokens, heads: hkv, headDim: d)
+        CPUOps.rope(&act.q, cos: ropeCos.prefix(positions: tokens), sin: ropeSin.prefix(positions: tokens),
+            batch: batch, tokens: tokens, heads: h, headDim: d)
+        CPUOps.rope(&act.k, cos: ropeCos.prefix(positions: tokens), sin: ropeSin.prefix(positions: tokens),
+            batch: batch, tokens: tokens, heads: hkv, headDim: d)
         act.attention = [Float](repeating: 0, count: n * h * d)
         act.probs = [Float](repeating: 0, count: batch * h * tokens * tokens)
         CPUOps.attentionForward(&act.attention, &act.probs, q: act.q, k: act.k, v: act.v, batch: batch, tokens: tokens,
@@ -202,8 +208,10 @@ extension LlamaModel {
         var dv = [Float](repeating: 0, count: act.v.count)
         CPUOps.attentionBackward(dq: &dq, dk: &dk, dv: &dv, dout: dAttention, probs: act.probs, q: act.q, k: act.k,
                                  v: act.v, batch: batch, tokens: tokens, heads: h, kvHeads: hkv, headDim: d)
-        CPUOps.rope(&dq, cos: ropeCos.prefix(positions: tokens), sin: ropeSin.prefix(positions: tokens), batch: batch, tokens: tokens, heads: h, headDim: d, inverse: true)
-        CPUOps.rope(&dk, cos: ropeCos.prefix(positions: tokens), sin: ropeSin.prefix(positions: tokens), batch: batch, tokens: tokens, heads: hkv, headDim: d, inverse: true)
+        CPUOps.rope(&dq, cos: ropeCos.prefix(positions: tokens), sin: ropeSin.prefix(positions: tokens), batch: batch,
+            tokens: tokens, heads: h, headDim: d, inverse: true)
+        CPUOps.rope(&dk, cos: ropeCos.prefix(positions: tokens), sin: ropeSin.prefix(positions: tokens), batch: batch,
+            tokens: tokens, heads: hkv, headDim: d, inverse: true)
         var dh1 = projectionBackward(l, "q_proj", dq, rows: n, act: act, grads: &grads)
         for (name, g) in [("k_proj", dk), ("v_proj", dv)] {
             let part = projectionBackward(l, name, g, rows: n, act: act, grads: &grads)

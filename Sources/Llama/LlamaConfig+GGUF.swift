@@ -84,7 +84,9 @@ extension LlamaConfig {
         if let context = try integer("context_length") {
             guard context > 0, context <= LlamaConfig.maximumPositions else {
                 throw ModelFileError.invalidConfig(
-                    path: path, detail: "GGUF \(architecture).context_length must be in 1...\(LlamaConfig.maximumPositions), found \(context)")
+                    path: path,
+                    detail: "GGUF \(architecture).context_length must be in 1...\(LlamaConfig.maximumPositions), "
+                        + "found \(context)")
             }
             json.set("max_position_embeddings", .int(context))
         }

@@ -129,10 +129,13 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
             _ = try Self.product(rows, columns, what, limit: Self.maximumMatrixElements)
         }
         rmsNormEps = try c.decodeIfPresent(Double.self, forKey: .rmsNormEps) ?? 1e-6
-        guard rmsNormEps > 0, rmsNormEps.isFinite else { throw Invalid(description: "rms_norm_eps must be positive and finite, found \(rmsNormEps)") }
+        guard rmsNormEps > 0, rmsNormEps.isFinite else {
+            throw Invalid(description: "rms_norm_eps must be positive and finite, found \(rmsNormEps)")
+        }
         maxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .maxPositionEmbeddings) ?? 2048
         guard maxPositionEmbeddings > 0, maxPositionEmbeddings <= Self.maximumPositions else {
-            throw Invalid(description: "\"max_position_embeddings\" must be in 1...\(Self.maximumPositions), found \(maxPositionEmbeddings)")
+            throw Invalid(description: "\"max_position_embeddings\" must be in 1...\(Self.maximumPositions), found " +
+                "\(maxPositionEmbeddings)")
         }
         tieWordEmbeddings = try c.decodeIfPresent(Bool.self, forKey: .tieWordEmbeddings) ?? false
         attentionBias = try c.decodeIfPresent(Bool.self, forKey: .attentionBias) ?? (modelType == "qwen2")
@@ -170,13 +173,16 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
                 if type == "llama3" {
                     guard let low = scaling?.lowFreqFactor, let high = scaling?.highFreqFactor,
                           let original = scaling?.originalMaxPositionEmbeddings else {
-                        throw Invalid(description: "\(key.rawValue) of type llama3 needs low_freq_factor, high_freq_factor and original_max_position_embeddings")
+                        throw Invalid(description: "\(key.rawValue) of type llama3 needs low_freq_factor, " +
+                            "high_freq_factor and original_max_position_embeddings")
                     }
                     guard low > 0, low.isFinite, high > low, high.isFinite else {
-                        throw Invalid(description: "\(key.rawValue) needs 0 < low_freq_factor < high_freq_factor, found \(low) and \(high)")
+                        throw Invalid(description: "\(key.rawValue) needs 0 < low_freq_factor < high_freq_factor, " +
+                            "found \(low) and \(high)")
                     }
                     guard original > 0, original <= Self.maximumPositions else {
-                        throw Invalid(description: "\(key.rawValue).original_max_position_embeddings must be in 1...\(Self.maximumPositions), found \(original)")
+                        throw Invalid(description: "\(key.rawValue).original_max_position_embeddings must be in " +
+                            "1...\(Self.maximumPositions), found \(original)")
                     }
                 }
             default:
@@ -184,7 +190,9 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
             }
         }
         ropeTheta = theta ?? 10000
-        guard ropeTheta > 0, ropeTheta.isFinite else { throw Invalid(description: "rope_theta must be positive and finite, found \(ropeTheta)") }
+        guard ropeTheta > 0, ropeTheta.isFinite else {
+            throw Invalid(description: "rope_theta must be positive and finite, found \(ropeTheta)")
+        }
         ropeScaling = scaling
     }
 

@@ -60,7 +60,9 @@ public enum LlamaMerge {
     public static func write(weights: LlamaWeights, lora: LoRAConfig, adapters: [String: LoRAWeights], onto: MergeBase,
                              dtype: DType, to directory: String, shardBytes: Int = 5_000_000_000,
                              progress: (Int, Int, String) -> Void = { _, _, _ in }) throws -> [String] {
-        guard [.f32, .bf16, .f16].contains(dtype) else { throw ModelError("merge writes f32, bf16 or f16, not \(dtype)") }
+        guard [.f32, .bf16, .f16].contains(dtype) else {
+            throw ModelError("merge writes f32, bf16 or f16, not \(dtype)")
+        }
         let source = weights.location
         guard FileSystem.isDirectory(source) else {
             throw ModelError("\(source): merging from a GGUF base is not supported; use a Hugging Face folder")
@@ -78,7 +80,8 @@ public enum LlamaMerge {
         func tensor(_ i: Int) throws -> Tensor {
             let (name, shape) = layout[i]
             let parts = name.split(separator: ".")
-            if parts.count == 6, parts[5] == "weight", let l = Int(parts[2]), LlamaConfig.projectionNames.contains(String(parts[4])) {
+            if parts.count == 6, parts[5] == "weight", let l = Int(parts[2]),
+                LlamaConfig.projectionNames.contains(String(parts[4])) {
                 let proj = String(parts[4])
                 var base: [Float]
                 switch (onto, try weights.projection(layer: l, proj)) {
@@ -132,7 +135,8 @@ public enum LlamaMerge {
         if shards.count > 1 {
             let index: JSONValue = .object([("metadata", .object([("total_size", .int(bytes.reduce(0, +)))])),
                                             ("weight_map", .object(weightMap))])
-            try AtomicFile.write(text: index.pythonText(indent: 2) + "\n", to: directory + "/model.safetensors.index.json")
+            try AtomicFile.write(text: index.pythonText(indent: 2) + "\n",
+                to: directory + "/model.safetensors.index.json")
             files.append("model.safetensors.index.json")
         }
         return files
@@ -149,7 +153,8 @@ public enum LlamaMerge {
                              adapters: [String: LoRAWeights], onto: MergeBase, tokens: [Int]) throws -> Check {
         var none = LoRAConfig(); none.targetModules = []
         let merged = try LlamaModel(denseWeights: LlamaWeights.open(path: directory), lora: none)
-        let reference = onto == .original ? try LlamaModel(denseWeights: base, lora: lora) : try LlamaModel(weights: base, lora: lora)
+        let reference = onto == .original ? try LlamaModel(denseWeights: base, lora: lora)
+                                          : try LlamaModel(weights: base, lora: lora)
         reference.adapters = adapters
         let n = tokens.count
         var rng = SeededGenerator(seed: 0)

@@ -31,14 +31,18 @@ public enum PEFTAdapter {
         var lora = LoRAConfig()
         guard let r = json["r"]?.intValue, r > 0 else { throw ModelFileError.invalidConfig(path: path, detail: "no positive \"r\"") }
         guard r <= maximumRank else {
-            throw ModelFileError.invalidConfig(path: path, detail: "\"r\" is \(r), more than this tool accepts (\(maximumRank))")
+            throw ModelFileError.invalidConfig(path: path,
+                detail: "\"r\" is \(r), more than this tool accepts (\(maximumRank))")
         }
         lora.r = r
         lora.alpha = json["lora_alpha"]?.doubleValue ?? Double(r)
-        guard lora.alpha.isFinite else { throw ModelFileError.invalidConfig(path: path, detail: "\"lora_alpha\" is not finite") }
+        guard lora.alpha.isFinite else {
+            throw ModelFileError.invalidConfig(path: path, detail: "\"lora_alpha\" is not finite")
+        }
         lora.dropout = json["lora_dropout"]?.doubleValue ?? 0
         guard lora.dropout >= 0, lora.dropout < 1 else {
-            throw ModelFileError.invalidConfig(path: path, detail: "\"lora_dropout\" must be in [0, 1), found \(lora.dropout)")
+            throw ModelFileError.invalidConfig(path: path,
+                detail: "\"lora_dropout\" must be in [0, 1), found \(lora.dropout)")
         }
         lora.useRSLoRA = json["use_rslora"] == .bool(true)
         if let single = json["target_modules"]?.stringValue {

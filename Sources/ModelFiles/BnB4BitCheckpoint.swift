@@ -100,7 +100,8 @@ public enum BnB4BitCheckpoint {
         for d in dims {
             let (product, overflow) = n.multipliedReportingOverflow(by: d)
             guard !overflow, product <= Self.maximumElementCount else {
-                throw fail("quant_state shape \(dims) has more elements than this tool accepts (\(Self.maximumElementCount))")
+                throw fail("quant_state shape \(dims) has more elements than this tool accepts " +
+                    "(\(Self.maximumElementCount))")
             }
             n = product
         }

@@ -207,7 +207,9 @@ public final class GGUFFile: @unchecked Sendable {
         if let value = metadata["general.alignment"] {
             guard let a = value.int, a > 0, a & (a - 1) == 0, a <= Self.maximumAlignment else {
                 throw ModelFileError.invalidHeader(
-                    path: path, detail: "GGUF general.alignment must be a power of two from 1 to \(Self.maximumAlignment), found \(value)")
+                    path: path,
+                    detail: "GGUF general.alignment must be a power of two from 1 to \(Self.maximumAlignment), "
+                        + "found \(value)")
             }
             alignment = a
         }

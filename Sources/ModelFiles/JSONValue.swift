@@ -120,7 +120,9 @@ private struct JSONParser {
     static let maximumDepth = 512
 
     mutating func parseValue(depth: Int) throws -> JSONValue {
-        guard depth < Self.maximumDepth else { throw error("arrays and objects nested deeper than \(Self.maximumDepth)") }
+        guard depth < Self.maximumDepth else {
+            throw error("arrays and objects nested deeper than \(Self.maximumDepth)")
+        }
         guard index < bytes.count else { throw error("unexpected end of text") }
         switch bytes[index] {
         case UInt8(ascii: "{"):
@@ -241,7 +243,8 @@ private struct JSONParser {
             case 0x30...0x39: digit = b - 0x30
             case 0x41...0x46: digit = b - 0x41 + 10
             case 0x61...0x66: digit = b - 0x61 + 10
-            default: throw error("bad \\u escape: '\(String(decoding: bytes[index..<index + 4], as: UTF8.self))' is not 4 hex digits")
+            default: throw error("bad \\u escape: '\(String(decoding: bytes[index..<index + 4], as: UTF8.self))' is " +
+                "not 4 hex digits")
             }
             v = v << 4 | UInt32(digit)
         }

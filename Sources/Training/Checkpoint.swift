@@ -15,8 +15,10 @@ public enum Checkpoint {
         let temporary = final + ".tmp-\(getpid())"
         let weights = try trainer.engine.adapterWeights()
         // Never write a checkpoint that could not be resumed from.
-        if let bad = weights.sorted(by: { $0.key < $1.key }).first(where: { !$0.value.a.allSatisfy(\.isFinite) || !$0.value.b.allSatisfy(\.isFinite) }) {
-            throw TrainingError(description: "not saving \(final): adapter \(bad.key) holds non-finite weights at step \(trainer.step)")
+        if let bad = weights.sorted(by: { $0.key < $1.key })
+            .first(where: { !$0.value.a.allSatisfy(\.isFinite) || !$0.value.b.allSatisfy(\.isFinite) }) {
+            throw TrainingError(description: "not saving \(final): adapter \(bad.key) holds non-finite weights at " +
+                "step \(trainer.step)")
         }
         try? FileManager.default.removeItem(atPath: temporary)
         try PEFTAdapter.save(weights, lora: trainer.engine.loraConfig, to: temporary)
@@ -67,7 +69,8 @@ public enum Checkpoint {
         var removed: [String] = []
         for name in try FileSystem.contents(of: outputDirectory) where name.hasPrefix("checkpoint-") {
             guard let range = name.range(of: ".tmp-"), let pid = Int32(name[range.upperBound...]),
-                  Int(name[name.index(name.startIndex, offsetBy: "checkpoint-".count)..<range.lowerBound]) != nil else { continue }
+                  Int(name[name.index(name.startIndex, offsetBy: "checkpoint-".count)..<range.lowerBound]) != nil
+            else { continue }
             if pid != getpid(), kill(pid, 0) == 0 || errno == EPERM { continue }   // still running
             let path = outputDirectory + "/" + name
             try FileManager.default.removeItem(atPath: path)
@@ -81,7 +84,8 @@ public enum Checkpoint {
     public static func existingRun(in outputDirectory: String) throws -> String? {
         guard FileSystem.isDirectory(outputDirectory) else { return nil }
         let metrics = outputDirectory + "/metrics.jsonl"
-        if let size = (try? FileManager.default.attributesOfItem(atPath: metrics))?[.size] as? NSNumber, size.intValue > 0 {
+        if let size = (try? FileManager.default.attributesOfItem(atPath: metrics))?[.size] as? NSNumber,
+            size.intValue > 0 {
             return metrics
         }
         return try checkpoints(in: outputDirectory).first?.path

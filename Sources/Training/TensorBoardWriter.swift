@@ -110,5 +110,7 @@ struct Protobuf {
     }
     mutating func string(_ field: Int, _ s: String) { lengthDelimited(field, Array(s.utf8)) }
     mutating func message(_ field: Int, _ m: Protobuf) { lengthDelimited(field, m.bytes) }
-    mutating func lengthDelimited(_ field: Int, _ b: [UInt8]) { key(field, 2); appendVarint(UInt64(b.count)); bytes += b }
+    mutating func lengthDelimited(_ field: Int, _ b: [UInt8]) {
+        key(field, 2); appendVarint(UInt64(b.count)); bytes += b
+    }
 }

@@ -26,8 +26,8 @@ public struct DatasetOptions: Sendable {
 ///
 /// Files: JSONL (a JSON object a line), a JSON array of objects, or plain text (any file that is neither: the whole
 /// text is one stream, cut into `maxSeqLength` blocks). Records: pre-tokenized (`input_ids`, optional `labels`),
-/// chat (`messages`: [{role, content}], or ShareGPT's `conversations`: [{from, value}]), instruction (`promptField`/`completionField`, or `instruction`/`input`/
-/// `output`, or `prompt`/`completion`), or plain `text`.
+/// chat (`messages`: [{role, content}], or ShareGPT's `conversations`: [{from, value}]), instruction
+/// (`promptField`/`completionField`, or `instruction`/`input`/`output`, or `prompt`/`completion`), or plain `text`.
 public enum TextDataset {
     /// All examples of `path` (examples that truncation leaves nothing to learn are dropped). Without a tokenizer
     /// only pre-tokenized records can be read; ids are checked against `vocabularySize`.
@@ -36,7 +36,8 @@ public enum TextDataset {
         let bytes: [UInt8]
         do { bytes = try FileSystem.readBytes(path) } catch { throw DatasetError(description: "\(error)") }
         guard options.maxSeqLength > 0 else {
-            throw DatasetError(description: "\(path): the maximum sequence length must be positive, found \(options.maxSeqLength)")
+            throw DatasetError(description: "\(path): the maximum sequence length must be positive, found " +
+                "\(options.maxSeqLength)")
         }
         guard vocabularySize > 0 else { throw DatasetError(description: "\(path): the vocabulary is empty") }
         let records = try parseRecords(bytes, path: path)
@@ -46,7 +47,8 @@ public enum TextDataset {
             guard let tokenizer else { throw DatasetError(description: "\(path): plain text needs a tokenizer, and the model has none") }
             let ids = tokenizer.encode(text, addSpecialTokens: tokenizer.addsBOS)
             if let bad = ids.first(where: { $0 < 0 || $0 >= vocabularySize }) {
-                throw DatasetError(description: "\(path): the tokenizer gives token id \(bad), outside the model's vocabulary [0, \(vocabularySize))")
+                throw DatasetError(description: "\(path): the tokenizer gives token id \(bad), outside the model's " +
+                    "vocabulary [0, \(vocabularySize))")
             }
             let block = max(2, options.maxSeqLength)
             for start in stride(from: 0, to: ids.count - 1, by: block) {
@@ -73,11 +75,13 @@ public enum TextDataset {
                     }
                 }
                 for id in ids where id < 0 || id >= vocabularySize {
-                    throw DatasetError(description: "\(path):\(line): token id \(id) is outside the vocabulary [0, \(vocabularySize))")
+                    throw DatasetError(description: "\(path):\(line): token id \(id) is outside the vocabulary [0, " +
+                        "\(vocabularySize))")
                 }
                 // Labels index the logits: each is -100 (ignored) or a token of the vocabulary.
                 for label in labels where label != -100 && (label < 0 || label >= vocabularySize) {
-                    throw DatasetError(description: "\(path):\(line): label \(label) is neither -100 nor a token id in [0, \(vocabularySize))")
+                    throw DatasetError(description: "\(path):\(line): label \(label) is neither -100 nor a token id " +
+                        "in [0, \(vocabularySize))")
                 }
                 if !options.packing && ids.count > options.maxSeqLength {
                     ids = Array(ids.prefix(options.maxSeqLength)); labels = Array(labels.prefix(options.maxSeqLength))
@@ -140,7 +144,9 @@ public enum TextDataset {
             return .tokens(i, l)
         }
         if let field = options.textField {
-            guard let text = record[field]?.stringValue else { throw fail("no string field \"\(field)\" (--dataset-text-field)") }
+            guard let text = record[field]?.stringValue else {
+                throw fail("no string field \"\(field)\" (--dataset-text-field)")
+            }
             let eos = tokenizer?.eosTokenId.flatMap { tokenizer?.token(forId: $0) } ?? ""
             return .text([TextSegment(text: text + eos, trainable: true)])
         }
@@ -148,7 +154,8 @@ public enum TextDataset {
             guard let template = options.chatTemplate else {
                 throw fail("chat records need a chat template; the model has none this tool recognizes")
             }
-            let roles = ["human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
+            let roles = ["human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                "chatgpt": "assistant",
                          "model": "assistant", "system": "system"]
             let chat = try turns.map { m -> ChatMessage in
                 guard let from = m["from"]?.stringValue, let value = m["value"]?.stringValue else {

@@ -61,9 +61,11 @@ public struct TrainingConfig: Sendable {
             TrainingError(description: "\(flag) (recipe \(key)) is \(value): \(allowed)")
         }
         guard (1...Self.maximumBatch).contains(batchSize) else {
-            throw fail("--batch-size", "per_device_train_batch_size", batchSize, "must be an integer from 1 to \(Self.maximumBatch)")
+            throw fail("--batch-size", "per_device_train_batch_size", batchSize,
+                "must be an integer from 1 to \(Self.maximumBatch)")
         }
-        guard (1...Self.maximumBatch).contains(gradientAccumulationSteps), batchSize * gradientAccumulationSteps <= Self.maximumBatch else {
+        guard (1...Self.maximumBatch).contains(gradientAccumulationSteps),
+            batchSize * gradientAccumulationSteps <= Self.maximumBatch else {
             throw fail("--gradient-accumulation-steps", "gradient_accumulation_steps", gradientAccumulationSteps,
                        "must be at least 1, with batch size × accumulation at most \(Self.maximumBatch)")
         }
@@ -71,7 +73,8 @@ public struct TrainingConfig: Sendable {
             throw fail("--max-steps", "max_steps", maxSteps, "must be at least 1 (or unset to run the epochs)")
         }
         guard epochs.isFinite, epochs > 0, epochs <= Self.maximumEpochs else {
-            throw fail("--num-train-epochs", "num_train_epochs", epochs, "must be a finite number above 0 and at most \(Int(Self.maximumEpochs))")
+            throw fail("--num-train-epochs", "num_train_epochs", epochs,
+                "must be a finite number above 0 and at most \(Int(Self.maximumEpochs))")
         }
         guard learningRate.isFinite, learningRate > 0 else {
             throw fail("--learning-rate", "learning_rate", learningRate, "must be a finite number above 0")
@@ -84,17 +87,23 @@ public struct TrainingConfig: Sendable {
             throw fail("--warmup-ratio", "warmup_ratio", warmupRatio, "must be in [0, 1]")
         }
         guard maxGradNorm.isFinite, maxGradNorm >= 0 else {
-            throw fail("--max-grad-norm", "max_grad_norm", maxGradNorm, "must be a finite number ≥ 0 (0 turns clipping off)")
+            throw fail("--max-grad-norm", "max_grad_norm", maxGradNorm,
+                "must be a finite number ≥ 0 (0 turns clipping off)")
         }
-        guard loggingSteps >= 1 else { throw fail("--logging-steps", "logging_steps", loggingSteps, "must be at least 1") }
+        guard loggingSteps >= 1 else {
+            throw fail("--logging-steps", "logging_steps", loggingSteps, "must be at least 1")
+        }
         if let evalSteps, evalSteps < 1 {
-            throw fail("--eval-steps", "eval_steps", evalSteps, "must be at least 1 (or unset to evaluate at the end only)")
+            throw fail("--eval-steps", "eval_steps", evalSteps,
+                "must be at least 1 (or unset to evaluate at the end only)")
         }
         if let saveSteps, saveSteps < 1 {
-            throw fail("--save-steps", "save_steps", saveSteps, "must be at least 1 (or unset for no intermediate checkpoints)")
+            throw fail("--save-steps", "save_steps", saveSteps,
+                "must be at least 1 (or unset for no intermediate checkpoints)")
         }
         if let saveTotalLimit, saveTotalLimit < 1 {
-            throw fail("--save-total-limit", "save_total_limit", saveTotalLimit, "must be at least 1 (or unset to keep every checkpoint)")
+            throw fail("--save-total-limit", "save_total_limit", saveTotalLimit,
+                "must be at least 1 (or unset to keep every checkpoint)")
         }
     }
 
@@ -294,7 +303,8 @@ public struct Trainer {
             callbacks.progress(step, totalSteps, loss, stepTokens)
             if step % max(1, config.loggingSteps) == 0 || step == totalSteps {
                 let seconds = Date().timeIntervalSince(logStart)
-                try callbacks.log(StepMetrics(step: step, loss: lossSum / Double(lossSteps), learningRate: lr, gradNorm: norm,
+                try callbacks.log(StepMetrics(step: step, loss: lossSum / Double(lossSteps), learningRate: lr,
+                    gradNorm: norm,
                                           tokensPerSecond: Double(tokensSinceLog) / max(seconds, 1e-9)))
                 lossSum = 0; lossSteps = 0; tokensSinceLog = 0; logStart = Date()
             }
@@ -328,14 +338,16 @@ public struct Trainer {
     private func divergence(_ what: String, atStep step: Int) -> TrainingError {
         let kept = lastCheckpointStep.map { "the last good checkpoint is checkpoint-\($0) (step \($0))" }
             ?? "no checkpoint was saved"
-        return TrainingError(description: "training diverged at step \(step): \(what); stopped before anything non-finite was written "
+        return TrainingError(description: "training diverged at step \(step): \(what); stopped before anything " +
+            "non-finite was written "
                              + "(\(kept)). Try a lower --learning-rate or --max-grad-norm.")
     }
 
     /// Mean token loss of `examples` on `engine` (no dropout, no gradients), batched by `batchSize`.
     public static func evaluate(engine: TrainingEngine, examples: [TokenizedExample],
                                 batchSize: Int) throws -> (loss: Double, tokens: Int) {
-        guard batchSize >= 1 else { throw TrainingError(description: "the evaluation batch size is \(batchSize): it must be at least 1") }
+        guard batchSize >= 1 else { throw TrainingError(description: "the evaluation batch size is \(batchSize): it " +
+            "must be at least 1") }
         var total = 0.0, count = 0
         for start in stride(from: 0, to: examples.count, by: batchSize) {
             let batch = Array(examples[start..<min(examples.count, start + batchSize)])

@@ -99,7 +99,8 @@ public final class CPUTrainingEngine: TrainingEngine {
     /// accumulated one (the first micro-batch's is taken as it is).
     public func accumulateGradients(inputIds: [Int], labels: [Int], batch: Int, tokens: Int, rng: inout SeededGenerator,
                                     checkpointing: Bool, gradientScale: Float) throws -> (loss: Double, tokenCount: Int) {
-        try LlamaModel.checkBatch(inputIds: inputIds, labels: labels, batch: batch, tokens: tokens, config: model.config)
+        try LlamaModel.checkBatch(inputIds: inputIds, labels: labels, batch: batch, tokens: tokens,
+            config: model.config)
         let r = model.step(inputIds: inputIds, labels: labels, batch: batch, tokens: tokens, rng: &rng,
                            checkpointing: checkpointing, gradientScale: gradientScale)
         for (k, g) in r.gradients {
@@ -133,7 +134,8 @@ public final class CPUTrainingEngine: TrainingEngine {
 
     /// `LlamaModel.step` without dropout or gradients.
     public func loss(inputIds: [Int], labels: [Int], batch: Int, tokens: Int) throws -> (loss: Double, tokenCount: Int) {
-        try LlamaModel.checkBatch(inputIds: inputIds, labels: labels, batch: batch, tokens: tokens, config: model.config)
+        try LlamaModel.checkBatch(inputIds: inputIds, labels: labels, batch: batch, tokens: tokens,
+            config: model.config)
         var rng = SeededGenerator(seed: 0)   // unused: no dropout outside training
         let r = model.step(inputIds: inputIds, labels: labels, batch: batch, tokens: tokens, withGradients: false,
                            training: false, rng: &rng)

@@ -17,7 +17,11 @@ public struct TrainingRecipe: Sendable {
     public enum RecipeValue: Sendable, Equatable {
         case int(Int), double(Double), bool(Bool), string(String), list([String])
         /// An integer, or a float with an exact integer value in Int's range (`1e30`, `.inf`, `2.5` are not).
-        var int: Int? { if case .int(let i) = self { return i }; if case .double(let d) = self { return Int(exactly: d) }; return nil }
+        var int: Int? {
+            if case .int(let i) = self { return i }
+            if case .double(let d) = self { return Int(exactly: d) }
+            return nil
+        }
         var double: Double? { switch self { case .int(let i): return Double(i); case .double(let d): return d; default: return nil } }
         /// The value as the file wrote it, for messages.
         public var text: String {
@@ -77,7 +81,8 @@ public struct TrainingRecipe: Sendable {
     public init(contentsOf path: String) throws {
         let size = try InputFile.requireRegular(path, what: "the recipe (--config)")
         guard size <= Self.maximumFileSize else {
-            throw TrainingError(description: "\(path): the recipe is \(size) bytes; at most \(Self.maximumFileSize) (1 MiB) are read")
+            throw TrainingError(description: "\(path): the recipe is \(size) bytes; at most \(Self.maximumFileSize) " +
+                "(1 MiB) are read")
         }
         let text: String
         do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
@@ -114,7 +119,9 @@ public struct TrainingRecipe: Sendable {
     /// or aliases (an alias chain expands exponentially; a recipe has no use for them).
     static func checkStructure(_ text: String, path: String) throws {
         var parser = yaml_parser_t()
-        guard yaml_parser_initialize(&parser) == 1 else { throw TrainingError(description: "\(path): cannot start the YAML parser") }
+        guard yaml_parser_initialize(&parser) == 1 else {
+            throw TrainingError(description: "\(path): cannot start the YAML parser")
+        }
         defer { yaml_parser_delete(&parser) }
         let bytes = Array(text.utf8)
         try bytes.withUnsafeBufferPointer { buffer in
@@ -127,36 +134,44 @@ public struct TrainingRecipe: Sendable {
                 var event = yaml_event_t()
                 guard yaml_parser_parse(&parser, &event) == 1 else {
                     let problem = parser.problem.map { String(cString: $0) } ?? "unknown error"
-                    throw TrainingError(description: "\(path): not valid YAML or JSON: \(problem) (line \(parser.problem_mark.line + 1))")
+                    throw TrainingError(description: "\(path): not valid YAML or JSON: \(problem) (line " +
+                        "\(parser.problem_mark.line + 1))")
                 }
                 defer { yaml_event_delete(&event) }
                 let line = event.start_mark.line + 1
                 var anchor: UnsafeMutablePointer<yaml_char_t>? = nil
-                let startsNode = [YAML_SCALAR_EVENT, YAML_ALIAS_EVENT, YAML_SEQUENCE_START_EVENT, YAML_MAPPING_START_EVENT]
+                let startsNode = [YAML_SCALAR_EVENT, YAML_ALIAS_EVENT, YAML_SEQUENCE_START_EVENT,
+                    YAML_MAPPING_START_EVENT]
                     .contains(event.type)
                 if startsNode, let top = expectsKey.last, let isKey = top {
                     guard !isKey || event.type == YAML_SCALAR_EVENT || event.type == YAML_ALIAS_EVENT else {
-                        throw TrainingError(description: "\(path): line \(line): a mapping key must be a plain value, not a list or a mapping")
+                        throw TrainingError(description: "\(path): line \(line): a mapping key must be a plain " +
+                            "value, not a list or a mapping")
                     }
                     expectsKey[expectsKey.count - 1] = !isKey
                 }
                 switch event.type {
                 case YAML_STREAM_END_EVENT: return
                 case YAML_ALIAS_EVENT:
-                    throw TrainingError(description: "\(path): line \(line): YAML aliases (*name) are not accepted in a recipe")
+                    throw TrainingError(description: "\(path): line \(line): YAML aliases (*name) are not accepted " +
+                        "in a recipe")
                 case YAML_SCALAR_EVENT:
                     anchor = event.data.scalar.anchor
                     if event.data.scalar.style == YAML_PLAIN_SCALAR_STYLE, let value = event.data.scalar.value {
-                        let text = String(decoding: UnsafeBufferPointer(start: value, count: event.data.scalar.length), as: UTF8.self)
+                        let text = String(decoding: UnsafeBufferPointer(start: value, count: event.data.scalar.length),
+                            as: UTF8.self)
                         if Self.sexagesimalOverflows(text) {
-                            throw TrainingError(description: "\(path): line \(line): \(text) is a base-60 integer (YAML 1.1's 1:30 = 90) too large for 64 bits; quote it if it is text")
+                            throw TrainingError(description: "\(path): line \(line): \(text) is a base-60 integer " +
+                                "(YAML 1.1's 1:30 = 90) too large for 64 bits; quote it if it is text")
                         }
                     }
                 case YAML_SEQUENCE_START_EVENT, YAML_MAPPING_START_EVENT:
-                    anchor = event.type == YAML_SEQUENCE_START_EVENT ? event.data.sequence_start.anchor : event.data.mapping_start.anchor
+                    anchor = event.type == YAML_SEQUENCE_START_EVENT ? event.data.sequence_start.anchor
+                                                                     : event.data.mapping_start.anchor
                     depth += 1
                     guard depth <= Self.maximumDepth else {
-                        throw TrainingError(description: "\(path): line \(line): nested deeper than \(Self.maximumDepth) levels; a recipe is a flat mapping of keys to values")
+                        throw TrainingError(description: "\(path): line \(line): nested deeper than " +
+                            "\(Self.maximumDepth) levels; a recipe is a flat mapping of keys to values")
                     }
                     expectsKey.append(event.type == YAML_MAPPING_START_EVENT ? true : nil)
                 case YAML_SEQUENCE_END_EVENT, YAML_MAPPING_END_EVENT:
@@ -165,7 +180,8 @@ public struct TrainingRecipe: Sendable {
                 default: break
                 }
                 if anchor != nil {
-                    throw TrainingError(description: "\(path): line \(line): YAML anchors (&name) are not accepted in a recipe")
+                    throw TrainingError(description: "\(path): line \(line): YAML anchors (&name) are not accepted " +
+                        "in a recipe")
                 }
             }
         }
@@ -177,7 +193,9 @@ public struct TrainingRecipe: Sendable {
         var digits = Substring(text.replacingOccurrences(of: "_", with: ""))
         if digits.hasPrefix("-") || digits.hasPrefix("+") { digits = digits.dropFirst() }
         let parts = digits.split(separator: ":", omittingEmptySubsequences: false)
-        guard parts.count > 1, parts.allSatisfy({ !$0.isEmpty && $0.allSatisfy { $0 >= "0" && $0 <= "9" } }) else { return false }
+        guard parts.count > 1, parts.allSatisfy({ !$0.isEmpty && $0.allSatisfy { $0 >= "0" && $0 <= "9" } }) else {
+            return false
+        }
         var base = 1, value = 0
         for part in parts.reversed() {
             guard let digit = Int(part) else { return true }
@@ -192,14 +210,19 @@ public struct TrainingRecipe: Sendable {
 
     private func require<T>(_ key: String, _ value: T?, _ kind: String) throws -> T? {
         guard values[key] != nil else { return nil }
-        guard let value else { throw TrainingError(description: "recipe key \"\(keyName(key))\": must be \(kind), found \(values[key]!.text)") }
+        guard let value else {
+            throw TrainingError(description: "recipe key \"\(keyName(key))\": must be \(kind), "
+                                + "found \(values[key]!.text)")
+        }
         return value
     }
 
     /// The key the file used for setting `key` (the setting's name when it is not from the file).
     public func keyName(_ key: String) -> String { fileKeys[key] ?? key }
 
-    public func int(_ key: String) throws -> Int? { try require(key, values[key]?.int, "an integer (whole, at most \(Int.max) in size)") }
+    public func int(_ key: String) throws -> Int? {
+        try require(key, values[key]?.int, "an integer (whole, at most \(Int.max) in size)")
+    }
     public func double(_ key: String) throws -> Double? { try require(key, values[key]?.double, "a number") }
     public func bool(_ key: String) throws -> Bool? { try require(key, values[key]?.bool, "true or false") }
     public func string(_ key: String) throws -> String? { try require(key, values[key]?.string, "a string") }

@@ -5,7 +5,8 @@ import Training
 struct DataOptions: ParsableArguments {
     @Option(help: "Field with the prompt of instruction records (e.g. question).") var promptField: String?
     @Option(help: "Field with the completion of instruction records (e.g. answer).") var completionField: String?
-    @Option(help: "Field with plain text to train on (TRL's dataset_text_field; default text).") var datasetTextField: String?
+    @Option(help: "Field with plain text to train on (TRL's dataset_text_field; default text).")
+    var datasetTextField: String?
     @Flag(help: "Take the loss on prompts too, not only on completions and assistant turns.") var trainOnInputs = false
     @Flag(help: "Concatenate examples into full --max-seq-length blocks.") var packing = false
     @Option(help: "Cut examples to this many tokens (default 512).") var maxSeqLength: Int?

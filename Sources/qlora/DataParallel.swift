@@ -55,7 +55,8 @@ struct DataParallelOptions: ParsableArguments {
     static func tcpAddress(_ rendezvous: String) -> (host: String, port: Int)? {
         guard rendezvous.hasPrefix("tcp:"), let colon = rendezvous.lastIndex(of: ":"),
               colon > rendezvous.index(rendezvous.startIndex, offsetBy: 3),
-              let port = Int(rendezvous[rendezvous.index(after: colon)...]), (1...65535).contains(port) else { return nil }
+              let port = Int(rendezvous[rendezvous.index(after: colon)...]),
+                  (1...65535).contains(port) else { return nil }
         let host = String(rendezvous[rendezvous.index(rendezvous.startIndex, offsetBy: 4)..<colon])
         return host.isEmpty ? nil : (host, port)
     }
@@ -139,14 +140,17 @@ struct DataParallelOptions: ParsableArguments {
                 let deadline = Date().addingTimeInterval(300)
                 while true {
                     if let d = FileManager.default.contents(atPath: idPath), d.count == 128 { id = [UInt8](d); break }
-                    guard Date() < deadline else { throw CUDAError("rendezvous: rank 0 wrote no id to \(idPath) within 300 s") }
+                    guard Date() < deadline else {
+                        throw CUDAError("rendezvous: rank 0 wrote no id to \(idPath) within 300 s")
+                    }
                     usleep(50_000)
                 }
             }
         }
         let communicator = try NCCLCommunicator(device: device, rank: worker.rank, worldSize: worker.worldSize, uniqueId: id)
         if worker.rank == 0 {
-            FileHandle.standardError.write("rank 0 of \(worker.worldSize): \(device.description); \(communicator.description)\n"
+            FileHandle.standardError.write(("rank 0 of \(worker.worldSize): \(device.description); " +
+                "\(communicator.description)\n")
                 .data(using: .utf8)!)
             if server == nil { try? FileManager.default.removeItem(atPath: worker.rendezvous) }   // the id is spent
         }

@@ -30,7 +30,9 @@ struct Eval: ParsableCommand {
     /// The flag checks, in one place (ArgumentParser calls this before `run`).
     func validate() throws {
         guard batchSize >= 1 else { throw ValidationError("--batch-size is \(batchSize): must be at least 1") }
-        if let limit, limit < 1 { throw ValidationError("--limit is \(limit): must be at least 1 (or left out for every example)") }
+        if let limit, limit < 1 {
+            throw ValidationError("--limit is \(limit): must be at least 1 (or left out for every example)")
+        }
         if let maxSeqLength = dataOptions.maxSeqLength, maxSeqLength < 2 {
             throw ValidationError("--max-seq-length is \(maxSeqLength): must be an integer ≥ 2")
         }

@@ -26,7 +26,9 @@ struct Generate: ParsableCommand {
         guard maxNewTokens > 0, temperature >= 0, topP > 0, topP <= 1 else {
             throw ValidationError("--max-new-tokens must be positive, --temperature ≥ 0, --top-p in (0, 1]")
         }
-        if let limit, limit < 1 { throw ValidationError("--limit is \(limit): must be at least 1 (or left out for every prompt)") }
+        if let limit, limit < 1 {
+            throw ValidationError("--limit is \(limit): must be at least 1 (or left out for every prompt)")
+        }
         if let promptsFrom { try InputFile.requireRegular(promptsFrom, what: "--prompts-from") }
     }
 
@@ -78,10 +80,12 @@ extension Generate {
     /// room left in the model's context.
     static func checkPrompt(tokenCount: Int, context: Int, prompt: String) throws {
         guard tokenCount > 0 else {
-            throw ValidationError("the prompt \"\(prompt)\" is empty and the model's tokenizer has no BOS token to start from: give a non-empty prompt")
+            throw ValidationError("the prompt \"\(prompt)\" is empty and the model's tokenizer has no BOS token to " +
+                "start from: give a non-empty prompt")
         }
         guard tokenCount < context else {
-            throw ValidationError("the prompt is \(tokenCount) tokens, but the model's context (max_position_embeddings) is \(context) tokens, "
+            throw ValidationError("the prompt is \(tokenCount) tokens, but the model's context " +
+                "(max_position_embeddings) is \(context) tokens, "
                                   + "leaving no room to generate: shorten it below \(context) tokens")
         }
     }

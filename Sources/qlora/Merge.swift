@@ -24,16 +24,22 @@ struct Merge: ParsableCommand {
     @Option(help: "Largest safetensors file in bytes before the weights are split into shards with an index.")
     var maxShardSize: Int = 5_000_000_000
     @Option(help: """
-        Check the export (load it back and compare logits with base + adapter on the CPU): auto (models up to         1.5 B parameters), always or never.
+        Check the export (load it back and compare logits with base + adapter on the CPU): auto (models up to \
+                1.5 B parameters), always or never.
         """)
     var check: String = "auto"
 
     func validate() throws {
-        guard ["bf16", "f16", "f32"].contains(dtype) else { throw ValidationError("--dtype \(dtype): use bf16, f16 or f32") }
+        guard ["bf16", "f16", "f32"].contains(dtype) else {
+            throw ValidationError("--dtype \(dtype): use bf16, f16 or f32")
+        }
         guard maxShardSize > 0 else { throw ValidationError("--max-shard-size must be positive") }
-        guard ["auto", "always", "never"].contains(check) else { throw ValidationError("--check \(check): auto, always or never") }
+        guard ["auto", "always", "never"].contains(check) else {
+            throw ValidationError("--check \(check): auto, always or never")
+        }
         guard FileSystem.isDirectory(model) else {
-            throw ValidationError("--model \(model) is not a Hugging Face folder (merging from a GGUF base is not supported)")
+            throw ValidationError("--model \(model) is not a Hugging Face folder (merging from a GGUF base is not " +
+                "supported)")
         }
         try Quantize.checkOutput(output, model: model, writing: "merging")
     }
@@ -56,12 +62,14 @@ struct Merge: ParsableCommand {
             let tokens = (0..<min(64, c.maxPositionEmbeddings)).map { _ in Int(rng.next() % UInt64(c.vocabSize)) }
             let r = try LlamaMerge.check(merged: output, base: weights, lora: lora, adapters: adapters, onto: onto,
                                          tokens: tokens)
-            print(String(format: "check: the merged model against base + adapter on %d tokens: largest |Δ logit| %.3g, "
+            print(String(format: "check: the merged model against base + adapter on %d tokens: largest |Δ logit| " +
+                "%.3g, "
                          + "loss %.6f against %.6f", tokens.count, r.maxLogitDifference, r.loss, r.referenceLoss))
         } else if check == "auto" {
             print("check skipped: \(parameters / 1_000_000) M parameters (--check always runs it on the CPU)")
         }
-        print("merged \(adapters.count) adapters (r \(lora.r), scale \(lora.scale)) onto the \(onto.rawValue) weights of "
+        print("merged \(adapters.count) adapters (r \(lora.r), scale \(lora.scale)) onto the \(onto.rawValue) " +
+            "weights of "
               + "\(model) → \(output): \(files.joined(separator: ", "))")
     }
 }

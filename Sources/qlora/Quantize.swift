@@ -77,8 +77,10 @@ struct Quantize: ParsableCommand {
         }
         let out = resolved(output), source = resolved(model)
         guard out != source, !out.hasPrefix(source.hasSuffix("/") ? source : source + "/") else {
-            throw ValidationError("--output \(output) is \(out == source ? "the --model folder itself" : "inside the --model folder \(model)"): "
-                                  + "\(writing) there would overwrite or mix with the files being read; choose a folder outside \(model)")
+            throw ValidationError("--output \(output) is " +
+                "\(out == source ? "the --model folder itself" : "inside the --model folder \(model)"): "
+                                  + "\(writing) there would overwrite or mix with the files being read; choose a " +
+                                      "folder outside \(model)")
         }
     }
 

@@ -74,8 +74,12 @@ struct Train: ParsableCommand {
         lora.targetModules = try targetModules.map { $0.split(separator: ",").map(String.init) } ?? recipe.list("target_modules") ?? ["q_proj", "v_proj"]
         if let bias = try recipe.string("bias"), bias != "none" { throw ValidationError("bias \"\(bias)\": only \"none\" is supported") }
         guard lora.r > 0 else { throw ValidationError("--lora-r (recipe r) is \(lora.r): must be at least 1") }
-        guard (0..<1).contains(lora.dropout) else { throw ValidationError("--lora-dropout (recipe lora_dropout) is \(lora.dropout): must be in [0, 1)") }
-        guard lora.alpha.isFinite, lora.alpha > 0 else { throw ValidationError("--lora-alpha (recipe lora_alpha) is \(lora.alpha): must be a finite number above 0") }
+        guard (0..<1).contains(lora.dropout) else {
+            throw ValidationError("--lora-dropout (recipe lora_dropout) is \(lora.dropout): must be in [0, 1)")
+        }
+        guard lora.alpha.isFinite, lora.alpha > 0 else {
+            throw ValidationError("--lora-alpha (recipe lora_alpha) is \(lora.alpha): must be a finite number above 0")
+        }
         let known = Set(LlamaConfig.projectionNames + ["all-linear"])
         if let bad = lora.targetModules.first(where: { !known.contains($0) }) {
             throw ValidationError("target module '\(bad)' is unknown (known: \(LlamaConfig.projectionNames.joined(separator: ", ")), all-linear)")
@@ -105,7 +109,9 @@ struct Train: ParsableCommand {
         settings.saveTotalLimit = try saveTotalLimit ?? recipe.int("save_total_limit")
         settings.seed = try seed ?? recipe.int("seed").map { value in
             // The flag is unsigned (ArgumentParser refuses -1); the recipe's seed must be too: no wrapping.
-            guard value >= 0 else { throw ValidationError("recipe seed is \(value): must be an integer ≥ 0 (no negative seeds)") }
+            guard value >= 0 else {
+                throw ValidationError("recipe seed is \(value): must be an integer ≥ 0 (no negative seeds)")
+            }
             return UInt64(value)
         } ?? 42
         settings.shuffle = try !noShuffle && (recipe.bool("shuffle") ?? true)
@@ -114,11 +120,13 @@ struct Train: ParsableCommand {
         try settings.validate()
         let split = try validationSplit ?? recipe.double("validation_split")
         if let split, !(split.isFinite && split >= 0 && split < 1) {
-            throw ValidationError("--validation-split (recipe validation_split) is \(split): must be in [0, 1) (0: no split)")
+            throw ValidationError("--validation-split (recipe validation_split) is \(split): must be in [0, 1) (0: " +
+                "no split)")
         }
         let evalBatch = try recipe.int("eval_batch_size") ?? settings.batchSize
         guard (1...TrainingConfig.maximumBatch).contains(evalBatch) else {
-            throw ValidationError("recipe \(recipe.keyName("eval_batch_size")) is \(evalBatch): must be an integer from 1 to \(TrainingConfig.maximumBatch)")
+            throw ValidationError("recipe \(recipe.keyName("eval_batch_size")) is \(evalBatch): must be an integer " +
+                "from 1 to \(TrainingConfig.maximumBatch)")
         }
         _ = try dataOptions.maxSeqLength(recipe: recipe)
         let evalPath = try evalData ?? recipe.string("eval_data")
@@ -129,11 +137,14 @@ struct Train: ParsableCommand {
         if isMain {
             // Nothing lost: a second run into the same folder would replace its metrics and mix its checkpoints.
             if resume == nil, !overwrite, let existing = try Checkpoint.existingRun(in: output) {
-                throw ValidationError("\(output) already holds a run (\(existing)): continue it with --resume-from-checkpoint latest, "
-                                      + "choose a new --output-dir, or pass --overwrite-output-dir (recipe overwrite_output_dir: true) to replace it")
+                throw ValidationError("\(output) already holds a run (\(existing)): continue it with " +
+                    "--resume-from-checkpoint latest, "
+                                      + "choose a new --output-dir, or pass --overwrite-output-dir (recipe " +
+                                          "overwrite_output_dir: true) to replace it")
             }
             for path in try Checkpoint.removeStaleTemporaries(in: output) {
-                FileHandle.standardError.write("removed \(path), left by an interrupted checkpoint save\n".data(using: .utf8)!)
+                FileHandle.standardError.write(
+                    "removed \(path), left by an interrupted checkpoint save\n".data(using: .utf8)!)
             }
         }
 
@@ -158,7 +169,8 @@ struct Train: ParsableCommand {
             validation = Array(examples.prefix(held))
             examples = Array(examples.dropFirst(held))
             guard !examples.isEmpty else {
-                throw ValidationError("--validation-split (recipe validation_split) \(split) holds out all \(held) examples of \(dataPath); lower it or give --eval-data")
+                throw ValidationError("--validation-split (recipe validation_split) \(split) holds out all \(held) " +
+                    "examples of \(dataPath); lower it or give --eval-data")
             }
         }
         guard !examples.isEmpty else { throw ValidationError("--data \(dataPath) holds no training examples") }
@@ -204,14 +216,17 @@ struct Train: ParsableCommand {
         }
         let board = isMain && reports.contains(where: { $0 == "tensorboard" || $0 == "all" })
             ? try TensorBoardWriter(directory: try loggingDir ?? recipe.string("logging_dir") ?? output + "/runs") : nil
-        if let board { print("TensorBoard: tensorboard --logdir \((board.path as NSString).deletingLastPathComponent)") }
+        if let board {
+            print("TensorBoard: tensorboard --logdir \((board.path as NSString).deletingLastPathComponent)")
+        }
         let reporter = ProgressReporter(label: "train")
         var callbacks = Trainer.Callbacks()
         var lastLoss = Double.nan
         callbacks.log = { m in
             // A full disk stops the run with an error (the trainer rethrows it); no trap.
             do { try metrics.write(contentsOf: Data((m.json + "\n").utf8)) } catch {
-                throw TrainingError(description: "\(metricsPath): cannot append step \(m.step)'s metrics (\(error.localizedDescription)); stopping")
+                throw TrainingError(description: "\(metricsPath): cannot append step \(m.step)'s metrics " +
+                    "(\(error.localizedDescription)); stopping")
             }
             try board?.add(m)
             if let loss = m.loss { lastLoss = loss }

@@ -9,17 +9,21 @@ import XCTest
 // Hostile files (issue 12): sizes, shapes, escapes and ids that used to trap (a Swift runtime trap, a failed
 // allocation, a segfault) must be thrown errors naming the file and the field or tensor.
 
-private func bytesLE<T: FixedWidthInteger>(_ value: T) -> [UInt8] { withUnsafeBytes(of: value.littleEndian) { Array($0) } }
+private func bytesLE<T: FixedWidthInteger>(_ value: T) -> [UInt8] {
+    withUnsafeBytes(of: value.littleEndian) { Array($0) }
+}
 
 private func ggufString(_ s: String) -> [UInt8] { bytesLE(UInt64(s.utf8.count)) + Array(s.utf8) }
 
 /// A GGUF file of `metadata` (each value already encoded with its type tag) and `tensors` (name, dimensions
 /// fastest first, ggml type, offset), the data section empty.
-private func ggufBytes(metadata: [(String, UInt32, [UInt8])], tensors: [(String, [UInt64], UInt32, UInt64)] = []) -> [UInt8] {
+private func ggufBytes(metadata: [(String, UInt32, [UInt8])],
+                       tensors: [(String, [UInt64], UInt32, UInt64)] = []) -> [UInt8] {
     var out = Array("GGUF".utf8) + bytesLE(UInt32(3)) + bytesLE(UInt64(tensors.count)) + bytesLE(UInt64(metadata.count))
     for (key, type, value) in metadata { out += ggufString(key) + bytesLE(type) + value }
     for (name, dims, type, offset) in tensors {
-        out += ggufString(name) + bytesLE(UInt32(dims.count)) + dims.flatMap { bytesLE($0) } + bytesLE(type) + bytesLE(offset)
+        out += ggufString(name) + bytesLE(UInt32(dims.count)) + dims.flatMap { bytesLE($0) } + bytesLE(type)
+            + bytesLE(offset)
     }
     return out
 }
@@ -86,9 +90,11 @@ final class BadInputFileTests: XCTestCase {
         // In files: an adapter config and a model config nested 100,000 deep, a safetensors header with lone
         // surrogates in a tensor name.
         let dir = makeTemporaryDirectory(self)
-        try AtomicFile.write(text: "{\"r\": " + String(repeating: "[", count: 100_000), to: dir + "/adapter_config.json")
+        try AtomicFile.write(text: "{\"r\": " + String(repeating: "[", count: 100_000),
+            to: dir + "/adapter_config.json")
         assertThrows([dir + "/adapter_config.json", "nested deeper"]) { _ = try PEFTAdapter.readConfig(directory: dir) }
-        try AtomicFile.write(text: "{\"hidden_size\": " + String(repeating: "[", count: 100_000), to: dir + "/config.json")
+        try AtomicFile.write(text: "{\"hidden_size\": " + String(repeating: "[", count: 100_000),
+            to: dir + "/config.json")
         assertThrows([dir + "/config.json"]) { _ = try LlamaConfig(contentsOf: dir) }
         let st = dir + "/surrogate.safetensors"
         write(safetensorsBytes(header: #"{"\ud800\u0041":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
@@ -100,7 +106,8 @@ final class BadInputFileTests: XCTestCase {
 
     // MARK: 2. Model config
 
-    private let base = #""model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4, "vocab_size": 100"#
+    private let base = #""model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": "# +
+        #"1, "num_attention_heads": 4, "vocab_size": 100"#
 
     func testConfigSizesAreValidatedWhileDecoding() throws {
         let dir = makeTemporaryDirectory(self)
@@ -120,18 +127,23 @@ final class BadInputFileTests: XCTestCase {
         try check(#""num_key_value_heads": 0"#, ["num_key_value_heads"])
         try check(#""rms_norm_eps": 0"#, ["rms_norm_eps"])
         try check(#""rope_theta": -1"#, ["rope_theta"])
-        try check(#""rope_scaling": {"rope_type": "llama3", "factor": 8, "low_freq_factor": 4, "high_freq_factor": 1, "original_max_position_embeddings": 8192}"#,
+        try check(#""rope_scaling": {"rope_type": "llama3", "factor": 8, "low_freq_factor": 4, "high_freq_factor": "# +
+            #"1, "original_max_position_embeddings": 8192}"#,
                   ["low_freq_factor"])
-        try check(#""rope_scaling": {"rope_type": "llama3", "factor": 8, "low_freq_factor": 1, "high_freq_factor": 4, "original_max_position_embeddings": -5}"#,
+        try check(#""rope_scaling": {"rope_type": "llama3", "factor": 8, "low_freq_factor": 1, "high_freq_factor": "# +
+            #"4, "original_max_position_embeddings": -5}"#,
                   ["original_max_position_embeddings"])
 
         // Products: each size alone is allowed, their products overflow or exceed the bound.
         for (json, field) in [
-            (#"{"hidden_size": 8388608, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4096, "vocab_size": 8388608}"#,
+            (#"{"hidden_size": 8388608, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": "# +
+                #"4096, "vocab_size": 8388608}"#,
              "vocab_size × hidden_size"),
-            (#"{"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 8192, "num_key_value_heads": 1, "head_dim": 8192, "vocab_size": 100}"#,
+            (#"{"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 8192, "# +
+                #""num_key_value_heads": 1, "head_dim": 8192, "vocab_size": 100}"#,
              "num_attention_heads × head_dim"),
-            (#"{"hidden_size": 64, "intermediate_size": 9223372036854775807, "num_hidden_layers": 1, "num_attention_heads": 4, "vocab_size": 100}"#,
+            (#"{"hidden_size": 64, "intermediate_size": 9223372036854775807, "num_hidden_layers": 1, "# +
+                #""num_attention_heads": 4, "vocab_size": 100}"#,
              "intermediate_size"),
         ] {
             try AtomicFile.write(text: json, to: path)
@@ -171,7 +183,8 @@ final class BadInputFileTests: XCTestCase {
 
     func testBnB4BitQuantStateShapeAndBlocksize() throws {
         let name = "model.layers.0.mlp.up_proj.weight"
-        let w = try Quantized4BitTensor(quantizing: Tensor((0..<256).map { Float($0) / 256 }, shape: [4, 64], dtype: .f32),
+        let w = try Quantized4BitTensor(quantizing: Tensor((0..<256).map { Float($0) / 256 }, shape: [4, 64],
+            dtype: .f32),
                                         type: .nf4, doubleQuant: true)
         func archive(_ edit: (inout [(String, JSONValue)]) -> Void) throws -> (SafeTensorsArchive, String) {
             let dir = makeTemporaryDirectory(self)
@@ -212,7 +225,8 @@ final class BadInputFileTests: XCTestCase {
         let dir = makeTemporaryDirectory(self)
         let config = dir + "/adapter_config.json"
         for r in ["1000000000000", "65537", "0", "-3"] {
-            try AtomicFile.write(text: #"{"peft_type": "LORA", "r": "# + r + #", "target_modules": ["q_proj"]}"#, to: config)
+            try AtomicFile.write(text: #"{"peft_type": "LORA", "r": "# + r + #", "target_modules": ["q_proj"]}"#,
+                to: config)
             assertThrows([config, "\"r\""]) { _ = try PEFTAdapter.readConfig(directory: dir) }
         }
         try AtomicFile.write(text: #"{"r": 8, "lora_dropout": 1.5}"#, to: config)
@@ -221,18 +235,23 @@ final class BadInputFileTests: XCTestCase {
         // A rank the config allows but that makes an impossible matrix for this model: an error before any read.
         try SafeTensorsWriter.write([], to: dir + "/adapter_model.safetensors")
         assertThrows([dir + "/adapter_model.safetensors", "lora_A", "rank"]) {
-            _ = try PEFTAdapter.readWeights(directory: dir, r: 1 << 16, shapes: ["0.q_proj": (outFeatures: 64, inFeatures: 1 << 24)])
+            _ = try PEFTAdapter.readWeights(directory: dir, r: 1 << 16,
+                                            shapes: ["0.q_proj": (outFeatures: 64, inFeatures: 1 << 24)])
         }
         assertThrows([dir + "/adapter_model.safetensors", "lora_B"]) {
-            _ = try PEFTAdapter.readWeights(directory: dir, r: 1 << 16, shapes: ["0.q_proj": (outFeatures: Int.max, inFeatures: 1)])
+            _ = try PEFTAdapter.readWeights(directory: dir, r: 1 << 16,
+                                            shapes: ["0.q_proj": (outFeatures: Int.max, inFeatures: 1)])
         }
 
         // An adapter tensor whose shape product overflows.
         let key = PEFTAdapter.key(layer: 0, projection: "q_proj", matrix: "A")
         let file = dir + "/adapter_model.safetensors"
-        write(safetensorsBytes(header: #"{""# + key + #"":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}}"#), to: file)
+        write(safetensorsBytes(header: #"{""# + key
+                                   + #"":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}}"#),
+              to: file)
         assertThrows([file, key, "shape"]) {
-            _ = try PEFTAdapter.readWeights(directory: dir, r: 8, shapes: ["0.q_proj": (outFeatures: 64, inFeatures: 64)])
+            _ = try PEFTAdapter.readWeights(directory: dir, r: 8,
+                                            shapes: ["0.q_proj": (outFeatures: 64, inFeatures: 64)])
         }
     }
 
@@ -243,7 +262,8 @@ final class BadInputFileTests: XCTestCase {
         var rng = TestRandom(seed: 5)
         let c = config.hiddenSize, v = config.vocabSize
         let embedding = (0..<(v * c)).map { _ in rng.uniform() }
-        let model = LlamaModel(config: config, embedding: embedding, layers: [], finalNorm: [Float](repeating: 1, count: c),
+        let model = LlamaModel(config: config, embedding: embedding, layers: [],
+                               finalNorm: [Float](repeating: 1, count: c),
                                lmHead: embedding, lora: LoRAConfig())
         return CPUTrainingEngine(model: model, optimizer: AdamW(kind: .adamw))
     }
@@ -256,18 +276,25 @@ final class BadInputFileTests: XCTestCase {
         XCTAssertEqual(try engine.loss(inputIds: ids, labels: [-100, 2, -100, 99], batch: 1, tokens: 4).tokenCount, 2)
         for bad in [100, 1_000_000_000, -5, -1, -101, Int.min, Int.max] {
             let labels = [1, 2, bad, 4]
-            assertThrows(["label \(bad)", "position 2"]) { _ = try engine.loss(inputIds: ids, labels: labels, batch: 1, tokens: 4) }
+            assertThrows(["label \(bad)", "position 2"]) {
+                _ = try engine.loss(inputIds: ids, labels: labels, batch: 1, tokens: 4)
+            }
             assertThrows(["label \(bad)"]) {
                 _ = try engine.accumulateGradients(inputIds: ids, labels: labels, batch: 2, tokens: 2, rng: &rng,
                                                    checkpointing: false, gradientScale: 1)
             }
         }
         for bad in [100, -1, 1_000_000_000] {
-            assertThrows(["input id \(bad)"]) { _ = try engine.loss(inputIds: [1, bad], labels: [1, 2], batch: 1, tokens: 2) }
+            assertThrows(["input id \(bad)"]) {
+                _ = try engine.loss(inputIds: [1, bad], labels: [1, 2], batch: 1, tokens: 2)
+            }
         }
-        assertThrows(["3 input ids"]) { _ = try engine.loss(inputIds: [1, 2, 3], labels: [1, 2, 3, 4], batch: 2, tokens: 2) }
+        assertThrows(["3 input ids"]) {
+            _ = try engine.loss(inputIds: [1, 2, 3], labels: [1, 2, 3, 4], batch: 2, tokens: 2)
+        }
         assertThrows(["max_position_embeddings"]) {
-            _ = try engine.loss(inputIds: [Int](repeating: 1, count: 4096), labels: [Int](repeating: 1, count: 4096), batch: 1, tokens: 4096)
+            _ = try engine.loss(inputIds: [Int](repeating: 1, count: 4096), labels: [Int](repeating: 1, count: 4096),
+                batch: 1, tokens: 4096)
         }
         assertThrows(["empty"]) { _ = try engine.loss(inputIds: [], labels: [], batch: 0, tokens: 0) }
     }
@@ -287,10 +314,12 @@ final class BadInputFileTests: XCTestCase {
             }
         }
         try AtomicFile.write(text: good + "\n", to: path)
-        XCTAssertEqual(try TextDataset.load(path: path, tokenizer: nil, vocabularySize: 10, options: DatasetOptions()).count, 1)
+        XCTAssertEqual(try TextDataset.load(path: path, tokenizer: nil, vocabularySize: 10,
+            options: DatasetOptions()).count, 1)
         var options = DatasetOptions()
         options.packing = true; options.maxSeqLength = 0
-        assertThrows([path, "sequence length"]) { _ = try TextDataset.load(path: path, tokenizer: nil, vocabularySize: 10, options: options) }
+        assertThrows([path, "sequence length"]) { _ = try TextDataset.load(path: path, tokenizer: nil,
+            vocabularySize: 10, options: options) }
     }
 
     // MARK: 6. safetensors and GGUF headers
@@ -299,9 +328,11 @@ final class BadInputFileTests: XCTestCase {
         let dir = makeTemporaryDirectory(self)
         let st = dir + "/bad.safetensors"
         for (header, parts) in [
-            (#"{"w":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,16]}}"#, ["'w'", "shape"]),
+            (#"{"w":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,16]}}"#, ["'w'",
+                "shape"]),
             (#"{"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}"#, ["'w'", "shape"]),
-            (#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[9007199254740000,9007199254740004]}}"#, ["'w'", "data_offsets"]),
+            (#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[9007199254740000,9007199254740004]}}"#, ["'w'",
+                "data_offsets"]),
             (#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}}"#, ["'w'", "data_offsets"]),
             (#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,1e300]}}"#, ["'w'", "data_offsets"]),
             (#"{"w":{"dtype":"F32","shape":[1e300],"data_offsets":[0,4]}}"#, ["'w'", "shape"]),

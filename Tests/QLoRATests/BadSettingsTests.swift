@@ -27,7 +27,8 @@ final class BadSettingsTests: XCTestCase {
     }
 
     /// Runs the binary with `arguments`, killing it after `timeout` seconds (a hang fails the test).
-    func run(_ arguments: [String], timeout: TimeInterval = 60) throws -> (status: Int32, crashed: Bool, output: String) {
+    func run(_ arguments: [String], timeout: TimeInterval = 60) throws -> (status: Int32, crashed: Bool,
+        output: String) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: try binary())
         p.arguments = arguments
@@ -51,7 +52,8 @@ final class BadSettingsTests: XCTestCase {
     }
 
     /// Expects a clean failure (a non-zero exit, not a signal) whose message holds every string of `expected`.
-    func expectError(_ arguments: [String], _ expected: [String], file: StaticString = #filePath, line: UInt = #line) throws {
+    func expectError(_ arguments: [String], _ expected: [String], file: StaticString = #filePath,
+        line: UInt = #line) throws {
         let (status, crashed, output) = try run(arguments)
         XCTAssertNotEqual(status, 0, "\(arguments): \(output)", file: file, line: line)
         XCTAssertFalse(crashed, "\(arguments) crashed (signal \(status)): \(output)", file: file, line: line)
@@ -79,7 +81,8 @@ final class BadSettingsTests: XCTestCase {
 
     // MARK: 1. settings
 
-    /// Each bad training setting is refused by `TrainingConfig.validate`, naming the flag, the recipe key and the value.
+    /// Each bad training setting is refused by `TrainingConfig.validate`, naming the flag, the recipe key
+    /// and the value.
     func testTrainingConfigValidateRejectsEachBadSetting() throws {
         XCTAssertNoThrow(try TrainingConfig().validate())
         let cases: [(String, (inout TrainingConfig) -> Void)] = [
@@ -100,7 +103,8 @@ final class BadSettingsTests: XCTestCase {
             ("--max-grad-norm (recipe max_grad_norm) is inf", { $0.maxGradNorm = .infinity }),
             ("--max-grad-norm (recipe max_grad_norm) is nan", { $0.maxGradNorm = .nan }),
             ("--batch-size (recipe per_device_train_batch_size) is 0", { $0.batchSize = 0 }),
-            ("--gradient-accumulation-steps (recipe gradient_accumulation_steps) is 0", { $0.gradientAccumulationSteps = 0 }),
+            ("--gradient-accumulation-steps (recipe gradient_accumulation_steps) is 0",
+                { $0.gradientAccumulationSteps = 0 }),
             ("--logging-steps (recipe logging_steps) is 0", { $0.loggingSteps = 0 }),
             ("--warmup-steps (recipe warmup_steps) is -1", { $0.warmupSteps = -1 }),
         ]
@@ -134,7 +138,9 @@ final class BadSettingsTests: XCTestCase {
         for value in ["1e30", ".inf", "-.inf", ".nan", "2.5"] {
             try write("max_steps: \(value)\nper_device_train_batch_size: \(value)\n", dir + "/r.yaml")
             let recipe = try TrainingRecipe(contentsOf: dir + "/r.yaml")
-            XCTAssertThrowsError(try recipe.int("max_steps"), value) { XCTAssertTrue("\($0)".contains("\"max_steps\""), "\($0)") }
+            XCTAssertThrowsError(try recipe.int("max_steps"), value) {
+                XCTAssertTrue("\($0)".contains("\"max_steps\""), "\($0)")
+            }
             XCTAssertThrowsError(try recipe.int("batch_size"), value) {
                 XCTAssertTrue("\($0)".contains("\"per_device_train_batch_size\""), "\($0)")
             }
@@ -188,11 +194,13 @@ final class BadSettingsTests: XCTestCase {
     /// `qlora generate` with a prompt longer than the model's context is an error, not a trap.
     func testGeneratePromptLongerThanTheContextIsAnError() throws {
         let golden = try Shared.requireGolden()
-        let tokenizer = URL(fileURLWithPath: golden).deletingLastPathComponent().appendingPathComponent("smollm2-tokenizer/tokenizer.json").path
+        let tokenizer = URL(fileURLWithPath: golden).deletingLastPathComponent()
+            .appendingPathComponent("smollm2-tokenizer/tokenizer.json").path
         guard FileManager.default.fileExists(atPath: tokenizer) else { throw XCTSkip("no smollm2 tokenizer") }
         let dir = makeTemporaryDirectory(self)
         for name in ["config.json", "model.safetensors"] {
-            try FileManager.default.createSymbolicLink(atPath: dir + "/" + name, withDestinationPath: golden + "/tiny-llama/" + name)
+            try FileManager.default.createSymbolicLink(atPath: dir + "/" + name,
+                withDestinationPath: golden + "/tiny-llama/" + name)
         }
         try FileManager.default.createSymbolicLink(atPath: dir + "/tokenizer.json", withDestinationPath: tokenizer)
         let long = Array(repeating: "word", count: 400).joined(separator: " ")   // > 256 positions
@@ -207,16 +215,21 @@ final class BadSettingsTests: XCTestCase {
     func testRecipeRefusesDeepNestingAliasesAndHugeFiles() throws {
         let dir = makeTemporaryDirectory(self)
         let deep = dir + "/deep.yaml"
-        try write("max_steps: " + String(repeating: "[", count: 10_000) + String(repeating: "]", count: 10_000) + "\n", deep)
+        try write("max_steps: " + String(repeating: "[", count: 10_000) + String(repeating: "]", count: 10_000) + "\n",
+            deep)
         XCTAssertThrowsError(try TrainingRecipe(contentsOf: deep)) {
             XCTAssertTrue("\($0)".contains(deep) && "\($0)".contains("deeper than 64"), "\($0)")
         }
         let blockDeep = dir + "/block.yaml"
         try write("target_modules:\n" + String(repeating: "- ", count: 5_000) + "x\n", blockDeep)
-        XCTAssertThrowsError(try TrainingRecipe(contentsOf: blockDeep)) { XCTAssertTrue("\($0)".contains("deeper than 64"), "\($0)") }
+        XCTAssertThrowsError(try TrainingRecipe(contentsOf: blockDeep)) {
+            XCTAssertTrue("\($0)".contains("deeper than 64"), "\($0)")
+        }
 
         var laughs = "a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
-        for i in 1...9 { laughs += "a\(i): &a\(i) [" + Array(repeating: "*a\(i - 1)", count: 9).joined(separator: ", ") + "]\n" }
+        for i in 1...9 {
+            laughs += "a\(i): &a\(i) [" + Array(repeating: "*a\(i - 1)", count: 9).joined(separator: ", ") + "]\n"
+        }
         let bomb = dir + "/laughs.yaml"
         try write(laughs, bomb)
         XCTAssertThrowsError(try TrainingRecipe(contentsOf: bomb)) {
@@ -238,7 +251,9 @@ final class BadSettingsTests: XCTestCase {
         let fifo = dir + "/pipe"
         XCTAssertEqual(mkfifo(fifo, 0o600), 0)
         XCTAssertThrowsError(try TrainingRecipe(contentsOf: fifo)) { XCTAssertTrue("\($0)".contains("FIFO"), "\($0)") }
-        XCTAssertThrowsError(try InputFile.requireRegular(dir, what: "--data")) { XCTAssertTrue("\($0)".contains("a folder"), "\($0)") }
+        XCTAssertThrowsError(try InputFile.requireRegular(dir, what: "--data")) {
+            XCTAssertTrue("\($0)".contains("a folder"), "\($0)")
+        }
         XCTAssertThrowsError(try InputFile.requireRegular("/dev/zero", what: "--data")) {
             XCTAssertTrue("\($0)".contains("character device") && "\($0)".contains("regular file"), "\($0)")
         }
@@ -265,7 +280,8 @@ final class BadSettingsTests: XCTestCase {
         try write(old, out + "/metrics.jsonl")
         XCTAssertEqual(try Checkpoint.existingRun(in: out), out + "/metrics.jsonl")
         try expectError(["train", "--model", dir + "/no-model", "--data", dir + "/data.jsonl", "--output-dir", out],
-                        ["already holds a run", "metrics.jsonl", "--resume-from-checkpoint latest", "--overwrite-output-dir"])
+                        ["already holds a run", "metrics.jsonl", "--resume-from-checkpoint latest",
+                            "--overwrite-output-dir"])
         XCTAssertEqual(try String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8), old)
         // A checkpoint folder alone counts as a run too.
         let other = dir + "/other"
@@ -276,7 +292,8 @@ final class BadSettingsTests: XCTestCase {
         try write("", dir + "/failed/metrics.jsonl")
         XCTAssertNil(try Checkpoint.existingRun(in: dir + "/failed"), "an empty metrics.jsonl holds nothing to lose")
         // With --overwrite-output-dir the check passes (the run then fails on the missing model, later).
-        let (_, _, output) = try run(["train", "--model", dir + "/no-model", "--data", dir + "/data.jsonl", "--output-dir", out, "--overwrite-output-dir"])
+        let (_, _, output) = try run(["train", "--model", dir + "/no-model", "--data", dir + "/data.jsonl",
+            "--output-dir", out, "--overwrite-output-dir"])
         XCTAssertFalse(output.contains("already holds a run"), output)
     }
 

@@ -16,14 +16,18 @@ final class DatasetShapesTests: XCTestCase {
     func testShareGPTEqualsMessages() throws {
         let tok = try tokenizer()
         let dir = makeTemporaryDirectory(self)
-        let share = #"{"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "2+2?"}, {"from": "gpt", "value": "4"}]}"#
-        let messages = #"{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}"#
+        let share = #"{"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "# +
+            #""2+2?"}, {"from": "gpt", "value": "4"}]}"#
+        let messages = #"{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "# +
+            #""2+2?"}, {"role": "assistant", "content": "4"}]}"#
         try share.write(toFile: dir + "/share.jsonl", atomically: true, encoding: .utf8)
         try messages.write(toFile: dir + "/messages.jsonl", atomically: true, encoding: .utf8)
         var options = DatasetOptions()
         options.chatTemplate = .chatML(defaultSystem: nil)
-        let a = try TextDataset.load(path: dir + "/share.jsonl", tokenizer: tok, vocabularySize: 49152, options: options)
-        let b = try TextDataset.load(path: dir + "/messages.jsonl", tokenizer: tok, vocabularySize: 49152, options: options)
+        let a = try TextDataset.load(path: dir + "/share.jsonl", tokenizer: tok, vocabularySize: 49152,
+            options: options)
+        let b = try TextDataset.load(path: dir + "/messages.jsonl", tokenizer: tok, vocabularySize: 49152,
+            options: options)
         XCTAssertEqual(a.count, 1)
         XCTAssertEqual(a.map(\.inputIds), b.map(\.inputIds))
         XCTAssertEqual(a.map(\.labels), b.map(\.labels))
@@ -31,7 +35,8 @@ final class DatasetShapesTests: XCTestCase {
         try #"{"conversations": [{"from": "robot", "value": "x"}]}"#.write(toFile: dir + "/bad.jsonl", atomically: true,
                                                                           encoding: .utf8)
         XCTAssertThrowsError(try TextDataset.load(path: dir + "/bad.jsonl", tokenizer: tok, vocabularySize: 49152,
-                                                  options: options)) { XCTAssertTrue("\($0)".contains("robot"), "\($0)") }
+                                                  options: options)) { XCTAssertTrue("\($0)".contains("robot"),
+                                                      "\($0)") }
     }
 
     /// `textField` trains on a named field as plain text (english_quotes' `quote`), the same tokens as `text` would.
@@ -46,9 +51,11 @@ final class DatasetShapesTests: XCTestCase {
         XCTAssertThrowsError(try TextDataset.load(path: dir + "/quotes.jsonl", tokenizer: tok, vocabularySize: 49152,
                                                   options: options))
         options.textField = "quote"
-        let quotes = try TextDataset.load(path: dir + "/quotes.jsonl", tokenizer: tok, vocabularySize: 49152, options: options)
+        let quotes = try TextDataset.load(path: dir + "/quotes.jsonl", tokenizer: tok, vocabularySize: 49152,
+            options: options)
         options.textField = nil
-        let text = try TextDataset.load(path: dir + "/text.jsonl", tokenizer: tok, vocabularySize: 49152, options: options)
+        let text = try TextDataset.load(path: dir + "/text.jsonl", tokenizer: tok, vocabularySize: 49152,
+            options: options)
         XCTAssertEqual(quotes.map(\.inputIds), text.map(\.inputIds))
         XCTAssertEqual(quotes.map(\.labels), text.map(\.labels))
         XCTAssertGreaterThan(quotes[0].inputIds.count, 5)

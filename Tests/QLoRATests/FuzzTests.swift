@@ -106,7 +106,8 @@ final class FuzzTests: XCTestCase {
             case 0:
                 try writeMutant(fuzz.mutateBytes(base, focus: 0..<headerEnd), to: path, kind: "bnb-4bit", index: i)
             case 1:
-                try writeMutant(Fuzzer.safeTensors(header: Array(fuzz.mutateTree(header).compactText().utf8), data: data),
+                try writeMutant(Fuzzer.safeTensors(header: Array(fuzz.mutateTree(header).compactText().utf8),
+                    data: data),
                                 to: path, kind: "bnb-4bit", index: i)
             case 2:
                 // A quant_state's JSON, mutated as a tree or as text.
@@ -124,10 +125,13 @@ final class FuzzTests: XCTestCase {
                 let t = mutated[k].tensor
                 switch fuzz.below(5) {
                 case 0: mutated.remove(at: k)
-                case 1: mutated[k].tensor = Tensor(zeros: [t.elementCount + fuzz.pick([1, -1, 7])].map { max(0, $0) }, dtype: t.dtype)
-                case 2: mutated[k].tensor = Tensor(zeros: t.shape, dtype: fuzz.pick([.f32, .f16, .bf16, .u8, .i32, .i64]))
+                case 1: mutated[k].tensor = Tensor(zeros: [t.elementCount + fuzz.pick([1, -1, 7])].map { max(0, $0) },
+                    dtype: t.dtype)
+                case 2:
+                    mutated[k].tensor = Tensor(zeros: t.shape, dtype: fuzz.pick([.f32, .f16, .bf16, .u8, .i32, .i64]))
                 case 3: mutated[k].tensor = Tensor(zeros: [fuzz.pick([0, 1, 16, 255, 256, 257])], dtype: t.dtype)
-                default: mutated[k].tensor = Tensor(copying: [UInt8](repeating: 0xFF, count: t.byteCount), shape: [t.byteCount], dtype: .u8)
+                default: mutated[k].tensor = Tensor(copying: [UInt8](repeating: 0xFF, count: t.byteCount),
+                    shape: [t.byteCount], dtype: .u8)
                 }
                 try writeMutant(tensors: mutated, to: path, kind: "bnb-4bit", index: i)
             }
@@ -182,14 +186,16 @@ final class FuzzTests: XCTestCase {
         s.metadata.append(("general.small", 1, [0xFE]))
         // An array of strings and a nested array of int32 arrays.
         let words = ["<unk>", "<s>", "</s>", "a", "b"]
-        s.metadata.append(("tokenizer.ggml.tokens", 9, fuzzLE(UInt32(8)) + fuzzLE(UInt64(words.count)) + words.flatMap(fuzzString)))
+        s.metadata.append(("tokenizer.ggml.tokens", 9,
+            fuzzLE(UInt32(8)) + fuzzLE(UInt64(words.count)) + words.flatMap(fuzzString)))
         let inner = fuzzLE(UInt32(5)) + fuzzLE(UInt64(2)) + fuzzLE(Int32(3)) + fuzzLE(Int32(-4))
         s.metadata.append(("general.nested", 9, fuzzLE(UInt32(9)) + fuzzLE(UInt64(2)) + inner + inner))
         // (name, dimensions fastest first, ggml type, bytes)
         let h = 32, ff = 256, v = 64
         s.tensors = [
             .init(name: "token_embd.weight", dimensions: [h, v], type: 8, data: random(v * 34)),  // q8_0
-            .init(name: "output_norm.weight", dimensions: [h], type: 0, data: (0..<h).flatMap { _ in fuzzLE(Float(1).bitPattern) }),
+            .init(name: "output_norm.weight", dimensions: [h], type: 0,
+                data: (0..<h).flatMap { _ in fuzzLE(Float(1).bitPattern) }),
             .init(name: "output.weight", dimensions: [h, v], type: 2, data: random(v * 18)),  // q4_0
             .init(name: "blk.0.attn_norm.weight", dimensions: [h], type: 1, data: small(h)),  // f16
             .init(name: "blk.0.ffn_norm.weight", dimensions: [h], type: 30, data: small(h)),  // bf16
@@ -251,7 +257,8 @@ final class FuzzTests: XCTestCase {
     func testFuzzLlamaConfig() throws {
         let source = try Shared.requireGolden() + "/tiny-llama"
         let dir = fuzzDirectory("config")
-        try FileManager.default.createSymbolicLink(atPath: dir + "/model.safetensors", withDestinationPath: source + "/model.safetensors")
+        try FileManager.default.createSymbolicLink(atPath: dir + "/model.safetensors",
+            withDestinationPath: source + "/model.safetensors")
         let text = try FileSystem.readBytes(source + "/config.json")
         let json = try JSONValue(parsing: text)
         let baseConfig = try LlamaConfig(contentsOf: source)
@@ -260,7 +267,8 @@ final class FuzzTests: XCTestCase {
         var sameAsBase = 0
         var built = 0
         for i in 0..<Self.mutantCount {
-            let mutant = fuzz.chance(0.5) ? Array(fuzz.mutateTree(json).pythonText(indent: 2).utf8) : fuzz.mutateText(text)
+            let mutant = fuzz.chance(0.5) ? Array(fuzz.mutateTree(json).pythonText(indent: 2).utf8)
+                                          : fuzz.mutateText(text)
             try writeMutant(mutant, to: dir + "/config.json", kind: "config.json", index: i)
             tally.run {
                 let config = try LlamaConfig(contentsOf: dir)
@@ -296,8 +304,10 @@ final class FuzzTests: XCTestCase {
             case 0: mutantConfig = Array(fuzz.mutateTree(configJSON).pythonText(indent: 2).utf8)
             case 1: mutantConfig = fuzz.mutateText(configText)
             case 2: mutantWeights = fuzz.mutateBytes(weights, focus: 0..<headerEnd)
-            case 3: mutantWeights = Fuzzer.safeTensors(header: Array(fuzz.mutateTree(header).compactText().utf8), data: data)
-            default: mutantWeights = Fuzzer.safeTensors(header: fuzz.mutateText(Array(header.compactText().utf8)), data: data)
+            case 3: mutantWeights = Fuzzer.safeTensors(header: Array(fuzz.mutateTree(header).compactText().utf8),
+                data: data)
+            default: mutantWeights = Fuzzer.safeTensors(header: fuzz.mutateText(Array(header.compactText().utf8)),
+                data: data)
             }
             try writeMutant(mutantConfig, to: dir + "/adapter_config.json", kind: "adapter", index: i)
             try writeMutant(mutantWeights, to: dir + "/adapter_model.safetensors", kind: "adapter", index: i)
@@ -341,9 +351,12 @@ final class FuzzTests: XCTestCase {
 
             """
         let chats = """
-            {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
-            {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}, {"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}
-            {"conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}
+            {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, \
+            {"role": "assistant", "content": "Hello"}]}
+            {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}, \
+            {"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}
+            {"conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "hi"}, \
+            {"from": "gpt", "value": "yo"}]}
             {"body": "a record read through textField"}
 
             """
@@ -360,7 +373,9 @@ final class FuzzTests: XCTestCase {
                 // Tree mutation of one line.
                 var lines = base.split(separator: 0x0A, omittingEmptySubsequences: false).map(Array.init)
                 let k = fuzz.below(max(1, lines.count - 1))
-                if let json = try? JSONValue(parsing: lines[k]) { lines[k] = Array(fuzz.mutateTree(json).compactText().utf8) }
+                if let json = try? JSONValue(parsing: lines[k]) {
+                    lines[k] = Array(fuzz.mutateTree(json).compactText().utf8)
+                }
                 mutant = Array(lines.joined(separator: [0x0A]))
             } else {
                 mutant = fuzz.mutateText(base)
@@ -372,11 +387,13 @@ final class FuzzTests: XCTestCase {
             options.trainOnInputs = fuzz.chance(0.3)
             if fuzz.chance(0.2) { options.promptField = "prompt"; options.completionField = "completion" }
             if fuzz.chance(0.2) { options.textField = "body" }
-            if fuzz.chance(0.4) { options.chatTemplate = fuzz.pick([.chatML(defaultSystem: nil), .chatML(defaultSystem: "sys"), .llama3, .llama2, .mistral]) }
+            if fuzz.chance(0.4) { options.chatTemplate = fuzz.pick([.chatML(defaultSystem: nil),
+                .chatML(defaultSystem: "sys"), .llama3, .llama2, .mistral]) }
             let useTokenizer = fuzz.chance(0.7) ? tokenizer : nil
             let vocabularySize = fuzz.pick([259, 259, 259, 10])
             tally.run {
-                _ = try TextDataset.load(path: path, tokenizer: useTokenizer, vocabularySize: vocabularySize, options: options)
+                _ = try TextDataset.load(path: path, tokenizer: useTokenizer, vocabularySize: vocabularySize,
+                    options: options)
             }
         }
         tally.report()
@@ -429,8 +446,9 @@ final class FuzzTests: XCTestCase {
         var tally = Tally("recipe")
         for i in 0..<Self.mutantCount {
             let base = fuzz.pick(bases)
-            let mutant = base.ext == "json" && fuzz.chance(0.4) ? Array(fuzz.mutateTree(jsonValue).pythonText(indent: 2).utf8)
-                                                                : fuzz.mutateText(base.bytes, yaml: base.ext == "yaml")
+            let mutant = base.ext == "json" && fuzz.chance(0.4)
+                ? Array(fuzz.mutateTree(jsonValue).pythonText(indent: 2).utf8)
+                : fuzz.mutateText(base.bytes, yaml: base.ext == "yaml")
             let path = dir + "/recipe." + base.ext
             try writeMutant(mutant, to: path, kind: "recipe", index: i)
             tally.run {
@@ -440,10 +458,13 @@ final class FuzzTests: XCTestCase {
                 for key in ["batch_size", "gradient_accumulation_steps", "max_steps", "r", "seed", "max_seq_length"] {
                     read { try recipe.int(key) }
                 }
-                for key in ["learning_rate", "warmup_ratio", "lora_alpha", "lora_dropout", "weight_decay", "num_train_epochs"] {
+                for key in ["learning_rate", "warmup_ratio", "lora_alpha", "lora_dropout", "weight_decay",
+                    "num_train_epochs"] {
                     read { try recipe.double(key) }
                 }
-                for key in ["model", "data", "output_dir", "lr_scheduler_type", "bnb_4bit_quant_type"] { read { try recipe.string(key) } }
+                for key in ["model", "data", "output_dir", "lr_scheduler_type", "bnb_4bit_quant_type"] {
+                    read { try recipe.string(key) }
+                }
                 for key in ["bf16", "packing", "use_rslora"] { read { try recipe.bool(key) } }
                 read { try recipe.list("target_modules") }
                 if let failure { throw failure }
@@ -455,7 +476,8 @@ final class FuzzTests: XCTestCase {
     // MARK: - Regressions: minimized mutants that once trapped
 
     /// Asserts `body` throws (a trap would end the test process instead) and that the message says `expected`.
-    func assertThrowsNaming(_ expected: [String], file: StaticString = #filePath, line: UInt = #line, _ body: () throws -> Void) {
+    func assertThrowsNaming(_ expected: [String], file: StaticString = #filePath, line: UInt = #line,
+        _ body: () throws -> Void) {
         do {
             try body()
             XCTFail("expected an error naming \(expected)", file: file, line: line)
@@ -473,7 +495,8 @@ final class FuzzTests: XCTestCase {
         let dir = fuzzDirectory("regression-st")
         let entry = #"{"dtype":"F32","shape":[0],"data_offsets":[0,0]}"#
         let header = Array(#"{"e.f32":\#(entry),"e.f32":\#(entry)}"#.utf8)
-        try writeMutant(Fuzzer.safeTensors(header: header, data: []), to: dir + "/model.safetensors", kind: "regression", index: 0)
+        try writeMutant(Fuzzer.safeTensors(header: header, data: []), to: dir + "/model.safetensors",
+            kind: "regression", index: 0)
         assertThrowsNaming([dir + "/model.safetensors", "'e.f32' twice"]) { _ = try SafeTensorsArchive(directory: dir) }
         assertThrowsNaming(["'e.f32' twice"]) { _ = try SafeTensorsFile(path: dir + "/model.safetensors") }
     }
@@ -497,7 +520,8 @@ final class FuzzTests: XCTestCase {
     /// of `String.construct(from: key)`); the recipe reader now refuses it, naming the line.
     func testRegressionRecipeNonScalarKey() throws {
         let dir = fuzzDirectory("regression-recipe")
-        for (n, text) in ["[a]: 1\n", "seed: 1\n? {b: 2}\n: 3\n", "{[x, y]: 1}\n", "lora_r: 8\nbad:\n  [q]: v\n"].enumerated() {
+        for (n, text) in ["[a]: 1\n", "seed: 1\n? {b: 2}\n: 3\n", "{[x, y]: 1}\n",
+            "lora_r: 8\nbad:\n  [q]: v\n"].enumerated() {
             let path = dir + "/r\(n).yaml"
             try writeMutant(Array(text.utf8), to: path, kind: "regression", index: n)
             assertThrowsNaming([path, "mapping key"]) { _ = try TrainingRecipe(contentsOf: path) }
@@ -584,9 +608,11 @@ struct Tally {
     func report(file: StaticString = #filePath, line: UInt = #line) {
         let kinds = errors.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
         let grown = max(0, peakResidentBytes() - startPeak)
-        print("fuzz \(kind): \(mutants) mutants, \(loaded) loaded, \(threw) threw (\(kinds)); peak memory grew \(grown >> 20) MiB")
+        print("fuzz \(kind): \(mutants) mutants, \(loaded) loaded, \(threw) threw (\(kinds)); peak memory grew " +
+            "\(grown >> 20) MiB")
         XCTAssertEqual(mutants, loaded + threw, file: file, line: line)
-        XCTAssertLessThan(grown, 1 << 30, "\(kind): a mutant made the loader allocate more than 1 GiB", file: file, line: line)
+        XCTAssertLessThan(grown, 1 << 30, "\(kind): a mutant made the loader allocate more than 1 GiB", file: file,
+            line: line)
     }
 }
 
@@ -706,12 +732,15 @@ struct Fuzzer {
     static let numberTokens = ["-1", "0", "1", "1e30", "1e308", "1e309", "-1e308", "9223372036854775807",
                                "9223372036854775808", "-9223372036854775808", "-9223372036854775809", "NaN", "Infinity",
                                "-Infinity", "4294967296", "1099511627776", "0.5", "-0", "1e-400", "2.5e-324", "-100",
-                               "255", "256", "65536", String(repeating: "9", count: 400), "0x10", "1_000", ".inf", ".nan",
+                               "255", "256", "65536", String(repeating: "9", count: 400), "0x10", "1_000", ".inf",
+                                   ".nan",
                                "null", "true", "[]", "{}", "\"\"", "1:30", "1:0:0:0:0:0:0:0:0:0:0:0",
-                               "9223372036854775807:59", "0x7FFFFFFFFFFFFFFF", "0o777", "0b101", "+12_345", "2001-12-14t21:59:43.10-05:00"]
+                               "9223372036854775807:59", "0x7FFFFFFFFFFFFFFF", "0o777", "0b101", "+12_345",
+                                   "2001-12-14t21:59:43.10-05:00"]
     /// Text inserted at random places: structure characters, escapes and YAML's constructs.
     static let oddTokens = ["\\u", "\\ud800", "\\udc00\\ud800", "\u{0}", "\"", "{", "}", "[", "]", ",", ":", "-", "\\",
-                            "\u{FEFF}", "\u{FFFF}", "\t", "\r", "\n", "&a ", "*a", "!!binary ", "!!python/object:os.system ",
+                            "\u{FEFF}", "\u{FFFF}", "\t", "\r", "\n", "&a ", "*a", "!!binary ",
+                                "!!python/object:os.system ",
                             "<<: ", "---\n", "...\n", "? ", "|\n", ">-\n", "%YAML 1.2\n", "%TAG ! x\n", "!!set ", "~",
                             "!!float ", "!!int ", "!!map ", "!!seq ", "!!str ", "!!null ", "!!timestamp ", "'", "#"]
 
@@ -723,7 +752,8 @@ struct Fuzzer {
         case 0, 1:
             // A number replaced.
             let numbers = Self.numberSpans(b)
-            let replacement = Array((chance(0.1) ? "\"" + String(repeating: "x", count: 100_000) + "\"" : pick(Self.numberTokens)).utf8)
+            let replacement = Array((chance(0.1) ? "\"" + String(repeating: "x", count: 100_000) + "\""
+                                                 : pick(Self.numberTokens)).utf8)
             if numbers.isEmpty { b.insert(contentsOf: replacement, at: below(b.count + 1)) } else {
                 b.replaceSubrange(pick(numbers), with: replacement)
             }
@@ -733,13 +763,18 @@ struct Fuzzer {
             let k = below(lines.count)
             let start = k == 0 ? 0 : lines[k - 1] + 1, end = lines[k] + 1
             let line = Array(b[start..<end])
-            if below(2) == 0 { b.insert(contentsOf: line, at: chance(0.5) ? start : end) } else { b.removeSubrange(start..<end) }
+            if below(2) == 0 {
+                b.insert(contentsOf: line, at: chance(0.5) ? start : end)
+            } else {
+                b.removeSubrange(start..<end)
+            }
         case 4:
             // Deep nesting.
             let depth = pick([50, 100, 600, 5_000, 100_000])
             let open = chance(0.5) ? "[" : (yaml ? "{a: " : "{\"a\":")
             let close = open == "[" ? "]" : "}"
-            let nest = String(repeating: open, count: depth) + "1" + String(repeating: close, count: chance(0.8) ? depth : depth / 2)
+            let nest = String(repeating: open, count: depth) + "1"
+                + String(repeating: close, count: chance(0.8) ? depth : depth / 2)
             let value = Self.numberSpans(b)
             if value.isEmpty { b.insert(contentsOf: Array(nest.utf8), at: below(b.count + 1)) } else {
                 b.replaceSubrange(pick(value), with: Array(nest.utf8))
@@ -747,7 +782,8 @@ struct Fuzzer {
         case 5:
             // A string's content replaced by a huge one, an empty one or escapes.
             let quotes = b.indices.filter { b[$0] == UInt8(ascii: "\"") }
-            let content = pick([String(repeating: "x", count: pick([10_000, 300_000])), "", "\\ud800", "\\u00", "\\\\\\",
+            let content = pick([String(repeating: "x", count: pick([10_000, 300_000])), "", "\\ud800", "\\u00",
+                "\\\\\\",
                                 String(repeating: "é", count: 1000), "a\\u0000b"])
             if quotes.count >= 2 {
                 let k = below(quotes.count - 1)
@@ -775,7 +811,9 @@ struct Fuzzer {
     /// Byte ranges of the numbers in a text.
     static func numberSpans(_ b: [UInt8]) -> [Range<Int>] {
         func isDigit(_ c: UInt8) -> Bool { c >= 0x30 && c <= 0x39 }
-        func isWord(_ c: UInt8) -> Bool { isDigit(c) || (c | 0x20 >= 0x61 && c | 0x20 <= 0x7A) || c == UInt8(ascii: "_") || c == UInt8(ascii: ".") }
+        func isWord(_ c: UInt8) -> Bool {
+            isDigit(c) || (c | 0x20 >= 0x61 && c | 0x20 <= 0x7A) || c == UInt8(ascii: "_") || c == UInt8(ascii: ".")
+        }
         var spans: [Range<Int>] = []
         var i = 0
         while i < b.count {
@@ -804,7 +842,8 @@ struct Fuzzer {
         switch below(31) {
         case 27:
             // A name another field of these files uses: dtypes, quant types, model and RoPE types, module names.
-            return .string(pick(["F32", "F16", "BF16", "U8", "I32", "I64", "F64", "BOOL", "F8_E4M3", "float16", "bfloat16",
+            return .string(pick(["F32", "F16", "BF16", "U8", "I32", "I64", "F64", "BOOL", "F8_E4M3", "float16",
+                "bfloat16",
                                  "float32", "uint8", "nf4", "fp4", "llama", "qwen2", "mistral", "gpt2", "LORA", "none",
                                  "all-linear", "q_proj", "lm_head", "default", "linear", "llama3", "dynamic", "silu"]))
         case 28, 29: return .int(pick([2, 3, 7, 8, 16, 31, 32, 64, 128, 192, 255, 256, 384, 4096, 65536, 1 << 24]))
@@ -907,8 +946,12 @@ struct Fuzzer {
         var s = base
         for _ in 0..<(1 + below(2)) {
             switch below(12) {
-            case 0: s.tensorCount = pick(Self.interestingU64 + [UInt64(s.tensors.count + 1), UInt64(max(0, s.tensors.count - 1))])
-            case 1: s.metadataCount = pick(Self.interestingU64 + [UInt64(s.metadata.count + 1), UInt64(max(0, s.metadata.count - 1))])
+            case 0:
+                s.tensorCount = pick(Self.interestingU64
+                                     + [UInt64(s.tensors.count + 1), UInt64(max(0, s.tensors.count - 1))])
+            case 1:
+                s.metadataCount = pick(Self.interestingU64
+                                       + [UInt64(s.metadata.count + 1), UInt64(max(0, s.metadata.count - 1))])
             case 2:
                 let k = below(s.tensors.count)
                 var dims = s.tensors[k].dimensions.map { UInt64($0) }
@@ -917,7 +960,8 @@ struct Fuzzer {
             case 3:
                 let k = below(s.tensors.count)
                 s.tensors[k].dimensionCount = UInt32(truncatingIfNeeded: pick(Self.interestingU64 + [0, 3, 4, 5]))
-            case 4: s.tensors[below(s.tensors.count)].type = UInt32(pick([0, 1, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 20, 24, 28, 30, 31, 39, 1000, 0xFFFF_FFFF]))
+            case 4: s.tensors[below(s.tensors.count)].type = UInt32(pick([0, 1, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 15,
+                16, 20, 24, 28, 30, 31, 39, 1000, 0xFFFF_FFFF]))
             case 5: s.tensors[below(s.tensors.count)].offset = pick(Self.interestingU64 + [32, 64, 96, 1 << 20])
             case 6:
                 let k = below(s.tensors.count)
@@ -934,8 +978,10 @@ struct Fuzzer {
                 s.metadata.insert(s.metadata[k], at: below(s.metadata.count + 1))
             case 10:
                 // An important value set to something hostile.
-                let keys = ["llama.block_count", "llama.embedding_length", "llama.feed_forward_length", "llama.attention.head_count",
-                            "llama.attention.head_count_kv", "llama.vocab_size", "llama.context_length", "llama.rope.dimension_count",
+                let keys = ["llama.block_count", "llama.embedding_length", "llama.feed_forward_length",
+                    "llama.attention.head_count",
+                            "llama.attention.head_count_kv", "llama.vocab_size", "llama.context_length",
+                                "llama.rope.dimension_count",
                             "general.alignment", "tokenizer.ggml.bos_token_id"]
                 let key = pick(keys)
                 let value = pick([0, 1, 3, 7, 0x7FFF_FFFF, 0xFFFF_FFFF] as [UInt32])

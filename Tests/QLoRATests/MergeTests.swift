@@ -53,7 +53,8 @@ final class MergeTests: XCTestCase {
         XCTAssertEqual(files.last, "model.safetensors.index.json")
         let bnbConfig = try JSONValue(parsing: FileSystem.readBytes(dir + "/shards/config.json"))
         XCTAssertNil(bnbConfig["quantization_config"], "the bnb base's quantization_config is not carried over")
-        let one = try SafeTensorsArchive(directory: dir + "/one"), shards = try SafeTensorsArchive(directory: dir + "/shards")
+        let one = try SafeTensorsArchive(directory: dir + "/one"),
+            shards = try SafeTensorsArchive(directory: dir + "/shards")
         XCTAssertEqual(Set(one.names), Set(shards.names))
         for name in one.names {
             XCTAssertEqual(try one.tensor(named: name).bytesArray(), try shards.tensor(named: name).bytesArray(), name)
@@ -82,7 +83,8 @@ final class MergeTests: XCTestCase {
         for onto in MergeBase.allCases {
             _ = try LlamaMerge.write(weights: weights, lora: lora, adapters: adapters, onto: onto, dtype: .f32,
                                      to: dir + "/" + onto.rawValue)
-            let r = try LlamaMerge.check(merged: dir + "/" + onto.rawValue, base: weights, lora: lora, adapters: adapters,
+            let r = try LlamaMerge.check(merged: dir + "/" + onto.rawValue, base: weights, lora: lora,
+                adapters: adapters,
                                          onto: onto, tokens: tokens)
             XCTAssertLessThan(r.maxLogitDifference, 1e-4, onto.rawValue)
             XCTAssertEqual(r.loss, r.referenceLoss, accuracy: 1e-5, onto.rawValue)

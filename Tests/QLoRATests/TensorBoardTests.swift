@@ -9,7 +9,8 @@ final class TensorBoardTests: XCTestCase {
         XCTAssertEqual(TensorBoardWriter.crc32c(Array("123456789".utf8)), 0xE306_9283)
         XCTAssertEqual(TensorBoardWriter.crc32c([]), 0)
         let crc: UInt32 = 0xE306_9283
-        XCTAssertEqual(TensorBoardWriter.maskedCRC32C(Array("123456789".utf8)), ((crc >> 15) | (crc << 17)) &+ 0xA282_EAD8)
+        XCTAssertEqual(TensorBoardWriter.maskedCRC32C(Array("123456789".utf8)),
+            ((crc >> 15) | (crc << 17)) &+ 0xA282_EAD8)
     }
 
     /// The file reads back as records whose CRCs check, the first holding the file version and the next the scalars
@@ -37,13 +38,19 @@ final class TensorBoardTests: XCTestCase {
         // Event: field 2 (varint) step; field 5 (bytes) summary of values: field 1 tag, field 2 (fixed32) simple_value.
         func fields(_ b: [UInt8]) -> [(Int, Any)] {
             var out: [(Int, Any)] = [], p = 0
-            func varint() -> UInt64 { var v: UInt64 = 0, s: UInt64 = 0; while true { let c = b[p]; p += 1; v |= UInt64(c & 0x7F) << s; s += 7; if c < 0x80 { return v } } }
+            func varint() -> UInt64 {
+                var v: UInt64 = 0, s: UInt64 = 0
+                while true { let c = b[p]; p += 1; v |= UInt64(c & 0x7F) << s; s += 7; if c < 0x80 { return v } }
+            }
             while p < b.count {
                 let key = varint(), field = Int(key >> 3)
                 switch key & 7 {
                 case 0: out.append((field, varint()))
                 case 1: out.append((field, Array(b[p..<(p + 8)]))); p += 8
-                case 5: out.append((field, Float(bitPattern: (0..<4).reduce(0) { $0 | UInt32(b[p + $1]) << (8 * UInt32($1)) }))); p += 4
+                case 5:
+                    let bits = (0..<4).reduce(0) { $0 | UInt32(b[p + $1]) << (8 * UInt32($1)) }
+                    out.append((field, Float(bitPattern: bits)))
+                    p += 4
                 default: let n = Int(varint()); out.append((field, Array(b[p..<(p + n)]))); p += n
                 }
             }
@@ -55,7 +62,8 @@ final class TensorBoardTests: XCTestCase {
             var values: [String: Float] = [:]
             for v in fields(f.first { $0.0 == 5 }!.1 as! [UInt8]) where v.0 == 1 {
                 let inner = fields(v.1 as! [UInt8])
-                values[String(decoding: inner.first { $0.0 == 1 }!.1 as! [UInt8], as: UTF8.self)] = inner.first { $0.0 == 2 }!.1 as? Float
+                let tag = String(decoding: inner.first { $0.0 == 1 }!.1 as! [UInt8], as: UTF8.self)
+                values[tag] = inner.first { $0.0 == 2 }!.1 as? Float
             }
             return (step, values)
         }

@@ -21,8 +21,8 @@ extern "C" __global__ void swiglu_forward(T* act, const T* gate, const T* up, lo
     FOR_EACH(i, n) { float g = ld(gate[i]); act[i] = st(g / (1.0f + expf(-g)) * ld(up[i])); }
 }
 
-// dgate = da ⊙ up ⊙ σ(g)(1 + g(1 − σ(g))), dup = da ⊙ silu(g). Each element's inputs are read before its outputs
-// are written, so dgate may be gate's memory and dup up's (the step writes them in place).
+// dgate = da ⊙ up ⊙ σ(g)(1 + g(1 − σ(g))), dup = da ⊙ silu(g). Each element's inputs are read before
+// its outputs are written, so dgate may be gate's memory and dup up's (the step writes them in place).
 extern "C" __global__ void swiglu_backward(T* dgate, T* dup, const T* da, const T* gate, const T* up, long long n) {
     FOR_EACH(i, n) {
         float g = ld(gate[i]), u = ld(up[i]), a = ld(da[i]);

@@ -2,8 +2,9 @@
 // CPUOps.flashAttentionForward / flashAttentionBackward in Sources/CPUBackend/FlashAttention.swift).
 //
 // Shapes: q (B, T, H, D), k and v (B, T, Hkv, D), row-major and already rotated; head h reads KV head h / (H / Hkv);
-// key j is seen by query i when j ≤ i. s = q·k / √D. The forward writes out (B, T, H, D) and lse (B, H, T, float32),
-// the natural log of Σ_j exp(s_ij) for each query row; the backward recomputes P = exp(s − lse) tile by tile:
+// key j is seen by query i when j ≤ i. s = q·k / √D. The forward writes out (B, T, H, D) and lse
+// (B, H, T, float32), the natural log of Σ_j exp(s_ij) for each query row; the backward recomputes
+// P = exp(s − lse) tile by tile:
 //   delta_i = rowsum(dO ⊙ O)                      (flash_attention_backward_dot)
 //   dV_j = Σ_i P_ij dO_i,  dK_j = Σ_i dS_ij q_i / √D  (flash_attention_backward_kv_d*, one block per key tile)
 //   dQ_i = Σ_j dS_ij k_j / √D                       (flash_attention_backward_q_d*, one block per query tile)
@@ -26,8 +27,8 @@
 // block n (the accumulator layout of m16n8k16). The row maximum and sum need only the four lanes of a row
 // (shuffles by 1 and 2). P (and dS) go from the accumulator registers straight into the A operand of the next
 // product, rounded to bf16. dK/dV: warp w owns keys 16w…16w+15 and computes the transposed tiles Sᵀ = K Qᵀ and
-// dPᵀ = V dOᵀ, so that Pᵀ and dSᵀ feed dV += Pᵀ dO and dK += dSᵀ Q from registers; the query tiles (q, dO and
-// their lse and delta) are double buffered.
+// dPᵀ = V dOᵀ, so that Pᵀ and dSᵀ feed dV += Pᵀ dO and dK += dSᵀ Q from registers; the query tiles
+// (q, dO and their lse and delta) are double buffered.
 // float32: 256 threads as 16 × 16 (ty = tid/16, tx = tid%16), plain FMAs. Thread (ty, tx) owns tile rows
 // 4ty…4ty+3, score columns tx + 16c and output columns tx + 16e; row reductions run over the 16 lanes of tx.
 // P and dS pass through shared memory.
