@@ -95,8 +95,7 @@ struct Quantize: ParsableCommand {
         if let gpu = try device.open() {
             FileHandle.standardError.write("quantizing on \(gpu.description)\n".data(using: .utf8)!)
             quantizer.quantizeWeight = { tensor, type, blocksize, dq in
-                let x = try gpu.allocate(tensor.elementCount, tensor.dtype == .bf16 ? .bf16 : .f32)
-                try gpu.copy(tensor.floats(), to: x)
+                let x = try gpu.upload(tensor)   // the file's bf16/f32 bytes as they are (f16 widened)
                 let (packed, absmax) = try gpu.quantize4Bit(x, type: type, blocksize: blocksize)
                 return Quantized4BitTensor(quantType: type, blocksize: blocksize, shape: tensor.shape, dtype: tensor.dtype,
                                            packed: packed, scales: dq ? .doubleQuantized(DoubleQuantizedScales(compressing: absmax)) : .float32(absmax))
