@@ -406,7 +406,7 @@ public final class CUDADevice: @unchecked Sendable {
         guard grid > 0, !isVirtual else { return }
         let function = try self.function(source, name, bf16: bf16)
         let started = try profileStart()
-        defer { if let started { profileEnd("kernel:\(source.rawValue)", started) } }
+        defer { if let started { profileEnd("kernel:\(source.rawValue)/\(name)", started) } }
         var storage = [UInt64](repeating: 0, count: arguments.count)
         for (i, a) in arguments.enumerated() {
             switch a {

@@ -99,7 +99,7 @@ extension CUDADevice {
                              "cuFuncSetAttribute(\(name), \(sharedBytes) bytes of shared memory on \(self.name))")
         }
         let started = try profileStart()
-        defer { if let started { profileEnd("kernel:\(source.rawValue)", started) } }
+        defer { if let started { profileEnd("kernel:\(source.rawValue)/\(name)", started) } }
         var storage = arguments.map { a -> UInt64 in
             switch a {
             case .buffer(let b): return b.address

@@ -23,14 +23,15 @@ extension CUDADevice {
                     .int(accumulate ? 1 : 0)])
     }
 
-    static func rowThreads(_ width: Int) -> Int { width >= 4096 ? 1024 : width >= 1024 ? 512 : width >= 256 ? 256 : 64 }
+    /// Threads for one row, each taking groups of 8 elements.
+    static func rowThreads(_ width: Int) -> Int { width >= 8192 ? 1024 : width >= 2048 ? 256 : width >= 512 ? 64 : 32 }
 
     // MARK: RoPE
 
     /// Rotates x (B, T, heads, D) in place; `inverse` for the backward pass.
     public func rope(_ x: DeviceBuffer, cos: DeviceBuffer, sin: DeviceBuffer, batch: Int, tokens: Int, heads: Int,
                      headDim: Int, inverse: Bool = false, offset: Int = 0) throws {
-        let total = batch * tokens * heads * (headDim / 2)
+        let total = batch * tokens * heads * ((headDim / 2 + 7) / 8)
         try launch(.rope, "rope", bf16: x.dtype == .bf16, grid: (total + 255) / 256, block: 256,
                    [.buffer(x), .buffer(cos), .buffer(sin), .int(batch), .int(tokens), .int(heads), .int(headDim),
                     .int(inverse ? 1 : 0), .int(offset)])
@@ -46,13 +47,14 @@ extension CUDADevice {
 
     /// out = a + b.
     public func add(_ out: DeviceBuffer, _ a: DeviceBuffer, _ b: DeviceBuffer) throws {
-        try launch(.elementwise, "add", bf16: out.dtype == .bf16, grid: Self.blocks(out.count), block: 256,
+        try launch(.elementwise, "add", bf16: out.dtype == .bf16, grid: Self.blocks((out.count + 7) / 8), block: 256,
                    [.buffer(out), .buffer(a), .buffer(b), .long(out.count)])
     }
 
     /// act = silu(gate) ⊙ up.
     public func swigluForward(_ act: DeviceBuffer, gate: DeviceBuffer, up: DeviceBuffer) throws {
-        try launch(.elementwise, "swiglu_forward", bf16: act.dtype == .bf16, grid: Self.blocks(act.count), block: 256,
+        try launch(.elementwise, "swiglu_forward", bf16: act.dtype == .bf16, grid: Self.blocks((act.count + 7) / 8),
+                   block: 256,
                    [.buffer(act), .buffer(gate), .buffer(up), .long(act.count)])
     }
 
@@ -60,28 +62,56 @@ extension CUDADevice {
     /// dgate, dup from da and the saved gate, up; dgate may be gate itself and dup up itself (in place).
     public func swigluBackward(dgate: DeviceBuffer, dup: DeviceBuffer, da: DeviceBuffer, gate: DeviceBuffer,
                                up: DeviceBuffer) throws {
-        try launch(.elementwise, "swiglu_backward", bf16: da.dtype == .bf16, grid: Self.blocks(da.count), block: 256,
+        try launch(.elementwise, "swiglu_backward", bf16: da.dtype == .bf16, grid: Self.blocks((da.count + 7) / 8),
+                   block: 256,
                    [.buffer(dgate), .buffer(dup), .buffer(da), .buffer(gate), .buffer(up), .long(da.count)])
     }
 
-    /// out = x ⊙ mask / keep, the mask drawn from `seed`.
-    /// out[0..<elements] = dropout of x's elements first ..< first + elements (the whole tensor's mask for them).
-    public func dropout(_ out: DeviceBuffer, _ x: DeviceBuffer, elements: Int, first: Int, keep: Float,
-                        seed: UInt64) throws {
-        precondition(first + elements <= x.count && elements <= out.count)
-        try launch(.elementwise, "dropout_forward", bf16: out.dtype == .bf16, grid: Self.blocks(elements), block: 256,
-                   [.buffer(out), .address(x.address(at: first)), .long(elements), .float(keep), .uint64(seed),
-                    .long(first)])
+    // MARK: LoRA (lora.cu: dropout applied where x is read; `keep` 1 means no dropout)
+
+    /// z (rows, r) = (m ⊙ x) Aᵀ / keep, m the dropout mask of `seed` (LoRADropout's), x (rows, k), A (r, k).
+    public func loraDown(_ z: DeviceBuffer, x: DeviceBuffer, a: DeviceBuffer, rows: Int, k: Int, r: Int, keep: Float,
+                         seed: UInt64) throws {
+        try Self.checkLoRA("loraDown", rows: rows, k: k, r: r, [(x, rows * k), (a, r * k), (z, rows * r)])
+        try launch(.lora, "lora_down", bf16: x.dtype == .bf16, grid: ((rows + 31) / 32, (r + 15) / 16, 1),
+                   block: 256, sharedBytes: 0,
+                   [.buffer(z), .buffer(x), .buffer(a), .int(rows), .int(k), .int(r), .float(keep), .uint64(seed)])
     }
 
-    /// dx's elements first ..< first + elements += dinput[0..<elements] ⊙ their mask / keep.
-    public func dropoutBackwardAdd(_ dx: DeviceBuffer, _ dinput: DeviceBuffer, elements: Int, first: Int, keep: Float,
-                                   seed: UInt64) throws {
-        precondition(first + elements <= dx.count && elements <= dinput.count)
-        try launch(.elementwise, "dropout_backward_add", bf16: dx.dtype == .bf16, grid: Self.blocks(elements),
-                   block: 256,
-                   [.address(dx.address(at: first)), .buffer(dinput), .long(elements), .float(keep), .uint64(seed),
-                    .long(first)])
+    /// gradA (r, k, float32) += dzᵀ (m ⊙ x) / keep: the rows summed in slices of 512 into a scratch buffer, then the
+    /// slices added in order (the same result on every run).
+    public func loraDownGradient(_ gradA: DeviceBuffer, dz: DeviceBuffer, x: DeviceBuffer, rows: Int, k: Int, r: Int,
+                                 keep: Float, seed: UInt64) throws {
+        try Self.checkLoRA("loraDownGradient", rows: rows, k: k, r: r, [(dz, rows * r), (x, rows * k)])
+        precondition(gradA.dtype == .f32 && gradA.count >= r * k, "loraDownGradient: gradA must be f32 (r × k)")
+        guard rows > 0 else { return }
+        let slices = (rows + 511) / 512
+        let partial = try allocate(slices * r * k, .f32)
+        try launch(.lora, "lora_down_grad", bf16: x.dtype == .bf16, grid: ((k + 63) / 64, slices, (r + 15) / 16),
+                   block: 256, sharedBytes: 0,
+                   [.buffer(partial), .buffer(dz), .buffer(x), .int(rows), .int(k), .int(r), .float(keep),
+                    .uint64(seed)])
+        try launch(.lora, "lora_down_reduce", grid: Self.blocks(r * k), block: 256,
+                   [.buffer(gradA), .buffer(partial), .int(slices), .long(r * k), .float(1 / keep)])
+    }
+
+    /// dx (rows, k) += m ⊙ (dz A) / keep.
+    public func loraInputGradient(_ dx: DeviceBuffer, dz: DeviceBuffer, a: DeviceBuffer, rows: Int, k: Int, r: Int,
+                                  keep: Float, seed: UInt64) throws {
+        try Self.checkLoRA("loraInputGradient", rows: rows, k: k, r: r, [(dx, rows * k), (dz, rows * r), (a, r * k)])
+        try launch(.lora, "lora_dx", bf16: dx.dtype == .bf16, grid: ((k + 255) / 256, (rows + 31) / 32, 1),
+                   block: 256, sharedBytes: 0,
+                   [.buffer(dx), .buffer(dz), .buffer(a), .int(rows), .int(k), .int(r), .float(keep), .uint64(seed)])
+    }
+
+    static func checkLoRA(_ name: String, rows: Int, k: Int, r: Int, _ buffers: [(DeviceBuffer, Int)]) throws {
+        guard rows >= 0, rows <= 65535 * 32, k > 0, k < Int(Int32.max), r > 0, r <= 4096 else {
+            throw CUDAError("\(name): \(rows) rows, k \(k), r \(r) are outside what the kernels take")
+        }
+        for (b, count) in buffers where b.count < count || b.dtype != buffers[0].0.dtype {
+            throw CUDAError("\(name): a \(b.dtype.rawValue) buffer of \(b.count) values where \(count) " +
+                            "\(buffers[0].0.dtype.rawValue) values are needed")
+        }
     }
 
     /// out (f32 or bf16) = in (f32), rounded.

@@ -111,22 +111,16 @@ public final class GPUQuantizedWeight: @unchecked Sendable {
     /// Elements the packed codes stand for, as bitsandbytes' Params4bit counts them (packed bytes × 2).
     public var parameterCount: Int { packed.count * 2 }
 
-    /// W (out, in) dequantized into a new buffer of `dtype`.
+    /// W (out, in) dequantized into a new buffer of `dtype` (one kernel; a double-quantized absmax is decoded there).
     public func dequantized(_ dtype: GPUDType) throws -> DeviceBuffer {
         let n = rows * columns
-        let scales: DeviceBuffer
-        if let a = absmax {
-            scales = a
-        } else {
-            let blocks = (n + blocksize - 1) / blocksize
-            scales = try device.allocate(blocks, .f32)
-            try device.launch(.quantize, "dequantize_absmax", grid: (blocks + 255) / 256, block: 256,
-                              [.buffer(scales), .buffer(codes!), .buffer(nestedAbsmax!), .buffer(nestedCode!),
-                               .float(offset), .int(nestedBlocksize), .long(blocks)])
-        }
         let out = try device.allocate(n, dtype)
-        try device.launch(.quantize, "dequantize_4bit", bf16: dtype == .bf16, grid: ((n + 1) / 2 + 255) / 256, block: 256,
-                          [.buffer(out), .buffer(packed), .buffer(scales), .buffer(table), .long(n), .int(blocksize)])
+        func address(_ b: DeviceBuffer?) -> KernelArgument { .address(b?.address ?? 0) }
+        try device.launch(.quantize, "dequantize_4bit", bf16: dtype == .bf16, grid: ((n + 15) / 16 + 255) / 256,
+                          block: 256,
+                          [.buffer(out), .buffer(packed), address(absmax), address(codes), address(nestedAbsmax),
+                           address(nestedCode), .float(offset), .int(nestedBlocksize), .buffer(table), .long(n),
+                           .int(blocksize)])
         return out
     }
 }

@@ -130,12 +130,6 @@ extension CUDALlama {
 
     // MARK: One decoder layer
 
-    /// The dropout seed of projection `name` in layer `l`.
-    func dropoutSeed(_ seed: UInt64, layer l: Int, _ name: String) -> UInt64 {
-        let p = UInt64(LlamaConfig.projectionNames.firstIndex(of: name) ?? 0)
-        return seed ^ (UInt64(l) &* 0x9E37_79B9_7F4A_7C15) ^ ((p + 1) &* 0xC2B2_AE3D_27D4_EB4F)
-    }
-
     /// One decoder layer. `recomputing` (gradient checkpointing's second forward) skips the down projection's
     /// product: the backward pass needs only its input and LoRA intermediates, not the layer's output (nil then).
     /// `act` keeps what the backward pass reads when `keeps` (no checkpointing, or the recompute); otherwise each
@@ -251,9 +245,15 @@ extension CUDALlama {
 
     // MARK: A frozen projection with its adapter
 
+    /// The adapter's keep rate (1: no dropout) and the mask seed of projection `name` in layer `l`.
+    func dropout(_ l: Int, _ name: String, training: Bool, seed: UInt64) -> (keep: Float, seed: UInt64) {
+        guard training && loraConfig.dropout > 0 else { return (1, 0) }
+        return (Float(1 - loraConfig.dropout), LoRADropout.seed(seed, layer: l, projection: name))
+    }
+
     /// y (N, out) = x Wᵀ + bias + scale · (dropout(x) Aᵀ) Bᵀ, W dequantized for this product only. Without
     /// `output`, only what the backward pass needs is made (z), and nil returned. The adapter keeps x itself, not
-    /// dropout(x): the backward pass draws the same mask again, a block of rows at a time.
+    /// dropout(x): the mask is applied where the kernels read x (lora.cu), here and in the backward pass.
     func projectionForward(_ l: Int, _ name: String, _ x: DeviceBuffer, rows: Int, training: Bool, seed: UInt64,
                            act: GPULayerActivations, output: Bool, keeps: Bool) throws -> DeviceBuffer? {
         let p = layers[l].projections[name]!
@@ -268,35 +268,15 @@ extension CUDALlama {
         guard let adapter = adapters["\(l).\(name)"] else { return y }
         let r = loraConfig.r
         let z = try device.allocate(rows * r, dtype)
-        device.gemmLabel = "lora"
-        // z = dropout(x) Aᵀ
-        try droppedBlocks(l, name, x, rows: rows, width: p.inFeatures, training: training,
-                          seed: seed) { input, start, count in
-            try device.gemm(m: count, n: r, k: p.inFeatures, a: input, lda: p.inFeatures, b: adapter.aCompute,
-                            ldb: p.inFeatures, transB: true, c: z, cOffset: start * r, ldc: r)
-        }
+        let (keep, maskSeed) = dropout(l, name, training: training, seed: seed)
+        try device.loraDown(z, x: x, a: adapter.aCompute, rows: rows, k: p.inFeatures, r: r, keep: keep, seed: maskSeed)
         if let y {
+            device.gemmLabel = "lora"
             try device.gemm(m: rows, n: p.outFeatures, k: r, a: z, lda: r, b: adapter.bCompute, ldb: r, transB: true,
                             c: y, ldc: p.outFeatures, alpha: loraConfig.scale, beta: 1)
         }
         if keeps { act.loraInput[name] = x; act.loraZ[name] = z }
         return y
-    }
-
-    /// Rows of a (rows × width) adapter input as the adapter sees them: x itself without dropout (one block, the
-    /// whole tensor), else dropout(x) made a block of rows at a time into a scratch buffer (at most 16 Mi elements),
-    /// each element with the mask of its index in the whole tensor. `body(input, firstRow, rowCount)`.
-    func droppedBlocks(_ l: Int, _ name: String, _ x: DeviceBuffer, rows: Int, width: Int, training: Bool, seed: UInt64,
-                       _ body: (DeviceBuffer, Int, Int) throws -> Void) throws {
-        guard training && loraConfig.dropout > 0 else { return try body(x, 0, rows) }
-        let blockRows = max(1, min(rows, (16 << 20) / max(width, 1)))
-        let scratch = try device.allocate(blockRows * width, dtype)
-        let keep = Float(1 - loraConfig.dropout), maskSeed = dropoutSeed(seed, layer: l, name)
-        for start in stride(from: 0, to: rows, by: blockRows) {
-            let count = min(blockRows, rows - start)
-            try device.dropout(scratch, x, elements: count * width, first: start * width, keep: keep, seed: maskSeed)
-            try body(scratch, start, count)
-        }
     }
 
     /// dx (N, in) from dy, adding the adapter's gradients into its accumulators. The adapter's part that needs the
@@ -307,6 +287,7 @@ extension CUDALlama {
         let p = layers[l].projections[name]!
         let r = loraConfig.r, s = loraConfig.scale
         let adapter = adapters["\(l).\(name)"]
+        let (keep, maskSeed) = dropout(l, name, training: training, seed: seed)
         var dz: DeviceBuffer? = nil
         if let adapter, let z = act.loraZ[name], let input = act.loraInput[name] {
             device.gemmLabel = "lora"
@@ -316,11 +297,8 @@ extension CUDALlama {
             let d = try device.allocate(rows * r, dtype)
             try device.gemm(m: rows, n: r, k: p.outFeatures, a: dy, lda: p.outFeatures, b: adapter.bCompute, ldb: r,
                             c: d, ldc: r, alpha: s)
-            try droppedBlocks(l, name, input, rows: rows, width: p.inFeatures, training: training,
-                              seed: seed) { x, start, count in
-                try device.gemm(m: r, n: p.inFeatures, k: count, a: d, aOffset: start * r, lda: r, transA: true, b: x,
-                                ldb: p.inFeatures, c: adapter.gradA, ldc: p.inFeatures, beta: 1)
-            }
+            try device.loraDownGradient(adapter.gradA, dz: d, x: input, rows: rows, k: p.inFeatures, r: r, keep: keep,
+                                        seed: maskSeed)
             dz = d
         }
         act.loraInput[name] = nil; act.loraZ[name] = nil
@@ -333,23 +311,9 @@ extension CUDALlama {
                             c: dx, ldc: p.inFeatures)
         }
         guard let adapter, let dz else { return dx }
-        device.gemmLabel = "lora"
-        // dx += dz A, through the dropout mask (a block of rows at a time)
-        guard training && loraConfig.dropout > 0 else {
-            try device.gemm(m: rows, n: p.inFeatures, k: r, a: dz, lda: r, b: adapter.aCompute, ldb: p.inFeatures,
-                            c: dx, ldc: p.inFeatures, beta: 1)
-            return dx
-        }
-        let blockRows = max(1, min(rows, (16 << 20) / p.inFeatures))
-        let dInput = try device.allocate(blockRows * p.inFeatures, dtype)
-        let keep = Float(1 - loraConfig.dropout), maskSeed = dropoutSeed(seed, layer: l, name)
-        for start in stride(from: 0, to: rows, by: blockRows) {
-            let count = min(blockRows, rows - start)
-            try device.gemm(m: count, n: p.inFeatures, k: r, a: dz, aOffset: start * r, lda: r, b: adapter.aCompute,
-                            ldb: p.inFeatures, c: dInput, ldc: p.inFeatures)
-            try device.dropoutBackwardAdd(dx, dInput, elements: count * p.inFeatures, first: start * p.inFeatures,
-                                          keep: keep, seed: maskSeed)
-        }
+        // dx += dropout's mask ⊙ (dz A)
+        try device.loraInputGradient(dx, dz: dz, a: adapter.aCompute, rows: rows, k: p.inFeatures, r: r, keep: keep,
+                                     seed: maskSeed)
         return dx
     }
 }

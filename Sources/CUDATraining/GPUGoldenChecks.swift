@@ -122,9 +122,22 @@ public struct GPUGoldenChecks {
             let weights = try LlamaWeights.open(path: golden + "/tiny-llama")
             let initial = LoRAWeights.initial(config: weights.config, lora: lora, seed: 3)
             var results: [[Float]] = []
-            for (checkpointing, evaluate) in [(false, false), (true, false), (false, true)] {
-                let model = try CUDALlama(weights: weights, lora: lora, adapters: initial, device: device, dtype: .f32)
-                let engine = try CUDATrainingEngine(model: model, optimizer: try CUDAAdamW(kind: .paged_adamw_8bit, settings: AdamWSettings(), device: device))
+            // GPU fp32 (plain, checkpointing, evaluating between steps), GPU bf16 with checkpointing, and the CPU
+            // with checkpointing: the same data, seed and therefore dropout masks (LoRADropout) everywhere.
+            let runs: [(checkpointing: Bool, evaluate: Bool, dtype: GPUDType?)] = [
+                (false, false, .f32), (true, false, .f32), (false, true, .f32), (true, false, .bf16), (true, false, nil)]
+            for (checkpointing, evaluate, dtype) in runs {
+                let engine: TrainingEngine
+                if let dtype {
+                    let model = try CUDALlama(weights: weights, lora: lora, adapters: initial, device: device,
+                                              dtype: dtype)
+                    engine = try CUDATrainingEngine(model: model, optimizer: try CUDAAdamW(
+                        kind: .paged_adamw_8bit, settings: AdamWSettings(), device: device))
+                } else {
+                    let model = try LlamaModel(weights: weights, lora: lora, seed: 3)
+                    model.adapters = initial
+                    engine = CPUTrainingEngine(model: model, optimizer: AdamW(kind: .paged_adamw_8bit))
+                }
                 var rng = SeededGenerator(seed: 5)
                 var trace: [Float] = []
                 for s in 0..<3 {
@@ -140,6 +153,10 @@ public struct GPUGoldenChecks {
             }
             c.equal("GPU checkpointing (dropout 0.1): losses and adapters after 3 steps", results[1].map { $0.bitPattern }, results[0].map { $0.bitPattern })
             c.equal("GPU evaluation between steps: losses and adapters after 3 steps", results[2].map { $0.bitPattern }, results[0].map { $0.bitPattern })
+            c.close("GPU fp32 follows the CPU (dropout 0.1, checkpointing): losses and adapters after 3 steps",
+                    results[1], results[4], tolerance: 1e-5)
+            c.close("GPU bf16 follows the CPU (dropout 0.1, checkpointing): losses and adapters after 3 steps",
+                    results[3], results[4], tolerance: 2e-2)
         }
 
         // bf16 compute: the autocast forward of the Hugging Face stack.

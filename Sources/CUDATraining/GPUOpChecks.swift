@@ -131,6 +131,34 @@ public struct GPUOpChecks {
                                 alpha: 0.5, beta: 1)
                 c.close("linear backward weight \(tag)→f32 \(n)×\(inF)→\(outF)", try device.download(dwb), dw, tolerance: tol)
             }
+            // LoRA with dropout where x is read (lora.cu) against the mask materialized and plain products
+            for (rows, k, r) in [(37, 96, 16), (300, 576, 8), (1030, 1000, 20), (5, 100, 4), (700, 4096, 16)] {
+                for keep: Float in [1, 0.9] {
+                    let seed: UInt64 = 0x1234_5678_9abc &+ UInt64(rows * k)
+                    let label = "\(tag) \(rows)×\(k) r=\(r) keep=\(keep)"
+                    let (x, xb) = try put(random(rows * k), dtype), (a, ab) = try put(random(r * k, 0.1), dtype)
+                    let (dz, dzb) = try put(random(rows * r), dtype)
+                    let mask = keep < 1 ? LoRADropout.mask(seed: seed, rows: rows, width: k, keep: keep)
+                                        : [Float](repeating: 1, count: rows * k)
+                    let xm = zip(x, mask).map { $0 * $1 }
+                    var z = [Float](repeating: 0, count: rows * r)
+                    CPUOps.linearForward(&z, xm, a, rows: rows, inFeatures: k, outFeatures: r)
+                    let zb = try device.allocate(rows * r, dtype)
+                    try device.loraDown(zb, x: xb, a: ab, rows: rows, k: k, r: r, keep: keep, seed: seed)
+                    c.close("lora down \(label)", try device.download(zb), z, tolerance: tol)
+                    var g = random(r * k, 0.01)
+                    let gb = try device.upload(g)
+                    CPUOps.linearBackwardWeight(&g, dz, xm, rows: rows, inFeatures: k, outFeatures: r, accumulate: true)
+                    try device.loraDownGradient(gb, dz: dzb, x: xb, rows: rows, k: k, r: r, keep: keep, seed: seed)
+                    c.close("lora dA \(label)", try device.download(gb), g, tolerance: tol)
+                    var dInput = [Float](repeating: 0, count: rows * k)
+                    CPUOps.linearBackwardInput(&dInput, dz, a, rows: rows, inFeatures: k, outFeatures: r)
+                    let (dx0, dxb) = try put(random(rows * k), dtype)
+                    let dx = (0..<(rows * k)).map { dx0[$0] + dInput[$0] * mask[$0] }
+                    try device.loraInputGradient(dxb, dz: dzb, a: ab, rows: rows, k: k, r: r, keep: keep, seed: seed)
+                    c.close("lora dx \(label)", try device.download(dxb), dx, tolerance: tol)
+                }
+            }
             // Cross-entropy (loss and dlogits, one ignored row)
             for (rows, vocab) in [(9, 1001), (4, 49152)] {
                 let (logits, lb) = try put(random(rows * vocab, 8), dtype)

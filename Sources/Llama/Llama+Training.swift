@@ -83,12 +83,12 @@ extension LlamaModel {
             precondition(id >= 0 && id < vocab, "token id \(id) outside the vocabulary")
             for i in 0..<c { x[r * c + i] = embedding[id * c + i] }
         }
+        // One draw per step seeds every dropout mask (LoRADropout), as on the GPU.
+        let seed = rng.next()
         var saved: [LayerActivations] = []
-        var rngStates: [SeededGenerator] = []
         for l in layers.indices {
-            rngStates.append(rng)
             var act = LayerActivations()
-            x = layerForward(l, x, batch: batch, tokens: tokens, training: training, rng: &rng, saving: &act)
+            x = layerForward(l, x, batch: batch, tokens: tokens, training: training, seed: seed, saving: &act)
             if withGradients { saved.append(checkpointing ? LayerActivations(x: act.x) : act) }
         }
         var rstdF = [Float](repeating: 0, count: n)
@@ -129,8 +129,7 @@ extension LlamaModel {
         for l in layers.indices.reversed() {
             var act = saved[l]
             if checkpointing {
-                var replay = rngStates[l]
-                _ = layerForward(l, act.x, batch: batch, tokens: tokens, training: training, rng: &replay, saving: &act)
+                _ = layerForward(l, act.x, batch: batch, tokens: tokens, training: training, seed: seed, saving: &act)
             }
             dx = layerBackward(l, dx, act, batch: batch, tokens: tokens, grads: &grads)
             saved[l] = LayerActivations()
@@ -157,7 +156,7 @@ extension LlamaModel {
     // MARK: One decoder layer
 
     private func layerForward(_ l: Int, _ x: [Float], batch: Int, tokens: Int, training: Bool,
-                              rng: inout SeededGenerator, saving act: inout LayerActivations) -> [Float] {
+                              seed: UInt64, saving act: inout LayerActivations) -> [Float] {
         let layer = layers[l]
         let n = batch * tokens, c = config.hiddenSize
         let h = config.headCount, hkv = config.kvHeadCount, d = config.headDim
@@ -166,9 +165,9 @@ extension LlamaModel {
         act.rstd1 = [Float](repeating: 0, count: n)
         act.h1 = [Float](repeating: 0, count: n * c)
         CPUOps.rmsNormForward(&act.h1, &act.rstd1, x, layer.inputNorm, rows: n, width: c, eps: eps)
-        act.q = projectionForward(l, "q_proj", act.h1, rows: n, training: training, rng: &rng, act: &act)
-        act.k = projectionForward(l, "k_proj", act.h1, rows: n, training: training, rng: &rng, act: &act)
-        act.v = projectionForward(l, "v_proj", act.h1, rows: n, training: training, rng: &rng, act: &act)
+        act.q = projectionForward(l, "q_proj", act.h1, rows: n, training: training, seed: seed, act: &act)
+        act.k = projectionForward(l, "k_proj", act.h1, rows: n, training: training, seed: seed, act: &act)
+        act.v = projectionForward(l, "v_proj", act.h1, rows: n, training: training, seed: seed, act: &act)
         CPUOps.rope(&act.q, cos: ropeCos.prefix(positions: tokens), sin: ropeSin.prefix(positions: tokens),
             batch: batch, tokens: tokens, heads: h, headDim: d)
         CPUOps.rope(&act.k, cos: ropeCos.prefix(positions: tokens), sin: ropeSin.prefix(positions: tokens),
@@ -177,16 +176,16 @@ extension LlamaModel {
         act.probs = [Float](repeating: 0, count: batch * h * tokens * tokens)
         CPUOps.attentionForward(&act.attention, &act.probs, q: act.q, k: act.k, v: act.v, batch: batch, tokens: tokens,
                                 heads: h, kvHeads: hkv, headDim: d)
-        let o = projectionForward(l, "o_proj", act.attention, rows: n, training: training, rng: &rng, act: &act)
+        let o = projectionForward(l, "o_proj", act.attention, rows: n, training: training, seed: seed, act: &act)
         act.xMid = zip(x, o).map { $0 + $1 }
         act.rstd2 = [Float](repeating: 0, count: n)
         act.h2 = [Float](repeating: 0, count: n * c)
         CPUOps.rmsNormForward(&act.h2, &act.rstd2, act.xMid, layer.postAttentionNorm, rows: n, width: c, eps: eps)
-        act.gate = projectionForward(l, "gate_proj", act.h2, rows: n, training: training, rng: &rng, act: &act)
-        act.up = projectionForward(l, "up_proj", act.h2, rows: n, training: training, rng: &rng, act: &act)
+        act.gate = projectionForward(l, "gate_proj", act.h2, rows: n, training: training, seed: seed, act: &act)
+        act.up = projectionForward(l, "up_proj", act.h2, rows: n, training: training, seed: seed, act: &act)
         act.act = [Float](repeating: 0, count: act.gate.count)
         CPUOps.swigluForward(&act.act, gate: act.gate, up: act.up)
-        let down = projectionForward(l, "down_proj", act.act, rows: n, training: training, rng: &rng, act: &act)
+        let down = projectionForward(l, "down_proj", act.act, rows: n, training: training, seed: seed, act: &act)
         return zip(act.xMid, down).map { $0 + $1 }
     }
 
@@ -226,7 +225,7 @@ extension LlamaModel {
 
     /// y (N, out) = x Wᵀ + bias + scale · (dropout(x) Aᵀ) Bᵀ.
     private func projectionForward(_ l: Int, _ name: String, _ x: [Float], rows: Int, training: Bool,
-                                   rng: inout SeededGenerator, act: inout LayerActivations) -> [Float] {
+                                   seed: UInt64, act: inout LayerActivations) -> [Float] {
         let p = layers[l].projections[name]!
         var y = [Float](repeating: 0, count: rows * p.outFeatures)
         if let bias = p.bias { for r in 0..<rows { for o in 0..<p.outFeatures { y[r * p.outFeatures + o] = bias[o] } } }
@@ -236,8 +235,8 @@ extension LlamaModel {
         let r = loraConfig.r
         var input = x
         if training && loraConfig.dropout > 0 {
-            let keep = Float(1 - loraConfig.dropout)
-            let mask = (0..<x.count).map { _ in rng.nextUniform() < keep ? 1 / keep : 0 }
+            let mask = LoRADropout.mask(seed: LoRADropout.seed(seed, layer: l, projection: name), rows: rows,
+                                        width: p.inFeatures, keep: Float(1 - loraConfig.dropout))
             for i in input.indices { input[i] *= mask[i] }
             act.loraMask[name] = mask
         }

@@ -24,6 +24,55 @@ public struct LoRAConfig: Equatable, Sendable {
     }
 }
 
+/// The adapters' dropout masks, drawn the same way on every device: a step has one 64-bit seed, each projection of
+/// each layer derives its own (`seed(_:layer:projection:)`), and element (row, column) of the adapter's input is
+/// kept when the top 24 bits of a 32-bit hash of (seed, row, column), as a fraction of 2^24, are below the keep
+/// rate (in [0, 1); with no dropout nothing is drawn). The GPU kernels (lora.cu) compute the same integers, so CPU and GPU runs draw identical masks, and a
+/// recomputed layer (gradient checkpointing) draws the masks of its first pass.
+public enum LoRADropout {
+    /// The seed of projection `name` in layer `layer` for a step seeded `seed`.
+    public static func seed(_ seed: UInt64, layer: Int, projection name: String) -> UInt64 {
+        let p = UInt64(LlamaConfig.projectionNames.firstIndex(of: name) ?? 0)
+        return seed ^ (UInt64(layer) &* 0x9E37_79B9_7F4A_7C15) ^ ((p + 1) &* 0xC2B2_AE3D_27D4_EB4F)
+    }
+
+    /// A 32-bit xorshift-multiply finalizer.
+    @inline(__always) public static func mix(_ v: UInt32) -> UInt32 {
+        var x = v
+        x ^= x >> 16; x = x &* 0x7feb_352d
+        x ^= x >> 15; x = x &* 0x846c_a68b
+        x ^= x >> 16
+        return x
+    }
+
+    /// The key of one row (hashed once per row, then with each column).
+    @inline(__always) public static func rowKey(seed: UInt64, row: Int) -> UInt32 {
+        mix(UInt32(truncatingIfNeeded: seed) ^ mix(UInt32(truncatingIfNeeded: seed >> 32) ^ UInt32(truncatingIfNeeded: row)))
+    }
+
+    /// The hash bound below which an element is kept: ⌈keep · 2^24⌉ · 2^8, so that an element is kept exactly when
+    /// the top 24 bits of its hash, as a fraction of 2^24, are below `keep` (in [0, 1)).
+    @inline(__always) public static func threshold(keep: Float) -> UInt32 {
+        UInt32((keep * 16_777_216).rounded(.up)) << 8
+    }
+
+    /// Whether the element at `column` of the row with `key` is kept (`threshold(keep:)`).
+    @inline(__always) public static func kept(key: UInt32, column: Int, threshold: UInt32) -> Bool {
+        mix(key ^ UInt32(truncatingIfNeeded: column)) < threshold
+    }
+
+    /// The inverted-dropout multipliers (1/keep or 0) of a (rows × width) input.
+    public static func mask(seed: UInt64, rows: Int, width: Int, keep: Float) -> [Float] {
+        var m = [Float](repeating: 0, count: rows * width)
+        let scale = 1 / keep, bound = threshold(keep: keep)
+        for r in 0..<rows {
+            let key = rowKey(seed: seed, row: r)
+            for c in 0..<width where kept(key: key, column: c, threshold: bound) { m[r * width + c] = scale }
+        }
+        return m
+    }
+}
+
 /// One adapter's trainable matrices: A (R, in), B (out, R).
 public struct LoRAWeights: Sendable, Equatable {
     /// Down projection (R × in).

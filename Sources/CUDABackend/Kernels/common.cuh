@@ -20,6 +20,75 @@ __device__ __forceinline__ float ld(T v) { return v; }
 __device__ __forceinline__ T st(float f) { return f; }
 #endif
 
+// Eight consecutive values as floats, and back: one 16-byte access for bf16 (two for float32) when `vector` (the
+// address 16-byte aligned and all 8 in range), else element by element for the first `limit` (zeros past it).
+__device__ __forceinline__ void load8(float* v, const T* p, int limit, bool vector) {
+#if QLORA_BF16
+    if (vector && limit >= 8) {
+        uint4 u = *(const uint4*)p;
+        unsigned w[4] = {u.x, u.y, u.z, u.w};
+        for (int e = 0; e < 4; e++) {
+            v[2 * e] = __uint_as_float(w[e] << 16);
+            v[2 * e + 1] = __uint_as_float(w[e] & 0xffff0000u);
+        }
+        return;
+    }
+#else
+    if (vector && limit >= 8) {
+        float4 a = *(const float4*)p, b = *(const float4*)(p + 4);
+        v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+        return;
+    }
+#endif
+    for (int e = 0; e < 8; e++) v[e] = e < limit ? ld(p[e]) : 0.0f;
+}
+__device__ __forceinline__ void store8(T* p, const float* v, int limit, bool vector) {
+#if QLORA_BF16
+    if (vector && limit >= 8) {
+        unsigned w[4];
+        for (int e = 0; e < 4; e++) w[e] = (unsigned)st(v[2 * e]) | ((unsigned)st(v[2 * e + 1]) << 16);
+        *(uint4*)p = make_uint4(w[0], w[1], w[2], w[3]);
+        return;
+    }
+#else
+    if (vector && limit >= 8) {
+        *(float4*)p = make_float4(v[0], v[1], v[2], v[3]);
+        *(float4*)(p + 4) = make_float4(v[4], v[5], v[6], v[7]);
+        return;
+    }
+#endif
+    for (int e = 0; e < 8 && e < limit; e++) p[e] = st(v[e]);
+}
+// Four consecutive values (one 8-byte access for bf16, 16 bytes for float32, when `vector`: aligned to that and all
+// four in range), else element by element for the first `limit`.
+__device__ __forceinline__ void load4(float* v, const T* p, int limit, bool vector) {
+    if (vector && limit >= 4) {
+#if QLORA_BF16
+        uint2 u = *(const uint2*)p;
+        v[0] = __uint_as_float(u.x << 16); v[1] = __uint_as_float(u.x & 0xffff0000u);
+        v[2] = __uint_as_float(u.y << 16); v[3] = __uint_as_float(u.y & 0xffff0000u);
+#else
+        float4 a = *(const float4*)p;
+        v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+#endif
+        return;
+    }
+    for (int e = 0; e < 4; e++) v[e] = e < limit ? ld(p[e]) : 0.0f;
+}
+__device__ __forceinline__ void store4(T* p, const float* v, int limit, bool vector) {
+    if (vector && limit >= 4) {
+#if QLORA_BF16
+        *(uint2*)p = make_uint2((unsigned)st(v[0]) | ((unsigned)st(v[1]) << 16),
+                                (unsigned)st(v[2]) | ((unsigned)st(v[3]) << 16));
+#else
+        *(float4*)p = make_float4(v[0], v[1], v[2], v[3]);
+#endif
+        return;
+    }
+    for (int e = 0; e < 4 && e < limit; e++) p[e] = st(v[e]);
+}
+__device__ __forceinline__ bool aligned16(const void* p) { return ((unsigned long long)p & 15ull) == 0; }
+
 // Sum or maximum over a warp, then over a block of up to 1024 threads (blockDim.x a multiple of 32); every thread
 // gets the result. `identity` fills the lanes of warps that do not exist.
 struct SumOp { __device__ float operator()(float a, float b) const { return a + b; } };
@@ -54,8 +123,8 @@ __device__ __forceinline__ float rcp_approx(float x) {
     return r;
 }
 
-// A counter-based uniform in [0, 1) from (seed, index): splitmix64, top 24 bits. Dropout masks are a pure function
-// of the seed and the element, so a recomputed layer (gradient checkpointing) draws the same mask.
+// A counter-based uniform in [0, 1) from (seed, index): splitmix64, top 24 bits (the benchmark's random fills;
+// dropout masks have their own 32-bit hash in lora.cu).
 __device__ __forceinline__ float hash_uniform(unsigned long long seed, unsigned long long i) {
     unsigned long long z = seed + (i + 1ull) * 0x9E3779B97F4A7C15ull;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;

@@ -1,5 +1,5 @@
 // elementwise.cu: the one-pass ops of the training step (CPU twins in CPUOps and Llama+Training.swift):
-// embedding gather, residual add, SwiGLU forward/backward, LoRA dropout, dtype casts, bias, and the random fills
+// embedding gather, residual add, SwiGLU forward/backward, dtype casts, bias, and the random fills
 // the benchmark builds its model with. One thread per element, grid-stride where sizes can exceed a launch.
 #include "common.cuh"
 
@@ -11,40 +11,49 @@ extern "C" __global__ void embedding_forward(T* out, const int* ids, const T* ta
     FOR_EACH(k, rows * width) { long long r = k / width; out[k] = table[(long long)ids[r] * width + k % width]; }
 }
 
+// Eight elements a thread (16-byte accesses in bf16 where every pointer is aligned; element by element at a tail).
+#define FOR_EACH8(i0, n) for (long long i0 = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * 8; i0 < (n); \
+                              i0 += (long long)gridDim.x * blockDim.x * 8)
+
 // out = a + b (out may be a or b).
 extern "C" __global__ void add(T* out, const T* a, const T* b, long long n) {
-    FOR_EACH(i, n) out[i] = st(ld(a[i]) + ld(b[i]));
+    bool vector = aligned16(out) && aligned16(a) && aligned16(b);
+    FOR_EACH8(i0, n) {
+        int limit = (int)min(8ll, n - i0);
+        float x[8], y[8];
+        load8(x, a + i0, limit, vector); load8(y, b + i0, limit, vector);
+        for (int e = 0; e < 8; e++) x[e] += y[e];
+        store8(out + i0, x, limit, vector);
+    }
 }
 
 // act = silu(gate) ⊙ up.
 extern "C" __global__ void swiglu_forward(T* act, const T* gate, const T* up, long long n) {
-    FOR_EACH(i, n) { float g = ld(gate[i]); act[i] = st(g / (1.0f + expf(-g)) * ld(up[i])); }
-}
-
-// dgate = da ⊙ up ⊙ σ(g)(1 + g(1 − σ(g))), dup = da ⊙ silu(g). Each element's inputs are read before
-// its outputs are written, so dgate may be gate's memory and dup up's (the step writes them in place).
-extern "C" __global__ void swiglu_backward(T* dgate, T* dup, const T* da, const T* gate, const T* up, long long n) {
-    FOR_EACH(i, n) {
-        float g = ld(gate[i]), u = ld(up[i]), a = ld(da[i]);
-        float sig = 1.0f / (1.0f + expf(-g));
-        dup[i] = st(a * g * sig);
-        dgate[i] = st(a * u * sig * (1.0f + g * (1.0f - sig)));
+    bool vector = aligned16(act) && aligned16(gate) && aligned16(up);
+    FOR_EACH8(i0, n) {
+        int limit = (int)min(8ll, n - i0);
+        float g[8], u[8];
+        load8(g, gate + i0, limit, vector); load8(u, up + i0, limit, vector);
+        for (int e = 0; e < 8; e++) g[e] = g[e] / (1.0f + expf(-g[e])) * u[e];
+        store8(act + i0, g, limit, vector);
     }
 }
 
-// out = x ⊙ mask / keep, mask[i] = (uniform(seed, first + i) < keep): `first` is the element index of x[0] in the
-// whole tensor, so a tensor processed a block of rows at a time draws the mask it would draw whole.
-extern "C" __global__ void dropout_forward(T* out, const T* x, long long n, float keep, unsigned long long seed,
-                                           long long first) {
-    float scale = 1.0f / keep;
-    FOR_EACH(i, n) out[i] = st(hash_uniform(seed, first + i) < keep ? ld(x[i]) * scale : 0.0f);
-}
-
-// dx += dinput ⊙ mask / keep (the same mask as dropout_forward with this seed).
-extern "C" __global__ void dropout_backward_add(T* dx, const T* dinput, long long n, float keep,
-                                                unsigned long long seed, long long first) {
-    float scale = 1.0f / keep;
-    FOR_EACH(i, n) if (hash_uniform(seed, first + i) < keep) dx[i] = st(ld(dx[i]) + ld(dinput[i]) * scale);
+// dgate = da ⊙ up ⊙ σ(g)(1 + g(1 − σ(g))), dup = da ⊙ silu(g). Each group's inputs are read before its outputs
+// are written, so dgate may be gate's memory and dup up's (the step writes them in place).
+extern "C" __global__ void swiglu_backward(T* dgate, T* dup, const T* da, const T* gate, const T* up, long long n) {
+    bool vector = aligned16(dgate) && aligned16(dup) && aligned16(da) && aligned16(gate) && aligned16(up);
+    FOR_EACH8(i0, n) {
+        int limit = (int)min(8ll, n - i0);
+        float g[8], u[8], a[8], dg[8], du[8];
+        load8(g, gate + i0, limit, vector); load8(u, up + i0, limit, vector); load8(a, da + i0, limit, vector);
+        for (int e = 0; e < 8; e++) {
+            float sig = 1.0f / (1.0f + expf(-g[e]));
+            du[e] = a[e] * g[e] * sig;
+            dg[e] = a[e] * u[e] * sig * (1.0f + g[e] * (1.0f - sig));
+        }
+        store8(dup + i0, du, limit, vector); store8(dgate + i0, dg, limit, vector);
+    }
 }
 
 extern "C" __global__ void cast_from_f32(T* out, const float* in, long long n) { FOR_EACH(i, n) out[i] = st(in[i]); }

@@ -5,27 +5,58 @@
 // multiply-add is contracted: the values are exactly the CPU's (and bitsandbytes').
 #include "common.cuh"
 
-// absmax[i] = nestedCode[codes[i]] * nested[i / nestedBlocksize] + offset. One thread per absmax.
-extern "C" __global__ void dequantize_absmax(float* absmax, const unsigned char* codes, const float* nested,
-                                             const float* nestedCode, float offset, int nestedBlocksize,
-                                             long long count) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= count) return;
-    absmax[i] = __fadd_rn(__fmul_rn(nestedCode[codes[i]], nested[i / nestedBlocksize]), offset);
+// The absmax of quantization block `b`: absmax[b], or with double quantization (absmax null)
+// nestedCode[codes[b]] · nested[b / nestedBlocksize] + offset.
+__device__ __forceinline__ float block_absmax(long long b, const float* absmax, const unsigned char* codes,
+                                              const float* nested, const float* nestedCode, float offset,
+                                              int nestedBlocksize) {
+    if (absmax) return absmax[b];
+    return __fadd_rn(__fmul_rn(nestedCode[codes[b]], nested[b / nestedBlocksize]), offset);
 }
 
-// out[i] = table[code(i)] * absmax[i / blocksize], rounded to T. One thread per packed byte (two elements).
+// out[i] = table[code(i)] · absmax(i / blocksize), rounded to T; the double-quantized absmax is decoded inline.
+// One thread per 16 elements (8 packed bytes, one 8-byte load; two or four 16-byte stores), all in one
+// quantization block when blocksize is a multiple of 16; a group that is not (or the tail past n) goes element by
+// element.
 extern "C" __global__ void dequantize_4bit(T* out, const unsigned char* packed, const float* absmax,
+                                           const unsigned char* codes, const float* nested,
+                                           const float* nestedCode, float offset, int nestedBlocksize,
                                            const float* table, long long n, int blocksize) {
     __shared__ float book[16];
     if (threadIdx.x < 16) book[threadIdx.x] = table[threadIdx.x];
     __syncthreads();
-    long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    long long i = 2 * j;
-    if (i >= n) return;
-    unsigned char b = packed[j];
-    out[i] = st(__fmul_rn(book[b >> 4], absmax[i / blocksize]));
-    if (i + 1 < n) out[i + 1] = st(__fmul_rn(book[b & 15], absmax[(i + 1) / blocksize]));
+    long long i0 = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * 16;
+    if (i0 >= n) return;
+    if (i0 + 16 <= n && (blocksize & 15) == 0) {
+        float scale = block_absmax(i0 / blocksize, absmax, codes, nested, nestedCode, offset, nestedBlocksize);
+        uint2 p = *(const uint2*)(packed + i0 / 2);
+        unsigned words[2] = {p.x, p.y};
+        float v[16];
+        for (int w = 0; w < 2; w++) {
+            for (int b = 0; b < 4; b++) {
+                unsigned byte = (words[w] >> (8 * b)) & 255u;
+                v[8 * w + 2 * b] = __fmul_rn(book[byte >> 4], scale);
+                v[8 * w + 2 * b + 1] = __fmul_rn(book[byte & 15u], scale);
+            }
+        }
+#if QLORA_BF16
+        unsigned h[8];
+        for (int e = 0; e < 8; e++) h[e] = (unsigned)st(v[2 * e]) | ((unsigned)st(v[2 * e + 1]) << 16);
+        uint4* o = (uint4*)(out + i0);
+        o[0] = make_uint4(h[0], h[1], h[2], h[3]);
+        o[1] = make_uint4(h[4], h[5], h[6], h[7]);
+#else
+        float4* o = (float4*)(out + i0);
+        for (int q = 0; q < 4; q++) o[q] = make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]);
+#endif
+        return;
+    }
+    for (long long i = i0; i < i0 + 16 && i < n; i++) {
+        unsigned char byte = packed[i / 2];
+        float code = book[(i & 1) ? (byte & 15) : (byte >> 4)];
+        out[i] = st(__fmul_rn(code, block_absmax(i / blocksize, absmax, codes, nested, nestedCode, offset,
+                                                 nestedBlocksize)));
+    }
 }
 
 // bitsandbytes' NF4 decision tree (dQuantizeNF4): the number of thresholds strictly below x; NaN gives 0.

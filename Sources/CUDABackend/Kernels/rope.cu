@@ -1,21 +1,30 @@
 // rope.cu: rotary position embedding in Hugging Face's half-rotation layout (CPU twin: CPUOps.rope).
 // x is (B, T, heads, D) in T, rotated in place; cos/sin are float32 tables (positions, D). `inverse` applies the
-// transpose (the backward pass). One thread per (row, head, i < D/2) pair; position = t + offset.
+// transpose (the backward pass). One thread per (row, head) and 8 consecutive i < D/2 (16-byte accesses in bf16
+// when D/2 is a multiple of 8; element by element otherwise); position = t + offset.
 #include "common.cuh"
 
 extern "C" __global__ void rope(T* x, const float* cosT, const float* sinT, int batch, int tokens, int heads,
                                 int headDim, int inverse, int offset) {
-    int half = headDim / 2;
+    int half = headDim / 2, groups = (half + 7) / 8;
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    long long total = (long long)batch * tokens * heads * half;
+    long long total = (long long)batch * tokens * heads * groups;
     if (idx >= total) return;
-    int i = (int)(idx % half);
-    long long rh = idx / half;              // (b·T + t)·heads + h
+    int i0 = (int)(idx % groups) * 8, limit = half - i0;
+    long long rh = idx / groups;              // (b·T + t)·heads + h
     int t = (int)((rh / heads) % tokens) + offset;
-    long long base = rh * headDim;
-    float c = cosT[(long long)t * headDim + i], s = sinT[(long long)t * headDim + i];
-    if (inverse) s = -s;
-    float x1 = ld(x[base + i]), x2 = ld(x[base + i + half]);
-    x[base + i] = st(x1 * c - x2 * s);
-    x[base + i + half] = st(x2 * c + x1 * s);
+    T* p = x + rh * headDim;
+    bool vector = (half & 7) == 0 && aligned16(x);
+    float x1[8], x2[8], c[8], s[8];
+    load8(x1, p + i0, limit, vector);
+    load8(x2, p + i0 + half, limit, vector);
+    for (int e = 0; e < 8; e++) {
+        c[e] = e < limit ? cosT[(long long)t * headDim + i0 + e] : 0.0f;
+        s[e] = e < limit ? sinT[(long long)t * headDim + i0 + e] : 0.0f;
+        if (inverse) s[e] = -s[e];
+    }
+    float y1[8], y2[8];
+    for (int e = 0; e < 8; e++) { y1[e] = x1[e] * c[e] - x2[e] * s[e]; y2[e] = x2[e] * c[e] + x1[e] * s[e]; }
+    store8(p + i0, y1, limit, vector);
+    store8(p + i0 + half, y2, limit, vector);
 }
