@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A fast-GPU development run (one device call): check-cuda and gpu-acceptance.sh's training checks, then qlora bench
-# on llama2-7b and smollm2-135m (all seven targets) at LoRA dropout 0.05 and 0, and a profile of the llama2-7b step.
+# on llama2-7b (all seven targets, and q,v), llama3-8b and smollm2-135m at LoRA dropout 0.05 and 0, and profiles of
+# the llama2-7b step at both.
 # The baselines are not run here: figures from this script are for comparing qlora with itself; the acceptance
 # figures come from gpu-lean-acceptance.sh, which runs hf_baseline.py and unsloth_bench.py in the same call.
 # Usage: QLORA=path/to/qlora QLORA_SHARED=path/to/shared bash scripts/gpu-fast-check.sh [OUT]
@@ -17,7 +18,7 @@ if [ "${CHECK:-1}" = 1 ]; then
   grep -E '^(FAIL|ok  lora|ok  GPU (fp32|bf16) follows)' "$OUT/acceptance/check-cuda.txt" | head -40
 fi
 echo "== bench (qlora only)"
-for spec in ${SPECS:-llama2-7b:all smollm2-135m:all}; do
+for spec in ${SPECS:-llama2-7b:all smollm2-135m:all llama2-7b:qv llama3-8b:all}; do
   shape=${spec%%:*}; targets=${spec##*:}
   for d in 0.05 0; do
     "$Q" bench --device cuda --shape "$shape" --target-modules "$targets" --lora-dropout "$d" 2>/dev/null \
@@ -25,7 +26,10 @@ for spec in ${SPECS:-llama2-7b:all smollm2-135m:all}; do
   done
 done
 if [ "${PROFILE:-1}" = 1 ]; then
-  echo "== profile: llama2-7b, all targets, dropout 0.05"
-  "$Q" bench --device cuda --shape llama2-7b --target-modules all --steps 2 --profile 2> "$OUT/profile.txt" >/dev/null
-  grep '^|' "$OUT/profile.txt" | head -40
+  for d in 0.05 0; do
+    echo "== profile: llama2-7b, all targets, dropout $d"
+    "$Q" bench --device cuda --shape llama2-7b --target-modules all --steps 2 --lora-dropout "$d" --profile \
+      2> "$OUT/profile-$d.txt" >/dev/null
+    grep '^|' "$OUT/profile-$d.txt" | head -45
+  done
 fi

@@ -73,13 +73,15 @@ extension CUDADevice {
     public func loraDown(_ z: DeviceBuffer, x: DeviceBuffer, a: DeviceBuffer, rows: Int, k: Int, r: Int, keep: Float,
                          seed: UInt64) throws {
         try Self.checkLoRA("loraDown", rows: rows, k: k, r: r, [(x, rows * k), (a, r * k), (z, rows * r)])
-        try launch(.lora, "lora_down", bf16: x.dtype == .bf16, grid: ((rows + 31) / 32, (r + 15) / 16, 1),
-                   block: 256, sharedBytes: 0,
+        // bf16: tensor cores, 64 rows a block; float32: FMAs, 32 rows a block (lora.cu).
+        let rowsPerBlock = x.dtype == .bf16 ? 64 : 32
+        try launch(.lora, "lora_down", bf16: x.dtype == .bf16,
+                   grid: ((rows + rowsPerBlock - 1) / rowsPerBlock, (r + 15) / 16, 1), block: 256, sharedBytes: 0,
                    [.buffer(z), .buffer(x), .buffer(a), .int(rows), .int(k), .int(r), .float(keep), .uint64(seed)])
     }
 
-    /// gradA (r, k, float32) += dzᵀ (m ⊙ x) / keep: the rows summed in slices of 512 into a scratch buffer, then the
-    /// slices added in order (the same result on every run).
+    /// gradA (r, k, float32) += dzᵀ (m ⊙ x) / keep: the rows summed in slices of 512 into a scratch buffer,
+    /// then the slices added in order (the same result on every run).
     public func loraDownGradient(_ gradA: DeviceBuffer, dz: DeviceBuffer, x: DeviceBuffer, rows: Int, k: Int, r: Int,
                                  keep: Float, seed: UInt64) throws {
         try Self.checkLoRA("loraDownGradient", rows: rows, k: k, r: r, [(dz, rows * r), (x, rows * k)])
@@ -95,13 +97,16 @@ extension CUDADevice {
                    [.buffer(gradA), .buffer(partial), .int(slices), .long(r * k), .float(1 / keep)])
     }
 
-    /// dx (rows, k) += m ⊙ (dz A) / keep.
+    /// dx (rows, k) += m ⊙ (dz A) / keep, or = without `accumulate` (dx is then only written).
     public func loraInputGradient(_ dx: DeviceBuffer, dz: DeviceBuffer, a: DeviceBuffer, rows: Int, k: Int, r: Int,
-                                  keep: Float, seed: UInt64) throws {
+                                  keep: Float, seed: UInt64, accumulate: Bool = true) throws {
         try Self.checkLoRA("loraInputGradient", rows: rows, k: k, r: r, [(dx, rows * k), (dz, rows * r), (a, r * k)])
-        try launch(.lora, "lora_dx", bf16: dx.dtype == .bf16, grid: ((k + 255) / 256, (rows + 31) / 32, 1),
-                   block: 256, sharedBytes: 0,
-                   [.buffer(dx), .buffer(dz), .buffer(a), .int(rows), .int(k), .int(r), .float(keep), .uint64(seed)])
+        // bf16: tensor cores, 128 rows × 256 columns a block of 128 threads; float32: FMAs, 32 × 256, 256 threads.
+        let bf16 = dx.dtype == .bf16, rowsPerBlock = bf16 ? 128 : 32
+        try launch(.lora, "lora_dx", bf16: bf16, grid: ((k + 255) / 256, (rows + rowsPerBlock - 1) / rowsPerBlock, 1),
+                   block: bf16 ? 128 : 256, sharedBytes: 0,
+                   [.buffer(dx), .buffer(dz), .buffer(a), .int(rows), .int(k), .int(r), .float(keep), .uint64(seed),
+                    .int(accumulate ? 1 : 0)])
     }
 
     static func checkLoRA(_ name: String, rows: Int, k: Int, r: Int, _ buffers: [(DeviceBuffer, Int)]) throws {

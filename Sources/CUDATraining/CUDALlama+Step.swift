@@ -253,29 +253,34 @@ extension CUDALlama {
 
     /// y (N, out) = x Wᵀ + bias + scale · (dropout(x) Aᵀ) Bᵀ, W dequantized for this product only. Without
     /// `output`, only what the backward pass needs is made (z), and nil returned. The adapter keeps x itself, not
-    /// dropout(x): the mask is applied where the kernels read x (lora.cu), here and in the backward pass.
+    /// dropout(x): the mask is applied where the kernels read x (lora.cu), here and in the backward pass. The
+    /// adapter's term is written first and the base product added onto it (beta = 1), so y is read only in the
+    /// base product's epilogue, not by a separate pass.
     func projectionForward(_ l: Int, _ name: String, _ x: DeviceBuffer, rows: Int, training: Bool, seed: UInt64,
                            act: GPULayerActivations, output: Bool, keeps: Bool) throws -> DeviceBuffer? {
         let p = layers[l].projections[name]!
         let y = output ? try device.allocate(rows * p.outFeatures, dtype) : nil
+        var onto: Float = 0   // beta of the base product: 1 once the adapter's term is in y
+        if let adapter = adapters["\(l).\(name)"] {
+            let r = loraConfig.r
+            let z = try device.allocate(rows * r, dtype)
+            let (keep, maskSeed) = dropout(l, name, training: training, seed: seed)
+            try device.loraDown(z, x: x, a: adapter.aCompute, rows: rows, k: p.inFeatures, r: r, keep: keep,
+                                seed: maskSeed)
+            if let y {
+                device.gemmLabel = "lora y = s z Bᵀ"
+                try device.gemm(m: rows, n: p.outFeatures, k: r, a: z, lda: r, b: adapter.bCompute, ldb: r,
+                                transB: true, c: y, ldc: p.outFeatures, alpha: loraConfig.scale)
+                onto = 1
+            }
+            if keeps { act.loraInput[name] = x; act.loraZ[name] = z }
+        }
+        guard let y else { return nil }
         device.gemmLabel = "base"
-        if let y {
-            let w = try p.weight.dequantized(dtype)
-            try device.gemm(m: rows, n: p.outFeatures, k: p.inFeatures, a: x, lda: p.inFeatures, b: w, ldb: p.inFeatures,
-                            transB: true, c: y, ldc: p.outFeatures)
-        }
-        if let y, let bias = p.bias { try device.addBias(y, bias: bias, rows: rows, cols: p.outFeatures) }
-        guard let adapter = adapters["\(l).\(name)"] else { return y }
-        let r = loraConfig.r
-        let z = try device.allocate(rows * r, dtype)
-        let (keep, maskSeed) = dropout(l, name, training: training, seed: seed)
-        try device.loraDown(z, x: x, a: adapter.aCompute, rows: rows, k: p.inFeatures, r: r, keep: keep, seed: maskSeed)
-        if let y {
-            device.gemmLabel = "lora"
-            try device.gemm(m: rows, n: p.outFeatures, k: r, a: z, lda: r, b: adapter.bCompute, ldb: r, transB: true,
-                            c: y, ldc: p.outFeatures, alpha: loraConfig.scale, beta: 1)
-        }
-        if keeps { act.loraInput[name] = x; act.loraZ[name] = z }
+        let w = try p.weight.dequantized(dtype)
+        try device.gemm(m: rows, n: p.outFeatures, k: p.inFeatures, a: x, lda: p.inFeatures, b: w, ldb: p.inFeatures,
+                        transB: true, c: y, ldc: p.outFeatures, beta: onto)
+        if let bias = p.bias { try device.addBias(y, bias: bias, rows: rows, cols: p.outFeatures) }
         return y
     }
 
@@ -290,10 +295,11 @@ extension CUDALlama {
         let (keep, maskSeed) = dropout(l, name, training: training, seed: seed)
         var dz: DeviceBuffer? = nil
         if let adapter, let z = act.loraZ[name], let input = act.loraInput[name] {
-            device.gemmLabel = "lora"
             // dB += s · dyᵀ z ; dz = s · dy B ; dA += dzᵀ · dropout(input)
+            device.gemmLabel = "lora dB += s dyᵀ z"
             try device.gemm(m: p.outFeatures, n: r, k: rows, a: dy, lda: p.outFeatures, transA: true, b: z, ldb: r,
                             c: adapter.gradB, ldc: r, alpha: s, beta: 1)
+            device.gemmLabel = "lora dz = s dy B"
             let d = try device.allocate(rows * r, dtype)
             try device.gemm(m: rows, n: r, k: p.outFeatures, a: dy, lda: p.outFeatures, b: adapter.bCompute, ldb: r,
                             c: d, ldc: r, alpha: s)
@@ -304,16 +310,17 @@ extension CUDALlama {
         act.loraInput[name] = nil; act.loraZ[name] = nil
         releaseInput()
         let dx = try device.allocate(rows * p.inFeatures, dtype)
-        device.gemmLabel = "base"
-        do {
-            let w = try p.weight.dequantized(dtype)
-            try device.gemm(m: rows, n: p.inFeatures, k: p.outFeatures, a: dy, lda: p.outFeatures, b: w, ldb: p.inFeatures,
-                            c: dx, ldc: p.inFeatures)
+        var onto: Float = 0   // beta of the base product: 1 once the adapter's part is in dx
+        if let adapter, let dz {
+            // dx = dropout's mask ⊙ (dz A), written first; the base product adds onto it
+            try device.loraInputGradient(dx, dz: dz, a: adapter.aCompute, rows: rows, k: p.inFeatures, r: r,
+                                         keep: keep, seed: maskSeed, accumulate: false)
+            onto = 1
         }
-        guard let adapter, let dz else { return dx }
-        // dx += dropout's mask ⊙ (dz A)
-        try device.loraInputGradient(dx, dz: dz, a: adapter.aCompute, rows: rows, k: p.inFeatures, r: r, keep: keep,
-                                     seed: maskSeed)
+        device.gemmLabel = "base"
+        let w = try p.weight.dequantized(dtype)
+        try device.gemm(m: rows, n: p.inFeatures, k: p.outFeatures, a: dy, lda: p.outFeatures, b: w, ldb: p.inFeatures,
+                        c: dx, ldc: p.inFeatures, beta: onto)
         return dx
     }
 }

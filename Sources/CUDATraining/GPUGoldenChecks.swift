@@ -125,7 +125,8 @@ public struct GPUGoldenChecks {
             // GPU fp32 (plain, checkpointing, evaluating between steps), GPU bf16 with checkpointing, and the CPU
             // with checkpointing: the same data, seed and therefore dropout masks (LoRADropout) everywhere.
             let runs: [(checkpointing: Bool, evaluate: Bool, dtype: GPUDType?)] = [
-                (false, false, .f32), (true, false, .f32), (false, true, .f32), (true, false, .bf16), (true, false, nil)]
+                (false, false, .f32), (true, false, .f32), (false, true, .f32), (true, false, .bf16),
+                (true, false, nil)]
             for (checkpointing, evaluate, dtype) in runs {
                 let engine: TrainingEngine
                 if let dtype {

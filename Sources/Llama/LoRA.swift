@@ -26,9 +26,10 @@ public struct LoRAConfig: Equatable, Sendable {
 
 /// The adapters' dropout masks, drawn the same way on every device: a step has one 64-bit seed, each projection of
 /// each layer derives its own (`seed(_:layer:projection:)`), and element (row, column) of the adapter's input is
-/// kept when the top 24 bits of a 32-bit hash of (seed, row, column), as a fraction of 2^24, are below the keep
-/// rate (in [0, 1); with no dropout nothing is drawn). The GPU kernels (lora.cu) compute the same integers, so CPU and GPU runs draw identical masks, and a
-/// recomputed layer (gradient checkpointing) draws the masks of its first pass.
+/// kept when its 16-bit half of a 32-bit hash of (seed, row, ⌊column / 2⌋), as a fraction of 2^16, is below the
+/// keep rate (in [0, 1); with no dropout nothing is drawn): one hash draws a pair of columns. The GPU kernels (lora.cu) compute the same integers, so
+/// CPU and GPU runs draw identical masks, and a recomputed layer (gradient checkpointing) draws the masks of its
+/// first pass.
 public enum LoRADropout {
     /// The seed of projection `name` in layer `layer` for a step seeded `seed`.
     public static func seed(_ seed: UInt64, layer: Int, projection name: String) -> UInt64 {
@@ -47,18 +48,21 @@ public enum LoRADropout {
 
     /// The key of one row (hashed once per row, then with each column).
     @inline(__always) public static func rowKey(seed: UInt64, row: Int) -> UInt32 {
-        mix(UInt32(truncatingIfNeeded: seed) ^ mix(UInt32(truncatingIfNeeded: seed >> 32) ^ UInt32(truncatingIfNeeded: row)))
+        let low = UInt32(truncatingIfNeeded: seed), high = UInt32(truncatingIfNeeded: seed >> 32)
+        return mix(low ^ mix(high ^ UInt32(truncatingIfNeeded: row)))
     }
 
-    /// The hash bound below which an element is kept: ⌈keep · 2^24⌉ · 2^8, so that an element is kept exactly when
-    /// the top 24 bits of its hash, as a fraction of 2^24, are below `keep` (in [0, 1)).
+    /// The 16-bit bound below which an element is kept, ⌈keep · 2^16⌉: an element is kept exactly when its half
+    /// of the hash, as a fraction of 2^16, is below `keep` (in [0, 1)).
     @inline(__always) public static func threshold(keep: Float) -> UInt32 {
-        UInt32((keep * 16_777_216).rounded(.up)) << 8
+        UInt32((keep * 65536).rounded(.up))
     }
 
-    /// Whether the element at `column` of the row with `key` is kept (`threshold(keep:)`).
+    /// Whether the element at `column` of the row with `key` is kept (`threshold(keep:)`): the low half of the
+    /// pair's hash for an even column, the high half for an odd one.
     @inline(__always) public static func kept(key: UInt32, column: Int, threshold: UInt32) -> Bool {
-        mix(key ^ UInt32(truncatingIfNeeded: column)) < threshold
+        let h = mix(key ^ UInt32(truncatingIfNeeded: column >> 1))
+        return (column & 1 == 0 ? h & 0xffff : h >> 16) < threshold
     }
 
     /// The inverted-dropout multipliers (1/keep or 0) of a (rows × width) input.

@@ -4,16 +4,17 @@ import XCTest
 /// The dropout masks both devices draw (`LoRADropout`; the GPU kernels in lora.cu compute the same integers).
 final class LoRADropoutTests: XCTestCase {
     /// Row keys and keep patterns computed independently (a few lines of Python integer arithmetic on the same
-    /// definition: the 32-bit finalizer with multipliers 0x7feb352d and 0x846ca68b, shifts 16, 15, 16).
+    /// definition: the 32-bit finalizer with multipliers 0x7feb352d and 0x846ca68b, shifts 16, 15, 16; one hash per
+    /// pair of columns, low half for the even one).
     func testMatchesAnIndependentComputation() {
         XCTAssertEqual(LoRADropout.mix(0), 0)
         XCTAssertEqual(LoRADropout.mix(1), 0x6889_90c0)
         XCTAssertEqual(LoRADropout.mix(0xdead_beef), 0xe628_c683)
         let seed: UInt64 = 0x0123_4567_89ab_cdef
         let expected: [(Int, UInt32, String)] = [
-            (0, 0x5cbd_2392, "101111111111111111111110111111110111111111111110"),
-            (1, 0x71fd_d102, "111111111111111111111111111011111111111010111011"),
-            (7, 0xf1c3_d5f5, "111111111111111011111111111111111111001111111101")]
+            (0, 0x5cbd_2392, "111011111111111111111111111111111111111111111110"),
+            (1, 0x71fd_d102, "011111011101111111111111111101111101111111111111"),
+            (7, 0xf1c3_d5f5, "111111110111111101111111111111101111111111111111")]
         for (row, key, pattern) in expected {
             XCTAssertEqual(LoRADropout.rowKey(seed: seed, row: row), key, "row \(row)")
             let bound = LoRADropout.threshold(keep: 0.9)
@@ -42,7 +43,8 @@ final class LoRADropoutTests: XCTestCase {
         XCTAssertEqual(Double(sameRight) / pairs, 0.905, accuracy: 0.003)
         XCTAssertEqual(Double(sameBelow) / pairs, 0.905, accuracy: 0.003)
         // Different projections and layers draw different masks from one step seed.
-        let q = LoRADropout.seed(5, layer: 0, projection: "q_proj"), k = LoRADropout.seed(5, layer: 0, projection: "k_proj")
+        let q = LoRADropout.seed(5, layer: 0, projection: "q_proj")
+        let k = LoRADropout.seed(5, layer: 0, projection: "k_proj")
         XCTAssertNotEqual(q, k)
         XCTAssertNotEqual(LoRADropout.mask(seed: q, rows: 4, width: 64, keep: 0.5),
                           LoRADropout.mask(seed: k, rows: 4, width: 64, keep: 0.5))

@@ -39,8 +39,8 @@ extern "C" __global__ void swiglu_forward(T* act, const T* gate, const T* up, lo
     }
 }
 
-// dgate = da ⊙ up ⊙ σ(g)(1 + g(1 − σ(g))), dup = da ⊙ silu(g). Each group's inputs are read before its outputs
-// are written, so dgate may be gate's memory and dup up's (the step writes them in place).
+// dgate = da ⊙ up ⊙ σ(g)(1 + g(1 − σ(g))), dup = da ⊙ silu(g). Each group's inputs are read before its
+// outputs are written, so dgate may be gate's memory and dup up's (the step writes them in place).
 extern "C" __global__ void swiglu_backward(T* dgate, T* dup, const T* da, const T* gate, const T* up, long long n) {
     bool vector = aligned16(dgate) && aligned16(dup) && aligned16(da) && aligned16(gate) && aligned16(up);
     FOR_EACH8(i0, n) {

@@ -4,25 +4,28 @@
 //   lora_down:         z (rows, r)  = scale · (m ⊙ x) Aᵀ                 (forward: the adapter's down projection)
 //   lora_down_grad:    partial[s] (r, k) = dzᵀ (m ⊙ x) over rows slice s   (backward: dA, in fixed-order slices)
 //   lora_down_reduce:  dA (r, k) += scale · Σ_s partial[s]                (the slices summed in order: no atomics)
-//   lora_dx:           dx (rows, k) += scale · m ⊙ (dz A)                 (backward: the gradient through m ⊙ x)
+//   lora_dx:           dx (rows, k) (+)= scale · m ⊙ (dz A)               (backward: the gradient through m ⊙ x)
 // scale is 1/keep (the inverted-dropout factor) and m is all ones when keep = 1 (no dropout: no hashing).
 //
-// The mask of element (row, col) is LoRADropout's: with key = mix(lo(seed) ^ mix(hi(seed) ^ row)), the element is
-// kept when mix(key ^ col) < ⌈keep · 2^24⌉ · 2^8 (the top 24 bits, as a fraction of 2^24, below keep). mix is a
-// 32-bit xorshift-multiply finalizer. The CPU computes the same integers, so both devices draw the same masks.
+// The mask of element (row, col) is LoRADropout's: with key = mix(lo(seed) ^ mix(hi(seed) ^ row)) and
+// h = mix(key ^ ⌊col / 2⌋), the element is kept when its half of h (the low 16 bits for an even column, the high
+// 16 for an odd one) is below ⌈keep · 2^16⌉: one hash per pair of columns. mix is a 32-bit xorshift-multiply
+// finalizer. The CPU computes the same integers, so both devices draw the same masks.
 //
-// Thread mappings (256 threads = 8 warps per block; T is bf16 or float32, arithmetic in float32):
-//   lora_down: a block owns 32 rows (warp w: rows 4w…4w+3) and 16 of the r outputs (blockIdx.y); it walks k in
-//     steps of 256 columns, lane l reading columns 4l…4l+3 and 128+4l…128+4l+3 of the step (8-byte loads in
-//     bf16) of its 4 rows, and the step's slice of A as float32 from shared memory (16-byte reads, no bank
-//     conflicts). Each lane sums its 8 columns for 4 × 16 outputs; a warp reduction (shuffles) ends it.
-//   lora_down_grad: a block owns 64 columns (lane l: columns 2l, 2l+1), a slice of 512 rows (blockIdx.y; warp w
-//     takes every 8th row from w) and 16 of the r outputs (blockIdx.z); dz of the slice is staged in shared memory.
-//     The 8 warps' sums are added in warp order through shared memory and written to partial[slice].
+// Thread mappings (T is bf16 or float32, arithmetic in float32):
+//   lora_down, bf16: tensor cores (see the bf16 section at the end): 64 rows and 16 outputs a block of 8 warps that
+//     split k. float32: 256 threads own 32 rows (warp w: rows 4w…4w+3) and 16 of the r outputs (blockIdx.y),
+//     walking k in steps of 256 columns, lane l reading columns 4l…4l+3 and 128+4l…128+4l+3 of the step of its 4
+//     rows and the step's slice of A from shared memory (16-byte reads, no bank conflicts); a warp reduction
+//     (shuffles) ends it.
+//   lora_down_grad (both types): 256 threads own 64 columns (lane l: columns 2l, 2l+1), a slice of 512 rows
+//     (blockIdx.y; warp w takes every 8th row from w) and 16 of the r outputs (blockIdx.z); dz of the slice and
+//     its row keys are staged in shared memory. The 8 warps' sums are added in warp order through shared memory
+//     and written to partial[slice].
 //   lora_down_reduce: one thread per element of dA.
-//   lora_dx: a block owns 32 rows × 256 columns (warp w: rows 4w…4w+3; lane l: columns 4l…4l+3 and
-//     128+4l…128+4l+3) and walks r in slices of 16, each slice of A (16 × 256) and dz (32 × 16) staged in shared
-//     memory as float32.
+//   lora_dx, bf16: tensor cores, 128 rows × 256 columns a block of 4 warps (a strip of 64 columns each). float32:
+//     256 threads own 32 rows × 256 columns (warp w: rows 4w…4w+3; lane l: columns 4l…4l+3 and 128+4l…) and walk
+//     r in slices of 16, each slice of A (16 × 256) and dz (32 × 16) staged in shared memory.
 #include "common.cuh"
 
 #define LORA_THREADS 256
@@ -42,18 +45,19 @@ __device__ __forceinline__ unsigned lora_mix(unsigned x) {
 __device__ __forceinline__ unsigned lora_row_key(unsigned long long seed, unsigned row) {
     return lora_mix((unsigned)seed ^ lora_mix((unsigned)(seed >> 32) ^ row));
 }
-// The hash bound below which an element is kept (keep < 1; keep · 2^24 is exact in float32).
-__device__ __forceinline__ unsigned lora_threshold(float keep) {
-    return ((unsigned)ceilf(keep * 16777216.0f)) << 8;
-}
-__device__ __forceinline__ bool lora_kept(unsigned key, unsigned col, unsigned threshold) {
-    return lora_mix(key ^ col) < threshold;
+// The 16-bit bound below which an element is kept (keep < 1; keep · 2^16 is exact in float32).
+__device__ __forceinline__ unsigned lora_threshold(float keep) { return (unsigned)ceilf(keep * 65536.0f); }
+// Bit 0: column 2⌊col / 2⌋ kept; bit 1: column 2⌊col / 2⌋ + 1 kept.
+__device__ __forceinline__ unsigned lora_kept_pair(unsigned key, unsigned col, unsigned threshold) {
+    unsigned h = lora_mix(key ^ (col >> 1));
+    return ((h & 0xffffu) < threshold ? 1u : 0u) | ((h >> 16) < threshold ? 2u : 0u);
 }
 
 // Columns c0 + 4·lane … + 3 (e < 4) and c0 + 128 + 4·lane … (e ≥ 4) of a 256-column step: the lane's 8 columns.
 __device__ __forceinline__ int lora_column(int c0, int lane, int e) { return c0 + (e >> 2) * 128 + 4 * lane + (e & 3); }
 
-// z (rows, r) = scale · (m ⊙ x) Aᵀ. Grid (⌈rows / 32⌉, ⌈r / 16⌉).
+#if !QLORA_BF16
+// float32: z (rows, r) = scale · (m ⊙ x) Aᵀ with FMAs. Grid (⌈rows / 32⌉, ⌈r / 16⌉).
 extern "C" __global__ void __launch_bounds__(LORA_THREADS)
 lora_down(T* z, const T* x, const T* a, int rows, int k, int r, float keep, unsigned long long seed) {
     __shared__ __align__(16) float as[16 * DOWN_COLS];
@@ -93,8 +97,11 @@ lora_down(T* z, const T* x, const T* a, int rows, int k, int r, float keep, unsi
             }
             if (dropping) {
 #pragma unroll
-                for (int e = 0; e < 8; e++)
-                    if (!lora_kept(key[i], (unsigned)lora_column(c0, lane, e), threshold)) xv[i][e] = 0.0f;
+                for (int e = 0; e < 8; e += 2) {
+                    unsigned kept = lora_kept_pair(key[i], (unsigned)lora_column(c0, lane, e), threshold);
+                    if (!(kept & 1u)) xv[i][e] = 0.0f;
+                    if (!(kept & 2u)) xv[i][e + 1] = 0.0f;
+                }
             }
         }
 #pragma unroll
@@ -123,10 +130,14 @@ lora_down(T* z, const T* x, const T* a, int rows, int k, int r, float keep, unsi
     }
 }
 
-// partial[slice] (r, k) = Σ over the slice's rows of dzᵀ (m ⊙ x). Grid (⌈k / 64⌉, ⌈rows / 512⌉, ⌈r / 16⌉).
+#endif
+
+// partial[slice] (r, k) = Σ over the slice's rows of dzᵀ (m ⊙ x).
+// Grid (⌈k / 64⌉, ⌈rows / 512⌉, ⌈r / 16⌉).
 extern "C" __global__ void __launch_bounds__(LORA_THREADS)
 lora_down_grad(float* partial, const T* dz, const T* x, int rows, int k, int r, float keep, unsigned long long seed) {
     __shared__ __align__(16) float buffer[GRAD_ROWS * 16];   // dz of the slice, then the warps' sums (8 × 16 × 64)
+    __shared__ unsigned keys[GRAD_ROWS];                     // the slice's row keys, hashed once
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int j0 = blockIdx.z * 16, jn = min(16, r - j0);
     int rowStart = blockIdx.y * GRAD_ROWS, rowCount = min(GRAD_ROWS, rows - rowStart);
@@ -137,6 +148,9 @@ lora_down_grad(float* partial, const T* dz, const T* x, int rows, int k, int r, 
         int i = e / 16, j = e % 16;
         buffer[e] = (i < rowCount && j < jn) ? ld(dz[(long long)(rowStart + i) * r + j0 + j]) : 0.0f;
     }
+    if (dropping)
+        for (int i = threadIdx.x; i < GRAD_ROWS; i += LORA_THREADS)
+            keys[i] = lora_row_key(seed, (unsigned)(rowStart + i));
     __syncthreads();
     float acc[2][16];
 #pragma unroll
@@ -157,9 +171,9 @@ lora_down_grad(float* partial, const T* dz, const T* x, int rows, int k, int r, 
             x0 = col < k ? ld(xr[0]) : 0.0f; x1 = col + 1 < k ? ld(xr[1]) : 0.0f;
         }
         if (dropping) {
-            unsigned key = lora_row_key(seed, (unsigned)row);
-            if (!lora_kept(key, (unsigned)col, threshold)) x0 = 0.0f;
-            if (!lora_kept(key, (unsigned)(col + 1), threshold)) x1 = 0.0f;
+            unsigned kept = lora_kept_pair(keys[i], (unsigned)col, threshold);   // col is even
+            if (!(kept & 1u)) x0 = 0.0f;
+            if (!(kept & 2u)) x1 = 0.0f;
         }
         const float4* d = (const float4*)(buffer + i * 16);
 #pragma unroll
@@ -199,9 +213,11 @@ extern "C" __global__ void lora_down_reduce(float* grad, const float* partial, i
     grad[i] += scale * s;
 }
 
-// dx (rows, k) += scale · m ⊙ (dz A). Grid (⌈k / 256⌉, ⌈rows / 32⌉).
+#if !QLORA_BF16
+// float32: dx (rows, k) (+)= scale · m ⊙ (dz A) with FMAs (added to dx when `accumulate`, else written). Grid (⌈k / 256⌉, ⌈rows / 32⌉).
 extern "C" __global__ void __launch_bounds__(LORA_THREADS)
-lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsigned long long seed) {
+lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsigned long long seed,
+        int accumulate) {
     __shared__ __align__(16) float as[16 * DX_COLS];
     __shared__ __align__(16) float ds[DX_ROWS * 16];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -255,14 +271,205 @@ lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsi
         for (int h = 0; h < 2; h++) {
             int col = lora_column(c0, lane, 4 * h), limit = k - col;
             if (limit <= 0) continue;
-            float v[4];
-            load4(v, p + col, limit, vector);
+            float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            if (accumulate) load4(v, p + col, limit, vector);
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                bool kept = !dropping || lora_kept(key, (unsigned)(col + e), threshold);
-                if (kept) v[e] += scale * acc[i][4 * h + e];
+                unsigned kept = dropping ? lora_kept_pair(key, (unsigned)(col + e), threshold) >> (e & 1) : 1u;
+                if (kept & 1u) v[e] += scale * acc[i][4 * h + e];
             }
             store4(p + col, v, limit, vector);
         }
     }
 }
+#endif
+
+#if QLORA_BF16
+// ---------------------------------------------------------------------------------------------------------------
+// bf16: z and dx on the tensor cores (mma.sync m16n8k16, bf16 in, float32 out), fragments loaded from global
+// memory straight into registers. In lora_down the 16 columns of an mma step are a permutation of the k index:
+// lane (g = lane/4, c = lane%4) loads columns 8c…8c+7 of a 32-column step (one 16-byte load per row), and the
+// adapter's rows with the same permutation, so each product sums the right pairs; the mask is applied to the
+// packed registers.
+#define DOWN_WARPS 8
+#define DOWN_TILES 4   // row tiles of 16 per block: 64 rows
+#define DXM_WARPS 4
+#define DXM_TILES 8    // row tiles of 16 per block: 128 rows; each warp a strip of 64 columns
+
+__device__ __forceinline__ void lora_mma(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Eight bf16 at p as four packed registers (element 2i in the low half of register i); zeros past `limit`.
+__device__ __forceinline__ uint4 lora_load_packed(const T* p, int limit, bool vector) {
+    if (vector && limit >= 8) return *(const uint4*)p;
+    unsigned w[4] = {0u, 0u, 0u, 0u};
+    for (int e = 0; e < 8; e++) if (e < limit) w[e >> 1] |= (unsigned)p[e] << (16 * (e & 1));
+    return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// The eight packed values of columns col…col+7 of the row with `key`, the dropped ones zeroed.
+__device__ __forceinline__ uint4 lora_mask_packed(uint4 u, unsigned key, int col, unsigned threshold) {
+    unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {   // register i holds the pair of columns col + 2i, col + 2i + 1 (col is even)
+        unsigned kept = lora_kept_pair(key, (unsigned)(col + 2 * i), threshold);
+        w[i] &= ((kept & 1u) ? 0x0000ffffu : 0u) | ((kept & 2u) ? 0xffff0000u : 0u);
+    }
+    return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// z (rows, r) = scale · (m ⊙ x) Aᵀ. A block owns 64 rows and 16 of the r outputs (blockIdx.y); its 8 warps split k
+// (warp w takes the 32-column steps w, w + 8, …) and their sums are added in warp order through shared memory.
+// Grid (⌈rows / 64⌉, ⌈r / 16⌉), 256 threads.
+extern "C" __global__ void __launch_bounds__(DOWN_WARPS * 32)
+lora_down(T* z, const T* x, const T* a, int rows, int k, int r, float keep, unsigned long long seed) {
+    __shared__ float sums[DOWN_WARPS * DOWN_TILES * 16 * 16];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    int j0 = blockIdx.y * 16, jn = min(16, r - j0);
+    int row0 = blockIdx.x * DOWN_TILES * 16;
+    bool vector = (k & 7) == 0, dropping = keep < 1.0f;
+    unsigned threshold = dropping ? lora_threshold(keep) : 0u;
+    unsigned key[DOWN_TILES][2];
+    const T* xrow[DOWN_TILES][2];
+    bool live[DOWN_TILES][2];
+#pragma unroll
+    for (int t = 0; t < DOWN_TILES; t++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            int row = row0 + 16 * t + g + 8 * h;
+            live[t][h] = row < rows;
+            xrow[t][h] = x + (long long)(live[t][h] ? row : 0) * k;
+            key[t][h] = dropping ? lora_row_key(seed, (unsigned)row) : 0u;
+        }
+    bool a0live = g < jn, a1live = 8 + g < jn;
+    const T* a0 = a + (long long)(j0 + (a0live ? g : 0)) * k;
+    const T* a1 = a + (long long)(j0 + (a1live ? 8 + g : 0)) * k;
+    float acc[DOWN_TILES][2][4];
+#pragma unroll
+    for (int t = 0; t < DOWN_TILES; t++)
+#pragma unroll
+        for (int nb = 0; nb < 2; nb++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) acc[t][nb][q] = 0.0f;
+    for (int c0 = warp * 32; c0 < k; c0 += DOWN_WARPS * 32) {
+        int col = c0 + 8 * c, limit = k - col;
+        uint4 w0 = lora_load_packed(a0 + col, a0live ? limit : 0, vector);
+        uint4 w1 = lora_load_packed(a1 + col, a1live ? limit : 0, vector);
+        uint4 xv[DOWN_TILES][2];
+#pragma unroll
+        for (int t = 0; t < DOWN_TILES; t++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                xv[t][h] = lora_load_packed(xrow[t][h] + col, live[t][h] ? limit : 0, vector);
+                if (dropping) xv[t][h] = lora_mask_packed(xv[t][h], key[t][h], col, threshold);
+            }
+#pragma unroll
+        for (int t = 0; t < DOWN_TILES; t++) {
+            unsigned f0[4] = {xv[t][0].x, xv[t][1].x, xv[t][0].y, xv[t][1].y};
+            unsigned f1[4] = {xv[t][0].z, xv[t][1].z, xv[t][0].w, xv[t][1].w};
+            lora_mma(acc[t][0], f0, w0.x, w0.y); lora_mma(acc[t][0], f1, w0.z, w0.w);
+            lora_mma(acc[t][1], f0, w1.x, w1.y); lora_mma(acc[t][1], f1, w1.z, w1.w);
+        }
+    }
+    // acc[t][nb][q]: row 16t + g (+8 for q ≥ 2), output 8nb + 2c + (q & 1).
+#pragma unroll
+    for (int t = 0; t < DOWN_TILES; t++)
+#pragma unroll
+        for (int nb = 0; nb < 2; nb++)
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+                sums[((warp * DOWN_TILES + t) * 16 + g + 8 * (q >> 1)) * 16 + 8 * nb + 2 * c + (q & 1)] = acc[t][nb][q];
+    __syncthreads();
+    float scale = 1.0f / keep;
+    for (int e = threadIdx.x; e < DOWN_TILES * 16 * 16; e += DOWN_WARPS * 32) {
+        int i = e / 16, j = e % 16, row = row0 + i;
+        if (row >= rows || j >= jn) continue;
+        float s = 0.0f;
+#pragma unroll
+        for (int w = 0; w < DOWN_WARPS; w++) s += sums[(w * DOWN_TILES * 16 + i) * 16 + j];
+        z[(long long)row * r + j0 + j] = st(s * scale);
+    }
+}
+
+// Two bf16 (rows or columns apart in memory) as one packed register, zeros where not `valid`.
+__device__ __forceinline__ unsigned lora_pair(const T* p, long long stride, bool valid0, bool valid1) {
+    return (valid0 ? (unsigned)p[0] : 0u) | (valid1 ? (unsigned)p[stride] << 16 : 0u);
+}
+
+// dx (rows, k) (+)= scale · m ⊙ (dz A) (added when `accumulate`, else written). A block owns 128 rows × 256 columns; warp w a strip of 64 columns (8 mma
+// column blocks), walking its 8 row tiles; the B operand (A's rows 2c, 2c+1 and 2c+8, 2c+9 of column 8nb + g) is
+// loaded once per strip when r ≤ 16. Grid (⌈k / 256⌉, ⌈rows / 128⌉), 128 threads.
+extern "C" __global__ void __launch_bounds__(DXM_WARPS * 32)
+lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsigned long long seed,
+        int accumulate) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    int strip = blockIdx.x * DXM_WARPS * 64 + warp * 64;
+    if (strip >= k) return;   // no shared memory and no barriers here
+    int rowStart = blockIdx.y * DXM_TILES * 16;
+    bool dropping = keep < 1.0f, pairs = (k & 1) == 0;
+    unsigned threshold = dropping ? lora_threshold(keep) : 0u;
+    float scale = 1.0f / keep;
+    unsigned b[8][2];
+    for (int t = 0; t < DXM_TILES; t++) {
+        int base = rowStart + 16 * t;
+        if (base >= rows) break;
+        float acc[8][4];
+#pragma unroll
+        for (int nb = 0; nb < 8; nb++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) acc[nb][q] = 0.0f;
+        for (int j0 = 0; j0 < r; j0 += 16) {
+            unsigned f[4];
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                int row = base + g + 8 * (q & 1), j = j0 + 2 * c + 8 * (q >> 1);
+                const T* p = dz + (long long)(row < rows ? row : 0) * r + (j < r ? j : 0);
+                f[q] = lora_pair(p, 1, row < rows && j < r, row < rows && j + 1 < r);
+            }
+            if (t == 0 || r > 16) {
+#pragma unroll
+                for (int nb = 0; nb < 8; nb++) {
+                    int col = strip + 8 * nb + g;
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        int j = j0 + 2 * c + 8 * h;
+                        const T* p = a + (long long)(j < r ? j : 0) * k + (col < k ? col : 0);
+                        b[nb][h] = lora_pair(p, k, j < r && col < k, j + 1 < r && col < k);
+                    }
+                }
+            }
+#pragma unroll
+            for (int nb = 0; nb < 8; nb++) lora_mma(acc[nb], f, b[nb][0], b[nb][1]);
+        }
+        // acc[nb][q]: row base + g (+8 for q ≥ 2), column strip + 8nb + 2c + (q & 1).
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            int row = base + g + 8 * h;
+            if (row >= rows) continue;
+            T* p = dx + (long long)row * k;
+            unsigned key = dropping ? lora_row_key(seed, (unsigned)row) : 0u;
+#pragma unroll
+            for (int nb = 0; nb < 8; nb++) {
+                int col = strip + 8 * nb + 2 * c;
+                if (col >= k) continue;
+                bool both = col + 1 < k;
+                float v0 = 0.0f, v1 = 0.0f;
+                if (accumulate && pairs && both) {
+                    unsigned u = *(const unsigned*)(p + col);
+                    v0 = __uint_as_float(u << 16); v1 = __uint_as_float(u & 0xffff0000u);
+                } else if (accumulate) {
+                    v0 = ld(p[col]); v1 = both ? ld(p[col + 1]) : 0.0f;
+                }
+                unsigned kept = dropping ? lora_kept_pair(key, (unsigned)col, threshold) : 3u;   // col is even
+                if (kept & 1u) v0 += scale * acc[nb][2 * h];
+                if (kept & 2u) v1 += scale * acc[nb][2 * h + 1];
+                if (pairs && both) *(unsigned*)(p + col) = (unsigned)st(v0) | ((unsigned)st(v1) << 16);
+                else { p[col] = st(v0); if (both) p[col + 1] = st(v1); }
+            }
+        }
+    }
+}
+#endif
