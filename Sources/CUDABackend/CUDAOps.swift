@@ -73,10 +73,9 @@ extension CUDADevice {
     public func loraDown(_ z: DeviceBuffer, x: DeviceBuffer, a: DeviceBuffer, rows: Int, k: Int, r: Int, keep: Float,
                          seed: UInt64) throws {
         try Self.checkLoRA("loraDown", rows: rows, k: k, r: r, [(x, rows * k), (a, r * k), (z, rows * r)])
-        // bf16: tensor cores, 64 rows a block; float32: FMAs, 32 rows a block (lora.cu).
-        let rowsPerBlock = x.dtype == .bf16 ? 64 : 32
-        try launch(.lora, "lora_down", bf16: x.dtype == .bf16,
-                   grid: ((rows + rowsPerBlock - 1) / rowsPerBlock, (r + 15) / 16, 1), block: 256, sharedBytes: 0,
+        // 32 rows a block (bf16: tensor cores; float32: FMAs; lora.cu).
+        try launch(.lora, "lora_down", bf16: x.dtype == .bf16, grid: ((rows + 31) / 32, (r + 15) / 16, 1),
+                   block: 256, sharedBytes: 0,
                    [.buffer(z), .buffer(x), .buffer(a), .int(rows), .int(k), .int(r), .float(keep), .uint64(seed)])
     }
 

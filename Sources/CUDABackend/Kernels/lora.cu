@@ -13,7 +13,7 @@
 // finalizer. The CPU computes the same integers, so both devices draw the same masks.
 //
 // Thread mappings (T is bf16 or float32, arithmetic in float32):
-//   lora_down, bf16: tensor cores (see the bf16 section at the end): 64 rows and 16 outputs a block of 8 warps that
+//   lora_down, bf16: tensor cores (see the bf16 section at the end): 32 rows and 16 outputs a block of 8 warps that
 //     split k. float32: 256 threads own 32 rows (warp w: rows 4w…4w+3) and 16 of the r outputs (blockIdx.y),
 //     walking k in steps of 256 columns, lane l reading columns 4l…4l+3 and 128+4l…128+4l+3 of the step of its 4
 //     rows and the step's slice of A from shared memory (16-byte reads, no bank conflicts); a warp reduction
@@ -214,7 +214,8 @@ extern "C" __global__ void lora_down_reduce(float* grad, const float* partial, i
 }
 
 #if !QLORA_BF16
-// float32: dx (rows, k) (+)= scale · m ⊙ (dz A) with FMAs (added to dx when `accumulate`, else written). Grid (⌈k / 256⌉, ⌈rows / 32⌉).
+// float32: dx (rows, k) (+)= scale · m ⊙ (dz A) with FMAs (added to dx when `accumulate`, else written).
+// Grid (⌈k / 256⌉, ⌈rows / 32⌉).
 extern "C" __global__ void __launch_bounds__(LORA_THREADS)
 lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsigned long long seed,
         int accumulate) {
@@ -292,7 +293,7 @@ lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsi
 // adapter's rows with the same permutation, so each product sums the right pairs; the mask is applied to the
 // packed registers.
 #define DOWN_WARPS 8
-#define DOWN_TILES 4   // row tiles of 16 per block: 64 rows
+#define DOWN_TILES 2   // row tiles of 16 per block: 32 rows
 #define DXM_WARPS 4
 #define DXM_TILES 8    // row tiles of 16 per block: 128 rows; each warp a strip of 64 columns
 
@@ -321,9 +322,9 @@ __device__ __forceinline__ uint4 lora_mask_packed(uint4 u, unsigned key, int col
     return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
-// z (rows, r) = scale · (m ⊙ x) Aᵀ. A block owns 64 rows and 16 of the r outputs (blockIdx.y); its 8 warps split k
+// z (rows, r) = scale · (m ⊙ x) Aᵀ. A block owns 32 rows and 16 of the r outputs (blockIdx.y); its 8 warps split k
 // (warp w takes the 32-column steps w, w + 8, …) and their sums are added in warp order through shared memory.
-// Grid (⌈rows / 64⌉, ⌈r / 16⌉), 256 threads.
+// Grid (⌈rows / 32⌉, ⌈r / 16⌉), 256 threads.
 extern "C" __global__ void __launch_bounds__(DOWN_WARPS * 32)
 lora_down(T* z, const T* x, const T* a, int rows, int k, int r, float keep, unsigned long long seed) {
     __shared__ float sums[DOWN_WARPS * DOWN_TILES * 16 * 16];
@@ -399,17 +400,22 @@ __device__ __forceinline__ unsigned lora_pair(const T* p, long long stride, bool
     return (valid0 ? (unsigned)p[0] : 0u) | (valid1 ? (unsigned)p[stride] << 16 : 0u);
 }
 
-// dx (rows, k) (+)= scale · m ⊙ (dz A) (added when `accumulate`, else written). A block owns 128 rows × 256 columns; warp w a strip of 64 columns (8 mma
-// column blocks), walking its 8 row tiles; the B operand (A's rows 2c, 2c+1 and 2c+8, 2c+9 of column 8nb + g) is
-// loaded once per strip when r ≤ 16. Grid (⌈k / 256⌉, ⌈rows / 128⌉), 128 threads.
+// dx (rows, k) (+)= scale · m ⊙ (dz A) (added when `accumulate`, else written). A block owns 128 rows × 256
+// columns; warp w a strip of 64 columns (8 mma column blocks), walking its 8 row tiles; the B operand (A's rows 2c,
+// 2c+1 and 2c+8, 2c+9 of column 8nb + g) is loaded once per strip when r ≤ 16. Each 16 × 64 result tile goes through
+// the warp's shared-memory tile (masked and scaled on the way in) so that dx is read and written 16 bytes a lane.
+// Grid (⌈k / 256⌉, ⌈rows / 128⌉), 128 threads.
+#define DXM_PITCH 68   // floats per row of a warp's staged tile (64 + 4: fewer bank conflicts)
 extern "C" __global__ void __launch_bounds__(DXM_WARPS * 32)
 lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsigned long long seed,
         int accumulate) {
+    __shared__ __align__(16) float staged[DXM_WARPS * 16 * DXM_PITCH];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     int strip = blockIdx.x * DXM_WARPS * 64 + warp * 64;
-    if (strip >= k) return;   // no shared memory and no barriers here
+    if (strip >= k) return;   // each warp uses only its own tile and __syncwarp: no block barriers here
+    float* tile = staged + warp * 16 * DXM_PITCH;
     int rowStart = blockIdx.y * DXM_TILES * 16;
-    bool dropping = keep < 1.0f, pairs = (k & 1) == 0;
+    bool dropping = keep < 1.0f, vector = (k & 7) == 0;
     unsigned threshold = dropping ? lora_threshold(keep) : 0u;
     float scale = 1.0f / keep;
     unsigned b[8][2];
@@ -444,31 +450,36 @@ lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsi
 #pragma unroll
             for (int nb = 0; nb < 8; nb++) lora_mma(acc[nb], f, b[nb][0], b[nb][1]);
         }
-        // acc[nb][q]: row base + g (+8 for q ≥ 2), column strip + 8nb + 2c + (q & 1).
+        // acc[nb][q]: row base + g (+8 for q ≥ 2), column strip + 8nb + 2c + (q & 1), masked and scaled into the
+        // tile.
+        __syncwarp();   // the previous tile has been written out
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            int row = base + g + 8 * h;
-            if (row >= rows) continue;
-            T* p = dx + (long long)row * k;
-            unsigned key = dropping ? lora_row_key(seed, (unsigned)row) : 0u;
+            unsigned key = dropping ? lora_row_key(seed, (unsigned)(base + g + 8 * h)) : 0u;
 #pragma unroll
             for (int nb = 0; nb < 8; nb++) {
-                int col = strip + 8 * nb + 2 * c;
-                if (col >= k) continue;
-                bool both = col + 1 < k;
-                float v0 = 0.0f, v1 = 0.0f;
-                if (accumulate && pairs && both) {
-                    unsigned u = *(const unsigned*)(p + col);
-                    v0 = __uint_as_float(u << 16); v1 = __uint_as_float(u & 0xffff0000u);
-                } else if (accumulate) {
-                    v0 = ld(p[col]); v1 = both ? ld(p[col + 1]) : 0.0f;
-                }
-                unsigned kept = dropping ? lora_kept_pair(key, (unsigned)col, threshold) : 3u;   // col is even
-                if (kept & 1u) v0 += scale * acc[nb][2 * h];
-                if (kept & 2u) v1 += scale * acc[nb][2 * h + 1];
-                if (pairs && both) *(unsigned*)(p + col) = (unsigned)st(v0) | ((unsigned)st(v1) << 16);
-                else { p[col] = st(v0); if (both) p[col + 1] = st(v1); }
+                int col = strip + 8 * nb + 2 * c;   // even
+                unsigned kept = dropping ? lora_kept_pair(key, (unsigned)col, threshold) : 3u;
+                *(float2*)(tile + (g + 8 * h) * DXM_PITCH + 8 * nb + 2 * c) =
+                    make_float2((kept & 1u) ? scale * acc[nb][2 * h] : 0.0f,
+                                (kept & 2u) ? scale * acc[nb][2 * h + 1] : 0.0f);
             }
+        }
+        __syncwarp();
+        // 16 rows × 8 chunks of 8 columns: lane l takes chunks l, l + 32, l + 64, l + 96 (row = chunk / 8).
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int chunk = lane + 32 * i, rowInTile = chunk >> 3, col = strip + (chunk & 7) * 8;
+            int row = base + rowInTile, limit = k - col;
+            if (row >= rows || limit <= 0) continue;
+            const float* src = tile + rowInTile * DXM_PITCH + (chunk & 7) * 8;
+            float v[8];
+            T* p = dx + (long long)row * k + col;
+            if (accumulate) load8(v, p, limit, vector);
+            else for (int e = 0; e < 8; e++) v[e] = 0.0f;
+#pragma unroll
+            for (int e = 0; e < 8; e++) v[e] += src[e];
+            store8(p, v, limit, vector);
         }
     }
 }
