@@ -31,7 +31,7 @@ struct ModelText {
                 template = config["chat_template"]?.stringValue
             }
             if template == nil, let jinja = try? String(contentsOfFile: path + "/chat_template.jinja", encoding: .utf8) { template = jinja }
-            return ModelText(tokenizer: tokenizer, chatTemplate: template.flatMap { ChatTemplate(jinja: $0) })
+            return ModelText(tokenizer: tokenizer, chatTemplate: try template.map { try chatTemplate($0, tokenizer) })
         }
         if path.hasSuffix(".json") {
             return ModelText(tokenizer: try Tokenizer(tokenizerJSONPath: path), chatTemplate: nil)
@@ -49,7 +49,19 @@ struct ModelText {
             paddingTokenId: m["tokenizer.ggml.padding_token_id"]?.int,
             addBOS: m["tokenizer.ggml.add_bos_token"]?.bool ?? (model == "llama"),
             addSpacePrefix: m["tokenizer.ggml.add_space_prefix"]?.bool ?? (model == "llama"))
-        return ModelText(tokenizer: tokenizer, chatTemplate: m["tokenizer.chat_template"]?.string.flatMap { ChatTemplate(jinja: $0) })
+        let template = try m["tokenizer.chat_template"]?.string.map { try chatTemplate($0, tokenizer) }
+        return ModelText(tokenizer: tokenizer, chatTemplate: template)
+    }
+
+    /// The model's Jinja chat template, with the tokenizer's BOS and EOS tokens as `bos_token` and `eos_token`.
+    static func chatTemplate(_ source: String, _ tokenizer: Tokenizer) throws -> ChatTemplate {
+        do {
+            return try ChatTemplate(jinja: source,
+                                    bosToken: tokenizer.bosTokenId.flatMap { tokenizer.token(forId: $0) },
+                                    eosToken: tokenizer.eosTokenId.flatMap { tokenizer.token(forId: $0) })
+        } catch let error as JinjaError {
+            throw TrainingError(description: "the model's \(error)")
+        }
     }
 
     /// Ids that end generation: EOS and the chat format's end-of-turn marker.
