@@ -11,6 +11,7 @@ public struct ChatMessage: Equatable, Sendable {
 public struct TextSegment: Equatable, Sendable {
     public var text: String
     public var trainable: Bool
+    /// A segment of `text`.
     public init(text: String, trainable: Bool) { self.text = text; self.trainable = trainable }
 }
 

@@ -22,6 +22,8 @@ public struct DatasetOptions: Sendable {
     public var rolesToTrain: Set<String> = ["assistant"]
     /// Which end-of-turn markers take the loss (axolotl's `train_on_eos`).
     public var trainOnEOS = TrainOnEOS.turn
+    /// Why the model's chat template could not be parsed, for the message when a chat record needs it.
+    public var chatTemplateError: String? = nil
     /// Defaults as above.
     public init() {}
 }
@@ -183,7 +185,7 @@ public enum TextDataset {
         }
         if let turns = record["conversations"]?.arrayValue {   // ShareGPT: [{"from": "human" | "gpt" | ..., "value"}]
             guard let template = options.chatTemplate else {
-                throw fail("chat records need a chat template; the model has none")
+                throw fail(noTemplate(options))
             }
             let roles = ["human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                 "chatgpt": "assistant",
@@ -201,7 +203,7 @@ public enum TextDataset {
         }
         if let messages = record["messages"]?.arrayValue {
             guard let template = options.chatTemplate else {
-                throw fail("chat records need a chat template; the model has none")
+                throw fail(noTemplate(options))
             }
             let chat = try messages.map { m -> ChatMessage in
                 guard let role = m["role"]?.stringValue, let content = m["content"]?.stringValue else {
@@ -225,6 +227,11 @@ public enum TextDataset {
             return .text([TextSegment(text: text + eos, trainable: true)])
         }
         throw fail("no input_ids, messages, text, or prompt/completion fields (use --prompt-field and --completion-field)")
+    }
+
+    static func noTemplate(_ options: DatasetOptions) -> String {
+        "chat records need a chat template; the model has none" +
+            (options.chatTemplateError.map { " that parses: \($0)" } ?? "")
     }
 
     /// The conversation rendered by the model's template, a template error named with the record's place.

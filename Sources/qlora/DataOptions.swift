@@ -25,6 +25,15 @@ struct DataOptions: ParsableArguments {
         return value
     }
 
+    /// `--train-on-eos` (recipe `train_on_eos`, default turn), checked.
+    func trainOnEOS(recipe: TrainingRecipe) throws -> TrainOnEOS {
+        guard let name = try trainOnEos ?? recipe.string("train_on_eos") else { return .turn }
+        guard let value = TrainOnEOS(rawValue: name) else {
+            throw ValidationError("--train-on-eos (recipe train_on_eos) is \"\(name)\": use turn, last, all or none")
+        }
+        return value
+    }
+
     /// The dataset options for a model's text (the chat template comes from the model).
     func options(_ text: ModelText, recipe: TrainingRecipe = TrainingRecipe(), maxPositions: Int) throws -> DatasetOptions {
         var o = DatasetOptions()
@@ -42,12 +51,8 @@ struct DataOptions: ParsableArguments {
             ?? recipe.list("roles_to_train") {
             o.rolesToTrain = Set(roles.map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
         }
-        if let eos = try trainOnEos ?? recipe.string("train_on_eos") {
-            guard let value = TrainOnEOS(rawValue: eos) else {
-                throw ValidationError("--train-on-eos (recipe train_on_eos) is \"\(eos)\": use turn, last, all or none")
-            }
-            o.trainOnEOS = value
-        }
+        o.trainOnEOS = try trainOnEOS(recipe: recipe)
+        o.chatTemplateError = text.chatTemplateError
         return o
     }
 }

@@ -60,7 +60,8 @@ struct Generate: ParsableCommand {
             var ids: [Int]
             if chat {
                 guard let template = text.chatTemplate else {
-                    throw ValidationError("--chat: the model has no chat template")
+                    throw ValidationError("--chat: the model has no chat template" +
+                        (text.chatTemplateError.map { " that parses: \($0)" } ?? ""))
                 }
                 let prompt = try template.render([ChatMessage(role: "user", content: p)], addGenerationPrompt: true)
                 ids = tokenizer.encode(prompt)

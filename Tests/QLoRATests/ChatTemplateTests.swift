@@ -142,6 +142,16 @@ final class ChatTemplateTests: XCTestCase {
         }
     }
 
+    /// axolotl's recipe keys are known to the recipe reader.
+    func testRecipeReadsRolesToTrainAndTrainOnEOS() throws {
+        let dir = makeTemporaryDirectory(self)
+        try "roles_to_train: [user, assistant]\ntrain_on_eos: last\n".write(toFile: dir + "/r.yaml", atomically: true,
+                                                                          encoding: .utf8)
+        let recipe = try TrainingRecipe(contentsOf: dir + "/r.yaml")
+        XCTAssertEqual(try recipe.list("roles_to_train"), ["user", "assistant"])
+        XCTAssertEqual(try recipe.string("train_on_eos"), "last")
+    }
+
     /// Chat records of a data file go through the template with roles_to_train and train_on_eos.
     func testDatasetUsesRolesToTrainAndTrainOnEOS() throws {
         let tokenizer = try tokenizer()
@@ -244,5 +254,7 @@ final class JinjaTests: XCTestCase {
         XCTAssertEqual(error("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}")?.message,
                        "the output is longer than 65536 bytes")
         XCTAssertEqual(error("{% set ns = namespace() %}{% set ns.me = ns %}")?.kind, .runtime)
+        XCTAssertEqual(error("{% for c in 'x' * 10000000 %}{% endfor %}")?.message, "a list longer than 1048576 items")
+        XCTAssertEqual(error("{{ range(10000000) | length }}")?.kind, .limit)
     }
 }

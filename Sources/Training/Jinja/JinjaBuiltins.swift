@@ -14,6 +14,15 @@ enum JinjaBuiltins {
         fail("'\(name(v))' is undefined", pos)
     }
 
+    /// The most items a list (or a string iterated) may have.
+    static let maximumItems = 1 << 20
+
+    static func checkCount(_ n: Int, _ pos: JinjaPosition) throws {
+        guard n <= maximumItems else {
+            throw JinjaError(kind: .limit, message: "a list longer than \(maximumItems) items", position: pos)
+        }
+    }
+
     static func checkSize(_ n: Int, _ pos: JinjaPosition) throws {
         guard n <= JinjaTemplate.maximumOutputBytes else {
             throw JinjaError(kind: .limit, message: "a value longer than \(JinjaTemplate.maximumOutputBytes)",
@@ -27,7 +36,9 @@ enum JinjaBuiltins {
         case .undefined: return []
         case .list(let items, _): return items
         case .dict(let d, _): return d.keys.map { .string($0) }
-        case .string(let s): return s.unicodeScalars.map { .string(String($0)) }
+        case .string(let s):
+            try checkCount(s.utf8.count, pos)
+            return s.unicodeScalars.map { .string(String($0)) }
         default: throw fail("a \(v.typeName) is not iterable", pos)
         }
     }
@@ -48,7 +59,7 @@ enum JinjaBuiltins {
         let (span, overflow) = stop.subtractingReportingOverflow(start)
         guard !overflow else { throw JinjaError(kind: .limit, message: "range() too long", position: pos) }
         let count = span == 0 || (span > 0) != (stride > 0) ? 0 : (span.magnitude - 1) / stride.magnitude + 1
-        try checkSize(Int(clamping: count), pos)
+        try checkCount(Int(clamping: count), pos)
         return .list((0..<Int(count)).map { .int(start + $0 * stride) }, depth: 1)
     }
 
@@ -141,7 +152,7 @@ enum JinjaBuiltins {
             try checkSize(x.utf8.count + y.utf8.count, pos)
             return .string(x + y)
         case ("+", .list(let x, let dx), .list(let y, let dy)):
-            try checkSize(x.count + y.count, pos)
+            try checkCount(x.count + y.count, pos)
             return .list(x + y, depth: max(dx, dy))
         case ("*", .string(let s), _), ("*", _, .string(let s)):
             guard let n = (a.integer != nil ? a : b).integer else { break }
@@ -153,7 +164,7 @@ enum JinjaBuiltins {
             guard let n = (a.integer != nil ? a : b).integer else { break }
             let (total, o) = max(0, n).multipliedReportingOverflow(by: l.count)
             guard !o else { throw overflow() }
-            try checkSize(total, pos)
+            try checkCount(total, pos)
             return .list(Array([[JinjaValue]](repeating: l, count: max(0, n)).joined()), depth: d)
         default: break
         }
