@@ -100,6 +100,20 @@ JINJA_CASES = [
     ("{{ none }} {{ true }} {{ [1, 'a', none, 1.0] }} {{ {'a': 'b'} }} {{ 1e20 }} {{ 3.0 }}"
      "{{ \"it's\" }}{{ ['it\\'s'] }}"),
     "{{ 'tab\\there' }}|{{ \"\\u00e9\\x41\" }}|{{ 'a' 'b' }}|{{ '\\q' }}",
+    # Constructs of other models' templates (Qwen3, DeepSeek, Llama 3.2).
+    ("{% for m in messages[::-1] %}{{ m.role }}{{ loop.revindex }}{% if loop.previtem is defined %}+{% endif %}"
+     "{% endfor %}"),
+    ("{{ 'a<think>b</think>\\nc'.split('</think>')[-1].lstrip('\\n') }}|{{ (messages|length - 1) - 0 }}"
+     "|{{ {'k': 1}.get('k') }}{{ {'k': 1}.get('z', 'd') }}|{{ 'role' in messages[0] }}{{ 'x' in messages[0] }}"),
+    ("{{ [1, 2, 3] | reverse | list }}{{ 'abc' | reverse }}"
+     "|{% for k, v in {'b': 1, 'a': 2} | items %}{{ k }}{{ v }}{% endfor %}|{{ 3.7 | int }}"
+     "{{ '5' | int + 1 }}{{ 2 | float }}{{ -3 | abs }}|{{ 'hello world' | capitalize }}|{{ 'a' ~ 'b' if true }}"),
+    "a\n  {%+ if true %}x{% endif %}\n  {%- if true +%}\ny{% endif %}",
+    ("{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}"
+     "{%- for message in messages[::-1] %}{%- set index = (messages|length - 1) - loop.index0 %}"
+     "{%- if ns.multi_step_tool and message.role == 'user' and not(message.content.startswith('<tool')) %}"
+     "{%- set ns.multi_step_tool = false %}{%- set ns.last_query_index = index %}{%- endif %}{%- endfor %}"
+     "{{ ns.last_query_index }}"),
 ]
 JINJA_CONTEXT = {"x": 1, "messages": [m("system", "S"), m("user", "U")]}
 
