@@ -246,6 +246,10 @@ final class JinjaTests: XCTestCase {
         XCTAssertEqual(error("{{ " + String(repeating: "not ", count: 5000) + "1 }}")?.kind, .limit)
         XCTAssertEqual(error(String(repeating: "{% if true %}", count: 500))?.kind, .limit)
         XCTAssertEqual(error("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}")?.kind, .limit)
+        let deep = String(repeating: "(", count: 90) + "f(n)" + String(repeating: ")", count: 90)
+        XCTAssertEqual(error("{% macro f(n) %}{{ \(deep) }}{% endmacro %}{{ f(0) }}")?.kind, .limit)
+        XCTAssertEqual(try render("{{ [1, 2, 3][2::9223372036854775807] }}{{ [1, 2, 3][::-9223372036854775807] }}" +
+            "{{ (-9223372036854775807 - 1) is divisibleby(-1) }}"), "[3][3]True")
         XCTAssertEqual(error("{{ 'a' * 100000000 }}")?.kind, .limit)
         XCTAssertEqual(error("{% set ns = namespace(x=[]) %}{% for i in range(100) %}{% set ns.x = [ns.x] %}" +
             "{% endfor %}")?.kind, .limit)

@@ -123,7 +123,15 @@ enum JinjaBuiltins {
             }
             let start = adjust(try bound(a), step < 0 ? n - 1 : 0)
             let stop = adjust(try bound(b), step < 0 ? -1 : n)
-            return Array(Swift.stride(from: start, to: stop, by: step))
+            var out: [Int] = []
+            var k = start
+            while step > 0 ? k < stop : k > stop {
+                out.append(k)
+                let (next, overflow) = k.addingReportingOverflow(step)
+                if overflow { break }
+                k = next
+            }
+            return out
         }
         switch v {
         case .undefined: throw undefinedError(v, pos)
@@ -622,7 +630,7 @@ enum JinjaBuiltins {
             guard let i = v.integer, let n = try other().integer, n != 0 else {
                 throw fail("divisibleby needs integers", pos)
             }
-            return i % n == 0
+            return n == -1 || i % n == 0
         case "lower": if case .string(let s) = v { return s == s.lowercased() }; return false
         case "upper": if case .string(let s) = v { return s == s.uppercased() }; return false
         case "eq", "equalto", "==": return v.equals(try other())

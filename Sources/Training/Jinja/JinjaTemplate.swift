@@ -13,6 +13,8 @@ public struct JinjaTemplate: Sendable {
     public static let maximumSteps = 2_000_000
     /// The deepest nesting of macro calls and blocks while rendering.
     public static let maximumCallDepth = 48
+    /// The deepest nesting of expression evaluations, macro calls included (bounds the stack a render uses).
+    public static let maximumEvaluationDepth = 256
 
     let nodes: [JinjaNode]
 
@@ -43,6 +45,7 @@ final class JinjaRenderer {
     private var scopes: [[String: JinjaValue]]
     private var steps = 0
     private var depth = 0
+    private var evaluationDepth = 0
     private let maximumSteps: Int
     private let maximumOutputBytes: Int
 
@@ -266,6 +269,12 @@ final class JinjaRenderer {
 
     func evaluate(_ e: JinjaExpr) throws -> JinjaValue {
         try step(e.position)
+        evaluationDepth += 1
+        defer { evaluationDepth -= 1 }
+        guard evaluationDepth <= JinjaTemplate.maximumEvaluationDepth else {
+            throw JinjaError(kind: .limit, message: "expressions and calls nested deeper than " +
+                "\(JinjaTemplate.maximumEvaluationDepth)", position: e.position)
+        }
         let pos = e.position
         switch e.kind {
         case .none: return .none
