@@ -245,6 +245,8 @@ final class JinjaTests: XCTestCase {
         XCTAssertEqual(error("{{ " + String(repeating: "1 + ", count: 50000) + "1 }}")?.kind, .limit)
         XCTAssertEqual(error("{{ " + String(repeating: "not ", count: 5000) + "1 }}")?.kind, .limit)
         XCTAssertEqual(error(String(repeating: "{% if true %}", count: 500))?.kind, .limit)
+        XCTAssertEqual(try render(String(repeating: "{% if true %}", count: 32) + "x" +
+            String(repeating: "{% endif %}", count: 32)), "x")
         XCTAssertEqual(error("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}")?.kind, .limit)
         let deep = String(repeating: "(", count: 90) + "f(n)" + String(repeating: ")", count: 90)
         XCTAssertEqual(error("{% macro f(n) %}{{ \(deep) }}{% endmacro %}{{ f(0) }}")?.kind, .limit)

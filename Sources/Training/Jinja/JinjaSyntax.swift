@@ -43,14 +43,15 @@ indirect enum JinjaNode: Sendable {
     case loopBreak, loopContinue
 }
 
-/// Parses the tokens of a template into statements. Nesting of blocks and of expressions is bounded.
+/// Parses the tokens of a template into statements. Nesting of blocks and of expressions is bounded (blocks below
+/// the renderer's call depth, so that every template that parses can render its blocks).
 struct JinjaParser {
-    static let maximumBlockDepth = 64
+    static let maximumBlockDepth = 32
     static let maximumExpressionDepth = 96
 
     private let tokens: [JinjaToken]
     private var k = 0
-    private var blockDepth = 0
+    private var blockDepth = -1  // the template itself is depth 0
     private var expressionDepth = 0
 
     static func parse(_ source: String) throws -> [JinjaNode] {
