@@ -35,7 +35,8 @@ let package = Package(
         .testTarget(
             name: "QLoRATests",
             dependencies: ["Tensors", "Quantization", "ModelFiles", "Llama", "CPUBackend", "Training", "Tokenizers",
-                           "CUDABackend", "CUDATraining"]
+                           "CUDABackend", "CUDATraining"],
+            exclude: ["Fixtures"]
         ),
     ],
     swiftLanguageModes: [.v5]

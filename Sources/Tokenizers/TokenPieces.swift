@@ -52,6 +52,9 @@ struct TokenPieces {
     /// Whether `id` is a special token.
     func isSpecial(_ id: Int) -> Bool { id >= 0 && id < isSpecial.count && isSpecial[id] }
 
+    /// How many bytes `id` decodes to (0 outside the vocabulary).
+    func byteCount(of id: Int) -> Int { id >= 0 && id < isSpecial.count ? starts[id + 1] - starts[id] : 0 }
+
     /// The text of `ids`; ids outside the vocabulary are left out. Byte sequences that are not valid UTF-8 (a
     /// character cut between two calls, say) become U+FFFD.
     func decode(_ ids: [Int], skipSpecialTokens: Bool) -> String {

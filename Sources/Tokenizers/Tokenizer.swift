@@ -94,6 +94,21 @@ public final class Tokenizer: @unchecked Sendable {
         pieces.decode(ids, skipSpecialTokens: skipSpecialTokens)
     }
 
+    /// Where each of `ids` ends in the text they decode to, as UTF-8 offsets (the space SentencePiece puts in front
+    /// of the input not counted): token `i` spans `ends[i - 1]..<ends[i]`. For encoded text this maps each token
+    /// back to the bytes it came from (exactly for byte-level vocabularies).
+    public func byteEnds(of ids: [Int]) -> [Int] {
+        var ends: [Int] = []
+        ends.reserveCapacity(ids.count)
+        var offset = 0
+        for (i, id) in ids.enumerated() {
+            offset += pieces.byteCount(of: id)
+            if i == 0, pieces.spelling.dropsLeadingSpace, offset > 0, decode([id]).utf8.count < offset { offset -= 1 }
+            ends.append(offset)
+        }
+        return ends
+    }
+
     /// The id of the token spelled `token` as the vocabulary writes it (byte-level vocabularies write a space as
     /// "Ġ", SentencePiece ones as "▁"), or nil.
     public func id(forToken token: String) -> Int? {

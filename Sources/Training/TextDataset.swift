@@ -18,6 +18,12 @@ public struct DatasetOptions: Sendable {
     public var packing = false
     /// The model's chat format; instruction records are rendered as a user/assistant exchange with it.
     public var chatTemplate: ChatTemplate? = nil
+    /// Roles whose chat turns take the loss (axolotl's `roles_to_train`).
+    public var rolesToTrain: Set<String> = ["assistant"]
+    /// Which end-of-turn markers take the loss (axolotl's `train_on_eos`).
+    public var trainOnEOS = TrainOnEOS.turn
+    /// Why the model's chat template could not be parsed, for the message when a chat record needs it.
+    public var chatTemplateError: String? = nil
     /// Defaults as above.
     public init() {}
 }
@@ -61,17 +67,24 @@ public enum TextDataset {
                 var ids: [Int] = [], labels: [Int] = []
                 switch segments {
                 case .tokens(let i, let l): ids = i; labels = l
-                case .text(let parts):
+                case .text(let parts), .chat(let parts):
                     guard let tokenizer else {
                         throw DatasetError(description: "\(path):\(line): text records need a tokenizer, and the model has none (use pre-tokenized input_ids)")
                     }
                     if tokenizer.addsBOS, let bos = tokenizer.bosTokenId, !(parts.first?.text.hasPrefix(tokenizer.token(forId: bos) ?? "\u{0}") ?? false) {
                         ids.append(bos); labels.append(options.trainOnInputs ? bos : -100)
                     }
-                    for part in parts {
-                        let piece = tokenizer.encode(part.text, addSpecialTokens: false)
+                    if case .chat = segments {
+                        let (piece, trainable) = tokenize(parts, with: tokenizer)
                         ids += piece
-                        labels += part.trainable || options.trainOnInputs ? piece : [Int](repeating: -100, count: piece.count)
+                        labels += zip(piece, trainable).map { $1 || options.trainOnInputs ? $0 : -100 }
+                    } else {
+                        for part in parts {
+                            let piece = tokenizer.encode(part.text, addSpecialTokens: false)
+                            ids += piece
+                            labels += part.trainable || options.trainOnInputs ? piece
+                                : [Int](repeating: -100, count: piece.count)
+                        }
                     }
                 }
                 for id in ids where id < 0 || id >= vocabularySize {
@@ -126,7 +139,27 @@ public enum TextDataset {
         return .text(String(decoding: bytes, as: UTF8.self))
     }
 
-    enum Segments { case tokens([Int], [Int]), text([TextSegment]) }
+    /// Pre-tokenized ids and labels; text pieces tokenized one by one; or a rendered conversation, tokenized whole.
+    enum Segments { case tokens([Int], [Int]), text([TextSegment]), chat([TextSegment]) }
+
+    /// The token ids of the segments' text, tokenized as one text (as `apply_chat_template` does), and whether each
+    /// token is trainable: a token is when any of its bytes lies in a trainable segment.
+    public static func tokenize(_ segments: [TextSegment],
+                                with tokenizer: Tokenizer) -> (ids: [Int], trainable: [Bool]) {
+        var text = "", byteIsTrainable: [Bool] = []
+        for s in segments {
+            text += s.text
+            byteIsTrainable += [Bool](repeating: s.trainable, count: s.text.utf8.count)
+        }
+        let ids = tokenizer.encode(text, addSpecialTokens: false)
+        var start = 0
+        let trainable = tokenizer.byteEnds(of: ids).map { end -> Bool in
+            let a = min(start, byteIsTrainable.count), b = min(max(end, a), byteIsTrainable.count)
+            start = end
+            return byteIsTrainable[a..<b].contains(true)
+        }
+        return (ids, trainable)
+    }
 
     static func segments(of record: JSONValue, options: DatasetOptions, tokenizer: Tokenizer?, location: String) throws -> Segments {
         func fail(_ why: String) -> DatasetError { DatasetError(description: "\(location): \(why)") }
@@ -152,7 +185,7 @@ public enum TextDataset {
         }
         if let turns = record["conversations"]?.arrayValue {   // ShareGPT: [{"from": "human" | "gpt" | ..., "value"}]
             guard let template = options.chatTemplate else {
-                throw fail("chat records need a chat template; the model has none this tool recognizes")
+                throw fail(noTemplate(options))
             }
             let roles = ["human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                 "chatgpt": "assistant",
@@ -166,22 +199,25 @@ public enum TextDataset {
                 }
                 return ChatMessage(role: role, content: value)
             }
-            return .text(template.render(chat, addGenerationPrompt: false))
+            return .chat(try chatSegments(template, chat, options, fail: fail))
         }
         if let messages = record["messages"]?.arrayValue {
-            guard let template = options.chatTemplate else { throw fail("chat records need a chat template; the model has none this tool recognizes") }
+            guard let template = options.chatTemplate else {
+                throw fail(noTemplate(options))
+            }
             let chat = try messages.map { m -> ChatMessage in
                 guard let role = m["role"]?.stringValue, let content = m["content"]?.stringValue else {
                     throw fail("each message needs \"role\" and \"content\" strings")
                 }
                 return ChatMessage(role: role, content: content)
             }
-            return .text(template.render(chat, addGenerationPrompt: false))
+            return .chat(try chatSegments(template, chat, options, fail: fail))
         }
         if let (prompt, completion) = try instruction(record, options: options, fail: fail) {
             if let template = options.chatTemplate {
-                return .text(template.render([ChatMessage(role: "user", content: prompt),
-                                              ChatMessage(role: "assistant", content: completion)], addGenerationPrompt: false))
+                let exchange = [ChatMessage(role: "user", content: prompt),
+                                ChatMessage(role: "assistant", content: completion)]
+                return .chat(try chatSegments(template, exchange, options, fail: fail))
             }
             let eos = tokenizer?.eosTokenId.flatMap { tokenizer?.token(forId: $0) } ?? ""
             return .text([TextSegment(text: prompt + "\n", trainable: false), TextSegment(text: completion + eos, trainable: true)])
@@ -191,6 +227,21 @@ public enum TextDataset {
             return .text([TextSegment(text: text + eos, trainable: true)])
         }
         throw fail("no input_ids, messages, text, or prompt/completion fields (use --prompt-field and --completion-field)")
+    }
+
+    static func noTemplate(_ options: DatasetOptions) -> String {
+        "chat records need a chat template; the model has none" +
+            (options.chatTemplateError.map { " that parses: \($0)" } ?? "")
+    }
+
+    /// The conversation rendered by the model's template, a template error named with the record's place.
+    static func chatSegments(_ template: ChatTemplate, _ chat: [ChatMessage], _ options: DatasetOptions,
+                             fail: (String) -> DatasetError) throws -> [TextSegment] {
+        do {
+            return try template.segments(chat, rolesToTrain: options.rolesToTrain, trainOnEOS: options.trainOnEOS)
+        } catch let error as JinjaError {
+            throw fail("\(error)")
+        }
     }
 
     /// The prompt and completion of an instruction record, or nil when it is not one.

@@ -60,6 +60,7 @@ public struct TrainingRecipe: Sendable {
         "resume_from_checkpoint": "resume_from_checkpoint", "shuffle": "shuffle",
         "offload_checkpoints": "offload_checkpoints", "report_to": "report_to", "logging_dir": "logging_dir",
         "dataset_text_field": "dataset_text_field", "overwrite_output_dir": "overwrite_output_dir",
+        "roles_to_train": "roles_to_train", "train_on_eos": "train_on_eos",
     ]
 
     /// The largest recipe file read (a recipe is a page of settings).

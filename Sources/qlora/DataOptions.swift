@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import Training
 
 /// How data files are read, shared by `train` and `eval`; each may come from a recipe too.
@@ -10,12 +11,25 @@ struct DataOptions: ParsableArguments {
     @Flag(help: "Take the loss on prompts too, not only on completions and assistant turns.") var trainOnInputs = false
     @Flag(help: "Concatenate examples into full --max-seq-length blocks.") var packing = false
     @Option(help: "Cut examples to this many tokens (default 512).") var maxSeqLength: Int?
+    @Option(help: "Comma-separated roles whose chat turns take the loss (axolotl's roles_to_train; default assistant).")
+    var rolesToTrain: String?
+    @Option(help: "Which end-of-turn markers take the loss: turn (each trained turn's, the default), last, all, none.")
+    var trainOnEos: String?
 
     /// `--max-seq-length` (recipe `max_seq_length`, default 512), checked: at least 2 tokens (one input, one target).
     func maxSeqLength(recipe: TrainingRecipe) throws -> Int {
         let value = try maxSeqLength ?? recipe.int("max_seq_length") ?? 512
         guard value >= 2 else {
             throw ValidationError("--max-seq-length (recipe max_seq_length) is \(value): must be an integer ≥ 2")
+        }
+        return value
+    }
+
+    /// `--train-on-eos` (recipe `train_on_eos`, default turn), checked.
+    func trainOnEOS(recipe: TrainingRecipe) throws -> TrainOnEOS {
+        guard let name = try trainOnEos ?? recipe.string("train_on_eos") else { return .turn }
+        guard let value = TrainOnEOS(rawValue: name) else {
+            throw ValidationError("--train-on-eos (recipe train_on_eos) is \"\(name)\": use turn, last, all or none")
         }
         return value
     }
@@ -33,6 +47,12 @@ struct DataOptions: ParsableArguments {
         o.packing = try packing || (recipe.bool("packing") ?? false)
         o.maxSeqLength = min(try self.maxSeqLength(recipe: recipe), maxPositions)
         o.chatTemplate = text.chatTemplate
+        if let roles = try rolesToTrain.map({ $0.split(separator: ",").map(String.init) })
+            ?? recipe.list("roles_to_train") {
+            o.rolesToTrain = Set(roles.map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
+        }
+        o.trainOnEOS = try trainOnEOS(recipe: recipe)
+        o.chatTemplateError = text.chatTemplateError
         return o
     }
 }

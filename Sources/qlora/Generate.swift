@@ -59,9 +59,12 @@ struct Generate: ParsableCommand {
         for p in prompts {
             var ids: [Int]
             if chat {
-                guard let template = text.chatTemplate else { throw ValidationError("--chat: the model has no chat template this tool recognizes") }
-                ids = template.render([ChatMessage(role: "user", content: p)], addGenerationPrompt: true)
-                    .flatMap { tokenizer.encode($0.text) }
+                guard let template = text.chatTemplate else {
+                    throw ValidationError("--chat: the model has no chat template" +
+                        (text.chatTemplateError.map { " that parses: \($0)" } ?? ""))
+                }
+                let prompt = try template.render([ChatMessage(role: "user", content: p)], addGenerationPrompt: true)
+                ids = tokenizer.encode(prompt)
             } else {
                 ids = tokenizer.encode(p, addSpecialTokens: tokenizer.addsBOS)
             }

@@ -19,6 +19,8 @@ struct LoadedModel {
 struct ModelText {
     let tokenizer: Tokenizer?
     let chatTemplate: ChatTemplate?
+    /// Why the model's chat template could not be parsed (the tokenizer is still used; chat records name this).
+    var chatTemplateError: String? = nil
 
     /// No tokenizer (a model folder without one: only pre-tokenized data can be used).
     static let none = ModelText(tokenizer: nil, chatTemplate: nil)
@@ -31,7 +33,7 @@ struct ModelText {
                 template = config["chat_template"]?.stringValue
             }
             if template == nil, let jinja = try? String(contentsOfFile: path + "/chat_template.jinja", encoding: .utf8) { template = jinja }
-            return ModelText(tokenizer: tokenizer, chatTemplate: template.flatMap { ChatTemplate(jinja: $0) })
+            return with(tokenizer, template: template)
         }
         if path.hasSuffix(".json") {
             return ModelText(tokenizer: try Tokenizer(tokenizerJSONPath: path), chatTemplate: nil)
@@ -49,7 +51,21 @@ struct ModelText {
             paddingTokenId: m["tokenizer.ggml.padding_token_id"]?.int,
             addBOS: m["tokenizer.ggml.add_bos_token"]?.bool ?? (model == "llama"),
             addSpacePrefix: m["tokenizer.ggml.add_space_prefix"]?.bool ?? (model == "llama"))
-        return ModelText(tokenizer: tokenizer, chatTemplate: m["tokenizer.chat_template"]?.string.flatMap { ChatTemplate(jinja: $0) })
+        return with(tokenizer, template: m["tokenizer.chat_template"]?.string)
+    }
+
+    /// The tokenizer with the model's Jinja chat template (the tokenizer's BOS and EOS tokens as `bos_token` and
+    /// `eos_token`); a template that does not parse leaves the tokenizer usable and its error recorded.
+    static func with(_ tokenizer: Tokenizer, template source: String?) -> ModelText {
+        guard let source else { return ModelText(tokenizer: tokenizer, chatTemplate: nil) }
+        do {
+            let template = try ChatTemplate(jinja: source,
+                                            bosToken: tokenizer.bosTokenId.flatMap { tokenizer.token(forId: $0) },
+                                            eosToken: tokenizer.eosTokenId.flatMap { tokenizer.token(forId: $0) })
+            return ModelText(tokenizer: tokenizer, chatTemplate: template)
+        } catch {
+            return ModelText(tokenizer: tokenizer, chatTemplate: nil, chatTemplateError: "\(error)")
+        }
     }
 
     /// Ids that end generation: EOS and the chat format's end-of-turn marker.

@@ -129,6 +129,7 @@ struct Train: ParsableCommand {
                 "from 1 to \(TrainingConfig.maximumBatch)")
         }
         _ = try dataOptions.maxSeqLength(recipe: recipe)
+        _ = try dataOptions.trainOnEOS(recipe: recipe)
         let evalPath = try evalData ?? recipe.string("eval_data")
         try InputFile.requireRegular(dataPath, what: "--data")
         if let evalPath { try InputFile.requireRegular(evalPath, what: "--eval-data") }

@@ -168,6 +168,7 @@ final class BadSettingsTests: XCTestCase {
         try expectError(base + ["--learning-rate", "inf"], ["--learning-rate", "inf"])
         try expectError(base + ["--learning-rate", "0"], ["--learning-rate", "0.0"])
         try expectError(base + ["--max-grad-norm=-1"], ["--max-grad-norm", "-1.0"])
+        try expectError(base + ["--train-on-eos", "sometimes"], ["--train-on-eos", "train_on_eos", "sometimes"])
         let recipes: [(String, [String])] = [
             ("per_device_eval_batch_size: 0\n", ["per_device_eval_batch_size", "is 0"]),
             ("seed: -1\n", ["seed", "-1", "≥ 0"]),
@@ -175,6 +176,7 @@ final class BadSettingsTests: XCTestCase {
             ("num_train_epochs: .inf\n", ["num_train_epochs", "inf"]),
             ("max_steps: 1e30\n", ["\"max_steps\"", "integer"]),
             ("save_steps: .inf\n", ["\"save_steps\"", "integer"]),
+            ("train_on_eos: maybe\n", ["train_on_eos", "maybe", "turn, last, all or none"]),
         ]
         for (text, expected) in recipes {
             try write(text, dir + "/recipe.yaml")

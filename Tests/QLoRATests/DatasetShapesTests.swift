@@ -23,7 +23,7 @@ final class DatasetShapesTests: XCTestCase {
         try share.write(toFile: dir + "/share.jsonl", atomically: true, encoding: .utf8)
         try messages.write(toFile: dir + "/messages.jsonl", atomically: true, encoding: .utf8)
         var options = DatasetOptions()
-        options.chatTemplate = .chatML(defaultSystem: nil)
+        options.chatTemplate = try ChatTemplate(jinja: try ChatFixtures.template("qwen2.5"), eosToken: "<|im_end|>")
         let a = try TextDataset.load(path: dir + "/share.jsonl", tokenizer: tok, vocabularySize: 49152,
             options: options)
         let b = try TextDataset.load(path: dir + "/messages.jsonl", tokenizer: tok, vocabularySize: 49152,

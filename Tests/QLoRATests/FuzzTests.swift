@@ -335,6 +335,9 @@ final class FuzzTests: XCTestCase {
     func testFuzzDataJSONL() throws {
         let dir = fuzzDirectory("data")
         let tokenizer = Self.byteTokenizer()
+        let chatTemplates = try ChatTemplateTests.names.map {
+            try ChatTemplate(jinja: try ChatFixtures.template($0), bosToken: "<s>", eosToken: "</s>")
+        }
         let pretokenized = """
             {"input_ids": [1, 5, 9, 3, 7], "labels": [-100, -100, 9, 3, 7]}
             {"input_ids": [1, 200, 201, 2], "labels": [-100, 200, 201, 2]}
@@ -387,8 +390,7 @@ final class FuzzTests: XCTestCase {
             options.trainOnInputs = fuzz.chance(0.3)
             if fuzz.chance(0.2) { options.promptField = "prompt"; options.completionField = "completion" }
             if fuzz.chance(0.2) { options.textField = "body" }
-            if fuzz.chance(0.4) { options.chatTemplate = fuzz.pick([.chatML(defaultSystem: nil),
-                .chatML(defaultSystem: "sys"), .llama3, .llama2, .mistral]) }
+            if fuzz.chance(0.4) { options.chatTemplate = fuzz.pick(chatTemplates) }
             let useTokenizer = fuzz.chance(0.7) ? tokenizer : nil
             let vocabularySize = fuzz.pick([259, 259, 259, 10])
             tally.run {
@@ -468,6 +470,28 @@ final class FuzzTests: XCTestCase {
                 for key in ["bf16", "packing", "use_rslora"] { read { try recipe.bool(key) } }
                 read { try recipe.list("target_modules") }
                 if let failure { throw failure }
+            }
+        }
+        tally.report()
+    }
+
+    // MARK: - chat templates
+
+    /// The fixture chat templates mutated as text, parsed, and rendered with a conversation and its prefixes.
+    func testFuzzChatTemplates() throws {
+        let bases = try ChatTemplateTests.names.map { Array(try ChatFixtures.template($0).utf8) }
+        let chat = [ChatMessage(role: "system", content: "s"), ChatMessage(role: "user", content: "u"),
+                    ChatMessage(role: "assistant", content: "a"), ChatMessage(role: "user", content: "v")]
+        var fuzz = Fuzzer(seed: Self.seed &+ 8)
+        var tally = Tally("chat templates")
+        // An eighth of the count: each mutant renders its conversation several times (the prefix renders).
+        for i in 0..<max(1, Self.mutantCount / 8) {
+            let mutant = String(decoding: fuzz.mutateText(fuzz.pick(bases)), as: UTF8.self)
+            if Self.verbose { print("chat template mutant \(i)") }
+            tally.run {
+                let template = try ChatTemplate(jinja: mutant, bosToken: "<s>", eosToken: "</s>")
+                _ = try template.render(chat, addGenerationPrompt: true)
+                _ = try template.segments(chat, rolesToTrain: ["user", "assistant"], trainOnEOS: .all)
             }
         }
         tally.report()

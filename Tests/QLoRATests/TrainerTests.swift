@@ -118,23 +118,3 @@ final class TrainerTests: XCTestCase {
         XCTAssertEqual(StepMetrics(json: StepMetrics(step: 4, loss: 1.5, learningRate: 0.001, gradNorm: 2, tokensPerSecond: 9).json)?.loss, 1.5)
     }
 }
-
-final class ChatTemplateTests: XCTestCase {
-    func testRecognizesFamiliesAndRendersChatML() {
-        let smol = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-        let t = ChatTemplate(jinja: smol)
-        XCTAssertEqual(t, .chatML(defaultSystem: "You are a helpful AI assistant named SmolLM, trained by Hugging Face"))
-        let segments = t!.render([ChatMessage(role: "user", content: "2+2?"), ChatMessage(role: "assistant", content: "4")],
-                                 addGenerationPrompt: false)
-        XCTAssertEqual(segments.map(\.text).joined(),
-                       "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n")
-        XCTAssertEqual(segments.filter(\.trainable).map(\.text), ["4<|im_end|>\n"])
-        XCTAssertEqual(ChatTemplate(jinja: "{{ '<|start_header_id|>' }}"), .llama3)
-        XCTAssertEqual(ChatTemplate(jinja: "[INST] <<SYS>>"), .llama2)
-        XCTAssertEqual(ChatTemplate(jinja: "{{ '[INST] ' + message['content'] + ' [/INST]' }}"), .mistral)
-        XCTAssertNil(ChatTemplate(jinja: "{{ messages }}"))
-        let llama3 = ChatTemplate.llama3.render([ChatMessage(role: "user", content: "hi")], addGenerationPrompt: true)
-        XCTAssertEqual(llama3.map(\.text).joined(),
-                       "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
-    }
-}
