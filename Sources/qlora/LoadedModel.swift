@@ -26,12 +26,8 @@ struct ModelText {
     static func load(path: String) throws -> ModelText {
         if FileSystem.isDirectory(path) {
             let tokenizer = try Tokenizer(tokenizerJSONPath: path + "/tokenizer.json")
-            var template: String? = nil
-            if let config = try? JSONValue(parsing: FileSystem.readBytes(path + "/tokenizer_config.json")) {
-                template = config["chat_template"]?.stringValue
-            }
-            if template == nil, let jinja = try? String(contentsOfFile: path + "/chat_template.jinja", encoding: .utf8) { template = jinja }
-            return ModelText(tokenizer: tokenizer, chatTemplate: template.flatMap { ChatTemplate(jinja: $0) })
+            return ModelText(tokenizer: tokenizer,
+                             chatTemplate: chatTemplateText(folder: path).flatMap { ChatTemplate(jinja: $0) })
         }
         if path.hasSuffix(".json") {
             return ModelText(tokenizer: try Tokenizer(tokenizerJSONPath: path), chatTemplate: nil)
@@ -50,6 +46,16 @@ struct ModelText {
             addBOS: m["tokenizer.ggml.add_bos_token"]?.bool ?? (model == "llama"),
             addSpacePrefix: m["tokenizer.ggml.add_space_prefix"]?.bool ?? (model == "llama"))
         return ModelText(tokenizer: tokenizer, chatTemplate: m["tokenizer.chat_template"]?.string.flatMap { ChatTemplate(jinja: $0) })
+    }
+
+    /// The chat template text of a Hugging Face folder: tokenizer_config.json's `chat_template`, else
+    /// `chat_template.jinja`, else nil.
+    static func chatTemplateText(folder path: String) -> String? {
+        if let config = try? JSONValue(parsing: FileSystem.readBytes(path + "/tokenizer_config.json")),
+           let template = config["chat_template"]?.stringValue {
+            return template
+        }
+        return try? String(contentsOfFile: path + "/chat_template.jinja", encoding: .utf8)
     }
 
     /// Ids that end generation: EOS and the chat format's end-of-turn marker.
