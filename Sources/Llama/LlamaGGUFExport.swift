@@ -131,7 +131,8 @@ public enum LlamaGGUFExport {
 
     /// The tensors of the exported model (Hugging Face name, plan): matrices in `type` (Q8_0 falls back to F16 for
     /// rows that are not whole 32-value blocks, as llama.cpp's converter does), 1D tensors F32.
-    public static func plan(_ weights: LlamaWeights, type: GGUFExportType) throws -> [(hf: String, plan: GGUFTensorPlan)] {
+    public static func plan(_ weights: LlamaWeights,
+                            type: GGUFExportType) throws -> [(hf: String, plan: GGUFTensorPlan)] {
         try LlamaMerge.layout(weights.config, weights: weights).map { name, shape in
             guard let gguf = llamaCppName(name) else { throw ModelError("\(name) has no llama.cpp name") }
             var t = shape.count == 1 ? GGMLType.f32 : type.ggml

@@ -142,7 +142,8 @@ extension GGMLType {
     /// reference quantizer and the gguf Python package compute it, in float32).
     public func encode(_ values: [Float]) throws -> [UInt8] {
         guard values.count % blockSize == 0 else {
-            throw GGUFEncodingError(description: "\(values.count) values do not fill whole \(name) blocks of \(blockSize)")
+            throw GGUFEncodingError(description: "\(values.count) values do not fill whole \(name) blocks of "
+                                    + "\(blockSize)")
         }
         var out = [UInt8]()
         out.reserveCapacity(values.count / blockSize * blockByteCount)

@@ -83,7 +83,8 @@ struct Export: ParsableCommand {
             guard back.tensors.map(\.name) == tensors.map(\.name), back.metadata["adapter.type"] == .string("lora")
             else { throw ValidationError("\(output) does not read back as the adapter written") }
             print("wrote the adapter (r \(loaded.lora.r), alpha \(loaded.lora.scale * Float(loaded.lora.r))) as "
-                  + "\(tensors.count) \(type.rawValue) tensors → \(output) (read back: \(back.tensors.count) tensors)")
+                  + "\(tensors.count) \(type.rawValue) tensors → \(output) (read back: \(back.tensors.count) "
+                  + "tensors)")
             return
         }
         let text = try? ModelText.load(path: loaded.path)

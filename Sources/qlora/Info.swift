@@ -82,7 +82,8 @@ struct Info: ParsableCommand {
         }
         other += (c.vocabSize * c.hiddenSize * (try weights.lmHead() == nil ? 1 : 2) + c.hiddenSize) * 2
         let adapterBytes = adapters.values.reduce(0) { $0 + ($1.a.count + $1.b.count) * 4 }
-        print("memory at rest: \(Self.size(stored)) as stored; for QLoRA \(Self.size(projectionBytes + other + adapterBytes)):"
+        let total = projectionBytes + other + adapterBytes
+        print("memory at rest: \(Self.size(stored)) as stored; for QLoRA \(Self.size(total)):"
               + " 4-bit projections \(Self.size(projectionBytes)) (\(quantType.rawValue)"
               + "\(doubleQuant ? ", double quant" : ""), blocks of 64), embeddings and norms \(Self.size(other)) "
               + "(bf16), adapters \(Self.size(adapterBytes)) (float32)")

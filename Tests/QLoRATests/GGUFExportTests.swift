@@ -95,7 +95,8 @@ final class GGUFExportTests: XCTestCase {
         try Tokenizer(ggufModel: m["tokenizer.ggml.model"]!.string!, pre: m["tokenizer.ggml.pre"]?.string,
                       tokens: m["tokenizer.ggml.tokens"]!.strings!, tokenTypes: m["tokenizer.ggml.token_type"]?.ints,
                       scores: nil, merges: m["tokenizer.ggml.merges"]?.strings,
-                      bosTokenId: m["tokenizer.ggml.bos_token_id"]?.int, eosTokenId: m["tokenizer.ggml.eos_token_id"]?.int,
+                      bosTokenId: m["tokenizer.ggml.bos_token_id"]?.int,
+                      eosTokenId: m["tokenizer.ggml.eos_token_id"]?.int,
                       unknownTokenId: m["tokenizer.ggml.unknown_token_id"]?.int,
                       paddingTokenId: m["tokenizer.ggml.padding_token_id"]?.int,
                       addBOS: m["tokenizer.ggml.add_bos_token"]?.bool ?? false, addSpacePrefix: false)
@@ -215,7 +216,9 @@ final class GGUFExportTests: XCTestCase {
         assertBytesEqual(got, expected, "Q8_0 blocks")
         // Decoding with the reader's dequantizer gives back the values within half a step.
         var decoded = [Float](repeating: 0, count: input.count)
-        got.withUnsafeBytes { raw in decoded.withUnsafeMutableBufferPointer { GGMLType.q8_0.dequantize(raw, into: $0) } }
+        got.withUnsafeBytes { raw in
+            decoded.withUnsafeMutableBufferPointer { GGMLType.q8_0.dequantize(raw, into: $0) }
+        }
         var worst: Float = 0
         for start in stride(from: 0, to: input.count, by: 32) {
             // Half a step, the f16 rounding of the scale (relative 2^-11, or 2^-25 absolute below f16's normals).
@@ -308,7 +311,8 @@ final class GGUFExportTests: XCTestCase {
                     for h in 0..<heads {
                         for i in 0..<(d / 2) {
                             for s in 0..<2 {
-                                for k in 0..<8 { permuted[(h * d + 2 * i + s) * 8 + k] = wantB[(h * d + s * d / 2 + i) * 8 + k] }
+                                let to = (h * d + 2 * i + s) * 8, from = (h * d + s * d / 2 + i) * 8
+                                for k in 0..<8 { permuted[to + k] = wantB[from + k] }
                             }
                         }
                     }

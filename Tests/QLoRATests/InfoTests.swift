@@ -36,7 +36,8 @@ final class InfoTests: XCTestCase {
                                      settings: weights.quantization)
         XCTAssertTrue(dot.hasPrefix("digraph qlora {"))
         XCTAssertEqual(dot.components(separatedBy: "subgraph cluster_").count - 1, 4)
-        for expected in ["192 × 192", "64 × 192", "512 × 192", "192 × 512", "r × k = 8 × 192", "r × k = 8 × 512",
+        for expected in ["192 × 192", "64 × 192", "512 × 192", "192 × 512", "r × k = 8 × 192",
+                         "r × k = 8 × 512",
                          "d × r = 64 × 8", "frozen, NF4 + double quant 4-bit", "ΔW = 2 · B·A",
                          "adapted: gate_proj, up_proj", "h = W0x + ΔWx", "LoRA r = 8, alpha = 16"] {
             XCTAssertTrue(dot.contains(expected), expected)
