@@ -209,6 +209,88 @@ public enum LlamaGGUFExport {
         return tensors.map(\.0)
     }
 
+    /// The adapter of a GGUF LoRA file read back: its alpha, and A and B per "layer.projection" with B's q/k rows
+    /// returned to Hugging Face's order. Fails unless the file is a LoRA adapter of `config`'s shapes.
+    public static func readAdapter(path: String,
+                                   config: LlamaConfig) throws -> (alpha: Float, adapters: [String: LoRAWeights]) {
+        let file = try GGUFFile(path: path)
+        guard file.metadata["general.type"]?.string == "adapter", file.metadata["adapter.type"]?.string == "lora",
+              let alpha = file.metadata["adapter.lora.alpha"]?.float else {
+            throw ModelError("\(path) is not a GGUF LoRA adapter (general.type, adapter.type, adapter.lora.alpha)")
+        }
+        let arch = try architecture(config)
+        var adapters: [String: LoRAWeights] = [:]
+        for l in 0..<config.layerCount {
+            for proj in LlamaConfig.projectionNames {
+                let base = llamaCppName(PEFTAdapter.modulePath(layer: l, projection: proj) + ".weight")!
+                guard let a = file.tensorInfo(named: base + ".lora_a"), let b = file.tensorInfo(named: base + ".lora_b")
+                else { continue }
+                let (out, inF) = config.projectionShape(proj)!
+                guard a.dimensions.count == 2, a.dimensions[0] == inF, b.dimensions == [a.dimensions[1], out] else {
+                    throw ModelError("\(path): \(base) has lora_a \(a.dimensions) and lora_b \(b.dimensions), "
+                                     + "expected [\(inF), r] and [r, \(out)]")
+                }
+                let r = a.dimensions[1]
+                var bValues = try file.tensor(named: b.name).floats()
+                if let heads = permutedHeads(base, arch: arch, config: config) {
+                    bValues = unpermutedRows(bValues, heads: heads, rowLength: r)
+                }
+                adapters["\(l).\(proj)"] = LoRAWeights(a: try file.tensor(named: a.name).floats(), b: bValues)
+            }
+        }
+        return (Float(alpha), adapters)
+    }
+
+    /// The inverse of `permutedRows`.
+    public static func unpermutedRows(_ values: [Float], heads: Int, rowLength: Int) -> [Float] {
+        let rows = values.count / max(rowLength, 1), headDim = rows / max(heads, 1), half = headDim / 2
+        var out = values
+        for h in 0..<heads {
+            for i in 0..<half {
+                for s in 0..<2 {
+                    let to = (h * headDim + s * half + i) * rowLength, from = (h * headDim + 2 * i + s) * rowLength
+                    for k in 0..<rowLength { out[to + k] = values[from + k] }
+                }
+            }
+        }
+        return out
+    }
+
+    /// An adapter file against the adapter as trained: read back (`readAdapter`), its scale alpha / r against the
+    /// adapter's, and base + read-back adapter against base + adapter on `sequences` (largest logit difference,
+    /// losses). The base is the 4-bit one training saw.
+    public static func checkAdapter(exported path: String, base: LlamaWeights, lora: LoRAConfig,
+                                    adapters: [String: LoRAWeights],
+                                    sequences: [(inputIds: [Int], labels: [Int])]) throws -> Check {
+        let (alpha, readBack) = try readAdapter(path: path, config: base.config)
+        guard Set(readBack.keys) == Set(adapters.keys) else {
+            throw ModelError("\(path) holds \(readBack.count) adapted projections, the adapter \(adapters.count)")
+        }
+        guard abs(alpha / Float(lora.r) - lora.scale) <= 1e-6 * max(1, lora.scale) else {
+            throw ModelError("\(path): alpha \(alpha) / r \(lora.r) is not the adapter's scale \(lora.scale)")
+        }
+        let model = try LlamaModel(weights: base, lora: lora)
+        var rng = SeededGenerator(seed: 0)
+        var worst: Float = 0, total = (0.0, 0.0), count = 0
+        for (ids, labels) in sequences {
+            try LlamaModel.checkBatch(inputIds: ids, labels: labels, batch: 1, tokens: ids.count, config: model.config)
+            func run(_ a: [String: LoRAWeights]) -> StepResult {
+                model.adapters = a
+                return model.step(inputIds: ids, labels: labels, batch: 1, tokens: ids.count, withGradients: false,
+                                  training: false, rng: &rng, keepLogits: true)
+            }
+            let x = run(readBack), y = run(adapters)
+            for (p, q) in zip(x.logits ?? [], y.logits ?? []) { worst = max(worst, abs(p - q)) }
+            guard x.tokenCount > 0 else { continue }
+            total.0 += x.loss * Double(x.tokenCount)
+            total.1 += y.loss * Double(y.tokenCount)
+            count += x.tokenCount
+        }
+        guard count > 0 else { throw ModelError("the check sequences have no target to count") }
+        return Check(maxLogitDifference: worst, loss: total.0 / Double(count), referenceLoss: total.1 / Double(count),
+                     tokens: count, sequences: sequences.count)
+    }
+
     /// What an exported file computes against base + adapter as trained, on held-out sequences: the largest logit
     /// difference, the token-weighted mean losses of both and the number of tokens counted.
     public struct Check: Sendable {

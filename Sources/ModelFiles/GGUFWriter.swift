@@ -141,37 +141,47 @@ extension GGMLType {
     /// f16 scale d = max|x| / 127 and 32 signed bytes round(x / d), rounded half away from zero, as llama.cpp's
     /// reference quantizer and the gguf Python package compute it, in float32).
     public func encode(_ values: [Float]) throws -> [UInt8] {
+        guard Self.encodable.contains(self) else {
+            throw GGUFEncodingError(description: "writing ggml type \(name) is not supported (supported: "
+                                    + Self.encodable.map(\.name).joined(separator: ", ") + ")")
+        }
         guard values.count % blockSize == 0 else {
             throw GGUFEncodingError(description: "\(values.count) values do not fill whole \(name) blocks of "
                                     + "\(blockSize)")
         }
-        var out = [UInt8]()
-        out.reserveCapacity(values.count / blockSize * blockByteCount)
-        func append16(_ bits: UInt16) { out.append(UInt8(bits & 0xFF)); out.append(UInt8(bits >> 8)) }
-        switch self {
-        case .f32:
-            for v in values { withUnsafeBytes(of: v.bitPattern.littleEndian) { out.append(contentsOf: $0) } }
-        case .f16:
-            for v in values { append16(f16Bits(from: v)) }
-        case .bf16:
-            for v in values { append16(bf16Bits(from: v)) }
-        case .q8_0:
-            for start in stride(from: 0, to: values.count, by: 32) {
-                let block = values[start..<(start + 32)]
-                let amax = block.reduce(Float(0)) { max($0, abs($1)) }
-                let d = amax / 127
-                let inverse: Float = d == 0 ? 0 : 1 / d
-                append16(f16Bits(from: d))
-                for x in block {
-                    let scaled = x * inverse
-                    let rounded = (abs(scaled) + 0.5).rounded(.down)
-                    let q = max(-127, min(127, scaled < 0 ? -rounded : rounded))
-                    out.append(UInt8(bitPattern: Int8(q.isFinite ? q : 0)))
+        var out = [UInt8](repeating: 0, count: values.count / blockSize * blockByteCount)
+        guard !values.isEmpty else { return out }
+        values.withUnsafeBufferPointer { x in
+            out.withUnsafeMutableBytes { raw in
+                let o = raw.baseAddress!
+                func store16(_ bits: UInt16, at byte: Int) { o.storeBytes(of: bits.littleEndian, toByteOffset: byte,
+                                                                          as: UInt16.self) }
+                switch self {
+                case .f32:
+                    for i in 0..<x.count { o.storeBytes(of: x[i].bitPattern.littleEndian, toByteOffset: 4 * i,
+                                                        as: UInt32.self) }
+                case .f16:
+                    for i in 0..<x.count { store16(f16Bits(from: x[i]), at: 2 * i) }
+                case .bf16:
+                    for i in 0..<x.count { store16(bf16Bits(from: x[i]), at: 2 * i) }
+                case .q8_0:
+                    for block in 0..<(x.count / 32) {
+                        let start = block * 32, at = block * 34
+                        var amax: Float = 0
+                        for i in start..<(start + 32) { amax = max(amax, abs(x[i])) }
+                        let d = amax / 127
+                        let inverse: Float = d == 0 ? 0 : 1 / d
+                        store16(f16Bits(from: d), at: at)
+                        for i in 0..<32 {
+                            let scaled = x[start + i] * inverse
+                            let rounded = (abs(scaled) + 0.5).rounded(.down)
+                            let q = max(-127, min(127, scaled < 0 ? -rounded : rounded))
+                            o.storeBytes(of: Int8(q.isFinite ? q : 0), toByteOffset: at + 2 + i, as: Int8.self)
+                        }
+                    }
+                default: break
                 }
             }
-        default:
-            throw GGUFEncodingError(description: "writing ggml type \(name) is not supported (supported: "
-                             + Self.encodable.map(\.name).joined(separator: ", ") + ")")
         }
         return out
     }

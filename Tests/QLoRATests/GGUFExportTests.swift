@@ -321,6 +321,15 @@ final class GGUFExportTests: XCTestCase {
                 assertBitsEqual(try file.tensor(named: b.name).floats(), wantB, b.name)
             }
         }
+        // Read back, the adapter is peft's exactly (F32), and base + it computes what base + the adapter does.
+        let (alpha, readBack) = try LlamaGGUFExport.readAdapter(path: path, config: config)
+        XCTAssertEqual(alpha, 16)
+        XCTAssertEqual(readBack, adapters)
+        let check = try LlamaGGUFExport.checkAdapter(
+            exported: path, base: LlamaWeights.open(path: golden + "/tiny-llama"), lora: lora, adapters: adapters,
+            sequences: [([1, 5, 9, 200, 17, 3], [1, 5, 9, 200, 17, 3])])
+        XCTAssertEqual(check.maxLogitDifference, 0)
+        XCTAssertEqual(check.loss, check.referenceLoss)
         // rsLoRA: llama.cpp scales by alpha / r, so the alpha written is alpha·√r.
         var rs = lora; rs.useRSLoRA = true
         let rsPath = makeTemporaryDirectory(self) + "/rs.gguf"
@@ -392,7 +401,8 @@ extension BadSettingsTests {
         let folder = try GGUFExportTests.tinyLlamaWithTokenizer(self)
         let out = dir + "/tiny-q8_0.gguf"
         let (status, _, output) = try run(["export", "--format", "gguf", "--model", folder, "--adapter", adapter,
-                                           "--output", out, "--type", "q8_0", "--check", "always"])
+                                           "--output", out, "--type", "q8_0", "--onto", "original",
+                                           "--check", "always"])
         XCTAssertEqual(status, 0, output)
         XCTAssertTrue(output.contains("built-in text"), output)
         XCTAssertTrue(output.contains("largest |Δ logit|") && output.contains("perplexity"), output)
