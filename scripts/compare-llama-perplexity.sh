@@ -4,12 +4,12 @@
 #   bash scripts/compare-llama-perplexity.sh MODEL [ADAPTER]
 #
 # Exports MODEL (+ ADAPTER) with `qlora export --format gguf --type $TYPE`, runs llama-perplexity on $TEXT with
-# context $CTX for $CHUNKS chunks, and runs `qlora eval` on the exported file with exactly the chunks llama-perplexity
+# context $CTX for $CHUNKS chunks, and runs `qlora eval` on MODEL + ADAPTER with exactly the chunks llama-perplexity
 # scores: the text tokenized once (qlora tokenize, with the file's own vocabulary), BOS in front, cut into chunks of
 # CTX tokens whose first token is BOS, and only the second half of each chunk counted (llama-perplexity's rule).
 # Environment: LLAMA_CPP (folder with llama-perplexity; default /tmp/llama-cpp/build/bin, see build-llama-cpp.sh),
 # QLORA (default .build/release/qlora, else .build/debug/qlora), TEXT (default ../shared/data/tinyshakespeare),
-# CTX (256), CHUNKS (4), TYPE (f16), OUT (/tmp/qlora-llama-ppl).
+# CTX (256), CHUNKS (4), TYPE (f32), ONTO (dequantized), OUT (/tmp/qlora-llama-ppl).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=$1
@@ -19,13 +19,14 @@ QLORA=${QLORA:-$( [ -x .build/release/qlora ] && echo .build/release/qlora || ec
 TEXT=${TEXT:-../shared/data/tinyshakespeare/input.txt}
 CTX=${CTX:-256}
 CHUNKS=${CHUNKS:-4}
-TYPE=${TYPE:-f16}
+TYPE=${TYPE:-f32}
+ONTO=${ONTO:-dequantized}
 OUT=${OUT:-/tmp/qlora-llama-ppl}
 mkdir -p "$OUT"
 gguf=$OUT/exported-$TYPE.gguf
 rm -f "$gguf"
 "$QLORA" export --format gguf --model "$model" ${adapter:+--adapter "$adapter"} --output "$gguf" --type "$TYPE" \
-    --check never 2> /dev/null
+    --onto "$ONTO" --check never 2> /dev/null
 # Enough text for the chunks (llama-perplexity needs 2 × CTX tokens at least).
 head -c $((CTX * CHUNKS * 8)) "$TEXT" > "$OUT/text.txt"
 echo "== llama-perplexity ($("$LLAMA_CPP/llama-perplexity" --version 2>&1 | grep -m1 version || true))"
@@ -58,5 +59,8 @@ with open(out + "/chunks.jsonl", "w") as f:
         f.write(json.dumps({"input_ids": chunk, "labels": labels}) + "\n")
 print(f"{n} chunks of {ctx} tokens, {n * (ctx - 1 - ctx // 2)} scored", file=sys.stderr)
 PY
-echo "== qlora eval on the same chunks"
-"$QLORA" eval --model "$gguf" --data "$OUT/chunks.jsonl" --max-seq-length "$CTX" --batch-size 1
+# qlora eval runs the model as QLoRA trains it (the base in NF4, the adapter beside it): what the merged export
+# (--onto dequantized: NF4 weights + delta, in $TYPE) should reproduce.
+echo "== qlora eval of MODEL + ADAPTER (4-bit base, adapter applied) on the same chunks"
+"$QLORA" eval --model "$model" ${adapter:+--adapter "$adapter"} --data "$OUT/chunks.jsonl" --max-seq-length "$CTX" \
+    --batch-size 1
