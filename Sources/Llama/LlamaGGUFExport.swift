@@ -52,6 +52,9 @@ public enum LlamaGGUFExport {
     public static func modelMetadata(_ config: LlamaConfig, name: String,
                                      type: GGUFExportType) throws -> [(String, GGUFValue)] {
         let arch = try architecture(config)
+        guard arch != "llama" || config.headDim % 2 == 0 else {
+            throw ModelError("head_dim \(config.headDim) is odd: llama.cpp's rotary layout pairs a head's rows")
+        }
         func u32(_ v: Int) -> GGUFValue { .uint32(UInt32(clamping: v)) }
         var m: [(String, GGUFValue)] = [
             ("general.architecture", .string(arch)),

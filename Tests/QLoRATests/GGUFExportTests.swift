@@ -194,11 +194,12 @@ final class GGUFExportTests: XCTestCase {
             XCTAssertEqual(file.metadata["tokenizer.ggml.unknown_token_id"], .uint32(0))
             XCTAssertEqual(file.metadata["tokenizer.chat_template"], .string(Self.chatTemplate))
 
-            // Logits of the loaded GGUF against merge's.
-            let logits = try LlamaModel(denseWeights: LlamaWeights.open(path: path), lora: none)
-                .logits(inputIds: tokens, batch: 1, tokens: tokens.count)
-            let worst = zip(logits, mergedLogits).map { abs($0 - $1) }.max()!
-            XCTAssertLessThan(worst, type == .f32 ? 1e-5 : type == .q8_0 ? 0.1 : 0.05, type.rawValue)
+            // Logits of the loaded GGUF against merge's (Q8_0's against base + adapter: the check test).
+            if type == .f32 {
+                let logits = try LlamaModel(denseWeights: LlamaWeights.open(path: path), lora: none)
+                    .logits(inputIds: tokens, batch: 1, tokens: tokens.count)
+                XCTAssertLessThan(zip(logits, mergedLogits).map { abs($0 - $1) }.max()!, 1e-5)
+            }
         }
     }
 
@@ -400,11 +401,14 @@ extension BadSettingsTests {
         let dir = makeTemporaryDirectory(self)
         let folder = try GGUFExportTests.tinyLlamaWithTokenizer(self)
         let out = dir + "/tiny-q8_0.gguf"
+        let data = dir + "/heldout.jsonl"
+        try "{\"text\": \"the river rose slowly through the night\"}\n{\"text\": \"farmers moved the boats\"}\n"
+            .write(toFile: data, atomically: true, encoding: .utf8)
         let (status, _, output) = try run(["export", "--format", "gguf", "--model", folder, "--adapter", adapter,
                                            "--output", out, "--type", "q8_0", "--onto", "original",
-                                           "--check", "always"])
+                                           "--check", "always", "--check-data", data])
         XCTAssertEqual(status, 0, output)
-        XCTAssertTrue(output.contains("built-in text"), output)
+        XCTAssertTrue(output.contains("on 2 sequences") && output.contains("heldout.jsonl"), output)
         XCTAssertTrue(output.contains("largest |Δ logit|") && output.contains("perplexity"), output)
         XCTAssertTrue(output.contains("Q8_0's cost: perplexity"), output)
         XCTAssertEqual(try GGUFFile(path: out).metadata["tokenizer.ggml.model"], .string("gpt2"))
