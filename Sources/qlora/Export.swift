@@ -82,7 +82,9 @@ struct Export: ParsableCommand {
                                                            name: name + "-lora", to: output)
             print("wrote the adapter (r \(loaded.lora.r), alpha \(loaded.lora.scale * Float(loaded.lora.r))) as "
                   + "\(tensors.count) \(type.rawValue) tensors → \(output)")
-            guard check != "never" else { return }
+            guard shouldCheck(parameters: try LlamaInventory.parameterCounts(loaded.weights,
+                                                                             adapters: loaded.adapters).all)
+            else { return }
             let r = try LlamaGGUFExport.checkAdapter(exported: output, base: loaded.weights, lora: loaded.lora,
                                                      adapters: loaded.adapters,
                                                      sequences: try checkSequences(text: text, config: config))
@@ -101,12 +103,7 @@ struct Export: ParsableCommand {
               + String(format: "%.1f MB", Double(bytes) / 1e6))
 
         let parameters = plan.reduce(0) { $0 + $1.elementCount }
-        guard check == "always" || (check == "auto" && parameters <= 1_500_000_000) else {
-            if check == "auto" {
-                print("check skipped: \(parameters / 1_000_000) M parameters (--check always runs it on the CPU)")
-            }
-            return
-        }
+        guard shouldCheck(parameters: parameters) else { return }
         let sequences = try checkSequences(text: text, config: config)
         let r = try LlamaGGUFExport.check(exported: output, base: loaded.weights, lora: loaded.lora,
                                           adapters: loaded.adapters, onto: onto, sequences: sequences)
@@ -115,6 +112,15 @@ struct Export: ParsableCommand {
             print(String(format: "Q8_0's cost: perplexity %+.4f (%+.3f%%) over base + adapter",
                          r.perplexity - r.referencePerplexity, 100 * (r.perplexity / r.referencePerplexity - 1)))
         }
+    }
+
+    /// Whether --check runs for a model of `parameters` (auto: up to 1.5 B, as merge), saying so when auto skips.
+    func shouldCheck(parameters: Int) -> Bool {
+        if check == "always" || (check == "auto" && parameters <= 1_500_000_000) { return true }
+        if check == "auto" {
+            print("check skipped: \(parameters / 1_000_000) M parameters (--check always runs it on the CPU)")
+        }
+        return false
     }
 
     /// Prints a check's outcome.
