@@ -52,6 +52,31 @@ public enum LlamaMerge {
         return names
     }
 
+    /// The float32 values of the merged model's tensor `name` (a Hugging Face name of `layout`, shape `shape`):
+    /// an adapted projection is its base (`onto`) plus the delta, every other tensor is the base's.
+    static func mergedTensor(_ name: String, shape: [Int], weights: LlamaWeights, lora: LoRAConfig,
+                             adapters: [String: LoRAWeights], onto: MergeBase) throws -> [Float] {
+        let parts = name.split(separator: ".")
+        if parts.count == 6, parts[5] == "weight", let l = Int(parts[2]),
+            LlamaConfig.projectionNames.contains(String(parts[4])) {
+            let proj = String(parts[4])
+            var base: [Float]
+            switch (onto, try weights.projection(layer: l, proj)) {
+            case (.dequantized, _): base = try weights.quantizedProjection(layer: l, proj).dequantizedFloat32()
+            case (.original, .dense(let t)): base = t.floats()
+            case (.original, .quantized):
+                throw ModelError("\(weights.location) holds \(name) in 4 bits: the original weights are not there, "
+                                 + "so merge onto the dequantized ones (--onto dequantized)")
+            }
+            if let adapter = adapters["\(l).\(proj)"] {
+                base = merged(base, outFeatures: shape[0], inFeatures: shape[1], adapter: adapter, r: lora.r,
+                              scale: lora.scale)
+            }
+            return base
+        }
+        return try weights.dense(name, shape: shape).floats()
+    }
+
     /// Writes the merged model into `directory` (created; every file under a temporary name, then renamed):
     /// safetensors in `dtype` (F32, BF16 or F16), one file or shards of at most `shardBytes` with
     /// `model.safetensors.index.json`; `config.json` without `quantization_config`; the base folder's other files
@@ -79,25 +104,8 @@ public enum LlamaMerge {
         }
         func tensor(_ i: Int) throws -> Tensor {
             let (name, shape) = layout[i]
-            let parts = name.split(separator: ".")
-            if parts.count == 6, parts[5] == "weight", let l = Int(parts[2]),
-                LlamaConfig.projectionNames.contains(String(parts[4])) {
-                let proj = String(parts[4])
-                var base: [Float]
-                switch (onto, try weights.projection(layer: l, proj)) {
-                case (.dequantized, _): base = try weights.quantizedProjection(layer: l, proj).dequantizedFloat32()
-                case (.original, .dense(let t)): base = t.floats()
-                case (.original, .quantized):
-                    throw ModelError("\(weights.location) holds \(name) in 4 bits: the original weights are not there, "
-                                     + "so merge onto the dequantized ones (--onto dequantized)")
-                }
-                if let adapter = adapters["\(l).\(proj)"] {
-                    base = merged(base, outFeatures: shape[0], inFeatures: shape[1], adapter: adapter, r: lora.r,
-                                  scale: lora.scale)
-                }
-                return Tensor(base, shape: shape, dtype: dtype)
-            }
-            return Tensor(try weights.dense(name, shape: shape).floats(), shape: shape, dtype: dtype)
+            return Tensor(try mergedTensor(name, shape: shape, weights: weights, lora: lora, adapters: adapters,
+                                           onto: onto), shape: shape, dtype: dtype)
         }
         try FileSystem.createDirectory(directory)
         var files: [String] = [], weightMap: [(String, JSONValue)] = []

@@ -28,12 +28,7 @@ struct ModelText {
     static func load(path: String) throws -> ModelText {
         if FileSystem.isDirectory(path) {
             let tokenizer = try Tokenizer(tokenizerJSONPath: path + "/tokenizer.json")
-            var template: String? = nil
-            if let config = try? JSONValue(parsing: FileSystem.readBytes(path + "/tokenizer_config.json")) {
-                template = config["chat_template"]?.stringValue
-            }
-            if template == nil, let jinja = try? String(contentsOfFile: path + "/chat_template.jinja", encoding: .utf8) { template = jinja }
-            return with(tokenizer, template: template)
+            return with(tokenizer, template: chatTemplateText(folder: path))
         }
         if path.hasSuffix(".json") {
             return ModelText(tokenizer: try Tokenizer(tokenizerJSONPath: path), chatTemplate: nil)
@@ -66,6 +61,16 @@ struct ModelText {
         } catch {
             return ModelText(tokenizer: tokenizer, chatTemplate: nil, chatTemplateError: "\(error)")
         }
+    }
+
+    /// The chat template text of a Hugging Face folder: tokenizer_config.json's `chat_template`, else
+    /// `chat_template.jinja`, else nil.
+    static func chatTemplateText(folder path: String) -> String? {
+        if let config = try? JSONValue(parsing: FileSystem.readBytes(path + "/tokenizer_config.json")),
+           let template = config["chat_template"]?.stringValue {
+            return template
+        }
+        return try? String(contentsOfFile: path + "/chat_template.jinja", encoding: .utf8)
     }
 
     /// Ids that end generation: EOS and the chat format's end-of-turn marker.
