@@ -41,14 +41,17 @@ public enum Checkpoint {
         try SafeTensorsWriter.write(tensors, metadata: ["optim": optimizer.kind.rawValue,
                                                         "steps": JSONValue.object(steps).compactText()],
                                     to: temporary + "/optimizer.safetensors")
-        let state: JSONValue = .object([
+        var fields: [(String, JSONValue)] = [
             ("global_step", .int(trainer.step)),
             ("total_steps", .int(trainer.totalSteps)),
             ("rng_state", .string(String(trainer.rng.state))),
             ("epoch", .int(trainer.data.epoch)),
             ("data_position", .int(trainer.data.position)),
             ("data_order", .array(trainer.data.order.map { .int($0) })),
-        ])
+        ]
+        if let best = trainer.best { fields += [("best_metric", .double(best.loss)), ("best_global_step", .int(best.step))] }
+        fields.append(("early_stopping_patience_counter", .int(trainer.evaluationsWithoutImprovement)))
+        let state: JSONValue = .object(fields)
         try AtomicFile.write(text: state.pythonText(indent: 2) + "\n", to: temporary + "/trainer_state.json")
         try? FileManager.default.removeItem(atPath: final)
         guard rename(temporary, final) == 0 else {
@@ -149,6 +152,10 @@ public enum Checkpoint {
         try engine.restoreOptimizer(AdamW(kind: current.kind, settings: current.settings, states: states, steps: steps))
         var rng = SeededGenerator(seed: 0)
         rng.state = rngState
-        trainer.restore(step: step, rng: rng, data: DataPosition(order: order, position: position, epoch: epoch))
+        // The best validation loss and early stopping's counter (absent from checkpoints of older runs).
+        var best: (loss: Double, step: Int)? = nil
+        if let loss = state["best_metric"]?.doubleValue, let at = state["best_global_step"]?.intValue { best = (loss, at) }
+        trainer.restore(step: step, rng: rng, data: DataPosition(order: order, position: position, epoch: epoch),
+                        best: best, evaluationsWithoutImprovement: state["early_stopping_patience_counter"]?.intValue ?? 0)
     }
 }

@@ -7,6 +7,16 @@ public enum LRScheduleKind: String, CaseIterable, Sendable {
     case constant, linear, cosine
 }
 
+/// When evaluations or checkpoints happen (Hugging Face's `IntervalStrategy`).
+public enum IntervalStrategy: String, CaseIterable, Sendable {
+    /// Never.
+    case no
+    /// Every `eval_steps` / `save_steps` optimizer steps.
+    case steps
+    /// At the end of each pass over the training data.
+    case epoch
+}
+
 /// The training loop's settings, with Hugging Face `TrainingArguments` semantics (their names in comments).
 public struct TrainingConfig: Sendable {
     /// per_device_train_batch_size
@@ -39,6 +49,19 @@ public struct TrainingConfig: Sendable {
     public var saveSteps: Int? = nil
     /// save_total_limit (nil: keep all)
     public var saveTotalLimit: Int? = nil
+    /// eval_strategy (nil: every `evalSteps` when set, and once at the end; `.steps` without `evalSteps` uses
+    /// `loggingSteps`, as transformers does; `.no`: never, not even at the end)
+    public var evalStrategy: IntervalStrategy? = nil
+    /// save_strategy (nil: every `saveSteps` when set; `.steps` without `saveSteps` uses 500, transformers' default)
+    public var saveStrategy: IntervalStrategy? = nil
+    /// load_best_model_at_end: the adapter with the lowest validation loss is kept as OUTPUT/best and is the final
+    /// adapter (metric_for_best_model is the validation loss, `eval_loss`; lower is better).
+    public var loadBestModelAtEnd = false
+    /// early_stopping_patience (EarlyStoppingCallback): stop after this many evaluations in a row without an
+    /// improvement of more than `earlyStoppingThreshold` over the best validation loss.
+    public var earlyStoppingPatience: Int? = nil
+    /// early_stopping_threshold
+    public var earlyStoppingThreshold: Double = 0
     /// seed
     public var seed: UInt64 = 42
     /// Shuffle the examples each epoch (the Trainer does by default).
@@ -97,6 +120,19 @@ public struct TrainingConfig: Sendable {
             throw fail("--eval-steps", "eval_steps", evalSteps,
                 "must be at least 1 (or unset to evaluate at the end only)")
         }
+        if let earlyStoppingPatience, earlyStoppingPatience < 1 {
+            throw fail("--early-stopping-patience", "early_stopping_patience", earlyStoppingPatience,
+                       "a whole number ≥ 1 (evaluations without improvement)")
+        }
+        if !(earlyStoppingThreshold.isFinite && earlyStoppingThreshold >= 0) {
+            throw fail("--early-stopping-threshold", "early_stopping_threshold", earlyStoppingThreshold,
+                       "a finite number ≥ 0")
+        }
+        if (loadBestModelAtEnd || earlyStoppingPatience != nil) && !evaluates {
+            throw TrainingError(description: "--load-best-model-at-end / --early-stopping-patience (recipe " +
+                "load_best_model_at_end, early_stopping_patience) need evaluations during training: give " +
+                "--eval-steps or --eval-strategy steps|epoch (eval_steps, eval_strategy), not eval_strategy no")
+        }
         if let saveSteps, saveSteps < 1 {
             throw fail("--save-steps", "save_steps", saveSteps,
                 "must be at least 1 (or unset for no intermediate checkpoints)")
@@ -104,6 +140,35 @@ public struct TrainingConfig: Sendable {
         if let saveTotalLimit, saveTotalLimit < 1 {
             throw fail("--save-total-limit", "save_total_limit", saveTotalLimit,
                 "must be at least 1 (or unset to keep every checkpoint)")
+        }
+    }
+
+    /// Whether evaluations happen before the end of training (what the best model and early stopping need).
+    public var evaluates: Bool {
+        switch evalStrategy {
+        case nil: return evalSteps != nil
+        case .no: return false
+        case .steps, .epoch: return true
+        }
+    }
+
+    /// Whether to evaluate after `step` (`epochEnded`: the step finished a pass over the data).
+    public func evaluatesAfter(step: Int, epochEnded: Bool) -> Bool {
+        switch evalStrategy {
+        case nil: return evalSteps.map { step % $0 == 0 } ?? false
+        case .no: return false
+        case .steps: return step % (evalSteps ?? max(1, loggingSteps)) == 0
+        case .epoch: return epochEnded
+        }
+    }
+
+    /// Whether to write a checkpoint after `step`.
+    public func savesAfter(step: Int, epochEnded: Bool) -> Bool {
+        switch saveStrategy {
+        case nil: return saveSteps.map { step % $0 == 0 } ?? false
+        case .no: return false
+        case .steps: return step % (saveSteps ?? 500) == 0
+        case .epoch: return epochEnded
         }
     }
 
@@ -202,6 +267,12 @@ public struct Trainer {
     public private(set) var data = DataPosition()
     /// The step of the newest checkpoint known good: saved by this trainer, or restored from (nil: none).
     public private(set) var lastCheckpointStep: Int? = nil
+    /// The lowest validation loss so far and the step it was measured at (nil: no evaluation yet).
+    public private(set) var best: (loss: Double, step: Int)? = nil
+    /// Evaluations in a row without an improvement beyond `earlyStoppingThreshold` (early stopping's counter).
+    public private(set) var evaluationsWithoutImprovement = 0
+    /// Whether the last `train` stopped early (`earlyStoppingPatience`).
+    public private(set) var stoppedEarly = false
     private let examples: [TokenizedExample]
     /// Total optimizer steps of this run.
     public let totalSteps: Int
@@ -254,6 +325,9 @@ public struct Trainer {
         public var evaluate: ((TrainingEngine) throws -> Double)? = nil
         /// Writes a checkpoint of the trainer (called only when its adapters are finite).
         public var save: ((Trainer) throws -> Void)? = nil
+        /// Keeps the trainer's adapters as the best so far (with `loadBestModelAtEnd`, after each new lowest
+        /// validation loss).
+        public var saveBest: ((Trainer) throws -> Void)? = nil
         public init() {}
     }
 
@@ -264,7 +338,13 @@ public struct Trainer {
         var lossSum = 0.0, lossSteps = 0, tokensSinceLog = 0
         var logStart = Date()
         let end = min(totalSteps, stopAfter ?? totalSteps)
+        stoppedEarly = false
+        var lastEvaluation: Int? = nil
+        func completedEpochs() -> Int {
+            data.epoch + (!data.order.isEmpty && data.position >= data.order.count ? 1 : 0)
+        }
         while step < end {
+            let epochsBefore = completedEpochs()
             let micro = (0..<config.gradientAccumulationSteps).map { _ in TokenizedDataset.collate(nextMicroBatch()) }
             var targetCount = micro.reduce(0) { total, b in
                 total + (0..<config.batchSize).reduce(0) { sum, row in
@@ -308,22 +388,48 @@ public struct Trainer {
                                           tokensPerSecond: Double(tokensSinceLog) / max(seconds, 1e-9)))
                 lossSum = 0; lossSteps = 0; tokensSinceLog = 0; logStart = Date()
             }
-            if let evaluate = callbacks.evaluate, let every = config.evalSteps, step % every == 0, step != totalSteps {
-                try callbacks.log(StepMetrics(step: step, evalLoss: try evaluate(engine)))
+            let epochEnded = completedEpochs() > epochsBefore
+            if let evaluate = callbacks.evaluate, config.evaluatesAfter(step: step, epochEnded: epochEnded),
+               step != totalSteps {
+                let loss = try evaluate(engine)
+                try callbacks.log(StepMetrics(step: step, evalLoss: loss))
+                try record(evalLoss: loss, callbacks)
+                lastEvaluation = step
             }
-            if let save = callbacks.save, let every = config.saveSteps, step % every == 0 {
+            if let save = callbacks.save, config.savesAfter(step: step, epochEnded: epochEnded) {
                 try save(self)
                 lastCheckpointStep = step
             }
+            if let patience = config.earlyStoppingPatience, evaluationsWithoutImprovement >= patience {
+                stoppedEarly = true
+                break
+            }
         }
-        if step == totalSteps, let evaluate = callbacks.evaluate {
-            try callbacks.log(StepMetrics(step: step, evalLoss: try evaluate(engine)))
+        if step == totalSteps || stoppedEarly, config.evalStrategy != .no, lastEvaluation != step,
+           let evaluate = callbacks.evaluate {
+            let loss = try evaluate(engine)
+            try callbacks.log(StepMetrics(step: step, evalLoss: loss))
+            try record(evalLoss: loss, callbacks)
         }
     }
 
+    /// Takes a validation loss: a new lowest is the best (kept through `saveBest` with `loadBestModelAtEnd`); early
+    /// stopping's counter restarts when it improves on the previous best by more than the threshold.
+    private mutating func record(evalLoss loss: Double, _ callbacks: Callbacks) throws {
+        let improvement = best.map { $0.loss - loss } ?? .infinity
+        if improvement > config.earlyStoppingThreshold { evaluationsWithoutImprovement = 0 } else {
+            evaluationsWithoutImprovement += 1
+        }
+        guard improvement > 0 else { return }
+        best = (loss, step)
+        if config.loadBestModelAtEnd { try callbacks.saveBest?(self) }
+    }
+
     /// Restores the position of a checkpoint (the engine's adapters and optimizer must be restored by the caller).
-    public mutating func restore(step: Int, rng: SeededGenerator, data: DataPosition) {
+    public mutating func restore(step: Int, rng: SeededGenerator, data: DataPosition,
+                                 best: (loss: Double, step: Int)? = nil, evaluationsWithoutImprovement: Int = 0) {
         self.step = step; self.rng = rng; self.data = data
+        self.best = best; self.evaluationsWithoutImprovement = evaluationsWithoutImprovement
         lastCheckpointStep = step
     }
 

@@ -61,6 +61,10 @@ public struct TrainingRecipe: Sendable {
         "offload_checkpoints": "offload_checkpoints", "report_to": "report_to", "logging_dir": "logging_dir",
         "dataset_text_field": "dataset_text_field", "overwrite_output_dir": "overwrite_output_dir",
         "roles_to_train": "roles_to_train", "train_on_eos": "train_on_eos",
+        "eval_strategy": "eval_strategy", "evaluation_strategy": "eval_strategy", "save_strategy": "save_strategy",
+        "load_best_model_at_end": "load_best_model_at_end", "metric_for_best_model": "metric_for_best_model",
+        "greater_is_better": "greater_is_better", "early_stopping_patience": "early_stopping_patience",
+        "early_stopping_threshold": "early_stopping_threshold",
     ]
 
     /// The largest recipe file read (a recipe is a page of settings).
@@ -70,8 +74,7 @@ public struct TrainingRecipe: Sendable {
 
     /// Keys that only steer Python tooling (reporting, logging folders): accepted and ignored.
     public static let ignored: Set<String> = [
-        "run_name", "do_train", "do_eval", "evaluation_strategy", "eval_strategy",
-        "save_strategy", "logging_strategy", "dataloader_num_workers", "remove_unused_columns",
+        "run_name", "do_train", "do_eval", "logging_strategy", "dataloader_num_workers", "remove_unused_columns",
         "group_by_length", "push_to_hub",
     ]
 

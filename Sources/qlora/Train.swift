@@ -7,6 +7,7 @@ import Training
 
 extension OptimizerKind: ExpressibleByArgument {}
 extension LRScheduleKind: ExpressibleByArgument {}
+extension IntervalStrategy: ExpressibleByArgument {}
 
 /// `qlora train`: QLoRA fine-tuning on the CPU. Settings come from flags, else from `--config` (Hugging Face key
 /// names), else from the defaults; writes metrics.jsonl, checkpoints, the adapter in PEFT format and loss.svg.
@@ -44,6 +45,17 @@ struct Train: ParsableCommand {
     @Option(help: "Evaluate every this many steps (default: at the end).") var evalSteps: Int?
     @Option(help: "Save a checkpoint every this many steps.") var saveSteps: Int?
     @Option(help: "Keep at most this many checkpoints.") var saveTotalLimit: Int?
+    @Option(help: "When to evaluate: steps, epoch or no (default: every --eval-steps when given, and at the end).")
+    var evalStrategy: IntervalStrategy?
+    @Option(help: "When to save a checkpoint: steps, epoch or no (default: every --save-steps when given).")
+    var saveStrategy: IntervalStrategy?
+    @Flag(help: "Keep the adapter with the lowest validation loss as OUTPUT_DIR/best and end with it.")
+    var loadBestModelAtEnd = false
+    @Option(help: "The metric that picks the best adapter: eval_loss (the only one; lower is better).")
+    var metricForBestModel: String?
+    @Option(help: "Stop after this many evaluations in a row without improvement.") var earlyStoppingPatience: Int?
+    @Option(help: "The decrease in validation loss that counts as an improvement (default 0).")
+    var earlyStoppingThreshold: Double?
     @Option(help: "Seed for adapters, dropout and shuffling (default 42).") var seed: UInt64?
     @Flag(help: "Recompute each layer's activations in the backward pass (less memory, same numbers).")
     var gradientCheckpointing = false
@@ -107,6 +119,33 @@ struct Train: ParsableCommand {
         settings.evalSteps = try evalSteps ?? recipe.int("eval_steps")
         settings.saveSteps = try saveSteps ?? recipe.int("save_steps")
         settings.saveTotalLimit = try saveTotalLimit ?? recipe.int("save_total_limit")
+        func strategy(_ flag: IntervalStrategy?, _ key: String) throws -> IntervalStrategy? {
+            try flag ?? recipe.string(key).map { name in
+                guard let s = IntervalStrategy(rawValue: name) else {
+                    throw ValidationError("recipe \(recipe.keyName(key)) \"\(name)\": use steps, epoch or no")
+                }
+                return s
+            }
+        }
+        settings.evalStrategy = try strategy(evalStrategy, "eval_strategy")
+        settings.saveStrategy = try strategy(saveStrategy, "save_strategy")
+        settings.loadBestModelAtEnd = try loadBestModelAtEnd || (recipe.bool("load_best_model_at_end") ?? false)
+        if let metric = try metricForBestModel ?? recipe.string("metric_for_best_model"),
+           !["eval_loss", "loss"].contains(metric) {
+            throw ValidationError("--metric-for-best-model (recipe metric_for_best_model) is \"\(metric)\": only " +
+                "eval_loss (the validation loss) is measured here")
+        }
+        if try recipe.bool("greater_is_better") == true {
+            throw ValidationError("recipe greater_is_better is true: the best adapter is the one with the lowest " +
+                "validation loss (greater_is_better: false)")
+        }
+        settings.earlyStoppingPatience = try earlyStoppingPatience ?? recipe.int("early_stopping_patience")
+        settings.earlyStoppingThreshold = try earlyStoppingThreshold ?? recipe.double("early_stopping_threshold") ?? 0
+        if settings.earlyStoppingPatience != nil && (parallel.devices != nil || DataParallelOptions.worker != nil) {
+            // Rank 0 alone evaluates; the other ranks would not know to stop.
+            throw ValidationError("--early-stopping-patience (recipe early_stopping_patience) trains on one device " +
+                "for now, not with --devices or a launcher's ranks")
+        }
         settings.seed = try seed ?? recipe.int("seed").map { value in
             // The flag is unsigned (ArgumentParser refuses -1); the recipe's seed must be too: no wrapping.
             guard value >= 0 else {
@@ -246,6 +285,11 @@ struct Train: ParsableCommand {
         }
         let limit = settings.saveTotalLimit
         callbacks.save = { t in try Checkpoint.save(t, outputDirectory: output, limit: limit) }
+        let bestDirectory = output + "/best"
+        callbacks.saveBest = { t in
+            try PEFTAdapter.save(t.engine.adapterWeights(), lora: t.engine.loraConfig, to: bestDirectory,
+                                 baseModel: loaded.path)
+        }
         if !isMain { callbacks = Trainer.Callbacks() }   // rank 0 alone logs, evaluates and saves
         do {
             try trainer.train(callbacks)
@@ -258,6 +302,21 @@ struct Train: ParsableCommand {
         if let gpu = (engine as? CUDATrainingEngine)?.model.device {
             print(String(format: "peak GPU memory: %.3f GiB allocated, %.3f GiB reserved (%@)", Double(gpu.peakAllocatedBytes) / 1073741824,
                          Double(gpu.reservedBytes) / 1073741824, gpu.name))
+        }
+        if trainer.stoppedEarly {
+            print("stopped early at step \(trainer.step): the validation loss did not improve for " +
+                  "\(settings.earlyStoppingPatience ?? 0) evaluations in a row")
+        }
+        if settings.loadBestModelAtEnd, let best = trainer.best {
+            // The final adapter is the best one (as the Hugging Face Trainer loads the best model at the end).
+            let lora = trainer.engine.loraConfig
+            let shapes = try trainer.engine.adapterWeights().mapValues {
+                (outFeatures: $0.b.count / lora.r, inFeatures: $0.a.count / lora.r)
+            }
+            try trainer.engine.setAdapterWeights(try PEFTAdapter.readWeights(directory: bestDirectory, r: lora.r,
+                                                                             shapes: shapes))
+            print(String(format: "the final adapter is the best: step %d, validation loss %.4f (%@)", best.step,
+                         best.loss, bestDirectory))
         }
         try PEFTAdapter.save(trainer.engine.adapterWeights(), lora: trainer.engine.loraConfig, to: output, baseModel: loaded.path)
         let plot = try LossPlot.write(runDirectory: output)
