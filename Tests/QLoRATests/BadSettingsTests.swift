@@ -27,11 +27,12 @@ final class BadSettingsTests: XCTestCase {
     }
 
     /// Runs the binary with `arguments`, killing it after `timeout` seconds (a hang fails the test).
-    func run(_ arguments: [String], timeout: TimeInterval = 60) throws -> (status: Int32, crashed: Bool,
-        output: String) {
+    func run(_ arguments: [String], timeout: TimeInterval = 60, directory: String? = nil) throws
+        -> (status: Int32, crashed: Bool, output: String) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: try binary())
         p.arguments = arguments
+        if let directory { p.currentDirectoryURL = URL(fileURLWithPath: directory) }
         let log = NSTemporaryDirectory() + "qlora-bad-settings-\(UUID().uuidString).log"
         FileManager.default.createFile(atPath: log, contents: nil)
         defer { try? FileManager.default.removeItem(atPath: log) }

@@ -1,0 +1,35 @@
+import Foundation
+import Llama
+import ModelFiles
+import XCTest
+
+/// examples/seed-recipe.yaml, the Hugging Face seed recipe as a recipe file, runs as it is on the bundled quotes.
+extension BadSettingsTests {
+    func testSeedRecipeRunsUnchangedOnTheBundledQuotes() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().path
+        let model = try GGUFExportTests.tinyLlamaWithTokenizer(self)
+        let out = makeTemporaryDirectory(self) + "/run"
+        // Only the model (the recipe names none) and the output folder (kept out of the repository) are given.
+        let (status, crashed, output) = try run(["train", "--config", root + "/examples/seed-recipe.yaml",
+                                                 "--model", model, "--output-dir", out], timeout: 300,
+                                                directory: root)
+        XCTAssertEqual(status, 0, output)
+        XCTAssertFalse(crashed, output)
+        // 64 quotes, 4 × 4 a step: 4 steps of one epoch; peft's line for r = 16 on q, v of tiny-llama.
+        let lines = try String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(lines.compactMap { StepMetricsProbe.step($0) }.last, 4, output)
+        let config = try JSONValue(parsing: FileSystem.readBytes(out + "/adapter_config.json"))
+        XCTAssertEqual(config["r"]?.intValue, 16)
+        XCTAssertEqual(config["lora_alpha"]?.doubleValue, 32)
+        XCTAssertEqual(config["lora_dropout"]?.doubleValue, 0.05)
+        XCTAssertEqual(Set(config["target_modules"]?.arrayValue?.compactMap(\.stringValue) ?? []),
+                       ["q_proj", "v_proj"])
+        XCTAssertTrue(output.contains("trainable params"), output)
+    }
+}
+
+/// The step of a metrics.jsonl line.
+enum StepMetricsProbe {
+    static func step(_ line: Substring) -> Int? { (try? JSONValue(parsing: Array(line.utf8)))?["step"]?.intValue }
+}
