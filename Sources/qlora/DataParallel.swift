@@ -74,6 +74,7 @@ struct DataParallelOptions: ParsableArguments {
             ?? NSTemporaryDirectory() + "qlora-rendezvous-\(getpid())-\(UInt64(Date().timeIntervalSince1970 * 1000))"
         let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         var workers: [Process] = []
+        let forwarded = DispatchGroup()
         for localRank in 0..<local {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: executable)
@@ -85,8 +86,18 @@ struct DataParallelOptions: ParsableArguments {
             env["CUDA_VISIBLE_DEVICES"] = String(localRank)
             env["NCCL_NVLS_ENABLE"] = env["NCCL_NVLS_ENABLE"] ?? "0"   // no NVLink multicast (it can hang shared hosts)
             p.environment = env
+            // Each worker's standard error comes back whole, a line at a time, prefixed with its rank (not
+            // interleaved character by character with the other workers').
+            let pipe = Pipe()
+            p.standardError = pipe
             try p.run()
             workers.append(p)
+            let prefix = "[rank \(nodeRank * local + localRank)] "
+            forwarded.enter()
+            Thread {
+                Self.forwardLines(from: pipe.fileHandleForReading, prefix: prefix)
+                forwarded.leave()
+            }.start()
         }
         FileHandle.standardError.write("started \(local) workers (ranks \(nodeRank * local)..<\(nodeRank * local + local) of \(world))\n".data(using: .utf8)!)
         var status: Int32 = 0
@@ -103,8 +114,35 @@ struct DataParallelOptions: ParsableArguments {
             }
             usleep(100_000)
         }
+        _ = forwarded.wait(timeout: .now() + 10)   // the workers' last lines
         if !path.hasPrefix("tcp:") { try? FileManager.default.removeItem(atPath: path) }
         Foundation.exit(status)
+    }
+
+    /// One lock for the lines of all workers on this process's standard error.
+    static let standardErrorLock = NSLock()
+
+    /// Copies `handle` to standard error until it ends, each line (ended by a newline or, for progress lines, a
+    /// carriage return) written at once with `prefix` before it.
+    static func forwardLines(from handle: FileHandle, prefix: String) {
+        var pending: [UInt8] = []
+        func emit(_ line: ArraySlice<UInt8>) {
+            standardErrorLock.lock()
+            FileHandle.standardError.write(Data(prefix.utf8) + Data(line))
+            standardErrorLock.unlock()
+        }
+        while true {
+            let chunk = handle.availableData
+            if chunk.isEmpty { break }
+            pending += chunk
+            var start = 0
+            for (i, byte) in pending.enumerated() where byte == UInt8(ascii: "\n") || byte == UInt8(ascii: "\r") {
+                emit(pending[start...i])
+                start = i + 1
+            }
+            pending.removeFirst(start)
+        }
+        if !pending.isEmpty { emit(pending[...] + [UInt8(ascii: "\n")]) }
     }
 
     /// Joins the group as the worker the environment names: the GPU, then NCCL through the rendezvous (a file, or

@@ -24,10 +24,15 @@ struct Train: ParsableCommand {
     @Option(help: "Continue from a checkpoint folder, or 'latest' in --output-dir.") var resumeFromCheckpoint: String?
     @Flag(help: "Start a new run in an --output-dir that already holds one (its metrics.jsonl is replaced).")
     var overwriteOutputDir = false
-    @Option(help: "LoRA rank r (default 8).") var loraR: Int?
-    @Option(help: "LoRA alpha (default 16).") var loraAlpha: Double?
-    @Option(help: "LoRA dropout (default 0.05).") var loraDropout: Double?
-    @Option(help: "Comma-separated projections (q_proj,v_proj,...) or all-linear (default q_proj,v_proj).") var targetModules: String?
+    // The LoRA defaults are LoRAConfig's (peft's LoraConfig's), written once there; the help shows them.
+    @Option(help: ArgumentHelp("LoRA rank r (default \(LoRAConfig().r)).")) var loraR: Int?
+    @Option(help: ArgumentHelp("LoRA alpha (default \(LoRAConfig().alpha.formatted())).")) var loraAlpha: Double?
+    @Option(help: ArgumentHelp("LoRA dropout (default \(LoRAConfig().dropout.formatted())).")) var loraDropout: Double?
+    @Option(help: ArgumentHelp("""
+        Comma-separated projections (q_proj,v_proj,...) or all-linear \
+        (default \(LoRAConfig().targetModules.joined(separator: ","))).
+        """))
+    var targetModules: String?
     @Flag(help: "rsLoRA scaling (alpha / sqrt(r)).") var useRslora = false
     @Option(help: "Sequences per micro-batch (default 4).") var batchSize: Int?
     @Option(help: "Micro-batches per optimizer step (default 1).") var gradientAccumulationSteps: Int?
@@ -78,12 +83,13 @@ struct Train: ParsableCommand {
         let recipe = try config.map { try TrainingRecipe(contentsOf: $0) } ?? TrainingRecipe()
         guard let dataPath = try data ?? recipe.string("data") else { throw ValidationError("missing --data (or \"train_file\" in the recipe)") }
         guard let output = try outputDir ?? recipe.string("output_dir") else { throw ValidationError("missing --output-dir (or \"output_dir\" in the recipe)") }
-        var lora = LoRAConfig()
-        lora.r = try loraR ?? recipe.int("r") ?? 8
-        lora.alpha = try loraAlpha ?? recipe.double("lora_alpha") ?? 16
-        lora.dropout = try loraDropout ?? recipe.double("lora_dropout") ?? 0.05
+        var lora = LoRAConfig()   // each setting the flag's, else the recipe's, else LoRAConfig's default
+        lora.r = try loraR ?? recipe.int("r") ?? lora.r
+        lora.alpha = try loraAlpha ?? recipe.double("lora_alpha") ?? lora.alpha
+        lora.dropout = try loraDropout ?? recipe.double("lora_dropout") ?? lora.dropout
         lora.useRSLoRA = try useRslora || (recipe.bool("use_rslora") ?? false)
-        lora.targetModules = try targetModules.map { $0.split(separator: ",").map(String.init) } ?? recipe.list("target_modules") ?? ["q_proj", "v_proj"]
+        lora.targetModules = try targetModules.map { $0.split(separator: ",").map(String.init) }
+            ?? recipe.list("target_modules") ?? lora.targetModules
         if let bias = try recipe.string("bias"), bias != "none" { throw ValidationError("bias \"\(bias)\": only \"none\" is supported") }
         guard lora.r > 0 else { throw ValidationError("--lora-r (recipe r) is \(lora.r): must be at least 1") }
         guard (0..<1).contains(lora.dropout) else {

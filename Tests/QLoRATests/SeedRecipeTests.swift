@@ -33,3 +33,26 @@ extension BadSettingsTests {
 enum StepMetricsProbe {
     static func step(_ line: Substring) -> Int? { (try? JSONValue(parsing: Array(line.utf8)))?["step"]?.intValue }
 }
+
+extension BadSettingsTests {
+    /// `--devices 2` where no GPU can be opened: a worker's error arrives whole on its own line, prefixed with its
+    /// rank (the workers' errors used to interleave character by character).
+    func testWorkersErrorsArriveWholeWithTheirRank() throws {
+        let dir = makeTemporaryDirectory(self)
+        try write(#"{"input_ids": [1, 2, 3, 4]}"# + "\n", dir + "/data.jsonl")
+        let golden = try Shared.requireGolden()
+        if FileManager.default.fileExists(atPath: "/dev/nvidia0") { throw XCTSkip("a GPU is present: workers would run") }
+        let (status, crashed, output) = try run(["train", "--model", golden + "/tiny-llama", "--data",
+                                                 dir + "/data.jsonl", "--output-dir", dir + "/out", "--devices", "2",
+                                                 "--max-steps", "1"], timeout: 120)
+        XCTAssertNotEqual(status, 0, output)
+        XCTAssertFalse(crashed, output)
+        // The first worker to fail stops the other; its error is one whole line with its rank.
+        let failed = output.split(separator: "\n").filter { $0.hasPrefix("[rank ") && $0.contains("Error: ") }
+        XCTAssertFalse(failed.isEmpty, "no worker's whole error in: \(output)")
+        XCTAssertTrue(failed.allSatisfy { $0.hasSuffix(".") || $0.hasSuffix(")") }, output)
+        for line in output.split(separator: "\n") where line.hasPrefix("[rank ") {
+            XCTAssertEqual(line.components(separatedBy: "[rank ").count, 2, "two workers on one line: \(line)")
+        }
+    }
+}
