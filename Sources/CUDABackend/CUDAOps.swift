@@ -110,10 +110,10 @@ extension CUDADevice {
 
     static func checkLoRA(_ name: String, rows: Int, k: Int, r: Int, _ buffers: [(DeviceBuffer, Int)]) throws {
         guard rows >= 0, rows <= 65535 * 32, k > 0, k < Int(Int32.max), r > 0, r <= 4096 else {
-            throw CUDAError("\(name): \(rows) rows, k \(k), r \(r) are outside what the kernels take")
+            throw CUDAError.invalidArgument("\(name): \(rows) rows, k \(k), r \(r) are outside what the kernels take")
         }
         for (b, count) in buffers where b.count < count || b.dtype != buffers[0].0.dtype {
-            throw CUDAError("\(name): a \(b.dtype.rawValue) buffer of \(b.count) values where \(count) " +
+            throw CUDAError.invalidArgument("\(name): a \(b.dtype.rawValue) buffer of \(b.count) values where \(count) " +
                             "\(buffers[0].0.dtype.rawValue) values are needed")
         }
     }

@@ -230,9 +230,9 @@ public final class CUDALlama: @unchecked Sendable {
     /// Replaces the adapters' values (same keys and sizes).
     public func setAdapterWeights(_ weights: [String: LoRAWeights]) throws {
         for (k, a) in adapters {
-            guard let w = weights[k] else { throw CUDAError("adapter \(k) is missing") }
+            guard let w = weights[k] else { throw CUDAError.invalidArgument("adapter \(k) is missing") }
             guard w.a.count == a.a.count, w.b.count == a.b.count else {
-                throw CUDAError("adapter \(k) has \(w.a.count) + \(w.b.count) values, expected \(a.a.count) + \(a.b.count)")
+                throw CUDAError.invalidArgument("adapter \(k) has \(w.a.count) + \(w.b.count) values, expected \(a.a.count) + \(a.b.count)")
             }
             try device.copy(w.a, to: a.a); try device.copy(w.b, to: a.b)
             try a.refresh(device)

@@ -68,7 +68,7 @@ struct DataParallelOptions: ParsableArguments {
     /// failure's status (stopping the others).
     func launchWorkers() throws -> Never {
         let local = devices == "all" ? CUDADevice.count() : Int(devices!)!
-        guard local >= 1 else { throw CUDAError("--devices all: the driver sees no GPU") }
+        guard local >= 1 else { throw CUDAError.noDevice("--devices all: the driver sees no GPU") }
         let world = local * nnodes
         let path = rendezvous.map { $0.hasPrefix("file:") ? String($0.dropFirst(5)) : $0 }
             ?? NSTemporaryDirectory() + "qlora-rendezvous-\(getpid())-\(UInt64(Date().timeIntervalSince1970 * 1000))"
@@ -172,14 +172,14 @@ struct DataParallelOptions: ParsableArguments {
                 id = try NCCLCommunicator.makeUniqueId()
                 let temp = idPath + ".tmp\(getpid())"
                 guard FileManager.default.createFile(atPath: temp, contents: Data(id)), rename(temp, idPath) == 0 else {
-                    throw CUDAError("rendezvous: cannot write \(idPath)")
+                    throw CUDAError.rendezvous("rendezvous: cannot write \(idPath)")
                 }
             } else {
                 let deadline = Date().addingTimeInterval(300)
                 while true {
                     if let d = FileManager.default.contents(atPath: idPath), d.count == 128 { id = [UInt8](d); break }
                     guard Date() < deadline else {
-                        throw CUDAError("rendezvous: rank 0 wrote no id to \(idPath) within 300 s")
+                        throw CUDAError.rendezvous("rendezvous: rank 0 wrote no id to \(idPath) within 300 s")
                     }
                     usleep(50_000)
                 }

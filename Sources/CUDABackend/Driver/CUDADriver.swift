@@ -87,7 +87,8 @@ final class CUDADriver: @unchecked Sendable {
         var name: UnsafePointer<CChar>? = nil, text: UnsafePointer<CChar>? = nil
         _ = cuGetErrorName(status, &name)
         _ = cuGetErrorString(status, &text)
-        throw CUDAError("\(call()) failed: \(name.map { String(cString: $0) } ?? "CUDA error \(status)")"
-                        + (text.map { " (" + String(cString: $0) + ")" } ?? ""))
+        throw CUDAError.callFailed(call: call(), status: status,
+                                   message: (name.map { String(cString: $0) } ?? "CUDA error \(status)")
+                                       + (text.map { " (" + String(cString: $0) + ")" } ?? ""))
     }
 }

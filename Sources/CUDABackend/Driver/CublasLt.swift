@@ -56,6 +56,6 @@ final class CublasLt: @unchecked Sendable {
     func check(_ status: Int32, _ call: @autoclosure () -> String) throws {
         guard status != 0 else { return }
         let text = cublasLtGetStatusString?(status).map { String(cString: $0) } ?? "cuBLAS status \(status)"
-        throw CUDAError("\(call()) failed: \(text)")
+        throw CUDAError.callFailed(call: call(), status: status, message: text)
     }
 }

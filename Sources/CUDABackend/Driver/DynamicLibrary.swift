@@ -4,9 +4,34 @@ import Glibc
 #endif
 
 /// Why the GPU path cannot run: a missing library or symbol, or a failed CUDA, NVRTC or cuBLASLt call.
-public struct CUDAError: Error, CustomStringConvertible {
-    public let description: String
-    public init(_ description: String) { self.description = description }
+/// What went wrong on the GPU side, by kind; `description` says it in words.
+public enum CUDAError: Error, CustomStringConvertible, Equatable {
+    /// A library (driver, NVRTC, cuBLASLt, NCCL) was not found: what it is, the paths tried, what to install.
+    case libraryMissing(library: String, tried: [String], install: String)
+    /// A library that was found lacks a function (too old).
+    case symbolMissing(library: String, symbol: String)
+    /// A call returned an error status: the call, the status, and the library's own text for it.
+    case callFailed(call: String, status: Int32, message: String)
+    /// NVRTC could not compile a kernel source: its name, the architecture, NVRTC's status text and the log.
+    case compileFailed(source: String, architecture: String, message: String, log: String)
+    /// There is no such GPU (or none at all).
+    case noDevice(String)
+    /// Sizes, types or shapes the kernels or libraries cannot take.
+    case invalidArgument(String)
+    /// The data-parallel rendezvous (the NCCL id's exchange) failed.
+    case rendezvous(String)
+
+    public var description: String {
+        switch self {
+        case .libraryMissing(let library, let tried, let install):
+            return "\(library) not found (tried \(tried.joined(separator: ", "))). \(install)"
+        case .symbolMissing(let library, let symbol): return "\(library) has no symbol \(symbol): the library is too old"
+        case .callFailed(let call, _, let message): return "\(call) failed: \(message)"
+        case .compileFailed(let source, let architecture, let message, let log):
+            return "NVRTC could not compile \(source) for \(architecture): \(message)\n" + log
+        case .noDevice(let text), .invalidArgument(let text), .rendezvous(let text): return text
+        }
+    }
 }
 
 /// A shared library opened with `dlopen`, so that building needs no CUDA and the binary starts where none is
@@ -61,12 +86,12 @@ final class DynamicLibrary: @unchecked Sendable {
             if let h = dlopen(name, RTLD_NOW | RTLD_GLOBAL) { return DynamicLibrary(handle: h, path: name) }
             tried.append(name)
         }
-        throw CUDAError("\(what) not found (tried \(tried.joined(separator: ", "))). \(install)")
+        throw CUDAError.libraryMissing(library: what, tried: tried, install: install)
     }
 
     /// The function `name`, typed as `T` (a `@convention(c)` function type matching the C header).
     func function<T>(_ name: String, as type: T.Type = T.self) throws -> T {
-        guard let p = dlsym(handle, name) else { throw CUDAError("\(path) has no symbol \(name): the library is too old") }
+        guard let p = dlsym(handle, name) else { throw CUDAError.symbolMissing(library: path, symbol: name) }
         return unsafeBitCast(p, to: T.self)
     }
 

@@ -24,7 +24,9 @@ final class NCCL: @unchecked Sendable {
         library = l
         ncclGetVersion = try l.function("ncclGetVersion")
         ncclGetUniqueId = try l.function("ncclGetUniqueId")
-        guard let initRank = dlsym(l.handle, "ncclCommInitRank") else { throw CUDAError("\(l.path) has no symbol ncclCommInitRank") }
+        guard let initRank = dlsym(l.handle, "ncclCommInitRank") else {
+            throw CUDAError.symbolMissing(library: l.path, symbol: "ncclCommInitRank")
+        }
         ncclCommInitRank = initRank
         ncclCommDestroy = try l.function("ncclCommDestroy")
         ncclAllReduce = try l.function("ncclAllReduce")
@@ -41,7 +43,8 @@ final class NCCL: @unchecked Sendable {
 
     func check(_ status: Int32, _ call: @autoclosure () -> String) throws {
         guard status != 0 else { return }
-        throw CUDAError("\(call()) failed: \(ncclGetErrorString(status).map { String(cString: $0) } ?? "NCCL error \(status)")")
+        throw CUDAError.callFailed(call: call(), status: status,
+                                   message: ncclGetErrorString(status).map { String(cString: $0) } ?? "NCCL error \(status)")
     }
 }
 

@@ -60,8 +60,8 @@ final class NVRTC: @unchecked Sendable {
             _ = nvrtcGetProgramLogSize(program, &size)
             var log = [CChar](repeating: 0, count: max(size, 1))
             _ = nvrtcGetProgramLog(program, &log)
-            throw CUDAError("NVRTC could not compile \(name) for \(architecture): \(message(status))\n"
-                            + String(cString: log))
+            throw CUDAError.compileFailed(source: name, architecture: architecture, message: message(status),
+                                          log: String(cString: log))
         }
         var size = 0
         try check(nvrtcGetCUBINSize(program, &size), "nvrtcGetCUBINSize(\(name))")
@@ -76,6 +76,6 @@ final class NVRTC: @unchecked Sendable {
 
     func check(_ status: Int32, _ call: @autoclosure () -> String) throws {
         guard status != 0 else { return }
-        throw CUDAError("\(call()) failed: \(message(status))")
+        throw CUDAError.callFailed(call: call(), status: status, message: message(status))
     }
 }
