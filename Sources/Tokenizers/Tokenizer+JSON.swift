@@ -61,13 +61,19 @@ struct TokenizerJSONReader {
         guard let vocab = model["vocab"]?.objectValue else { throw error("model.vocab is missing or not an object") }
         var tokenIds: [String: Int] = [:]
         tokenIds.reserveCapacity(vocab.count)
+        // Ids index the token table: each must lie below a bound on vocabularies (no model has 16 M tokens).
+        let idLimit = 1 << 24
         for (token, value) in vocab {
-            guard let id = value.intValue, id >= 0 else {
-                throw error("model.vocab entry \"\(token)\" has \(value.compactText()), expected a non-negative id")
+            guard let id = value.intValue, id >= 0, id < idLimit else {
+                throw error("model.vocab entry \"\(token)\" has \(value.compactText()), expected an id in " +
+                            "[0, \(idLimit))")
             }
             tokenIds[token] = id
         }
         let addedTokens = try readAddedTokens(json["added_tokens"])
+        if let bad = addedTokens.first(where: { $0.id < 0 || $0.id >= idLimit }) {
+            throw error("added_tokens entry \"\(bad.content)\" has id \(bad.id), expected an id in [0, \(idLimit))")
+        }
         for token in addedTokens where tokenIds[token.content] == nil { tokenIds[token.content] = token.id }
         let size = max((tokenIds.values.max() ?? -1), (addedTokens.map(\.id).max() ?? -1)) + 1
         var tokens = [String?](repeating: nil, count: size)

@@ -283,6 +283,37 @@ final class FuzzTests: XCTestCase {
         tally.report()
     }
 
+    // MARK: - tokenizer.json
+
+    /// A byte-level BPE tokenizer.json (the 384-token one GGUFExportTests builds), mutated and then loaded and
+    /// used to encode and decode: no trap, and any error names the file.
+    func testFuzzTokenizerJSON() throws {
+        let source = try GGUFExportTests.tinyLlamaWithTokenizer(self) + "/tokenizer.json"
+        let dir = fuzzDirectory("tokenizer")
+        let text = try FileSystem.readBytes(source)
+        let json = try JSONValue(parsing: text)
+        var fuzz = Fuzzer(seed: Self.seed &+ 9)
+        var tally = Tally("tokenizer.json")
+        let path = dir + "/tokenizer.json"
+        for i in 0..<Self.mutantCount {
+            let mutant = fuzz.chance(0.5) ? Array(fuzz.mutateTree(json).pythonText(indent: 2).utf8)
+                                          : fuzz.mutateText(text)
+            try writeMutant(mutant, to: path, kind: "tokenizer.json", index: i)
+            tally.run {
+                do {
+                    let tokenizer = try Tokenizer(tokenizerJSONPath: path)
+                    for sample in ["hello world", "  tabs\tand\nnewlines", "ünïcödé 😀", ""] {
+                        _ = tokenizer.decode(tokenizer.encode(sample))
+                    }
+                } catch {
+                    XCTAssertTrue("\(error)".contains(path) || "\(error)".contains("tokenizer"), "\(error)")
+                    throw error
+                }
+            }
+        }
+        tally.report()
+    }
+
     // MARK: - PEFT adapter
 
     func testFuzzPEFTAdapter() throws {
