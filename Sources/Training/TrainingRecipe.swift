@@ -72,11 +72,15 @@ public struct TrainingRecipe: Sendable {
     /// The deepest nesting of mappings and sequences accepted (a recipe is a flat mapping with a few lists).
     public static let maximumDepth = 64
 
-    /// Keys that only steer Python tooling (reporting, logging folders): accepted and ignored.
+    /// Keys that only steer Python tooling (data loader workers, the hub, run names): accepted with a warning that
+    /// they have no effect here (`ignoredKeys`).
     public static let ignored: Set<String> = [
         "run_name", "do_train", "do_eval", "logging_strategy", "dataloader_num_workers", "remove_unused_columns",
         "group_by_length", "push_to_hub",
     ]
+
+    /// The keys of this file that have no effect here (from `ignored`), for a warning.
+    public private(set) var ignoredKeys: [String] = []
 
     /// An empty recipe.
     public init() {}
@@ -100,7 +104,7 @@ public struct TrainingRecipe: Sendable {
         guard let top = parsed as? [String: Any] else { throw TrainingError(description: "\(path): the recipe must be a mapping of keys to values") }
         var unknown: [String] = []
         for (key, raw) in top {
-            if Self.ignored.contains(key) { continue }
+            if Self.ignored.contains(key) { ignoredKeys.append(key); continue }
             guard let setting = Self.aliases[key] else { unknown.append(key); continue }
             fileKeys[setting] = key
             switch raw {

@@ -81,6 +81,10 @@ struct Train: ParsableCommand {
         let isMain = (worker?.rank ?? 0) == 0
         DataParallelOptions.quietUnlessRankZero()
         let recipe = try config.map { try TrainingRecipe(contentsOf: $0) } ?? TrainingRecipe()
+        for key in recipe.ignoredKeys.sorted() {
+            FileHandle.standardError.write(Data(("warning: recipe key \(key) has no effect here (it steers the " +
+                                                 "Python tooling only)\n").utf8))
+        }
         guard let dataPath = try data ?? recipe.string("data") else { throw ValidationError("missing --data (or \"train_file\" in the recipe)") }
         guard let output = try outputDir ?? recipe.string("output_dir") else { throw ValidationError("missing --output-dir (or \"output_dir\" in the recipe)") }
         var lora = LoRAConfig()   // each setting the flag's, else the recipe's, else LoRAConfig's default

@@ -1,6 +1,7 @@
 import Foundation
 import Llama
 import ModelFiles
+import Training
 import XCTest
 
 /// examples/seed-recipe.yaml, the Hugging Face seed recipe as a recipe file, runs as it is on the bundled quotes.
@@ -54,5 +55,18 @@ extension BadSettingsTests {
         for line in output.split(separator: "\n") where line.hasPrefix("[rank ") {
             XCTAssertEqual(line.components(separatedBy: "[rank ").count, 2, "two workers on one line: \(line)")
         }
+    }
+}
+
+extension BadSettingsTests {
+    /// Keys that steer only the Python tooling are named in a warning, not accepted in silence.
+    func testRecipeKeysWithoutEffectAreNamed() throws {
+        let dir = makeTemporaryDirectory(self)
+        try write("run_name: x\nlearning_rate: 1.0e-4\npush_to_hub: false\n", dir + "/r.yaml")
+        XCTAssertEqual(try TrainingRecipe(contentsOf: dir + "/r.yaml").ignoredKeys.sorted(), ["push_to_hub", "run_name"])
+        let (_, _, output) = try run(["train", "--config", dir + "/r.yaml", "--model", dir + "/no-model", "--data",
+                                      dir + "/r.yaml", "--output-dir", dir + "/out"])
+        XCTAssertTrue(output.contains("warning: recipe key push_to_hub has no effect"), output)
+        XCTAssertTrue(output.contains("warning: recipe key run_name has no effect"), output)
     }
 }
