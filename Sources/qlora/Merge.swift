@@ -14,7 +14,9 @@ struct Merge: ParsableCommand {
 
     @Option(help: "The base model: a Hugging Face folder (plain or bitsandbytes 4-bit).") var model: String
     @Option(help: "The PEFT adapter folder (adapter_config.json, adapter_model.safetensors).") var adapter: String
-    @Option(help: "Where the merged model goes (a new folder, not the model's).") var output: String
+    @Option(name: [.customLong("output"), .customLong("output-dir")],
+            help: "Where the merged model goes (a new folder, not the model's).")
+    var output: String
     @Option(help: "Weights' dtype in the output: bf16, f16 or f32.") var dtype: String = "bf16"
     @Option(help: """
         What the delta is added to: dequantized (the NF4 weights training saw; the default) or original (the \

@@ -28,7 +28,8 @@ struct Quantize: ParsableCommand {
     @Option(help: "Model folder: config.json and model.safetensors (or a sharded index).")
     var model: String
 
-    @Option(help: "Output folder for the 4-bit checkpoint.")
+    // A folder, as train's --output-dir: both names are taken.
+    @Option(name: [.customLong("output"), .customLong("output-dir")], help: "Output folder for the 4-bit checkpoint.")
     var output: String
 
     @Option(help: "4-bit data type: nf4 or fp4.")
