@@ -309,6 +309,13 @@ extension JSONValue {
         }
     }
 
+    /// `s` as a JSON string literal (Python's `json.dumps` escapes; `asciiOnly` as its `ensure_ascii`).
+    public static func quoted(_ s: String, asciiOnly: Bool = false) -> String {
+        var out = ""
+        writeString(s, into: &out, asciiOnly: asciiOnly)
+        return out
+    }
+
     private static func writeString(_ s: String, into out: inout String, asciiOnly: Bool) {
         out += "\""
         for u in s.unicodeScalars {

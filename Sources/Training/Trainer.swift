@@ -15,6 +15,15 @@ public enum IntervalStrategy: String, CaseIterable, Sendable {
     case steps
     /// At the end of each pass over the training data.
     case epoch
+
+    /// Whether it fires after optimizer step `step` (every `every` steps; `epochEnded`: the step ended a pass).
+    func fires(afterStep step: Int, every: Int, epochEnded: Bool) -> Bool {
+        switch self {
+        case .no: return false
+        case .steps: return step % every == 0
+        case .epoch: return epochEnded
+        }
+    }
 }
 
 /// The training loop's settings, with Hugging Face `TrainingArguments` semantics (their names in comments).
@@ -154,22 +163,14 @@ public struct TrainingConfig: Sendable {
 
     /// Whether to evaluate after `step` (`epochEnded`: the step finished a pass over the data).
     public func evaluatesAfter(step: Int, epochEnded: Bool) -> Bool {
-        switch evalStrategy {
-        case nil: return evalSteps.map { step % $0 == 0 } ?? false
-        case .no: return false
-        case .steps: return step % (evalSteps ?? max(1, loggingSteps)) == 0
-        case .epoch: return epochEnded
-        }
+        guard let evalStrategy else { return evalSteps.map { step % $0 == 0 } ?? false }
+        return evalStrategy.fires(afterStep: step, every: evalSteps ?? max(1, loggingSteps), epochEnded: epochEnded)
     }
 
     /// Whether to write a checkpoint after `step`.
     public func savesAfter(step: Int, epochEnded: Bool) -> Bool {
-        switch saveStrategy {
-        case nil: return saveSteps.map { step % $0 == 0 } ?? false
-        case .no: return false
-        case .steps: return step % (saveSteps ?? 500) == 0
-        case .epoch: return epochEnded
-        }
+        guard let saveStrategy else { return saveSteps.map { step % $0 == 0 } ?? false }
+        return saveStrategy.fires(afterStep: step, every: saveSteps ?? 500, epochEnded: epochEnded)
     }
 
     /// Optimizer steps for `exampleCount` examples: `maxSteps`, or epochs × ⌈examples / (batch × accumulation)⌉.

@@ -30,11 +30,10 @@
 
 #define LORA_THREADS 256
 #define DOWN_ROWS 32
-#define DOWN_COLS 256
+#define LORA_COLS 256   // columns of A staged at a time (float32 kernels)
 #define GRAD_ROWS 512
 #define GRAD_COLS 64
 #define DX_ROWS 32
-#define DX_COLS 256
 
 __device__ __forceinline__ unsigned lora_mix(unsigned x) {
     x ^= x >> 16; x *= 0x7feb352du;
@@ -57,10 +56,23 @@ __device__ __forceinline__ unsigned lora_kept_pair(unsigned key, unsigned col, u
 __device__ __forceinline__ int lora_column(int c0, int lane, int e) { return c0 + (e >> 2) * 128 + 4 * lane + (e & 3); }
 
 #if !QLORA_BF16
+// Stages rows j0 … j0 + 15 (those below j0 + jn; zeros for the rest) and columns c0 … c0 + 255 of A (r, k) into
+// `as` (16 × 256 float32), a block of 256 threads 8 columns each; zeros past k.
+__device__ __forceinline__ void lora_stage_a(float* as, const T* a, int j0, int jn, int k, int c0, bool vector) {
+    for (int e = threadIdx.x; e < 16 * (LORA_COLS / 8); e += LORA_THREADS) {
+        int j = e / (LORA_COLS / 8), c = (e % (LORA_COLS / 8)) * 8;
+        float v[8];
+        load8(v, a + (long long)(j0 + (j < jn ? j : 0)) * k + c0 + c, j < jn ? k - (c0 + c) : 0, vector);
+        float4* d = (float4*)(as + j * LORA_COLS + c);
+        d[0] = make_float4(v[0], v[1], v[2], v[3]);
+        d[1] = make_float4(v[4], v[5], v[6], v[7]);
+    }
+}
+
 // float32: z (rows, r) = scale · (m ⊙ x) Aᵀ with FMAs. Grid (⌈rows / 32⌉, ⌈r / 16⌉).
 extern "C" __global__ void __launch_bounds__(LORA_THREADS)
 lora_down(T* z, const T* x, const T* a, int rows, int k, int r, float keep, unsigned long long seed) {
-    __shared__ __align__(16) float as[16 * DOWN_COLS];
+    __shared__ __align__(16) float as[16 * LORA_COLS];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int j0 = blockIdx.y * 16, jn = min(16, r - j0);
     int row0 = blockIdx.x * DOWN_ROWS + warp * 4;
@@ -74,16 +86,9 @@ lora_down(T* z, const T* x, const T* a, int rows, int k, int r, float keep, unsi
     for (int i = 0; i < 4; i++)
 #pragma unroll
         for (int j = 0; j < 16; j++) acc[i][j] = 0.0f;
-    for (int c0 = 0; c0 < k; c0 += DOWN_COLS) {
+    for (int c0 = 0; c0 < k; c0 += LORA_COLS) {
         __syncthreads();   // the previous step's slice of A has been read
-        for (int e = threadIdx.x; e < 16 * (DOWN_COLS / 8); e += LORA_THREADS) {
-            int j = e / (DOWN_COLS / 8), c = (e % (DOWN_COLS / 8)) * 8;
-            float v[8];
-            load8(v, a + (long long)(j0 + (j < jn ? j : 0)) * k + c0 + c, j < jn ? k - (c0 + c) : 0, vector);
-            float4* d = (float4*)(as + j * DOWN_COLS + c);
-            d[0] = make_float4(v[0], v[1], v[2], v[3]);
-            d[1] = make_float4(v[4], v[5], v[6], v[7]);
-        }
+        lora_stage_a(as, a, j0, jn, k, c0, vector);
         __syncthreads();
         float xv[4][8];
 #pragma unroll
@@ -106,8 +111,8 @@ lora_down(T* z, const T* x, const T* a, int rows, int k, int r, float keep, unsi
         }
 #pragma unroll
         for (int j = 0; j < 16; j++) {
-            float4 lo = *(const float4*)(as + j * DOWN_COLS + 4 * lane);
-            float4 hi = *(const float4*)(as + j * DOWN_COLS + 128 + 4 * lane);
+            float4 lo = *(const float4*)(as + j * LORA_COLS + 4 * lane);
+            float4 hi = *(const float4*)(as + j * LORA_COLS + 128 + 4 * lane);
             float av[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
 #pragma unroll
             for (int i = 0; i < 4; i++) {
@@ -219,11 +224,11 @@ extern "C" __global__ void lora_down_reduce(float* grad, const float* partial, i
 extern "C" __global__ void __launch_bounds__(LORA_THREADS)
 lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsigned long long seed,
         int accumulate) {
-    __shared__ __align__(16) float as[16 * DX_COLS];
+    __shared__ __align__(16) float as[16 * LORA_COLS];
     __shared__ __align__(16) float ds[DX_ROWS * 16];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int rowBlock = blockIdx.y * DX_ROWS, row0 = rowBlock + warp * 4;
-    int c0 = blockIdx.x * DX_COLS;
+    int c0 = blockIdx.x * LORA_COLS;
     bool vector = (k & 7) == 0;
     float acc[4][8];
 #pragma unroll
@@ -233,14 +238,7 @@ lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsi
     for (int j0 = 0; j0 < r; j0 += 16) {
         int jn = min(16, r - j0);
         __syncthreads();   // the previous slice has been read
-        for (int e = threadIdx.x; e < 16 * (DX_COLS / 8); e += LORA_THREADS) {
-            int j = e / (DX_COLS / 8), c = (e % (DX_COLS / 8)) * 8;
-            float v[8];
-            load8(v, a + (long long)(j0 + (j < jn ? j : 0)) * k + c0 + c, j < jn ? k - (c0 + c) : 0, vector);
-            float4* d = (float4*)(as + j * DX_COLS + c);
-            d[0] = make_float4(v[0], v[1], v[2], v[3]);
-            d[1] = make_float4(v[4], v[5], v[6], v[7]);
-        }
+        lora_stage_a(as, a, j0, jn, k, c0, vector);
         for (int e = threadIdx.x; e < DX_ROWS * 16; e += LORA_THREADS) {
             int i = e / 16, j = e % 16, row = rowBlock + i;
             ds[e] = (row < rows && j < jn) ? ld(dz[(long long)row * r + j0 + j]) : 0.0f;
@@ -248,8 +246,8 @@ lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsi
         __syncthreads();
 #pragma unroll
         for (int j = 0; j < 16; j++) {
-            float4 lo = *(const float4*)(as + j * DX_COLS + 4 * lane);
-            float4 hi = *(const float4*)(as + j * DX_COLS + 128 + 4 * lane);
+            float4 lo = *(const float4*)(as + j * LORA_COLS + 4 * lane);
+            float4 hi = *(const float4*)(as + j * LORA_COLS + 128 + 4 * lane);
             float av[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
 #pragma unroll
             for (int i = 0; i < 4; i++) {

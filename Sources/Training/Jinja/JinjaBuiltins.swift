@@ -1,4 +1,5 @@
 import Foundation
+import ModelFiles
 
 /// Operators, attribute access, filters, tests and methods of the template language, with Python's semantics.
 enum JinjaBuiltins {
@@ -452,23 +453,7 @@ enum JinjaBuiltins {
             if d.isNaN { return "NaN" }
             if d.isInfinite { return d > 0 ? "Infinity" : "-Infinity" }
             return v.repr
-        case .string(let s):
-            var out = "\""
-            for c in s.unicodeScalars {
-                switch c {
-                case "\"": out += "\\\""
-                case "\\": out += "\\\\"
-                case "\n": out += "\\n"
-                case "\r": out += "\\r"
-                case "\t": out += "\\t"
-                case "\u{08}": out += "\\b"
-                case "\u{0C}": out += "\\f"
-                default:
-                    if c.value < 0x20 { out += "\\u" + JinjaValue.hex(c.value, 4) }
-                    else { out.unicodeScalars.append(c) }
-                }
-            }
-            return out + "\""
+        case .string(let s): return JSONValue.quoted(s)
         case .list(let items, _):
             if items.isEmpty { return "[]" }
             let parts = try items.map { (newline ?? "") + (try json($0, indent: indent, level: level + 1, pos)) }
