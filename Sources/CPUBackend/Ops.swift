@@ -72,14 +72,16 @@ public enum CPUOps {
     // MARK: RoPE
 
     /// Rotates each head's (i, i + D/2) pairs by position · invFreq[i] (Hugging Face's half-rotation layout), in
-    /// place on x (B, T, heads, D); `inverse` applies the transpose (the backward pass).
+    /// place on x (B, T, heads, D); `inverse` applies the transpose (the backward pass). The position of (b, t) is
+    /// `positions[b·T + t]` (packed documents), else t.
     public static func rope(_ x: inout [Float], cos: [Float], sin: [Float], batch: Int, tokens: Int, heads: Int,
-                            headDim: Int, inverse: Bool = false) {
+                            headDim: Int, inverse: Bool = false, positions: [Int]? = nil) {
         let half = headDim / 2
         for b in 0..<batch {
-            for t in 0..<tokens {
+            for row in 0..<tokens {
+                let t = positions?[b * tokens + row] ?? row
                 for h in 0..<heads {
-                    let base = ((b * tokens + t) * heads + h) * headDim
+                    let base = ((b * tokens + row) * heads + h) * headDim
                     for i in 0..<half {
                         let c = cos[t * headDim + i], s = inverse ? -sin[t * headDim + i] : sin[t * headDim + i]
                         let x1 = x[base + i], x2 = x[base + i + half]
@@ -95,8 +97,11 @@ public enum CPUOps {
 
     /// Causal grouped-query attention: out (B, T, H, D) from q (B, T, H, D), k, v (B, T, Hkv, D); saves the
     /// probabilities P (B, H, T, T). Per (batch, head): S = Q Kᵀ / √D (BLAS), causal softmax, O = P V (BLAS).
+    /// With `starts` (B·T), query (b, i) sees keys starts[b·T + i] … i only: packed documents attend within
+    /// themselves (the backward pass needs nothing more: P is zero outside).
     public static func attentionForward(_ out: inout [Float], _ probs: inout [Float], q: [Float], k: [Float], v: [Float],
-                                        batch: Int, tokens: Int, heads: Int, kvHeads: Int, headDim: Int) {
+                                        batch: Int, tokens: Int, heads: Int, kvHeads: Int, headDim: Int,
+                                        starts: [Int]? = nil) {
         let scale = 1 / Float(headDim).squareRoot()
         let group = heads / kvHeads
         let T = tokens, D = headDim
@@ -112,13 +117,14 @@ public enum CPUOps {
                     BLAS.sgemm(transposeA: false, transposeB: true, m: T, n: T, k: D, alpha: scale, a: qh, lda: heads * D,
                                b: kk, ldb: kvHeads * D, c: p, ldc: T)
                     for i in 0..<T {
-                        let row = p + i * T
+                        let row = p + i * T, first = starts?[b * T + i] ?? 0
                         var m = -Float.infinity
-                        for j in 0...i { m = max(m, row[j]) }
+                        for j in first...i { m = max(m, row[j]) }
                         var z: Float = 0
-                        for j in 0...i { row[j] = Foundation.exp(row[j] - m); z += row[j] }
+                        for j in first...i { row[j] = Foundation.exp(row[j] - m); z += row[j] }
                         let inv = 1 / z
-                        for j in 0...i { row[j] *= inv }
+                        for j in first...i { row[j] *= inv }
+                        for j in 0..<first { row[j] = 0 }
                         for j in (i + 1)..<T { row[j] = 0 }
                     }
                     BLAS.sgemm(transposeA: false, transposeB: false, m: T, n: D, k: T, a: p, lda: T, b: vv,

@@ -69,7 +69,8 @@ extension LlamaModel {
     /// `gradientScale × sum of token losses` (default: the mean) for every adapter. `training` turns dropout on.
     /// With `checkpointing`, only each layer's input is kept and the layer is recomputed in the backward pass (same
     /// dropout masks, same numbers).
-    public func step(inputIds: [Int], labels: [Int], batch: Int, tokens: Int, withGradients: Bool = true,
+    public func step(inputIds: [Int], labels: [Int], positions: [Int]? = nil, batch: Int, tokens: Int,
+                     withGradients: Bool = true,
                      training: Bool = true, rng: inout SeededGenerator, checkpointing: Bool = false,
                      gradientScale: Float? = nil, keepLogits: Bool = false) -> StepResult {
         // Callers check the batch first (`checkBatch`, which throws); here a bad one is a programming error.
@@ -85,10 +86,12 @@ extension LlamaModel {
         }
         // One draw per step seeds every dropout mask (LoRADropout), as on the GPU.
         let seed = rng.next()
+        let layout = positions.map { PackedLayout(positions: $0, batch: batch, tokens: tokens) }
         var saved: [LayerActivations] = []
         for l in layers.indices {
             var act = LayerActivations()
-            x = layerForward(l, x, batch: batch, tokens: tokens, training: training, seed: seed, saving: &act)
+            x = layerForward(l, x, batch: batch, tokens: tokens, layout: layout, training: training, seed: seed,
+                             saving: &act)
             if withGradients { saved.append(checkpointing ? LayerActivations(x: act.x) : act) }
         }
         var rstdF = [Float](repeating: 0, count: n)
@@ -129,13 +132,40 @@ extension LlamaModel {
         for l in layers.indices.reversed() {
             var act = saved[l]
             if checkpointing {
-                _ = layerForward(l, act.x, batch: batch, tokens: tokens, training: training, seed: seed, saving: &act)
+                _ = layerForward(l, act.x, batch: batch, tokens: tokens, layout: layout, training: training,
+                                 seed: seed, saving: &act)
             }
-            dx = layerBackward(l, dx, act, batch: batch, tokens: tokens, grads: &grads)
+            dx = layerBackward(l, dx, act, batch: batch, tokens: tokens, layout: layout, grads: &grads)
             saved[l] = LayerActivations()
         }
         result.gradients = grads
         return result
+    }
+
+    /// Packed documents in a batch: each token's position in its document and, for attention, where its document
+    /// starts in the row (t − position).
+    struct PackedLayout {
+        let positions: [Int], starts: [Int]
+        init(positions: [Int], batch: Int, tokens: Int) {
+            self.positions = positions
+            starts = positions.indices.map { $0 % tokens - positions[$0] }
+        }
+    }
+
+    /// Positions of packed documents (nil: none) must be B·T values, each row a run of documents: 0 where one
+    /// starts (always at the row's first token), else the previous position + 1.
+    public static func checkPositions(_ positions: [Int]?, batch: Int, tokens: Int) throws {
+        guard let positions else { return }
+        guard positions.count == batch * tokens else {
+            throw ModelError("positions: \(positions.count) values for a batch of \(batch) × \(tokens) tokens")
+        }
+        for (i, p) in positions.enumerated() {
+            let t = i % tokens
+            guard p == 0 || (t > 0 && p == positions[i - 1] + 1) else {
+                throw ModelError("positions: \(p) at row \(i / tokens), token \(t) (a document's positions count " +
+                    "0, 1, 2, … from its first token, and a row starts one)")
+            }
+        }
     }
 
     /// The target of each position (B·T): the next position's label, −100 (ignored) at the end of each row, as
@@ -155,8 +185,8 @@ extension LlamaModel {
 
     // MARK: One decoder layer
 
-    private func layerForward(_ l: Int, _ x: [Float], batch: Int, tokens: Int, training: Bool,
-                              seed: UInt64, saving act: inout LayerActivations) -> [Float] {
+    private func layerForward(_ l: Int, _ x: [Float], batch: Int, tokens: Int, layout: PackedLayout?,
+                              training: Bool, seed: UInt64, saving act: inout LayerActivations) -> [Float] {
         let layer = layers[l]
         let n = batch * tokens, c = config.hiddenSize
         let h = config.headCount, hkv = config.kvHeadCount, d = config.headDim
@@ -169,13 +199,13 @@ extension LlamaModel {
         act.k = projectionForward(l, "k_proj", act.h1, rows: n, training: training, seed: seed, act: &act)
         act.v = projectionForward(l, "v_proj", act.h1, rows: n, training: training, seed: seed, act: &act)
         CPUOps.rope(&act.q, cos: ropeCos.prefix(positions: tokens), sin: ropeSin.prefix(positions: tokens),
-            batch: batch, tokens: tokens, heads: h, headDim: d)
+            batch: batch, tokens: tokens, heads: h, headDim: d, positions: layout?.positions)
         CPUOps.rope(&act.k, cos: ropeCos.prefix(positions: tokens), sin: ropeSin.prefix(positions: tokens),
-            batch: batch, tokens: tokens, heads: hkv, headDim: d)
+            batch: batch, tokens: tokens, heads: hkv, headDim: d, positions: layout?.positions)
         act.attention = [Float](repeating: 0, count: n * h * d)
         act.probs = [Float](repeating: 0, count: batch * h * tokens * tokens)
         CPUOps.attentionForward(&act.attention, &act.probs, q: act.q, k: act.k, v: act.v, batch: batch, tokens: tokens,
-                                heads: h, kvHeads: hkv, headDim: d)
+                                heads: h, kvHeads: hkv, headDim: d, starts: layout?.starts)
         let o = projectionForward(l, "o_proj", act.attention, rows: n, training: training, seed: seed, act: &act)
         act.xMid = zip(x, o).map { $0 + $1 }
         act.rstd2 = [Float](repeating: 0, count: n)
@@ -190,7 +220,7 @@ extension LlamaModel {
     }
 
     private func layerBackward(_ l: Int, _ dOut: [Float], _ act: LayerActivations, batch: Int, tokens: Int,
-                               grads: inout LoRAGradients) -> [Float] {
+                               layout: PackedLayout?, grads: inout LoRAGradients) -> [Float] {
         let layer = layers[l]
         let n = batch * tokens, c = config.hiddenSize
         let h = config.headCount, hkv = config.kvHeadCount, d = config.headDim
@@ -208,9 +238,9 @@ extension LlamaModel {
         CPUOps.attentionBackward(dq: &dq, dk: &dk, dv: &dv, dout: dAttention, probs: act.probs, q: act.q, k: act.k,
                                  v: act.v, batch: batch, tokens: tokens, heads: h, kvHeads: hkv, headDim: d)
         CPUOps.rope(&dq, cos: ropeCos.prefix(positions: tokens), sin: ropeSin.prefix(positions: tokens), batch: batch,
-            tokens: tokens, heads: h, headDim: d, inverse: true)
+            tokens: tokens, heads: h, headDim: d, inverse: true, positions: layout?.positions)
         CPUOps.rope(&dk, cos: ropeCos.prefix(positions: tokens), sin: ropeSin.prefix(positions: tokens), batch: batch,
-            tokens: tokens, heads: hkv, headDim: d, inverse: true)
+            tokens: tokens, heads: hkv, headDim: d, inverse: true, positions: layout?.positions)
         var dh1 = projectionBackward(l, "q_proj", dq, rows: n, act: act, grads: &grads)
         for (name, g) in [("k_proj", dk), ("v_proj", dv)] {
             let part = projectionBackward(l, name, g, rows: n, act: act, grads: &grads)

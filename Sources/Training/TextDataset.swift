@@ -108,11 +108,24 @@ public enum TextDataset {
         return examples
     }
 
-    /// Concatenates examples and cuts full blocks of `length` tokens (the remainder is dropped, as TRL's packing does).
+    /// Concatenates examples and cuts full blocks of `length` tokens (the remainder is dropped, as TRL's packing
+    /// does), without contamination: each token's position restarts with its document (so attention stays within
+    /// it, and RoPE restarts), and a document's first token is not a target of the previous document's last.
     public static func pack(_ examples: [TokenizedExample], length: Int) -> [TokenizedExample] {
-        let ids = examples.flatMap(\.inputIds), labels = examples.flatMap(\.labels)
-        return stride(from: 0, to: ids.count - length + 1, by: length).map {
-            TokenizedExample(inputIds: Array(ids[$0..<($0 + length)]), labels: Array(labels[$0..<($0 + length)]))
+        var ids: [Int] = [], labels: [Int] = [], starts: [Bool] = []
+        for e in examples {
+            ids += e.inputIds; labels += e.labels
+            starts += e.inputIds.indices.map { $0 == 0 }
+        }
+        return stride(from: 0, to: ids.count - length + 1, by: length).map { first in
+            var blockLabels = Array(labels[first..<(first + length)]), positions: [Int] = []
+            for t in 0..<length {
+                let start = starts[first + t] || t == 0   // a block starts a document (the rest of one cut short)
+                positions.append(start ? 0 : positions[t - 1] + 1)
+                if starts[first + t] && t > 0 { blockLabels[t] = -100 }
+            }
+            return TokenizedExample(inputIds: Array(ids[first..<(first + length)]), labels: blockLabels,
+                                    positions: positions)
         }
     }
 

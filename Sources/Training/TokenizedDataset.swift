@@ -4,7 +4,12 @@ import ModelFiles
 public struct TokenizedExample: Equatable, Sendable {
     public var inputIds: [Int]
     public var labels: [Int]
-    public init(inputIds: [Int], labels: [Int]) { self.inputIds = inputIds; self.labels = labels }
+    /// Each token's position in its own document, for a packed example (nil: 0, 1, 2, …): attention stays within a
+    /// document (a token sees the earlier tokens back to its document's start) and RoPE restarts with it.
+    public var positions: [Int]?
+    public init(inputIds: [Int], labels: [Int], positions: [Int]? = nil) {
+        self.inputIds = inputIds; self.labels = labels; self.positions = positions
+    }
 }
 
 /// Why a data file could not be read.
@@ -16,13 +21,20 @@ public struct DatasetError: Error, CustomStringConvertible {
 public enum TokenizedDataset {
     /// Right-pads a batch to its longest sequence (pad id `padId`, label −100): causal attention means real tokens
     /// never see the padding, and padded positions take no loss.
-    public static func collate(_ batch: [TokenizedExample], padId: Int = 0) -> (ids: [Int], labels: [Int], tokens: Int) {
+    public static func collate(_ batch: [TokenizedExample], padId: Int = 0)
+        -> (ids: [Int], labels: [Int], tokens: Int, positions: [Int]?) {
         let t = batch.map(\.inputIds.count).max()!
-        var ids: [Int] = [], labels: [Int] = []
+        var ids: [Int] = [], labels: [Int] = [], positions: [Int] = []
+        let packed = batch.contains { $0.positions != nil }
         for e in batch {
             ids += e.inputIds + [Int](repeating: padId, count: t - e.inputIds.count)
             labels += e.labels + [Int](repeating: -100, count: t - e.labels.count)
+            if packed {
+                // Padding continues the last document's positions (it is attended by nothing real).
+                let own = e.positions ?? Array(0..<e.inputIds.count)
+                positions += own + (0..<(t - own.count)).map { (own.last ?? -1) + 1 + $0 }
+            }
         }
-        return (ids, labels, t)
+        return (ids, labels, t, packed ? positions : nil)
     }
 }

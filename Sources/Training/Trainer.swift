@@ -355,8 +355,9 @@ public struct Trainer {
             if let group { targetCount = Int(try group.sum([Double(targetCount)])[0]) }
             var lossTotal = 0.0, stepTokens = 0
             for b in micro {
-                let r = try engine.accumulateGradients(inputIds: b.ids, labels: b.labels, batch: config.batchSize,
-                                                       tokens: b.tokens, rng: &rng, checkpointing: config.gradientCheckpointing,
+                let r = try engine.accumulateGradients(inputIds: b.ids, labels: b.labels, positions: b.positions,
+                                                       batch: config.batchSize, tokens: b.tokens, rng: &rng,
+                                                       checkpointing: config.gradientCheckpointing,
                                                        gradientScale: 1 / Float(max(1, targetCount)))
                 lossTotal += r.loss * Double(r.tokenCount)
                 stepTokens += b.ids.count
@@ -458,8 +459,9 @@ public struct Trainer {
         var total = 0.0, count = 0
         for start in stride(from: 0, to: examples.count, by: batchSize) {
             let batch = Array(examples[start..<min(examples.count, start + batchSize)])
-            let (ids, labels, tokens) = TokenizedDataset.collate(batch)
-            let r = try engine.loss(inputIds: ids, labels: labels, batch: batch.count, tokens: tokens)
+            let (ids, labels, tokens, positions) = TokenizedDataset.collate(batch)
+            let r = try engine.loss(inputIds: ids, labels: labels, positions: positions, batch: batch.count,
+                                    tokens: tokens)
             total += r.loss * Double(r.tokenCount)
             count += r.tokenCount
         }

@@ -12,8 +12,10 @@ public protocol TrainingEngine: AnyObject {
     /// (batch, tokens), labels −100 ignored and shifted inside, as `LlamaModel.step` does; adds
     /// gradientScale × d(sum of token losses) into the engine's gradient accumulators. Returns the mean loss over the
     /// counted targets and their count.
-    func accumulateGradients(inputIds: [Int], labels: [Int], batch: Int, tokens: Int, rng: inout SeededGenerator,
-                             checkpointing: Bool, gradientScale: Float) throws -> (loss: Double, tokenCount: Int)
+    /// `positions` (nil: each row one sequence) marks packed documents, as `LlamaModel.step` takes them.
+    func accumulateGradients(inputIds: [Int], labels: [Int], positions: [Int]?, batch: Int, tokens: Int,
+                             rng: inout SeededGenerator, checkpointing: Bool,
+                             gradientScale: Float) throws -> (loss: Double, tokenCount: Int)
     /// Sums the accumulated gradients over the engine's data-parallel group (a no-op by default).
     func allReduceGradients() throws
     /// L2 norm of the accumulated gradients (the sum of squares in float64).
@@ -24,7 +26,8 @@ public protocol TrainingEngine: AnyObject {
     /// then zeroes the accumulators.
     func applyOptimizer(lr: Float, gradientScale: Float) throws
     /// Mean loss and count of a batch without dropout or gradients (evaluation); changes nothing.
-    func loss(inputIds: [Int], labels: [Int], batch: Int, tokens: Int) throws -> (loss: Double, tokenCount: Int)
+    func loss(inputIds: [Int], labels: [Int], positions: [Int]?, batch: Int,
+              tokens: Int) throws -> (loss: Double, tokenCount: Int)
     /// Host copies of the adapters, keyed like `LlamaModel.adapters` ("0.q_proj").
     func adapterWeights() throws -> [String: LoRAWeights]
     /// Replaces the adapters (resume).
@@ -51,6 +54,20 @@ extension TrainingEngine {
 
 /// The CPU engine: a `LlamaModel` whose adapters are trained in place (`LlamaModel.step`), the micro-batches'
 /// gradients summed in host memory, and a host `AdamW`.
+extension TrainingEngine {
+    /// Unpacked rows (each row one sequence).
+    public func accumulateGradients(inputIds: [Int], labels: [Int], batch: Int, tokens: Int,
+                                    rng: inout SeededGenerator, checkpointing: Bool,
+                                    gradientScale: Float) throws -> (loss: Double, tokenCount: Int) {
+        try accumulateGradients(inputIds: inputIds, labels: labels, positions: nil, batch: batch, tokens: tokens,
+                                rng: &rng, checkpointing: checkpointing, gradientScale: gradientScale)
+    }
+    /// Unpacked rows (each row one sequence).
+    public func loss(inputIds: [Int], labels: [Int], batch: Int, tokens: Int) throws -> (loss: Double, tokenCount: Int) {
+        try loss(inputIds: inputIds, labels: labels, positions: nil, batch: batch, tokens: tokens)
+    }
+}
+
 public final class CPUTrainingEngine: TrainingEngine {
     /// The model; its adapters are the ones trained.
     public let model: LlamaModel
@@ -97,12 +114,14 @@ public final class CPUTrainingEngine: TrainingEngine {
 
     /// `LlamaModel.step` with dropout and gradients; its gradient dictionary is added, element by element, into the
     /// accumulated one (the first micro-batch's is taken as it is).
-    public func accumulateGradients(inputIds: [Int], labels: [Int], batch: Int, tokens: Int, rng: inout SeededGenerator,
-                                    checkpointing: Bool, gradientScale: Float) throws -> (loss: Double, tokenCount: Int) {
+    public func accumulateGradients(inputIds: [Int], labels: [Int], positions: [Int]?, batch: Int, tokens: Int,
+                                    rng: inout SeededGenerator, checkpointing: Bool,
+                                    gradientScale: Float) throws -> (loss: Double, tokenCount: Int) {
         try LlamaModel.checkBatch(inputIds: inputIds, labels: labels, batch: batch, tokens: tokens,
             config: model.config)
-        let r = model.step(inputIds: inputIds, labels: labels, batch: batch, tokens: tokens, rng: &rng,
-                           checkpointing: checkpointing, gradientScale: gradientScale)
+        try LlamaModel.checkPositions(positions, batch: batch, tokens: tokens)
+        let r = model.step(inputIds: inputIds, labels: labels, positions: positions, batch: batch, tokens: tokens,
+                           rng: &rng, checkpointing: checkpointing, gradientScale: gradientScale)
         for (k, g) in r.gradients {
             if var acc = gradients[k] {
                 for i in acc.a.indices { acc.a[i] += g.a[i] }
@@ -133,12 +152,14 @@ public final class CPUTrainingEngine: TrainingEngine {
     }
 
     /// `LlamaModel.step` without dropout or gradients.
-    public func loss(inputIds: [Int], labels: [Int], batch: Int, tokens: Int) throws -> (loss: Double, tokenCount: Int) {
+    public func loss(inputIds: [Int], labels: [Int], positions: [Int]?, batch: Int,
+                     tokens: Int) throws -> (loss: Double, tokenCount: Int) {
         try LlamaModel.checkBatch(inputIds: inputIds, labels: labels, batch: batch, tokens: tokens,
             config: model.config)
+        try LlamaModel.checkPositions(positions, batch: batch, tokens: tokens)
         var rng = SeededGenerator(seed: 0)   // unused: no dropout outside training
-        let r = model.step(inputIds: inputIds, labels: labels, batch: batch, tokens: tokens, withGradients: false,
-                           training: false, rng: &rng)
+        let r = model.step(inputIds: inputIds, labels: labels, positions: positions, batch: batch, tokens: tokens,
+                           withGradients: false, training: false, rng: &rng)
         return (r.loss, r.tokenCount)
     }
 

@@ -45,17 +45,20 @@ final class RecordingEngine: TrainingEngine {
     var config: LlamaConfig { inner.config }
     var loraConfig: LoRAConfig { inner.loraConfig }
     var parameterCounts: (trainable: Int, all: Int) { inner.parameterCounts }
-    func accumulateGradients(inputIds: [Int], labels: [Int], batch: Int, tokens: Int, rng: inout SeededGenerator,
-                             checkpointing: Bool, gradientScale: Float) throws -> (loss: Double, tokenCount: Int) {
+    func accumulateGradients(inputIds: [Int], labels: [Int], positions: [Int]?, batch: Int, tokens: Int,
+                             rng: inout SeededGenerator, checkpointing: Bool,
+                             gradientScale: Float) throws -> (loss: Double, tokenCount: Int) {
         for r in 0..<batch { seen.append(Array(inputIds[(r * tokens)..<((r + 1) * tokens)])) }
-        return try inner.accumulateGradients(inputIds: inputIds, labels: labels, batch: batch, tokens: tokens, rng: &rng,
+        return try inner.accumulateGradients(inputIds: inputIds, labels: labels, positions: positions, batch: batch,
+                                             tokens: tokens, rng: &rng,
                                              checkpointing: checkpointing, gradientScale: gradientScale)
     }
     func allReduceGradients() throws { try inner.allReduceGradients() }
     func gradientNorm() throws -> Float { try inner.gradientNorm() }
     func applyOptimizer(lr: Float, gradientScale: Float) throws { try inner.applyOptimizer(lr: lr, gradientScale: gradientScale) }
-    func loss(inputIds: [Int], labels: [Int], batch: Int, tokens: Int) throws -> (loss: Double, tokenCount: Int) {
-        try inner.loss(inputIds: inputIds, labels: labels, batch: batch, tokens: tokens)
+    func loss(inputIds: [Int], labels: [Int], positions: [Int]?, batch: Int,
+              tokens: Int) throws -> (loss: Double, tokenCount: Int) {
+        try inner.loss(inputIds: inputIds, labels: labels, positions: positions, batch: batch, tokens: tokens)
     }
     func adapterWeights() throws -> [String: LoRAWeights] { try inner.adapterWeights() }
     func setAdapterWeights(_ weights: [String: LoRAWeights]) throws { try inner.setAdapterWeights(weights) }
