@@ -40,20 +40,24 @@ public enum TextDataset {
     public static func load(path: String, tokenizer: Tokenizer?, vocabularySize: Int,
                             options: DatasetOptions) throws -> [TokenizedExample] {
         let bytes: [UInt8]
-        do { bytes = try FileSystem.readBytes(path) } catch { throw DatasetError(description: "\(error)") }
+        do { bytes = try FileSystem.readBytes(path) } catch {
+            throw DatasetError(path: path, "cannot be read (\(error))")
+        }
         guard options.maxSeqLength > 0 else {
-            throw DatasetError(description: "\(path): the maximum sequence length must be positive, found " +
+            throw DatasetError(path: path, "the maximum sequence length must be positive, found " +
                 "\(options.maxSeqLength)")
         }
-        guard vocabularySize > 0 else { throw DatasetError(description: "\(path): the vocabulary is empty") }
+        guard vocabularySize > 0 else { throw DatasetError(path: path, "the vocabulary is empty") }
         let records = try parseRecords(bytes, path: path)
         var examples: [TokenizedExample] = []
         switch records {
         case .text(let text):
-            guard let tokenizer else { throw DatasetError(description: "\(path): plain text needs a tokenizer, and the model has none") }
+            guard let tokenizer else {
+                throw DatasetError(path: path, "plain text needs a tokenizer, and the model has none")
+            }
             let ids = tokenizer.encode(text, addSpecialTokens: tokenizer.addsBOS)
             if let bad = ids.first(where: { $0 < 0 || $0 >= vocabularySize }) {
-                throw DatasetError(description: "\(path): the tokenizer gives token id \(bad), outside the model's " +
+                throw DatasetError(path: path, "the tokenizer gives token id \(bad), outside the model's " +
                     "vocabulary [0, \(vocabularySize))")
             }
             let block = max(2, options.maxSeqLength)
@@ -63,13 +67,15 @@ public enum TextDataset {
             }
         case .json(let items):
             for (line, record) in items {
-                let segments = try self.segments(of: record, options: options, tokenizer: tokenizer, location: "\(path):\(line)")
+                let segments = try self.segments(of: record, options: options, tokenizer: tokenizer, path: path,
+                                                 line: line)
                 var ids: [Int] = [], labels: [Int] = []
                 switch segments {
                 case .tokens(let i, let l): ids = i; labels = l
                 case .text(let parts), .chat(let parts):
                     guard let tokenizer else {
-                        throw DatasetError(description: "\(path):\(line): text records need a tokenizer, and the model has none (use pre-tokenized input_ids)")
+                        throw DatasetError(path: path, line: line, "text records need a tokenizer, and the model has " +
+                            "none (use pre-tokenized input_ids)")
                     }
                     if tokenizer.addsBOS, let bos = tokenizer.bosTokenId, !(parts.first?.text.hasPrefix(tokenizer.token(forId: bos) ?? "\u{0}") ?? false) {
                         ids.append(bos); labels.append(options.trainOnInputs ? bos : -100)
@@ -88,12 +94,12 @@ public enum TextDataset {
                     }
                 }
                 for id in ids where id < 0 || id >= vocabularySize {
-                    throw DatasetError(description: "\(path):\(line): token id \(id) is outside the vocabulary [0, " +
+                    throw DatasetError(path: path, line: line, "token id \(id) is outside the vocabulary [0, " +
                         "\(vocabularySize))")
                 }
                 // Labels index the logits: each is -100 (ignored) or a token of the vocabulary.
                 for label in labels where label != -100 && (label < 0 || label >= vocabularySize) {
-                    throw DatasetError(description: "\(path):\(line): label \(label) is neither -100 nor a token id " +
+                    throw DatasetError(path: path, line: line, "label \(label) is neither -100 nor a token id " +
                         "in [0, \(vocabularySize))")
                 }
                 if !options.packing && ids.count > options.maxSeqLength {
@@ -104,7 +110,7 @@ public enum TextDataset {
             }
         }
         if options.packing { examples = pack(examples, length: options.maxSeqLength) }
-        guard !examples.isEmpty else { throw DatasetError(description: "\(path): no usable examples") }
+        guard !examples.isEmpty else { throw DatasetError(path: path, "no usable examples") }
         return examples
     }
 
@@ -135,7 +141,7 @@ public enum TextDataset {
         let firstNonSpace = bytes.first { ![0x20, 0x0A, 0x0D, 0x09].contains($0) }
         if firstNonSpace == UInt8(ascii: "[") {
             guard let array = (try? JSONValue(parsing: bytes))?.arrayValue else {
-                throw DatasetError(description: "\(path): starts like a JSON array but is not valid JSON")
+                throw DatasetError(path: path, "starts like a JSON array but is not valid JSON")
             }
             return .json(array.enumerated().map { ($0.offset + 1, $0.element) })
         }
@@ -144,7 +150,7 @@ public enum TextDataset {
             for (n, line) in bytes.split(separator: 0x0A, omittingEmptySubsequences: false).enumerated() {
                 if line.allSatisfy({ [0x20, 0x0D, 0x09].contains($0) }) { continue }
                 do { items.append((n + 1, try JSONValue(parsing: line))) } catch {
-                    throw DatasetError(description: "\(path):\(n + 1): \(error)")
+                    throw DatasetError(path: path, line: n + 1, "\(error)")
                 }
             }
             return .json(items)
@@ -174,8 +180,9 @@ public enum TextDataset {
         return (ids, trainable)
     }
 
-    static func segments(of record: JSONValue, options: DatasetOptions, tokenizer: Tokenizer?, location: String) throws -> Segments {
-        func fail(_ why: String) -> DatasetError { DatasetError(description: "\(location): \(why)") }
+    static func segments(of record: JSONValue, options: DatasetOptions, tokenizer: Tokenizer?, path: String,
+                         line: Int) throws -> Segments {
+        func fail(_ why: String) -> DatasetError { DatasetError(path: path, line: line, why) }
         guard record.objectValue != nil else { throw fail("a record must be a JSON object") }
         if let ids = record["input_ids"]?.arrayValue {
             let i = try ids.map { v -> Int in guard let x = v.intValue else { throw fail("input_ids must be integers") }; return x }

@@ -14,7 +14,16 @@ public struct TokenizedExample: Equatable, Sendable {
 
 /// Why a data file could not be read.
 public struct DatasetError: Error, CustomStringConvertible {
-    public let description: String
+    /// The data file.
+    public let path: String
+    /// The line of a JSONL file (or the record of a JSON array), when the error is in one.
+    public let line: Int?
+    /// What is wrong, in words.
+    public let reason: String
+    public init(path: String, line: Int? = nil, _ reason: String) {
+        self.path = path; self.line = line; self.reason = reason
+    }
+    public var description: String { line.map { "\(path):\($0): \(reason)" } ?? "\(path): \(reason)" }
 }
 
 /// Batching of tokenized examples.

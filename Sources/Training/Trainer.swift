@@ -90,7 +90,7 @@ public struct TrainingConfig: Sendable {
     /// command that trains calls this once, after flags and recipe are merged.
     public func validate() throws {
         func fail(_ flag: String, _ key: String, _ value: Any, _ allowed: String) -> TrainingError {
-            TrainingError(description: "\(flag) (recipe \(key)) is \(value): \(allowed)")
+            TrainingError(flag: flag, key: key, found: value, allowed: allowed)
         }
         guard (1...Self.maximumBatch).contains(batchSize) else {
             throw fail("--batch-size", "per_device_train_batch_size", batchSize,
@@ -242,7 +242,14 @@ public struct StepMetrics: Sendable, Equatable {
 /// Why training stopped early.
 public struct TrainingError: Error, CustomStringConvertible {
     public let description: String
-    public init(description: String) { self.description = description }
+    /// For a setting that is not allowed: its flag and recipe key, the value found and what is allowed.
+    public let setting: (flag: String, key: String, found: String, allowed: String)?
+    public init(description: String) { self.description = description; setting = nil }
+    /// A setting that is not allowed.
+    public init(flag: String, key: String, found: Any, allowed: String) {
+        description = "\(flag) (recipe \(key)) is \(found): \(allowed)"
+        setting = (flag, key, "\(found)", allowed)
+    }
 }
 
 /// Where the data stands: which example comes next, in which order, in which epoch.

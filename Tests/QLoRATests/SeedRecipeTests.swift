@@ -42,7 +42,9 @@ extension BadSettingsTests {
         let dir = makeTemporaryDirectory(self)
         try write(#"{"input_ids": [1, 2, 3, 4]}"# + "\n", dir + "/data.jsonl")
         let golden = try Shared.requireGolden()
-        if FileManager.default.fileExists(atPath: "/dev/nvidia0") { throw XCTSkip("a GPU is present: workers would run") }
+        if FileManager.default.fileExists(atPath: "/dev/nvidia0") {
+            throw XCTSkip("a GPU is present: workers would run")
+        }
         let (status, crashed, output) = try run(["train", "--model", golden + "/tiny-llama", "--data",
                                                  dir + "/data.jsonl", "--output-dir", dir + "/out", "--devices", "2",
                                                  "--max-steps", "1"], timeout: 120)
@@ -63,7 +65,8 @@ extension BadSettingsTests {
     func testRecipeKeysWithoutEffectAreNamed() throws {
         let dir = makeTemporaryDirectory(self)
         try write("run_name: x\nlearning_rate: 1.0e-4\npush_to_hub: false\n", dir + "/r.yaml")
-        XCTAssertEqual(try TrainingRecipe(contentsOf: dir + "/r.yaml").ignoredKeys.sorted(), ["push_to_hub", "run_name"])
+        XCTAssertEqual(try TrainingRecipe(contentsOf: dir + "/r.yaml").ignoredKeys.sorted(),
+                       ["push_to_hub", "run_name"])
         let (_, _, output) = try run(["train", "--config", dir + "/r.yaml", "--model", dir + "/no-model", "--data",
                                       dir + "/r.yaml", "--output-dir", dir + "/out"])
         XCTAssertTrue(output.contains("warning: recipe key push_to_hub has no effect"), output)
