@@ -14,7 +14,8 @@ mkdir -p "$OUT"
 if [ "${CHECK:-1}" = 1 ]; then
   echo "== check-cuda and the training checks"
   QLORA="$Q" QLORA_SHARED="$SHARED" bash "$(dirname "$0")/gpu-acceptance.sh" "$OUT/acceptance" 2>&1 | tail -30
-  echo "check-cuda: $(grep -c '^ok' "$OUT/acceptance/check-cuda.txt") ok, $(grep -c '^FAIL' "$OUT/acceptance/check-cuda.txt") failed"
+  checks="$OUT/acceptance/check-cuda.txt"
+  echo "check-cuda: $(grep -c '^ok' "$checks") ok, $(grep -c '^FAIL' "$checks") failed"
   grep -E '^(FAIL|ok  lora|ok  GPU (fp32|bf16) follows)' "$OUT/acceptance/check-cuda.txt" | head -40
 fi
 echo "== bench (qlora only)"

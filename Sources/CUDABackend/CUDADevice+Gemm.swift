@@ -100,7 +100,8 @@ extension CUDADevice {
                                                            1, result, &found),
                        "cublasLtMatmulAlgoGetHeuristic(m \(key.m), n \(key.n), k \(key.k), \(key.inputs) → \(key.output))")
         guard found > 0 else {
-            throw CUDAError.invalidArgument("cuBLASLt has no algorithm for m \(key.m), n \(key.n), k \(key.k), \(key.inputs) → \(key.output)")
+            throw CUDAError.invalidArgument("cuBLASLt has no algorithm for m \(key.m), n \(key.n), k \(key.k), " +
+                                            "\(key.inputs) → \(key.output)")
         }
         let workspaceSize = result.load(fromByteOffset: 64, as: Int.self)
         let plan = GemmPlan(desc: desc, layoutA: layoutA, layoutB: layoutB, layoutC: layoutC, algo: result,

@@ -143,7 +143,8 @@ public final class CUDADevice: @unchecked Sendable {
         var count: Int32 = 0
         try driver.check(driver.cuDeviceGetCount(&count), "cuDeviceGetCount")
         guard ordinal < count else {
-            throw CUDAError.noDevice("no CUDA GPU \(ordinal): the driver sees \(count). Run without --device cuda, or on a machine with an NVIDIA GPU.")
+            throw CUDAError.noDevice("no CUDA GPU \(ordinal): the driver sees \(count). Run without --device cuda, " +
+                                     "or on a machine with an NVIDIA GPU.")
         }
         var dev: Int32 = 0
         try driver.check(driver.cuDeviceGet(&dev, Int32(ordinal)), "cuDeviceGet(\(ordinal))")

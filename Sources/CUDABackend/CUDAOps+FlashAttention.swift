@@ -86,7 +86,8 @@ extension CUDADevice {
                 sharedBytes: Int, _ arguments: [KernelArgument]) throws {
         guard grid.x > 0, grid.y > 0, grid.z > 0, !isVirtual else { return }
         guard grid.y <= 65535, grid.z <= 65535 else {
-            throw CUDAError.invalidArgument("\(name): grid \(grid) is too large (at most 65535 heads and 65535 sequences per call)")
+            throw CUDAError.invalidArgument("\(name): grid \(grid) is too large (at most 65535 heads and 65535 " +
+                                            "sequences per call)")
         }
         let function = try self.function(source, name, bf16: bf16)
         if sharedBytes > 48 * 1024 {
@@ -135,11 +136,12 @@ struct FlashAttentionShape {
 
     func validate(activations: [(String, DeviceBuffer, Int)], rows: [(String, DeviceBuffer)]) throws {
         guard CUDADevice.flashAttentionHeadDims.contains(headDim) else {
-            throw CUDAError.invalidArgument("flash attention has kernels for head dims 32, 64, 96 and 128, not \(headDim)")
+            throw CUDAError.invalidArgument("flash attention has kernels for head dims 32, 64, 96 and 128, not " +
+                                            "\(headDim)")
         }
         guard batch >= 0, tokens >= 0, heads > 0, kvHeads > 0, heads % kvHeads == 0 else {
-            throw CUDAError.invalidArgument("flash attention: \(heads) heads, \(kvHeads) KV heads, batch \(batch), \(tokens) tokens: "
-                            + "the heads must be a positive multiple of the KV heads")
+            throw CUDAError.invalidArgument("flash attention: \(heads) heads, \(kvHeads) KV heads, batch \(batch), " +
+                                            "\(tokens) tokens: the heads must be a positive multiple of the KV heads")
         }
         let dtype = activations[0].1.dtype
         guard dtype == .f32 || dtype == .bf16 else {
@@ -147,8 +149,8 @@ struct FlashAttentionShape {
         }
         for (name, buffer, count) in activations {
             guard buffer.dtype == dtype else {
-                throw CUDAError.invalidArgument("flash attention: \(name) is \(buffer.dtype.rawValue) but \(activations[0].0) is "
-                                + dtype.rawValue)
+                throw CUDAError.invalidArgument("flash attention: \(name) is \(buffer.dtype.rawValue) but " +
+                                                "\(activations[0].0) is " + dtype.rawValue)
             }
             guard buffer.count >= count else {
                 throw CUDAError.invalidArgument("flash attention: \(name) holds \(buffer.count) values, needs \(count)")
@@ -156,8 +158,9 @@ struct FlashAttentionShape {
         }
         for (name, buffer) in rows {
             guard buffer.dtype == .f32, buffer.count >= batch * heads * tokens else {
-                throw CUDAError.invalidArgument("flash attention: \(name) must be f32 with \(batch * heads * tokens) values "
-                                + "(\(buffer.dtype.rawValue), \(buffer.count))")
+                throw CUDAError.invalidArgument("flash attention: \(name) must be f32 with " +
+                                                "\(batch * heads * tokens) values (\(buffer.dtype.rawValue), " +
+                                                "\(buffer.count))")
             }
         }
     }

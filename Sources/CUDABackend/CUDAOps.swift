@@ -113,7 +113,8 @@ extension CUDADevice {
             throw CUDAError.invalidArgument("\(name): \(rows) rows, k \(k), r \(r) are outside what the kernels take")
         }
         for (b, count) in buffers where b.count < count || b.dtype != buffers[0].0.dtype {
-            throw CUDAError.invalidArgument("\(name): a \(b.dtype.rawValue) buffer of \(b.count) values where \(count) " +
+            throw CUDAError.invalidArgument("\(name): a \(b.dtype.rawValue) buffer of \(b.count) values where " +
+                                            "\(count) " +
                             "\(buffers[0].0.dtype.rawValue) values are needed")
         }
     }

@@ -232,7 +232,8 @@ public final class CUDALlama: @unchecked Sendable {
         for (k, a) in adapters {
             guard let w = weights[k] else { throw CUDAError.invalidArgument("adapter \(k) is missing") }
             guard w.a.count == a.a.count, w.b.count == a.b.count else {
-                throw CUDAError.invalidArgument("adapter \(k) has \(w.a.count) + \(w.b.count) values, expected \(a.a.count) + \(a.b.count)")
+                throw CUDAError.invalidArgument("adapter \(k) has \(w.a.count) + \(w.b.count) values, expected " +
+                                                "\(a.a.count) + \(a.b.count)")
             }
             try device.copy(w.a, to: a.a); try device.copy(w.b, to: a.b)
             try a.refresh(device)

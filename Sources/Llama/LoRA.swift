@@ -27,9 +27,9 @@ public struct LoRAConfig: Equatable, Sendable {
 /// The adapters' dropout masks, drawn the same way on every device: a step has one 64-bit seed, each projection of
 /// each layer derives its own (`seed(_:layer:projection:)`), and element (row, column) of the adapter's input is
 /// kept when its 16-bit half of a 32-bit hash of (seed, row, ⌊column / 2⌋), as a fraction of 2^16, is below the
-/// keep rate (in [0, 1); with no dropout nothing is drawn): one hash draws a pair of columns. The GPU kernels (lora.cu) compute the same integers, so
-/// CPU and GPU runs draw identical masks, and a recomputed layer (gradient checkpointing) draws the masks of its
-/// first pass.
+/// keep rate (in [0, 1); with no dropout nothing is drawn): one hash draws a pair of columns. The GPU kernels
+/// (lora.cu) compute the same integers, so CPU and GPU runs draw identical masks, and a recomputed layer (gradient
+/// checkpointing) draws the masks of its first pass.
 public enum LoRADropout {
     /// The seed of projection `name` in layer `layer` for a step seeded `seed`.
     public static func seed(_ seed: UInt64, layer: Int, projection name: String) -> UInt64 {

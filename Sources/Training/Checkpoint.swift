@@ -49,7 +49,9 @@ public enum Checkpoint {
             ("data_position", .int(trainer.data.position)),
             ("data_order", .array(trainer.data.order.map { .int($0) })),
         ]
-        if let best = trainer.best { fields += [("best_metric", .double(best.loss)), ("best_global_step", .int(best.step))] }
+        if let best = trainer.best {
+            fields += [("best_metric", .double(best.loss)), ("best_global_step", .int(best.step))]
+        }
         fields.append(("early_stopping_patience_counter", .int(trainer.evaluationsWithoutImprovement)))
         let state: JSONValue = .object(fields)
         try AtomicFile.write(text: state.pythonText(indent: 2) + "\n", to: temporary + "/trainer_state.json")
@@ -154,8 +156,11 @@ public enum Checkpoint {
         rng.state = rngState
         // The best validation loss and early stopping's counter (absent from checkpoints of older runs).
         var best: (loss: Double, step: Int)? = nil
-        if let loss = state["best_metric"]?.doubleValue, let at = state["best_global_step"]?.intValue { best = (loss, at) }
+        if let loss = state["best_metric"]?.doubleValue, let at = state["best_global_step"]?.intValue {
+            best = (loss, at)
+        }
+        let counter = state["early_stopping_patience_counter"]?.intValue ?? 0
         trainer.restore(step: step, rng: rng, data: DataPosition(order: order, position: position, epoch: epoch),
-                        best: best, evaluationsWithoutImprovement: state["early_stopping_patience_counter"]?.intValue ?? 0)
+                        best: best, evaluationsWithoutImprovement: counter)
     }
 }

@@ -63,7 +63,8 @@ extension TrainingEngine {
                                 rng: &rng, checkpointing: checkpointing, gradientScale: gradientScale)
     }
     /// Unpacked rows (each row one sequence).
-    public func loss(inputIds: [Int], labels: [Int], batch: Int, tokens: Int) throws -> (loss: Double, tokenCount: Int) {
+    public func loss(inputIds: [Int], labels: [Int], batch: Int,
+                     tokens: Int) throws -> (loss: Double, tokenCount: Int) {
         try loss(inputIds: inputIds, labels: labels, positions: nil, batch: batch, tokens: tokens)
     }
 }

@@ -25,7 +25,8 @@ public enum CUDAError: Error, CustomStringConvertible, Equatable {
         switch self {
         case .libraryMissing(let library, let tried, let install):
             return "\(library) not found (tried \(tried.joined(separator: ", "))). \(install)"
-        case .symbolMissing(let library, let symbol): return "\(library) has no symbol \(symbol): the library is too old"
+        case .symbolMissing(let library, let symbol):
+            return "\(library) has no symbol \(symbol): the library is too old"
         case .callFailed(let call, _, let message): return "\(call) failed: \(message)"
         case .compileFailed(let source, let architecture, let message, let log):
             return "NVRTC could not compile \(source) for \(architecture): \(message)\n" + log

@@ -44,7 +44,8 @@ final class NCCL: @unchecked Sendable {
     func check(_ status: Int32, _ call: @autoclosure () -> String) throws {
         guard status != 0 else { return }
         throw CUDAError.callFailed(call: call(), status: status,
-                                   message: ncclGetErrorString(status).map { String(cString: $0) } ?? "NCCL error \(status)")
+                                   message: ncclGetErrorString(status).map { String(cString: $0) }
+                                       ?? "NCCL error \(status)")
     }
 }
 
