@@ -185,6 +185,11 @@ struct Train: ParsableCommand {
         _ = try dataOptions.maxSeqLength(recipe: recipe)
         _ = try dataOptions.trainOnEOS(recipe: recipe)
         let evalPath = try evalData ?? recipe.string("eval_data")
+        if settings.loadBestModelAtEnd || settings.earlyStoppingPatience != nil, evalPath == nil, (split ?? 0) == 0 {
+            throw ValidationError("--load-best-model-at-end / --early-stopping-patience (recipe " +
+                "load_best_model_at_end, early_stopping_patience) need validation data: give --eval-data or " +
+                "--validation-split")
+        }
         try InputFile.requireRegular(dataPath, what: "--data")
         if let evalPath { try InputFile.requireRegular(evalPath, what: "--eval-data") }
         let resume = try resumeFromCheckpoint ?? recipe.string("resume_from_checkpoint")

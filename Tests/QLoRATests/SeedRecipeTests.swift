@@ -73,3 +73,17 @@ extension BadSettingsTests {
         XCTAssertTrue(output.contains("warning: recipe key run_name has no effect"), output)
     }
 }
+
+extension BadSettingsTests {
+    /// The best model and early stopping need validation data: without any, an error before anything loads.
+    func testBestModelWithoutValidationDataIsAnError() throws {
+        let dir = makeTemporaryDirectory(self)
+        try write(#"{"input_ids": [1, 2, 3, 4]}"# + "\n", dir + "/data.jsonl")
+        try expectError(["train", "--model", dir + "/no-model", "--data", dir + "/data.jsonl", "--output-dir",
+                         dir + "/out", "--load-best-model-at-end", "--eval-steps", "2"],
+                        ["--load-best-model-at-end", "validation data"])
+        try expectError(["train", "--model", dir + "/no-model", "--data", dir + "/data.jsonl", "--output-dir",
+                         dir + "/out", "--early-stopping-patience", "2", "--eval-strategy", "epoch"],
+                        ["--early-stopping-patience", "validation data"])
+    }
+}
