@@ -457,6 +457,13 @@ final class FuzzTests: XCTestCase {
             packing: false
             seed: 42
             report_to: none
+            eval_strategy: steps
+            eval_steps: 50
+            save_strategy: epoch
+            load_best_model_at_end: true
+            metric_for_best_model: eval_loss
+            early_stopping_patience: 3
+            early_stopping_threshold: 0.01
 
             """
         let json = """
@@ -488,17 +495,19 @@ final class FuzzTests: XCTestCase {
                 let recipe = try TrainingRecipe(contentsOf: path)
                 var failure: Error?
                 func read(_ body: () throws -> Any?) { do { _ = try body() } catch { failure = failure ?? error } }
-                for key in ["batch_size", "gradient_accumulation_steps", "max_steps", "r", "seed", "max_seq_length"] {
+                for key in ["batch_size", "gradient_accumulation_steps", "max_steps", "r", "seed", "max_seq_length",
+                            "eval_steps", "early_stopping_patience"] {
                     read { try recipe.int(key) }
                 }
                 for key in ["learning_rate", "warmup_ratio", "lora_alpha", "lora_dropout", "weight_decay",
-                    "num_train_epochs"] {
+                    "num_train_epochs", "early_stopping_threshold"] {
                     read { try recipe.double(key) }
                 }
-                for key in ["model", "data", "output_dir", "lr_scheduler_type", "bnb_4bit_quant_type"] {
+                for key in ["model", "data", "output_dir", "lr_scheduler_type", "bnb_4bit_quant_type", "eval_strategy",
+                            "save_strategy", "metric_for_best_model"] {
                     read { try recipe.string(key) }
                 }
-                for key in ["bf16", "packing", "use_rslora"] { read { try recipe.bool(key) } }
+                for key in ["bf16", "packing", "use_rslora", "load_best_model_at_end"] { read { try recipe.bool(key) } }
                 read { try recipe.list("target_modules") }
                 if let failure { throw failure }
             }
