@@ -111,12 +111,20 @@ public enum LlamaGGUFExport {
 
     /// The rows of a q or k weight (H·D rows of `rowLength`) or bias (`rowLength` 1) in llama.cpp's order.
     public static func permutedRows(_ values: [Float], heads: Int, rowLength: Int) -> [Float] {
+        reorderedRows(values, heads: heads, rowLength: rowLength, inverse: false)
+    }
+
+    /// Within each head, row s·D/2 + i (Hugging Face's half-rotation order) and row 2i + s (llama.cpp's interleaved
+    /// order) trade places: from the first to the second, or back with `inverse`.
+    static func reorderedRows(_ values: [Float], heads: Int, rowLength: Int, inverse: Bool) -> [Float] {
         let rows = values.count / max(rowLength, 1), headDim = rows / max(heads, 1), half = headDim / 2
         var out = values
         for h in 0..<heads {
             for i in 0..<half {
                 for s in 0..<2 {
-                    let from = (h * headDim + s * half + i) * rowLength, to = (h * headDim + 2 * i + s) * rowLength
+                    let halves = (h * headDim + s * half + i) * rowLength
+                    let interleaved = (h * headDim + 2 * i + s) * rowLength
+                    let (from, to) = inverse ? (interleaved, halves) : (halves, interleaved)
                     for k in 0..<rowLength { out[to + k] = values[from + k] }
                 }
             }
@@ -246,17 +254,7 @@ public enum LlamaGGUFExport {
 
     /// The inverse of `permutedRows`.
     public static func unpermutedRows(_ values: [Float], heads: Int, rowLength: Int) -> [Float] {
-        let rows = values.count / max(rowLength, 1), headDim = rows / max(heads, 1), half = headDim / 2
-        var out = values
-        for h in 0..<heads {
-            for i in 0..<half {
-                for s in 0..<2 {
-                    let to = (h * headDim + s * half + i) * rowLength, from = (h * headDim + 2 * i + s) * rowLength
-                    for k in 0..<rowLength { out[to + k] = values[from + k] }
-                }
-            }
-        }
-        return out
+        reorderedRows(values, heads: heads, rowLength: rowLength, inverse: true)
     }
 
     /// An adapter file against the adapter as trained: read back (`readAdapter`), its scale alpha / r against the

@@ -128,9 +128,7 @@ public enum Checkpoint {
             throw ModelFileError.invalidCheckpoint(path: directory, tensor: "adapter_config.json",
                                                    detail: "was saved with \(text(saved)), this run uses \(text(lora))")
         }
-        // Each adapter's A (R, in) and B (out, R), shaped like the engine's.
-        let shapes = try engine.adapterWeights().mapValues { (outFeatures: $0.b.count / lora.r, inFeatures: $0.a.count / lora.r) }
-        let adapters = try PEFTAdapter.readWeights(directory: directory, r: lora.r, shapes: shapes)
+        let adapters = try engine.readAdapterWeights(directory: directory)
         let current = try engine.optimizerSnapshot()
         let file = try SafeTensorsFile(path: directory + "/optimizer.safetensors")
         guard file.metadata["optim"] == current.kind.rawValue else {

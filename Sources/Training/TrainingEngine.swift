@@ -55,6 +55,13 @@ extension TrainingEngine {
 /// The CPU engine: a `LlamaModel` whose adapters are trained in place (`LlamaModel.step`), the micro-batches'
 /// gradients summed in host memory, and a host `AdamW`.
 extension TrainingEngine {
+    /// The PEFT adapter in `directory`, read shaped like this engine's adapters (A (R, in), B (out, R)).
+    public func readAdapterWeights(directory: String) throws -> [String: LoRAWeights] {
+        let r = loraConfig.r
+        let shapes = try adapterWeights().mapValues { (outFeatures: $0.b.count / r, inFeatures: $0.a.count / r) }
+        return try PEFTAdapter.readWeights(directory: directory, r: r, shapes: shapes)
+    }
+
     /// Unpacked rows (each row one sequence).
     public func accumulateGradients(inputIds: [Int], labels: [Int], batch: Int, tokens: Int,
                                     rng: inout SeededGenerator, checkpointing: Bool,

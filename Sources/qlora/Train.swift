@@ -329,12 +329,7 @@ struct Train: ParsableCommand {
         }
         if settings.loadBestModelAtEnd, let best = trainer.best {
             // The final adapter is the best one (as the Hugging Face Trainer loads the best model at the end).
-            let lora = trainer.engine.loraConfig
-            let shapes = try trainer.engine.adapterWeights().mapValues {
-                (outFeatures: $0.b.count / lora.r, inFeatures: $0.a.count / lora.r)
-            }
-            try trainer.engine.setAdapterWeights(try PEFTAdapter.readWeights(directory: bestDirectory, r: lora.r,
-                                                                             shapes: shapes))
+            try trainer.engine.setAdapterWeights(try trainer.engine.readAdapterWeights(directory: bestDirectory))
             print(String(format: "the final adapter is the best: step %d, validation loss %.4f (%@)", best.step,
                          best.loss, bestDirectory))
         }

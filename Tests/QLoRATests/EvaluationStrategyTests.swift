@@ -88,11 +88,8 @@ final class EvaluationStrategyTests: XCTestCase {
         XCTAssertEqual(r.trainer.best?.loss, lowest.loss)
         XCTAssertNotEqual(lowest.step, r.evals.last!.step, "the run should end worse than its best (lr 0.05)")
         // The adapter in best/ evaluates to the lowest loss logged.
-        let model = try freshModel()
-        let lora = model.loraConfig
-        let shapes = model.adapters.mapValues { (outFeatures: $0.b.count / lora.r, inFeatures: $0.a.count / lora.r) }
-        model.adapters = try PEFTAdapter.readWeights(directory: best, r: lora.r, shapes: shapes)
-        let engine = CPUTrainingEngine(model: model, optimizer: AdamW(kind: .adamw))
+        let engine = CPUTrainingEngine(model: try freshModel(), optimizer: AdamW(kind: .adamw))
+        try engine.setAdapterWeights(try engine.readAdapterWeights(directory: best))
         let validation = Array(try tinyExamples().suffix(6))
         XCTAssertEqual(try Trainer.evaluate(engine: engine, examples: validation, batchSize: 3).loss, lowest.loss,
                        accuracy: 1e-9)
