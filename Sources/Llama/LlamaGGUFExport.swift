@@ -271,25 +271,37 @@ public enum LlamaGGUFExport {
             throw ModelError("\(path): alpha \(alpha) / r \(lora.r) is not the adapter's scale \(lora.scale)")
         }
         let model = try LlamaModel(weights: base, lora: lora)
-        var rng = SeededGenerator(seed: 0)
+        return try compare(sequences, config: model.config) { ids, labels in
+            model.adapters = readBack
+            let x = evaluate(model, ids, labels)
+            model.adapters = adapters
+            return (x, evaluate(model, ids, labels))
+        }
+    }
+
+    /// Runs `pair` (what the file computes, then the reference) on each sequence and gathers the comparison.
+    static func compare(_ sequences: [(inputIds: [Int], labels: [Int])], config: LlamaConfig,
+                        _ pair: ([Int], [Int]) -> (StepResult, StepResult)) throws -> Check {
         var worst: Float = 0, total = (0.0, 0.0), count = 0
         for (ids, labels) in sequences {
-            try LlamaModel.checkBatch(inputIds: ids, labels: labels, batch: 1, tokens: ids.count, config: model.config)
-            func run(_ a: [String: LoRAWeights]) -> StepResult {
-                model.adapters = a
-                return model.step(inputIds: ids, labels: labels, batch: 1, tokens: ids.count, withGradients: false,
-                                  training: false, rng: &rng, keepLogits: true)
-            }
-            let x = run(readBack), y = run(adapters)
-            for (p, q) in zip(x.logits ?? [], y.logits ?? []) { worst = max(worst, abs(p - q)) }
-            guard x.tokenCount > 0 else { continue }
-            total.0 += x.loss * Double(x.tokenCount)
-            total.1 += y.loss * Double(y.tokenCount)
-            count += x.tokenCount
+            try LlamaModel.checkBatch(inputIds: ids, labels: labels, batch: 1, tokens: ids.count, config: config)
+            let (a, b) = pair(ids, labels)
+            for (x, y) in zip(a.logits ?? [], b.logits ?? []) { worst = max(worst, abs(x - y)) }
+            guard a.tokenCount > 0 else { continue }
+            total.0 += a.loss * Double(a.tokenCount)
+            total.1 += b.loss * Double(b.tokenCount)
+            count += a.tokenCount
         }
         guard count > 0 else { throw ModelError("the check sequences have no target to count") }
         return Check(maxLogitDifference: worst, loss: total.0 / Double(count), referenceLoss: total.1 / Double(count),
                      tokens: count, sequences: sequences.count)
+    }
+
+    /// One sequence through `model`, without dropout or gradients, with its logits.
+    static func evaluate(_ model: LlamaModel, _ ids: [Int], _ labels: [Int]) -> StepResult {
+        var rng = SeededGenerator(seed: 0)   // unused: no dropout outside training
+        return model.step(inputIds: ids, labels: labels, batch: 1, tokens: ids.count, withGradients: false,
+                          training: false, rng: &rng, keepLogits: true)
     }
 
     /// What an exported file computes against base + adapter as trained, on held-out sequences: the largest logit
@@ -311,24 +323,8 @@ public enum LlamaGGUFExport {
         let reference = onto == .original ? try LlamaModel(denseWeights: base, lora: lora)
                                           : try LlamaModel(weights: base, lora: lora)
         reference.adapters = adapters
-        var rng = SeededGenerator(seed: 0)
-        var worst: Float = 0, total = (0.0, 0.0), count = 0
-        for (ids, labels) in sequences {
-            try LlamaModel.checkBatch(inputIds: ids, labels: labels, batch: 1, tokens: ids.count,
-                                      config: exported.config)
-            func run(_ m: LlamaModel) -> StepResult {
-                m.step(inputIds: ids, labels: labels, batch: 1, tokens: ids.count, withGradients: false,
-                       training: false, rng: &rng, keepLogits: true)
-            }
-            let a = run(exported), b = run(reference)
-            for (x, y) in zip(a.logits ?? [], b.logits ?? []) { worst = max(worst, abs(x - y)) }
-            guard a.tokenCount > 0 else { continue }
-            total.0 += a.loss * Double(a.tokenCount)
-            total.1 += b.loss * Double(b.tokenCount)
-            count += a.tokenCount
+        return try compare(sequences, config: exported.config) { ids, labels in
+            (evaluate(exported, ids, labels), evaluate(reference, ids, labels))
         }
-        guard count > 0 else { throw ModelError("the check sequences have no target to count") }
-        return Check(maxLogitDifference: worst, loss: total.0 / Double(count), referenceLoss: total.1 / Double(count),
-                     tokens: count, sequences: sequences.count)
     }
 }
