@@ -4,7 +4,8 @@
 #     golden logits / loss / gradients / five training steps on the GPU;
 #  2. training on the GPU (tiny-llama on Tiny Shakespeare as bytes): fp32 GPU losses beside the CPU's, a bf16 run
 #     with dropout and gradient checkpointing that checkpoints, and the same run resumed from its middle checkpoint
-#     (the adapters must be byte-identical); eval and quantize on the GPU beside the CPU;
+#     (the adapters must be byte-identical); eval and quantize on the GPU beside the CPU; packed rows (dropout,
+#     checkpointing) trained on the GPU beside the CPU;
 #  3. with BENCH=1, `qlora bench` beside ../shared/bench/hf_baseline.py with the same arguments.
 # Usage: QLORA=path/to/qlora QLORA_SHARED=path/to/shared bash scripts/gpu-acceptance.sh [OUT]
 set -euo pipefail
@@ -54,6 +55,31 @@ echo "eval of the bf16 adapter, GPU then CPU:"
 "$Q" quantize --model "$TINY" --output "$OUT/q-gpu" --device cuda 2>/dev/null
 "$Q" quantize --model "$TINY" --output "$OUT/q-cpu" 2>/dev/null
 cmp "$OUT/q-gpu/model.safetensors" "$OUT/q-cpu/model.safetensors" && echo "quantize on the GPU: model.safetensors byte-identical to the CPU's"
+
+echo "== 2b. packed training on the GPU beside the CPU (documents of 9 to 120 tokens packed into rows of 128)"
+python3 - "$SHARED/data/tinyshakespeare/input.txt" "$OUT" <<'PY'
+import json, random, sys
+text = open(sys.argv[1], 'rb').read()[:60000]
+rng, at = random.Random(3), 0
+with open(sys.argv[2] + "/packed.jsonl", "w") as f:
+    while at < len(text) - 130:
+        n = rng.randint(9, 120)
+        f.write(json.dumps({"input_ids": list(text[at:at + n])}) + "\n")
+        at += n
+PY
+PACKED=(--model "$TINY" --data "$OUT/packed.jsonl" --packing --max-seq-length 128 --batch-size 4 --lora-r 8
+        --lora-alpha 16 --target-modules all-linear --learning-rate 1e-3 --max-steps 20 --logging-steps 5 --seed 1
+        --lora-dropout 0.1 --gradient-checkpointing)
+"$Q" train "${PACKED[@]}" --device cuda --compute-dtype fp32 --output-dir "$OUT/gpu-packed" 2>/dev/null | tail -1
+"$Q" train "${PACKED[@]}" --device cpu --output-dir "$OUT/cpu-packed" 2>/dev/null | tail -1
+python3 - "$OUT" <<'PY'
+import json, sys
+def losses(d): return [(m["step"], m["loss"]) for m in map(json.loads, open(f"{sys.argv[1]}/{d}/metrics.jsonl")) if "loss" in m]
+g, c = losses("gpu-packed"), losses("cpu-packed")
+print("step  GPU fp32 packed loss   CPU packed loss")
+for (s, a), (_, b) in zip(g, c): print(f"{s:4d}  {a:.6f}  {b:.6f}")
+print("largest |GPU - CPU| packed loss difference:", max(abs(a - b) for (_, a), (_, b) in zip(g, c)))
+PY
 
 if [ "${BENCH:-0}" = 1 ]; then
   echo "== 3. qlora bench beside hf_baseline.py (same call, same arguments)"

@@ -4,7 +4,9 @@ import Foundation
 /// the output and one float32 log-sum-exp per query row (no (T × T) probabilities). The same tiles as the GPU
 /// kernels, the same base-2 online softmax (exp2 of s · log2(e)/√D, the running maximum and sum rescaled at each
 /// key tile), the same order of the backward passes. Shapes as in `attentionForward`: q (B, T, H, D), k and v
-/// (B, T, Hkv, D), head h reads KV head h / (H / Hkv), key j seen by query i when j ≤ i; lse (B, H, T).
+/// (B, T, Hkv, D), head h reads KV head h / (H / Hkv), key j seen by query i when j ≤ i; lse (B, H, T). With
+/// `starts` (B·T, as `attentionForward` takes them), query (b, i) sees only keys starts[b·T + i] … i, and key tiles
+/// that no row of a tile sees are skipped, as the kernels skip them.
 extension CPUOps {
     /// Tiles of the forward (query rows × keys), the dK/dV pass (keys × query rows) and the dQ pass (rows × keys).
     public static let flashForwardTile = (rows: 64, keys: 64)
@@ -17,7 +19,7 @@ extension CPUOps {
     /// out (B, T, H, D) and lse (B, H, T) = log Σ_{j ≤ i} exp(q_i·k_j / √D).
     public static func flashAttentionForward(_ out: inout [Float], lse: inout [Float], q: [Float], k: [Float],
                                              v: [Float], batch: Int, tokens: Int, heads: Int, kvHeads: Int,
-                                             headDim: Int) {
+                                             headDim: Int, starts: [Int]? = nil) {
         let T = tokens, D = headDim, group = heads / kvHeads
         let (tileRows, tileKeys) = flashForwardTile
         let sl2 = 1 / Float(D).squareRoot() * log2e
@@ -32,14 +34,15 @@ extension CPUOps {
                     let rows = min(tileRows, T - i0)
                     for r in 0..<tileRows { m[r] = -.infinity; l[r] = 0 }
                     for x in acc.indices { acc[x] = 0 }
-                    // Key tiles from the first to the one holding the tile's last row (the diagonal).
-                    for j0 in stride(from: 0, through: i0 + rows - 1, by: tileKeys) {
+                    // Key tiles from the one holding the first row's start to the diagonal.
+                    let firstTile = (starts?[b * T + i0] ?? 0) / tileKeys * tileKeys
+                    for j0 in stride(from: firstTile, through: i0 + rows - 1, by: tileKeys) {
                         for r in 0..<rows {
-                            let i = i0 + r, qi = ((b * T + i) * heads + h) * D
+                            let i = i0 + r, qi = ((b * T + i) * heads + h) * D, first = starts?[b * T + i] ?? 0
                             var mx = -Float.infinity
                             for c in 0..<tileKeys {
                                 let j = j0 + c
-                                guard j <= i else { s[c] = -.infinity; continue }
+                                guard j <= i, j >= first else { s[c] = -.infinity; continue }
                                 let kj = ((b * T + j) * kvHeads + kh) * D
                                 var dot: Float = 0
                                 for d in 0..<D { dot += q[qi + d] * k[kj + d] }
@@ -57,7 +60,7 @@ extension CPUOps {
                             }
                             l[r] = l[r] * alpha + sum
                             for d in 0..<D { acc[r * D + d] *= alpha }
-                            for c in 0..<tileKeys where j0 + c <= i {
+                            for c in 0..<tileKeys where j0 + c <= i && j0 + c >= first {
                                 let vj = ((b * T + j0 + c) * kvHeads + kh) * D
                                 for d in 0..<D { acc[r * D + d] += s[c] * v[vj + d] }
                             }
@@ -81,7 +84,8 @@ extension CPUOps {
     /// per query tile for dQ.
     public static func flashAttentionBackward(dq: inout [Float], dk: inout [Float], dv: inout [Float], dout: [Float],
                                               out: [Float], lse: [Float], q: [Float], k: [Float], v: [Float],
-                                              batch: Int, tokens: Int, heads: Int, kvHeads: Int, headDim: Int) {
+                                              batch: Int, tokens: Int, heads: Int, kvHeads: Int, headDim: Int,
+                                              starts: [Int]? = nil) {
         let T = tokens, D = headDim, group = heads / kvHeads
         let scale = 1 / Float(D).squareRoot(), sl2 = scale * log2e
         var delta = [Float](repeating: 0, count: batch * heads * T)
@@ -118,10 +122,12 @@ extension CPUOps {
                     let keys = min(kvKeys, T - j0)
                     for x in dkAcc.indices { dkAcc[x] = 0; dvAcc[x] = 0 }
                     for h in (kh * group)..<((kh + 1) * group) {
-                        for i0 in stride(from: j0, to: T, by: kvRows) {   // from the diagonal tile on
+                        // From the diagonal tile to the first one whose first row starts past these keys.
+                        for i0 in stride(from: j0, to: T, by: kvRows) {
+                            if let starts, starts[b * T + i0] > j0 + kvKeys - 1 { break }
                             for i in i0..<min(i0 + kvRows, T) {
-                                let qi = ((b * T + i) * heads + h) * D
-                                for c in 0..<keys where j0 + c <= i {
+                                let qi = ((b * T + i) * heads + h) * D, first = starts?[b * T + i] ?? 0
+                                for c in 0..<keys where j0 + c <= i && j0 + c >= first {
                                     let (p, ds) = recompute(b, h, kh, i, j0 + c)
                                     for d in 0..<D {
                                         dvAcc[c * D + d] += p * dout[qi + d]
@@ -150,10 +156,11 @@ extension CPUOps {
                 for i0 in stride(from: 0, to: T, by: qRows) {
                     let rows = min(qRows, T - i0)
                     for x in dqAcc.indices { dqAcc[x] = 0 }
-                    for j0 in stride(from: 0, through: i0 + rows - 1, by: qKeys) {
+                    let firstTile = (starts?[b * T + i0] ?? 0) / qKeys * qKeys
+                    for j0 in stride(from: firstTile, through: i0 + rows - 1, by: qKeys) {
                         for r in 0..<rows {
-                            let i = i0 + r
-                            for j in j0..<min(j0 + qKeys, i + 1) {
+                            let i = i0 + r, first = max(j0, starts?[b * T + i] ?? 0)
+                            for j in first..<max(first, min(j0 + qKeys, i + 1)) {
                                 let (_, ds) = recompute(b, h, kh, i, j)
                                 let kj = ((b * T + j) * kvHeads + kh) * D
                                 for d in 0..<D { dqAcc[r * D + d] += ds * k[kj + d] }

@@ -80,6 +80,8 @@ public enum KernelArgument {
     case buffer(DeviceBuffer), address(UInt64), int32(Int32), int64(Int64), uint64(UInt64), float(Float)
     /// An `int` argument.
     public static func int(_ v: Int) -> KernelArgument { .int32(Int32(v)) }
+    /// A buffer's address, or a null pointer without one.
+    public static func optional(_ b: DeviceBuffer?) -> KernelArgument { b.map { .buffer($0) } ?? .address(0) }
     /// A `long long` argument.
     public static func long(_ v: Int) -> KernelArgument { .int64(Int64(v)) }
 }

@@ -9,35 +9,38 @@ extension CUDADevice {
     public static let flashAttentionHeadDims = [32, 64, 96, 128]
 
     /// out (B, T, H, D) and lse (B, H, T, float32: log Σ_{j ≤ i} exp(q_i·k_j / √D)) from q (B, T, H, D), k, v
-    /// (B, T, Hkv, D). q, k, v and out are all f32 or all bf16; the kernel variant follows `out.dtype`.
+    /// (B, T, Hkv, D). q, k, v and out are all f32 or all bf16; the kernel variant follows `out.dtype`. With
+    /// `starts` (i32, B·T: the row-local index of each token's document start, non-decreasing along a row), query
+    /// (b, i) sees keys starts[b·T + i] … i only: packed documents attend within themselves.
     public func flashAttentionForward(_ out: DeviceBuffer, lse: DeviceBuffer, q: DeviceBuffer, k: DeviceBuffer,
                                       v: DeviceBuffer, batch: Int, tokens: Int, heads: Int, kvHeads: Int,
-                                      headDim: Int) throws {
+                                      headDim: Int, starts: DeviceBuffer? = nil) throws {
         let shape = FlashAttentionShape(batch: batch, tokens: tokens, heads: heads, kvHeads: kvHeads, headDim: headDim)
         try shape.validate(activations: [("out", out, shape.queryCount), ("q", q, shape.queryCount),
                                          ("k", k, shape.keyCount), ("v", v, shape.keyCount)],
-                           rows: [("lse", lse)])
+                           rows: [("lse", lse)], starts: starts)
         guard batch > 0, tokens > 0 else { return }
         let bf16 = out.dtype == .bf16
         try launch(.flashAttention, "flash_attention_forward_d\(headDim)", bf16: bf16,
                    grid: (shape.tiles(64), heads, batch), block: Self.flashThreads(bf16),
                    sharedBytes: Self.flashSharedBytes(.forward, headDim: headDim, bf16: bf16),
                    [.buffer(out), .buffer(lse), .buffer(q), .buffer(k), .buffer(v), .int(tokens), .int(heads),
-                    .int(kvHeads)])
+                    .int(kvHeads), .optional(starts)])
     }
 
     /// dq (B, T, H, D), dk and dv (B, T, Hkv, D), overwritten, from dout, what the forward saved (out, lse) and its
     /// inputs. Three kernels: delta = rowsum(dout ⊙ out) into a scratch buffer, then one block per key tile for dK
     /// and dV, and one block per query tile for dQ. No atomics: the same inputs give the same bits every run.
+    /// `starts` as the forward had it.
     public func flashAttentionBackward(dq: DeviceBuffer, dk: DeviceBuffer, dv: DeviceBuffer, dout: DeviceBuffer,
                                        out: DeviceBuffer, lse: DeviceBuffer, q: DeviceBuffer, k: DeviceBuffer,
                                        v: DeviceBuffer, batch: Int, tokens: Int, heads: Int, kvHeads: Int,
-                                       headDim: Int) throws {
+                                       headDim: Int, starts: DeviceBuffer? = nil) throws {
         let shape = FlashAttentionShape(batch: batch, tokens: tokens, heads: heads, kvHeads: kvHeads, headDim: headDim)
         let n = shape.queryCount, nkv = shape.keyCount
         try shape.validate(activations: [("dq", dq, n), ("dk", dk, nkv), ("dv", dv, nkv), ("dout", dout, n),
                                          ("out", out, n), ("q", q, n), ("k", k, nkv), ("v", v, nkv)],
-                           rows: [("lse", lse)])
+                           rows: [("lse", lse)], starts: starts)
         guard batch > 0, tokens > 0 else { return }
         let bf16 = out.dtype == .bf16, threads = Self.flashThreads(bf16)
         let rows = batch * tokens * heads
@@ -49,12 +52,12 @@ extension CUDADevice {
                    grid: (shape.tiles(64), kvHeads, batch), block: threads,
                    sharedBytes: Self.flashSharedBytes(.keysAndValues, headDim: headDim, bf16: bf16),
                    [.buffer(dk), .buffer(dv), .buffer(dout), .buffer(lse), .buffer(delta), .buffer(q), .buffer(k),
-                    .buffer(v), .int(tokens), .int(heads), .int(kvHeads)])
+                    .buffer(v), .int(tokens), .int(heads), .int(kvHeads), .optional(starts)])
         try launch(.flashAttention, "flash_attention_backward_q_d\(headDim)", bf16: bf16,
                    grid: (shape.tiles(64), heads, batch), block: threads,
                    sharedBytes: Self.flashSharedBytes(.queries, headDim: headDim, bf16: bf16),
                    [.buffer(dq), .buffer(dout), .buffer(lse), .buffer(delta), .buffer(q), .buffer(k), .buffer(v),
-                    .int(tokens), .int(heads), .int(kvHeads)])
+                    .int(tokens), .int(heads), .int(kvHeads), .optional(starts)])
     }
 
     enum FlashKernel { case forward, keysAndValues, queries }
@@ -134,7 +137,12 @@ struct FlashAttentionShape {
     var keyCount: Int { batch * tokens * kvHeads * headDim }
     func tiles(_ rows: Int) -> Int { (tokens + rows - 1) / rows }
 
-    func validate(activations: [(String, DeviceBuffer, Int)], rows: [(String, DeviceBuffer)]) throws {
+    func validate(activations: [(String, DeviceBuffer, Int)], rows: [(String, DeviceBuffer)],
+                  starts: DeviceBuffer?) throws {
+        if let starts, starts.dtype != .i32 || starts.count < batch * tokens {
+            throw CUDAError.invalidArgument("flash attention: starts must be i32 with \(batch * tokens) values " +
+                                            "(\(starts.dtype.rawValue), \(starts.count))")
+        }
         guard CUDADevice.flashAttentionHeadDims.contains(headDim) else {
             throw CUDAError.invalidArgument("flash attention has kernels for head dims 32, 64, 96 and 128, not " +
                                             "\(headDim)")

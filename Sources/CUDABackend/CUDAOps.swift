@@ -28,13 +28,18 @@ extension CUDADevice {
 
     // MARK: RoPE
 
-    /// Rotates x (B, T, heads, D) in place; `inverse` for the backward pass.
+    /// Rotates x (B, T, heads, D) in place; `inverse` for the backward pass. Token (b, t) is at position
+    /// `positions[b·T + t]` (int32, B·T values, each a row of the cos/sin tables) when given, else at t.
     public func rope(_ x: DeviceBuffer, cos: DeviceBuffer, sin: DeviceBuffer, batch: Int, tokens: Int, heads: Int,
-                     headDim: Int, inverse: Bool = false, offset: Int = 0) throws {
+                     headDim: Int, inverse: Bool = false, positions: DeviceBuffer? = nil) throws {
+        if let positions, positions.dtype != .i32 || positions.count < batch * tokens {
+            throw CUDAError.invalidArgument("rope: positions must be i32 with \(batch * tokens) values " +
+                                            "(\(positions.dtype.rawValue), \(positions.count))")
+        }
         let total = batch * tokens * heads * ((headDim / 2 + 7) / 8)
         try launch(.rope, "rope", bf16: x.dtype == .bf16, grid: (total + 255) / 256, block: 256,
                    [.buffer(x), .buffer(cos), .buffer(sin), .int(batch), .int(tokens), .int(heads), .int(headDim),
-                    .int(inverse ? 1 : 0), .int(offset)])
+                    .int(inverse ? 1 : 0), .optional(positions)])
     }
 
     // MARK: Elementwise

@@ -4,7 +4,7 @@ import Foundation
 /// for the device's architecture once; the cubin is kept on disk under `~/.cache/qlora/kernels` (or
 /// `$QLORA_KERNEL_CACHE`), named by a hash of the source, the options, the architecture and the NVRTC version.
 public enum KernelSource: String, CaseIterable, Sendable {
-    case quantize, norm, rope, elementwise, loss, optimizer, lora
+    case quantize, norm, rope, elementwise, loss, optimizer, lora, decode
     case flashAttention = "flash_attention"
 
     /// The `.cu` text.
@@ -18,6 +18,7 @@ public enum KernelSource: String, CaseIterable, Sendable {
         case .loss: bytes = PackageResources.loss_cu
         case .optimizer: bytes = PackageResources.optimizer_cu
         case .lora: bytes = PackageResources.lora_cu
+        case .decode: bytes = PackageResources.decode_cu
         case .flashAttention: bytes = PackageResources.flash_attention_cu
         }
         return String(decoding: bytes, as: UTF8.self)

@@ -147,22 +147,12 @@ public final class CUDATrainingEngine: TrainingEngine {
     public func accumulateGradients(inputIds: [Int], labels: [Int], positions: [Int]?, batch: Int, tokens: Int,
                                     rng: inout SeededGenerator, checkpointing: Bool,
                                     gradientScale: Float) throws -> (loss: Double, tokenCount: Int) {
-        try Self.refusePacking(positions)
         // Every rank draws the same value (their generators stay in step); the rank is mixed in so that the ranks'
         // dropout masks differ.
         let seed = rng.next() ^ (UInt64(communicator?.rank ?? 0) &* 0xD6E8_FEB8_6659_FD93)
-        let r = try model.step(inputIds: inputIds, labels: labels, batch: batch, tokens: tokens, seed: seed,
-                               checkpointing: checkpointing, gradientScale: gradientScale)
+        let r = try model.step(inputIds: inputIds, labels: labels, positions: positions, batch: batch, tokens: tokens,
+                               seed: seed, checkpointing: checkpointing, gradientScale: gradientScale)
         return (r.loss, r.tokenCount)
-    }
-
-    /// Packed documents need attention kept within each one and RoPE restarting with it; the GPU kernels do not
-    /// take document boundaries yet, so a packed batch is refused rather than trained with attention across them.
-    static func refusePacking(_ positions: [Int]?) throws {
-        guard positions == nil else {
-            throw TrainingError(description: "packing (documents kept apart inside a row) runs on the CPU only for " +
-                "now: train without --packing on the GPU, or with --device cpu")
-        }
     }
 
     public func gradientNorm() throws -> Float { try model.gradientNorm() }
@@ -188,9 +178,8 @@ public final class CUDATrainingEngine: TrainingEngine {
 
     public func loss(inputIds: [Int], labels: [Int], positions: [Int]?, batch: Int,
                      tokens: Int) throws -> (loss: Double, tokenCount: Int) {
-        try Self.refusePacking(positions)
-        let r = try model.step(inputIds: inputIds, labels: labels, batch: batch, tokens: tokens, withGradients: false,
-                               training: false)
+        let r = try model.step(inputIds: inputIds, labels: labels, positions: positions, batch: batch, tokens: tokens,
+                               withGradients: false, training: false)
         return (r.loss, r.tokenCount)
     }
 

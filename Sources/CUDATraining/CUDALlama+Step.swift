@@ -2,6 +2,26 @@ import CUDABackend
 import Foundation
 import Llama
 
+/// Packed rows on the GPU (`LlamaModel.PackedLayout`, int32): each token's RoPE position and the row-local index
+/// where its document starts, the first key its attention sees.
+struct GPUPacking {
+    let positions: DeviceBuffer, starts: DeviceBuffer
+    init(_ layout: LlamaModel.PackedLayout, device: CUDADevice) throws {
+        positions = try device.upload(layout.positions.map { Int32($0) })
+        starts = try device.upload(layout.starts.map { Int32($0) })
+    }
+}
+
+/// Generation's key/value cache seen by one forward call: per layer (B, capacity, Hkv·D) keys and values; `at`
+/// (i32, B) the position where each row's first token of this call goes. With `lengths` (i32, B: at + 1) the call
+/// is a decode step, one token per row attending to the cache, rotated at its position `at`; without, it is the
+/// prompt (at = 0), attending to itself as in training, its keys and values written into the cache on the way.
+struct GPUDecoding {
+    let keys: [DeviceBuffer], values: [DeviceBuffer]
+    let capacity: Int
+    let at: DeviceBuffer, lengths: DeviceBuffer?
+}
+
 /// What one GPU forward (and backward) pass produced.
 public struct GPUStepResult {
     /// Mean loss over the counted targets, and their count.
@@ -15,13 +35,20 @@ extension CUDALlama {
     /// The GPU twin of `LlamaModel.step`: the loss (labels shifted inside, −100 ignored) and, with `withGradients`,
     /// `gradientScale` × d(sum of token losses) added into the adapters' gradient accumulators. Dropout masks come
     /// from `seed` (one stream per layer and projection), so a recomputed layer (`checkpointing`) draws the same ones.
-    public func step(inputIds: [Int], labels: [Int], batch: Int, tokens: Int, withGradients: Bool = true,
+    /// `positions` packs documents into rows, as the CPU step takes them: RoPE restarts with each document and
+    /// attention stays inside it.
+    public func step(inputIds: [Int], labels: [Int], positions: [Int]? = nil, batch: Int, tokens: Int,
+                     withGradients: Bool = true,
                      training: Bool = true, seed: UInt64 = 0, checkpointing: Bool = false,
                      gradientScale: Float? = nil, keepLogits: Bool = false) throws -> GPUStepResult {
         // Sizes, positions, ids and labels, by the CPU step's rule: an id or label outside the vocabulary would
         // make the embedding and loss kernels read or write out of bounds.
         try LlamaModel.checkBatch(inputIds: inputIds, labels: labels, batch: batch, tokens: tokens, config: config)
+        try LlamaModel.checkPositions(positions, batch: batch, tokens: tokens)
         try ensureRope(tokens)
+        let packing = try positions.map {
+            try GPUPacking(LlamaModel.PackedLayout(positions: $0, batch: batch, tokens: tokens), device: device)
+        }
         let n = batch * tokens, c = config.hiddenSize
         var x: DeviceBuffer? = try device.allocate(n * c, dtype)
         do {
@@ -35,8 +62,8 @@ extension CUDALlama {
         for l in layers.indices {
             let act = GPULayerActivations(x: x!)
             let copied = offload ? try device.copyToHostAsync(x!, try hostCheckpoint(l, bytes: x!.bytes)) : nil
-            x = try layerForward(l, x!, batch: batch, tokens: tokens, training: training, seed: seed, saving: act,
-                                 keeps: withGradients && !checkpointing)!
+            x = try layerForward(l, x!, batch: batch, tokens: tokens, packing: packing, training: training, seed: seed,
+                                 saving: act, keeps: withGradients && !checkpointing)!
             if let copied { try device.wait(for: copied, on: .compute) }   // the input's memory may be reused now
             if withGradients { saved.append(offload ? nil : checkpointing ? GPULayerActivations(x: act.x) : act) }
         }
@@ -64,10 +91,11 @@ extension CUDALlama {
                 saved[l] = nil
             }
             if checkpointing {
-                _ = try layerForward(l, act.x, batch: batch, tokens: tokens, training: training, seed: seed,
-                                     saving: act, keeps: true, recomputing: true)
+                _ = try layerForward(l, act.x, batch: batch, tokens: tokens, packing: packing, training: training,
+                                     seed: seed, saving: act, keeps: true, recomputing: true)
             }
-            dx = try layerBackward(l, dx, act, batch: batch, tokens: tokens, training: training, seed: seed)
+            dx = try layerBackward(l, dx, act, batch: batch, tokens: tokens, packing: packing, training: training,
+                                   seed: seed)
         }
         try device.synchronize()
         return result
@@ -135,7 +163,8 @@ extension CUDALlama {
     /// `act` keeps what the backward pass reads when `keeps` (no checkpointing, or the recompute); otherwise each
     /// tensor is released at its last use in this layer.
     @discardableResult
-    func layerForward(_ l: Int, _ x: DeviceBuffer, batch: Int, tokens: Int, training: Bool, seed: UInt64,
+    func layerForward(_ l: Int, _ x: DeviceBuffer, batch: Int, tokens: Int, packing: GPUPacking?,
+                      decoding: GPUDecoding? = nil, training: Bool, seed: UInt64,
                       saving act: GPULayerActivations, keeps: Bool, recomputing: Bool = false) throws -> DeviceBuffer? {
         let layer = layers[l]
         let n = batch * tokens, c = config.hiddenSize
@@ -153,12 +182,28 @@ extension CUDALlama {
         act.k = try project("k_proj", act.h1)!
         act.v = try project("v_proj", act.h1)!
         if !keeps { act.h1 = nil; act.rstd1 = nil }
-        try device.rope(act.q, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: h, headDim: d)
-        try device.rope(act.k, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: hkv, headDim: d)
+        let positions = decoding?.lengths != nil ? decoding?.at : packing?.positions
+        try device.rope(act.q, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: h, headDim: d,
+                        positions: positions)
+        try device.rope(act.k, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: hkv, headDim: d,
+                        positions: positions)
         act.attention = try device.allocate(n * h * d, dtype)
-        act.lse = try device.allocate(batch * h * tokens, .f32)
-        try device.flashAttentionForward(act.attention, lse: act.lse, q: act.q, k: act.k, v: act.v, batch: batch,
-                                         tokens: tokens, heads: h, kvHeads: hkv, headDim: d)
+        if let decoding {
+            for (cache, src) in [(decoding.keys[l], act.k!), (decoding.values[l], act.v!)] {
+                try device.kvCacheWrite(cache, src, at: decoding.at, batch: batch, tokens: tokens, width: hkv * d,
+                                        capacity: decoding.capacity)
+            }
+        }
+        if let decoding, let lengths = decoding.lengths {
+            try device.decodeAttention(act.attention, q: act.q, keys: decoding.keys[l], values: decoding.values[l],
+                                       lengths: lengths, batch: batch, heads: h, kvHeads: hkv, headDim: d,
+                                       capacity: decoding.capacity)
+        } else {
+            act.lse = try device.allocate(batch * h * tokens, .f32)
+            try device.flashAttentionForward(act.attention, lse: act.lse, q: act.q, k: act.k, v: act.v, batch: batch,
+                                             tokens: tokens, heads: h, kvHeads: hkv, headDim: d,
+                                             starts: packing?.starts)
+        }
         if !keeps { act.q = nil; act.k = nil; act.v = nil; act.lse = nil }
         act.xMid = try device.allocate(n * c, dtype)
         do {
@@ -186,7 +231,7 @@ extension CUDALlama {
     /// is released at its last use (scopes and optionals: Swift may otherwise keep a buffer to the end of its scope),
     /// so the layer's working set is what is live, not everything it made.
     func layerBackward(_ l: Int, _ dOut: DeviceBuffer, _ act: GPULayerActivations, batch: Int, tokens: Int,
-                       training: Bool, seed: UInt64) throws -> DeviceBuffer {
+                       packing: GPUPacking?, training: Bool, seed: UInt64) throws -> DeviceBuffer {
         let layer = layers[l]
         let n = batch * tokens, c = config.hiddenSize
         let h = config.headCount, hkv = config.kvHeadCount, d = config.headDim
@@ -223,12 +268,12 @@ extension CUDALlama {
             let dv = try device.allocate(act.v.count, dtype)
             try device.flashAttentionBackward(dq: dq, dk: dk, dv: dv, dout: dAttention, out: act.attention,
                                               lse: act.lse, q: act.q, k: act.k, v: act.v, batch: batch, tokens: tokens,
-                                              heads: h, kvHeads: hkv, headDim: d)
+                                              heads: h, kvHeads: hkv, headDim: d, starts: packing?.starts)
             act.attention = nil; act.lse = nil; act.q = nil; act.k = nil; act.v = nil
             try device.rope(dq, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: h, headDim: d,
-                            inverse: true)
+                            inverse: true, positions: packing?.positions)
             try device.rope(dk, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: hkv, headDim: d,
-                            inverse: true)
+                            inverse: true, positions: packing?.positions)
             grads = ["q_proj": dq, "k_proj": dk, "v_proj": dv]
         }
         let dh1 = try projectionBackward(l, "q_proj", grads.removeValue(forKey: "q_proj")!, rows: n, act: act,

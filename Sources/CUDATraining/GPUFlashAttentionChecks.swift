@@ -5,7 +5,9 @@ import Foundation
 extension GPUOpChecks {
     /// Flash attention on the GPU (Kernels/flash_attention.cu) against its CPU twin and against the attention that
     /// materializes the probabilities: out, lse, dq, dk, dv on ragged lengths, grouped and plain heads, every head
-    /// dim, in both activation types; the backward run twice must give the same bits (no atomics).
+    /// dim, in both activation types; the backward run twice must give the same bits (no atomics). Packed rows
+    /// (documents starting inside a tile, on a tile's first row, one-token documents) keep attention within each
+    /// document.
     public mutating func flashAttention(_ c: inout Checker) throws {
         for dtype in [GPUDType.f32, .bf16] {
             let tol = dtype == .f32 ? 1e-5 : 1e-2
@@ -14,6 +16,8 @@ extension GPUOpChecks {
                     try flashAttentionCase(&c, dtype: dtype, tolerance: tol, batch: b, tokens: t, heads: h,
                                            kvHeads: hkv, headDim: d)
                 }
+                try flashAttentionCase(&c, dtype: dtype, tolerance: tol, batch: 3, tokens: 257, heads: 4, kvHeads: 2,
+                                       headDim: d, documents: [[30, 34, 64, 1, 128], [257], [5, 150, 102]])
             }
         }
         do {
@@ -27,8 +31,16 @@ extension GPUOpChecks {
     }
 
     mutating func flashAttentionCase(_ c: inout Checker, dtype: GPUDType, tolerance tol: Double, batch b: Int,
-                                     tokens t: Int, heads h: Int, kvHeads hkv: Int, headDim d: Int) throws {
-        let tag = "\(dtype.rawValue) B\(b) T\(t) H\(h) Hkv\(hkv) D\(d)"
+                                     tokens t: Int, heads h: Int, kvHeads hkv: Int, headDim d: Int,
+                                     documents: [[Int]]? = nil) throws {
+        let tag = "\(dtype.rawValue) B\(b) T\(t) H\(h) Hkv\(hkv) D\(d)" + (documents == nil ? "" : " packed")
+        // The row-local start of each token's document.
+        let starts = documents.map { rows in
+            rows.flatMap { lengths in
+                lengths.indices.flatMap { Array(repeating: lengths[..<$0].reduce(0, +), count: lengths[$0]) }
+            }
+        }
+        let startsBuffer = try starts.map { try device.upload($0.map { Int32($0) }) }
         let n = b * t * h * d, nkv = b * t * hkv * d
         let (q, qb) = try put(random(n), dtype), (k, kb) = try put(random(nkv), dtype)
         let (v, vb) = try put(random(nkv), dtype), (dout, db) = try put(random(n), dtype)
@@ -36,26 +48,27 @@ extension GPUOpChecks {
         // The plain attention, and the log-sum-exp of its scores.
         var out = [Float](repeating: 0, count: n), probs = [Float](repeating: 0, count: b * h * t * t)
         CPUOps.attentionForward(&out, &probs, q: q, k: k, v: v, batch: b, tokens: t, heads: h, kvHeads: hkv,
-                                headDim: d)
+                                headDim: d, starts: starts)
         var dq = [Float](repeating: 0, count: n), dk = [Float](repeating: 0, count: nkv), dv = dk
         CPUOps.attentionBackward(dq: &dq, dk: &dk, dv: &dv, dout: dout, probs: probs, q: q, k: k, v: v, batch: b,
                                  tokens: t, heads: h, kvHeads: hkv, headDim: d)
-        let lse = Self.logSumExp(q: q, k: k, batch: b, tokens: t, heads: h, kvHeads: hkv, headDim: d)
+        let lse = Self.logSumExp(q: q, k: k, batch: b, tokens: t, heads: h, kvHeads: hkv, headDim: d, starts: starts)
         // The CPU twin.
         var tOut = [Float](repeating: 0, count: n), tLSE = [Float](repeating: 0, count: b * h * t)
         CPUOps.flashAttentionForward(&tOut, lse: &tLSE, q: q, k: k, v: v, batch: b, tokens: t, heads: h, kvHeads: hkv,
-                                     headDim: d)
+                                     headDim: d, starts: starts)
         var tdq = [Float](repeating: 0, count: n), tdk = [Float](repeating: 0, count: nkv), tdv = tdk
         CPUOps.flashAttentionBackward(dq: &tdq, dk: &tdk, dv: &tdv, dout: dout, out: tOut, lse: tLSE, q: q, k: k,
-                                      v: v, batch: b, tokens: t, heads: h, kvHeads: hkv, headDim: d)
+                                      v: v, batch: b, tokens: t, heads: h, kvHeads: hkv, headDim: d, starts: starts)
         // The GPU.
         let ob = try device.allocate(n, dtype), lb = try device.allocate(b * h * t, .f32)
         try device.flashAttentionForward(ob, lse: lb, q: qb, k: kb, v: vb, batch: b, tokens: t, heads: h, kvHeads: hkv,
-                                         headDim: d)
+                                         headDim: d, starts: startsBuffer)
         let dqb = try device.allocate(n, dtype), dkb = try device.allocate(nkv, dtype)
         let dvb = try device.allocate(nkv, dtype)
         try device.flashAttentionBackward(dq: dqb, dk: dkb, dv: dvb, dout: db, out: ob, lse: lb, q: qb, k: kb, v: vb,
-                                          batch: b, tokens: t, heads: h, kvHeads: hkv, headDim: d)
+                                          batch: b, tokens: t, heads: h, kvHeads: hkv, headDim: d,
+                                          starts: startsBuffer)
         let gOut = try device.download(ob), gLSE = try device.download(lb)
         let gdq = try device.download(dqb), gdk = try device.download(dkb), gdv = try device.download(dvb)
         for (what, gpu, twin, plain) in [("out", gOut, tOut, out), ("lse", gLSE, tLSE, lse), ("dq", gdq, tdq, dq),
@@ -65,31 +78,32 @@ extension GPUOpChecks {
         }
         if t == 257 {
             try device.flashAttentionBackward(dq: dqb, dk: dkb, dv: dvb, dout: db, out: ob, lse: lb, q: qb, k: kb,
-                                              v: vb, batch: b, tokens: t, heads: h, kvHeads: hkv, headDim: d)
+                                              v: vb, batch: b, tokens: t, heads: h, kvHeads: hkv, headDim: d,
+                                              starts: startsBuffer)
             let again = try device.download(dqb) + device.download(dkb) + device.download(dvb)
             c.equal("flash attention backward \(tag) twice, same bits", again.map { $0.bitPattern },
                     (gdq + gdk + gdv).map { $0.bitPattern })
         }
     }
 
-    /// log Σ_{j ≤ i} exp(q_i·k_j / √D) per (b, h, i), in Double.
+    /// log Σ_{start ≤ j ≤ i} exp(q_i·k_j / √D) per (b, h, i), in Double.
     static func logSumExp(q: [Float], k: [Float], batch: Int, tokens: Int, heads: Int, kvHeads: Int,
-                          headDim: Int) -> [Float] {
+                          headDim: Int, starts: [Int]? = nil) -> [Float] {
         let T = tokens, D = headDim, group = heads / kvHeads
         var lse = [Float](repeating: 0, count: batch * heads * T)
         var s = [Double](repeating: 0, count: T)
         for b in 0..<batch {
             for h in 0..<heads {
                 for i in 0..<T {
-                    let qi = ((b * T + i) * heads + h) * D
-                    for j in 0...i {
+                    let qi = ((b * T + i) * heads + h) * D, first = starts?[b * T + i] ?? 0
+                    for j in first...i {
                         let kj = ((b * T + j) * kvHeads + h / group) * D
                         var dot = 0.0
                         for x in 0..<D { dot += Double(q[qi + x]) * Double(k[kj + x]) }
                         s[j] = dot / Double(D).squareRoot()
                     }
-                    let m = s[0...i].max()!
-                    let sum = s[0...i].reduce(0.0) { $0 + Foundation.exp($1 - m) }
+                    let m = s[first...i].max()!
+                    let sum = s[first...i].reduce(0.0) { $0 + Foundation.exp($1 - m) }
                     lse[(b * heads + h) * T + i] = Float(m + Foundation.log(sum))
                 }
             }

@@ -88,11 +88,19 @@ public struct GPUOpChecks {
                 cfg.ropeTheta = 10000
                 let (cosT, sinT) = LlamaModel.ropeTables(config: cfg, positions: t)
                 let cb = try device.upload(cosT), sb = try device.upload(sinT)
+                // Positions given: documents restarting at 0 (as packed rows have them).
+                let restarting = (0..<(b * t)).map { ($0 % t) % 5 }
                 for inverse in [false, true] {
-                    var (x, xb) = try put(random(b * t * h * d), dtype)
-                    CPUOps.rope(&x, cos: cosT, sin: sinT, batch: b, tokens: t, heads: h, headDim: d, inverse: inverse)
-                    try device.rope(xb, cos: cb, sin: sb, batch: b, tokens: t, heads: h, headDim: d, inverse: inverse)
-                    c.close("rope\(inverse ? " inverse" : "") \(tag) \(b)×\(t)×\(h)×\(d)", try device.download(xb), x, tolerance: tol)
+                    for positions in [nil, restarting] {
+                        var (x, xb) = try put(random(b * t * h * d), dtype)
+                        CPUOps.rope(&x, cos: cosT, sin: sinT, batch: b, tokens: t, heads: h, headDim: d,
+                                    inverse: inverse, positions: positions)
+                        try device.rope(xb, cos: cb, sin: sb, batch: b, tokens: t, heads: h, headDim: d,
+                                        inverse: inverse,
+                                        positions: try positions.map { try device.upload($0.map { Int32($0) }) })
+                        c.close("rope\(inverse ? " inverse" : "")\(positions == nil ? "" : " at positions") \(tag) " +
+                                "\(b)×\(t)×\(h)×\(d)", try device.download(xb), x, tolerance: tol)
+                    }
                 }
             }
             // Attention: `flashAttention` (below), against the CPU's plain attention and its own CPU twin.
@@ -234,5 +242,6 @@ public struct GPUOpChecks {
             c.scalar("sum of squares", sum, (g + h).reduce(0.0) { $0 + Double($1) * Double($1) }, tolerance: 1e-2)
         }
         try flashAttention(&c)
+        try decodeAttention(&c)
     }
 }

@@ -84,24 +84,8 @@ extension LlamaModel {
             cache.values[l] += v
             let t = pos + 1
             var attention = [Float](repeating: 0, count: h * d)
-            let scale = 1 / Float(d).squareRoot()
-            var scores = [Float](repeating: 0, count: t)
-            for head in 0..<h {
-                let kh = head / (h / hkv)
-                var m = -Float.infinity
-                for j in 0..<t {
-                    var s: Float = 0
-                    for e in 0..<d { s += q[head * d + e] * cache.keys[l][(j * hkv + kh) * d + e] }
-                    scores[j] = s * scale
-                    m = max(m, scores[j])
-                }
-                var z: Float = 0
-                for j in 0..<t { scores[j] = Foundation.exp(scores[j] - m); z += scores[j] }
-                for j in 0..<t {
-                    let p = scores[j] / z
-                    for e in 0..<d { attention[head * d + e] += p * cache.values[l][(j * hkv + kh) * d + e] }
-                }
-            }
+            CPUOps.decodeAttention(&attention, q: q, keys: cache.keys[l], values: cache.values[l], lengths: [t],
+                                   batch: 1, heads: h, kvHeads: hkv, headDim: d, capacity: t)
             let o = project(l, "o_proj", attention)
             for i in 0..<c { x[i] += o[i] }
             var h2 = [Float](repeating: 0, count: c)

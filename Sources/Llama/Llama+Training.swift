@@ -144,9 +144,9 @@ extension LlamaModel {
 
     /// Packed documents in a batch: each token's position in its document and, for attention, where its document
     /// starts in the row (t − position).
-    struct PackedLayout {
-        let positions: [Int], starts: [Int]
-        init(positions: [Int], batch: Int, tokens: Int) {
+    public struct PackedLayout {
+        public let positions: [Int], starts: [Int]
+        public init(positions: [Int], batch: Int, tokens: Int) {
             self.positions = positions
             starts = positions.indices.map { $0 % tokens - positions[$0] }
         }

@@ -22,9 +22,14 @@ struct Bench: ParsableCommand {
     @Flag(help: "After the timed steps, one more step with the GPU waited on around every kernel and product: a table of where the time goes (stderr).")
     var profile = false
     @OptionGroup var parallel: DataParallelOptions
+    @Option(help: ArgumentHelp("Time generation instead of training: N new tokens (greedy) after a prompt of " +
+                               "--max-seq-length random tokens, for --batch-size prompts decoded together.",
+                               valueName: "N"))
+    var generate: Int?
 
     func validate() throws {
         guard steps > 0 else { throw ValidationError("--steps must be positive") }
+        if let generate, generate < 1 { throw ValidationError("--generate must be at least 1 (new tokens)") }
     }
 
     func run() throws {
@@ -33,6 +38,12 @@ struct Bench: ParsableCommand {
         let worker = DataParallelOptions.worker
         DataParallelOptions.quietUnlessRankZero()
         let (cfg, lora, weights) = try step.resolve()
+        if let generate {
+            guard worker == nil && parallel.devices == nil else {
+                throw ValidationError("--generate runs on one device: not with --devices")
+            }
+            return try timeGeneration(cfg, lora: lora, weights: weights, newTokens: generate)
+        }
         let (batch, seq, noCkpt, computeDtype, loraDropout, targets) =
             (step.batch, step.seq, step.noCkpt, step.computeDtype, step.loraDropout, step.targets)
         var started = Date()
@@ -111,6 +122,63 @@ struct Bench: ParsableCommand {
             ("offload_checkpoints", .bool(gpu != nil && !noCkpt && (step.offloadCheckpoints ?? true))),
             ("host_rss_before_load_gb", .double(r(Double(hostBaseline) / 1e9, 3))),
             ("host_rss_peak_after_load_gb", .double(r(Double(hostPeak) / 1e9, 3))),
+        ]
+        print(JSONValue.object(line).pythonText())
+    }
+
+    /// Times `newTokens` of greedy generation after random prompts (batch × seq tokens): the GPU decodes the prompts
+    /// together with its key/value cache, the CPU one after another. One JSON line: prompt (prefill) time, then new
+    /// tokens per second over the decoding.
+    func timeGeneration(_ cfg: LlamaConfig, lora: LoRAConfig, weights: LlamaWeights?, newTokens: Int) throws {
+        var rng = SeededGenerator(seed: 1)
+        let (batch, seq) = (step.batch, step.seq)
+        guard seq + newTokens <= cfg.maxPositionEmbeddings else {
+            throw ValidationError("--max-seq-length \(seq) + --generate \(newTokens) is past the model's context " +
+                                  "(\(cfg.maxPositionEmbeddings))")
+        }
+        let prompts = (0..<batch).map { _ in (0..<seq).map { _ in Int(rng.next() % UInt64(cfg.vocabSize)) } }
+        var options = SamplingOptions()
+        var initial = lora
+        initial.dropout = 0
+        let run: (SamplingOptions) throws -> [[Int]]
+        var gpu: CUDADevice? = nil
+        if device.isGPU {
+            let d = try device.open()!
+            gpu = d
+            let adapters = LoRAWeights.initial(config: cfg, lora: initial, seed: 1)
+            let model = try weights.map {
+                try CUDALlama(weights: $0, lora: initial, adapters: adapters, device: d, dtype: step.gpuDType)
+            } ?? CUDALlama(randomConfig: cfg, lora: initial, device: d, dtype: step.gpuDType)
+            run = { try model.generate(prompts: prompts, options: $0) }
+        } else {
+            let model = try weights.map { try LlamaModel(weights: $0, lora: initial, seed: 1) }
+                ?? Self.randomCPUModel(cfg, lora: initial)
+            run = { o in prompts.map { model.generate(prompt: $0, options: o) } }
+        }
+        // One token: the prompts' pass (and the first pick); then the whole generation. Decoding is the difference.
+        options.maxNewTokens = 1
+        _ = try run(options)   // warm-up (kernels compiled, memory pools filled)
+        var t0 = Date()
+        _ = try run(options)
+        let prefill = Date().timeIntervalSince(t0)
+        options.maxNewTokens = newTokens
+        t0 = Date()
+        let out = try run(options)
+        let total = Date().timeIntervalSince(t0)
+        let decoded = out.map { $0.count - 1 }.reduce(0, +)
+        func r(_ x: Double, _ digits: Int) -> Double {
+            (x * Foundation.pow(10, Double(digits))).rounded() / Foundation.pow(10, Double(digits))
+        }
+        let line: [(String, JSONValue)] = [
+            ("system", .string("qlora-swift-\(gpu != nil ? "cuda" : "cpu")")),
+            ("shape", .string(step.model ?? step.config ?? step.shape)), ("layers", .int(cfg.layerCount)),
+            ("batch", .int(batch)), ("prompt_tokens", .int(seq)), ("new_tokens", .int(newTokens)),
+            ("prefill_s", .double(r(prefill, 4))),
+            ("decode_tokens_per_s", .double(r(Double(decoded) / max(total - prefill, 1e-9), 1))),
+            ("total_s", .double(r(total, 3))),
+            ("compute_dtype", .string(gpu != nil ? step.computeDtype.rawValue : "fp32")),
+            ("peak_alloc_gib", .double(r(Double(gpu?.peakAllocatedBytes ?? HostMemory.peakResidentBytes())
+                                         / 1073741824, 3))),
         ]
         print(JSONValue.object(line).pythonText())
     }

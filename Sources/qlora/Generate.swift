@@ -20,12 +20,15 @@ struct Generate: ParsableCommand {
     @Option(help: "Sampling temperature (0: greedy).") var temperature: Float = 0
     @Option(help: "Nucleus sampling threshold.") var topP: Float = 1
     @Option(help: "Sampling seed.") var seed: UInt64 = 0
+    @Option(help: "On a GPU, prompts decoded together (each row its own; the CPU takes them one by one).")
+    var batchSize: Int = 8
 
     func validate() throws {
         guard (prompt == nil) != (promptsFrom == nil) else { throw ValidationError("give exactly one of --prompt and --prompts-from") }
         guard maxNewTokens > 0, temperature >= 0, topP > 0, topP <= 1 else {
             throw ValidationError("--max-new-tokens must be positive, --temperature ≥ 0, --top-p in (0, 1]")
         }
+        guard batchSize > 0 else { throw ValidationError("--batch-size is \(batchSize): must be at least 1") }
         if let limit, limit < 1 {
             throw ValidationError("--limit is \(limit): must be at least 1 (or left out for every prompt)")
         }
@@ -56,6 +59,7 @@ struct Generate: ParsableCommand {
         var options = SamplingOptions()
         options.maxNewTokens = maxNewTokens; options.temperature = temperature; options.topP = topP; options.seed = seed
         options.stopTokenIds = text.stopTokenIds
+        var encoded: [[Int]] = []
         for p in prompts {
             var ids: [Int]
             if chat {
@@ -70,11 +74,23 @@ struct Generate: ParsableCommand {
             }
             if ids.isEmpty, let bos = tokenizer.bosTokenId { ids = [bos] }
             try Self.checkPrompt(tokenCount: ids.count, context: loaded.config.maxPositionEmbeddings, prompt: p)
-            let out = try gpuModel?.generate(prompt: ids, options: options)
-                ?? cpuModel!.generate(prompt: ids, options: options)
-            let answer = tokenizer.decode(out.filter { !options.stopTokenIds.contains($0) }, skipSpecialTokens: true)
-            print("### prompt\n\(p)\n### completion\n\(answer)\n")
+            encoded.append(ids)
         }
+        let started = Date()
+        var generated = 0
+        for first in stride(from: 0, to: prompts.count, by: gpuModel == nil ? 1 : batchSize) {
+            let rows = first..<min(first + (gpuModel == nil ? 1 : batchSize), prompts.count)
+            let outs = try gpuModel?.generate(prompts: Array(encoded[rows]), options: options)
+                ?? [cpuModel!.generate(prompt: encoded[first], options: options)]
+            for (p, out) in zip(prompts[rows], outs) {
+                let answer = tokenizer.decode(out.filter { !options.stopTokenIds.contains($0) }, skipSpecialTokens: true)
+                print("### prompt\n\(p)\n### completion\n\(answer)\n")
+                generated += out.count
+            }
+        }
+        let seconds = Date().timeIntervalSince(started)
+        FileHandle.standardError.write(String(format: "%d prompts, %d new tokens in %.2f s (%.1f tokens/s)\n",
+            prompts.count, generated, seconds, Double(generated) / max(seconds, 1e-9)).data(using: .utf8)!)
     }
 }
 

@@ -151,11 +151,6 @@ struct Train: ParsableCommand {
         }
         settings.earlyStoppingPatience = try earlyStoppingPatience ?? recipe.int("early_stopping_patience")
         settings.earlyStoppingThreshold = try earlyStoppingThreshold ?? recipe.double("early_stopping_threshold") ?? 0
-        if try dataOptions.packing || (recipe.bool("packing") ?? false),
-           modelOptions.usesGPU || parallel.devices != nil || DataParallelOptions.worker != nil {
-            throw ValidationError("--packing (recipe packing) keeps documents apart on the CPU only for now: the GPU " +
-                "kernels do not take document boundaries yet; train with --device cpu, or without packing")
-        }
         if settings.earlyStoppingPatience != nil && (parallel.devices != nil || DataParallelOptions.worker != nil) {
             // Rank 0 alone evaluates; the other ranks would not know to stop.
             throw ValidationError("--early-stopping-patience (recipe early_stopping_patience) trains on one device " +

@@ -33,6 +33,12 @@
 // 4ty…4ty+3, score columns tx + 16c and output columns tx + 16e; row reductions run over the 16 lanes of tx.
 // P and dS pass through shared memory.
 //
+// Packed documents: `starts` (B·T int32, or null for plain causal attention) gives each query the first key it sees,
+// its document's first token: key j is seen by query i when starts[i] ≤ j ≤ i. A row's starts never decrease, so a
+// tile's first row has the smallest start and its last row the largest: key tiles below the first row's start are
+// skipped (forward, dQ), query tiles whose first row starts past the key tile end the dK/dV loop, and a tile
+// holding any start past its first key is masked element by element like the diagonal.
+//
 // Dynamic shared memory (bytes; the Swift launcher computes the same): LD = D + 8 (bf16), D + 1 (float32);
 //   bf16:  forward 384·LD, backward_kv 768·LD + 1024, backward_q 768·LD
 //   f32:   forward 4·(192·LD + 64·65), backward_kv 4·(256·LD + 2·64·65), backward_q 4·(256·LD + 64·65)
@@ -60,6 +66,9 @@ __device__ __forceinline__ float fa_exp2(float x) {
 
 // 1/√D (the square root and the division correctly rounded, as the CPU twin has them).
 __device__ __forceinline__ float fa_scale(int d) { return 1.0f / sqrtf((float)d); }
+
+// The first key query i sees (st: batch row b's starts, or null: every query sees from key 0).
+__device__ __forceinline__ int fa_start(const int* st, int i) { return st ? st[i] : 0; }
 
 extern "C" __global__ void flash_attention_backward_dot(float* delta, const T* dout, const T* out, int tokens,
                                                         int heads, int headDim, long long rows) {
@@ -195,7 +204,7 @@ __device__ __forceinline__ void fa_acc_to_a(unsigned* a, const float* c0, const 
 
 template <int D>
 __device__ __forceinline__ void fa_forward(T* out, float* lse, const T* q, const T* k, const T* v, int tokens,
-                                           int heads, int kvHeads) {
+                                           int heads, int kvHeads, const int* starts) {
     constexpr int LD = D + FA_PAD;
     extern __shared__ __attribute__((aligned(16))) unsigned char fa_smem[];
     T* qs = (T*)fa_smem;
@@ -209,9 +218,14 @@ __device__ __forceinline__ void fa_forward(T* out, float* lse, const T* q, const
     const T* vg = v + (long long)b * tokens * kStride + (long long)kh * D;
     const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3, r0 = (threadIdx.x >> 5) * 16;
     const float sl2 = fa_scale(D) * FA_LOG2E;
+    const int* st = starts ? starts + (long long)b * tokens : nullptr;
+    const int jt0 = fa_start(st, i0) / FWD_KEYS, lastStart = fa_start(st, min(i0 + FWD_ROWS, tokens) - 1);
+    int rs[2];   // the first key of this lane's two rows
+#pragma unroll
+    for (int r = 0; r < 2; ++r) rs[r] = fa_start(st, min(i0 + r0 + g + 8 * r, tokens - 1));
 
     fa_load_tile<D, FWD_ROWS>(qs, q + ((long long)b * tokens + i0) * qStride + (long long)h * D, qStride, tokens - i0);
-    fa_load_tile<D, FWD_KEYS>(ks, kg, kStride, tokens);
+    fa_load_tile<D, FWD_KEYS>(ks, kg + (long long)jt0 * FWD_KEYS * kStride, kStride, tokens - jt0 * FWD_KEYS);
     fa_commit();
 
     unsigned qf[D / 16][4];
@@ -220,13 +234,13 @@ __device__ __forceinline__ void fa_forward(T* out, float* lse, const T* q, const
     for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
 
-    for (int jt = 0; jt <= tile; ++jt) {   // FWD_KEYS == FWD_ROWS: key tile `tile` is the diagonal
+    for (int jt = jt0; jt <= tile; ++jt) {   // FWD_KEYS == FWD_ROWS: key tile `tile` is the diagonal
         const int j0 = jt * FWD_KEYS;
         fa_load_tile<D, FWD_KEYS>(vs, vg + (long long)j0 * kStride, kStride, tokens - j0);
         fa_commit();
         fa_wait<1>();   // q and this key tile are in
         __syncthreads();
-        if (jt == 0) {
+        if (jt == jt0) {
 #pragma unroll
             for (int kk = 0; kk < D / 16; ++kk) fa_frag_a<LD>(qf[kk], qs, r0, kk * 16);
         }
@@ -248,12 +262,14 @@ __device__ __forceinline__ void fa_forward(T* out, float* lse, const T* q, const
             fa_load_tile<D, FWD_KEYS>(ks, kg + (long long)(j0 + FWD_KEYS) * kStride, kStride,
                                       tokens - j0 - FWD_KEYS);
         fa_commit();
-        if (jt == tile) {
+        if (jt == tile || j0 < lastStart) {
 #pragma unroll
             for (int n = 0; n < FWD_KEYS / 8; ++n)
 #pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    if (j0 + n * 8 + 2 * c + (e & 1) > i0 + r0 + g + 8 * (e >> 1)) s[n][e] = -INFINITY;
+                for (int e = 0; e < 4; ++e) {
+                    const int col = j0 + n * 8 + 2 * c + (e & 1);
+                    if (col > i0 + r0 + g + 8 * (e >> 1) || col < rs[e >> 1]) s[n][e] = -INFINITY;
+                }
         }
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
@@ -313,7 +329,7 @@ __device__ __forceinline__ void fa_forward(T* out, float* lse, const T* q, const
 template <int D>
 __device__ __forceinline__ void fa_backward_kv(T* dk, T* dv, const T* dout, const float* lse, const float* delta,
                                                const T* q, const T* k, const T* v, int tokens, int heads,
-                                               int kvHeads) {
+                                               int kvHeads, const int* starts) {
     constexpr int LD = D + FA_PAD;
     extern __shared__ __attribute__((aligned(16))) unsigned char fa_smem[];
     T* ks = (T*)fa_smem;
@@ -327,7 +343,10 @@ __device__ __forceinline__ void fa_backward_kv(T* dk, T* dv, const T* dout, cons
     const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3, kr = (threadIdx.x >> 5) * 16;
     const float scale = fa_scale(D), sl2 = scale * FA_LOG2E;
     const int firstTile = j0 / KV_ROWS;
-    const int queryTiles = (tokens + KV_ROWS - 1) / KV_ROWS - firstTile;
+    const int* st = starts ? starts + (long long)b * tokens : nullptr;
+    int queryTiles = (tokens + KV_ROWS - 1) / KV_ROWS - firstTile;
+    // Query tiles whose first row starts past this key tile see none of it (nor do the tiles after them).
+    while (st && queryTiles > 1 && st[(firstTile + queryTiles - 1) * KV_ROWS] > j0 + KV_KEYS - 1) --queryTiles;
     const int steps = group * queryTiles;
 
     fa_load_tile<D, KV_KEYS>(ks, k + ((long long)b * tokens + j0) * kStride + (long long)kh * D, kStride, tokens - j0);
@@ -365,11 +384,11 @@ __device__ __forceinline__ void fa_backward_kv(T* dk, T* dv, const T* dout, cons
         const T* ob = os + buffer * KV_ROWS * LD;
         const float* sb = stats + buffer * 2 * KV_ROWS;
 
-        float st[KV_ROWS / 8][4], dpt[KV_ROWS / 8][4];   // Sᵀ and dPᵀ: 16 keys × KV_ROWS queries per warp
+        float sT[KV_ROWS / 8][4], dpt[KV_ROWS / 8][4];   // Sᵀ and dPᵀ: 16 keys × KV_ROWS queries per warp
 #pragma unroll
         for (int n = 0; n < KV_ROWS / 8; ++n)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) { st[n][e] = 0.0f; dpt[n][e] = 0.0f; }
+            for (int e = 0; e < 4; ++e) { sT[n][e] = 0.0f; dpt[n][e] = 0.0f; }
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) {
             unsigned ak[4], av[4];
@@ -379,27 +398,29 @@ __device__ __forceinline__ void fa_backward_kv(T* dk, T* dv, const T* dout, cons
             for (int np = 0; np < KV_ROWS / 16; ++np) {
                 unsigned bf[4];
                 fa_frag_b<LD>(bf, qb, np * 16, kk * 16);
-                fa_mma(st[2 * np], ak, bf[0], bf[1]);
-                fa_mma(st[2 * np + 1], ak, bf[2], bf[3]);
+                fa_mma(sT[2 * np], ak, bf[0], bf[1]);
+                fa_mma(sT[2 * np + 1], ak, bf[2], bf[3]);
                 fa_frag_b<LD>(bf, ob, np * 16, kk * 16);
                 fa_mma(dpt[2 * np], av, bf[0], bf[1]);
                 fa_mma(dpt[2 * np + 1], av, bf[2], bf[3]);
             }
         }
-        const bool masked = i0 < j0 + KV_KEYS - 1 || i0 + KV_ROWS > tokens;
+        const bool masked = i0 < j0 + KV_KEYS - 1 || i0 + KV_ROWS > tokens ||
+                            fa_start(st, min(i0 + KV_ROWS, tokens) - 1) > j0;
 #pragma unroll
         for (int n = 0; n < KV_ROWS / 8; ++n) {
 #pragma unroll
             for (int e2 = 0; e2 < 2; ++e2) {
                 const int i = i0 + n * 8 + 2 * c + e2;
                 const bool inside = i < tokens;
+                const int si = masked && inside ? fa_start(st, i) : 0;
                 const float l2 = sb[i - i0] * FA_LOG2E, di = sb[KV_ROWS + i - i0];   // zeros past the end
 #pragma unroll
                 for (int r = 0; r < 2; ++r) {
-                    const int e = 2 * r + e2;
-                    float p = fa_exp2(fmaf(st[n][e], sl2, -l2));
-                    if (masked && (j0 + kr + g + 8 * r > i || !inside)) p = 0.0f;
-                    st[n][e] = p;
+                    const int e = 2 * r + e2, key = j0 + kr + g + 8 * r;
+                    float p = fa_exp2(fmaf(sT[n][e], sl2, -l2));
+                    if (masked && (key > i || !inside || key < si)) p = 0.0f;
+                    sT[n][e] = p;
                     dpt[n][e] = p * (dpt[n][e] - di);
                 }
             }
@@ -407,7 +428,7 @@ __device__ __forceinline__ void fa_backward_kv(T* dk, T* dv, const T* dout, cons
 #pragma unroll
         for (int kq = 0; kq < KV_ROWS / 16; ++kq) {
             unsigned ap[4], ad[4];
-            fa_acc_to_a(ap, st[2 * kq], st[2 * kq + 1]);
+            fa_acc_to_a(ap, sT[2 * kq], sT[2 * kq + 1]);
             fa_acc_to_a(ad, dpt[2 * kq], dpt[2 * kq + 1]);
 #pragma unroll
             for (int dp = 0; dp < D / 16; ++dp) {
@@ -439,7 +460,7 @@ __device__ __forceinline__ void fa_backward_kv(T* dk, T* dv, const T* dout, cons
 template <int D>
 __device__ __forceinline__ void fa_backward_q(T* dq, const T* dout, const float* lse, const float* delta,
                                               const T* q, const T* k, const T* v, int tokens, int heads,
-                                              int kvHeads) {
+                                              int kvHeads, const int* starts) {
     constexpr int LD = D + FA_PAD;
     extern __shared__ __attribute__((aligned(16))) unsigned char fa_smem[];
     T* qs = (T*)fa_smem;
@@ -455,25 +476,33 @@ __device__ __forceinline__ void fa_backward_q(T* dq, const T* dout, const float*
     const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3, r0 = (threadIdx.x >> 5) * 16;
     const float scale = fa_scale(D), sl2 = scale * FA_LOG2E;
 
+    const int* st = starts ? starts + (long long)b * tokens : nullptr;
+    const int jt0 = fa_start(st, i0) / DQ_KEYS, lastStart = fa_start(st, min(i0 + DQ_ROWS, tokens) - 1);
     const long long at = ((long long)b * tokens + i0) * qStride + (long long)h * D;
     fa_load_tile<D, DQ_ROWS>(qs, q + at, qStride, tokens - i0);
     fa_load_tile<D, DQ_ROWS>(os, dout + at, qStride, tokens - i0);
-    fa_load_tile<D, DQ_KEYS>(ks, kg, kStride, tokens);
-    fa_load_tile<D, DQ_KEYS>(vs, vg, kStride, tokens);
+    {
+        const int first = (jt0 & 1) * DQ_KEYS * LD;
+        const long long from = (long long)jt0 * DQ_KEYS * kStride;
+        fa_load_tile<D, DQ_KEYS>(ks + first, kg + from, kStride, tokens - jt0 * DQ_KEYS);
+        fa_load_tile<D, DQ_KEYS>(vs + first, vg + from, kStride, tokens - jt0 * DQ_KEYS);
+    }
     fa_commit();
     float l2[2], di[2];
+    int rs[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         const int i = i0 + r0 + g + 8 * r;
         const long long li = ((long long)b * heads + h) * tokens + i;
         l2[r] = i < tokens ? lse[li] * FA_LOG2E : 0.0f;
         di[r] = i < tokens ? delta[li] : 0.0f;
+        rs[r] = fa_start(st, min(i, tokens - 1));
     }
     float dqa[D / 8][4];
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) dqa[n][0] = dqa[n][1] = dqa[n][2] = dqa[n][3] = 0.0f;
 
-    for (int jt = 0; jt <= tile; ++jt) {   // DQ_KEYS == DQ_ROWS: key tile `tile` is the diagonal
+    for (int jt = jt0; jt <= tile; ++jt) {   // DQ_KEYS == DQ_ROWS: key tile `tile` is the diagonal
         const int j0 = jt * DQ_KEYS, buffer = jt & 1;
         if (jt < tile) {
             const long long next = (long long)(j0 + DQ_KEYS) * kStride;
@@ -512,7 +541,8 @@ __device__ __forceinline__ void fa_backward_q(T* dq, const T* dout, const float*
             for (int e = 0; e < 4; ++e) {
                 const int r = e >> 1;
                 float p = fa_exp2(fmaf(s[n][e], sl2, -l2[r]));
-                if (jt == tile && j0 + n * 8 + 2 * c + (e & 1) > i0 + r0 + g + 8 * r) p = 0.0f;
+                const int col = j0 + n * 8 + 2 * c + (e & 1);
+                if ((jt == tile || j0 < lastStart) && (col > i0 + r0 + g + 8 * r || col < rs[r])) p = 0.0f;
                 s[n][e] = p * (dp[n][e] - di[r]);   // dS (the 1/√D comes at the end)
             }
 #pragma unroll
@@ -568,7 +598,7 @@ __device__ __forceinline__ float fa_max16(float v) {
 
 template <int D>
 __device__ __forceinline__ void fa_forward(float* out, float* lse, const float* q, const float* k, const float* v,
-                                           int tokens, int heads, int kvHeads) {
+                                           int tokens, int heads, int kvHeads, const int* starts) {
     constexpr int LD = D + 1, E = D / 16, PL = FWD_KEYS + 1;
     extern __shared__ __attribute__((aligned(16))) unsigned char fa_smem[];
     float* qs = (float*)fa_smem;
@@ -583,6 +613,11 @@ __device__ __forceinline__ void fa_forward(float* out, float* lse, const float* 
     const float* vg = v + (long long)b * tokens * kStride + (long long)kh * D;
     const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
     const float sl2 = fa_scale(D) * FA_LOG2E;
+    const int* st = starts ? starts + (long long)b * tokens : nullptr;
+    const int jt0 = fa_start(st, i0) / FWD_KEYS;
+    int rs[4];
+#pragma unroll
+    for (int a = 0; a < 4; ++a) rs[a] = fa_start(st, min(i0 + ty * 4 + a, tokens - 1));
 
     fa_load_rows<D, FWD_ROWS, LD>(qs, q + ((long long)b * tokens + i0) * qStride + (long long)h * D, qStride,
                                   tokens - i0);
@@ -593,7 +628,7 @@ __device__ __forceinline__ void fa_forward(float* out, float* lse, const float* 
 #pragma unroll
         for (int e = 0; e < E; ++e) o[a][e] = 0.0f;
     }
-    for (int jt = 0; jt <= tile; ++jt) {
+    for (int jt = jt0; jt <= tile; ++jt) {
         const int j0 = jt * FWD_KEYS;
         __syncthreads();   // the previous tile is no longer read
         fa_load_rows<D, FWD_KEYS, LD>(ks, kg + (long long)j0 * kStride, kStride, tokens - j0);
@@ -622,7 +657,8 @@ __device__ __forceinline__ void fa_forward(float* out, float* lse, const float* 
             float mx = -INFINITY;
 #pragma unroll
             for (int cc = 0; cc < 4; ++cc) {
-                if (jt == tile && j0 + tx + 16 * cc > row) s[a][cc] = -INFINITY;
+                const int col = j0 + tx + 16 * cc;
+                if ((jt == tile && col > row) || col < rs[a]) s[a][cc] = -INFINITY;
                 mx = fmaxf(mx, s[a][cc]);
             }
             mx = fa_max16(mx);
@@ -672,7 +708,7 @@ __device__ __forceinline__ void fa_forward(float* out, float* lse, const float* 
 template <int D>
 __device__ __forceinline__ void fa_backward_kv(float* dk, float* dv, const float* dout, const float* lse,
                                                const float* delta, const float* q, const float* k, const float* v,
-                                               int tokens, int heads, int kvHeads) {
+                                               int tokens, int heads, int kvHeads, const int* starts) {
     constexpr int LD = D + 1, E = D / 16, PL = KV_ROWS + 1, CQ = KV_ROWS / 16;
     extern __shared__ __attribute__((aligned(16))) unsigned char fa_smem[];
     float* ks = (float*)fa_smem;
@@ -686,6 +722,7 @@ __device__ __forceinline__ void fa_backward_kv(float* dk, float* dv, const float
     const long long qStride = (long long)heads * D, kStride = (long long)kvHeads * D;
     const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
     const float scale = fa_scale(D), sl2 = scale * FA_LOG2E;
+    const int* st = starts ? starts + (long long)b * tokens : nullptr;
 
     fa_load_rows<D, KV_KEYS, LD>(ks, k + ((long long)b * tokens + j0) * kStride + (long long)kh * D, kStride,
                                  tokens - j0);
@@ -701,17 +738,18 @@ __device__ __forceinline__ void fa_backward_kv(float* dk, float* dv, const float
         const int hh = kh * group + gi;
         const float* lrow = lse + ((long long)b * heads + hh) * tokens;
         const float* drow = delta + ((long long)b * heads + hh) * tokens;
-        for (int i0 = j0; i0 < tokens; i0 += KV_ROWS) {   // KV_KEYS is a multiple of KV_ROWS
+        // From the diagonal (KV_KEYS is a multiple of KV_ROWS) to the first query tile starting past these keys.
+        for (int i0 = j0; i0 < tokens && fa_start(st, i0) <= j0 + KV_KEYS - 1; i0 += KV_ROWS) {
             __syncthreads();
             const long long at = ((long long)b * tokens + i0) * qStride + (long long)hh * D;
             fa_load_rows<D, KV_ROWS, LD>(qs, q + at, qStride, tokens - i0);
             fa_load_rows<D, KV_ROWS, LD>(os, dout + at, qStride, tokens - i0);
             __syncthreads();
-            float st[4][CQ], dpt[4][CQ];
+            float sT[4][CQ], dpt[4][CQ];
 #pragma unroll
             for (int a = 0; a < 4; ++a)
 #pragma unroll
-                for (int cc = 0; cc < CQ; ++cc) { st[a][cc] = 0.0f; dpt[a][cc] = 0.0f; }
+                for (int cc = 0; cc < CQ; ++cc) { sT[a][cc] = 0.0f; dpt[a][cc] = 0.0f; }
 #pragma unroll 4
             for (int d = 0; d < D; ++d) {
                 float ka[4], va[4], qb[CQ], ob[CQ];
@@ -725,7 +763,7 @@ __device__ __forceinline__ void fa_backward_kv(float* dk, float* dv, const float
 #pragma unroll
                 for (int a = 0; a < 4; ++a)
 #pragma unroll
-                    for (int cc = 0; cc < CQ; ++cc) { st[a][cc] += ka[a] * qb[cc]; dpt[a][cc] += va[a] * ob[cc]; }
+                    for (int cc = 0; cc < CQ; ++cc) { sT[a][cc] += ka[a] * qb[cc]; dpt[a][cc] += va[a] * ob[cc]; }
             }
 #pragma unroll
             for (int cc = 0; cc < CQ; ++cc) {
@@ -733,10 +771,12 @@ __device__ __forceinline__ void fa_backward_kv(float* dk, float* dv, const float
                 const bool inside = i < tokens;
                 const float l2 = inside ? lrow[i] * FA_LOG2E : 0.0f;
                 const float di = inside ? drow[i] : 0.0f;
+                const int si = inside ? fa_start(st, i) : 0;
 #pragma unroll
                 for (int a = 0; a < 4; ++a) {
-                    const bool seen = inside && j0 + ty * 4 + a <= i;
-                    const float p = seen ? fa_exp2(fmaf(st[a][cc], sl2, -l2)) : 0.0f;
+                    const int key = j0 + ty * 4 + a;
+                    const bool seen = inside && key <= i && key >= si;
+                    const float p = seen ? fa_exp2(fmaf(sT[a][cc], sl2, -l2)) : 0.0f;
                     ps[(ty * 4 + a) * PL + tx + 16 * cc] = p;
                     ds[(ty * 4 + a) * PL + tx + 16 * cc] = p * (dpt[a][cc] - di);
                 }
@@ -773,7 +813,7 @@ __device__ __forceinline__ void fa_backward_kv(float* dk, float* dv, const float
 template <int D>
 __device__ __forceinline__ void fa_backward_q(float* dq, const float* dout, const float* lse, const float* delta,
                                               const float* q, const float* k, const float* v, int tokens, int heads,
-                                              int kvHeads) {
+                                              int kvHeads, const int* starts) {
     constexpr int LD = D + 1, E = D / 16, PL = DQ_KEYS + 1;
     extern __shared__ __attribute__((aligned(16))) unsigned char fa_smem[];
     float* qs = (float*)fa_smem;
@@ -793,17 +833,21 @@ __device__ __forceinline__ void fa_backward_q(float* dq, const float* dout, cons
     const long long at = ((long long)b * tokens + i0) * qStride + (long long)h * D;
     fa_load_rows<D, DQ_ROWS, LD>(qs, q + at, qStride, tokens - i0);
     fa_load_rows<D, DQ_ROWS, LD>(os, dout + at, qStride, tokens - i0);
+    const int* st = starts ? starts + (long long)b * tokens : nullptr;
+    const int jt0 = fa_start(st, i0) / DQ_KEYS;
     float l2[4], di[4], dqa[4][E];
+    int rs[4];
 #pragma unroll
     for (int a = 0; a < 4; ++a) {
         const int i = i0 + ty * 4 + a;
         const long long li = ((long long)b * heads + h) * tokens + i;
         l2[a] = i < tokens ? lse[li] * FA_LOG2E : 0.0f;
         di[a] = i < tokens ? delta[li] : 0.0f;
+        rs[a] = fa_start(st, min(i, tokens - 1));
 #pragma unroll
         for (int e = 0; e < E; ++e) dqa[a][e] = 0.0f;
     }
-    for (int jt = 0; jt <= tile; ++jt) {
+    for (int jt = jt0; jt <= tile; ++jt) {
         const int j0 = jt * DQ_KEYS;
         __syncthreads();
         fa_load_rows<D, DQ_KEYS, LD>(ks, kg + (long long)j0 * kStride, kStride, tokens - j0);
@@ -833,7 +877,8 @@ __device__ __forceinline__ void fa_backward_q(float* dq, const float* dout, cons
         for (int a = 0; a < 4; ++a)
 #pragma unroll
             for (int cc = 0; cc < 4; ++cc) {
-                const bool seen = jt < tile || j0 + tx + 16 * cc <= i0 + ty * 4 + a;
+                const int col = j0 + tx + 16 * cc;
+                const bool seen = (jt < tile || col <= i0 + ty * 4 + a) && col >= rs[a];
                 const float p = seen ? fa_exp2(fmaf(s[a][cc], sl2, -l2[a])) : 0.0f;
                 ds[(ty * 4 + a) * PL + tx + 16 * cc] = p * (dp[a][cc] - di[a]);
             }
@@ -866,18 +911,19 @@ __device__ __forceinline__ void fa_backward_q(float* dq, const float* dout, cons
 // The exported kernels, one set per head dim; same names and arguments in both builds.
 #define FA_KERNELS(D)                                                                                                \
     extern "C" __global__ void __launch_bounds__(FA_THREADS, FA_FWD_BLOCKS) flash_attention_forward_d##D(           \
-        T* out, float* lse, const T* q, const T* k, const T* v, int tokens, int heads, int kvHeads) {               \
-        fa_forward<D>(out, lse, q, k, v, tokens, heads, kvHeads);                                                    \
+        T* out, float* lse, const T* q, const T* k, const T* v, int tokens, int heads, int kvHeads,                 \
+        const int* starts) {                                                                                         \
+        fa_forward<D>(out, lse, q, k, v, tokens, heads, kvHeads, starts);                                            \
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_attention_backward_kv_d##D(                      \
         T* dk, T* dv, const T* dout, const float* lse, const float* delta, const T* q, const T* k, const T* v,      \
-        int tokens, int heads, int kvHeads) {                                                                        \
-        fa_backward_kv<D>(dk, dv, dout, lse, delta, q, k, v, tokens, heads, kvHeads);                                \
+        int tokens, int heads, int kvHeads, const int* starts) {                                                     \
+        fa_backward_kv<D>(dk, dv, dout, lse, delta, q, k, v, tokens, heads, kvHeads, starts);                        \
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_attention_backward_q_d##D(                       \
         T* dq, const T* dout, const float* lse, const float* delta, const T* q, const T* k, const T* v,             \
-        int tokens, int heads, int kvHeads) {                                                                        \
-        fa_backward_q<D>(dq, dout, lse, delta, q, k, v, tokens, heads, kvHeads);                                     \
+        int tokens, int heads, int kvHeads, const int* starts) {                                                     \
+        fa_backward_q<D>(dq, dout, lse, delta, q, k, v, tokens, heads, kvHeads, starts);                             \
     }
 
 FA_KERNELS(32)

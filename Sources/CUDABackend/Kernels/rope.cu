@@ -1,18 +1,21 @@
 // rope.cu: rotary position embedding in Hugging Face's half-rotation layout (CPU twin: CPUOps.rope).
 // x is (B, T, heads, D) in T, rotated in place; cos/sin are float32 tables (positions, D). `inverse` applies the
 // transpose (the backward pass). One thread per (row, head) and 8 consecutive i < D/2 (16-byte accesses in bf16
-// when D/2 is a multiple of 8; element by element otherwise); position = t + offset.
+// when D/2 is a multiple of 8; element by element otherwise). The position of token (b, t) is positions[b·T + t]
+// when `positions` (int32) is given (packed documents restart at 0; a decode step's tokens sit at their sequence's
+// length), else t.
 #include "common.cuh"
 
 extern "C" __global__ void rope(T* x, const float* cosT, const float* sinT, int batch, int tokens, int heads,
-                                int headDim, int inverse, int offset) {
+                                int headDim, int inverse, const int* positions) {
     int half = headDim / 2, groups = (half + 7) / 8;
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long total = (long long)batch * tokens * heads * groups;
     if (idx >= total) return;
     int i0 = (int)(idx % groups) * 8, limit = half - i0;
     long long rh = idx / groups;              // (b·T + t)·heads + h
-    int t = (int)((rh / heads) % tokens) + offset;
+    long long bt = rh / heads;
+    int t = positions ? positions[bt] : (int)(bt % tokens);
     T* p = x + rh * headDim;
     bool vector = (half & 7) == 0 && aligned16(x);
     float x1[8], x2[8], c[8], s[8];
