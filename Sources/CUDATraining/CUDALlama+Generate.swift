@@ -12,9 +12,13 @@ extension CUDALlama {
     /// sees it, and the cache slots it fills are overwritten by that row's own new tokens); then each step runs one
     /// token per row through every layer, its key and value appended to the cache. Each prompt gets its own sampler
     /// seeded with `options.seed`, so its continuation is the one it gets alone. Returns the new ids of each prompt
-    /// (ending at a stop token, which is included, at `maxNewTokens`, or at the model's context).
+    /// (ending at a stop token, which is included, at `maxNewTokens`, or at the model's context). Where the GPU has
+    /// room (the weights in the activation type and 2 GiB besides), the frozen weights are dequantized once for the
+    /// whole call instead of at every token: decoding is then bound by reading them.
     public func generate(prompts: [[Int]], options: SamplingOptions) throws -> [[Int]] {
         guard !prompts.isEmpty else { return [] }
+        let kept = keptWeights.isEmpty ? try keepWeights(margin: 2 << 30) : false
+        defer { if kept { releaseWeights() } }
         let context = config.maxPositionEmbeddings
         for (i, p) in prompts.enumerated() where p.isEmpty || p.count >= context {
             throw CUDAError.invalidArgument("prompt \(i + 1) has \(p.count) tokens: generation needs 1 to " +

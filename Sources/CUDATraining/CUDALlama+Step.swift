@@ -322,7 +322,7 @@ extension CUDALlama {
         }
         guard let y else { return nil }
         device.gemmLabel = "base"
-        let w = try p.weight.dequantized(dtype)
+        let w = try baseWeight(l, name)
         try device.gemm(m: rows, n: p.outFeatures, k: p.inFeatures, a: x, lda: p.inFeatures, b: w, ldb: p.inFeatures,
                         transB: true, c: y, ldc: p.outFeatures, beta: onto)
         if let bias = p.bias { try device.addBias(y, bias: bias, rows: rows, cols: p.outFeatures) }
@@ -363,7 +363,7 @@ extension CUDALlama {
             onto = 1
         }
         device.gemmLabel = "base"
-        let w = try p.weight.dequantized(dtype)
+        let w = try baseWeight(l, name)
         try device.gemm(m: rows, n: p.inFeatures, k: p.outFeatures, a: dy, lda: p.outFeatures, b: w, ldb: p.inFeatures,
                         c: dx, ldc: p.inFeatures, beta: onto)
         return dx

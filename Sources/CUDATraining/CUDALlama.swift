@@ -75,6 +75,9 @@ public final class CUDALlama: @unchecked Sendable {
     /// The pinned host buffers of offloaded checkpoints, one per layer, kept from step to step.
     var hostCheckpoints: [PinnedHostBuffer] = []
     let hostParameterCounts: (trainable: Int, all: Int)
+    /// Frozen weights dequantized once and kept ("layer.projection"), while generation runs with room on the GPU
+    /// for them; empty otherwise (every product dequantizes its weight).
+    var keptWeights: [String: DeviceBuffer] = [:]
 
     /// Builds the model on the GPU from a file, one tensor at a time: a dense projection is uploaded as the file
     /// stores it (bf16 or f32; f16 widened on the host), quantized there (the same bytes as the CPU quantizer) and
@@ -217,6 +220,32 @@ public final class CUDALlama: @unchecked Sendable {
         (ropeCos, ropeSin) = try device.tagging("RoPE tables") { (try device.upload(cosT), try device.upload(sinT)) }
         ropePositions = n
     }
+
+    /// W (out, in) of projection `name` in layer `l` in the activation type: the kept copy, or dequantized for this
+    /// product.
+    func baseWeight(_ l: Int, _ name: String) throws -> DeviceBuffer {
+        if let w = keptWeights["\(l).\(name)"] { return w }
+        return try layers[l].projections[name]!.weight.dequantized(dtype)
+    }
+
+    /// Dequantizes every frozen weight once and keeps it, when that leaves `margin` bytes of the GPU free (true);
+    /// else keeps none (false). `releaseWeights` gives them back.
+    func keepWeights(margin: Int) throws -> Bool {
+        guard keptWeights.isEmpty else { return true }
+        let bytes = layers.reduce(0) { $0 + $1.projections.values.reduce(0) { $0 + $1.weight.parameterCount } }
+            * dtype.size
+        guard try device.memoryInfo().free > bytes + margin else { return false }
+        try device.tagging("kept dequantized weights (generation)") {
+            for l in layers.indices {
+                for name in LlamaConfig.projectionNames {
+                    keptWeights["\(l).\(name)"] = try layers[l].projections[name]!.weight.dequantized(dtype)
+                }
+            }
+        }
+        return true
+    }
+
+    func releaseWeights() { keptWeights = [:] }
 
     // MARK: Adapters
 

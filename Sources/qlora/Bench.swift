@@ -155,16 +155,23 @@ struct Bench: ParsableCommand {
                 ?? Self.randomCPUModel(cfg, lora: initial)
             run = { o in prompts.map { model.generate(prompt: $0, options: o) } }
         }
-        // One token: the prompts' pass (and the first pick); then the whole generation. Decoding is the difference.
-        options.maxNewTokens = 1
-        _ = try run(options)   // warm-up (kernels compiled, memory pools filled)
-        var t0 = Date()
-        _ = try run(options)
-        let prefill = Date().timeIntervalSince(t0)
+        // One token (the prompts' pass and the first pick), then the whole generation, each the faster of two runs
+        // after a warm-up of the whole (kernels compiled, memory pools filled): decoding is the difference.
+        func fastest(_ tokens: Int) throws -> (seconds: Double, out: [[Int]]) {
+            options.maxNewTokens = tokens
+            var best = (seconds: Double.infinity, out: [[Int]]())
+            for _ in 0..<2 {
+                let t0 = Date()
+                let out = try run(options)
+                let seconds = Date().timeIntervalSince(t0)
+                if seconds < best.seconds { best = (seconds, out) }
+            }
+            return best
+        }
         options.maxNewTokens = newTokens
-        t0 = Date()
-        let out = try run(options)
-        let total = Date().timeIntervalSince(t0)
+        _ = try run(options)
+        let prefill = try fastest(1).seconds
+        let (total, out) = try fastest(newTokens)
         let decoded = out.map { $0.count - 1 }.reduce(0, +)
         func r(_ x: Double, _ digits: Int) -> Double {
             (x * Foundation.pow(10, Double(digits))).rounded() / Foundation.pow(10, Double(digits))
@@ -175,6 +182,7 @@ struct Bench: ParsableCommand {
             ("batch", .int(batch)), ("prompt_tokens", .int(seq)), ("new_tokens", .int(newTokens)),
             ("prefill_s", .double(r(prefill, 4))),
             ("decode_tokens_per_s", .double(r(Double(decoded) / max(total - prefill, 1e-9), 1))),
+            ("tokens_per_s", .double(r(Double(out.map(\.count).reduce(0, +)) / total, 1))),
             ("total_s", .double(r(total, 3))),
             ("compute_dtype", .string(gpu != nil ? step.computeDtype.rawValue : "fp32")),
             ("peak_alloc_gib", .double(r(Double(gpu?.peakAllocatedBytes ?? HostMemory.peakResidentBytes())
