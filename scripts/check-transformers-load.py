@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""A qlora merge, loaded by transformers: no missing, unexpected or mismatched keys, and the same logits.
+"""A qlora merge, loaded by transformers: no missing, unexpected or mismatched keys, and the same numbers.
 
-Runs `qlora merge` of tiny-llama + tiny-adapter (golden/hf-qlora) twice, `--onto original --dtype f32` and
-`--onto dequantized --dtype bf16`, loads each folder with `AutoModelForCausalLM.from_pretrained` and compares its
-logits on golden `bf16.input_ids` with what the Python stack computed (`merged.logits`: peft's merge_and_unload on
-the float32 base) and with `qlora eval --dump-logits`-free arithmetic: the dequantized merge against the f32 one
-(the NF4 rounding is the only difference). Extra models can be checked with --model M --adapter A (a merged folder
-is made and loaded; its load report and a logits sanity check are printed).
+Merges tiny-llama + tiny-adapter (golden/hf-qlora) three ways and loads each folder with
+`AutoModelForCausalLM.from_pretrained`:
+  --onto original --dtype f32:     its logits on golden `bf16.input_ids` against the Python stack's own merge
+                                   (`merged.logits`: peft's merge_and_unload on the float32 base), 1e-5 relative;
+  --onto dequantized --dtype f32:  its loss on those ids against `qlora eval --adapter` on the 4-bit base (what the
+                                   adapter was trained on), 1e-5 relative;
+  --onto dequantized --dtype bf16: the same in bf16 weights, 1e-2.
+Extra models can be checked with --model M --adapter A (merged, loaded, its load report and a finite-logits check).
 
 Needs torch, transformers and safetensors (a venv); run from the repository root:
     python3 scripts/check-transformers-load.py [--qlora .build/release/qlora] [--shared ../shared]
@@ -46,22 +48,34 @@ def main():
     ids, expected = extra["bf16.input_ids"], extra["merged.logits"]
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
-        results = {}
-        for onto, dtype, tdtype in [("original", "f32", torch.float32), ("dequantized", "bf16", torch.bfloat16)]:
+        base, adapter = os.path.join(golden, "tiny-llama"), os.path.join(golden, "tiny-adapter")
+        data = os.path.join(tmp, "ids.jsonl")
+        with open(data, "w") as f:
+            for row in ids.tolist():
+                f.write(json.dumps({"input_ids": row}) + "\n")
+        report = subprocess.run([args.qlora, "eval", "--model", base, "--adapter", adapter, "--data", data],
+                                check=True, capture_output=True, text=True).stdout
+        qlora_loss = float(report.split("loss")[1].split()[0])
+        for onto, dtype, tdtype, limit in [("original", "f32", torch.float32, 1e-5),
+                                           ("dequantized", "f32", torch.float32, 1e-5),
+                                           ("dequantized", "bf16", torch.bfloat16, 1e-2)]:
             out = os.path.join(tmp, f"{onto}-{dtype}")
-            merge(args.qlora, os.path.join(golden, "tiny-llama"), os.path.join(golden, "tiny-adapter"), out, onto,
-                  dtype)
+            merge(args.qlora, base, adapter, out, onto, dtype)
             model, problems = load(out, tdtype)
             with torch.no_grad():
-                logits = model(ids).logits.float()
-            results[onto] = logits
-            diff = (logits - expected).abs().max().item()
-            scale = expected.abs().max().item()
-            print(json.dumps({"merge": f"--onto {onto} --dtype {dtype}", "files": sorted(os.listdir(out)),
-                              "load_problems": problems, "max_abs_logit_diff_vs_peft_merge": diff,
-                              "relative": diff / scale}))
-            limit = 1e-5 if dtype == "f32" else 0.1   # bf16 weights and NF4 rounding (dequantized) in the second
-            if problems or diff / scale > limit:
+                result = model(ids, labels=ids)
+            row = {"merge": f"--onto {onto} --dtype {dtype}", "files": sorted(os.listdir(out)),
+                   "load_problems": problems}
+            if onto == "original":
+                diff = (result.logits.float() - expected).abs().max().item()
+                row["max_abs_logit_diff_vs_peft_merge"] = diff
+                relative = diff / expected.abs().max().item()
+            else:
+                row["transformers_loss"], row["qlora_eval_loss_4bit_base"] = result.loss.item(), qlora_loss
+                relative = abs(result.loss.item() - qlora_loss) / qlora_loss
+            row["relative"] = relative
+            print(json.dumps(row))
+            if problems or relative > limit:
                 failures += 1
                 print(f"FAIL: --onto {onto} --dtype {dtype}", file=sys.stderr)
         if args.model and args.adapter:

@@ -93,10 +93,17 @@ extension CUDADevice {
         guard rows > 0 else { return }
         let slices = (rows + 511) / 512
         let partial = try allocate(slices * r * k, .f32)
-        try launch(.lora, "lora_down_grad", bf16: x.dtype == .bf16, grid: ((k + 63) / 64, slices, (r + 15) / 16),
-                   block: 256, sharedBytes: 0,
-                   [.buffer(partial), .buffer(dz), .buffer(x), .int(rows), .int(k), .int(r), .float(keep),
-                    .uint64(seed)])
+        let arguments: [KernelArgument] = [.buffer(partial), .buffer(dz), .buffer(x), .int(rows), .int(k), .int(r),
+                                           .float(keep), .uint64(seed)]
+        if x.dtype == .bf16 && k % 8 == 0 {
+            // Tensor cores: 256 columns × 512 rows a block of 128 threads; shared memory as GRADM_SHARED in lora.cu.
+            let sharedBytes = 2 * (2 * 64 * 264 + 16 * 520) + 4 * 512
+            try launch(.lora, "lora_down_grad_mma", bf16: true, grid: ((k + 255) / 256, slices, (r + 15) / 16),
+                       block: 128, sharedBytes: sharedBytes, arguments)
+        } else {
+            try launch(.lora, "lora_down_grad", bf16: x.dtype == .bf16, grid: ((k + 63) / 64, slices, (r + 15) / 16),
+                       block: 256, sharedBytes: 0, arguments)
+        }
         try launch(.lora, "lora_down_reduce", grid: Self.blocks(r * k), block: 256,
                    [.buffer(gradA), .buffer(partial), .int(slices), .long(r * k), .float(1 / keep)])
     }

@@ -140,7 +140,8 @@ public struct GPUOpChecks {
                 c.close("linear backward weight \(tag)→f32 \(n)×\(inF)→\(outF)", try device.download(dwb), dw, tolerance: tol)
             }
             // LoRA with dropout where x is read (lora.cu) against the mask materialized and plain products
-            for (rows, k, r) in [(37, 96, 16), (300, 576, 8), (1030, 1000, 20), (5, 100, 4), (700, 4096, 16)] {
+            for (rows, k, r) in [(37, 96, 16), (300, 576, 8), (1030, 1000, 20), (5, 100, 4), (700, 4096, 16),
+                                 (1100, 11008, 16), (513, 136, 32)] {
                 for keep: Float in [1, 0.9] {
                     let seed: UInt64 = 0x1234_5678_9abc &+ UInt64(rows * k)
                     let label = "\(tag) \(rows)×\(k) r=\(r) keep=\(keep)"

@@ -116,6 +116,41 @@ template <class Op> __device__ float block_reduce(float v, Op op, float identity
 __device__ __forceinline__ float block_sum(float v) { return block_reduce(v, SumOp(), 0.0f); }
 __device__ __forceinline__ float block_max(float v) { return block_reduce(v, MaxOp(), -INFINITY); }
 
+#if QLORA_BF16
+// Tensor-core and shared-memory helpers of the bf16 kernels (flash_attention.cu, lora.cu).
+// c (16×8, float32) += a (16×16, bf16, row-major) · b (16×8, bf16, column-major): mma.sync m16n8k16.
+__device__ __forceinline__ void mma_bf16(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ unsigned smem_address(const void* p) {
+    unsigned a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+// 16 bytes global → shared without passing through registers; `valid` false writes zeros (nothing is read).
+__device__ __forceinline__ void cp_async16(T* dst, const T* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;"
+                 :: "r"(smem_address(dst)), "l"(src), "r"(valid ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+// Waits until at most `N` of the most recently committed copy groups are still in flight.
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory");
+}
+// Fragment loads with ldmatrix: each lane gives the shared address of one 16-byte row of one of four 8×8 blocks
+// (lanes 0–7 the first block, 8–15 the second, …); `trans` transposes each block on the way.
+__device__ __forceinline__ void ldsm_x4(unsigned* r, const T* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_address(p)));
+}
+__device__ __forceinline__ void ldsm_x4_trans(unsigned* r, const T* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_address(p)));
+}
+#endif
+
 // The GPU's approximate reciprocal, as bitsandbytes gets it from --use_fast_math.
 __device__ __forceinline__ float rcp_approx(float x) {
     float r;

@@ -98,26 +98,10 @@ extern "C" __global__ void flash_attention_backward_dot(float* delta, const T* d
 #define FA_FWD_BLOCKS 3   // forward blocks per SM the registers are budgeted for (168 registers a thread)
 #endif
 
-__device__ __forceinline__ unsigned fa_shared_address(const void* p) {
-    unsigned a;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
-    return a;
-}
-
-// 16 bytes global → shared without passing through registers; `valid` false writes zeros (nothing is read).
-__device__ __forceinline__ void fa_copy16(T* dst, const T* src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;"
-                 :: "r"(fa_shared_address(dst)), "l"(src), "r"(valid ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void fa_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-// Waits until at most `N` of the most recently committed copy groups are still in flight.
 // 4 bytes global → shared (zeros where `valid` is false).
 __device__ __forceinline__ void fa_copy4(float* dst, const float* src, bool valid) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;"
-                 :: "r"(fa_shared_address(dst)), "l"(src), "r"(valid ? 4 : 0) : "memory");
-}
-template <int N> __device__ __forceinline__ void fa_wait() {
-    asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory");
+                 :: "r"(smem_address(dst)), "l"(src), "r"(valid ? 4 : 0) : "memory");
 }
 
 // Starts copying rows 0..<R of a (rows, D) slice with row stride `stride` into shared memory (row pitch D + 8);
@@ -128,7 +112,7 @@ __device__ __forceinline__ void fa_load_tile(T* s, const T* g, long long stride,
     for (int c = threadIdx.x; c < R * chunks; c += FA_THREADS) {
         int r = c / chunks, col = (c - r * chunks) * 8;
         bool ok = r < valid;
-        fa_copy16(s + r * (D + FA_PAD) + col, ok ? g + r * stride + col : g, ok);
+        cp_async16(s + r * (D + FA_PAD) + col, ok ? g + r * stride + col : g, ok);
     }
 }
 
@@ -139,38 +123,22 @@ __device__ __forceinline__ unsigned fa_pack(float lo, float hi) {
     return r;
 }
 
-// c (16×8, float32) += a (16×16, bf16, row-major) · b (16×8, bf16, column-major).
-__device__ __forceinline__ void fa_mma(float* c, const unsigned* a, unsigned b0, unsigned b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 #ifndef FA_PLAIN_FRAGMENTS
-// Fragment loads with ldmatrix: each lane gives the shared address of one 16-byte row of one of four 8×8 blocks.
-__device__ __forceinline__ void fa_ldsm4(unsigned* r, const T* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(fa_shared_address(p)));
-}
-__device__ __forceinline__ void fa_ldsm4t(unsigned* r, const T* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(fa_shared_address(p)));
-}
 // A operand (16 rows × 16 k) of a row-major [m][k] tile at (m0, k0).
 template <int LD> __device__ __forceinline__ void fa_frag_a(unsigned* a, const T* s, int m0, int k0) {
     int lane = threadIdx.x & 31;
-    fa_ldsm4(a, s + (m0 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + k0 + (lane >> 4) * 8);
+    ldsm_x4(a, s + (m0 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + k0 + (lane >> 4) * 8);
 }
 // B operands of two 8-wide column blocks n0 and n0 + 8 from a tile stored [n][k] (as K for Q·Kᵀ):
 // b[0], b[1] for n0; b[2], b[3] for n0 + 8.
 template <int LD> __device__ __forceinline__ void fa_frag_b(unsigned* b, const T* s, int n0, int k0) {
     int lane = threadIdx.x & 31;
-    fa_ldsm4(b, s + (n0 + (lane & 7) + (lane >> 4) * 8) * LD + k0 + ((lane >> 3) & 1) * 8);
+    ldsm_x4(b, s + (n0 + (lane & 7) + (lane >> 4) * 8) * LD + k0 + ((lane >> 3) & 1) * 8);
 }
 // The same from a tile stored [k][n] (as V for P·V), transposed on the way.
 template <int LD> __device__ __forceinline__ void fa_frag_bt(unsigned* b, const T* s, int k0, int n0) {
     int lane = threadIdx.x & 31;
-    fa_ldsm4t(b, s + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + n0 + (lane >> 4) * 8);
+    ldsm_x4_trans(b, s + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + n0 + (lane >> 4) * 8);
 }
 #else
 // The same fragments with plain 32-bit and 16-bit shared loads (a slower cross-check of the ldmatrix layouts).
@@ -226,7 +194,7 @@ __device__ __forceinline__ void fa_forward(T* out, float* lse, const T* q, const
 
     fa_load_tile<D, FWD_ROWS>(qs, q + ((long long)b * tokens + i0) * qStride + (long long)h * D, qStride, tokens - i0);
     fa_load_tile<D, FWD_KEYS>(ks, kg + (long long)jt0 * FWD_KEYS * kStride, kStride, tokens - jt0 * FWD_KEYS);
-    fa_commit();
+    cp_async_commit();
 
     unsigned qf[D / 16][4];
     float o[D / 8][4];
@@ -237,8 +205,8 @@ __device__ __forceinline__ void fa_forward(T* out, float* lse, const T* q, const
     for (int jt = jt0; jt <= tile; ++jt) {   // FWD_KEYS == FWD_ROWS: key tile `tile` is the diagonal
         const int j0 = jt * FWD_KEYS;
         fa_load_tile<D, FWD_KEYS>(vs, vg + (long long)j0 * kStride, kStride, tokens - j0);
-        fa_commit();
-        fa_wait<1>();   // q and this key tile are in
+        cp_async_commit();
+        cp_async_wait<1>();   // q and this key tile are in
         __syncthreads();
         if (jt == jt0) {
 #pragma unroll
@@ -253,15 +221,15 @@ __device__ __forceinline__ void fa_forward(T* out, float* lse, const T* q, const
             for (int np = 0; np < FWD_KEYS / 16; ++np) {
                 unsigned bf[4];
                 fa_frag_b<LD>(bf, ks, np * 16, kk * 16);
-                fa_mma(s[2 * np], qf[kk], bf[0], bf[1]);
-                fa_mma(s[2 * np + 1], qf[kk], bf[2], bf[3]);
+                mma_bf16(s[2 * np], qf[kk], bf[0], bf[1]);
+                mma_bf16(s[2 * np + 1], qf[kk], bf[2], bf[3]);
             }
         }
         __syncthreads();   // every warp is done with this key tile: fetch the next one behind the softmax
         if (jt < tile)
             fa_load_tile<D, FWD_KEYS>(ks, kg + (long long)(j0 + FWD_KEYS) * kStride, kStride,
                                       tokens - j0 - FWD_KEYS);
-        fa_commit();
+        cp_async_commit();
         if (jt == tile || j0 < lastStart) {
 #pragma unroll
             for (int n = 0; n < FWD_KEYS / 8; ++n)
@@ -293,7 +261,7 @@ __device__ __forceinline__ void fa_forward(T* out, float* lse, const T* q, const
 #pragma unroll
             for (int n = 0; n < D / 8; ++n) { o[n][2 * r] *= alpha; o[n][2 * r + 1] *= alpha; }
         }
-        fa_wait<1>();   // this value tile is in (the next key tile may still be on its way)
+        cp_async_wait<1>();   // this value tile is in (the next key tile may still be on its way)
         __syncthreads();
 #pragma unroll
         for (int kk = 0; kk < FWD_KEYS / 16; ++kk) {
@@ -303,8 +271,8 @@ __device__ __forceinline__ void fa_forward(T* out, float* lse, const T* q, const
             for (int dp = 0; dp < D / 16; ++dp) {
                 unsigned bf[4];
                 fa_frag_bt<LD>(bf, vs, kk * 16, dp * 16);
-                fa_mma(o[2 * dp], a, bf[0], bf[1]);
-                fa_mma(o[2 * dp + 1], a, bf[2], bf[3]);
+                mma_bf16(o[2 * dp], a, bf[0], bf[1]);
+                mma_bf16(o[2 * dp + 1], a, bf[2], bf[3]);
             }
         }
         __syncthreads();   // done with the value tile before the next one is fetched into it
@@ -365,7 +333,7 @@ __device__ __forceinline__ void fa_backward_kv(T* dk, T* dv, const T* dout, cons
         }
     };
     fetch(0, 0);
-    fa_commit();
+    cp_async_commit();
 
     float dka[D / 8][4], dva[D / 8][4];
 #pragma unroll
@@ -376,8 +344,8 @@ __device__ __forceinline__ void fa_backward_kv(T* dk, T* dv, const T* dout, cons
     for (int step = 0; step < steps; ++step) {
         const int buffer = step & 1;
         if (step + 1 < steps) fetch(step + 1, buffer ^ 1);
-        fa_commit();
-        fa_wait<1>();
+        cp_async_commit();
+        cp_async_wait<1>();
         __syncthreads();
         const int i0 = (firstTile + step % queryTiles) * KV_ROWS;
         const T* qb = qs + buffer * KV_ROWS * LD;
@@ -398,11 +366,11 @@ __device__ __forceinline__ void fa_backward_kv(T* dk, T* dv, const T* dout, cons
             for (int np = 0; np < KV_ROWS / 16; ++np) {
                 unsigned bf[4];
                 fa_frag_b<LD>(bf, qb, np * 16, kk * 16);
-                fa_mma(sT[2 * np], ak, bf[0], bf[1]);
-                fa_mma(sT[2 * np + 1], ak, bf[2], bf[3]);
+                mma_bf16(sT[2 * np], ak, bf[0], bf[1]);
+                mma_bf16(sT[2 * np + 1], ak, bf[2], bf[3]);
                 fa_frag_b<LD>(bf, ob, np * 16, kk * 16);
-                fa_mma(dpt[2 * np], av, bf[0], bf[1]);
-                fa_mma(dpt[2 * np + 1], av, bf[2], bf[3]);
+                mma_bf16(dpt[2 * np], av, bf[0], bf[1]);
+                mma_bf16(dpt[2 * np + 1], av, bf[2], bf[3]);
             }
         }
         const bool masked = i0 < j0 + KV_KEYS - 1 || i0 + KV_ROWS > tokens ||
@@ -434,11 +402,11 @@ __device__ __forceinline__ void fa_backward_kv(T* dk, T* dv, const T* dout, cons
             for (int dp = 0; dp < D / 16; ++dp) {
                 unsigned bf[4];
                 fa_frag_bt<LD>(bf, ob, kq * 16, dp * 16);
-                fa_mma(dva[2 * dp], ap, bf[0], bf[1]);
-                fa_mma(dva[2 * dp + 1], ap, bf[2], bf[3]);
+                mma_bf16(dva[2 * dp], ap, bf[0], bf[1]);
+                mma_bf16(dva[2 * dp + 1], ap, bf[2], bf[3]);
                 fa_frag_bt<LD>(bf, qb, kq * 16, dp * 16);
-                fa_mma(dka[2 * dp], ad, bf[0], bf[1]);
-                fa_mma(dka[2 * dp + 1], ad, bf[2], bf[3]);
+                mma_bf16(dka[2 * dp], ad, bf[0], bf[1]);
+                mma_bf16(dka[2 * dp + 1], ad, bf[2], bf[3]);
             }
         }
         __syncthreads();   // this buffer is refilled by the next step's fetch
@@ -487,7 +455,7 @@ __device__ __forceinline__ void fa_backward_q(T* dq, const T* dout, const float*
         fa_load_tile<D, DQ_KEYS>(ks + first, kg + from, kStride, tokens - jt0 * DQ_KEYS);
         fa_load_tile<D, DQ_KEYS>(vs + first, vg + from, kStride, tokens - jt0 * DQ_KEYS);
     }
-    fa_commit();
+    cp_async_commit();
     float l2[2], di[2];
     int rs[2];
 #pragma unroll
@@ -509,8 +477,8 @@ __device__ __forceinline__ void fa_backward_q(T* dq, const T* dout, const float*
             fa_load_tile<D, DQ_KEYS>(ks + (buffer ^ 1) * DQ_KEYS * LD, kg + next, kStride, tokens - j0 - DQ_KEYS);
             fa_load_tile<D, DQ_KEYS>(vs + (buffer ^ 1) * DQ_KEYS * LD, vg + next, kStride, tokens - j0 - DQ_KEYS);
         }
-        fa_commit();
-        fa_wait<1>();
+        cp_async_commit();
+        cp_async_wait<1>();
         __syncthreads();
         const T* kb = ks + buffer * DQ_KEYS * LD;
         const T* vb = vs + buffer * DQ_KEYS * LD;
@@ -528,11 +496,11 @@ __device__ __forceinline__ void fa_backward_q(T* dq, const T* dout, const float*
             for (int np = 0; np < DQ_KEYS / 16; ++np) {
                 unsigned bf[4];
                 fa_frag_b<LD>(bf, kb, np * 16, kk * 16);
-                fa_mma(s[2 * np], aq, bf[0], bf[1]);
-                fa_mma(s[2 * np + 1], aq, bf[2], bf[3]);
+                mma_bf16(s[2 * np], aq, bf[0], bf[1]);
+                mma_bf16(s[2 * np + 1], aq, bf[2], bf[3]);
                 fa_frag_b<LD>(bf, vb, np * 16, kk * 16);
-                fa_mma(dp[2 * np], ao, bf[0], bf[1]);
-                fa_mma(dp[2 * np + 1], ao, bf[2], bf[3]);
+                mma_bf16(dp[2 * np], ao, bf[0], bf[1]);
+                mma_bf16(dp[2 * np + 1], ao, bf[2], bf[3]);
             }
         }
 #pragma unroll
@@ -553,8 +521,8 @@ __device__ __forceinline__ void fa_backward_q(T* dq, const T* dout, const float*
             for (int dd = 0; dd < D / 16; ++dd) {
                 unsigned bf[4];
                 fa_frag_bt<LD>(bf, kb, kk * 16, dd * 16);
-                fa_mma(dqa[2 * dd], a, bf[0], bf[1]);
-                fa_mma(dqa[2 * dd + 1], a, bf[2], bf[3]);
+                mma_bf16(dqa[2 * dd], a, bf[0], bf[1]);
+                mma_bf16(dqa[2 * dd + 1], a, bf[2], bf[3]);
             }
         }
         __syncthreads();   // this buffer is refilled two steps on

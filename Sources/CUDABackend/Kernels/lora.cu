@@ -22,6 +22,7 @@
 //     (blockIdx.y; warp w takes every 8th row from w) and 16 of the r outputs (blockIdx.z); dz of the slice and
 //     its row keys are staged in shared memory. The 8 warps' sums are added in warp order through shared memory
 //     and written to partial[slice].
+//     bf16 with k a multiple of 8: lora_down_grad_mma, the same partial sums on the tensor cores (see there).
 //   lora_down_reduce: one thread per element of dA.
 //   lora_dx, bf16: tensor cores, 128 rows × 256 columns a block of 4 warps (a strip of 64 columns each). float32:
 //     256 threads own 32 rows × 256 columns (warp w: rows 4w…4w+3; lane l: columns 4l…4l+3 and 128+4l…) and walk
@@ -295,11 +296,6 @@ lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsi
 #define DXM_WARPS 4
 #define DXM_TILES 8    // row tiles of 16 per block: 128 rows; each warp a strip of 64 columns
 
-__device__ __forceinline__ void lora_mma(float* c, const unsigned* a, unsigned b0, unsigned b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 // Eight bf16 at p as four packed registers (element 2i in the low half of register i); zeros past `limit`.
 __device__ __forceinline__ uint4 lora_load_packed(const T* p, int limit, bool vector) {
@@ -369,8 +365,8 @@ lora_down(T* z, const T* x, const T* a, int rows, int k, int r, float keep, unsi
         for (int t = 0; t < DOWN_TILES; t++) {
             unsigned f0[4] = {xv[t][0].x, xv[t][1].x, xv[t][0].y, xv[t][1].y};
             unsigned f1[4] = {xv[t][0].z, xv[t][1].z, xv[t][0].w, xv[t][1].w};
-            lora_mma(acc[t][0], f0, w0.x, w0.y); lora_mma(acc[t][0], f1, w0.z, w0.w);
-            lora_mma(acc[t][1], f0, w1.x, w1.y); lora_mma(acc[t][1], f1, w1.z, w1.w);
+            mma_bf16(acc[t][0], f0, w0.x, w0.y); mma_bf16(acc[t][0], f1, w0.z, w0.w);
+            mma_bf16(acc[t][1], f0, w1.x, w1.y); mma_bf16(acc[t][1], f1, w1.z, w1.w);
         }
     }
     // acc[t][nb][q]: row 16t + g (+8 for q ≥ 2), output 8nb + 2c + (q & 1).
@@ -446,7 +442,7 @@ lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsi
                 }
             }
 #pragma unroll
-            for (int nb = 0; nb < 8; nb++) lora_mma(acc[nb], f, b[nb][0], b[nb][1]);
+            for (int nb = 0; nb < 8; nb++) mma_bf16(acc[nb], f, b[nb][0], b[nb][1]);
         }
         // acc[nb][q]: row base + g (+8 for q ≥ 2), column strip + 8nb + 2c + (q & 1), masked and scaled into the
         // tile.
@@ -479,6 +475,98 @@ lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsi
             for (int e = 0; e < 8; e++) v[e] += src[e];
             store8(p, v, limit, vector);
         }
+    }
+}
+// dA on the tensor cores (k a multiple of 8): partial[slice] (r, k) = dzᵀ (m ⊙ x) over the slice's rows, as
+// lora_down_grad computes it, with M = 16 adapter rows, N = 8 columns of x and K = 16 rows of x per mma step. A block
+// of 4 warps owns GRADM_COLS columns (warp w: 64 of them, 8 column blocks, 32 accumulators a lane) and a slice of
+// GRAD_ROWS rows, walked in chunks of GRADM_CHUNK rows staged by cp.async (double buffered) and masked in shared
+// memory (one hash per pair of columns; the slice's row keys hashed once). dz of the slice is staged once,
+// transposed ([j][row]), so that its A fragments load with ldmatrix and x's B fragments with ldmatrix.trans.
+// Grid (⌈k / 256⌉, ⌈rows / 512⌉, ⌈r / 16⌉), 128 threads, GRADM_SHARED bytes of dynamic shared memory.
+#define GRADM_COLS 256
+#define GRADM_CHUNK 64
+#define GRADM_XLD (GRADM_COLS + 8)   // row pitch (elements) of a staged x chunk: ldmatrix rows hit 8 bank groups
+#define GRADM_DLD (GRAD_ROWS + 8)    // row pitch of the staged dzᵀ
+#define GRADM_SHARED (2 * (2 * GRADM_CHUNK * GRADM_XLD + 16 * GRADM_DLD) + 4 * GRAD_ROWS)
+extern "C" __global__ void __launch_bounds__(128)
+lora_down_grad_mma(float* partial, const T* dz, const T* x, int rows, int k, int r, float keep,
+                   unsigned long long seed) {
+    extern __shared__ __align__(16) unsigned char lora_smem[];
+    T* xs = (T*)lora_smem;                          // two chunks of GRADM_CHUNK × GRADM_XLD
+    T* dzt = xs + 2 * GRADM_CHUNK * GRADM_XLD;      // 16 × GRADM_DLD
+    unsigned* keys = (unsigned*)(dzt + 16 * GRADM_DLD);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    int j0 = blockIdx.z * 16, jn = min(16, r - j0);
+    int rowStart = blockIdx.y * GRAD_ROWS, rowCount = min(GRAD_ROWS, rows - rowStart);
+    int col0 = blockIdx.x * GRADM_COLS;
+    bool dropping = keep < 1.0f;
+    unsigned threshold = dropping ? lora_threshold(keep) : 0u;
+    auto stage = [&](int chunk, int buffer) {
+        T* s = xs + buffer * GRADM_CHUNK * GRADM_XLD;
+        for (int e = threadIdx.x; e < GRADM_CHUNK * (GRADM_COLS / 8); e += 128) {
+            int i = e / (GRADM_COLS / 8), cc = (e % (GRADM_COLS / 8)) * 8;
+            int row = chunk * GRADM_CHUNK + i, col = col0 + cc;
+            bool ok = row < rowCount && col < k;   // k % 8 == 0: 8 columns are wholly inside or outside
+            cp_async16(s + i * GRADM_XLD + cc, ok ? x + (long long)(rowStart + row) * k + col : x, ok);
+        }
+    };
+    stage(0, 0);
+    cp_async_commit();
+    for (int e = threadIdx.x; e < 16 * GRAD_ROWS; e += 128) {
+        int i = e >> 4, j = e & 15;
+        dzt[j * GRADM_DLD + i] = (i < rowCount && j < jn) ? dz[(long long)(rowStart + i) * r + j0 + j] : (T)0;
+    }
+    if (dropping)
+        for (int i = threadIdx.x; i < GRAD_ROWS; i += 128) keys[i] = lora_row_key(seed, (unsigned)(rowStart + i));
+    float acc[8][4];
+#pragma unroll
+    for (int nb = 0; nb < 8; nb++) acc[nb][0] = acc[nb][1] = acc[nb][2] = acc[nb][3] = 0.0f;
+    int chunks = (rowCount + GRADM_CHUNK - 1) / GRADM_CHUNK;
+    for (int ch = 0; ch < chunks; ch++) {
+        int buffer = ch & 1;
+        if (ch + 1 < chunks) stage(ch + 1, buffer ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>();   // this chunk is in (the next may still be on its way)
+        __syncthreads();
+        T* s = xs + buffer * GRADM_CHUNK * GRADM_XLD;
+        if (dropping) {
+            for (int e = threadIdx.x; e < GRADM_CHUNK * (GRADM_COLS / 2); e += 128) {
+                int i = e / (GRADM_COLS / 2), cc = (e % (GRADM_COLS / 2)) * 2;
+                unsigned kept = lora_kept_pair(keys[ch * GRADM_CHUNK + i], (unsigned)(col0 + cc), threshold);
+                unsigned* p = (unsigned*)(s + i * GRADM_XLD + cc);
+                *p &= ((kept & 1u) ? 0x0000ffffu : 0u) | ((kept & 2u) ? 0xffff0000u : 0u);
+            }
+            __syncthreads();
+        }
+#pragma unroll
+        for (int kk = 0; kk < GRADM_CHUNK / 16; kk++) {
+            unsigned a[4];
+            ldsm_x4(a, dzt + ((lane & 7) + ((lane >> 3) & 1) * 8) * GRADM_DLD + ch * GRADM_CHUNK + kk * 16
+                           + (lane >> 4) * 8);
+#pragma unroll
+            for (int np = 0; np < 4; np++) {   // column blocks 2np and 2np + 1 of the warp's 64 columns
+                unsigned b[4];
+                ldsm_x4_trans(b, s + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * GRADM_XLD + warp * 64
+                                   + np * 16 + (lane >> 4) * 8);
+                mma_bf16(acc[2 * np], a, b[0], b[1]);
+                mma_bf16(acc[2 * np + 1], a, b[2], b[3]);
+            }
+        }
+        __syncthreads();   // every warp is done with this buffer before it is refilled
+    }
+    // acc[nb][q]: adapter row g (+8 for q ≥ 2), column col0 + 64w + 8nb + 2c + (q & 1).
+    float* out = partial + (long long)blockIdx.y * r * k;
+#pragma unroll
+    for (int nb = 0; nb < 8; nb++) {
+        int col = col0 + warp * 64 + nb * 8 + 2 * c;
+        if (col >= k) continue;   // k is even: col + 1 < k too
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+            if (g + 8 * h < jn) {
+                float2 v = make_float2(acc[nb][2 * h], acc[nb][2 * h + 1]);
+                *(float2*)(out + (long long)(j0 + g + 8 * h) * k + col) = v;
+            }
     }
 }
 #endif
