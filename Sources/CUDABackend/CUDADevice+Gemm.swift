@@ -28,12 +28,16 @@ extension CUDADevice {
     /// Row-major C (m × n, leading dimension ldc) = alpha · op(A) · op(B) + beta · C, op(A) (m × k), op(B) (k × n);
     /// A is stored (m × k) or, with `transA`, (k × m), likewise B. A and B share a type (f32 or bf16); C is f32 or
     /// that type; accumulation is float32 (never TF32). With `batch` > 1 the matrices repeat every stride elements.
-    /// Offsets are in elements.
+    /// Offsets are in elements. With `d`, the result goes there instead (D = alpha · op(A) op(B) + beta · C, D laid
+    /// out as C): a residual added in the product's epilogue without overwriting it.
     public func gemm(m: Int, n: Int, k: Int, a: DeviceBuffer, aOffset: Int = 0, lda: Int, transA: Bool = false,
                      b: DeviceBuffer, bOffset: Int = 0, ldb: Int, transB: Bool = false,
                      c: DeviceBuffer, cOffset: Int = 0, ldc: Int, alpha: Float = 1, beta: Float = 0,
+                     d: DeviceBuffer? = nil, dOffset: Int = 0,
                      batch: Int = 1, strideA: Int = 0, strideB: Int = 0, strideC: Int = 0) throws {
         precondition(a.dtype == b.dtype, "gemm: A is \(a.dtype), B is \(b.dtype)")
+        precondition(d == nil || d!.dtype == c.dtype, "gemm: D must have C's type")
+        let (output, outputOffset) = d.map { ($0, dOffset) } ?? (c, cOffset)
         guard m > 0, n > 0, batch > 0 else { return }
         if workspace == nil { workspace = try tagging("cuBLASLt workspace") { try allocate(Self.workspaceBytes, .u8) } }
         guard !isVirtual else { return }
@@ -50,7 +54,8 @@ extension CUDADevice {
                                 UnsafeRawPointer(bitPattern: UInt(b.address(at: bOffset))), plan.layoutA,
                                 UnsafeRawPointer(bitPattern: UInt(a.address(at: aOffset))), plan.layoutB, bp,
                                 UnsafeRawPointer(bitPattern: UInt(c.address(at: cOffset))), plan.layoutC,
-                                UnsafeMutableRawPointer(bitPattern: UInt(c.address(at: cOffset))), plan.layoutC,
+                                UnsafeMutableRawPointer(bitPattern: UInt(output.address(at: outputOffset))),
+                                plan.layoutC,
                                 UnsafeRawPointer(plan.algo),
                                 UnsafeMutableRawPointer(bitPattern: UInt(workspace!.address)), plan.workspaceSize, stream)
         } }

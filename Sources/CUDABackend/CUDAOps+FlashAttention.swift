@@ -21,7 +21,7 @@ extension CUDADevice {
                            rows: [("lse", lse)], starts: starts)
         guard batch > 0, tokens > 0 else { return }
         let bf16 = out.dtype == .bf16
-        try launch(.flashAttention, "flash_attention_forward_d\(headDim)", bf16: bf16,
+        try launch(.flashAttention, "flash_attention_forward_\(Self.flashVariant(headDim, starts))", bf16: bf16,
                    grid: (shape.tiles(64), heads, batch), block: Self.flashThreads(bf16),
                    sharedBytes: Self.flashSharedBytes(.forward, headDim: headDim, bf16: bf16),
                    [.buffer(out), .buffer(lse), .buffer(q), .buffer(k), .buffer(v), .int(tokens), .int(heads),
@@ -48,12 +48,12 @@ extension CUDADevice {
         try launch(.flashAttention, "flash_attention_backward_dot", bf16: bf16, grid: (rows + 7) / 8, block: 256,
                    [.buffer(delta), .buffer(dout), .buffer(out), .int(tokens), .int(heads), .int(headDim),
                     .long(rows)])
-        try launch(.flashAttention, "flash_attention_backward_kv_d\(headDim)", bf16: bf16,
+        try launch(.flashAttention, "flash_attention_backward_kv_\(Self.flashVariant(headDim, starts))", bf16: bf16,
                    grid: (shape.tiles(64), kvHeads, batch), block: threads,
                    sharedBytes: Self.flashSharedBytes(.keysAndValues, headDim: headDim, bf16: bf16),
                    [.buffer(dk), .buffer(dv), .buffer(dout), .buffer(lse), .buffer(delta), .buffer(q), .buffer(k),
                     .buffer(v), .int(tokens), .int(heads), .int(kvHeads), .optional(starts)])
-        try launch(.flashAttention, "flash_attention_backward_q_d\(headDim)", bf16: bf16,
+        try launch(.flashAttention, "flash_attention_backward_q_\(Self.flashVariant(headDim, starts))", bf16: bf16,
                    grid: (shape.tiles(64), heads, batch), block: threads,
                    sharedBytes: Self.flashSharedBytes(.queries, headDim: headDim, bf16: bf16),
                    [.buffer(dq), .buffer(dout), .buffer(lse), .buffer(delta), .buffer(q), .buffer(k), .buffer(v),
@@ -61,6 +61,11 @@ extension CUDADevice {
     }
 
     enum FlashKernel { case forward, keysAndValues, queries }
+
+    /// The kernels' name suffix: d128 for plain causal attention, packed_d128 with document starts.
+    static func flashVariant(_ headDim: Int, _ starts: DeviceBuffer?) -> String {
+        (starts == nil ? "d" : "packed_d") + "\(headDim)"
+    }
 
     /// 4 warps of tensor-core tiles (bf16), 16 × 16 threads of plain FMAs (float32).
     static func flashThreads(_ bf16: Bool) -> Int { bf16 ? 128 : 256 }

@@ -50,12 +50,6 @@ extension CUDADevice {
                    [.buffer(out), .buffer(ids), .buffer(table), .long(rows), .int(width)])
     }
 
-    /// out = a + b.
-    public func add(_ out: DeviceBuffer, _ a: DeviceBuffer, _ b: DeviceBuffer) throws {
-        try launch(.elementwise, "add", bf16: out.dtype == .bf16, grid: Self.blocks((out.count + 7) / 8), block: 256,
-                   [.buffer(out), .buffer(a), .buffer(b), .long(out.count)])
-    }
-
     /// act = silu(gate) ⊙ up.
     public func swigluForward(_ act: DeviceBuffer, gate: DeviceBuffer, up: DeviceBuffer) throws {
         try launch(.elementwise, "swiglu_forward", bf16: act.dtype == .bf16, grid: Self.blocks((act.count + 7) / 8),

@@ -46,7 +46,9 @@ public final class CUDAAdamW {
 
     /// One update of `parameter` (named `name`) with `gradient` × `gradientScale` at learning rate `lr`.
     public func update(_ name: String, parameter p: DeviceBuffer, gradient g: DeviceBuffer, lr: Float,
-                       gradientScale: Float) throws {
+                       gradientScale: Float, copy: DeviceBuffer? = nil) throws {
+        // The kernels' bf16 build writes a bf16 copy; the float32 build (no copy, or a float32 one) the rest.
+        let bf16 = copy?.dtype == .bf16
         let step = (steps[name] ?? 0) + 1
         steps[name] = step
         let s = settings, n = p.count
@@ -58,28 +60,29 @@ public final class CUDAAdamW {
             if kind == .adamw {
                 let bc1 = 1 - Foundation.pow(Double(s.beta1), Double(step))
                 let bc2Sqrt = (1 - Foundation.pow(Double(s.beta2), Double(step))).squareRoot()
-                try device.launch(.optimizer, "adamw_torch", grid: grid, block: 256,
+                try device.launch(.optimizer, "adamw_torch", bf16: bf16, grid: grid, block: 256,
                                   [.buffer(p), .buffer(g), .buffer(m), .buffer(v), .long(n), .float(lr), .float(s.beta1),
                                    .float(s.beta2), .float(s.eps), .float(s.weightDecay), .float(Float(Double(lr) / bc1)),
-                                   .float(Float(bc2Sqrt)), .float(gradientScale)])
+                                   .float(Float(bc2Sqrt)), .float(gradientScale), .optional(copy)])
             } else {
                 let correction1 = 1 - Foundation.powf(s.beta1, Float(step))
                 let correction2 = (1 - Foundation.powf(s.beta2, Float(step))).squareRoot()
-                try device.launch(.optimizer, "adamw_bnb32", grid: grid, block: 256,
+                try device.launch(.optimizer, "adamw_bnb32", bf16: bf16, grid: grid, block: 256,
                                   [.buffer(p), .buffer(g), .buffer(m), .buffer(v), .long(n), .float(lr), .float(s.beta1),
                                    .float(s.beta2), .float(s.eps), .float(s.weightDecay),
-                                   .float(-lr * correction2 / correction1), .float(correction2), .float(gradientScale)])
+                                   .float(-lr * correction2 / correction1), .float(correction2), .float(gradientScale),
+                                   .optional(copy)])
             }
         case .eightBit(let m, let v, let am, let av):
             for b in [m, v, am, av] { try device.prefetch(b) }
             let correction1 = 1 - Foundation.powf(s.beta1, Float(step))
             let correction2 = (1 - Foundation.powf(s.beta2, Float(step))).squareRoot()
             let stepSize = (-lr * correction2) * GPUReciprocal.reciprocal(correction1)
-            try device.launch(.optimizer, "adamw_bnb8_blockwise", grid: grid, block: 256,
+            try device.launch(.optimizer, "adamw_bnb8_blockwise", bf16: bf16, grid: grid, block: 256,
                               [.buffer(p), .buffer(g), .buffer(m), .buffer(v), .buffer(am), .buffer(av), .long(n),
                                .float(lr), .float(s.beta1), .float(s.beta2), .float(s.eps), .float(s.weightDecay),
                                .float(stepSize), .float(correction2), .float(gradientScale), .buffer(signedMap),
-                               .buffer(unsignedMap)])
+                               .buffer(unsignedMap), .optional(copy)])
         }
     }
 
@@ -168,9 +171,11 @@ public final class CUDATrainingEngine: TrainingEngine {
         defer { model.device.allocationTag = tag }
         for key in model.adapterKeys {
             let a = model.adapters[key]!
-            try optimizer.update(key + ".A", parameter: a.a, gradient: a.gradA, lr: lr, gradientScale: gradientScale)
-            try optimizer.update(key + ".B", parameter: a.b, gradient: a.gradB, lr: lr, gradientScale: gradientScale)
-            try a.refresh(model.device)
+            // The compute copies are written by the update itself (a float32 model reads the masters).
+            try optimizer.update(key + ".A", parameter: a.a, gradient: a.gradA, lr: lr, gradientScale: gradientScale,
+                                 copy: a.aCompute === a.a ? nil : a.aCompute)
+            try optimizer.update(key + ".B", parameter: a.b, gradient: a.gradB, lr: lr, gradientScale: gradientScale,
+                                 copy: a.bCompute === a.b ? nil : a.bCompute)
         }
         try model.zeroGradients()
         try model.device.synchronize()

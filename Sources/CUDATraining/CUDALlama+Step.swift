@@ -170,9 +170,10 @@ extension CUDALlama {
         let n = batch * tokens, c = config.hiddenSize
         let h = config.headCount, hkv = config.kvHeadCount, d = config.headDim
         let eps = Float(config.rmsNormEps)
-        func project(_ name: String, _ input: DeviceBuffer, output: Bool = true) throws -> DeviceBuffer? {
+        func project(_ name: String, _ input: DeviceBuffer, output: Bool = true,
+                     residual: DeviceBuffer? = nil) throws -> DeviceBuffer? {
             try projectionForward(l, name, input, rows: n, training: training, seed: seed, act: act, output: output,
-                                  keeps: keeps)
+                                  keeps: keeps, residual: residual)
         }
         act.x = x
         act.rstd1 = try device.allocate(n, .f32)
@@ -205,12 +206,8 @@ extension CUDALlama {
                                              starts: packing?.starts)
         }
         if !keeps { act.q = nil; act.k = nil; act.v = nil; act.lse = nil }
-        act.xMid = try device.allocate(n * c, dtype)
-        do {
-            let o = try project("o_proj", act.attention)!
-            if !keeps { act.attention = nil }
-            try device.add(act.xMid, x, o)
-        }
+        act.xMid = try project("o_proj", act.attention, residual: x)!   // x + o_proj(attention)
+        if !keeps { act.attention = nil }
         act.rstd2 = try device.allocate(n, .f32)
         act.h2 = try device.allocate(n * c, dtype)
         try device.rmsNormForward(act.h2, act.rstd2, act.xMid, layer.postAttentionNorm, rows: n, width: c, eps: eps)
@@ -222,9 +219,7 @@ extension CUDALlama {
         if !keeps { act.gate = nil; act.up = nil }
         let input = act.act!
         if !keeps { act.act = nil }
-        guard let down = try project("down_proj", input, output: !recomputing) else { return nil }
-        try device.add(down, act.xMid, down)
-        return down
+        return try project("down_proj", input, output: !recomputing, residual: act.xMid)   // xMid + down_proj(act)
     }
 
     /// One decoder layer's backward: dx from dOut (which it overwrites and returns). Every activation and gradient
@@ -250,11 +245,9 @@ extension CUDALlama {
             act.gate = nil; act.up = nil
             let dh2 = try projectionBackward(l, "gate_proj", dGate!, rows: n, act: act, training: training, seed: seed)
             dGate = nil
-            do {
-                let part = try projectionBackward(l, "up_proj", dUp!, rows: n, act: act, training: training, seed: seed)
-                dUp = nil
-                try device.add(dh2, dh2, part)
-            }
+            _ = try projectionBackward(l, "up_proj", dUp!, rows: n, act: act, training: training, seed: seed,
+                                       into: dh2)
+            dUp = nil
             act.h2 = nil
             try device.rmsNormBackward(dxMid, dh2, act.xMid, layer.postAttentionNorm, act.rstd2, rows: n, width: c,
                                        accumulate: true)
@@ -279,9 +272,8 @@ extension CUDALlama {
         let dh1 = try projectionBackward(l, "q_proj", grads.removeValue(forKey: "q_proj")!, rows: n, act: act,
                                          training: training, seed: seed)
         for name in ["k_proj", "v_proj"] {
-            let part = try projectionBackward(l, name, grads.removeValue(forKey: name)!, rows: n, act: act,
-                                              training: training, seed: seed)
-            try device.add(dh1, dh1, part)
+            _ = try projectionBackward(l, name, grads.removeValue(forKey: name)!, rows: n, act: act,
+                                       training: training, seed: seed, into: dh1)
         }
         act.h1 = nil
         try device.rmsNormBackward(dxMid, dh1, act.x, layer.inputNorm, act.rstd1, rows: n, width: c, accumulate: true)
@@ -300,12 +292,14 @@ extension CUDALlama {
     /// `output`, only what the backward pass needs is made (z), and nil returned. The adapter keeps x itself, not
     /// dropout(x): the mask is applied where the kernels read x (lora.cu), here and in the backward pass. The
     /// adapter's term is written first and the base product added onto it (beta = 1), so y is read only in the
-    /// base product's epilogue, not by a separate pass.
+    /// base product's epilogue, not by a separate pass. A `residual` (N, out) is added in the first product's
+    /// epilogue (C = residual, D = y): y = residual + the projection, with no separate addition.
     func projectionForward(_ l: Int, _ name: String, _ x: DeviceBuffer, rows: Int, training: Bool, seed: UInt64,
-                           act: GPULayerActivations, output: Bool, keeps: Bool) throws -> DeviceBuffer? {
+                           act: GPULayerActivations, output: Bool, keeps: Bool,
+                           residual: DeviceBuffer? = nil) throws -> DeviceBuffer? {
         let p = layers[l].projections[name]!
         let y = output ? try device.allocate(rows * p.outFeatures, dtype) : nil
-        var onto: Float = 0   // beta of the base product: 1 once the adapter's term is in y
+        var onto = residual   // what the next product adds onto (C, beta 1), if anything yet
         if let adapter = adapters["\(l).\(name)"] {
             let r = loraConfig.r
             let z = try device.allocate(rows * r, dtype)
@@ -315,8 +309,9 @@ extension CUDALlama {
             if let y {
                 device.gemmLabel = "lora y = s z Bᵀ"
                 try device.gemm(m: rows, n: p.outFeatures, k: r, a: z, lda: r, b: adapter.bCompute, ldb: r,
-                                transB: true, c: y, ldc: p.outFeatures, alpha: loraConfig.scale)
-                onto = 1
+                                transB: true, c: onto ?? y, ldc: p.outFeatures, alpha: loraConfig.scale,
+                                beta: onto == nil ? 0 : 1, d: y)
+                onto = y
             }
             if keeps { act.loraInput[name] = x; act.loraZ[name] = z }
         }
@@ -324,16 +319,18 @@ extension CUDALlama {
         device.gemmLabel = "base"
         let w = try baseWeight(l, name)
         try device.gemm(m: rows, n: p.outFeatures, k: p.inFeatures, a: x, lda: p.inFeatures, b: w, ldb: p.inFeatures,
-                        transB: true, c: y, ldc: p.outFeatures, beta: onto)
+                        transB: true, c: onto ?? y, ldc: p.outFeatures, beta: onto == nil ? 0 : 1, d: y)
         if let bias = p.bias { try device.addBias(y, bias: bias, rows: rows, cols: p.outFeatures) }
         return y
     }
 
     /// dx (N, in) from dy, adding the adapter's gradients into its accumulators. The adapter's part that needs the
     /// layer input runs first; then `releaseInput` (the caller drops the input if nothing else needs it), and only
-    /// then is dx made: the input and dx are never live together.
+    /// then is dx made: the input and dx are never live together. With `into`, dx is added there instead (the
+    /// gradients of projections sharing an input summed in the products, not by separate additions).
     func projectionBackward(_ l: Int, _ name: String, _ dy: DeviceBuffer, rows: Int, act: GPULayerActivations,
-                            training: Bool, seed: UInt64, releaseInput: () -> Void = {}) throws -> DeviceBuffer {
+                            training: Bool, seed: UInt64, into: DeviceBuffer? = nil,
+                            releaseInput: () -> Void = {}) throws -> DeviceBuffer {
         let p = layers[l].projections[name]!
         let r = loraConfig.r, s = loraConfig.scale
         let adapter = adapters["\(l).\(name)"]
@@ -354,12 +351,12 @@ extension CUDALlama {
         }
         act.loraInput[name] = nil; act.loraZ[name] = nil
         releaseInput()
-        let dx = try device.allocate(rows * p.inFeatures, dtype)
-        var onto: Float = 0   // beta of the base product: 1 once the adapter's part is in dx
+        let dx = try into ?? device.allocate(rows * p.inFeatures, dtype)
+        var onto: Float = into == nil ? 0 : 1   // beta of the base product: 1 once dx holds a part
         if let adapter, let dz {
-            // dx = dropout's mask ⊙ (dz A), written first; the base product adds onto it
+            // dx (+)= dropout's mask ⊙ (dz A), first; the base product adds onto it
             try device.loraInputGradient(dx, dz: dz, a: adapter.aCompute, rows: rows, k: p.inFeatures, r: r,
-                                         keep: keep, seed: maskSeed, accumulate: false)
+                                         keep: keep, seed: maskSeed, accumulate: into != nil)
             onto = 1
         }
         device.gemmLabel = "base"

@@ -1,5 +1,5 @@
 // elementwise.cu: the one-pass ops of the training step (CPU twins in CPUOps and Llama+Training.swift):
-// embedding gather, residual add, SwiGLU forward/backward, dtype casts, bias, and the random fills
+// embedding gather, SwiGLU forward/backward, dtype casts, bias, and the random fills
 // the benchmark builds its model with. One thread per element, grid-stride where sizes can exceed a launch.
 #include "common.cuh"
 
@@ -14,18 +14,6 @@ extern "C" __global__ void embedding_forward(T* out, const int* ids, const T* ta
 // Eight elements a thread (16-byte accesses in bf16 where every pointer is aligned; element by element at a tail).
 #define FOR_EACH8(i0, n) for (long long i0 = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * 8; i0 < (n); \
                               i0 += (long long)gridDim.x * blockDim.x * 8)
-
-// out = a + b (out may be a or b).
-extern "C" __global__ void add(T* out, const T* a, const T* b, long long n) {
-    bool vector = aligned16(out) && aligned16(a) && aligned16(b);
-    FOR_EACH8(i0, n) {
-        int limit = (int)min(8ll, n - i0);
-        float x[8], y[8];
-        load8(x, a + i0, limit, vector); load8(y, b + i0, limit, vector);
-        for (int e = 0; e < 8; e++) x[e] += y[e];
-        store8(out + i0, x, limit, vector);
-    }
-}
 
 // act = silu(gate) ⊙ up.
 extern "C" __global__ void swiglu_forward(T* act, const T* gate, const T* up, long long n) {

@@ -43,7 +43,8 @@
 //   bf16:  forward 384·LD, backward_kv 768·LD + 1024, backward_q 768·LD
 //   f32:   forward 4·(192·LD + 64·65), backward_kv 4·(256·LD + 2·64·65), backward_q 4·(256·LD + 64·65)
 // (with D = 128: bf16 51, 103 and 102 KiB; float32 113, 162 and 145 KiB; above 48 KiB a kernel must opt in).
-// Head dims 32, 64, 96 and 128 each have their own kernels (suffix _d32 … _d128).
+// Head dims 32, 64, 96 and 128 each have their own kernels (suffix _d32 … _d128), and packed rows their own
+// (_packed_d32 …), so that plain causal attention carries none of the document tests.
 #include "common.cuh"
 
 #define FA_LOG2E 1.4426950408889634f
@@ -170,7 +171,7 @@ __device__ __forceinline__ void fa_acc_to_a(unsigned* a, const float* c0, const 
     a[2] = fa_pack(c1[0], c1[1]); a[3] = fa_pack(c1[2], c1[3]);
 }
 
-template <int D>
+template <int D, bool PACKED>
 __device__ __forceinline__ void fa_forward(T* out, float* lse, const T* q, const T* k, const T* v, int tokens,
                                            int heads, int kvHeads, const int* starts) {
     constexpr int LD = D + FA_PAD;
@@ -186,7 +187,7 @@ __device__ __forceinline__ void fa_forward(T* out, float* lse, const T* q, const
     const T* vg = v + (long long)b * tokens * kStride + (long long)kh * D;
     const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3, r0 = (threadIdx.x >> 5) * 16;
     const float sl2 = fa_scale(D) * FA_LOG2E;
-    const int* st = starts ? starts + (long long)b * tokens : nullptr;
+    const int* st = PACKED ? starts + (long long)b * tokens : nullptr;   // null: folded away unpacked
     const int jt0 = fa_start(st, i0) / FWD_KEYS, lastStart = fa_start(st, min(i0 + FWD_ROWS, tokens) - 1);
     int rs[2];   // the first key of this lane's two rows
 #pragma unroll
@@ -294,7 +295,7 @@ __device__ __forceinline__ void fa_forward(T* out, float* lse, const T* q, const
     }
 }
 
-template <int D>
+template <int D, bool PACKED>
 __device__ __forceinline__ void fa_backward_kv(T* dk, T* dv, const T* dout, const float* lse, const float* delta,
                                                const T* q, const T* k, const T* v, int tokens, int heads,
                                                int kvHeads, const int* starts) {
@@ -311,7 +312,7 @@ __device__ __forceinline__ void fa_backward_kv(T* dk, T* dv, const T* dout, cons
     const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3, kr = (threadIdx.x >> 5) * 16;
     const float scale = fa_scale(D), sl2 = scale * FA_LOG2E;
     const int firstTile = j0 / KV_ROWS;
-    const int* st = starts ? starts + (long long)b * tokens : nullptr;
+    const int* st = PACKED ? starts + (long long)b * tokens : nullptr;   // null: folded away unpacked
     int queryTiles = (tokens + KV_ROWS - 1) / KV_ROWS - firstTile;
     // Query tiles whose first row starts past this key tile see none of it (nor do the tiles after them).
     while (st && queryTiles > 1 && st[(firstTile + queryTiles - 1) * KV_ROWS] > j0 + KV_KEYS - 1) --queryTiles;
@@ -425,7 +426,7 @@ __device__ __forceinline__ void fa_backward_kv(T* dk, T* dv, const T* dout, cons
     }
 }
 
-template <int D>
+template <int D, bool PACKED>
 __device__ __forceinline__ void fa_backward_q(T* dq, const T* dout, const float* lse, const float* delta,
                                               const T* q, const T* k, const T* v, int tokens, int heads,
                                               int kvHeads, const int* starts) {
@@ -444,7 +445,7 @@ __device__ __forceinline__ void fa_backward_q(T* dq, const T* dout, const float*
     const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3, r0 = (threadIdx.x >> 5) * 16;
     const float scale = fa_scale(D), sl2 = scale * FA_LOG2E;
 
-    const int* st = starts ? starts + (long long)b * tokens : nullptr;
+    const int* st = PACKED ? starts + (long long)b * tokens : nullptr;   // null: folded away unpacked
     const int jt0 = fa_start(st, i0) / DQ_KEYS, lastStart = fa_start(st, min(i0 + DQ_ROWS, tokens) - 1);
     const long long at = ((long long)b * tokens + i0) * qStride + (long long)h * D;
     fa_load_tile<D, DQ_ROWS>(qs, q + at, qStride, tokens - i0);
@@ -564,7 +565,7 @@ __device__ __forceinline__ float fa_max16(float v) {
     return v;
 }
 
-template <int D>
+template <int D, bool PACKED>
 __device__ __forceinline__ void fa_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                                            int tokens, int heads, int kvHeads, const int* starts) {
     constexpr int LD = D + 1, E = D / 16, PL = FWD_KEYS + 1;
@@ -581,7 +582,7 @@ __device__ __forceinline__ void fa_forward(float* out, float* lse, const float* 
     const float* vg = v + (long long)b * tokens * kStride + (long long)kh * D;
     const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
     const float sl2 = fa_scale(D) * FA_LOG2E;
-    const int* st = starts ? starts + (long long)b * tokens : nullptr;
+    const int* st = PACKED ? starts + (long long)b * tokens : nullptr;   // null: folded away unpacked
     const int jt0 = fa_start(st, i0) / FWD_KEYS;
     int rs[4];
 #pragma unroll
@@ -673,7 +674,7 @@ __device__ __forceinline__ void fa_forward(float* out, float* lse, const float* 
     }
 }
 
-template <int D>
+template <int D, bool PACKED>
 __device__ __forceinline__ void fa_backward_kv(float* dk, float* dv, const float* dout, const float* lse,
                                                const float* delta, const float* q, const float* k, const float* v,
                                                int tokens, int heads, int kvHeads, const int* starts) {
@@ -690,7 +691,7 @@ __device__ __forceinline__ void fa_backward_kv(float* dk, float* dv, const float
     const long long qStride = (long long)heads * D, kStride = (long long)kvHeads * D;
     const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
     const float scale = fa_scale(D), sl2 = scale * FA_LOG2E;
-    const int* st = starts ? starts + (long long)b * tokens : nullptr;
+    const int* st = PACKED ? starts + (long long)b * tokens : nullptr;   // null: folded away unpacked
 
     fa_load_rows<D, KV_KEYS, LD>(ks, k + ((long long)b * tokens + j0) * kStride + (long long)kh * D, kStride,
                                  tokens - j0);
@@ -778,7 +779,7 @@ __device__ __forceinline__ void fa_backward_kv(float* dk, float* dv, const float
     }
 }
 
-template <int D>
+template <int D, bool PACKED>
 __device__ __forceinline__ void fa_backward_q(float* dq, const float* dout, const float* lse, const float* delta,
                                               const float* q, const float* k, const float* v, int tokens, int heads,
                                               int kvHeads, const int* starts) {
@@ -801,7 +802,7 @@ __device__ __forceinline__ void fa_backward_q(float* dq, const float* dout, cons
     const long long at = ((long long)b * tokens + i0) * qStride + (long long)h * D;
     fa_load_rows<D, DQ_ROWS, LD>(qs, q + at, qStride, tokens - i0);
     fa_load_rows<D, DQ_ROWS, LD>(os, dout + at, qStride, tokens - i0);
-    const int* st = starts ? starts + (long long)b * tokens : nullptr;
+    const int* st = PACKED ? starts + (long long)b * tokens : nullptr;   // null: folded away unpacked
     const int jt0 = fa_start(st, i0) / DQ_KEYS;
     float l2[4], di[4], dqa[4][E];
     int rs[4];
@@ -876,23 +877,25 @@ __device__ __forceinline__ void fa_backward_q(float* dq, const float* dout, cons
 }
 #endif
 
-// The exported kernels, one set per head dim; same names and arguments in both builds.
-#define FA_KERNELS(D)                                                                                                \
-    extern "C" __global__ void __launch_bounds__(FA_THREADS, FA_FWD_BLOCKS) flash_attention_forward_d##D(           \
+// The exported kernels, one set per head dim and layout (plain causal; packed, named _packed_); same names and
+// arguments in both builds. Unpacked, `starts` is never read and its tests fold away at compile time.
+#define FA_KERNEL_SET(D, PACKED, NAME)                                                                               \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS, FA_FWD_BLOCKS) flash_attention_forward_##NAME(        \
         T* out, float* lse, const T* q, const T* k, const T* v, int tokens, int heads, int kvHeads,                 \
         const int* starts) {                                                                                         \
-        fa_forward<D>(out, lse, q, k, v, tokens, heads, kvHeads, starts);                                            \
+        fa_forward<D, PACKED>(out, lse, q, k, v, tokens, heads, kvHeads, starts);                                    \
     }                                                                                                                \
-    extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_attention_backward_kv_d##D(                      \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_attention_backward_kv_##NAME(                    \
         T* dk, T* dv, const T* dout, const float* lse, const float* delta, const T* q, const T* k, const T* v,      \
         int tokens, int heads, int kvHeads, const int* starts) {                                                     \
-        fa_backward_kv<D>(dk, dv, dout, lse, delta, q, k, v, tokens, heads, kvHeads, starts);                        \
+        fa_backward_kv<D, PACKED>(dk, dv, dout, lse, delta, q, k, v, tokens, heads, kvHeads, starts);                \
     }                                                                                                                \
-    extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_attention_backward_q_d##D(                       \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_attention_backward_q_##NAME(                     \
         T* dq, const T* dout, const float* lse, const float* delta, const T* q, const T* k, const T* v,             \
         int tokens, int heads, int kvHeads, const int* starts) {                                                     \
-        fa_backward_q<D>(dq, dout, lse, delta, q, k, v, tokens, heads, kvHeads, starts);                             \
+        fa_backward_q<D, PACKED>(dq, dout, lse, delta, q, k, v, tokens, heads, kvHeads, starts);                     \
     }
+#define FA_KERNELS(D) FA_KERNEL_SET(D, false, d##D) FA_KERNEL_SET(D, true, packed_d##D)
 
 FA_KERNELS(32)
 FA_KERNELS(64)

@@ -1,6 +1,8 @@
 // optimizer.cu: the AdamW variants and the gradient norm over float32 parameters (CPU twin: Training/Optimizers.swift).
 // Every product and sum is written with __fmul_rn / __fadd_rn / __fmaf_rn exactly where the CPU twin has it, so
 // the GPU and the CPU compute the same bits. Gradients are multiplied by gscale (clipping) first, as on the CPU.
+// Each AdamW kernel also writes the updated parameter into `copy` (T, rounded) when given: the compute-type copy
+// the products read, made in the same pass instead of by a cast afterwards.
 #include "common.cuh"
 
 // partials[blockIdx] = Σ g² over this block's grid-stride share. No atomics: with sum_partials the result is the
@@ -30,7 +32,7 @@ extern "C" __global__ void sum_partials(double* out, const float* partials, int 
 // torch.optim.AdamW. stepSize = lr / (1 − β1ᵗ), bc2Sqrt = √(1 − β2ᵗ), both computed on the host in float64 as torch does.
 extern "C" __global__ void adamw_torch(float* p, const float* g0, float* m, float* v, long long n, float lr,
                                        float beta1, float beta2, float eps, float wd, float stepSize, float bc2Sqrt,
-                                       float gscale) {
+                                       float gscale, T* copy) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float g = __fmul_rn(g0[i], gscale);
@@ -42,13 +44,14 @@ extern "C" __global__ void adamw_torch(float* p, const float* g0, float* m, floa
     p[i] = __fadd_rn(pi, -__fdiv_rn(__fmul_rn(stepSize, mi), denom));
     m[i] = mi;
     v[i] = vi;
+    if (copy) copy[i] = st(p[i]);
 }
 
 // bitsandbytes' 32-bit Adam: p += stepSize · m / (√v + ε·correction2); then p *= 1 − lr·wd.
 // stepSize = −lr · correction2 / (1 − β1ᵗ), correction2 = √(1 − β2ᵗ) (float32, host).
 extern "C" __global__ void adamw_bnb32(float* p, const float* g0, float* m, float* v, long long n, float lr,
                                        float beta1, float beta2, float eps, float wd, float stepSize,
-                                       float correction2, float gscale) {
+                                       float correction2, float gscale, T* copy) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float g = __fmul_rn(g0[i], gscale);
@@ -57,6 +60,7 @@ extern "C" __global__ void adamw_bnb32(float* p, const float* g0, float* m, floa
     float pi = __fadd_rn(p[i], __fmul_rn(stepSize, __fdiv_rn(mi, __fadd_rn(sqrtf(vi), __fmul_rn(eps, correction2)))));
     if (wd > 0.0f) pi = __fmul_rn(pi, __fadd_rn(1.0f, -__fmul_rn(lr, wd)));
     p[i] = pi; m[i] = mi; v[i] = vi;
+    if (copy) copy[i] = st(pi);
 }
 
 // bitsandbytes' optimizer code search (quantize_2D): seven halvings from index 127, then the nearer neighbour.
@@ -80,7 +84,8 @@ __device__ unsigned char quantize_2d(float x, const float* map, int isSigned) {
 extern "C" __global__ void adamw_bnb8_blockwise(float* p, const float* g0, unsigned char* cm, unsigned char* cv,
                                                 float* am, float* av, long long n, float lr, float beta1,
                                                 float beta2, float eps, float wd, float stepSize, float correction2,
-                                                float gscale, const float* signedMap, const float* unsignedMap) {
+                                                float gscale, const float* signedMap, const float* unsignedMap,
+                                                T* copy) {
     __shared__ float smap[256], umap[256];
     smap[threadIdx.x] = signedMap[threadIdx.x];
     umap[threadIdx.x] = unsignedMap[threadIdx.x];
@@ -108,6 +113,7 @@ extern "C" __global__ void adamw_bnb8_blockwise(float* p, const float* g0, unsig
         if (wd > 0.0f) pi = __fmul_rn(pi, __fadd_rn(1.0f, -__fmul_rn(lr, wd)));
         p[i] = pi;
     }
+    if (copy) copy[i] = st(p[i]);
     int c1 = quantize_2d(__fmul_rn(mi, rm), smap, 1);
     if ((smap[c1] < 0.0f || (smap[c1] == 0.0f && signbit(smap[c1]))) != signbit(mi)) c1 += mi > 0.0f ? 1 : -1;
     cm[i] = (unsigned char)min(max(c1, 0), 255);
