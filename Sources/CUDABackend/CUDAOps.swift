@@ -72,26 +72,30 @@ extension CUDADevice {
     public func loraDown(_ z: DeviceBuffer, x: DeviceBuffer, a: DeviceBuffer, rows: Int, k: Int, r: Int, keep: Float,
                          seed: UInt64) throws {
         try Self.checkLoRA("loraDown", rows: rows, k: k, r: r, [(x, rows * k), (a, r * k), (z, rows * r)])
-        // 32 rows a block (bf16: tensor cores; float32: FMAs; lora.cu).
-        try launch(.lora, "lora_down", bf16: x.dtype == .bf16, grid: ((rows + 31) / 32, (r + 15) / 16, 1),
+        // Rows a block: bf16 16 (tensor cores, DOWN_TILES × 16), float32 32 (FMAs, DOWN_ROWS; lora.cu).
+        let rowsPerBlock = x.dtype == .bf16 ? 16 : 32
+        try launch(.lora, "lora_down", bf16: x.dtype == .bf16,
+                   grid: ((rows + rowsPerBlock - 1) / rowsPerBlock, (r + 15) / 16, 1),
                    block: 256, sharedBytes: 0,
                    [.buffer(z), .buffer(x), .buffer(a), .int(rows), .int(k), .int(r), .float(keep), .uint64(seed)])
     }
 
-    /// gradA (r, k, float32) += dzᵀ (m ⊙ x) / keep: the rows summed in slices of 512 into a scratch buffer,
-    /// then the slices added in order (the same result on every run).
+    /// gradA (r, k, float32) += dzᵀ (m ⊙ x) / keep: the rows summed in slices (256 rows on the tensor cores, 512
+    /// otherwise) into a scratch buffer, then the slices added in order (the same result on every run).
     public func loraDownGradient(_ gradA: DeviceBuffer, dz: DeviceBuffer, x: DeviceBuffer, rows: Int, k: Int, r: Int,
                                  keep: Float, seed: UInt64) throws {
         try Self.checkLoRA("loraDownGradient", rows: rows, k: k, r: r, [(dz, rows * r), (x, rows * k)])
         precondition(gradA.dtype == .f32 && gradA.count >= r * k, "loraDownGradient: gradA must be f32 (r × k)")
         guard rows > 0 else { return }
-        let slices = (rows + 511) / 512
+        let tensorCores = x.dtype == .bf16 && k % 8 == 0
+        let sliceRows = tensorCores ? 256 : 512   // GRADM_ROWS, GRAD_ROWS
+        let slices = (rows + sliceRows - 1) / sliceRows
         let partial = try allocate(slices * r * k, .f32)
         let arguments: [KernelArgument] = [.buffer(partial), .buffer(dz), .buffer(x), .int(rows), .int(k), .int(r),
                                            .float(keep), .uint64(seed)]
-        if x.dtype == .bf16 && k % 8 == 0 {
-            // Tensor cores: 256 columns × 512 rows a block of 128 threads; shared memory as GRADM_SHARED in lora.cu.
-            let sharedBytes = 2 * (2 * 64 * 264 + 16 * 520) + 4 * 512
+        if tensorCores {
+            // 256 columns × 256 rows a block of 128 threads; shared memory as GRADM_SHARED in lora.cu.
+            let sharedBytes = 2 * (2 * 32 * 264 + 16 * 264) + 4 * 256
             try launch(.lora, "lora_down_grad_mma", bf16: true, grid: ((k + 255) / 256, slices, (r + 15) / 16),
                        block: 128, sharedBytes: sharedBytes, arguments)
         } else {

@@ -13,7 +13,7 @@
 // finalizer. The CPU computes the same integers, so both devices draw the same masks.
 //
 // Thread mappings (T is bf16 or float32, arithmetic in float32):
-//   lora_down, bf16: tensor cores (see the bf16 section at the end): 32 rows and 16 outputs a block of 8 warps that
+//   lora_down, bf16: tensor cores (see the bf16 section at the end): 16 rows and 16 outputs a block of 8 warps that
 //     split k. float32: 256 threads own 32 rows (warp w: rows 4w…4w+3) and 16 of the r outputs (blockIdx.y),
 //     walking k in steps of 256 columns, lane l reading columns 4l…4l+3 and 128+4l…128+4l+3 of the step of its 4
 //     rows and the step's slice of A from shared memory (16-byte reads, no bank conflicts); a warp reduction
@@ -292,7 +292,7 @@ lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsi
 // adapter's rows with the same permutation, so each product sums the right pairs; the mask is applied to the
 // packed registers.
 #define DOWN_WARPS 8
-#define DOWN_TILES 2   // row tiles of 16 per block: 32 rows
+#define DOWN_TILES 1   // row tiles of 16 per block: 16 rows (a 7B step's 8192 rows fill the GPU: 512 blocks)
 #define DXM_WARPS 4
 #define DXM_TILES 8    // row tiles of 16 per block: 128 rows; each warp a strip of 64 columns
 
@@ -316,9 +316,10 @@ __device__ __forceinline__ uint4 lora_mask_packed(uint4 u, unsigned key, int col
     return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
-// z (rows, r) = scale · (m ⊙ x) Aᵀ. A block owns 32 rows and 16 of the r outputs (blockIdx.y); its 8 warps split k
-// (warp w takes the 32-column steps w, w + 8, …) and their sums are added in warp order through shared memory.
-// Grid (⌈rows / 32⌉, ⌈r / 16⌉), 256 threads.
+// z (rows, r) = scale · (m ⊙ x) Aᵀ. A block owns DOWN_TILES × 16 rows and 16 of the r outputs (blockIdx.y); its 8
+// warps split k (warp w takes the 32-column steps w, w + 8, …) and their sums are added in warp order through shared
+// memory.
+// Grid (⌈rows / 16⌉, ⌈r / 16⌉), 256 threads.
 extern "C" __global__ void __launch_bounds__(DOWN_WARPS * 32)
 lora_down(T* z, const T* x, const T* a, int rows, int k, int r, float keep, unsigned long long seed) {
     __shared__ float sums[DOWN_WARPS * DOWN_TILES * 16 * 16];
@@ -400,7 +401,7 @@ __device__ __forceinline__ unsigned lora_pair(const T* p, long long stride, bool
 // the warp's shared-memory tile (masked and scaled on the way in) so that dx is read and written 16 bytes a lane.
 // Grid (⌈k / 256⌉, ⌈rows / 128⌉), 128 threads.
 #define DXM_PITCH 68   // floats per row of a warp's staged tile (64 + 4: fewer bank conflicts)
-extern "C" __global__ void __launch_bounds__(DXM_WARPS * 32)
+extern "C" __global__ void __launch_bounds__(DXM_WARPS * 32, 6)   // ≤ 85 registers: 6 blocks an SM
 lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsigned long long seed,
         int accumulate) {
     __shared__ __align__(16) float staged[DXM_WARPS * 16 * DXM_PITCH];
@@ -480,15 +481,17 @@ lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsi
 // dA on the tensor cores (k a multiple of 8): partial[slice] (r, k) = dzᵀ (m ⊙ x) over the slice's rows, as
 // lora_down_grad computes it, with M = 16 adapter rows, N = 8 columns of x and K = 16 rows of x per mma step. A block
 // of 4 warps owns GRADM_COLS columns (warp w: 64 of them, 8 column blocks, 32 accumulators a lane) and a slice of
-// GRAD_ROWS rows, walked in chunks of GRADM_CHUNK rows staged by cp.async (double buffered) and masked in shared
+// GRADM_ROWS rows, walked in chunks of GRADM_CHUNK rows staged by cp.async (double buffered) and masked in shared
 // memory (one hash per pair of columns; the slice's row keys hashed once). dz of the slice is staged once,
 // transposed ([j][row]), so that its A fragments load with ldmatrix and x's B fragments with ldmatrix.trans.
-// Grid (⌈k / 256⌉, ⌈rows / 512⌉, ⌈r / 16⌉), 128 threads, GRADM_SHARED bytes of dynamic shared memory.
+// Grid (⌈k / 256⌉, ⌈rows / 256⌉, ⌈r / 16⌉), 128 threads, GRADM_SHARED bytes of dynamic shared memory (43 KiB: up
+// to five blocks an SM; slices of 256 rows, so that a 7B step's 8192 rows make 512 blocks for 4096 columns).
+#define GRADM_ROWS 256
 #define GRADM_COLS 256
-#define GRADM_CHUNK 64
+#define GRADM_CHUNK 32
 #define GRADM_XLD (GRADM_COLS + 8)   // row pitch (elements) of a staged x chunk: ldmatrix rows hit 8 bank groups
-#define GRADM_DLD (GRAD_ROWS + 8)    // row pitch of the staged dzᵀ
-#define GRADM_SHARED (2 * (2 * GRADM_CHUNK * GRADM_XLD + 16 * GRADM_DLD) + 4 * GRAD_ROWS)
+#define GRADM_DLD (GRADM_ROWS + 8)   // row pitch of the staged dzᵀ
+#define GRADM_SHARED (2 * (2 * GRADM_CHUNK * GRADM_XLD + 16 * GRADM_DLD) + 4 * GRADM_ROWS)
 extern "C" __global__ void __launch_bounds__(128)
 lora_down_grad_mma(float* partial, const T* dz, const T* x, int rows, int k, int r, float keep,
                    unsigned long long seed) {
@@ -498,7 +501,7 @@ lora_down_grad_mma(float* partial, const T* dz, const T* x, int rows, int k, int
     unsigned* keys = (unsigned*)(dzt + 16 * GRADM_DLD);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     int j0 = blockIdx.z * 16, jn = min(16, r - j0);
-    int rowStart = blockIdx.y * GRAD_ROWS, rowCount = min(GRAD_ROWS, rows - rowStart);
+    int rowStart = blockIdx.y * GRADM_ROWS, rowCount = min(GRADM_ROWS, rows - rowStart);
     int col0 = blockIdx.x * GRADM_COLS;
     bool dropping = keep < 1.0f;
     unsigned threshold = dropping ? lora_threshold(keep) : 0u;
@@ -513,12 +516,12 @@ lora_down_grad_mma(float* partial, const T* dz, const T* x, int rows, int k, int
     };
     stage(0, 0);
     cp_async_commit();
-    for (int e = threadIdx.x; e < 16 * GRAD_ROWS; e += 128) {
+    for (int e = threadIdx.x; e < 16 * GRADM_ROWS; e += 128) {
         int i = e >> 4, j = e & 15;
         dzt[j * GRADM_DLD + i] = (i < rowCount && j < jn) ? dz[(long long)(rowStart + i) * r + j0 + j] : (T)0;
     }
     if (dropping)
-        for (int i = threadIdx.x; i < GRAD_ROWS; i += 128) keys[i] = lora_row_key(seed, (unsigned)(rowStart + i));
+        for (int i = threadIdx.x; i < GRADM_ROWS; i += 128) keys[i] = lora_row_key(seed, (unsigned)(rowStart + i));
     float acc[8][4];
 #pragma unroll
     for (int nb = 0; nb < 8; nb++) acc[nb][0] = acc[nb][1] = acc[nb][2] = acc[nb][3] = 0.0f;
