@@ -395,6 +395,19 @@ __device__ __forceinline__ unsigned lora_pair(const T* p, long long stride, bool
     return (valid0 ? (unsigned)p[0] : 0u) | (valid1 ? (unsigned)p[stride] << 16 : 0u);
 }
 
+// The A fragment (16 rows from `base` × adapter rows j0 … j0 + 15) of dz (rows, r): one 32-bit load per register
+// where the pair is inside and aligned, zeros outside.
+__device__ __forceinline__ void lora_dz_fragment(unsigned* f, const T* dz, int base, int j0, int rows, int r) {
+    int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+        int row = base + g + 8 * (q & 1), j = j0 + 2 * c + 8 * (q >> 1);
+        bool ok0 = row < rows && j < r, ok1 = row < rows && j + 1 < r;
+        const T* p = dz + (long long)(row < rows ? row : 0) * r + (j < r ? j : 0);
+        f[q] = ok1 && (r & 1) == 0 ? *(const unsigned*)p : lora_pair(p, 1, ok0, ok1);
+    }
+}
+
 // dx (rows, k) (+)= scale · m ⊙ (dz A) (added when `accumulate`, else written). A block owns 128 rows × 256
 // columns; warp w a strip of 64 columns (8 mma column blocks), walking its 8 row tiles; the B operand (A's rows 2c,
 // 2c+1 and 2c+8, 2c+9 of column 8nb + g) is loaded once per strip when r ≤ 16. Each 16 × 64 result tile goes through
@@ -414,6 +427,8 @@ lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsi
     unsigned threshold = dropping ? lora_threshold(keep) : 0u;
     float scale = 1.0f / keep;
     unsigned b[8][2];
+    unsigned fNext[4];   // r ≤ 16: the next row tile's dz fragment, loaded a tile ahead (its latency hidden)
+    if (r <= 16) lora_dz_fragment(fNext, dz, rowStart, 0, rows, r);
     for (int t = 0; t < DXM_TILES; t++) {
         int base = rowStart + 16 * t;
         if (base >= rows) break;
@@ -424,11 +439,12 @@ lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsi
             for (int q = 0; q < 4; q++) acc[nb][q] = 0.0f;
         for (int j0 = 0; j0 < r; j0 += 16) {
             unsigned f[4];
+            if (r <= 16) {   // this tile's fragment came with the previous one; fetch the next tile's behind it
 #pragma unroll
-            for (int q = 0; q < 4; q++) {
-                int row = base + g + 8 * (q & 1), j = j0 + 2 * c + 8 * (q >> 1);
-                const T* p = dz + (long long)(row < rows ? row : 0) * r + (j < r ? j : 0);
-                f[q] = lora_pair(p, 1, row < rows && j < r, row < rows && j + 1 < r);
+                for (int q = 0; q < 4; q++) f[q] = fNext[q];
+                if (t + 1 < DXM_TILES) lora_dz_fragment(fNext, dz, base + 16, 0, rows, r);
+            } else {
+                lora_dz_fragment(f, dz, base, j0, rows, r);
             }
             if (t == 0 || r > 16) {
 #pragma unroll
@@ -484,8 +500,8 @@ lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsi
 // GRADM_ROWS rows, walked in chunks of GRADM_CHUNK rows staged by cp.async (double buffered) and masked in shared
 // memory (one hash per pair of columns; the slice's row keys hashed once). dz of the slice is staged once,
 // transposed ([j][row]), so that its A fragments load with ldmatrix and x's B fragments with ldmatrix.trans.
-// Grid (⌈k / 256⌉, ⌈rows / 256⌉, ⌈r / 16⌉), 128 threads, GRADM_SHARED bytes of dynamic shared memory (43 KiB: up
-// to five blocks an SM; slices of 256 rows, so that a 7B step's 8192 rows make 512 blocks for 4096 columns).
+// Grid (⌈k / 256⌉, ⌈rows / 256⌉, ⌈r / 16⌉), 128 threads, GRADM_SHARED bytes of dynamic shared memory (43 KiB:
+// up to five blocks an SM; slices of 256 rows, so that a 7B step's 8192 rows make 512 blocks for 4096 columns).
 #define GRADM_ROWS 256
 #define GRADM_COLS 256
 #define GRADM_CHUNK 32
