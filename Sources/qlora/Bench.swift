@@ -60,6 +60,7 @@ struct Bench: ParsableCommand {
             try d.synchronize()
             FileHandle.standardError.write("bench on \(d.description)\n".data(using: .utf8)!)
         } else {
+            try step.checkFitsHostMemory(cfg)
             let model = try weights.map { try LlamaModel(weights: $0, lora: lora, seed: 1) }
                 ?? Self.randomCPUModel(cfg, lora: lora)
             counts = model.parameterCounts

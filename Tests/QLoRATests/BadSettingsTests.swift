@@ -409,3 +409,56 @@ final class BadSettingsTests: XCTestCase {
         XCTAssertTrue(Trainer.adaptersAreFinite(sumOfSquares: 12.5))
     }
 }
+
+// MARK: found by an independent fuzzing pass
+
+extension BadSettingsTests {
+    /// Every reader that maps a file refuses a FIFO at once: `open` used to wait for a writer forever (tokenize's
+    /// --input and --tokenizer, bench's --config, a tokenizer or model file that is a pipe).
+    func testFIFOsAreRefusedByTheFileMapperWithoutBlocking() throws {
+        let dir = makeTemporaryDirectory(self)
+        let fifo = dir + "/pipe"
+        XCTAssertEqual(mkfifo(fifo, 0o600), 0)
+        XCTAssertThrowsError(try FileSystem.readBytes(fifo)) {
+            XCTAssertEqual("\($0)", "\(fifo): cannot open: not a regular file (a FIFO (named pipe))")
+        }
+        try write(#"{"text": "a"}"# + "\n", dir + "/in.jsonl")
+        let tokenizer = Shared.root + "/golden/smollm2-tokenizer/tokenizer.json"
+        try expectError(["tokenize", "--tokenizer", fifo, "--input", dir + "/in.jsonl"], [fifo, "FIFO"])
+        if FileSystem.isFile(tokenizer) {
+            try expectError(["tokenize", "--tokenizer", tokenizer, "--input", fifo], [fifo, "FIFO"])
+        }
+        try expectError(["bench", "--config", fifo], [fifo, "FIFO"])
+    }
+
+    /// `plot` reads any metrics.jsonl: steps near Int.max used to trap while labelling the axis; a missing, special
+    /// or non-UTF-8 file gave a Foundation error code instead of naming the file.
+    func testPlotOfHostileMetricsIsAPlotOrAClearError() throws {
+        let dir = makeTemporaryDirectory(self)
+        try write(#"{"step": -9223372036854775807, "loss": 1}"# + "\n" + #"{"step": 9223372036854775807, "loss": 2}"#
+                  + "\n" + #"{"step": 3, "loss": 1e308}"# + "\n", dir + "/metrics.jsonl")
+        let (status, crashed, output) = try run(["plot", dir])
+        XCTAssertEqual(status, 0, output)
+        XCTAssertFalse(crashed, output)
+        XCTAssertTrue(try String(contentsOfFile: dir + "/loss.svg", encoding: .utf8).contains("9223372036854775808"))
+        try expectError(["plot", dir + "/none"], [dir + "/none/metrics.jsonl", "No such file"])
+        try FileManager.default.removeItem(atPath: dir + "/metrics.jsonl")
+        XCTAssertEqual(mkfifo(dir + "/metrics.jsonl", 0o600), 0)
+        try expectError(["plot", dir], [dir + "/metrics.jsonl", "FIFO"])
+    }
+}
+
+extension BadSettingsTests {
+    /// bench's step sizes: `--batch-size 2147483648` used to fail a 275 GB allocation (a trap), `--layers 2^31` to
+    /// build a model until memory ran out; each is now an error naming the flags and the bound.
+    func testBenchStepSizesAreBoundedBeforeAnyAllocation() throws {
+        let small = ["bench", "--steps", "1", "--max-seq-length", "16"]
+        try expectError(small + ["--batch-size", "9223372036854775807"],
+                        ["--batch-size 9223372036854775807 × --max-seq-length 16", "2147483648 allowed"])
+        try expectError(small + ["--batch-size", "1000000", "--layers", "1"],
+                        ["--batch-size 1000000 × --max-seq-length 16 needs at least", "GB on the CPU", "this machine has"])
+        try expectError(small + ["--layers", "2147483648"], ["--layers is 2147483648", "1 ... 30"])
+        try expectError(small + ["--layers", "0"], ["--layers is 0"])
+        try expectError(["plan", "--batch-size", "100000", "--max-seq-length", "100000"], ["tokens a step"])
+    }
+}
