@@ -14,7 +14,7 @@ struct StepShapeOptions: ParsableArguments {
     // short name of hf_baseline.py's flags (--targets, --batch, --seq).
     @Option(name: [.customLong("target-modules"), .customLong("targets")],
             help: "LoRA targets: projections as train takes them (q_proj,v_proj or all-linear), or qv / all.")
-    var targetModules: String = "qv"
+    var targetModules: String = LoRAConfig().targetModules.joined(separator: ",")
     @Option(name: [.customLong("batch-size"), .customLong("batch")], help: "Sequences per step.") var batch: Int = 4
     @Option(name: [.customLong("max-seq-length"), .customLong("seq")], help: "Tokens per sequence.") var seq: Int = 2048
     @Option(help: "Compute dtype on the GPU: bf16 or fp32.") var computeDtype: ComputeDType = .bf16

@@ -14,6 +14,10 @@ extension IntervalStrategy: ExpressibleByArgument {}
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Fine-tune LoRA adapters on a frozen 4-bit base (CPU, or an NVIDIA GPU with --device cuda).")
 
+    /// The defaults the help shows: TrainingConfig's, written once there (a flag left out, and a key missing from
+    /// the recipe, take the same value).
+    static let defaults = TrainingConfig()
+
     @OptionGroup var modelOptions: ModelOptions
     @Option(help: "Recipe file (YAML or JSON) with Hugging Face key names; flags override it.") var config: String?
     @Option(help: "Training data file.") var data: String?
@@ -34,19 +38,31 @@ struct Train: ParsableCommand {
         """))
     var targetModules: String?
     @Flag(help: "rsLoRA scaling (alpha / sqrt(r)).") var useRslora = false
-    @Option(help: "Sequences per micro-batch (default 4).") var batchSize: Int?
-    @Option(help: "Micro-batches per optimizer step (default 1).") var gradientAccumulationSteps: Int?
+    @Option(help: ArgumentHelp("Sequences per micro-batch (default \(Train.defaults.batchSize)).")) var batchSize: Int?
+    @Option(help: ArgumentHelp(
+        "Micro-batches per optimizer step (default \(Train.defaults.gradientAccumulationSteps))."))
+    var gradientAccumulationSteps: Int?
     @Option(help: "Optimizer steps (default: run the epochs).") var maxSteps: Int?
-    @Option(help: "Epochs when --max-steps is not given (default 1).") var numTrainEpochs: Double?
-    @Option(help: "Peak learning rate (default 2e-4).") var learningRate: Float?
-    @Option(help: "Decoupled weight decay (default 0).") var weightDecay: Float?
-    @Option(help: "adamw, adamw_8bit, paged_adamw_8bit or paged_adamw_32bit (default paged_adamw_8bit).") var optim: OptimizerKind?
-    @Option(help: "constant, linear or cosine (default linear).") var lrScheduler: LRScheduleKind?
-    @Option(help: "Linear warm-up steps.") var warmupSteps: Int?
-    @Option(help: "Warm-up as a fraction of the steps.") var warmupRatio: Double?
-    @Option(help: "Clip the global gradient norm to this (0: off; default 1).") var maxGradNorm: Float?
+    @Option(help: ArgumentHelp("Epochs when --max-steps is not given (default \(Train.defaults.epochs.formatted()))."))
+    var numTrainEpochs: Double?
+    @Option(help: ArgumentHelp("Peak learning rate (default \(Train.defaults.learningRate)).")) var learningRate: Float?
+    @Option(help: ArgumentHelp("Decoupled weight decay (default \(Train.defaults.weightDecay.formatted()))."))
+    var weightDecay: Float?
+    @Option(help: ArgumentHelp(
+        "adamw, adamw_8bit, paged_adamw_8bit or paged_adamw_32bit (default \(Train.defaults.optimizer))."))
+    var optim: OptimizerKind?
+    @Option(help: ArgumentHelp("constant, linear or cosine (default \(Train.defaults.schedule))."))
+    var lrScheduler: LRScheduleKind?
+    @Option(help: ArgumentHelp("Linear warm-up steps (default \(Train.defaults.warmupSteps)).")) var warmupSteps: Int?
+    @Option(help: ArgumentHelp(
+        "Warm-up as a fraction of the steps (default \(Train.defaults.warmupRatio.formatted()))."))
+    var warmupRatio: Double?
+    @Option(help: ArgumentHelp(
+        "Clip the global gradient norm to this (0: off; default \(Train.defaults.maxGradNorm.formatted()))."))
+    var maxGradNorm: Float?
     @Flag(help: "Keep the data order.") var noShuffle = false
-    @Option(help: "Log every this many steps (default 10).") var loggingSteps: Int?
+    @Option(help: ArgumentHelp("Log every this many steps (default \(Train.defaults.loggingSteps))."))
+    var loggingSteps: Int?
     @Option(help: "Evaluate every this many steps (default: at the end).") var evalSteps: Int?
     @Option(help: "Save a checkpoint every this many steps.") var saveSteps: Int?
     @Option(help: "Keep at most this many checkpoints.") var saveTotalLimit: Int?
@@ -59,9 +75,11 @@ struct Train: ParsableCommand {
     @Option(help: "The metric that picks the best adapter: eval_loss (the only one; lower is better).")
     var metricForBestModel: String?
     @Option(help: "Stop after this many evaluations in a row without improvement.") var earlyStoppingPatience: Int?
-    @Option(help: "The decrease in validation loss that counts as an improvement (default 0).")
+    @Option(help: ArgumentHelp("The decrease in validation loss that counts as an improvement (default "
+        + "\(Train.defaults.earlyStoppingThreshold.formatted()))."))
     var earlyStoppingThreshold: Double?
-    @Option(help: "Seed for adapters, dropout and shuffling (default 42).") var seed: UInt64?
+    @Option(help: ArgumentHelp("Seed for adapters, dropout and shuffling (default \(Train.defaults.seed))."))
+    var seed: UInt64?
     @Flag(help: "Recompute each layer's activations in the backward pass (less memory, same numbers).")
     var gradientCheckpointing = false
     @Option(help: """
@@ -107,25 +125,27 @@ struct Train: ParsableCommand {
             throw ValidationError("target module '\(bad)' is unknown (known: \(LlamaConfig.projectionNames.joined(separator: ", ")), all-linear)")
         }
         var settings = TrainingConfig()
-        settings.batchSize = try batchSize ?? recipe.int("batch_size") ?? 4
-        settings.gradientAccumulationSteps = try gradientAccumulationSteps ?? recipe.int("gradient_accumulation_steps") ?? 1
+        settings.batchSize = try batchSize ?? recipe.int("batch_size") ?? settings.batchSize
+        settings.gradientAccumulationSteps = try gradientAccumulationSteps ?? recipe.int("gradient_accumulation_steps")
+            ?? settings.gradientAccumulationSteps
         settings.maxSteps = try maxSteps ?? recipe.int("max_steps")
         if let m = settings.maxSteps, m <= 0 { settings.maxSteps = nil }
-        settings.epochs = try numTrainEpochs ?? recipe.double("num_train_epochs") ?? 1
-        settings.learningRate = try learningRate ?? recipe.double("learning_rate").map(Float.init) ?? 2e-4
-        settings.weightDecay = try weightDecay ?? recipe.double("weight_decay").map(Float.init) ?? 0
+        settings.epochs = try numTrainEpochs ?? recipe.double("num_train_epochs") ?? settings.epochs
+        settings.learningRate = try learningRate ?? recipe.double("learning_rate").map(Float.init)
+            ?? settings.learningRate
+        settings.weightDecay = try weightDecay ?? recipe.double("weight_decay").map(Float.init) ?? settings.weightDecay
         settings.optimizer = try optim ?? recipe.string("optim").map { name in
             guard let o = OptimizerKind(rawValue: name) else { throw ValidationError("optim \"\(name)\": use \(OptimizerKind.allCases.map(\.rawValue).joined(separator: ", "))") }
             return o
-        } ?? .paged_adamw_8bit
+        } ?? settings.optimizer
         settings.schedule = try lrScheduler ?? recipe.string("lr_scheduler_type").map { name in
             guard let s = LRScheduleKind(rawValue: name) else { throw ValidationError("lr_scheduler_type \"\(name)\": use constant, linear or cosine") }
             return s
-        } ?? .linear
-        settings.warmupSteps = try warmupSteps ?? recipe.int("warmup_steps") ?? 0
-        settings.warmupRatio = try warmupRatio ?? recipe.double("warmup_ratio") ?? 0
-        settings.maxGradNorm = try maxGradNorm ?? recipe.double("max_grad_norm").map(Float.init) ?? 1
-        settings.loggingSteps = try loggingSteps ?? recipe.int("logging_steps") ?? 10
+        } ?? settings.schedule
+        settings.warmupSteps = try warmupSteps ?? recipe.int("warmup_steps") ?? settings.warmupSteps
+        settings.warmupRatio = try warmupRatio ?? recipe.double("warmup_ratio") ?? settings.warmupRatio
+        settings.maxGradNorm = try maxGradNorm ?? recipe.double("max_grad_norm").map(Float.init) ?? settings.maxGradNorm
+        settings.loggingSteps = try loggingSteps ?? recipe.int("logging_steps") ?? settings.loggingSteps
         settings.evalSteps = try evalSteps ?? recipe.int("eval_steps")
         settings.saveSteps = try saveSteps ?? recipe.int("save_steps")
         settings.saveTotalLimit = try saveTotalLimit ?? recipe.int("save_total_limit")
@@ -150,7 +170,8 @@ struct Train: ParsableCommand {
                 "validation loss (greater_is_better: false)")
         }
         settings.earlyStoppingPatience = try earlyStoppingPatience ?? recipe.int("early_stopping_patience")
-        settings.earlyStoppingThreshold = try earlyStoppingThreshold ?? recipe.double("early_stopping_threshold") ?? 0
+        settings.earlyStoppingThreshold = try earlyStoppingThreshold ?? recipe.double("early_stopping_threshold")
+            ?? settings.earlyStoppingThreshold
         if try dataOptions.packing || (recipe.bool("packing") ?? false),
            modelOptions.usesGPU || parallel.devices != nil || DataParallelOptions.worker != nil {
             throw ValidationError("--packing (recipe packing) keeps documents apart on the CPU only for now: the GPU " +
@@ -167,7 +188,7 @@ struct Train: ParsableCommand {
                 throw ValidationError("recipe seed is \(value): must be an integer ≥ 0 (no negative seeds)")
             }
             return UInt64(value)
-        } ?? 42
+        } ?? settings.seed
         settings.shuffle = try !noShuffle && (recipe.bool("shuffle") ?? true)
         settings.gradientCheckpointing = try gradientCheckpointing || (recipe.bool("gradient_checkpointing") ?? false)
         // Every setting checked here, once, after flags and recipe are merged, before anything is loaded or written.
