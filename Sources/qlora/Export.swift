@@ -65,7 +65,9 @@ struct Export: ParsableCommand {
         guard !FileSystem.isDirectory(output) else { throw ValidationError("--output \(output) is a folder") }
         let model = try modelOptions.modelPath()
         try Quantize.checkOutput(output, model: model, writing: "exporting")
-        if let adapter { try Quantize.checkOutput(output, model: adapter, writing: "exporting") }
+        if let adapter {
+            try Quantize.checkOutput(output, model: adapter, writing: "exporting", source: "--adapter")
+        }
         if let checkData { try InputFile.requireRegular(checkData, what: "--check-data") }
     }
 

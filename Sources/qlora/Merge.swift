@@ -44,6 +44,7 @@ struct Merge: ParsableCommand {
                 "supported)")
         }
         try Quantize.checkOutput(output, model: model, writing: "merging")
+        try Quantize.checkOutput(output, model: adapter, writing: "merging", source: "--adapter")
     }
 
     func run() throws {

@@ -57,8 +57,10 @@ struct Quantize: ParsableCommand {
 
     /// Refuses an output folder that is the model folder or inside it (writing there would replace, or mix with,
     /// the files being read), before anything is written. Both are compared after resolving links and `..`; an
-    /// output that does not exist yet is resolved through its nearest existing parent.
-    static func checkOutput(_ output: String, model: String, writing: String = "quantizing") throws {
+    /// output that does not exist yet is resolved through its nearest existing parent. `flag` and `source` name the
+    /// two in the message (`--output`, `--model`); `insideAllowed` refuses only the folder itself.
+    static func checkOutput(_ output: String, model: String, writing: String = "quantizing", flag: String = "--output",
+                            source sourceFlag: String = "--model", insideAllowed: Bool = false) throws {
         func resolved(_ path: String) -> String {
             var head = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
             var tail: [String] = []
@@ -77,11 +79,12 @@ struct Quantize: ParsableCommand {
             }
         }
         let out = resolved(output), source = resolved(model)
-        guard out != source, !out.hasPrefix(source.hasSuffix("/") ? source : source + "/") else {
-            throw ValidationError("--output \(output) is " +
-                "\(out == source ? "the --model folder itself" : "inside the --model folder \(model)"): "
-                                  + "\(writing) there would overwrite or mix with the files being read; choose a " +
-                                      "folder outside \(model)")
+        let inside = !insideAllowed && out.hasPrefix(source.hasSuffix("/") ? source : source + "/")
+        guard out != source, !inside else {
+            throw ValidationError("\(flag) \(output) is " +
+                "\(out == source ? "the \(sourceFlag) folder itself" : "inside the \(sourceFlag) folder \(model)"): "
+                                  + "\(writing) there would overwrite or mix with the files being read; choose "
+                                  + (insideAllowed ? "another folder" : "a folder outside \(model)"))
         }
     }
 

@@ -212,6 +212,14 @@ struct Train: ParsableCommand {
                 "--validation-split")
         }
         try InputFile.requireRegular(dataPath, what: "--data")
+        // The run's adapter files would replace the starting adapter's, or land among the model's files.
+        let modelPath = try modelOptions.modelPath(recipe)
+        try Quantize.checkOutput(output, model: modelPath, writing: "training", flag: "--output-dir",
+                                 insideAllowed: true)
+        if let initAdapter {
+            try Quantize.checkOutput(output, model: initAdapter, writing: "training", flag: "--output-dir",
+                                     source: "--init-adapter", insideAllowed: true)
+        }
         if let evalPath { try InputFile.requireRegular(evalPath, what: "--eval-data") }
         let resume = try resumeFromCheckpoint ?? recipe.string("resume_from_checkpoint")
         let overwrite = try overwriteOutputDir || (recipe.bool("overwrite_output_dir") ?? false)

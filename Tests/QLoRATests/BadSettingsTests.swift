@@ -462,3 +462,29 @@ extension BadSettingsTests {
         try expectError(["plan", "--batch-size", "100000", "--max-seq-length", "100000"], ["tokens a step"])
     }
 }
+
+extension BadSettingsTests {
+    /// An output that is an input is refused before anything is written: `train --init-adapter A --output-dir A`
+    /// used to replace the starting adapter's files with the run's, `train --output-dir MODEL` put a run among the
+    /// model's files, `merge --output ADAPTER` wrote a model into the adapter folder.
+    func testOutputsThatAreTheAdapterOrModelFolderAreRefused() throws {
+        let golden = try Shared.requireGolden()
+        let dir = makeTemporaryDirectory(self)
+        let adapter = dir + "/adapter"
+        try FileManager.default.copyItem(atPath: golden + "/tiny-adapter", toPath: adapter)
+        let before = try Data(contentsOf: URL(fileURLWithPath: adapter + "/adapter_model.safetensors"))
+        try write(#"{"input_ids": [1, 2, 3, 4]}"# + "\n", dir + "/data.jsonl")
+        let model = golden + "/tiny-llama"
+        try expectError(["train", "--model", model, "--init-adapter", adapter, "--data", dir + "/data.jsonl",
+                         "--output-dir", adapter + "/", "--max-steps", "1"],
+                        ["--output-dir \(adapter)/ is the --init-adapter folder itself", "choose another folder"])
+        try expectError(["train", "--model", model, "--data", dir + "/data.jsonl", "--output-dir", model + "/.",
+                         "--max-steps", "1"], ["--output-dir \(model)/. is the --model folder itself"])
+        try expectError(["merge", "--model", model, "--adapter", adapter, "--output", adapter, "--check", "never"],
+                        ["--output \(adapter) is the --adapter folder itself"])
+        try expectError(["export", "--model", model, "--adapter", adapter, "--adapter-only", "--output",
+                         adapter + "/a.gguf"], ["is inside the --adapter folder \(adapter)"])
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: adapter + "/adapter_model.safetensors")), before)
+        XCTAssertEqual(try FileSystem.contents(of: adapter), ["adapter_config.json", "adapter_model.safetensors"])
+    }
+}
