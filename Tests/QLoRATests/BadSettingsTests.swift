@@ -488,3 +488,50 @@ extension BadSettingsTests {
         XCTAssertEqual(try FileSystem.contents(of: adapter), ["adapter_config.json", "adapter_model.safetensors"])
     }
 }
+
+extension BadSettingsTests {
+    /// Resuming checks the checkpoint's place in the data and its optimizer step counts against this run: another
+    /// --validation-split (fewer training examples) used to index past the data (a trap), an optimizer step count of
+    /// Int.max overflowed on the next update, a negative data_position or epoch trapped.
+    func testResumeChecksTheCheckpointsDataOrderAndStepCounts() throws {
+        let golden = try Shared.requireGolden()
+        let dir = makeTemporaryDirectory(self)
+        let lines = (0..<10).map { #"{"input_ids": [\#($0 + 1), 5, 6, 7, 8]}"# }
+        try write(lines.joined(separator: "\n") + "\n", dir + "/data.jsonl")
+        let out = dir + "/out"
+        let train = ["train", "--model", golden + "/tiny-llama", "--data", dir + "/data.jsonl", "--output-dir", out,
+                     "--batch-size", "2", "--save-steps", "1"]
+        let (status, _, output) = try run(train + ["--max-steps", "2"])
+        XCTAssertEqual(status, 0, output)
+        let resume = train + ["--max-steps", "3", "--resume-from-checkpoint", "latest"]
+        try expectError(resume + ["--validation-split", "0.3"],
+                        ["checkpoint-2", "data_order holds 10 entries that are not an order of this run's 7 training "
+                         + "examples", "--validation-split"])
+
+        let path = out + "/checkpoint-2/optimizer.safetensors"
+        let file = try SafeTensorsFile(path: path)
+        var metadata = file.metadata
+        let steps = try JSONValue(parsing: metadata["steps"] ?? "{}")
+        let first = try XCTUnwrap(steps.objectValue?.first?.0)
+        var changed = steps
+        changed.set(first, .int(Int.max))
+        metadata["steps"] = changed.compactText()
+        let tensors = try file.names.map { (name: $0, tensor: try file.tensor(named: $0)) }
+        try SafeTensorsWriter.write(tensors, metadata: metadata, to: path + ".new")
+        try FileManager.default.removeItem(atPath: path)
+        try FileManager.default.moveItem(atPath: path + ".new", toPath: path)
+        try expectError(resume, [path, first, "optimizer step count 9223372036854775807",
+                                 "from 0 to the checkpoint's global_step 2"])
+
+        XCTAssertThrowsError(try Checkpoint.checkState(step: 2, order: Array(0..<4), rawOrderCount: 4, position: -1,
+                                                       epoch: 0, exampleCount: 4, directory: "ck")) {
+            XCTAssertTrue("\($0)".contains("data_position is -1: must be in 0 ... 4"), "\($0)")
+        }
+        XCTAssertThrowsError(try Checkpoint.checkState(step: 2, order: [0, 1], rawOrderCount: 2, position: 0,
+                                                       epoch: -1, exampleCount: 2, directory: "ck")) {
+            XCTAssertTrue("\($0)".contains("epoch is -1"), "\($0)")
+        }
+        XCTAssertNoThrow(try Checkpoint.checkState(step: 2, order: [1, 0], rawOrderCount: 2, position: 2, epoch: 3,
+                                                   exampleCount: 2, directory: "ck"))
+    }
+}
