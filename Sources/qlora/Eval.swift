@@ -43,10 +43,10 @@ struct Eval: ParsableCommand {
         var lora = LoRAConfig()
         lora.targetModules = []
         let loaded = try modelOptions.load(lora: lora, adapter: adapter)
-        let text = try? ModelText.load(path: loaded.path)
-        var options = try dataOptions.options(text ?? ModelText.none, maxPositions: loaded.config.maxPositionEmbeddings)
+        let text = try ModelText.loadIfPresent(path: loaded.path)
+        var options = try dataOptions.options(text, maxPositions: loaded.config.maxPositionEmbeddings)
         options.packing = false
-        var examples = try TextDataset.load(path: data, tokenizer: text?.tokenizer,
+        var examples = try TextDataset.load(path: data, tokenizer: text.tokenizer,
                                             vocabularySize: loaded.config.vocabSize, options: options)
         if let limit { examples = Array(examples.prefix(limit)) }
         guard !examples.isEmpty else { throw ValidationError("--data \(data) holds no examples") }

@@ -25,6 +25,19 @@ struct ModelText {
     /// No tokenizer (a model folder without one: only pre-tokenized data can be used).
     static let none = ModelText(tokenizer: nil, chatTemplate: nil)
 
+    /// The model's tokenizer where it has one, else `none` (a folder without tokenizer.json, a GGUF without a
+    /// tokenizer.ggml vocabulary: only pre-tokenized data then). A tokenizer that is there but cannot be read is an
+    /// error naming its file, not taken for a missing one.
+    static func loadIfPresent(path: String) throws -> ModelText {
+        if FileSystem.isDirectory(path) {
+            guard FileManager.default.fileExists(atPath: path + "/tokenizer.json") else { return .none }
+        } else if !path.hasSuffix(".json") {
+            let m = try GGUFFile(path: path).metadata
+            guard m["tokenizer.ggml.model"] != nil || m["tokenizer.ggml.tokens"] != nil else { return .none }
+        }
+        return try load(path: path)
+    }
+
     static func load(path: String) throws -> ModelText {
         if FileSystem.isDirectory(path) {
             let tokenizer = try Tokenizer(tokenizerJSONPath: path + "/tokenizer.json")

@@ -239,17 +239,17 @@ struct Train: ParsableCommand {
 
         let loaded = try modelOptions.load(lora: lora, adapter: initAdapter, seed: settings.seed, recipe: recipe)
         let config = loaded.config
-        let text = try? ModelText.load(path: loaded.path)
-        let options = try dataOptions.options(text ?? ModelText.none, recipe: recipe,
+        let text = try ModelText.loadIfPresent(path: loaded.path)
+        let options = try dataOptions.options(text, recipe: recipe,
                                               maxPositions: config.maxPositionEmbeddings)
         print("\(dataPath): training examples are being tokenized")
-        var examples = try TextDataset.load(path: dataPath, tokenizer: text?.tokenizer,
+        var examples = try TextDataset.load(path: dataPath, tokenizer: text.tokenizer,
                                             vocabularySize: config.vocabSize, options: options)
         var validation: [TokenizedExample] = []
         if let evalPath {
             var evalOptions = options
             evalOptions.packing = false
-            validation = try TextDataset.load(path: evalPath, tokenizer: text?.tokenizer,
+            validation = try TextDataset.load(path: evalPath, tokenizer: text.tokenizer,
                                               vocabularySize: config.vocabSize, options: evalOptions)
         } else if let split, split > 0 {
             var rng = SeededGenerator(seed: settings.seed ^ 0x5eed)

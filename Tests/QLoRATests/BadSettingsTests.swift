@@ -535,3 +535,26 @@ extension BadSettingsTests {
                                                    exampleCount: 2, directory: "ck"))
     }
 }
+
+extension BadSettingsTests {
+    /// A model folder whose tokenizer.json is there but broken: eval and train used to take it for a missing one
+    /// ("the model has none"), export silently wrote a GGUF without a vocabulary; each now names the file and what
+    /// is wrong with it (a folder without tokenizer.json still takes pre-tokenized data).
+    func testABrokenTokenizerIsNamedNotTakenForAMissingOne() throws {
+        let golden = try Shared.requireGolden()
+        let dir = makeTemporaryDirectory(self)
+        let model = dir + "/model"
+        try FileManager.default.copyItem(atPath: golden + "/tiny-llama", toPath: model)
+        try write(#"{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b c"]}}"#, model + "/tokenizer.json")
+        try write(#"{"text": "hello"}"# + "\n", dir + "/text.jsonl")
+        try write(#"{"input_ids": [1, 2, 3]}"# + "\n", dir + "/ids.jsonl")
+        let broken = [model + "/tokenizer.json", "model.merges[0]"]
+        try expectError(["eval", "--model", model, "--data", dir + "/text.jsonl"], broken)
+        try expectError(["train", "--model", model, "--data", dir + "/text.jsonl", "--output-dir", dir + "/out"],
+                        broken)
+        try expectError(["export", "--model", model, "--output", dir + "/m.gguf", "--check", "never"], broken)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/m.gguf"))
+        let (status, _, output) = try run(["eval", "--model", golden + "/tiny-llama", "--data", dir + "/ids.jsonl"])
+        XCTAssertEqual(status, 0, output)
+    }
+}
