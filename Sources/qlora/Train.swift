@@ -113,7 +113,10 @@ struct Train: ParsableCommand {
         lora.targetModules = try targetModules.map { $0.split(separator: ",").map(String.init) }
             ?? recipe.list("target_modules") ?? lora.targetModules
         if let bias = try recipe.string("bias"), bias != "none" { throw ValidationError("bias \"\(bias)\": only \"none\" is supported") }
-        guard lora.r > 0 else { throw ValidationError("--lora-r (recipe r) is \(lora.r): must be at least 1") }
+        // The same bound as an adapter file's r: 2^31 used to fail a 1.6 TB allocation, 10^6 to fill memory.
+        guard (1...PEFTAdapter.maximumRank).contains(lora.r) else {
+            throw ValidationError("--lora-r (recipe r) is \(lora.r): must be from 1 to \(PEFTAdapter.maximumRank)")
+        }
         guard (0..<1).contains(lora.dropout) else {
             throw ValidationError("--lora-dropout (recipe lora_dropout) is \(lora.dropout): must be in [0, 1)")
         }

@@ -558,3 +558,19 @@ extension BadSettingsTests {
         XCTAssertEqual(status, 0, output)
     }
 }
+
+extension BadSettingsTests {
+    /// A fresh adapter's rank has the bound an adapter file's has: `--lora-r 2147483648` used to fail a 1.6 TB
+    /// allocation (a trap), `--lora-r 1000000` filled memory for minutes on a 1 MB model.
+    func testLoRARankIsBoundedLikeAnAdapterFiles() throws {
+        let golden = try Shared.requireGolden()
+        let dir = makeTemporaryDirectory(self)
+        try write(#"{"input_ids": [1, 2, 3, 4]}"# + "\n", dir + "/data.jsonl")
+        let train = ["train", "--model", golden + "/tiny-llama", "--data", dir + "/data.jsonl", "--output-dir",
+                     dir + "/out", "--max-steps", "1"]
+        try expectError(train + ["--lora-r", "2147483648"], ["--lora-r (recipe r) is 2147483648", "from 1 to 65536"])
+        try write("r: 1000000\n", dir + "/r.yaml")
+        try expectError(train + ["--config", dir + "/r.yaml"], ["--lora-r (recipe r) is 1000000"])
+        try expectError(train + ["--lora-r", "0"], ["--lora-r (recipe r) is 0"])
+    }
+}
