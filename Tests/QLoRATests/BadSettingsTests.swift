@@ -574,3 +574,15 @@ extension BadSettingsTests {
         try expectError(train + ["--lora-r", "0"], ["--lora-r (recipe r) is 0"])
     }
 }
+
+extension BadSettingsTests {
+    /// bench-quantize checks its sizes: `--cols 2147483648` used to fail a 275 GB allocation (a trap) and rows ×
+    /// cols could overflow.
+    func testBenchQuantizeSizesAreChecked() throws {
+        try expectError(["bench-quantize", "--cols", "2147483648"],
+                        ["--rows 4096 × --cols 2147483648", "elements allowed"])
+        try expectError(["bench-quantize", "--rows", "3037000500", "--cols", "3037000500"], ["elements allowed"])
+        try expectError(["bench-quantize", "--rows=0"], ["--rows 0 and --cols 11008: each must be at least 1"])
+        try expectError(["bench-quantize", "--repeats=-1"], ["--repeats is -1"])
+    }
+}
