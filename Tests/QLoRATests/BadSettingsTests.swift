@@ -586,3 +586,19 @@ extension BadSettingsTests {
         try expectError(["bench-quantize", "--repeats=-1"], ["--repeats is -1"])
     }
 }
+
+extension BadSettingsTests {
+    /// A whole LoRA alpha beyond Int's range (`--lora-alpha 1e30`) used to trap while adapter_config.json was
+    /// written at the end of a run; it is written as a float and reads back.
+    func testAHugeWholeLoRAAlphaIsSavedAsAFloat() throws {
+        let dir = makeTemporaryDirectory(self)
+        var lora = LoRAConfig()
+        lora.alpha = 1e30; lora.targetModules = ["q_proj"]
+        let config = try LlamaConfig(contentsOf: try Shared.requireGolden() + "/tiny-llama")
+        try PEFTAdapter.save(LoRAWeights.initial(config: config, lora: lora, seed: 1), lora: lora, to: dir,
+                             baseModel: "tiny")
+        let text = try String(contentsOfFile: dir + "/adapter_config.json", encoding: .utf8)
+        XCTAssertTrue(text.contains("\"lora_alpha\": 1e+30"), text)
+        XCTAssertEqual(try PEFTAdapter.readConfig(directory: dir).alpha, 1e30)
+    }
+}
