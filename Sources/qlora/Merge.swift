@@ -65,7 +65,7 @@ struct Merge: ParsableCommand {
             let tokens = (0..<min(64, c.maxPositionEmbeddings)).map { _ in Int(rng.next() % UInt64(c.vocabSize)) }
             let r = try LlamaMerge.check(merged: output, base: weights, lora: lora, adapters: adapters, onto: onto,
                                          tokens: tokens)
-            print(String(format: "check: the merged model against base + adapter on %d tokens: largest |Δ logit| " +
+            print(String(format: "check: the merged model against base + adapter on %ld tokens: largest |Δ logit| " +
                 "%.3g, "
                          + "loss %.6f against %.6f", tokens.count, r.maxLogitDifference, r.loss, r.referenceLoss))
         } else if check == "auto" {

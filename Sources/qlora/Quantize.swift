@@ -131,7 +131,7 @@ final class ProgressReporter {
     func update(done: Int, total: Int, detail: String) {
         let elapsed = Date().timeIntervalSince(start)
         let remaining = done > 0 ? elapsed / Double(done) * Double(total - done) : 0
-        let line = String(format: "%@ %d/%d (%.0f%%) elapsed %.1fs, left %.1fs  %@", label, done, total,
+        let line = String(format: "%@ %ld/%ld (%.0f%%) elapsed %.1fs, left %.1fs  %@", label, done, total,
                           100 * Double(done) / Double(max(total, 1)), elapsed, remaining, detail)
         if isTerminal {
             FileHandle.standardError.write(("\r\u{1B}[K" + line).data(using: .utf8)!)

@@ -322,7 +322,7 @@ struct Train: ParsableCommand {
             }
             try board?.add(m)
             if let loss = m.loss { lastLoss = loss }
-            if let e = m.evalLoss { FileHandle.standardError.write(String(format: "\nstep %d: validation loss %.4f\n", m.step, e).data(using: .utf8)!) }
+            if let e = m.evalLoss { FileHandle.standardError.write(String(format: "\nstep %ld: validation loss %.4f\n", m.step, e).data(using: .utf8)!) }
         }
         var tokensSeen = 0
         let started = Date()
@@ -362,7 +362,7 @@ struct Train: ParsableCommand {
         if settings.loadBestModelAtEnd, let best = trainer.best {
             // The final adapter is the best one (as the Hugging Face Trainer loads the best model at the end).
             try trainer.engine.setAdapterWeights(try trainer.engine.readAdapterWeights(directory: bestDirectory))
-            print(String(format: "the final adapter is the best: step %d, validation loss %.4f (%@)", best.step,
+            print(String(format: "the final adapter is the best: step %ld, validation loss %.4f (%@)", best.step,
                          best.loss, bestDirectory))
         }
         try PEFTAdapter.save(trainer.engine.adapterWeights(), lora: trainer.engine.loraConfig, to: output, baseModel: loaded.path)

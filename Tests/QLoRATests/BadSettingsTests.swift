@@ -602,3 +602,27 @@ extension BadSettingsTests {
         XCTAssertEqual(try PEFTAdapter.readConfig(directory: dir).alpha, 1e30)
     }
 }
+
+extension BadSettingsTests {
+    /// Counts past 2^31 print whole: `--max-steps 2147483648` showed its progress as "1/-2147483648" (a 64-bit
+    /// count formatted with %d). The run is stopped after its first progress line.
+    func testProgressShowsStepCountsBeyondInt32() throws {
+        let dir = makeTemporaryDirectory(self)
+        try write(#"{"input_ids": [1, 2, 3, 4]}"# + "\n", dir + "/data.jsonl")
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: try binary())
+        p.arguments = ["train", "--model", try Shared.requireGolden() + "/tiny-llama", "--data", dir + "/data.jsonl",
+                       "--output-dir", dir + "/out", "--max-steps", "2147483648"]
+        let pipe = Pipe()
+        p.standardError = pipe; p.standardOutput = FileHandle.nullDevice
+        try p.run()
+        var text = ""
+        let deadline = Date().addingTimeInterval(60)
+        while !text.contains("train 1/"), p.isRunning, Date() < deadline {
+            text += String(decoding: pipe.fileHandleForReading.availableData, as: UTF8.self)
+        }
+        p.terminate()
+        p.waitUntilExit()
+        XCTAssertTrue(text.contains("train 1/2147483648 "), text)
+    }
+}
