@@ -626,3 +626,21 @@ extension BadSettingsTests {
         XCTAssertTrue(text.contains("train 1/2147483648 "), text)
     }
 }
+
+extension BadSettingsTests {
+    /// "no usable examples" says why: every record too short or without a target, or (with --packing) fewer
+    /// tokens than one block of --max-seq-length.
+    func testNoUsableExamplesSaysWhy() throws {
+        let golden = try Shared.requireGolden()
+        let dir = makeTemporaryDirectory(self)
+        try write(#"{"input_ids": [1, 2, 3]}"# + "\n", dir + "/short.jsonl")
+        try write(#"{"input_ids": [5]}"# + "\n", dir + "/one.jsonl")
+        let model = golden + "/tiny-llama"
+        try expectError(["train", "--model", model, "--data", dir + "/short.jsonl", "--output-dir", dir + "/out",
+                         "--packing", "--max-seq-length", "64"],
+                        ["short.jsonl: no usable examples: packing cuts full blocks of --max-seq-length 64 tokens, "
+                         + "and the data holds 3 tokens"])
+        try expectError(["eval", "--model", model, "--data", dir + "/one.jsonl"],
+                        ["one.jsonl: no usable examples: every record has fewer than 2 tokens"])
+    }
+}
