@@ -194,21 +194,28 @@ final class BadSettingsTests: XCTestCase {
         try expectError(base + ["--batch-size", "0"], ["--batch-size", "is 0"])
     }
 
-    /// `qlora generate` with a prompt longer than the model's context is an error, not a trap.
+    /// `qlora generate` with a prompt longer than the model's context is an error, not a trap. A tokenizer with
+    /// more ids than the model's vocabulary (SmolLM2's 49152 beside tiny-llama's 384) is an error naming both
+    /// sizes: a prompt of its ids used to read past the embedding table (a trap in generate).
     func testGeneratePromptLongerThanTheContextIsAnError() throws {
         let golden = try Shared.requireGolden()
-        let tokenizer = URL(fileURLWithPath: golden).deletingLastPathComponent()
-            .appendingPathComponent("smollm2-tokenizer/tokenizer.json").path
-        guard FileManager.default.fileExists(atPath: tokenizer) else { throw XCTSkip("no smollm2 tokenizer") }
-        let dir = makeTemporaryDirectory(self)
-        for name in ["config.json", "model.safetensors"] {
-            try FileManager.default.createSymbolicLink(atPath: dir + "/" + name,
-                withDestinationPath: golden + "/tiny-llama/" + name)
-        }
-        try FileManager.default.createSymbolicLink(atPath: dir + "/tokenizer.json", withDestinationPath: tokenizer)
+        let dir = try GGUFExportTests.tinyLlamaWithTokenizer(self)   // a 384-token tokenizer: it fits
         let long = Array(repeating: "word", count: 400).joined(separator: " ")   // > 256 positions
         try expectError(["generate", "--model", dir, "--prompt", long, "--max-new-tokens", "1000000"],
                         ["context", "256"])
+        let tokenizer = URL(fileURLWithPath: golden).deletingLastPathComponent()
+            .appendingPathComponent("smollm2-tokenizer/tokenizer.json").path
+        guard FileManager.default.fileExists(atPath: tokenizer) else { throw XCTSkip("no smollm2 tokenizer") }
+        let other = makeTemporaryDirectory(self)
+        for name in ["config.json", "model.safetensors"] {
+            try FileManager.default.createSymbolicLink(atPath: other + "/" + name,
+                withDestinationPath: golden + "/tiny-llama/" + name)
+        }
+        try FileManager.default.createSymbolicLink(atPath: other + "/tokenizer.json", withDestinationPath: tokenizer)
+        let mismatch = [other + "/tokenizer.json", "49152 token ids", "vocab_size 384"]
+        try expectError(["generate", "--model", other, "--prompt", "hi", "--max-new-tokens", "3"], mismatch)
+        try write(#"{"text": "hi there"}"# + "\n", other + "/text.jsonl")
+        try expectError(["eval", "--model", other, "--data", other + "/text.jsonl"], mismatch)
     }
 
     // MARK: 2. recipe parsing
