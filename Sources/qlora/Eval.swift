@@ -18,8 +18,8 @@ struct Eval: ParsableCommand {
 
     @OptionGroup var dataOptions: DataOptions
 
-    @Option(help: "Sequences per forward pass.")
-    var batchSize: Int = 4
+    @Option(help: "Sequences per forward pass.")   // train's default, written once in TrainingConfig
+    var batchSize: Int = TrainingConfig().batchSize
 
     @Option(help: "Use only the first N examples.")
     var limit: Int?

@@ -12,10 +12,12 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "Model: a Hugging Face folder, a bitsandbytes 4-bit checkpoint, or a GGUF file.")
     var model: String?
 
-    @Option(help: "4-bit data type used when quantizing a plain model: nf4 or fp4 (default nf4).")
+    @Option(help: ArgumentHelp("4-bit data type used when quantizing a plain model: nf4 or fp4 (default "
+                               + "\(QuantizationSettings().type.rawValue))."))
     var quantType: QuantType?
 
-    @Option(help: "Double quantization of the block scales: true or false (default true).")
+    @Option(help: ArgumentHelp("Double quantization of the block scales: true or false (default "
+                               + "\(QuantizationSettings().doubleQuant))."))
     var doubleQuant: Bool?
 
     @Option(help: "Compute dtype: fp32 or bf16 (default fp32 on the CPU, where bf16 rounds the weights; bf16 on the GPU).")
@@ -82,8 +84,8 @@ struct ModelOptions: ParsableArguments {
         let quant = try quantType ?? recipe.string("bnb_4bit_quant_type").map { name -> QuantType in
             guard let q = QuantType(rawValue: name) else { throw ValidationError("bnb_4bit_quant_type \"\(name)\": use nf4 or fp4") }
             return q
-        } ?? .nf4
-        let dq = try doubleQuant ?? recipe.bool("bnb_4bit_use_double_quant") ?? true
+        } ?? QuantizationSettings().type
+        let dq = try doubleQuant ?? recipe.bool("bnb_4bit_use_double_quant") ?? QuantizationSettings().doubleQuant
         let path = try modelPath(recipe)
         let weights = try LlamaWeights.open(path: path,
                                             quantization: QuantizationSettings(type: quant, doubleQuant: dq))

@@ -33,13 +33,13 @@ struct Quantize: ParsableCommand {
     var output: String
 
     @Option(help: "4-bit data type: nf4 or fp4.")
-    var quantType: QuantType = .nf4
+    var quantType: QuantType = QuantizationSettings().type
 
     @Option(help: "Quantize the block scales to 8 bits too: true or false.")
-    var doubleQuant: Bool = true
+    var doubleQuant: Bool = QuantizationSettings().doubleQuant
 
     @Option(help: "Values per quantization block: a power of two from 32 to 4096.")
-    var blocksize: Int = 64
+    var blocksize: Int = QuantizationSettings().blocksize
 
     @Option(help: "Compute dtype recorded in quantization_config: bf16, fp32 or fp16.")
     var computeDtype: ComputeDTypeOption = .bf16
