@@ -651,3 +651,12 @@ extension BadSettingsTests {
                         ["one.jsonl: no usable examples: every record has fewer than 2 tokens"])
     }
 }
+
+extension BadSettingsTests {
+    /// plan's --gpu-memory must be a size: -1, 0 and nan printed "does not fit on a nan-GiB GPU".
+    func testPlanGPUMemoryMustBeASize() throws {
+        for value in ["-1", "0", "nan", "inf"] {
+            try expectError(["plan", "--gpu-memory=\(value)"], ["--gpu-memory is", "finite number of GiB above 0"])
+        }
+    }
+}
