@@ -108,8 +108,8 @@ public enum Checkpoint {
     /// Checks a checkpoint's place in the data against the data of this run, before anything is restored: the
     /// order must be empty or a permutation of this data's examples (a different data file, or another
     /// --validation-split, gives another count), the position within it, the step and epoch not negative.
-    public static func checkState(step: Int, order: [Int], rawOrderCount: Int, position: Int, epoch: Int, exampleCount: Int,
-                           directory: String) throws {
+    public static func checkState(step: Int, order: [Int], rawOrderCount: Int, position: Int, epoch: Int,
+                                  exampleCount: Int, directory: String) throws {
         func fail(_ detail: String) -> ModelFileError {
             ModelFileError.invalidCheckpoint(path: directory, tensor: "trainer_state.json", detail: detail)
         }
@@ -144,8 +144,9 @@ public enum Checkpoint {
                        position: position, epoch: epoch, exampleCount: trainer.exampleCount, directory: directory)
         let counter = state["early_stopping_patience_counter"]?.intValue ?? 0
         guard counter >= 0 else {
-            throw ModelFileError.invalidCheckpoint(path: directory, tensor: "trainer_state.json",
-                                                   detail: "early_stopping_patience_counter is \(counter): must be ≥ 0")
+            throw ModelFileError.invalidCheckpoint(
+                path: directory, tensor: "trainer_state.json",
+                detail: "early_stopping_patience_counter is \(counter): must be ≥ 0")
         }
         let engine = trainer.engine
         let lora = engine.loraConfig, saved = try PEFTAdapter.readConfig(directory: directory)

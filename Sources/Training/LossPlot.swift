@@ -28,7 +28,8 @@ public enum LossPlot {
             s += "<line x1=\"\(f(left))\" y1=\"\(f(py(y)))\" x2=\"\(f(width - right))\" y2=\"\(f(py(y)))\" stroke=\"#ddd\"/>\n"
             s += "<text x=\"\(f(left - 6))\" y=\"\(f(py(y) + 4))\" text-anchor=\"end\">\(String(format: "%.3f", y))</text>\n"
             let x = minX + (maxX - minX) * Double(i) / 4
-            s += "<text x=\"\(f(px(x)))\" y=\"\(f(height - bottom + 16))\" text-anchor=\"middle\">\(String(format: "%.0f", x))</text>\n"
+            s += "<text x=\"\(f(px(x)))\" y=\"\(f(height - bottom + 16))\" text-anchor=\"middle\">"
+                + String(format: "%.0f", x) + "</text>\n"
         }
         s += "<text x=\"\(f(width / 2))\" y=\"\(f(height - 8))\" text-anchor=\"middle\">step</text>\n"
         for (points, color, name, dy) in [(train, "#1f77b4", "training loss", 0.0), (eval, "#d62728", "validation loss", 16.0)] where !points.isEmpty {

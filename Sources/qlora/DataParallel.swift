@@ -87,7 +87,8 @@ struct DataParallelOptions: ParsableArguments {
                                      + "NVIDIA GPUs; leave --devices out to train on the CPU)")
         }
         guard local <= available else {
-            throw CUDAError.noDevice("--devices \(local): this machine has \(available) GPU\(available == 1 ? "" : "s")")
+            throw CUDAError.noDevice("--devices \(local): this machine has \(available) "
+                                     + (available == 1 ? "GPU" : "GPUs"))
         }
         let world = local * nnodes
         let path = rendezvous.map { $0.hasPrefix("file:") ? String($0.dropFirst(5)) : $0 }

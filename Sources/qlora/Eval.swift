@@ -57,7 +57,8 @@ struct Eval: ParsableCommand {
             print(JSONValue.object([("loss", .double(loss)), ("perplexity", .double(Foundation.exp(loss))),
                                     ("tokens", .int(tokens)), ("examples", .int(examples.count))]).pythonText())
         } else {
-            print(String(format: "loss %.6f  perplexity %.4f  (%ld tokens, %ld examples)", loss, Foundation.exp(loss), tokens, examples.count))
+            print(String(format: "loss %.6f  perplexity %.4f  (%ld tokens, %ld examples)", loss,
+                         Foundation.exp(loss), tokens, examples.count))
         }
     }
 }

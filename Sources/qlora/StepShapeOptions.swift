@@ -59,9 +59,9 @@ struct StepShapeOptions: ParsableArguments {
         let perToken = Double(cfg.vocabSize + 8 * cfg.hiddenSize * max(cfg.layerCount, 1)) * 8
         let needed = Double(batch) * Double(seq) * perToken
         guard physical <= 0 || needed <= Double(physical) else {
-            throw ValidationError(String(format: "--batch-size %ld × --max-seq-length %ld needs at least %.1f GB on the "
-                                         + "CPU (logits and activations); this machine has %.1f GB", batch, seq,
-                                         needed / 1e9, Double(physical) / 1e9))
+            throw ValidationError(String(format: "--batch-size %ld × --max-seq-length %ld needs at least %.1f GB "
+                                         + "on the CPU (logits and activations); this machine has %.1f GB", batch,
+                                         seq, needed / 1e9, Double(physical) / 1e9))
         }
     }
 

@@ -322,7 +322,10 @@ struct Train: ParsableCommand {
             }
             try board?.add(m)
             if let loss = m.loss { lastLoss = loss }
-            if let e = m.evalLoss { FileHandle.standardError.write(String(format: "\nstep %ld: validation loss %.4f\n", m.step, e).data(using: .utf8)!) }
+            if let e = m.evalLoss {
+                FileHandle.standardError.write(Data(String(format: "\nstep %ld: validation loss %.4f\n", m.step,
+                                                           e).utf8))
+            }
         }
         var tokensSeen = 0
         let started = Date()

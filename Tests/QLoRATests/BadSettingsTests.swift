@@ -420,6 +420,14 @@ final class BadSettingsTests: XCTestCase {
 // MARK: found by an independent fuzzing pass
 
 extension BadSettingsTests {
+    /// A copy of the golden folder `name` in a fresh temporary folder: (the golden root, the folder, the copy).
+    func goldenCopy(_ name: String) throws -> (golden: String, dir: String, copy: String) {
+        let golden = try Shared.requireGolden()
+        let dir = makeTemporaryDirectory(self)
+        try FileManager.default.copyItem(atPath: golden + "/" + name, toPath: dir + "/" + name)
+        return (golden, dir, dir + "/" + name)
+    }
+
     /// Every reader that maps a file refuses a FIFO at once: `open` used to wait for a writer forever (tokenize's
     /// --input and --tokenizer, bench's --config, a tokenizer or model file that is a pipe).
     func testFIFOsAreRefusedByTheFileMapperWithoutBlocking() throws {
@@ -463,7 +471,8 @@ extension BadSettingsTests {
         try expectError(small + ["--batch-size", "9223372036854775807"],
                         ["--batch-size 9223372036854775807 × --max-seq-length 16", "2147483648 allowed"])
         try expectError(small + ["--batch-size", "1000000", "--layers", "1"],
-                        ["--batch-size 1000000 × --max-seq-length 16 needs at least", "GB on the CPU", "this machine has"])
+                        ["--batch-size 1000000 × --max-seq-length 16 needs at least", "GB on the CPU",
+                         "this machine has"])
         try expectError(small + ["--layers", "2147483648"], ["--layers is 2147483648", "1 ... 30"])
         try expectError(small + ["--layers", "0"], ["--layers is 0"])
         try expectError(["plan", "--batch-size", "100000", "--max-seq-length", "100000"], ["tokens a step"])
@@ -475,10 +484,7 @@ extension BadSettingsTests {
     /// used to replace the starting adapter's files with the run's, `train --output-dir MODEL` put a run among the
     /// model's files, `merge --output ADAPTER` wrote a model into the adapter folder.
     func testOutputsThatAreTheAdapterOrModelFolderAreRefused() throws {
-        let golden = try Shared.requireGolden()
-        let dir = makeTemporaryDirectory(self)
-        let adapter = dir + "/adapter"
-        try FileManager.default.copyItem(atPath: golden + "/tiny-adapter", toPath: adapter)
+        let (golden, dir, adapter) = try goldenCopy("tiny-adapter")
         let before = try Data(contentsOf: URL(fileURLWithPath: adapter + "/adapter_model.safetensors"))
         try write(#"{"input_ids": [1, 2, 3, 4]}"# + "\n", dir + "/data.jsonl")
         let model = golden + "/tiny-llama"
@@ -548,10 +554,7 @@ extension BadSettingsTests {
     /// ("the model has none"), export silently wrote a GGUF without a vocabulary; each now names the file and what
     /// is wrong with it (a folder without tokenizer.json still takes pre-tokenized data).
     func testABrokenTokenizerIsNamedNotTakenForAMissingOne() throws {
-        let golden = try Shared.requireGolden()
-        let dir = makeTemporaryDirectory(self)
-        let model = dir + "/model"
-        try FileManager.default.copyItem(atPath: golden + "/tiny-llama", toPath: model)
+        let (golden, dir, model) = try goldenCopy("tiny-llama")
         try write(#"{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b c"]}}"#, model + "/tokenizer.json")
         try write(#"{"text": "hello"}"# + "\n", dir + "/text.jsonl")
         try write(#"{"input_ids": [1, 2, 3]}"# + "\n", dir + "/ids.jsonl")
