@@ -56,10 +56,14 @@ struct ModelOptions: ParsableArguments {
                                       communicator: worker?.1)
     }
 
+    /// The compute dtype on the CPU: --compute-dtype, else the recipe's bf16 flag, else fp32.
+    func cpuDType(_ recipe: TrainingRecipe = TrainingRecipe()) throws -> ComputeDType {
+        try computeDtype ?? (recipe.bool("bf16") == true ? .bf16 : .fp32)
+    }
+
     /// The CPU model of `loaded`, with its adapters.
     func cpuModel(_ loaded: LoadedModel, recipe: TrainingRecipe = TrainingRecipe()) throws -> LlamaModel {
-        let compute = try computeDtype ?? (recipe.bool("bf16") == true ? .bf16 : .fp32)
-        let model = try LlamaModel(weights: loaded.weights, compute: compute, lora: loaded.lora)
+        let model = try LlamaModel(weights: loaded.weights, compute: try cpuDType(recipe), lora: loaded.lora)
         model.adapters = loaded.adapters
         return model
     }

@@ -103,6 +103,9 @@ struct Train: ParsableCommand {
             FileHandle.standardError.write(Data(("warning: recipe key \(key) has no effect here (it steers the " +
                                                  "Python tooling only)\n").utf8))
         }
+        for warning in try checkKeysWithoutSettings(recipe) {
+            FileHandle.standardError.write(Data("warning: \(warning)\n".utf8))
+        }
         guard let dataPath = try data ?? recipe.string("data") else { throw ValidationError("missing --data (or \"train_file\" in the recipe)") }
         guard let output = try outputDir ?? recipe.string("output_dir") else { throw ValidationError("missing --output-dir (or \"output_dir\" in the recipe)") }
         var lora = LoRAConfig()   // each setting the flag's, else the recipe's, else LoRAConfig's default
@@ -371,6 +374,42 @@ struct Train: ParsableCommand {
         try PEFTAdapter.save(trainer.engine.adapterWeights(), lora: trainer.engine.loraConfig, to: output, baseModel: loaded.path)
         let plot = try LossPlot.write(runDirectory: output)
         print("saved the adapter, metrics.jsonl and \(plot) to \(output) (final logged loss \(String(format: "%.4f", lastLoss)))")
+    }
+}
+
+extension Train {
+    /// Recipe keys that set nothing of their own but state what the recipe expects (load_in_4bit, task_type,
+    /// fp16, bnb_4bit_compute_dtype): a value this tool cannot honour is an error, one without effect a warning
+    /// (returned), never silence. `load_in_4bit: false` or `task_type: SEQ_CLS` used to be accepted and ignored.
+    func checkKeysWithoutSettings(_ recipe: TrainingRecipe) throws -> [String] {
+        if try recipe.bool("load_in_4bit") == false {
+            throw ValidationError("recipe load_in_4bit is false: this tool trains on a 4-bit base only (set it "
+                                  + "true or leave it out)")
+        }
+        if let task = try recipe.string("task_type"), task != "CAUSAL_LM" {
+            throw ValidationError("recipe task_type is \"\(task)\": only CAUSAL_LM (causal language modelling) is "
+                                  + "trained here")
+        }
+        var warnings: [String] = []
+        if try recipe.bool("fp16") == true {
+            warnings.append("recipe key fp16 has no effect here: the compute dtype is fp32 or bf16 (--compute-dtype, "
+                            + "else the recipe's bf16)")
+        }
+        if let name = try recipe.string("bnb_4bit_compute_dtype") {
+            let names: [String: ComputeDType?] = ["bfloat16": .bf16, "bf16": .bf16, "float32": .fp32, "fp32": .fp32,
+                                                  "float16": nil, "fp16": nil]
+            guard let named = names[name] else {
+                throw ValidationError("recipe bnb_4bit_compute_dtype is \"\(name)\": use bfloat16, float16 or float32")
+            }
+            let onGPU = modelOptions.usesGPU || parallel.devices != nil || DataParallelOptions.worker != nil
+            let used: ComputeDType = onGPU ? (try modelOptions.gpuDType(recipe) == .bf16 ? .bf16 : .fp32)
+                : try modelOptions.cpuDType(recipe)
+            if named != used {
+                warnings.append("recipe bnb_4bit_compute_dtype \(name) has no effect here: this run computes in "
+                                + "\(used.rawValue) (--compute-dtype, else the recipe's bf16)")
+            }
+        }
+        return warnings
     }
 }
 

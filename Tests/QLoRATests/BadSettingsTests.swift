@@ -663,3 +663,32 @@ extension BadSettingsTests {
         }
     }
 }
+
+extension BadSettingsTests {
+    /// Recipe keys that only state what the recipe expects are never taken in silence: `load_in_4bit: false` and
+    /// `task_type: SEQ_CLS` (not what this tool trains) are errors, `fp16: true` and a bnb_4bit_compute_dtype other
+    /// than the run's compute dtype are warnings naming the key; the seed recipe's values pass quietly.
+    func testRecipeKeysThatStateExpectationsAreCheckedOrWarned() throws {
+        let dir = makeTemporaryDirectory(self)
+        let model = try Shared.requireGolden() + "/tiny-llama"
+        try write(#"{"input_ids": [1, 2, 3, 4]}"# + "\n", dir + "/data.jsonl")
+        func train(_ recipe: String) throws -> [String] {
+            try write(recipe, dir + "/r.yaml")
+            try? FileManager.default.removeItem(atPath: dir + "/out")
+            return ["train", "--config", dir + "/r.yaml", "--model", model, "--data", dir + "/data.jsonl",
+                    "--output-dir", dir + "/out", "--max-steps", "1"]
+        }
+        try expectError(try train("load_in_4bit: false\n"), ["recipe load_in_4bit is false", "4-bit base only"])
+        try expectError(try train("task_type: SEQ_CLS\n"), ["recipe task_type is \"SEQ_CLS\"", "CAUSAL_LM"])
+        try expectError(try train("bnb_4bit_compute_dtype: int8\n"), ["bnb_4bit_compute_dtype is \"int8\""])
+        var (status, _, output) = try run(try train("fp16: true\nbnb_4bit_compute_dtype: float16\n"))
+        XCTAssertEqual(status, 0, output)
+        XCTAssertTrue(output.contains("warning: recipe key fp16 has no effect here"), output)
+        XCTAssertTrue(output.contains("warning: recipe bnb_4bit_compute_dtype float16 has no effect here: this run "
+                                      + "computes in fp32"), output)
+        (status, _, output) = try run(try train("load_in_4bit: true\ntask_type: CAUSAL_LM\nbf16: true\n"
+                                                + "bnb_4bit_compute_dtype: bfloat16\n"))
+        XCTAssertEqual(status, 0, output)
+        XCTAssertFalse(output.contains("warning"), output)
+    }
+}
