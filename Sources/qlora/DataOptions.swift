@@ -26,6 +26,14 @@ struct DataOptions: ParsableArguments {
         return value
     }
 
+    /// For a command that reads each example whole (eval, export's check): --packing, a training layout, would be
+    /// dropped without a word, so it is an error.
+    func refusePacking(_ command: String) throws {
+        guard !packing else {
+            throw ValidationError("--packing has no effect in \(command), which reads each example whole: leave it out")
+        }
+    }
+
     /// `--train-on-eos` (recipe `train_on_eos`, default turn), checked.
     func trainOnEOS(recipe: TrainingRecipe) throws -> TrainOnEOS {
         guard let name = try trainOnEos ?? recipe.string("train_on_eos") else { return .turn }

@@ -29,6 +29,7 @@ struct Eval: ParsableCommand {
 
     /// The flag checks, in one place (ArgumentParser calls this before `run`).
     func validate() throws {
+        try dataOptions.refusePacking("eval")
         guard batchSize >= 1 else { throw ValidationError("--batch-size is \(batchSize): must be at least 1") }
         if let limit, limit < 1 {
             throw ValidationError("--limit is \(limit): must be at least 1 (or left out for every example)")

@@ -69,6 +69,7 @@ struct Export: ParsableCommand {
             try Quantize.checkOutput(output, model: adapter, writing: "exporting", source: "--adapter")
         }
         if let checkData { try InputFile.requireRegular(checkData, what: "--check-data") }
+        try dataOptions.refusePacking("export's check")
     }
 
     func run() throws {

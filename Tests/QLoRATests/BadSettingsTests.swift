@@ -692,3 +692,18 @@ extension BadSettingsTests {
         XCTAssertFalse(output.contains("warning"), output)
     }
 }
+
+extension BadSettingsTests {
+    /// eval and export's check read each example whole: --packing used to be accepted there and dropped without a
+    /// word; it is an error naming the command.
+    func testPackingWhereItHasNoEffectIsAnError() throws {
+        let golden = try Shared.requireGolden()
+        let dir = makeTemporaryDirectory(self)
+        try write(#"{"input_ids": [1, 2, 3, 4]}"# + "\n", dir + "/data.jsonl")
+        try expectError(["eval", "--model", golden + "/tiny-llama", "--data", dir + "/data.jsonl", "--packing"],
+                        ["--packing has no effect in eval"])
+        try expectError(["export", "--model", golden + "/tiny-llama", "--output", dir + "/m.gguf", "--check-data",
+                         dir + "/data.jsonl", "--packing"], ["--packing has no effect in export's check"])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/m.gguf"))
+    }
+}
