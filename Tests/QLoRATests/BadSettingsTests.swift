@@ -428,6 +428,14 @@ extension BadSettingsTests {
         return (golden, dir, dir + "/" + name)
     }
 
+    /// tiny-llama's folder, a fresh temporary folder and a one-record data file in it: (model, folder, data).
+    func tinyModelAndData() throws -> (model: String, dir: String, data: String) {
+        let model = try Shared.requireGolden() + "/tiny-llama"
+        let dir = makeTemporaryDirectory(self)
+        try write(#"{"input_ids": [1, 2, 3, 4]}"# + "\n", dir + "/data.jsonl")
+        return (model, dir, dir + "/data.jsonl")
+    }
+
     /// Every reader that maps a file refuses a FIFO at once: `open` used to wait for a writer forever (tokenize's
     /// --input and --tokenizer, bench's --config, a tokenizer or model file that is a pipe).
     func testFIFOsAreRefusedByTheFileMapperWithoutBlocking() throws {
@@ -573,11 +581,8 @@ extension BadSettingsTests {
     /// A fresh adapter's rank has the bound an adapter file's has: `--lora-r 2147483648` used to fail a 1.6 TB
     /// allocation (a trap), `--lora-r 1000000` filled memory for minutes on a 1 MB model.
     func testLoRARankIsBoundedLikeAnAdapterFiles() throws {
-        let golden = try Shared.requireGolden()
-        let dir = makeTemporaryDirectory(self)
-        try write(#"{"input_ids": [1, 2, 3, 4]}"# + "\n", dir + "/data.jsonl")
-        let train = ["train", "--model", golden + "/tiny-llama", "--data", dir + "/data.jsonl", "--output-dir",
-                     dir + "/out", "--max-steps", "1"]
+        let (model, dir, data) = try tinyModelAndData()
+        let train = ["train", "--model", model, "--data", data, "--output-dir", dir + "/out", "--max-steps", "1"]
         try expectError(train + ["--lora-r", "2147483648"], ["--lora-r (recipe r) is 2147483648", "from 1 to 65536"])
         try write("r: 1000000\n", dir + "/r.yaml")
         try expectError(train + ["--config", dir + "/r.yaml"], ["--lora-r (recipe r) is 1000000"])
@@ -617,12 +622,11 @@ extension BadSettingsTests {
     /// Counts past 2^31 print whole: `--max-steps 2147483648` showed its progress as "1/-2147483648" (a 64-bit
     /// count formatted with %d). The run is stopped after its first progress line.
     func testProgressShowsStepCountsBeyondInt32() throws {
-        let dir = makeTemporaryDirectory(self)
-        try write(#"{"input_ids": [1, 2, 3, 4]}"# + "\n", dir + "/data.jsonl")
+        let (model, dir, data) = try tinyModelAndData()
         let p = Process()
         p.executableURL = URL(fileURLWithPath: try binary())
-        p.arguments = ["train", "--model", try Shared.requireGolden() + "/tiny-llama", "--data", dir + "/data.jsonl",
-                       "--output-dir", dir + "/out", "--max-steps", "2147483648"]
+        p.arguments = ["train", "--model", model, "--data", data, "--output-dir", dir + "/out", "--max-steps",
+                       "2147483648"]
         let pipe = Pipe()
         p.standardError = pipe; p.standardOutput = FileHandle.nullDevice
         try p.run()
@@ -669,14 +673,12 @@ extension BadSettingsTests {
     /// `task_type: SEQ_CLS` (not what this tool trains) are errors, `fp16: true` and a bnb_4bit_compute_dtype other
     /// than the run's compute dtype are warnings naming the key; the seed recipe's values pass quietly.
     func testRecipeKeysThatStateExpectationsAreCheckedOrWarned() throws {
-        let dir = makeTemporaryDirectory(self)
-        let model = try Shared.requireGolden() + "/tiny-llama"
-        try write(#"{"input_ids": [1, 2, 3, 4]}"# + "\n", dir + "/data.jsonl")
+        let (model, dir, data) = try tinyModelAndData()
         func train(_ recipe: String) throws -> [String] {
             try write(recipe, dir + "/r.yaml")
             try? FileManager.default.removeItem(atPath: dir + "/out")
-            return ["train", "--config", dir + "/r.yaml", "--model", model, "--data", dir + "/data.jsonl",
-                    "--output-dir", dir + "/out", "--max-steps", "1"]
+            return ["train", "--config", dir + "/r.yaml", "--model", model, "--data", data, "--output-dir",
+                    dir + "/out", "--max-steps", "1"]
         }
         try expectError(try train("load_in_4bit: false\n"), ["recipe load_in_4bit is false", "4-bit base only"])
         try expectError(try train("task_type: SEQ_CLS\n"), ["recipe task_type is \"SEQ_CLS\"", "CAUSAL_LM"])
@@ -697,13 +699,10 @@ extension BadSettingsTests {
     /// eval and export's check read each example whole: --packing used to be accepted there and dropped without a
     /// word; it is an error naming the command.
     func testPackingWhereItHasNoEffectIsAnError() throws {
-        let golden = try Shared.requireGolden()
-        let dir = makeTemporaryDirectory(self)
-        try write(#"{"input_ids": [1, 2, 3, 4]}"# + "\n", dir + "/data.jsonl")
-        try expectError(["eval", "--model", golden + "/tiny-llama", "--data", dir + "/data.jsonl", "--packing"],
-                        ["--packing has no effect in eval"])
-        try expectError(["export", "--model", golden + "/tiny-llama", "--output", dir + "/m.gguf", "--check-data",
-                         dir + "/data.jsonl", "--packing"], ["--packing has no effect in export's check"])
+        let (model, dir, data) = try tinyModelAndData()
+        try expectError(["eval", "--model", model, "--data", data, "--packing"], ["--packing has no effect in eval"])
+        try expectError(["export", "--model", model, "--output", dir + "/m.gguf", "--check-data", data, "--packing"],
+                        ["--packing has no effect in export's check"])
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/m.gguf"))
     }
 }
