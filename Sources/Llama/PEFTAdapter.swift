@@ -144,7 +144,9 @@ public enum PEFTAdapter {
             ("fan_in_fan_out", .bool(false)),
             ("inference_mode", .bool(true)),
             ("init_lora_weights", .bool(true)),
-            ("lora_alpha", lora.alpha.rounded() == lora.alpha ? .int(Int(lora.alpha)) : .double(lora.alpha)),
+            // A whole alpha is written as an integer (as peft writes it) where it fits one; 1e30 stays a float.
+            ("lora_alpha", lora.alpha.rounded() == lora.alpha && abs(lora.alpha) < 9e15
+                ? .int(Int(lora.alpha)) : .double(lora.alpha)),
             ("lora_dropout", .double(lora.dropout)),
             ("modules_to_save", .null),
             ("peft_type", .string("LORA")),

@@ -105,6 +105,28 @@ public enum Checkpoint {
         }.sorted { $0.0 < $1.0 }
     }
 
+    /// Checks a checkpoint's place in the data against the data of this run, before anything is restored: the
+    /// order must be empty or a permutation of this data's examples (a different data file, or another
+    /// --validation-split, gives another count), the position within it, the step and epoch not negative.
+    public static func checkState(step: Int, order: [Int], rawOrderCount: Int, position: Int, epoch: Int,
+                                  exampleCount: Int, directory: String) throws {
+        func fail(_ detail: String) -> ModelFileError {
+            ModelFileError.invalidCheckpoint(path: directory, tensor: "trainer_state.json", detail: detail)
+        }
+        guard step >= 0 else { throw fail("global_step is \(step): must be ≥ 0") }
+        guard epoch >= 0 else { throw fail("epoch is \(epoch): must be ≥ 0") }
+        guard order.isEmpty && rawOrderCount == 0
+                || order.count == rawOrderCount && Set(order) == Set(0..<exampleCount) && order.count == exampleCount
+        else {
+            throw fail("data_order holds \(rawOrderCount) entries that are not an order of this run's \(exampleCount) "
+                       + "training examples: resume with the same data file (and --validation-split) as the run that "
+                       + "saved it")
+        }
+        guard (0...order.count).contains(position) else {
+            throw fail("data_position is \(position): must be in 0 ... \(order.count) (the data order's length)")
+        }
+    }
+
     /// Restores the checkpoint in `directory` into `trainer` (the engine's adapters and optimizer; the step, generator
     /// and data position). The checkpoint's LoRA settings must be the engine's.
     public static func restore(_ trainer: inout Trainer, from directory: String) throws {
@@ -117,6 +139,14 @@ public enum Checkpoint {
               let rngState = UInt64(rngText), let order = state["data_order"]?.arrayValue?.compactMap(\.intValue),
               let position = state["data_position"]?.intValue, let epoch = state["epoch"]?.intValue else {
             throw ModelFileError.invalidCheckpoint(path: directory, tensor: "trainer_state.json", detail: "missing or malformed fields")
+        }
+        try checkState(step: step, order: order, rawOrderCount: state["data_order"]?.arrayValue?.count ?? 0,
+                       position: position, epoch: epoch, exampleCount: trainer.exampleCount, directory: directory)
+        let counter = state["early_stopping_patience_counter"]?.intValue ?? 0
+        guard counter >= 0 else {
+            throw ModelFileError.invalidCheckpoint(
+                path: directory, tensor: "trainer_state.json",
+                detail: "early_stopping_patience_counter is \(counter): must be ≥ 0")
         }
         let engine = trainer.engine
         let lora = engine.loraConfig, saved = try PEFTAdapter.readConfig(directory: directory)
@@ -138,7 +168,12 @@ public enum Checkpoint {
         let stepsJSON = try JSONValue(parsing: file.metadata["steps"] ?? "{}")
         var states: [String: OptimizerState] = [:], steps: [String: Int] = [:]
         for (name, count) in stepsJSON.objectValue ?? [] {
-            steps[name] = count.intValue ?? 0
+            // Each tensor's update count: an integer from 0 to the checkpoint's step (the next update adds one).
+            guard let updates = count.intValue, (0...max(step, 0)).contains(updates) else {
+                throw ModelFileError.invalidCheckpoint(path: file.path, tensor: name, detail: "optimizer step count "
+                    + "\(count.compactText()) is not an integer from 0 to the checkpoint's global_step \(step)")
+            }
+            steps[name] = updates
             let m = try file.tensor(named: name + ".m"), v = try file.tensor(named: name + ".v")
             if m.dtype == .u8 {
                 states[name] = .eightBit(m: m.bytesArray(), v: v.bytesArray(),
@@ -157,7 +192,6 @@ public enum Checkpoint {
         if let loss = state["best_metric"]?.doubleValue, let at = state["best_global_step"]?.intValue {
             best = (loss, at)
         }
-        let counter = state["early_stopping_patience_counter"]?.intValue ?? 0
         trainer.restore(step: step, rng: rng, data: DataPosition(order: order, position: position, epoch: epoch),
                         best: best, evaluationsWithoutImprovement: counter)
     }

@@ -1,4 +1,5 @@
 import Foundation
+import ModelFiles
 
 /// Draws training and validation loss against step as a self-contained SVG (no dependencies, opens in any browser).
 public enum LossPlot {
@@ -27,7 +28,8 @@ public enum LossPlot {
             s += "<line x1=\"\(f(left))\" y1=\"\(f(py(y)))\" x2=\"\(f(width - right))\" y2=\"\(f(py(y)))\" stroke=\"#ddd\"/>\n"
             s += "<text x=\"\(f(left - 6))\" y=\"\(f(py(y) + 4))\" text-anchor=\"end\">\(String(format: "%.3f", y))</text>\n"
             let x = minX + (maxX - minX) * Double(i) / 4
-            s += "<text x=\"\(f(px(x)))\" y=\"\(f(height - bottom + 16))\" text-anchor=\"middle\">\(Int(x.rounded()))</text>\n"
+            s += "<text x=\"\(f(px(x)))\" y=\"\(f(height - bottom + 16))\" text-anchor=\"middle\">"
+                + String(format: "%.0f", x) + "</text>\n"
         }
         s += "<text x=\"\(f(width / 2))\" y=\"\(f(height - 8))\" text-anchor=\"middle\">step</text>\n"
         for (points, color, name, dy) in [(train, "#1f77b4", "training loss", 0.0), (eval, "#d62728", "validation loss", 16.0)] where !points.isEmpty {
@@ -47,10 +49,12 @@ public enum LossPlot {
     /// Reads `RUN/metrics.jsonl` and writes `RUN/loss.svg`; returns its path.
     @discardableResult
     public static func write(runDirectory: String) throws -> String {
-        let text = try String(contentsOfFile: runDirectory + "/metrics.jsonl", encoding: .utf8)
+        // Read as bytes (a missing, special or non-UTF-8 file is an error naming it, never a Foundation code).
+        let text = String(decoding: try FileSystem.readBytes(runDirectory + "/metrics.jsonl"), as: UTF8.self)
         let metrics = text.split(separator: "\n").compactMap { StepMetrics(json: String($0)) }
         let path = runDirectory + "/loss.svg"
-        try svg(metrics, title: "loss — \((runDirectory as NSString).lastPathComponent)").write(toFile: path, atomically: true, encoding: .utf8)
+        try AtomicFile.write(text: svg(metrics, title: "loss — \((runDirectory as NSString).lastPathComponent)"),
+                             to: path)
         return path
     }
 }

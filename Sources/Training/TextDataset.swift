@@ -109,8 +109,18 @@ public enum TextDataset {
                 examples.append(TokenizedExample(inputIds: ids, labels: labels))
             }
         }
-        if options.packing { examples = pack(examples, length: options.maxSeqLength) }
-        guard !examples.isEmpty else { throw DatasetError(path: path, "no usable examples") }
+        guard !examples.isEmpty else {
+            throw DatasetError(path: path, "no usable examples: every record has fewer than 2 tokens or no token "
+                               + "that takes the loss")
+        }
+        if options.packing {
+            let tokens = examples.reduce(0) { $0 + $1.inputIds.count }
+            examples = pack(examples, length: options.maxSeqLength)
+            guard !examples.isEmpty else {
+                throw DatasetError(path: path, "no usable examples: packing cuts full blocks of --max-seq-length "
+                                   + "\(options.maxSeqLength) tokens, and the data holds \(tokens) tokens")
+            }
+        }
         return examples
     }
 

@@ -282,6 +282,8 @@ public struct Trainer {
     /// Whether the last `train` stopped early (`earlyStoppingPatience`).
     public private(set) var stoppedEarly = false
     private let examples: [TokenizedExample]
+    /// How many training examples this trainer walks (a checkpoint's data order must cover exactly these).
+    var exampleCount: Int { examples.count }
     /// Total optimizer steps of this run.
     public let totalSteps: Int
     /// The data-parallel group this trainer is one rank of (nil: alone).

@@ -1,4 +1,5 @@
 import CYaml
+import ModelFiles
 import Foundation
 import Yams
 #if canImport(Glibc)
@@ -256,16 +257,8 @@ public enum InputFile {
         guard stat(path, &info) == 0 else {
             throw TrainingError(description: "\(what) \(path): \(String(cString: strerror(errno)))")
         }
-        let kind: String
-        switch info.st_mode & S_IFMT {
-        case S_IFREG: return Int(info.st_size)
-        case S_IFDIR: kind = "a folder"
-        case S_IFIFO: kind = "a FIFO (named pipe)"
-        case S_IFCHR: kind = "a character device"
-        case S_IFBLK: kind = "a block device"
-        case S_IFSOCK: kind = "a socket"
-        default: kind = "not a regular file"
-        }
+        if info.st_mode & S_IFMT == S_IFREG { return Int(info.st_size) }
+        let kind = MappedFile.kind(info.st_mode)
         throw TrainingError(description: "\(what) \(path) is \(kind); it must be a regular file")
     }
 }

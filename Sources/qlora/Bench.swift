@@ -71,6 +71,7 @@ struct Bench: ParsableCommand {
             try d.synchronize()
             FileHandle.standardError.write("bench on \(d.description)\n".data(using: .utf8)!)
         } else {
+            try step.checkFitsHostMemory(cfg)
             let model = try weights.map { try LlamaModel(weights: $0, lora: lora, seed: 1) }
                 ?? Self.randomCPUModel(cfg, lora: lora)
             counts = model.parameterCounts
@@ -112,7 +113,7 @@ struct Bench: ParsableCommand {
             ("shape", .string(step.model ?? step.config ?? step.shape)),
             ("targets", .string(targets)),
             ("batch", .int(batch)), ("seq", .int(seq)), ("grad_ckpt", .bool(!noCkpt)), ("steps", .int(steps)),
-            ("tokens_per_s", .double(r(Double(batch * seq * steps * world) / seconds, 1))),
+            ("tokens_per_s", .double(r(Double(batch) * Double(seq) * Double(steps) * Double(world) / seconds, 1))),
             ("step_s", .double(r(seconds / Double(steps), 4))), ("peak_alloc_gib", .double(r(peak / 1073741824, 3))),
             ("peak_reserved_gib", .double(r(reserved / 1073741824, 3))), ("load_s", .double(r(loadSeconds, 1))),
             ("trainable", .int(counts.trainable)), ("all_params", .int(counts.all)), ("final_loss", .double(r(finalLoss, 4))),

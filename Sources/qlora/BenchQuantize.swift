@@ -22,6 +22,21 @@ struct BenchQuantize: ParsableCommand {
     @Option(help: "Also time `quantize` on this model folder.")
     var model: String?
 
+    /// Most elements of the benchmark matrix (2^31: 4 GB of bf16, more than any model's largest weight).
+    static let maximumElements = 1 << 31
+
+    func validate() throws {
+        guard rows >= 1, cols >= 1 else {
+            throw ValidationError("--rows \(rows) and --cols \(cols): each must be at least 1")
+        }
+        let (elements, overflow) = rows.multipliedReportingOverflow(by: cols)
+        guard !overflow, elements <= Self.maximumElements else {
+            throw ValidationError("--rows \(rows) × --cols \(cols) is more than the \(Self.maximumElements) elements "
+                                  + "allowed")
+        }
+        guard repeats >= 1 else { throw ValidationError("--repeats is \(repeats): must be at least 1") }
+    }
+
     func run() throws {
         print("| what | quant | elements | best time (s) | input GB/s |")
         print("| --- | --- | ---: | ---: | ---: |")

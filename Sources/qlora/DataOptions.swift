@@ -10,7 +10,8 @@ struct DataOptions: ParsableArguments {
     var datasetTextField: String?
     @Flag(help: "Take the loss on prompts too, not only on completions and assistant turns.") var trainOnInputs = false
     @Flag(help: "Concatenate examples into full --max-seq-length blocks.") var packing = false
-    @Option(help: "Cut examples to this many tokens (default 512).") var maxSeqLength: Int?
+    @Option(help: ArgumentHelp("Cut examples to this many tokens (default \(DatasetOptions().maxSeqLength))."))
+    var maxSeqLength: Int?
     @Option(help: "Comma-separated roles whose chat turns take the loss (axolotl's roles_to_train; default assistant).")
     var rolesToTrain: String?
     @Option(help: "Which end-of-turn markers take the loss: turn (each trained turn's, the default), last, all, none.")
@@ -18,11 +19,19 @@ struct DataOptions: ParsableArguments {
 
     /// `--max-seq-length` (recipe `max_seq_length`, default 512), checked: at least 2 tokens (one input, one target).
     func maxSeqLength(recipe: TrainingRecipe) throws -> Int {
-        let value = try maxSeqLength ?? recipe.int("max_seq_length") ?? 512
+        let value = try maxSeqLength ?? recipe.int("max_seq_length") ?? DatasetOptions().maxSeqLength
         guard value >= 2 else {
             throw ValidationError("--max-seq-length (recipe max_seq_length) is \(value): must be an integer ≥ 2")
         }
         return value
+    }
+
+    /// For a command that reads each example whole (eval, export's check): --packing, a training layout, would be
+    /// dropped without a word, so it is an error.
+    func refusePacking(_ command: String) throws {
+        guard !packing else {
+            throw ValidationError("--packing has no effect in \(command), which reads each example whole: leave it out")
+        }
     }
 
     /// `--train-on-eos` (recipe `train_on_eos`, default turn), checked.

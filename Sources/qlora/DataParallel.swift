@@ -25,7 +25,16 @@ struct DataParallelOptions: ParsableArguments {
 
     func validate() throws {
         if let devices, devices != "all", (Int(devices) ?? 0) < 1 { throw ValidationError("--devices \(devices): a positive number or all") }
-        guard nnodes >= 1, (0..<nnodes).contains(nodeRank) else { throw ValidationError("--node-rank must be in 0 ..< --nnodes") }
+        // Bounded so that ranks (node rank × GPUs per node + local rank) can never overflow.
+        guard (1...Self.maximumRanks).contains(nnodes) else {
+            throw ValidationError("--nnodes is \(nnodes): must be in 1 ... \(Self.maximumRanks)")
+        }
+        if let devices, let n = Int(devices), n > Self.maximumRanks {
+            throw ValidationError("--devices is \(n): must be at most \(Self.maximumRanks) (or all)")
+        }
+        guard (0..<nnodes).contains(nodeRank) else {
+            throw ValidationError("--node-rank is \(nodeRank): must be in 0 ..< --nnodes (\(nnodes))")
+        }
         if nnodes > 1 && rendezvous == nil {
             throw ValidationError("--nnodes > 1 needs --rendezvous file:PATH (a shared file system) or tcp:HOST:PORT")
         }
@@ -33,6 +42,9 @@ struct DataParallelOptions: ParsableArguments {
             throw ValidationError("--rendezvous \(rendezvous): use file:PATH or tcp:HOST:PORT")
         }
     }
+
+    /// Most machines, and most GPUs on one machine, a run may name (far beyond any real cluster).
+    static let maximumRanks = 65_536
 
     /// This process's place, when it is a worker started by a launcher (ours, or a cluster's), and its GPU.
     struct Worker { let rank: Int, worldSize: Int, rendezvous: String, deviceOrdinal: Int }
@@ -67,8 +79,17 @@ struct DataParallelOptions: ParsableArguments {
     /// Starts one worker per local GPU running this same command line, waits for all, and exits with the first
     /// failure's status (stopping the others).
     func launchWorkers() throws -> Never {
-        let local = devices == "all" ? CUDADevice.count() : Int(devices!)!
-        guard local >= 1 else { throw CUDAError.noDevice("--devices all: the driver sees no GPU") }
+        // One worker per GPU that is there: a count beyond the machine's GPUs would start that many processes.
+        let available = CUDADevice.count()
+        let local = devices == "all" ? available : Int(devices ?? "") ?? 0
+        guard available >= 1 else {
+            throw CUDAError.noDevice("--devices \(devices ?? ""): the driver sees no GPU (data-parallel training needs "
+                                     + "NVIDIA GPUs; leave --devices out to train on the CPU)")
+        }
+        guard local <= available else {
+            throw CUDAError.noDevice("--devices \(local): this machine has \(available) "
+                                     + (available == 1 ? "GPU" : "GPUs"))
+        }
         let world = local * nnodes
         let path = rendezvous.map { $0.hasPrefix("file:") ? String($0.dropFirst(5)) : $0 }
             ?? NSTemporaryDirectory() + "qlora-rendezvous-\(getpid())-\(UInt64(Date().timeIntervalSince1970 * 1000))"

@@ -18,8 +18,8 @@ struct Eval: ParsableCommand {
 
     @OptionGroup var dataOptions: DataOptions
 
-    @Option(help: "Sequences per forward pass.")
-    var batchSize: Int = 4
+    @Option(help: "Sequences per forward pass.")   // train's default, written once in TrainingConfig
+    var batchSize: Int = TrainingConfig().batchSize
 
     @Option(help: "Use only the first N examples.")
     var limit: Int?
@@ -29,6 +29,7 @@ struct Eval: ParsableCommand {
 
     /// The flag checks, in one place (ArgumentParser calls this before `run`).
     func validate() throws {
+        try dataOptions.refusePacking("eval")
         guard batchSize >= 1 else { throw ValidationError("--batch-size is \(batchSize): must be at least 1") }
         if let limit, limit < 1 {
             throw ValidationError("--limit is \(limit): must be at least 1 (or left out for every example)")
@@ -43,10 +44,10 @@ struct Eval: ParsableCommand {
         var lora = LoRAConfig()
         lora.targetModules = []
         let loaded = try modelOptions.load(lora: lora, adapter: adapter)
-        let text = try? ModelText.load(path: loaded.path)
-        var options = try dataOptions.options(text ?? ModelText.none, maxPositions: loaded.config.maxPositionEmbeddings)
+        let text = try ModelText.loadIfPresent(path: loaded.path)
+        var options = try dataOptions.options(text, maxPositions: loaded.config.maxPositionEmbeddings)
         options.packing = false
-        var examples = try TextDataset.load(path: data, tokenizer: text?.tokenizer,
+        var examples = try TextDataset.load(path: data, tokenizer: text.tokenizer,
                                             vocabularySize: loaded.config.vocabSize, options: options)
         if let limit { examples = Array(examples.prefix(limit)) }
         guard !examples.isEmpty else { throw ValidationError("--data \(data) holds no examples") }
@@ -57,7 +58,8 @@ struct Eval: ParsableCommand {
             print(JSONValue.object([("loss", .double(loss)), ("perplexity", .double(Foundation.exp(loss))),
                                     ("tokens", .int(tokens)), ("examples", .int(examples.count))]).pythonText())
         } else {
-            print(String(format: "loss %.6f  perplexity %.4f  (%d tokens, %d examples)", loss, Foundation.exp(loss), tokens, examples.count))
+            print(String(format: "loss %.6f  perplexity %.4f  (%ld tokens, %ld examples)", loss,
+                         Foundation.exp(loss), tokens, examples.count))
         }
     }
 }

@@ -65,8 +65,11 @@ struct Export: ParsableCommand {
         guard !FileSystem.isDirectory(output) else { throw ValidationError("--output \(output) is a folder") }
         let model = try modelOptions.modelPath()
         try Quantize.checkOutput(output, model: model, writing: "exporting")
-        if let adapter { try Quantize.checkOutput(output, model: adapter, writing: "exporting") }
+        if let adapter {
+            try Quantize.checkOutput(output, model: adapter, writing: "exporting", source: "--adapter")
+        }
         if let checkData { try InputFile.requireRegular(checkData, what: "--check-data") }
+        try dataOptions.refusePacking("export's check")
     }
 
     func run() throws {
@@ -75,7 +78,7 @@ struct Export: ParsableCommand {
         let type = GGUFExportType(rawValue: self.type)!
         let config = loaded.config
         let name = URL(fileURLWithPath: loaded.path).deletingPathExtension().lastPathComponent
-        let text = try? ModelText.load(path: loaded.path)
+        let text = try ModelText.loadIfPresent(path: loaded.path)
         if adapterOnly {
             let tensors = try LlamaGGUFExport.writeAdapter(config: config, lora: loaded.lora,
                                                            adapters: loaded.adapters, type: type,
@@ -124,8 +127,8 @@ struct Export: ParsableCommand {
     }
 
     /// Prints a check's outcome.
-    func report(_ r: LlamaGGUFExport.Check, what: String, text: ModelText?) {
-        let source = checkData ?? (text?.tokenizer == nil ? "seeded random ids: no tokenizer" : "built-in text")
+    func report(_ r: LlamaGGUFExport.Check, what: String, text: ModelText) {
+        let source = checkData ?? (text.tokenizer == nil ? "seeded random ids: no tokenizer" : "built-in text")
         print("check: \(what) against base + adapter as trained on \(r.sequences) sequences (\(r.tokens) tokens of "
               + "\(source)): " + String(format: "largest |Δ logit| %.3g, loss %.6f against %.6f, perplexity %.4f "
               + "against %.4f", r.maxLogitDifference, r.loss, r.referenceLoss, r.perplexity, r.referencePerplexity))
@@ -154,17 +157,17 @@ struct Export: ParsableCommand {
 
     /// The check's held-out sequences: --check-data's examples (the first 8), else the built-in text in pieces of
     /// up to 128 tokens, else (no tokenizer) 4 sequences of seeded random ids.
-    func checkSequences(text: ModelText?, config: LlamaConfig) throws -> [(inputIds: [Int], labels: [Int])] {
+    func checkSequences(text: ModelText, config: LlamaConfig) throws -> [(inputIds: [Int], labels: [Int])] {
         let length = min(128, config.maxPositionEmbeddings)
         if let checkData {
-            var options = try dataOptions.options(text ?? .none, maxPositions: config.maxPositionEmbeddings)
+            var options = try dataOptions.options(text, maxPositions: config.maxPositionEmbeddings)
             options.packing = false
-            let examples = try TextDataset.load(path: checkData, tokenizer: text?.tokenizer,
+            let examples = try TextDataset.load(path: checkData, tokenizer: text.tokenizer,
                                                 vocabularySize: config.vocabSize, options: options)
             guard !examples.isEmpty else { throw ValidationError("--check-data \(checkData) holds no examples") }
             return examples.prefix(8).map { ($0.inputIds, $0.labels) }
         }
-        if let tokenizer = text?.tokenizer {
+        if let tokenizer = text.tokenizer {
             let ids = tokenizer.encode(Self.builtInText, addSpecialTokens: true).filter { $0 < config.vocabSize }
             return stride(from: 0, to: ids.count, by: length).prefix(8).compactMap { start in
                 let piece = Array(ids[start..<min(ids.count, start + length)])

@@ -25,9 +25,24 @@ struct ModelText {
     /// No tokenizer (a model folder without one: only pre-tokenized data can be used).
     static let none = ModelText(tokenizer: nil, chatTemplate: nil)
 
+    /// The model's tokenizer where it has one, else `none` (a folder without tokenizer.json, a GGUF without a
+    /// tokenizer.ggml vocabulary: only pre-tokenized data then). A tokenizer that is there but cannot be read is an
+    /// error naming its file, not taken for a missing one.
+    static func loadIfPresent(path: String) throws -> ModelText {
+        if FileSystem.isDirectory(path) {
+            guard FileManager.default.fileExists(atPath: path + "/tokenizer.json") else { return .none }
+        } else if !path.hasSuffix(".json") {
+            let m = try GGUFFile(path: path).metadata
+            guard m["tokenizer.ggml.model"] != nil || m["tokenizer.ggml.tokens"] != nil else { return .none }
+        }
+        return try load(path: path)
+    }
+
     static func load(path: String) throws -> ModelText {
         if FileSystem.isDirectory(path) {
             let tokenizer = try Tokenizer(tokenizerJSONPath: path + "/tokenizer.json")
+            try checkFits(tokenizer, tokenizerPath: path + "/tokenizer.json",
+                          modelVocabulary: (try? LlamaConfig(contentsOf: path))?.vocabSize)
             return with(tokenizer, template: chatTemplateText(folder: path))
         }
         if path.hasSuffix(".json") {
@@ -46,7 +61,20 @@ struct ModelText {
             paddingTokenId: m["tokenizer.ggml.padding_token_id"]?.int,
             addBOS: m["tokenizer.ggml.add_bos_token"]?.bool ?? (model == "llama"),
             addSpacePrefix: m["tokenizer.ggml.add_space_prefix"]?.bool ?? (model == "llama"))
+        try checkFits(tokenizer, tokenizerPath: path, modelVocabulary: (try? LlamaConfig(gguf: gguf))?.vocabSize)
         return with(tokenizer, template: m["tokenizer.chat_template"]?.string)
+    }
+
+    /// A tokenizer with more ids than the model has embeddings would hand the model ids past its vocabulary (a
+    /// prompt of them read past the embedding table): an error naming both sizes. Where the model's config cannot
+    /// be read (a tokenizer-only folder) there is nothing to compare.
+    static func checkFits(_ tokenizer: Tokenizer, tokenizerPath: String, modelVocabulary: Int?) throws {
+        guard let modelVocabulary, tokenizer.vocabularySize > modelVocabulary else { return }
+        throw ModelFileError.invalidConfig(
+            path: tokenizerPath,
+            detail: "the tokenizer has \(tokenizer.vocabularySize) token ids, more than the model's vocabulary "
+                + "(vocab_size \(modelVocabulary)): ids from \(modelVocabulary) on have no embedding; use the "
+                + "model's own tokenizer")
     }
 
     /// The tokenizer with the model's Jinja chat template (the tokenizer's BOS and EOS tokens as `bos_token` and

@@ -44,6 +44,7 @@ struct Merge: ParsableCommand {
                 "supported)")
         }
         try Quantize.checkOutput(output, model: model, writing: "merging")
+        try Quantize.checkOutput(output, model: adapter, writing: "merging", source: "--adapter")
     }
 
     func run() throws {
@@ -64,7 +65,7 @@ struct Merge: ParsableCommand {
             let tokens = (0..<min(64, c.maxPositionEmbeddings)).map { _ in Int(rng.next() % UInt64(c.vocabSize)) }
             let r = try LlamaMerge.check(merged: output, base: weights, lora: lora, adapters: adapters, onto: onto,
                                          tokens: tokens)
-            print(String(format: "check: the merged model against base + adapter on %d tokens: largest |Δ logit| " +
+            print(String(format: "check: the merged model against base + adapter on %ld tokens: largest |Δ logit| " +
                 "%.3g, "
                          + "loss %.6f against %.6f", tokens.count, r.maxLogitDifference, r.loss, r.referenceLoss))
         } else if check == "auto" {

@@ -12,10 +12,12 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "Model: a Hugging Face folder, a bitsandbytes 4-bit checkpoint, or a GGUF file.")
     var model: String?
 
-    @Option(help: "4-bit data type used when quantizing a plain model: nf4 or fp4 (default nf4).")
+    @Option(help: ArgumentHelp("4-bit data type used when quantizing a plain model: nf4 or fp4 (default "
+                               + "\(QuantizationSettings().type.rawValue))."))
     var quantType: QuantType?
 
-    @Option(help: "Double quantization of the block scales: true or false (default true).")
+    @Option(help: ArgumentHelp("Double quantization of the block scales: true or false (default "
+                               + "\(QuantizationSettings().doubleQuant))."))
     var doubleQuant: Bool?
 
     @Option(help: "Compute dtype: fp32 or bf16 (default fp32 on the CPU, where bf16 rounds the weights; bf16 on the GPU).")
@@ -54,10 +56,14 @@ struct ModelOptions: ParsableArguments {
                                       communicator: worker?.1)
     }
 
+    /// The compute dtype on the CPU: --compute-dtype, else the recipe's bf16 flag, else fp32.
+    func cpuDType(_ recipe: TrainingRecipe = TrainingRecipe()) throws -> ComputeDType {
+        try computeDtype ?? (recipe.bool("bf16") == true ? .bf16 : .fp32)
+    }
+
     /// The CPU model of `loaded`, with its adapters.
     func cpuModel(_ loaded: LoadedModel, recipe: TrainingRecipe = TrainingRecipe()) throws -> LlamaModel {
-        let compute = try computeDtype ?? (recipe.bool("bf16") == true ? .bf16 : .fp32)
-        let model = try LlamaModel(weights: loaded.weights, compute: compute, lora: loaded.lora)
+        let model = try LlamaModel(weights: loaded.weights, compute: try cpuDType(recipe), lora: loaded.lora)
         model.adapters = loaded.adapters
         return model
     }
@@ -82,8 +88,8 @@ struct ModelOptions: ParsableArguments {
         let quant = try quantType ?? recipe.string("bnb_4bit_quant_type").map { name -> QuantType in
             guard let q = QuantType(rawValue: name) else { throw ValidationError("bnb_4bit_quant_type \"\(name)\": use nf4 or fp4") }
             return q
-        } ?? .nf4
-        let dq = try doubleQuant ?? recipe.bool("bnb_4bit_use_double_quant") ?? true
+        } ?? QuantizationSettings().type
+        let dq = try doubleQuant ?? recipe.bool("bnb_4bit_use_double_quant") ?? QuantizationSettings().doubleQuant
         let path = try modelPath(recipe)
         let weights = try LlamaWeights.open(path: path,
                                             quantization: QuantizationSettings(type: quant, doubleQuant: dq))

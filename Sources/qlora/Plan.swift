@@ -15,9 +15,16 @@ struct Plan: ParsableCommand {
 
     @OptionGroup var step: StepShapeOptions
     @Option(help: "Optimizer: adamw, adamw_8bit, paged_adamw_8bit or paged_adamw_32bit.")
-    var optim: OptimizerKind = .paged_adamw_8bit
+    var optim: OptimizerKind = TrainingConfig().optimizer   // train's default
     @Option(help: "Compare with this GPU's memory (GiB), e.g. 8, 24, 80.") var gpuMemory: Double?
     @Flag(help: "Print one JSON object instead of the table.") var json = false
+
+    func validate() throws {
+        // A size to compare with: -1, 0 or nan used to print "does not fit on a nan-GiB GPU".
+        if let gpuMemory, !(gpuMemory.isFinite && gpuMemory > 0) {
+            throw ValidationError("--gpu-memory is \(gpuMemory): must be a finite number of GiB above 0")
+        }
+    }
 
     func run() throws {
         let (cfg, lora, _) = try step.resolve()

@@ -33,13 +33,13 @@ struct Quantize: ParsableCommand {
     var output: String
 
     @Option(help: "4-bit data type: nf4 or fp4.")
-    var quantType: QuantType = .nf4
+    var quantType: QuantType = QuantizationSettings().type
 
     @Option(help: "Quantize the block scales to 8 bits too: true or false.")
-    var doubleQuant: Bool = true
+    var doubleQuant: Bool = QuantizationSettings().doubleQuant
 
     @Option(help: "Values per quantization block: a power of two from 32 to 4096.")
-    var blocksize: Int = 64
+    var blocksize: Int = QuantizationSettings().blocksize
 
     @Option(help: "Compute dtype recorded in quantization_config: bf16, fp32 or fp16.")
     var computeDtype: ComputeDTypeOption = .bf16
@@ -57,8 +57,10 @@ struct Quantize: ParsableCommand {
 
     /// Refuses an output folder that is the model folder or inside it (writing there would replace, or mix with,
     /// the files being read), before anything is written. Both are compared after resolving links and `..`; an
-    /// output that does not exist yet is resolved through its nearest existing parent.
-    static func checkOutput(_ output: String, model: String, writing: String = "quantizing") throws {
+    /// output that does not exist yet is resolved through its nearest existing parent. `flag` and `source` name the
+    /// two in the message (`--output`, `--model`); `insideAllowed` refuses only the folder itself.
+    static func checkOutput(_ output: String, model: String, writing: String = "quantizing", flag: String = "--output",
+                            source sourceFlag: String = "--model", insideAllowed: Bool = false) throws {
         func resolved(_ path: String) -> String {
             var head = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
             var tail: [String] = []
@@ -77,11 +79,12 @@ struct Quantize: ParsableCommand {
             }
         }
         let out = resolved(output), source = resolved(model)
-        guard out != source, !out.hasPrefix(source.hasSuffix("/") ? source : source + "/") else {
-            throw ValidationError("--output \(output) is " +
-                "\(out == source ? "the --model folder itself" : "inside the --model folder \(model)"): "
-                                  + "\(writing) there would overwrite or mix with the files being read; choose a " +
-                                      "folder outside \(model)")
+        let inside = !insideAllowed && out.hasPrefix(source.hasSuffix("/") ? source : source + "/")
+        guard out != source, !inside else {
+            throw ValidationError("\(flag) \(output) is " +
+                "\(out == source ? "the \(sourceFlag) folder itself" : "inside the \(sourceFlag) folder \(model)"): "
+                                  + "\(writing) there would overwrite or mix with the files being read; choose "
+                                  + (insideAllowed ? "another folder" : "a folder outside \(model)"))
         }
     }
 
@@ -128,7 +131,7 @@ final class ProgressReporter {
     func update(done: Int, total: Int, detail: String) {
         let elapsed = Date().timeIntervalSince(start)
         let remaining = done > 0 ? elapsed / Double(done) * Double(total - done) : 0
-        let line = String(format: "%@ %d/%d (%.0f%%) elapsed %.1fs, left %.1fs  %@", label, done, total,
+        let line = String(format: "%@ %ld/%ld (%.0f%%) elapsed %.1fs, left %.1fs  %@", label, done, total,
                           100 * Double(done) / Double(max(total, 1)), elapsed, remaining, detail)
         if isTerminal {
             FileHandle.standardError.write(("\r\u{1B}[K" + line).data(using: .utf8)!)

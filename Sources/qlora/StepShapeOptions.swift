@@ -14,7 +14,7 @@ struct StepShapeOptions: ParsableArguments {
     // short name of hf_baseline.py's flags (--targets, --batch, --seq).
     @Option(name: [.customLong("target-modules"), .customLong("targets")],
             help: "LoRA targets: projections as train takes them (q_proj,v_proj or all-linear), or qv / all.")
-    var targetModules: String = "qv"
+    var targetModules: String = LoRAConfig().targetModules.joined(separator: ",")
     @Option(name: [.customLong("batch-size"), .customLong("batch")], help: "Sequences per step.") var batch: Int = 4
     @Option(name: [.customLong("max-seq-length"), .customLong("seq")], help: "Tokens per sequence.") var seq: Int = 2048
     @Option(help: "Compute dtype on the GPU: bf16 or fp32.") var computeDtype: ComputeDType = .bf16
@@ -40,7 +40,29 @@ struct StepShapeOptions: ParsableArguments {
         guard batch > 0, seq > 1 else {
             throw ValidationError("--batch-size must be positive and --max-seq-length at least 2")
         }
+        let (tokens, overflow) = batch.multipliedReportingOverflow(by: seq)
+        guard !overflow, tokens <= Self.maximumStepTokens else {
+            throw ValidationError("--batch-size \(batch) × --max-seq-length \(seq) is more tokens a step than "
+                                  + "the \(Self.maximumStepTokens) allowed")
+        }
         guard (0..<1).contains(loraDropout) else { throw ValidationError("--lora-dropout must be in [0, 1)") }
+    }
+
+    /// Most tokens one step may hold (2^31: far beyond any real batch, and small enough that sizes derived from it
+    /// cannot overflow).
+    static let maximumStepTokens = 1 << 31
+
+    /// On the CPU the step's logits and their gradient alone take batch × seq × vocabulary floats twice: more than
+    /// the machine's memory is a clear error before any allocation (not a failed allocation that kills the process).
+    func checkFitsHostMemory(_ cfg: LlamaConfig) throws {
+        let physical = Int(sysconf(Int32(_SC_PHYS_PAGES))) &* Int(sysconf(Int32(_SC_PAGESIZE)))
+        let perToken = Double(cfg.vocabSize + 8 * cfg.hiddenSize * max(cfg.layerCount, 1)) * 8
+        let needed = Double(batch) * Double(seq) * perToken
+        guard physical <= 0 || needed <= Double(physical) else {
+            throw ValidationError(String(format: "--batch-size %ld × --max-seq-length %ld needs at least %.1f GB "
+                                         + "on the CPU (logits and activations); this machine has %.1f GB", batch,
+                                         seq, needed / 1e9, Double(physical) / 1e9))
+        }
     }
 
     /// The targets as train names them: qv and all are hf_baseline.py's shortcuts.
@@ -75,6 +97,9 @@ struct StepShapeOptions: ParsableArguments {
         }
         if let layers {
             guard weights == nil else { throw ValidationError("--layers builds a random model: not with --model") }
+            guard (1...max(cfg.layerCount, 1)).contains(layers) else {
+                throw ValidationError("--layers is \(layers): must be in 1 ... \(cfg.layerCount) (the shape's layers)")
+            }
             cfg.layerCount = layers
         }
         guard seq <= cfg.maxPositionEmbeddings else {

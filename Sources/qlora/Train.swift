@@ -14,6 +14,10 @@ extension IntervalStrategy: ExpressibleByArgument {}
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Fine-tune LoRA adapters on a frozen 4-bit base (CPU, or an NVIDIA GPU with --device cuda).")
 
+    /// The defaults the help shows: TrainingConfig's, written once there (a flag left out, and a key missing from
+    /// the recipe, take the same value).
+    static let defaults = TrainingConfig()
+
     @OptionGroup var modelOptions: ModelOptions
     @Option(help: "Recipe file (YAML or JSON) with Hugging Face key names; flags override it.") var config: String?
     @Option(help: "Training data file.") var data: String?
@@ -34,19 +38,31 @@ struct Train: ParsableCommand {
         """))
     var targetModules: String?
     @Flag(help: "rsLoRA scaling (alpha / sqrt(r)).") var useRslora = false
-    @Option(help: "Sequences per micro-batch (default 4).") var batchSize: Int?
-    @Option(help: "Micro-batches per optimizer step (default 1).") var gradientAccumulationSteps: Int?
+    @Option(help: ArgumentHelp("Sequences per micro-batch (default \(Train.defaults.batchSize)).")) var batchSize: Int?
+    @Option(help: ArgumentHelp(
+        "Micro-batches per optimizer step (default \(Train.defaults.gradientAccumulationSteps))."))
+    var gradientAccumulationSteps: Int?
     @Option(help: "Optimizer steps (default: run the epochs).") var maxSteps: Int?
-    @Option(help: "Epochs when --max-steps is not given (default 1).") var numTrainEpochs: Double?
-    @Option(help: "Peak learning rate (default 2e-4).") var learningRate: Float?
-    @Option(help: "Decoupled weight decay (default 0).") var weightDecay: Float?
-    @Option(help: "adamw, adamw_8bit, paged_adamw_8bit or paged_adamw_32bit (default paged_adamw_8bit).") var optim: OptimizerKind?
-    @Option(help: "constant, linear or cosine (default linear).") var lrScheduler: LRScheduleKind?
-    @Option(help: "Linear warm-up steps.") var warmupSteps: Int?
-    @Option(help: "Warm-up as a fraction of the steps.") var warmupRatio: Double?
-    @Option(help: "Clip the global gradient norm to this (0: off; default 1).") var maxGradNorm: Float?
+    @Option(help: ArgumentHelp("Epochs when --max-steps is not given (default \(Train.defaults.epochs.formatted()))."))
+    var numTrainEpochs: Double?
+    @Option(help: ArgumentHelp("Peak learning rate (default \(Train.defaults.learningRate)).")) var learningRate: Float?
+    @Option(help: ArgumentHelp("Decoupled weight decay (default \(Train.defaults.weightDecay.formatted()))."))
+    var weightDecay: Float?
+    @Option(help: ArgumentHelp(
+        "adamw, adamw_8bit, paged_adamw_8bit or paged_adamw_32bit (default \(Train.defaults.optimizer))."))
+    var optim: OptimizerKind?
+    @Option(help: ArgumentHelp("constant, linear or cosine (default \(Train.defaults.schedule))."))
+    var lrScheduler: LRScheduleKind?
+    @Option(help: ArgumentHelp("Linear warm-up steps (default \(Train.defaults.warmupSteps)).")) var warmupSteps: Int?
+    @Option(help: ArgumentHelp(
+        "Warm-up as a fraction of the steps (default \(Train.defaults.warmupRatio.formatted()))."))
+    var warmupRatio: Double?
+    @Option(help: ArgumentHelp(
+        "Clip the global gradient norm to this (0: off; default \(Train.defaults.maxGradNorm.formatted()))."))
+    var maxGradNorm: Float?
     @Flag(help: "Keep the data order.") var noShuffle = false
-    @Option(help: "Log every this many steps (default 10).") var loggingSteps: Int?
+    @Option(help: ArgumentHelp("Log every this many steps (default \(Train.defaults.loggingSteps))."))
+    var loggingSteps: Int?
     @Option(help: "Evaluate every this many steps (default: at the end).") var evalSteps: Int?
     @Option(help: "Save a checkpoint every this many steps.") var saveSteps: Int?
     @Option(help: "Keep at most this many checkpoints.") var saveTotalLimit: Int?
@@ -59,9 +75,11 @@ struct Train: ParsableCommand {
     @Option(help: "The metric that picks the best adapter: eval_loss (the only one; lower is better).")
     var metricForBestModel: String?
     @Option(help: "Stop after this many evaluations in a row without improvement.") var earlyStoppingPatience: Int?
-    @Option(help: "The decrease in validation loss that counts as an improvement (default 0).")
+    @Option(help: ArgumentHelp("The decrease in validation loss that counts as an improvement (default "
+        + "\(Train.defaults.earlyStoppingThreshold.formatted()))."))
     var earlyStoppingThreshold: Double?
-    @Option(help: "Seed for adapters, dropout and shuffling (default 42).") var seed: UInt64?
+    @Option(help: ArgumentHelp("Seed for adapters, dropout and shuffling (default \(Train.defaults.seed))."))
+    var seed: UInt64?
     @Flag(help: "Recompute each layer's activations in the backward pass (less memory, same numbers).")
     var gradientCheckpointing = false
     @Option(help: """
@@ -85,6 +103,9 @@ struct Train: ParsableCommand {
             FileHandle.standardError.write(Data(("warning: recipe key \(key) has no effect here (it steers the " +
                                                  "Python tooling only)\n").utf8))
         }
+        for warning in try checkKeysWithoutSettings(recipe) {
+            FileHandle.standardError.write(Data("warning: \(warning)\n".utf8))
+        }
         guard let dataPath = try data ?? recipe.string("data") else { throw ValidationError("missing --data (or \"train_file\" in the recipe)") }
         guard let output = try outputDir ?? recipe.string("output_dir") else { throw ValidationError("missing --output-dir (or \"output_dir\" in the recipe)") }
         var lora = LoRAConfig()   // each setting the flag's, else the recipe's, else LoRAConfig's default
@@ -95,7 +116,10 @@ struct Train: ParsableCommand {
         lora.targetModules = try targetModules.map { $0.split(separator: ",").map(String.init) }
             ?? recipe.list("target_modules") ?? lora.targetModules
         if let bias = try recipe.string("bias"), bias != "none" { throw ValidationError("bias \"\(bias)\": only \"none\" is supported") }
-        guard lora.r > 0 else { throw ValidationError("--lora-r (recipe r) is \(lora.r): must be at least 1") }
+        // The same bound as an adapter file's r: 2^31 used to fail a 1.6 TB allocation, 10^6 to fill memory.
+        guard (1...PEFTAdapter.maximumRank).contains(lora.r) else {
+            throw ValidationError("--lora-r (recipe r) is \(lora.r): must be from 1 to \(PEFTAdapter.maximumRank)")
+        }
         guard (0..<1).contains(lora.dropout) else {
             throw ValidationError("--lora-dropout (recipe lora_dropout) is \(lora.dropout): must be in [0, 1)")
         }
@@ -107,25 +131,27 @@ struct Train: ParsableCommand {
             throw ValidationError("target module '\(bad)' is unknown (known: \(LlamaConfig.projectionNames.joined(separator: ", ")), all-linear)")
         }
         var settings = TrainingConfig()
-        settings.batchSize = try batchSize ?? recipe.int("batch_size") ?? 4
-        settings.gradientAccumulationSteps = try gradientAccumulationSteps ?? recipe.int("gradient_accumulation_steps") ?? 1
+        settings.batchSize = try batchSize ?? recipe.int("batch_size") ?? settings.batchSize
+        settings.gradientAccumulationSteps = try gradientAccumulationSteps ?? recipe.int("gradient_accumulation_steps")
+            ?? settings.gradientAccumulationSteps
         settings.maxSteps = try maxSteps ?? recipe.int("max_steps")
         if let m = settings.maxSteps, m <= 0 { settings.maxSteps = nil }
-        settings.epochs = try numTrainEpochs ?? recipe.double("num_train_epochs") ?? 1
-        settings.learningRate = try learningRate ?? recipe.double("learning_rate").map(Float.init) ?? 2e-4
-        settings.weightDecay = try weightDecay ?? recipe.double("weight_decay").map(Float.init) ?? 0
+        settings.epochs = try numTrainEpochs ?? recipe.double("num_train_epochs") ?? settings.epochs
+        settings.learningRate = try learningRate ?? recipe.double("learning_rate").map(Float.init)
+            ?? settings.learningRate
+        settings.weightDecay = try weightDecay ?? recipe.double("weight_decay").map(Float.init) ?? settings.weightDecay
         settings.optimizer = try optim ?? recipe.string("optim").map { name in
             guard let o = OptimizerKind(rawValue: name) else { throw ValidationError("optim \"\(name)\": use \(OptimizerKind.allCases.map(\.rawValue).joined(separator: ", "))") }
             return o
-        } ?? .paged_adamw_8bit
+        } ?? settings.optimizer
         settings.schedule = try lrScheduler ?? recipe.string("lr_scheduler_type").map { name in
             guard let s = LRScheduleKind(rawValue: name) else { throw ValidationError("lr_scheduler_type \"\(name)\": use constant, linear or cosine") }
             return s
-        } ?? .linear
-        settings.warmupSteps = try warmupSteps ?? recipe.int("warmup_steps") ?? 0
-        settings.warmupRatio = try warmupRatio ?? recipe.double("warmup_ratio") ?? 0
-        settings.maxGradNorm = try maxGradNorm ?? recipe.double("max_grad_norm").map(Float.init) ?? 1
-        settings.loggingSteps = try loggingSteps ?? recipe.int("logging_steps") ?? 10
+        } ?? settings.schedule
+        settings.warmupSteps = try warmupSteps ?? recipe.int("warmup_steps") ?? settings.warmupSteps
+        settings.warmupRatio = try warmupRatio ?? recipe.double("warmup_ratio") ?? settings.warmupRatio
+        settings.maxGradNorm = try maxGradNorm ?? recipe.double("max_grad_norm").map(Float.init) ?? settings.maxGradNorm
+        settings.loggingSteps = try loggingSteps ?? recipe.int("logging_steps") ?? settings.loggingSteps
         settings.evalSteps = try evalSteps ?? recipe.int("eval_steps")
         settings.saveSteps = try saveSteps ?? recipe.int("save_steps")
         settings.saveTotalLimit = try saveTotalLimit ?? recipe.int("save_total_limit")
@@ -150,7 +176,8 @@ struct Train: ParsableCommand {
                 "validation loss (greater_is_better: false)")
         }
         settings.earlyStoppingPatience = try earlyStoppingPatience ?? recipe.int("early_stopping_patience")
-        settings.earlyStoppingThreshold = try earlyStoppingThreshold ?? recipe.double("early_stopping_threshold") ?? 0
+        settings.earlyStoppingThreshold = try earlyStoppingThreshold ?? recipe.double("early_stopping_threshold")
+            ?? settings.earlyStoppingThreshold
         if settings.earlyStoppingPatience != nil && (parallel.devices != nil || DataParallelOptions.worker != nil) {
             // Rank 0 alone evaluates; the other ranks would not know to stop.
             throw ValidationError("--early-stopping-patience (recipe early_stopping_patience) trains on one device " +
@@ -162,7 +189,7 @@ struct Train: ParsableCommand {
                 throw ValidationError("recipe seed is \(value): must be an integer ≥ 0 (no negative seeds)")
             }
             return UInt64(value)
-        } ?? 42
+        } ?? settings.seed
         settings.shuffle = try !noShuffle && (recipe.bool("shuffle") ?? true)
         settings.gradientCheckpointing = try gradientCheckpointing || (recipe.bool("gradient_checkpointing") ?? false)
         // Every setting checked here, once, after flags and recipe are merged, before anything is loaded or written.
@@ -186,6 +213,14 @@ struct Train: ParsableCommand {
                 "--validation-split")
         }
         try InputFile.requireRegular(dataPath, what: "--data")
+        // The run's adapter files would replace the starting adapter's, or land among the model's files.
+        let modelPath = try modelOptions.modelPath(recipe)
+        try Quantize.checkOutput(output, model: modelPath, writing: "training", flag: "--output-dir",
+                                 insideAllowed: true)
+        if let initAdapter {
+            try Quantize.checkOutput(output, model: initAdapter, writing: "training", flag: "--output-dir",
+                                     source: "--init-adapter", insideAllowed: true)
+        }
         if let evalPath { try InputFile.requireRegular(evalPath, what: "--eval-data") }
         let resume = try resumeFromCheckpoint ?? recipe.string("resume_from_checkpoint")
         let overwrite = try overwriteOutputDir || (recipe.bool("overwrite_output_dir") ?? false)
@@ -205,17 +240,17 @@ struct Train: ParsableCommand {
 
         let loaded = try modelOptions.load(lora: lora, adapter: initAdapter, seed: settings.seed, recipe: recipe)
         let config = loaded.config
-        let text = try? ModelText.load(path: loaded.path)
-        let options = try dataOptions.options(text ?? ModelText.none, recipe: recipe,
+        let text = try ModelText.loadIfPresent(path: loaded.path)
+        let options = try dataOptions.options(text, recipe: recipe,
                                               maxPositions: config.maxPositionEmbeddings)
         print("\(dataPath): training examples are being tokenized")
-        var examples = try TextDataset.load(path: dataPath, tokenizer: text?.tokenizer,
+        var examples = try TextDataset.load(path: dataPath, tokenizer: text.tokenizer,
                                             vocabularySize: config.vocabSize, options: options)
         var validation: [TokenizedExample] = []
         if let evalPath {
             var evalOptions = options
             evalOptions.packing = false
-            validation = try TextDataset.load(path: evalPath, tokenizer: text?.tokenizer,
+            validation = try TextDataset.load(path: evalPath, tokenizer: text.tokenizer,
                                               vocabularySize: config.vocabSize, options: evalOptions)
         } else if let split, split > 0 {
             var rng = SeededGenerator(seed: settings.seed ^ 0x5eed)
@@ -285,7 +320,10 @@ struct Train: ParsableCommand {
             }
             try board?.add(m)
             if let loss = m.loss { lastLoss = loss }
-            if let e = m.evalLoss { FileHandle.standardError.write(String(format: "\nstep %d: validation loss %.4f\n", m.step, e).data(using: .utf8)!) }
+            if let e = m.evalLoss {
+                FileHandle.standardError.write(Data(String(format: "\nstep %ld: validation loss %.4f\n", m.step,
+                                                           e).utf8))
+            }
         }
         var tokensSeen = 0
         let started = Date()
@@ -325,12 +363,48 @@ struct Train: ParsableCommand {
         if settings.loadBestModelAtEnd, let best = trainer.best {
             // The final adapter is the best one (as the Hugging Face Trainer loads the best model at the end).
             try trainer.engine.setAdapterWeights(try trainer.engine.readAdapterWeights(directory: bestDirectory))
-            print(String(format: "the final adapter is the best: step %d, validation loss %.4f (%@)", best.step,
+            print(String(format: "the final adapter is the best: step %ld, validation loss %.4f (%@)", best.step,
                          best.loss, bestDirectory))
         }
         try PEFTAdapter.save(trainer.engine.adapterWeights(), lora: trainer.engine.loraConfig, to: output, baseModel: loaded.path)
         let plot = try LossPlot.write(runDirectory: output)
         print("saved the adapter, metrics.jsonl and \(plot) to \(output) (final logged loss \(String(format: "%.4f", lastLoss)))")
+    }
+}
+
+extension Train {
+    /// Recipe keys that set nothing of their own but state what the recipe expects (load_in_4bit, task_type,
+    /// fp16, bnb_4bit_compute_dtype): a value this tool cannot honour is an error, one without effect a warning
+    /// (returned), never silence. `load_in_4bit: false` or `task_type: SEQ_CLS` used to be accepted and ignored.
+    func checkKeysWithoutSettings(_ recipe: TrainingRecipe) throws -> [String] {
+        if try recipe.bool("load_in_4bit") == false {
+            throw ValidationError("recipe load_in_4bit is false: this tool trains on a 4-bit base only (set it "
+                                  + "true or leave it out)")
+        }
+        if let task = try recipe.string("task_type"), task != "CAUSAL_LM" {
+            throw ValidationError("recipe task_type is \"\(task)\": only CAUSAL_LM (causal language modelling) is "
+                                  + "trained here")
+        }
+        var warnings: [String] = []
+        if try recipe.bool("fp16") == true {
+            warnings.append("recipe key fp16 has no effect here: the compute dtype is fp32 or bf16 (--compute-dtype, "
+                            + "else the recipe's bf16)")
+        }
+        if let name = try recipe.string("bnb_4bit_compute_dtype") {
+            let names: [String: ComputeDType?] = ["bfloat16": .bf16, "bf16": .bf16, "float32": .fp32, "fp32": .fp32,
+                                                  "float16": nil, "fp16": nil]
+            guard let named = names[name] else {
+                throw ValidationError("recipe bnb_4bit_compute_dtype is \"\(name)\": use bfloat16, float16 or float32")
+            }
+            let onGPU = modelOptions.usesGPU || parallel.devices != nil || DataParallelOptions.worker != nil
+            let used: ComputeDType = onGPU ? (try modelOptions.gpuDType(recipe) == .bf16 ? .bf16 : .fp32)
+                : try modelOptions.cpuDType(recipe)
+            if named != used {
+                warnings.append("recipe bnb_4bit_compute_dtype \(name) has no effect here: this run computes in "
+                                + "\(used.rawValue) (--compute-dtype, else the recipe's bf16)")
+            }
+        }
+        return warnings
     }
 }
 

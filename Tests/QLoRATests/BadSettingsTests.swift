@@ -194,21 +194,28 @@ final class BadSettingsTests: XCTestCase {
         try expectError(base + ["--batch-size", "0"], ["--batch-size", "is 0"])
     }
 
-    /// `qlora generate` with a prompt longer than the model's context is an error, not a trap.
+    /// `qlora generate` with a prompt longer than the model's context is an error, not a trap. A tokenizer with
+    /// more ids than the model's vocabulary (SmolLM2's 49152 beside tiny-llama's 384) is an error naming both
+    /// sizes: a prompt of its ids used to read past the embedding table (a trap in generate).
     func testGeneratePromptLongerThanTheContextIsAnError() throws {
         let golden = try Shared.requireGolden()
-        let tokenizer = URL(fileURLWithPath: golden).deletingLastPathComponent()
-            .appendingPathComponent("smollm2-tokenizer/tokenizer.json").path
-        guard FileManager.default.fileExists(atPath: tokenizer) else { throw XCTSkip("no smollm2 tokenizer") }
-        let dir = makeTemporaryDirectory(self)
-        for name in ["config.json", "model.safetensors"] {
-            try FileManager.default.createSymbolicLink(atPath: dir + "/" + name,
-                withDestinationPath: golden + "/tiny-llama/" + name)
-        }
-        try FileManager.default.createSymbolicLink(atPath: dir + "/tokenizer.json", withDestinationPath: tokenizer)
+        let dir = try GGUFExportTests.tinyLlamaWithTokenizer(self)   // a 384-token tokenizer: it fits
         let long = Array(repeating: "word", count: 400).joined(separator: " ")   // > 256 positions
         try expectError(["generate", "--model", dir, "--prompt", long, "--max-new-tokens", "1000000"],
                         ["context", "256"])
+        let tokenizer = URL(fileURLWithPath: golden).deletingLastPathComponent()
+            .appendingPathComponent("smollm2-tokenizer/tokenizer.json").path
+        guard FileManager.default.fileExists(atPath: tokenizer) else { throw XCTSkip("no smollm2 tokenizer") }
+        let other = makeTemporaryDirectory(self)
+        for name in ["config.json", "model.safetensors"] {
+            try FileManager.default.createSymbolicLink(atPath: other + "/" + name,
+                withDestinationPath: golden + "/tiny-llama/" + name)
+        }
+        try FileManager.default.createSymbolicLink(atPath: other + "/tokenizer.json", withDestinationPath: tokenizer)
+        let mismatch = [other + "/tokenizer.json", "49152 token ids", "vocab_size 384"]
+        try expectError(["generate", "--model", other, "--prompt", "hi", "--max-new-tokens", "3"], mismatch)
+        try write(#"{"text": "hi there"}"# + "\n", other + "/text.jsonl")
+        try expectError(["eval", "--model", other, "--data", other + "/text.jsonl"], mismatch)
     }
 
     // MARK: 2. recipe parsing
@@ -407,5 +414,295 @@ final class BadSettingsTests: XCTestCase {
         XCTAssertFalse(Trainer.adaptersAreFinite(sumOfSquares: .infinity))
         XCTAssertFalse(Trainer.adaptersAreFinite(sumOfSquares: 1e60))
         XCTAssertTrue(Trainer.adaptersAreFinite(sumOfSquares: 12.5))
+    }
+}
+
+// MARK: found by an independent fuzzing pass
+
+extension BadSettingsTests {
+    /// A copy of the golden folder `name` in a fresh temporary folder: (the golden root, the folder, the copy).
+    func goldenCopy(_ name: String) throws -> (golden: String, dir: String, copy: String) {
+        let golden = try Shared.requireGolden()
+        let dir = makeTemporaryDirectory(self)
+        try FileManager.default.copyItem(atPath: golden + "/" + name, toPath: dir + "/" + name)
+        return (golden, dir, dir + "/" + name)
+    }
+
+    /// tiny-llama's folder, a fresh temporary folder and a one-record data file in it: (model, folder, data).
+    func tinyModelAndData() throws -> (model: String, dir: String, data: String) {
+        let model = try Shared.requireGolden() + "/tiny-llama"
+        let dir = makeTemporaryDirectory(self)
+        try write(#"{"input_ids": [1, 2, 3, 4]}"# + "\n", dir + "/data.jsonl")
+        return (model, dir, dir + "/data.jsonl")
+    }
+
+    /// Every reader that maps a file refuses a FIFO at once: `open` used to wait for a writer forever (tokenize's
+    /// --input and --tokenizer, bench's --config, a tokenizer or model file that is a pipe).
+    func testFIFOsAreRefusedByTheFileMapperWithoutBlocking() throws {
+        let dir = makeTemporaryDirectory(self)
+        let fifo = dir + "/pipe"
+        XCTAssertEqual(mkfifo(fifo, 0o600), 0)
+        XCTAssertThrowsError(try FileSystem.readBytes(fifo)) {
+            XCTAssertEqual("\($0)", "\(fifo): cannot open: not a regular file (a FIFO (named pipe))")
+        }
+        try write(#"{"text": "a"}"# + "\n", dir + "/in.jsonl")
+        let tokenizer = Shared.root + "/golden/smollm2-tokenizer/tokenizer.json"
+        try expectError(["tokenize", "--tokenizer", fifo, "--input", dir + "/in.jsonl"], [fifo, "FIFO"])
+        if FileSystem.isFile(tokenizer) {
+            try expectError(["tokenize", "--tokenizer", tokenizer, "--input", fifo], [fifo, "FIFO"])
+        }
+        try expectError(["bench", "--config", fifo], [fifo, "FIFO"])
+    }
+
+    /// `plot` reads any metrics.jsonl: steps near Int.max used to trap while labelling the axis; a missing, special
+    /// or non-UTF-8 file gave a Foundation error code instead of naming the file.
+    func testPlotOfHostileMetricsIsAPlotOrAClearError() throws {
+        let dir = makeTemporaryDirectory(self)
+        try write(#"{"step": -9223372036854775807, "loss": 1}"# + "\n" + #"{"step": 9223372036854775807, "loss": 2}"#
+                  + "\n" + #"{"step": 3, "loss": 1e308}"# + "\n", dir + "/metrics.jsonl")
+        let (status, crashed, output) = try run(["plot", dir])
+        XCTAssertEqual(status, 0, output)
+        XCTAssertFalse(crashed, output)
+        XCTAssertTrue(try String(contentsOfFile: dir + "/loss.svg", encoding: .utf8).contains("9223372036854775808"))
+        try expectError(["plot", dir + "/none"], [dir + "/none/metrics.jsonl", "No such file"])
+        try FileManager.default.removeItem(atPath: dir + "/metrics.jsonl")
+        XCTAssertEqual(mkfifo(dir + "/metrics.jsonl", 0o600), 0)
+        try expectError(["plot", dir], [dir + "/metrics.jsonl", "FIFO"])
+    }
+}
+
+extension BadSettingsTests {
+    /// bench's step sizes: `--batch-size 2147483648` used to fail a 275 GB allocation (a trap), `--layers 2^31` to
+    /// build a model until memory ran out; each is now an error naming the flags and the bound.
+    func testBenchStepSizesAreBoundedBeforeAnyAllocation() throws {
+        let small = ["bench", "--steps", "1", "--max-seq-length", "16"]
+        try expectError(small + ["--batch-size", "9223372036854775807"],
+                        ["--batch-size 9223372036854775807 × --max-seq-length 16", "2147483648 allowed"])
+        try expectError(small + ["--batch-size", "1000000", "--layers", "1"],
+                        ["--batch-size 1000000 × --max-seq-length 16 needs at least", "GB on the CPU",
+                         "this machine has"])
+        try expectError(small + ["--layers", "2147483648"], ["--layers is 2147483648", "1 ... 30"])
+        try expectError(small + ["--layers", "0"], ["--layers is 0"])
+        try expectError(["plan", "--batch-size", "100000", "--max-seq-length", "100000"], ["tokens a step"])
+    }
+}
+
+extension BadSettingsTests {
+    /// An output that is an input is refused before anything is written: `train --init-adapter A --output-dir A`
+    /// used to replace the starting adapter's files with the run's, `train --output-dir MODEL` put a run among the
+    /// model's files, `merge --output ADAPTER` wrote a model into the adapter folder.
+    func testOutputsThatAreTheAdapterOrModelFolderAreRefused() throws {
+        let (golden, dir, adapter) = try goldenCopy("tiny-adapter")
+        let before = try Data(contentsOf: URL(fileURLWithPath: adapter + "/adapter_model.safetensors"))
+        try write(#"{"input_ids": [1, 2, 3, 4]}"# + "\n", dir + "/data.jsonl")
+        let model = golden + "/tiny-llama"
+        try expectError(["train", "--model", model, "--init-adapter", adapter, "--data", dir + "/data.jsonl",
+                         "--output-dir", adapter + "/", "--max-steps", "1"],
+                        ["--output-dir \(adapter)/ is the --init-adapter folder itself", "choose another folder"])
+        try expectError(["train", "--model", model, "--data", dir + "/data.jsonl", "--output-dir", model + "/.",
+                         "--max-steps", "1"], ["--output-dir \(model)/. is the --model folder itself"])
+        try expectError(["merge", "--model", model, "--adapter", adapter, "--output", adapter, "--check", "never"],
+                        ["--output \(adapter) is the --adapter folder itself"])
+        try expectError(["export", "--model", model, "--adapter", adapter, "--adapter-only", "--output",
+                         adapter + "/a.gguf"], ["is inside the --adapter folder \(adapter)"])
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: adapter + "/adapter_model.safetensors")), before)
+        XCTAssertEqual(try FileSystem.contents(of: adapter), ["adapter_config.json", "adapter_model.safetensors"])
+    }
+}
+
+extension BadSettingsTests {
+    /// Resuming checks the checkpoint's place in the data and its optimizer step counts against this run: another
+    /// --validation-split (fewer training examples) used to index past the data (a trap), an optimizer step count of
+    /// Int.max overflowed on the next update, a negative data_position or epoch trapped.
+    func testResumeChecksTheCheckpointsDataOrderAndStepCounts() throws {
+        let golden = try Shared.requireGolden()
+        let dir = makeTemporaryDirectory(self)
+        let lines = (0..<10).map { #"{"input_ids": [\#($0 + 1), 5, 6, 7, 8]}"# }
+        try write(lines.joined(separator: "\n") + "\n", dir + "/data.jsonl")
+        let out = dir + "/out"
+        let train = ["train", "--model", golden + "/tiny-llama", "--data", dir + "/data.jsonl", "--output-dir", out,
+                     "--batch-size", "2", "--save-steps", "1"]
+        let (status, _, output) = try run(train + ["--max-steps", "2"])
+        XCTAssertEqual(status, 0, output)
+        let resume = train + ["--max-steps", "3", "--resume-from-checkpoint", "latest"]
+        try expectError(resume + ["--validation-split", "0.3"],
+                        ["checkpoint-2", "data_order holds 10 entries that are not an order of this run's 7 training "
+                         + "examples", "--validation-split"])
+
+        let path = out + "/checkpoint-2/optimizer.safetensors"
+        let file = try SafeTensorsFile(path: path)
+        var metadata = file.metadata
+        let steps = try JSONValue(parsing: metadata["steps"] ?? "{}")
+        let first = try XCTUnwrap(steps.objectValue?.first?.0)
+        var changed = steps
+        changed.set(first, .int(Int.max))
+        metadata["steps"] = changed.compactText()
+        let tensors = try file.names.map { (name: $0, tensor: try file.tensor(named: $0)) }
+        try SafeTensorsWriter.write(tensors, metadata: metadata, to: path + ".new")
+        try FileManager.default.removeItem(atPath: path)
+        try FileManager.default.moveItem(atPath: path + ".new", toPath: path)
+        try expectError(resume, [path, first, "optimizer step count 9223372036854775807",
+                                 "from 0 to the checkpoint's global_step 2"])
+
+        XCTAssertThrowsError(try Checkpoint.checkState(step: 2, order: Array(0..<4), rawOrderCount: 4, position: -1,
+                                                       epoch: 0, exampleCount: 4, directory: "ck")) {
+            XCTAssertTrue("\($0)".contains("data_position is -1: must be in 0 ... 4"), "\($0)")
+        }
+        XCTAssertThrowsError(try Checkpoint.checkState(step: 2, order: [0, 1], rawOrderCount: 2, position: 0,
+                                                       epoch: -1, exampleCount: 2, directory: "ck")) {
+            XCTAssertTrue("\($0)".contains("epoch is -1"), "\($0)")
+        }
+        XCTAssertNoThrow(try Checkpoint.checkState(step: 2, order: [1, 0], rawOrderCount: 2, position: 2, epoch: 3,
+                                                   exampleCount: 2, directory: "ck"))
+    }
+}
+
+extension BadSettingsTests {
+    /// A model folder whose tokenizer.json is there but broken: eval and train used to take it for a missing one
+    /// ("the model has none"), export silently wrote a GGUF without a vocabulary; each now names the file and what
+    /// is wrong with it (a folder without tokenizer.json still takes pre-tokenized data).
+    func testABrokenTokenizerIsNamedNotTakenForAMissingOne() throws {
+        let (golden, dir, model) = try goldenCopy("tiny-llama")
+        try write(#"{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b c"]}}"#, model + "/tokenizer.json")
+        try write(#"{"text": "hello"}"# + "\n", dir + "/text.jsonl")
+        try write(#"{"input_ids": [1, 2, 3]}"# + "\n", dir + "/ids.jsonl")
+        let broken = [model + "/tokenizer.json", "model.merges[0]"]
+        try expectError(["eval", "--model", model, "--data", dir + "/text.jsonl"], broken)
+        try expectError(["train", "--model", model, "--data", dir + "/text.jsonl", "--output-dir", dir + "/out"],
+                        broken)
+        try expectError(["export", "--model", model, "--output", dir + "/m.gguf", "--check", "never"], broken)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/m.gguf"))
+        let (status, _, output) = try run(["eval", "--model", golden + "/tiny-llama", "--data", dir + "/ids.jsonl"])
+        XCTAssertEqual(status, 0, output)
+    }
+}
+
+extension BadSettingsTests {
+    /// A fresh adapter's rank has the bound an adapter file's has: `--lora-r 2147483648` used to fail a 1.6 TB
+    /// allocation (a trap), `--lora-r 1000000` filled memory for minutes on a 1 MB model.
+    func testLoRARankIsBoundedLikeAnAdapterFiles() throws {
+        let (model, dir, data) = try tinyModelAndData()
+        let train = ["train", "--model", model, "--data", data, "--output-dir", dir + "/out", "--max-steps", "1"]
+        try expectError(train + ["--lora-r", "2147483648"], ["--lora-r (recipe r) is 2147483648", "from 1 to 65536"])
+        try write("r: 1000000\n", dir + "/r.yaml")
+        try expectError(train + ["--config", dir + "/r.yaml"], ["--lora-r (recipe r) is 1000000"])
+        try expectError(train + ["--lora-r", "0"], ["--lora-r (recipe r) is 0"])
+    }
+}
+
+extension BadSettingsTests {
+    /// bench-quantize checks its sizes: `--cols 2147483648` used to fail a 275 GB allocation (a trap) and rows ×
+    /// cols could overflow.
+    func testBenchQuantizeSizesAreChecked() throws {
+        try expectError(["bench-quantize", "--cols", "2147483648"],
+                        ["--rows 4096 × --cols 2147483648", "elements allowed"])
+        try expectError(["bench-quantize", "--rows", "3037000500", "--cols", "3037000500"], ["elements allowed"])
+        try expectError(["bench-quantize", "--rows=0"], ["--rows 0 and --cols 11008: each must be at least 1"])
+        try expectError(["bench-quantize", "--repeats=-1"], ["--repeats is -1"])
+    }
+}
+
+extension BadSettingsTests {
+    /// A whole LoRA alpha beyond Int's range (`--lora-alpha 1e30`) used to trap while adapter_config.json was
+    /// written at the end of a run; it is written as a float and reads back.
+    func testAHugeWholeLoRAAlphaIsSavedAsAFloat() throws {
+        let dir = makeTemporaryDirectory(self)
+        var lora = LoRAConfig()
+        lora.alpha = 1e30; lora.targetModules = ["q_proj"]
+        let config = try LlamaConfig(contentsOf: try Shared.requireGolden() + "/tiny-llama")
+        try PEFTAdapter.save(LoRAWeights.initial(config: config, lora: lora, seed: 1), lora: lora, to: dir,
+                             baseModel: "tiny")
+        let text = try String(contentsOfFile: dir + "/adapter_config.json", encoding: .utf8)
+        XCTAssertTrue(text.contains("\"lora_alpha\": 1e+30"), text)
+        XCTAssertEqual(try PEFTAdapter.readConfig(directory: dir).alpha, 1e30)
+    }
+}
+
+extension BadSettingsTests {
+    /// Counts past 2^31 print whole: `--max-steps 2147483648` showed its progress as "1/-2147483648" (a 64-bit
+    /// count formatted with %d). The run is stopped after its first progress line.
+    func testProgressShowsStepCountsBeyondInt32() throws {
+        let (model, dir, data) = try tinyModelAndData()
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: try binary())
+        p.arguments = ["train", "--model", model, "--data", data, "--output-dir", dir + "/out", "--max-steps",
+                       "2147483648"]
+        let pipe = Pipe()
+        p.standardError = pipe; p.standardOutput = FileHandle.nullDevice
+        try p.run()
+        var text = ""
+        let deadline = Date().addingTimeInterval(60)
+        while !text.contains("train 1/"), p.isRunning, Date() < deadline {
+            text += String(decoding: pipe.fileHandleForReading.availableData, as: UTF8.self)
+        }
+        p.terminate()
+        p.waitUntilExit()
+        XCTAssertTrue(text.contains("train 1/2147483648 "), text)
+    }
+}
+
+extension BadSettingsTests {
+    /// "no usable examples" says why: every record too short or without a target, or (with --packing) fewer
+    /// tokens than one block of --max-seq-length.
+    func testNoUsableExamplesSaysWhy() throws {
+        let golden = try Shared.requireGolden()
+        let dir = makeTemporaryDirectory(self)
+        try write(#"{"input_ids": [1, 2, 3]}"# + "\n", dir + "/short.jsonl")
+        try write(#"{"input_ids": [5]}"# + "\n", dir + "/one.jsonl")
+        let model = golden + "/tiny-llama"
+        try expectError(["train", "--model", model, "--data", dir + "/short.jsonl", "--output-dir", dir + "/out",
+                         "--packing", "--max-seq-length", "64"],
+                        ["short.jsonl: no usable examples: packing cuts full blocks of --max-seq-length 64 tokens, "
+                         + "and the data holds 3 tokens"])
+        try expectError(["eval", "--model", model, "--data", dir + "/one.jsonl"],
+                        ["one.jsonl: no usable examples: every record has fewer than 2 tokens"])
+    }
+}
+
+extension BadSettingsTests {
+    /// plan's --gpu-memory must be a size: -1, 0 and nan printed "does not fit on a nan-GiB GPU".
+    func testPlanGPUMemoryMustBeASize() throws {
+        for value in ["-1", "0", "nan", "inf"] {
+            try expectError(["plan", "--gpu-memory=\(value)"], ["--gpu-memory is", "finite number of GiB above 0"])
+        }
+    }
+}
+
+extension BadSettingsTests {
+    /// Recipe keys that only state what the recipe expects are never taken in silence: `load_in_4bit: false` and
+    /// `task_type: SEQ_CLS` (not what this tool trains) are errors, `fp16: true` and a bnb_4bit_compute_dtype other
+    /// than the run's compute dtype are warnings naming the key; the seed recipe's values pass quietly.
+    func testRecipeKeysThatStateExpectationsAreCheckedOrWarned() throws {
+        let (model, dir, data) = try tinyModelAndData()
+        func train(_ recipe: String) throws -> [String] {
+            try write(recipe, dir + "/r.yaml")
+            try? FileManager.default.removeItem(atPath: dir + "/out")
+            return ["train", "--config", dir + "/r.yaml", "--model", model, "--data", data, "--output-dir",
+                    dir + "/out", "--max-steps", "1"]
+        }
+        try expectError(try train("load_in_4bit: false\n"), ["recipe load_in_4bit is false", "4-bit base only"])
+        try expectError(try train("task_type: SEQ_CLS\n"), ["recipe task_type is \"SEQ_CLS\"", "CAUSAL_LM"])
+        try expectError(try train("bnb_4bit_compute_dtype: int8\n"), ["bnb_4bit_compute_dtype is \"int8\""])
+        var (status, _, output) = try run(try train("fp16: true\nbnb_4bit_compute_dtype: float16\n"))
+        XCTAssertEqual(status, 0, output)
+        XCTAssertTrue(output.contains("warning: recipe key fp16 has no effect here"), output)
+        XCTAssertTrue(output.contains("warning: recipe bnb_4bit_compute_dtype float16 has no effect here: this run "
+                                      + "computes in fp32"), output)
+        (status, _, output) = try run(try train("load_in_4bit: true\ntask_type: CAUSAL_LM\nbf16: true\n"
+                                                + "bnb_4bit_compute_dtype: bfloat16\n"))
+        XCTAssertEqual(status, 0, output)
+        XCTAssertFalse(output.contains("warning"), output)
+    }
+}
+
+extension BadSettingsTests {
+    /// eval and export's check read each example whole: --packing used to be accepted there and dropped without a
+    /// word; it is an error naming the command.
+    func testPackingWhereItHasNoEffectIsAnError() throws {
+        let (model, dir, data) = try tinyModelAndData()
+        try expectError(["eval", "--model", model, "--data", data, "--packing"], ["--packing has no effect in eval"])
+        try expectError(["export", "--model", model, "--output", dir + "/m.gguf", "--check-data", data, "--packing"],
+                        ["--packing has no effect in export's check"])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/m.gguf"))
     }
 }

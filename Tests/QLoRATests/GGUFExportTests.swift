@@ -391,7 +391,7 @@ extension BadSettingsTests {
         try expectError(["export", "--model", model, "--adapter", adapter, "--output", model + "/merged.gguf"],
                         ["--output", "inside the --model folder"])
         try expectError(["export", "--model", model, "--adapter", adapter, "--output", adapter + "/m.gguf"],
-                        ["--output", "inside the --model folder \(adapter)"])
+                        ["--output", "inside the --adapter folder \(adapter)"])
         try expectError(["export", "--model", model, "--output", "/tmp/x.gguf", "--type", "q4_k"],
                         ["--type q4_k", "f32, f16, bf16, q8_0"])
         try expectError(["export", "--model", model, "--output", "/tmp/x.gguf", "--format", "onnx"],

@@ -36,27 +36,30 @@ enum StepMetricsProbe {
 }
 
 extension BadSettingsTests {
-    /// `--devices 2` where no GPU can be opened: a worker's error arrives whole on its own line, prefixed with its
-    /// rank (the workers' errors used to interleave character by character).
-    func testWorkersErrorsArriveWholeWithTheirRank() throws {
+    /// `--devices N` where the machine has fewer than N GPUs (none here) is one clear error from the launcher before
+    /// any worker starts (workers used to start, one per N, and fail each with its own error; N = 2^31 started
+    /// processes until the machine ran out).
+    func testDevicesBeyondTheMachinesGPUsAreRefusedBeforeAnyWorkerStarts() throws {
         let dir = makeTemporaryDirectory(self)
         try write(#"{"input_ids": [1, 2, 3, 4]}"# + "\n", dir + "/data.jsonl")
         let golden = try Shared.requireGolden()
         if FileManager.default.fileExists(atPath: "/dev/nvidia0") {
             throw XCTSkip("a GPU is present: workers would run")
         }
-        let (status, crashed, output) = try run(["train", "--model", golden + "/tiny-llama", "--data",
-                                                 dir + "/data.jsonl", "--output-dir", dir + "/out", "--devices", "2",
-                                                 "--max-steps", "1"], timeout: 120)
-        XCTAssertNotEqual(status, 0, output)
-        XCTAssertFalse(crashed, output)
-        // The first worker to fail stops the other; its error is one whole line with its rank.
-        let failed = output.split(separator: "\n").filter { $0.hasPrefix("[rank ") && $0.contains("Error: ") }
-        XCTAssertFalse(failed.isEmpty, "no worker's whole error in: \(output)")
-        XCTAssertTrue(failed.allSatisfy { $0.hasSuffix(".") || $0.hasSuffix(")") }, output)
-        for line in output.split(separator: "\n") where line.hasPrefix("[rank ") {
-            XCTAssertEqual(line.components(separatedBy: "[rank ").count, 2, "two workers on one line: \(line)")
+        for devices in ["2", "65536"] {
+            let (status, crashed, output) = try run(["train", "--model", golden + "/tiny-llama", "--data",
+                                                     dir + "/data.jsonl", "--output-dir", dir + "/out", "--devices",
+                                                     devices, "--max-steps", "1"], timeout: 60)
+            XCTAssertNotEqual(status, 0, output)
+            XCTAssertFalse(crashed, output)
+            XCTAssertTrue(output.contains("--devices \(devices): the driver sees no GPU"), output)
+            XCTAssertFalse(output.contains("[rank "), "a worker started: \(output)")
         }
+        try expectError(["bench", "--devices", "9223372036854775807"], ["--devices is 9223372036854775807",
+                                                                          "at most 65536"])
+        try expectError(["bench", "--nnodes", "4611686018427387904", "--rendezvous", "file:/tmp/x"],
+                        ["--nnodes is 4611686018427387904", "1 ... 65536"])
+        try expectError(["train", "--nnodes", "2", "--node-rank", "2"], ["--node-rank is 2", "0 ..< --nnodes (2)"])
     }
 }
 
