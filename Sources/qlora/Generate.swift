@@ -117,14 +117,40 @@ struct Tokenize: ParsableCommand {
     @Option(help: "Input file (default: standard input).") var input: String?
     @Flag(help: "Add the tokenizer's special tokens (BOS).") var addSpecialTokens = false
 
+    /// Longest line read from standard input (a stream with no newline, such as /dev/zero, is refused there).
+    static let lineLimit = 64 << 20
+
     func run() throws {
         guard let tok = try ModelText.load(path: tokenizer).tokenizer else { throw ValidationError("no tokenizer at \(tokenizer)") }
-        let bytes = try input.map { try FileSystem.readBytes($0) } ?? Array(FileHandle.standardInput.readDataToEndOfFile())
-        for (n, line) in bytes.split(separator: 0x0A).enumerated() {
-            guard let text = (try? JSONValue(parsing: line))?["text"]?.stringValue else {
-                throw ValidationError("\(input ?? "stdin"):\(n + 1): no string field \"text\"")
+        func emit(_ line: ArraySlice<UInt8>, _ n: Int) throws {
+            guard !line.isEmpty else { return }
+            guard let text = (try? JSONValue(parsing: Array(line)))?["text"]?.stringValue else {
+                throw ValidationError("\(input ?? "stdin"):\(n): no string field \"text\"")
             }
-            print(JSONValue.object([("ids", .array(tok.encode(text, addSpecialTokens: addSpecialTokens).map { .int($0) }))]).pythonText())
+            print(JSONValue.object([("ids", .array(tok.encode(text, addSpecialTokens: addSpecialTokens)
+                .map { .int($0) }))]).pythonText())
         }
+        if let input {
+            for (n, line) in try FileSystem.readBytes(input).split(separator: 0x0A, omittingEmptySubsequences: false)
+                .enumerated() { try emit(line, n + 1) }
+            return
+        }
+        // Standard input line by line, as it comes.
+        var pending: [UInt8] = [], n = 0
+        while let chunk = try FileHandle.standardInput.read(upToCount: 1 << 20), !chunk.isEmpty {
+            var start = 0   // where the current line begins in `lines`
+            let lines = pending + chunk
+            var at = pending.count   // the bytes before it were searched already
+            while let end = lines[at...].firstIndex(of: 0x0A) {
+                n += 1
+                try emit(lines[start..<end], n)
+                start = end + 1; at = start
+            }
+            pending = Array(lines[start...])
+            guard pending.count <= Self.lineLimit else {
+                throw ValidationError("stdin:\(n + 1): a line longer than \(Self.lineLimit >> 20) MiB (is it text?)")
+            }
+        }
+        try emit(pending[...], n + 1)
     }
 }

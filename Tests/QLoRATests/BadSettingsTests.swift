@@ -27,7 +27,7 @@ final class BadSettingsTests: XCTestCase {
     }
 
     /// Runs the binary with `arguments`, killing it after `timeout` seconds (a hang fails the test).
-    func run(_ arguments: [String], timeout: TimeInterval = 60, directory: String? = nil) throws
+    func run(_ arguments: [String], timeout: TimeInterval = 60, directory: String? = nil, stdin: String? = nil) throws
         -> (status: Int32, crashed: Bool, output: String) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: try binary())
@@ -39,7 +39,8 @@ final class BadSettingsTests: XCTestCase {
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
         defer { try? handle.close() }
         p.standardOutput = handle; p.standardError = handle
-        p.standardInput = FileHandle.nullDevice
+        p.standardInput = try stdin.map { try FileHandle(forReadingFrom: URL(fileURLWithPath: $0)) }
+            ?? FileHandle.nullDevice
         try p.run()
         let deadline = Date().addingTimeInterval(timeout)
         while p.isRunning && Date() < deadline { usleep(20_000) }
@@ -705,4 +706,16 @@ extension BadSettingsTests {
                         ["--packing has no effect in export's check"])
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/m.gguf"))
     }
+
+    /// `tokenize` reads standard input line by line: a stream without newlines (/dev/zero) is refused once a line
+    /// passes 64 MiB, instead of being read whole until memory runs out.
+    func testTokenizeStdinWithoutNewlinesIsAnError() throws {
+        _ = try Shared.requireGolden()
+        let tokenizer = Shared.root + "/golden/smollm2-tokenizer/tokenizer.json"
+        let (status, crashed, output) = try run(["tokenize", "--tokenizer", tokenizer], stdin: "/dev/zero")
+        XCTAssertFalse(crashed, output)
+        XCTAssertNotEqual(status, 0, output)
+        XCTAssertTrue(output.contains("stdin:1: a line longer than 64 MiB"), output)
+    }
+
 }
