@@ -45,6 +45,7 @@ struct Merge: ParsableCommand {
         }
         try Quantize.checkOutput(output, model: model, writing: "merging")
         try Quantize.checkOutput(output, model: adapter, writing: "merging", source: "--adapter")
+        try Quantize.refuseExistingModel(output)
     }
 
     func run() throws {

@@ -53,12 +53,25 @@ struct Quantize: ParsableCommand {
         }
         guard FileSystem.isDirectory(model) else { throw ValidationError("--model \(model) is not a folder") }
         try Self.checkOutput(output, model: model)
+        try Self.refuseExistingModel(output)
     }
 
     /// Refuses an output folder that is the model folder or inside it (writing there would replace, or mix with,
     /// the files being read), before anything is written. Both are compared after resolving links and `..`; an
     /// output that does not exist yet is resolved through its nearest existing parent. `flag` and `source` name the
     /// two in the message (`--output`, `--model`); `insideAllowed` refuses only the folder itself.
+    /// A model folder is written only where no model is: an existing folder holding a config.json or weights
+    /// (another model, another merge) is refused rather than overwritten file by file.
+    static func refuseExistingModel(_ output: String, flag: String = "--output") throws {
+        guard FileSystem.isDirectory(output) else { return }
+        let files = (try? FileSystem.contents(of: output)) ?? []
+        let holdsModel = { (f: String) in f == "config.json" || f.hasSuffix(".safetensors") || f.hasSuffix(".gguf") }
+        if let file = files.first(where: holdsModel) {
+            throw ValidationError("\(flag) \(output) already holds a model (\(file)): writing there would overwrite " +
+                "it; choose a new folder or remove that one first")
+        }
+    }
+
     static func checkOutput(_ output: String, model: String, writing: String = "quantizing", flag: String = "--output",
                             source sourceFlag: String = "--model", insideAllowed: Bool = false) throws {
         func resolved(_ path: String) -> String {

@@ -718,4 +718,20 @@ extension BadSettingsTests {
         XCTAssertTrue(output.contains("stdin:1: a line longer than 64 MiB"), output)
     }
 
+
+    /// quantize and merge write a model folder only where no model is: a second run into the first one's folder is
+    /// refused, and the first model's files stay as they were.
+    func testQuantizeIntoAFolderHoldingAModelIsRefused() throws {
+        let golden = try Shared.requireGolden()
+        let out = NSTemporaryDirectory() + "qlora-existing-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let first = try run(["quantize", "--model", golden + "/tiny-llama", "--output", out])
+        XCTAssertEqual(first.status, 0, first.output)
+        let before = FileManager.default.contents(atPath: out + "/model.safetensors")
+        try expectError(["quantize", "--model", golden + "/tiny-llama", "--output", out], ["already holds a model"])
+        try expectError(["merge", "--model", golden + "/tiny-llama", "--adapter", golden + "/tiny-adapter",
+                         "--output", out], ["already holds a model"])
+        XCTAssertEqual(FileManager.default.contents(atPath: out + "/model.safetensors"), before)
+    }
+
 }
