@@ -85,6 +85,32 @@ public enum LlamaMerge {
     public static func write(weights: LlamaWeights, lora: LoRAConfig, adapters: [String: LoRAWeights], onto: MergeBase,
                              dtype: DType, to directory: String, shardBytes: Int = 5_000_000_000,
                              progress: (Int, Int, String) -> Void = { _, _, _ in }) throws -> [String] {
+        // Everything goes into a temporary folder beside `directory`, moved into place once complete: a failure
+        // (a weight that cannot be read, a full disk) leaves nothing half written.
+        let temporary = directory + ".tmp-\(getpid())"
+        try? FileManager.default.removeItem(atPath: temporary)
+        do {
+            let files = try writeFiles(weights: weights, lora: lora, adapters: adapters, onto: onto, dtype: dtype,
+                                       to: temporary, shardBytes: shardBytes, progress: progress)
+            if FileSystem.isDirectory(directory) {
+                for file in files {
+                    try? FileManager.default.removeItem(atPath: directory + "/" + file)
+                    try FileManager.default.moveItem(atPath: temporary + "/" + file, toPath: directory + "/" + file)
+                }
+                try FileManager.default.removeItem(atPath: temporary)
+            } else {
+                try FileManager.default.moveItem(atPath: temporary, toPath: directory)
+            }
+            return files
+        } catch {
+            try? FileManager.default.removeItem(atPath: temporary)
+            throw error
+        }
+    }
+
+    static func writeFiles(weights: LlamaWeights, lora: LoRAConfig, adapters: [String: LoRAWeights], onto: MergeBase,
+                           dtype: DType, to directory: String, shardBytes: Int,
+                           progress: (Int, Int, String) -> Void) throws -> [String] {
         guard [.f32, .bf16, .f16].contains(dtype) else {
             throw ModelError("merge writes f32, bf16 or f16, not \(dtype)")
         }

@@ -734,4 +734,17 @@ extension BadSettingsTests {
         XCTAssertEqual(FileManager.default.contents(atPath: out + "/model.safetensors"), before)
     }
 
+
+    /// A merge that fails (onto the original weights of a 4-bit base, which are not there) leaves no folder behind:
+    /// the files are written into a temporary folder and moved into place only when complete.
+    func testFailedMergeLeavesNothing() throws {
+        let golden = try Shared.requireGolden()
+        let out = NSTemporaryDirectory() + "qlora-merge-\(UUID().uuidString)"
+        try expectError(["merge", "--model", golden + "/tiny-llama-bnb-nf4", "--adapter", golden + "/tiny-adapter",
+                         "--output", out, "--onto", "original"], ["--onto dequantized"])
+        let parent = (try? FileManager.default.contentsOfDirectory(atPath: NSTemporaryDirectory())) ?? []
+        let name = (out as NSString).lastPathComponent
+        XCTAssertFalse(parent.contains { $0.hasPrefix(name) }, "left behind: \(parent.filter { $0.hasPrefix(name) })")
+    }
+
 }
