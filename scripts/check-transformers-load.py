@@ -8,7 +8,9 @@ Merges tiny-llama + tiny-adapter (golden/hf-qlora) three ways and loads each fol
   --onto dequantized --dtype f32:  its loss on those ids against `qlora eval --adapter` on the 4-bit base (what the
                                    adapter was trained on), 1e-5 relative;
   --onto dequantized --dtype bf16: the same in bf16 weights, 1e-2.
-Extra models can be checked with --model M --adapter A (merged, loaded, its load report and a finite-logits check).
+Extra models can be checked with --model M --adapter A (a folder or a GGUF base): merged onto the dequantized weights
+in f32 and loaded; its loss on a fixed sequence against `qlora eval --adapter`, and its tokenizer (for a GGUF base, the
+tokenizer.json qlora wrote) against `qlora tokenize` of the base on a few texts.
 
 Needs torch, transformers and safetensors (a venv); run from the repository root:
     python3 scripts/check-transformers-load.py [--qlora .build/release/qlora] [--shared ../shared]
@@ -80,13 +82,37 @@ def main():
                 print(f"FAIL: --onto {onto} --dtype {dtype}", file=sys.stderr)
         if args.model and args.adapter:
             out = os.path.join(tmp, "extra")
-            merge(args.qlora, args.model, args.adapter, out, "dequantized", "bf16")
-            model, problems = load(out, torch.bfloat16)
+            merge(args.qlora, args.model, args.adapter, out, "dequantized", "f32")
+            model, problems = load(out, torch.float32)
+            sample = torch.tensor([[(17 * i + 5) % 1000 + 10 for i in range(48)]])
             with torch.no_grad():
-                logits = model(torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])).logits.float()
-            finite = bool(torch.isfinite(logits).all())
-            print(json.dumps({"merge": f"{args.model} + {args.adapter}", "files": sorted(os.listdir(out)),
-                              "load_problems": problems, "finite_logits": finite}))
+                result = model(sample, labels=sample)
+            finite = bool(torch.isfinite(result.logits).all())
+            data = os.path.join(tmp, "sample.jsonl")
+            with open(data, "w") as f:
+                f.write(json.dumps({"input_ids": sample[0].tolist()}) + "\n")
+            report = subprocess.run([args.qlora, "eval", "--model", args.model, "--adapter", args.adapter, "--data",
+                                     data], check=True, capture_output=True, text=True).stdout
+            qlora_loss = float(report.split("loss")[1].split()[0])
+            relative = abs(result.loss.item() - qlora_loss) / qlora_loss
+            row = {"merge": f"{args.model} + {args.adapter} (--onto dequantized --dtype f32)",
+                   "files": sorted(os.listdir(out)), "load_problems": problems, "finite_logits": finite,
+                   "transformers_loss": result.loss.item(), "qlora_eval_loss": qlora_loss, "relative": relative}
+            failures += relative > 1e-4
+            if os.path.exists(os.path.join(out, "tokenizer.json")):
+                # The folder's tokenizer (written by qlora from a GGUF base, or copied) against qlora's own
+                # tokenizer of the base, on a few texts.
+                from transformers import AutoTokenizer
+                tokenizer = AutoTokenizer.from_pretrained(out)
+                texts = ["Hello world!", "  two  spaces, digits 12345 and ünïcödé", "Q: 3+4=?\nA: 7", "<|im_start|>x"]
+                lines = "".join(json.dumps({"text": t}) + "\n" for t in texts)
+                ours = [json.loads(l)["ids"] for l in subprocess.run(
+                    [args.qlora, "tokenize", "--tokenizer", args.model], input=lines, capture_output=True,
+                    text=True, check=True).stdout.splitlines()]
+                theirs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+                row["tokenizer_equal_on_texts"] = ours == theirs
+                failures += ours != theirs
+            print(json.dumps(row))
             failures += bool(problems) or not finite
     print("transformers loads every merge with the expected logits" if failures == 0 else f"{failures} failed")
     sys.exit(1 if failures else 0)

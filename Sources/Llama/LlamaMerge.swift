@@ -84,14 +84,19 @@ public enum LlamaMerge {
     /// `progress(done, total, tensor)`.
     public static func write(weights: LlamaWeights, lora: LoRAConfig, adapters: [String: LoRAWeights], onto: MergeBase,
                              dtype: DType, to directory: String, shardBytes: Int = 5_000_000_000,
+                             files extra: [(name: String, text: String)] = [],
                              progress: (Int, Int, String) -> Void = { _, _, _ in }) throws -> [String] {
         // Everything goes into a temporary folder beside `directory`, moved into place once complete: a failure
         // (a weight that cannot be read, a full disk) leaves nothing half written.
         let temporary = directory + ".tmp-\(getpid())"
         try? FileManager.default.removeItem(atPath: temporary)
         do {
-            let files = try writeFiles(weights: weights, lora: lora, adapters: adapters, onto: onto, dtype: dtype,
+            var files = try writeFiles(weights: weights, lora: lora, adapters: adapters, onto: onto, dtype: dtype,
                                        to: temporary, shardBytes: shardBytes, progress: progress)
+            for (name, text) in extra {
+                try AtomicFile.write(text: text, to: temporary + "/" + name)
+                files.append(name)
+            }
             if FileSystem.isDirectory(directory) {
                 for file in files {
                     try? FileManager.default.removeItem(atPath: directory + "/" + file)
@@ -114,10 +119,7 @@ public enum LlamaMerge {
         guard [.f32, .bf16, .f16].contains(dtype) else {
             throw ModelError("merge writes f32, bf16 or f16, not \(dtype)")
         }
-        let source = weights.location
-        guard FileSystem.isDirectory(source) else {
-            throw ModelError("\(source): merging from a GGUF base is not supported; use a Hugging Face folder")
-        }
+        let source = weights.location, fromFolder = FileSystem.isDirectory(source)
         let config = weights.config
         let layout = try layout(config, weights: weights)
         let bytes = layout.map { $0.shape.reduce(1, *) * dtype.byteSize }
@@ -151,10 +153,16 @@ public enum LlamaMerge {
             files.append(file)
         }
         // config.json as the base's, without quantization_config, with the dtype written; the other files copied.
+        // A GGUF base has no config.json: its architecture from the file's metadata, as transformers names it.
         let configPath = source + "/config.json"
         var json: JSONValue
-        do { json = try JSONValue(parsing: FileSystem.readBytes(configPath)) } catch let e as JSONParseError {
-            throw ModelFileError.invalidConfig(path: configPath, detail: "\(e)")
+        if fromFolder {
+            do { json = try JSONValue(parsing: FileSystem.readBytes(configPath)) } catch let e as JSONParseError {
+                throw ModelFileError.invalidConfig(path: configPath, detail: "\(e)")
+            }
+        } else {
+            json = try JSONValue(parsing: Array(JSONEncoder().encode(config)))
+            json.set("architectures", JSONValue.array([.string("LlamaForCausalLM")]))
         }
         if case .object(let fields) = json { json = .object(fields.filter { $0.0 != "quantization_config" }) }
         let torchName = dtype == .f32 ? "float32" : dtype == .f16 ? "float16" : "bfloat16"
@@ -162,7 +170,7 @@ public enum LlamaMerge {
         if json["dtype"] != nil { json.set("dtype", JSONValue.string(torchName)) }
         try AtomicFile.write(text: json.pythonText(indent: 2, sortKeys: true) + "\n", to: directory + "/config.json")
         files.append("config.json")
-        for file in try FileSystem.contents(of: source) where !ModelQuantizer.isWeightOrConfig(file) {
+        for file in fromFolder ? try FileSystem.contents(of: source) : [] where !ModelQuantizer.isWeightOrConfig(file) {
             try FileSystem.copyFile(from: source + "/" + file, to: directory + "/" + file)
             files.append(file)
         }

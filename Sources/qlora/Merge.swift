@@ -3,6 +3,7 @@ import Foundation
 import Llama
 import ModelFiles
 import Tensors
+import Tokenizers
 
 extension MergeBase: ExpressibleByArgument {}
 
@@ -12,7 +13,8 @@ struct Merge: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Merge a PEFT adapter into its base model and write a plain Hugging Face folder.")
 
-    @Option(help: "The base model: a Hugging Face folder (plain or bitsandbytes 4-bit).") var model: String
+    @Option(help: "The base model: a Hugging Face folder (plain or bitsandbytes 4-bit) or a GGUF file.")
+    var model: String
     @Option(help: "The PEFT adapter folder (adapter_config.json, adapter_model.safetensors).") var adapter: String
     @Option(name: [.customLong("output"), .customLong("output-dir")],
             help: "Where the merged model goes (a new folder, not the model's).")
@@ -39,10 +41,6 @@ struct Merge: ParsableCommand {
         guard ["auto", "always", "never"].contains(check) else {
             throw ValidationError("--check \(check): auto, always or never")
         }
-        guard FileSystem.isDirectory(model) else {
-            throw ValidationError("--model \(model) is not a Hugging Face folder (merging from a GGUF base is not " +
-                "supported)")
-        }
         try Quantize.checkOutput(output, model: model, writing: "merging")
         try Quantize.checkOutput(output, model: adapter, writing: "merging", source: "--adapter")
         try Quantize.refuseExistingModel(output)
@@ -53,8 +51,9 @@ struct Merge: ParsableCommand {
         let (lora, adapters) = try PEFTAdapter.read(directory: adapter, config: weights.config)
         let type: DType = dtype == "f32" ? .f32 : dtype == "f16" ? .f16 : .bf16
         let reporter = ProgressReporter(label: "merge")
+        let extra = FileSystem.isDirectory(model) ? [] : try Self.tokenizerFiles(gguf: model, config: weights.config)
         let files = try LlamaMerge.write(weights: weights, lora: lora, adapters: adapters, onto: onto, dtype: type,
-                                         to: output, shardBytes: maxShardSize) { done, total, name in
+                                         to: output, shardBytes: maxShardSize, files: extra) { done, total, name in
             reporter.update(done: done, total: total, detail: name)
         }
         reporter.finish()
@@ -76,4 +75,33 @@ struct Merge: ParsableCommand {
             "weights of "
               + "\(model) → \(output): \(files.joined(separator: ", "))")
     }
+
+    /// A GGUF base's vocabulary as the Hugging Face files (tokenizer.json, tokenizer_config.json with its chat
+    /// template) and generation_config.json, so the merged folder is complete.
+    static func tokenizerFiles(gguf path: String, config: LlamaConfig) throws -> [(name: String, text: String)] {
+        let m = try GGUFFile(path: path).metadata
+        guard let model = m["tokenizer.ggml.model"]?.string, let tokens = m["tokenizer.ggml.tokens"]?.strings else {
+            throw ModelFileError.invalidHeader(path: path, detail: "no tokenizer.ggml.model / tokens vocabulary")
+        }
+        let bos: Int? = m["tokenizer.ggml.bos_token_id"]?.int, eos: Int? = m["tokenizer.ggml.eos_token_id"]?.int
+        let unknown: Int? = m["tokenizer.ggml.unknown_token_id"]?.int
+        let padding: Int? = m["tokenizer.ggml.padding_token_id"]?.int
+        let types: [Int]? = m["tokenizer.ggml.token_type"]?.ints, merges: [String]? = m["tokenizer.ggml.merges"]?.strings
+        let addBOS: Bool = m["tokenizer.ggml.add_bos_token"]?.bool ?? false
+        let addEOS: Bool = m["tokenizer.ggml.add_eos_token"]?.bool ?? false
+        let vocabulary = try GGUFVocabulary(
+            ggufModel: model, pre: m["tokenizer.ggml.pre"]?.string, tokens: tokens, tokenTypes: types, merges: merges,
+            bosTokenId: bos, eosTokenId: eos, unknownTokenId: unknown, paddingTokenId: padding, addBOS: addBOS,
+            addEOS: addEOS)
+        var generation: [(String, JSONValue)] = []
+        if let bos { generation.append(("bos_token_id", .int(bos))) }
+        if let eos { generation.append(("eos_token_id", .int(eos))) }
+        return [
+            ("tokenizer.json", try vocabulary.tokenizerJSON().pythonText() + "\n"),
+            ("tokenizer_config.json", vocabulary.tokenizerConfig(chatTemplate: m["tokenizer.chat_template"]?.string,
+                maxLength: config.maxPositionEmbeddings).pythonText(indent: 2) + "\n"),
+            ("generation_config.json", JSONValue.object(generation).pythonText(indent: 2) + "\n"),
+        ]
+    }
+
 }
