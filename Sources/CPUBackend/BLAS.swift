@@ -22,6 +22,9 @@ public enum BLAS {
     /// The library in use, for reports.
     public static var implementation: String { sgemmFunction == nil ? "naive Swift (no CBLAS found)" : "CBLAS (dlopen)" }
 
+    /// Whether a CBLAS was found.
+    public static var hasCBLAS: Bool { sgemmFunction != nil }
+
     /// C (m×n) = alpha · op(A) · op(B) + beta · C, with op(A) m×k and op(B) k×n; `lda`, `ldb`, `ldc` are row strides.
     public static func sgemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
                              a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
@@ -31,13 +34,21 @@ public enum BLAS {
             for i in 0..<m { for j in 0..<n { c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j] } }
             return
         }
-        if let f = sgemmFunction {
-            f(101, transposeA ? 112 : 111, transposeB ? 112 : 111, Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda),
-              b, Int32(ldb), beta, c, Int32(ldc))
+        if sgemmFunction != nil {
+            cblasSgemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
+                       b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
         } else {
             naiveSgemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
                        b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
         }
+    }
+
+    /// The CBLAS's own `cblas_sgemm` (requires `hasCBLAS`; k > 0).
+    public static func cblasSgemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
+                                  a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                                  beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        sgemmFunction!(101, transposeA ? 112 : 111, transposeB ? 112 : 111, Int32(m), Int32(n), Int32(k), alpha, a,
+                       Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
 
     /// The plain triple loop (accumulating in float32), kept as the oracle and the fallback.
