@@ -23,6 +23,7 @@
 
 typedef struct {
     int trans_a, trans_b, bf16;
+    int vector;  // the processor has AVX2 (for the packing)
     long m, n, k, lda, ldb, ldc;
     float alpha, beta;
     const float *a, *b;
@@ -221,47 +222,96 @@ int cgemm_best_kernel(int bf16) {
 
 // MARK: Packing
 
+#ifdef CGEMM_X86
+/// dst[q·dw + l] = src[l·sl + q] for q, l < 8: an 8 × 8 transpose in registers.
+__attribute__((target("avx2")))
+static inline void transpose8(const float *src, long sl, float *dst, long dw) {
+    __m256 r[8], t[8], u[8];
+    for (int l = 0; l < 8; l++) r[l] = _mm256_loadu_ps(src + l * sl);
+    for (int h = 0; h < 4; h++) {
+        t[2 * h] = _mm256_unpacklo_ps(r[2 * h], r[2 * h + 1]);
+        t[2 * h + 1] = _mm256_unpackhi_ps(r[2 * h], r[2 * h + 1]);
+    }
+    for (int h = 0; h < 2; h++) {
+        u[4 * h] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], 0x44);
+        u[4 * h + 1] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], 0xee);
+        u[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0x44);
+        u[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0xee);
+    }
+    for (int q = 0; q < 4; q++) {
+        _mm256_storeu_ps(dst + q * dw, _mm256_permute2f128_ps(u[q], u[q + 4], 0x20));
+        _mm256_storeu_ps(dst + (q + 4) * dw, _mm256_permute2f128_ps(u[q], u[q + 4], 0x31));
+    }
+}
+#endif
+
 /// Packs one strip: `kc` k steps of `width` lanes, dst[q·width + l] = src[q·sq + l·sl] for the first `count` lanes
 /// and 0 past them. Either the lanes or the k steps are contiguous in the source (sl or sq is 1); the writes are
-/// sequential either way (strided writes cost far more than strided reads here).
-static void pack_strip(const float *src, long sq, long sl, int count, int width, long kc, float *dst) {
+/// sequential either way (strided writes cost far more than strided reads here), in 8 × 8 register transposes
+/// of whole groups of 8 lanes where `vector` says the processor has AVX2.
+static void pack_strip(const float *src, long sq, long sl, int count, int width, long kc, int vector, float *dst) {
     if (count < width) memset(dst, 0, sizeof(float) * (size_t)(kc * width));
     if (sl == 1) {
         for (long q = 0; q < kc; q++) memcpy(dst + q * width, src + q * sq, sizeof(float) * (size_t)count);
         return;
     }
-    const float *lane[64];
-    for (int l = 0; l < count; l++) lane[l] = src + l * sl;
+    int vector_lanes = 0;
+#ifdef CGEMM_X86
+    if (vector) {
+        vector_lanes = count / 8 * 8;
+        for (long q = 0; q + 8 <= kc; q += 8) {
+            for (int l = 0; l < vector_lanes; l += 8) transpose8(src + l * sl + q, sl, dst + q * width + l, width);
+        }
+    }
+#endif
     for (long q = 0; q < kc; q++) {
-        for (int l = 0; l < count; l++) dst[q * width + l] = lane[l][q * sq];
+        int first = q < kc / 8 * 8 ? vector_lanes : 0;
+        for (int l = first; l < count; l++) dst[q * width + l] = src[l * sl + q];
     }
 }
 
 /// Packs op(A)[i0 ..< i0+rows, q0 ..< q0+kc] as one strip of `width` rows.
 static void pack_a_strip(const problem *p, long i0, int rows, long q0, long kc, int width, float *dst) {
-    if (p->trans_a) pack_strip(p->a + q0 * p->lda + i0, p->lda, 1, rows, width, kc, dst);
-    else pack_strip(p->a + i0 * p->lda + q0, 1, p->lda, rows, width, kc, dst);
+    if (p->trans_a) pack_strip(p->a + q0 * p->lda + i0, p->lda, 1, rows, width, kc, p->vector, dst);
+    else pack_strip(p->a + i0 * p->lda + q0, 1, p->lda, rows, width, kc, p->vector, dst);
 }
 
 /// Packs op(B)[q0 ..< q0+kc, j0 ..< j0+cols] as one strip of `width` columns.
 static void pack_b_strip(const problem *p, long q0, long kc, long j0, int cols, int width, float *dst) {
-    if (p->trans_b) pack_strip(p->b + j0 * p->ldb + q0, 1, p->ldb, cols, width, kc, dst);
-    else pack_strip(p->b + q0 * p->ldb + j0, p->ldb, 1, cols, width, kc, dst);
+    if (p->trans_b) pack_strip(p->b + j0 * p->ldb + q0, 1, p->ldb, cols, width, kc, p->vector, dst);
+    else pack_strip(p->b + q0 * p->ldb + j0, p->ldb, 1, cols, width, kc, p->vector, dst);
 }
 
-/// Rounds a packed float strip (kc steps of `width`) to bf16 in place, or, with `pairs`, rewrites it into `dst` as
-/// (kc + 1) / 2 steps of `width` 32-bit lanes, each holding the bf16 values of k steps 2s and 2s + 1.
-static void finish_strip(float *strip, long kc, int width, int bf16, int pairs, void *dst) {
-    if (pairs) {
-        uint32_t *out = dst;
-        for (long s = 0; s < (kc + 1) / 2; s++) {
-            for (int l = 0; l < width; l++) {
-                uint32_t lo = bf16_bits(strip[2 * s * width + l]);
-                uint32_t hi = 2 * s + 1 < kc ? bf16_bits(strip[(2 * s + 1) * width + l]) : 0;
-                out[s * width + l] = lo | hi << 16;
-            }
+#ifdef CGEMM_X86
+/// The pair layout of `finish_strip` with AVX512_BF16's conversion (nearest even; it reads subnormal inputs as 0,
+/// as `vdpbf16ps` does anyway).
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+static void pairs_avx512bf16(const float *strip, long kc, int width, uint32_t *out) {
+    for (long s = 0; s < (kc + 1) / 2; s++) {
+        for (int l = 0; l < width; l += 16) {
+            __mmask16 mask = (__mmask16)(width - l >= 16 ? 0xffff : (1u << (width - l)) - 1);
+            __m512 lo = _mm512_maskz_loadu_ps(mask, strip + 2 * s * width + l);
+            __m512 hi = 2 * s + 1 < kc ? _mm512_maskz_loadu_ps(mask, strip + (2 * s + 1) * width + l)
+                                       : _mm512_setzero_ps();
+            __m512i lo32 = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(lo));
+            __m512i hi32 = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(hi));
+            _mm512_mask_storeu_epi32(out + s * width + l, mask, _mm512_or_si512(lo32, _mm512_slli_epi32(hi32, 16)));
         }
-    } else if (bf16) {
+    }
+}
+#endif
+
+/// Rounds a packed float strip (kc steps of `width`) to bf16 in place, or, with `pairs` (only the AVX512_BF16
+/// kernel packs pairs), rewrites it into `dst` as (kc + 1) / 2 steps of `width` 32-bit lanes, each holding the
+/// bf16 values of k steps 2s and 2s + 1.
+static void finish_strip(float *strip, long kc, int width, int bf16, int pairs, void *dst) {
+#ifdef CGEMM_X86
+    if (pairs) {
+        pairs_avx512bf16(strip, kc, width, dst);
+        return;
+    }
+#endif
+    if (bf16) {
         for (long x = 0; x < kc * width; x++) strip[x] = bf16_rounded(strip[x]);
     }
 }
@@ -352,6 +402,6 @@ void cgemm_compute(int kernel, int bf16, int trans_a, int trans_b, long m, long 
         }
         return;
     }
-    problem p = {trans_a, trans_b, bf16, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c};
+    problem p = {trans_a, trans_b, bf16, kernel > 0, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c};
     compute_block(t, &p, i_lo, i_hi, j_lo, j_hi);
 }

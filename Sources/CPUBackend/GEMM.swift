@@ -24,8 +24,13 @@ public enum GEMM {
         public var isSupported: Bool { cgemm_kernel_supported(index) != 0 }
         /// Whether it multiplies bf16 pairs (bf16 products only).
         public var isBF16: Bool { cgemm_kernel_is_bf16(index) != 0 }
-        /// Whether it is plain C (no vector instructions of its own).
-        public var isPortable: Bool { index == 0 }
+
+        /// Whether `qlora bench-gemm` measured this kernel faster than the CBLAS on an (m × n × k) product, on the
+        /// processors it ran on (Zen 3, AVX2: only the LoRA products with k = the rank; nothing measured for the
+        /// AVX-512 kernels beside a CBLAS, so they leave the products to it).
+        public func isFasterThanCBLAS(m: Int, n: Int, k: Int) -> Bool {
+            name == "avx2" && k <= 16
+        }
     }
 
     /// The cores the products are split over.
