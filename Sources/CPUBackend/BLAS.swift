@@ -8,7 +8,7 @@ import Foundation
 ///
 /// Two implementations: ours (`GEMM`, the CGEMM kernels) and an optimized CBLAS (OpenBLAS, or any
 /// `libcblas`/`libblas` exporting `cblas_sgemm`) loaded with `dlopen`, so the binary builds and runs where none is
-/// installed. `provider` says which one a product goes to (see `Provider.choose`); `naiveSgemm` is the oracle.
+/// installed. `provider` says which one the products go to; `naiveSgemm` is the oracle.
 public enum BLAS {
     /// Where the products go.
     public enum Provider: String, Sendable, CaseIterable {
@@ -16,7 +16,7 @@ public enum BLAS {
         case ours
         /// The CBLAS for every product (ours where none is installed).
         case cblas
-        /// Per product, whichever `bench-gemm` measured faster on this kind of processor (`choose`).
+        /// Whichever was measured faster in the step for this processor's kernel (`GEMM.Kernel.beatsCBLAS`).
         case auto
 
         /// `QLORA_GEMM` (ours, cblas or auto) if set, else auto.
@@ -26,8 +26,11 @@ public enum BLAS {
         }()
     }
 
-    /// The provider in use (from `QLORA_GEMM`, for benchmarks that compare the two in one build).
+    /// The provider asked for (`QLORA_GEMM`, for benchmarks that compare the two in one build).
     public static var provider: Provider { Provider.configured }
+
+    /// What the products run on, for reports.
+    public static var inUse: String { useCBLAS ? "CBLAS" : "ours (\(GEMM.Kernel.bestFP32))" }
 
     typealias SgemmFunction = @convention(c) (
         Int32, Int32, Int32, Int32, Int32, Int32, Float, UnsafePointer<Float>?, Int32,
@@ -56,7 +59,7 @@ public enum BLAS {
             for i in 0..<m { for j in 0..<n { c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j] } }
             return
         }
-        if useCBLAS(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k) {
+        if useCBLAS {
             cblasSgemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
                        b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
         } else {
@@ -65,15 +68,15 @@ public enum BLAS {
         }
     }
 
-    /// Whether this product goes to the CBLAS.
-    static func useCBLAS(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int) -> Bool {
+    /// Whether the products go to the CBLAS.
+    static let useCBLAS: Bool = {
         guard sgemmFunction != nil else { return false }
         switch provider {
         case .ours: return false
         case .cblas: return true
-        case .auto: return !GEMM.Kernel.bestFP32.isFasterThanCBLAS(m: m, n: n, k: k)
+        case .auto: return !GEMM.Kernel.bestFP32.beatsCBLAS
         }
-    }
+    }()
 
     /// The CBLAS's own `cblas_sgemm` (requires `hasCBLAS`; k > 0).
     public static func cblasSgemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,

@@ -25,12 +25,15 @@ public enum GEMM {
         /// Whether it multiplies bf16 pairs (bf16 products only).
         public var isBF16: Bool { cgemm_kernel_is_bf16(index) != 0 }
 
-        /// Whether `qlora bench-gemm` measured this kernel faster than the CBLAS on an (m × n × k) product, on the
-        /// processors it ran on (Zen 3, AVX2: only the LoRA products with k = the rank; nothing measured for the
-        /// AVX-512 kernels beside a CBLAS, so they leave the products to it).
-        public func isFasterThanCBLAS(m: Int, n: Int, k: Int) -> Bool {
-            name == "avx2" && k <= 16
-        }
+        /// Whether products go to this kernel rather than to a CBLAS, from the measurements of issue 15 (2 cores):
+        /// on Zen 3 (AVX2) the CBLAS (OpenBLAS 0.3.21, its own ZEN kernels) wins an isolated product by 1.1–1.4×,
+        /// but the training step runs 1.3–1.7× faster on ours, whose idle threads sleep where OpenBLAS's spin
+        /// against the step's other work; on Sapphire Rapids (AVX-512) ours beats that OpenBLAS 2–5× per product.
+        /// The portable C kernel loses to any CBLAS.
+        public var beatsCBLAS: Bool { !isPortable }
+
+        /// Whether it is plain C (no vector instructions of its own).
+        public var isPortable: Bool { index == 0 }
     }
 
     /// The cores the products are split over.
