@@ -340,7 +340,7 @@ static void compute_block(const tier *t, const problem *p, long i_lo, long i_hi,
     long nc_max = t->nc, mc_max = t->mc;
     long wide = t->mr > t->nr ? t->mr : t->nr;
     float *a_pack = scratch((size_t)(mc_max + t->mr) * kc_max + (size_t)(nc_max + t->nr) * kc_max + wide * kc_max);
-    if (!a_pack) return;
+    if (!a_pack) abort();  // no memory for the packing buffers: better to stop than to leave C unwritten
     float *b_pack = a_pack + (mc_max + t->mr) * kc_max;
     float *strip = b_pack + (nc_max + t->nr) * kc_max;
     for (long jc = j_lo; jc < j_hi; jc += nc_max) {

@@ -4,7 +4,7 @@ import Glibc
 
 import Foundation
 
-/// Single-precision matrix products, row-major: `C = alpha · op(A) · op(B) + beta · C`, the one entry the CPU ops use.
+/// Single-precision matrix products, row-major: `C = alpha · op(A) · op(B) + beta · C`, the CPU ops' one entry.
 ///
 /// Two implementations: ours (`GEMM`, the CGEMM kernels) and an optimized CBLAS (OpenBLAS, or any
 /// `libcblas`/`libblas` exporting `cblas_sgemm`) loaded with `dlopen`, so the binary builds and runs where none is

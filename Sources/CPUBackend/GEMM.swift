@@ -26,10 +26,11 @@ public enum GEMM {
         public var isBF16: Bool { cgemm_kernel_is_bf16(index) != 0 }
 
         /// Whether products go to this kernel rather than to a CBLAS, from the measurements of issue 15 (2 cores):
-        /// on Zen 3 (AVX2) the CBLAS (OpenBLAS 0.3.21, its own ZEN kernels) wins an isolated product by 1.1–1.4×,
-        /// but the training step runs 1.3–1.7× faster on ours, whose idle threads sleep where OpenBLAS's spin
-        /// against the step's other work; on Sapphire Rapids (AVX-512) ours beats that OpenBLAS 2–5× per product.
-        /// The portable C kernel loses to any CBLAS.
+        /// on Zen 3 (AVX2) OpenBLAS 0.3.21 (its own ZEN kernels) wins an isolated product by 1.1–1.4×, but in the
+        /// training step the two are level (median of 5 interleaved rounds 1.0–1.1× for ours) and ours takes
+        /// 10–15% less CPU time (its idle threads sleep; OpenBLAS's spin and yield, 5× the system time); on
+        /// Sapphire Rapids (AVX-512) ours beats that OpenBLAS, which falls back to SSE3 kernels there, 2–5× per
+        /// product. The portable C kernel loses to any CBLAS.
         public var beatsCBLAS: Bool { !isPortable }
 
         /// Whether it is plain C (no vector instructions of its own).

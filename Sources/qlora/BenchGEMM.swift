@@ -54,9 +54,11 @@ struct BenchGEMM: ParsableCommand {
             Product(name: "LoRA dz", transposeA: false, transposeB: false, m: n, n: r, k: 1536, accumulate: false),
             Product(name: "LoRA dA", transposeA: true, transposeB: false, m: r, n: 576, k: n, accumulate: true),
             Product(name: "LoRA dx", transposeA: false, transposeB: false, m: n, n: 576, k: r, accumulate: false),
-            Product(name: "attention Q·Kᵀ", transposeA: false, transposeB: true, m: t, n: t, k: 64, accumulate: false),
+            Product(name: "attention Q·Kᵀ", transposeA: false, transposeB: true, m: t, n: t, k: 64,
+                    accumulate: false),
             Product(name: "attention P·V", transposeA: false, transposeB: false, m: t, n: 64, k: t, accumulate: false),
-            Product(name: "attention Pᵀ·dO", transposeA: true, transposeB: false, m: t, n: 64, k: t, accumulate: true),
+            Product(name: "attention Pᵀ·dO", transposeA: true, transposeB: false, m: t, n: 64, k: t,
+                    accumulate: true),
         ]
         return list
     }
@@ -67,7 +69,7 @@ struct BenchGEMM: ParsableCommand {
         var best = [[Double]](repeating: [Double](repeating: .infinity, count: kinds.count), count: list.count)
         for _ in 0..<max(1, rounds) {
             for (i, p) in list.enumerated() {
-                let a = random(p.m * p.k, seed: 1), b = random(p.k * p.n, seed: 2)
+                let a = benchNoise(count: p.m * p.k, seed: 1), b = benchNoise(count: p.k * p.n, seed: 2)
                 var c = [Float](repeating: 0, count: p.m * p.n)
                 for kind in kinds.indices {
                     best[i][kind] = min(best[i][kind], time(p, kind, a, b, &c))
@@ -93,7 +95,8 @@ struct BenchGEMM: ParsableCommand {
     /// Seconds per call of product `p` with implementation `kind` (0 CBLAS, 1 ours fp32, 2 ours bf16).
     private func time(_ p: Product, _ kind: Int, _ a: [Float], _ b: [Float], _ output: inout [Float]) -> Double {
         let lda = p.transposeA ? p.m : p.k, ldb = p.transposeB ? p.k : p.n, beta: Float = p.accumulate ? 1 : 0
-        return a.withUnsafeBufferPointer { a in b.withUnsafeBufferPointer { b in output.withUnsafeMutableBufferPointer { c in
+        return a.withUnsafeBufferPointer { a in b.withUnsafeBufferPointer { b in
+        output.withUnsafeMutableBufferPointer { c in
             func call() {
                 if kind == 0 {
                     BLAS.cblasSgemm(transposeA: p.transposeA, transposeB: p.transposeB, m: p.m, n: p.n, k: p.k,
@@ -116,13 +119,5 @@ struct BenchGEMM: ParsableCommand {
             } while elapsed < seconds
             return elapsed / Double(calls)
         } } }
-    }
-
-    private func random(_ count: Int, seed: UInt64) -> [Float] {
-        var state = seed &* 0x9E3779B97F4A7C15 | 1
-        return (0..<count).map { _ in
-            state ^= state << 13; state ^= state >> 7; state ^= state << 17
-            return Float(state >> 40) / Float(1 << 24) - 0.5
-        }
     }
 }

@@ -31,7 +31,8 @@ final class GEMMTests: XCTestCase {
         guard let kernel = GEMM.Kernel.all.first(where: { $0.name == name }) else {
             throw XCTSkip("the \(name) GEMM kernel is not built for this architecture")
         }
-        try XCTSkipUnless(kernel.isSupported, "this processor lacks the \(name) instructions: its GEMM kernel is untested")
+        try XCTSkipUnless(kernel.isSupported,
+                          "this processor lacks the \(name) instructions: its GEMM kernel is untested")
         return kernel
     }
 
