@@ -14,7 +14,8 @@ let package = Package(
     targets: [
         .target(name: "Tensors"),
         .target(name: "Quantization", dependencies: ["Tensors"]),
-        .target(name: "CPUBackend", dependencies: ["Tensors"]),
+        .target(name: "CGEMM"),
+        .target(name: "CPUBackend", dependencies: ["Tensors", "CGEMM"]),
         .target(name: "ModelFiles", dependencies: ["Tensors", "Quantization"]),
         .target(name: "Llama", dependencies: ["Tensors", "Quantization", "ModelFiles", "CPUBackend"]),
         .target(name: "Tokenizers", dependencies: ["ModelFiles"]),

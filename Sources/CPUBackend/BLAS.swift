@@ -2,11 +2,36 @@
 import Glibc
 #endif
 
-/// Single-precision matrix products, row-major: `C = alpha · op(A) · op(B) + beta · C`.
+import Foundation
+
+/// Single-precision matrix products, row-major: `C = alpha · op(A) · op(B) + beta · C`, the CPU ops' one entry.
 ///
-/// Uses an optimized CBLAS (OpenBLAS, or any `libcblas`/`libblas` exporting `cblas_sgemm`) loaded with `dlopen`, so
-/// the binary builds and runs where none is installed; without one it falls back to `naiveSgemm`, the reference.
+/// Two implementations: ours (`GEMM`, the CGEMM kernels) and an optimized CBLAS (OpenBLAS, or any
+/// `libcblas`/`libblas` exporting `cblas_sgemm`) loaded with `dlopen`, so the binary builds and runs where none is
+/// installed. `provider` says which one the products go to; `naiveSgemm` is the oracle.
 public enum BLAS {
+    /// Where the products go.
+    public enum Provider: String, Sendable, CaseIterable {
+        /// Ours for every product.
+        case ours
+        /// The CBLAS for every product (ours where none is installed).
+        case cblas
+        /// Whichever was measured faster in the step for this processor's kernel (`GEMM.Kernel.beatsCBLAS`).
+        case auto
+
+        /// `QLORA_GEMM` (ours, cblas or auto) if set, else auto.
+        static let configured: Provider = {
+            let value = ProcessInfo.processInfo.environment["QLORA_GEMM"] ?? ""
+            return Provider(rawValue: value) ?? .auto
+        }()
+    }
+
+    /// The provider asked for (`QLORA_GEMM`, for benchmarks that compare the two in one build).
+    public static var provider: Provider { Provider.configured }
+
+    /// What the products run on, for reports.
+    public static var inUse: String { useCBLAS ? "CBLAS" : "ours (\(GEMM.Kernel.bestFP32))" }
+
     typealias SgemmFunction = @convention(c) (
         Int32, Int32, Int32, Int32, Int32, Int32, Float, UnsafePointer<Float>?, Int32,
         UnsafePointer<Float>?, Int32, Float, UnsafeMutablePointer<Float>?, Int32) -> Void
@@ -19,8 +44,11 @@ public enum BLAS {
         return nil
     }()
 
-    /// The library in use, for reports.
-    public static var implementation: String { sgemmFunction == nil ? "naive Swift (no CBLAS found)" : "CBLAS (dlopen)" }
+    /// The CBLAS found, for reports.
+    public static var implementation: String { sgemmFunction == nil ? "none found" : "CBLAS (dlopen)" }
+
+    /// Whether a CBLAS was found.
+    public static var hasCBLAS: Bool { sgemmFunction != nil }
 
     /// C (m×n) = alpha · op(A) · op(B) + beta · C, with op(A) m×k and op(B) k×n; `lda`, `ldb`, `ldc` are row strides.
     public static func sgemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
@@ -31,16 +59,34 @@ public enum BLAS {
             for i in 0..<m { for j in 0..<n { c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j] } }
             return
         }
-        if let f = sgemmFunction {
-            f(101, transposeA ? 112 : 111, transposeB ? 112 : 111, Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda),
-              b, Int32(ldb), beta, c, Int32(ldc))
+        if useCBLAS {
+            cblasSgemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
+                       b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
         } else {
-            naiveSgemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
+            GEMM.sgemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
                        b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
         }
     }
 
-    /// The plain triple loop (accumulating in float32), kept as the oracle and the fallback.
+    /// Whether the products go to the CBLAS.
+    static let useCBLAS: Bool = {
+        guard sgemmFunction != nil else { return false }
+        switch provider {
+        case .ours: return false
+        case .cblas: return true
+        case .auto: return !GEMM.Kernel.bestFP32.beatsCBLAS
+        }
+    }()
+
+    /// The CBLAS's own `cblas_sgemm` (requires `hasCBLAS`; k > 0).
+    public static func cblasSgemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
+                                  a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                                  beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        sgemmFunction!(101, transposeA ? 112 : 111, transposeB ? 112 : 111, Int32(m), Int32(n), Int32(k), alpha, a,
+                       Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    }
+
+    /// The plain triple loop (accumulating in float32), kept as the oracle.
     public static func naiveSgemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
                                   a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                                   beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {

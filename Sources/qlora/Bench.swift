@@ -120,6 +120,7 @@ struct Bench: ParsableCommand {
             ("compute_dtype", .string(gpu != nil ? computeDtype.rawValue : "fp32")),
             ("lora_dropout", .double(loraDropout)),
             ("devices", .int(world)),
+            ("cpu_gemm", .string(gpu != nil ? "" : BLAS.inUse)),
             ("offload_checkpoints", .bool(gpu != nil && !noCkpt && (step.offloadCheckpoints ?? true))),
             ("host_rss_before_load_gb", .double(r(Double(hostBaseline) / 1e9, 3))),
             ("host_rss_peak_after_load_gb", .double(r(Double(hostPeak) / 1e9, 3))),

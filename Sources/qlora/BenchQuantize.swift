@@ -89,13 +89,16 @@ struct BenchQuantize: ParsableCommand {
     }
 
     private func randomBF16(count: Int, seed: UInt64, scale: Float) -> Tensor {
-        var state = seed &* 0x9E3779B97F4A7C15 | 1
-        var bits = [UInt16](repeating: 0, count: count)
-        for i in 0..<count {
-            state ^= state << 13; state ^= state >> 7; state ^= state << 17
-            let u = Float(state >> 40) / Float(1 << 24) - 0.5
-            bits[i] = bf16Bits(from: u * 2 * scale)
-        }
+        let bits = benchNoise(count: count, seed: seed).map { bf16Bits(from: $0 * 2 * scale) }
         return Tensor(copying: bits, shape: [count], dtype: .bf16)
+    }
+}
+
+/// `count` benchmark inputs uniform in [−0.5, 0.5) from a xorshift generator seeded with `seed`.
+func benchNoise(count: Int, seed: UInt64) -> [Float] {
+    var state = seed &* 0x9E3779B97F4A7C15 | 1
+    return (0..<count).map { _ in
+        state ^= state << 13; state ^= state >> 7; state ^= state << 17
+        return Float(state >> 40) / Float(1 << 24) - 0.5
     }
 }

@@ -7,6 +7,7 @@ struct QLoRA: ParsableCommand {
         commandName: "qlora",
         abstract: "QLoRA fine-tuning: 4-bit NF4 base models with LoRA adapters.",
         subcommands: [Quantize.self, Train.self, Merge.self, Export.self, Info.self, Eval.self, Generate.self,
-                      Tokenize.self, Plot.self, BenchQuantize.self, Bench.self, Plan.self, CheckCUDA.self]
+                      Tokenize.self, Plot.self, BenchQuantize.self, BenchGEMM.self, Bench.self, Plan.self,
+                      CheckCUDA.self]
     )
 }
