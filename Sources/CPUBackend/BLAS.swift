@@ -16,7 +16,8 @@ public enum BLAS {
         case ours
         /// The CBLAS for every product (ours where none is installed).
         case cblas
-        /// Whichever was measured faster in the step for this processor's kernel (`GEMM.Kernel.beatsCBLAS`).
+        /// Per product, whichever was measured faster for this processor's kernel and the product's depth
+        /// (`GEMM.Kernel.beatsCBLAS(k:)`).
         case auto
 
         /// `QLORA_GEMM` (ours, cblas or auto) if set, else auto.
@@ -30,7 +31,14 @@ public enum BLAS {
     public static var provider: Provider { Provider.configured }
 
     /// What the products run on, for reports.
-    public static var inUse: String { useCBLAS ? "CBLAS" : "ours (\(GEMM.Kernel.bestFP32))" }
+    public static var inUse: String {
+        guard sgemmFunction != nil else { return "ours (\(GEMM.Kernel.bestFP32))" }
+        switch provider {
+        case .ours: return "ours (\(GEMM.Kernel.bestFP32))"
+        case .cblas: return "CBLAS"
+        case .auto: return "ours (\(GEMM.Kernel.bestFP32)) where measured faster, else CBLAS"
+        }
+    }
 
     typealias SgemmFunction = @convention(c) (
         Int32, Int32, Int32, Int32, Int32, Int32, Float, UnsafePointer<Float>?, Int32,
@@ -59,7 +67,7 @@ public enum BLAS {
             for i in 0..<m { for j in 0..<n { c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j] } }
             return
         }
-        if useCBLAS {
+        if useCBLAS(k: k) {
             cblasSgemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
                        b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
         } else {
@@ -68,15 +76,15 @@ public enum BLAS {
         }
     }
 
-    /// Whether the products go to the CBLAS.
-    static let useCBLAS: Bool = {
+    /// Whether a product of depth `k` goes to the CBLAS.
+    static func useCBLAS(k: Int) -> Bool {
         guard sgemmFunction != nil else { return false }
         switch provider {
         case .ours: return false
         case .cblas: return true
-        case .auto: return !GEMM.Kernel.bestFP32.beatsCBLAS
+        case .auto: return !GEMM.Kernel.bestFP32.beatsCBLAS(k: k)
         }
-    }()
+    }
 
     /// The CBLAS's own `cblas_sgemm` (requires `hasCBLAS`; k > 0).
     public static func cblasSgemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
