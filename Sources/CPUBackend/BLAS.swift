@@ -14,16 +14,19 @@ public enum BLAS {
     public enum Provider: String, Sendable, CaseIterable {
         /// Ours for every product.
         case ours
-        /// The CBLAS for every product (ours where none is installed).
+        /// The CBLAS for every product where one is installed (ours where none is): the default. Measured for issue
+        /// 15 (2 cores, `qlora bench-gemm` and `bench --device cpu`): on Zen 3 (AVX2) OpenBLAS wins the step's deep
+        /// products by 1.1–2× and ours the rank-16 ones, and the whole step is level (median of 5 interleaved
+        /// rounds 1.0–1.1× for ours, with 10–15% less CPU time); on the GPU machine's Sapphire Rapids ours
+        /// (AVX-512) beats its OpenBLAS (SSE3 kernels there) 2–5× a product, but `check-cuda`'s fp32 CPU/GPU
+        /// training comparison, made against OpenBLAS's rounding, drifts from 3.7e-6 to 1.1e-5 with it. So the
+        /// default stays the CBLAS until ours is faster in the step.
         case cblas
-        /// Per product, whichever was measured faster for this processor's kernel and the product's depth
-        /// (`GEMM.Kernel.beatsCBLAS(k:)`).
-        case auto
 
-        /// `QLORA_GEMM` (ours, cblas or auto) if set, else auto.
+        /// `QLORA_GEMM` (ours or cblas) if set, else cblas.
         static let configured: Provider = {
             let value = ProcessInfo.processInfo.environment["QLORA_GEMM"] ?? ""
-            return Provider(rawValue: value) ?? .auto
+            return Provider(rawValue: value) ?? .cblas
         }()
     }
 
@@ -31,14 +34,7 @@ public enum BLAS {
     public static var provider: Provider { Provider.configured }
 
     /// What the products run on, for reports.
-    public static var inUse: String {
-        guard sgemmFunction != nil else { return "ours (\(GEMM.Kernel.bestFP32))" }
-        switch provider {
-        case .ours: return "ours (\(GEMM.Kernel.bestFP32))"
-        case .cblas: return "CBLAS"
-        case .auto: return "ours (\(GEMM.Kernel.bestFP32)) where measured faster, else CBLAS"
-        }
-    }
+    public static var inUse: String { useCBLAS ? "CBLAS" : "ours (\(GEMM.Kernel.bestFP32))" }
 
     typealias SgemmFunction = @convention(c) (
         Int32, Int32, Int32, Int32, Int32, Int32, Float, UnsafePointer<Float>?, Int32,
@@ -67,7 +63,7 @@ public enum BLAS {
             for i in 0..<m { for j in 0..<n { c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j] } }
             return
         }
-        if useCBLAS(k: k) {
+        if useCBLAS {
             cblasSgemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
                        b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
         } else {
@@ -76,15 +72,8 @@ public enum BLAS {
         }
     }
 
-    /// Whether a product of depth `k` goes to the CBLAS.
-    static func useCBLAS(k: Int) -> Bool {
-        guard sgemmFunction != nil else { return false }
-        switch provider {
-        case .ours: return false
-        case .cblas: return true
-        case .auto: return !GEMM.Kernel.bestFP32.beatsCBLAS(k: k)
-        }
-    }
+    /// Whether the products go to the CBLAS.
+    static let useCBLAS: Bool = sgemmFunction != nil && provider != .ours
 
     /// The CBLAS's own `cblas_sgemm` (requires `hasCBLAS`; k > 0).
     public static func cblasSgemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,

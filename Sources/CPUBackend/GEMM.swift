@@ -25,19 +25,6 @@ public enum GEMM {
         /// Whether it multiplies bf16 pairs (bf16 products only).
         public var isBF16: Bool { cgemm_kernel_is_bf16(index) != 0 }
 
-        /// Whether a product of depth `k` goes to this kernel rather than to a CBLAS, from the measurements of
-        /// issue 15 (2 cores, `qlora bench-gemm`): on Zen 3 (AVX2) OpenBLAS 0.3.21 (its own ZEN kernels) wins the
-        /// step's deep products by 1.1–2×, ours the shallow ones (k ≤ 64: LoRA's rank-16 products and the attention
-        /// scores, 1.1–1.8×); on Sapphire Rapids (AVX-512) ours beats that OpenBLAS, which falls back to SSE3
-        /// kernels there, 2–5× on every product. The portable C kernel loses to any CBLAS.
-        public func beatsCBLAS(k: Int) -> Bool {
-            switch name {
-            case "portable": return false
-            case "avx2": return k <= 64
-            default: return true
-            }
-        }
-
         /// Whether it is plain C (no vector instructions of its own).
         public var isPortable: Bool { index == 0 }
     }
