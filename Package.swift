@@ -22,7 +22,8 @@ let package = Package(
         .target(name: "CNCCLShim"),
         .target(name: "CUDABackend", dependencies: ["Tensors", "Quantization", "CNCCLShim"],
                 resources: ["common.cuh", "quantize.cu", "norm.cu", "rope.cu", "elementwise.cu", "loss.cu",
-                            "optimizer.cu", "flash_attention.cu", "lora.cu", "decode.cu"].map { .embedInCode("Kernels/" + $0) }),
+                            "optimizer.cu", "flash_attention.cu", "lora.cu", "decode.cu"]
+                    .map { .embedInCode("Kernels/" + $0) }),
         .target(name: "Training", dependencies: ["Tensors", "Quantization", "ModelFiles", "Llama", "Tokenizers",
                                                  .product(name: "Yams", package: "Yams")]),
         .target(name: "CUDATraining", dependencies: ["CUDABackend", "CPUBackend", "Llama", "Training", "Quantization", "ModelFiles", "Tensors"]),

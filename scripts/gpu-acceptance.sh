@@ -74,7 +74,9 @@ PACKED=(--model "$TINY" --data "$OUT/packed.jsonl" --packing --max-seq-length 12
 "$Q" train "${PACKED[@]}" --device cpu --output-dir "$OUT/cpu-packed" 2>/dev/null | tail -1
 python3 - "$OUT" <<'PY'
 import json, sys
-def losses(d): return [(m["step"], m["loss"]) for m in map(json.loads, open(f"{sys.argv[1]}/{d}/metrics.jsonl")) if "loss" in m]
+def losses(d):
+    rows = map(json.loads, open(f"{sys.argv[1]}/{d}/metrics.jsonl"))
+    return [(m["step"], m["loss"]) for m in rows if "loss" in m]
 g, c = losses("gpu-packed"), losses("cpu-packed")
 print("step  GPU fp32 packed loss   CPU packed loss")
 for (s, a), (_, b) in zip(g, c): print(f"{s:4d}  {a:.6f}  {b:.6f}")

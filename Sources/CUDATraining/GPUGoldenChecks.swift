@@ -164,7 +164,8 @@ public struct GPUGoldenChecks {
             }
             c.equal("GPU checkpointing (dropout 0.1): losses and adapters after 3 steps", results[1].map { $0.bitPattern }, results[0].map { $0.bitPattern })
             c.equal("GPU evaluation between steps: losses and adapters after 3 steps",
-                    results[2].enumerated().filter { $0.offset % 2 == 1 || $0.offset >= 6 }.map { $0.element.bitPattern },
+                    results[2].enumerated().filter { $0.offset % 2 == 1 || $0.offset >= 6 }
+                        .map { $0.element.bitPattern },
                     results[0].map { $0.bitPattern })
             c.close("GPU fp32 follows the CPU (dropout 0.1, checkpointing): losses and adapters after 3 steps",
                     results[1], results[4], tolerance: 1e-5)

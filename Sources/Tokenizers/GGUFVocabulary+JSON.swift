@@ -78,7 +78,8 @@ extension GGUFVocabulary {
             ("type", .string("TemplateProcessing")),
             ("single", .array(prefix + [sequence("A", 0)] + suffix)),
             ("pair", .array(prefix + [sequence("A", 0)] + suffix + prefix + [sequence("B", 1)] + suffix)),
-            ("special_tokens", .object(prefixSpecial + suffixSpecial.filter { s in !prefixSpecial.contains { $0.0 == s.0 } })),
+            ("special_tokens", .object(prefixSpecial
+                + suffixSpecial.filter { s in !prefixSpecial.contains { $0.0 == s.0 } })),
         ])
         let model: JSONValue = .object([
             ("type", .string("BPE")), ("dropout", .null),
@@ -125,8 +126,10 @@ extension Tokenizer {
                      ("trim_offsets", .bool(true)), ("use_regex", .bool(regex))])
         }
         if rules == [.gpt2] { return byteLevel(regex: true) }
-        guard rules.count == 1, let pattern = TokenizerJSONReader.knownPatterns.first(where: { $0.value == rules[0] })?.key
-        else { throw error("tokenizer.ggml.pre \"\(pre)\" has no tokenizer.json form here") }
+        guard rules.count == 1,
+              let pattern = TokenizerJSONReader.knownPatterns.first(where: { $0.value == rules[0] })?.key else {
+            throw error("tokenizer.ggml.pre \"\(pre)\" has no tokenizer.json form here")
+        }
         let split: JSONValue = .object([("type", .string("Split")), ("pattern", .object([("Regex", .string(pattern))])),
                                         ("behavior", .string("Isolated")), ("invert", .bool(false))])
         return .object([("type", .string("Sequence")), ("pretokenizers", .array([split, byteLevel(regex: false)]))])

@@ -83,7 +83,8 @@ struct Generate: ParsableCommand {
             let outs = try gpuModel?.generate(prompts: Array(encoded[rows]), options: options)
                 ?? [cpuModel!.generate(prompt: encoded[first], options: options)]
             for (p, out) in zip(prompts[rows], outs) {
-                let answer = tokenizer.decode(out.filter { !options.stopTokenIds.contains($0) }, skipSpecialTokens: true)
+                let answer = tokenizer.decode(out.filter { !options.stopTokenIds.contains($0) },
+                                              skipSpecialTokens: true)
                 print("### prompt\n\(p)\n### completion\n\(answer)\n")
                 generated += out.count
             }

@@ -86,7 +86,8 @@ struct Merge: ParsableCommand {
         let bos: Int? = m["tokenizer.ggml.bos_token_id"]?.int, eos: Int? = m["tokenizer.ggml.eos_token_id"]?.int
         let unknown: Int? = m["tokenizer.ggml.unknown_token_id"]?.int
         let padding: Int? = m["tokenizer.ggml.padding_token_id"]?.int
-        let types: [Int]? = m["tokenizer.ggml.token_type"]?.ints, merges: [String]? = m["tokenizer.ggml.merges"]?.strings
+        let types: [Int]? = m["tokenizer.ggml.token_type"]?.ints
+        let merges: [String]? = m["tokenizer.ggml.merges"]?.strings
         let addBOS: Bool = m["tokenizer.ggml.add_bos_token"]?.bool ?? false
         let addEOS: Bool = m["tokenizer.ggml.add_eos_token"]?.bool ?? false
         let vocabulary = try GGUFVocabulary(

@@ -116,7 +116,10 @@ final class FlashAttentionTests: XCTestCase {
     static func starts(rows: [[Int]]) -> [Int] {
         rows.flatMap { lengths in
             var at = 0
-            return lengths.flatMap { length -> [Int] in defer { at += length }; return Array(repeating: at, count: length) }
+            return lengths.flatMap { length -> [Int] in
+                defer { at += length }
+                return Array(repeating: at, count: length)
+            }
         }
     }
 
