@@ -25,7 +25,7 @@ extension CUDALlama {
                                             "\(context - 1) (the model's context is \(context))")
         }
         let batch = prompts.count, longest = prompts.map(\.count).max()!
-        let capacity = min(context, longest + options.maxNewTokens)
+        let capacity = min(context, longest + min(options.maxNewTokens, context))   // no overflow for a huge limit
         let padded = prompts.flatMap { $0 + Array(repeating: $0.last!, count: longest - $0.count) }
         try LlamaModel.checkBatch(inputIds: padded, labels: padded, batch: batch, tokens: longest, config: config)
         try ensureRope(capacity)

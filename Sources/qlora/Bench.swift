@@ -134,7 +134,7 @@ struct Bench: ParsableCommand {
     func timeGeneration(_ cfg: LlamaConfig, lora: LoRAConfig, weights: LlamaWeights?, newTokens: Int) throws {
         var rng = SeededGenerator(seed: 1)
         let (batch, seq) = (step.batch, step.seq)
-        guard seq + newTokens <= cfg.maxPositionEmbeddings else {
+        guard newTokens <= cfg.maxPositionEmbeddings - seq else {
             throw ValidationError("--max-seq-length \(seq) + --generate \(newTokens) is past the model's context " +
                                   "(\(cfg.maxPositionEmbeddings))")
         }
@@ -183,7 +183,8 @@ struct Bench: ParsableCommand {
             ("shape", .string(step.model ?? step.config ?? step.shape)), ("layers", .int(cfg.layerCount)),
             ("batch", .int(batch)), ("prompt_tokens", .int(seq)), ("new_tokens", .int(newTokens)),
             ("prefill_s", .double(r(prefill, 4))),
-            ("decode_tokens_per_s", .double(r(Double(decoded) / max(total - prefill, 1e-9), 1))),
+            // null where the timings are too noisy to take one from the other
+            ("decode_tokens_per_s", total > prefill ? .double(r(Double(decoded) / (total - prefill), 1)) : .null),
             ("tokens_per_s", .double(r(Double(out.map(\.count).reduce(0, +)) / total, 1))),
             ("total_s", .double(r(total, 3))),
             ("compute_dtype", .string(gpu != nil ? step.computeDtype.rawValue : "fp32")),
