@@ -70,6 +70,13 @@ __device__ __forceinline__ void lora_stage_a(float* as, const T* a, int j0, int 
     }
 }
 
+// The lane's 8 columns (lora_column's) of row j of a slice of A staged by lora_stage_a: two 16-byte reads.
+__device__ __forceinline__ void lora_staged_row(float* av, const float* as, int j, int lane) {
+    float4 lo = *(const float4*)(as + j * LORA_COLS + 4 * lane);
+    float4 hi = *(const float4*)(as + j * LORA_COLS + 128 + 4 * lane);
+    av[0] = lo.x; av[1] = lo.y; av[2] = lo.z; av[3] = lo.w; av[4] = hi.x; av[5] = hi.y; av[6] = hi.z; av[7] = hi.w;
+}
+
 // float32: z (rows, r) = scale · (m ⊙ x) Aᵀ with FMAs. Grid (⌈rows / 32⌉, ⌈r / 16⌉).
 extern "C" __global__ void __launch_bounds__(LORA_THREADS)
 lora_down(T* z, const T* x, const T* a, int rows, int k, int r, float keep, unsigned long long seed) {
@@ -112,9 +119,8 @@ lora_down(T* z, const T* x, const T* a, int rows, int k, int r, float keep, unsi
         }
 #pragma unroll
         for (int j = 0; j < 16; j++) {
-            float4 lo = *(const float4*)(as + j * LORA_COLS + 4 * lane);
-            float4 hi = *(const float4*)(as + j * LORA_COLS + 128 + 4 * lane);
-            float av[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+            float av[8];
+            lora_staged_row(av, as, j, lane);
 #pragma unroll
             for (int i = 0; i < 4; i++) {
                 float s = acc[i][j];
@@ -247,9 +253,8 @@ lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsi
         __syncthreads();
 #pragma unroll
         for (int j = 0; j < 16; j++) {
-            float4 lo = *(const float4*)(as + j * LORA_COLS + 4 * lane);
-            float4 hi = *(const float4*)(as + j * LORA_COLS + 128 + 4 * lane);
-            float av[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+            float av[8];
+            lora_staged_row(av, as, j, lane);
 #pragma unroll
             for (int i = 0; i < 4; i++) {
                 float d = ds[(warp * 4 + i) * 16 + j];
