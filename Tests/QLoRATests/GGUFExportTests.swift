@@ -365,6 +365,42 @@ final class GGUFExportTests: XCTestCase {
         XCTAssertGreaterThan(count, 5)
     }
 
+    /// The other direction, as `merge` from a GGUF base writes it: SmolLM2's vocabulary in GGUF terms, written back
+    /// as tokenizer.json + tokenizer_config.json, read by our tokenizer.json reader, encodes the reference cases to
+    /// Hugging Face's ids; the special tokens and the pre-tokenizer come back as they went in.
+    func testGGUFVocabularyWritesATokenizerJSON() throws {
+        let folder = Shared.root + "/golden/smollm2-tokenizer"
+        guard FileSystem.isFile(folder + "/tokenizer.json") else { throw XCTSkip("no SmolLM2 tokenizer at \(folder)") }
+        let read = try GGUFVocabulary(tokenizerJSONPath: folder + "/tokenizer.json", vocabularySize: 49152)
+        let vocabulary = try GGUFVocabulary(
+            ggufModel: "gpt2", pre: read.pre, tokens: read.tokens, tokenTypes: read.tokenTypes, merges: read.merges,
+            bosTokenId: read.bosTokenId, eosTokenId: read.eosTokenId, unknownTokenId: read.unknownTokenId,
+            paddingTokenId: read.paddingTokenId, addBOS: read.addBOS, addEOS: read.addEOS)
+        let out = NSTemporaryDirectory() + "qlora-tokenizer-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        try FileSystem.createDirectory(out)
+        try AtomicFile.write(text: try vocabulary.tokenizerJSON().pythonText(), to: out + "/tokenizer.json")
+        try AtomicFile.write(text: vocabulary.tokenizerConfig(chatTemplate: "{{ x }}", maxLength: 8192).pythonText(),
+                             to: out + "/tokenizer_config.json")
+        let again = try GGUFVocabulary(tokenizerJSONPath: out + "/tokenizer.json", vocabularySize: 49152)
+        XCTAssertEqual(again, read)
+        let tokenizer = try Tokenizer(tokenizerJSONPath: out + "/tokenizer.json")
+        let cases = String(decoding: try FileSystem.readBytes(folder + "/cases.jsonl"), as: UTF8.self)
+        var count = 0
+        for line in cases.split(separator: "\n") {
+            let json = try JSONValue(parsing: String(line))
+            let text = try XCTUnwrap(json["text"]?.stringValue)
+            XCTAssertEqual(tokenizer.encode(text), try XCTUnwrap(json["ids"]?.arrayValue).compactMap(\.intValue), text)
+            count += 1
+        }
+        XCTAssertGreaterThan(count, 5)
+        XCTAssertThrowsError(try GGUFVocabulary(
+            ggufModel: "llama", pre: nil, tokens: ["a"], tokenTypes: nil, merges: nil, bosTokenId: nil,
+            eosTokenId: nil, unknownTokenId: nil, paddingTokenId: nil, addBOS: true, addEOS: false)) { error in
+            XCTAssertTrue("\(error)".contains("SentencePiece"), "\(error)")
+        }
+    }
+
     /// Names map both ways and the q/k permutation is the reader's inverse.
     func testNamesAndPermutation() {
         for name in ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight",
