@@ -104,7 +104,8 @@ def main():
                 # tokenizer of the base, on a few texts.
                 from transformers import AutoTokenizer
                 tokenizer = AutoTokenizer.from_pretrained(out)
-                texts = ["Hello world!", "  two  spaces, digits 12345 and ünïcödé", "Q: 3+4=?\nA: 7", "<|im_start|>x"]
+                texts = ["Hello world!", "  two  spaces, digits 12345 and ünïcödé", "Q: 3+4=?\nA: 7",
+                         "<|im_start|>x"]
                 lines = "".join(json.dumps({"text": t}) + "\n" for t in texts)
                 ours = [json.loads(l)["ids"] for l in subprocess.run(
                     [args.qlora, "tokenize", "--tokenizer", args.model], input=lines, capture_output=True,

@@ -505,8 +505,9 @@ lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsi
 // GRADM_ROWS rows, walked in chunks of GRADM_CHUNK rows staged by cp.async (double buffered) and masked in shared
 // memory (one hash per pair of columns; the slice's row keys hashed once). dz of the slice is staged once,
 // transposed ([j][row]), so that its A fragments load with ldmatrix and x's B fragments with ldmatrix.trans.
-// Grid (⌈k / 256⌉, ⌈rows / 256⌉, ⌈r / 16⌉), 128 threads, GRADM_SHARED bytes of dynamic shared memory (43 KiB:
-// up to five blocks an SM; slices of 256 rows, so that a 7B step's 8192 rows make 512 blocks for 4096 columns).
+// Grid (⌈k / 256⌉, ⌈rows / 256⌉, ⌈r / 16⌉), 128 threads, GRADM_SHARED bytes of dynamic shared memory
+// (43 KiB: up to five blocks an SM; slices of 256 rows, so that a 7B step's 8192 rows make 512 blocks for 4096
+// columns).
 #define GRADM_ROWS 256
 #define GRADM_COLS 256
 #define GRADM_CHUNK 32
