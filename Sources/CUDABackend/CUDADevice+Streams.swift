@@ -69,28 +69,28 @@ extension CUDADevice {
         try driver.check(driver.cuStreamWaitEvent(try streamHandle(s), event.handle, 0), "cuStreamWaitEvent")
     }
 
-    /// Queues a copy of `b`'s bytes into `host` on the copy stream, after the compute stream's work queued so far;
-    /// returns the event of its end. `b` must stay unwritten (and unfreed: hold it, or make compute wait for the
-    /// event before it drops `b`) until then.
-    public func copyToHostAsync(_ b: DeviceBuffer, _ host: PinnedHostBuffer) throws -> GPUEvent {
-        precondition(host.bytes >= b.bytes)
+    /// Queues a copy of `b`'s bytes into `host` (from byte `at` on) on the copy stream, after the compute stream's
+    /// work queued so far; returns the event of its end. `b` must stay unwritten (and unfreed: hold it, or make
+    /// compute wait for the event before it drops `b`) until then.
+    public func copyToHostAsync(_ b: DeviceBuffer, _ host: PinnedHostBuffer, at: Int = 0) throws -> GPUEvent {
+        precondition(at >= 0 && host.bytes - at >= b.bytes)
         if isVirtual { return try record(on: .copy) }
         try wait(for: try record(on: .compute), on: .copy)
-        try driver.check(driver.cuMemcpyDtoHAsync(host.address, b.address, b.bytes, try streamHandle(.copy)),
+        try driver.check(driver.cuMemcpyDtoHAsync(host.address + at, b.address, b.bytes, try streamHandle(.copy)),
                          "cuMemcpyDtoHAsync")
         return try record(on: .copy)
     }
 
-    /// A new buffer of `count` × `dtype` filled from `host` on the copy stream, after the compute stream's work queued
-    /// so far (its memory may have been another buffer's a moment ago); compute must wait for the returned event
-    /// before it reads the buffer.
-    public func copyFromHostAsync(_ host: PinnedHostBuffer, count: Int,
+    /// A new buffer of `count` × `dtype` filled from `host` (from byte `at` on) on the copy stream, after the compute
+    /// stream's work queued so far (its memory may have been another buffer's a moment ago); compute must wait for
+    /// the returned event before it reads the buffer.
+    public func copyFromHostAsync(_ host: PinnedHostBuffer, at: Int = 0, count: Int,
                                   _ dtype: GPUDType) throws -> (DeviceBuffer, GPUEvent) {
         let b = try allocate(count, dtype)
-        precondition(host.bytes >= b.bytes)
+        precondition(at >= 0 && host.bytes - at >= b.bytes)
         if isVirtual { return (b, try record(on: .copy)) }
         try wait(for: try record(on: .compute), on: .copy)
-        try driver.check(driver.cuMemcpyHtoDAsync(b.address, host.address, b.bytes, try streamHandle(.copy)),
+        try driver.check(driver.cuMemcpyHtoDAsync(b.address, host.address + at, b.bytes, try streamHandle(.copy)),
                          "cuMemcpyHtoDAsync")
         return (b, try record(on: .copy))
     }

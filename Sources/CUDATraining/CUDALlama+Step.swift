@@ -22,6 +22,50 @@ struct GPUDecoding {
     let at: DeviceBuffer, lengths: DeviceBuffer?
 }
 
+/// Where an offloaded layer's tensors sit in its pinned host buffer (byte offsets, each a multiple of 256): the layer
+/// input x and, so that the recompute can skip attention and the output projection's base product, the attention
+/// output, its log-sum-exp and xMid = x + o_proj(attention). The recompute then redoes only q, k, v, the MLP's gate
+/// and up, and the adapters' z.
+struct OffloadLayout {
+    enum Tensor { case x, attention, lse, xMid }
+    let x: Int, attention: Int, lse: Int, xMid: Int, bytes: Int
+    let hiddenCount: Int, attentionCount: Int, lseCount: Int
+    init(config: LlamaConfig, batch: Int, tokens: Int, dtype: GPUDType) {
+        let n = batch * tokens
+        hiddenCount = n * config.hiddenSize
+        attentionCount = n * config.headCount * config.headDim
+        lseCount = batch * config.headCount * tokens
+        func rounded(_ b: Int) -> Int { (b + 255) / 256 * 256 }
+        x = 0
+        attention = rounded(hiddenCount * dtype.size)
+        lse = attention + rounded(attentionCount * dtype.size)
+        xMid = lse + rounded(lseCount * 4)
+        bytes = xMid + hiddenCount * dtype.size
+    }
+    func offset(_ t: Tensor) -> Int {
+        switch t { case .x: return x; case .attention: return attention; case .lse: return lse; case .xMid: return xMid }
+    }
+}
+
+/// One layer's copies into its pinned host buffer during the forward pass: each tensor is held until the compute
+/// stream has waited for its copy (`finish`), so that its memory is not reused while the copy engine reads it.
+final class LayerOffload {
+    let device: CUDADevice, host: PinnedHostBuffer, layout: OffloadLayout
+    private var copies: [GPUEvent] = [], held: [DeviceBuffer] = []
+    init(device: CUDADevice, host: PinnedHostBuffer, layout: OffloadLayout) {
+        self.device = device; self.host = host; self.layout = layout
+    }
+    func save(_ t: OffloadLayout.Tensor, _ b: DeviceBuffer) throws {
+        copies.append(try device.copyToHostAsync(b, host, at: layout.offset(t)))
+        held.append(b)
+    }
+    /// Compute waits for every copy (queued work only: the host does not block); the tensors may be dropped then.
+    func finish() throws {
+        for e in copies { try device.wait(for: e, on: .compute) }
+        copies = []; held = []
+    }
+}
+
 /// What one GPU forward (and backward) pass produced.
 public struct GPUStepResult {
     /// Mean loss over the counted targets, and their count.
@@ -55,16 +99,20 @@ extension CUDALlama {
             let ids = try device.upload(inputIds.map { Int32($0) })
             try device.embedding(x!, ids: ids, table: embedding, rows: n, width: c)
         }
-        // With checkpointing each layer keeps only its input, on the GPU or (offloaded) in pinned host memory: the
-        // copy to the host runs on the copy stream beside the layer's forward, which waits for it only at its end.
+        // With checkpointing each layer keeps only its input on the GPU, or (offloaded) its input and attention
+        // output in pinned host memory (`OffloadLayout`): the copies to the host run on the copy stream beside the
+        // layer's forward, which waits for them only at its end.
         let offload = withGradients && checkpointing && (offloadCheckpoints ?? true)
+        let layout = OffloadLayout(config: config, batch: batch, tokens: tokens, dtype: dtype)
         var saved: [GPULayerActivations?] = []
         for l in layers.indices {
             let act = GPULayerActivations(x: x!)
-            let copied = offload ? try device.copyToHostAsync(x!, try hostCheckpoint(l, bytes: x!.bytes)) : nil
+            let copies = offload ? LayerOffload(device: device, host: try hostCheckpoint(l, bytes: layout.bytes),
+                                                layout: layout) : nil
+            try copies?.save(.x, x!)
             x = try layerForward(l, x!, batch: batch, tokens: tokens, packing: packing, training: training, seed: seed,
-                                 saving: act, keeps: withGradients && !checkpointing)!
-            if let copied { try device.wait(for: copied, on: .compute) }   // the input's memory may be reused now
+                                 saving: act, keeps: withGradients && !checkpointing, offload: copies)!
+            try copies?.finish()
             if withGradients { saved.append(offload ? nil : checkpointing ? GPULayerActivations(x: act.x) : act) }
         }
         let head = try headStep(x!, labels: labels, batch: batch, tokens: tokens, withGradients: withGradients,
@@ -73,18 +121,31 @@ extension CUDALlama {
         let result = GPUStepResult(loss: head.loss, tokenCount: head.count, logits: head.logits)
         guard withGradients, var dx = head.dx else { return result }
 
-        // An offloaded input comes back one layer ahead: layer l − 1's copy runs while layer l is recomputed and
-        // differentiated.
-        func fetch(_ l: Int) throws -> (DeviceBuffer, GPUEvent)? {
+        // An offloaded layer comes back while the one above it is differentiated: layer l − 1's input as layer l's
+        // backward starts, its attention output, lse and xMid once layer l's MLP is done (past the layer's peak of
+        // memory). The copies are queued in order on one stream, so the last one's event covers them all.
+        func fetch(_ l: Int) throws -> GPULayerActivations? {
             guard offload, l >= 0 else { return nil }
-            return try device.copyFromHostAsync(hostCheckpoints[l], count: n * c, dtype)
+            return GPULayerActivations(x: try device.copyFromHostAsync(hostCheckpoints[l], at: layout.x,
+                                                                       count: layout.hiddenCount, dtype).0)
+        }
+        func fetchRest(_ l: Int, into act: GPULayerActivations?) throws -> GPUEvent? {
+            guard let act else { return nil }
+            let host = hostCheckpoints[l]
+            act.attention = try device.copyFromHostAsync(host, at: layout.attention, count: layout.attentionCount,
+                                                         dtype).0
+            act.lse = try device.copyFromHostAsync(host, at: layout.lse, count: layout.lseCount, .f32).0
+            let (xMid, ready) = try device.copyFromHostAsync(host, at: layout.xMid, count: layout.hiddenCount, dtype)
+            act.xMid = xMid
+            return ready
         }
         var next = try fetch(layers.count - 1)
+        var ready = try fetchRest(layers.count - 1, into: next)
         for l in layers.indices.reversed() {
             let act: GPULayerActivations
-            if let (input, ready) = next {
-                try device.wait(for: ready, on: .compute)
-                act = GPULayerActivations(x: input)
+            if let restored = next, let done = ready {
+                try device.wait(for: done, on: .compute)
+                act = restored
                 next = try fetch(l - 1)
             } else {
                 act = saved[l]!
@@ -95,13 +156,13 @@ extension CUDALlama {
                                      seed: seed, saving: act, keeps: true, recomputing: true)
             }
             dx = try layerBackward(l, dx, act, batch: batch, tokens: tokens, packing: packing, training: training,
-                                   seed: seed)
+                                   seed: seed) { ready = try fetchRest(l - 1, into: next) }
         }
         try device.synchronize()
         return result
     }
 
-    /// The pinned host buffer of layer `l`'s offloaded input (at least `bytes`).
+    /// The pinned host buffer of layer `l`'s offloaded tensors (at least `bytes`).
     func hostCheckpoint(_ l: Int, bytes: Int) throws -> PinnedHostBuffer {
         if hostCheckpoints.count != layers.count || hostCheckpoints[l].bytes < bytes {
             // One size for every layer; a larger batch replaces them all.
@@ -160,16 +221,20 @@ extension CUDALlama {
 
     /// One decoder layer. `recomputing` (gradient checkpointing's second forward) skips the down projection's
     /// product: the backward pass needs only its input and LoRA intermediates, not the layer's output (nil then).
-    /// `act` keeps what the backward pass reads when `keeps` (no checkpointing, or the recompute); otherwise each
-    /// tensor is released at its last use in this layer.
+    /// A recompute that finds the attention output, its lse and xMid already in `act` (brought back from host
+    /// memory) skips attention and the output projection's base product too. `act` keeps what the backward pass
+    /// reads when `keeps` (no checkpointing, or the recompute); otherwise each tensor is released at its last use in
+    /// this layer. `offload` copies the attention output, lse and xMid to host memory as they are made.
     @discardableResult
     func layerForward(_ l: Int, _ x: DeviceBuffer, batch: Int, tokens: Int, packing: GPUPacking?,
                       decoding: GPUDecoding? = nil, training: Bool, seed: UInt64,
-                      saving act: GPULayerActivations, keeps: Bool, recomputing: Bool = false) throws -> DeviceBuffer? {
+                      saving act: GPULayerActivations, keeps: Bool, recomputing: Bool = false,
+                      offload: LayerOffload? = nil) throws -> DeviceBuffer? {
         let layer = layers[l]
         let n = batch * tokens, c = config.hiddenSize
         let h = config.headCount, hkv = config.kvHeadCount, d = config.headDim
         let eps = Float(config.rmsNormEps)
+        let restored = recomputing && act.attention != nil && act.lse != nil && act.xMid != nil
         func project(_ name: String, _ input: DeviceBuffer, output: Bool = true,
                      residual: DeviceBuffer? = nil) throws -> DeviceBuffer? {
             try projectionForward(l, name, input, rows: n, training: training, seed: seed, act: act, output: output,
@@ -188,14 +253,16 @@ extension CUDALlama {
                         positions: positions)
         try device.rope(act.k, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: hkv, headDim: d,
                         positions: positions)
-        act.attention = try device.allocate(n * h * d, dtype)
+        if !restored { act.attention = try device.allocate(n * h * d, dtype) }
         if let decoding {
             for (cache, src) in [(decoding.keys[l], act.k!), (decoding.values[l], act.v!)] {
                 try device.kvCacheWrite(cache, src, at: decoding.at, batch: batch, tokens: tokens, width: hkv * d,
                                         capacity: decoding.capacity)
             }
         }
-        if let decoding, let lengths = decoding.lengths {
+        if restored {
+            // attention and lse as the forward pass made them
+        } else if let decoding, let lengths = decoding.lengths {
             try device.decodeAttention(act.attention, q: act.q, keys: decoding.keys[l], values: decoding.values[l],
                                        lengths: lengths, batch: batch, heads: h, kvHeads: hkv, headDim: d,
                                        capacity: decoding.capacity)
@@ -204,9 +271,16 @@ extension CUDALlama {
             try device.flashAttentionForward(act.attention, lse: act.lse, q: act.q, k: act.k, v: act.v, batch: batch,
                                              tokens: tokens, heads: h, kvHeads: hkv, headDim: d,
                                              starts: packing?.starts)
+            try offload?.save(.attention, act.attention)
+            try offload?.save(.lse, act.lse)
         }
         if !keeps { act.q = nil; act.k = nil; act.v = nil; act.lse = nil }
-        act.xMid = try project("o_proj", act.attention, residual: x)!   // x + o_proj(attention)
+        if restored {
+            _ = try project("o_proj", act.attention, output: false)   // the adapter's z only
+        } else {
+            act.xMid = try project("o_proj", act.attention, residual: x)!   // x + o_proj(attention)
+            try offload?.save(.xMid, act.xMid)
+        }
         if !keeps { act.attention = nil }
         act.rstd2 = try device.allocate(n, .f32)
         act.h2 = try device.allocate(n * c, dtype)
@@ -222,11 +296,13 @@ extension CUDALlama {
         return try project("down_proj", input, output: !recomputing, residual: act.xMid)   // xMid + down_proj(act)
     }
 
-    /// One decoder layer's backward: dx from dOut (which it overwrites and returns). Every activation and gradient
+    /// One decoder layer's backward: dx from dOut (which it overwrites and returns); `afterMLP` runs between the
+    /// MLP's part and the attention's. Every activation and gradient
     /// is released at its last use (scopes and optionals: Swift may otherwise keep a buffer to the end of its scope),
     /// so the layer's working set is what is live, not everything it made.
     func layerBackward(_ l: Int, _ dOut: DeviceBuffer, _ act: GPULayerActivations, batch: Int, tokens: Int,
-                       packing: GPUPacking?, training: Bool, seed: UInt64) throws -> DeviceBuffer {
+                       packing: GPUPacking?, training: Bool, seed: UInt64,
+                       afterMLP: () throws -> Void = {}) throws -> DeviceBuffer {
         let layer = layers[l]
         let n = batch * tokens, c = config.hiddenSize
         let h = config.headCount, hkv = config.kvHeadCount, d = config.headDim
@@ -253,6 +329,7 @@ extension CUDALlama {
                                        accumulate: true)
             act.xMid = nil; act.rstd2 = nil
         }
+        try afterMLP()
         var grads: [String: DeviceBuffer] = [:]   // dq, dk, dv (RoPE undone), each released once used
         do {   // attention
             let dAttention = try projectionBackward(l, "o_proj", dxMid, rows: n, act: act, training: training,
