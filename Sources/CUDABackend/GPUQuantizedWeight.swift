@@ -116,7 +116,7 @@ public final class GPUQuantizedWeight: @unchecked Sendable {
         let n = rows * columns
         let out = try device.allocate(n, dtype)
         func address(_ b: DeviceBuffer?) -> KernelArgument { .address(b?.address ?? 0) }
-        try device.launch(.quantize, "dequantize_4bit", bf16: dtype == .bf16, grid: ((n + 15) / 16 + 255) / 256,
+        try device.launch(.quantize, "dequantize_4bit", bf16: dtype == .bf16, grid: (n + 8 * 1024 - 1) / (8 * 1024),
                           block: 256,
                           [.buffer(out), .buffer(packed), address(absmax), address(codes), address(nestedAbsmax),
                            address(nestedCode), .float(offset), .int(nestedBlocksize), .buffer(table), .long(n),

@@ -14,10 +14,15 @@ __device__ __forceinline__ float block_absmax(long long b, const float* absmax, 
     return __fadd_rn(__fmul_rn(nestedCode[codes[b]], nested[b / nestedBlocksize]), offset);
 }
 
+#define DQ_SPAN 1024   // elements a warp dequantizes: 32 lanes × 8 elements × 4 steps
+
 // out[i] = table[code(i)] · absmax(i / blocksize), rounded to T; the double-quantized absmax is decoded inline.
-// One thread per 16 elements (8 packed bytes, one 8-byte load; two or four 16-byte stores), all in one
-// quantization block when blocksize is a multiple of 16; a group that is not (or the tail past n) goes element by
-// element.
+// Thread mapping: one warp per span of DQ_SPAN elements. The span's absmax values (one per quantization block
+// it covers: at most 32 when blocksize is a power of two ≥ 32) are decoded once, lane j taking block j, and
+// handed to the lanes that need them by shuffles. Then in each of 4 steps lane l takes the 8 elements at
+// 8 · (32 · step + l): one 4-byte load of codes and one 16-byte store (bf16; two in float32), so a warp reads
+// 128 contiguous bytes and writes 512 a step. A span past the end, or a blocksize that is no power of two ≥ 32,
+// goes element by element.
 extern "C" __global__ void dequantize_4bit(T* out, const unsigned char* packed, const float* absmax,
                                            const unsigned char* codes, const float* nested,
                                            const float* nestedCode, float offset, int nestedBlocksize,
@@ -25,35 +30,38 @@ extern "C" __global__ void dequantize_4bit(T* out, const unsigned char* packed, 
     __shared__ float book[16];
     if (threadIdx.x < 16) book[threadIdx.x] = table[threadIdx.x];
     __syncthreads();
-    long long i0 = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * 16;
-    if (i0 >= n) return;
-    if (i0 + 16 <= n && (blocksize & 15) == 0) {
-        float scale = block_absmax(i0 / blocksize, absmax, codes, nested, nestedCode, offset, nestedBlocksize);
-        uint2 p = *(const uint2*)(packed + i0 / 2);
-        unsigned words[2] = {p.x, p.y};
-        float v[16];
-        for (int w = 0; w < 2; w++) {
+    const int lane = threadIdx.x & 31;
+    const long long span0 = ((long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * DQ_SPAN;
+    if (span0 >= n) return;   // the same for the whole warp
+    const bool power = blocksize >= 32 && (blocksize & (blocksize - 1)) == 0;
+    if (span0 + DQ_SPAN <= n && power) {
+        const int shift = __ffs(blocksize) - 1;
+        const long long block0 = span0 >> shift;
+        const int blocks = blocksize >= DQ_SPAN ? 1 : DQ_SPAN >> shift;   // ≤ 32
+        const float mine = lane < blocks ? block_absmax(block0 + lane, absmax, codes, nested, nestedCode, offset,
+                                                        nestedBlocksize) : 0.0f;
+        unsigned words[4];
+#pragma unroll
+        for (int step = 0; step < 4; ++step)
+            words[step] = *(const unsigned*)(packed + (span0 + 8 * (32 * step + lane)) / 2);
+#pragma unroll
+        for (int step = 0; step < 4; ++step) {
+            const int at = 8 * (32 * step + lane);   // within the span
+            const float scale = __shfl_sync(0xffffffffu, mine, blocks == 1 ? 0 : at >> shift);
+            float v[8];
+#pragma unroll
             for (int b = 0; b < 4; b++) {
-                unsigned byte = (words[w] >> (8 * b)) & 255u;
-                v[8 * w + 2 * b] = __fmul_rn(book[byte >> 4], scale);
-                v[8 * w + 2 * b + 1] = __fmul_rn(book[byte & 15u], scale);
+                const unsigned byte = (words[step] >> (8 * b)) & 255u;
+                v[2 * b] = __fmul_rn(book[byte >> 4], scale);
+                v[2 * b + 1] = __fmul_rn(book[byte & 15u], scale);
             }
+            store8(out + span0 + at, v, 8, true);
         }
-#if QLORA_BF16
-        unsigned h[8];
-        for (int e = 0; e < 8; e++) h[e] = (unsigned)st(v[2 * e]) | ((unsigned)st(v[2 * e + 1]) << 16);
-        uint4* o = (uint4*)(out + i0);
-        o[0] = make_uint4(h[0], h[1], h[2], h[3]);
-        o[1] = make_uint4(h[4], h[5], h[6], h[7]);
-#else
-        float4* o = (float4*)(out + i0);
-        for (int q = 0; q < 4; q++) o[q] = make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]);
-#endif
         return;
     }
-    for (long long i = i0; i < i0 + 16 && i < n; i++) {
-        unsigned char byte = packed[i / 2];
-        float code = book[(i & 1) ? (byte & 15) : (byte >> 4)];
+    for (long long i = span0 + lane; i < span0 + DQ_SPAN && i < n; i += 32) {
+        const unsigned char byte = packed[i / 2];
+        const float code = book[(i & 1) ? (byte & 15) : (byte >> 4)];
         out[i] = st(__fmul_rn(code, block_absmax(i / blocksize, absmax, codes, nested, nestedCode, offset,
                                                  nestedBlocksize)));
     }
