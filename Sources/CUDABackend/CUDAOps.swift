@@ -68,42 +68,78 @@ extension CUDADevice {
 
     // MARK: LoRA (lora.cu: dropout applied where x is read; `keep` 1 means no dropout)
 
-    /// z (rows, r) = (m ⊙ x) Aᵀ / keep, m the dropout mask of `seed` (LoRADropout's), x (rows, k), A (r, k).
-    public func loraDown(_ z: DeviceBuffer, x: DeviceBuffer, a: DeviceBuffer, rows: Int, k: Int, r: Int, keep: Float,
-                         seed: UInt64) throws {
-        try Self.checkLoRA("loraDown", rows: rows, k: k, r: r, [(x, rows * k), (a, r * k), (z, rows * r)])
-        // Rows a block: bf16 16 (tensor cores, DOWN_TILES × 16), float32 32 (FMAs, DOWN_ROWS; lora.cu).
-        let rowsPerBlock = x.dtype == .bf16 ? 16 : 32
-        try launch(.lora, "lora_down", bf16: x.dtype == .bf16,
-                   grid: ((rows + rowsPerBlock - 1) / rowsPerBlock, (r + 15) / 16, 1),
-                   block: 256, sharedBytes: 0,
-                   [.buffer(z), .buffer(x), .buffer(a), .int(rows), .int(k), .int(r), .float(keep), .uint64(seed)])
+    /// The most adapters one LoRA launch takes over a shared input (lora.cu's slots).
+    public static let loraPartsPerLaunch = 3
+
+    /// z (rows, r) = (m ⊙ x) Aᵀ / keep for each part (its z, A (r, k) and seed: m the dropout mask of that seed,
+    /// LoRADropout's), all reading x (rows, k): q, k and v (or gate and up) in one launch, x read about once.
+    public func loraDown(_ parts: [(z: DeviceBuffer, a: DeviceBuffer, seed: UInt64)], x: DeviceBuffer, rows: Int,
+                         k: Int, r: Int, keep: Float) throws {
+        for chunk in Self.loraChunks(parts) {
+            for (z, a, _) in chunk {
+                try Self.checkLoRA("loraDown", rows: rows, k: k, r: r, [(x, rows * k), (a, r * k), (z, rows * r)])
+            }
+            // Rows a block: bf16 16 (tensor cores, DOWN_TILES × 16), float32 32 (FMAs, DOWN_ROWS; lora.cu).
+            let rowsPerBlock = x.dtype == .bf16 ? 16 : 32
+            let slots = Self.loraSlots(chunk)
+            try launch(.lora, "lora_down", bf16: x.dtype == .bf16,
+                       grid: ((rows + rowsPerBlock - 1) / rowsPerBlock * chunk.count, (r + 15) / 16, 1),
+                       block: 256, sharedBytes: 0,
+                       slots.map { .buffer($0.z) } + [.buffer(x)] + slots.map { .buffer($0.a) }
+                       + [.int(chunk.count), .int(rows), .int(k), .int(r), .float(keep)] + slots.map { .uint64($0.seed) })
+        }
     }
 
-    /// gradA (r, k, float32) += dzᵀ (m ⊙ x) / keep: the rows summed in slices (256 rows on the tensor cores, 512
-    /// otherwise) into a scratch buffer, then the slices added in order (the same result on every run).
-    public func loraDownGradient(_ gradA: DeviceBuffer, dz: DeviceBuffer, x: DeviceBuffer, rows: Int, k: Int, r: Int,
-                                 keep: Float, seed: UInt64) throws {
-        try Self.checkLoRA("loraDownGradient", rows: rows, k: k, r: r, [(dz, rows * r), (x, rows * k)])
-        precondition(gradA.dtype == .f32 && gradA.count >= r * k, "loraDownGradient: gradA must be f32 (r × k)")
+    /// gradA (r, k, float32) += dzᵀ (m ⊙ x) / keep for each part (its gradA, dz (rows, r) and seed), all reading x
+    /// (rows, k) in one launch: the rows summed in slices (256 rows on the tensor cores, 512 otherwise) into a
+    /// scratch buffer, then the slices added in order (the same result on every run).
+    public func loraDownGradient(_ parts: [(gradA: DeviceBuffer, dz: DeviceBuffer, seed: UInt64)], x: DeviceBuffer,
+                                 rows: Int, k: Int, r: Int, keep: Float) throws {
         guard rows > 0 else { return }
-        let tensorCores = x.dtype == .bf16 && k % 8 == 0
-        let sliceRows = tensorCores ? 256 : 512   // GRADM_ROWS, GRAD_ROWS
-        let slices = (rows + sliceRows - 1) / sliceRows
-        let partial = try allocate(slices * r * k, .f32)
-        let arguments: [KernelArgument] = [.buffer(partial), .buffer(dz), .buffer(x), .int(rows), .int(k), .int(r),
-                                           .float(keep), .uint64(seed)]
-        if tensorCores {
-            // 256 columns × 256 rows a block of 128 threads; shared memory as GRADM_SHARED in lora.cu.
-            let sharedBytes = 2 * (2 * 32 * 264 + 16 * 264) + 4 * 256
-            try launch(.lora, "lora_down_grad_mma", bf16: true, grid: ((k + 255) / 256, slices, (r + 15) / 16),
-                       block: 128, sharedBytes: sharedBytes, arguments)
-        } else {
-            try launch(.lora, "lora_down_grad", bf16: x.dtype == .bf16, grid: ((k + 63) / 64, slices, (r + 15) / 16),
-                       block: 256, sharedBytes: 0, arguments)
+        for chunk in Self.loraChunks(parts) {
+            for (gradA, dz, _) in chunk {
+                try Self.checkLoRA("loraDownGradient", rows: rows, k: k, r: r, [(dz, rows * r), (x, rows * k)])
+                precondition(gradA.dtype == .f32 && gradA.count >= r * k, "loraDownGradient: gradA must be f32 (r × k)")
+            }
+            let tensorCores = x.dtype == .bf16 && k % 8 == 0
+            let sliceRows = tensorCores ? 256 : 512   // GRADM_ROWS, GRAD_ROWS
+            let slices = (rows + sliceRows - 1) / sliceRows
+            let partial = try allocate(chunk.count * slices * r * k, .f32)
+            let partials = (0..<Self.loraPartsPerLaunch).map {
+                KernelArgument.address(partial.address(at: min($0, chunk.count - 1) * slices * r * k))
+            }
+            let slots = Self.loraSlots(chunk)
+            let arguments: [KernelArgument] = partials + slots.map { .buffer($0.dz) }
+                + [.buffer(x), .int(chunk.count), .int(rows), .int(k), .int(r), .float(keep)]
+                + slots.map { .uint64($0.seed) }
+            if tensorCores {
+                // 256 columns × 256 rows a block of 128 threads; shared memory as GRADM_SHARED in lora.cu.
+                let sharedBytes = 2 * (2 * 32 * 264 + 16 * 264) + 4 * 256
+                try launch(.lora, "lora_down_grad_mma", bf16: true,
+                           grid: ((k + 255) / 256 * chunk.count, slices, (r + 15) / 16),
+                           block: 128, sharedBytes: sharedBytes, arguments)
+            } else {
+                try launch(.lora, "lora_down_grad", bf16: x.dtype == .bf16,
+                           grid: ((k + 63) / 64 * chunk.count, slices, (r + 15) / 16),
+                           block: 256, sharedBytes: 0, arguments)
+            }
+            for (p, part) in chunk.enumerated() {
+                try launch(.lora, "lora_down_reduce", grid: Self.blocks(r * k), block: 256,
+                           [.buffer(part.gradA), partials[p], .int(slices), .long(r * k), .float(1 / keep)])
+            }
         }
-        try launch(.lora, "lora_down_reduce", grid: Self.blocks(r * k), block: 256,
-                   [.buffer(gradA), .buffer(partial), .int(slices), .long(r * k), .float(1 / keep)])
+    }
+
+    /// Parts in launches of at most `loraPartsPerLaunch`.
+    static func loraChunks<P>(_ parts: [P]) -> [ArraySlice<P>] {
+        stride(from: 0, to: parts.count, by: loraPartsPerLaunch).map {
+            parts[$0..<min($0 + loraPartsPerLaunch, parts.count)]
+        }
+    }
+
+    /// A launch's parts padded to the kernel's slots by repeating the first (slots past `count` are never read).
+    static func loraSlots<P>(_ chunk: ArraySlice<P>) -> [P] {
+        Array(chunk) + [P](repeating: chunk.first!, count: loraPartsPerLaunch - chunk.count)
     }
 
     /// dx (rows, k) += m ⊙ (dz A) / keep, or = without `accumulate` (dx is then only written).

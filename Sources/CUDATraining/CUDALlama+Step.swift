@@ -235,15 +235,20 @@ extension CUDALlama {
         let h = config.headCount, hkv = config.kvHeadCount, d = config.headDim
         let eps = Float(config.rmsNormEps)
         let restored = recomputing && act.attention != nil && act.lse != nil && act.xMid != nil
+        var z: [String: DeviceBuffer] = [:]   // the adapters' z of the projections about to run
+        func down(_ names: [String], _ input: DeviceBuffer) throws {
+            z = try adaptersDown(l, names, input, rows: n, training: training, seed: seed)
+        }
         func project(_ name: String, _ input: DeviceBuffer, output: Bool = true,
                      residual: DeviceBuffer? = nil) throws -> DeviceBuffer? {
-            try projectionForward(l, name, input, rows: n, training: training, seed: seed, act: act, output: output,
+            try projectionForward(l, name, input, z: z.removeValue(forKey: name), rows: n, act: act, output: output,
                                   keeps: keeps, residual: residual)
         }
         act.x = x
         act.rstd1 = try device.allocate(n, .f32)
         act.h1 = try device.allocate(n * c, dtype)
         try device.rmsNormForward(act.h1, act.rstd1, x, layer.inputNorm, rows: n, width: c, eps: eps)
+        try down(["q_proj", "k_proj", "v_proj"], act.h1)
         act.q = try project("q_proj", act.h1)!
         act.k = try project("k_proj", act.h1)!
         act.v = try project("v_proj", act.h1)!
@@ -275,6 +280,7 @@ extension CUDALlama {
             try offload?.save(.lse, act.lse)
         }
         if !keeps { act.q = nil; act.k = nil; act.v = nil; act.lse = nil }
+        try down(["o_proj"], act.attention)
         if restored {
             _ = try project("o_proj", act.attention, output: false)   // the adapter's z only
         } else {
@@ -285,6 +291,7 @@ extension CUDALlama {
         act.rstd2 = try device.allocate(n, .f32)
         act.h2 = try device.allocate(n * c, dtype)
         try device.rmsNormForward(act.h2, act.rstd2, act.xMid, layer.postAttentionNorm, rows: n, width: c, eps: eps)
+        try down(["gate_proj", "up_proj"], act.h2)
         act.gate = try project("gate_proj", act.h2)!
         act.up = try project("up_proj", act.h2)!
         if !keeps { act.h2 = nil; act.rstd2 = nil }
@@ -293,6 +300,7 @@ extension CUDALlama {
         if !keeps { act.gate = nil; act.up = nil }
         let input = act.act!
         if !keeps { act.act = nil }
+        try down(["down_proj"], input)
         return try project("down_proj", input, output: !recomputing, residual: act.xMid)   // xMid + down_proj(act)
     }
 
@@ -307,22 +315,28 @@ extension CUDALlama {
         let n = batch * tokens, c = config.hiddenSize
         let h = config.headCount, hkv = config.kvHeadCount, d = config.headDim
         let dxMid = dOut
+        func adapterGradients(_ dys: [(String, DeviceBuffer)]) throws -> [String: DeviceBuffer] {
+            try adaptersBackward(l, dys, rows: n, act: act, training: training, seed: seed)
+        }
+        func inputGradient(_ name: String, _ dy: DeviceBuffer, _ dz: [String: DeviceBuffer],
+                           into: DeviceBuffer? = nil) throws -> DeviceBuffer {
+            try projectionBackward(l, name, dy, dz: dz[name], rows: n, training: training, seed: seed, into: into)
+        }
         do {   // MLP
             var dGate: DeviceBuffer?, dUp: DeviceBuffer?
             do {
-                let dAct = try projectionBackward(l, "down_proj", dOut, rows: n, act: act, training: training,
-                                                  seed: seed) {
-                    act.act = nil   // only the down projection's adapter reads it
-                }
+                let dz = try adapterGradients([("down_proj", dOut)])
+                act.act = nil   // only the down projection's adapter reads it: released before dAct is made
+                let dAct = try inputGradient("down_proj", dOut, dz)
                 // In place: gate's memory becomes dgate and up's dup.
                 try device.swigluBackward(dgate: act.gate, dup: act.up, da: dAct, gate: act.gate, up: act.up)
                 dGate = act.gate; dUp = act.up
             }
             act.gate = nil; act.up = nil
-            let dh2 = try projectionBackward(l, "gate_proj", dGate!, rows: n, act: act, training: training, seed: seed)
+            let dz = try adapterGradients([("gate_proj", dGate!), ("up_proj", dUp!)])
+            let dh2 = try inputGradient("gate_proj", dGate!, dz)
             dGate = nil
-            _ = try projectionBackward(l, "up_proj", dUp!, rows: n, act: act, training: training, seed: seed,
-                                       into: dh2)
+            _ = try inputGradient("up_proj", dUp!, dz, into: dh2)
             dUp = nil
             act.h2 = nil
             try device.rmsNormBackward(dxMid, dh2, act.xMid, layer.postAttentionNorm, act.rstd2, rows: n, width: c,
@@ -332,8 +346,7 @@ extension CUDALlama {
         try afterMLP()
         var grads: [String: DeviceBuffer] = [:]   // dq, dk, dv (RoPE undone), each released once used
         do {   // attention
-            let dAttention = try projectionBackward(l, "o_proj", dxMid, rows: n, act: act, training: training,
-                                                    seed: seed)
+            let dAttention = try inputGradient("o_proj", dxMid, try adapterGradients([("o_proj", dxMid)]))
             let dq = try device.allocate(act.q.count, dtype), dk = try device.allocate(act.k.count, dtype)
             let dv = try device.allocate(act.v.count, dtype)
             try device.flashAttentionBackward(dq: dq, dk: dk, dv: dv, dout: dAttention, out: act.attention,
@@ -346,11 +359,10 @@ extension CUDALlama {
                             inverse: true, positions: packing?.positions)
             grads = ["q_proj": dq, "k_proj": dk, "v_proj": dv]
         }
-        let dh1 = try projectionBackward(l, "q_proj", grads.removeValue(forKey: "q_proj")!, rows: n, act: act,
-                                         training: training, seed: seed)
+        let dz = try adapterGradients(["q_proj", "k_proj", "v_proj"].map { ($0, grads[$0]!) })
+        let dh1 = try inputGradient("q_proj", grads.removeValue(forKey: "q_proj")!, dz)
         for name in ["k_proj", "v_proj"] {
-            _ = try projectionBackward(l, name, grads.removeValue(forKey: name)!, rows: n, act: act,
-                                       training: training, seed: seed, into: dh1)
+            _ = try inputGradient(name, grads.removeValue(forKey: name)!, dz, into: dh1)
         }
         act.h1 = nil
         try device.rmsNormBackward(dxMid, dh1, act.x, layer.inputNorm, act.rstd1, rows: n, width: c, accumulate: true)
@@ -365,24 +377,37 @@ extension CUDALlama {
         return (Float(1 - loraConfig.dropout), LoRADropout.seed(seed, layer: l, projection: name))
     }
 
-    /// y (N, out) = x Wᵀ + bias + scale · (dropout(x) Aᵀ) Bᵀ, W dequantized for this product only. Without
-    /// `output`, only what the backward pass needs is made (z), and nil returned. The adapter keeps x itself, not
-    /// dropout(x): the mask is applied where the kernels read x (lora.cu), here and in the backward pass. The
-    /// adapter's term is written first and the base product added onto it (beta = 1), so y is read only in the
-    /// base product's epilogue, not by a separate pass. A `residual` (N, out) is added in the first product's
-    /// epilogue (C = residual, D = y): y = residual + the projection, with no separate addition.
-    func projectionForward(_ l: Int, _ name: String, _ x: DeviceBuffer, rows: Int, training: Bool, seed: UInt64,
+    /// The adapters' z = dropout(x) Aᵀ / keep (N, R) of the projections in `names` that have one, all reading x:
+    /// one launch for up to three (q, k, v; gate, up), so that x is read about once.
+    func adaptersDown(_ l: Int, _ names: [String], _ x: DeviceBuffer, rows: Int, training: Bool,
+                      seed: UInt64) throws -> [String: DeviceBuffer] {
+        let adapted = names.filter { adapters["\(l).\($0)"] != nil }
+        guard let first = adapted.first else { return [:] }
+        let k = layers[l].projections[first]!.inFeatures, r = loraConfig.r
+        let keep = dropout(l, first, training: training, seed: seed).keep
+        var z: [String: DeviceBuffer] = [:]
+        for name in adapted { z[name] = try device.allocate(rows * r, dtype) }
+        try device.loraDown(adapted.map { name in
+            (z[name]!, adapters["\(l).\(name)"]!.aCompute, dropout(l, name, training: training, seed: seed).seed)
+        }, x: x, rows: rows, k: k, r: r, keep: keep)
+        return z
+    }
+
+    /// y (N, out) = x Wᵀ + bias + scale · z Bᵀ, z = dropout(x) Aᵀ from `adaptersDown` (nil: no adapter), W
+    /// dequantized for this product only. Without `output`, only what the backward pass needs is kept (x and z),
+    /// and nil returned. The adapter keeps x itself, not dropout(x): the mask is applied where the kernels read x
+    /// (lora.cu), there and in the backward pass. The adapter's term is written first and the base product added
+    /// onto it (beta = 1), so y is read only in the base product's epilogue, not by a separate pass. A `residual`
+    /// (N, out) is added in the first product's epilogue (C = residual, D = y): y = residual + the projection, with
+    /// no separate addition.
+    func projectionForward(_ l: Int, _ name: String, _ x: DeviceBuffer, z: DeviceBuffer?, rows: Int,
                            act: GPULayerActivations, output: Bool, keeps: Bool,
                            residual: DeviceBuffer? = nil) throws -> DeviceBuffer? {
         let p = layers[l].projections[name]!
         let y = output ? try device.allocate(rows * p.outFeatures, dtype) : nil
         var onto = residual   // what the next product adds onto (C, beta 1), if anything yet
-        if let adapter = adapters["\(l).\(name)"] {
+        if let adapter = adapters["\(l).\(name)"], let z {
             let r = loraConfig.r
-            let z = try device.allocate(rows * r, dtype)
-            let (keep, maskSeed) = dropout(l, name, training: training, seed: seed)
-            try device.loraDown(z, x: x, a: adapter.aCompute, rows: rows, k: p.inFeatures, r: r, keep: keep,
-                                seed: maskSeed)
             if let y {
                 device.gemmLabel = "lora y = s z Bᵀ"
                 try device.gemm(m: rows, n: p.outFeatures, k: r, a: z, lda: r, b: adapter.bCompute, ldb: r,
@@ -401,20 +426,22 @@ extension CUDALlama {
         return y
     }
 
-    /// dx (N, in) from dy, adding the adapter's gradients into its accumulators. The adapter's part that needs the
-    /// layer input runs first; then `releaseInput` (the caller drops the input if nothing else needs it), and only
-    /// then is dx made: the input and dx are never live together. With `into`, dx is added there instead (the
-    /// gradients of projections sharing an input summed in the products, not by separate additions).
-    func projectionBackward(_ l: Int, _ name: String, _ dy: DeviceBuffer, rows: Int, act: GPULayerActivations,
-                            training: Bool, seed: UInt64, into: DeviceBuffer? = nil,
-                            releaseInput: () -> Void = {}) throws -> DeviceBuffer {
-        let p = layers[l].projections[name]!
+    /// The adapters' gradients of the projections in `dys` (name, dy) that share one input (q, k, v; gate, up):
+    /// dB += s · dyᵀ z and dz = s · dy B for each, then dA += dzᵀ · dropout(input) for all of them in one launch
+    /// (the input read about once). Returns the dz's for `projectionBackward`; the projections' saved input and z
+    /// are released, so the caller may drop the input before any dx is made.
+    func adaptersBackward(_ l: Int, _ dys: [(String, DeviceBuffer)], rows: Int, act: GPULayerActivations,
+                          training: Bool, seed: UInt64) throws -> [String: DeviceBuffer] {
         let r = loraConfig.r, s = loraConfig.scale
-        let adapter = adapters["\(l).\(name)"]
-        let (keep, maskSeed) = dropout(l, name, training: training, seed: seed)
-        var dz: DeviceBuffer? = nil
-        if let adapter, let z = act.loraZ[name], let input = act.loraInput[name] {
-            // dB += s · dyᵀ z ; dz = s · dy B ; dA += dzᵀ · dropout(input)
+        var dz: [String: DeviceBuffer] = [:]
+        var parts: [(gradA: DeviceBuffer, dz: DeviceBuffer, seed: UInt64)] = []
+        var input: DeviceBuffer? = nil, k = 0, keep: Float = 1
+        for (name, dy) in dys {
+            defer { act.loraInput[name] = nil; act.loraZ[name] = nil }
+            guard let adapter = adapters["\(l).\(name)"], let z = act.loraZ[name],
+                  let x = act.loraInput[name] else { continue }
+            precondition(input == nil || input === x, "adaptersBackward: \(name) has another input")
+            let p = layers[l].projections[name]!
             device.gemmLabel = "lora dB += s dyᵀ z"
             try device.gemm(m: p.outFeatures, n: r, k: rows, a: dy, lda: p.outFeatures, transA: true, b: z, ldb: r,
                             c: adapter.gradB, ldc: r, alpha: s, beta: 1)
@@ -422,12 +449,26 @@ extension CUDALlama {
             let d = try device.allocate(rows * r, dtype)
             try device.gemm(m: rows, n: r, k: p.outFeatures, a: dy, lda: p.outFeatures, b: adapter.bCompute, ldb: r,
                             c: d, ldc: r, alpha: s)
-            try device.loraDownGradient(adapter.gradA, dz: d, x: input, rows: rows, k: p.inFeatures, r: r, keep: keep,
-                                        seed: maskSeed)
-            dz = d
+            dz[name] = d
+            let (kept, maskSeed) = dropout(l, name, training: training, seed: seed)
+            parts.append((adapter.gradA, d, maskSeed))
+            input = x; k = p.inFeatures; keep = kept
         }
-        act.loraInput[name] = nil; act.loraZ[name] = nil
-        releaseInput()
+        if let input {
+            try device.loraDownGradient(parts, x: input, rows: rows, k: k, r: r, keep: keep)
+        }
+        return dz
+    }
+
+    /// dx (N, in) from dy and the adapter's dz (from `adaptersBackward`; nil without an adapter). With `into`, dx
+    /// is added there instead (the gradients of projections sharing an input summed in the products, not by
+    /// separate additions).
+    func projectionBackward(_ l: Int, _ name: String, _ dy: DeviceBuffer, dz: DeviceBuffer?, rows: Int,
+                            training: Bool, seed: UInt64, into: DeviceBuffer? = nil) throws -> DeviceBuffer {
+        let p = layers[l].projections[name]!
+        let r = loraConfig.r
+        let adapter = adapters["\(l).\(name)"]
+        let (keep, maskSeed) = dropout(l, name, training: training, seed: seed)
         let dx = try into ?? device.allocate(rows * p.inFeatures, dtype)
         var onto: Float = into == nil ? 0 : 1   // beta of the base product: 1 once dx holds a part
         if let adapter, let dz {

@@ -140,26 +140,40 @@ public struct GPUOpChecks {
                 c.close("linear backward weight \(tag)→f32 \(n)×\(inF)→\(outF)", try device.download(dwb), dw, tolerance: tol)
             }
             // LoRA with dropout where x is read (lora.cu) against the mask materialized and plain products
-            for (rows, k, r) in [(37, 96, 16), (300, 576, 8), (1030, 1000, 20), (5, 100, 4), (700, 4096, 16),
-                                 (1100, 11008, 16), (513, 136, 32)] {
+            // (one adapter on x, or three sharing it as q, k and v do, each with its own A, dz and mask seed)
+            for (rows, k, r, count) in [(37, 96, 16, 1), (300, 576, 8, 3), (1030, 1000, 20, 1), (5, 100, 4, 3),
+                                        (700, 4096, 16, 3), (1100, 11008, 16, 1), (513, 136, 32, 2)] {
                 for keep: Float in [1, 0.9] {
-                    let seed: UInt64 = 0x1234_5678_9abc &+ UInt64(rows * k)
+                    let seeds = (0..<count).map { UInt64(0x1234_5678_9abc + rows * k + 7919 * $0) }
+                    let seed = seeds[0]
                     let label = "\(tag) \(rows)×\(k) r=\(r) keep=\(keep)"
-                    let (x, xb) = try put(random(rows * k), dtype), (a, ab) = try put(random(r * k, 0.1), dtype)
-                    let (dz, dzb) = try put(random(rows * r), dtype)
-                    let mask = keep < 1 ? LoRADropout.mask(seed: seed, rows: rows, width: k, keep: keep)
-                                        : [Float](repeating: 1, count: rows * k)
-                    let xm = zip(x, mask).map { $0 * $1 }
-                    var z = [Float](repeating: 0, count: rows * r)
-                    CPUOps.linearForward(&z, xm, a, rows: rows, inFeatures: k, outFeatures: r)
-                    let zb = try device.allocate(rows * r, dtype)
-                    try device.loraDown(zb, x: xb, a: ab, rows: rows, k: k, r: r, keep: keep, seed: seed)
-                    c.close("lora down \(label)", try device.download(zb), z, tolerance: tol)
-                    var g = random(r * k, 0.01)
-                    let gb = try device.upload(g)
-                    CPUOps.linearBackwardWeight(&g, dz, xm, rows: rows, inFeatures: k, outFeatures: r, accumulate: true)
-                    try device.loraDownGradient(gb, dz: dzb, x: xb, rows: rows, k: k, r: r, keep: keep, seed: seed)
-                    c.close("lora dA \(label)", try device.download(gb), g, tolerance: tol)
+                    let (x, xb) = try put(random(rows * k), dtype)
+                    let (aParts, dzParts) = (try (0..<count).map { _ in try put(random(r * k, 0.1), dtype) },
+                                      try (0..<count).map { _ in try put(random(rows * r), dtype) })
+                    let (a, ab) = aParts[0], (dz, dzb) = dzParts[0]
+                    func masked(_ p: Int) -> (mask: [Float], xm: [Float]) {
+                        let mask = keep < 1 ? LoRADropout.mask(seed: seeds[p], rows: rows, width: k, keep: keep)
+                                            : [Float](repeating: 1, count: rows * k)
+                        return (mask, zip(x, mask).map { $0 * $1 })
+                    }
+                    let mask = masked(0).mask
+                    let zbs = try (0..<count).map { _ in try device.allocate(rows * r, dtype) }
+                    try device.loraDown((0..<count).map { (zbs[$0], aParts[$0].1, seeds[$0]) }, x: xb, rows: rows, k: k,
+                                        r: r, keep: keep)
+                    var gs = (0..<count).map { _ in random(r * k, 0.01) }
+                    let gbs = try gs.map { try device.upload($0) }
+                    try device.loraDownGradient((0..<count).map { (gbs[$0], dzParts[$0].1, seeds[$0]) }, x: xb,
+                                                rows: rows, k: k, r: r, keep: keep)
+                    for p in 0..<count {
+                        let part = count > 1 ? " (adapter \(p + 1) of \(count) on one x)" : ""
+                        let xm = masked(p).xm
+                        var z = [Float](repeating: 0, count: rows * r)
+                        CPUOps.linearForward(&z, xm, aParts[p].0, rows: rows, inFeatures: k, outFeatures: r)
+                        c.close("lora down \(label)\(part)", try device.download(zbs[p]), z, tolerance: tol)
+                        CPUOps.linearBackwardWeight(&gs[p], dzParts[p].0, xm, rows: rows, inFeatures: k, outFeatures: r,
+                                                    accumulate: true)
+                        c.close("lora dA \(label)\(part)", try device.download(gbs[p]), gs[p], tolerance: tol)
+                    }
                     var dInput = [Float](repeating: 0, count: rows * k)
                     CPUOps.linearBackwardInput(&dInput, dz, a, rows: rows, inFeatures: k, outFeatures: r)
                     let (dx0, dxb) = try put(random(rows * k), dtype)
@@ -192,13 +206,16 @@ public struct GPUOpChecks {
                 c.close("embedding \(tag)", try device.download(ob), ids.flatMap { Array(table[($0 * 24)..<($0 * 24 + 24)]) }, tolerance: 0)
             }
             // 4-bit dequantization (exact: the same float32 products, rounded once to the dtype)
+            // (blocksizes below, at and above a warp's span of 1024 elements; 300 × 77 ends inside a span)
             for type in QuantType.allCases {
-                for dq in [false, true] {
+                for (dq, blocksize) in [(false, 64), (true, 64), (true, 32), (false, 1024), (true, 4096)] {
                     let w = Tensor(random(300 * 77, 0.05), shape: [300, 77], dtype: .f32)
-                    let q = try Quantized4BitTensor(quantizing: w, type: type, blocksize: 64, doubleQuant: dq)
+                    let q = try Quantized4BitTensor(quantizing: w, type: type, blocksize: blocksize, doubleQuant: dq)
                     let gw = try GPUQuantizedWeight(q, device: device)
-                    let expected = dtype == .f32 ? q.dequantizedFloat32() : Tensor(q.dequantizedFloat32(), shape: q.shape, dtype: .bf16).floats()
-                    c.equal("dequantize \(type) dq=\(dq) \(tag) 300×77", try device.download(try gw.dequantized(dtype)).map { $0.bitPattern },
+                    let expected = dtype == .f32 ? q.dequantizedFloat32()
+                                                 : Tensor(q.dequantizedFloat32(), shape: q.shape, dtype: .bf16).floats()
+                    c.equal("dequantize \(type) dq=\(dq) blocksize \(blocksize) \(tag) 300×77",
+                            try device.download(try gw.dequantized(dtype)).map { $0.bitPattern },
                             expected.map { $0.bitPattern })
                 }
             }

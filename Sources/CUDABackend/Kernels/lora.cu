@@ -6,6 +6,10 @@
 //   lora_down_reduce:  dA (r, k) += scale · Σ_s partial[s]                (the slices summed in order: no atomics)
 //   lora_dx:           dx (rows, k) (+)= scale · m ⊙ (dz A)               (backward: the gradient through m ⊙ x)
 // scale is 1/keep (the inverted-dropout factor) and m is all ones when keep = 1 (no dropout: no hashing).
+// lora_down and lora_down_grad take up to three adapters that read the same x (q, k and v; gate and up), each with
+// its own A or dz, output and mask seed (`count` of them: the slots past it are never read). The adapter is the
+// fastest-varying part of blockIdx.x, so the blocks of all adapters for the same rows and columns run side by side
+// and x comes from DRAM about once, the other reads hitting L2.
 //
 // The mask of element (row, col) is LoRADropout's: with key = mix(lo(seed) ^ mix(hi(seed) ^ row)) and
 // h = mix(key ^ ⌊col / 2⌋), the element is kept when its half of h (the low 16 bits for an even column, the high
@@ -35,6 +39,10 @@
 #define GRAD_ROWS 512
 #define GRAD_COLS 64
 #define DX_ROWS 32
+
+// This block's adapter (blockIdx.x % count) and its share of blockIdx.x (blockIdx.x / count).
+#define LORA_SELECT(p, a0, a1, a2) ((p) == 0 ? (a0) : (p) == 1 ? (a1) : (a2))
+#define LORA_ADAPTER const int adapter = (int)blockIdx.x % count, blockX = (int)blockIdx.x / count
 
 __device__ __forceinline__ unsigned lora_mix(unsigned x) {
     x ^= x >> 16; x *= 0x7feb352du;
@@ -77,13 +85,18 @@ __device__ __forceinline__ void lora_staged_row(float* av, const float* as, int 
     av[0] = lo.x; av[1] = lo.y; av[2] = lo.z; av[3] = lo.w; av[4] = hi.x; av[5] = hi.y; av[6] = hi.z; av[7] = hi.w;
 }
 
-// float32: z (rows, r) = scale · (m ⊙ x) Aᵀ with FMAs. Grid (⌈rows / 32⌉, ⌈r / 16⌉).
+// float32: z (rows, r) = scale · (m ⊙ x) Aᵀ with FMAs. Grid (⌈rows / 32⌉ · count, ⌈r / 16⌉).
 extern "C" __global__ void __launch_bounds__(LORA_THREADS)
-lora_down(T* z, const T* x, const T* a, int rows, int k, int r, float keep, unsigned long long seed) {
+lora_down(T* z0, T* z1, T* z2, const T* x, const T* a0, const T* a1, const T* a2, int count, int rows, int k, int r,
+          float keep, unsigned long long seed0, unsigned long long seed1, unsigned long long seed2) {
     __shared__ __align__(16) float as[16 * LORA_COLS];
+    LORA_ADAPTER;
+    T* z = LORA_SELECT(adapter, z0, z1, z2);
+    const T* a = LORA_SELECT(adapter, a0, a1, a2);
+    const unsigned long long seed = LORA_SELECT(adapter, seed0, seed1, seed2);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int j0 = blockIdx.y * 16, jn = min(16, r - j0);
-    int row0 = blockIdx.x * DOWN_ROWS + warp * 4;
+    int row0 = blockX * DOWN_ROWS + warp * 4;
     bool vector = (k & 7) == 0, dropping = keep < 1.0f;
     unsigned threshold = dropping ? lora_threshold(keep) : 0u;
     unsigned key[4];
@@ -145,15 +158,21 @@ lora_down(T* z, const T* x, const T* a, int rows, int k, int r, float keep, unsi
 #endif
 
 // partial[slice] (r, k) = Σ over the slice's rows of dzᵀ (m ⊙ x).
-// Grid (⌈k / 64⌉, ⌈rows / 512⌉, ⌈r / 16⌉).
+// Grid (⌈k / 64⌉ · count, ⌈rows / 512⌉, ⌈r / 16⌉).
 extern "C" __global__ void __launch_bounds__(LORA_THREADS)
-lora_down_grad(float* partial, const T* dz, const T* x, int rows, int k, int r, float keep, unsigned long long seed) {
+lora_down_grad(float* partial0, float* partial1, float* partial2, const T* dz0, const T* dz1, const T* dz2,
+               const T* x, int count, int rows, int k, int r, float keep, unsigned long long seed0,
+               unsigned long long seed1, unsigned long long seed2) {
+    LORA_ADAPTER;
+    float* partial = LORA_SELECT(adapter, partial0, partial1, partial2);
+    const T* dz = LORA_SELECT(adapter, dz0, dz1, dz2);
+    const unsigned long long seed = LORA_SELECT(adapter, seed0, seed1, seed2);
     __shared__ __align__(16) float buffer[GRAD_ROWS * 16];   // dz of the slice, then the warps' sums (8 × 16 × 64)
     __shared__ unsigned keys[GRAD_ROWS];                     // the slice's row keys, hashed once
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int j0 = blockIdx.z * 16, jn = min(16, r - j0);
     int rowStart = blockIdx.y * GRAD_ROWS, rowCount = min(GRAD_ROWS, rows - rowStart);
-    int col = blockIdx.x * GRAD_COLS + lane * 2;
+    int col = blockX * GRAD_COLS + lane * 2;
     bool dropping = keep < 1.0f, pair = (k & 1) == 0 && col + 1 < k;
     unsigned threshold = dropping ? lora_threshold(keep) : 0u;
     for (int e = threadIdx.x; e < GRAD_ROWS * 16; e += LORA_THREADS) {
@@ -206,7 +225,7 @@ lora_down_grad(float* partial, const T* dz, const T* x, int rows, int k, int r, 
     long long sliceBase = (long long)blockIdx.y * r * k;
     for (int e = threadIdx.x; e < 16 * GRAD_COLS; e += LORA_THREADS) {
         int j = e / GRAD_COLS, c = e % GRAD_COLS;
-        int column = blockIdx.x * GRAD_COLS + c;
+        int column = blockX * GRAD_COLS + c;
         if (j >= jn || column >= k) continue;
         float s = 0.0f;
 #pragma unroll
@@ -324,13 +343,18 @@ __device__ __forceinline__ uint4 lora_mask_packed(uint4 u, unsigned key, int col
 // z (rows, r) = scale · (m ⊙ x) Aᵀ. A block owns DOWN_TILES × 16 rows and 16 of the r outputs (blockIdx.y); its 8
 // warps split k (warp w takes the 32-column steps w, w + 8, …) and their sums are added in warp order through shared
 // memory.
-// Grid (⌈rows / 16⌉, ⌈r / 16⌉), 256 threads.
+// Grid (⌈rows / 16⌉ · count, ⌈r / 16⌉), 256 threads.
 extern "C" __global__ void __launch_bounds__(DOWN_WARPS * 32)
-lora_down(T* z, const T* x, const T* a, int rows, int k, int r, float keep, unsigned long long seed) {
+lora_down(T* z0, T* z1, T* z2, const T* x, const T* a0, const T* a1, const T* a2, int count, int rows, int k, int r,
+          float keep, unsigned long long seed0, unsigned long long seed1, unsigned long long seed2) {
     __shared__ float sums[DOWN_WARPS * DOWN_TILES * 16 * 16];
+    LORA_ADAPTER;
+    T* z = LORA_SELECT(adapter, z0, z1, z2);
+    const T* a = LORA_SELECT(adapter, a0, a1, a2);
+    const unsigned long long seed = LORA_SELECT(adapter, seed0, seed1, seed2);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     int j0 = blockIdx.y * 16, jn = min(16, r - j0);
-    int row0 = blockIdx.x * DOWN_TILES * 16;
+    int row0 = blockX * DOWN_TILES * 16;
     bool vector = (k & 7) == 0, dropping = keep < 1.0f;
     unsigned threshold = dropping ? lora_threshold(keep) : 0u;
     unsigned key[DOWN_TILES][2];
@@ -345,9 +369,9 @@ lora_down(T* z, const T* x, const T* a, int rows, int k, int r, float keep, unsi
             xrow[t][h] = x + (long long)(live[t][h] ? row : 0) * k;
             key[t][h] = dropping ? lora_row_key(seed, (unsigned)row) : 0u;
         }
-    bool a0live = g < jn, a1live = 8 + g < jn;
-    const T* a0 = a + (long long)(j0 + (a0live ? g : 0)) * k;
-    const T* a1 = a + (long long)(j0 + (a1live ? 8 + g : 0)) * k;
+    bool loLive = g < jn, hiLive = 8 + g < jn;
+    const T* aLo = a + (long long)(j0 + (loLive ? g : 0)) * k;
+    const T* aHi = a + (long long)(j0 + (hiLive ? 8 + g : 0)) * k;
     float acc[DOWN_TILES][2][4];
 #pragma unroll
     for (int t = 0; t < DOWN_TILES; t++)
@@ -357,8 +381,8 @@ lora_down(T* z, const T* x, const T* a, int rows, int k, int r, float keep, unsi
             for (int q = 0; q < 4; q++) acc[t][nb][q] = 0.0f;
     for (int c0 = warp * 32; c0 < k; c0 += DOWN_WARPS * 32) {
         int col = c0 + 8 * c, limit = k - col;
-        uint4 w0 = lora_load_packed(a0 + col, a0live ? limit : 0, vector);
-        uint4 w1 = lora_load_packed(a1 + col, a1live ? limit : 0, vector);
+        uint4 w0 = lora_load_packed(aLo + col, loLive ? limit : 0, vector);
+        uint4 w1 = lora_load_packed(aHi + col, hiLive ? limit : 0, vector);
         uint4 xv[DOWN_TILES][2];
 #pragma unroll
         for (int t = 0; t < DOWN_TILES; t++)
@@ -505,7 +529,7 @@ lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsi
 // GRADM_ROWS rows, walked in chunks of GRADM_CHUNK rows staged by cp.async (double buffered) and masked in shared
 // memory (one hash per pair of columns; the slice's row keys hashed once). dz of the slice is staged once,
 // transposed ([j][row]), so that its A fragments load with ldmatrix and x's B fragments with ldmatrix.trans.
-// Grid (⌈k / 256⌉, ⌈rows / 256⌉, ⌈r / 16⌉), 128 threads, GRADM_SHARED bytes of dynamic shared memory
+// Grid (⌈k / 256⌉ · count, ⌈rows / 256⌉, ⌈r / 16⌉), 128 threads, GRADM_SHARED bytes of dynamic shared memory
 // (43 KiB: up to five blocks an SM; slices of 256 rows, so that a 7B step's 8192 rows make 512 blocks for 4096
 // columns).
 #define GRADM_ROWS 256
@@ -515,16 +539,21 @@ lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsi
 #define GRADM_DLD (GRADM_ROWS + 8)   // row pitch of the staged dzᵀ
 #define GRADM_SHARED (2 * (2 * GRADM_CHUNK * GRADM_XLD + 16 * GRADM_DLD) + 4 * GRADM_ROWS)
 extern "C" __global__ void __launch_bounds__(128)
-lora_down_grad_mma(float* partial, const T* dz, const T* x, int rows, int k, int r, float keep,
-                   unsigned long long seed) {
+lora_down_grad_mma(float* partial0, float* partial1, float* partial2, const T* dz0, const T* dz1, const T* dz2,
+                   const T* x, int count, int rows, int k, int r, float keep, unsigned long long seed0,
+                   unsigned long long seed1, unsigned long long seed2) {
     extern __shared__ __align__(16) unsigned char lora_smem[];
+    LORA_ADAPTER;
+    float* partial = LORA_SELECT(adapter, partial0, partial1, partial2);
+    const T* dz = LORA_SELECT(adapter, dz0, dz1, dz2);
+    const unsigned long long seed = LORA_SELECT(adapter, seed0, seed1, seed2);
     T* xs = (T*)lora_smem;                          // two chunks of GRADM_CHUNK × GRADM_XLD
     T* dzt = xs + 2 * GRADM_CHUNK * GRADM_XLD;      // 16 × GRADM_DLD
     unsigned* keys = (unsigned*)(dzt + 16 * GRADM_DLD);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     int j0 = blockIdx.z * 16, jn = min(16, r - j0);
     int rowStart = blockIdx.y * GRADM_ROWS, rowCount = min(GRADM_ROWS, rows - rowStart);
-    int col0 = blockIdx.x * GRADM_COLS;
+    int col0 = blockX * GRADM_COLS;
     bool dropping = keep < 1.0f;
     unsigned threshold = dropping ? lora_threshold(keep) : 0u;
     auto stage = [&](int chunk, int buffer) {
