@@ -9,10 +9,14 @@ extension CUDADevice {
     // MARK: Norm
 
     /// y (N, C), rstd (N) from x (N, C) and the float32 weight (C).
+    /// y's rows lie `ldy` elements apart (default: width); the columns past width are not written.
     public func rmsNormForward(_ y: DeviceBuffer, _ rstd: DeviceBuffer, _ x: DeviceBuffer, _ w: DeviceBuffer,
-                               rows: Int, width: Int, eps: Float) throws {
+                               rows: Int, width: Int, eps: Float, ldy: Int? = nil) throws {
+        let ldy = ldy ?? width
+        precondition(ldy >= width && y.count >= rows * ldy, "rmsNormForward: y is too small for its row stride")
         try launch(.norm, "rmsnorm_forward", bf16: y.dtype == .bf16, grid: rows, block: Self.rowThreads(width),
-                   [.buffer(y), .buffer(rstd), .buffer(x), .buffer(w), .int(rows), .int(width), .float(eps)])
+                   [.buffer(y), .buffer(rstd), .buffer(x), .buffer(w), .int(rows), .int(width), .float(eps),
+                    .int(ldy)])
     }
 
     /// dx (+)= the input gradient of RMSNorm.
@@ -71,13 +75,19 @@ extension CUDADevice {
     /// The most adapters one LoRA launch takes over a shared input (lora.cu's slots).
     public static let loraPartsPerLaunch = 3
 
-    /// z (rows, r) = (m ⊙ x) Aᵀ / keep for each part (its z, A (r, k) and seed: m the dropout mask of that seed,
-    /// LoRADropout's), all reading x (rows, k): q, k and v (or gate and up) in one launch, x read about once.
-    public func loraDown(_ parts: [(z: DeviceBuffer, a: DeviceBuffer, seed: UInt64)], x: DeviceBuffer, rows: Int,
-                         k: Int, r: Int, keep: Float) throws {
+    /// z (rows, r) = scale · (m ⊙ x) Aᵀ / keep for each part (its z from element `zAt` on, A (r, k) and seed:
+    /// m the dropout mask of that seed, LoRADropout's), all reading x (rows, k; rows `ldx` apart): q, k and v (or
+    /// gate and up) in one launch, x read about once. z's rows lie `ldz` apart (default r): z may be columns of x's
+    /// own rows beside the k that are read.
+    public func loraDown(_ parts: [(z: DeviceBuffer, zAt: Int, a: DeviceBuffer, seed: UInt64)], x: DeviceBuffer,
+                         rows: Int, k: Int, r: Int, ldx: Int? = nil, ldz: Int? = nil, keep: Float,
+                         scale: Float = 1) throws {
+        let ldx = ldx ?? k, ldz = ldz ?? r
         for chunk in Self.loraChunks(parts) {
-            for (z, a, _) in chunk {
-                try Self.checkLoRA("loraDown", rows: rows, k: k, r: r, [(x, rows * k), (a, r * k), (z, rows * r)])
+            for (z, zAt, a, _) in chunk {
+                try Self.checkLoRA("loraDown", rows: rows, k: k, r: r, [(x, Self.extent(rows, ldx, k)), (a, r * k),
+                                                                        (z, zAt + Self.extent(rows, ldz, r))])
+                precondition(ldx >= k && ldz >= r && zAt >= 0, "loraDown: row strides below the widths")
             }
             // Rows a block: bf16 16 (tensor cores, DOWN_TILES × 16), float32 32 (FMAs, DOWN_ROWS; lora.cu).
             let rowsPerBlock = x.dtype == .bf16 ? 16 : 32
@@ -85,23 +95,29 @@ extension CUDADevice {
             try launch(.lora, "lora_down", bf16: x.dtype == .bf16,
                        grid: ((rows + rowsPerBlock - 1) / rowsPerBlock * chunk.count, (r + 15) / 16, 1),
                        block: 256, sharedBytes: 0,
-                       slots.map { .buffer($0.z) } + [.buffer(x)] + slots.map { .buffer($0.a) }
-                       + [.int(chunk.count), .int(rows), .int(k), .int(r), .float(keep)] + slots.map { .uint64($0.seed) })
+                       slots.map { .address($0.z.address(at: $0.zAt)) } + [.buffer(x)] + slots.map { .buffer($0.a) }
+                       + [.int(chunk.count), .int(rows), .int(k), .int(r), .int(ldx), .int(ldz), .float(keep),
+                          .float(scale)]
+                       + slots.map { .uint64($0.seed) })
         }
     }
 
     /// gradA (r, k, float32) += dzᵀ (m ⊙ x) / keep for each part (its gradA, dz (rows, r) and seed), all reading x
-    /// (rows, k) in one launch: the rows summed in slices (256 rows on the tensor cores, 512 otherwise) into a
-    /// scratch buffer, then the slices added in order (the same result on every run).
+    /// (rows, k; rows `ldx` apart) in one launch: the rows summed in slices (256 rows on the tensor cores, 512
+    /// otherwise) into a scratch buffer, then the slices added in order (the same result on every run).
     public func loraDownGradient(_ parts: [(gradA: DeviceBuffer, dz: DeviceBuffer, seed: UInt64)], x: DeviceBuffer,
-                                 rows: Int, k: Int, r: Int, keep: Float) throws {
+                                 rows: Int, k: Int, r: Int, ldx: Int? = nil, keep: Float) throws {
         guard rows > 0 else { return }
+        let ldx = ldx ?? k
         for chunk in Self.loraChunks(parts) {
             for (gradA, dz, _) in chunk {
-                try Self.checkLoRA("loraDownGradient", rows: rows, k: k, r: r, [(dz, rows * r), (x, rows * k)])
-                precondition(gradA.dtype == .f32 && gradA.count >= r * k, "loraDownGradient: gradA must be f32 (r × k)")
+                try Self.checkLoRA("loraDownGradient", rows: rows, k: k, r: r,
+                                   [(dz, rows * r), (x, Self.extent(rows, ldx, k))])
+                precondition(gradA.dtype == .f32 && gradA.count >= r * k,
+                             "loraDownGradient: gradA must be f32 (r × k)")
+                precondition(ldx >= k, "loraDownGradient: x's row stride is below k")
             }
-            let tensorCores = x.dtype == .bf16 && k % 8 == 0
+            let tensorCores = x.dtype == .bf16 && k % 8 == 0 && ldx % 8 == 0
             let sliceRows = tensorCores ? 256 : 512   // GRADM_ROWS, GRAD_ROWS
             let slices = (rows + sliceRows - 1) / sliceRows
             let partial = try allocate(chunk.count * slices * r * k, .f32)
@@ -110,7 +126,7 @@ extension CUDADevice {
             }
             let slots = Self.loraSlots(chunk)
             let arguments: [KernelArgument] = partials + slots.map { .buffer($0.dz) }
-                + [.buffer(x), .int(chunk.count), .int(rows), .int(k), .int(r), .float(keep)]
+                + [.buffer(x), .int(chunk.count), .int(rows), .int(k), .int(r), .int(ldx), .float(keep)]
                 + slots.map { .uint64($0.seed) }
             if tensorCores {
                 // 256 columns × 256 rows a block of 128 threads; shared memory as GRADM_SHARED in lora.cu.
@@ -128,6 +144,19 @@ extension CUDADevice {
                            [.buffer(part.gradA), partials[p], .int(slices), .long(r * k), .float(1 / keep)])
             }
         }
+    }
+
+    /// Elements a (rows, width) matrix with rows `ld` apart spans.
+    static func extent(_ rows: Int, _ ld: Int, _ width: Int) -> Int { rows == 0 ? 0 : (rows - 1) * ld + width }
+
+    /// W' (rows, ldw) of a projection whose adapter is column slot `slot` of its input's extra columns (after the
+    /// k of W, which the dequantization wrote): columns k … ldw − 1 zero but for B (rows, r, W's type) at slot·r.
+    public func loraPadWeight(_ w: DeviceBuffer, ldw: Int, b: DeviceBuffer, rows: Int, k: Int, slot: Int,
+                              r: Int) throws {
+        precondition(w.dtype == b.dtype && b.count >= rows * r && ldw >= k + (slot + 1) * r
+                     && w.count >= rows * ldw, "loraPadWeight: sizes do not fit")
+        try launch(.lora, "lora_pad_weight", bf16: w.dtype == .bf16, grid: Self.blocks(rows * (ldw - k)),
+                   block: 256, [.buffer(w), .buffer(b), .int(rows), .int(ldw), .int(k), .int(slot), .int(r)])
     }
 
     /// Parts in launches of at most `loraPartsPerLaunch`.

@@ -111,16 +111,18 @@ public final class GPUQuantizedWeight: @unchecked Sendable {
     /// Elements the packed codes stand for, as bitsandbytes' Params4bit counts them (packed bytes × 2).
     public var parameterCount: Int { packed.count * 2 }
 
-    /// W (out, in) dequantized into a new buffer of `dtype` (one kernel; a double-quantized absmax is decoded there).
-    public func dequantized(_ dtype: GPUDType) throws -> DeviceBuffer {
-        let n = rows * columns
-        let out = try device.allocate(n, dtype)
+    /// W (out, in) dequantized into a new buffer of `dtype` (one kernel; a double-quantized absmax is decoded there),
+    /// its rows `ld` elements apart (default: in; the columns past in are left for the caller to fill).
+    public func dequantized(_ dtype: GPUDType, ld: Int? = nil) throws -> DeviceBuffer {
+        let n = rows * columns, ld = ld ?? columns
+        precondition(ld >= columns, "dequantized: row stride \(ld) below \(columns) columns")
+        let out = try device.allocate(rows * ld, dtype)
         func address(_ b: DeviceBuffer?) -> KernelArgument { .address(b?.address ?? 0) }
         try device.launch(.quantize, "dequantize_4bit", bf16: dtype == .bf16, grid: (n + 8 * 1024 - 1) / (8 * 1024),
                           block: 256,
                           [.buffer(out), .buffer(packed), address(absmax), address(codes), address(nestedAbsmax),
                            address(nestedCode), .float(offset), .int(nestedBlocksize), .buffer(table), .long(n),
-                           .int(blocksize)])
+                           .int(blocksize), .int(columns), .int(ld)])
         return out
     }
 }

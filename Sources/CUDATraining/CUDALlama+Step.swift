@@ -43,7 +43,12 @@ struct OffloadLayout {
         bytes = xMid + hiddenCount * dtype.size
     }
     func offset(_ t: Tensor) -> Int {
-        switch t { case .x: return x; case .attention: return attention; case .lse: return lse; case .xMid: return xMid }
+        switch t {
+        case .x: return x
+        case .attention: return attention
+        case .lse: return lse
+        case .xMid: return xMid
+        }
     }
 }
 
@@ -235,23 +240,27 @@ extension CUDALlama {
         let h = config.headCount, hkv = config.kvHeadCount, d = config.headDim
         let eps = Float(config.rmsNormEps)
         let restored = recomputing && act.attention != nil && act.lse != nil && act.xMid != nil
-        var z: [String: DeviceBuffer] = [:]   // the adapters' z of the projections about to run
-        func down(_ names: [String], _ input: DeviceBuffer) throws {
-            z = try adaptersDown(l, names, input, rows: n, training: training, seed: seed)
+        var z: [String: GPUMatrix] = [:]   // the adapters' z of the projections about to run
+        func down(_ names: [String], _ input: DeviceBuffer, ld: Int? = nil) throws {
+            z = try adaptersDown(l, names, GPUMatrix(buffer: input, ld: ld ?? input.count / n), rows: n,
+                                 training: training, seed: seed)
         }
-        func project(_ name: String, _ input: DeviceBuffer, output: Bool = true,
+        func project(_ name: String, _ input: DeviceBuffer, ld: Int? = nil, output: Bool = true,
                      residual: DeviceBuffer? = nil) throws -> DeviceBuffer? {
-            try projectionForward(l, name, input, z: z.removeValue(forKey: name), rows: n, act: act, output: output,
-                                  keeps: keeps, residual: residual)
+            try projectionForward(l, name, GPUMatrix(buffer: input, ld: ld ?? input.count / n),
+                                  z: z.removeValue(forKey: name), rows: n, act: act, output: output, keeps: keeps,
+                                  residual: residual)
         }
+        let qkv = ["q_proj", "k_proj", "v_proj"], gateUp = ["gate_proj", "up_proj"]
         act.x = x
         act.rstd1 = try device.allocate(n, .f32)
-        act.h1 = try device.allocate(n * c, dtype)
-        try device.rmsNormForward(act.h1, act.rstd1, x, layer.inputNorm, rows: n, width: c, eps: eps)
-        try down(["q_proj", "k_proj", "v_proj"], act.h1)
-        act.q = try project("q_proj", act.h1)!
-        act.k = try project("k_proj", act.h1)!
-        act.v = try project("v_proj", act.h1)!
+        let ld1 = joinedWidth(l, qkv, c)   // h1 with room for the adapters' z beside it
+        act.h1 = try device.allocate(n * ld1, dtype)
+        try device.rmsNormForward(act.h1, act.rstd1, x, layer.inputNorm, rows: n, width: c, eps: eps, ldy: ld1)
+        try down(qkv, act.h1, ld: ld1)
+        act.q = try project("q_proj", act.h1, ld: ld1)!
+        act.k = try project("k_proj", act.h1, ld: ld1)!
+        act.v = try project("v_proj", act.h1, ld: ld1)!
         if !keeps { act.h1 = nil; act.rstd1 = nil }
         let positions = decoding?.lengths != nil ? decoding?.at : packing?.positions
         try device.rope(act.q, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: h, headDim: d,
@@ -289,11 +298,13 @@ extension CUDALlama {
         }
         if !keeps { act.attention = nil }
         act.rstd2 = try device.allocate(n, .f32)
-        act.h2 = try device.allocate(n * c, dtype)
-        try device.rmsNormForward(act.h2, act.rstd2, act.xMid, layer.postAttentionNorm, rows: n, width: c, eps: eps)
-        try down(["gate_proj", "up_proj"], act.h2)
-        act.gate = try project("gate_proj", act.h2)!
-        act.up = try project("up_proj", act.h2)!
+        let ld2 = joinedWidth(l, gateUp, c)
+        act.h2 = try device.allocate(n * ld2, dtype)
+        try device.rmsNormForward(act.h2, act.rstd2, act.xMid, layer.postAttentionNorm, rows: n, width: c, eps: eps,
+                                  ldy: ld2)
+        try down(gateUp, act.h2, ld: ld2)
+        act.gate = try project("gate_proj", act.h2, ld: ld2)!
+        act.up = try project("up_proj", act.h2, ld: ld2)!
         if !keeps { act.h2 = nil; act.rstd2 = nil }
         act.act = try device.allocate(act.gate.count, dtype)
         try device.swigluForward(act.act, gate: act.gate, up: act.up)
@@ -377,74 +388,104 @@ extension CUDALlama {
         return (Float(1 - loraConfig.dropout), LoRADropout.seed(seed, layer: l, projection: name))
     }
 
-    /// The adapters' z = dropout(x) Aᵀ / keep (N, R) of the projections in `names` that have one, all reading x:
-    /// one launch for up to three (q, k, v; gate, up), so that x is read about once.
-    func adaptersDown(_ l: Int, _ names: [String], _ x: DeviceBuffer, rows: Int, training: Bool,
-                      seed: UInt64) throws -> [String: DeviceBuffer] {
+    /// The row width of the input of the projections in `names` (all of width k) with room beside it for their
+    /// adapters' z, rounded up to a multiple of 64 (the products' k step: a ragged k costs the base product a
+    /// whole step; the padding is zeros): the adapters' term then joins the base product as extra columns
+    /// (`projectionForward`). k when none of them is adapted, when the frozen weights are kept dequantized
+    /// (generation: no room beside them for B), or in float32: the conformance mode keeps the adapter's product
+    /// apart, so that its sums run in the CPU's order (a joined product moves the last bits, which three AdamW
+    /// steps amplify past the 1e-5 that fp32 GPU training must stay within of the CPU's).
+    func joinedWidth(_ l: Int, _ names: [String], _ k: Int) -> Int {
+        let adapted = names.filter { adapters["\(l).\($0)"] != nil }.count
+        guard adapted > 0, keptWeights.isEmpty, dtype != .f32 else { return k }
+        return (k + adapted * loraConfig.r + 63) / 64 * 64
+    }
+
+    /// The adapters' z = s · dropout(x) Aᵀ / keep (N, R) of the projections in `names` that have one, all reading
+    /// x: one launch for up to three (q, k, v; gate, up), so that x is read about once. When x's rows are wider
+    /// than the projections' input (`joinedWidth`), the z go into those extra columns, one slot of R each in the
+    /// order of `names`; otherwise into buffers of their own.
+    func adaptersDown(_ l: Int, _ names: [String], _ x: GPUMatrix, rows: Int, training: Bool,
+                      seed: UInt64) throws -> [String: GPUMatrix] {
         let adapted = names.filter { adapters["\(l).\($0)"] != nil }
         guard let first = adapted.first else { return [:] }
         let k = layers[l].projections[first]!.inFeatures, r = loraConfig.r
         let keep = dropout(l, first, training: training, seed: seed).keep
-        var z: [String: DeviceBuffer] = [:]
-        for name in adapted { z[name] = try device.allocate(rows * r, dtype) }
+        let joined = x.ld > k
+        var z: [String: GPUMatrix] = [:]
+        for (slot, name) in adapted.enumerated() {
+            z[name] = joined ? GPUMatrix(buffer: x.buffer, at: x.at + k + slot * r, ld: x.ld)
+                             : GPUMatrix(buffer: try device.allocate(rows * r, dtype), ld: r)
+        }
         try device.loraDown(adapted.map { name in
-            (z[name]!, adapters["\(l).\(name)"]!.aCompute, dropout(l, name, training: training, seed: seed).seed)
-        }, x: x, rows: rows, k: k, r: r, keep: keep)
+            (z[name]!.buffer, z[name]!.at, adapters["\(l).\(name)"]!.aCompute,
+             dropout(l, name, training: training, seed: seed).seed)
+        }, x: x.buffer, rows: rows, k: k, r: r, ldx: x.ld, ldz: joined ? x.ld : r, keep: keep,
+           scale: loraConfig.scale)
         return z
     }
 
-    /// y (N, out) = x Wᵀ + bias + scale · z Bᵀ, z = dropout(x) Aᵀ from `adaptersDown` (nil: no adapter), W
+    /// y (N, out) = x Wᵀ + bias + z Bᵀ, z = s · dropout(x) Aᵀ from `adaptersDown` (nil: no adapter), W
     /// dequantized for this product only. Without `output`, only what the backward pass needs is kept (x and z),
     /// and nil returned. The adapter keeps x itself, not dropout(x): the mask is applied where the kernels read x
-    /// (lora.cu), there and in the backward pass. The adapter's term is written first and the base product added
-    /// onto it (beta = 1), so y is read only in the base product's epilogue, not by a separate pass. A `residual`
-    /// (N, out) is added in the first product's epilogue (C = residual, D = y): y = residual + the projection, with
-    /// no separate addition.
-    func projectionForward(_ l: Int, _ name: String, _ x: DeviceBuffer, z: DeviceBuffer?, rows: Int,
+    /// (lora.cu), there and in the backward pass. When z sits beside x in its rows (slot j of x's extra columns),
+    /// the adapter joins the base product: [x | z₀ … z_j … | 0] · [W | 0 … B … 0]ᵀ, W dequantized with
+    /// room for B beside it (`loraPadWeight`), one product over x's whole rows. Otherwise the adapter's term is written
+    /// first and the base product added onto it (beta = 1), so y is read only in the base product's epilogue. A
+    /// `residual` (N, out) is added in the first product's epilogue (C = residual, D = y): y = residual + the
+    /// projection, with no separate addition.
+    func projectionForward(_ l: Int, _ name: String, _ x: GPUMatrix, z: GPUMatrix?, rows: Int,
                            act: GPULayerActivations, output: Bool, keeps: Bool,
                            residual: DeviceBuffer? = nil) throws -> DeviceBuffer? {
         let p = layers[l].projections[name]!
-        let y = output ? try device.allocate(rows * p.outFeatures, dtype) : nil
+        let adapter = adapters["\(l).\(name)"], r = loraConfig.r
+        if adapter != nil, let z, keeps { act.loraInput[name] = x; act.loraZ[name] = z }
+        guard output else { return nil }
+        let y = try device.allocate(rows * p.outFeatures, dtype)
         var onto = residual   // what the next product adds onto (C, beta 1), if anything yet
-        if let adapter = adapters["\(l).\(name)"], let z {
-            let r = loraConfig.r
-            if let y {
-                device.gemmLabel = "lora y = s z Bᵀ"
-                try device.gemm(m: rows, n: p.outFeatures, k: r, a: z, lda: r, b: adapter.bCompute, ldb: r,
-                                transB: true, c: onto ?? y, ldc: p.outFeatures, alpha: loraConfig.scale,
+        var k = p.inFeatures, w: DeviceBuffer, ldw = p.inFeatures
+        if let adapter, let z, z.buffer === x.buffer {
+            let slot = (z.at - x.at - p.inFeatures) / r
+            k = x.ld; ldw = x.ld
+            w = try p.weight.dequantized(dtype, ld: ldw)
+            try device.loraPadWeight(w, ldw: ldw, b: adapter.bCompute, rows: p.outFeatures, k: p.inFeatures,
+                                     slot: slot, r: r)
+        } else {
+            if let adapter, let z {
+                device.gemmLabel = "lora y = z Bᵀ"
+                try device.gemm(m: rows, n: p.outFeatures, k: r, a: z.buffer, aOffset: z.at, lda: z.ld,
+                                b: adapter.bCompute, ldb: r, transB: true, c: onto ?? y, ldc: p.outFeatures,
                                 beta: onto == nil ? 0 : 1, d: y)
                 onto = y
             }
-            if keeps { act.loraInput[name] = x; act.loraZ[name] = z }
+            w = try baseWeight(l, name)
         }
-        guard let y else { return nil }
         device.gemmLabel = "base"
-        let w = try baseWeight(l, name)
-        try device.gemm(m: rows, n: p.outFeatures, k: p.inFeatures, a: x, lda: p.inFeatures, b: w, ldb: p.inFeatures,
+        try device.gemm(m: rows, n: p.outFeatures, k: k, a: x.buffer, aOffset: x.at, lda: x.ld, b: w, ldb: ldw,
                         transB: true, c: onto ?? y, ldc: p.outFeatures, beta: onto == nil ? 0 : 1, d: y)
         if let bias = p.bias { try device.addBias(y, bias: bias, rows: rows, cols: p.outFeatures) }
         return y
     }
 
     /// The adapters' gradients of the projections in `dys` (name, dy) that share one input (q, k, v; gate, up):
-    /// dB += s · dyᵀ z and dz = s · dy B for each, then dA += dzᵀ · dropout(input) for all of them in one launch
-    /// (the input read about once). Returns the dz's for `projectionBackward`; the projections' saved input and z
-    /// are released, so the caller may drop the input before any dx is made.
+    /// dB += dyᵀ z (z holds s already) and dz = s · dy B for each, then dA += dzᵀ · dropout(input) for all of
+    /// them in one launch (the input read about once). Returns the dz's for `projectionBackward`; the
+    /// projections' saved input and z are released, so the caller may drop the input before any dx is made.
     func adaptersBackward(_ l: Int, _ dys: [(String, DeviceBuffer)], rows: Int, act: GPULayerActivations,
                           training: Bool, seed: UInt64) throws -> [String: DeviceBuffer] {
         let r = loraConfig.r, s = loraConfig.scale
         var dz: [String: DeviceBuffer] = [:]
         var parts: [(gradA: DeviceBuffer, dz: DeviceBuffer, seed: UInt64)] = []
-        var input: DeviceBuffer? = nil, k = 0, keep: Float = 1
+        var input: GPUMatrix? = nil, k = 0, keep: Float = 1
         for (name, dy) in dys {
             defer { act.loraInput[name] = nil; act.loraZ[name] = nil }
             guard let adapter = adapters["\(l).\(name)"], let z = act.loraZ[name],
                   let x = act.loraInput[name] else { continue }
-            precondition(input == nil || input === x, "adaptersBackward: \(name) has another input")
+            precondition(input == nil || input!.buffer === x.buffer, "adaptersBackward: \(name) has another input")
             let p = layers[l].projections[name]!
-            device.gemmLabel = "lora dB += s dyᵀ z"
-            try device.gemm(m: p.outFeatures, n: r, k: rows, a: dy, lda: p.outFeatures, transA: true, b: z, ldb: r,
-                            c: adapter.gradB, ldc: r, alpha: s, beta: 1)
+            device.gemmLabel = "lora dB += dyᵀ z"
+            try device.gemm(m: p.outFeatures, n: r, k: rows, a: dy, lda: p.outFeatures, transA: true, b: z.buffer,
+                            bOffset: z.at, ldb: z.ld, c: adapter.gradB, ldc: r, beta: 1)
             device.gemmLabel = "lora dz = s dy B"
             let d = try device.allocate(rows * r, dtype)
             try device.gemm(m: rows, n: r, k: p.outFeatures, a: dy, lda: p.outFeatures, b: adapter.bCompute, ldb: r,
@@ -455,7 +496,7 @@ extension CUDALlama {
             input = x; k = p.inFeatures; keep = kept
         }
         if let input {
-            try device.loraDownGradient(parts, x: input, rows: rows, k: k, r: r, keep: keep)
+            try device.loraDownGradient(parts, x: input.buffer, rows: rows, k: k, r: r, ldx: input.ld, keep: keep)
         }
         return dz
     }

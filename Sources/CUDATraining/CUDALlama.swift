@@ -46,9 +46,16 @@ final class GPULayerActivations {
     var attention: DeviceBuffer!
     var xMid: DeviceBuffer!, rstd2: DeviceBuffer!, h2: DeviceBuffer!
     var gate: DeviceBuffer!, up: DeviceBuffer!, act: DeviceBuffer!
-    var loraInput: [String: DeviceBuffer] = [:]   // x per adapted projection (its dropout mask is drawn again)
-    var loraZ: [String: DeviceBuffer] = [:]       // dropout(x) · Aᵀ (N, R)
+    var loraInput: [String: GPUMatrix] = [:]   // x per adapted projection (its dropout mask is drawn again)
+    var loraZ: [String: GPUMatrix] = [:]       // s · dropout(x) · Aᵀ (N, R), maybe columns of x's buffer
     init(x: DeviceBuffer) { self.x = x }
+}
+
+/// A matrix inside a buffer: from element `at` on, rows `ld` elements apart.
+struct GPUMatrix {
+    let buffer: DeviceBuffer
+    var at = 0
+    let ld: Int
 }
 
 /// The Llama training step on an NVIDIA GPU: the same computation as `LlamaModel.step` (the CPU reference), with

@@ -1,7 +1,7 @@
 // lora.cu: the adapter's three products with its dropout applied where x is read, so that dropout(x) is never
 // stored (CPU twin: LlamaModel's projectionForward / projectionBackward with LoRADropout's masks, and the plain
 // products of CPUOps). With x (rows, k), A (r, k), dz (rows, r) and m = the dropout mask of each element of x:
-//   lora_down:         z (rows, r)  = scale · (m ⊙ x) Aᵀ                 (forward: the adapter's down projection)
+//   lora_down:         z (rows, r)  = zScale · scale · (m ⊙ x) Aᵀ        (forward: the adapter's down projection)
 //   lora_down_grad:    partial[s] (r, k) = dzᵀ (m ⊙ x) over rows slice s   (backward: dA, in fixed-order slices)
 //   lora_down_reduce:  dA (r, k) += scale · Σ_s partial[s]                (the slices summed in order: no atomics)
 //   lora_dx:           dx (rows, k) (+)= scale · m ⊙ (dz A)               (backward: the gradient through m ⊙ x)
@@ -9,7 +9,10 @@
 // lora_down and lora_down_grad take up to three adapters that read the same x (q, k and v; gate and up), each with
 // its own A or dz, output and mask seed (`count` of them: the slots past it are never read). The adapter is the
 // fastest-varying part of blockIdx.x, so the blocks of all adapters for the same rows and columns run side by side
-// and x comes from DRAM about once, the other reads hitting L2.
+// and x comes from DRAM about once, the other reads hitting L2. x has row stride ldx ≥ k and z row stride ldz ≥ r,
+// so that z can be written into columns of x's own rows (x = [h | z₁ | z₂ | …]: the adapter's term then joins the
+// base product as extra columns, lora_pad_weight writing B beside W).
+//   lora_pad_weight:   W' (rows, ldw): columns k … ldw − 1 of each row = [0 (slot·r) | B row | 0 …]
 //
 // The mask of element (row, col) is LoRADropout's: with key = mix(lo(seed) ^ mix(hi(seed) ^ row)) and
 // h = mix(key ^ ⌊col / 2⌋), the element is kept when its half of h (the low 16 bits for an even column, the high
@@ -88,7 +91,8 @@ __device__ __forceinline__ void lora_staged_row(float* av, const float* as, int 
 // float32: z (rows, r) = scale · (m ⊙ x) Aᵀ with FMAs. Grid (⌈rows / 32⌉ · count, ⌈r / 16⌉).
 extern "C" __global__ void __launch_bounds__(LORA_THREADS)
 lora_down(T* z0, T* z1, T* z2, const T* x, const T* a0, const T* a1, const T* a2, int count, int rows, int k, int r,
-          float keep, unsigned long long seed0, unsigned long long seed1, unsigned long long seed2) {
+          int ldx, int ldz, float keep, float zScale, unsigned long long seed0, unsigned long long seed1,
+          unsigned long long seed2) {
     __shared__ __align__(16) float as[16 * LORA_COLS];
     LORA_ADAPTER;
     T* z = LORA_SELECT(adapter, z0, z1, z2);
@@ -97,7 +101,7 @@ lora_down(T* z0, T* z1, T* z2, const T* x, const T* a0, const T* a1, const T* a2
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int j0 = blockIdx.y * 16, jn = min(16, r - j0);
     int row0 = blockX * DOWN_ROWS + warp * 4;
-    bool vector = (k & 7) == 0, dropping = keep < 1.0f;
+    bool vector = (k & 7) == 0, xVector = vector && (ldx & 7) == 0, dropping = keep < 1.0f;
     unsigned threshold = dropping ? lora_threshold(keep) : 0u;
     unsigned key[4];
 #pragma unroll
@@ -115,11 +119,11 @@ lora_down(T* z0, T* z1, T* z2, const T* x, const T* a0, const T* a1, const T* a2
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             int row = row0 + i;
-            const T* p = x + (long long)(row < rows ? row : 0) * k;
+            const T* p = x + (long long)(row < rows ? row : 0) * ldx;
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 int col = lora_column(c0, lane, 4 * h);
-                load4(xv[i] + 4 * h, p + col, row < rows ? k - col : 0, vector);
+                load4(xv[i] + 4 * h, p + col, row < rows ? k - col : 0, xVector);
             }
             if (dropping) {
 #pragma unroll
@@ -143,14 +147,14 @@ lora_down(T* z0, T* z1, T* z2, const T* x, const T* a0, const T* a1, const T* a2
             }
         }
     }
-    float scale = 1.0f / keep;
+    float scale = zScale / keep;
 #pragma unroll
     for (int i = 0; i < 4; i++) {
 #pragma unroll
         for (int j = 0; j < 16; j++) {
             float s = warp_reduce(acc[i][j], SumOp());
             int row = row0 + i;
-            if (lane == j && j < jn && row < rows) z[(long long)row * r + j0 + j] = st(s * scale);
+            if (lane == j && j < jn && row < rows) z[(long long)row * ldz + j0 + j] = st(s * scale);
         }
     }
 }
@@ -161,7 +165,7 @@ lora_down(T* z0, T* z1, T* z2, const T* x, const T* a0, const T* a1, const T* a2
 // Grid (⌈k / 64⌉ · count, ⌈rows / 512⌉, ⌈r / 16⌉).
 extern "C" __global__ void __launch_bounds__(LORA_THREADS)
 lora_down_grad(float* partial0, float* partial1, float* partial2, const T* dz0, const T* dz1, const T* dz2,
-               const T* x, int count, int rows, int k, int r, float keep, unsigned long long seed0,
+               const T* x, int count, int rows, int k, int r, int ldx, float keep, unsigned long long seed0,
                unsigned long long seed1, unsigned long long seed2) {
     LORA_ADAPTER;
     float* partial = LORA_SELECT(adapter, partial0, partial1, partial2);
@@ -173,7 +177,7 @@ lora_down_grad(float* partial0, float* partial1, float* partial2, const T* dz0, 
     int j0 = blockIdx.z * 16, jn = min(16, r - j0);
     int rowStart = blockIdx.y * GRAD_ROWS, rowCount = min(GRAD_ROWS, rows - rowStart);
     int col = blockX * GRAD_COLS + lane * 2;
-    bool dropping = keep < 1.0f, pair = (k & 1) == 0 && col + 1 < k;
+    bool dropping = keep < 1.0f, pair = (k & 1) == 0 && (ldx & 1) == 0 && col + 1 < k;
     unsigned threshold = dropping ? lora_threshold(keep) : 0u;
     for (int e = threadIdx.x; e < GRAD_ROWS * 16; e += LORA_THREADS) {
         int i = e / 16, j = e % 16;
@@ -190,7 +194,7 @@ lora_down_grad(float* partial0, float* partial1, float* partial2, const T* dz0, 
         for (int j = 0; j < 16; j++) acc[c][j] = 0.0f;
     for (int i = warp; i < rowCount; i += 8) {
         int row = rowStart + i;
-        const T* xr = x + (long long)row * k + col;
+        const T* xr = x + (long long)row * ldx + col;
         float x0, x1;
 #if QLORA_BF16
         if (pair) {
@@ -346,7 +350,8 @@ __device__ __forceinline__ uint4 lora_mask_packed(uint4 u, unsigned key, int col
 // Grid (⌈rows / 16⌉ · count, ⌈r / 16⌉), 256 threads.
 extern "C" __global__ void __launch_bounds__(DOWN_WARPS * 32)
 lora_down(T* z0, T* z1, T* z2, const T* x, const T* a0, const T* a1, const T* a2, int count, int rows, int k, int r,
-          float keep, unsigned long long seed0, unsigned long long seed1, unsigned long long seed2) {
+          int ldx, int ldz, float keep, float zScale, unsigned long long seed0, unsigned long long seed1,
+          unsigned long long seed2) {
     __shared__ float sums[DOWN_WARPS * DOWN_TILES * 16 * 16];
     LORA_ADAPTER;
     T* z = LORA_SELECT(adapter, z0, z1, z2);
@@ -355,7 +360,7 @@ lora_down(T* z0, T* z1, T* z2, const T* x, const T* a0, const T* a1, const T* a2
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     int j0 = blockIdx.y * 16, jn = min(16, r - j0);
     int row0 = blockX * DOWN_TILES * 16;
-    bool vector = (k & 7) == 0, dropping = keep < 1.0f;
+    bool vector = (k & 7) == 0, xVector = vector && (ldx & 7) == 0, dropping = keep < 1.0f;
     unsigned threshold = dropping ? lora_threshold(keep) : 0u;
     unsigned key[DOWN_TILES][2];
     const T* xrow[DOWN_TILES][2];
@@ -366,7 +371,7 @@ lora_down(T* z0, T* z1, T* z2, const T* x, const T* a0, const T* a1, const T* a2
         for (int h = 0; h < 2; h++) {
             int row = row0 + 16 * t + g + 8 * h;
             live[t][h] = row < rows;
-            xrow[t][h] = x + (long long)(live[t][h] ? row : 0) * k;
+            xrow[t][h] = x + (long long)(live[t][h] ? row : 0) * ldx;
             key[t][h] = dropping ? lora_row_key(seed, (unsigned)row) : 0u;
         }
     bool loLive = g < jn, hiLive = 8 + g < jn;
@@ -388,7 +393,7 @@ lora_down(T* z0, T* z1, T* z2, const T* x, const T* a0, const T* a1, const T* a2
         for (int t = 0; t < DOWN_TILES; t++)
 #pragma unroll
             for (int h = 0; h < 2; h++) {
-                xv[t][h] = lora_load_packed(xrow[t][h] + col, live[t][h] ? limit : 0, vector);
+                xv[t][h] = lora_load_packed(xrow[t][h] + col, live[t][h] ? limit : 0, xVector);
                 if (dropping) xv[t][h] = lora_mask_packed(xv[t][h], key[t][h], col, threshold);
             }
 #pragma unroll
@@ -408,14 +413,14 @@ lora_down(T* z0, T* z1, T* z2, const T* x, const T* a0, const T* a1, const T* a2
             for (int q = 0; q < 4; q++)
                 sums[((warp * DOWN_TILES + t) * 16 + g + 8 * (q >> 1)) * 16 + 8 * nb + 2 * c + (q & 1)] = acc[t][nb][q];
     __syncthreads();
-    float scale = 1.0f / keep;
+    float scale = zScale / keep;
     for (int e = threadIdx.x; e < DOWN_TILES * 16 * 16; e += DOWN_WARPS * 32) {
         int i = e / 16, j = e % 16, row = row0 + i;
         if (row >= rows || j >= jn) continue;
         float s = 0.0f;
 #pragma unroll
         for (int w = 0; w < DOWN_WARPS; w++) s += sums[(w * DOWN_TILES * 16 + i) * 16 + j];
-        z[(long long)row * r + j0 + j] = st(s * scale);
+        z[(long long)row * ldz + j0 + j] = st(s * scale);
     }
 }
 
@@ -523,14 +528,14 @@ lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsi
         }
     }
 }
-// dA on the tensor cores (k a multiple of 8): partial[slice] (r, k) = dzᵀ (m ⊙ x) over the slice's rows, as
+// dA on the tensor cores (k and ldx multiples of 8): partial[slice] (r, k) = dzᵀ (m ⊙ x) over the slice's rows, as
 // lora_down_grad computes it, with M = 16 adapter rows, N = 8 columns of x and K = 16 rows of x per mma step. A block
 // of 4 warps owns GRADM_COLS columns (warp w: 64 of them, 8 column blocks, 32 accumulators a lane) and a slice of
 // GRADM_ROWS rows, walked in chunks of GRADM_CHUNK rows staged by cp.async (double buffered) and masked in shared
 // memory (one hash per pair of columns; the slice's row keys hashed once). dz of the slice is staged once,
 // transposed ([j][row]), so that its A fragments load with ldmatrix and x's B fragments with ldmatrix.trans.
-// Grid (⌈k / 256⌉ · count, ⌈rows / 256⌉, ⌈r / 16⌉), 128 threads, GRADM_SHARED bytes of dynamic shared memory
-// (43 KiB: up to five blocks an SM; slices of 256 rows, so that a 7B step's 8192 rows make 512 blocks for 4096
+// Grid (⌈k / 256⌉ · count, ⌈rows / 256⌉, ⌈r / 16⌉), 128 threads, GRADM_SHARED bytes of dynamic shared
+// memory (43 KiB: up to five blocks an SM; slices of 256 rows, so that a 7B step's 8192 rows make 512 blocks for 4096
 // columns).
 #define GRADM_ROWS 256
 #define GRADM_COLS 256
@@ -540,7 +545,7 @@ lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsi
 #define GRADM_SHARED (2 * (2 * GRADM_CHUNK * GRADM_XLD + 16 * GRADM_DLD) + 4 * GRADM_ROWS)
 extern "C" __global__ void __launch_bounds__(128)
 lora_down_grad_mma(float* partial0, float* partial1, float* partial2, const T* dz0, const T* dz1, const T* dz2,
-                   const T* x, int count, int rows, int k, int r, float keep, unsigned long long seed0,
+                   const T* x, int count, int rows, int k, int r, int ldx, float keep, unsigned long long seed0,
                    unsigned long long seed1, unsigned long long seed2) {
     extern __shared__ __align__(16) unsigned char lora_smem[];
     LORA_ADAPTER;
@@ -562,7 +567,7 @@ lora_down_grad_mma(float* partial0, float* partial1, float* partial2, const T* d
             int i = e / (GRADM_COLS / 8), cc = (e % (GRADM_COLS / 8)) * 8;
             int row = chunk * GRADM_CHUNK + i, col = col0 + cc;
             bool ok = row < rowCount && col < k;   // k % 8 == 0: 8 columns are wholly inside or outside
-            cp_async16(s + i * GRADM_XLD + cc, ok ? x + (long long)(rowStart + row) * k + col : x, ok);
+            cp_async16(s + i * GRADM_XLD + cc, ok ? x + (long long)(rowStart + row) * ldx + col : x, ok);
         }
     };
     stage(0, 0);
@@ -624,3 +629,15 @@ lora_down_grad_mma(float* partial0, float* partial1, float* partial2, const T* d
     }
 }
 #endif
+
+// W' (rows, ldw) beside W (columns 0 … k − 1, written by the dequantization): columns k … ldw − 1 zero except
+// k + slot·r … k + (slot + 1)·r − 1, which hold B (rows, r), so that [x | z₀ | z₁ | … | 0] · W'ᵀ
+// = x Wᵀ + z_slot Bᵀ (the z of the other adapters on the same x, and the zero padding, meet zeros). One
+// thread per element of the rows × (ldw − k) block.
+extern "C" __global__ void lora_pad_weight(T* w, const T* b, int rows, int ldw, int k, int slot, int r) {
+    const int width = ldw - k;
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)rows * width) return;
+    const int row = (int)(i / width), j = (int)(i - (long long)row * width) - slot * r;
+    w[(long long)row * ldw + k + slot * r + j] = j >= 0 && j < r ? b[(long long)row * r + j] : (T)0;
+}

@@ -11,11 +11,12 @@ __device__ __forceinline__ void load8f(float* v, const float* p, int limit) {
     for (int e = 0; e < 8; e++) v[e] = e < limit ? p[e] : 0.0f;
 }
 
-// y = w ⊙ (x · rstd), rstd = 1/√(mean(x²) + eps).
+// y = w ⊙ (x · rstd), rstd = 1/√(mean(x²) + eps); y's rows `ldy` elements apart (≥ width: the columns past
+// width are set to zero, the padding of a product that joins other columns there).
 extern "C" __global__ void rmsnorm_forward(T* y, float* rstd, const T* x, const float* w, int rows, int width,
-                                           float eps) {
-    long long base = (long long)blockIdx.x * width;
-    bool vector = (width & 7) == 0 && aligned16(x) && aligned16(y);
+                                           float eps, int ldy) {
+    long long base = (long long)blockIdx.x * width, yBase = (long long)blockIdx.x * ldy;
+    bool vector = (width & 7) == 0 && (ldy & 7) == 0 && aligned16(x) && aligned16(y);
     float s = 0.0f;
     ROW_GROUPS(g0) {
         float v[8];
@@ -30,8 +31,9 @@ extern "C" __global__ void rmsnorm_forward(T* y, float* rstd, const T* x, const 
         load8(v, x + base + g0, width - g0, vector);
         load8f(wv, w + g0, width - g0);
         for (int e = 0; e < 8; e++) v[e] = wv[e] * (v[e] * r);
-        store8(y + base + g0, v, width - g0, vector);
+        store8(y + yBase + g0, v, width - g0, vector);
     }
+    for (int j = width + threadIdx.x; j < ldy; j += blockDim.x) y[yBase + j] = (T)0;
 }
 
 // dx (+)= rstd · (w ⊙ dy − x · rstd² · mean(w ⊙ dy ⊙ x)); the weight is frozen.

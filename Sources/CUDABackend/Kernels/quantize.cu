@@ -22,24 +22,27 @@ __device__ __forceinline__ float block_absmax(long long b, const float* absmax, 
 // handed to the lanes that need them by shuffles. Then in each of 4 steps lane l takes the 8 elements at
 // 8 · (32 · step + l): one 4-byte load of codes and one 16-byte store (bf16; two in float32), so a warp reads
 // 128 contiguous bytes and writes 512 a step. A span past the end, or a blocksize that is no power of two ≥ 32,
-// goes element by element.
+// goes element by element. The output's rows (of `cols` elements; a multiple of 8 for the spans) lie `ld` elements
+// apart (ld ≥ cols; the columns past cols are left as they are).
 extern "C" __global__ void dequantize_4bit(T* out, const unsigned char* packed, const float* absmax,
                                            const unsigned char* codes, const float* nested,
                                            const float* nestedCode, float offset, int nestedBlocksize,
-                                           const float* table, long long n, int blocksize) {
+                                           const float* table, long long n, int blocksize, int cols, int ld) {
     __shared__ float book[16];
     if (threadIdx.x < 16) book[threadIdx.x] = table[threadIdx.x];
     __syncthreads();
     const int lane = threadIdx.x & 31;
     const long long span0 = ((long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * DQ_SPAN;
     if (span0 >= n) return;   // the same for the whole warp
-    const bool power = blocksize >= 32 && (blocksize & (blocksize - 1)) == 0;
+    const bool power = blocksize >= 32 && (blocksize & (blocksize - 1)) == 0 && (cols & 7) == 0 && (ld & 7) == 0;
     if (span0 + DQ_SPAN <= n && power) {
         const int shift = __ffs(blocksize) - 1;
         const long long block0 = span0 >> shift;
         const int blocks = blocksize >= DQ_SPAN ? 1 : DQ_SPAN >> shift;   // ≤ 32
         const float mine = lane < blocks ? block_absmax(block0 + lane, absmax, codes, nested, nestedCode, offset,
                                                         nestedBlocksize) : 0.0f;
+        // The row and column of the span's first element; each lane's 8 never cross a row (cols % 8 == 0).
+        const long long row0 = ld == cols ? 0 : span0 / cols, col0 = span0 - row0 * cols;
         unsigned words[4];
 #pragma unroll
         for (int step = 0; step < 4; ++step)
@@ -55,15 +58,18 @@ extern "C" __global__ void dequantize_4bit(T* out, const unsigned char* packed, 
                 v[2 * b] = __fmul_rn(book[byte >> 4], scale);
                 v[2 * b + 1] = __fmul_rn(book[byte & 15u], scale);
             }
-            store8(out + span0 + at, v, 8, true);
+            long long row = row0;
+            int col = (int)col0 + at;
+            if (ld != cols) while (col >= cols) { col -= cols; ++row; }   // at < 1024: once at most when cols ≥ 1024
+            store8(out + (ld == cols ? span0 + at : row * ld + col), v, 8, true);
         }
         return;
     }
     for (long long i = span0 + lane; i < span0 + DQ_SPAN && i < n; i += 32) {
         const unsigned char byte = packed[i / 2];
         const float code = book[(i & 1) ? (byte & 15) : (byte >> 4)];
-        out[i] = st(__fmul_rn(code, block_absmax(i / blocksize, absmax, codes, nested, nestedCode, offset,
-                                                 nestedBlocksize)));
+        out[i + (i / cols) * (ld - cols)] = st(__fmul_rn(code, block_absmax(i / blocksize, absmax, codes, nested,
+                                                                             nestedCode, offset, nestedBlocksize)));
     }
 }
 
