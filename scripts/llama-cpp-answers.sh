@@ -20,6 +20,8 @@ python3 -c "import json, sys; [print(json.dumps(json.loads(l)['question'])) for 
   "$OUT/questions.jsonl" | while read -r quoted; do
   question=$(python3 -c "import json, sys; print(json.loads(sys.argv[1]))" "$quoted")
   # Single turn, greedy; the answer is what comes between the echoed prompt ("> ...") and the timing line.
-  "$CLI" -m "$OUT/merged-$TYPE.gguf" -p "$question" -st -n 160 --temp 0 --no-warmup 2>/dev/null < /dev/null \
+  # A float32 KV cache and the plain attention path: llama.cpp's f16 cache and flash attention flip near-ties.
+  "$CLI" -m "$OUT/merged-$TYPE.gguf" -p "$question" -st -n 160 --temp 0 --no-warmup -ctk f32 -ctv f32 -fa off \
+    2>/dev/null < /dev/null \
     | awk '/^> /{on=1; next} /^\[ Prompt:/{on=0} on'
 done
