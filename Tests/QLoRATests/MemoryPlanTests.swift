@@ -35,14 +35,18 @@ final class MemoryPlanTests: XCTestCase {
 
     /// Offloading the checkpoints moves them from the GPU to pinned host memory: the GPU peak drops by about the
     /// layer inputs (layers × tokens × hidden × 2 bytes, each a pool block rounded up to 2 MiB) less the two kept on
-    /// the GPU around the current layer.
+    /// the GPU around the current layer. The host holds per layer its input, attention output, log-sum-exp (float32
+    /// per head and token) and xMid, each from a 256-byte boundary (the selective recompute's `OffloadLayout`).
     func testOffloadingMovesTheCheckpointsToTheHost() throws {
         let config = try LlamaConfig.benchmarkShape("smollm2-135m")
         var lora = LoRAConfig(); lora.r = 16; lora.targetModules = ["all-linear"]
         let onHost = try MemoryPlan(config: config, lora: lora, batch: 2, tokens: 512, offloadCheckpoints: true)
         let onGPU = try MemoryPlan(config: config, lora: lora, batch: 2, tokens: 512, offloadCheckpoints: false)
         let layerInput = 2 * 512 * config.hiddenSize * 2
-        XCTAssertEqual(onHost.pinnedHost, config.layerCount * layerInput)
+        func rounded(_ b: Int) -> Int { (b + 255) / 256 * 256 }
+        let attention = 2 * 512 * config.headCount * config.headDim * 2, lse = 2 * config.headCount * 512 * 4
+        let perLayer = rounded(layerInput) + rounded(attention) + rounded(lse) + layerInput
+        XCTAssertEqual(onHost.pinnedHost, config.layerCount * perLayer)
         XCTAssertEqual(onGPU.pinnedHost, 0)
         let block = (layerInput + (2 << 20) - 1) / (2 << 20) * (2 << 20)
         let saved = onGPU.peakAllocated - onHost.peakAllocated
