@@ -9,7 +9,7 @@ extension CUDADevice {
     // MARK: Norm
 
     /// y (N, C), rstd (N) from x (N, C) and the float32 weight (C).
-    /// y's rows lie `ldy` elements apart (default: width); the columns past width are not written.
+    /// y's rows lie `ldy` elements apart (default: width); the columns past width are set to zero.
     public func rmsNormForward(_ y: DeviceBuffer, _ rstd: DeviceBuffer, _ x: DeviceBuffer, _ w: DeviceBuffer,
                                rows: Int, width: Int, eps: Float, ldy: Int? = nil) throws {
         let ldy = ldy ?? width
