@@ -74,6 +74,8 @@ struct Quantize: ParsableCommand {
 
     static func checkOutput(_ output: String, model: String, writing: String = "quantizing", flag: String = "--output",
                             source sourceFlag: String = "--model", insideAllowed: Bool = false) throws {
+        // An empty path is no folder: the files written into it ("" + "/config.json") used to land in the root.
+        guard !output.isEmpty else { throw ValidationError("\(flag) is empty: name the folder to write") }
         func resolved(_ path: String) -> String {
             var head = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
             var tail: [String] = []

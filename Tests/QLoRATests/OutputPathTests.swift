@@ -41,4 +41,20 @@ extension BadSettingsTests {
         XCTAssertEqual(lstat(fifo, &info), 0)
         XCTAssertEqual(info.st_mode & S_IFMT, S_IFIFO)
     }
+
+    /// `quantize --output ""` wrote config.json and model.safetensors into the root folder, `train --output-dir ""`
+    /// its adapter and metrics.jsonl: "" + "/config.json" is "/config.json". Each output flag refuses an empty path.
+    func testEmptyOutputPathsAreRefused() throws {
+        let (model, dir, data) = try tinyModelAndData()
+        try expectError(["quantize", "--model", model, "--output", ""], ["--output is empty"])
+        try expectError(["train", "--model", model, "--data", data, "--output-dir", "", "--max-steps", "1"],
+                        ["--output-dir is empty"])
+        try expectError(["merge", "--model", model, "--adapter", try Shared.requireGolden() + "/tiny-adapter",
+                         "--output", ""], ["--output is empty"])
+        try expectError(["info", "--model", model, "--dot", ""], ["cannot write: the path is empty"])
+        XCTAssertThrowsError(try FileSystem.createDirectory("")) {
+            XCTAssertEqual("\($0)", ": cannot write: the folder path is empty")
+        }
+        _ = dir
+    }
 }
