@@ -33,6 +33,10 @@ struct StepShapeOptions: ParsableArguments {
             throw ValidationError("--target-modules: '\(bad)' is unknown (use qv, all, all-linear or a list of "
                                   + LlamaConfig.projectionNames.joined(separator: ", ") + ")")
         }
+        guard !targetList.isEmpty else {
+            throw ValidationError("--target-modules names no projection: give qv, all, all-linear or a list of "
+                                  + LlamaConfig.projectionNames.joined(separator: ", "))
+        }
         guard model != nil || config != nil || LlamaConfig.benchmarkShapes[shape] != nil else {
             throw ValidationError("unknown --shape \(shape): one of "
                                   + "\(LlamaConfig.benchmarkShapes.keys.sorted().joined(separator: ", ")), or --config")

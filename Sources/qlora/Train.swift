@@ -137,6 +137,11 @@ struct Train: ParsableCommand {
         settings.maxSteps = try maxSteps ?? recipe.int("max_steps")
         if let m = settings.maxSteps, m <= 0 { settings.maxSteps = nil }
         settings.epochs = try numTrainEpochs ?? recipe.double("num_train_epochs") ?? settings.epochs
+        // An empty list (--target-modules "" or ",", target_modules: []) used to train 0 parameters and exit 0.
+        guard initAdapter != nil || !lora.resolvedTargets.isEmpty else {
+            throw ValidationError("--target-modules (recipe target_modules) names no projection: nothing would be " +
+                "trained; give one or more of \(LlamaConfig.projectionNames.joined(separator: ", ")), or all-linear")
+        }
         settings.learningRate = try learningRate ?? recipe.double("learning_rate").map(Float.init)
             ?? settings.learningRate
         settings.weightDecay = try weightDecay ?? recipe.double("weight_decay").map(Float.init) ?? settings.weightDecay
@@ -246,6 +251,10 @@ struct Train: ParsableCommand {
         print("\(dataPath): training examples are being tokenized")
         var examples = try TextDataset.load(path: dataPath, tokenizer: text.tokenizer,
                                             vocabularySize: config.vocabSize, options: options)
+        if let initAdapter, loaded.lora.resolvedTargets.isEmpty {
+            throw ValidationError("--init-adapter \(initAdapter): its target_modules name no projection of the model, " +
+                "so nothing would be trained")
+        }
         var validation: [TokenizedExample] = []
         if let evalPath {
             var evalOptions = options

@@ -1,0 +1,32 @@
+import Foundation
+import Llama
+import ModelFiles
+import Tensors
+import Training
+import XCTest
+
+/// Training settings and files that an independent fuzzing pass of the command line found accepted without a word,
+/// or turned into a failure that blamed something else (issue 12).
+extension BadSettingsTests {
+    /// `--target-modules ""` (or ",", or a recipe's `target_modules: []`) trained 0 parameters and exited 0 with an
+    /// empty adapter; bench and plan took it too.
+    func testAnEmptyTargetListIsRefused() throws {
+        let (model, dir, data) = try tinyModelAndData()
+        let train = ["train", "--model", model, "--data", data, "--output-dir", dir + "/out", "--max-steps", "1"]
+        for value in ["", ","] {
+            try expectError(train + ["--target-modules", value], ["--target-modules (recipe target_modules) names no "
+                                                                  + "projection", "nothing would be trained"])
+        }
+        try write("target_modules: []\n", dir + "/r.yaml")
+        try expectError(train + ["--config", dir + "/r.yaml"], ["names no projection"])
+        try expectError(["plan", "--target-modules", ""], ["--target-modules names no projection"])
+        // An adapter to start from that targets nothing of the model.
+        let adapter = dir + "/adapter"
+        try FileSystem.createDirectory(adapter)
+        try SafeTensorsWriter.write([], metadata: ["format": "pt"], to: adapter + "/adapter_model.safetensors")
+        try write(#"{"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": []}"#,
+                  adapter + "/adapter_config.json")
+        try expectError(train + ["--init-adapter", adapter], ["--init-adapter \(adapter)", "nothing would be trained"])
+        XCTAssertFalse(FileSystem.isFile(dir + "/out/adapter_model.safetensors"))
+    }
+}
