@@ -39,6 +39,12 @@ public enum PEFTAdapter {
         guard lora.alpha.isFinite else {
             throw ModelFileError.invalidConfig(path: path, detail: "\"lora_alpha\" is not finite")
         }
+        lora.useRSLoRA = json["use_rslora"] == .bool(true)
+        // 1e308 is a finite Double whose scale (alpha / r) is float32's infinity: every merged weight NaN.
+        guard lora.scale.isFinite else {
+            throw ModelFileError.invalidConfig(path: path, detail: "\"lora_alpha\" \(lora.alpha) over r \(r) gives a "
+                + "scale beyond float32's range")
+        }
         lora.dropout = json["lora_dropout"]?.doubleValue ?? 0
         guard lora.dropout >= 0, lora.dropout < 1 else {
             throw ModelFileError.invalidConfig(path: path,

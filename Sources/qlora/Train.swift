@@ -126,6 +126,13 @@ struct Train: ParsableCommand {
         guard lora.alpha.isFinite, lora.alpha > 0 else {
             throw ValidationError("--lora-alpha (recipe lora_alpha) is \(lora.alpha): must be a finite number above 0")
         }
+        let scale = Double(lora.scale)
+        guard scale <= LoRAConfig.maximumTrainingScale else {
+            throw ValidationError("--lora-alpha (recipe lora_alpha) \(lora.alpha) over " +
+                "\(lora.useRSLoRA ? "√r" : "r") \(lora.r) is a LoRA scale of \(scale): at most " +
+                "\(Int(LoRAConfig.maximumTrainingScale)) is accepted (the adapter's update is multiplied by " +
+                "it, as by a learning rate that many times larger; typical scales are 0.5 to 4)")
+        }
         let known = Set(LlamaConfig.projectionNames + ["all-linear"])
         if let bad = lora.targetModules.first(where: { !known.contains($0) }) {
             throw ValidationError("target module '\(bad)' is unknown (known: \(LlamaConfig.projectionNames.joined(separator: ", ")), all-linear)")

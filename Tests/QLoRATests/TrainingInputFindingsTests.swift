@@ -29,4 +29,26 @@ extension BadSettingsTests {
         try expectError(train + ["--init-adapter", adapter], ["--init-adapter \(adapter)", "nothing would be trained"])
         XCTAssertFalse(FileSystem.isFile(dir + "/out/adapter_model.safetensors"))
     }
+
+    /// `--lora-alpha 1e30` trained to nonsense and exited 0; 1e308 (a scale of float32's infinity) diverged at once
+    /// with advice to lower the learning rate. The scale alpha / r is bounded in training; an adapter file whose
+    /// scale is infinite is refused where it is read.
+    func testAnAbsurdLoRAScaleIsRefusedAsAlpha() throws {
+        let (model, dir, data) = try tinyModelAndData()
+        let train = ["train", "--model", model, "--data", data, "--output-dir", dir + "/out", "--max-steps", "1"]
+        try expectError(train + ["--lora-alpha", "1e30"],
+                        ["--lora-alpha (recipe lora_alpha)", "over r 8 is a LoRA scale of", "at most 1024 is accepted"])
+        try expectError(train + ["--lora-alpha", "1e308"], ["--lora-alpha (recipe lora_alpha)", "LoRA scale of"])
+        try expectError(train + ["--lora-alpha", "1e6", "--lora-r", "4", "--use-rslora"], ["over √r 4"])
+        let (status, _, output) = try run(train + ["--lora-alpha", "8192", "--lora-r", "8", "--batch-size", "1"])
+        XCTAssertEqual(status, 0, "a scale of exactly 1024 trains: \(output)")
+        let adapter = dir + "/adapter"
+        try FileSystem.createDirectory(adapter)
+        try write(#"{"peft_type": "LORA", "r": 8, "lora_alpha": 1e308, "target_modules": ["q_proj"]}"#,
+                  adapter + "/adapter_config.json")
+        XCTAssertThrowsError(try PEFTAdapter.readConfig(directory: adapter)) {
+            XCTAssertEqual("\($0)", "\(adapter)/adapter_config.json: \"lora_alpha\" 1e+308 over r 8 gives a scale "
+                           + "beyond float32's range")
+        }
+    }
 }
