@@ -309,6 +309,10 @@ public struct Trainer {
         self.init(engine: CPUTrainingEngine(model: model, optimizer: optimizer), examples: examples, config: config)
     }
 
+    /// The next `batchSize` examples of this rank. A micro-batch is always full: at the end of a pass it goes on
+    /// into the next (reshuffled) pass instead of yielding a short batch (the Hugging Face Trainer's last batch is
+    /// short, or dropped with dataloader_drop_last), so a batch larger than the data holds examples twice
+    /// (`train` warns).
     private mutating func nextMicroBatch() -> [TokenizedExample] {
         var batch: [TokenizedExample] = []
         let world = group?.worldSize ?? 1, rank = group?.rank ?? 0

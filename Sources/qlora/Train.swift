@@ -280,6 +280,16 @@ struct Train: ParsableCommand {
             }
         }
         guard !examples.isEmpty else { throw ValidationError("--data \(dataPath) holds no training examples") }
+        // Every micro-batch is full (the trainer goes on into the next pass over the data rather than yield a short
+        // batch), so a batch larger than the data holds some examples twice: allowed, but said.
+        let rows = settings.batchSize * (worker?.worldSize ?? 1)
+        if isMain, rows > examples.count {
+            FileHandle.standardError.write(Data(("warning: --batch-size \(settings.batchSize)" +
+                (rows == settings.batchSize ? "" : " × \(rows / settings.batchSize) devices") + " is more than the " +
+                "\(examples.count) training example\(examples.count == 1 ? "" : "s") of \(dataPath): each batch is " +
+                "filled by going on into the next pass over the data, so examples repeat within a step (a batch " +
+                "size of \(max(1, examples.count / (rows / settings.batchSize))) or less avoids it)\n").utf8))
+        }
 
         try FileSystem.createDirectory(output)
         let optimizer = AdamW(kind: settings.optimizer, settings: AdamWSettings(weightDecay: settings.weightDecay))

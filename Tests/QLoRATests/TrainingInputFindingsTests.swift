@@ -51,4 +51,18 @@ extension BadSettingsTests {
                            + "beyond float32's range")
         }
     }
+
+    /// A batch larger than the data: every micro-batch is full (the trainer goes on into the next pass), so
+    /// examples repeat within a step; the run says so instead of doing it silently.
+    func testABatchLargerThanTheDataWarns() throws {
+        let (model, dir, data) = try tinyModelAndData()
+        let train = ["train", "--model", model, "--data", data, "--output-dir", dir + "/out", "--max-steps", "1"]
+        var (status, _, output) = try run(train + ["--batch-size", "3"])
+        XCTAssertEqual(status, 0, output)
+        XCTAssertTrue(output.contains("warning: --batch-size 3 is more than the 1 training example of \(data): each "
+                                      + "batch is filled by going on into the next pass over the data"), output)
+        (status, _, output) = try run(train + ["--batch-size", "1", "--overwrite-output-dir"])
+        XCTAssertEqual(status, 0, output)
+        XCTAssertFalse(output.contains("warning"), output)
+    }
 }
