@@ -50,7 +50,6 @@ public enum PEFTAdapter {
             throw ModelFileError.invalidConfig(path: path,
                 detail: "\"lora_dropout\" must be in [0, 1), found \(lora.dropout)")
         }
-        lora.useRSLoRA = json["use_rslora"] == .bool(true)
         if let single = json["target_modules"]?.stringValue {
             lora.targetModules = [single]
         } else if let list = json["target_modules"]?.arrayValue?.compactMap(\.stringValue) {
@@ -115,7 +114,14 @@ public enum PEFTAdapter {
                                                            detail: "has \(t.dtype.rawValue) \(t.shape), expected \(shape)")
                 }
                 used.insert(k)
-                return t.floats()
+                let values = t.floats()
+                // NaN or ±inf merges into NaN weights and logits without a word, and resuming from a checkpoint
+                // that holds one diverged at its first step, naming that same checkpoint as the last good one.
+                if let bad = values.firstIndex(where: { !$0.isFinite }) {
+                    throw ModelFileError.invalidCheckpoint(path: file.path, tensor: k,
+                                                           detail: "element \(bad) is \(values[bad]): not finite")
+                }
+                return values
             }
             weights[key] = LoRAWeights(a: try read("A", [r, inFeatures]), b: try read("B", [outFeatures, r]))
         }

@@ -137,6 +137,11 @@ struct Train: ParsableCommand {
         if let bad = lora.targetModules.first(where: { !known.contains($0) }) {
             throw ValidationError("target module '\(bad)' is unknown (known: \(LlamaConfig.projectionNames.joined(separator: ", ")), all-linear)")
         }
+        // An empty list (--target-modules "" or ",", target_modules: []) used to train 0 parameters and exit 0.
+        guard initAdapter != nil || !lora.resolvedTargets.isEmpty else {
+            throw ValidationError("--target-modules (recipe target_modules) names no projection: nothing would be " +
+                "trained; give one or more of \(LlamaConfig.projectionNames.joined(separator: ", ")), or all-linear")
+        }
         var settings = TrainingConfig()
         settings.batchSize = try batchSize ?? recipe.int("batch_size") ?? settings.batchSize
         settings.gradientAccumulationSteps = try gradientAccumulationSteps ?? recipe.int("gradient_accumulation_steps")
@@ -144,11 +149,6 @@ struct Train: ParsableCommand {
         settings.maxSteps = try maxSteps ?? recipe.int("max_steps")
         if let m = settings.maxSteps, m <= 0 { settings.maxSteps = nil }
         settings.epochs = try numTrainEpochs ?? recipe.double("num_train_epochs") ?? settings.epochs
-        // An empty list (--target-modules "" or ",", target_modules: []) used to train 0 parameters and exit 0.
-        guard initAdapter != nil || !lora.resolvedTargets.isEmpty else {
-            throw ValidationError("--target-modules (recipe target_modules) names no projection: nothing would be " +
-                "trained; give one or more of \(LlamaConfig.projectionNames.joined(separator: ", ")), or all-linear")
-        }
         settings.learningRate = try learningRate ?? recipe.double("learning_rate").map(Float.init)
             ?? settings.learningRate
         settings.weightDecay = try weightDecay ?? recipe.double("weight_decay").map(Float.init) ?? settings.weightDecay
@@ -251,6 +251,10 @@ struct Train: ParsableCommand {
         }
 
         let loaded = try modelOptions.load(lora: lora, adapter: initAdapter, seed: settings.seed, recipe: recipe)
+        if let initAdapter, loaded.lora.resolvedTargets.isEmpty {
+            throw ValidationError("--init-adapter \(initAdapter): its target_modules name no projection of the model, " +
+                "so nothing would be trained")
+        }
         let config = loaded.config
         let text = try ModelText.loadIfPresent(path: loaded.path)
         let options = try dataOptions.options(text, recipe: recipe,
@@ -258,10 +262,6 @@ struct Train: ParsableCommand {
         print("\(dataPath): training examples are being tokenized")
         var examples = try TextDataset.load(path: dataPath, tokenizer: text.tokenizer,
                                             vocabularySize: config.vocabSize, options: options)
-        if let initAdapter, loaded.lora.resolvedTargets.isEmpty {
-            throw ValidationError("--init-adapter \(initAdapter): its target_modules name no projection of the model, " +
-                "so nothing would be trained")
-        }
         var validation: [TokenizedExample] = []
         if let evalPath {
             var evalOptions = options
@@ -318,12 +318,21 @@ struct Train: ParsableCommand {
             }
             if isMain { print("resuming from \(dir) at step \(trainer.step) of \(trainer.totalSteps)") }
         }
-        if isMain { try AtomicFile.write(text: history.map { $0 + "\n" }.joined(), to: metricsPath) }
-        let metrics = isMain ? try FileHandle(forWritingTo: URL(fileURLWithPath: metricsPath)) : FileHandle.nullDevice
-        do { try metrics.seekToEnd() } catch {
-            throw ValidationError("\(metricsPath): cannot append: \(error.localizedDescription)")
+        // metrics.jsonl is rewritten (the lines up to the checkpoint; nothing for a new run) when the first step is
+        // logged, not before: a resume that fails first (a damaged checkpoint, a first step that diverges) used to
+        // lose the lines after the checkpoint all the same.
+        var metrics: FileHandle? = nil
+        func openMetrics() throws -> FileHandle {
+            if let metrics { return metrics }
+            try AtomicFile.write(text: history.map { $0 + "\n" }.joined(), to: metricsPath)
+            let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: metricsPath))
+            do { try handle.seekToEnd() } catch {
+                throw ValidationError("\(metricsPath): cannot append: \(error.localizedDescription)")
+            }
+            metrics = handle
+            return handle
         }
-        defer { try? metrics.close() }
+        defer { try? metrics?.close() }
         // report_to: tensorboard writes event files too; the Hugging Face Trainer's other reporters are not here.
         let reports = try reportTo.map { $0.split(separator: ",").map { String($0) } } ?? recipe.list("report_to") ?? []
         if let other = reports.first(where: { !["none", "tensorboard", "all"].contains($0) }) {
@@ -340,7 +349,7 @@ struct Train: ParsableCommand {
         var lastLoss = Double.nan
         callbacks.log = { m in
             // A full disk stops the run with an error (the trainer rethrows it); no trap.
-            do { try metrics.write(contentsOf: Data((m.json + "\n").utf8)) } catch {
+            do { try openMetrics().write(contentsOf: Data((m.json + "\n").utf8)) } catch {
                 throw TrainingError(description: "\(metricsPath): cannot append step \(m.step)'s metrics " +
                     "(\(error.localizedDescription)); stopping")
             }
@@ -378,6 +387,7 @@ struct Train: ParsableCommand {
         }
         reporter.finish()
         guard isMain else { return }
+        _ = try openMetrics()   // a run that logged no step still replaces what it resumed from
         if let gpu = (engine as? CUDATrainingEngine)?.model.device {
             print(String(format: "peak GPU memory: %.3f GiB allocated, %.3f GiB reserved (%@)", Double(gpu.peakAllocatedBytes) / 1073741824,
                          Double(gpu.reservedBytes) / 1073741824, gpu.name))

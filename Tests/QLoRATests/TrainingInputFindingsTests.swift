@@ -65,4 +65,49 @@ extension BadSettingsTests {
         XCTAssertEqual(status, 0, output)
         XCTAssertFalse(output.contains("warning"), output)
     }
+
+    /// A checkpoint holding NaN (its adapter or its optimizer moments) is refused naming the file and tensor: it
+    /// used to be restored, diverge at the first step, and name that same checkpoint as the last good one. The
+    /// resume's failure leaves metrics.jsonl as it was (it used to be cut back to the checkpoint's step first).
+    func testADamagedCheckpointIsRefusedAndMetricsKept() throws {
+        let (model, dir, _) = try tinyModelAndData()
+        let data = dir + "/four.jsonl"
+        try write((0..<4).map { #"{"input_ids": [1, 2, 3, \#($0 + 4)]}"# + "\n" }.joined(), data)
+        let out = dir + "/out"
+        let train = ["train", "--model", model, "--data", data, "--output-dir", out, "--batch-size", "2",
+                     "--save-steps", "2", "--logging-steps", "1"]
+        var (status, _, output) = try run(train + ["--max-steps", "4"])
+        XCTAssertEqual(status, 0, output)
+        let metrics = try String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8)
+        let checkpoint = out + "/checkpoint-2"
+        func damage(_ file: String, _ tensor: String) throws {
+            let path = checkpoint + "/" + file
+            let st = try SafeTensorsFile(path: path)
+            var tensors: [(name: String, tensor: Tensor)] = []
+            for name in st.names {
+                let t = try st.tensor(named: name)
+                guard name == tensor else { tensors.append((name, t)); continue }
+                var values = t.floats()
+                values[0] = .nan
+                tensors.append((name, Tensor(values, shape: t.shape)))
+            }
+            try SafeTensorsWriter.write(tensors, metadata: st.metadata, to: path)
+        }
+        let optimizer = try SafeTensorsFile(path: checkpoint + "/optimizer.safetensors")
+        let moment = try XCTUnwrap(optimizer.names.first { $0.hasSuffix(".v") })
+        try damage("optimizer.safetensors", moment)
+        (status, _, output) = try run(train + ["--max-steps", "6", "--resume-from-checkpoint", checkpoint])
+        XCTAssertNotEqual(status, 0, output)
+        XCTAssertTrue(output.contains("optimizer.safetensors: tensor '\(moment)': element 0 is nan: must be finite "
+                                      + "and ≥ 0"), output)
+        XCTAssertEqual(try String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8), metrics,
+                       "a failed resume leaves metrics.jsonl as it was")
+        let adapter = try SafeTensorsFile(path: checkpoint + "/adapter_model.safetensors")
+        let weight = try XCTUnwrap(adapter.names.first)
+        try damage("adapter_model.safetensors", weight)
+        (status, _, output) = try run(train + ["--max-steps", "6", "--resume-from-checkpoint", checkpoint])
+        XCTAssertTrue(output.contains("adapter_model.safetensors: tensor '\(weight)': element 0 is nan: not finite"),
+                      output)
+        XCTAssertEqual(try String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8), metrics)
+    }
 }
