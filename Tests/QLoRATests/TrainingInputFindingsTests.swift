@@ -110,4 +110,16 @@ extension BadSettingsTests {
                       output)
         XCTAssertEqual(try String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8), metrics)
     }
+
+    /// bench-gemm checked none of its sizes: `--rows 0` timed empty products forever, `--rows=-1` trapped, 2^62 rows
+    /// failed an allocation; `--seconds` and `--rounds` had no bound. bench-quantize's `--repeats 2^31` ran for days.
+    func testBenchGEMMAndQuantizeCountsAreChecked() throws {
+        try expectError(["bench-gemm", "--rows", "0"], ["--rows is 0: must be at least 1"])
+        try expectError(["bench-gemm", "--rank=-1"], ["--rank is -1"])
+        try expectError(["bench-gemm", "--rows", "4611686018427387904"], ["more than the 268435456 elements allowed"])
+        try expectError(["bench-gemm", "--tokens", "3037000500"], ["attention", "elements allowed"])
+        try expectError(["bench-gemm", "--seconds", "nan"], ["--seconds is nan"])
+        try expectError(["bench-gemm", "--rounds", "2147483648"], ["--rounds is 2147483648: must be from 1 to 1000"])
+        try expectError(["bench-quantize", "--repeats", "2147483648"], ["--repeats is 2147483648: must be from 1 to"])
+    }
 }
