@@ -123,3 +123,24 @@ extension BadSettingsTests {
         try expectError(["bench-quantize", "--repeats", "2147483648"], ["--repeats is 2147483648: must be from 1 to"])
     }
 }
+
+extension BadSettingsTests {
+    /// A model that computes NaN on its first batch (a damaged weight file, adapters to start from that overflow)
+    /// used to stop with "Try a lower --learning-rate": no learning rate had been applied yet. The message blames
+    /// the model and its starting adapters instead.
+    func testANonFiniteFirstLossBlamesTheModelNotTheLearningRate() throws {
+        var config = TrainingConfig()
+        config.batchSize = 2; config.maxSteps = 2
+        let model = try tinyModel()
+        let key = try XCTUnwrap(model.adapters.keys.sorted().first)
+        let start = try XCTUnwrap(model.adapters[key])
+        model.adapters[key] = LoRAWeights(a: start.a.map { _ in 3e38 }, b: start.b.map { _ in 3e38 })
+        var t = Trainer(model: model, examples: try tinyExamples(), config: config)
+        XCTAssertThrowsError(try t.train(Trainer.Callbacks())) {
+            XCTAssertTrue("\($0)".contains("on the run's first batch, before any update: the model (or the adapters "
+                                           + "it starts from) computes non-finite values"), "\($0)")
+            XCTAssertFalse("\($0)".contains("learning-rate"), "\($0)")
+        }
+    }
+}
+
