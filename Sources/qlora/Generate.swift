@@ -67,7 +67,9 @@ struct Generate: ParsableCommand {
                     throw ValidationError("--chat: the model has no chat template" +
                         (text.chatTemplateError.map { " that parses: \($0)" } ?? ""))
                 }
-                let prompt = try template.render([ChatMessage(role: "user", content: p)], addGenerationPrompt: true)
+                let prompt: String
+                do { prompt = try template.render([ChatMessage(role: "user", content: p)], addGenerationPrompt: true) }
+                catch { throw ValidationError("--chat: \(text.chatTemplateOrigin ?? "the chat template"): \(error)") }
                 ids = tokenizer.encode(prompt)
             } else {
                 ids = tokenizer.encode(p, addSpecialTokens: tokenizer.addsBOS)

@@ -144,3 +144,21 @@ extension BadSettingsTests {
     }
 }
 
+extension BadSettingsTests {
+    /// Errors name the file they come from: a chat template that fails while rendering (`generate --chat`) or
+    /// does not parse, and a recipe value of the wrong type, used to be reported without it.
+    func testTemplateAndRecipeValueErrorsNameTheirFile() throws {
+        let (model, dir, data) = try tinyModelAndData()
+        let folder = try GGUFExportTests.tinyLlamaWithTokenizer(self)
+        let config = folder + "/tokenizer_config.json"
+        try write(#"{"bos_token": "<s>", "eos_token": "</s>", "chat_template": "{{ 1 / 0 }}"}"#, config)
+        let generate = ["generate", "--model", folder, "--prompt", "hi", "--chat", "--max-new-tokens", "1"]
+        try expectError(generate, ["--chat: \(config): chat template, line 1", "division by zero"])
+        try write(#"{"bos_token": "<s>", "eos_token": "</s>", "chat_template": "{% if %}"}"#, config)
+        try expectError(generate, ["the model has no chat template that parses: \(config): chat template, line 1"])
+        // A recipe value of the wrong type names the recipe file.
+        try write("bf16: [false]\n", dir + "/r.yaml")
+        try expectError(["train", "--config", dir + "/r.yaml", "--model", model, "--data", data, "--output-dir",
+                         dir + "/out"], [dir + "/r.yaml: recipe key \"bf16\": must be true or false"])
+    }
+}
