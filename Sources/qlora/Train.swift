@@ -32,11 +32,7 @@ struct Train: ParsableCommand {
     @Option(help: ArgumentHelp("LoRA rank r (default \(LoRAConfig().r)).")) var loraR: Int?
     @Option(help: ArgumentHelp("LoRA alpha (default \(LoRAConfig().alpha.formatted())).")) var loraAlpha: Double?
     @Option(help: ArgumentHelp("LoRA dropout (default \(LoRAConfig().dropout.formatted())).")) var loraDropout: Double?
-    @Option(help: ArgumentHelp("""
-        Comma-separated projections (q_proj,v_proj,...) or all-linear \
-        (default \(LoRAConfig().targetModules.joined(separator: ","))).
-        """))
-    var targetModules: String?
+    @Option(help: ArgumentHelp("\(LoRATargets.help) (default \(LoRATargets.defaultText)).")) var targetModules: String?
     @Flag(help: "rsLoRA scaling (alpha / sqrt(r)).") var useRslora = false
     @Option(help: ArgumentHelp("Sequences per micro-batch (default \(Train.defaults.batchSize)).")) var batchSize: Int?
     @Option(help: ArgumentHelp(
@@ -113,8 +109,8 @@ struct Train: ParsableCommand {
         lora.alpha = try loraAlpha ?? recipe.double("lora_alpha") ?? lora.alpha
         lora.dropout = try loraDropout ?? recipe.double("lora_dropout") ?? lora.dropout
         lora.useRSLoRA = try useRslora || (recipe.bool("use_rslora") ?? false)
-        lora.targetModules = try targetModules.map { $0.split(separator: ",").map(String.init) }
-            ?? recipe.list("target_modules") ?? lora.targetModules
+        lora.targetModules = try targetModules.map(LoRATargets.parse) ?? recipe.list("target_modules")
+            .map(LoRATargets.expand) ?? lora.targetModules
         if let bias = try recipe.string("bias"), bias != "none" { throw ValidationError("bias \"\(bias)\": only \"none\" is supported") }
         // The same bound as an adapter file's r: 2^31 used to fail a 1.6 TB allocation, 10^6 to fill memory.
         guard (1...PEFTAdapter.maximumRank).contains(lora.r) else {
@@ -133,14 +129,8 @@ struct Train: ParsableCommand {
                 "\(Int(LoRAConfig.maximumTrainingScale)) is accepted (the adapter's update is multiplied by " +
                 "it, as by a learning rate that many times larger; typical scales are 0.5 to 4)")
         }
-        let known = Set(LlamaConfig.projectionNames + ["all-linear"])
-        if let bad = lora.targetModules.first(where: { !known.contains($0) }) {
-            throw ValidationError("target module '\(bad)' is unknown (known: \(LlamaConfig.projectionNames.joined(separator: ", ")), all-linear)")
-        }
-        // An empty list (--target-modules "" or ",", target_modules: []) used to train 0 parameters and exit 0.
-        guard initAdapter != nil || !lora.resolvedTargets.isEmpty else {
-            throw ValidationError("--target-modules (recipe target_modules) names no projection: nothing would be " +
-                "trained; give one or more of \(LlamaConfig.projectionNames.joined(separator: ", ")), or all-linear")
+        if initAdapter == nil {   // an --init-adapter brings its own targets (checked once it is read)
+            try LoRATargets.check(lora.targetModules, flag: "--target-modules (recipe target_modules)")
         }
         var settings = TrainingConfig()
         settings.batchSize = try batchSize ?? recipe.int("batch_size") ?? settings.batchSize
@@ -252,8 +242,8 @@ struct Train: ParsableCommand {
 
         let loaded = try modelOptions.load(lora: lora, adapter: initAdapter, seed: settings.seed, recipe: recipe)
         if let initAdapter, loaded.lora.resolvedTargets.isEmpty {
-            throw ValidationError("--init-adapter \(initAdapter): its target_modules name no projection of the model, " +
-                "so nothing would be trained")
+            throw ValidationError("--init-adapter \(initAdapter): its target_modules name no projection of the " +
+                "model, so nothing would be trained")
         }
         let config = loaded.config
         let text = try ModelText.loadIfPresent(path: loaded.path)
