@@ -38,6 +38,9 @@ struct Bench: ParsableCommand {
         let worker = DataParallelOptions.worker
         DataParallelOptions.quietUnlessRankZero()
         let (cfg, lora, weights) = try step.resolve()
+        if step.computeDtype == .bf16, !device.isGPU, worker == nil, parallel.devices == nil {
+            throw ValidationError("--compute-dtype bf16: bench on the CPU computes in fp32 (give it with --device cuda)")
+        }
         if let generate {
             guard worker == nil && parallel.devices == nil else {
                 throw ValidationError("--generate runs on one device: not with --devices")
@@ -45,7 +48,7 @@ struct Bench: ParsableCommand {
             return try timeGeneration(cfg, lora: lora, weights: weights, newTokens: generate)
         }
         let (batch, seq, noCkpt, computeDtype, loraDropout, targets) =
-            (step.batch, step.seq, step.noCkpt, step.computeDtype, step.loraDropout, step.targets)
+            (step.batch, step.seq, step.noCkpt, step.gpuComputeDType, step.loraDropout, step.targets)
         var started = Date()
         var hostBaseline = HostMemory.residentBytes()
         let engine: TrainingEngine
@@ -187,7 +190,7 @@ struct Bench: ParsableCommand {
             ("decode_tokens_per_s", total > prefill ? .double(r(Double(decoded) / (total - prefill), 1)) : .null),
             ("tokens_per_s", .double(r(Double(out.map(\.count).reduce(0, +)) / total, 1))),
             ("total_s", .double(r(total, 3))),
-            ("compute_dtype", .string(gpu != nil ? step.computeDtype.rawValue : "fp32")),
+            ("compute_dtype", .string(gpu != nil ? step.gpuComputeDType.rawValue : "fp32")),
             ("peak_alloc_gib", .double(r(Double(gpu?.peakAllocatedBytes ?? HostMemory.peakResidentBytes())
                                          / 1073741824, 3))),
         ]

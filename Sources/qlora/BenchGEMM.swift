@@ -31,7 +31,9 @@ struct BenchGEMM: ParsableCommand {
         for (flag, value) in [("--rows", rows), ("--tokens", tokens), ("--rank", rank)] where value < 1 {
             throw ValidationError("\(flag) is \(value): must be at least 1")
         }
-        guard (1...1000).contains(rounds) else { throw ValidationError("--rounds is \(rounds): must be from 1 to 1000") }
+        guard (1...1000).contains(rounds) else {
+            throw ValidationError("--rounds is \(rounds): must be from 1 to 1000")
+        }
         guard seconds.isFinite, seconds > 0, seconds <= 3600 else {
             throw ValidationError("--seconds is \(seconds): must be above 0 and at most 3600")
         }

@@ -16,8 +16,13 @@ struct StepShapeOptions: ParsableArguments {
     var targetModules: String = LoRATargets.defaultText
     @Option(name: [.customLong("batch-size"), .customLong("batch")], help: "Sequences per step.") var batch: Int = 4
     @Option(name: [.customLong("max-seq-length"), .customLong("seq")], help: "Tokens per sequence.") var seq: Int = 2048
-    @Option(help: "Compute dtype on the GPU: bf16 or fp32.") var computeDtype: ComputeDType = .bf16
-    @Option(help: "LoRA dropout (hf_baseline.py uses 0.05; unsloth_bench.py needs 0).") var loraDropout: Double = 0.05
+    // train's option and default rule (bf16 on the GPU, fp32 on the CPU).
+    @Option(help: ArgumentHelp(ModelOptions.computeDTypeHelp)) var computeDtype: ComputeDType?
+    // train's default (LoRAConfig's, written once there); the Hugging Face baseline's 0.05 is passed by the scripts
+    // that compare with it.
+    @Option(help: ArgumentHelp("LoRA dropout (default \(LoRAConfig().dropout.formatted()), as train; hf_baseline.py "
+                               + "uses 0.05, unsloth_bench.py needs 0)."))
+    var loraDropout: Double = LoRAConfig().dropout
     @Option(help: "Build only this many layers (a quick look; tokens/s is not rescaled).") var layers: Int?
     @Flag(help: "Turn gradient checkpointing off.") var noCkpt = false
     @Option(help: """
@@ -75,7 +80,10 @@ struct StepShapeOptions: ParsableArguments {
     }
 
     /// The GPU activation type of --compute-dtype.
-    var gpuDType: GPUDType { computeDtype == .fp32 ? .f32 : .bf16 }
+    var gpuDType: GPUDType { gpuComputeDType == .fp32 ? .f32 : .bf16 }
+
+    /// --compute-dtype on the GPU: bf16 unless given.
+    var gpuComputeDType: ComputeDType { computeDtype ?? .bf16 }
 
     /// The architecture, the LoRA settings (r 16, alpha 32, as the baselines), and the checkpoint's weights if any.
     func resolve() throws -> (LlamaConfig, LoRAConfig, LlamaWeights?) {
