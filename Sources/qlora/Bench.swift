@@ -28,7 +28,10 @@ struct Bench: ParsableCommand {
     var generate: Int?
 
     func validate() throws {
-        guard steps > 0 else { throw ValidationError("--steps must be positive") }
+        // 2^63 steps used to run until killed (a hang to a fuzzer); a benchmark needs a few dozen.
+        guard (1...100_000).contains(steps) else {
+            throw ValidationError("--steps is \(steps): must be from 1 to 100000")
+        }
         if let generate, generate < 1 { throw ValidationError("--generate must be at least 1 (new tokens)") }
     }
 

@@ -121,6 +121,7 @@ extension BadSettingsTests {
         try expectError(["bench-gemm", "--seconds", "nan"], ["--seconds is nan"])
         try expectError(["bench-gemm", "--rounds", "2147483648"], ["--rounds is 2147483648: must be from 1 to 1000"])
         try expectError(["bench-quantize", "--repeats", "2147483648"], ["--repeats is 2147483648: must be from 1 to"])
+        try expectError(["bench", "--steps", "9223372036854775807"], ["--steps is 9223372036854775807: must be from"])
     }
 }
 
