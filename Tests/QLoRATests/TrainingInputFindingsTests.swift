@@ -163,3 +163,12 @@ extension BadSettingsTests {
                          dir + "/out"], [dir + "/r.yaml: recipe key \"bf16\": must be true or false"])
     }
 }
+
+extension BadSettingsTests {
+    /// `generate --temperature inf` sampled uniformly from the vocabulary and exited 0; it is refused like nan.
+    func testAnInfiniteTemperatureIsRefused() throws {
+        let (model, _, _) = try tinyModelAndData()
+        try expectError(["generate", "--model", model, "--prompt", "x", "--temperature", "inf"],
+                        ["--temperature finite and ≥ 0"])
+    }
+}
