@@ -104,8 +104,8 @@ struct Quantize: ParsableCommand {
     }
 
     func run() throws {
-        // Refuse configs we could not train on before spending time on the weights.
-        _ = try LlamaConfig(contentsOf: model)
+        // Refuse configs we could not train on, and a model missing a tensor, before spending time on the weights.
+        try LlamaWeights.open(path: model).checkComplete()
         var quantizer = ModelQuantizer()
         quantizer.quantType = quantType
         quantizer.doubleQuant = doubleQuant

@@ -172,3 +172,21 @@ extension BadSettingsTests {
                         ["--temperature finite and ≥ 0"])
     }
 }
+
+extension BadSettingsTests {
+    /// A model missing a tensor (a shard index without one entry, a file without one projection) used to be
+    /// quantized into a checkpoint without it, exit 0, and fail only when that checkpoint was loaded.
+    func testQuantizeRefusesAModelMissingATensor() throws {
+        let golden = try Shared.requireGolden() + "/tiny-llama"
+        let dir = makeTemporaryDirectory(self)
+        let model = dir + "/model"
+        try FileSystem.createDirectory(model)
+        try FileSystem.copyFile(from: golden + "/config.json", to: model + "/config.json")
+        let file = try SafeTensorsFile(path: golden + "/model.safetensors")
+        let dropped = "model.layers.1.self_attn.q_proj.weight"
+        try SafeTensorsWriter.write(try file.names.filter { $0 != dropped }.map { ($0, try file.tensor(named: $0)) },
+                                    metadata: ["format": "pt"], to: model + "/model.safetensors")
+        try expectError(["quantize", "--model", model, "--output", dir + "/out"], ["no tensor named '\(dropped)'"])
+        XCTAssertFalse(FileSystem.isDirectory(dir + "/out"), "nothing written")
+    }
+}
