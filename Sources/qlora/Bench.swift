@@ -38,7 +38,7 @@ struct Bench: ParsableCommand {
     func run() throws {
         setvbuf(stdout, nil, _IOLBF, 0)   // lines reach a pipe or file as they are printed
         if parallel.isLauncher { try parallel.launchWorkers() }
-        let worker = DataParallelOptions.worker
+        let worker = try DataParallelOptions.validatedWorker()
         DataParallelOptions.quietUnlessRankZero()
         let (cfg, lora, weights) = try step.resolve()
         if step.computeDtype == .bf16, !device.isGPU, worker == nil, parallel.devices == nil {

@@ -91,7 +91,7 @@ struct Train: ParsableCommand {
 
     func run() throws {
         if parallel.isLauncher { try parallel.launchWorkers() }
-        let worker = DataParallelOptions.worker
+        let worker = try DataParallelOptions.validatedWorker()
         let isMain = (worker?.rank ?? 0) == 0
         DataParallelOptions.quietUnlessRankZero()
         let recipe = try config.map { try TrainingRecipe(contentsOf: $0) } ?? TrainingRecipe()

@@ -190,3 +190,18 @@ extension BadSettingsTests {
         XCTAssertFalse(FileSystem.isDirectory(dir + "/out"), "nothing written")
     }
 }
+
+extension BadSettingsTests {
+    /// A worker's environment is checked before its numbers are used: QLORA_WORLD_SIZE=9223372036854775807 trapped
+    /// on the first product of sizes (rank × batch), a rank past the world size went on to look for a GPU.
+    func testAWorkerEnvironmentOutOfRangeIsAnError() throws {
+        let (model, dir, data) = try tinyModelAndData()
+        for (rank, world) in [("0", "9223372036854775807"), ("5", "2"), ("-1", "2"), ("0", "0")] {
+            setenv("QLORA_RANK", rank, 1); setenv("QLORA_WORLD_SIZE", world, 1)
+            setenv("QLORA_RENDEZVOUS", dir + "/rendezvous", 1)
+            defer { unsetenv("QLORA_RANK"); unsetenv("QLORA_WORLD_SIZE"); unsetenv("QLORA_RENDEZVOUS") }
+            try expectError(["train", "--model", model, "--data", data, "--output-dir", dir + "/out", "--max-steps",
+                             "1"], ["this worker's environment gives rank \(rank) of world size \(world)"])
+        }
+    }
+}
