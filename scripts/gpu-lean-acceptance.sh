@@ -70,13 +70,15 @@ PY
       | grep -E "loaded|params|peak|host|saved|rror"
   done
   echo "-- qlora bench --model on it"
-  measure "$Q" bench --device cuda --model "$CK" --targets all 2>/dev/null | tee -a "$OUT/bench.jsonl"
+  measure "$Q" bench --device cuda --model "$CK" --targets all --lora-dropout 0.05 2>/dev/null \
+    | tee -a "$OUT/bench.jsonl"
 fi
 
 if [ "${LONG:-0}" = 1 ]; then
   echo "== long context: llama2-7b, batch 1 × 16,384 tokens"
   "$Q" plan --shape llama2-7b --targets all --batch 1 --seq 16384 --json | tee -a "$OUT/plan.jsonl"
-  "$Q" bench --device cuda --shape llama2-7b --targets all --batch 1 --seq 16384 --steps 3 2>&1 | tail -3 \
+  "$Q" bench --device cuda --shape llama2-7b --targets all --batch 1 --seq 16384 --steps 3 --lora-dropout 0.05 2>&1 \
+    | tail -3 \
     | tee -a "$OUT/bench.jsonl"
 fi
 
@@ -84,7 +86,8 @@ echo "== bench beside the Hugging Face recipe and Unsloth (same call), and qlora
 for spec in ${SPECS:-"llama2-7b:all llama2-7b:qv llama3-8b:all smollm2-135m:all"}; do
   shape=${spec%%:*}; targets=${spec##*:}
   "$Q" plan --shape "$shape" --targets "$targets" --json | tee -a "$OUT/plan.jsonl"
-  "$Q" bench --device cuda --shape "$shape" --targets "$targets" 2>/dev/null | tee -a "$OUT/bench.jsonl"
+  "$Q" bench --device cuda --shape "$shape" --targets "$targets" --lora-dropout 0.05 2>/dev/null \
+    | tee -a "$OUT/bench.jsonl"
   [ "${D0:-1}" = 1 ] && "$Q" bench --device cuda --shape "$shape" --targets "$targets" --lora-dropout 0 2>/dev/null \
     | tee -a "$OUT/bench.jsonl"
   [ "${HF:-1}" = 0 ] || { [ "$shape:$targets" = llama2-7b:all ] && [ "${REAL:-1}" = 1 ]; } \

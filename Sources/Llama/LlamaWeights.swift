@@ -53,6 +53,21 @@ public final class LlamaWeights: @unchecked Sendable {
     /// Where the tensors come from.
     public var location: String { source.location }
 
+    /// Refuses a file that lacks a tensor the architecture needs (names only, nothing read): `quantize` used to
+    /// write a checkpoint without it and exit 0 (a shard index missing one entry), which only failed when loaded.
+    public func checkComplete() throws {
+        var names = ["model.embed_tokens.weight", "model.norm.weight"]
+        for l in 0..<config.layerCount {
+            names += ["input_layernorm", "post_attention_layernorm"].map { "model.layers.\(l).\($0).weight" }
+            names += LlamaConfig.projectionNames.map { PEFTAdapter.modulePath(layer: l, projection: $0) + ".weight" }
+        }
+        let source = self.source
+        let present = { (name: String) in source.contains(name) || BnB4BitCheckpoint.isQuantized(name, in: source) }
+        if let missing = names.first(where: { !present($0) }) {
+            throw ModelFileError.missingTensor(name: missing, location: location)
+        }
+    }
+
     /// Drops the pages of the mapped files from resident memory.
     public func evictPages() { source.evictPages() }
 

@@ -14,6 +14,11 @@ public struct LoRAConfig: Equatable, Sendable {
     /// Defaults as peft's.
     public init() {}
 
+    /// The largest `scale` a training run accepts. The update B · A is multiplied by it, as by a learning rate that
+    /// many times larger (Adam's steps do not shrink with it): typical scales are 0.5 to 4, and `--lora-alpha 1e30`
+    /// used to train to nonsense (1e308: an infinite scale) and then blame the learning rate.
+    public static let maximumTrainingScale: Double = 1024
+
     /// The multiplier of B · A.
     public var scale: Float { Float(useRSLoRA ? alpha / Double(r).squareRoot() : alpha / Double(r)) }
 

@@ -39,12 +39,17 @@ public enum PEFTAdapter {
         guard lora.alpha.isFinite else {
             throw ModelFileError.invalidConfig(path: path, detail: "\"lora_alpha\" is not finite")
         }
+        lora.useRSLoRA = json["use_rslora"] == .bool(true)
+        // 1e308 is a finite Double whose scale (alpha / r) is float32's infinity: every merged weight NaN.
+        guard lora.scale.isFinite else {
+            throw ModelFileError.invalidConfig(path: path, detail: "\"lora_alpha\" \(lora.alpha) over r \(r) gives a "
+                + "scale beyond float32's range")
+        }
         lora.dropout = json["lora_dropout"]?.doubleValue ?? 0
         guard lora.dropout >= 0, lora.dropout < 1 else {
             throw ModelFileError.invalidConfig(path: path,
                 detail: "\"lora_dropout\" must be in [0, 1), found \(lora.dropout)")
         }
-        lora.useRSLoRA = json["use_rslora"] == .bool(true)
         if let single = json["target_modules"]?.stringValue {
             lora.targetModules = [single]
         } else if let list = json["target_modules"]?.arrayValue?.compactMap(\.stringValue) {
@@ -109,7 +114,14 @@ public enum PEFTAdapter {
                                                            detail: "has \(t.dtype.rawValue) \(t.shape), expected \(shape)")
                 }
                 used.insert(k)
-                return t.floats()
+                let values = t.floats()
+                // NaN or ±inf merges into NaN weights and logits without a word, and resuming from a checkpoint
+                // that holds one diverged at its first step, naming that same checkpoint as the last good one.
+                if let bad = values.firstIndex(where: { !$0.isFinite }) {
+                    throw ModelFileError.invalidCheckpoint(path: file.path, tensor: k,
+                                                           detail: "element \(bad) is \(values[bad]): not finite")
+                }
+                return values
             }
             weights[key] = LoRAWeights(a: try read("A", [r, inFeatures]), b: try read("B", [outFeatures, r]))
         }

@@ -26,6 +26,8 @@ public enum FileSystem {
 
     /// Creates `path` and its parents if missing.
     public static func createDirectory(_ path: String) throws {
+        // An empty path names no folder; files written "into" it (path + "/name") would land in the root folder.
+        guard !path.isEmpty else { throw ModelFileError.writeFailed(path: path, reason: "the folder path is empty") }
         var current = path.hasPrefix("/") ? "" : "."
         for part in path.split(separator: "/") {
             current += "/" + part

@@ -65,8 +65,9 @@ public final class MappedFile: @unchecked Sendable {
 /// target, is flushed, and then renamed over it.
 public enum AtomicFile {
     /// Writes the chunks produced by `produce` to `path` atomically; `produce` calls its argument once per chunk.
-    public static func write(to path: String,
+    public static func write(to requested: String,
                              _ produce: ((UnsafeRawBufferPointer) throws -> Void) throws -> Void) throws {
+        let path = try replaceableTarget(requested)
         let temporary = path + ".tmp-\(getpid())"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         guard fd >= 0 else { throw ModelFileError.writeFailed(path: path, reason: String(cString: strerror(errno))) }
@@ -99,6 +100,30 @@ public enum AtomicFile {
             unlink(temporary)
             throw error
         }
+    }
+
+    /// The file that writing `path` replaces: `path`, or the file a symbolic link there points to (the link is
+    /// kept). Only a regular file is replaced: renaming over a device, FIFO, socket or folder would destroy it
+    /// (`info --dot /dev/null` run as root used to replace /dev/null with a text file), so those are refused, as
+    /// are an empty path (which names no file: "" + "/x" used to land in the root folder) and a dangling link.
+    public static func replaceableTarget(_ path: String) throws -> String {
+        guard !path.isEmpty else { throw ModelFileError.writeFailed(path: path, reason: "the path is empty") }
+        var info = stat()
+        if stat(path, &info) == 0 {
+            guard (info.st_mode & S_IFMT) == S_IFREG else {
+                throw ModelFileError.writeFailed(path: path, reason: "it is \(MappedFile.kind(info.st_mode)), not a "
+                                                 + "regular file; writing would replace it (name a file)")
+            }
+            guard lstat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFLNK, let real = realpath(path, nil) else {
+                return path
+            }
+            defer { free(real) }
+            return String(cString: real)
+        }
+        if lstat(path, &info) == 0 {
+            throw ModelFileError.writeFailed(path: path, reason: "it is a symbolic link to a missing file")
+        }
+        return path
     }
 
     /// Writes `bytes` to `path` atomically.

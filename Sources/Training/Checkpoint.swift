@@ -175,12 +175,24 @@ public enum Checkpoint {
             }
             steps[name] = updates
             let m = try file.tensor(named: name + ".m"), v = try file.tensor(named: name + ".v")
+            // Moments and block scales finite, second moments and scales not negative: a damaged value used to
+            // make the first resumed step diverge (and blame the learning rate).
+            func checked(_ suffix: String, _ values: [Float], nonNegative: Bool) throws -> [Float] {
+                if let bad = values.firstIndex(where: { !$0.isFinite || (nonNegative && $0 < 0) }) {
+                    throw ModelFileError.invalidCheckpoint(path: file.path, tensor: name + suffix, detail: "element " +
+                        "\(bad) is \(values[bad]): \(nonNegative ? "must be finite and ≥ 0" : "not finite")")
+                }
+                return values
+            }
             if m.dtype == .u8 {
                 states[name] = .eightBit(m: m.bytesArray(), v: v.bytesArray(),
-                                         absmaxM: try file.tensor(named: name + ".absmax_m").floats(),
-                                         absmaxV: try file.tensor(named: name + ".absmax_v").floats())
+                                         absmaxM: try checked(".absmax_m", try file.tensor(named: name + ".absmax_m")
+                                            .floats(), nonNegative: true),
+                                         absmaxV: try checked(".absmax_v", try file.tensor(named: name + ".absmax_v")
+                                            .floats(), nonNegative: true))
             } else {
-                states[name] = .float32(m: m.floats(), v: v.floats())
+                states[name] = .float32(m: try checked(".m", m.floats(), nonNegative: false),
+                                        v: try checked(".v", v.floats(), nonNegative: true))
             }
         }
         try engine.setAdapterWeights(adapters)

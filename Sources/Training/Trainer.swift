@@ -309,6 +309,10 @@ public struct Trainer {
         self.init(engine: CPUTrainingEngine(model: model, optimizer: optimizer), examples: examples, config: config)
     }
 
+    /// The next `batchSize` examples of this rank. A micro-batch is always full: at the end of a pass it goes on
+    /// into the next (reshuffled) pass instead of yielding a short batch (the Hugging Face Trainer's last batch is
+    /// short, or dropped with dataloader_drop_last), so a batch larger than the data holds examples twice
+    /// (`train` warns).
     private mutating func nextMicroBatch() -> [TokenizedExample] {
         var batch: [TokenizedExample] = []
         let world = group?.worldSize ?? 1, rank = group?.rank ?? 0
@@ -350,6 +354,7 @@ public struct Trainer {
         let end = min(totalSteps, stopAfter ?? totalSteps)
         stoppedEarly = false
         var lastEvaluation: Int? = nil
+        let firstStep = step   // no update of this run has been applied before it
         func completedEpochs() -> Int {
             data.epoch + (!data.order.isEmpty && data.position >= data.order.count ? 1 : 0)
         }
@@ -378,9 +383,13 @@ public struct Trainer {
             }
             tokensSinceLog += stepTokens
             let loss = lossTotal / Double(max(1, targetCount))
-            guard loss.isFinite else { throw divergence("the loss is \(loss)", atStep: step + 1) }
+            guard loss.isFinite else {
+                throw divergence("the loss is \(loss)", atStep: step + 1, beforeAnyUpdate: step == firstStep)
+            }
             let norm = try engine.gradientNorm()
-            guard norm.isFinite else { throw divergence("the gradient norm is \(norm)", atStep: step + 1) }
+            guard norm.isFinite else {
+                throw divergence("the gradient norm is \(norm)", atStep: step + 1, beforeAnyUpdate: step == firstStep)
+            }
             let clip: Float = config.maxGradNorm > 0 && norm > config.maxGradNorm ? config.maxGradNorm / (norm + 1e-6) : 1
             let lr = config.learningRate(atStep: step, totalSteps: totalSteps)
             try engine.applyOptimizer(lr: lr, gradientScale: clip)
@@ -451,8 +460,15 @@ public struct Trainer {
         sumOfSquares.isFinite && sumOfSquares <= Double(Float.greatestFiniteMagnitude)
     }
 
-    /// The error that stops a diverged run at `step` (1-based), naming the last good checkpoint.
-    private func divergence(_ what: String, atStep step: Int) -> TrainingError {
+    /// The error that stops a diverged run at `step` (1-based), naming the last good checkpoint. `beforeAnyUpdate`:
+    /// the run's first batch, whose loss no learning rate made: the model or its starting adapters are to blame (a
+    /// damaged weight file used to be met with advice to lower the learning rate).
+    private func divergence(_ what: String, atStep step: Int, beforeAnyUpdate: Bool = false) -> TrainingError {
+        if beforeAnyUpdate {
+            return TrainingError(description: "step \(step): \(what) on the run's first batch, before any update: the "
+                + "model (or the adapters it starts from) computes non-finite values on this data; check its weights "
+                + "and config.json (nothing was written)")
+        }
         let kept = lastCheckpointStep.map { "the last good checkpoint is checkpoint-\($0) (step \($0))" }
             ?? "no checkpoint was saved"
         return TrainingError(description: "training diverged at step \(step): \(what); stopped before anything " +

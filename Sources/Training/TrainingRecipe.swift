@@ -13,6 +13,8 @@ public struct TrainingRecipe: Sendable {
     public var values: [String: RecipeValue] = [:]
     /// The key the file used for each setting (`per_device_train_batch_size` for `batch_size`), for messages.
     public var fileKeys: [String: String] = [:]
+    /// The file read (nil for an empty recipe): a value's error names it.
+    public private(set) var path: String? = nil
 
     /// A scalar or list from the file.
     public enum RecipeValue: Sendable, Equatable {
@@ -88,6 +90,7 @@ public struct TrainingRecipe: Sendable {
 
     /// Reads `path`.
     public init(contentsOf path: String) throws {
+        self.path = path
         let size = try InputFile.requireRegular(path, what: "the recipe (--config)")
         guard size <= Self.maximumFileSize else {
             throw TrainingError(description: "\(path): the recipe is \(size) bytes; at most \(Self.maximumFileSize) " +
@@ -220,8 +223,8 @@ public struct TrainingRecipe: Sendable {
     private func require<T>(_ key: String, _ value: T?, _ kind: String) throws -> T? {
         guard values[key] != nil else { return nil }
         guard let value else {
-            throw TrainingError(description: "recipe key \"\(keyName(key))\": must be \(kind), "
-                                + "found \(values[key]!.text)")
+            throw TrainingError(description: (path.map { "\($0): " } ?? "") + "recipe key \"\(keyName(key))\": must be "
+                                + "\(kind), found \(values[key]!.text)")
         }
         return value
     }
@@ -241,7 +244,9 @@ public struct TrainingRecipe: Sendable {
         case nil: return nil
         case .list(let l)?: return l
         case .string(let s)?: return s.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
-        default: throw TrainingError(description: "recipe key for \(key) must be a list")
+        default:
+            throw TrainingError(description: (path.map { "\($0): " } ?? "") + "recipe key \"\(keyName(key))\": must "
+                                + "be a list, found \(values[key]!.text)")
         }
     }
 }

@@ -28,16 +28,22 @@ struct Bench: ParsableCommand {
     var generate: Int?
 
     func validate() throws {
-        guard steps > 0 else { throw ValidationError("--steps must be positive") }
+        // 2^63 steps used to run until killed (a hang to a fuzzer); a benchmark needs a few dozen.
+        guard (1...100_000).contains(steps) else {
+            throw ValidationError("--steps is \(steps): must be from 1 to 100000")
+        }
         if let generate, generate < 1 { throw ValidationError("--generate must be at least 1 (new tokens)") }
     }
 
     func run() throws {
         setvbuf(stdout, nil, _IOLBF, 0)   // lines reach a pipe or file as they are printed
         if parallel.isLauncher { try parallel.launchWorkers() }
-        let worker = DataParallelOptions.worker
+        let worker = try DataParallelOptions.validatedWorker()
         DataParallelOptions.quietUnlessRankZero()
         let (cfg, lora, weights) = try step.resolve()
+        if step.computeDtype == .bf16, !device.isGPU, worker == nil, parallel.devices == nil {
+            throw ValidationError("--compute-dtype bf16: bench on the CPU computes in fp32 (give it with --device cuda)")
+        }
         if let generate {
             guard worker == nil && parallel.devices == nil else {
                 throw ValidationError("--generate runs on one device: not with --devices")
@@ -45,7 +51,7 @@ struct Bench: ParsableCommand {
             return try timeGeneration(cfg, lora: lora, weights: weights, newTokens: generate)
         }
         let (batch, seq, noCkpt, computeDtype, loraDropout, targets) =
-            (step.batch, step.seq, step.noCkpt, step.computeDtype, step.loraDropout, step.targets)
+            (step.batch, step.seq, step.noCkpt, step.gpuComputeDType, step.loraDropout, step.targets)
         var started = Date()
         var hostBaseline = HostMemory.residentBytes()
         let engine: TrainingEngine
@@ -187,7 +193,7 @@ struct Bench: ParsableCommand {
             ("decode_tokens_per_s", total > prefill ? .double(r(Double(decoded) / (total - prefill), 1)) : .null),
             ("tokens_per_s", .double(r(Double(out.map(\.count).reduce(0, +)) / total, 1))),
             ("total_s", .double(r(total, 3))),
-            ("compute_dtype", .string(gpu != nil ? step.computeDtype.rawValue : "fp32")),
+            ("compute_dtype", .string(gpu != nil ? step.gpuComputeDType.rawValue : "fp32")),
             ("peak_alloc_gib", .double(r(Double(gpu?.peakAllocatedBytes ?? HostMemory.peakResidentBytes())
                                          / 1073741824, 3))),
         ]

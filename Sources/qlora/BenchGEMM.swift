@@ -25,6 +25,33 @@ struct BenchGEMM: ParsableCommand {
     @Option(help: "Seconds each cell runs for in a round (at least one call).")
     var seconds: Double = 0.15
 
+    /// The sizes checked before anything is allocated: `--rows 0` (or `--tokens`, `--rank` 0) used to time empty
+    /// products forever, a negative one trapped, and 2^62 rows failed an allocation.
+    func validate() throws {
+        for (flag, value) in [("--rows", rows), ("--tokens", tokens), ("--rank", rank)] where value < 1 {
+            throw ValidationError("\(flag) is \(value): must be at least 1")
+        }
+        guard (1...1000).contains(rounds) else {
+            throw ValidationError("--rounds is \(rounds): must be from 1 to 1000")
+        }
+        guard seconds.isFinite, seconds > 0, seconds <= 3600 else {
+            throw ValidationError("--seconds is \(seconds): must be above 0 and at most 3600")
+        }
+        for p in products() {
+            for (rows, columns) in [(p.m, p.k), (p.k, p.n), (p.m, p.n)] {
+                let (count, overflow) = rows.multipliedReportingOverflow(by: columns)
+                guard !overflow, count <= Self.maximumMatrixElements else {
+                    throw ValidationError("--rows \(self.rows), --tokens \(tokens), --rank \(rank): the \(p.name) "
+                        + "product needs a \(rows) × \(columns) matrix, more than the "
+                        + "\(Self.maximumMatrixElements) elements allowed")
+                }
+            }
+        }
+    }
+
+    /// Most elements one matrix of a product may hold (1 GiB of floats).
+    static let maximumMatrixElements = 1 << 28
+
     /// One product: C (m×n) = op(A) op(B) (+ C with `accumulate`).
     struct Product {
         let name: String, transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, accumulate: Bool
@@ -67,7 +94,7 @@ struct BenchGEMM: ParsableCommand {
         let list = products()
         let kinds = ["CBLAS", "ours fp32", "ours bf16"]
         var best = [[Double]](repeating: [Double](repeating: .infinity, count: kinds.count), count: list.count)
-        for _ in 0..<max(1, rounds) {
+        for _ in 0..<rounds {
             for (i, p) in list.enumerated() {
                 let a = benchNoise(count: p.m * p.k, seed: 1), b = benchNoise(count: p.k * p.n, seed: 2)
                 var c = [Float](repeating: 0, count: p.m * p.n)

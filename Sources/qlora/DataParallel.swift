@@ -63,6 +63,20 @@ struct DataParallelOptions: ParsableArguments {
         return nil
     }
 
+    /// `worker`, checked before its numbers are used: a world size from 1 to `maximumRanks` and a rank below it.
+    /// QLORA_WORLD_SIZE=9223372036854775807 used to trap on the first product of sizes.
+    static func validatedWorker() throws -> Worker? {
+        guard let worker else { return nil }
+        guard (1...maximumRanks).contains(worker.worldSize), (0..<worker.worldSize).contains(worker.rank),
+              worker.deviceOrdinal >= 0 else {
+            throw ValidationError("this worker's environment gives rank \(worker.rank) of world size "
+                + "\(worker.worldSize) (device \(worker.deviceOrdinal)): the world size must be from 1 to "
+                + "\(maximumRanks), the rank from 0 to the world size - 1 (QLORA_RANK / QLORA_WORLD_SIZE, or "
+                + "RANK / WORLD_SIZE / LOCAL_RANK)")
+        }
+        return worker
+    }
+
     /// (host, port) of a tcp:HOST:PORT rendezvous.
     static func tcpAddress(_ rendezvous: String) -> (host: String, port: Int)? {
         guard rendezvous.hasPrefix("tcp:"), let colon = rendezvous.lastIndex(of: ":"),

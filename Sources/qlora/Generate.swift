@@ -25,8 +25,10 @@ struct Generate: ParsableCommand {
 
     func validate() throws {
         guard (prompt == nil) != (promptsFrom == nil) else { throw ValidationError("give exactly one of --prompt and --prompts-from") }
-        guard maxNewTokens > 0, temperature >= 0, topP > 0, topP <= 1 else {
-            throw ValidationError("--max-new-tokens must be positive, --temperature ≥ 0, --top-p in (0, 1]")
+        // An infinite temperature (--temperature inf) sampled uniformly from the vocabulary without a word.
+        guard maxNewTokens > 0, temperature >= 0, temperature.isFinite, topP > 0, topP <= 1 else {
+            throw ValidationError("--max-new-tokens must be positive, --temperature finite and ≥ 0, --top-p in "
+                                  + "(0, 1]")
         }
         guard batchSize > 0 else { throw ValidationError("--batch-size is \(batchSize): must be at least 1") }
         if let limit, limit < 1 {
@@ -67,7 +69,9 @@ struct Generate: ParsableCommand {
                     throw ValidationError("--chat: the model has no chat template" +
                         (text.chatTemplateError.map { " that parses: \($0)" } ?? ""))
                 }
-                let prompt = try template.render([ChatMessage(role: "user", content: p)], addGenerationPrompt: true)
+                let prompt: String
+                do { prompt = try template.render([ChatMessage(role: "user", content: p)], addGenerationPrompt: true) }
+                catch { throw ValidationError("--chat: \(text.chatTemplateOrigin ?? "the chat template"): \(error)") }
                 ids = tokenizer.encode(prompt)
             } else {
                 ids = tokenizer.encode(p, addSpecialTokens: tokenizer.addsBOS)

@@ -19,8 +19,11 @@ struct LoadedModel {
 struct ModelText {
     let tokenizer: Tokenizer?
     let chatTemplate: ChatTemplate?
-    /// Why the model's chat template could not be parsed (the tokenizer is still used; chat records name this).
+    /// Why the model's chat template could not be parsed (the tokenizer is still used; chat records name this),
+    /// starting with where the template came from.
     var chatTemplateError: String? = nil
+    /// Where the chat template came from (tokenizer_config.json, chat_template.jinja, a GGUF's key), for messages.
+    var chatTemplateOrigin: String? = nil
 
     /// No tokenizer (a model folder without one: only pre-tokenized data can be used).
     static let none = ModelText(tokenizer: nil, chatTemplate: nil)
@@ -43,7 +46,7 @@ struct ModelText {
             let tokenizer = try Tokenizer(tokenizerJSONPath: path + "/tokenizer.json")
             try checkFits(tokenizer, tokenizerPath: path + "/tokenizer.json",
                           modelVocabulary: (try? LlamaConfig(contentsOf: path))?.vocabSize)
-            return with(tokenizer, template: chatTemplateText(folder: path))
+            return with(tokenizer, template: chatTemplateText(folder: path), origin: chatTemplateOrigin(folder: path))
         }
         if path.hasSuffix(".json") {
             return ModelText(tokenizer: try Tokenizer(tokenizerJSONPath: path), chatTemplate: nil)
@@ -62,7 +65,8 @@ struct ModelText {
             addBOS: m["tokenizer.ggml.add_bos_token"]?.bool ?? (model == "llama"),
             addSpacePrefix: m["tokenizer.ggml.add_space_prefix"]?.bool ?? (model == "llama"))
         try checkFits(tokenizer, tokenizerPath: path, modelVocabulary: (try? LlamaConfig(gguf: gguf))?.vocabSize)
-        return with(tokenizer, template: m["tokenizer.chat_template"]?.string)
+        return with(tokenizer, template: m["tokenizer.chat_template"]?.string,
+                    origin: path + " (tokenizer.chat_template)")
     }
 
     /// A tokenizer with more ids than the model has embeddings would hand the model ids past its vocabulary (a
@@ -79,15 +83,16 @@ struct ModelText {
 
     /// The tokenizer with the model's Jinja chat template (the tokenizer's BOS and EOS tokens as `bos_token` and
     /// `eos_token`); a template that does not parse leaves the tokenizer usable and its error recorded.
-    static func with(_ tokenizer: Tokenizer, template source: String?) -> ModelText {
+    static func with(_ tokenizer: Tokenizer, template source: String?, origin: String) -> ModelText {
         guard let source else { return ModelText(tokenizer: tokenizer, chatTemplate: nil) }
         do {
             let template = try ChatTemplate(jinja: source,
                                             bosToken: tokenizer.bosTokenId.flatMap { tokenizer.token(forId: $0) },
                                             eosToken: tokenizer.eosTokenId.flatMap { tokenizer.token(forId: $0) })
-            return ModelText(tokenizer: tokenizer, chatTemplate: template)
+            return ModelText(tokenizer: tokenizer, chatTemplate: template, chatTemplateOrigin: origin)
         } catch {
-            return ModelText(tokenizer: tokenizer, chatTemplate: nil, chatTemplateError: "\(error)")
+            return ModelText(tokenizer: tokenizer, chatTemplate: nil, chatTemplateError: "\(origin): \(error)",
+                             chatTemplateOrigin: origin)
         }
     }
 
@@ -99,6 +104,15 @@ struct ModelText {
             return template
         }
         return try? String(contentsOfFile: path + "/chat_template.jinja", encoding: .utf8)
+    }
+
+    /// The file `chatTemplateText(folder:)` reads the template from.
+    static func chatTemplateOrigin(folder path: String) -> String {
+        if let config = try? JSONValue(parsing: FileSystem.readBytes(path + "/tokenizer_config.json")),
+           config["chat_template"]?.stringValue != nil {
+            return path + "/tokenizer_config.json"
+        }
+        return path + "/chat_template.jinja"
     }
 
     /// Ids that end generation: EOS and the chat format's end-of-turn marker.

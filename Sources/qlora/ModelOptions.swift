@@ -20,8 +20,12 @@ struct ModelOptions: ParsableArguments {
                                + "\(QuantizationSettings().doubleQuant))."))
     var doubleQuant: Bool?
 
-    @Option(help: "Compute dtype: fp32 or bf16 (default fp32 on the CPU, where bf16 rounds the weights; bf16 on the GPU).")
-    var computeDtype: ComputeDType?
+    @Option(help: ArgumentHelp(Self.computeDTypeHelp)) var computeDtype: ComputeDType?
+
+    /// --compute-dtype's help, the same for every command that takes it (train, eval, bench, plan, ...).
+    static let computeDTypeHelp = "Compute dtype: fp32 or bf16 (default fp32 on the CPU, where bf16 rounds the "
+        + "weights; bf16 on the GPU)."
+
 
     @Option(help: ArgumentHelp("Device: \(DeviceChoice.help)."))
     var device: DeviceChoice = .cpu

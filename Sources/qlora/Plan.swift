@@ -43,7 +43,7 @@ struct Plan: ParsableCommand {
             var fields: [(String, JSONValue)] = [
                 ("shape", .string(step.model ?? step.config ?? step.shape)), ("targets", .string(step.targets)),
                 ("batch", .int(step.batch)), ("seq", .int(step.seq)), ("grad_ckpt", .bool(!step.noCkpt)),
-                ("offload_checkpoints", .bool(offload)), ("compute_dtype", .string(step.computeDtype.rawValue)),
+                ("offload_checkpoints", .bool(offload)), ("compute_dtype", .string(step.gpuComputeDType.rawValue)),
                 ("predicted_peak_alloc_gib", rounded(plan.peakAllocated)),
                 ("predicted_reserved_gib", rounded(plan.reserved)),
                 ("pinned_host_gib", rounded(plan.pinnedHost)),
@@ -55,7 +55,7 @@ struct Plan: ParsableCommand {
         }
         print("plan: \(step.model ?? step.config ?? step.shape), LoRA r \(lora.r) "
               + "on \(lora.resolvedTargets.joined(separator: ",")), "
-              + "batch \(step.batch) × \(step.seq), \(step.computeDtype.rawValue), \(optim.rawValue), "
+              + "batch \(step.batch) × \(step.seq), \(step.gpuComputeDType.rawValue), \(optim.rawValue), "
               + (step.noCkpt ? "no checkpointing"
                  : "gradient checkpointing, checkpoints \(offload ? "in pinned host memory" : "on the GPU")"))
         print("| at the peak | GiB |\n| --- | ---: |")

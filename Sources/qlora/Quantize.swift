@@ -74,6 +74,8 @@ struct Quantize: ParsableCommand {
 
     static func checkOutput(_ output: String, model: String, writing: String = "quantizing", flag: String = "--output",
                             source sourceFlag: String = "--model", insideAllowed: Bool = false) throws {
+        // An empty path is no folder: the files written into it ("" + "/config.json") used to land in the root.
+        guard !output.isEmpty else { throw ValidationError("\(flag) is empty: name the folder to write") }
         func resolved(_ path: String) -> String {
             var head = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
             var tail: [String] = []
@@ -102,8 +104,8 @@ struct Quantize: ParsableCommand {
     }
 
     func run() throws {
-        // Refuse configs we could not train on before spending time on the weights.
-        _ = try LlamaConfig(contentsOf: model)
+        // Refuse configs we could not train on, and a model missing a tensor, before spending time on the weights.
+        try LlamaWeights.open(path: model).checkComplete()
         var quantizer = ModelQuantizer()
         quantizer.quantType = quantType
         quantizer.doubleQuant = doubleQuant

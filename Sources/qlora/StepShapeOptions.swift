@@ -12,13 +12,17 @@ struct StepShapeOptions: ParsableArguments {
     var model: String?
     // The names train uses (--target-modules, --batch-size, --max-seq-length, --compute-dtype), each also under the
     // short name of hf_baseline.py's flags (--targets, --batch, --seq).
-    @Option(name: [.customLong("target-modules"), .customLong("targets")],
-            help: "LoRA targets: projections as train takes them (q_proj,v_proj or all-linear), or qv / all.")
-    var targetModules: String = LoRAConfig().targetModules.joined(separator: ",")
+    @Option(name: [.customLong("target-modules"), .customLong("targets")], help: ArgumentHelp(LoRATargets.help + "."))
+    var targetModules: String = LoRATargets.defaultText
     @Option(name: [.customLong("batch-size"), .customLong("batch")], help: "Sequences per step.") var batch: Int = 4
     @Option(name: [.customLong("max-seq-length"), .customLong("seq")], help: "Tokens per sequence.") var seq: Int = 2048
-    @Option(help: "Compute dtype on the GPU: bf16 or fp32.") var computeDtype: ComputeDType = .bf16
-    @Option(help: "LoRA dropout (hf_baseline.py uses 0.05; unsloth_bench.py needs 0).") var loraDropout: Double = 0.05
+    // train's option and default rule (bf16 on the GPU, fp32 on the CPU).
+    @Option(help: ArgumentHelp(ModelOptions.computeDTypeHelp)) var computeDtype: ComputeDType?
+    // train's default (LoRAConfig's, written once there); the Hugging Face baseline's 0.05 is passed by the scripts
+    // that compare with it.
+    @Option(help: ArgumentHelp("LoRA dropout (default \(LoRAConfig().dropout.formatted()), as train; hf_baseline.py "
+                               + "uses 0.05, unsloth_bench.py needs 0)."))
+    var loraDropout: Double = LoRAConfig().dropout
     @Option(help: "Build only this many layers (a quick look; tokens/s is not rescaled).") var layers: Int?
     @Flag(help: "Turn gradient checkpointing off.") var noCkpt = false
     @Option(help: """
@@ -28,11 +32,7 @@ struct StepShapeOptions: ParsableArguments {
     var offloadCheckpoints: Bool?
 
     func validate() throws {
-        let known = Set(LlamaConfig.projectionNames + ["all-linear"])
-        if let bad = targetList.first(where: { !known.contains($0) }) {
-            throw ValidationError("--target-modules: '\(bad)' is unknown (use qv, all, all-linear or a list of "
-                                  + LlamaConfig.projectionNames.joined(separator: ", ") + ")")
-        }
+        try LoRATargets.check(targetList, flag: "--target-modules")
         guard model != nil || config != nil || LlamaConfig.benchmarkShapes[shape] != nil else {
             throw ValidationError("unknown --shape \(shape): one of "
                                   + "\(LlamaConfig.benchmarkShapes.keys.sorted().joined(separator: ", ")), or --config")
@@ -65,14 +65,8 @@ struct StepShapeOptions: ParsableArguments {
         }
     }
 
-    /// The targets as train names them: qv and all are hf_baseline.py's shortcuts.
-    var targetList: [String] {
-        switch targetModules {
-        case "qv": return ["q_proj", "v_proj"]
-        case "all": return ["all-linear"]
-        default: return targetModules.split(separator: ",").map { String($0) }
-        }
-    }
+    /// The targets as train names them (`LoRATargets`).
+    var targetList: [String] { LoRATargets.parse(targetModules) }
 
     /// The targets as hf_baseline.py reports them (qv, all), else the list.
     var targets: String {
@@ -86,7 +80,10 @@ struct StepShapeOptions: ParsableArguments {
     }
 
     /// The GPU activation type of --compute-dtype.
-    var gpuDType: GPUDType { computeDtype == .fp32 ? .f32 : .bf16 }
+    var gpuDType: GPUDType { gpuComputeDType == .fp32 ? .f32 : .bf16 }
+
+    /// --compute-dtype on the GPU: bf16 unless given.
+    var gpuComputeDType: ComputeDType { computeDtype ?? .bf16 }
 
     /// The architecture, the LoRA settings (r 16, alpha 32, as the baselines), and the checkpoint's weights if any.
     func resolve() throws -> (LlamaConfig, LoRAConfig, LlamaWeights?) {

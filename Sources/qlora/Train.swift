@@ -32,11 +32,7 @@ struct Train: ParsableCommand {
     @Option(help: ArgumentHelp("LoRA rank r (default \(LoRAConfig().r)).")) var loraR: Int?
     @Option(help: ArgumentHelp("LoRA alpha (default \(LoRAConfig().alpha.formatted())).")) var loraAlpha: Double?
     @Option(help: ArgumentHelp("LoRA dropout (default \(LoRAConfig().dropout.formatted())).")) var loraDropout: Double?
-    @Option(help: ArgumentHelp("""
-        Comma-separated projections (q_proj,v_proj,...) or all-linear \
-        (default \(LoRAConfig().targetModules.joined(separator: ","))).
-        """))
-    var targetModules: String?
+    @Option(help: ArgumentHelp("\(LoRATargets.help) (default \(LoRATargets.defaultText)).")) var targetModules: String?
     @Flag(help: "rsLoRA scaling (alpha / sqrt(r)).") var useRslora = false
     @Option(help: ArgumentHelp("Sequences per micro-batch (default \(Train.defaults.batchSize)).")) var batchSize: Int?
     @Option(help: ArgumentHelp(
@@ -95,7 +91,7 @@ struct Train: ParsableCommand {
 
     func run() throws {
         if parallel.isLauncher { try parallel.launchWorkers() }
-        let worker = DataParallelOptions.worker
+        let worker = try DataParallelOptions.validatedWorker()
         let isMain = (worker?.rank ?? 0) == 0
         DataParallelOptions.quietUnlessRankZero()
         let recipe = try config.map { try TrainingRecipe(contentsOf: $0) } ?? TrainingRecipe()
@@ -113,8 +109,8 @@ struct Train: ParsableCommand {
         lora.alpha = try loraAlpha ?? recipe.double("lora_alpha") ?? lora.alpha
         lora.dropout = try loraDropout ?? recipe.double("lora_dropout") ?? lora.dropout
         lora.useRSLoRA = try useRslora || (recipe.bool("use_rslora") ?? false)
-        lora.targetModules = try targetModules.map { $0.split(separator: ",").map(String.init) }
-            ?? recipe.list("target_modules") ?? lora.targetModules
+        lora.targetModules = try targetModules.map(LoRATargets.parse) ?? recipe.list("target_modules")
+            .map(LoRATargets.expand) ?? lora.targetModules
         if let bias = try recipe.string("bias"), bias != "none" { throw ValidationError("bias \"\(bias)\": only \"none\" is supported") }
         // The same bound as an adapter file's r: 2^31 used to fail a 1.6 TB allocation, 10^6 to fill memory.
         guard (1...PEFTAdapter.maximumRank).contains(lora.r) else {
@@ -126,9 +122,15 @@ struct Train: ParsableCommand {
         guard lora.alpha.isFinite, lora.alpha > 0 else {
             throw ValidationError("--lora-alpha (recipe lora_alpha) is \(lora.alpha): must be a finite number above 0")
         }
-        let known = Set(LlamaConfig.projectionNames + ["all-linear"])
-        if let bad = lora.targetModules.first(where: { !known.contains($0) }) {
-            throw ValidationError("target module '\(bad)' is unknown (known: \(LlamaConfig.projectionNames.joined(separator: ", ")), all-linear)")
+        let scale = Double(lora.scale)
+        guard scale <= LoRAConfig.maximumTrainingScale else {
+            throw ValidationError("--lora-alpha (recipe lora_alpha) \(lora.alpha) over " +
+                "\(lora.useRSLoRA ? "√r" : "r") \(lora.r) is a LoRA scale of \(scale): at most " +
+                "\(Int(LoRAConfig.maximumTrainingScale)) is accepted (the adapter's update is multiplied by " +
+                "it, as by a learning rate that many times larger; typical scales are 0.5 to 4)")
+        }
+        if initAdapter == nil {   // an --init-adapter brings its own targets (checked once it is read)
+            try LoRATargets.check(lora.targetModules, flag: "--target-modules (recipe target_modules)")
         }
         var settings = TrainingConfig()
         settings.batchSize = try batchSize ?? recipe.int("batch_size") ?? settings.batchSize
@@ -239,6 +241,10 @@ struct Train: ParsableCommand {
         }
 
         let loaded = try modelOptions.load(lora: lora, adapter: initAdapter, seed: settings.seed, recipe: recipe)
+        if let initAdapter, loaded.lora.resolvedTargets.isEmpty {
+            throw ValidationError("--init-adapter \(initAdapter): its target_modules name no projection of the " +
+                "model, so nothing would be trained")
+        }
         let config = loaded.config
         let text = try ModelText.loadIfPresent(path: loaded.path)
         let options = try dataOptions.options(text, recipe: recipe,
@@ -264,6 +270,16 @@ struct Train: ParsableCommand {
             }
         }
         guard !examples.isEmpty else { throw ValidationError("--data \(dataPath) holds no training examples") }
+        // Every micro-batch is full (the trainer goes on into the next pass over the data rather than yield a short
+        // batch), so a batch larger than the data holds some examples twice: allowed, but said.
+        let rows = settings.batchSize * (worker?.worldSize ?? 1)
+        if isMain, rows > examples.count {
+            FileHandle.standardError.write(Data(("warning: --batch-size \(settings.batchSize)" +
+                (rows == settings.batchSize ? "" : " × \(rows / settings.batchSize) devices") + " is more than the " +
+                "\(examples.count) training example\(examples.count == 1 ? "" : "s") of \(dataPath): each batch is " +
+                "filled by going on into the next pass over the data, so examples repeat within a step (a batch " +
+                "size of \(max(1, examples.count / (rows / settings.batchSize))) or less avoids it)\n").utf8))
+        }
 
         try FileSystem.createDirectory(output)
         let optimizer = AdamW(kind: settings.optimizer, settings: AdamWSettings(weightDecay: settings.weightDecay))
@@ -292,12 +308,21 @@ struct Train: ParsableCommand {
             }
             if isMain { print("resuming from \(dir) at step \(trainer.step) of \(trainer.totalSteps)") }
         }
-        if isMain { try AtomicFile.write(text: history.map { $0 + "\n" }.joined(), to: metricsPath) }
-        let metrics = isMain ? try FileHandle(forWritingTo: URL(fileURLWithPath: metricsPath)) : FileHandle.nullDevice
-        do { try metrics.seekToEnd() } catch {
-            throw ValidationError("\(metricsPath): cannot append: \(error.localizedDescription)")
+        // metrics.jsonl is rewritten (the lines up to the checkpoint; nothing for a new run) when the first step is
+        // logged, not before: a resume that fails first (a damaged checkpoint, a first step that diverges) used to
+        // lose the lines after the checkpoint all the same.
+        var metrics: FileHandle? = nil
+        func openMetrics() throws -> FileHandle {
+            if let metrics { return metrics }
+            try AtomicFile.write(text: history.map { $0 + "\n" }.joined(), to: metricsPath)
+            let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: metricsPath))
+            do { try handle.seekToEnd() } catch {
+                throw ValidationError("\(metricsPath): cannot append: \(error.localizedDescription)")
+            }
+            metrics = handle
+            return handle
         }
-        defer { try? metrics.close() }
+        defer { try? metrics?.close() }
         // report_to: tensorboard writes event files too; the Hugging Face Trainer's other reporters are not here.
         let reports = try reportTo.map { $0.split(separator: ",").map { String($0) } } ?? recipe.list("report_to") ?? []
         if let other = reports.first(where: { !["none", "tensorboard", "all"].contains($0) }) {
@@ -314,7 +339,7 @@ struct Train: ParsableCommand {
         var lastLoss = Double.nan
         callbacks.log = { m in
             // A full disk stops the run with an error (the trainer rethrows it); no trap.
-            do { try metrics.write(contentsOf: Data((m.json + "\n").utf8)) } catch {
+            do { try openMetrics().write(contentsOf: Data((m.json + "\n").utf8)) } catch {
                 throw TrainingError(description: "\(metricsPath): cannot append step \(m.step)'s metrics " +
                     "(\(error.localizedDescription)); stopping")
             }
@@ -352,6 +377,7 @@ struct Train: ParsableCommand {
         }
         reporter.finish()
         guard isMain else { return }
+        _ = try openMetrics()   // a run that logged no step still replaces what it resumed from
         if let gpu = (engine as? CUDATrainingEngine)?.model.device {
             print(String(format: "peak GPU memory: %.3f GiB allocated, %.3f GiB reserved (%@)", Double(gpu.peakAllocatedBytes) / 1073741824,
                          Double(gpu.reservedBytes) / 1073741824, gpu.name))

@@ -679,7 +679,7 @@ extension BadSettingsTests {
             try write(recipe, dir + "/r.yaml")
             try? FileManager.default.removeItem(atPath: dir + "/out")
             return ["train", "--config", dir + "/r.yaml", "--model", model, "--data", data, "--output-dir",
-                    dir + "/out", "--max-steps", "1"]
+                    dir + "/out", "--max-steps", "1", "--batch-size", "1"]   // one record: a bigger batch warns
         }
         try expectError(try train("load_in_4bit: false\n"), ["recipe load_in_4bit is false", "4-bit base only"])
         try expectError(try train("task_type: SEQ_CLS\n"), ["recipe task_type is \"SEQ_CLS\"", "CAUSAL_LM"])
