@@ -17,7 +17,11 @@ struct StepShapeOptions: ParsableArguments {
     var targetModules: String = LoRAConfig().targetModules.joined(separator: ",")
     @Option(name: [.customLong("batch-size"), .customLong("batch")], help: "Sequences per step.") var batch: Int = 4
     @Option(name: [.customLong("max-seq-length"), .customLong("seq")], help: "Tokens per sequence.") var seq: Int = 2048
-    @Option(help: "Compute dtype on the GPU: bf16 or fp32.") var computeDtype: ComputeDType = .bf16
+    @Option(name: .customLong("compute-dtype"), help: """
+        Compute dtype: bf16 or fp32 (default bf16 on a GPU, fp32 on the CPU, where bf16 rounds the dequantized \
+        weights to bf16 and multiplies in float32, as train does).
+        """)
+    var computeDtypeOption: ComputeDType?
     @Option(help: "LoRA dropout (hf_baseline.py uses 0.05; unsloth_bench.py needs 0).") var loraDropout: Double = 0.05
     @Option(help: "Build only this many layers (a quick look; tokens/s is not rescaled).") var layers: Int?
     @Flag(help: "Turn gradient checkpointing off.") var noCkpt = false
@@ -84,6 +88,10 @@ struct StepShapeOptions: ParsableArguments {
         default: return lora.resolvedTargets.joined(separator: ",")
         }
     }
+
+    /// --compute-dtype on a GPU (bf16 unless given) and on the CPU (fp32 unless given).
+    var computeDtype: ComputeDType { computeDtypeOption ?? .bf16 }
+    var cpuComputeDtype: ComputeDType { computeDtypeOption ?? .fp32 }
 
     /// The GPU activation type of --compute-dtype.
     var gpuDType: GPUDType { computeDtype == .fp32 ? .f32 : .bf16 }
