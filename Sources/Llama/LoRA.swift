@@ -76,21 +76,19 @@ public enum LoRADropout {
         let words: [UInt64]
         var wordsPerRow: Int { (width + 63) / 64 }
 
-        /// The elements `kept(key:column:threshold:)` keeps, rows split over the cores.
+        /// The elements `kept(key:column:threshold:)` keeps (one hash a pair of columns), rows split over the cores.
         public init(seed: UInt64, rows: Int, width: Int, keep: Float) {
             self.rows = rows; self.width = width; scale = 1 / keep
             let perRow = (width + 63) / 64, bound = threshold(keep: keep)
             words = [UInt64](unsafeUninitializedCapacity: rows * perRow) { w, initialized in
                 parallelChunks(count: rows, grain: 64) { range in
                     for r in range {
-                        let key = rowKey(seed: seed, row: r)
-                        for word in 0..<perRow {
-                            var bits: UInt64 = 0
-                            for c in (word * 64)..<min(width, word * 64 + 64)
-                            where kept(key: key, column: c, threshold: bound) {
-                                bits |= 1 << UInt64(c - word * 64)
-                            }
-                            w[r * perRow + word] = bits
+                        let key = rowKey(seed: seed, row: r), row = w.baseAddress! + r * perRow
+                        row.update(repeating: 0, count: perRow)
+                        for c in stride(from: 0, to: width, by: 2) {
+                            let h = mix(key ^ UInt32(truncatingIfNeeded: c >> 1))
+                            if h & 0xffff < bound { row[c >> 6] |= 1 << UInt64(c & 63) }
+                            if c + 1 < width, h >> 16 < bound { row[(c + 1) >> 6] |= 1 << UInt64((c + 1) & 63) }
                         }
                     }
                 }
@@ -103,23 +101,27 @@ public enum LoRADropout {
             words[row * wordsPerRow + column / 64] >> UInt64(column % 64) & 1 != 0
         }
 
-        /// out = x ⊙ mask: each kept element times `scale`, the others 0 (both rows × width).
+        /// out = x ⊙ mask (each element times 1/keep where kept, else times 0; both rows × width).
         public func apply(_ x: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>) {
-            forEachElement { i, kept in out[i] = kept ? x[i] * scale : 0 }
+            let perRow = wordsPerRow, width = width, scale = scale
+            words.withUnsafeBufferPointer { w in
+                parallelChunks(count: rows, grain: 64) { range in
+                    for r in range {
+                        let bits = w.baseAddress! + r * perRow, xr = x + r * width, o = out + r * width
+                        for c in 0..<width { o[c] = xr[c] * (bits[c >> 6] >> UInt64(c & 63) & 1 != 0 ? scale : 0) }
+                    }
+                }
+            }
         }
 
         /// out += x ⊙ mask.
         public func accumulate(_ x: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>) {
-            forEachElement { i, kept in if kept { out[i] += x[i] * scale } }
-        }
-
-        /// `body(flat index, kept)` for every element, rows split over the cores.
-        private func forEachElement(_ body: (Int, Bool) -> Void) {
-            let perRow = wordsPerRow, width = width
+            let perRow = wordsPerRow, width = width, scale = scale
             words.withUnsafeBufferPointer { w in
                 parallelChunks(count: rows, grain: 64) { range in
                     for r in range {
-                        for c in 0..<width { body(r * width + c, w[r * perRow + c / 64] >> UInt64(c % 64) & 1 != 0) }
+                        let bits = w.baseAddress! + r * perRow, xr = x + r * width, o = out + r * width
+                        for c in 0..<width { o[c] += xr[c] * (bits[c >> 6] >> UInt64(c & 63) & 1 != 0 ? scale : 0) }
                     }
                 }
             }
