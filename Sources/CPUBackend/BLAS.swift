@@ -41,6 +41,10 @@ public enum BLAS {
         UnsafePointer<Float>?, Int32, Float, UnsafeMutablePointer<Float>?, Int32) -> Void
 
     private static let sgemmFunction: SgemmFunction? = {
+        // OpenBLAS's idle threads spin for 2^28 cycles (its default) before they sleep, taking a core from the
+        // step's own threads (Dispatch's, between products) and from the machine; 2^4 (its least) makes them sleep
+        // at once. Read when the library loads; a value already set is kept.
+        setenv("OPENBLAS_THREAD_TIMEOUT", "4", 0)
         for name in ["libopenblas.so.0", "libopenblas.so", "libcblas.so.3", "libblas.so.3", "libblas.so"] {
             guard let handle = dlopen(name, RTLD_NOW | RTLD_LOCAL) else { continue }
             if let symbol = dlsym(handle, "cblas_sgemm") { return unsafeBitCast(symbol, to: SgemmFunction.self) }

@@ -1,4 +1,5 @@
 import Foundation
+import Tensors
 
 // The reference CPU ops of the Llama training step, forward and backward side by side, float32, row-major.
 // Shape letters: N rows (batch × tokens), B batch, T tokens, C hidden, H heads, Hkv KV heads, D head dim,
@@ -40,33 +41,44 @@ public enum CPUOps {
 
     // MARK: RMSNorm
 
-    /// y = w ⊙ x · rstd per row, rstd = 1/√(mean(x²) + eps); saves rstd (N).
+    /// y = w ⊙ x · rstd per row, rstd = 1/√(mean(x²) + eps); saves rstd (N). Rows split over the cores.
     public static func rmsNormForward(_ y: inout [Float], _ rstd: inout [Float], _ x: [Float], _ w: [Float],
                                       rows: Int, width: Int, eps: Float) {
-        for r in 0..<rows {
-            let base = r * width
-            var sum: Float = 0
-            for i in 0..<width { sum += x[base + i] * x[base + i] }
-            let s = 1 / (sum / Float(width) + eps).squareRoot()
-            rstd[r] = s
-            for i in 0..<width { y[base + i] = w[i] * (x[base + i] * s) }
-        }
+        x.withUnsafeBufferPointer { x in w.withUnsafeBufferPointer { w in
+        y.withUnsafeMutableBufferPointer { y in rstd.withUnsafeMutableBufferPointer { rstd in
+            parallelChunks(count: rows, grain: 64) { range in
+                for r in range {
+                    let base = r * width
+                    var sum: Float = 0
+                    for i in 0..<width { sum += x[base + i] * x[base + i] }
+                    let s = 1 / (sum / Float(width) + eps).squareRoot()
+                    rstd[r] = s
+                    for i in 0..<width { y[base + i] = w[i] * (x[base + i] * s) }
+                }
+            }
+        } } } }
     }
 
-    /// dx (+)= rstd · (g − x · rstd² · mean(g ⊙ x)), g = w ⊙ dy (the norm weight is frozen).
+    /// dx (+)= rstd · (g − x · rstd² · mean(g ⊙ x)), g = w ⊙ dy (the norm weight is frozen). Rows split over
+    /// the cores.
     public static func rmsNormBackward(_ dx: inout [Float], _ dy: [Float], _ x: [Float], _ w: [Float], _ rstd: [Float],
                                        rows: Int, width: Int, accumulate: Bool) {
-        for r in 0..<rows {
-            let base = r * width
-            let s = rstd[r]
-            var dot: Float = 0
-            for i in 0..<width { dot += w[i] * dy[base + i] * x[base + i] }
-            let c = dot * s * s / Float(width)
-            for i in 0..<width {
-                let v = s * (w[i] * dy[base + i] - x[base + i] * c)
-                dx[base + i] = accumulate ? dx[base + i] + v : v
+        dy.withUnsafeBufferPointer { dy in x.withUnsafeBufferPointer { x in w.withUnsafeBufferPointer { w in
+        rstd.withUnsafeBufferPointer { rstd in dx.withUnsafeMutableBufferPointer { dx in
+            parallelChunks(count: rows, grain: 64) { range in
+                for r in range {
+                    let base = r * width
+                    let s = rstd[r]
+                    var dot: Float = 0
+                    for i in 0..<width { dot += w[i] * dy[base + i] * x[base + i] }
+                    let c = dot * s * s / Float(width)
+                    for i in 0..<width {
+                        let v = s * (w[i] * dy[base + i] - x[base + i] * c)
+                        dx[base + i] = accumulate ? dx[base + i] + v : v
+                    }
+                }
             }
-        }
+        } } } } }
     }
 
     // MARK: RoPE
@@ -95,10 +107,16 @@ public enum CPUOps {
 
     // MARK: Attention
 
+    /// Query rows per block of the attention products: a block of rows i0 ..< i1 multiplies only keys
+    /// j0 ..< i1 (j0: the first row's document start), the causal triangle's blocks and no more of the (T × T)
+    /// square.
+    public static let attentionRowBlock = 128
+
     /// Causal grouped-query attention: out (B, T, H, D) from q (B, T, H, D), k, v (B, T, Hkv, D); saves the
-    /// probabilities P (B, H, T, T). Per (batch, head): S = Q Kᵀ / √D (BLAS), causal softmax, O = P V (BLAS).
-    /// With `starts` (B·T), query (b, i) sees keys starts[b·T + i] … i only: packed documents attend within
-    /// themselves (the backward pass needs nothing more: P is zero outside).
+    /// probabilities P (B, H, T, T). Per (batch, head) and block of query rows (`attentionRowBlock`): S = Q Kᵀ / √D
+    /// (BLAS) over the keys the block sees, causal softmax, O = P V (BLAS). With `starts` (B·T), query (b, i) sees
+    /// keys starts[b·T + i] … i only: packed documents attend within themselves (the backward pass needs nothing
+    /// more: P is zero outside).
     public static func attentionForward(_ out: inout [Float], _ probs: inout [Float], q: [Float], k: [Float], v: [Float],
                                         batch: Int, tokens: Int, heads: Int, kvHeads: Int, headDim: Int,
                                         starts: [Int]? = nil) {
@@ -114,28 +132,36 @@ public enum CPUOps {
                     let kk = kp.baseAddress! + (b * T * kvHeads + kh) * D
                     let vv = vp.baseAddress! + (b * T * kvHeads + kh) * D
                     let p = pp.baseAddress! + (b * heads + h) * T * T
-                    BLAS.sgemm(transposeA: false, transposeB: true, m: T, n: T, k: D, alpha: scale, a: qh, lda: heads * D,
-                               b: kk, ldb: kvHeads * D, c: p, ldc: T)
-                    for i in 0..<T {
-                        let row = p + i * T, first = starts?[b * T + i] ?? 0
-                        var m = -Float.infinity
-                        for j in first...i { m = max(m, row[j]) }
-                        var z: Float = 0
-                        for j in first...i { row[j] = Foundation.exp(row[j] - m); z += row[j] }
-                        let inv = 1 / z
-                        for j in first...i { row[j] *= inv }
-                        for j in 0..<first { row[j] = 0 }
-                        for j in (i + 1)..<T { row[j] = 0 }
+                    for i0 in stride(from: 0, to: T, by: attentionRowBlock) {
+                        let i1 = min(T, i0 + attentionRowBlock), j0 = starts?[b * T + i0] ?? 0
+                        BLAS.sgemm(transposeA: false, transposeB: true, m: i1 - i0, n: i1 - j0, k: D, alpha: scale,
+                                   a: qh + i0 * heads * D, lda: heads * D, b: kk + j0 * kvHeads * D, ldb: kvHeads * D,
+                                   c: p + i0 * T + j0, ldc: T)
+                        parallelChunks(count: i1 - i0, grain: 32) { range in
+                            for i in (i0 + range.lowerBound)..<(i0 + range.upperBound) {
+                                let row = p + i * T, first = starts?[b * T + i] ?? 0
+                                var m = -Float.infinity
+                                for j in first...i { m = max(m, row[j]) }
+                                var z: Float = 0
+                                for j in first...i { row[j] = Foundation.exp(row[j] - m); z += row[j] }
+                                let inv = 1 / z
+                                for j in first...i { row[j] *= inv }
+                                for j in 0..<first { row[j] = 0 }
+                                for j in (i + 1)..<T { row[j] = 0 }
+                            }
+                        }
+                        BLAS.sgemm(transposeA: false, transposeB: false, m: i1 - i0, n: D, k: i1 - j0,
+                                   a: p + i0 * T + j0, lda: T, b: vv + j0 * kvHeads * D, ldb: kvHeads * D,
+                                   c: op.baseAddress! + (b * T * heads + h + i0 * heads) * D, ldc: heads * D)
                     }
-                    BLAS.sgemm(transposeA: false, transposeB: false, m: T, n: D, k: T, a: p, lda: T, b: vv,
-                               ldb: kvHeads * D, c: op.baseAddress! + (b * T * heads + h) * D, ldc: heads * D)
                 }
             }
         } } } } }
     }
 
-    /// Gradients of `attentionForward` with BLAS: dP = dO Vᵀ, dV += Pᵀ dO, dS = P ⊙ (dP − rowsum(dP ⊙ P)) / √D,
-    /// dQ = dS K, dK += dSᵀ Q. dq, dk, dv are overwritten.
+    /// Gradients of `attentionForward` with BLAS, per (batch, head) and block of query rows i0 ..< i1 over keys
+    /// 0 ..< i1 (P is zero past the diagonal): dP = dO Vᵀ, dV += Pᵀ dO,
+    /// dS = P ⊙ (dP − rowsum(dP ⊙ P)) / √D, dQ = dS K, dK += dSᵀ Q. dq, dk, dv are overwritten.
     public static func attentionBackward(dq: inout [Float], dk: inout [Float], dv: inout [Float], dout: [Float],
                                          probs: [Float], q: [Float], k: [Float], v: [Float],
                                          batch: Int, tokens: Int, heads: Int, kvHeads: Int, headDim: Int) {
@@ -144,7 +170,7 @@ public enum CPUOps {
         let T = tokens, D = headDim
         for i in dk.indices { dk[i] = 0 }
         for i in dv.indices { dv[i] = 0 }
-        var ds = [Float](repeating: 0, count: T * T)
+        var ds = [Float](repeating: 0, count: min(T, attentionRowBlock) * T)
         q.withUnsafeBufferPointer { qp in k.withUnsafeBufferPointer { kp in v.withUnsafeBufferPointer { vp in
         dout.withUnsafeBufferPointer { dop in probs.withUnsafeBufferPointer { pp in
         dq.withUnsafeMutableBufferPointer { dqp in dk.withUnsafeMutableBufferPointer { dkp in
@@ -154,24 +180,30 @@ public enum CPUOps {
                 for h in 0..<heads {
                     let kh = h / group
                     let qOffset = (b * T * heads + h) * D, kvOffset = (b * T * kvHeads + kh) * D
-                    let p = pp.baseAddress! + (b * heads + h) * T * T
-                    let dO = dop.baseAddress! + qOffset
-                    BLAS.sgemm(transposeA: false, transposeB: true, m: T, n: T, k: D, a: dO, lda: heads * D,
-                               b: vp.baseAddress! + kvOffset, ldb: kvHeads * D, c: s, ldc: T)
-                    BLAS.sgemm(transposeA: true, transposeB: false, m: T, n: D, k: T, a: p, lda: T, b: dO, ldb: heads * D,
-                               beta: 1, c: dvp.baseAddress! + kvOffset, ldc: kvHeads * D)
-                    for i in 0..<T {
-                        let prow = p + i * T, srow = s + i * T
-                        var dot: Float = 0
-                        for j in 0...i { dot += srow[j] * prow[j] }
-                        for j in 0...i { srow[j] = prow[j] * (srow[j] - dot) * scale }
-                        for j in (i + 1)..<T { srow[j] = 0 }
+                    for i0 in stride(from: 0, to: T, by: attentionRowBlock) {
+                        let i1 = min(T, i0 + attentionRowBlock), rows = i1 - i0
+                        let p = pp.baseAddress! + (b * heads + h) * T * T + i0 * T
+                        let dO = dop.baseAddress! + qOffset + i0 * heads * D
+                        BLAS.sgemm(transposeA: false, transposeB: true, m: rows, n: i1, k: D, a: dO, lda: heads * D,
+                                   b: vp.baseAddress! + kvOffset, ldb: kvHeads * D, c: s, ldc: T)
+                        BLAS.sgemm(transposeA: true, transposeB: false, m: i1, n: D, k: rows, a: p, lda: T, b: dO,
+                                   ldb: heads * D, beta: 1, c: dvp.baseAddress! + kvOffset, ldc: kvHeads * D)
+                        parallelChunks(count: rows, grain: 32) { range in
+                            for i in (i0 + range.lowerBound)..<(i0 + range.upperBound) {
+                                let prow = p + (i - i0) * T, srow = s + (i - i0) * T
+                                var dot: Float = 0
+                                for j in 0...i { dot += srow[j] * prow[j] }
+                                for j in 0...i { srow[j] = prow[j] * (srow[j] - dot) * scale }
+                                for j in (i + 1)..<i1 { srow[j] = 0 }
+                            }
+                        }
+                        BLAS.sgemm(transposeA: false, transposeB: false, m: rows, n: D, k: i1, a: s, lda: T,
+                                   b: kp.baseAddress! + kvOffset, ldb: kvHeads * D,
+                                   c: dqp.baseAddress! + qOffset + i0 * heads * D, ldc: heads * D)
+                        BLAS.sgemm(transposeA: true, transposeB: false, m: i1, n: D, k: rows, a: s, lda: T,
+                                   b: qp.baseAddress! + qOffset + i0 * heads * D, ldb: heads * D, beta: 1,
+                                   c: dkp.baseAddress! + kvOffset, ldc: kvHeads * D)
                     }
-                    BLAS.sgemm(transposeA: false, transposeB: false, m: T, n: D, k: T, a: s, lda: T,
-                               b: kp.baseAddress! + kvOffset, ldb: kvHeads * D, c: dqp.baseAddress! + qOffset, ldc: heads * D)
-                    BLAS.sgemm(transposeA: true, transposeB: false, m: T, n: D, k: T, a: s, lda: T,
-                               b: qp.baseAddress! + qOffset, ldb: heads * D, beta: 1,
-                               c: dkp.baseAddress! + kvOffset, ldc: kvHeads * D)
                 }
             }
         } } } } } } } } }
@@ -254,23 +286,33 @@ public enum CPUOps {
 
     // MARK: SwiGLU
 
-    /// a = silu(g) ⊙ u.
+    /// a = silu(g) ⊙ u, split over the cores.
     public static func swigluForward(_ a: inout [Float], gate: [Float], up: [Float]) {
-        for i in a.indices {
-            let g = gate[i]
-            a[i] = g / (1 + Foundation.exp(-g)) * up[i]
-        }
+        gate.withUnsafeBufferPointer { gate in up.withUnsafeBufferPointer { up in
+        a.withUnsafeMutableBufferPointer { a in
+            parallelChunks(count: a.count, grain: 1 << 15) { range in
+                for i in range {
+                    let g = gate[i]
+                    a[i] = g / (1 + Foundation.exp(-g)) * up[i]
+                }
+            }
+        } } }
     }
 
-    /// dgate, dup from da.
+    /// dgate, dup from da, split over the cores.
     public static func swigluBackward(dgate: inout [Float], dup: inout [Float], da: [Float], gate: [Float], up: [Float]) {
-        for i in da.indices {
-            let g = gate[i]
-            let sig = 1 / (1 + Foundation.exp(-g))
-            let silu = g * sig
-            dup[i] = da[i] * silu
-            dgate[i] = da[i] * up[i] * sig * (1 + g * (1 - sig))
-        }
+        da.withUnsafeBufferPointer { da in gate.withUnsafeBufferPointer { gate in up.withUnsafeBufferPointer { up in
+        dgate.withUnsafeMutableBufferPointer { dgate in dup.withUnsafeMutableBufferPointer { dup in
+            parallelChunks(count: da.count, grain: 1 << 15) { range in
+                for i in range {
+                    let g = gate[i]
+                    let sig = 1 / (1 + Foundation.exp(-g))
+                    let silu = g * sig
+                    dup[i] = da[i] * silu
+                    dgate[i] = da[i] * up[i] * sig * (1 + g * (1 - sig))
+                }
+            }
+        } } } } }
     }
 
     // MARK: Cross-entropy

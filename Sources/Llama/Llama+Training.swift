@@ -32,9 +32,8 @@ struct LayerActivations {
     var gate: [Float] = []         // (N, F)
     var up: [Float] = []           // (N, F)
     var act: [Float] = []          // (N, F)
-    var loraInput: [String: [Float]] = [:]   // dropout(x) per adapted projection (N, in)
-    var loraMask: [String: [Float]] = [:]    // dropout scale per element, when dropout > 0
-    var loraZ: [String: [Float]] = [:]       // dropout(x) · Aᵀ (N, R)
+    var loraKept: [String: LoRADropout.KeptBits] = [:]   // the dropout's kept elements, when dropout > 0
+    var loraZ: [String: [Float]] = [:]                     // dropout(x) · Aᵀ (N, R)
 }
 
 extension LlamaModel {
@@ -100,8 +99,11 @@ extension LlamaModel {
         let targets = Self.shiftedTargets(labels: labels, batch: batch, tokens: tokens)
         let count = targets.filter { $0 != -100 }.count
         let scale = gradientScale ?? (count > 0 ? 1 / Float(count) : 0)
-        // lm_head and the loss a chunk of rows at a time, so the (N, V) logits never exist all at once.
-        let chunk = max(1, min(n, (1 << 22) / vocab))
+        // lm_head and the loss a chunk of rows at a time (at most 2^25 logits, 128 MiB, a chunk; the chunks of one
+        // size), so the (N, V) logits never exist all at once for a large batch, and lm_head is read (and packed by
+        // the products) once a chunk.
+        let most = max(1, (1 << 25) / vocab), chunks = (n + most - 1) / most
+        let chunk = (n + chunks - 1) / chunks
         var lossSum = 0.0
         var keptLogits: [Float] = keepLogits ? [Float](repeating: 0, count: n * vocab) : []
         var dxf = [Float](repeating: 0, count: withGradients ? n * c : 0)
@@ -225,14 +227,14 @@ extension LlamaModel {
         let n = batch * tokens, c = config.hiddenSize
         let h = config.headCount, hkv = config.kvHeadCount, d = config.headDim
         var dxMid = dOut
-        let dAct = projectionBackward(l, "down_proj", dOut, rows: n, act: act, grads: &grads)
+        let dAct = projectionBackward(l, "down_proj", dOut, input: act.act, rows: n, act: act, grads: &grads)
         var dGate = [Float](repeating: 0, count: dAct.count), dUp = dGate
         CPUOps.swigluBackward(dgate: &dGate, dup: &dUp, da: dAct, gate: act.gate, up: act.up)
-        var dh2 = projectionBackward(l, "gate_proj", dGate, rows: n, act: act, grads: &grads)
-        let dh2Up = projectionBackward(l, "up_proj", dUp, rows: n, act: act, grads: &grads)
+        var dh2 = projectionBackward(l, "gate_proj", dGate, input: act.h2, rows: n, act: act, grads: &grads)
+        let dh2Up = projectionBackward(l, "up_proj", dUp, input: act.h2, rows: n, act: act, grads: &grads)
         for i in dh2.indices { dh2[i] += dh2Up[i] }
         CPUOps.rmsNormBackward(&dxMid, dh2, act.xMid, layer.postAttentionNorm, act.rstd2, rows: n, width: c, accumulate: true)
-        let dAttention = projectionBackward(l, "o_proj", dxMid, rows: n, act: act, grads: &grads)
+        let dAttention = projectionBackward(l, "o_proj", dxMid, input: act.attention, rows: n, act: act, grads: &grads)
         var dq = [Float](repeating: 0, count: act.q.count), dk = [Float](repeating: 0, count: act.k.count)
         var dv = [Float](repeating: 0, count: act.v.count)
         CPUOps.attentionBackward(dq: &dq, dk: &dk, dv: &dv, dout: dAttention, probs: act.probs, q: act.q, k: act.k,
@@ -241,9 +243,9 @@ extension LlamaModel {
             tokens: tokens, heads: h, headDim: d, inverse: true, positions: layout?.positions)
         CPUOps.rope(&dk, cos: ropeCos.prefix(positions: tokens), sin: ropeSin.prefix(positions: tokens), batch: batch,
             tokens: tokens, heads: hkv, headDim: d, inverse: true, positions: layout?.positions)
-        var dh1 = projectionBackward(l, "q_proj", dq, rows: n, act: act, grads: &grads)
+        var dh1 = projectionBackward(l, "q_proj", dq, input: act.h1, rows: n, act: act, grads: &grads)
         for (name, g) in [("k_proj", dk), ("v_proj", dv)] {
-            let part = projectionBackward(l, name, g, rows: n, act: act, grads: &grads)
+            let part = projectionBackward(l, name, g, input: act.h1, rows: n, act: act, grads: &grads)
             for i in dh1.indices { dh1[i] += part[i] }
         }
         var dx = dxMid
@@ -253,7 +255,8 @@ extension LlamaModel {
 
     // MARK: A frozen projection with its adapter
 
-    /// y (N, out) = x Wᵀ + bias + scale · (dropout(x) Aᵀ) Bᵀ.
+    /// y (N, out) = x Wᵀ + bias + scale · (dropout(x) Aᵀ) Bᵀ; saves z = dropout(x) Aᵀ and the dropout's kept
+    /// bits (the backward pass applies the mask again to the layer's saved input).
     private func projectionForward(_ l: Int, _ name: String, _ x: [Float], rows: Int, training: Bool,
                                    seed: UInt64, act: inout LayerActivations) -> [Float] {
         let p = layers[l].projections[name]!
@@ -263,30 +266,31 @@ extension LlamaModel {
                              accumulate: p.bias != nil)
         guard let adapter = adapters["\(l).\(name)"] else { return y }
         let r = loraConfig.r
-        var input = x
-        if training && loraConfig.dropout > 0 {
-            let mask = LoRADropout.mask(seed: LoRADropout.seed(seed, layer: l, projection: name), rows: rows,
-                                        width: p.inFeatures, keep: Float(1 - loraConfig.dropout))
-            for i in input.indices { input[i] *= mask[i] }
-            act.loraMask[name] = mask
-        }
         var z = [Float](repeating: 0, count: rows * r)
-        CPUOps.linearForward(&z, input, adapter.a, rows: rows, inFeatures: p.inFeatures, outFeatures: r)
+        if training && loraConfig.dropout > 0 {
+            let kept = LoRADropout.KeptBits(seed: LoRADropout.seed(seed, layer: l, projection: name), rows: rows,
+                                            width: p.inFeatures, keep: Float(1 - loraConfig.dropout))
+            let input = Self.masked(x, kept)
+            CPUOps.linearForward(&z, input, adapter.a, rows: rows, inFeatures: p.inFeatures, outFeatures: r)
+            act.loraKept[name] = kept
+        } else {
+            CPUOps.linearForward(&z, x, adapter.a, rows: rows, inFeatures: p.inFeatures, outFeatures: r)
+        }
         CPUOps.linearForward(&y, z, adapter.b, rows: rows, inFeatures: r, outFeatures: p.outFeatures, accumulate: true,
                              alpha: loraConfig.scale)
-        act.loraInput[name] = input
         act.loraZ[name] = z
         return y
     }
 
-    /// dx (N, in) from dy, adding the adapter's gradients into `grads`.
-    private func projectionBackward(_ l: Int, _ name: String, _ dy: [Float], rows: Int, act: LayerActivations,
-                                    grads: inout LoRAGradients) -> [Float] {
+    /// dx (N, in) from dy and the projection's input x (as the forward pass read it, before dropout), adding the
+    /// adapter's gradients into `grads`.
+    private func projectionBackward(_ l: Int, _ name: String, _ dy: [Float], input x: [Float], rows: Int,
+                                    act: LayerActivations, grads: inout LoRAGradients) -> [Float] {
         let p = layers[l].projections[name]!
         var dx = [Float](repeating: 0, count: rows * p.inFeatures)
         CPUOps.linearBackwardInput(&dx, dy, p.weight, rows: rows, inFeatures: p.inFeatures, outFeatures: p.outFeatures)
         let key = "\(l).\(name)"
-        guard let adapter = adapters[key], let z = act.loraZ[name], let input = act.loraInput[name] else { return dx }
+        guard let adapter = adapters[key], let z = act.loraZ[name] else { return dx }
         let r = loraConfig.r, s = loraConfig.scale
         var g = grads[key] ?? LoRAWeights(a: [Float](repeating: 0, count: adapter.a.count),
                                           b: [Float](repeating: 0, count: adapter.b.count))
@@ -294,12 +298,29 @@ extension LlamaModel {
                                     accumulate: true, alpha: s)
         var dz = [Float](repeating: 0, count: rows * r)
         CPUOps.linearBackwardInput(&dz, dy, adapter.b, rows: rows, inFeatures: r, outFeatures: p.outFeatures, alpha: s)
-        CPUOps.linearBackwardWeight(&g.a, dz, input, rows: rows, inFeatures: p.inFeatures, outFeatures: r, accumulate: true)
-        var dInput = [Float](repeating: 0, count: rows * p.inFeatures)
-        CPUOps.linearBackwardInput(&dInput, dz, adapter.a, rows: rows, inFeatures: p.inFeatures, outFeatures: r)
-        if let mask = act.loraMask[name] { for i in dInput.indices { dInput[i] *= mask[i] } }
-        for i in dx.indices { dx[i] += dInput[i] }
+        if let kept = act.loraKept[name] {
+            var scratch = Self.masked(x, kept)
+            CPUOps.linearBackwardWeight(&g.a, dz, scratch, rows: rows, inFeatures: p.inFeatures, outFeatures: r,
+                                        accumulate: true)
+            CPUOps.linearBackwardInput(&scratch, dz, adapter.a, rows: rows, inFeatures: p.inFeatures, outFeatures: r)
+            scratch.withUnsafeBufferPointer { d in
+                dx.withUnsafeMutableBufferPointer { kept.accumulate(d.baseAddress!, into: $0.baseAddress!) }
+            }
+        } else {
+            CPUOps.linearBackwardWeight(&g.a, dz, x, rows: rows, inFeatures: p.inFeatures, outFeatures: r,
+                                        accumulate: true)
+            CPUOps.linearBackwardInput(&dx, dz, adapter.a, rows: rows, inFeatures: p.inFeatures, outFeatures: r,
+                                       accumulate: true)
+        }
         grads[key] = g
         return dx
+    }
+
+    /// dropout(x): the elements `kept` keeps, times 1/keep, and zeros.
+    private static func masked(_ x: [Float], _ kept: LoRADropout.KeptBits) -> [Float] {
+        [Float](unsafeUninitializedCapacity: x.count) { out, initialized in
+            x.withUnsafeBufferPointer { kept.apply($0.baseAddress!, into: out.baseAddress!) }
+            initialized = x.count
+        }
     }
 }

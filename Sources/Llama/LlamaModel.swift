@@ -15,6 +15,11 @@ public enum ComputeDType: String, Sendable, CaseIterable {
     case fp32
     /// Dequantized weights rounded to bf16, as bitsandbytes gives them to a bf16 model; arithmetic in float32.
     case bf16
+
+    /// A dequantized weight as the CPU's products read it: as it is, or rounded to bf16.
+    public func cpuWeight(_ dequantized: [Float]) -> [Float] {
+        self == .bf16 ? dequantized.map { float(fromBF16: bf16Bits(from: $0)) } : dequantized
+    }
 }
 
 /// A frozen linear layer of the base: its 4-bit weight, dequantized once for the CPU's products, and its bias.
@@ -228,9 +233,7 @@ extension LlamaModel {
                             seed: UInt64 = 0) throws {
         try self.init(weights, lora: lora, seed: seed) { l, name in
             let q = try weights.quantizedProjection(layer: l, name)
-            var weight = q.dequantizedFloat32()
-            if compute == .bf16 { weight = weight.map { float(fromBF16: bf16Bits(from: $0)) } }
-            return (q, weight)
+            return (q, compute.cpuWeight(q.dequantizedFloat32()))
         }
     }
 

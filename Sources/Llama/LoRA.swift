@@ -1,3 +1,5 @@
+import Tensors
+
 /// LoRA settings, as peft's `LoraConfig` names them.
 public struct LoRAConfig: Equatable, Sendable {
     /// Rank R.
@@ -68,6 +70,67 @@ public enum LoRADropout {
     @inline(__always) public static func kept(key: UInt32, column: Int, threshold: UInt32) -> Bool {
         let h = mix(key ^ UInt32(truncatingIfNeeded: column >> 1))
         return (column & 1 == 0 ? h & 0xffff : h >> 16) < threshold
+    }
+
+    /// The kept elements of a (rows × width) input as bits, the draw of `mask` in 1/32 of its memory: what a
+    /// training step keeps of each adapter's dropout between its forward and backward passes.
+    public struct KeptBits: Sendable {
+        /// Rows and columns of the input, and the multiplier of a kept element (1/keep).
+        public let rows: Int, width: Int, scale: Float
+        /// Bit c % 64 of word r · wordsPerRow + c / 64: element (r, c) kept.
+        let words: [UInt64]
+        var wordsPerRow: Int { (width + 63) / 64 }
+
+        /// The elements `kept(key:column:threshold:)` keeps (one hash a pair of columns), rows split over the cores.
+        public init(seed: UInt64, rows: Int, width: Int, keep: Float) {
+            self.rows = rows; self.width = width; scale = 1 / keep
+            let perRow = (width + 63) / 64, bound = threshold(keep: keep)
+            words = [UInt64](unsafeUninitializedCapacity: rows * perRow) { w, initialized in
+                parallelChunks(count: rows, grain: 64) { range in
+                    for r in range {
+                        let key = rowKey(seed: seed, row: r), row = w.baseAddress! + r * perRow
+                        row.update(repeating: 0, count: perRow)
+                        for c in stride(from: 0, to: width, by: 2) {
+                            let h = mix(key ^ UInt32(truncatingIfNeeded: c >> 1))
+                            if h & 0xffff < bound { row[c >> 6] |= 1 << UInt64(c & 63) }
+                            if c + 1 < width, h >> 16 < bound { row[(c + 1) >> 6] |= 1 << UInt64((c + 1) & 63) }
+                        }
+                    }
+                }
+                initialized = rows * perRow
+            }
+        }
+
+        /// Whether element (row, column) is kept.
+        public func isKept(row: Int, column: Int) -> Bool {
+            words[row * wordsPerRow + column / 64] >> UInt64(column % 64) & 1 != 0
+        }
+
+        /// out = x ⊙ mask (each element times 1/keep where kept, else times 0; both rows × width).
+        public func apply(_ x: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>) {
+            let perRow = wordsPerRow, width = width, scale = scale
+            words.withUnsafeBufferPointer { w in
+                parallelChunks(count: rows, grain: 64) { range in
+                    for r in range {
+                        let bits = w.baseAddress! + r * perRow, xr = x + r * width, o = out + r * width
+                        for c in 0..<width { o[c] = xr[c] * (bits[c >> 6] >> UInt64(c & 63) & 1 != 0 ? scale : 0) }
+                    }
+                }
+            }
+        }
+
+        /// out += x ⊙ mask.
+        public func accumulate(_ x: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>) {
+            let perRow = wordsPerRow, width = width, scale = scale
+            words.withUnsafeBufferPointer { w in
+                parallelChunks(count: rows, grain: 64) { range in
+                    for r in range {
+                        let bits = w.baseAddress! + r * perRow, xr = x + r * width, o = out + r * width
+                        for c in 0..<width { o[c] += xr[c] * (bits[c >> 6] >> UInt64(c & 63) & 1 != 0 ? scale : 0) }
+                    }
+                }
+            }
+        }
     }
 
     /// The inverted-dropout multipliers (1/keep or 0) of a (rows × width) input.

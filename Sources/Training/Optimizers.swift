@@ -1,6 +1,7 @@
 import Foundation
 import Llama
 import Quantization
+import Tensors
 
 /// Hyper-parameters shared by the AdamW variants.
 public struct AdamWSettings: Equatable, Sendable {

@@ -17,7 +17,8 @@ struct Bench: ParsableCommand {
         abstract: "Benchmark QLoRA training steps on a random-weight model (tokens/s, peak memory), as one JSON line.")
 
     @OptionGroup var step: StepShapeOptions
-    @Option(help: "Timed steps (after 3 warm-up steps).") var steps: Int = 10
+    @Option(help: "Timed steps.") var steps: Int = 10
+    @Option(help: "Untimed steps before them.") var warmup: Int = 3
     @Option(help: ArgumentHelp("Device: \(DeviceChoice.help).")) var device: DeviceChoice = .cpu
     @Flag(help: "After the timed steps, one more step with the GPU waited on around every kernel and product: a table of where the time goes (stderr).")
     var profile = false
@@ -32,6 +33,9 @@ struct Bench: ParsableCommand {
         guard (1...100_000).contains(steps) else {
             throw ValidationError("--steps is \(steps): must be from 1 to 100000")
         }
+        guard (0...100_000).contains(warmup) else {
+            throw ValidationError("--warmup is \(warmup): must be from 0 to 100000")
+        }
         if let generate, generate < 1 { throw ValidationError("--generate must be at least 1 (new tokens)") }
     }
 
@@ -41,9 +45,6 @@ struct Bench: ParsableCommand {
         let worker = try DataParallelOptions.validatedWorker()
         DataParallelOptions.quietUnlessRankZero()
         let (cfg, lora, weights) = try step.resolve()
-        if step.computeDtype == .bf16, !device.isGPU, worker == nil, parallel.devices == nil {
-            throw ValidationError("--compute-dtype bf16: bench on the CPU computes in fp32 (give it with --device cuda)")
-        }
         if let generate {
             guard worker == nil && parallel.devices == nil else {
                 throw ValidationError("--generate runs on one device: not with --devices")
@@ -78,8 +79,9 @@ struct Bench: ParsableCommand {
             FileHandle.standardError.write("bench on \(d.description)\n".data(using: .utf8)!)
         } else {
             try step.checkFitsHostMemory(cfg)
-            let model = try weights.map { try LlamaModel(weights: $0, lora: lora, seed: 1) }
-                ?? Self.randomCPUModel(cfg, lora: lora)
+            let compute = step.cpuComputeDType
+            let model = try weights.map { try LlamaModel(weights: $0, compute: compute, lora: lora, seed: 1) }
+                ?? Self.randomCPUModel(cfg, compute: compute, lora: lora)
             counts = model.parameterCounts
             engine = CPUTrainingEngine(model: model, optimizer: AdamW(kind: .paged_adamw_8bit))
         }
@@ -97,7 +99,7 @@ struct Bench: ParsableCommand {
             try engine.applyOptimizer(lr: 2e-4, gradientScale: 1)
             lastLoss = r.loss
         }
-        for _ in 0..<3 { try trainStep() }
+        for _ in 0..<warmup { try trainStep() }
         gpu?.resetPeak()
         let t0 = Date()
         for _ in 0..<steps { try trainStep() }
@@ -123,7 +125,7 @@ struct Bench: ParsableCommand {
             ("step_s", .double(r(seconds / Double(steps), 4))), ("peak_alloc_gib", .double(r(peak / 1073741824, 3))),
             ("peak_reserved_gib", .double(r(reserved / 1073741824, 3))), ("load_s", .double(r(loadSeconds, 1))),
             ("trainable", .int(counts.trainable)), ("all_params", .int(counts.all)), ("final_loss", .double(r(finalLoss, 4))),
-            ("compute_dtype", .string(gpu != nil ? computeDtype.rawValue : "fp32")),
+            ("compute_dtype", .string(gpu != nil ? computeDtype.rawValue : step.cpuComputeDType.rawValue)),
             ("lora_dropout", .double(loraDropout)),
             ("devices", .int(world)),
             ("cpu_gemm", .string(gpu != nil ? "" : BLAS.inUse)),
@@ -159,8 +161,9 @@ struct Bench: ParsableCommand {
             } ?? CUDALlama(randomConfig: cfg, lora: initial, device: d, dtype: step.gpuDType)
             run = { try model.generate(prompts: prompts, options: $0) }
         } else {
-            let model = try weights.map { try LlamaModel(weights: $0, lora: initial, seed: 1) }
-                ?? Self.randomCPUModel(cfg, lora: initial)
+            let model = try weights.map {
+                try LlamaModel(weights: $0, compute: step.cpuComputeDType, lora: initial, seed: 1)
+            } ?? Self.randomCPUModel(cfg, compute: step.cpuComputeDType, lora: initial)
             run = { o in prompts.map { model.generate(prompt: $0, options: o) } }
         }
         // One token (the prompts' pass and the first pick), then the whole generation, each the faster of two runs
@@ -193,15 +196,16 @@ struct Bench: ParsableCommand {
             ("decode_tokens_per_s", total > prefill ? .double(r(Double(decoded) / (total - prefill), 1)) : .null),
             ("tokens_per_s", .double(r(Double(out.map(\.count).reduce(0, +)) / total, 1))),
             ("total_s", .double(r(total, 3))),
-            ("compute_dtype", .string(gpu != nil ? step.gpuComputeDType.rawValue : "fp32")),
+            ("compute_dtype", .string(gpu != nil ? step.gpuComputeDType.rawValue : step.cpuComputeDType.rawValue)),
             ("peak_alloc_gib", .double(r(Double(gpu?.peakAllocatedBytes ?? HostMemory.peakResidentBytes())
                                          / 1073741824, 3))),
         ]
         print(JSONValue.object(line).pythonText())
     }
 
-    /// A random-weight CPU model: weights uniform in ±0.04 (bf16), quantized to NF4 with double quantization.
-    static func randomCPUModel(_ config: LlamaConfig, lora: LoRAConfig) throws -> LlamaModel {
+    /// A random-weight CPU model: weights uniform in ±0.04 (bf16), quantized to NF4 with double quantization,
+    /// dequantized for the products as `LlamaModel(weights:compute:)` does.
+    static func randomCPUModel(_ config: LlamaConfig, compute: ComputeDType, lora: LoRAConfig) throws -> LlamaModel {
         var rng = SeededGenerator(seed: 7)
         func random(_ n: Int, _ scale: Float) -> [Float] { (0..<n).map { _ in (rng.nextUniform() * 2 - 1) * scale } }
         let c = config.hiddenSize
@@ -212,7 +216,8 @@ struct Bench: ParsableCommand {
                 let (out, inF) = config.projectionShape(name)!
                 let w = Tensor(random(out * inF, 0.04), shape: [out, inF], dtype: .bf16)
                 let q = try Quantized4BitTensor(quantizing: w, type: .nf4, doubleQuant: true)
-                projections[name] = FrozenLinear(outFeatures: out, inFeatures: inF, quantized: q, weight: q.dequantizedFloat32(), bias: nil)
+                projections[name] = FrozenLinear(outFeatures: out, inFeatures: inF, quantized: q,
+                                                 weight: compute.cpuWeight(q.dequantizedFloat32()), bias: nil)
             }
             built.append(DecoderLayer(inputNorm: [Float](repeating: 1, count: c), postAttentionNorm: [Float](repeating: 1, count: c),
                                       projections: projections))

@@ -82,8 +82,9 @@ struct StepShapeOptions: ParsableArguments {
     /// The GPU activation type of --compute-dtype.
     var gpuDType: GPUDType { gpuComputeDType == .fp32 ? .f32 : .bf16 }
 
-    /// --compute-dtype on the GPU: bf16 unless given.
+    /// --compute-dtype on the GPU (bf16 unless given) and on the CPU (fp32 unless given), as train has it.
     var gpuComputeDType: ComputeDType { computeDtype ?? .bf16 }
+    var cpuComputeDType: ComputeDType { computeDtype ?? .fp32 }
 
     /// The architecture, the LoRA settings (r 16, alpha 32, as the baselines), and the checkpoint's weights if any.
     func resolve() throws -> (LlamaConfig, LoRAConfig, LlamaWeights?) {

