@@ -72,15 +72,8 @@ final class OpGradientTests: XCTestCase {
         let (out, p) = forward(q, k, v), (outRef, pRef) = forward(q, k, v, reference: true)
         XCTAssertLessThan(relativeError(out, outRef), 1e-5)
         XCTAssertLessThan(relativeError(p, pRef), 1e-5)
-        var dq = [Float](repeating: 0, count: q.count), dk = [Float](repeating: 0, count: k.count), dv = dk
-        CPUOps.attentionBackward(dq: &dq, dk: &dk, dv: &dv, dout: r, probs: p, q: q, k: k, v: v, batch: b, tokens: t,
-                                 heads: h, kvHeads: hkv, headDim: d)
-        var dqR = dq, dkR = dk, dvR = dv
-        CPUOps.attentionBackwardReference(dq: &dqR, dk: &dkR, dv: &dvR, dout: r, probs: p, q: q, k: k, v: v, batch: b,
-                                          tokens: t, heads: h, kvHeads: hkv, headDim: d)
-        XCTAssertLessThan(relativeError(dq, dqR), 1e-5)
-        XCTAssertLessThan(relativeError(dk, dkR), 1e-5)
-        XCTAssertLessThan(relativeError(dv, dvR), 1e-5)
+        let (dq, dk, dv) = attentionBackwardAgainstReference(dout: r, probs: p, q: q, k: k, v: v,
+                                                             shape: (b, t, h, hkv, d), fill: 0)
         checkGradient(q, dq, "attention dq") { dot(forward($0, k, v).0, r) }
         checkGradient(k, dk, "attention dk") { dot(forward(q, $0, v).0, r) }
         checkGradient(v, dv, "attention dv") { dot(forward(q, k, $0).0, r) }
@@ -98,15 +91,26 @@ final class OpGradientTests: XCTestCase {
                                          headDim: d)
         XCTAssertLessThan(relativeError(out, outRef), 1e-5)
         XCTAssertLessThan(relativeError(p, pRef), 1e-5)   // every entry written (NaN before), zeros included
-        var dq = [Float](repeating: .nan, count: q.count), dk = [Float](repeating: .nan, count: k.count), dv = dk
-        CPUOps.attentionBackward(dq: &dq, dk: &dk, dv: &dv, dout: r, probs: p, q: q, k: k, v: v, batch: b, tokens: t,
-                                 heads: h, kvHeads: hkv, headDim: d)
+        _ = attentionBackwardAgainstReference(dout: r, probs: p, q: q, k: k, v: v, shape: (b, t, h, hkv, d),
+                                              fill: .nan)   // every entry written (NaN before)
+    }
+
+    /// The blocked attention backward against the plain loops on the same inputs (the gradients start as `fill`,
+    /// the reference's as what the blocked one wrote); returns the blocked one's dq, dk, dv.
+    func attentionBackwardAgainstReference(dout: [Float], probs: [Float], q: [Float], k: [Float], v: [Float],
+                                           shape: (b: Int, t: Int, h: Int, hkv: Int, d: Int),
+                                           fill: Float) -> (dq: [Float], dk: [Float], dv: [Float]) {
+        let (b, t, h, hkv, d) = shape
+        var dq = [Float](repeating: fill, count: q.count), dk = [Float](repeating: fill, count: k.count), dv = dk
+        CPUOps.attentionBackward(dq: &dq, dk: &dk, dv: &dv, dout: dout, probs: probs, q: q, k: k, v: v, batch: b,
+                                 tokens: t, heads: h, kvHeads: hkv, headDim: d)
         var dqR = dq, dkR = dk, dvR = dv
-        CPUOps.attentionBackwardReference(dq: &dqR, dk: &dkR, dv: &dvR, dout: r, probs: p, q: q, k: k, v: v, batch: b,
-                                          tokens: t, heads: h, kvHeads: hkv, headDim: d)
+        CPUOps.attentionBackwardReference(dq: &dqR, dk: &dkR, dv: &dvR, dout: dout, probs: probs, q: q, k: k, v: v,
+                                          batch: b, tokens: t, heads: h, kvHeads: hkv, headDim: d)
         XCTAssertLessThan(relativeError(dq, dqR), 1e-5)
         XCTAssertLessThan(relativeError(dk, dkR), 1e-5)
         XCTAssertLessThan(relativeError(dv, dvR), 1e-5)
+        return (dq, dk, dv)
     }
 
     func testSwiGLU() {
