@@ -26,12 +26,24 @@ public final class DeviceBuffer: @unchecked Sendable {
     let reserved: Int
     let managed: Bool
     let pool: DeviceMemoryPool
+    /// The buffer this one is a part of (`view`): it owns the memory and lives at least as long as this one.
+    let parent: DeviceBuffer?
 
-    init(address: UInt64, count: Int, dtype: GPUDType, reserved: Int, managed: Bool, pool: DeviceMemoryPool) {
+    init(address: UInt64, count: Int, dtype: GPUDType, reserved: Int, managed: Bool, pool: DeviceMemoryPool,
+         parent: DeviceBuffer? = nil) {
         self.address = address; self.count = count; self.dtype = dtype; self.reserved = reserved
-        self.managed = managed; self.pool = pool
+        self.managed = managed; self.pool = pool; self.parent = parent
     }
-    deinit { pool.release(address: address, reserved: reserved, managed: managed) }
+    deinit { if parent == nil { pool.release(address: address, reserved: reserved, managed: managed) } }
+
+    /// `count` elements of this buffer from element `at` on, as a buffer of their own that shares this one's memory
+    /// (one allocation for many tensors: one memset, one prefetch, one reduction over all of them).
+    public func view(at: Int, count: Int) -> DeviceBuffer {
+        precondition(at >= 0 && count >= 0 && at + count <= self.count,
+                     "view: elements \(at)..<\(at + count) of \(self.count)")
+        return DeviceBuffer(address: address(at: at), count: count, dtype: dtype, reserved: count * dtype.size,
+                            managed: managed, pool: pool, parent: self)
+    }
 
     /// Bytes of the elements.
     public var bytes: Int { count * dtype.size }

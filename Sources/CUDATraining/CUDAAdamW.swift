@@ -13,12 +13,18 @@ public final class CUDAAdamW {
         case float32(m: DeviceBuffer, v: DeviceBuffer)
         case eightBit(m: DeviceBuffer, v: DeviceBuffer, absmaxM: DeviceBuffer, absmaxV: DeviceBuffer)
     }
+    /// One tensor to update: its name, float32 parameter and gradient, and the compute copy to write (or nil).
+    public typealias Item = (name: String, parameter: DeviceBuffer, gradient: DeviceBuffer, copy: DeviceBuffer?)
     public let kind: OptimizerKind
     public let settings: AdamWSettings
     let device: CUDADevice
+    /// Views of `pools`: the states of the tensors allocated together are parts of one buffer per kind of value.
     var states: [String: State] = [:]
+    var pools: [DeviceBuffer] = []
     var steps: [String: Int] = [:]
     let signedMap: DeviceBuffer, unsignedMap: DeviceBuffer
+    /// The table of the last 8-bit launch (`tensorTable`): uploaded again only when its tensors change.
+    var table: (key: [UInt64], buffer: DeviceBuffer)? = nil
 
     public init(kind: OptimizerKind, settings: AdamWSettings, device: CUDADevice) throws {
         self.kind = kind; self.settings = settings; self.device = device
@@ -29,61 +35,115 @@ public final class CUDAAdamW {
     var paged: Bool { kind == .paged_adamw_8bit || kind == .paged_adamw_32bit }
     func usesEightBit(_ count: Int) -> Bool { kind.isEightBit && count >= AdamW.minimumEightBitSize }
 
-    func state(_ name: String, count: Int) throws -> State {
-        if let s = states[name] { return s }
-        let s: State
-        if usesEightBit(count) {
-            let blocks = (count + AdamW.blocksize - 1) / AdamW.blocksize
-            s = .eightBit(m: try device.zeros(count, .u8, managed: paged), v: try device.zeros(count, .u8, managed: paged),
-                          absmaxM: try device.zeros(blocks, .f32, managed: paged),
-                          absmaxV: try device.zeros(blocks, .f32, managed: paged))
-        } else {
-            s = .float32(m: try device.zeros(count, .f32, managed: paged), v: try device.zeros(count, .f32, managed: paged))
+    /// Zeroed states for the tensors in `items` (name, element count) that have none, in one buffer per kind of
+    /// value (each part on a multiple of 256 elements), so that a paged update prefetches a few buffers, not four
+    /// per tensor.
+    func allocateStates(_ items: [(name: String, count: Int)]) throws {
+        let missing = items.filter { states[$0.name] == nil }
+        guard !missing.isEmpty else { return }
+        func aligned(_ n: Int) -> Int { (n + 255) / 256 * 256 }
+        func blocks(_ n: Int) -> Int { (n + AdamW.blocksize - 1) / AdamW.blocksize }
+        let eight = missing.filter { usesEightBit($0.count) }, full = missing.filter { !usesEightBit($0.count) }
+        if !eight.isEmpty {
+            let codes = eight.reduce(0) { $0 + aligned($1.count) }
+            let scales = eight.reduce(0) { $0 + aligned(blocks($1.count)) }
+            let m = try device.zeros(codes, .u8, managed: paged), v = try device.zeros(codes, .u8, managed: paged)
+            let am = try device.zeros(scales, .f32, managed: paged), av = try device.zeros(scales, .f32, managed: paged)
+            pools += [m, v, am, av]
+            var at = 0, scaleAt = 0
+            for (name, n) in eight {
+                states[name] = .eightBit(m: m.view(at: at, count: n), v: v.view(at: at, count: n),
+                                         absmaxM: am.view(at: scaleAt, count: blocks(n)),
+                                         absmaxV: av.view(at: scaleAt, count: blocks(n)))
+                at += aligned(n); scaleAt += aligned(blocks(n))
+            }
         }
-        states[name] = s
-        return s
+        if !full.isEmpty {
+            let total = full.reduce(0) { $0 + aligned($1.count) }
+            let m = try device.zeros(total, .f32, managed: paged), v = try device.zeros(total, .f32, managed: paged)
+            pools += [m, v]
+            var at = 0
+            for (name, n) in full {
+                states[name] = .float32(m: m.view(at: at, count: n), v: v.view(at: at, count: n))
+                at += aligned(n)
+            }
+        }
     }
 
     /// One update of `parameter` (named `name`) with `gradient` × `gradientScale` at learning rate `lr`.
     public func update(_ name: String, parameter p: DeviceBuffer, gradient g: DeviceBuffer, lr: Float,
                        gradientScale: Float, copy: DeviceBuffer? = nil) throws {
+        try update([(name, p, g, copy)], lr: lr, gradientScale: gradientScale)
+    }
+
+    /// One update of every tensor in `items` with its gradient × `gradientScale` at learning rate `lr`: the
+    /// blockwise 8-bit ones of the same step in one launch (`adamw_bnb8_blockwise` reads a table of them), the
+    /// others one launch each.
+    public func update(_ items: [Item], lr: Float, gradientScale: Float) throws {
+        guard !items.isEmpty else { return }
+        try allocateStates(items.map { ($0.name, $0.parameter.count) })
+        for pool in pools { try device.prefetch(pool) }
         // The kernels' bf16 build writes a bf16 copy; the float32 build (no copy, or a float32 one) the rest.
-        let bf16 = copy?.dtype == .bf16
-        let step = (steps[name] ?? 0) + 1
-        steps[name] = step
-        let s = settings, n = p.count
-        let st = try state(name, count: n)
-        let grid = (n + 255) / 256
-        switch st {
-        case .float32(let m, let v):
-            try device.prefetch(m); try device.prefetch(v)
-            if kind == .adamw {
-                let bc1 = 1 - Foundation.pow(Double(s.beta1), Double(step))
-                let bc2Sqrt = (1 - Foundation.pow(Double(s.beta2), Double(step))).squareRoot()
-                try device.launch(.optimizer, "adamw_torch", bf16: bf16, grid: grid, block: 256,
-                                  [.buffer(p), .buffer(g), .buffer(m), .buffer(v), .long(n), .float(lr), .float(s.beta1),
-                                   .float(s.beta2), .float(s.eps), .float(s.weightDecay), .float(Float(Double(lr) / bc1)),
-                                   .float(Float(bc2Sqrt)), .float(gradientScale), .optional(copy)])
-            } else {
-                let correction1 = 1 - Foundation.powf(s.beta1, Float(step))
-                let correction2 = (1 - Foundation.powf(s.beta2, Float(step))).squareRoot()
-                try device.launch(.optimizer, "adamw_bnb32", bf16: bf16, grid: grid, block: 256,
-                                  [.buffer(p), .buffer(g), .buffer(m), .buffer(v), .long(n), .float(lr), .float(s.beta1),
-                                   .float(s.beta2), .float(s.eps), .float(s.weightDecay),
-                                   .float(-lr * correction2 / correction1), .float(correction2), .float(gradientScale),
-                                   .optional(copy)])
+        let bf16 = items[0].copy?.dtype == .bf16
+        precondition(items.allSatisfy { ($0.copy?.dtype == .bf16) == bf16 }, "update: mixed compute copies")
+        let s = settings
+        var eightBit: [Int: [Item]] = [:]   // by step
+        for item in items {
+            let step = (steps[item.name] ?? 0) + 1
+            steps[item.name] = step
+            let (p, g, n, copy) = (item.parameter, item.gradient, item.parameter.count, item.copy)
+            let grid = (n + 255) / 256
+            switch states[item.name]! {
+            case .float32(let m, let v):
+                if kind == .adamw {
+                    let bc1 = 1 - Foundation.pow(Double(s.beta1), Double(step))
+                    let bc2Sqrt = (1 - Foundation.pow(Double(s.beta2), Double(step))).squareRoot()
+                    try device.launch(.optimizer, "adamw_torch", bf16: bf16, grid: grid, block: 256,
+                                      [.buffer(p), .buffer(g), .buffer(m), .buffer(v), .long(n), .float(lr),
+                                       .float(s.beta1), .float(s.beta2), .float(s.eps), .float(s.weightDecay),
+                                       .float(Float(Double(lr) / bc1)), .float(Float(bc2Sqrt)),
+                                       .float(gradientScale), .optional(copy)])
+                } else {
+                    let correction1 = 1 - Foundation.powf(s.beta1, Float(step))
+                    let correction2 = (1 - Foundation.powf(s.beta2, Float(step))).squareRoot()
+                    try device.launch(.optimizer, "adamw_bnb32", bf16: bf16, grid: grid, block: 256,
+                                      [.buffer(p), .buffer(g), .buffer(m), .buffer(v), .long(n), .float(lr),
+                                       .float(s.beta1), .float(s.beta2), .float(s.eps), .float(s.weightDecay),
+                                       .float(-lr * correction2 / correction1), .float(correction2),
+                                       .float(gradientScale), .optional(copy)])
+                }
+            case .eightBit:
+                eightBit[step, default: []].append(item)
             }
-        case .eightBit(let m, let v, let am, let av):
-            for b in [m, v, am, av] { try device.prefetch(b) }
+        }
+        for (step, group) in eightBit.sorted(by: { $0.key < $1.key }) {
             let correction1 = 1 - Foundation.powf(s.beta1, Float(step))
             let correction2 = (1 - Foundation.powf(s.beta2, Float(step))).squareRoot()
             let stepSize = (-lr * correction2) * GPUReciprocal.reciprocal(correction1)
-            try device.launch(.optimizer, "adamw_bnb8_blockwise", bf16: bf16, grid: grid, block: 256,
-                              [.buffer(p), .buffer(g), .buffer(m), .buffer(v), .buffer(am), .buffer(av), .long(n),
-                               .float(lr), .float(s.beta1), .float(s.beta2), .float(s.eps), .float(s.weightDecay),
-                               .float(stepSize), .float(correction2), .float(gradientScale), .buffer(signedMap),
-                               .buffer(unsignedMap), .optional(copy)])
+            let (table, blocks) = try tensorTable(group)
+            try device.launch(.optimizer, "adamw_bnb8_blockwise", bf16: bf16, grid: blocks, block: 256,
+                              [.buffer(table), .int(group.count), .float(lr), .float(s.beta1), .float(s.beta2),
+                               .float(s.eps), .float(s.weightDecay), .float(stepSize), .float(correction2),
+                               .float(gradientScale), .buffer(signedMap), .buffer(unsignedMap)])
         }
+    }
+
+    /// The 8-bit kernel's table (`AdamTensor` in optimizer.cu: seven addresses, the element count and the first
+    /// block of each tensor, 9 × 8 bytes) and the blocks of all of them.
+    func tensorTable(_ items: [Item]) throws -> (DeviceBuffer, Int) {
+        var words: [UInt64] = [], first = 0
+        for item in items {
+            guard case .eightBit(let m, let v, let am, let av) = states[item.name]! else { preconditionFailure() }
+            let n = item.parameter.count
+            words += [item.parameter.address, item.gradient.address, m.address, v.address, am.address, av.address,
+                      item.copy?.address ?? 0, UInt64(n), UInt64(first)]
+            first += (n + 255) / 256
+        }
+        if let table, table.key == words { return (table.buffer, first) }
+        let buffer = try device.allocate(words.count * 8, .u8)
+        try words.withUnsafeBytes { try device.copy(Array($0), to: buffer) }
+        table = (words, buffer)
+        return (buffer, first)
     }
 
     /// The state as the host optimizer holds it (for checkpoints).
@@ -105,18 +165,21 @@ public final class CUDAAdamW {
         guard o.kind == kind else {
             throw TrainingError(description: "optimizer \(o.kind.rawValue) restored into an engine using \(kind.rawValue)")
         }
-        states = [:]
+        states = [:]; pools = []; table = nil
+        try allocateStates(o.states.keys.sorted().map { name in
+            switch o.states[name]! {
+            case .float32(let m, _): return (name, m.count)
+            case .eightBit(let m, _, _, _): return (name, m.count)
+            }
+        })
         for (name, s) in o.states {
-            switch s {
-            case .float32(let m, let v):
-                let mb = try device.allocate(m.count, .f32, managed: paged), vb = try device.allocate(v.count, .f32, managed: paged)
+            switch (s, states[name]!) {
+            case (.float32(let m, let v), .float32(let mb, let vb)):
                 try device.copy(m, to: mb); try device.copy(v, to: vb)
-                states[name] = .float32(m: mb, v: vb)
-            case .eightBit(let m, let v, let am, let av):
-                let mb = try device.allocate(m.count, .u8, managed: paged), vb = try device.allocate(v.count, .u8, managed: paged)
-                let ab = try device.allocate(am.count, .f32, managed: paged), bb = try device.allocate(av.count, .f32, managed: paged)
+            case (.eightBit(let m, let v, let am, let av), .eightBit(let mb, let vb, let ab, let bb)):
                 try device.copy(m, to: mb); try device.copy(v, to: vb); try device.copy(am, to: ab); try device.copy(av, to: bb)
-                states[name] = .eightBit(m: mb, v: vb, absmaxM: ab, absmaxV: bb)
+            default:
+                throw TrainingError(description: "optimizer state \(name) (\(s)) does not fit a tensor of that size")
             }
         }
         steps = o.steps
@@ -139,7 +202,7 @@ public final class CUDATrainingEngine: TrainingEngine {
     /// Sums every adapter gradient over the ranks (one NCCL group of all-reduces, on the model's stream).
     public func allReduceGradients() throws {
         guard let communicator, communicator.worldSize > 1 else { return }
-        try communicator.allReduceSum(model.adapterKeys.flatMap { [model.adapters[$0]!.gradA, model.adapters[$0]!.gradB] })
+        try communicator.allReduceSum([model.gradientBuffer])
     }
 
     public var config: LlamaConfig { model.config }
@@ -169,14 +232,12 @@ public final class CUDATrainingEngine: TrainingEngine {
         let tag = model.device.allocationTag
         model.device.allocationTag = "optimizer state (paged: managed memory)"
         defer { model.device.allocationTag = tag }
-        for key in model.adapterKeys {
+        // The compute copies are written by the update itself (a float32 model reads the masters).
+        try optimizer.update(model.adapterKeys.flatMap { key -> [CUDAAdamW.Item] in
             let a = model.adapters[key]!
-            // The compute copies are written by the update itself (a float32 model reads the masters).
-            try optimizer.update(key + ".A", parameter: a.a, gradient: a.gradA, lr: lr, gradientScale: gradientScale,
-                                 copy: a.aCompute === a.a ? nil : a.aCompute)
-            try optimizer.update(key + ".B", parameter: a.b, gradient: a.gradB, lr: lr, gradientScale: gradientScale,
-                                 copy: a.bCompute === a.b ? nil : a.bCompute)
-        }
+            return [(key + ".A", a.a, a.gradA, a.aCompute === a.a ? nil : a.aCompute),
+                    (key + ".B", a.b, a.gradB, a.bCompute === a.b ? nil : a.bCompute)]
+        }, lr: lr, gradientScale: gradientScale)
         try model.zeroGradients()
         try model.device.synchronize()
     }

@@ -156,12 +156,18 @@ extension CUDALlama {
                 act = saved[l]!
                 saved[l] = nil
             }
-            if checkpointing {
+            // A restored layer recomputes its MLP half first and its attention half after the MLP's backward.
+            let restored = act.attention != nil
+            func recompute(_ part: LayerPart) throws {
                 _ = try layerForward(l, act.x, batch: batch, tokens: tokens, packing: packing, training: training,
-                                     seed: seed, saving: act, keeps: true, recomputing: true)
+                                     seed: seed, saving: act, keeps: true, recomputing: true, part: part)
             }
+            if checkpointing { try recompute(restored ? .mlp : .all) }
             dx = try layerBackward(l, dx, act, batch: batch, tokens: tokens, packing: packing, training: training,
-                                   seed: seed) { ready = try fetchRest(l - 1, into: next) }
+                                   seed: seed) {
+                ready = try fetchRest(l - 1, into: next)
+                if checkpointing && restored { try recompute(.attention) }
+            }
         }
         try device.synchronize()
         return result
@@ -224,6 +230,11 @@ extension CUDALlama {
 
     // MARK: One decoder layer
 
+    /// What of a layer `layerForward` runs: all of it, or (recomputing a layer whose attention output and xMid came
+    /// back from host memory) its MLP or its attention half alone, so that the backward can recompute the MLP
+    /// half, differentiate it, and only then recompute q, k and v (not live at the MLP's peak).
+    enum LayerPart { case all, attention, mlp }
+
     /// One decoder layer. `recomputing` (gradient checkpointing's second forward) skips the down projection's
     /// product: the backward pass needs only its input and LoRA intermediates, not the layer's output (nil then).
     /// A recompute that finds the attention output, its lse and xMid already in `act` (brought back from host
@@ -234,12 +245,15 @@ extension CUDALlama {
     func layerForward(_ l: Int, _ x: DeviceBuffer, batch: Int, tokens: Int, packing: GPUPacking?,
                       decoding: GPUDecoding? = nil, training: Bool, seed: UInt64,
                       saving act: GPULayerActivations, keeps: Bool, recomputing: Bool = false,
-                      offload: LayerOffload? = nil) throws -> DeviceBuffer? {
+                      part: LayerPart = .all, offload: LayerOffload? = nil) throws -> DeviceBuffer? {
         let layer = layers[l]
         let n = batch * tokens, c = config.hiddenSize
         let h = config.headCount, hkv = config.kvHeadCount, d = config.headDim
         let eps = Float(config.rmsNormEps)
-        let restored = recomputing && act.attention != nil && act.lse != nil && act.xMid != nil
+        // Restored: the attention output and lse came back from host memory (and xMid, which the attention half
+        // alone does not read).
+        let restored = recomputing && act.attention != nil && act.lse != nil
+            && (act.xMid != nil || part == .attention)
         var z: [String: GPUMatrix] = [:]   // the adapters' z of the projections about to run
         func down(_ names: [String], _ input: DeviceBuffer, ld: Int? = nil) throws {
             z = try adaptersDown(l, names, GPUMatrix(buffer: input, ld: ld ?? input.count / n), rows: n,
@@ -249,54 +263,58 @@ extension CUDALlama {
                      residual: DeviceBuffer? = nil) throws -> DeviceBuffer? {
             try projectionForward(l, name, GPUMatrix(buffer: input, ld: ld ?? input.count / n),
                                   z: z.removeValue(forKey: name), rows: n, act: act, output: output, keeps: keeps,
-                                  residual: residual)
+                                  keepWeight: recomputing, residual: residual)
         }
         let qkv = ["q_proj", "k_proj", "v_proj"], gateUp = ["gate_proj", "up_proj"]
-        act.x = x
-        act.rstd1 = try device.allocate(n, .f32)
-        let ld1 = joinedWidth(l, qkv, c)   // h1 with room for the adapters' z beside it
-        act.h1 = try device.allocate(n * ld1, dtype)
-        try device.rmsNormForward(act.h1, act.rstd1, x, layer.inputNorm, rows: n, width: c, eps: eps, ldy: ld1)
-        try down(qkv, act.h1, ld: ld1)
-        act.q = try project("q_proj", act.h1, ld: ld1)!
-        act.k = try project("k_proj", act.h1, ld: ld1)!
-        act.v = try project("v_proj", act.h1, ld: ld1)!
-        if !keeps { act.h1 = nil; act.rstd1 = nil }
-        let positions = decoding?.lengths != nil ? decoding?.at : packing?.positions
-        try device.rope(act.q, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: h, headDim: d,
-                        positions: positions)
-        try device.rope(act.k, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: hkv, headDim: d,
-                        positions: positions)
-        if !restored { act.attention = try device.allocate(n * h * d, dtype) }
-        if let decoding {
-            for (cache, src) in [(decoding.keys[l], act.k!), (decoding.values[l], act.v!)] {
-                try device.kvCacheWrite(cache, src, at: decoding.at, batch: batch, tokens: tokens, width: hkv * d,
-                                        capacity: decoding.capacity)
+        precondition(part == .all || restored, "layerForward: a part alone is the recompute of a restored layer")
+        if part != .mlp {
+            act.x = x
+            act.rstd1 = try device.allocate(n, .f32)
+            let ld1 = joinedWidth(l, qkv, c)   // h1 with room for the adapters' z beside it
+            act.h1 = try device.allocate(n * ld1, dtype)
+            try device.rmsNormForward(act.h1, act.rstd1, x, layer.inputNorm, rows: n, width: c, eps: eps, ldy: ld1)
+            try down(qkv, act.h1, ld: ld1)
+            act.q = try project("q_proj", act.h1, ld: ld1)!
+            act.k = try project("k_proj", act.h1, ld: ld1)!
+            act.v = try project("v_proj", act.h1, ld: ld1)!
+            if !keeps { act.h1 = nil; act.rstd1 = nil }
+            let positions = decoding?.lengths != nil ? decoding?.at : packing?.positions
+            try device.rope(act.q, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: h, headDim: d,
+                            positions: positions)
+            try device.rope(act.k, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: hkv, headDim: d,
+                            positions: positions)
+            if !restored { act.attention = try device.allocate(n * h * d, dtype) }
+            if let decoding {
+                for (cache, src) in [(decoding.keys[l], act.k!), (decoding.values[l], act.v!)] {
+                    try device.kvCacheWrite(cache, src, at: decoding.at, batch: batch, tokens: tokens, width: hkv * d,
+                                            capacity: decoding.capacity)
+                }
             }
+            if restored {
+                // attention and lse as the forward pass made them
+            } else if let decoding, let lengths = decoding.lengths {
+                try device.decodeAttention(act.attention, q: act.q, keys: decoding.keys[l], values: decoding.values[l],
+                                           lengths: lengths, batch: batch, heads: h, kvHeads: hkv, headDim: d,
+                                           capacity: decoding.capacity)
+            } else {
+                act.lse = try device.allocate(batch * h * tokens, .f32)
+                try device.flashAttentionForward(act.attention, lse: act.lse, q: act.q, k: act.k, v: act.v,
+                                                 batch: batch, tokens: tokens, heads: h, kvHeads: hkv, headDim: d,
+                                                 starts: packing?.starts)
+                try offload?.save(.attention, act.attention)
+                try offload?.save(.lse, act.lse)
+            }
+            if !keeps { act.q = nil; act.k = nil; act.v = nil; act.lse = nil }
+            try down(["o_proj"], act.attention)
+            if restored {
+                _ = try project("o_proj", act.attention, output: false)   // the adapter's z only
+            } else {
+                act.xMid = try project("o_proj", act.attention, residual: x)!   // x + o_proj(attention)
+                try offload?.save(.xMid, act.xMid)
+            }
+            if !keeps { act.attention = nil }
         }
-        if restored {
-            // attention and lse as the forward pass made them
-        } else if let decoding, let lengths = decoding.lengths {
-            try device.decodeAttention(act.attention, q: act.q, keys: decoding.keys[l], values: decoding.values[l],
-                                       lengths: lengths, batch: batch, heads: h, kvHeads: hkv, headDim: d,
-                                       capacity: decoding.capacity)
-        } else {
-            act.lse = try device.allocate(batch * h * tokens, .f32)
-            try device.flashAttentionForward(act.attention, lse: act.lse, q: act.q, k: act.k, v: act.v, batch: batch,
-                                             tokens: tokens, heads: h, kvHeads: hkv, headDim: d,
-                                             starts: packing?.starts)
-            try offload?.save(.attention, act.attention)
-            try offload?.save(.lse, act.lse)
-        }
-        if !keeps { act.q = nil; act.k = nil; act.v = nil; act.lse = nil }
-        try down(["o_proj"], act.attention)
-        if restored {
-            _ = try project("o_proj", act.attention, output: false)   // the adapter's z only
-        } else {
-            act.xMid = try project("o_proj", act.attention, residual: x)!   // x + o_proj(attention)
-            try offload?.save(.xMid, act.xMid)
-        }
-        if !keeps { act.attention = nil }
+        guard part != .attention else { return nil }
         act.rstd2 = try device.allocate(n, .f32)
         let ld2 = joinedWidth(l, gateUp, c)
         act.h2 = try device.allocate(n * ld2, dtype)
@@ -331,7 +349,8 @@ extension CUDALlama {
         }
         func inputGradient(_ name: String, _ dy: DeviceBuffer, _ dz: [String: DeviceBuffer],
                            into: DeviceBuffer? = nil) throws -> DeviceBuffer {
-            try projectionBackward(l, name, dy, dz: dz[name], rows: n, training: training, seed: seed, into: into)
+            try projectionBackward(l, name, dy, dz: dz[name], weight: act.weights.removeValue(forKey: name), rows: n,
+                                   training: training, seed: seed, into: into)
         }
         do {   // MLP
             var dGate: DeviceBuffer?, dUp: DeviceBuffer?
@@ -433,9 +452,10 @@ extension CUDALlama {
     /// room for B beside it (`loraPadWeight`), one product over x's whole rows. Otherwise the adapter's term is written
     /// first and the base product added onto it (beta = 1), so y is read only in the base product's epilogue. A
     /// `residual` (N, out) is added in the first product's epilogue (C = residual, D = y): y = residual + the
-    /// projection, with no separate addition.
+    /// projection, with no separate addition. With `keepWeight` (the recompute), the dequantized W stays in `act`
+    /// for the backward's dx product, which then dequantizes nothing.
     func projectionForward(_ l: Int, _ name: String, _ x: GPUMatrix, z: GPUMatrix?, rows: Int,
-                           act: GPULayerActivations, output: Bool, keeps: Bool,
+                           act: GPULayerActivations, output: Bool, keeps: Bool, keepWeight: Bool = false,
                            residual: DeviceBuffer? = nil) throws -> DeviceBuffer? {
         let p = layers[l].projections[name]!
         let adapter = adapters["\(l).\(name)"], r = loraConfig.r
@@ -460,6 +480,7 @@ extension CUDALlama {
             }
             w = try baseWeight(l, name)
         }
+        if keepWeight { act.weights[name] = GPUMatrix(buffer: w, ld: ldw) }
         device.gemmLabel = "base"
         try device.gemm(m: rows, n: p.outFeatures, k: k, a: x.buffer, aOffset: x.at, lda: x.ld, b: w, ldb: ldw,
                         transB: true, c: onto ?? y, ldc: p.outFeatures, beta: onto == nil ? 0 : 1, d: y)
@@ -503,9 +524,11 @@ extension CUDALlama {
 
     /// dx (N, in) from dy and the adapter's dz (from `adaptersBackward`; nil without an adapter). With `into`, dx
     /// is added there instead (the gradients of projections sharing an input summed in the products, not by
-    /// separate additions).
-    func projectionBackward(_ l: Int, _ name: String, _ dy: DeviceBuffer, dz: DeviceBuffer?, rows: Int,
-                            training: Bool, seed: UInt64, into: DeviceBuffer? = nil) throws -> DeviceBuffer {
+    /// separate additions). `weight`: W as the recompute dequantized it (its first `in` columns are W), else W is
+    /// dequantized here.
+    func projectionBackward(_ l: Int, _ name: String, _ dy: DeviceBuffer, dz: DeviceBuffer?, weight: GPUMatrix?,
+                            rows: Int, training: Bool, seed: UInt64,
+                            into: DeviceBuffer? = nil) throws -> DeviceBuffer {
         let p = layers[l].projections[name]!
         let r = loraConfig.r
         let adapter = adapters["\(l).\(name)"]
@@ -519,9 +542,9 @@ extension CUDALlama {
             onto = 1
         }
         device.gemmLabel = "base"
-        let w = try baseWeight(l, name)
-        try device.gemm(m: rows, n: p.inFeatures, k: p.outFeatures, a: dy, lda: p.outFeatures, b: w, ldb: p.inFeatures,
-                        c: dx, ldc: p.inFeatures, beta: onto)
+        let w = try weight ?? GPUMatrix(buffer: baseWeight(l, name), ld: p.inFeatures)
+        try device.gemm(m: rows, n: p.inFeatures, k: p.outFeatures, a: dy, lda: p.outFeatures, b: w.buffer,
+                        bOffset: w.at, ldb: w.ld, c: dx, ldc: p.inFeatures, beta: onto)
         return dx
     }
 }

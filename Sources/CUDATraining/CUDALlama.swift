@@ -8,13 +8,12 @@ import Quantization
 final class GPUAdapter {
     let a: DeviceBuffer, b: DeviceBuffer          // A (R, in), B (out, R), float32
     var aCompute: DeviceBuffer, bCompute: DeviceBuffer
-    let gradA: DeviceBuffer, gradB: DeviceBuffer
-    init(a: DeviceBuffer, b: DeviceBuffer, compute: GPUDType, device: CUDADevice) throws {
-        self.a = a; self.b = b
+    let gradA: DeviceBuffer, gradB: DeviceBuffer  // views of the model's one gradient buffer (`makeAdapters`)
+    init(a: DeviceBuffer, b: DeviceBuffer, gradA: DeviceBuffer, gradB: DeviceBuffer, compute: GPUDType,
+         device: CUDADevice) throws {
+        self.a = a; self.b = b; self.gradA = gradA; self.gradB = gradB
         aCompute = compute == .f32 ? a : try device.allocate(a.count, compute)
         bCompute = compute == .f32 ? b : try device.allocate(b.count, compute)
-        gradA = try device.zeros(a.count, .f32)
-        gradB = try device.zeros(b.count, .f32)
         try refresh(device)
     }
     /// Rounds the masters into the compute copies (after an update).
@@ -48,6 +47,7 @@ final class GPULayerActivations {
     var gate: DeviceBuffer!, up: DeviceBuffer!, act: DeviceBuffer!
     var loraInput: [String: GPUMatrix] = [:]   // x per adapted projection (its dropout mask is drawn again)
     var loraZ: [String: GPUMatrix] = [:]       // s · dropout(x) · Aᵀ (N, R), maybe columns of x's buffer
+    var weights: [String: GPUMatrix] = [:]     // dequantized W the recompute made, for the backward's dx product
     init(x: DeviceBuffer) { self.x = x }
 }
 
@@ -72,6 +72,9 @@ public final class CUDALlama: @unchecked Sendable {
     let finalNorm: DeviceBuffer
     let layers: [GPULayer]
     let adapters: [String: GPUAdapter]
+    /// Every adapter's gradA and gradB, one after the other in `adapterKeys` order (float32): zeroed with one
+    /// memset, reduced for the norm in one launch, summed over ranks in one all-reduce.
+    let gradientBuffer: DeviceBuffer
     /// Adapter keys in a fixed order ("0.q_proj", ...).
     public let adapterKeys: [String]
     var ropeCos: DeviceBuffer, ropeSin: DeviceBuffer
@@ -136,14 +139,14 @@ public final class CUDALlama: @unchecked Sendable {
         }
         self.layers = layers
         device.allocationTag = Self.adapterTag
-        var adapters: [String: GPUAdapter] = [:]
+        var masters: [String: (a: DeviceBuffer, b: DeviceBuffer)] = [:]
         var trainable = 0
         for (key, w) in initial {
-            adapters[key] = try GPUAdapter(a: try device.upload(w.a), b: try device.upload(w.b), compute: dtype, device: device)
+            masters[key] = (try device.upload(w.a), try device.upload(w.b))
             trainable += w.a.count + w.b.count
         }
-        self.adapters = adapters
-        adapterKeys = Self.sortedKeys(adapters.keys)
+        adapterKeys = Self.sortedKeys(masters.keys)
+        (adapters, gradientBuffer) = try Self.makeAdapters(masters, keys: adapterKeys, compute: dtype, device: device)
         hostParameterCounts = (trainable, all + trainable)
         ropePositions = 0
         ropeCos = try device.allocate(1, .f32); ropeSin = ropeCos
@@ -188,7 +191,7 @@ public final class CUDALlama: @unchecked Sendable {
         }
         self.layers = layers
         device.allocationTag = Self.adapterTag
-        var adapters: [String: GPUAdapter] = [:]
+        var masters: [String: (a: DeviceBuffer, b: DeviceBuffer)] = [:]
         var trainable = 0
         for l in 0..<config.layerCount {
             for name in lora.resolvedTargets {
@@ -196,12 +199,12 @@ public final class CUDALlama: @unchecked Sendable {
                 let a = try device.allocate(lora.r * inF, .f32)
                 let bound = 1 / Float(inF).squareRoot()
                 try device.fillUniform(a, low: -bound, high: bound, seed: nextSeed())
-                adapters["\(l).\(name)"] = try GPUAdapter(a: a, b: try device.zeros(out * lora.r, .f32), compute: dtype, device: device)
+                masters["\(l).\(name)"] = (a, try device.zeros(out * lora.r, .f32))
                 trainable += lora.r * (inF + out)
             }
         }
-        self.adapters = adapters
-        adapterKeys = Self.sortedKeys(adapters.keys)
+        adapterKeys = Self.sortedKeys(masters.keys)
+        (adapters, gradientBuffer) = try Self.makeAdapters(masters, keys: adapterKeys, compute: dtype, device: device)
         hostParameterCounts = (trainable, all + trainable)
         ropePositions = 0
         ropeCos = try device.allocate(1, .f32); ropeSin = ropeCos
@@ -284,12 +287,27 @@ public final class CUDALlama: @unchecked Sendable {
     }
 
     /// Sets the gradient accumulators to zero.
-    public func zeroGradients() throws {
-        for a in adapters.values { try device.fillZero(a.gradA); try device.fillZero(a.gradB) }
-    }
+    public func zeroGradients() throws { try device.fillZero(gradientBuffer) }
 
-    /// √(Σ g²) over every accumulator.
-    public func gradientNorm() throws -> Float {
-        Float(try device.sumOfSquares(adapterKeys.flatMap { [adapters[$0]!.gradA, adapters[$0]!.gradB] }).squareRoot())
+    /// √(Σ g²) over every accumulator (the gaps between them in `gradientBuffer` hold zeros).
+    public func gradientNorm() throws -> Float { Float(try device.sumOfSquares([gradientBuffer]).squareRoot()) }
+
+    /// The adapters over their masters (A, B float32), their gradients views of one zeroed buffer, each starting on a
+    /// multiple of 64 elements (256 bytes, so that the kernels' vector loads stay aligned).
+    static func makeAdapters(_ masters: [String: (a: DeviceBuffer, b: DeviceBuffer)], keys: [String],
+                             compute: GPUDType, device: CUDADevice) throws -> ([String: GPUAdapter], DeviceBuffer) {
+        func aligned(_ n: Int) -> Int { (n + 63) / 64 * 64 }
+        let total = keys.reduce(0) { $0 + aligned(masters[$1]!.a.count) + aligned(masters[$1]!.b.count) }
+        let gradients = try device.zeros(max(total, 1), .f32)
+        var adapters: [String: GPUAdapter] = [:], at = 0
+        for key in keys {
+            let (a, b) = masters[key]!
+            let gradA = gradients.view(at: at, count: a.count)
+            at += aligned(a.count)
+            let gradB = gradients.view(at: at, count: b.count)
+            at += aligned(b.count)
+            adapters[key] = try GPUAdapter(a: a, b: b, gradA: gradA, gradB: gradB, compute: compute, device: device)
+        }
+        return (adapters, gradients)
     }
 }

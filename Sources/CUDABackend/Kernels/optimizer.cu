@@ -77,45 +77,64 @@ __device__ unsigned char quantize_2d(float x, const float* map, int isSigned) {
     return (unsigned char)(x < __fmul_rn(__fadd_rn(lower, value), 0.5f) ? lowerPivot : pivot);
 }
 
-// bitsandbytes' blockwise 8-bit Adam (kOptimizerStatic8bit2StateBlockwise): one thread block of 256 per block of
-// 256 values. Moments are dequantized (code × absmax), updated with fused multiply-adds, the parameter is updated,
-// and the moments are requantized against the block's new absmax; a first-moment code whose sign differs from the
-// value's moves one step toward it. stepSize = (−lr·correction2) · rcp(1 − β1ᵗ), computed on the host.
-extern "C" __global__ void adamw_bnb8_blockwise(float* p, const float* g0, unsigned char* cm, unsigned char* cv,
-                                                float* am, float* av, long long n, float lr, float beta1,
+// One tensor of a blockwise 8-bit update: parameter, gradient, the moments' codes and absmax, the compute copy (or
+// null), the element count and the first block of the launch that is this tensor's (CUDAAdamW.tensorTable).
+struct AdamTensor {
+    float* p; const float* g; unsigned char* cm; unsigned char* cv; float* am; float* av; T* copy;
+    long long n, firstBlock;
+};
+
+// bitsandbytes' blockwise 8-bit Adam (kOptimizerStatic8bit2StateBlockwise) over many tensors in one launch: one
+// thread block of 256 per block of 256 values of one tensor; the launch's blocks run through the tensors of
+// `tensors` in order (block b belongs to the last tensor whose firstBlock ≤ b, found by thread 0's binary
+// search). Moments are dequantized (code × absmax), updated with fused multiply-adds, the parameter is updated, and
+// the moments are requantized against the block's new absmax; a first-moment code whose sign differs from the
+// value's moves one step toward it. stepSize = (−lr·correction2) · rcp(1 − β1ᵗ), computed on the host (one
+// step for all the tensors of a launch).
+extern "C" __global__ void adamw_bnb8_blockwise(const AdamTensor* tensors, int count, float lr, float beta1,
                                                 float beta2, float eps, float wd, float stepSize, float correction2,
-                                                float gscale, const float* signedMap, const float* unsignedMap,
-                                                T* copy) {
+                                                float gscale, const float* signedMap, const float* unsignedMap) {
     __shared__ float smap[256], umap[256];
+    __shared__ int which;
     smap[threadIdx.x] = signedMap[threadIdx.x];
     umap[threadIdx.x] = unsignedMap[threadIdx.x];
+    if (threadIdx.x == 0) {
+        int lo = 0, hi = count - 1;
+        while (lo < hi) {
+            int mid = (lo + hi + 1) / 2;
+            if (tensors[mid].firstBlock <= (long long)blockIdx.x) lo = mid; else hi = mid - 1;
+        }
+        which = lo;
+    }
     __syncthreads();
-    long long i = (long long)blockIdx.x * 256 + threadIdx.x;
-    bool inside = i < n;
-    float g = inside ? __fmul_rn(g0[i], gscale) : 0.0f;
+    const AdamTensor t = tensors[which];
+    const long long block = (long long)blockIdx.x - t.firstBlock;
+    long long i = block * 256 + threadIdx.x;
+    bool inside = i < t.n;
+    float g = inside ? __fmul_rn(t.g[i], gscale) : 0.0f;
     bool finite = inside && isfinite(g);
-    float oldM = am[blockIdx.x], oldV = av[blockIdx.x];
+    float oldM = t.am[block], oldV = t.av[block];
     float mi = 0.0f, vi = 0.0f;
     if (finite) {
-        float v0 = __fmul_rn(umap[cv[i]], oldV);
+        float v0 = __fmul_rn(umap[t.cv[i]], oldV);
         vi = __fmaf_rn(v0, beta2, __fmul_rn(__fmul_rn(__fadd_rn(1.0f, -beta2), g), g));
-        float m0 = __fmul_rn(smap[cm[i]], oldM);
+        float m0 = __fmul_rn(smap[t.cm[i]], oldM);
         mi = __fmaf_rn(m0, beta1, __fmul_rn(__fadd_rn(1.0f, -beta1), g));
     }
     float maxM = block_max(fabsf(mi));
     float maxV = block_max(fabsf(vi));
-    if (threadIdx.x == 0) { am[blockIdx.x] = maxM; av[blockIdx.x] = maxV; }
+    if (threadIdx.x == 0) { t.am[block] = maxM; t.av[block] = maxV; }
     if (!inside) return;
     float rm = rcp_approx(maxM), rv = rcp_approx(maxV);
     if (finite) {
         float denom = __fadd_rn(sqrtf(vi), __fmul_rn(correction2, eps));
-        float pi = __fadd_rn(p[i], __fmul_rn(stepSize, __fmul_rn(mi, rcp_approx(denom))));
+        float pi = __fadd_rn(t.p[i], __fmul_rn(stepSize, __fmul_rn(mi, rcp_approx(denom))));
         if (wd > 0.0f) pi = __fmul_rn(pi, __fadd_rn(1.0f, -__fmul_rn(lr, wd)));
-        p[i] = pi;
+        t.p[i] = pi;
     }
-    if (copy) copy[i] = st(p[i]);
+    if (t.copy) t.copy[i] = st(t.p[i]);
     int c1 = quantize_2d(__fmul_rn(mi, rm), smap, 1);
     if ((smap[c1] < 0.0f || (smap[c1] == 0.0f && signbit(smap[c1]))) != signbit(mi)) c1 += mi > 0.0f ? 1 : -1;
-    cm[i] = (unsigned char)min(max(c1, 0), 255);
-    cv[i] = quantize_2d(__fmul_rn(vi, rv), umap, 0);
+    t.cm[i] = (unsigned char)min(max(c1, 0), 255);
+    t.cv[i] = quantize_2d(__fmul_rn(vi, rv), umap, 0);
 }
