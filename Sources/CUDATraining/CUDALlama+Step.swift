@@ -541,7 +541,7 @@ extension CUDALlama {
                                          keep: keep, seed: maskSeed, accumulate: into != nil)
             onto = 1
         }
-        device.gemmLabel = "base"
+        device.gemmLabel = "base dx"
         let w = try weight ?? GPUMatrix(buffer: baseWeight(l, name), ld: p.inFeatures)
         try device.gemm(m: rows, n: p.inFeatures, k: p.outFeatures, a: dy, lda: p.outFeatures, b: w.buffer,
                         bOffset: w.at, ldb: w.ld, c: dx, ldc: p.inFeatures, beta: onto)
