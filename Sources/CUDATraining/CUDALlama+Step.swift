@@ -110,13 +110,17 @@ extension CUDALlama {
         let offload = withGradients && checkpointing && (offloadCheckpoints ?? true)
         let layout = OffloadLayout(config: config, batch: batch, tokens: tokens, dtype: dtype)
         var saved: [GPULayerActivations?] = []
+        // The adapters' z stay on the GPU from the forward pass to the recompute, which then draws no dropout mask
+        // and runs no down projection (a few MiB a layer).
+        let savedZ = (withGradients && checkpointing) ? layers.indices.map { _ in GPUSavedZ() } : []
         for l in layers.indices {
             let act = GPULayerActivations(x: x!)
             let copies = offload ? LayerOffload(device: device, host: try hostCheckpoint(l, bytes: layout.bytes),
                                                 layout: layout) : nil
             try copies?.save(.x, x!)
             x = try layerForward(l, x!, batch: batch, tokens: tokens, packing: packing, training: training, seed: seed,
-                                 saving: act, keeps: withGradients && !checkpointing, offload: copies)!
+                                 saving: act, keeps: withGradients && !checkpointing, offload: copies,
+                                 savedZ: savedZ.isEmpty ? nil : savedZ[l])!
             try copies?.finish()
             if withGradients { saved.append(offload ? nil : checkpointing ? GPULayerActivations(x: act.x) : act) }
         }
@@ -160,7 +164,8 @@ extension CUDALlama {
             let restored = act.attention != nil
             func recompute(_ part: LayerPart) throws {
                 _ = try layerForward(l, act.x, batch: batch, tokens: tokens, packing: packing, training: training,
-                                     seed: seed, saving: act, keeps: true, recomputing: true, part: part)
+                                     seed: seed, saving: act, keeps: true, recomputing: true, part: part,
+                                     savedZ: savedZ.isEmpty ? nil : savedZ[l])
             }
             if checkpointing { try recompute(restored ? .mlp : .all) }
             dx = try layerBackward(l, dx, act, batch: batch, tokens: tokens, packing: packing, training: training,
@@ -168,6 +173,7 @@ extension CUDALlama {
                 ready = try fetchRest(l - 1, into: next)
                 if checkpointing && restored { try recompute(.attention) }
             }
+            if !savedZ.isEmpty { savedZ[l].z = [:] }
         }
         try device.synchronize()
         return result
@@ -245,7 +251,8 @@ extension CUDALlama {
     func layerForward(_ l: Int, _ x: DeviceBuffer, batch: Int, tokens: Int, packing: GPUPacking?,
                       decoding: GPUDecoding? = nil, training: Bool, seed: UInt64,
                       saving act: GPULayerActivations, keeps: Bool, recomputing: Bool = false,
-                      part: LayerPart = .all, offload: LayerOffload? = nil) throws -> DeviceBuffer? {
+                      part: LayerPart = .all, offload: LayerOffload? = nil,
+                      savedZ: GPUSavedZ? = nil) throws -> DeviceBuffer? {
         let layer = layers[l]
         let n = batch * tokens, c = config.hiddenSize
         let h = config.headCount, hkv = config.kvHeadCount, d = config.headDim
@@ -256,8 +263,13 @@ extension CUDALlama {
             && (act.xMid != nil || part == .attention)
         var z: [String: GPUMatrix] = [:]   // the adapters' z of the projections about to run
         func down(_ names: [String], _ input: DeviceBuffer, ld: Int? = nil) throws {
-            z = try adaptersDown(l, names, GPUMatrix(buffer: input, ld: ld ?? input.count / n), rows: n,
-                                 training: training, seed: seed)
+            let x = GPUMatrix(buffer: input, ld: ld ?? input.count / n)
+            if recomputing, let savedZ, let restored = try restoreZ(l, names, x: x, rows: n, from: savedZ) {
+                z = restored
+                return
+            }
+            z = try adaptersDown(l, names, x, rows: n, training: training, seed: seed)
+            if !recomputing, let savedZ { try saveZ(l, names, z, x: x, rows: n, into: savedZ) }
         }
         func project(_ name: String, _ input: DeviceBuffer, ld: Int? = nil, output: Bool = true,
                      residual: DeviceBuffer? = nil) throws -> DeviceBuffer? {
@@ -442,6 +454,42 @@ extension CUDALlama {
         }, x: x.buffer, rows: rows, k: k, r: r, ldx: x.ld, ldz: joined ? x.ld : r, keep: keep,
            scale: loraConfig.scale)
         return z
+    }
+
+    /// Keeps the z that `adaptersDown` made for `names` in `saved`: z beside x in its rows copied out (one buffer of
+    /// count · R columns for the group), z in a buffer of its own kept as it is.
+    func saveZ(_ l: Int, _ names: [String], _ z: [String: GPUMatrix], x: GPUMatrix, rows: Int,
+               into saved: GPUSavedZ) throws {
+        let adapted = names.filter { z[$0] != nil }
+        guard let first = adapted.first else { return }
+        let k = layers[l].projections[first]!.inFeatures, width = adapted.count * loraConfig.r
+        if z[first]!.buffer === x.buffer {
+            let compact = try device.allocate(rows * width, dtype)
+            try device.copyColumns(from: (x.buffer, x.at + k, x.ld), to: (compact, 0, width), rows: rows,
+                                   columns: width)
+            for (slot, name) in adapted.enumerated() {
+                saved.z[name] = GPUMatrix(buffer: compact, at: slot * loraConfig.r, ld: width)
+            }
+        } else {
+            for name in adapted { saved.z[name] = z[name] }
+        }
+    }
+
+    /// The z of `names` as `adaptersDown` would make them again from x (nil if `saved` lacks one): copied back
+    /// into x's extra columns when z sits there.
+    func restoreZ(_ l: Int, _ names: [String], x: GPUMatrix, rows: Int,
+                  from saved: GPUSavedZ) throws -> [String: GPUMatrix]? {
+        let adapted = names.filter { adapters["\(l).\($0)"] != nil }
+        guard let first = adapted.first else { return [:] }
+        guard adapted.allSatisfy({ saved.z[$0] != nil }) else { return nil }
+        let k = layers[l].projections[first]!.inFeatures, r = loraConfig.r
+        guard x.ld > k else { return Dictionary(uniqueKeysWithValues: adapted.map { ($0, saved.z[$0]!) }) }
+        let compact = saved.z[first]!
+        try device.copyColumns(from: (compact.buffer, 0, compact.ld), to: (x.buffer, x.at + k, x.ld), rows: rows,
+                               columns: compact.ld)
+        return Dictionary(uniqueKeysWithValues: adapted.enumerated().map { slot, name in
+            (name, GPUMatrix(buffer: x.buffer, at: x.at + k + slot * r, ld: x.ld))
+        })
     }
 
     /// y (N, out) = x Wᵀ + bias + z Bᵀ, z = s · dropout(x) Aᵀ from `adaptersDown` (nil: no adapter), W

@@ -51,6 +51,11 @@ final class GPULayerActivations {
     init(x: DeviceBuffer) { self.x = x }
 }
 
+/// A layer's adapters' z (`adaptersDown`), kept from the forward pass for gradient checkpointing's recompute.
+final class GPUSavedZ {
+    var z: [String: GPUMatrix] = [:]
+}
+
 /// A matrix inside a buffer: from element `at` on, rows `ld` elements apart.
 struct GPUMatrix {
     let buffer: DeviceBuffer
