@@ -347,24 +347,6 @@ public final class CUDADevice: @unchecked Sendable {
                                                   n * source.dtype.size, stream), "cuMemcpyDtoD")
     }
 
-    /// Copies `columns` elements of each of `rows` rows: row i from `source` + at + i·ld to `destination` + at + i·ld
-    /// (one 2D copy on the stream, no kernel).
-    public func copyColumns(from source: (buffer: DeviceBuffer, at: Int, ld: Int),
-                            to destination: (buffer: DeviceBuffer, at: Int, ld: Int), rows: Int, columns: Int) throws {
-        let (s, d) = (source, destination), size = s.buffer.dtype.size
-        precondition(s.buffer.dtype == d.buffer.dtype && columns <= s.ld && columns <= d.ld
-                     && (rows == 0 || (s.at + (rows - 1) * s.ld + columns <= s.buffer.count
-                                       && d.at + (rows - 1) * d.ld + columns <= d.buffer.count)),
-                     "copyColumns: \(rows) × \(columns) does not fit the buffers")
-        guard rows > 0, columns > 0, !isVirtual else { return }
-        // CUDA_MEMCPY2D: srcXInBytes, srcY, srcMemoryType (2: device), srcHost, srcDevice, srcArray, srcPitch, then
-        // the same seven for the destination, WidthInBytes, Height.
-        let fields: [UInt64] = [0, 0, 2, 0, s.buffer.address(at: s.at), 0, UInt64(s.ld * size),
-                                0, 0, 2, 0, d.buffer.address(at: d.at), 0, UInt64(d.ld * size),
-                                UInt64(columns * size), UInt64(rows)]
-        try fields.withUnsafeBytes { try driver.check(driver.cuMemcpy2DAsync($0.baseAddress!, stream), "cuMemcpy2D") }
-    }
-
     /// The buffer's values as float32 (f32, bf16, f64, i32 buffers).
     public func download(_ b: DeviceBuffer, count: Int? = nil) throws -> [Float] {
         let n = count ?? b.count

@@ -212,6 +212,22 @@ extension CUDADevice {
                    [.buffer(y), .buffer(bias), .long(rows), .int(cols)])
     }
 
+    /// Copies `columns` elements of each of `rows` rows: row i from source.buffer at source.at + i·source.ld to
+    /// destination.buffer at destination.at + i·destination.ld (copy_columns; a 2D copy by the copy engine is far
+    /// slower for rows this short).
+    public func copyColumns(from source: (buffer: DeviceBuffer, at: Int, ld: Int),
+                            to destination: (buffer: DeviceBuffer, at: Int, ld: Int), rows: Int, columns: Int) throws {
+        let (s, d) = (source, destination)
+        precondition(s.buffer.dtype == d.buffer.dtype && columns <= s.ld && columns <= d.ld && s.at >= 0 && d.at >= 0
+                     && (rows == 0 || (s.at + (rows - 1) * s.ld + columns <= s.buffer.count
+                                       && d.at + (rows - 1) * d.ld + columns <= d.buffer.count)),
+                     "copyColumns: \(rows) × \(columns) does not fit the buffers")
+        guard rows > 0, columns > 0 else { return }
+        try launch(.elementwise, "copy_columns", bf16: d.buffer.dtype == .bf16, grid: Self.blocks(rows * columns),
+                   block: 256, [.address(d.buffer.address(at: d.at)), .long(d.ld), .address(s.buffer.address(at: s.at)),
+                                .long(s.ld), .long(rows), .int(columns)])
+    }
+
     /// Fills with random bytes / uniform values from a seed (the benchmark's random model).
     public func fillRandomBytes(_ b: DeviceBuffer, seed: UInt64) throws {
         try launch(.elementwise, "random_bytes", grid: Self.blocks(b.bytes), block: 256,

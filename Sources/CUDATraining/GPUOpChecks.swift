@@ -248,6 +248,15 @@ public struct GPUOpChecks {
                 try device.embedding(ob, ids: ib, table: tb, rows: 17, width: 24)
                 c.close("embedding \(tag)", try device.download(ob), ids.flatMap { Array(table[($0 * 24)..<($0 * 24 + 24)]) }, tolerance: 0)
             }
+            // Strided column copy (a block of columns from rows 37 apart to rows 29 apart, offsets on both sides)
+            do {
+                let (src, sb) = try put(random(40 * 37), dtype), (dst, db) = try put(random(41 * 29), dtype)
+                try device.copyColumns(from: (sb, 5, 37), to: (db, 3, 29), rows: 40, columns: 24)
+                var expected = dst
+                for r in 0..<40 { for c in 0..<24 { expected[3 + r * 29 + c] = src[5 + r * 37 + c] } }
+                c.equal("copy columns \(tag) 40×24", try device.download(db).map { $0.bitPattern },
+                        expected.map { $0.bitPattern })
+            }
             // 4-bit dequantization (exact: the same float32 products, rounded once to the dtype)
             // (blocksizes below, at and above a warp's span of 1024 elements; 300 × 77 ends inside a span)
             for type in QuantType.allCases {

@@ -23,8 +23,6 @@ final class CUDADriver: @unchecked Sendable {
     let cuMemcpyDtoHAsync: @convention(c) (UnsafeMutableRawPointer, UInt64, Int, Handle) -> Int32
     let cuMemcpyDtoDAsync: @convention(c) (UInt64, UInt64, Int, Handle) -> Int32
     let cuMemsetD8Async: @convention(c) (UInt64, UInt8, Int, Handle) -> Int32
-    /// Takes a CUDA_MEMCPY2D: 16 eight-byte fields (`CUDADevice.copyColumns` fills them).
-    let cuMemcpy2DAsync: @convention(c) (UnsafeRawPointer, Handle) -> Int32
     let cuMemHostAlloc: @convention(c) (UnsafeMutablePointer<UnsafeMutableRawPointer?>, Int, UInt32) -> Int32
     let cuMemFreeHost: @convention(c) (UnsafeMutableRawPointer?) -> Int32
     let cuEventCreate: @convention(c) (UnsafeMutablePointer<Handle>, UInt32) -> Int32
@@ -67,7 +65,6 @@ final class CUDADriver: @unchecked Sendable {
         cuMemcpyDtoHAsync = try l.function("cuMemcpyDtoHAsync_v2")
         cuMemcpyDtoDAsync = try l.function("cuMemcpyDtoDAsync_v2")
         cuMemsetD8Async = try l.function("cuMemsetD8Async")
-        cuMemcpy2DAsync = try l.function("cuMemcpy2DAsync_v2")
         cuMemHostAlloc = try l.function("cuMemHostAlloc")
         cuMemFreeHost = try l.function("cuMemFreeHost")
         cuEventCreate = try l.function("cuEventCreate")

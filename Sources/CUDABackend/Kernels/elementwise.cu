@@ -1,5 +1,5 @@
 // elementwise.cu: the one-pass ops of the training step (CPU twins in CPUOps and Llama+Training.swift):
-// embedding gather, SwiGLU forward/backward, dtype casts, bias, and the random fills
+// embedding gather, SwiGLU forward/backward, dtype casts, bias, strided column copies, and the random fills
 // the benchmark builds its model with. One thread per element, grid-stride where sizes can exceed a launch.
 #include "common.cuh"
 
@@ -9,6 +9,12 @@
 // out (N, C) = table[ids[r]] (V, C).
 extern "C" __global__ void embedding_forward(T* out, const int* ids, const T* table, long long rows, int width) {
     FOR_EACH(k, rows * width) { long long r = k / width; out[k] = table[(long long)ids[r] * width + k % width]; }
+}
+
+// dst[r·ldd + c] = src[r·lds + c] for r < rows, c < cols: a block of columns between strided rows (the adapters' z
+// kept from the forward pass for the recompute; no CPU twin needed: check-cuda compares it with the plain copy).
+extern "C" __global__ void copy_columns(T* dst, long long ldd, const T* src, long long lds, long long rows, int cols) {
+    FOR_EACH(k, rows * cols) { long long r = k / cols; int c = (int)(k % cols); dst[r * ldd + c] = src[r * lds + c]; }
 }
 
 // Eight elements a thread (16-byte accesses in bf16 where every pointer is aligned; element by element at a tail).
