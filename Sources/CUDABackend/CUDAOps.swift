@@ -149,16 +149,6 @@ extension CUDADevice {
     /// Elements a (rows, width) matrix with rows `ld` apart spans.
     static func extent(_ rows: Int, _ ld: Int, _ width: Int) -> Int { rows == 0 ? 0 : (rows - 1) * ld + width }
 
-    /// W' (rows, ldw) of a projection whose adapter is column slot `slot` of its input's extra columns (after the
-    /// k of W, which the dequantization wrote): columns k … ldw − 1 zero but for B (rows, r, W's type) at slot·r.
-    public func loraPadWeight(_ w: DeviceBuffer, ldw: Int, b: DeviceBuffer, rows: Int, k: Int, slot: Int,
-                              r: Int) throws {
-        precondition(w.dtype == b.dtype && b.count >= rows * r && ldw >= k + (slot + 1) * r
-                     && w.count >= rows * ldw, "loraPadWeight: sizes do not fit")
-        try launch(.lora, "lora_pad_weight", bf16: w.dtype == .bf16, grid: Self.blocks(rows * (ldw - k)),
-                   block: 256, [.buffer(w), .buffer(b), .int(rows), .int(ldw), .int(k), .int(slot), .int(r)])
-    }
-
     /// Parts in launches of at most `loraPartsPerLaunch`.
     static func loraChunks<P>(_ parts: [P]) -> [ArraySlice<P>] {
         stride(from: 0, to: parts.count, by: loraPartsPerLaunch).map {

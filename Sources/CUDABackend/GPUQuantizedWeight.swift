@@ -112,17 +112,29 @@ public final class GPUQuantizedWeight: @unchecked Sendable {
     public var parameterCount: Int { packed.count * 2 }
 
     /// W (out, in) dequantized into a new buffer of `dtype` (one kernel; a double-quantized absmax is decoded there),
-    /// its rows `ld` elements apart (default: in; the columns past in are left for the caller to fill).
-    public func dequantized(_ dtype: GPUDType, ld: Int? = nil) throws -> DeviceBuffer {
+    /// its rows `ld` elements apart (default: in). The columns past in are filled in the same launch when
+    /// `beside` gives an adapter's B (out, r, of `dtype`) and its slot: zeros, but for the r columns from
+    /// in + slot·r on, which hold B, so that [x | z0 z1 ... | 0] W'^T = x W^T + z_slot B^T; without it they are
+    /// left as they are.
+    public func dequantized(_ dtype: GPUDType, ld: Int? = nil,
+                            beside: (b: DeviceBuffer, slot: Int, r: Int)? = nil) throws -> DeviceBuffer {
         let n = rows * columns, ld = ld ?? columns
         precondition(ld >= columns, "dequantized: row stride \(ld) below \(columns) columns")
+        if let beside {
+            precondition(beside.b.dtype == dtype && beside.b.count >= rows * beside.r && beside.slot >= 0
+                         && ld >= columns + (beside.slot + 1) * beside.r, "dequantized: B does not fit beside W")
+        }
         let out = try device.allocate(rows * ld, dtype)
         func address(_ b: DeviceBuffer?) -> KernelArgument { .address(b?.address ?? 0) }
-        try device.launch(.quantize, "dequantize_4bit", bf16: dtype == .bf16, grid: (n + 8 * 1024 - 1) / (8 * 1024),
+        // 256 threads a block: 8 warps of DQ_SPAN (1024) elements each, then a thread per padding element.
+        let spanBlocks = (n + 8 * 1024 - 1) / (8 * 1024)
+        let padBlocks = beside == nil ? 0 : (rows * (ld - columns) + 255) / 256
+        try device.launch(.quantize, "dequantize_4bit", bf16: dtype == .bf16, grid: spanBlocks + padBlocks,
                           block: 256,
                           [.buffer(out), .buffer(packed), address(absmax), address(codes), address(nestedAbsmax),
                            address(nestedCode), .float(offset), .int(nestedBlocksize), .buffer(table), .long(n),
-                           .int(blocksize), .int(columns), .int(ld)])
+                           .int(blocksize), .int(columns), .int(ld), address(beside?.b), .int(beside?.slot ?? 0),
+                           .int(beside?.r ?? 0), .int(rows)])
         return out
     }
 }

@@ -497,8 +497,9 @@ extension CUDALlama {
     /// and nil returned. The adapter keeps x itself, not dropout(x): the mask is applied where the kernels read x
     /// (lora.cu), there and in the backward pass. When z sits beside x in its rows (slot j of x's extra columns),
     /// the adapter joins the base product: [x | z₀ … z_j … | 0] · [W | 0 … B … 0]ᵀ, W dequantized with
-    /// room for B beside it (`loraPadWeight`), one product over x's whole rows. Otherwise the adapter's term is written
-    /// first and the base product added onto it (beta = 1), so y is read only in the base product's epilogue. A
+    /// room for B beside it (`dequantized(beside:)`), one product over x's whole rows. Otherwise the adapter's
+    /// term is written first and the base product added onto it (beta = 1), so y is read only in the base
+    /// product's epilogue. A
     /// `residual` (N, out) is added in the first product's epilogue (C = residual, D = y): y = residual + the
     /// projection, with no separate addition. With `keepWeight` (the recompute), the dequantized W stays in `act`
     /// for the backward's dx product, which then dequantizes nothing.
@@ -515,9 +516,7 @@ extension CUDALlama {
         if let adapter, let z, z.buffer === x.buffer {
             let slot = (z.at - x.at - p.inFeatures) / r
             k = x.ld; ldw = x.ld
-            w = try p.weight.dequantized(dtype, ld: ldw)
-            try device.loraPadWeight(w, ldw: ldw, b: adapter.bCompute, rows: p.outFeatures, k: p.inFeatures,
-                                     slot: slot, r: r)
+            w = try p.weight.dequantized(dtype, ld: ldw, beside: (adapter.bCompute, slot, r))
         } else {
             if let adapter, let z {
                 device.gemmLabel = "lora y = z Bᵀ"

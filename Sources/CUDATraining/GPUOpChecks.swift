@@ -205,16 +205,21 @@ public struct GPUOpChecks {
                     }
                     if joined {   // W' = [W | 0 | B | 0] for the last adapter's slot, rows padded to 64
                         let out = 24, slot = count - 1, ldw = (k + count * r + 63) / 64 * 64
-                        let (w, wb) = try put(random(out * ldw), dtype), (b, bb) = try put(random(out * r), dtype)
-                        try device.loraPadWeight(wb, ldw: ldw, b: bb, rows: out, k: k, slot: slot, r: r)
-                        var expected = w
+                        let q = try Quantized4BitTensor(quantizing: Tensor(random(out * k, 0.05), shape: [out, k],
+                                                                           dtype: .f32),
+                                                        type: .nf4, blocksize: 64, doubleQuant: true)
+                        let plain = dtype == .f32
+                            ? q.dequantizedFloat32()
+                            : Tensor(q.dequantizedFloat32(), shape: q.shape, dtype: .bf16).floats()
+                        let (b, bb) = try put(random(out * r), dtype)
+                        let wb = try GPUQuantizedWeight(q, device: device).dequantized(dtype, ld: ldw,
+                                                                                       beside: (bb, slot, r))
+                        var expected = [Float](repeating: 0, count: out * ldw)
                         for o in 0..<out {
-                            for j in 0..<(ldw - k) {
-                                let inB = j >= slot * r && j < (slot + 1) * r
-                                expected[o * ldw + k + j] = inB ? b[o * r + j - slot * r] : 0
-                            }
+                            for j in 0..<k { expected[o * ldw + j] = plain[o * k + j] }
+                            for j in 0..<r { expected[o * ldw + k + slot * r + j] = b[o * r + j] }
                         }
-                        c.equal("lora pad weight \(tag) \(out)×\(k) slot \(slot) r=\(r)",
+                        c.equal("dequantize with B beside W \(tag) \(out)×\(k) slot \(slot) r=\(r)",
                                 try device.download(wb).map { $0.bitPattern }, expected.map { $0.bitPattern })
                     }
                     var dInput = [Float](repeating: 0, count: rows * k)

@@ -11,8 +11,7 @@
 // fastest-varying part of blockIdx.x, so the blocks of all adapters for the same rows and columns run side by side
 // and x comes from DRAM about once, the other reads hitting L2. x has row stride ldx ≥ k and z row stride ldz ≥ r,
 // so that z can be written into columns of x's own rows (x = [h | z₁ | z₂ | …]: the adapter's term then joins the
-// base product as extra columns, lora_pad_weight writing B beside W).
-//   lora_pad_weight:   W' (rows, ldw): columns k … ldw − 1 of each row = [0 (slot·r) | B row | 0 …]
+// base product as extra columns, the dequantization (quantize.cu) writing B beside W).
 //
 // The mask of element (row, col) is LoRADropout's: with key = mix(lo(seed) ^ mix(hi(seed) ^ row)) and
 // h = mix(key ^ ⌊col / 2⌋), the element is kept when its half of h (the low 16 bits for an even column, the high
@@ -630,14 +629,3 @@ lora_down_grad_mma(float* partial0, float* partial1, float* partial2, const T* d
 }
 #endif
 
-// W' (rows, ldw) beside W (columns 0 … k − 1, written by the dequantization): columns k … ldw − 1 zero except
-// k + slot·r … k + (slot + 1)·r − 1, which hold B (rows, r), so that [x | z₀ | z₁ | … | 0] · W'ᵀ
-// = x Wᵀ + z_slot Bᵀ (the z of the other adapters on the same x, and the zero padding, meet zeros). One
-// thread per element of the rows × (ldw − k) block.
-extern "C" __global__ void lora_pad_weight(T* w, const T* b, int rows, int ldw, int k, int slot, int r) {
-    const int width = ldw - k;
-    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long long)rows * width) return;
-    const int row = (int)(i / width), j = (int)(i - (long long)row * width) - slot * r;
-    w[(long long)row * ldw + k + slot * r + j] = j >= 0 && j < r ? b[(long long)row * r + j] : (T)0;
-}

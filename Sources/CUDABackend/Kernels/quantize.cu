@@ -23,11 +23,24 @@ __device__ __forceinline__ float block_absmax(long long b, const float* absmax, 
 // 8 · (32 · step + l): one 4-byte load of codes and one 16-byte store (bf16; two in float32), so a warp reads
 // 128 contiguous bytes and writes 512 a step. A span past the end, or a blocksize that is no power of two ≥ 32,
 // goes element by element. The output's rows (of `cols` elements; a multiple of 8 for the spans) lie `ld` elements
-// apart (ld ≥ cols; the columns past cols are left as they are).
+// apart (ld ≥ cols). With `beside` (an adapter's B, rows × r), the blocks after the spans' (one thread per element
+// of the rows × (ld − cols) padding) write the columns past cols: B's row in the r columns from cols + slot·r,
+// zeros elsewhere, so that [x | z0 z1 ... | 0] W'^T = x W^T + z_slot B^T (lora.cu's joined product); without
+// it they are left as they are.
 extern "C" __global__ void dequantize_4bit(T* out, const unsigned char* packed, const float* absmax,
                                            const unsigned char* codes, const float* nested,
                                            const float* nestedCode, float offset, int nestedBlocksize,
-                                           const float* table, long long n, int blocksize, int cols, int ld) {
+                                           const float* table, long long n, int blocksize, int cols, int ld,
+                                           const T* beside, int slot, int r, int rows) {
+    const long long spanBlocks = (n + 8 * DQ_SPAN - 1) / (8 * DQ_SPAN);   // 8 warps a block (256 threads)
+    if ((long long)blockIdx.x >= spanBlocks) {   // the padding
+        const int width = ld - cols;
+        const long long i = ((long long)blockIdx.x - spanBlocks) * blockDim.x + threadIdx.x;
+        if (!beside || i >= (long long)rows * width) return;
+        const int row = (int)(i / width), j = (int)(i - (long long)row * width) - slot * r;
+        out[(long long)row * ld + cols + slot * r + j] = j >= 0 && j < r ? beside[(long long)row * r + j] : (T)0;
+        return;
+    }
     __shared__ float book[16];
     if (threadIdx.x < 16) book[threadIdx.x] = table[threadIdx.x];
     __syncthreads();
