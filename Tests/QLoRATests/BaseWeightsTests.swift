@@ -31,10 +31,9 @@ extension BadSettingsTests {
         let folder = try GGUFExportTests.tinyLlamaWithTokenizer(self)
         let adapter = golden + "/tiny-adapter"
         let dir = makeTemporaryDirectory(self)
-        var rng = SystemRandomNumberGenerator()
-        let lines = (0..<4).map { _ in
-            #"{"input_ids": ["# + (0..<24).map { _ in String(Int.random(in: 3..<384, using: &rng)) }
-                .joined(separator: ", ") + "]}"
+        var rng = TestRandom(seed: 11)
+        let lines = (0..<8).map { _ in
+            #"{"input_ids": ["# + (0..<32).map { _ in String(3 + Int(rng.next() % 381)) }.joined(separator: ", ") + "]}"
         }
         try write(lines.joined(separator: "\n") + "\n", dir + "/ids.jsonl")
         let merged = dir + "/merged-f32.gguf"
@@ -45,13 +44,15 @@ extension BadSettingsTests {
         let reference = try evalLoss(["--model", folder, "--adapter", adapter], data: dir + "/ids.jsonl")
         let own = try evalLoss(["--model", merged], data: dir + "/ids.jsonl")
         let requantized = try evalLoss(["--model", merged, "--base-weights", "4bit"], data: dir + "/ids.jsonl")
-        XCTAssertEqual(own, reference, accuracy: 1e-5 * abs(reference))
-        XCTAssertGreaterThan(abs(requantized - reference), 1e-4 * abs(reference),
+        // The F32 export computes base + adapter to float32 rounding; re-quantized it is off by ten times more
+        // than that tolerance (about 1e-4 relative on these ids).
+        XCTAssertEqual(own, reference, accuracy: 1e-6 * abs(reference))
+        XCTAssertGreaterThan(abs(requantized - reference), 1e-5 * abs(reference),
                              "re-quantizing the merged weights to NF4 should lose part of the delta")
         // With an adapter, auto keeps the 4-bit base training saw; file puts the adapter on the unquantized one.
         let unquantizedBase = try evalLoss(["--model", folder, "--adapter", adapter, "--base-weights", "file"],
                                            data: dir + "/ids.jsonl")
-        XCTAssertGreaterThan(abs(unquantizedBase - reference), 1e-4 * abs(reference))
+        XCTAssertGreaterThan(abs(unquantizedBase - reference), 1e-5 * abs(reference))
 
         let prompt = ["--prompt", "the river rose", "--max-new-tokens", "16"]
         XCTAssertEqual(try completion(["--model", merged] + prompt),
