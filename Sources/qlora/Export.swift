@@ -144,7 +144,8 @@ struct Export: ParsableCommand {
               + "\(source)): " + String(format: "largest |Δ logit| %.3g, loss %.6f against %.6f, perplexity %.4f "
               + "against %.4f", r.maxLogitDifference, r.loss, r.referenceLoss, r.perplexity, r.referencePerplexity))
         print("check: the greedy (top) token differs at \(r.topTokenChanges) of \(r.positions) positions"
-              + (r.topTokenChanges == 0 ? "" : String(format: " (reference gaps there up to %.3g)", r.widestChangedGap)))
+              + (r.topTokenChanges == 0 ? ""
+                 : String(format: " (reference gaps there up to %.3g)", r.widestChangedGap)))
     }
 
     /// The tokenizer and chat template metadata: from a GGUF base its own `tokenizer.*` keys, from a folder its
