@@ -69,6 +69,9 @@ struct Export: ParsableCommand {
         if adapterOnly {
             guard adapter != nil else { throw ValidationError("--adapter-only needs --adapter") }
             guard t != .q8_0 else { throw ValidationError("--adapter-only writes f32, f16 or bf16, not q8_0") }
+            guard embeddingType == nil else {
+                throw ValidationError("--embedding-type is for the merged model: an adapter has no embedding")
+            }
         }
         guard output.hasSuffix(".gguf") else { throw ValidationError("--output \(output): name it FILE.gguf") }
         guard !FileSystem.isDirectory(output) else { throw ValidationError("--output \(output) is a folder") }

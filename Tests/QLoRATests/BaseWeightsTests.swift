@@ -60,4 +60,15 @@ extension BadSettingsTests {
         try expectError(["generate", "--model", merged, "--device", "cuda", "--base-weights", "file"] + prompt,
                         ["--base-weights file runs on the CPU"])
     }
+
+    /// export's --embedding-type takes the export types, and only for a merged model.
+    func testEmbeddingTypeIsChecked() throws {
+        let golden = try Shared.requireGolden()
+        let dir = makeTemporaryDirectory(self)
+        let export = ["export", "--model", golden + "/tiny-llama", "--output", dir + "/m.gguf", "--check", "never"]
+        try expectError(export + ["--embedding-type", "q4_0"], ["--embedding-type q4_0", "f32, f16, bf16, q8_0"])
+        try expectError(export + ["--adapter", golden + "/tiny-adapter", "--adapter-only", "--embedding-type", "f32"],
+                        ["an adapter has no embedding"])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/m.gguf"))
+    }
 }
