@@ -60,7 +60,8 @@ with open(out + "/chunks.jsonl", "w") as f:
 print(f"{n} chunks of {ctx} tokens, {n * (ctx - 1 - ctx // 2)} scored", file=sys.stderr)
 PY
 # qlora eval runs the model as QLoRA trains it (the base in NF4, the adapter beside it): what the merged export
-# (--onto dequantized: NF4 weights + delta, in $TYPE) should reproduce.
+# (--onto dequantized: NF4 weights + delta, in $TYPE) should reproduce. Without an adapter it runs MODEL with the
+# file's own weights, as llama.cpp does (--base-weights auto).
 echo "== qlora eval of MODEL + ADAPTER (4-bit base, adapter applied) on the same chunks"
 "$QLORA" eval --model "$model" ${adapter:+--adapter "$adapter"} --data "$OUT/chunks.jsonl" --max-seq-length "$CTX" \
     --batch-size 1

@@ -27,10 +27,12 @@ mkdir -p "$OUT"
 head -n 40 "$DATA/test.jsonl" > "$OUT/heldout.jsonl"
 FIELDS=(--prompt-field question --completion-field answer)
 start=$(date +%s)
+# Before and after on the same 4-bit base (after applies the adapter to it, as trained): --base-weights 4bit.
 echo "== held-out loss before fine-tuning"
-$Q eval --model "$GGUF" --data "$OUT/heldout.jsonl" "${FIELDS[@]}" --json | tee "$OUT/eval-before.json"
+$Q eval --model "$GGUF" --base-weights 4bit --data "$OUT/heldout.jsonl" "${FIELDS[@]}" --json \
+  | tee "$OUT/eval-before.json"
 echo "== greedy answers before"
-$Q generate --model "$GGUF" --chat --max-new-tokens 160 --prompts-from "$OUT/heldout.jsonl" --prompt-field question --limit 2 | tee "$OUT/answers-before.txt"
+$Q generate --model "$GGUF" --base-weights 4bit --chat --max-new-tokens 160 --prompts-from "$OUT/heldout.jsonl" --prompt-field question --limit 2 | tee "$OUT/answers-before.txt"
 echo "== fine-tuning"
 $Q train --model "$GGUF" --data "$DATA/train.jsonl" "${FIELDS[@]}" --output-dir "$OUT" \
   --lora-r 16 --lora-alpha 32 --lora-dropout 0.05 --target-modules all-linear --optim paged_adamw_8bit \

@@ -30,7 +30,7 @@ echo "== tokenizing (the model's chat template, $((STEPS * 4)) training records,
 "$PYTHON" scripts/hf_recipe_cpu.py tokenize "$GGUF" "$DATA/test.jsonl" "$OUT/heldout-tokens.jsonl" --limit 40
 
 echo "== qlora: $STEPS steps"
-"$QLORA" eval --model "$GGUF" --data "$OUT/heldout-tokens.jsonl" --json > "$OUT/qlora-before.json"
+"$QLORA" eval --model "$GGUF" --base-weights 4bit --data "$OUT/heldout-tokens.jsonl" --json > "$OUT/qlora-before.json"
 "$QLORA" train --model "$GGUF" --data "$OUT/train-tokens.jsonl" --output-dir "$OUT/qlora" \
   --lora-r 16 --lora-alpha 32 --lora-dropout 0.05 --target-modules all-linear --optim paged_adamw_8bit \
   --batch-size 4 --max-steps "$STEPS" --learning-rate 3e-4 --lr-scheduler cosine --warmup-steps 5 \

@@ -140,13 +140,20 @@ public enum LlamaGGUFExport {
         return nil
     }
 
-    /// The tensors of the exported model (Hugging Face name, plan): matrices in `type` (Q8_0 falls back to F16 for
-    /// rows that are not whole 32-value blocks, as llama.cpp's converter does), 1D tensors F32.
-    public static func plan(_ weights: LlamaWeights,
-                            type: GGUFExportType) throws -> [(hf: String, plan: GGUFTensorPlan)] {
+    /// The Hugging Face names of the vocabulary matrices: the token embedding and the output matrix (lm_head, or
+    /// the embedding itself when the model ties them).
+    public static let vocabularyMatrices: Set<String> = ["model.embed_tokens.weight", "lm_head.weight"]
+
+    /// The tensors of the exported model (Hugging Face name, plan): matrices in `type`, the token embedding and
+    /// output matrix in `embeddings` where given (as llama-quantize's --token-embedding-type and
+    /// --output-tensor-type), Q8_0 falling back to F16 for rows that are not whole 32-value blocks (as llama.cpp's
+    /// converter does), 1D tensors F32.
+    public static func plan(_ weights: LlamaWeights, type: GGUFExportType,
+                            embeddings: GGUFExportType? = nil) throws -> [(hf: String, plan: GGUFTensorPlan)] {
         try LlamaMerge.layout(weights.config, weights: weights).map { name, shape in
             guard let gguf = llamaCppName(name) else { throw ModelError("\(name) has no llama.cpp name") }
-            var t = shape.count == 1 ? GGMLType.f32 : type.ggml
+            let matrixType = vocabularyMatrices.contains(name) ? embeddings ?? type : type
+            var t = shape.count == 1 ? GGMLType.f32 : matrixType.ggml
             if t == .q8_0, (shape.last ?? 0) % GGMLType.q8_0.blockSize != 0 { t = .f16 }
             return (name, GGUFTensorPlan(name: gguf, shape: shape, type: t))
         }
@@ -154,15 +161,16 @@ public enum LlamaGGUFExport {
 
     /// Writes the merged model (base + adapter folded as `LlamaMerge` does, onto `onto`) to the GGUF file `path`
     /// (a temporary name, then renamed), with `tokenizerMetadata` (`tokenizer.ggml.*`, `tokenizer.chat_template`)
-    /// after the model's own keys. Returns the tensors' plans. `progress(done, total, tensor)`.
+    /// after the model's own keys; the vocabulary matrices in `embeddings` where given (`plan`). Returns the
+    /// tensors' plans. `progress(done, total, tensor)`.
     @discardableResult
     public static func write(weights: LlamaWeights, lora: LoRAConfig, adapters: [String: LoRAWeights],
-                             onto: MergeBase, type: GGUFExportType, name: String,
+                             onto: MergeBase, type: GGUFExportType, embeddings: GGUFExportType? = nil, name: String,
                              tokenizerMetadata: [(String, GGUFValue)], to path: String,
                              progress: (Int, Int, String) -> Void = { _, _, _ in }) throws -> [GGUFTensorPlan] {
         let config = weights.config
         let arch = try architecture(config)
-        let tensors = try plan(weights, type: type)
+        let tensors = try plan(weights, type: type, embeddings: embeddings)
         let metadata = try modelMetadata(config, name: name, type: type) + tokenizerMetadata
         try GGUFWriter.write(to: path, metadata: metadata, tensors: tensors.map(\.plan), alignment: alignment) { i in
             let (hf, p) = tensors[i]
@@ -283,10 +291,22 @@ public enum LlamaGGUFExport {
     static func compare(_ sequences: [(inputIds: [Int], labels: [Int])], config: LlamaConfig,
                         _ pair: ([Int], [Int]) -> (StepResult, StepResult)) throws -> Check {
         var worst: Float = 0, total = (0.0, 0.0), count = 0
+        var positions = 0, flips = 0, widestFlip: Float = 0
+        let v = config.vocabSize
         for (ids, labels) in sequences {
             try LlamaModel.checkBatch(inputIds: ids, labels: labels, batch: 1, tokens: ids.count, config: config)
             let (a, b) = pair(ids, labels)
             for (x, y) in zip(a.logits ?? [], b.logits ?? []) { worst = max(worst, abs(x - y)) }
+            if let x = a.logits, let y = b.logits, x.count == y.count {
+                for start in stride(from: 0, to: y.count - v + 1, by: v) {
+                    let top = topToken(y, start, v), exportTop = topToken(x, start, v)
+                    positions += 1
+                    if exportTop != top {
+                        flips += 1
+                        widestFlip = max(widestFlip, y[start + top] - y[start + exportTop])
+                    }
+                }
+            }
             guard a.tokenCount > 0 else { continue }
             total.0 += a.loss * Double(a.tokenCount)
             total.1 += b.loss * Double(b.tokenCount)
@@ -294,7 +314,15 @@ public enum LlamaGGUFExport {
         }
         guard count > 0 else { throw ModelError("the check sequences have no target to count") }
         return Check(maxLogitDifference: worst, loss: total.0 / Double(count), referenceLoss: total.1 / Double(count),
-                     tokens: count, sequences: sequences.count)
+                     tokens: count, sequences: sequences.count, positions: positions, topTokenChanges: flips,
+                     widestChangedGap: widestFlip)
+    }
+
+    /// The index (within the row) of the largest of `logits[start..<start + count]`, the first on a tie.
+    static func topToken(_ logits: [Float], _ start: Int, _ count: Int) -> Int {
+        var best = 0
+        for i in 1..<count where logits[start + i] > logits[start + best] { best = i }
+        return best
     }
 
     /// One sequence through `model`, without dropout or gradients, with its logits.
@@ -305,9 +333,13 @@ public enum LlamaGGUFExport {
     }
 
     /// What an exported file computes against base + adapter as trained, on held-out sequences: the largest logit
-    /// difference, the token-weighted mean losses of both and the number of tokens counted.
+    /// difference, the token-weighted mean losses of both and the number of tokens counted; and how often greedy
+    /// decoding would pick another token: of `positions` (every position of every sequence), those where the
+    /// export's top token is not the reference's, and the widest reference gap between the two there (a change
+    /// where the reference's top two were nearly tied is rounding; a wide one would be a fault).
     public struct Check: Sendable {
         public let maxLogitDifference: Float, loss: Double, referenceLoss: Double, tokens: Int, sequences: Int
+        public let positions: Int, topTokenChanges: Int, widestChangedGap: Float
         public var perplexity: Double { Foundation.exp(loss) }
         public var referencePerplexity: Double { Foundation.exp(referenceLoss) }
     }

@@ -238,13 +238,15 @@ extension LlamaModel {
     }
 
     /// A CPU model that computes with the file's dense weights as they are, not quantized (a 4-bit file's are
-    /// dequantized): how a merged export is checked against the base and adapter it came from.
-    public convenience init(denseWeights weights: LlamaWeights, lora: LoRAConfig = LoRAConfig(),
-                            seed: UInt64 = 0) throws {
+    /// dequantized, a GGUF's blocks decoded from their own type): how a merged export is checked against the base
+    /// and adapter it came from, and how generate and eval run a finished model. `compute` bf16 rounds the weights
+    /// to bf16 as the 4-bit path does.
+    public convenience init(denseWeights weights: LlamaWeights, compute: ComputeDType = .fp32,
+                            lora: LoRAConfig = LoRAConfig(), seed: UInt64 = 0) throws {
         try self.init(weights, lora: lora, seed: seed) { l, name in
             switch try weights.projection(layer: l, name) {
-            case .dense(let t): return (nil, t.floats())
-            case .quantized(let q): return (nil, q.dequantizedFloat32())
+            case .dense(let t): return (nil, compute.cpuWeight(t.floats()))
+            case .quantized(let q): return (nil, compute.cpuWeight(q.dequantizedFloat32()))
             }
         }
     }

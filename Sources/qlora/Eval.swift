@@ -13,6 +13,8 @@ struct Eval: ParsableCommand {
     @Option(help: "A PEFT adapter folder to apply.")
     var adapter: String?
 
+    @Option(help: ArgumentHelp(BaseWeights.help)) var baseWeights: BaseWeights = .auto
+
     @Option(help: "Data file: JSONL / JSON array of text, instruction, chat or pre-tokenized records, or plain text.")
     var data: String
 
@@ -43,6 +45,7 @@ struct Eval: ParsableCommand {
     func run() throws {
         var lora = LoRAConfig()
         lora.targetModules = []
+        try modelOptions.checkBaseWeights(baseWeights, adapter: adapter)
         let loaded = try modelOptions.load(lora: lora, adapter: adapter)
         let text = try ModelText.loadIfPresent(path: loaded.path)
         var options = try dataOptions.options(text, maxPositions: loaded.config.maxPositionEmbeddings)
@@ -51,8 +54,7 @@ struct Eval: ParsableCommand {
                                             vocabularySize: loaded.config.vocabSize, options: options)
         if let limit { examples = Array(examples.prefix(limit)) }
         guard !examples.isEmpty else { throw ValidationError("--data \(data) holds no examples") }
-        // the optimizer is never used
-        let engine = try modelOptions.makeEngine(loaded, optimizer: AdamW(kind: .adamw))
+        let engine = try modelOptions.evalEngine(loaded, base: baseWeights.resolved(adapter: adapter))
         let (loss, tokens) = try Trainer.evaluate(engine: engine, examples: examples, batchSize: batchSize)
         if json {
             print(JSONValue.object([("loss", .double(loss)), ("perplexity", .double(Foundation.exp(loss))),

@@ -20,6 +20,11 @@ struct Export: ParsableCommand {
             help: "Matrices' type: f16, bf16, f32 or q8_0 (norms stay f32; an adapter takes f32, f16 or bf16).")
     var type: String = "f16"
     @Option(help: """
+        The token embedding's and output matrix's type (llama-quantize's --token-embedding-type and \
+        --output-tensor-type): f32, f16, bf16 or q8_0; default: --type's.
+        """)
+    var embeddingType: String?
+    @Option(help: """
         What the delta is added to: dequantized (the NF4 weights training saw; the default) or original (the \
         16/32-bit weights the base was quantized from).
         """)
@@ -53,6 +58,10 @@ struct Export: ParsableCommand {
             throw ValidationError("--type \(type): use one of " + GGUFExportType.allCases.map(\.rawValue)
                                   .joined(separator: ", "))
         }
+        if let embeddingType, GGUFExportType(rawValue: embeddingType) == nil {
+            throw ValidationError("--embedding-type \(embeddingType): use one of " + GGUFExportType.allCases
+                                  .map(\.rawValue).joined(separator: ", "))
+        }
         guard ["auto", "always", "never"].contains(check) else {
             throw ValidationError("--check \(check): auto, always or never")
         }
@@ -60,6 +69,9 @@ struct Export: ParsableCommand {
         if adapterOnly {
             guard adapter != nil else { throw ValidationError("--adapter-only needs --adapter") }
             guard t != .q8_0 else { throw ValidationError("--adapter-only writes f32, f16 or bf16, not q8_0") }
+            guard embeddingType == nil else {
+                throw ValidationError("--embedding-type is for the merged model: an adapter has no embedding")
+            }
         }
         guard output.hasSuffix(".gguf") else { throw ValidationError("--output \(output): name it FILE.gguf") }
         guard !FileSystem.isDirectory(output) else { throw ValidationError("--output \(output) is a folder") }
@@ -96,13 +108,15 @@ struct Export: ParsableCommand {
         }
         let reporter = ProgressReporter(label: "export")
         let plan = try LlamaGGUFExport.write(
-            weights: loaded.weights, lora: loaded.lora, adapters: loaded.adapters, onto: onto, type: type, name: name,
+            weights: loaded.weights, lora: loaded.lora, adapters: loaded.adapters, onto: onto, type: type,
+            embeddings: embeddingType.flatMap(GGUFExportType.init(rawValue:)), name: name,
             tokenizerMetadata: try tokenizerMetadata(path: loaded.path, config: config), to: output
         ) { done, total, tensor in reporter.update(done: done, total: total, detail: tensor) }
         reporter.finish()
         let bytes = (try? FileManager.default.attributesOfItem(atPath: output)[.size] as? Int) ?? 0
         print("exported \(loaded.adapters.count) adapted projections folded onto the \(onto.rawValue) weights of "
-              + "\(loaded.path) → \(output): \(plan.count) tensors (\(type.rawValue) matrices, f32 norms), "
+              + "\(loaded.path) → \(output): \(plan.count) tensors (\(type.rawValue) matrices, "
+              + (embeddingType.map { "\($0) token embedding and output, " } ?? "") + "f32 norms), "
               + String(format: "%.1f MB", Double(bytes) / 1e6))
 
         let parameters = plan.reduce(0) { $0 + $1.elementCount }
@@ -132,6 +146,9 @@ struct Export: ParsableCommand {
         print("check: \(what) against base + adapter as trained on \(r.sequences) sequences (\(r.tokens) tokens of "
               + "\(source)): " + String(format: "largest |Δ logit| %.3g, loss %.6f against %.6f, perplexity %.4f "
               + "against %.4f", r.maxLogitDifference, r.loss, r.referenceLoss, r.perplexity, r.referencePerplexity))
+        print("check: the greedy (top) token differs at \(r.topTokenChanges) of \(r.positions) positions"
+              + (r.topTokenChanges == 0 ? ""
+                 : String(format: " (reference gaps there up to %.3g)", r.widestChangedGap)))
     }
 
     /// The tokenizer and chat template metadata: from a GGUF base its own `tokenizer.*` keys, from a folder its

@@ -11,6 +11,7 @@ struct Generate: ParsableCommand {
 
     @OptionGroup var modelOptions: ModelOptions
     @Option(help: "A PEFT adapter folder to apply.") var adapter: String?
+    @Option(help: ArgumentHelp(BaseWeights.help)) var baseWeights: BaseWeights = .auto
     @Option(help: "The prompt.") var prompt: String?
     @Option(help: "Read prompts from a JSONL file instead (see --prompt-field).") var promptsFrom: String?
     @Option(help: "Field of --prompts-from records holding the prompt.") var promptField: String = "prompt"
@@ -40,10 +41,12 @@ struct Generate: ParsableCommand {
     func run() throws {
         var lora = LoRAConfig()
         lora.targetModules = []
+        try modelOptions.checkBaseWeights(baseWeights, adapter: adapter)
         let loaded = try modelOptions.load(lora: lora, adapter: adapter)
         let gpuModel = modelOptions.usesGPU
             ? try modelOptions.gpuModel(loaded, device: try modelOptions.openGPU()) : nil
-        let cpuModel = gpuModel == nil ? try modelOptions.cpuModel(loaded) : nil
+        let cpuModel = gpuModel == nil
+            ? try modelOptions.cpuModel(loaded, base: baseWeights.resolved(adapter: adapter)) : nil
         let text = try ModelText.load(path: loaded.path)
         guard let tokenizer = text.tokenizer else { throw ValidationError("\(loaded.path) has no tokenizer") }
         var prompts: [String] = []

@@ -1,3 +1,4 @@
+import ArgumentParser
 import Foundation
 import Llama
 import ModelFiles
@@ -13,6 +14,60 @@ struct LoadedModel {
     let lora: LoRAConfig
     let adapters: [String: LoRAWeights]
     var config: LlamaConfig { weights.config }
+}
+
+/// `--base-weights` of generate and eval: what the frozen base computes with.
+enum BaseWeights: String, ExpressibleByArgument, CaseIterable {
+    /// `fourBit` when an adapter is applied (the QLoRA model as trained: the adapter was fit to the 4-bit base),
+    /// `file` without one (a finished model, such as a merged export, as its file holds it).
+    case auto
+    /// Quantized to 4 bits as train quantizes it (--quant-type, --double-quant); a 4-bit checkpoint as it is.
+    case fourBit = "4bit"
+    /// The file's own weights decoded to float32, never re-quantized: F32/F16/BF16 exactly, a GGUF's Q8_0 or Q4_1
+    /// blocks as their type defines them, a bitsandbytes checkpoint's 4-bit codes dequantized.
+    case file
+
+    /// The option's help, shared by generate and eval.
+    static let help = """
+        The frozen base: auto (4bit with --adapter, the model as trained; otherwise file), 4bit (quantized as train \
+        does) or file (the file's own weights, not re-quantized: how an exported merged F32/F16/Q8_0 GGUF or \
+        safetensors model answers). The GPU computes in 4 bits only.
+        """
+
+    /// `auto` settled for a command with or without an adapter.
+    func resolved(adapter: String?) -> BaseWeights {
+        self == .auto ? (adapter == nil ? .file : .fourBit) : self
+    }
+}
+
+extension ModelOptions {
+    /// Refuses `--base-weights file` on a GPU (its model holds every frozen projection in 4 bits); with `auto` it
+    /// says on standard error that the GPU quantizes what the CPU would run as the file holds it.
+    func checkBaseWeights(_ choice: BaseWeights, adapter: String?) throws {
+        guard usesGPU, choice.resolved(adapter: adapter) == .file else { return }
+        if choice == .file {
+            throw ValidationError("--base-weights file runs on the CPU (--device cpu): the GPU model holds the "
+                                  + "frozen weights in 4 bits")
+        }
+        FileHandle.standardError.write(Data(("note: on the GPU the base is quantized to 4 bits; --device cpu "
+            + "computes with the file's own weights\n").utf8))
+    }
+
+    /// The CPU model generate and eval run: the 4-bit one train builds, or with `file` (settled) one that computes
+    /// with the file's own weights; with `loaded`'s adapters either way.
+    func cpuModel(_ loaded: LoadedModel, base: BaseWeights) throws -> LlamaModel {
+        guard base == .file else { return try cpuModel(loaded) }
+        let model = try LlamaModel(denseWeights: loaded.weights, compute: try cpuDType(), lora: loaded.lora)
+        model.adapters = loaded.adapters
+        return model
+    }
+
+    /// The engine eval runs: `makeEngine`'s, or on the CPU with `file` (settled) the file's own weights.
+    func evalEngine(_ loaded: LoadedModel, base: BaseWeights) throws -> TrainingEngine {
+        let optimizer = AdamW(kind: .adamw)   // never used
+        guard base == .file, !usesGPU else { return try makeEngine(loaded, optimizer: optimizer) }
+        return CPUTrainingEngine(model: try cpuModel(loaded, base: .file), optimizer: optimizer)
+    }
 }
 
 /// The tokenizer and chat format of a model path (folder or GGUF file), or of a tokenizer.json file.

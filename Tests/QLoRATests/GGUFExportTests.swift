@@ -259,10 +259,14 @@ final class GGUFExportTests: XCTestCase {
                                                   onto: onto, sequences: sequences.map { ($0.0, $0.1) })
                 XCTAssertEqual(r.sequences, 2)
                 XCTAssertEqual(r.tokens, 2 * 30, "targets are labels[1...] (39), of which 9 are -100")
+                XCTAssertEqual(r.positions, 2 * 40, "every position's top token is compared")
                 if type == .f32 {
                     XCTAssertLessThan(r.maxLogitDifference, 1e-4, onto.rawValue)
                     XCTAssertEqual(r.loss, r.referenceLoss, accuracy: 1e-5)
+                    XCTAssertEqual(r.topTokenChanges, 0)
                 }
+                // A change of top token can only happen where the two logits moved by at least their gap.
+                XCTAssertLessThanOrEqual(r.widestChangedGap, 2 * r.maxLogitDifference)
                 if onto == .dequantized { results[type] = r }
             }
         }
@@ -271,6 +275,28 @@ final class GGUFExportTests: XCTestCase {
         XCTAssertLessThan(q8.maxLogitDifference, 0.1)
         XCTAssertNotEqual(q8.loss, q8.referenceLoss)
         XCTAssertLessThan(abs(q8.perplexity / q8.referencePerplexity - 1), 0.01, "Q8_0 costs well under 1%")
+    }
+
+    /// `--embedding-type`: a Q8_0 export with the token embedding and output matrix in F32 stores them as the
+    /// merged model's own values (tiny-llama's bf16, widened exactly) and every projection in Q8_0.
+    func testVocabularyMatricesKeepTheirOwnType() throws {
+        let golden = try Shared.requireGolden()
+        let weights = try LlamaWeights.open(path: golden + "/tiny-llama")
+        let (lora, adapters) = try PEFTAdapter.read(directory: golden + "/tiny-adapter", config: weights.config)
+        let path = makeTemporaryDirectory(self) + "/q8-f32-vocabulary.gguf"
+        try LlamaGGUFExport.write(weights: weights, lora: lora, adapters: adapters, onto: .dequantized, type: .q8_0,
+                                  embeddings: .f32, name: "tiny", tokenizerMetadata: [], to: path)
+        let file = try GGUFFile(path: path)
+        let original = try SafeTensorsArchive(directory: golden + "/tiny-llama")
+        for (gguf, hf) in [("token_embd.weight", "model.embed_tokens.weight"), ("output.weight", "lm_head.weight")] {
+            XCTAssertEqual(file.tensorInfo(named: gguf)?.type, .f32, gguf)
+            XCTAssertTrue(sameBits(try file.tensor(named: gguf).floats(), try original.tensor(named: hf).floats()),
+                          gguf)
+        }
+        for name in ["blk.0.attn_q.weight", "blk.1.ffn_down.weight"] {
+            XCTAssertEqual(file.tensorInfo(named: name)?.type, .q8_0, name)
+        }
+        XCTAssertEqual(file.tensorInfo(named: "blk.0.attn_norm.weight")?.type, .f32)
     }
 
     /// The adapter alone in llama.cpp's LoRA layout: general.type adapter, adapter.type lora, adapter.lora.alpha,
