@@ -41,7 +41,7 @@ struct Plan: ParsableCommand {
         let offload = !step.noCkpt && (step.offloadCheckpoints ?? true)
         if json {
             var fields: [(String, JSONValue)] = [
-                ("shape", .string(step.model ?? step.config ?? step.shape)), ("targets", .string(step.targets)),
+                ("shape", .string(step.source)), ("targets", .string(step.targets)),
                 ("batch", .int(step.batch)), ("seq", .int(step.seq)), ("grad_ckpt", .bool(!step.noCkpt)),
                 ("offload_checkpoints", .bool(offload)), ("compute_dtype", .string(step.gpuComputeDType.rawValue)),
                 ("predicted_peak_alloc_gib", rounded(plan.peakAllocated)),
@@ -53,7 +53,7 @@ struct Plan: ParsableCommand {
             print(JSONValue.object(fields).pythonText())
             return
         }
-        print("plan: \(step.model ?? step.config ?? step.shape), LoRA r \(lora.r) "
+        print("plan: \(step.source), LoRA r \(lora.r) "
               + "on \(lora.resolvedTargets.joined(separator: ",")), "
               + "batch \(step.batch) × \(step.seq), \(step.gpuComputeDType.rawValue), \(optim.rawValue), "
               + (step.noCkpt ? "no checkpointing"

@@ -438,7 +438,7 @@ extension BadSettingsTests {
     }
 
     /// Every reader that maps a file refuses a FIFO at once: `open` used to wait for a writer forever (tokenize's
-    /// --input and --tokenizer, bench's --config, a tokenizer or model file that is a pipe).
+    /// --input and --tokenizer, bench's --model-config, a tokenizer or model file that is a pipe).
     func testFIFOsAreRefusedByTheFileMapperWithoutBlocking() throws {
         let dir = makeTemporaryDirectory(self)
         let fifo = dir + "/pipe"
@@ -452,7 +452,7 @@ extension BadSettingsTests {
         if FileSystem.isFile(tokenizer) {
             try expectError(["tokenize", "--tokenizer", tokenizer, "--input", fifo], [fifo, "FIFO"])
         }
-        try expectError(["bench", "--config", fifo], [fifo, "FIFO"])
+        try expectError(["bench", "--model-config", fifo], [fifo, "FIFO"])
     }
 
     /// `plot` reads any metrics.jsonl: steps near Int.max used to trap while labelling the axis; a missing, special
