@@ -45,7 +45,7 @@ struct Bench: ParsableCommand {
                                       + "effect with --generate (it times generation, not training steps)")
             }
         }
-        if !device.isGPU && parallel.devices == nil {
+        if !device.isGPU && parallel.devices == nil && DataParallelOptions.worker == nil {
             if profile { throw ValidationError("--profile times GPU kernels: it needs --device cuda (or --devices)") }
             if step.offloadCheckpoints != nil {
                 throw ValidationError("--offload-checkpoints has no effect on the CPU (checkpoints stay in host "
