@@ -19,7 +19,8 @@ struct Bench: ParsableCommand {
     @OptionGroup var step: StepShapeOptions
     @Option(name: .customLong("steps"), help: ArgumentHelp("Timed steps (default \(Self.defaultSteps))."))
     var stepsOption: Int?
-    @Option(name: .customLong("warmup"), help: ArgumentHelp("Untimed steps before them (default \(Self.defaultWarmup))."))
+    @Option(name: .customLong("warmup"),
+            help: ArgumentHelp("Untimed steps before them (default \(Self.defaultWarmup))."))
     var warmupOption: Int?
     @Option(help: ArgumentHelp("Device: \(DeviceChoice.help).")) var device: DeviceChoice = .cpu
     @Flag(help: "After the timed steps, one more step with the GPU waited on around every kernel and product: a table of where the time goes (stderr).")

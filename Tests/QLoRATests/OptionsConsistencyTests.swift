@@ -36,7 +36,8 @@ extension BadSettingsTests {
     /// "turn (each trained turn's, the default)".
     static func statedDefault(_ text: String) -> String? {
         // A default runs to ";", ")" or ", " (a list such as q_proj,v_proj has no space after its commas).
-        let patterns = [#"\(default:? ((?:[^;),]|,(?! ))+)"#, #"; default ((?:[^;),]|,(?! ))+)"#, #"\(([^\s(),]+), the default\)"#,
+        let patterns = [#"\(default:? ((?:[^;),]|,(?! ))+)"#, #"; default ((?:[^;),]|,(?! ))+)"#,
+                        #"\(([^\s(),]+), the default\)"#,
                         #"([^\s(),]+) \([^)]*[,;] the default\)"#]
         for pattern in patterns {
             guard let regex = try? NSRegularExpression(pattern: pattern),
