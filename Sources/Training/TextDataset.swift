@@ -37,9 +37,20 @@ public struct DatasetOptions: Sendable {
 public enum TextDataset {
     /// All examples of `path` (examples that truncation leaves nothing to learn are dropped). Without a tokenizer
     /// only pre-tokenized records can be read; ids are checked against `vocabularySize`.
+    /// The memory a data file takes once loaded, per byte of the file (a bound, for the size check).
+    static let memoryPerFileByte = 8
+
     public static func load(path: String, tokenizer: Tokenizer?, vocabularySize: Int,
                             options: DatasetOptions) throws -> [TokenizedExample] {
         let bytes: [UInt8]
+        // A data set is read whole; its records, tokens and labels take several times the file's size beside it.
+        let limit = max(FileSystem.allocatableBytes / Self.memoryPerFileByte, 1 << 20)
+        let size = try InputFile.requireRegular(path, what: "the data file")
+        guard size <= limit else {
+            throw DatasetError(path: path, "is \(size) bytes: data files are read into memory whole (about "
+                + "\(Self.memoryPerFileByte) bytes for each byte of the file, with its records and tokens), and "
+                + "this process may allocate \(FileSystem.allocatableBytes); at most \(limit) bytes are read: split it")
+        }
         do { bytes = try FileSystem.readBytes(path) } catch {
             throw DatasetError(path: path, "cannot be read (\(error))")
         }
