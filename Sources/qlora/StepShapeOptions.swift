@@ -94,17 +94,10 @@ struct StepShapeOptions: ParsableArguments {
     /// cannot overflow).
     static let maximumStepTokens = 1 << 31
 
-    /// On the CPU the step's logits and their gradient alone take batch × seq × vocabulary floats twice: more than
-    /// the machine's memory is a clear error before any allocation (not a failed allocation that kills the process).
+    /// The step fits the memory this process may allocate on the CPU (`HostMemory.checkStepFits`).
     func checkFitsHostMemory(_ cfg: LlamaConfig) throws {
-        let physical = Int(sysconf(Int32(_SC_PHYS_PAGES))) &* Int(sysconf(Int32(_SC_PAGESIZE)))
-        let perToken = Double(cfg.vocabSize + 8 * cfg.hiddenSize * max(cfg.layerCount, 1)) * 8
-        let needed = Double(batch) * Double(seq) * perToken
-        guard physical <= 0 || needed <= Double(physical) else {
-            throw ValidationError(String(format: "--batch-size %ld × --max-seq-length %ld needs at least %.1f GB "
-                                         + "on the CPU (logits and activations); this machine has %.1f GB", batch,
-                                         seq, needed / 1e9, Double(physical) / 1e9))
-        }
+        try HostMemory.checkStepFits(cfg, batch: batch, tokens: seq,
+                                     flags: "--batch-size \(batch) × --max-seq-length \(seq)")
     }
 
     /// The targets as train names them (`LoRATargets`).

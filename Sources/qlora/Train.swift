@@ -292,6 +292,15 @@ struct Train: ParsableCommand {
                 "size of \(max(1, examples.count / (rows / settings.batchSize))) or less avoids it)\n").utf8))
         }
 
+        if !modelOptions.usesGPU && worker == nil {
+            // Rows are as long as the longest example at most (the micro-batch and the evaluation batch alike).
+            let longest = max(examples.map(\.inputIds.count).max() ?? 1, validation.map(\.inputIds.count).max() ?? 1)
+            let evaluated = validation.isEmpty ? 1 : evalBatch
+            let flag = evaluated > settings.batchSize ? "recipe \(recipe.keyName("eval_batch_size")) \(evalBatch)"
+                : "--batch-size \(settings.batchSize)"
+            try HostMemory.checkStepFits(config, batch: max(settings.batchSize, evaluated), tokens: longest,
+                                         flags: "\(flag) × examples of up to \(longest) tokens")
+        }
         try FileSystem.createDirectory(output)
         let optimizer = AdamW(kind: settings.optimizer, settings: AdamWSettings(weightDecay: settings.weightDecay))
         let joined = try worker.map { try DataParallelOptions.join($0) }

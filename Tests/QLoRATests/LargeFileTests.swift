@@ -65,6 +65,19 @@ extension BadSettingsTests {
         XCTAssertTrue(output.contains("\(dir)/metrics.jsonl"), output)
     }
 
+    /// A CPU step larger than the memory the process may allocate is refused before anything is written: a
+    /// batch of a million sequences failed the allocation of its activations (a trap).
+    func testATrainingStepLargerThanMemoryIsRefused() throws {
+        let (model, dir, data) = try tinyModelAndData()
+        let (status, crashed, output) = try runLimited(["train", "--model", model, "--data", data, "--output-dir",
+                                                        dir + "/out", "--max-steps", "1", "--batch-size", "1000000"],
+                                                       kilobytes: 3_000_000)
+        XCTAssertFalse(crashed, output)
+        XCTAssertNotEqual(status, 0, output)
+        XCTAssertTrue(output.contains("--batch-size 1000000 × examples of up to 4 tokens needs at least"), output)
+        XCTAssertFalse(FileSystem.isDirectory(dir + "/out"), "nothing written")
+    }
+
     /// The bound itself: a file over the limit is refused with both sizes; one at the limit is read.
     func testReadBytesRefusesAFileOverItsLimit() throws {
         let path = makeTemporaryDirectory(self) + "/ten"
