@@ -158,8 +158,14 @@ public enum TextDataset {
 
     enum Records { case text(String), json([(Int, JSONValue)]) }
 
-    static func parseRecords(_ bytes: [UInt8], path: String) throws -> Records {
-        let firstNonSpace = bytes.first { ![0x20, 0x0A, 0x0D, 0x09].contains($0) }
+    static func parseRecords(_ file: [UInt8], path: String) throws -> Records {
+        // A UTF-8 byte order mark (what some editors write first) is no part of the text: with it, a JSONL file was
+        // taken for plain text and trained on with its braces and keys.
+        let bytes = file.starts(with: [0xEF, 0xBB, 0xBF]) ? Array(file.dropFirst(3)) : file
+        guard let firstNonSpace = bytes.first(where: { ![0x20, 0x0A, 0x0D, 0x09].contains($0) }) else {
+            // Nothing but white space: no records (it was trained on as a text of spaces and newlines).
+            throw DatasetError(path: path, "holds no examples: the file is empty or white space only")
+        }
         if firstNonSpace == UInt8(ascii: "[") {
             guard let array = (try? JSONValue(parsing: bytes))?.arrayValue else {
                 throw DatasetError(path: path, "starts like a JSON array but is not valid JSON")
