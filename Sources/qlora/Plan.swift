@@ -27,6 +27,11 @@ struct Plan: ParsableCommand {
     }
 
     func run() throws {
+        if let dropout = step.loraDropoutOption {
+            // The GPU step draws its dropout masks from seeds as it goes: they take no memory.
+            FileHandle.standardError.write(Data(("warning: --lora-dropout \(dropout) has no effect on the plan (the "
+                                                 + "GPU step's dropout masks take no memory)\n").utf8))
+        }
         let (cfg, lora, _) = try step.resolve()
         if step.model != nil {
             FileHandle.standardError.write(("plan: the model's shape, in NF4 with double quantization "

@@ -36,6 +36,12 @@ extension BadSettingsTests {
         try expectError(["plan", "--shape", "nope"], ["--shape nope is unknown", "smollm2-135m", "--model-config"])
         try expectError(["bench", "--max-seq-length", "1"], ["--max-seq-length is 1: must be at least 2"])
         try expectError(["plan", "--lora-dropout", "1"], ["--lora-dropout is 1.0: must be in [0, 1)"])
+        let (dropoutStatus, _, dropout) = try run(["plan", "--lora-dropout", "0.05", "--json"])
+        XCTAssertEqual(dropoutStatus, 0, dropout)
+        XCTAssertTrue(dropout.contains("warning: --lora-dropout 0.05 has no effect on the plan"), dropout)
+        let (_, _, without) = try run(["plan", "--json"])
+        XCTAssertEqual(try lastJSONLine(dropout) as NSDictionary, try lastJSONLine(without) as NSDictionary,
+                       "the same plan with and without dropout")
     }
 
     /// bench refuses what would leave its measurement unchanged: training settings with --generate, GPU settings
