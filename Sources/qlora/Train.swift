@@ -444,6 +444,12 @@ extension Train {
             say("--validation-split", "validation_split", "--eval-data is the validation data")
         }
         let validates = evalPath != nil || (split ?? 0) > 0
+        if validates, settings.evalStrategy == .no {
+            let (flag, key) = evalPath != nil ? ("--eval-data", "eval_data")
+                : ("--validation-split", "validation_split")
+            say(flag, key, "--eval-strategy no never evaluates"
+                + (evalPath == nil ? " (and the split still holds examples out of training)" : ""))
+        }
         if !validates, given(evalSteps, "eval_steps") || (settings.evalStrategy.map { $0 != .no } ?? false) {
             say(evalSteps != nil || recipe.sets("eval_steps") ? "--eval-steps" : "--eval-strategy",
                 evalSteps != nil || recipe.sets("eval_steps") ? "eval_steps" : "eval_strategy",

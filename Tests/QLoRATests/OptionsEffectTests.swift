@@ -168,6 +168,11 @@ extension BadSettingsTests {
         XCTAssertTrue(recipeOutput.contains("--warmup-ratio (recipe warmup_ratio) has no effect"), recipeOutput)
         XCTAssertTrue(recipeOutput.contains("--save-total-limit (recipe save_total_limit) has no effect"),
                       recipeOutput)
+        let (never, _, neverOutput) = try run(base + ["--output-dir", dir + "/never", "--eval-data", data,
+                                                      "--eval-strategy", "no"])
+        XCTAssertEqual(never, 0, neverOutput)
+        XCTAssertTrue(neverOutput.contains("warning: --eval-data (recipe eval_data) has no effect: --eval-strategy no "
+                                           + "never evaluates"), neverOutput)
         // With validation data, the same evaluation setting is read: no warning.
         let (split, _, splitOutput) = try run(base + ["--output-dir", dir + "/split", "--eval-data", data,
                                                       "--eval-steps", "1"])
