@@ -26,7 +26,8 @@ public enum FileSystem {
         let most = limit ?? readLimit
         guard file.bytes.count <= most else {
             throw ModelFileError.cannotOpen(path: path, reason: "the file is \(file.bytes.count) bytes, more than "
-                + "the \(most) that are read into memory (half of what this process may allocate)")
+                + "the \(most) that are read" + (limit == nil ? " into memory (half of what this process may "
+                + "allocate)" : ""))
         }
         return Array(file.bytes)
     }

@@ -107,10 +107,12 @@ struct ModelOptions: ParsableArguments {
         let path = try modelPath(recipe)
         let weights = try LlamaWeights.open(path: path,
                                             quantization: QuantizationSettings(type: quant, doubleQuant: dq))
-        for warning in try Self.quantizationWithoutEffect(weights, type: try quantType.map { ($0, "--quant-type") }
-            ?? recipe.string("bnb_4bit_quant_type").map { _ in (quant, "recipe bnb_4bit_quant_type") },
-                                                          doubleQuant: try doubleQuant.map { ($0, "--double-quant") }
-            ?? recipe.bool("bnb_4bit_use_double_quant").map { ($0, "recipe bnb_4bit_use_double_quant") }) {
+        // The settings as given (flag or recipe key), with the name to say: nil where neither is given.
+        let typeGiven = try quantType.map { ($0, "--quant-type") }
+            ?? recipe.string("bnb_4bit_quant_type").map { _ in (quant, "recipe bnb_4bit_quant_type") }
+        let doubleGiven = try doubleQuant.map { ($0, "--double-quant") }
+            ?? recipe.bool("bnb_4bit_use_double_quant").map { ($0, "recipe bnb_4bit_use_double_quant") }
+        for warning in try Self.quantizationWithoutEffect(weights, type: typeGiven, doubleQuant: doubleGiven) {
             FileHandle.standardError.write(Data("warning: \(warning)\n".utf8))
         }
         if FileSystem.isDirectory(path) { try Self.checkChatTemplateFile(folder: path) }
@@ -169,41 +171,24 @@ extension ModelOptions {
             return   // tokenizer_config.json's template is the one used
         }
         try InputFile.requireRegular(file, what: "the chat template")
-        let bytes = try FileSystem.readBytes(file)
-        guard String(validatingUTF8Bytes: bytes) != nil else {
-            let at = Self.firstInvalidUTF8(bytes)
+        let bytes = try FileSystem.readBytes(file, limit: JinjaTemplate.maximumSourceBytes)
+        if let at = Self.firstInvalidUTF8(bytes) {
             throw ModelFileError.invalidConfig(path: file, detail: "the chat template is not UTF-8 text (byte "
                 + String(format: "0x%02X", bytes[at]) + " at offset \(at)); save it as UTF-8")
         }
     }
 
-    /// The offset of the first byte that does not decode as UTF-8 (bytes.count - 1 when the text ends mid-character).
-    static func firstInvalidUTF8(_ bytes: [UInt8]) -> Int {
+    /// The offset of the first byte of `bytes` that starts no valid UTF-8 character (a cut-off last character
+    /// included), or nil when all of it is UTF-8.
+    static func firstInvalidUTF8(_ bytes: [UInt8]) -> Int? {
         var decoder = UTF8()
         var iterator = bytes.makeIterator()
         var offset = 0
         while true {
             switch decoder.decode(&iterator) {
             case .scalarValue(let scalar): offset += UTF8.width(scalar)
-            case .emptyInput: return max(0, bytes.count - 1)
-            case .error: return min(offset, bytes.count - 1)
-            }
-        }
-    }
-}
-
-extension String {
-    /// The bytes as text when they are valid UTF-8, else nil (Foundation's decoders replace bad bytes or differ
-    /// between platforms).
-    init?(validatingUTF8Bytes bytes: [UInt8]) {
-        var decoder = UTF8()
-        var iterator = bytes.makeIterator()
-        var scalars = String.UnicodeScalarView()
-        while true {
-            switch decoder.decode(&iterator) {
-            case .scalarValue(let scalar): scalars.append(scalar)
-            case .emptyInput: self = String(scalars); return
-            case .error: return nil
+            case .emptyInput: return nil
+            case .error: return offset
             }
         }
     }
