@@ -78,6 +78,17 @@ extension BadSettingsTests {
         XCTAssertFalse(FileSystem.isDirectory(dir + "/out"), "nothing written")
     }
 
+    /// bench-quantize's matrix is checked against the memory the process may allocate: 64 × 16777216 under a
+    /// 3 GB limit failed the allocation of its float32 draw (a trap).
+    func testABenchmarkMatrixLargerThanMemoryIsRefused() throws {
+        let (status, crashed, output) = try runLimited(["bench-quantize", "--rows", "64", "--cols", "16777216",
+                                                        "--repeats", "1"], kilobytes: 3_000_000)
+        XCTAssertFalse(crashed, output)
+        XCTAssertNotEqual(status, 0, output)
+        XCTAssertTrue(output.contains("--rows 64 × --cols 16777216 needs about"), output)
+        XCTAssertTrue(output.contains("this process may allocate 3.1 GB"), output)
+    }
+
     /// The bound itself: a file over the limit is refused with both sizes; one at the limit is read.
     func testReadBytesRefusesAFileOverItsLimit() throws {
         let path = makeTemporaryDirectory(self) + "/ten"
