@@ -158,7 +158,7 @@ extension ModelOptions {
 
     /// A model folder's `chat_template.jinja`, where it is the template that would be used (the folder has a
     /// tokenizer, and tokenizer_config.json names no template): a file that is not a regular file, or not UTF-8
-    /// text, is an error naming it. It used to read as "no chat template" (and a FIFO there blocked the reader).
+    /// text, is an error naming it. Each used to read as "no chat template", without a word.
     static func checkChatTemplateFile(folder: String) throws {
         let file = folder + "/chat_template.jinja"
         var info = stat()

@@ -106,7 +106,7 @@ extension BadSettingsTests {
     }
 
     /// A chat_template.jinja that is not UTF-8 is an error naming the file (it read as "no chat template"); one
-    /// that is a FIFO or a folder too (a FIFO blocked the reader). A UTF-8 one is still used.
+    /// that is a FIFO or a folder too (they read as none as well). A UTF-8 one is still used.
     func testAChatTemplateFileThatIsNotUTF8IsAnErrorNamingIt() throws {
         let folder = try GGUFExportTests.tinyLlamaWithTokenizer(self)
         // The template comes from chat_template.jinja only when tokenizer_config.json names none.
