@@ -87,8 +87,9 @@ if [ "${BENCH:-0}" = 1 ]; then
   echo "== 3. qlora bench beside hf_baseline.py (same call, same arguments)"
   for spec in ${BENCH_SPECS:-"llama2-7b:all llama2-7b:qv smollm2-135m:all"}; do
     shape=${spec%%:*}; targets=${spec##*:}
-    "$Q" bench --device cuda --shape "$shape" --targets "$targets" --lora-dropout 0.05 2>/dev/null \
+    "$Q" bench --device cuda --shape "$shape" --targets "$targets" --seq 2048 --lora-dropout 0.05 2>/dev/null \
       | tee -a "$OUT/bench.jsonl"
-    python3 "$SHARED/bench/hf_baseline.py" "$shape" --targets "$targets" 2>/dev/null | tail -1 | tee -a "$OUT/bench.jsonl"
+    python3 "$SHARED/bench/hf_baseline.py" "$shape" --targets "$targets" --seq 2048 2>/dev/null | tail -1 \
+      | tee -a "$OUT/bench.jsonl"
   done
 fi

@@ -22,14 +22,16 @@ echo "== bench (qlora only)"
 for spec in ${SPECS:-llama2-7b:all smollm2-135m:all llama2-7b:qv llama3-8b:all}; do
   shape=${spec%%:*}; targets=${spec##*:}
   for d in 0.05 0; do
-    "$Q" bench --device cuda --shape "$shape" --target-modules "$targets" --lora-dropout "$d" 2>/dev/null \
+    "$Q" bench --device cuda --shape "$shape" --target-modules "$targets" --max-seq-length 2048 \
+      --lora-dropout "$d" 2>/dev/null \
       | tee -a "$OUT/bench.jsonl"
   done
 done
 if [ "${PROFILE:-1}" = 1 ]; then
   for d in 0.05 0; do
     echo "== profile: llama2-7b, all targets, dropout $d"
-    "$Q" bench --device cuda --shape llama2-7b --target-modules all --steps 2 --lora-dropout "$d" --profile \
+    "$Q" bench --device cuda --shape llama2-7b --target-modules all --max-seq-length 2048 --steps 2 \
+      --lora-dropout "$d" --profile \
       2> "$OUT/profile-$d.txt" >/dev/null
     grep '^|' "$OUT/profile-$d.txt" | head -45
   done

@@ -70,7 +70,7 @@ PY
       | grep -E "loaded|params|peak|host|saved|rror"
   done
   echo "-- qlora bench --model on it"
-  measure "$Q" bench --device cuda --model "$CK" --targets all --lora-dropout 0.05 2>/dev/null \
+  measure "$Q" bench --device cuda --model "$CK" --targets all --seq 2048 --lora-dropout 0.05 2>/dev/null \
     | tee -a "$OUT/bench.jsonl"
 fi
 
@@ -85,14 +85,16 @@ fi
 echo "== bench beside the Hugging Face recipe and Unsloth (same call), and qlora plan's prediction"
 for spec in ${SPECS:-"llama2-7b:all llama2-7b:qv llama3-8b:all smollm2-135m:all"}; do
   shape=${spec%%:*}; targets=${spec##*:}
-  "$Q" plan --shape "$shape" --targets "$targets" --json | tee -a "$OUT/plan.jsonl"
-  "$Q" bench --device cuda --shape "$shape" --targets "$targets" --lora-dropout 0.05 2>/dev/null \
+  "$Q" plan --shape "$shape" --targets "$targets" --seq 2048 --json | tee -a "$OUT/plan.jsonl"
+  "$Q" bench --device cuda --shape "$shape" --targets "$targets" --seq 2048 --lora-dropout 0.05 2>/dev/null \
     | tee -a "$OUT/bench.jsonl"
-  [ "${D0:-1}" = 1 ] && "$Q" bench --device cuda --shape "$shape" --targets "$targets" --lora-dropout 0 2>/dev/null \
+  [ "${D0:-1}" = 1 ] && "$Q" bench --device cuda --shape "$shape" --targets "$targets" --seq 2048 --lora-dropout 0 \
+    2>/dev/null \
     | tee -a "$OUT/bench.jsonl"
   [ "${HF:-1}" = 0 ] || { [ "$shape:$targets" = llama2-7b:all ] && [ "${REAL:-1}" = 1 ]; } \
-    || python3 "$SHARED/bench/hf_baseline.py" "$shape" --targets "$targets" 2>/dev/null | tail -1 \
+    || python3 "$SHARED/bench/hf_baseline.py" "$shape" --targets "$targets" --seq 2048 2>/dev/null | tail -1 \
     | tee -a "$OUT/bench.jsonl"
-  [ "${UNSLOTH:-1}" = 1 ] && python3 "$SHARED/bench/unsloth_bench.py" "$shape" --targets "$targets" 2>/dev/null \
+  [ "${UNSLOTH:-1}" = 1 ] && python3 "$SHARED/bench/unsloth_bench.py" "$shape" --targets "$targets" --seq 2048 \
+    2>/dev/null \
     | tail -1 | tee -a "$OUT/bench.jsonl"
 done

@@ -13,7 +13,8 @@ for k in ${KERNELS:-lora_dx lora_down lora_down_grad_mma flash_attention_forward
   echo "== $k"
   timeout 120 "$NCU" --clock-control none --kernel-name "$k" --launch-skip 5 --launch-count 1 \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-    "$Q" bench --device cuda --shape llama2-7b --layers 2 --target-modules all --steps 1 --lora-dropout 0.05 \
+    "$Q" bench --device cuda --shape llama2-7b --layers 2 --target-modules all --max-seq-length 2048 --steps 1 \
+      --lora-dropout 0.05 \
       > "$OUT/$k.txt" 2>&1
   keys="Duration|DRAM Throughput|Memory Throughput|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy"
   keys="$keys|Theoretical Occupancy|Block Limit|Dynamic Shared|Static Shared|Stall|ERR|rror"

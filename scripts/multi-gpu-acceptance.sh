@@ -35,8 +35,10 @@ print("largest |--devices 1 - 1 GPU| loss difference:", max(abs(a[s] - c[s]) for
 PY
 for spec in ${BENCH_SPECS:-"llama2-7b:all"}; do
   shape=${spec%%:*}; targets=${spec##*:}
-  one=$("$Q" bench --device cuda --shape "$shape" --targets "$targets" --lora-dropout 0.05 2>/dev/null | tail -1)
-  two=$("$Q" bench --devices 2 --shape "$shape" --targets "$targets" --lora-dropout 0.05 2>/dev/null | tail -1)
+  one=$("$Q" bench --device cuda --shape "$shape" --targets "$targets" --seq 2048 --lora-dropout 0.05 \
+    2>/dev/null | tail -1)
+  two=$("$Q" bench --devices 2 --shape "$shape" --targets "$targets" --seq 2048 --lora-dropout 0.05 \
+    2>/dev/null | tail -1)
   echo "$one" | tee -a "$OUT/bench.jsonl"; echo "$two" | tee -a "$OUT/bench.jsonl"
   python3 -c "import json,sys; a=json.loads(sys.argv[1]); b=json.loads(sys.argv[2]); print(f'$shape $targets: {b[\"tokens_per_s\"]/a[\"tokens_per_s\"]:.2f}x the single-GPU tokens/s with --devices 2 (per-GPU batch {a[\"batch\"]})')" "$one" "$two"
 done

@@ -18,11 +18,39 @@ public enum FileSystem {
         return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR
     }
 
-    /// The whole file.
-    public static func readBytes(_ path: String) throws -> [UInt8] {
+    /// The whole file, copied into memory: at most `limit` bytes (default `readLimit`). A larger file is an error
+    /// naming it and both sizes; a 5 GB file named as a config.json or tokenizer.json used to fail the allocation
+    /// of its copy (a trap) where the process may allocate less.
+    public static func readBytes(_ path: String, limit: Int? = nil) throws -> [UInt8] {
         let file = try MappedFile(path: path)
+        let most = limit ?? readLimit
+        guard file.bytes.count <= most else {
+            throw ModelFileError.cannotOpen(path: path, reason: "the file is \(file.bytes.count) bytes, more than "
+                + "the \(most) that are read" + (limit == nil ? " into memory (half of what this process may "
+                + "allocate)" : ""))
+        }
         return Array(file.bytes)
     }
+
+    /// The memory this process may allocate: the machine's physical memory, or less where an address-space or
+    /// data-size limit (`ulimit -v`, `ulimit -d`) is set.
+    public static var allocatableBytes: Int {
+        var most = Int(sysconf(Int32(_SC_PHYS_PAGES))) &* Int(sysconf(Int32(_SC_PAGESIZE)))
+        if most <= 0 { most = Int.max }
+        #if canImport(Glibc)
+        for resource in [RLIMIT_AS, RLIMIT_DATA] {
+            var r = rlimit()
+            if getrlimit(__rlimit_resource_t(resource.rawValue), &r) == 0, r.rlim_cur != rlim_t.max {
+                most = min(most, Int(clamping: r.rlim_cur))
+            }
+        }
+        #endif
+        return most
+    }
+
+    /// The most bytes `readBytes` copies by default: half of `allocatableBytes` (the copy, and what is parsed
+    /// from it, must fit beside each other).
+    public static var readLimit: Int { max(allocatableBytes / 2, 1 << 20) }
 
     /// Creates `path` and its parents if missing.
     public static func createDirectory(_ path: String) throws {

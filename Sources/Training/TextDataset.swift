@@ -37,9 +37,20 @@ public struct DatasetOptions: Sendable {
 public enum TextDataset {
     /// All examples of `path` (examples that truncation leaves nothing to learn are dropped). Without a tokenizer
     /// only pre-tokenized records can be read; ids are checked against `vocabularySize`.
+    /// The memory a data file takes once loaded, per byte of the file (a bound, for the size check).
+    static let memoryPerFileByte = 8
+
     public static func load(path: String, tokenizer: Tokenizer?, vocabularySize: Int,
                             options: DatasetOptions) throws -> [TokenizedExample] {
         let bytes: [UInt8]
+        // A data set is read whole; its records, tokens and labels take several times the file's size beside it.
+        let limit = max(FileSystem.allocatableBytes / Self.memoryPerFileByte, 1 << 20)
+        let size = try InputFile.requireRegular(path, what: "the data file")
+        guard size <= limit else {
+            throw DatasetError(path: path, "is \(size) bytes: data files are read into memory whole (about "
+                + "\(Self.memoryPerFileByte) bytes for each byte of the file, with its records and tokens), and "
+                + "this process may allocate \(FileSystem.allocatableBytes); at most \(limit) bytes are read: split it")
+        }
         do { bytes = try FileSystem.readBytes(path) } catch {
             throw DatasetError(path: path, "cannot be read (\(error))")
         }
@@ -147,8 +158,14 @@ public enum TextDataset {
 
     enum Records { case text(String), json([(Int, JSONValue)]) }
 
-    static func parseRecords(_ bytes: [UInt8], path: String) throws -> Records {
-        let firstNonSpace = bytes.first { ![0x20, 0x0A, 0x0D, 0x09].contains($0) }
+    static func parseRecords(_ file: [UInt8], path: String) throws -> Records {
+        // A UTF-8 byte order mark (what some editors write first) is no part of the text: with it, a JSONL file was
+        // taken for plain text and trained on with its braces and keys.
+        let bytes = file.starts(with: [0xEF, 0xBB, 0xBF]) ? Array(file.dropFirst(3)) : file
+        guard let firstNonSpace = bytes.first(where: { ![0x20, 0x0A, 0x0D, 0x09].contains($0) }) else {
+            // Nothing but white space: no records (it was trained on as a text of spaces and newlines).
+            throw DatasetError(path: path, "holds no examples: the file is empty or white space only")
+        }
         if firstNonSpace == UInt8(ascii: "[") {
             guard let array = (try? JSONValue(parsing: bytes))?.arrayValue else {
                 throw DatasetError(path: path, "starts like a JSON array but is not valid JSON")

@@ -232,6 +232,9 @@ public struct TrainingRecipe: Sendable {
     /// The key the file used for setting `key` (the setting's name when it is not from the file).
     public func keyName(_ key: String) -> String { fileKeys[key] ?? key }
 
+    /// True when the recipe sets `key` (a null value sets nothing).
+    public func sets(_ key: String) -> Bool { values[key] != nil }
+
     public func int(_ key: String) throws -> Int? {
         try require(key, values[key]?.int, "an integer (whole, at most \(Int.max) in size)")
     }

@@ -17,8 +17,11 @@ struct Bench: ParsableCommand {
         abstract: "Benchmark QLoRA training steps on a random-weight model (tokens/s, peak memory), as one JSON line.")
 
     @OptionGroup var step: StepShapeOptions
-    @Option(help: "Timed steps.") var steps: Int = 10
-    @Option(help: "Untimed steps before them.") var warmup: Int = 3
+    @Option(name: .customLong("steps"), help: ArgumentHelp("Timed steps (default \(Self.defaultSteps))."))
+    var stepsOption: Int?
+    @Option(name: .customLong("warmup"),
+            help: ArgumentHelp("Untimed steps before them (default \(Self.defaultWarmup))."))
+    var warmupOption: Int?
     @Option(help: ArgumentHelp("Device: \(DeviceChoice.help).")) var device: DeviceChoice = .cpu
     @Flag(help: "After the timed steps, one more step with the GPU waited on around every kernel and product: a table of where the time goes (stderr).")
     var profile = false
@@ -28,7 +31,32 @@ struct Bench: ParsableCommand {
                                valueName: "N"))
     var generate: Int?
 
+    static let defaultSteps = 10, defaultWarmup = 3
+    var steps: Int { stepsOption ?? Self.defaultSteps }
+    var warmup: Int { warmupOption ?? Self.defaultWarmup }
+
     func validate() throws {
+        // A setting that would change nothing is refused, so a benchmark never measures other than it says.
+        if generate != nil {
+            let unused = [("--steps", stepsOption != nil), ("--warmup", warmupOption != nil), ("--profile", profile),
+                          ("--no-ckpt", step.noCkpt), ("--offload-checkpoints", step.offloadCheckpoints != nil),
+                          ("--lora-dropout", step.loraDropoutOption != nil)].filter(\.1).map(\.0)
+            if !unused.isEmpty {
+                throw ValidationError("\(unused.joined(separator: ", ")) \(unused.count == 1 ? "has" : "have") no "
+                                      + "effect with --generate (it times generation, not training steps)")
+            }
+        }
+        if !device.isGPU && parallel.devices == nil && DataParallelOptions.worker == nil {
+            if profile { throw ValidationError("--profile times GPU kernels: it needs --device cuda (or --devices)") }
+            if step.offloadCheckpoints != nil {
+                throw ValidationError("--offload-checkpoints has no effect on the CPU (checkpoints stay in host "
+                                      + "memory there): leave it out, or use --device cuda")
+            }
+        }
+        if device.isGPU && parallel.devices != nil {
+            throw ValidationError("--device \(device) has no effect with --devices (each worker takes its own "
+                                  + "GPU): leave one of them out")
+        }
         // 2^63 steps used to run until killed (a hang to a fuzzer); a benchmark needs a few dozen.
         guard (1...100_000).contains(steps) else {
             throw ValidationError("--steps is \(steps): must be from 1 to 100000")
@@ -109,7 +137,7 @@ struct Bench: ParsableCommand {
         if profile, let gpu {
             gpu.profile = [:]
             try trainStep()
-            FileHandle.standardError.write(("profile of one step on \(gpu.name), \(step.shape) \(targets):\n"
+            FileHandle.standardError.write(("profile of one step on \(gpu.name), \(step.source) \(targets):\n"
                                             + gpu.profileTable()).data(using: .utf8)!)
             gpu.profile = nil
         }
@@ -118,7 +146,7 @@ struct Bench: ParsableCommand {
         func r(_ x: Double, _ digits: Int) -> Double { (x * Foundation.pow(10, Double(digits))).rounded() / Foundation.pow(10, Double(digits)) }
         let line: [(String, JSONValue)] = [
             ("system", .string("qlora-swift-\(gpu != nil ? "cuda" : "cpu")")),
-            ("shape", .string(step.model ?? step.config ?? step.shape)),
+            ("shape", .string(step.source)),
             ("targets", .string(targets)),
             ("batch", .int(batch)), ("seq", .int(seq)), ("grad_ckpt", .bool(!noCkpt)), ("steps", .int(steps)),
             ("tokens_per_s", .double(r(Double(batch) * Double(seq) * Double(steps) * Double(world) / seconds, 1))),
@@ -189,7 +217,7 @@ struct Bench: ParsableCommand {
         }
         let line: [(String, JSONValue)] = [
             ("system", .string("qlora-swift-\(gpu != nil ? "cuda" : "cpu")")),
-            ("shape", .string(step.model ?? step.config ?? step.shape)), ("layers", .int(cfg.layerCount)),
+            ("shape", .string(step.source)), ("layers", .int(cfg.layerCount)),
             ("batch", .int(batch)), ("prompt_tokens", .int(seq)), ("new_tokens", .int(newTokens)),
             ("prefill_s", .double(r(prefill, 4))),
             // null where the timings are too noisy to take one from the other

@@ -24,6 +24,8 @@ struct BenchQuantize: ParsableCommand {
 
     /// Most elements of the benchmark matrix (2^31: 4 GB of bf16, more than any model's largest weight).
     static let maximumElements = 1 << 31
+    /// The memory the benchmark takes per element of the matrix, at its peak (a bound for the check).
+    static let bytesPerElement = 12
 
     func validate() throws {
         guard rows >= 1, cols >= 1 else {
@@ -33,6 +35,14 @@ struct BenchQuantize: ParsableCommand {
         guard !overflow, elements <= Self.maximumElements else {
             throw ValidationError("--rows \(rows) × --cols \(cols) is more than the \(Self.maximumElements) elements "
                                   + "allowed")
+        }
+        // The matrix is drawn in float32, kept in bf16 and dequantized back to float32 beside its 4-bit codes:
+        // more than the process may allocate failed an allocation (a trap) under a memory limit.
+        let needed = Double(elements) * Double(Self.bytesPerElement)
+        guard needed <= Double(FileSystem.allocatableBytes) else {
+            throw ValidationError(String(format: "--rows %ld × --cols %ld needs about %.1f GB (%ld bytes an element); "
+                                         + "this process may allocate %.1f GB: lower them", rows, cols, needed / 1e9,
+                                         Self.bytesPerElement, Double(FileSystem.allocatableBytes) / 1e9))
         }
         // 2^31 repeats used to run for days: a bound a fuzzer (or a typo) cannot mistake for a hang.
         guard (1...1000).contains(repeats) else {

@@ -41,6 +41,14 @@ struct DataParallelOptions: ParsableArguments {
         if let rendezvous, !rendezvous.hasPrefix("file:"), Self.tcpAddress(rendezvous) == nil {
             throw ValidationError("--rendezvous \(rendezvous): use file:PATH or tcp:HOST:PORT")
         }
+        // Without --devices nothing is launched, so these would be read by nobody (a cluster launcher's workers take
+        // their place from RANK, WORLD_SIZE and MASTER_ADDR instead).
+        let unused = [("--nnodes", nnodes != 1), ("--node-rank", nodeRank != 0), ("--rendezvous", rendezvous != nil)]
+            .filter(\.1).map(\.0)
+        if devices == nil, !unused.isEmpty {
+            throw ValidationError("\(unused.joined(separator: ", ")) \(unused.count == 1 ? "has" : "have") no effect "
+                                  + "without --devices (the GPUs of each machine): add --devices N or all")
+        }
     }
 
     /// Most machines, and most GPUs on one machine, a run may name (far beyond any real cluster).

@@ -1,4 +1,7 @@
+import ArgumentParser
 import Foundation
+import Llama
+import ModelFiles
 
 /// This process's host memory, as `/usr/bin/time -v` and `/proc/self/status` report it.
 enum HostMemory {
@@ -15,5 +18,22 @@ enum HostMemory {
             return -1
         }
         return kb * 1024
+    }
+}
+
+extension HostMemory {
+    /// On the CPU a step's logits and their gradient alone take batch × tokens × vocabulary floats twice, and each
+    /// layer keeps several hidden-size rows a token: more than this process may allocate (the machine's memory, or
+    /// `ulimit -v`) is a clear error before any allocation, not a failed allocation that kills the process.
+    /// `flags` names the settings in the message ("--batch-size 4 × --max-seq-length 512").
+    static func checkStepFits(_ cfg: LlamaConfig, batch: Int, tokens: Int, flags: String) throws {
+        let perToken = Double(cfg.vocabSize + 8 * cfg.hiddenSize * max(cfg.layerCount, 1)) * 8
+        let needed = Double(batch) * Double(tokens) * perToken
+        let allowed = Double(FileSystem.allocatableBytes)
+        guard needed <= allowed else {
+            throw ValidationError(String(format: "%@ needs at least %.1f GB on the CPU (logits and activations); "
+                                         + "this process may allocate %.1f GB: lower them", flags, needed / 1e9,
+                                         allowed / 1e9))
+        }
     }
 }

@@ -13,7 +13,8 @@ struct Info: ParsableCommand {
 
     @Argument(help: "The model: a Hugging Face folder, a bitsandbytes 4-bit checkpoint or a GGUF file (or --model).")
     var path: String?
-    @OptionGroup var modelOptions: ModelOptions
+    // The model file's options only: info computes nothing, so it takes no --device or --compute-dtype.
+    @OptionGroup var modelOptions: ModelFileOptions
     @Option(help: "A PEFT adapter folder to count and draw.") var adapter: String?
     @Option(help: "Write the QLoRA architecture as a Graphviz file (render: dot -Tsvg FILE -o FILE.svg).")
     var dot: String?
@@ -29,6 +30,11 @@ struct Info: ParsableCommand {
         let quantType = modelOptions.quantType ?? .nf4, doubleQuant = modelOptions.doubleQuant ?? true
         let settings = QuantizationSettings(type: quantType, doubleQuant: doubleQuant)
         let weights = try LlamaWeights.open(path: model, quantization: settings)
+        for warning in try ModelOptions.quantizationWithoutEffect(
+            weights, type: modelOptions.quantType.map { ($0, "--quant-type") },
+            doubleQuant: modelOptions.doubleQuant.map { ($0, "--double-quant") }) {
+            FileHandle.standardError.write(Data("warning: \(warning)\n".utf8))
+        }
         let c = weights.config
         var lora: LoRAConfig?, adapters: [String: LoRAWeights] = [:]
         if let adapter {

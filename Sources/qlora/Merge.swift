@@ -19,7 +19,13 @@ struct Merge: ParsableCommand {
     @Option(name: [.customLong("output"), .customLong("output-dir")],
             help: "Where the merged model goes (a new folder, not the model's).")
     var output: String
-    @Option(help: "Weights' dtype in the output: bf16, f16 or f32.") var dtype: String = "bf16"
+    // The same option as export's --type / --dtype (both names here too), with another default: a merged Hugging
+    // Face folder keeps the bf16 that Llama checkpoints ship in (f16 overflows where bf16 does not), a GGUF takes
+    // llama.cpp's f16.
+    @Option(name: [.customLong("dtype"), .customLong("type")],
+            help: ArgumentHelp("Weights' dtype in the output: bf16, f16 or f32 (bf16 as the checkpoints are "
+                               + "stored; export's --type defaults to f16, llama.cpp's usual type)."))
+    var dtype: String = "bf16"
     @Option(help: """
         What the delta is added to: dequantized (the NF4 weights training saw; the default) or original (the \
         16/32-bit weights the base was quantized from, as peft's merge_and_unload on a float base).

@@ -3,12 +3,13 @@ import CUDABackend
 import CUDATraining
 import Foundation
 import Llama
+import ModelFiles
 import Quantization
 import Training
 
-/// Options every command that loads a model shares, mapped into the loader's settings in one place. Each may also
-/// come from a recipe file (`train --config`); a flag wins.
-struct ModelOptions: ParsableArguments {
+/// The model file and how a plain one is quantized: what every command that reads a model takes (`info` takes
+/// these alone, as it computes nothing).
+struct ModelFileOptions: ParsableArguments {
     @Option(help: "Model: a Hugging Face folder, a bitsandbytes 4-bit checkpoint, or a GGUF file.")
     var model: String?
 
@@ -19,6 +20,15 @@ struct ModelOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Double quantization of the block scales: true or false (default "
                                + "\(QuantizationSettings().doubleQuant))."))
     var doubleQuant: Bool?
+}
+
+/// Options every command that loads a model and computes with it shares, mapped into the loader's settings in one
+/// place. Each may also come from a recipe file (`train --config`); a flag wins.
+struct ModelOptions: ParsableArguments {
+    @OptionGroup var file: ModelFileOptions
+    var model: String? { file.model }
+    var quantType: QuantType? { file.quantType }
+    var doubleQuant: Bool? { file.doubleQuant }
 
     @Option(help: ArgumentHelp(Self.computeDTypeHelp)) var computeDtype: ComputeDType?
 
@@ -97,6 +107,15 @@ struct ModelOptions: ParsableArguments {
         let path = try modelPath(recipe)
         let weights = try LlamaWeights.open(path: path,
                                             quantization: QuantizationSettings(type: quant, doubleQuant: dq))
+        // The settings as given (flag or recipe key), with the name to say: nil where neither is given.
+        let typeGiven = try quantType.map { ($0, "--quant-type") }
+            ?? recipe.string("bnb_4bit_quant_type").map { _ in (quant, "recipe bnb_4bit_quant_type") }
+        let doubleGiven = try doubleQuant.map { ($0, "--double-quant") }
+            ?? recipe.bool("bnb_4bit_use_double_quant").map { ($0, "recipe bnb_4bit_use_double_quant") }
+        for warning in try Self.quantizationWithoutEffect(weights, type: typeGiven, doubleQuant: doubleGiven) {
+            FileHandle.standardError.write(Data("warning: \(warning)\n".utf8))
+        }
+        if FileSystem.isDirectory(path) { try Self.checkChatTemplateFile(folder: path) }
         if let adapter {
             let (adapterLoRA, adapters) = try PEFTAdapter.read(directory: adapter, config: weights.config)
             return LoadedModel(weights: weights, path: path, lora: adapterLoRA, adapters: adapters)
@@ -107,3 +126,70 @@ struct ModelOptions: ParsableArguments {
 }
 
 extension ComputeDType: ExpressibleByArgument {}
+
+extension ModelOptions {
+    /// --quant-type and --double-quant (recipe bnb_4bit_quant_type, bnb_4bit_use_double_quant) say how weights
+    /// stored in 16 or 32 bits are quantized; a checkpoint whose projections are stored in 4 bits already is used
+    /// as it is. A setting given that differs from what the checkpoint holds would change nothing: it is said
+    /// (returned as warnings), never dropped in silence.
+    static func quantizationWithoutEffect(_ weights: LlamaWeights, type: (QuantType, String)?,
+                                          doubleQuant: (Bool, String)?) throws -> [String] {
+        guard type != nil || doubleQuant != nil, weights.config.layerCount > 0 else { return [] }
+        let names = LlamaConfig.projectionNames
+        let allStored = names.allSatisfy {
+            BnB4BitCheckpoint.isQuantized(PEFTAdapter.modulePath(layer: 0, projection: $0) + ".weight",
+                                          in: weights.source)
+        }
+        guard allStored, case .quantized(let stored) = try weights.projection(layer: 0, names[0]) else { return [] }
+        let storedDouble: Bool
+        if case .doubleQuantized = stored.scales { storedDouble = true } else { storedDouble = false }
+        let held = "\(stored.quantType.rawValue)\(storedDouble ? " with" : " without") double quantization"
+        var warnings: [String] = []
+        if let (value, name) = type, value != stored.quantType {
+            warnings.append("\(name) \(value.rawValue) has no effect: \(weights.location) is stored in 4 bits "
+                            + "already (\(held)) and is used as it is")
+        }
+        if let (value, name) = doubleQuant, value != storedDouble {
+            warnings.append("\(name) \(value) has no effect: \(weights.location) is stored in 4 bits already "
+                            + "(\(held)) and is used as it is")
+        }
+        return warnings
+    }
+
+    /// A model folder's `chat_template.jinja`, where it is the template that would be used (the folder has a
+    /// tokenizer, and tokenizer_config.json names no template): a file that is not a regular file, or not UTF-8
+    /// text, is an error naming it. Each used to read as "no chat template", without a word.
+    static func checkChatTemplateFile(folder: String) throws {
+        let file = folder + "/chat_template.jinja"
+        var info = stat()
+        // No template file, or no tokenizer to use a template with: nothing to check.
+        guard lstat(file, &info) == 0, FileManager.default.fileExists(atPath: folder + "/tokenizer.json") else {
+            return
+        }
+        if let config = try? JSONValue(parsing: FileSystem.readBytes(folder + "/tokenizer_config.json")),
+           config["chat_template"]?.stringValue != nil {
+            return   // tokenizer_config.json's template is the one used
+        }
+        try InputFile.requireRegular(file, what: "the chat template")
+        let bytes = try FileSystem.readBytes(file, limit: JinjaTemplate.maximumSourceBytes)
+        if let at = Self.firstInvalidUTF8(bytes) {
+            throw ModelFileError.invalidConfig(path: file, detail: "the chat template is not UTF-8 text (byte "
+                + String(format: "0x%02X", bytes[at]) + " at offset \(at)); save it as UTF-8")
+        }
+    }
+
+    /// The offset of the first byte of `bytes` that starts no valid UTF-8 character (a cut-off last character
+    /// included), or nil when all of it is UTF-8.
+    static func firstInvalidUTF8(_ bytes: [UInt8]) -> Int? {
+        var decoder = UTF8()
+        var iterator = bytes.makeIterator()
+        var offset = 0
+        while true {
+            switch decoder.decode(&iterator) {
+            case .scalarValue(let scalar): offset += UTF8.width(scalar)
+            case .emptyInput: return nil
+            case .error: return offset
+            }
+        }
+    }
+}

@@ -27,6 +27,11 @@ struct Plan: ParsableCommand {
     }
 
     func run() throws {
+        if let dropout = step.loraDropoutOption {
+            // The GPU step draws its dropout masks from seeds as it goes: they take no memory.
+            FileHandle.standardError.write(Data(("warning: --lora-dropout \(dropout) has no effect on the plan (the "
+                                                 + "GPU step's dropout masks take no memory)\n").utf8))
+        }
         let (cfg, lora, _) = try step.resolve()
         if step.model != nil {
             FileHandle.standardError.write(("plan: the model's shape, in NF4 with double quantization "
@@ -41,7 +46,7 @@ struct Plan: ParsableCommand {
         let offload = !step.noCkpt && (step.offloadCheckpoints ?? true)
         if json {
             var fields: [(String, JSONValue)] = [
-                ("shape", .string(step.model ?? step.config ?? step.shape)), ("targets", .string(step.targets)),
+                ("shape", .string(step.source)), ("targets", .string(step.targets)),
                 ("batch", .int(step.batch)), ("seq", .int(step.seq)), ("grad_ckpt", .bool(!step.noCkpt)),
                 ("offload_checkpoints", .bool(offload)), ("compute_dtype", .string(step.gpuComputeDType.rawValue)),
                 ("predicted_peak_alloc_gib", rounded(plan.peakAllocated)),
@@ -53,7 +58,7 @@ struct Plan: ParsableCommand {
             print(JSONValue.object(fields).pythonText())
             return
         }
-        print("plan: \(step.model ?? step.config ?? step.shape), LoRA r \(lora.r) "
+        print("plan: \(step.source), LoRA r \(lora.r) "
               + "on \(lora.resolvedTargets.joined(separator: ",")), "
               + "batch \(step.batch) × \(step.seq), \(step.gpuComputeDType.rawValue), \(optim.rawValue), "
               + (step.noCkpt ? "no checkpointing"

@@ -2,27 +2,42 @@ import ArgumentParser
 import CUDABackend
 import Foundation
 import Llama
+import Training
 
 /// The training step that `bench` times and `plan` sizes: a model (a named shape, a config.json or a real
 /// checkpoint), the LoRA targets, batch and sequence length, dtype, dropout and checkpointing.
 struct StepShapeOptions: ParsableArguments {
-    @Option(help: "smollm2-135m, tinyllama-1.1b, llama2-7b or llama3-8b.") var shape: String = "smollm2-135m"
-    @Option(help: "A config.json to take the shape from instead.") var config: String?
+    // One of --shape, --model-config, --model (the shape when none is given). --model-config is not --config:
+    // train's --config is a recipe, this one a model's config.json.
+    @Option(name: .customLong("shape"),
+            help: ArgumentHelp("A named shape: \(Self.shapeNames) (default \(Self.defaultShape))."))
+    var shapeOption: String?
+    @Option(help: "A model's config.json (or its folder) to take the shape from (random weights).")
+    var modelConfig: String?
     @Option(help: "A real checkpoint (Hugging Face folder, bnb 4-bit folder or GGUF), loaded as train loads it.")
     var model: String?
     // The names train uses (--target-modules, --batch-size, --max-seq-length, --compute-dtype), each also under the
     // short name of hf_baseline.py's flags (--targets, --batch, --seq).
     @Option(name: [.customLong("target-modules"), .customLong("targets")], help: ArgumentHelp(LoRATargets.help + "."))
     var targetModules: String = LoRATargets.defaultText
-    @Option(name: [.customLong("batch-size"), .customLong("batch")], help: "Sequences per step.") var batch: Int = 4
-    @Option(name: [.customLong("max-seq-length"), .customLong("seq")], help: "Tokens per sequence.") var seq: Int = 2048
+    // train's defaults (TrainingConfig's, DatasetOptions'), written once there; the GPU scripts that compare with
+    // hf_baseline.py and unsloth_bench.py pass their 2048 tokens.
+    @Option(name: [.customLong("batch-size"), .customLong("batch")],
+            help: ArgumentHelp("Sequences per step (default \(TrainingConfig().batchSize), as train)."))
+    var batchOption: Int?
+    @Option(name: [.customLong("max-seq-length"), .customLong("seq")],
+            help: ArgumentHelp("Tokens per sequence, every sequence this long (default "
+                               + "\(DatasetOptions().maxSeqLength), train's --max-seq-length; the Python "
+                               + "baselines use 2048)."))
+    var seqOption: Int?
     // train's option and default rule (bf16 on the GPU, fp32 on the CPU).
     @Option(help: ArgumentHelp(ModelOptions.computeDTypeHelp)) var computeDtype: ComputeDType?
     // train's default (LoRAConfig's, written once there); the Hugging Face baseline's 0.05 is passed by the scripts
     // that compare with it.
-    @Option(help: ArgumentHelp("LoRA dropout (default \(LoRAConfig().dropout.formatted()), as train; hf_baseline.py "
+    @Option(name: .customLong("lora-dropout"),
+            help: ArgumentHelp("LoRA dropout (default \(LoRAConfig().dropout.formatted()), as train; hf_baseline.py "
                                + "uses 0.05, unsloth_bench.py needs 0)."))
-    var loraDropout: Double = LoRAConfig().dropout
+    var loraDropoutOption: Double?
     @Option(help: "Build only this many layers (a quick look; tokens/s is not rescaled).") var layers: Int?
     @Flag(help: "Turn gradient checkpointing off.") var noCkpt = false
     @Option(help: """
@@ -31,38 +46,58 @@ struct StepShapeOptions: ParsableArguments {
         """)
     var offloadCheckpoints: Bool?
 
+    /// The named shapes --shape takes, and the one used when no shape, config or model is given.
+    static var shapeNames: String { LlamaConfig.benchmarkShapes.keys.sorted().joined(separator: ", ") }
+    static let defaultShape = "smollm2-135m"
+
+    /// The shape's name: --shape, else the default (meaningful only without --model-config and --model).
+    var shape: String { shapeOption ?? Self.defaultShape }
+    /// --batch-size, else train's default.
+    var batch: Int { batchOption ?? TrainingConfig().batchSize }
+    /// --max-seq-length, else train's default.
+    var seq: Int { seqOption ?? DatasetOptions().maxSeqLength }
+    /// --lora-dropout, else train's default (LoRAConfig's).
+    var loraDropout: Double { loraDropoutOption ?? LoRAConfig().dropout }
+    /// What the step is built from, for the output: the model, the config file or the shape.
+    var source: String { model ?? modelConfig ?? shape }
+
     func validate() throws {
         try LoRATargets.check(targetList, flag: "--target-modules")
-        guard model != nil || config != nil || LlamaConfig.benchmarkShapes[shape] != nil else {
-            throw ValidationError("unknown --shape \(shape): one of "
-                                  + "\(LlamaConfig.benchmarkShapes.keys.sorted().joined(separator: ", ")), or --config")
+        // Two of them would leave one unused without a word (a model's shape wins over --shape).
+        let given = [("--shape", shapeOption), ("--model-config", modelConfig), ("--model", model)]
+            .filter { $0.1 != nil }.map(\.0)
+        guard given.count <= 1 else {
+            throw ValidationError("\(given.joined(separator: " and ")): give one (the step's shape comes from a "
+                                  + "named shape, a config.json or a checkpoint)")
         }
-        guard batch > 0, seq > 1 else {
-            throw ValidationError("--batch-size must be positive and --max-seq-length at least 2")
+        guard model != nil || modelConfig != nil || LlamaConfig.benchmarkShapes[shape] != nil else {
+            throw ValidationError("--shape \(shape) is unknown: use one of \(Self.shapeNames), or give "
+                                  + "--model-config or --model")
         }
+        guard batch > 0 else { throw ValidationError("--batch-size is \(batch): must be at least 1") }
+        guard seq > 1 else { throw ValidationError("--max-seq-length is \(seq): must be at least 2") }
         let (tokens, overflow) = batch.multipliedReportingOverflow(by: seq)
         guard !overflow, tokens <= Self.maximumStepTokens else {
             throw ValidationError("--batch-size \(batch) × --max-seq-length \(seq) is more tokens a step than "
                                   + "the \(Self.maximumStepTokens) allowed")
         }
-        guard (0..<1).contains(loraDropout) else { throw ValidationError("--lora-dropout must be in [0, 1)") }
+        guard (0..<1).contains(loraDropout) else {
+            throw ValidationError("--lora-dropout is \(loraDropout): must be in [0, 1)")
+        }
+        if offloadCheckpoints != nil && noCkpt {
+            throw ValidationError("--offload-checkpoints has no effect with --no-ckpt (there are no checkpoints to "
+                                  + "keep): leave one of them out")
+        }
     }
 
     /// Most tokens one step may hold (2^31: far beyond any real batch, and small enough that sizes derived from it
     /// cannot overflow).
     static let maximumStepTokens = 1 << 31
 
-    /// On the CPU the step's logits and their gradient alone take batch × seq × vocabulary floats twice: more than
-    /// the machine's memory is a clear error before any allocation (not a failed allocation that kills the process).
+    /// The step fits the memory this process may allocate on the CPU (`HostMemory.checkStepFits`).
     func checkFitsHostMemory(_ cfg: LlamaConfig) throws {
-        let physical = Int(sysconf(Int32(_SC_PHYS_PAGES))) &* Int(sysconf(Int32(_SC_PAGESIZE)))
-        let perToken = Double(cfg.vocabSize + 8 * cfg.hiddenSize * max(cfg.layerCount, 1)) * 8
-        let needed = Double(batch) * Double(seq) * perToken
-        guard physical <= 0 || needed <= Double(physical) else {
-            throw ValidationError(String(format: "--batch-size %ld × --max-seq-length %ld needs at least %.1f GB "
-                                         + "on the CPU (logits and activations); this machine has %.1f GB", batch,
-                                         seq, needed / 1e9, Double(physical) / 1e9))
-        }
+        try HostMemory.checkStepFits(cfg, batch: batch, tokens: seq,
+                                     flags: "--batch-size \(batch) × --max-seq-length \(seq)")
     }
 
     /// The targets as train names them (`LoRATargets`).
@@ -90,7 +125,9 @@ struct StepShapeOptions: ParsableArguments {
     func resolve() throws -> (LlamaConfig, LoRAConfig, LlamaWeights?) {
         var cfg: LlamaConfig
         let weights = try model.map { try LlamaWeights.open(path: $0) }
-        if let weights { cfg = weights.config } else if let config { cfg = try LlamaConfig(contentsOf: config) } else {
+        if let weights { cfg = weights.config } else if let modelConfig {
+            cfg = try LlamaConfig(contentsOf: modelConfig)
+        } else {
             cfg = try LlamaConfig.benchmarkShape(shape, maxPositions: max(4096, seq))
         }
         if let layers {
@@ -101,7 +138,7 @@ struct StepShapeOptions: ParsableArguments {
             cfg.layerCount = layers
         }
         guard seq <= cfg.maxPositionEmbeddings else {
-            throw ValidationError("--seq \(seq) is longer than the model's max_position_embeddings "
+            throw ValidationError("--max-seq-length \(seq) is longer than the model's max_position_embeddings "
                                   + "(\(cfg.maxPositionEmbeddings))")
         }
         var lora = LoRAConfig()

@@ -214,6 +214,12 @@ struct Train: ParsableCommand {
                 "load_best_model_at_end, early_stopping_patience) need validation data: give --eval-data or " +
                 "--validation-split")
         }
+        if isMain {
+            for warning in try settingsWithoutEffect(recipe, settings: settings, split: split, evalPath: evalPath,
+                                                     resume: resume(recipe)) {
+                FileHandle.standardError.write(Data("warning: \(warning)\n".utf8))
+            }
+        }
         try InputFile.requireRegular(dataPath, what: "--data")
         // The run's adapter files would replace the starting adapter's, or land among the model's files.
         let modelPath = try modelOptions.modelPath(recipe)
@@ -224,7 +230,7 @@ struct Train: ParsableCommand {
                                      source: "--init-adapter", insideAllowed: true)
         }
         if let evalPath { try InputFile.requireRegular(evalPath, what: "--eval-data") }
-        let resume = try resumeFromCheckpoint ?? recipe.string("resume_from_checkpoint")
+        let resume = try resume(recipe)
         let overwrite = try overwriteOutputDir || (recipe.bool("overwrite_output_dir") ?? false)
         if isMain {
             // Nothing lost: a second run into the same folder would replace its metrics and mix its checkpoints.
@@ -244,6 +250,11 @@ struct Train: ParsableCommand {
         if let initAdapter, loaded.lora.resolvedTargets.isEmpty {
             throw ValidationError("--init-adapter \(initAdapter): its target_modules name no projection of the " +
                 "model, so nothing would be trained")
+        }
+        if let initAdapter, isMain {
+            for warning in try loraWithoutEffect(recipe, asked: lora, adapter: initAdapter, adapterLoRA: loaded.lora) {
+                FileHandle.standardError.write(Data("warning: \(warning)\n".utf8))
+            }
         }
         let config = loaded.config
         let text = try ModelText.loadIfPresent(path: loaded.path)
@@ -281,6 +292,15 @@ struct Train: ParsableCommand {
                 "size of \(max(1, examples.count / (rows / settings.batchSize))) or less avoids it)\n").utf8))
         }
 
+        if !modelOptions.usesGPU && worker == nil {
+            // Rows are as long as the longest example at most (the micro-batch and the evaluation batch alike).
+            let longest = max(examples.map(\.inputIds.count).max() ?? 1, validation.map(\.inputIds.count).max() ?? 1)
+            let evaluated = validation.isEmpty ? 1 : evalBatch
+            let flag = evaluated > settings.batchSize ? "recipe \(recipe.keyName("eval_batch_size")) \(evalBatch)"
+                : "--batch-size \(settings.batchSize)"
+            try HostMemory.checkStepFits(config, batch: max(settings.batchSize, evaluated), tokens: longest,
+                                         flags: "\(flag) × examples of up to \(longest) tokens")
+        }
         try FileSystem.createDirectory(output)
         let optimizer = AdamW(kind: settings.optimizer, settings: AdamWSettings(weightDecay: settings.weightDecay))
         let joined = try worker.map { try DataParallelOptions.join($0) }
@@ -399,6 +419,103 @@ struct Train: ParsableCommand {
 }
 
 extension Train {
+    /// --resume-from-checkpoint, else the recipe's resume_from_checkpoint.
+    func resume(_ recipe: TrainingRecipe) throws -> String? {
+        try resumeFromCheckpoint ?? recipe.string("resume_from_checkpoint")
+    }
+
+    /// Settings given (as a flag or a recipe key) that this run would never read, each as a warning that names it
+    /// and says why: the Hugging Face Trainer accepts them in silence, which leaves a user believing they acted.
+    func settingsWithoutEffect(_ recipe: TrainingRecipe, settings: TrainingConfig, split: Double?, evalPath: String?,
+                               resume: String?) throws -> [String] {
+        func name(_ flag: String, _ key: String) -> String { "\(flag) (recipe \(recipe.keyName(key)))" }
+        func given(_ flag: Any?, _ key: String) -> Bool { flag != nil || recipe.sets(key) }
+        var warnings: [String] = []
+        func say(_ flag: String, _ key: String, _ why: String) {
+            warnings.append("\(name(flag, key)) has no effect: \(why)")
+        }
+        if settings.warmupSteps > 0, given(warmupRatio, "warmup_ratio"), settings.warmupRatio > 0 {
+            say("--warmup-ratio", "warmup_ratio", "--warmup-steps \(settings.warmupSteps) sets the warm-up")
+        }
+        if let steps = settings.maxSteps, given(numTrainEpochs, "num_train_epochs") {
+            say("--num-train-epochs", "num_train_epochs", "--max-steps \(steps) sets the length of the run")
+        }
+        if evalPath != nil, let split, split > 0 {
+            say("--validation-split", "validation_split", "--eval-data is the validation data")
+        }
+        let validates = evalPath != nil || (split ?? 0) > 0
+        if validates, settings.evalStrategy == .no {
+            let (flag, key) = evalPath != nil ? ("--eval-data", "eval_data")
+                : ("--validation-split", "validation_split")
+            say(flag, key, "--eval-strategy no never evaluates"
+                + (evalPath == nil ? " (and the split still holds examples out of training)" : ""))
+        }
+        if !validates, given(evalSteps, "eval_steps") || (settings.evalStrategy.map { $0 != .no } ?? false) {
+            say(evalSteps != nil || recipe.sets("eval_steps") ? "--eval-steps" : "--eval-strategy",
+                evalSteps != nil || recipe.sets("eval_steps") ? "eval_steps" : "eval_strategy",
+                "there is no validation data (give --eval-data or --validation-split)")
+        }
+        let onGPU = modelOptions.usesGPU || parallel.devices != nil || DataParallelOptions.worker != nil
+        if given(offloadCheckpoints, "offload_checkpoints") {
+            if !onGPU {
+                say("--offload-checkpoints", "offload_checkpoints", "checkpoints stay in host memory on the CPU")
+            } else if !settings.gradientCheckpointing {
+                say("--offload-checkpoints", "offload_checkpoints",
+                    "there are no checkpoints without --gradient-checkpointing")
+            }
+        }
+        let reports = try reportTo.map { $0.split(separator: ",").map(String.init) } ?? recipe.list("report_to") ?? []
+        if given(loggingDir, "logging_dir"), !reports.contains(where: { $0 == "tensorboard" || $0 == "all" }) {
+            say("--logging-dir", "logging_dir", "it is TensorBoard's folder, and --report-to is not tensorboard")
+        }
+        if given(earlyStoppingThreshold, "early_stopping_threshold"), settings.earlyStoppingPatience == nil {
+            say("--early-stopping-threshold", "early_stopping_threshold", "there is no --early-stopping-patience")
+        }
+        if given(metricForBestModel, "metric_for_best_model"), !settings.loadBestModelAtEnd,
+           settings.earlyStoppingPatience == nil {
+            say("--metric-for-best-model", "metric_for_best_model",
+                "neither --load-best-model-at-end nor --early-stopping-patience is given")
+        }
+        let saves = settings.saveStrategy.map { $0 != .no } ?? (settings.saveSteps != nil)
+        if given(saveTotalLimit, "save_total_limit"), !saves {
+            say("--save-total-limit", "save_total_limit", "no checkpoint is saved (give --save-steps)")
+        }
+        if resume != nil, try overwriteOutputDir || (recipe.bool("overwrite_output_dir") ?? false) {
+            say("--overwrite-output-dir", "overwrite_output_dir", "--resume-from-checkpoint continues the run there")
+        }
+        if modelOptions.usesGPU, parallel.devices != nil {
+            warnings.append("--device \(modelOptions.device) has no effect with --devices (each worker takes its "
+                            + "own GPU)")
+        }
+        return warnings
+    }
+
+    /// The LoRA settings given with --init-adapter that differ from the adapter's own (which are used), as warnings.
+    func loraWithoutEffect(_ recipe: TrainingRecipe, asked: LoRAConfig, adapter: String,
+                           adapterLoRA: LoRAConfig) throws -> [String] {
+        func given(_ flag: Any?, _ key: String) -> Bool { flag != nil || recipe.sets(key) }
+        var warnings: [String] = []
+        func say(_ flag: String, _ key: String, _ asked: String, _ own: String) {
+            warnings.append("\(flag) (recipe \(recipe.keyName(key))) \(asked) has no effect: --init-adapter \(adapter) "
+                            + "brings its own (\(own)), which is used")
+        }
+        if given(loraR, "r"), asked.r != adapterLoRA.r { say("--lora-r", "r", "\(asked.r)", "\(adapterLoRA.r)") }
+        if given(loraAlpha, "lora_alpha"), asked.alpha != adapterLoRA.alpha {
+            say("--lora-alpha", "lora_alpha", "\(asked.alpha)", "\(adapterLoRA.alpha)")
+        }
+        if given(loraDropout, "lora_dropout"), asked.dropout != adapterLoRA.dropout {
+            say("--lora-dropout", "lora_dropout", "\(asked.dropout)", "\(adapterLoRA.dropout)")
+        }
+        if useRslora || recipe.sets("use_rslora"), asked.useRSLoRA != adapterLoRA.useRSLoRA {
+            say("--use-rslora", "use_rslora", "\(asked.useRSLoRA)", "\(adapterLoRA.useRSLoRA)")
+        }
+        if given(targetModules, "target_modules"), asked.resolvedTargets != adapterLoRA.resolvedTargets {
+            say("--target-modules", "target_modules", asked.targetModules.joined(separator: ","),
+                adapterLoRA.resolvedTargets.joined(separator: ","))
+        }
+        return warnings
+    }
+
     /// Recipe keys that set nothing of their own but state what the recipe expects (load_in_4bit, task_type,
     /// fp16, bnb_4bit_compute_dtype): a value this tool cannot honour is an error, one without effect a warning
     /// (returned), never silence. `load_in_4bit: false` or `task_type: SEQ_CLS` used to be accepted and ignored.

@@ -257,6 +257,12 @@ final class JinjaTests: XCTestCase {
             "{% endfor %}")?.kind, .limit)
         XCTAssertEqual(error("{% for i in range(3000) %}{% for j in range(3000) %}{% endfor %}{% endfor %}")?.message,
                        "rendering took more than 100000 steps")
+        // With the default budget: three nested loops of a thousand used to take 20 s (release) to be refused.
+        XCTAssertThrowsError(try render("{% for a in range(1000) %}{% for b in range(1000) %}{% for c in " +
+                                        "range(1000) %}{% endfor %}{% endfor %}{% endfor %}")) {
+            XCTAssertEqual(($0 as? JinjaError)?.message,
+                           "rendering took more than \(JinjaTemplate.maximumSteps) steps")
+        }
         XCTAssertEqual(error("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}")?.message,
                        "the output is longer than 65536 bytes")
         XCTAssertEqual(error("{% set ns = namespace() %}{% set ns.me = ns %}")?.kind, .runtime)

@@ -61,3 +61,33 @@ final class DatasetShapesTests: XCTestCase {
         XCTAssertGreaterThan(quotes[0].inputIds.count, 5)
     }
 }
+
+extension DatasetShapesTests {
+    /// A JSONL file that starts with a UTF-8 byte order mark reads as the same records without it (it was taken for
+    /// plain text and trained on with its braces and keys); a file of white space only holds no examples (it was
+    /// trained on as a text of spaces).
+    func testAByteOrderMarkIsSkippedAndWhiteSpaceHoldsNoExamples() throws {
+        let tok = try tokenizer()
+        let dir = makeTemporaryDirectory(self)
+        let line = #"{"text": "the cat sat on the mat"}"# + "\r\n"
+        FileManager.default.createFile(atPath: dir + "/plain.jsonl", contents: Data(line.utf8))
+        FileManager.default.createFile(atPath: dir + "/bom.jsonl",
+                                       contents: Data([0xEF, 0xBB, 0xBF] + Array(line.utf8)))
+        var options = DatasetOptions()
+        options.maxSeqLength = 64
+        let plain = try TextDataset.load(path: dir + "/plain.jsonl", tokenizer: tok, vocabularySize: tok.vocabularySize,
+                                         options: options)
+        let bom = try TextDataset.load(path: dir + "/bom.jsonl", tokenizer: tok, vocabularySize: tok.vocabularySize,
+                                       options: options)
+        XCTAssertEqual(bom.map(\.inputIds), plain.map(\.inputIds))
+        XCTAssertEqual(bom.map(\.labels), plain.map(\.labels))
+        for (name, bytes) in [("space.jsonl", Array(" \n\t\r\n".utf8)), ("empty.jsonl", []),
+                              ("bomonly.jsonl", [0xEF, 0xBB, 0xBF, 0x0A])] {
+            FileManager.default.createFile(atPath: dir + "/" + name, contents: Data(bytes))
+            XCTAssertThrowsError(try TextDataset.load(path: dir + "/" + name, tokenizer: tok,
+                                                      vocabularySize: tok.vocabularySize, options: options)) {
+                XCTAssertEqual("\($0)", "\(dir)/\(name): holds no examples: the file is empty or white space only")
+            }
+        }
+    }
+}

@@ -9,8 +9,10 @@ public struct JinjaTemplate: Sendable {
     public static let maximumSourceBytes = 1 << 20
     /// The most text one render may produce (and the longest string or list it may build).
     public static let maximumOutputBytes = 1 << 24
-    /// The most evaluation steps (expressions and statements) one render may take.
-    public static let maximumSteps = 2_000_000
+    /// The most evaluation steps (expressions and statements) one render may take: a chat template takes a few
+    /// dozen a message, so this allows conversations of thousands of messages. It was 2,000,000, which three
+    /// nested loops of empty bodies reached only after 20 s of a release build (a hang to a fuzzer).
+    public static let maximumSteps = 250_000
     /// The deepest nesting of macro calls and blocks while rendering.
     public static let maximumCallDepth = 48
     /// The deepest nesting of expression evaluations, macro calls included (bounds the stack a render uses).
