@@ -246,7 +246,10 @@ extension CUDALlama {
     /// A recompute that finds the attention output, its lse and xMid already in `act` (brought back from host
     /// memory) skips attention and the output projection's base product too. `act` keeps what the backward pass
     /// reads when `keeps` (no checkpointing, or the recompute); otherwise each tensor is released at its last use in
-    /// this layer. `offload` copies the attention output, lse and xMid to host memory as they are made.
+    /// this layer. `offload` copies the attention output, lse and xMid to host memory as they are made. `part`
+    /// runs one half of such a restored recompute (`LayerPart`). `savedZ`: the forward pass keeps its adapters' z
+    /// there, and the recompute takes them back instead of running lora_down again (the same values: same x, same
+    /// masks). The recompute also keeps its dequantized W in `act` for the backward's dx products.
     @discardableResult
     func layerForward(_ l: Int, _ x: DeviceBuffer, batch: Int, tokens: Int, packing: GPUPacking?,
                       decoding: GPUDecoding? = nil, training: Bool, seed: UInt64,
