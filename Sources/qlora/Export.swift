@@ -85,6 +85,12 @@ struct Export: ParsableCommand {
     }
 
     func run() throws {
+        var warnings: [String] = []
+        if check == "never" && checkData != nil { warnings.append("--check-data has no effect with --check never") }
+        if adapterOnly && onto == .original {
+            warnings.append("--onto original has no effect with --adapter-only (the adapter is written as trained)")
+        }
+        for warning in warnings { FileHandle.standardError.write(Data("warning: \(warning)\n".utf8)) }
         var none = LoRAConfig(); none.targetModules = []
         let loaded = try modelOptions.load(lora: none, adapter: adapter)
         let type = GGUFExportType(rawValue: self.type)!

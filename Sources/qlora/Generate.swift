@@ -22,7 +22,28 @@ struct Generate: ParsableCommand {
     @Option(help: "Nucleus sampling threshold.") var topP: Float = 1
     @Option(help: "Sampling seed.") var seed: UInt64 = 0
     @Option(help: "On a GPU, prompts decoded together (each row its own; the CPU takes them one by one).")
-    var batchSize: Int = 8
+    var batchSize: Int = Generate.defaultBatchSize
+    static let defaultBatchSize = 8
+
+    /// The settings given that this run never reads, each with why: warned about, not refused (a command line
+    /// copied from a sampling run, or from a GPU machine, carries them harmlessly).
+    func settingsWithoutEffect(onGPU: Bool) -> [String] {
+        var out: [String] = []
+        if temperature == 0 {
+            if seed != 0 {
+                out.append("--seed \(seed) has no effect at --temperature 0 (greedy decoding draws nothing)")
+            }
+            if topP != 1 { out.append("--top-p \(topP) has no effect at --temperature 0 (greedy decoding)") }
+        }
+        if promptsFrom == nil {
+            if promptField != "prompt" { out.append("--prompt-field has no effect without --prompts-from") }
+            if limit != nil { out.append("--limit has no effect without --prompts-from") }
+        }
+        if !onGPU && batchSize != Self.defaultBatchSize {
+            out.append("--batch-size \(batchSize) has no effect on the CPU, which decodes the prompts one by one")
+        }
+        return out
+    }
 
     func validate() throws {
         guard (prompt == nil) != (promptsFrom == nil) else { throw ValidationError("give exactly one of --prompt and --prompts-from") }
@@ -39,6 +60,9 @@ struct Generate: ParsableCommand {
     }
 
     func run() throws {
+        for warning in settingsWithoutEffect(onGPU: modelOptions.usesGPU) {
+            FileHandle.standardError.write(Data("warning: \(warning)\n".utf8))
+        }
         var lora = LoRAConfig()
         lora.targetModules = []
         try modelOptions.checkBaseWeights(baseWeights, adapter: adapter)

@@ -135,6 +135,30 @@ extension BadSettingsTests {
         XCTAssertTrue(output.contains("loss "), output)
     }
 
+    /// generate and export say which of the settings given they would never read (and still run).
+    func testGenerateAndExportWarnOfSettingsWithoutEffect() throws {
+        let folder = try GGUFExportTests.tinyLlamaWithTokenizer(self)
+        let (status, _, output) = try run(["generate", "--model", folder, "--prompt", "hi", "--max-new-tokens", "1",
+                                           "--seed", "3", "--top-p", "0.9", "--limit", "2", "--prompt-field", "q",
+                                           "--batch-size", "2"])
+        XCTAssertEqual(status, 0, output)
+        for warning in ["--seed 3 has no effect at --temperature 0", "--top-p 0.9 has no effect at --temperature 0",
+                        "--prompt-field has no effect without --prompts-from",
+                        "--limit has no effect without --prompts-from", "--batch-size 2 has no effect on the CPU"] {
+            XCTAssertTrue(output.contains("warning: " + warning), "\(warning): \(output)")
+        }
+        let (sampled, _, quiet) = try run(["generate", "--model", folder, "--prompt", "hi", "--max-new-tokens", "1",
+                                           "--temperature", "0.7", "--seed", "3", "--top-p", "0.9"])
+        XCTAssertEqual(sampled, 0, quiet)
+        XCTAssertFalse(quiet.contains("warning:"), quiet)
+        let dir = makeTemporaryDirectory(self), data = dir + "/check.jsonl"
+        try write(#"{"text": "hello there"}"# + "\n", data)
+        let (exported, _, exportOutput) = try run(["export", "--model", folder, "--output", dir + "/m.gguf",
+                                                   "--check", "never", "--check-data", data])
+        XCTAssertEqual(exported, 0, exportOutput)
+        XCTAssertTrue(exportOutput.contains("warning: --check-data has no effect with --check never"), exportOutput)
+    }
+
     /// train says which of the settings given it would never read, naming each and why.
     func testTrainWarnsOfSettingsWithoutEffect() throws {
         let (model, dir, data) = try tinyModelAndData()
