@@ -90,7 +90,7 @@ struct Export: ParsableCommand {
         if adapterOnly && onto == .original {
             warnings.append("--onto original has no effect with --adapter-only (the adapter is written as trained)")
         }
-        for warning in warnings { FileHandle.standardError.write(Data("warning: \(warning)\n".utf8)) }
+        printWarnings(warnings)
         var none = LoRAConfig(); none.targetModules = []
         let loaded = try modelOptions.load(lora: none, adapter: adapter)
         let type = GGUFExportType(rawValue: self.type)!

@@ -60,9 +60,7 @@ struct Generate: ParsableCommand {
     }
 
     func run() throws {
-        for warning in settingsWithoutEffect(onGPU: modelOptions.usesGPU) {
-            FileHandle.standardError.write(Data("warning: \(warning)\n".utf8))
-        }
+        printWarnings(settingsWithoutEffect(onGPU: modelOptions.usesGPU))
         var lora = LoRAConfig()
         lora.targetModules = []
         try modelOptions.checkBaseWeights(baseWeights, adapter: adapter)

@@ -30,11 +30,9 @@ struct Info: ParsableCommand {
         let quantType = modelOptions.quantType ?? .nf4, doubleQuant = modelOptions.doubleQuant ?? true
         let settings = QuantizationSettings(type: quantType, doubleQuant: doubleQuant)
         let weights = try LlamaWeights.open(path: model, quantization: settings)
-        for warning in try ModelOptions.quantizationWithoutEffect(
+        printWarnings(try ModelOptions.quantizationWithoutEffect(
             weights, type: modelOptions.quantType.map { ($0, "--quant-type") },
-            doubleQuant: modelOptions.doubleQuant.map { ($0, "--double-quant") }) {
-            FileHandle.standardError.write(Data("warning: \(warning)\n".utf8))
-        }
+            doubleQuant: modelOptions.doubleQuant.map { ($0, "--double-quant") }))
         let c = weights.config
         var lora: LoRAConfig?, adapters: [String: LoRAWeights] = [:]
         if let adapter {

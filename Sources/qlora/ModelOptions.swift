@@ -112,9 +112,7 @@ struct ModelOptions: ParsableArguments {
             ?? recipe.string("bnb_4bit_quant_type").map { _ in (quant, "recipe bnb_4bit_quant_type") }
         let doubleGiven = try doubleQuant.map { ($0, "--double-quant") }
             ?? recipe.bool("bnb_4bit_use_double_quant").map { ($0, "recipe bnb_4bit_use_double_quant") }
-        for warning in try Self.quantizationWithoutEffect(weights, type: typeGiven, doubleQuant: doubleGiven) {
-            FileHandle.standardError.write(Data("warning: \(warning)\n".utf8))
-        }
+        printWarnings(try Self.quantizationWithoutEffect(weights, type: typeGiven, doubleQuant: doubleGiven))
         if FileSystem.isDirectory(path) { try Self.checkChatTemplateFile(folder: path) }
         if let adapter {
             let (adapterLoRA, adapters) = try PEFTAdapter.read(directory: adapter, config: weights.config)

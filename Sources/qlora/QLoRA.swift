@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -29,4 +30,10 @@ struct QLoRA: ParsableCommand {
         #endif
         main(nil)
     }
+}
+
+/// Prints each of `warnings` to standard error as "warning: …" (the settings a command was given and will not
+/// read, and the like: said, never refused).
+func printWarnings(_ warnings: [String]) {
+    for warning in warnings { FileHandle.standardError.write(Data("warning: \(warning)\n".utf8)) }
 }

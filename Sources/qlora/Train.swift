@@ -99,9 +99,7 @@ struct Train: ParsableCommand {
             FileHandle.standardError.write(Data(("warning: recipe key \(key) has no effect here (it steers the " +
                                                  "Python tooling only)\n").utf8))
         }
-        for warning in try checkKeysWithoutSettings(recipe) {
-            FileHandle.standardError.write(Data("warning: \(warning)\n".utf8))
-        }
+        printWarnings(try checkKeysWithoutSettings(recipe))
         guard let dataPath = try data ?? recipe.string("data") else { throw ValidationError("missing --data (or \"train_file\" in the recipe)") }
         guard let output = try outputDir ?? recipe.string("output_dir") else { throw ValidationError("missing --output-dir (or \"output_dir\" in the recipe)") }
         var lora = LoRAConfig()   // each setting the flag's, else the recipe's, else LoRAConfig's default
@@ -215,10 +213,8 @@ struct Train: ParsableCommand {
                 "--validation-split")
         }
         if isMain {
-            for warning in try settingsWithoutEffect(recipe, settings: settings, split: split, evalPath: evalPath,
-                                                     resume: resume(recipe)) {
-                FileHandle.standardError.write(Data("warning: \(warning)\n".utf8))
-            }
+            printWarnings(try settingsWithoutEffect(recipe, settings: settings, split: split, evalPath: evalPath,
+                                                    resume: resume(recipe)))
         }
         try InputFile.requireRegular(dataPath, what: "--data")
         // The run's adapter files would replace the starting adapter's, or land among the model's files.
@@ -252,9 +248,7 @@ struct Train: ParsableCommand {
                 "model, so nothing would be trained")
         }
         if let initAdapter, isMain {
-            for warning in try loraWithoutEffect(recipe, asked: lora, adapter: initAdapter, adapterLoRA: loaded.lora) {
-                FileHandle.standardError.write(Data("warning: \(warning)\n".utf8))
-            }
+            printWarnings(try loraWithoutEffect(recipe, asked: lora, adapter: initAdapter, adapterLoRA: loaded.lora))
         }
         let config = loaded.config
         let text = try ModelText.loadIfPresent(path: loaded.path)
