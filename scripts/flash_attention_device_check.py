@@ -42,6 +42,7 @@ class Flash:
     def __init__(self, bf16, defines=()):
         self.bf16 = bf16
         self.kv_rows = int(dict(d.split("=") for d in defines).get("KV_ROWS", 64))
+        self.fwd_rows = 64 * int(dict(d.split("=") for d in defines).get("FA_FWD_GROUPS", 2)) if bf16 else 64
         self.threads = 128 if bf16 else 256
         base = ["-DQLORA_BF16=%d" % (1 if bf16 else 0), "--std=c++17", "--fmad=true"] + ["-D" + d for d in defines]
         source, error = kernel_source(), None
@@ -61,7 +62,7 @@ class Flash:
         if self.bf16:
             pitch = d + 8
             kv = (128 + 4 * self.kv_rows) * pitch * 2 + 16 * self.kv_rows
-            return {"fwd": 384 * pitch, "kv": kv, "q": 768 * pitch}[kind]
+            return {"fwd": (self.fwd_rows + 128) * pitch * 2, "kv": kv, "q": 768 * pitch}[kind]
         pitch = d + 1
         kv = 4 * ((128 + 2 * self.kv_rows) * pitch + 128 * (self.kv_rows + 1))
         return {"fwd": 4 * (192 * pitch + 64 * 65), "kv": kv, "q": 4 * (256 * pitch + 64 * 65)}[kind]
@@ -90,7 +91,7 @@ class Flash:
         lse = torch.full((b, h, t), float("nan"), dtype=torch.float32, device=DEV) if lse is None else lse
         shared = self.shared_bytes("fwd", d)
         self.function("flash_attention_forward_d%d" % d, shared)(
-            ((t + 63) // 64, h, b), (self.threads,),
+            ((t + self.fwd_rows - 1) // self.fwd_rows, h, b), (self.threads,),
             (ptr(out), ptr(lse), ptr(q), ptr(k), ptr(v), np.int32(t), np.int32(h), np.int32(hkv), np.uint64(0)),
             shared_mem=shared)
         return out, lse
@@ -252,7 +253,7 @@ def benchmark(flash, label, b=4, t=2048, h=32, hkv=32, d=128, torch_too=True):
 
 
 # Variants of the bf16 build compared by --variants (-D defines; the first is the file's defaults).
-VARIANTS = [("bf16", []), ("bf16 kv32", ["KV_ROWS=32"]), ("bf16 fwd1", ["FA_FWD_BLOCKS=1"])]
+VARIANTS = [("bf16", []), ("bf16 fwd16", ["FA_FWD_GROUPS=1"]), ("bf16 fwd-b1", ["FA_FWD_BLOCKS=1"])]
 
 
 def main():

@@ -22,7 +22,7 @@ extension CUDADevice {
         guard batch > 0, tokens > 0 else { return }
         let bf16 = out.dtype == .bf16
         try launch(.flashAttention, "flash_attention_forward_\(Self.flashVariant(headDim, starts))", bf16: bf16,
-                   grid: (shape.tiles(64), heads, batch), block: Self.flashThreads(bf16),
+                   grid: (shape.tiles(bf16 ? 128 : 64), heads, batch), block: Self.flashThreads(bf16),
                    sharedBytes: Self.flashSharedBytes(.forward, headDim: headDim, bf16: bf16),
                    [.buffer(out), .buffer(lse), .buffer(q), .buffer(k), .buffer(v), .int(tokens), .int(heads),
                     .int(kvHeads), .optional(starts)])
@@ -75,7 +75,7 @@ extension CUDADevice {
         if bf16 {
             let pitch = headDim + 8   // bf16 rows padded by 8 elements
             switch kernel {
-            case .forward: return 384 * pitch                // q, k, v tiles of 64 rows
+            case .forward: return 512 * pitch                // q (128 rows), k, v (64 rows each)
             case .keysAndValues: return 768 * pitch + 1024   // k, v; q, dO twice; lse and delta twice
             case .queries: return 768 * pitch                // q, dO; k, v twice (64 rows each)
             }

@@ -12,8 +12,9 @@
 // fixed order: no atomics, so the results are the same on every run. The softmax runs in base 2 (exp2 of
 // s·log2(e)/√D), with the running maximum and sum of each row kept in float32 ("online softmax").
 //
-// Tiles (the CPU twin uses the same): forward 64 query rows × 64 keys; dK/dV 64 keys × 64 query rows; dQ 64 query
-// rows × 64 keys. Tiles wholly above the diagonal are never visited; the diagonal tiles (and rows or keys past T,
+// Tiles (the CPU twin uses the same key steps): forward 64 keys a step over 128 query rows (bf16; 64 in float32 and
+// in the CPU twin: a row's arithmetic does not depend on how many rows share its block); dK/dV 64 keys × 64 query
+// rows; dQ 64 query rows × 64 keys. Tiles wholly above the diagonal are never visited; the diagonal tiles (and rows or keys past T,
 // which are loaded as zeros) are masked element by element.
 //
 // Grids: forward and dQ: (query tiles, H, B), blockIdx.x counted from the last tile so that the longest rows start
@@ -22,9 +23,11 @@
 //
 // bf16 (QLORA_BF16=1): 128 threads = 4 warps. Tensor cores through mma.sync m16n8k16 (bf16 in, float32 out), tiles
 // staged in shared memory by cp.async (rows padded by 8 elements so that fragment loads hit 8 different bank
-// groups), fragments read with ldmatrix. Forward and dQ: warp w owns query rows 16w…16w+15 of the tile; the
-// lane with g = lane/4, c = lane%4 holds rows 16w+g and 16w+g+8, and columns 8n+2c, 8n+2c+1 of each 8-wide column
-// block n (the accumulator layout of m16n8k16). The row maximum and sum need only the four lanes of a row
+// groups), fragments read with ldmatrix. Forward: warp w owns query rows 32w…32w+31 of the 128-row tile as two
+// 16-row groups, so that each key and value fragment read from shared memory feeds two products (with 16 rows a
+// warp, shared-memory reads, not the tensor cores, set the pace); q's fragments are read again for every key tile.
+// dQ: warp w owns query rows 16w…16w+15. In a 16-row group at m0 the lane with g = lane/4, c = lane%4 holds rows
+// m0+g and m0+g+8, and columns 8n+2c, 8n+2c+1 of each 8-wide column block n (the accumulator layout of m16n8k16). The row maximum and sum need only the four lanes of a row
 // (shuffles by 1 and 2). P (and dS) go from the accumulator registers straight into the A operand of the next
 // product, rounded to bf16. dK/dV: warp w owns keys 16w…16w+15 and computes the transposed tiles Sᵀ = K Qᵀ and
 // dPᵀ = V dOᵀ, so that Pᵀ and dSᵀ feed dV += Pᵀ dO and dK += dSᵀ Q from registers; the query tiles
@@ -40,9 +43,9 @@
 // holding any start past its first key is masked element by element like the diagonal.
 //
 // Dynamic shared memory (bytes; the Swift launcher computes the same): LD = D + 8 (bf16), D + 1 (float32);
-//   bf16:  forward 384·LD, backward_kv 768·LD + 1024, backward_q 768·LD
+//   bf16:  forward 512·LD, backward_kv 768·LD + 1024, backward_q 768·LD
 //   f32:   forward 4·(192·LD + 64·65), backward_kv 4·(256·LD + 2·64·65), backward_q 4·(256·LD + 64·65)
-// (with D = 128: bf16 51, 103 and 102 KiB; float32 113, 162 and 145 KiB; above 48 KiB a kernel must opt in).
+// (with D = 128: bf16 68, 103 and 102 KiB; float32 113, 162 and 145 KiB; above 48 KiB a kernel must opt in).
 // Head dims 32, 64, 96 and 128 each have their own kernels (suffix _d32 … _d128), and packed rows their own
 // (_packed_d32 …), so that plain causal attention carries none of the document tests.
 #include "common.cuh"
@@ -95,8 +98,12 @@ extern "C" __global__ void flash_attention_backward_dot(float* delta, const T* d
 // bf16: tensor cores
 #define FA_PAD 8
 #define FA_THREADS 128
+#ifndef FA_FWD_GROUPS
+#define FA_FWD_GROUPS 2   // forward: 16-row groups per warp (each key and value fragment read feeds all of them)
+#endif
+#define FWD_ROWS_BF16 (64 * FA_FWD_GROUPS)   // forward: query rows per block
 #ifndef FA_FWD_BLOCKS
-#define FA_FWD_BLOCKS 3   // forward blocks per SM the registers are budgeted for (168 registers a thread)
+#define FA_FWD_BLOCKS (FA_FWD_GROUPS == 1 ? 3 : 2)   // forward blocks per SM the registers are budgeted for
 #endif
 
 // 4 bytes global → shared (zeros where `valid` is false).
@@ -174,125 +181,155 @@ __device__ __forceinline__ void fa_acc_to_a(unsigned* a, const float* c0, const 
 template <int D, bool PACKED>
 __device__ __forceinline__ void fa_forward(T* out, float* lse, const T* q, const T* k, const T* v, int tokens,
                                            int heads, int kvHeads, const int* starts) {
-    constexpr int LD = D + FA_PAD;
+    constexpr int LD = D + FA_PAD, G = FA_FWD_GROUPS, ROWS = FWD_ROWS_BF16;
     extern __shared__ __attribute__((aligned(16))) unsigned char fa_smem[];
     T* qs = (T*)fa_smem;
-    T* ks = qs + FWD_ROWS * LD;
+    T* ks = qs + ROWS * LD;
     T* vs = ks + FWD_KEYS * LD;
     const int tile = (int)gridDim.x - 1 - (int)blockIdx.x;
     const int h = blockIdx.y, b = blockIdx.z, kh = h / (heads / kvHeads);
-    const int i0 = tile * FWD_ROWS;
+    const int i0 = tile * ROWS, rowEnd = min(i0 + ROWS, tokens);   // this block's query rows: i0 ..< rowEnd
     const long long qStride = (long long)heads * D, kStride = (long long)kvHeads * D;
     const T* kg = k + (long long)b * tokens * kStride + (long long)kh * D;
     const T* vg = v + (long long)b * tokens * kStride + (long long)kh * D;
-    const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3, r0 = (threadIdx.x >> 5) * 16;
+    const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3, r0 = (threadIdx.x >> 5) * 16 * G;
     const float sl2 = fa_scale(D) * FA_LOG2E;
     const int* st = PACKED ? starts + (long long)b * tokens : nullptr;   // null: folded away unpacked
-    const int jt0 = fa_start(st, i0) / FWD_KEYS, lastStart = fa_start(st, min(i0 + FWD_ROWS, tokens) - 1);
-    int rs[2];   // the first key of this lane's two rows
+    const int jt0 = fa_start(st, i0) / FWD_KEYS, jtEnd = (rowEnd - 1) / FWD_KEYS;
+    const int lastStart = fa_start(st, rowEnd - 1);
+    const int warpLast = i0 + r0 + 16 * G - 1;   // this warp's last row: key tiles past it are skipped
+    int rs[G][2];   // the first key of this lane's rows
 #pragma unroll
-    for (int r = 0; r < 2; ++r) rs[r] = fa_start(st, min(i0 + r0 + g + 8 * r, tokens - 1));
+    for (int gi = 0; gi < G; ++gi)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) rs[gi][r] = fa_start(st, min(i0 + r0 + 16 * gi + g + 8 * r, tokens - 1));
 
-    fa_load_tile<D, FWD_ROWS>(qs, q + ((long long)b * tokens + i0) * qStride + (long long)h * D, qStride, tokens - i0);
+    fa_load_tile<D, ROWS>(qs, q + ((long long)b * tokens + i0) * qStride + (long long)h * D, qStride, tokens - i0);
     fa_load_tile<D, FWD_KEYS>(ks, kg + (long long)jt0 * FWD_KEYS * kStride, kStride, tokens - jt0 * FWD_KEYS);
     cp_async_commit();
 
-    unsigned qf[D / 16][4];
-    float o[D / 8][4];
+    float o[G][D / 8][4];
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-    float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
+    for (int gi = 0; gi < G; ++gi)
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) o[gi][n][0] = o[gi][n][1] = o[gi][n][2] = o[gi][n][3] = 0.0f;
+    float mrow[G][2], lrow[G][2];
+#pragma unroll
+    for (int gi = 0; gi < G; ++gi) mrow[gi][0] = mrow[gi][1] = -INFINITY, lrow[gi][0] = lrow[gi][1] = 0.0f;
 
-    for (int jt = jt0; jt <= tile; ++jt) {   // FWD_KEYS == FWD_ROWS: key tile `tile` is the diagonal
+    for (int jt = jt0; jt <= jtEnd; ++jt) {
         const int j0 = jt * FWD_KEYS;
+        const bool active = j0 <= warpLast;   // warp-uniform: some row of this warp sees a key of this tile
         fa_load_tile<D, FWD_KEYS>(vs, vg + (long long)j0 * kStride, kStride, tokens - j0);
         cp_async_commit();
         cp_async_wait<1>();   // q and this key tile are in
         __syncthreads();
-        if (jt == jt0) {
+        float s[G][FWD_KEYS / 8][4];
 #pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) fa_frag_a<LD>(qf[kk], qs, r0, kk * 16);
-        }
-        float s[FWD_KEYS / 8][4];
+        for (int gi = 0; gi < G; ++gi)
 #pragma unroll
-        for (int n = 0; n < FWD_KEYS / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+            for (int n = 0; n < FWD_KEYS / 8; ++n) s[gi][n][0] = s[gi][n][1] = s[gi][n][2] = s[gi][n][3] = 0.0f;
+        if (active) {
 #pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
+            for (int kk = 0; kk < D / 16; ++kk) {
+                unsigned qa[G][4];   // q's fragments are read again for every key tile (registers are short)
 #pragma unroll
-            for (int np = 0; np < FWD_KEYS / 16; ++np) {
-                unsigned bf[4];
-                fa_frag_b<LD>(bf, ks, np * 16, kk * 16);
-                mma_bf16(s[2 * np], qf[kk], bf[0], bf[1]);
-                mma_bf16(s[2 * np + 1], qf[kk], bf[2], bf[3]);
+                for (int gi = 0; gi < G; ++gi) fa_frag_a<LD>(qa[gi], qs, r0 + 16 * gi, kk * 16);
+#pragma unroll
+                for (int np = 0; np < FWD_KEYS / 16; ++np) {
+                    unsigned bf[4];
+                    fa_frag_b<LD>(bf, ks, np * 16, kk * 16);
+#pragma unroll
+                    for (int gi = 0; gi < G; ++gi) {   // each key fragment feeds every row group
+                        mma_bf16(s[gi][2 * np], qa[gi], bf[0], bf[1]);
+                        mma_bf16(s[gi][2 * np + 1], qa[gi], bf[2], bf[3]);
+                    }
+                }
             }
         }
         __syncthreads();   // every warp is done with this key tile: fetch the next one behind the softmax
-        if (jt < tile)
+        if (jt < jtEnd)
             fa_load_tile<D, FWD_KEYS>(ks, kg + (long long)(j0 + FWD_KEYS) * kStride, kStride,
                                       tokens - j0 - FWD_KEYS);
         cp_async_commit();
-        if (jt == tile || j0 < lastStart) {
+        if (active) {
+            if (j0 + FWD_KEYS - 1 > i0 + r0 || j0 < lastStart) {
 #pragma unroll
-            for (int n = 0; n < FWD_KEYS / 8; ++n)
+                for (int gi = 0; gi < G; ++gi)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int col = j0 + n * 8 + 2 * c + (e & 1);
-                    if (col > i0 + r0 + g + 8 * (e >> 1) || col < rs[e >> 1]) s[n][e] = -INFINITY;
-                }
-        }
+                    for (int n = 0; n < FWD_KEYS / 8; ++n)
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            float mx = -INFINITY;
-#pragma unroll
-            for (int n = 0; n < FWD_KEYS / 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float mnew = fmaxf(mrow[r], mx * sl2);
-            const float base = mnew == -INFINITY ? 0.0f : mnew;
-            const float alpha = fa_exp2(mrow[r] - base);
-            mrow[r] = mnew;
-            float sum = 0.0f;
-#pragma unroll
-            for (int n = 0; n < FWD_KEYS / 8; ++n) {
-                s[n][2 * r] = fa_exp2(fmaf(s[n][2 * r], sl2, -base));
-                s[n][2 * r + 1] = fa_exp2(fmaf(s[n][2 * r + 1], sl2, -base));
-                sum += s[n][2 * r] + s[n][2 * r + 1];
+                        for (int e = 0; e < 4; ++e) {
+                            const int col = j0 + n * 8 + 2 * c + (e & 1);
+                            if (col > i0 + r0 + 16 * gi + g + 8 * (e >> 1) || col < rs[gi][e >> 1])
+                                s[gi][n][e] = -INFINITY;
+                        }
             }
-            lrow[r] = lrow[r] * alpha + sum;
 #pragma unroll
-            for (int n = 0; n < D / 8; ++n) { o[n][2 * r] *= alpha; o[n][2 * r + 1] *= alpha; }
+            for (int gi = 0; gi < G; ++gi)
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    float mx = -INFINITY;
+#pragma unroll
+                    for (int n = 0; n < FWD_KEYS / 8; ++n)
+                        mx = fmaxf(mx, fmaxf(s[gi][n][2 * r], s[gi][n][2 * r + 1]));
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                    const float mnew = fmaxf(mrow[gi][r], mx * sl2);
+                    const float base = mnew == -INFINITY ? 0.0f : mnew;
+                    const float alpha = fa_exp2(mrow[gi][r] - base);
+                    mrow[gi][r] = mnew;
+                    float sum = 0.0f;
+#pragma unroll
+                    for (int n = 0; n < FWD_KEYS / 8; ++n) {
+                        s[gi][n][2 * r] = fa_exp2(fmaf(s[gi][n][2 * r], sl2, -base));
+                        s[gi][n][2 * r + 1] = fa_exp2(fmaf(s[gi][n][2 * r + 1], sl2, -base));
+                        sum += s[gi][n][2 * r] + s[gi][n][2 * r + 1];
+                    }
+                    lrow[gi][r] = lrow[gi][r] * alpha + sum;
+#pragma unroll
+                    for (int n = 0; n < D / 8; ++n) { o[gi][n][2 * r] *= alpha; o[gi][n][2 * r + 1] *= alpha; }
+                }
         }
         cp_async_wait<1>();   // this value tile is in (the next key tile may still be on its way)
         __syncthreads();
+        if (active) {
 #pragma unroll
-        for (int kk = 0; kk < FWD_KEYS / 16; ++kk) {
-            unsigned a[4];
-            fa_acc_to_a(a, s[2 * kk], s[2 * kk + 1]);
+            for (int kk = 0; kk < FWD_KEYS / 16; ++kk) {
+                unsigned a[G][4];
 #pragma unroll
-            for (int dp = 0; dp < D / 16; ++dp) {
-                unsigned bf[4];
-                fa_frag_bt<LD>(bf, vs, kk * 16, dp * 16);
-                mma_bf16(o[2 * dp], a, bf[0], bf[1]);
-                mma_bf16(o[2 * dp + 1], a, bf[2], bf[3]);
+                for (int gi = 0; gi < G; ++gi) fa_acc_to_a(a[gi], s[gi][2 * kk], s[gi][2 * kk + 1]);
+#pragma unroll
+                for (int dp = 0; dp < D / 16; ++dp) {
+                    unsigned bf[4];
+                    fa_frag_bt<LD>(bf, vs, kk * 16, dp * 16);
+#pragma unroll
+                    for (int gi = 0; gi < G; ++gi) {   // each value fragment feeds every row group
+                        mma_bf16(o[gi][2 * dp], a[gi], bf[0], bf[1]);
+                        mma_bf16(o[gi][2 * dp + 1], a[gi], bf[2], bf[3]);
+                    }
+                }
             }
         }
         __syncthreads();   // done with the value tile before the next one is fetched into it
     }
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        float l = lrow[r];
-        l += __shfl_xor_sync(0xffffffffu, l, 1);
-        l += __shfl_xor_sync(0xffffffffu, l, 2);
-        const int row = i0 + r0 + g + 8 * r;
-        if (row < tokens) {
-            const float inv = 1.0f / l;
-            T* orow = out + ((long long)b * tokens + row) * qStride + (long long)h * D;
+    for (int gi = 0; gi < G; ++gi)
 #pragma unroll
-            for (int n = 0; n < D / 8; ++n)
-                *(unsigned*)(orow + n * 8 + 2 * c) = fa_pack(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
-            if (c == 0) lse[((long long)b * heads + h) * tokens + row] = (mrow[r] + log2f(l)) * FA_LN2;
+        for (int r = 0; r < 2; ++r) {
+            float l = lrow[gi][r];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            const int row = i0 + r0 + 16 * gi + g + 8 * r;
+            if (row < tokens) {
+                const float inv = 1.0f / l;
+                T* orow = out + ((long long)b * tokens + row) * qStride + (long long)h * D;
+#pragma unroll
+                for (int n = 0; n < D / 8; ++n)
+                    *(unsigned*)(orow + n * 8 + 2 * c) = fa_pack(o[gi][n][2 * r] * inv, o[gi][n][2 * r + 1] * inv);
+                if (c == 0) lse[((long long)b * heads + h) * tokens + row] = (mrow[gi][r] + log2f(l)) * FA_LN2;
+            }
         }
-    }
 }
 
 template <int D, bool PACKED>
