@@ -110,7 +110,7 @@ class Flash:
         self.function("flash_attention_backward_kv_d%d" % d, shared)(
             ((t + 63) // 64, hkv, b), (self.threads,),
             (ptr(dk), ptr(dv), ptr(dout), ptr(lse), ptr(delta), ptr(q), ptr(k), ptr(v), np.int32(t), np.int32(h),
-             np.int32(hkv), np.uint64(0)), shared_mem=shared)
+             np.int32(hkv), np.uint64(0), np.uint64(0), np.uint64(0), np.uint64(0)), shared_mem=shared)
 
     def backward_q(self, dq, dout, lse, delta, q, k, v):
         b, t, h, d = q.shape
@@ -119,7 +119,7 @@ class Flash:
         self.function("flash_attention_backward_q_d%d" % d, shared)(
             ((t + 63) // 64, h, b), (self.threads,),
             (ptr(dq), ptr(dout), ptr(lse), ptr(delta), ptr(q), ptr(k), ptr(v), np.int32(t), np.int32(h),
-             np.int32(hkv), np.uint64(0)), shared_mem=shared)
+             np.int32(hkv), np.uint64(0), np.uint64(0), np.uint64(0), np.uint64(0)), shared_mem=shared)
 
     def backward(self, dout, out, lse, q, k, v, grads=None):
         b, t, h, d = q.shape

@@ -31,18 +31,36 @@ extension CUDADevice {
     /// dq (B, T, H, D), dk and dv (B, T, Hkv, D), overwritten, from dout, what the forward saved (out, lse) and its
     /// inputs. Three kernels: delta = rowsum(dout ⊙ out) into a scratch buffer, then one block per key tile for dK
     /// and dV, and one block per query tile for dQ. No atomics: the same inputs give the same bits every run.
-    /// `starts` as the forward had it.
+    /// `starts` as the forward had it. With `unrotating` (RoPE's float32 cos and sin tables, (positions, D), and
+    /// the i32 positions of the tokens, or nil for 0 ..< T), q and k were rotated by RoPE and dq, dk come out with
+    /// the rotation undone: the gradients of the unrotated q and k, with no separate inverse RoPE pass.
     public func flashAttentionBackward(dq: DeviceBuffer, dk: DeviceBuffer, dv: DeviceBuffer, dout: DeviceBuffer,
                                        out: DeviceBuffer, lse: DeviceBuffer, q: DeviceBuffer, k: DeviceBuffer,
                                        v: DeviceBuffer, batch: Int, tokens: Int, heads: Int, kvHeads: Int,
-                                       headDim: Int, starts: DeviceBuffer? = nil) throws {
+                                       headDim: Int, starts: DeviceBuffer? = nil,
+                                       unrotating rope: (cos: DeviceBuffer, sin: DeviceBuffer,
+                                                         positions: DeviceBuffer?)? = nil) throws {
         let shape = FlashAttentionShape(batch: batch, tokens: tokens, heads: heads, kvHeads: kvHeads, headDim: headDim)
         let n = shape.queryCount, nkv = shape.keyCount
         try shape.validate(activations: [("dq", dq, n), ("dk", dk, nkv), ("dv", dv, nkv), ("dout", dout, n),
                                          ("out", out, n), ("q", q, n), ("k", k, nkv), ("v", v, nkv)],
                            rows: [("lse", lse)], starts: starts)
+        if let rope {
+            // Positions restart with each packed document, so none reaches T; a position past the tables' rows
+            // would be read out of bounds.
+            guard rope.cos.dtype == .f32, rope.sin.dtype == .f32, rope.cos.count >= tokens * headDim,
+                  rope.sin.count >= tokens * headDim else {
+                throw CUDAError.invalidArgument("flash attention: the RoPE tables must be f32 with at least " +
+                                                "\(tokens) × \(headDim) values (\(rope.cos.count), \(rope.sin.count))")
+            }
+            if let p = rope.positions, p.dtype != .i32 || p.count < batch * tokens {
+                throw CUDAError.invalidArgument("flash attention: positions must be i32 with \(batch * tokens) " +
+                                                "values (\(p.dtype.rawValue), \(p.count))")
+            }
+        }
         guard batch > 0, tokens > 0 else { return }
         let bf16 = out.dtype == .bf16, threads = Self.flashThreads(bf16)
+        let tables: [KernelArgument] = [.optional(rope?.cos), .optional(rope?.sin), .optional(rope?.positions)]
         let rows = batch * tokens * heads
         let delta = try allocate(rows, .f32)
         try launch(.flashAttention, "flash_attention_backward_dot", bf16: bf16, grid: (rows + 7) / 8, block: 256,
@@ -52,12 +70,12 @@ extension CUDADevice {
                    grid: (shape.tiles(64), kvHeads, batch), block: threads,
                    sharedBytes: Self.flashSharedBytes(.keysAndValues, headDim: headDim, bf16: bf16),
                    [.buffer(dk), .buffer(dv), .buffer(dout), .buffer(lse), .buffer(delta), .buffer(q), .buffer(k),
-                    .buffer(v), .int(tokens), .int(heads), .int(kvHeads), .optional(starts)])
+                    .buffer(v), .int(tokens), .int(heads), .int(kvHeads), .optional(starts)] + tables)
         try launch(.flashAttention, "flash_attention_backward_q_\(Self.flashVariant(headDim, starts))", bf16: bf16,
                    grid: (shape.tiles(64), heads, batch), block: threads,
                    sharedBytes: Self.flashSharedBytes(.queries, headDim: headDim, bf16: bf16),
                    [.buffer(dq), .buffer(dout), .buffer(lse), .buffer(delta), .buffer(q), .buffer(k), .buffer(v),
-                    .int(tokens), .int(heads), .int(kvHeads), .optional(starts)])
+                    .int(tokens), .int(heads), .int(kvHeads), .optional(starts)] + tables)
     }
 
     enum FlashKernel { case forward, keysAndValues, queries }

@@ -389,19 +389,16 @@ extension CUDALlama {
             act.xMid = nil; act.rstd2 = nil
         }
         try afterMLP()
-        var grads: [String: DeviceBuffer] = [:]   // dq, dk, dv (RoPE undone), each released once used
+        var grads: [String: DeviceBuffer] = [:]   // dq, dk (RoPE undone by the kernels), dv; released once used
         do {   // attention
             let dAttention = try inputGradient("o_proj", dxMid, try adapterGradients([("o_proj", dxMid)]))
             let dq = try device.allocate(act.q.count, dtype), dk = try device.allocate(act.k.count, dtype)
             let dv = try device.allocate(act.v.count, dtype)
             try device.flashAttentionBackward(dq: dq, dk: dk, dv: dv, dout: dAttention, out: act.attention,
                                               lse: act.lse, q: act.q, k: act.k, v: act.v, batch: batch, tokens: tokens,
-                                              heads: h, kvHeads: hkv, headDim: d, starts: packing?.starts)
+                                              heads: h, kvHeads: hkv, headDim: d, starts: packing?.starts,
+                                              unrotating: (ropeCos, ropeSin, packing?.positions))
             act.attention = nil; act.lse = nil; act.q = nil; act.k = nil; act.v = nil
-            try device.rope(dq, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: h, headDim: d,
-                            inverse: true, positions: packing?.positions)
-            try device.rope(dk, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: hkv, headDim: d,
-                            inverse: true, positions: packing?.positions)
             grads = ["q_proj": dq, "k_proj": dk, "v_proj": dv]
         }
         let dz = try adapterGradients(["q_proj", "k_proj", "v_proj"].map { ($0, grads[$0]!) })

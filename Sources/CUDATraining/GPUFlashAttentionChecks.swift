@@ -83,6 +83,34 @@ extension GPUOpChecks {
             let again = try device.download(dqb) + device.download(dkb) + device.download(dvb)
             c.equal("flash attention backward \(tag) twice, same bits", again.map { $0.bitPattern },
                     (gdq + gdk + gdv).map { $0.bitPattern })
+            // RoPE undone inside the kernels: dq and dk as the CPU twin's followed by CPUOps.rope's inverse, at
+            // the positions packed documents restart (each token's offset from its document start) or 0 ..< T.
+            let positions = starts.map { s in s.indices.map { $0 % t - s[$0] } }
+            var cosT = [Float](repeating: 0, count: t * d), sinT = cosT
+            for p in 0..<t {
+                for i in 0..<d {
+                    let angle = Double(p) * Foundation.pow(10000, -Double(2 * (i % (d / 2))) / Double(d))
+                    cosT[p * d + i] = Float(Foundation.cos(angle)); sinT[p * d + i] = Float(Foundation.sin(angle))
+                }
+            }
+            let positionsBuffer = try positions.map { try device.upload($0.map { Int32($0) }) }
+            try device.flashAttentionBackward(dq: dqb, dk: dkb, dv: dvb, dout: db, out: ob, lse: lb, q: qb, k: kb,
+                                              v: vb, batch: b, tokens: t, heads: h, kvHeads: hkv, headDim: d,
+                                              starts: startsBuffer,
+                                              unrotating: (try device.upload(cosT), try device.upload(sinT),
+                                                           positionsBuffer))
+            var rdq = tdq, rdk = tdk
+            CPUOps.rope(&rdq, cos: cosT, sin: sinT, batch: b, tokens: t, heads: h, headDim: d, inverse: true,
+                        positions: positions)
+            CPUOps.rope(&rdk, cos: cosT, sin: sinT, batch: b, tokens: t, heads: hkv, headDim: d, inverse: true,
+                        positions: positions)
+            c.close("flash attention dq \(tag), RoPE undone, vs CPU twin + inverse RoPE", try device.download(dqb),
+                    rdq, tolerance: tol)
+            c.close("flash attention dk \(tag), RoPE undone, vs CPU twin + inverse RoPE", try device.download(dkb),
+                    rdk, tolerance: tol)
+            c.equal("flash attention dv \(tag) with RoPE tables, same bits", try device.download(dvb).map {
+                $0.bitPattern
+            }, gdv.map { $0.bitPattern })
         }
     }
 

@@ -14,8 +14,8 @@
 //
 // Tiles (the CPU twin uses the same key steps): forward 64 keys a step over 128 query rows (bf16; 64 in float32 and
 // in the CPU twin: a row's arithmetic does not depend on how many rows share its block); dK/dV 64 keys × 64 query
-// rows; dQ 64 query rows × 64 keys. Tiles wholly above the diagonal are never visited; the diagonal tiles (and rows or keys past T,
-// which are loaded as zeros) are masked element by element.
+// rows; dQ 64 query rows × 64 keys. Tiles wholly above the diagonal are never visited; the diagonal tiles (and rows
+// or keys past T, which are loaded as zeros) are masked element by element.
 //
 // Grids: forward and dQ: (query tiles, H, B), blockIdx.x counted from the last tile so that the longest rows start
 // first; dK/dV: (key tiles, Hkv, B), each block looping over the H/Hkv query heads of its group and over the query
@@ -27,14 +27,18 @@
 // 16-row groups, so that each key and value fragment read from shared memory feeds two products (with 16 rows a
 // warp, shared-memory reads, not the tensor cores, set the pace); q's fragments are read again for every key tile.
 // dQ: warp w owns query rows 16w…16w+15. In a 16-row group at m0 the lane with g = lane/4, c = lane%4 holds rows
-// m0+g and m0+g+8, and columns 8n+2c, 8n+2c+1 of each 8-wide column block n (the accumulator layout of m16n8k16). The row maximum and sum need only the four lanes of a row
-// (shuffles by 1 and 2). P (and dS) go from the accumulator registers straight into the A operand of the next
-// product, rounded to bf16. dK/dV: warp w owns keys 16w…16w+15 and computes the transposed tiles Sᵀ = K Qᵀ and
-// dPᵀ = V dOᵀ, so that Pᵀ and dSᵀ feed dV += Pᵀ dO and dK += dSᵀ Q from registers; the query tiles
-// (q, dO and their lse and delta) are double buffered.
+// m0+g and m0+g+8, and columns 8n+2c, 8n+2c+1 of each 8-wide column block n (the accumulator layout of m16n8k16).
+// The row maximum and sum need only the four lanes of a row (shuffles by 1 and 2). P (and dS) go from the
+// accumulator registers straight into the A operand of the next product, rounded to bf16. dK/dV: warp w owns keys
+// 16w…16w+15 and computes the transposed tiles Sᵀ = K Qᵀ and dPᵀ = V dOᵀ, so that Pᵀ and dSᵀ feed dV += Pᵀ dO and
+// dK += dSᵀ Q from registers; the query tiles (q, dO and their lse and delta) are double buffered.
 // float32: 256 threads as 16 × 16 (ty = tid/16, tx = tid%16), plain FMAs. Thread (ty, tx) owns tile rows
 // 4ty…4ty+3, score columns tx + 16c and output columns tx + 16e; row reductions run over the 16 lanes of tx.
 // P and dS pass through shared memory.
+//
+// RoPE: q and k arrive rotated; given the tables (`cosT`, `sinT`, and `positions` or null), the backward kernels
+// write dq and dk with the rotation undone (rope.cu's inverse, applied to the float32 sums before rounding), so the
+// caller runs no inverse RoPE pass. A lane holds column i and its partner i + D/2 of its rows in both builds.
 //
 // Packed documents: `starts` (B·T int32, or null for plain causal attention) gives each query the first key it sees,
 // its document's first token: key j is seen by query i when starts[i] ≤ j ≤ i. A row's starts never decrease, so a
@@ -73,6 +77,19 @@ __device__ __forceinline__ float fa_scale(int d) { return 1.0f / sqrtf((float)d)
 
 // The first key query i sees (st: batch row b's starts, or null: every query sees from key 0).
 __device__ __forceinline__ int fa_start(const int* st, int i) { return st ? st[i] : 0; }
+
+// RoPE's rotation undone on a gradient (`rot`: cos, sin and positions; the tables (positions, D) as rope.cu reads
+// them): column i < D/2 and its partner i + D/2 of the row at position p, (g1, g2) → (g1·c + g2·s, g2·c − g1·s) with
+// c = cos[p·D + i], s = sin[p·D + i]. rope.cu's inverse, done where dq and dk leave the backward kernels.
+struct FaRope { const float* cosT; const float* sinT; const int* positions; };
+__device__ __forceinline__ void fa_unrotate(float& g1, float& g2, const float* cosRow, const float* sinRow, int i) {
+    const float cs = cosRow[i], sn = sinRow[i], y1 = g1 * cs + g2 * sn, y2 = g2 * cs - g1 * sn;
+    g1 = y1; g2 = y2;
+}
+// The table rows of token `row` of sequence b (its position: positions[b·T + row], or row).
+__device__ __forceinline__ long long fa_rope_at(const FaRope& rot, int b, int tokens, int row, int d) {
+    return (long long)(rot.positions ? rot.positions[(long long)b * tokens + row] : row) * d;
+}
 
 extern "C" __global__ void flash_attention_backward_dot(float* delta, const T* dout, const T* out, int tokens,
                                                         int heads, int headDim, long long rows) {
@@ -335,7 +352,7 @@ __device__ __forceinline__ void fa_forward(T* out, float* lse, const T* q, const
 template <int D, bool PACKED>
 __device__ __forceinline__ void fa_backward_kv(T* dk, T* dv, const T* dout, const float* lse, const float* delta,
                                                const T* q, const T* k, const T* v, int tokens, int heads,
-                                               int kvHeads, const int* starts) {
+                                               int kvHeads, const int* starts, FaRope rot) {
     constexpr int LD = D + FA_PAD;
     extern __shared__ __attribute__((aligned(16))) unsigned char fa_smem[];
     T* ks = (T*)fa_smem;
@@ -455,8 +472,19 @@ __device__ __forceinline__ void fa_backward_kv(T* dk, T* dv, const T* dout, cons
         if (j < tokens) {
             const long long at = ((long long)b * tokens + j) * kStride + (long long)kh * D;
 #pragma unroll
+            for (int n = 0; n < D / 8; ++n) { dka[n][2 * r] *= scale; dka[n][2 * r + 1] *= scale; }
+            if (rot.cosT) {   // column block n pairs with n + D/16 (column + D/2), held by the same lane
+                const long long p = fa_rope_at(rot, b, tokens, j, D);
+#pragma unroll
+                for (int n = 0; n < D / 16; ++n)
+#pragma unroll
+                    for (int e = 0; e < 2; ++e)
+                        fa_unrotate(dka[n][2 * r + e], dka[n + D / 16][2 * r + e], rot.cosT + p, rot.sinT + p,
+                                    n * 8 + 2 * c + e);
+            }
+#pragma unroll
             for (int n = 0; n < D / 8; ++n) {
-                *(unsigned*)(dk + at + n * 8 + 2 * c) = fa_pack(dka[n][2 * r] * scale, dka[n][2 * r + 1] * scale);
+                *(unsigned*)(dk + at + n * 8 + 2 * c) = fa_pack(dka[n][2 * r], dka[n][2 * r + 1]);
                 *(unsigned*)(dv + at + n * 8 + 2 * c) = fa_pack(dva[n][2 * r], dva[n][2 * r + 1]);
             }
         }
@@ -466,7 +494,7 @@ __device__ __forceinline__ void fa_backward_kv(T* dk, T* dv, const T* dout, cons
 template <int D, bool PACKED>
 __device__ __forceinline__ void fa_backward_q(T* dq, const T* dout, const float* lse, const float* delta,
                                               const T* q, const T* k, const T* v, int tokens, int heads,
-                                              int kvHeads, const int* starts) {
+                                              int kvHeads, const int* starts, FaRope rot) {
     constexpr int LD = D + FA_PAD;
     extern __shared__ __attribute__((aligned(16))) unsigned char fa_smem[];
     T* qs = (T*)fa_smem;
@@ -571,8 +599,19 @@ __device__ __forceinline__ void fa_backward_q(T* dq, const T* dout, const float*
         if (i < tokens) {
             T* row = dq + ((long long)b * tokens + i) * qStride + (long long)h * D;
 #pragma unroll
+            for (int n = 0; n < D / 8; ++n) { dqa[n][2 * r] *= scale; dqa[n][2 * r + 1] *= scale; }
+            if (rot.cosT) {
+                const long long p = fa_rope_at(rot, b, tokens, i, D);
+#pragma unroll
+                for (int n = 0; n < D / 16; ++n)
+#pragma unroll
+                    for (int e = 0; e < 2; ++e)
+                        fa_unrotate(dqa[n][2 * r + e], dqa[n + D / 16][2 * r + e], rot.cosT + p, rot.sinT + p,
+                                    n * 8 + 2 * c + e);
+            }
+#pragma unroll
             for (int n = 0; n < D / 8; ++n)
-                *(unsigned*)(row + n * 8 + 2 * c) = fa_pack(dqa[n][2 * r] * scale, dqa[n][2 * r + 1] * scale);
+                *(unsigned*)(row + n * 8 + 2 * c) = fa_pack(dqa[n][2 * r], dqa[n][2 * r + 1]);
         }
     }
 }
@@ -714,7 +753,8 @@ __device__ __forceinline__ void fa_forward(float* out, float* lse, const float* 
 template <int D, bool PACKED>
 __device__ __forceinline__ void fa_backward_kv(float* dk, float* dv, const float* dout, const float* lse,
                                                const float* delta, const float* q, const float* k, const float* v,
-                                               int tokens, int heads, int kvHeads, const int* starts) {
+                                               int tokens, int heads, int kvHeads, const int* starts,
+                                               FaRope rot) {
     constexpr int LD = D + 1, E = D / 16, PL = KV_ROWS + 1, CQ = KV_ROWS / 16;
     extern __shared__ __attribute__((aligned(16))) unsigned char fa_smem[];
     float* ks = (float*)fa_smem;
@@ -808,8 +848,16 @@ __device__ __forceinline__ void fa_backward_kv(float* dk, float* dv, const float
         if (j < tokens) {
             const long long at = ((long long)b * tokens + j) * kStride + (long long)kh * D;
 #pragma unroll
+            for (int e = 0; e < E; ++e) dka[a][e] *= scale;
+            if (rot.cosT) {   // column tx + 16e pairs with tx + 16(e + D/32) (column + D/2)
+                const long long p = fa_rope_at(rot, b, tokens, j, D);
+#pragma unroll
+                for (int e = 0; e < D / 32; ++e)
+                    fa_unrotate(dka[a][e], dka[a][e + D / 32], rot.cosT + p, rot.sinT + p, tx + 16 * e);
+            }
+#pragma unroll
             for (int e = 0; e < E; ++e) {
-                dk[at + tx + 16 * e] = dka[a][e] * scale;
+                dk[at + tx + 16 * e] = dka[a][e];
                 dv[at + tx + 16 * e] = dva[a][e];
             }
         }
@@ -819,7 +867,7 @@ __device__ __forceinline__ void fa_backward_kv(float* dk, float* dv, const float
 template <int D, bool PACKED>
 __device__ __forceinline__ void fa_backward_q(float* dq, const float* dout, const float* lse, const float* delta,
                                               const float* q, const float* k, const float* v, int tokens, int heads,
-                                              int kvHeads, const int* starts) {
+                                              int kvHeads, const int* starts, FaRope rot) {
     constexpr int LD = D + 1, E = D / 16, PL = DQ_KEYS + 1;
     extern __shared__ __attribute__((aligned(16))) unsigned char fa_smem[];
     float* qs = (float*)fa_smem;
@@ -908,7 +956,15 @@ __device__ __forceinline__ void fa_backward_q(float* dq, const float* dout, cons
         if (i < tokens) {
             float* row = dq + ((long long)b * tokens + i) * qStride + (long long)h * D;
 #pragma unroll
-            for (int e = 0; e < E; ++e) row[tx + 16 * e] = dqa[a][e] * scale;
+            for (int e = 0; e < E; ++e) dqa[a][e] *= scale;
+            if (rot.cosT) {
+                const long long p = fa_rope_at(rot, b, tokens, i, D);
+#pragma unroll
+                for (int e = 0; e < D / 32; ++e)
+                    fa_unrotate(dqa[a][e], dqa[a][e + D / 32], rot.cosT + p, rot.sinT + p, tx + 16 * e);
+            }
+#pragma unroll
+            for (int e = 0; e < E; ++e) row[tx + 16 * e] = dqa[a][e];
         }
     }
 }
@@ -924,13 +980,17 @@ __device__ __forceinline__ void fa_backward_q(float* dq, const float* dout, cons
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_attention_backward_kv_##NAME(                    \
         T* dk, T* dv, const T* dout, const float* lse, const float* delta, const T* q, const T* k, const T* v,      \
-        int tokens, int heads, int kvHeads, const int* starts) {                                                     \
-        fa_backward_kv<D, PACKED>(dk, dv, dout, lse, delta, q, k, v, tokens, heads, kvHeads, starts);                \
+        int tokens, int heads, int kvHeads, const int* starts, const float* cosT, const float* sinT,                 \
+        const int* positions) {                                                                                      \
+        fa_backward_kv<D, PACKED>(dk, dv, dout, lse, delta, q, k, v, tokens, heads, kvHeads, starts,                 \
+                                  FaRope{cosT, sinT, positions});                                                    \
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_attention_backward_q_##NAME(                     \
         T* dq, const T* dout, const float* lse, const float* delta, const T* q, const T* k, const T* v,             \
-        int tokens, int heads, int kvHeads, const int* starts) {                                                     \
-        fa_backward_q<D, PACKED>(dq, dout, lse, delta, q, k, v, tokens, heads, kvHeads, starts);                     \
+        int tokens, int heads, int kvHeads, const int* starts, const float* cosT, const float* sinT,                 \
+        const int* positions) {                                                                                      \
+        fa_backward_q<D, PACKED>(dq, dout, lse, delta, q, k, v, tokens, heads, kvHeads, starts,                      \
+                                 FaRope{cosT, sinT, positions});                                                     \
     }
 #define FA_KERNELS(D) FA_KERNEL_SET(D, false, d##D) FA_KERNEL_SET(D, true, packed_d##D)
 
