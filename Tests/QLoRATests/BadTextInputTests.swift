@@ -33,7 +33,8 @@ final class BadTextInputTests: XCTestCase {
                 XCTAssertTrue(error.message.contains("invalid UTF-8 in a string: " + words), "\(bytes): \(error)")
             }
         }
-        let texts = ["é", "中文", "😀", "aé中😀z", "\u{7FF}\u{800}\u{FFFF}\u{10000}\u{10FFFF}", "\u{D7FF}\u{E000}"]
+        let texts = ["é", "中文", "😀", "aé中😀z",
+                     "\u{7FF}\u{800}\u{FFFF}\u{10000}\u{10FFFF}", "\u{D7FF}\u{E000}"]
         for text in texts {
             XCTAssertEqual(try JSONValue(parsing: quoted(Array(text.utf8))), .string(text))
             let object = try JSONValue(parsing: Array("{\"\(text)\": \"\(text)\"}".utf8))
