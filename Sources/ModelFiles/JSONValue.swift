@@ -81,7 +81,8 @@ extension JSONValue {
     /// Lenient where Python's `json.loads` is (NaN, Infinity, lone surrogates), strict where a hostile text could
     /// otherwise trap: a `\u` escape needs exactly four hex digits; a surrogate escape that is not half of a
     /// high-low pair becomes U+FFFD (Python keeps it, but a Swift String cannot hold one); arrays and objects nest at
-    /// most 512 deep (`JSONParseError` beyond, naming the byte offset).
+    /// most 512 deep. Strings must be well-formed UTF-8, as Python's decoding of the bytes requires: an invalid
+    /// byte is an error, not a U+FFFD in its place. Each error is a `JSONParseError` naming the byte offset.
     public init(parsing bytes: some Collection<UInt8>) throws {
         var parser = JSONParser(bytes: Array(bytes))
         parser.skipWhitespace()
@@ -198,6 +199,7 @@ private struct JSONParser {
             let c = bytes[index]
             index += 1
             if c == UInt8(ascii: "\"") { break }
+            if c >= 0x80 { try appendMultiByteCharacter(lead: c, into: &out); continue }
             if c != UInt8(ascii: "\\") { out.append(c); continue }
             guard index < bytes.count else { throw error("unterminated escape") }
             let e = bytes[index]
@@ -231,6 +233,56 @@ private struct JSONParser {
             }
         }
         return String(decoding: out, as: UTF8.self)
+    }
+
+    /// The UTF-8 character whose lead byte `lead` (0x80 or above) was just read, at `index - 1`, appended to `out`.
+    /// Anything but a well-formed character is an error at the lead byte's offset: a stray continuation byte, an
+    /// overlong form (C0 AF for "/"), an encoded surrogate (ED A0 80), a value past U+10FFFF (F4 90 ..., F5-FF),
+    /// a character cut off by another byte or the end of the text. Checked as the string is read, not in a second
+    /// pass over the text.
+    mutating func appendMultiByteCharacter(lead: UInt8, into out: inout [UInt8]) throws {
+        let start = index - 1
+        func invalid(_ why: String) -> JSONParseError {
+            JSONParseError(message: "invalid UTF-8 in a string: " + why, offset: start)
+        }
+        var leadText: String { hexByte(lead) }   // only for the messages: not built for each character
+        // How many continuation bytes follow, and the range the first of them must lie in (the rest: 80-BF).
+        var count = 0, low: UInt8 = 0x80, high: UInt8 = 0xBF
+        switch lead {
+        case 0x80...0xBF: throw invalid("byte \(leadText) continues no character")
+        case 0xC0, 0xC1: throw invalid("byte \(leadText) starts an overlong encoding")
+        case 0xC2...0xDF: count = 1
+        case 0xE0: count = 2; low = 0xA0
+        case 0xED: count = 2; high = 0x9F
+        case 0xE1...0xEF: count = 2
+        case 0xF0: count = 3; low = 0x90
+        case 0xF1...0xF3: count = 3
+        case 0xF4: count = 3; high = 0x8F
+        default: throw invalid("byte \(leadText) is never part of UTF-8 (it would start a value past U+10FFFF)")
+        }
+        out.append(lead)
+        for k in 0..<count {
+            guard index < bytes.count else {
+                throw invalid("the \(count + 1)-byte character starting \(leadText) is cut off by the end of the text")
+            }
+            let b = bytes[index]
+            if b < (k == 0 ? low : 0x80) || b > (k == 0 ? high : 0xBF) {
+                if k == 0 && b >= 0x80 && b <= 0xBF {
+                    throw invalid(lead == 0xED ? "\(leadText) \(hexByte(b)) encodes a surrogate (U+D800-U+DFFF)"
+                        : lead == 0xF4 ? "\(leadText) \(hexByte(b)) encodes a value past U+10FFFF"
+                        : "\(leadText) \(hexByte(b)) is an overlong encoding")
+                }
+                throw invalid("the \(count + 1)-byte character starting \(leadText) is cut off by byte "
+                              + "\(hexByte(b)) at offset \(index)")
+            }
+            out.append(b)
+            index += 1
+        }
+    }
+
+    func hexByte(_ b: UInt8) -> String {
+        let h = String(b, radix: 16, uppercase: true)
+        return "0x" + (h.count < 2 ? "0" : "") + h
     }
 
     /// Four hexadecimal digits (exactly: no sign, no fewer).

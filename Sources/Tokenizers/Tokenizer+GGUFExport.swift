@@ -21,7 +21,7 @@ public struct GGUFVocabulary: Sendable, Equatable {
         do { json = try JSONValue(parsing: FileSystem.readBytes(path)) } catch {
             throw reader.error("cannot read it as JSON: \(error)")
         }
-        let parts = try reader.parts(from: json, config: reader.siblingConfig())
+        let parts = try reader.parts(from: json, config: try reader.siblingConfig())
         guard parts.spelling.byteLevel else {
             throw reader.error("only byte-level BPE vocabularies (GPT-2, Llama 3, SmolLM2, Qwen2) are written to GGUF; "
                                + "SentencePiece-style ones are not supported")

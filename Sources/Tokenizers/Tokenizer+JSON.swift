@@ -23,7 +23,7 @@ extension Tokenizer {
             throw TokenizerError(source: path, message: "not valid JSON: \(error)")
         }
         let reader = TokenizerJSONReader(path: path)
-        try self.init(parts: reader.parts(from: json, config: reader.siblingConfig()))
+        try self.init(parts: reader.parts(from: json, config: try reader.siblingConfig()))
     }
 }
 
@@ -34,12 +34,11 @@ struct TokenizerJSONReader {
 
     func error(_ message: String) -> TokenizerError { TokenizerError(source: path, message: message) }
 
-    /// `tokenizer_config.json` beside the file, if it exists and parses; it names the BOS, EOS and padding tokens.
-    func siblingConfig() -> JSONValue? {
+    /// `tokenizer_config.json` beside the file, if there is one; it names the BOS, EOS and padding tokens. One that
+    /// cannot be read or is not a JSON object is an error naming it (`TokenizerConfig.read`).
+    func siblingConfig() throws -> JSONValue? {
         let folder = path.contains("/") ? String(path[..<path.lastIndex(of: "/")!]) : "."
-        let configPath = folder + "/tokenizer_config.json"
-        guard FileSystem.isFile(configPath), let bytes = try? FileSystem.readBytes(configPath) else { return nil }
-        return try? JSONValue(parsing: bytes)
+        return try TokenizerConfig.read(folder: folder)
     }
 
     func parts(from json: JSONValue, config: JSONValue?) throws -> Tokenizer.Parts {

@@ -172,8 +172,8 @@ struct Export: ParsableCommand {
         }
         var m = try GGUFVocabulary(tokenizerJSONPath: path + "/tokenizer.json", vocabularySize: config.vocabSize)
             .metadata
-        if let template = ModelText.chatTemplateText(folder: path) {
-            m.append(("tokenizer.chat_template", .string(template)))
+        if let template = try ModelText.chatTemplateSource(folder: path) {
+            m.append(("tokenizer.chat_template", .string(template.text)))
         }
         return m
     }

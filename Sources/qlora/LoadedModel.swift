@@ -101,7 +101,8 @@ struct ModelText {
             let tokenizer = try Tokenizer(tokenizerJSONPath: path + "/tokenizer.json")
             try checkFits(tokenizer, tokenizerPath: path + "/tokenizer.json",
                           modelVocabulary: (try? LlamaConfig(contentsOf: path))?.vocabSize)
-            return with(tokenizer, template: chatTemplateText(folder: path), origin: chatTemplateOrigin(folder: path))
+            let template = try chatTemplateSource(folder: path)
+            return with(tokenizer, template: template?.text, origin: template?.origin ?? path)
         }
         if path.hasSuffix(".json") {
             return ModelText(tokenizer: try Tokenizer(tokenizerJSONPath: path), chatTemplate: nil)
@@ -151,23 +152,42 @@ struct ModelText {
         }
     }
 
-    /// The chat template text of a Hugging Face folder: tokenizer_config.json's `chat_template`, else
-    /// `chat_template.jinja`, else nil.
-    static func chatTemplateText(folder path: String) -> String? {
-        if let config = try? JSONValue(parsing: FileSystem.readBytes(path + "/tokenizer_config.json")),
-           let template = config["chat_template"]?.stringValue {
-            return template
+    /// The chat template of a Hugging Face folder and the file it came from: tokenizer_config.json's
+    /// `chat_template` (a string, or the "default" of a list of named templates), else `chat_template.jinja`, else
+    /// nil. A tokenizer_config.json that is not a JSON object, a `chat_template` of another form, or a
+    /// chat_template.jinja that is not a regular file of UTF-8 text is an error naming the file: each used to read
+    /// as "no chat template", without a word.
+    static func chatTemplateSource(folder path: String) throws -> (text: String, origin: String)? {
+        let configPath = path + "/tokenizer_config.json"
+        if let config = try TokenizerConfig.read(folder: path),
+           let template = try TokenizerConfig.chatTemplate(in: config, path: configPath) {
+            return (template, configPath)
         }
-        return try? String(contentsOfFile: path + "/chat_template.jinja", encoding: .utf8)
+        let file = path + "/chat_template.jinja"
+        var info = stat()
+        guard lstat(file, &info) == 0 else { return nil }
+        try InputFile.requireRegular(file, what: "the chat template")
+        let bytes = try FileSystem.readBytes(file, limit: JinjaTemplate.maximumSourceBytes)
+        if let at = firstInvalidUTF8(bytes) {
+            throw ModelFileError.invalidConfig(path: file, detail: "the chat template is not UTF-8 text (byte "
+                + String(format: "0x%02X", bytes[at]) + " at offset \(at)); save it as UTF-8")
+        }
+        return (String(decoding: bytes, as: UTF8.self), file)
     }
 
-    /// The file `chatTemplateText(folder:)` reads the template from.
-    static func chatTemplateOrigin(folder path: String) -> String {
-        if let config = try? JSONValue(parsing: FileSystem.readBytes(path + "/tokenizer_config.json")),
-           config["chat_template"]?.stringValue != nil {
-            return path + "/tokenizer_config.json"
+    /// The offset of the first byte of `bytes` that starts no valid UTF-8 character (a cut-off last character
+    /// included), or nil when all of it is UTF-8.
+    static func firstInvalidUTF8(_ bytes: [UInt8]) -> Int? {
+        var decoder = UTF8()
+        var iterator = bytes.makeIterator()
+        var offset = 0
+        while true {
+            switch decoder.decode(&iterator) {
+            case .scalarValue(let scalar): offset += UTF8.width(scalar)
+            case .emptyInput: return nil
+            case .error: return offset
+            }
         }
-        return path + "/chat_template.jinja"
     }
 
     /// Ids that end generation: EOS and the chat format's end-of-turn marker.

@@ -154,40 +154,11 @@ extension ModelOptions {
         return warnings
     }
 
-    /// A model folder's `chat_template.jinja`, where it is the template that would be used (the folder has a
-    /// tokenizer, and tokenizer_config.json names no template): a file that is not a regular file, or not UTF-8
-    /// text, is an error naming it. Each used to read as "no chat template", without a word.
+    /// A model folder's chat template (`ModelText.chatTemplateSource`), checked when the model is opened where the
+    /// folder has a tokenizer to use it with: a broken tokenizer_config.json, or a chat_template.jinja that is not a
+    /// regular file of UTF-8 text, is an error naming it before any work is done.
     static func checkChatTemplateFile(folder: String) throws {
-        let file = folder + "/chat_template.jinja"
-        var info = stat()
-        // No template file, or no tokenizer to use a template with: nothing to check.
-        guard lstat(file, &info) == 0, FileManager.default.fileExists(atPath: folder + "/tokenizer.json") else {
-            return
-        }
-        if let config = try? JSONValue(parsing: FileSystem.readBytes(folder + "/tokenizer_config.json")),
-           config["chat_template"]?.stringValue != nil {
-            return   // tokenizer_config.json's template is the one used
-        }
-        try InputFile.requireRegular(file, what: "the chat template")
-        let bytes = try FileSystem.readBytes(file, limit: JinjaTemplate.maximumSourceBytes)
-        if let at = Self.firstInvalidUTF8(bytes) {
-            throw ModelFileError.invalidConfig(path: file, detail: "the chat template is not UTF-8 text (byte "
-                + String(format: "0x%02X", bytes[at]) + " at offset \(at)); save it as UTF-8")
-        }
-    }
-
-    /// The offset of the first byte of `bytes` that starts no valid UTF-8 character (a cut-off last character
-    /// included), or nil when all of it is UTF-8.
-    static func firstInvalidUTF8(_ bytes: [UInt8]) -> Int? {
-        var decoder = UTF8()
-        var iterator = bytes.makeIterator()
-        var offset = 0
-        while true {
-            switch decoder.decode(&iterator) {
-            case .scalarValue(let scalar): offset += UTF8.width(scalar)
-            case .emptyInput: return nil
-            case .error: return offset
-            }
-        }
+        guard FileManager.default.fileExists(atPath: folder + "/tokenizer.json") else { return }
+        _ = try ModelText.chatTemplateSource(folder: folder)
     }
 }

@@ -1,0 +1,182 @@
+import Foundation
+import ModelFiles
+import Tokenizers
+import XCTest
+
+/// Issue 12, bad text: invalid UTF-8 in JSON strings, a tokenizer_config.json that is not a JSON object, the forms
+/// of its `chat_template`. Each is an error naming the file (and key, or byte offset), never read as absent.
+final class BadTextInputTests: XCTestCase {
+    /// `"` + bytes + `"`: a JSON string holding `bytes` as they are.
+    func quoted(_ bytes: [UInt8]) -> [UInt8] { [0x22] + bytes + [0x22] }
+
+    /// A string with invalid UTF-8 is an error at the offset of the bad character's first byte (it read as a
+    /// U+FFFD in its place); well-formed multi-byte characters still parse, in values and keys alike.
+    func testJSONStringsMustBeUTF8() throws {
+        let cases: [(bytes: [UInt8], offset: Int, words: String)] = [
+            (quoted([0x61, 0x80, 0x62]), 2, "byte 0x80 continues no character"),
+            (quoted([0xC0, 0xAF]), 1, "byte 0xC0 starts an overlong encoding"),
+            (quoted([0xE0, 0x80, 0xAF]), 1, "0xE0 0x80 is an overlong encoding"),
+            (quoted([0xF0, 0x82, 0x82, 0xAC]), 1, "0xF0 0x82 is an overlong encoding"),
+            (quoted([0x78, 0xE4, 0xB8]), 2, "the 3-byte character starting 0xE4 is cut off by byte 0x22 at offset 4"),
+            (quoted([0xC3]), 1, "the 2-byte character starting 0xC3 is cut off by byte 0x22 at offset 2"),
+            ([0x22, 0xF0, 0x9F, 0x98], 1, "the 4-byte character starting 0xF0 is cut off by the end of the text"),
+            (quoted([0xED, 0xA0, 0x80]), 1, "0xED 0xA0 encodes a surrogate"),
+            (quoted([0xF4, 0x90, 0x80, 0x80]), 1, "0xF4 0x90 encodes a value past U+10FFFF"),
+            (quoted([0xF5, 0x80, 0x80, 0x80]), 1, "byte 0xF5 is never part of UTF-8"),
+            (quoted([0xFF]), 1, "byte 0xFF is never part of UTF-8"),
+            (Array(#"{"ok": 1, ""#.utf8) + [0xFE] + Array(#"": 2}"#.utf8), 11, "byte 0xFE is never part of UTF-8"),
+        ]
+        for (bytes, offset, words) in cases {
+            XCTAssertThrowsError(try JSONValue(parsing: bytes), "\(bytes)") { error in
+                guard let error = error as? JSONParseError else { return XCTFail("\(bytes): \(error)") }
+                XCTAssertEqual(error.offset, offset, "\(bytes): \(error)")
+                XCTAssertTrue(error.message.contains("invalid UTF-8 in a string: " + words), "\(bytes): \(error)")
+            }
+        }
+        let texts = ["é", "中文", "😀", "aé中😀z",
+                     "\u{7FF}\u{800}\u{FFFF}\u{10000}\u{10FFFF}", "\u{D7FF}\u{E000}"]
+        for text in texts {
+            XCTAssertEqual(try JSONValue(parsing: quoted(Array(text.utf8))), .string(text))
+            let object = try JSONValue(parsing: Array("{\"\(text)\": \"\(text)\"}".utf8))
+            XCTAssertEqual(object[text], .string(text))
+        }
+        // Surrogate escapes stay as they were: lenient as Python's json, a lone one read as U+FFFD, no trap.
+        XCTAssertEqual(try JSONValue(parsing: #""\ud800x\ud83d\ude00""#), .string("\u{FFFD}x😀"))
+    }
+
+    /// A folder with the test tokenizer and `config` (raw bytes) as its tokenizer_config.json.
+    func modelFolder(config: String?) throws -> String {
+        let folder = try GGUFExportTests.tinyLlamaWithTokenizer(self)
+        try FileManager.default.removeItem(atPath: folder + "/tokenizer_config.json")
+        if let config { try Data(config.utf8).write(to: URL(fileURLWithPath: folder + "/tokenizer_config.json")) }
+        return folder
+    }
+
+    /// A tokenizer_config.json that is not JSON, or not an object, is an error naming it (it was read as absent,
+    /// its BOS/EOS tokens dropped); a missing one is still fine.
+    func testABrokenTokenizerConfigIsAnErrorNamingIt() throws {
+        for (text, words) in [(#"{"bos_token": "<s>","#, "not valid JSON: invalid JSON at byte 20"),
+                              (#"["<s>"]"#, "the top level is an array, expected an object"),
+                              ("", "not valid JSON"), ("\"chat\"", "the top level is a string, expected an object")] {
+            let folder = try modelFolder(config: text)
+            let config = folder + "/tokenizer_config.json"
+            let reads: [() throws -> Void] = [
+                { _ = try Tokenizer(tokenizerJSONPath: folder + "/tokenizer.json") },
+                { _ = try GGUFVocabulary(tokenizerJSONPath: folder + "/tokenizer.json", vocabularySize: 384) },
+                { _ = try TokenizerConfig.read(folder: folder) },
+            ]
+            for read in reads {
+                XCTAssertThrowsError(try read(), text) { error in
+                    XCTAssertEqual((error as? TokenizerError)?.source, config, "\(error)")
+                    XCTAssertTrue("\(error)".contains(words), "\(text): \(error)")
+                }
+            }
+        }
+        let folder = try modelFolder(config: nil)
+        XCTAssertNil(try TokenizerConfig.read(folder: folder))
+        XCTAssertEqual(try Tokenizer(tokenizerJSONPath: folder + "/tokenizer.json").vocabularySize, 384)
+        try FileManager.default.createDirectory(atPath: folder + "/tokenizer_config.json",
+                                                withIntermediateDirectories: false)
+        XCTAssertThrowsError(try TokenizerConfig.read(folder: folder)) { error in
+            XCTAssertTrue("\(error)".contains(folder + "/tokenizer_config.json: cannot read the file"), "\(error)")
+        }
+    }
+
+    /// `chat_template` as a string, as transformers' list of named templates (the "default" one, or the only one),
+    /// or missing/null; anything else is an error naming the key.
+    func testTheFormsOfChatTemplate() throws {
+        func template(_ value: String) throws -> String? {
+            try TokenizerConfig.chatTemplate(in: try JSONValue(parsing: #"{"chat_template": "# + value + "}"),
+                                             path: "m/tokenizer_config.json")
+        }
+        XCTAssertEqual(try template(#""{{ x }}""#), "{{ x }}")
+        XCTAssertNil(try template("null"))
+        XCTAssertNil(try TokenizerConfig.chatTemplate(in: try JSONValue(parsing: "{}"), path: "m"))
+        XCTAssertEqual(try template(#"[{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]"#),
+                       "D")
+        XCTAssertEqual(try template(#"[{"name": "rag", "template": "R"}]"#), "R")
+        let bad: [(String, String)] = [
+            (#"[{"name": "tool_use", "template": "T"}, {"name": "rag", "template": "R"}]"#,
+             #"chat_template lists 2 templates ("tool_use", "rag") and none is named "default""#),
+            ("[]", "chat_template is an empty list"),
+            (#"[{"name": "default", "template": "D"}, "x"]"#, "chat_template[1] is a string, expected {"),
+            (#"[{"name": "default"}]"#, #"chat_template[0] needs a string "name" and a string "template""#),
+            (#"[{"name": 1, "template": "D"}]"#, #"chat_template[0] needs a string "name""#),
+            ("7", "chat_template is a number, expected a string or a list of"),
+            (#"{"default": "D"}"#, "chat_template is an object, expected a string or a list of"),
+        ]
+        for (value, words) in bad {
+            XCTAssertThrowsError(try template(value), value) { error in
+                XCTAssertEqual((error as? TokenizerError)?.source, "m/tokenizer_config.json")
+                XCTAssertTrue("\(error)".contains(words), "\(value): \(error)")
+            }
+        }
+    }
+}
+
+extension BadSettingsTests {
+    /// tokenize reads a model folder's chat template as the other commands do (one reader): a chat_template.jinja
+    /// that is not UTF-8, or a broken tokenizer_config.json, is the same error naming the file (tokenize read the
+    /// first as no template and the second as absent).
+    func testTokenizeReportsABadChatTemplateAsTheOtherCommandsDo() throws {
+        let folder = try GGUFExportTests.tinyLlamaWithTokenizer(self)
+        let input = folder + "/../text.jsonl"
+        try write(#"{"text": "the river"}"# + "\n", input)
+        let (status, _, output) = try run(["tokenize", "--tokenizer", folder, "--input", input])
+        XCTAssertEqual(status, 0, output)
+        XCTAssertTrue(output.contains(#"{"ids": ["#), output)
+
+        try write(#"{"bos_token": "<s>", "eos_token": "</s>"}"#, folder + "/tokenizer_config.json")
+        let template = folder + "/chat_template.jinja"
+        FileManager.default.createFile(atPath: template, contents: Data([0x7B, 0x7B, 0x20, 0xC3, 0x28]))
+        let message = "\(template): the chat template is not UTF-8 text (byte 0xC3 at offset 3)"
+        try expectError(["tokenize", "--tokenizer", folder, "--input", input], [message])
+        try expectError(["eval", "--model", folder, "--data", input], [message])
+
+        try write(#"{"bos_token": "<s>", "#, folder + "/tokenizer_config.json")
+        for command in [["tokenize", "--tokenizer", folder, "--input", input],
+                        ["tokenize", "--tokenizer", folder + "/tokenizer.json", "--input", input],
+                        ["eval", "--model", folder, "--data", input]] {
+            try expectError(command, [folder + "/tokenizer_config.json: not valid JSON: invalid JSON at byte 21"])
+        }
+    }
+
+    /// The list form of chat_template: chat data renders with its "default" entry, export writes that one as the
+    /// GGUF's tokenizer.chat_template, and merge copies tokenizer_config.json as it is.
+    func testTheListFormOfChatTemplateIsUsedByEvalExportAndMerge() throws {
+        let golden = try Shared.requireGolden()
+        let folder = try GGUFExportTests.tinyLlamaWithTokenizer(self)
+        let config: JSONValue = .object([
+            ("bos_token", .string("<s>")), ("eos_token", .string("</s>")),
+            ("chat_template", .array([
+                .object([("name", .string("tool_use")), ("template", .string("{% bad"))]),
+                .object([("name", .string("default")), ("template", .string(GGUFExportTests.chatTemplate))]),
+            ])),
+        ])
+        let configText = config.pythonText(indent: 2)
+        try write(configText, folder + "/tokenizer_config.json")
+        let dir = makeTemporaryDirectory(self)
+        try write(#"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ho"}]}"#
+                  + "\n", dir + "/chat.jsonl")
+        let (status, _, output) = try run(["eval", "--model", folder, "--data", dir + "/chat.jsonl"])
+        XCTAssertEqual(status, 0, output)
+        XCTAssertTrue(output.contains("loss "), output)
+
+        let gguf = dir + "/m.gguf"
+        let (exported, _, exportOutput) = try run(["export", "--model", folder, "--output", gguf, "--check", "never"])
+        XCTAssertEqual(exported, 0, exportOutput)
+        XCTAssertEqual(try GGUFFile(path: gguf).metadata["tokenizer.chat_template"]?.string,
+                       GGUFExportTests.chatTemplate)
+
+        let (merged, _, mergeOutput) = try run(["merge", "--model", folder, "--adapter", golden + "/tiny-adapter",
+                                                "--output", dir + "/merged", "--check", "never"])
+        XCTAssertEqual(merged, 0, mergeOutput)
+        XCTAssertEqual(try String(contentsOfFile: dir + "/merged/tokenizer_config.json", encoding: .utf8), configText)
+
+        // Two entries and none named "default": an error naming the file and the names.
+        try write(configText.replacingOccurrences(of: #""default""#, with: #""rag""#),
+                  folder + "/tokenizer_config.json")
+        try expectError(["eval", "--model", folder, "--data", dir + "/chat.jsonl"],
+                        [folder + "/tokenizer_config.json: chat_template lists 2 templates (\"tool_use\", \"rag\")"])
+    }
+}
