@@ -10,18 +10,7 @@ extension Tokenizer {
     /// else from the post-processor template and the `padding` section, else from the usual names (`<s>`, `</s>`,
     /// `<|begin_of_text|>`, `<|endoftext|>`, ...) when the vocabulary has them.
     public convenience init(tokenizerJSONPath path: String) throws {
-        let bytes: [UInt8]
-        do {
-            bytes = try FileSystem.readBytes(path)
-        } catch {
-            throw TokenizerError(source: path, message: "cannot read the file: \(error)")
-        }
-        let json: JSONValue
-        do {
-            json = try JSONValue(parsing: bytes)
-        } catch {
-            throw TokenizerError(source: path, message: "not valid JSON: \(error)")
-        }
+        let json = try TokenizerConfig.jsonFile(path)
         let reader = TokenizerJSONReader(path: path)
         try self.init(parts: reader.parts(from: json, config: try reader.siblingConfig()))
     }

@@ -14,22 +14,27 @@ public enum TokenizerConfig {
         let path = folder + "/tokenizer_config.json"
         var info = stat()
         guard lstat(path, &info) == 0 else { return nil }
+        let json = try jsonFile(path)
+        guard json.objectValue != nil else {
+            throw TokenizerError(source: path, message: "the top level is \(kind(of: json)), expected an object")
+        }
+        return json
+    }
+
+    /// The JSON text of the file at `path` (tokenizer.json, tokenizer_config.json); a file that cannot be read or
+    /// is not JSON is an error naming it.
+    static func jsonFile(_ path: String) throws -> JSONValue {
         let bytes: [UInt8]
         do {
             bytes = try FileSystem.readBytes(path)
         } catch {
             throw TokenizerError(source: path, message: "cannot read the file: \(error)")
         }
-        let json: JSONValue
         do {
-            json = try JSONValue(parsing: bytes)
+            return try JSONValue(parsing: bytes)
         } catch {
             throw TokenizerError(source: path, message: "not valid JSON: \(error)")
         }
-        guard json.objectValue != nil else {
-            throw TokenizerError(source: path, message: "the top level is \(kind(of: json)), expected an object")
-        }
-        return json
     }
 
     /// The chat template that `config` (read from `path`) names under `chat_template`: a string, or transformers'
