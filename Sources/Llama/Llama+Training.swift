@@ -38,10 +38,11 @@ struct LayerActivations {
 
 extension LlamaModel {
     /// Checks a micro-batch before a step reads it: `batch` rows of `tokens` positions (at least one of each, at most
-    /// `max_position_embeddings` positions), every input id a token of the vocabulary, every label one too or −100
-    /// (ignored). `step` reads the embedding and the logits at these indices, so this is what keeps bad data an
-    /// error, not an out-of-bounds read; `CPUTrainingEngine` and the GPU step call it first.
-    public static func checkBatch(inputIds: [Int], labels: [Int], batch: Int, tokens: Int,
+    /// `max_position_embeddings` positions: a row's length, or with packed documents their `positions`, which
+    /// `checkPositions` checks), every input id a token of the vocabulary, every label one too or −100 (ignored).
+    /// `step` reads the embedding and the logits at these indices, so this is what keeps bad data an error, not an
+    /// out-of-bounds read; `CPUTrainingEngine` and the GPU step call it first.
+    public static func checkBatch(inputIds: [Int], labels: [Int], positions: [Int]? = nil, batch: Int, tokens: Int,
                                   config: LlamaConfig) throws {
         guard batch > 0, tokens > 0 else { throw ModelError("a micro-batch of \(batch) × \(tokens) tokens is empty") }
         let (n, overflow) = batch.multipliedReportingOverflow(by: tokens)
@@ -49,8 +50,10 @@ extension LlamaModel {
             throw ModelError("a micro-batch of \(batch) × \(tokens) tokens has \(inputIds.count) input ids and " +
                 "\(labels.count) labels")
         }
-        guard tokens <= config.maxPositionEmbeddings else {
-            throw ModelError("a sequence of \(tokens) tokens is longer than max_position_embeddings " +
+        try checkPositions(positions, batch: batch, tokens: tokens)
+        let longest = positions.map { ($0.max() ?? -1) + 1 } ?? tokens
+        guard longest <= config.maxPositionEmbeddings else {
+            throw ModelError("a sequence of \(longest) tokens is longer than max_position_embeddings " +
                 "(\(config.maxPositionEmbeddings))")
         }
         let vocab = config.vocabSize

@@ -29,12 +29,27 @@ public struct DatasetError: Error, CustomStringConvertible {
 /// Batching of tokenized examples.
 public enum TokenizedDataset {
     /// Right-pads a batch to its longest sequence (pad id `padId`, label −100): causal attention means real tokens
-    /// never see the padding, and padded positions take no loss.
-    public static func collate(_ batch: [TokenizedExample], padId: Int = 0)
-        -> (ids: [Int], labels: [Int], tokens: Int, positions: [Int]?) {
+    /// never see the padding, and padded positions take no loss. Returns the rows (the batch size) and the tokens a
+    /// row. `paddingFree` (TRL's padding_free) instead puts the examples one after the other in a single row, each
+    /// a document of its own (its positions from 0, attention inside it, its first token no target of the one
+    /// before): the same loss and gradients as the padded batch, with no padding computed. Examples packed already
+    /// (with positions) are padded, since their rows are full.
+    public static func collate(_ batch: [TokenizedExample], padId: Int = 0, paddingFree: Bool = false)
+        -> (ids: [Int], labels: [Int], rows: Int, tokens: Int, positions: [Int]?) {
+        let packed = batch.contains { $0.positions != nil }
+        if paddingFree && !packed {
+            var ids: [Int] = [], labels: [Int] = [], positions: [Int] = []
+            for e in batch {
+                ids += e.inputIds
+                // A label at a document's first token would be the previous document's last target: never read in
+                // a padded row, ignored here.
+                labels += [-100] + e.labels.dropFirst()
+                positions += 0..<e.inputIds.count
+            }
+            return (ids, labels, 1, ids.count, positions)
+        }
         let t = batch.map(\.inputIds.count).max()!
         var ids: [Int] = [], labels: [Int] = [], positions: [Int] = []
-        let packed = batch.contains { $0.positions != nil }
         for e in batch {
             ids += e.inputIds + [Int](repeating: padId, count: t - e.inputIds.count)
             labels += e.labels + [Int](repeating: -100, count: t - e.labels.count)
@@ -44,6 +59,6 @@ public enum TokenizedDataset {
                 positions += own + (0..<(t - own.count)).map { (own.last ?? -1) + 1 + $0 }
             }
         }
-        return (ids, labels, t, packed ? positions : nil)
+        return (ids, labels, batch.count, t, packed ? positions : nil)
     }
 }

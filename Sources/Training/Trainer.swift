@@ -77,6 +77,10 @@ public struct TrainingConfig: Sendable {
     public var shuffle = true
     /// gradient_checkpointing
     public var gradientCheckpointing = false
+    /// padding_free (TRL's SFTConfig): each micro-batch's examples in one row, one after the other, instead of
+    /// padded rows (`TokenizedDataset.collate`): the same loss and gradients, no padding computed (the dropout
+    /// masks are drawn for the row layout, so they differ from the padded batch's).
+    public var paddingFree = false
     /// Defaults as above.
     public init() {}
 
@@ -360,9 +364,11 @@ public struct Trainer {
         }
         while step < end {
             let epochsBefore = completedEpochs()
-            let micro = (0..<config.gradientAccumulationSteps).map { _ in TokenizedDataset.collate(nextMicroBatch()) }
+            let micro = (0..<config.gradientAccumulationSteps).map { _ in
+                TokenizedDataset.collate(nextMicroBatch(), paddingFree: config.paddingFree)
+            }
             var targetCount = micro.reduce(0) { total, b in
-                total + (0..<config.batchSize).reduce(0) { sum, row in
+                total + (0..<b.rows).reduce(0) { sum, row in
                     sum + (1..<b.tokens).filter { b.labels[row * b.tokens + $0] != -100 }.count
                 }
             }
@@ -370,7 +376,7 @@ public struct Trainer {
             var lossTotal = 0.0, stepTokens = 0
             for b in micro {
                 let r = try engine.accumulateGradients(inputIds: b.ids, labels: b.labels, positions: b.positions,
-                                                       batch: config.batchSize, tokens: b.tokens, rng: &rng,
+                                                       batch: b.rows, tokens: b.tokens, rng: &rng,
                                                        checkpointing: config.gradientCheckpointing,
                                                        gradientScale: 1 / Float(max(1, targetCount)))
                 lossTotal += r.loss * Double(r.tokenCount)
@@ -476,17 +482,17 @@ public struct Trainer {
                              + "(\(kept)). Try a lower --learning-rate or --max-grad-norm.")
     }
 
-    /// Mean token loss of `examples` on `engine` (no dropout, no gradients), batched by `batchSize`.
-    public static func evaluate(engine: TrainingEngine, examples: [TokenizedExample],
-                                batchSize: Int) throws -> (loss: Double, tokens: Int) {
+    /// Mean token loss of `examples` on `engine` (no dropout, no gradients), batched by `batchSize` (padding-free
+    /// batches as `TokenizedDataset.collate` makes them when `paddingFree`: the same loss).
+    public static func evaluate(engine: TrainingEngine, examples: [TokenizedExample], batchSize: Int,
+                                paddingFree: Bool = false) throws -> (loss: Double, tokens: Int) {
         guard batchSize >= 1 else { throw TrainingError(description: "the evaluation batch size is \(batchSize): it " +
             "must be at least 1") }
         var total = 0.0, count = 0
         for start in stride(from: 0, to: examples.count, by: batchSize) {
             let batch = Array(examples[start..<min(examples.count, start + batchSize)])
-            let (ids, labels, tokens, positions) = TokenizedDataset.collate(batch)
-            let r = try engine.loss(inputIds: ids, labels: labels, positions: positions, batch: batch.count,
-                                    tokens: tokens)
+            let (ids, labels, rows, tokens, positions) = TokenizedDataset.collate(batch, paddingFree: paddingFree)
+            let r = try engine.loss(inputIds: ids, labels: labels, positions: positions, batch: rows, tokens: tokens)
             total += r.loss * Double(r.tokenCount)
             count += r.tokenCount
         }

@@ -125,9 +125,8 @@ public final class CPUTrainingEngine: TrainingEngine {
     public func accumulateGradients(inputIds: [Int], labels: [Int], positions: [Int]?, batch: Int, tokens: Int,
                                     rng: inout SeededGenerator, checkpointing: Bool,
                                     gradientScale: Float) throws -> (loss: Double, tokenCount: Int) {
-        try LlamaModel.checkBatch(inputIds: inputIds, labels: labels, batch: batch, tokens: tokens,
-            config: model.config)
-        try LlamaModel.checkPositions(positions, batch: batch, tokens: tokens)
+        try LlamaModel.checkBatch(inputIds: inputIds, labels: labels, positions: positions, batch: batch,
+                                  tokens: tokens, config: model.config)
         let r = model.step(inputIds: inputIds, labels: labels, positions: positions, batch: batch, tokens: tokens,
                            rng: &rng, checkpointing: checkpointing, gradientScale: gradientScale)
         for (k, g) in r.gradients {
@@ -162,9 +161,8 @@ public final class CPUTrainingEngine: TrainingEngine {
     /// `LlamaModel.step` without dropout or gradients.
     public func loss(inputIds: [Int], labels: [Int], positions: [Int]?, batch: Int,
                      tokens: Int) throws -> (loss: Double, tokenCount: Int) {
-        try LlamaModel.checkBatch(inputIds: inputIds, labels: labels, batch: batch, tokens: tokens,
-            config: model.config)
-        try LlamaModel.checkPositions(positions, batch: batch, tokens: tokens)
+        try LlamaModel.checkBatch(inputIds: inputIds, labels: labels, positions: positions, batch: batch,
+                                  tokens: tokens, config: model.config)
         var rng = SeededGenerator(seed: 0)   // unused: no dropout outside training
         let r = model.step(inputIds: inputIds, labels: labels, positions: positions, batch: batch, tokens: tokens,
                            withGradients: false, training: false, rng: &rng)

@@ -78,6 +78,9 @@ struct Train: ParsableCommand {
     var seed: UInt64?
     @Flag(help: "Recompute each layer's activations in the backward pass (less memory, same numbers).")
     var gradientCheckpointing = false
+    @Flag(help: ArgumentHelp("Put each micro-batch's examples in one row, each its own document, instead of padding "
+                             + "them to the longest (TRL's padding_free): the same loss, no padding computed."))
+    var paddingFree = false
     @Option(help: """
         On a GPU, keep gradient checkpoints in pinned host memory (true, the default) \
         or on the GPU (false).
@@ -192,6 +195,7 @@ struct Train: ParsableCommand {
         } ?? settings.seed
         settings.shuffle = try !noShuffle && (recipe.bool("shuffle") ?? true)
         settings.gradientCheckpointing = try gradientCheckpointing || (recipe.bool("gradient_checkpointing") ?? false)
+        settings.paddingFree = try paddingFree || (recipe.bool("padding_free") ?? false)
         // Every setting checked here, once, after flags and recipe are merged, before anything is loaded or written.
         try settings.validate()
         let split = try validationSplit ?? recipe.double("validation_split")
@@ -373,7 +377,11 @@ struct Train: ParsableCommand {
                                                                      settings.learningRate(atStep: step - 1, totalSteps: total), rate))
         }
         if !validation.isEmpty {
-            callbacks.evaluate = { engine in try Trainer.evaluate(engine: engine, examples: validation, batchSize: evalBatch).loss }
+            let paddingFree = settings.paddingFree
+            callbacks.evaluate = { engine in
+                try Trainer.evaluate(engine: engine, examples: validation, batchSize: evalBatch,
+                                     paddingFree: paddingFree).loss
+            }
         }
         let limit = settings.saveTotalLimit
         callbacks.save = { t in try Checkpoint.save(t, outputDirectory: output, limit: limit) }
@@ -448,6 +456,9 @@ extension Train {
             say(evalSteps != nil || recipe.sets("eval_steps") ? "--eval-steps" : "--eval-strategy",
                 evalSteps != nil || recipe.sets("eval_steps") ? "eval_steps" : "eval_strategy",
                 "there is no validation data (give --eval-data or --validation-split)")
+        }
+        if settings.paddingFree, try dataOptions.packing || (recipe.bool("packing") ?? false) {
+            say("--padding-free", "padding_free", "--packing makes full rows, with no padding to leave out")
         }
         let onGPU = modelOptions.usesGPU || parallel.devices != nil || DataParallelOptions.worker != nil
         if given(offloadCheckpoints, "offload_checkpoints") {

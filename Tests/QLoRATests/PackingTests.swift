@@ -60,4 +60,57 @@ final class PackingTests: XCTestCase {
         XCTAssertThrowsError(try LlamaModel.checkPositions([0, 1, 3], batch: 1, tokens: 3))
         XCTAssertThrowsError(try LlamaModel.checkPositions([1, 2, 3], batch: 1, tokens: 3))
     }
+
+    /// Padding-free batches (`collate(paddingFree:)`): three examples of different lengths in one row give the
+    /// padded batch's loss and gradients (no dropout, fp32), through the training engine as the trainer calls it,
+    /// including a packed row longer than max_position_embeddings whose documents are not.
+    func testPaddingFreeEqualsPadded() throws {
+        let golden = try Shared.requireGolden()
+        let ref = try SafeTensorsFile(path: golden + "/qlora.safetensors")
+        let ids = try ref.tensor(named: "train_batches").integers()
+        let examples = [Array(ids[0..<7]), Array(ids[32..<41]), Array(ids[64..<68])].map {
+            TokenizedExample(inputIds: $0, labels: [-100, -100] + $0.dropFirst(2))
+        }
+        let free = TokenizedDataset.collate(examples, paddingFree: true)
+        XCTAssertEqual(free.rows, 1)
+        XCTAssertEqual(free.tokens, 20)
+        XCTAssertEqual(free.positions, Array(0..<7) + Array(0..<9) + Array(0..<4))
+        XCTAssertEqual(free.labels[7], -100)   // the second document's first token: no target of the first's last
+        let padded = TokenizedDataset.collate(examples)
+        XCTAssertEqual(padded.rows, 3)
+        XCTAssertNil(padded.positions)
+        var lora = LoRAConfig()
+        lora.targetModules = ["all-linear"]
+        let model = try LlamaModel.load(directory: golden + "/tiny-llama", lora: lora, seed: 5)
+        var rng = SeededGenerator(seed: 9)
+        for (key, w) in model.adapters {
+            model.adapters[key]!.b = w.b.map { _ in (rng.nextUniform() - 0.5) * 0.1 }
+        }
+        var r1 = SeededGenerator(seed: 1), r2 = SeededGenerator(seed: 1)
+        let one = model.step(inputIds: free.ids, labels: free.labels, positions: free.positions, batch: free.rows,
+                             tokens: free.tokens, rng: &r1, gradientScale: 1)
+        let three = model.step(inputIds: padded.ids, labels: padded.labels, batch: padded.rows,
+                               tokens: padded.tokens, rng: &r2, gradientScale: 1)
+        XCTAssertEqual(one.tokenCount, three.tokenCount)
+        XCTAssertEqual(one.loss, three.loss, accuracy: 1e-5)
+        for (key, g) in three.gradients {
+            let p = one.gradients[key]!
+            for (x, y) in [(p.a, g.a), (p.b, g.b)] {
+                let num = zip(x, y).reduce(0.0) { $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1) }
+                let den = y.reduce(0.0) { $0 + Double($1) * Double($1) }
+                XCTAssertLessThan((num / max(den, 1e-30)).squareRoot(), 1e-5, key)
+            }
+        }
+        // The row is checked by its documents' positions, not its length.
+        var config = model.config
+        config.maxPositionEmbeddings = 10
+        XCTAssertNoThrow(try LlamaModel.checkBatch(inputIds: free.ids, labels: free.labels, positions: free.positions,
+                                                   batch: 1, tokens: free.tokens, config: config))
+        XCTAssertThrowsError(try LlamaModel.checkBatch(inputIds: free.ids, labels: free.labels, batch: 1,
+                                                       tokens: free.tokens, config: config))
+        config.maxPositionEmbeddings = 8
+        XCTAssertThrowsError(try LlamaModel.checkBatch(inputIds: free.ids, labels: free.labels,
+                                                       positions: free.positions, batch: 1, tokens: free.tokens,
+                                                       config: config))
+    }
 }
