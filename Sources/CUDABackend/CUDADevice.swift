@@ -137,9 +137,13 @@ public final class CUDADevice: @unchecked Sendable {
     /// Bytes held from the driver (live or cached).
     public var reservedBytes: Int { pool.reservedBytes }
     var workspace: DeviceBuffer? = nil
-    /// With a profile, every kernel and product waits for the GPU before and after, and its time is added under its
-    /// kernel file ("kernel:attention") or product label ("gemm:base"): a breakdown of the step, slower than a real run.
-    public var profile: [String: (seconds: Double, calls: Int)]? = nil
+    /// While a profile runs (`startProfile` … `profileTable`), every kernel and product is bracketed by two timing
+    /// events on the stream, labelled by its kernel file and name ("kernel:norm/rmsnorm_forward") or product label
+    /// ("gemm:base"). The host never waits for them: the step runs as it does unprofiled.
+    var profileMarks: [(label: String, start: Int, end: Int)]? = nil
+    /// Timing events, reused from one profile to the next; `profileEventsUsed` of them hold this profile's marks.
+    var profileEvents: [UnsafeMutableRawPointer?] = []
+    var profileEventsUsed = 0
     /// What the next products are, for the profile ("base", "lora", "attention", "lm_head").
     public var gemmLabel = "other"
     var gemmPlans: [GemmKey: GemmPlan] = [:]
@@ -444,27 +448,79 @@ public final class CUDADevice: @unchecked Sendable {
         if Self.synchronizesEveryCall { try synchronize() }
     }
 
-    func profileStart() throws -> Date? {
-        guard profile != nil else { return nil }
-        try synchronize()
-        return Date()
+    /// Starts a profile: what is queued from now on is timed (see `profileMarks`).
+    public func startProfile() throws {
+        guard !isVirtual else { return }
+        profileMarks = []
+        profileEventsUsed = 0
+        _ = try profileEvent()   // event 0: the profile's start on the GPU's clock
     }
 
-    func profileEnd(_ label: String, _ started: Date) {
-        _ = try? synchronize()
-        let t = profile?[label] ?? (0, 0)
-        profile?[label] = (t.seconds + Date().timeIntervalSince(started), t.calls + 1)
-    }
-
-    /// The profile as a table, longest first.
-    public func profileTable() -> String {
-        let rows = (profile ?? [:]).sorted { $0.value.seconds > $1.value.seconds }
-        let total = rows.reduce(0) { $0 + $1.value.seconds }
-        var out = "| kernel or product | seconds | share | calls |\n| --- | ---: | ---: | ---: |\n"
-        for (label, t) in rows {
-            out += String(format: "| %@ | %.4f | %.1f%% | %d |\n", label, t.seconds, 100 * t.seconds / max(total, 1e-12), t.calls)
+    /// Records the next timing event on the stream and returns its index.
+    func profileEvent() throws -> Int {
+        if profileEventsUsed == profileEvents.count {
+            var e: UnsafeMutableRawPointer? = nil
+            try driver.check(driver.cuEventCreate(&e, 0), "cuEventCreate (profile)")
+            profileEvents.append(e)
         }
-        return out + String(format: "| total | %.4f | | |\n", total)
+        try driver.check(driver.cuEventRecord(profileEvents[profileEventsUsed], stream), "cuEventRecord (profile)")
+        profileEventsUsed += 1
+        return profileEventsUsed - 1
+    }
+
+    func profileStart() throws -> Int? {
+        guard profileMarks != nil else { return nil }
+        return try profileEvent()
+    }
+
+    func profileEnd(_ label: String, _ start: Int) {
+        guard let end = try? profileEvent() else { return }
+        profileMarks?.append((label, start, end))
+    }
+
+    /// Ends the profile (waiting for the GPU) and returns it as a table, longest first: each label's GPU time and
+    /// calls, then the GPU's idle time between them (waits for copies or for the host, memsets, launch gaps), so
+    /// that the rows add up to the GPU's wall time from `startProfile` to now; then the longest idle stretches by
+    /// what ran before and after them.
+    public func profileTable() throws -> String {
+        guard let marks = profileMarks else { return "" }
+        profileMarks = nil
+        let last = try profileEvent()
+        try synchronize()
+        func seconds(_ a: Int, _ b: Int) throws -> Double {
+            var ms: Float = 0
+            try driver.check(driver.cuEventElapsedTime(&ms, profileEvents[a], profileEvents[b]), "cuEventElapsedTime")
+            return Double(ms) / 1000
+        }
+        var rows: [String: (seconds: Double, calls: Int)] = [:]
+        var idle: [String: (seconds: Double, calls: Int)] = [:]
+        var previous = (label: "start", end: 0)
+        for m in marks + [(label: "end", start: last, end: last)] {
+            let gap = try seconds(previous.end, m.start)
+            let key = "\(previous.label) → \(m.label)"
+            let g = idle[key] ?? (0, 0)
+            idle[key] = (g.seconds + gap, g.calls + 1)
+            if m.label != "end" {
+                let t = rows[m.label] ?? (0, 0)
+                rows[m.label] = (t.seconds + (try seconds(m.start, m.end)), t.calls + 1)
+            }
+            previous = (m.label, m.end)
+        }
+        let wall = try seconds(0, last)
+        let idleTotal = idle.values.reduce(0) { $0 + $1.seconds }
+        rows["idle (between kernels)"] = (idleTotal, idle.values.reduce(0) { $0 + $1.calls })
+        func table(_ title: String, _ rows: [String: (seconds: Double, calls: Int)], limit: Int) -> String {
+            var out = "| \(title) | seconds | share | calls |\n| --- | ---: | ---: | ---: |\n"
+            for (label, t) in rows.sorted(by: { $0.value.seconds > $1.value.seconds }).prefix(limit) {
+                out += String(format: "| %@ | %.4f | %.1f%% | %d |\n", label, t.seconds,
+                              100 * t.seconds / max(wall, 1e-12), t.calls)
+            }
+            return out
+        }
+        let sum = rows.values.reduce(0) { $0 + $1.seconds }
+        return table("kernel or product", rows, limit: rows.count)
+            + String(format: "| total (GPU wall time %.4f s) | %.4f | | |\n\n", wall, sum)
+            + table("idle stretch, after → before", idle, limit: 12)
     }
 
     func function(_ source: KernelSource, _ name: String, bf16: Bool) throws -> UnsafeMutableRawPointer? {

@@ -165,12 +165,44 @@ extension CUDADevice {
     public func loraInputGradient(_ dx: DeviceBuffer, dz: DeviceBuffer, a: DeviceBuffer, rows: Int, k: Int, r: Int,
                                   keep: Float, seed: UInt64, accumulate: Bool = true) throws {
         try Self.checkLoRA("loraInputGradient", rows: rows, k: k, r: r, [(dx, rows * k), (dz, rows * r), (a, r * k)])
-        // bf16: tensor cores, 128 rows × 256 columns a block of 128 threads; float32: FMAs, 32 × 256, 256 threads.
-        let bf16 = dx.dtype == .bf16, rowsPerBlock = bf16 ? 128 : 32
+        // bf16: tensor cores, 4 row tiles (64 rows) × 256 columns a block of 128 threads (more blocks than 8 tiles
+        // make: fewer idle SMs in the last wave); float32: FMAs, 32 × 256, 256 threads.
+        let bf16 = dx.dtype == .bf16, tiles = 4, rowsPerBlock = bf16 ? 16 * tiles : 32
         try launch(.lora, "lora_dx", bf16: bf16, grid: ((k + 255) / 256, (rows + rowsPerBlock - 1) / rowsPerBlock, 1),
                    block: bf16 ? 128 : 256, sharedBytes: 0,
                    [.buffer(dx), .buffer(dz), .buffer(a), .int(rows), .int(k), .int(r), .float(keep), .uint64(seed),
-                    .int(accumulate ? 1 : 0)])
+                    .int(accumulate ? 1 : 0)] + (bf16 ? [.int(tiles)] : []))
+    }
+
+    /// Whether `loraUpGradient` takes dy of this type and width (bf16, a multiple of 8 columns; else two products).
+    public static func loraUpGradientApplies(_ dtype: GPUDType, out: Int) -> Bool { dtype == .bf16 && out % 8 == 0 }
+
+    /// The up projection's two gradients from one read of dy (rows, out): gradB (out, r, float32) += dyᵀ z and
+    /// dz (rows, r) = scale · dy B, with z (rows, r; rows `ldz` apart from element `zAt` on) holding the LoRA scale
+    /// already and B (out, r). The rows are summed in slices of 256 and the columns in strips of 512 into scratch
+    /// buffers, which are then added in order (the same result on every run).
+    public func loraUpGradient(gradB: DeviceBuffer, dz: DeviceBuffer, dy: DeviceBuffer, z: DeviceBuffer, zAt: Int,
+                               ldz: Int, b: DeviceBuffer, rows: Int, out: Int, r: Int, scale: Float) throws {
+        guard rows > 0 else { return }
+        try Self.checkLoRA("loraUpGradient", rows: rows, k: out, r: r,
+                           [(dy, rows * out), (z, zAt + Self.extent(rows, ldz, r)), (b, out * r), (dz, rows * r)])
+        guard Self.loraUpGradientApplies(dy.dtype, out: out), ldz >= r, zAt >= 0 else {
+            throw CUDAError.invalidArgument("loraUpGradient: \(dy.dtype.rawValue) dy of width \(out), z's row stride " +
+                                            "\(ldz) (bf16, a multiple of 8 columns and a stride ≥ r are needed)")
+        }
+        precondition(gradB.dtype == .f32 && gradB.count >= out * r, "loraUpGradient: gradB must be f32 (out × r)")
+        let slices = (rows + 255) / 256, strips = (out + 511) / 512   // UP_ROWS, UP_COLS in lora.cu
+        let partialB = try allocate(slices * out * r, .f32), partialZ = try allocate(strips * rows * r, .f32)
+        // UP_SHARED: two chunks of 32 × 520 and zᵀ 16 × 264 (bf16), and 8 warps' 32 × 16 float32 sums.
+        let sharedBytes = 2 * (2 * 32 * 520 + 16 * 264) + 4 * 8 * 32 * 16
+        try launch(.lora, "lora_up_grad", bf16: true, grid: (strips, slices, (r + 15) / 16), block: 256,
+                   sharedBytes: sharedBytes,
+                   [.buffer(partialB), .buffer(partialZ), .buffer(dy), .address(z.address(at: zAt)), .buffer(b),
+                    .int(rows), .int(out), .int(r), .int(ldz)])
+        try launch(.lora, "lora_down_reduce", grid: Self.blocks(out * r), block: 256,
+                   [.buffer(gradB), .buffer(partialB), .int(slices), .long(out * r), .float(1)])
+        try launch(.lora, "lora_dz_reduce", bf16: true, grid: Self.blocks(rows * r), block: 256,
+                   [.buffer(dz), .buffer(partialZ), .int(strips), .long(rows * r), .float(scale)])
     }
 
     static func checkLoRA(_ name: String, rows: Int, k: Int, r: Int, _ buffers: [(DeviceBuffer, Int)]) throws {

@@ -24,23 +24,27 @@ struct GPUDecoding {
 
 /// Where an offloaded layer's tensors sit in its pinned host buffer (byte offsets, each a multiple of 256): the layer
 /// input x and, so that the recompute can skip attention and the output projection's base product, the attention
-/// output, its log-sum-exp and xMid = x + o_proj(attention). The recompute then redoes only q, k, v, the MLP's gate
-/// and up, and the adapters' z.
+/// output, its log-sum-exp and xMid = x + o_proj(attention); and the keys (after RoPE) and values, so that it skips
+/// the k and v projections' base products too. The recompute then redoes only q, the MLP's gate and up, and the
+/// adapters' inputs.
 struct OffloadLayout {
-    enum Tensor { case x, attention, lse, xMid }
-    let x: Int, attention: Int, lse: Int, xMid: Int, bytes: Int
-    let hiddenCount: Int, attentionCount: Int, lseCount: Int
+    enum Tensor { case x, attention, lse, xMid, keys, values }
+    let x: Int, attention: Int, lse: Int, xMid: Int, keys: Int, values: Int, bytes: Int
+    let hiddenCount: Int, attentionCount: Int, lseCount: Int, keyCount: Int
     init(config: LlamaConfig, batch: Int, tokens: Int, dtype: GPUDType) {
         let n = batch * tokens
         hiddenCount = n * config.hiddenSize
         attentionCount = n * config.headCount * config.headDim
         lseCount = batch * config.headCount * tokens
+        keyCount = n * config.kvHeadCount * config.headDim
         func rounded(_ b: Int) -> Int { (b + 255) / 256 * 256 }
         x = 0
         attention = rounded(hiddenCount * dtype.size)
         lse = attention + rounded(attentionCount * dtype.size)
         xMid = lse + rounded(lseCount * 4)
-        bytes = xMid + hiddenCount * dtype.size
+        keys = xMid + rounded(hiddenCount * dtype.size)
+        values = keys + rounded(keyCount * dtype.size)
+        bytes = values + keyCount * dtype.size
     }
     func offset(_ t: Tensor) -> Int {
         switch t {
@@ -48,6 +52,8 @@ struct OffloadLayout {
         case .attention: return attention
         case .lse: return lse
         case .xMid: return xMid
+        case .keys: return keys
+        case .values: return values
         }
     }
 }
@@ -92,8 +98,8 @@ extension CUDALlama {
                      gradientScale: Float? = nil, keepLogits: Bool = false) throws -> GPUStepResult {
         // Sizes, positions, ids and labels, by the CPU step's rule: an id or label outside the vocabulary would
         // make the embedding and loss kernels read or write out of bounds.
-        try LlamaModel.checkBatch(inputIds: inputIds, labels: labels, batch: batch, tokens: tokens, config: config)
-        try LlamaModel.checkPositions(positions, batch: batch, tokens: tokens)
+        try LlamaModel.checkBatch(inputIds: inputIds, labels: labels, positions: positions, batch: batch,
+                                  tokens: tokens, config: config)
         try ensureRope(tokens)
         let packing = try positions.map {
             try GPUPacking(LlamaModel.PackedLayout(positions: $0, batch: batch, tokens: tokens), device: device)
@@ -138,6 +144,15 @@ extension CUDALlama {
             return GPULayerActivations(x: try device.copyFromHostAsync(hostCheckpoints[l], at: layout.x,
                                                                        count: layout.hiddenCount, dtype).0)
         }
+        // Its keys and values once its MLP's activations are released (they take less room), to be in by the
+        // attention's backward.
+        func fetchKeysAndValues(_ l: Int, into act: GPULayerActivations) throws -> GPUEvent {
+            let host = hostCheckpoints[l]
+            act.k = try device.copyFromHostAsync(host, at: layout.keys, count: layout.keyCount, dtype).0
+            let (v, ready) = try device.copyFromHostAsync(host, at: layout.values, count: layout.keyCount, dtype)
+            act.v = v
+            return ready
+        }
         func fetchRest(_ l: Int, into act: GPULayerActivations?) throws -> GPUEvent? {
             guard let act else { return nil }
             let host = hostCheckpoints[l]
@@ -160,8 +175,10 @@ extension CUDALlama {
                 act = saved[l]!
                 saved[l] = nil
             }
-            // A restored layer recomputes its MLP half first and its attention half after the MLP's backward.
-            let restored = act.attention != nil
+            // A layer restored from host memory recomputes its MLP half first and its attention half after the
+            // MLP's backward (without checkpointing every layer keeps its attention output on the GPU).
+            let restored = offload && act.attention != nil
+            var keysAndValues: GPUEvent? = nil
             func recompute(_ part: LayerPart) throws {
                 _ = try layerForward(l, act.x, batch: batch, tokens: tokens, packing: packing, training: training,
                                      seed: seed, saving: act, keeps: true, recomputing: true, part: part,
@@ -169,9 +186,15 @@ extension CUDALlama {
             }
             if checkpointing { try recompute(restored ? .mlp : .all) }
             dx = try layerBackward(l, dx, act, batch: batch, tokens: tokens, packing: packing, training: training,
-                                   seed: seed) {
-                ready = try fetchRest(l - 1, into: next)
-                if checkpointing && restored { try recompute(.attention) }
+                                   seed: seed) { point in
+                switch point {
+                case .mlpActivationsReleased:
+                    if restored { keysAndValues = try fetchKeysAndValues(l, into: act) }
+                case .mlpDone:
+                    ready = try fetchRest(l - 1, into: next)
+                    if checkpointing && restored { try recompute(.attention) }
+                    if let keysAndValues { try device.wait(for: keysAndValues, on: .compute) }
+                }
             }
             if !savedZ.isEmpty { savedZ[l].z = [:] }
         }
@@ -264,6 +287,7 @@ extension CUDALlama {
         // alone does not read).
         let restored = recomputing && act.attention != nil && act.lse != nil
             && (act.xMid != nil || part == .attention)
+        let keysAndValuesRestored = restored && act.k != nil && act.v != nil   // after RoPE, from host memory
         var z: [String: GPUMatrix] = [:]   // the adapters' z of the projections about to run
         func down(_ names: [String], _ input: DeviceBuffer, ld: Int? = nil) throws {
             let x = GPUMatrix(buffer: input, ld: ld ?? input.count / n)
@@ -290,14 +314,23 @@ extension CUDALlama {
             try device.rmsNormForward(act.h1, act.rstd1, x, layer.inputNorm, rows: n, width: c, eps: eps, ldy: ld1)
             try down(qkv, act.h1, ld: ld1)
             act.q = try project("q_proj", act.h1, ld: ld1)!
-            act.k = try project("k_proj", act.h1, ld: ld1)!
-            act.v = try project("v_proj", act.h1, ld: ld1)!
+            if keysAndValuesRestored {   // the adapters' inputs only
+                _ = try project("k_proj", act.h1, ld: ld1, output: false)
+                _ = try project("v_proj", act.h1, ld: ld1, output: false)
+            } else {
+                act.k = try project("k_proj", act.h1, ld: ld1)!
+                act.v = try project("v_proj", act.h1, ld: ld1)!
+            }
             if !keeps { act.h1 = nil; act.rstd1 = nil }
             let positions = decoding?.lengths != nil ? decoding?.at : packing?.positions
             try device.rope(act.q, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: h, headDim: d,
                             positions: positions)
-            try device.rope(act.k, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: hkv, headDim: d,
-                            positions: positions)
+            if !keysAndValuesRestored {
+                try device.rope(act.k, cos: ropeCos, sin: ropeSin, batch: batch, tokens: tokens, heads: hkv,
+                                headDim: d, positions: positions)
+                try offload?.save(.keys, act.k)
+                try offload?.save(.values, act.v)
+            }
             if !restored { act.attention = try device.allocate(n * h * d, dtype) }
             if let decoding {
                 for (cache, src) in [(decoding.keys[l], act.k!), (decoding.values[l], act.v!)] {
@@ -348,13 +381,17 @@ extension CUDALlama {
         return try project("down_proj", input, output: !recomputing, residual: act.xMid)   // xMid + down_proj(act)
     }
 
-    /// One decoder layer's backward: dx from dOut (which it overwrites and returns); `afterMLP` runs between the
-    /// MLP's part and the attention's. Every activation and gradient
+    /// Where a layer's backward calls back (`layerBackward`): once the MLP's activations are released (its gate and
+    /// up hold their own gradients then), and between the MLP's part and the attention's.
+    enum BackwardPoint { case mlpActivationsReleased, mlpDone }
+
+    /// One decoder layer's backward: dx from dOut (which it overwrites and returns), calling `at` at the
+    /// `BackwardPoint`s. Every activation and gradient
     /// is released at its last use (scopes and optionals: Swift may otherwise keep a buffer to the end of its scope),
     /// so the layer's working set is what is live, not everything it made.
     func layerBackward(_ l: Int, _ dOut: DeviceBuffer, _ act: GPULayerActivations, batch: Int, tokens: Int,
                        packing: GPUPacking?, training: Bool, seed: UInt64,
-                       afterMLP: () throws -> Void = {}) throws -> DeviceBuffer {
+                       at: (BackwardPoint) throws -> Void = { _ in }) throws -> DeviceBuffer {
         let layer = layers[l]
         let n = batch * tokens, c = config.hiddenSize
         let h = config.headCount, hkv = config.kvHeadCount, d = config.headDim
@@ -378,6 +415,7 @@ extension CUDALlama {
                 dGate = act.gate; dUp = act.up
             }
             act.gate = nil; act.up = nil
+            try at(.mlpActivationsReleased)
             let dz = try adapterGradients([("gate_proj", dGate!), ("up_proj", dUp!)])
             let dh2 = try inputGradient("gate_proj", dGate!, dz)
             dGate = nil
@@ -388,7 +426,7 @@ extension CUDALlama {
                                        accumulate: true)
             act.xMid = nil; act.rstd2 = nil
         }
-        try afterMLP()
+        try at(.mlpDone)
         var grads: [String: DeviceBuffer] = [:]   // dq, dk (RoPE undone by the kernels), dv; released once used
         do {   // attention
             let dAttention = try inputGradient("o_proj", dxMid, try adapterGradients([("o_proj", dxMid)]))
@@ -536,9 +574,10 @@ extension CUDALlama {
     }
 
     /// The adapters' gradients of the projections in `dys` (name, dy) that share one input (q, k, v; gate, up):
-    /// dB += dyᵀ z (z holds s already) and dz = s · dy B for each, then dA += dzᵀ · dropout(input) for all of
-    /// them in one launch (the input read about once). Returns the dz's for `projectionBackward`; the
-    /// projections' saved input and z are released, so the caller may drop the input before any dx is made.
+    /// dB += dyᵀ z (z holds s already) and dz = s · dy B for each (in bf16 one kernel, reading dy once), then
+    /// dA += dzᵀ · dropout(input) for all of them in one launch (the input read about once). Returns the dz's for
+    /// `projectionBackward`; the projections' saved input and z are released, so the caller may drop the input
+    /// before any dx is made.
     func adaptersBackward(_ l: Int, _ dys: [(String, DeviceBuffer)], rows: Int, act: GPULayerActivations,
                           training: Bool, seed: UInt64) throws -> [String: DeviceBuffer] {
         let r = loraConfig.r, s = loraConfig.scale
@@ -551,13 +590,18 @@ extension CUDALlama {
                   let x = act.loraInput[name] else { continue }
             precondition(input == nil || input!.buffer === x.buffer, "adaptersBackward: \(name) has another input")
             let p = layers[l].projections[name]!
-            device.gemmLabel = "lora dB += dyᵀ z"
-            try device.gemm(m: p.outFeatures, n: r, k: rows, a: dy, lda: p.outFeatures, transA: true, b: z.buffer,
-                            bOffset: z.at, ldb: z.ld, c: adapter.gradB, ldc: r, beta: 1)
-            device.gemmLabel = "lora dz = s dy B"
             let d = try device.allocate(rows * r, dtype)
-            try device.gemm(m: rows, n: r, k: p.outFeatures, a: dy, lda: p.outFeatures, b: adapter.bCompute, ldb: r,
-                            c: d, ldc: r, alpha: s)
+            if CUDADevice.loraUpGradientApplies(dtype, out: p.outFeatures) {   // both from one read of dy
+                try device.loraUpGradient(gradB: adapter.gradB, dz: d, dy: dy, z: z.buffer, zAt: z.at, ldz: z.ld,
+                                          b: adapter.bCompute, rows: rows, out: p.outFeatures, r: r, scale: s)
+            } else {
+                device.gemmLabel = "lora dB += dyᵀ z"
+                try device.gemm(m: p.outFeatures, n: r, k: rows, a: dy, lda: p.outFeatures, transA: true,
+                                b: z.buffer, bOffset: z.at, ldb: z.ld, c: adapter.gradB, ldc: r, beta: 1)
+                device.gemmLabel = "lora dz = s dy B"
+                try device.gemm(m: rows, n: r, k: p.outFeatures, a: dy, lda: p.outFeatures, b: adapter.bCompute,
+                                ldb: r, c: d, ldc: r, alpha: s)
+            }
             dz[name] = d
             let (kept, maskSeed) = dropout(l, name, training: training, seed: seed)
             parts.append((adapter.gradA, d, maskSeed))

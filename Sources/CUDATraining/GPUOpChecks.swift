@@ -230,6 +230,28 @@ public struct GPUOpChecks {
                     c.close("lora dx \(label)", try device.download(dxb), dx, tolerance: tol)
                 }
             }
+            // The up projection's gradients from one read of dy (lora_up_grad, bf16): dB += dyᵀ z, dz = s dy B,
+            // z with rows wider than r where it sits beside x; ragged rows, widths and ranks
+            if dtype == .bf16 {
+                for (rows, out, r, ldz) in [(37, 96, 16, 16), (1030, 1000, 20, 40), (700, 4096, 16, 4160),
+                                            (513, 11008, 8, 8), (5, 104, 4, 4), (1100, 1536, 32, 48)] {
+                    let label = "\(tag) \(rows)×\(out) r=\(r) ldz=\(ldz)"
+                    let (dy, dyb) = try put(random(rows * out), dtype)
+                    let (zWide, zb) = try put(random(rows * ldz), dtype)
+                    let z = (0..<(rows * r)).map { zWide[($0 / r) * ldz + $0 % r] }
+                    let (b, bb) = try put(random(out * r, 0.1), dtype)
+                    var gB = random(out * r, 0.01)
+                    let gBb = try device.upload(gB), dzb = try device.allocate(rows * r, dtype)
+                    try device.loraUpGradient(gradB: gBb, dz: dzb, dy: dyb, z: zb, zAt: 0, ldz: ldz, b: bb, rows: rows,
+                                              out: out, r: r, scale: 2)
+                    CPUOps.linearBackwardWeight(&gB, dy, z, rows: rows, inFeatures: r, outFeatures: out,
+                                                accumulate: true)
+                    var dz = [Float](repeating: 0, count: rows * r)
+                    CPUOps.linearBackwardInput(&dz, dy, b, rows: rows, inFeatures: r, outFeatures: out, alpha: 2)
+                    c.close("lora dB (one read of dy) \(label)", try device.download(gBb), gB, tolerance: tol)
+                    c.close("lora dz (one read of dy) \(label)", try device.download(dzb), dz, tolerance: tol)
+                }
+            }
             // Cross-entropy (loss and dlogits, one ignored row)
             for (rows, vocab) in [(9, 1001), (4, 49152)] {
                 let (logits, lb) = try put(random(rows * vocab, 8), dtype)

@@ -23,7 +23,9 @@ struct Bench: ParsableCommand {
             help: ArgumentHelp("Untimed steps before them (default \(Self.defaultWarmup))."))
     var warmupOption: Int?
     @Option(help: ArgumentHelp("Device: \(DeviceChoice.help).")) var device: DeviceChoice = .cpu
-    @Flag(help: "After the timed steps, one more step with the GPU waited on around every kernel and product: a table of where the time goes (stderr).")
+    @Flag(help: ArgumentHelp("After the timed steps, one more step timed by CUDA events around every kernel and "
+                             + "product (the host never waits): a table of where the GPU time goes, its idle time "
+                             + "included (stderr)."))
     var profile = false
     @OptionGroup var parallel: DataParallelOptions
     @Option(help: ArgumentHelp("Time generation instead of training: N new tokens (greedy) after a prompt of " +
@@ -135,11 +137,14 @@ struct Bench: ParsableCommand {
         let seconds = Date().timeIntervalSince(t0)
         let finalLoss = try group.map { try $0.sum([lastLoss])[0] / Double(world) } ?? lastLoss   // the ranks' mean
         if profile, let gpu {
-            gpu.profile = [:]
+            try gpu.synchronize()
+            let started = Date()
+            try gpu.startProfile()
             try trainStep()
-            FileHandle.standardError.write(("profile of one step on \(gpu.name), \(step.source) \(targets):\n"
-                                            + gpu.profileTable()).data(using: .utf8)!)
-            gpu.profile = nil
+            let table = try gpu.profileTable()
+            FileHandle.standardError.write(("profile of one step on \(gpu.name), \(step.source) \(targets) "
+                + String(format: "(host wall time %.4f s):\n", Date().timeIntervalSince(started))
+                + table).data(using: .utf8)!)
         }
         let peak = gpu.map { Double($0.peakAllocatedBytes) } ?? Double(HostMemory.peakResidentBytes())
         let reserved = gpu.map { Double($0.reservedBytes) } ?? peak

@@ -36,7 +36,8 @@ final class MemoryPlanTests: XCTestCase {
     /// Offloading the checkpoints moves them from the GPU to pinned host memory: the GPU peak drops by about the
     /// layer inputs (layers × tokens × hidden × 2 bytes, each a pool block rounded up to 2 MiB) less the two kept on
     /// the GPU around the current layer. The host holds per layer its input, attention output, log-sum-exp (float32
-    /// per head and token) and xMid, each from a 256-byte boundary (the selective recompute's `OffloadLayout`).
+    /// per head and token), xMid, keys and values, each from a 256-byte boundary (the selective recompute's
+    /// `OffloadLayout`).
     func testOffloadingMovesTheCheckpointsToTheHost() throws {
         let config = try LlamaConfig.benchmarkShape("smollm2-135m")
         var lora = LoRAConfig(); lora.r = 16; lora.targetModules = ["all-linear"]
@@ -45,7 +46,9 @@ final class MemoryPlanTests: XCTestCase {
         let layerInput = 2 * 512 * config.hiddenSize * 2
         func rounded(_ b: Int) -> Int { (b + 255) / 256 * 256 }
         let attention = 2 * 512 * config.headCount * config.headDim * 2, lse = 2 * config.headCount * 512 * 4
-        let perLayer = rounded(layerInput) + rounded(attention) + rounded(lse) + layerInput
+        let keys = 2 * 512 * config.kvHeadCount * config.headDim * 2
+        let perLayer = rounded(layerInput) + rounded(attention) + rounded(lse) + rounded(layerInput) + rounded(keys)
+            + keys
         XCTAssertEqual(onHost.pinnedHost, config.layerCount * perLayer)
         XCTAssertEqual(onGPU.pinnedHost, 0)
         let block = (layerInput + (2 << 20) - 1) / (2 << 20) * (2 << 20)

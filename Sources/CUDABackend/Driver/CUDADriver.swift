@@ -29,6 +29,7 @@ final class CUDADriver: @unchecked Sendable {
     let cuEventRecord: @convention(c) (Handle, Handle) -> Int32
     let cuEventDestroy: @convention(c) (Handle) -> Int32
     let cuEventSynchronize: @convention(c) (Handle) -> Int32
+    let cuEventElapsedTime: @convention(c) (UnsafeMutablePointer<Float>, Handle, Handle) -> Int32
     let cuStreamWaitEvent: @convention(c) (Handle, Handle, UInt32) -> Int32
     /// CUDA ≥ 12.2: (pointer, bytes, CUmemLocation {type, id} passed by value, flags, stream). The 8-byte struct of
     /// two ints travels in one integer register on x86-64 and arm64, so it is declared as a UInt64 (type | id << 32).
@@ -71,6 +72,7 @@ final class CUDADriver: @unchecked Sendable {
         cuEventRecord = try l.function("cuEventRecord")
         cuEventDestroy = try l.function("cuEventDestroy_v2")
         cuEventSynchronize = try l.function("cuEventSynchronize")
+        cuEventElapsedTime = try l.function("cuEventElapsedTime")
         cuStreamWaitEvent = try l.function("cuStreamWaitEvent")
         cuMemPrefetchAsyncV2 = l.optionalFunction("cuMemPrefetchAsync_v2")
         cuMemPrefetchAsyncV1 = l.optionalFunction("cuMemPrefetchAsync")

@@ -8,11 +8,17 @@
 #if QLORA_BF16
 typedef unsigned short T;
 __device__ __forceinline__ float ld(T v) { return __uint_as_float(((unsigned int)v) << 16); }
+// One instruction (cvt.rn: round to nearest even, subnormals kept, overflow to infinity; NaN stays NaN).
 __device__ __forceinline__ T st(float f) {
-    unsigned int u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (T)((u >> 16) | 0x40u);   // NaN stays NaN
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (T)(u >> 16);
+    unsigned short b;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(b) : "f"(f));
+    return b;
+}
+// Two floats rounded as `st` rounds them, packed: lo in the low half, hi in the high half (one instruction).
+__device__ __forceinline__ unsigned st2(float lo, float hi) {
+    unsigned w;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(w) : "f"(hi), "f"(lo));
+    return w;
 }
 #else
 typedef float T;
@@ -46,7 +52,7 @@ __device__ __forceinline__ void store8(T* p, const float* v, int limit, bool vec
 #if QLORA_BF16
     if (vector && limit >= 8) {
         unsigned w[4];
-        for (int e = 0; e < 4; e++) w[e] = (unsigned)st(v[2 * e]) | ((unsigned)st(v[2 * e + 1]) << 16);
+        for (int e = 0; e < 4; e++) w[e] = st2(v[2 * e], v[2 * e + 1]);
         *(uint4*)p = make_uint4(w[0], w[1], w[2], w[3]);
         return;
     }
@@ -78,8 +84,7 @@ __device__ __forceinline__ void load4(float* v, const T* p, int limit, bool vect
 __device__ __forceinline__ void store4(T* p, const float* v, int limit, bool vector) {
     if (vector && limit >= 4) {
 #if QLORA_BF16
-        *(uint2*)p = make_uint2((unsigned)st(v[0]) | ((unsigned)st(v[1]) << 16),
-                                (unsigned)st(v[2]) | ((unsigned)st(v[3]) << 16));
+        *(uint2*)p = make_uint2(st2(v[0], v[1]), st2(v[2], v[3]));
 #else
         *(float4*)p = make_float4(v[0], v[1], v[2], v[3]);
 #endif

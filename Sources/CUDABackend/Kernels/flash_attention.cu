@@ -141,12 +141,6 @@ __device__ __forceinline__ void fa_load_tile(T* s, const T* g, long long stride,
     }
 }
 
-// Two bf16 in one register, `lo` in the low half (the lower column of an mma fragment).
-__device__ __forceinline__ unsigned fa_pack(float lo, float hi) {
-    unsigned r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
 
 #ifndef FA_PLAIN_FRAGMENTS
 // A operand (16 rows × 16 k) of a row-major [m][k] tile at (m0, k0).
@@ -191,8 +185,8 @@ template <int LD> __device__ __forceinline__ void fa_frag_bt(unsigned* b, const 
 
 // The A operand for k-step kk from two accumulator column blocks 2kk, 2kk+1 (same lanes, same rows).
 __device__ __forceinline__ void fa_acc_to_a(unsigned* a, const float* c0, const float* c1) {
-    a[0] = fa_pack(c0[0], c0[1]); a[1] = fa_pack(c0[2], c0[3]);
-    a[2] = fa_pack(c1[0], c1[1]); a[3] = fa_pack(c1[2], c1[3]);
+    a[0] = st2(c0[0], c0[1]); a[1] = st2(c0[2], c0[3]);
+    a[2] = st2(c1[0], c1[1]); a[3] = st2(c1[2], c1[3]);
 }
 
 template <int D, bool PACKED>
@@ -343,7 +337,7 @@ __device__ __forceinline__ void fa_forward(T* out, float* lse, const T* q, const
                 T* orow = out + ((long long)b * tokens + row) * qStride + (long long)h * D;
 #pragma unroll
                 for (int n = 0; n < D / 8; ++n)
-                    *(unsigned*)(orow + n * 8 + 2 * c) = fa_pack(o[gi][n][2 * r] * inv, o[gi][n][2 * r + 1] * inv);
+                    *(unsigned*)(orow + n * 8 + 2 * c) = st2(o[gi][n][2 * r] * inv, o[gi][n][2 * r + 1] * inv);
                 if (c == 0) lse[((long long)b * heads + h) * tokens + row] = (mrow[gi][r] + log2f(l)) * FA_LN2;
             }
         }
@@ -484,8 +478,8 @@ __device__ __forceinline__ void fa_backward_kv(T* dk, T* dv, const T* dout, cons
             }
 #pragma unroll
             for (int n = 0; n < D / 8; ++n) {
-                *(unsigned*)(dk + at + n * 8 + 2 * c) = fa_pack(dka[n][2 * r], dka[n][2 * r + 1]);
-                *(unsigned*)(dv + at + n * 8 + 2 * c) = fa_pack(dva[n][2 * r], dva[n][2 * r + 1]);
+                *(unsigned*)(dk + at + n * 8 + 2 * c) = st2(dka[n][2 * r], dka[n][2 * r + 1]);
+                *(unsigned*)(dv + at + n * 8 + 2 * c) = st2(dva[n][2 * r], dva[n][2 * r + 1]);
             }
         }
     }
@@ -611,7 +605,7 @@ __device__ __forceinline__ void fa_backward_q(T* dq, const T* dout, const float*
             }
 #pragma unroll
             for (int n = 0; n < D / 8; ++n)
-                *(unsigned*)(row + n * 8 + 2 * c) = fa_pack(dqa[n][2 * r], dqa[n][2 * r + 1]);
+                *(unsigned*)(row + n * 8 + 2 * c) = st2(dqa[n][2 * r], dqa[n][2 * r + 1]);
         }
     }
 }

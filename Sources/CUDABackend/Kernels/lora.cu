@@ -5,6 +5,8 @@
 //   lora_down_grad:    partial[s] (r, k) = dzᵀ (m ⊙ x) over rows slice s   (backward: dA, in fixed-order slices)
 //   lora_down_reduce:  dA (r, k) += scale · Σ_s partial[s]                (the slices summed in order: no atomics)
 //   lora_dx:           dx (rows, k) (+)= scale · m ⊙ (dz A)               (backward: the gradient through m ⊙ x)
+//   lora_up_grad:      dB partials and dz partials from one read of dy    (backward: the up projection's two
+//                      gradients, bf16 only; lora_dz_reduce sums dz's strips in order)
 // scale is 1/keep (the inverted-dropout factor) and m is all ones when keep = 1 (no dropout: no hashing).
 // lora_down and lora_down_grad take up to three adapters that read the same x (q, k and v; gate and up), each with
 // its own A or dz, output and mask seed (`count` of them: the slots past it are never read). The adapter is the
@@ -30,8 +32,8 @@
 //     and written to partial[slice].
 //     bf16 with k a multiple of 8: lora_down_grad_mma, the same partial sums on the tensor cores (see there).
 //   lora_down_reduce: one thread per element of dA.
-//   lora_dx, bf16: tensor cores, 128 rows × 256 columns a block of 4 warps (a strip of 64 columns each). float32:
-//     256 threads own 32 rows × 256 columns (warp w: rows 4w…4w+3; lane l: columns 4l…4l+3 and 128+4l…) and walk
+//   lora_dx, bf16: tensor cores, 16 · tiles rows × 256 columns a block of 4 warps (a strip of 64 columns each).
+//     float32: 256 threads own 32 rows × 256 columns (warp w: rows 4w…4w+3; lane l: columns 4l…4l+3 and 128+4l…) and walk
 //     r in slices of 16, each slice of A (16 × 256) and dz (32 × 16) staged in shared memory.
 #include "common.cuh"
 
@@ -321,7 +323,6 @@ lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsi
 #define DOWN_WARPS 8
 #define DOWN_TILES 1   // row tiles of 16 per block: 16 rows (a 7B step's 8192 rows fill the GPU: 512 blocks)
 #define DXM_WARPS 4
-#define DXM_TILES 8    // row tiles of 16 per block: 128 rows; each warp a strip of 64 columns
 
 
 // Eight bf16 at p as four packed registers (element 2i in the low half of register i); zeros past `limit`.
@@ -441,30 +442,41 @@ __device__ __forceinline__ void lora_dz_fragment(unsigned* f, const T* dz, int b
     }
 }
 
-// dx (rows, k) (+)= scale · m ⊙ (dz A) (added when `accumulate`, else written). A block owns 128 rows × 256
-// columns; warp w a strip of 64 columns (8 mma column blocks), walking its 8 row tiles; the B operand (A's rows 2c,
+// dx (rows, k) (+)= scale · m ⊙ (dz A) (added when `accumulate`, else written). A block owns 16 · tiles rows × 256
+// columns; warp w a strip of 64 columns (8 mma column blocks), walking its row tiles; the B operand (A's rows 2c,
 // 2c+1 and 2c+8, 2c+9 of column 8nb + g) is loaded once per strip when r ≤ 16. Each 16 × 64 result tile goes through
 // the warp's shared-memory tile (masked and scaled on the way in) so that dx is read and written 16 bytes a lane.
-// Grid (⌈k / 256⌉, ⌈rows / 128⌉), 128 threads.
+// Grid (⌈k / 256⌉, ⌈rows / (16 · tiles)⌉), 128 threads.
 #define DXM_PITCH 68   // floats per row of a warp's staged tile (64 + 4: fewer bank conflicts)
-extern "C" __global__ void __launch_bounds__(DXM_WARPS * 32, 6)   // ≤ 85 registers: 6 blocks an SM
+extern "C" __global__ void __launch_bounds__(DXM_WARPS * 32, 5)   // ≤ 102 registers: 5 blocks an SM
 lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsigned long long seed,
-        int accumulate) {
+        int accumulate, int tiles) {
     __shared__ __align__(16) float staged[DXM_WARPS * 16 * DXM_PITCH];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     int strip = blockIdx.x * DXM_WARPS * 64 + warp * 64;
     if (strip >= k) return;   // each warp uses only its own tile and __syncwarp: no block barriers here
     float* tile = staged + warp * 16 * DXM_PITCH;
-    int rowStart = blockIdx.y * DXM_TILES * 16;
+    int rowStart = blockIdx.y * tiles * 16;
     bool dropping = keep < 1.0f, vector = (k & 7) == 0;
     unsigned threshold = dropping ? lora_threshold(keep) : 0u;
     float scale = 1.0f / keep;
     unsigned b[8][2];
     unsigned fNext[4];   // r ≤ 16: the next row tile's dz fragment, loaded a tile ahead (its latency hidden)
     if (r <= 16) lora_dz_fragment(fNext, dz, rowStart, 0, rows, r);
-    for (int t = 0; t < DXM_TILES; t++) {
+    for (int t = 0; t < tiles; t++) {
         int base = rowStart + 16 * t;
         if (base >= rows) break;
+        // This tile's dx (16 rows × 8 chunks of 8 columns: lane l takes chunks l, l + 32, l + 64, l + 96, row =
+        // chunk / 8), read as packed bf16 before the products, so that the reads are in flight while they run.
+        int limits[4];
+        uint4 old[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int chunk = lane + 32 * i, col = strip + (chunk & 7) * 8, row = base + (chunk >> 3);
+            limits[i] = row < rows ? k - col : 0;
+            old[i] = accumulate && vector && limits[i] >= 8 ? *(const uint4*)(dx + (long long)row * k + col)
+                                                           : make_uint4(0u, 0u, 0u, 0u);
+        }
         float acc[8][4];
 #pragma unroll
         for (int nb = 0; nb < 8; nb++)
@@ -475,7 +487,7 @@ lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsi
             if (r <= 16) {   // this tile's fragment came with the previous one; fetch the next tile's behind it
 #pragma unroll
                 for (int q = 0; q < 4; q++) f[q] = fNext[q];
-                if (t + 1 < DXM_TILES) lora_dz_fragment(fNext, dz, base + 16, 0, rows, r);
+                if (t + 1 < tiles) lora_dz_fragment(fNext, dz, base + 16, 0, rows, r);
             } else {
                 lora_dz_fragment(f, dz, base, j0, rows, r);
             }
@@ -510,20 +522,22 @@ lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsi
             }
         }
         __syncwarp();
-        // 16 rows × 8 chunks of 8 columns: lane l takes chunks l, l + 32, l + 64, l + 96 (row = chunk / 8).
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            int chunk = lane + 32 * i, rowInTile = chunk >> 3, col = strip + (chunk & 7) * 8;
-            int row = base + rowInTile, limit = k - col;
-            if (row >= rows || limit <= 0) continue;
-            const float* src = tile + rowInTile * DXM_PITCH + (chunk & 7) * 8;
-            float v[8];
+            int chunk = lane + 32 * i, col = strip + (chunk & 7) * 8, row = base + (chunk >> 3);
+            const float* src = tile + (chunk >> 3) * DXM_PITCH + (chunk & 7) * 8;
             T* p = dx + (long long)row * k + col;
-            if (accumulate) load8(v, p, limit, vector);
-            else for (int e = 0; e < 8; e++) v[e] = 0.0f;
+            // the packed values read above (zeros when not accumulating), or a ragged edge read here
+            float v[8] = {__uint_as_float(old[i].x << 16), __uint_as_float(old[i].x & 0xffff0000u),
+                          __uint_as_float(old[i].y << 16), __uint_as_float(old[i].y & 0xffff0000u),
+                          __uint_as_float(old[i].z << 16), __uint_as_float(old[i].z & 0xffff0000u),
+                          __uint_as_float(old[i].w << 16), __uint_as_float(old[i].w & 0xffff0000u)};
+            if (limits[i] > 0) {
+                if (accumulate && !(vector && limits[i] >= 8)) load8(v, p, limits[i], vector);
 #pragma unroll
-            for (int e = 0; e < 8; e++) v[e] += src[e];
-            store8(p, v, limit, vector);
+                for (int e = 0; e < 8; e++) v[e] += src[e];
+                store8(p, v, limits[i], vector);
+            }
         }
     }
 }
@@ -627,5 +641,147 @@ lora_down_grad_mma(float* partial0, float* partial1, float* partial2, const T* d
             }
     }
 }
-#endif
 
+// The up projection's two gradients from one read of dy (bf16, out a multiple of 8), for y += z Bᵀ with z (rows, r)
+// holding the LoRA scale already:
+//   dBᵀ partial[slice] (as (out, r)) = Σ over the slice's rows of dyᵀ z     (summed in slice order by lora_down_reduce)
+//   dz partial[strip] (rows, r)      = dy B over the strip's columns        (summed in strip order by lora_dz_reduce)
+// A block of 8 warps owns a strip of UP_COLS columns of dy (warp w: 64 of them) and a slice of UP_ROWS rows, walked in
+// chunks of UP_CHUNK rows staged by cp.async (double buffered), and 16 of the r adapter columns (blockIdx.z). z of the
+// slice is staged once, transposed ([j][row]): dBᵀ's fragments are zᵀ (ldmatrix) times the chunk (ldmatrix.trans),
+// 32 accumulators a lane kept over the slice. dz's are the chunk (ldmatrix) times B's rows of the warp's columns,
+// loaded from global memory once per block (16 registers); each chunk's 32 × 16 sums of the 8 warps are added in warp
+// order through shared memory and written to the strip's partial. Grid (⌈out / 512⌉, ⌈rows / 256⌉, ⌈r / 16⌉),
+// 256 threads, UP_SHARED bytes of dynamic shared memory (two blocks an SM).
+#define UP_ROWS 256
+#define UP_COLS 512
+#define UP_CHUNK 32
+#define UP_XLD (UP_COLS + 8)    // row pitch (elements) of a staged chunk of dy
+#define UP_ZLD (UP_ROWS + 8)    // row pitch of the staged zᵀ
+#define UP_SHARED (2 * (2 * UP_CHUNK * UP_XLD + 16 * UP_ZLD) + 4 * 8 * UP_CHUNK * 16)
+extern "C" __global__ void __launch_bounds__(256, 2)
+lora_up_grad(float* partialB, float* partialZ, const T* dy, const T* z, const T* b, int rows, int out, int r, int ldz) {
+    extern __shared__ __align__(16) unsigned char lora_smem[];
+    T* xs = (T*)lora_smem;                          // two chunks of UP_CHUNK × UP_XLD
+    T* zt = xs + 2 * UP_CHUNK * UP_XLD;             // 16 × UP_ZLD
+    float* red = (float*)(zt + 16 * UP_ZLD);        // 8 warps × UP_CHUNK × 16
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    int j0 = blockIdx.z * 16, jn = min(16, r - j0);
+    int rowStart = blockIdx.y * UP_ROWS, rowCount = min(UP_ROWS, rows - rowStart);
+    int col0 = blockIdx.x * UP_COLS, wcol = col0 + warp * 64;
+    auto stage = [&](int chunk, int buffer) {
+        T* s = xs + buffer * UP_CHUNK * UP_XLD;
+        for (int e = threadIdx.x; e < UP_CHUNK * (UP_COLS / 8); e += 256) {
+            int i = e / (UP_COLS / 8), cc = (e % (UP_COLS / 8)) * 8;
+            int row = chunk * UP_CHUNK + i, col = col0 + cc;
+            bool ok = row < rowCount && col < out;   // out % 8 == 0: 8 columns are wholly inside or outside
+            cp_async16(s + i * UP_XLD + cc, ok ? dy + (long long)(rowStart + row) * out + col : dy, ok);
+        }
+    };
+    stage(0, 0);
+    cp_async_commit();
+    for (int e = threadIdx.x; e < 16 * UP_ROWS; e += 256) {
+        int i = e >> 4, j = e & 15;
+        zt[j * UP_ZLD + i] = (i < rowCount && j < jn) ? z[(long long)(rowStart + i) * ldz + j0 + j] : (T)0;
+    }
+    // B's fragments for dz: bf[kk][nb][h] holds B[col][j], B[col + 1][j] with col = wcol + 16kk + 2c + 8h and
+    // j = j0 + 8nb + g (the mma's column-major 16 × 8 operand).
+    unsigned bf[4][2][2];
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+        for (int nb = 0; nb < 2; nb++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                int col = wcol + 16 * kk + 2 * c + 8 * h, j = j0 + 8 * nb + g;
+                bool ok = j < r && col < out;   // out is even: col + 1 < out too
+                bf[kk][nb][h] = lora_pair(b + (long long)(ok ? col : 0) * r + (ok ? j : 0), r, ok, ok);
+            }
+    float accB[8][4];
+#pragma unroll
+    for (int nb = 0; nb < 8; nb++) accB[nb][0] = accB[nb][1] = accB[nb][2] = accB[nb][3] = 0.0f;
+    float* strip = partialZ + (long long)blockIdx.x * rows * r;
+    int chunks = (rowCount + UP_CHUNK - 1) / UP_CHUNK;
+    for (int ch = 0; ch < chunks; ch++) {
+        int buffer = ch & 1;
+        if (ch + 1 < chunks) stage(ch + 1, buffer ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>();   // this chunk is in (the next may still be on its way)
+        __syncthreads();
+        const T* s = xs + buffer * UP_CHUNK * UP_XLD;
+        // dBᵀ (16 × the warp's 64 columns) += zᵀ (16 × 32 rows) · chunk (32 rows × 64 columns)
+#pragma unroll
+        for (int kk = 0; kk < UP_CHUNK / 16; kk++) {
+            unsigned a[4];
+            ldsm_x4(a, zt + ((lane & 7) + ((lane >> 3) & 1) * 8) * UP_ZLD + ch * UP_CHUNK + kk * 16 + (lane >> 4) * 8);
+#pragma unroll
+            for (int np = 0; np < 4; np++) {
+                unsigned t[4];
+                ldsm_x4_trans(t, s + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * UP_XLD + warp * 64 + np * 16
+                                   + (lane >> 4) * 8);
+                mma_bf16(accB[2 * np], a, t[0], t[1]);
+                mma_bf16(accB[2 * np + 1], a, t[2], t[3]);
+            }
+        }
+        // dz (32 rows × 16) over the warp's 64 columns: chunk (32 × 64) · B (64 × 16)
+        float accZ[2][2][4];
+#pragma unroll
+        for (int m = 0; m < 2; m++)
+#pragma unroll
+            for (int nb = 0; nb < 2; nb++) accZ[m][nb][0] = accZ[m][nb][1] = accZ[m][nb][2] = accZ[m][nb][3] = 0.0f;
+#pragma unroll
+        for (int m = 0; m < 2; m++)
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++) {
+                unsigned a[4];
+                ldsm_x4(a, s + (m * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * UP_XLD + warp * 64 + kk * 16
+                               + (lane >> 4) * 8);
+                mma_bf16(accZ[m][0], a, bf[kk][0][0], bf[kk][0][1]);
+                mma_bf16(accZ[m][1], a, bf[kk][1][0], bf[kk][1][1]);
+            }
+        // accZ[m][nb][q]: chunk row 16m + g (+8 for q ≥ 2), adapter column 8nb + 2c + (q & 1)
+        float* mine = red + warp * UP_CHUNK * 16;
+#pragma unroll
+        for (int m = 0; m < 2; m++)
+#pragma unroll
+            for (int nb = 0; nb < 2; nb++)
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+                    *(float2*)(mine + (16 * m + g + 8 * h) * 16 + 8 * nb + 2 * c) =
+                        make_float2(accZ[m][nb][2 * h], accZ[m][nb][2 * h + 1]);
+        __syncthreads();   // every warp's sums are in (and every warp is done reading this buffer)
+        for (int e = threadIdx.x; e < UP_CHUNK * 16; e += 256) {
+            int i = e >> 4, j = e & 15, row = ch * UP_CHUNK + i;
+            if (row >= rowCount || j >= jn) continue;
+            float v = 0.0f;
+#pragma unroll
+            for (int w = 0; w < 8; w++) v += red[w * UP_CHUNK * 16 + e];
+            strip[(long long)(rowStart + row) * r + j0 + j] = v;
+        }
+        // red is written again only after the next chunk's barrier, which every thread passes after its reads here
+    }
+    // accB[nb][q]: adapter column j0 + g (+8 for q ≥ 2), column wcol + 8nb + 2c + (q & 1); stored as (out, r)
+    float* part = partialB + (long long)blockIdx.y * out * r;
+#pragma unroll
+    for (int nb = 0; nb < 8; nb++) {
+        int col = wcol + nb * 8 + 2 * c;
+        if (col >= out) continue;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            int j = g + 8 * h;
+            if (j >= jn) continue;
+            part[(long long)col * r + j0 + j] = accB[nb][2 * h];
+            part[(long long)(col + 1) * r + j0 + j] = accB[nb][2 * h + 1];
+        }
+    }
+}
+
+// dz (rows, r) = scale · Σ_s partial[s] (the strips of lora_up_grad summed in order), one thread an element.
+extern "C" __global__ void lora_dz_reduce(T* dz, const float* partial, int strips, long long count, float scale) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= count) return;
+    float s = 0.0f;
+    for (int p = 0; p < strips; p++) s += partial[(long long)p * count + i];
+    dz[i] = st(scale * s);
+}
+#endif
