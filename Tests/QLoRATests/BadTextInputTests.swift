@@ -1,6 +1,7 @@
 import Foundation
 import ModelFiles
 import Tokenizers
+import Training
 import XCTest
 
 /// Issue 12, bad text: invalid UTF-8 in JSON strings, a tokenizer_config.json that is not a JSON object, the forms
@@ -111,6 +112,28 @@ final class BadTextInputTests: XCTestCase {
                 XCTAssertTrue("\(error)".contains(words), "\(value): \(error)")
             }
         }
+    }
+
+    /// One chat record of 8,000 one-word messages kept `eval` busy for minutes (found by scripts/fuzz-cli.py): its
+    /// turns are found by rendering prefixes, work that grows with the square of the conversation's length. The
+    /// renders of one conversation are bounded together, with an error that says what to do; a conversation of a
+    /// hundred turns is still segmented.
+    func testAVeryLongConversationIsBoundedNotAHang() throws {
+        let template = try ChatTemplate(jinja: "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n"
+                                        + "{% endfor %}", bosToken: "<s>", eosToken: "</s>")
+        func conversation(_ n: Int) -> [ChatMessage] {
+            (0..<n).map { ChatMessage(role: $0 % 2 == 0 ? "user" : "assistant", content: "a") }
+        }
+        let segments = try template.segments(conversation(100))
+        XCTAssertEqual(segments.filter(\.trainable).count, 50)
+        let started = Date()
+        XCTAssertThrowsError(try template.segments(conversation(8_000))) { error in
+            XCTAssertEqual((error as? JinjaError)?.kind, .limit)
+            XCTAssertTrue("\(error)".contains("finding the turns of this 8000-message conversation took more than " +
+                "\(ChatTemplate.maximumSegmentationSteps) template steps"), "\(error)")
+            XCTAssertTrue("\(error)".contains("split it into shorter conversations"), "\(error)")
+        }
+        XCTAssertLessThan(Date().timeIntervalSince(started), 60)
     }
 }
 
