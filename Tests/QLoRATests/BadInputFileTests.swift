@@ -255,6 +255,30 @@ final class BadInputFileTests: XCTestCase {
         }
     }
 
+    /// peft settings that change what the same tensors compute were read as absent (found by scripts/fuzz-cli.py):
+    /// `"alpha_pattern": {"q_proj": 64}` merged and generated q_proj with alpha 16's scale without a word. Each is an
+    /// error naming the key and its value; null or empty, as peft writes them when unused, is accepted.
+    func testPEFTSettingsThatChangeTheAdapterAreRefused() throws {
+        let dir = makeTemporaryDirectory(self)
+        let config = dir + "/adapter_config.json"
+        let refused = [#""alpha_pattern": {"q_proj": 64}"#, #""rank_pattern": {"v_proj": 4}"#,
+                       #""layers_to_transform": [0]"#, #""layers_to_transform": 1"#, #""exclude_modules": "q_proj""#,
+                       #""modules_to_save": ["lm_head"]"#, #""trainable_token_indices": [5]"#,
+                       #""target_parameters": ["experts"]"#]
+        for setting in refused {
+            try AtomicFile.write(text: #"{"r": 8, "lora_alpha": 16, "target_modules": ["q_proj"], "# + setting + "}",
+                                 to: config)
+            let key = String(setting.dropFirst().prefix { $0 != "\"" })
+            assertThrows([config, "\"\(key)\" is ", "must be null or empty"]) {
+                _ = try PEFTAdapter.readConfig(directory: dir)
+            }
+        }
+        try AtomicFile.write(text: #"{"r": 8, "lora_alpha": 16, "target_modules": ["q_proj"], "alpha_pattern": {}, "#
+                             + #""rank_pattern": {}, "layers_to_transform": null, "exclude_modules": null, "#
+                             + #""modules_to_save": null, "trainable_token_indices": null}"#, to: config)
+        XCTAssertEqual(try PEFTAdapter.readConfig(directory: dir).alpha, 16)
+    }
+
     // MARK: 5. Ids and labels against the vocabulary
 
     /// A CPU engine over a model of `config` with no decoder layers (embedding, final norm and lm_head only).
