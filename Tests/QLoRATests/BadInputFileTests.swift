@@ -219,6 +219,20 @@ final class BadInputFileTests: XCTestCase {
         }
     }
 
+    /// A sharded model's index listing a tensor twice was read as two tensors of that name (found by
+    /// scripts/fuzz-cli.py): `quantize` failed only when writing its output. It is an error naming the index.
+    func testShardIndexListingATensorTwiceIsAnError() throws {
+        let dir = makeTemporaryDirectory(self)
+        try SafeTensorsWriter.write([(name: "w", tensor: Tensor([1, 2], shape: [2]))],
+                                    to: dir + "/model-00001-of-00001.safetensors")
+        let index = dir + "/model.safetensors.index.json"
+        try AtomicFile.write(text: #"{"weight_map": {"w": "model-00001-of-00001.safetensors", "#
+                             + #""w": "model-00001-of-00001.safetensors"}}"#, to: index)
+        assertThrows([index, "weight_map lists 'w' twice"]) { _ = try SafeTensorsArchive(directory: dir) }
+        try AtomicFile.write(text: #"{"weight_map": {"w": "model-00001-of-00001.safetensors"}}"#, to: index)
+        XCTAssertEqual(try SafeTensorsArchive(directory: dir).tensor(named: "w").floats(), [1, 2])
+    }
+
     // MARK: 4. peft adapters
 
     func testPEFTAdapterRankAndShapes() throws {
