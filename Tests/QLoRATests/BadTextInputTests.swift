@@ -114,6 +114,32 @@ final class BadTextInputTests: XCTestCase {
         }
     }
 
+    /// A tokenizer.json whose normalizer is eight `Replace` steps each making "a" sixteen "a"s grew a three-letter
+    /// text 4 × 10⁹ times when encoding (found by scripts/fuzz-cli.py: `tokenize` hung, then ran out of memory). A
+    /// normalizer that can grow text more than `TextNormalizer.maximumGrowth` times is an error when the file is read;
+    /// Llama 2's (a "▁" in front, spaces made "▁") still loads.
+    func testANormalizerThatGrowsTextWithoutBoundIsAnError() throws {
+        let path = makeTemporaryDirectory(self) + "/tokenizer.json"
+        func write(normalizer: String) throws {
+            try AtomicFile.write(text: #"{"model": {"type": "BPE", "vocab": {"a": 0, "\u2581": 1}, "merges": []}, "#
+                                 + #""normalizer": "# + normalizer + "}", to: path)
+        }
+        let grow = #"{"type": "Replace", "pattern": {"String": "a"}, "content": "aaaaaaaaaaaaaaaa"}"#
+        try write(normalizer: #"{"type": "Sequence", "normalizers": ["#
+                  + Array(repeating: grow, count: 8).joined(separator: ", ") + "]}")
+        XCTAssertThrowsError(try Tokenizer(tokenizerJSONPath: path)) { error in
+            XCTAssertTrue("\(error)".contains(path), "\(error)")
+            XCTAssertTrue("\(error)".contains("can make text 4294967296 times longer"), "\(error)")
+        }
+        try write(normalizer: #"{"type": "Prepend", "prepend": ""# + String(repeating: "a", count: 100) + #""}"#)
+        XCTAssertThrowsError(try Tokenizer(tokenizerJSONPath: path)) {
+            XCTAssertTrue("\($0)".contains("can make text 101 times longer"), "\($0)")
+        }
+        try write(normalizer: #"{"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u2581"}, "#
+                  + #"{"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}"#)
+        XCTAssertEqual(try Tokenizer(tokenizerJSONPath: path).encode("a a"), [1, 0, 1, 0])
+    }
+
     /// One chat record of 8,000 one-word messages kept `eval` busy for minutes (found by scripts/fuzz-cli.py): its
     /// turns are found by rendering prefixes, work that grows with the square of the conversation's length. The
     /// renders of one conversation are bounded together, with an error that says what to do; a conversation of a
