@@ -66,6 +66,10 @@ struct GGUFVocabularyReader {
         let addedTokens = tokens.indices.filter { matchedTypes.contains(types[$0]) }.map { id in
             AddedToken(id: id, content: tokens[id], isSpecial: types[id] != TokenType.userDefined)
         }
+        if let long = addedTokens.first(where: { $0.content.utf8.count > AddedToken.maximumBytes }) {
+            throw error("token \(long.id), matched whole in text (a control or user-defined token), is " +
+                        "\(long.content.utf8.count) bytes long; at most \(AddedToken.maximumBytes) are accepted")
+        }
         let specialIds = Set(addedTokens.filter(\.isSpecial).map(\.id))
 
         let bpe: BPEModel

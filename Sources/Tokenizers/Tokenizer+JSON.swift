@@ -119,6 +119,10 @@ struct TokenizerJSONReader {
             guard let id = entry["id"]?.intValue, id >= 0, let content = entry["content"]?.stringValue else {
                 throw error("added_tokens[\(index)] needs an integer \"id\" and a string \"content\"")
             }
+            guard content.utf8.count <= AddedToken.maximumBytes else {
+                throw error("added_tokens[\(index)] (id \(id)) is \(content.utf8.count) bytes long; at most " +
+                            "\(AddedToken.maximumBytes) are accepted")
+            }
             return AddedToken(id: id, content: content, isSpecial: entry["special"] == .bool(true),
                               stripsLeft: entry["lstrip"] == .bool(true), stripsRight: entry["rstrip"] == .bool(true))
         }

@@ -140,6 +140,35 @@ final class BadTextInputTests: XCTestCase {
         XCTAssertEqual(try Tokenizer(tokenizerJSONPath: path).encode("a a"), [1, 0, 1, 0])
     }
 
+    /// Added tokens were matched by trying, at each byte of the text, every token starting with that byte, each as
+    /// far as its length (found by scripts/fuzz-cli.py): 80,000 added tokens "tok0" ... took 21 s for 360 KB of
+    /// text, one token of 10⁵ "a"s 10 s for 300 KB. Matching walks a trie of the tokens, still leftmost-longest,
+    /// and a token longer than `AddedToken.maximumBytes` is an error naming it.
+    func testAddedTokenMatchingIsBoundedByTheLongestToken() throws {
+        let path = makeTemporaryDirectory(self) + "/tokenizer.json"
+        func write(added: [String]) throws {
+            let vocab = (["t", "o", "k", " ", "1", "2"].enumerated().map { "\"\($1)\": \($0)" }
+                         + added.enumerated().map { "\"\($1)\": \(100 + $0)" }).joined(separator: ", ")
+            let entries = added.enumerated().map { #"{"id": \#(100 + $0), "content": "\#($1)", "special": true}"# }
+            try AtomicFile.write(text: #"{"model": {"type": "BPE", "vocab": {"# + vocab + #"}, "merges": []}, "#
+                                 + #""added_tokens": ["# + entries.joined(separator: ", ") + "]}", to: path)
+        }
+        // The longest token at the earliest place: "tok12" over "tok1" and "tok", then "tok1", then plain text.
+        try write(added: ["tok", "tok1", "tok12"])
+        XCTAssertEqual(try Tokenizer(tokenizerJSONPath: path).encode("tok12 tok1 to"), [102, 3, 101, 3, 0, 1])
+        try write(added: (0..<20_000).map { "tok\($0)" })
+        let many = try Tokenizer(tokenizerJSONPath: path)
+        let started = Date()
+        let ids = many.encode(String(repeating: "tok1 tok19999 to ", count: 5_000))
+        XCTAssertEqual(ids.prefix(6), [101, 3, 20_099, 3, 0, 1])
+        XCTAssertLessThan(Date().timeIntervalSince(started), 30)
+        try write(added: [String(repeating: "a", count: 1_025)])   // AddedToken.maximumBytes + 1
+        XCTAssertThrowsError(try Tokenizer(tokenizerJSONPath: path)) {
+            XCTAssertTrue("\($0)".contains("\(path)"), "\($0)")
+            XCTAssertTrue("\($0)".contains("added_tokens[0] (id 100) is 1025 bytes long; at most 1024"), "\($0)")
+        }
+    }
+
     /// One chat record of 8,000 one-word messages kept `eval` busy for minutes (found by scripts/fuzz-cli.py): its
     /// turns are found by rendering prefixes, work that grows with the square of the conversation's length. The
     /// renders of one conversation are bounded together, with an error that says what to do; a conversation of a
