@@ -169,6 +169,25 @@ final class BadTextInputTests: XCTestCase {
         }
     }
 
+    /// Errors about a GGUF's vocabulary named no file ("GGUF vocabulary (...): tokenizer.ggml.token_type has 3
+    /// entries ..."; found by scripts/fuzz-cli.py): given the file, they start with it, as every other error does.
+    func testGGUFVocabularyErrorsNameTheFile() throws {
+        let tokens = ["<unk>", "<s>", "</s>", "a"]
+        XCTAssertThrowsError(try Tokenizer(ggufModel: "gpt2", pre: nil, tokens: tokens, tokenTypes: [3, 3, 3],
+                                           scores: nil, merges: [], bosTokenId: 1, eosTokenId: 2, unknownTokenId: 0,
+                                           paddingTokenId: nil, addBOS: true, addSpacePrefix: false,
+                                           file: "m.gguf")) {
+            XCTAssertTrue("\($0)".hasPrefix("m.gguf: GGUF vocabulary (tokenizer.ggml.model \"gpt2\", 4 tokens): " +
+                                           "tokenizer.ggml.token_type has 3 entries"), "\($0)")
+        }
+        XCTAssertThrowsError(try GGUFVocabulary(ggufModel: "gpt2", pre: nil, tokens: tokens, tokenTypes: nil,
+                                                merges: [], bosTokenId: 9, eosTokenId: 2, unknownTokenId: 0,
+                                                paddingTokenId: nil, addBOS: true, addEOS: false, file: "m.gguf")) {
+            XCTAssertTrue("\($0)".hasPrefix("m.gguf: GGUF vocabulary"), "\($0)")
+            XCTAssertTrue("\($0)".contains("a special token id (9) is outside the 4-token vocabulary"), "\($0)")
+        }
+    }
+
     /// One chat record of 8,000 one-word messages kept `eval` busy for minutes (found by scripts/fuzz-cli.py): its
     /// turns are found by rendering prefixes, work that grows with the square of the conversation's length. The
     /// renders of one conversation are bounded together, with an error that says what to do; a conversation of a
