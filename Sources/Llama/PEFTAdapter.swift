@@ -56,6 +56,20 @@ public enum PEFTAdapter {
             lora.targetModules = list
         }
         if json["use_dora"] == .bool(true) { throw ModelFileError.invalidConfig(path: path, detail: "DoRA adapters are not supported") }
+        // Settings that change what peft computes from the same tensors (another rank or scale for some modules,
+        // layers or modules left out, extra trained weights): read as absent, an adapter with
+        // "alpha_pattern": {"q_proj": 64} merged and generated with the wrong scale without a word.
+        for key in ["rank_pattern", "alpha_pattern", "layers_to_transform", "exclude_modules", "modules_to_save",
+                    "trainable_token_indices", "target_parameters"] {
+            guard let value = json[key] else { continue }
+            let empty = value == .null || value.arrayValue?.isEmpty == true || value.objectValue?.isEmpty == true
+                || value.stringValue?.isEmpty == true
+            guard empty else {
+                throw ModelFileError.invalidConfig(path: path, detail: "\"\(key)\" is \(value.compactText()): this " +
+                    "tool reads adapters with one rank and scale for every targeted projection of every layer, and " +
+                    "no other trained weights (\(key) must be null or empty)")
+            }
+        }
         if let bias = json["bias"]?.stringValue, bias != "none" {
             throw ModelFileError.invalidConfig(path: path, detail: "bias \"\(bias)\" is not supported (only \"none\")")
         }

@@ -34,6 +34,11 @@ public final class SafeTensorsArchive: @unchecked Sendable {
                 guard let f = file.stringValue, !f.contains("/") else {
                     throw ModelFileError.invalidConfig(path: indexPath, detail: "weight_map entry for '\(name)' is not a file name")
                 }
+                // A name listed twice (in two shards, say) was read from the last one and listed twice: quantize
+                // then failed only when writing its output, after all the work.
+                guard shardOf[name] == nil else {
+                    throw ModelFileError.invalidConfig(path: indexPath, detail: "weight_map lists '\(name)' twice")
+                }
                 shardOf[name] = f
                 names.append(name)
             }

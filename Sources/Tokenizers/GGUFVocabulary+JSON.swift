@@ -4,13 +4,18 @@ import ModelFiles
 /// Hugging Face files (`tokenizer.json`, `tokenizer_config.json`) that tokenize as the GGUF does here, so that a
 /// model merged from a GGUF base is a complete Hugging Face folder.
 extension GGUFVocabulary {
+    /// What errors about a GGUF vocabulary name: its file (when known) and its model and size.
+    static func source(file: String?, model: String, tokenCount: Int) -> String {
+        (file.map { $0 + ": " } ?? "") + "GGUF vocabulary (tokenizer.ggml.model \"\(model)\", \(tokenCount) tokens)"
+    }
+
     /// The vocabulary of a GGUF's `tokenizer.ggml.*` metadata. Only `tokenizer.ggml.model` "gpt2" (byte-level BPE
     /// with merges) with a word-splitting pattern this package knows is taken; SentencePiece ("llama") vocabularies
-    /// have no merges list to write.
+    /// have no merges list to write. `file` is the GGUF file it comes from, named by its errors.
     public init(ggufModel: String, pre: String?, tokens: [String], tokenTypes: [Int]?, merges: [String]?,
                 bosTokenId: Int?, eosTokenId: Int?, unknownTokenId: Int?, paddingTokenId: Int?, addBOS: Bool,
-                addEOS: Bool) throws {
-        let source = "GGUF vocabulary (tokenizer.ggml.model \"\(ggufModel)\", \(tokens.count) tokens)"
+                addEOS: Bool, file: String? = nil) throws {
+        let source = Self.source(file: file, model: ggufModel, tokenCount: tokens.count)
         func fail(_ message: String) -> TokenizerError { TokenizerError(source: source, message: message) }
         guard ggufModel == "gpt2", let merges else {
             throw fail("only byte-level BPE vocabularies (tokenizer.ggml.model \"gpt2\" with merges) can be written " +

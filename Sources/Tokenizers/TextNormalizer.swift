@@ -33,6 +33,33 @@ struct TextNormalizer: Equatable {
     /// True when there is nothing to do.
     var isEmpty: Bool { rules.isEmpty }
 
+    /// The most scalars `apply` may make of one scalar of text, at worst: real tokenizers stay below 4 (a "▁" put in
+    /// front, a space made "▁"). A chain of eight `Replace` steps each making "a" sixteen "a"s grew a text 4 × 10⁹
+    /// times (a hang, then memory exhausted), and long `Prepend`s land in front of every stretch between added tokens.
+    static let maximumGrowth = 64
+
+    /// A bound on the scalars `apply` makes of one scalar of text: each rule makes `n` scalars at most
+    /// `factor · n + added` (`added` counts what is put in front of a stretch, itself at least one scalar long).
+    /// Saturates at `Double.infinity` instead of overflowing.
+    var growth: Double {
+        var factor = 1.0, added = 0.0
+        for rule in rules {
+            switch rule {
+            case .nfc, .nfd, .nfkc, .nfkd, .lowercase: break   // bounded by Unicode's own small tables
+            case .prepend(let prefix): added += Double(prefix.unicodeScalars.count)
+            case .replace(let pattern, let replacement):
+                let ratio = Double(replacement.unicodeScalars.count) / Double(max(1, pattern.unicodeScalars.count))
+                if ratio > 1 { factor *= ratio; added *= ratio }
+            case .prefixSpace: added += 1
+            case .metaspace(let replacement, _):
+                let length = Double(replacement.unicodeScalars.count)
+                if length > 1 { factor *= length; added *= length }
+                added += length
+            }
+        }
+        return factor + added
+    }
+
     /// `text` rewritten; `isStartOfInput` says whether it begins the whole input (for `PrependScheme.first`).
     func apply(to text: String, isStartOfInput: Bool) -> String {
         var text = text

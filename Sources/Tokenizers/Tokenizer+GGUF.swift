@@ -11,10 +11,12 @@ extension Tokenizer {
     /// - `addBOS` (`tokenizer.ggml.add_bos_token`): whether `encode(_:addSpecialTokens: true)` prepends BOS.
     /// - `addSpacePrefix` (`tokenizer.ggml.add_space_prefix`, "llama" only): whether a "▁" goes in front of the
     ///   text and after every added token, and one leading space is dropped when decoding.
+    /// - `file`: the GGUF file the vocabulary comes from, named by its errors.
     public convenience init(ggufModel: String, pre: String?, tokens: [String], tokenTypes: [Int]?, scores: [Float]?,
                             merges: [String]?, bosTokenId: Int?, eosTokenId: Int?, unknownTokenId: Int?,
-                            paddingTokenId: Int?, addBOS: Bool, addSpacePrefix: Bool) throws {
-        let reader = GGUFVocabularyReader(model: ggufModel, tokens: tokens, tokenTypes: tokenTypes, scores: scores)
+                            paddingTokenId: Int?, addBOS: Bool, addSpacePrefix: Bool, file: String? = nil) throws {
+        let reader = GGUFVocabularyReader(model: ggufModel, tokens: tokens, tokenTypes: tokenTypes, scores: scores,
+                                          file: file)
         try self.init(parts: reader.parts(pre: pre, merges: merges, bosTokenId: bosTokenId, eosTokenId: eosTokenId,
                                           unknownTokenId: unknownTokenId, paddingTokenId: paddingTokenId,
                                           addBOS: addBOS, addSpacePrefix: addSpacePrefix))
@@ -27,13 +29,14 @@ struct GGUFVocabularyReader {
     let tokens: [String]
     let tokenTypes: [Int]?
     let scores: [Float]?
+    let file: String?
 
     /// GGUF token types, as llama.cpp numbers them.
     enum TokenType {
         static let normal = 1, unknown = 2, control = 3, userDefined = 4, unused = 5, byte = 6
     }
 
-    var source: String { "GGUF vocabulary (tokenizer.ggml.model \"\(model)\", \(tokens.count) tokens)" }
+    var source: String { GGUFVocabulary.source(file: file, model: model, tokenCount: tokens.count) }
 
     func error(_ message: String) -> TokenizerError { TokenizerError(source: source, message: message) }
 
@@ -65,6 +68,10 @@ struct GGUFVocabularyReader {
         let matchedTypes = [TokenType.unknown, TokenType.control, TokenType.userDefined]
         let addedTokens = tokens.indices.filter { matchedTypes.contains(types[$0]) }.map { id in
             AddedToken(id: id, content: tokens[id], isSpecial: types[id] != TokenType.userDefined)
+        }
+        if let long = addedTokens.first(where: { $0.content.utf8.count > AddedToken.maximumBytes }) {
+            throw error("token \(long.id), matched whole in text (a control or user-defined token), is " +
+                        "\(long.content.utf8.count) bytes long; at most \(AddedToken.maximumBytes) are accepted")
         }
         let specialIds = Set(addedTokens.filter(\.isSpecial).map(\.id))
 

@@ -71,6 +71,13 @@ struct TokenizerJSONReader {
         let merges = try readMerges(model["merges"], tokenIds: tokenIds)
         let (textRules, splitRules, byteLevel) = try readPreTokenizer(json["pre_tokenizer"], at: "pre_tokenizer")
         let normalizer = TextNormalizer(rules: try readNormalizer(json["normalizer"], at: "normalizer") + textRules)
+        let growth = normalizer.growth
+        guard growth <= Double(TextNormalizer.maximumGrowth) else {
+            let times = growth < 1e15 ? "\(Int(growth.rounded(.up)))" : "more than 10^15"
+            throw error("normalizer and pre_tokenizer: their Replace and Prepend steps can make text \(times) times " +
+                        "longer (replacements longer than what they replace, one after another); at most " +
+                        "\(TextNormalizer.maximumGrowth) is accepted")
+        }
         var unknownId: Int?
         if let name = model["unk_token"]?.stringValue {
             guard let id = tokenIds[name] else { throw error("model.unk_token \"\(name)\" is not in the vocabulary") }
@@ -111,6 +118,10 @@ struct TokenizerJSONReader {
         return try entries.enumerated().map { index, entry in
             guard let id = entry["id"]?.intValue, id >= 0, let content = entry["content"]?.stringValue else {
                 throw error("added_tokens[\(index)] needs an integer \"id\" and a string \"content\"")
+            }
+            guard content.utf8.count <= AddedToken.maximumBytes else {
+                throw error("added_tokens[\(index)] (id \(id)) is \(content.utf8.count) bytes long; at most " +
+                            "\(AddedToken.maximumBytes) are accepted")
             }
             return AddedToken(id: id, content: content, isSpecial: entry["special"] == .bool(true),
                               stripsLeft: entry["lstrip"] == .bool(true), stripsRight: entry["rstrip"] == .bool(true))

@@ -64,6 +64,11 @@ public struct ChatTemplate: Sendable {
 
     static func render(_ template: JinjaTemplate, _ messages: [ChatMessage], _ addGenerationPrompt: Bool,
                        _ bosToken: String?, _ eosToken: String?) throws -> String {
+        try template.render(variables(messages, addGenerationPrompt, bosToken, eosToken))
+    }
+
+    static func variables(_ messages: [ChatMessage], _ addGenerationPrompt: Bool, _ bosToken: String?,
+                          _ eosToken: String?) -> [String: JinjaValue] {
         var variables: [String: JinjaValue] = [
             "messages": .list(messages.map { .stringDict([("role", $0.role), ("content", $0.content)]) }, depth: 2),
             "add_generation_prompt": .bool(addGenerationPrompt),
@@ -71,7 +76,39 @@ public struct ChatTemplate: Sendable {
         ]
         if let bosToken { variables["bos_token"] = .string(bosToken) }
         if let eosToken { variables["eos_token"] = .string(eosToken) }
-        return try template.render(variables)
+        return variables
+    }
+
+    /// The most evaluation steps that finding the turns of one conversation may take, all its renders together
+    /// (each one is also bounded by `JinjaTemplate.maximumSteps`). The conversation's prefixes are rendered, two or
+    /// three per trained turn, so the work grows with the square of its length: one record of 8,000 one-word
+    /// messages kept `train` and `eval` busy for minutes. This allows a few hundred turns under a large template.
+    public static let maximumSegmentationSteps = 8 * JinjaTemplate.maximumSteps
+
+    /// The steps left to one conversation's renders (`maximumSegmentationSteps` at first).
+    struct StepBudget {
+        let messageCount: Int
+        var remaining = ChatTemplate.maximumSegmentationSteps
+
+        /// Counts a render's steps, and throws once the conversation has taken more than its share.
+        mutating func spend(_ steps: Int) throws {
+            remaining -= steps
+            guard remaining >= 0 else {
+                throw JinjaError(kind: .limit, message: "finding the turns of this \(messageCount)-message " +
+                    "conversation took more than \(ChatTemplate.maximumSegmentationSteps) template steps (its " +
+                    "prefixes are rendered, so the work grows with the square of its length): split it into " +
+                    "shorter conversations", position: JinjaPosition(line: 1, column: 1))
+            }
+        }
+    }
+
+    /// One render of a prefix of the conversation being segmented, counted against its budget.
+    func render(_ messages: [ChatMessage], addGenerationPrompt: Bool, budget: inout StepBudget) throws -> String {
+        try budget.spend(0)   // a budget spent by a render whose error was ignored stops here
+        let (text, steps) = try template.renderCountingSteps(
+            Self.variables(messages, addGenerationPrompt, bosToken, eosToken))
+        try budget.spend(steps)
+        return text
     }
 
     /// What follows the content of an assistant turn, up to the first whitespace (`<|im_end|>`, `<|eot_id|>`).
@@ -96,12 +133,13 @@ public struct ChatTemplate: Sendable {
     /// marker (and what follows it in the turn) as `trainOnEOS` says.
     public func segments(_ messages: [ChatMessage], rolesToTrain: Set<String> = ["assistant"],
                          trainOnEOS: TrainOnEOS = .turn) throws -> [TextSegment] {
-        let full = Array(try render(messages, addGenerationPrompt: false).utf8)
+        var budget = StepBudget(messageCount: messages.count)
+        let full = Array(try render(messages, addGenerationPrompt: false, budget: &budget).utf8)
         var mask = [Bool](repeating: false, count: full.count)
         let marker = endOfTurnMarker.map { Array($0.utf8) } ?? []
         var markerRanges: [Range<Int>] = []
         for i in messages.indices where rolesToTrain.contains(messages[i].role) {
-            guard let turn = try turnRange(messages, i, in: full) else { continue }
+            guard let turn = try turnRange(messages, i, in: full, budget: &budget) else { continue }
             var eosStart = turn.upperBound
             if !marker.isEmpty, let m = Self.lastOccurrence(of: marker, in: full, within: turn) { eosStart = m }
             for k in turn.lowerBound..<eosStart { mask[k] = true }
@@ -137,18 +175,20 @@ public struct ChatTemplate: Sendable {
 
     /// Where turn `i` lies in `full` (UTF-8 offsets), or nil when it adds no text: what it adds to the render of
     /// the turns before it, as far as `full` has the same text.
-    func turnRange(_ messages: [ChatMessage], _ i: Int, in full: [UInt8]) throws -> Range<Int>? {
+    func turnRange(_ messages: [ChatMessage], _ i: Int, in full: [UInt8], budget: inout StepBudget) throws
+        -> Range<Int>? {
         let role = messages[i].role
-        let upTo = Array(try render(Array(messages[...i]), addGenerationPrompt: false).utf8)
+        let upTo = Array(try render(Array(messages[...i]), addGenerationPrompt: false, budget: &budget).utf8)
         var start: Int
         // The first turn has no prefix to render (transformers refuses an empty conversation): it starts where the
         // render ending in an empty turn departs, like a turn whose prefix renders differently.
-        if i > 0, let before = try? render(Array(messages[..<i]), addGenerationPrompt: role == "assistant"),
+        if i > 0, let before = try? render(Array(messages[..<i]), addGenerationPrompt: role == "assistant",
+                                           budget: &budget),
            upTo.starts(with: before.utf8) {
             start = before.utf8.count
         } else {
             let empty = try render(Array(messages[..<i]) + [ChatMessage(role: role, content: "")],
-                                   addGenerationPrompt: false)
+                                   addGenerationPrompt: false, budget: &budget)
             start = Self.commonPrefix(Array(empty.utf8)[...], upTo[...])
         }
         guard full.starts(with: upTo[..<start]) else {

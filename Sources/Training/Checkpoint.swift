@@ -175,6 +175,7 @@ public enum Checkpoint {
             }
             steps[name] = updates
             let m = try file.tensor(named: name + ".m"), v = try file.tensor(named: name + ".v")
+            try checkMoments(name, m: m, v: v, file: file, kind: current.kind, adapters: adapters)
             // Moments and block scales finite, second moments and scales not negative: a damaged value used to
             // make the first resumed step diverge (and blame the learning rate).
             func checked(_ suffix: String, _ values: [Float], nonNegative: Bool) throws -> [Float] {
@@ -206,5 +207,48 @@ public enum Checkpoint {
         }
         trainer.restore(step: step, rng: rng, data: DataPosition(order: order, position: position, epoch: epoch),
                         best: best, evaluationsWithoutImprovement: counter)
+    }
+
+    /// Checks the moments of optimizer tensor `name` ("LAYER.PROJECTION.A" or ".B") against the adapter matrix they
+    /// update: one value per weight, stored as the update of `kind` reads them (8-bit codes with an absmax per block
+    /// for a large matrix of an 8-bit optimizer, float32 otherwise). Moments cut short used to be read past their
+    /// end by the first update (a trap in the 32-bit update, unchecked memory in the 8-bit one).
+    public static func checkMoments(_ name: String, m: Tensor, v: Tensor, file: SafeTensorsFile, kind: OptimizerKind,
+                             adapters: [String: LoRAWeights]) throws {
+        func fail(_ detail: String) -> ModelFileError {
+            ModelFileError.invalidCheckpoint(path: file.path, tensor: name, detail: detail)
+        }
+        var weights: Int?
+        if let dot = name.lastIndex(of: "."), let w = adapters[String(name[..<dot])] {
+            switch name[name.index(after: dot)...] {
+            case "A": weights = w.a.count
+            case "B": weights = w.b.count
+            default: break
+            }
+        }
+        guard let n = weights else {
+            throw fail("optimizer state for no adapter matrix of this run (expected LAYER.PROJECTION.A or .B of the "
+                       + "adapters \(adapters.keys.sorted().prefix(4).joined(separator: ", ")), ...)")
+        }
+        let eightBit = kind.isEightBit && n >= AdamW.minimumEightBitSize
+        let expected = eightBit ? "8-bit codes (U8)" : "floats"
+        guard eightBit ? m.dtype == .u8 && v.dtype == .u8 : m.dtype.isFloatingPoint && v.dtype.isFloatingPoint else {
+            throw fail("moments are \(m.dtype.rawValue) and \(v.dtype.rawValue), expected \(expected) for a " +
+                       "\(n)-value matrix under \(kind.rawValue)")
+        }
+        guard m.elementCount == n, v.elementCount == n else {
+            throw fail("moments hold \(m.elementCount) and \(v.elementCount) values, expected \(n) (one per weight " +
+                       "of the adapter matrix)")
+        }
+        if eightBit {
+            let blocks = (n + AdamW.blocksize - 1) / AdamW.blocksize
+            for suffix in [".absmax_m", ".absmax_v"] {
+                let count = try file.tensor(named: name + suffix).elementCount
+                guard count == blocks else {
+                    throw fail("\(suffix.dropFirst()) holds \(count) values, expected \(blocks) (one per block of " +
+                               "\(AdamW.blocksize))")
+                }
+            }
+        }
     }
 }

@@ -23,6 +23,16 @@ struct Info: ParsableCommand {
         guard (path == nil) != (modelOptions.model == nil) else {
             throw ValidationError("give the model once: qlora info MODEL (or --model MODEL)")
         }
+        // The graph replaces the file it is written to: never the model or adapter being read, nor a file in their
+        // folders (`--dot MODEL/model.safetensors` used to replace the weights with a Graphviz text). An empty path
+        // is refused by the write itself.
+        if let dot, !dot.isEmpty, let model = path ?? modelOptions.model {
+            try Quantize.checkOutput(dot, model: model, writing: "writing the graph", flag: "--dot")
+            if let adapter {
+                try Quantize.checkOutput(dot, model: adapter, writing: "writing the graph", flag: "--dot",
+                                         source: "--adapter")
+            }
+        }
     }
 
     func run() throws {

@@ -119,7 +119,7 @@ struct ModelText {
             eosTokenId: m["tokenizer.ggml.eos_token_id"]?.int, unknownTokenId: m["tokenizer.ggml.unknown_token_id"]?.int,
             paddingTokenId: m["tokenizer.ggml.padding_token_id"]?.int,
             addBOS: m["tokenizer.ggml.add_bos_token"]?.bool ?? (model == "llama"),
-            addSpacePrefix: m["tokenizer.ggml.add_space_prefix"]?.bool ?? (model == "llama"))
+            addSpacePrefix: m["tokenizer.ggml.add_space_prefix"]?.bool ?? (model == "llama"), file: path)
         try checkFits(tokenizer, tokenizerPath: path, modelVocabulary: (try? LlamaConfig(gguf: gguf))?.vocabSize)
         return with(tokenizer, template: m["tokenizer.chat_template"]?.string,
                     origin: path + " (tokenizer.chat_template)")

@@ -99,7 +99,7 @@ struct Merge: ParsableCommand {
         let vocabulary = try GGUFVocabulary(
             ggufModel: model, pre: m["tokenizer.ggml.pre"]?.string, tokens: tokens, tokenTypes: types, merges: merges,
             bosTokenId: bos, eosTokenId: eos, unknownTokenId: unknown, paddingTokenId: padding, addBOS: addBOS,
-            addEOS: addEOS)
+            addEOS: addEOS, file: path)
         var generation: [(String, JSONValue)] = []
         if let bos { generation.append(("bos_token_id", .int(bos))) }
         if let eos { generation.append(("eos_token_id", .int(eos))) }

@@ -219,6 +219,20 @@ final class BadInputFileTests: XCTestCase {
         }
     }
 
+    /// A sharded model's index listing a tensor twice was read as two tensors of that name (found by
+    /// scripts/fuzz-cli.py): `quantize` failed only when writing its output. It is an error naming the index.
+    func testShardIndexListingATensorTwiceIsAnError() throws {
+        let dir = makeTemporaryDirectory(self)
+        try SafeTensorsWriter.write([(name: "w", tensor: Tensor([1, 2], shape: [2]))],
+                                    to: dir + "/model-00001-of-00001.safetensors")
+        let index = dir + "/model.safetensors.index.json"
+        try AtomicFile.write(text: #"{"weight_map": {"w": "model-00001-of-00001.safetensors", "#
+                             + #""w": "model-00001-of-00001.safetensors"}}"#, to: index)
+        assertThrows([index, "weight_map lists 'w' twice"]) { _ = try SafeTensorsArchive(directory: dir) }
+        try AtomicFile.write(text: #"{"weight_map": {"w": "model-00001-of-00001.safetensors"}}"#, to: index)
+        XCTAssertEqual(try SafeTensorsArchive(directory: dir).tensor(named: "w").floats(), [1, 2])
+    }
+
     // MARK: 4. peft adapters
 
     func testPEFTAdapterRankAndShapes() throws {
@@ -253,6 +267,30 @@ final class BadInputFileTests: XCTestCase {
             _ = try PEFTAdapter.readWeights(directory: dir, r: 8,
                                             shapes: ["0.q_proj": (outFeatures: 64, inFeatures: 64)])
         }
+    }
+
+    /// peft settings that change what the same tensors compute were read as absent (found by scripts/fuzz-cli.py):
+    /// `"alpha_pattern": {"q_proj": 64}` merged and generated q_proj with alpha 16's scale without a word. Each is an
+    /// error naming the key and its value; null or empty, as peft writes them when unused, is accepted.
+    func testPEFTSettingsThatChangeTheAdapterAreRefused() throws {
+        let dir = makeTemporaryDirectory(self)
+        let config = dir + "/adapter_config.json"
+        let refused = [#""alpha_pattern": {"q_proj": 64}"#, #""rank_pattern": {"v_proj": 4}"#,
+                       #""layers_to_transform": [0]"#, #""layers_to_transform": 1"#, #""exclude_modules": "q_proj""#,
+                       #""modules_to_save": ["lm_head"]"#, #""trainable_token_indices": [5]"#,
+                       #""target_parameters": ["experts"]"#]
+        for setting in refused {
+            try AtomicFile.write(text: #"{"r": 8, "lora_alpha": 16, "target_modules": ["q_proj"], "# + setting + "}",
+                                 to: config)
+            let key = String(setting.dropFirst().prefix { $0 != "\"" })
+            assertThrows([config, "\"\(key)\" is ", "must be null or empty"]) {
+                _ = try PEFTAdapter.readConfig(directory: dir)
+            }
+        }
+        try AtomicFile.write(text: #"{"r": 8, "lora_alpha": 16, "target_modules": ["q_proj"], "alpha_pattern": {}, "#
+                             + #""rank_pattern": {}, "layers_to_transform": null, "exclude_modules": null, "#
+                             + #""modules_to_save": null, "trainable_token_indices": null}"#, to: config)
+        XCTAssertEqual(try PEFTAdapter.readConfig(directory: dir).alpha, 16)
     }
 
     // MARK: 5. Ids and labels against the vocabulary

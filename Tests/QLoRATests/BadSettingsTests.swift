@@ -747,4 +747,20 @@ extension BadSettingsTests {
         XCTAssertFalse(parent.contains { $0.hasPrefix(name) }, "left behind: \(parent.filter { $0.hasPrefix(name) })")
     }
 
+    /// `info MODEL --dot MODEL/model.safetensors` replaced the model's weights with the Graphviz text (found by
+    /// scripts/fuzz-cli.py, issue 12): the graph is never written over the model or adapter being read, nor into
+    /// their folders, and the files stay as they were.
+    func testInfoDotIsNeverWrittenOverTheModelOrAdapter() throws {
+        let (_, _, model) = try goldenCopy("tiny-llama")
+        let (_, _, adapter) = try goldenCopy("tiny-adapter")
+        let weights = model + "/model.safetensors", adapterWeights = adapter + "/adapter_model.safetensors"
+        let before = try Data(contentsOf: URL(fileURLWithPath: weights))
+        let adapterBefore = try Data(contentsOf: URL(fileURLWithPath: adapterWeights))
+        try expectError(["info", model, "--dot", weights], ["--dot \(weights) is inside the --model folder"])
+        try expectError(["info", model, "--dot", model], ["--dot \(model) is the --model folder itself"])
+        try expectError(["info", model, "--adapter", adapter, "--dot", adapterWeights],
+                        ["--dot \(adapterWeights) is inside the --adapter folder"])
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: weights)), before)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: adapterWeights)), adapterBefore)
+    }
 }

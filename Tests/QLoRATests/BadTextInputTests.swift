@@ -1,6 +1,7 @@
 import Foundation
 import ModelFiles
 import Tokenizers
+import Training
 import XCTest
 
 /// Issue 12, bad text: invalid UTF-8 in JSON strings, a tokenizer_config.json that is not a JSON object, the forms
@@ -111,6 +112,102 @@ final class BadTextInputTests: XCTestCase {
                 XCTAssertTrue("\(error)".contains(words), "\(value): \(error)")
             }
         }
+    }
+
+    /// A tokenizer.json whose normalizer is eight `Replace` steps each making "a" sixteen "a"s grew a three-letter
+    /// text 4 × 10⁹ times when encoding (found by scripts/fuzz-cli.py: `tokenize` hung, then ran out of memory). A
+    /// normalizer that can grow text more than `TextNormalizer.maximumGrowth` times is an error when the file is read;
+    /// Llama 2's (a "▁" in front, spaces made "▁") still loads.
+    func testANormalizerThatGrowsTextWithoutBoundIsAnError() throws {
+        let path = makeTemporaryDirectory(self) + "/tokenizer.json"
+        func write(normalizer: String) throws {
+            try AtomicFile.write(text: #"{"model": {"type": "BPE", "vocab": {"a": 0, "\u2581": 1}, "merges": []}, "#
+                                 + #""normalizer": "# + normalizer + "}", to: path)
+        }
+        let grow = #"{"type": "Replace", "pattern": {"String": "a"}, "content": "aaaaaaaaaaaaaaaa"}"#
+        try write(normalizer: #"{"type": "Sequence", "normalizers": ["#
+                  + Array(repeating: grow, count: 8).joined(separator: ", ") + "]}")
+        XCTAssertThrowsError(try Tokenizer(tokenizerJSONPath: path)) { error in
+            XCTAssertTrue("\(error)".contains(path), "\(error)")
+            XCTAssertTrue("\(error)".contains("can make text 4294967296 times longer"), "\(error)")
+        }
+        try write(normalizer: #"{"type": "Prepend", "prepend": ""# + String(repeating: "a", count: 100) + #""}"#)
+        XCTAssertThrowsError(try Tokenizer(tokenizerJSONPath: path)) {
+            XCTAssertTrue("\($0)".contains("can make text 101 times longer"), "\($0)")
+        }
+        try write(normalizer: #"{"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u2581"}, "#
+                  + #"{"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}"#)
+        XCTAssertEqual(try Tokenizer(tokenizerJSONPath: path).encode("a a"), [1, 0, 1, 0])
+    }
+
+    /// Added tokens were matched by trying, at each byte of the text, every token starting with that byte, each as
+    /// far as its length (found by scripts/fuzz-cli.py): 80,000 added tokens "tok0" ... took 21 s for 360 KB of
+    /// text, one token of 10⁵ "a"s 10 s for 300 KB. Matching walks a trie of the tokens, still leftmost-longest,
+    /// and a token longer than `AddedToken.maximumBytes` is an error naming it.
+    func testAddedTokenMatchingIsBoundedByTheLongestToken() throws {
+        let path = makeTemporaryDirectory(self) + "/tokenizer.json"
+        func write(added: [String]) throws {
+            let vocab = (["t", "o", "k", " ", "1", "2"].enumerated().map { "\"\($1)\": \($0)" }
+                         + added.enumerated().map { "\"\($1)\": \(100 + $0)" }).joined(separator: ", ")
+            let entries = added.enumerated().map { #"{"id": \#(100 + $0), "content": "\#($1)", "special": true}"# }
+            try AtomicFile.write(text: #"{"model": {"type": "BPE", "vocab": {"# + vocab + #"}, "merges": []}, "#
+                                 + #""added_tokens": ["# + entries.joined(separator: ", ") + "]}", to: path)
+        }
+        // The longest token at the earliest place: "tok12" over "tok1" and "tok", then "tok1", then plain text.
+        try write(added: ["tok", "tok1", "tok12"])
+        XCTAssertEqual(try Tokenizer(tokenizerJSONPath: path).encode("tok12 tok1 to"), [102, 3, 101, 3, 0, 1])
+        try write(added: (0..<20_000).map { "tok\($0)" })
+        let many = try Tokenizer(tokenizerJSONPath: path)
+        let started = Date()
+        let ids = many.encode(String(repeating: "tok1 tok19999 to ", count: 5_000))
+        XCTAssertEqual(ids.prefix(6), [101, 3, 20_099, 3, 0, 1])
+        XCTAssertLessThan(Date().timeIntervalSince(started), 30)
+        try write(added: [String(repeating: "a", count: 1_025)])   // AddedToken.maximumBytes + 1
+        XCTAssertThrowsError(try Tokenizer(tokenizerJSONPath: path)) {
+            XCTAssertTrue("\($0)".contains("\(path)"), "\($0)")
+            XCTAssertTrue("\($0)".contains("added_tokens[0] (id 100) is 1025 bytes long; at most 1024"), "\($0)")
+        }
+    }
+
+    /// Errors about a GGUF's vocabulary named no file ("GGUF vocabulary (...): tokenizer.ggml.token_type has 3
+    /// entries ..."; found by scripts/fuzz-cli.py): given the file, they start with it, as every other error does.
+    func testGGUFVocabularyErrorsNameTheFile() throws {
+        let tokens = ["<unk>", "<s>", "</s>", "a"]
+        XCTAssertThrowsError(try Tokenizer(ggufModel: "gpt2", pre: nil, tokens: tokens, tokenTypes: [3, 3, 3],
+                                           scores: nil, merges: [], bosTokenId: 1, eosTokenId: 2, unknownTokenId: 0,
+                                           paddingTokenId: nil, addBOS: true, addSpacePrefix: false,
+                                           file: "m.gguf")) {
+            XCTAssertTrue("\($0)".hasPrefix("m.gguf: GGUF vocabulary (tokenizer.ggml.model \"gpt2\", 4 tokens): " +
+                                           "tokenizer.ggml.token_type has 3 entries"), "\($0)")
+        }
+        XCTAssertThrowsError(try GGUFVocabulary(ggufModel: "gpt2", pre: nil, tokens: tokens, tokenTypes: nil,
+                                                merges: [], bosTokenId: 9, eosTokenId: 2, unknownTokenId: 0,
+                                                paddingTokenId: nil, addBOS: true, addEOS: false, file: "m.gguf")) {
+            XCTAssertTrue("\($0)".hasPrefix("m.gguf: GGUF vocabulary"), "\($0)")
+            XCTAssertTrue("\($0)".contains("a special token id (9) is outside the 4-token vocabulary"), "\($0)")
+        }
+    }
+
+    /// One chat record of 8,000 one-word messages kept `eval` busy for minutes (found by scripts/fuzz-cli.py): its
+    /// turns are found by rendering prefixes, work that grows with the square of the conversation's length. The
+    /// renders of one conversation are bounded together, with an error that says what to do; a conversation of a
+    /// hundred turns is still segmented.
+    func testAVeryLongConversationIsBoundedNotAHang() throws {
+        let template = try ChatTemplate(jinja: "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n"
+                                        + "{% endfor %}", bosToken: "<s>", eosToken: "</s>")
+        func conversation(_ n: Int) -> [ChatMessage] {
+            (0..<n).map { ChatMessage(role: $0 % 2 == 0 ? "user" : "assistant", content: "a") }
+        }
+        let segments = try template.segments(conversation(100))
+        XCTAssertEqual(segments.filter(\.trainable).count, 50)
+        let started = Date()
+        XCTAssertThrowsError(try template.segments(conversation(8_000))) { error in
+            XCTAssertEqual((error as? JinjaError)?.kind, .limit)
+            XCTAssertTrue("\(error)".contains("finding the turns of this 8000-message conversation took more than " +
+                "\(ChatTemplate.maximumSegmentationSteps) template steps"), "\(error)")
+            XCTAssertTrue("\(error)".contains("split it into shorter conversations"), "\(error)")
+        }
+        XCTAssertLessThan(Date().timeIntervalSince(started), 60)
     }
 }
 

@@ -205,3 +205,51 @@ extension BadSettingsTests {
         }
     }
 }
+
+extension BadSettingsTests {
+    /// A checkpoint whose optimizer moments were shorter than the adapter matrix they update (found by
+    /// scripts/fuzz-cli.py): the first resumed update read past their end, a trap in the 32-bit update and unchecked
+    /// memory in the 8-bit one. Each matrix's moments are checked against it when resuming: one value per weight,
+    /// stored as the optimizer's update reads them, and one block scale per 256 values for 8-bit codes.
+    func testResumedOptimizerMomentsMustFitTheirAdapterMatrix() throws {
+        let path = makeTemporaryDirectory(self) + "/optimizer.safetensors"
+        // A: 8 values (32-bit moments under every optimizer); B: 4096 values (8-bit codes under an 8-bit one).
+        let adapters = ["0.q_proj": LoRAWeights(a: [Float](repeating: 0, count: 8),
+                                                b: [Float](repeating: 0, count: 4096))]
+        func floats(_ n: Int) -> Tensor { Tensor([Float](repeating: 0, count: n), shape: [n]) }
+        func codes(_ n: Int) -> Tensor { Tensor(copying: [UInt8](repeating: 0, count: n), shape: [n], dtype: .u8) }
+        func moments(_ name: String, _ m: Tensor, _ v: Tensor, scales: (Int, Int)? = nil) -> [(String, Tensor)] {
+            [(name + ".m", m), (name + ".v", v)]
+                + (scales.map { [(name + ".absmax_m", floats($0.0)), (name + ".absmax_v", floats($0.1))] } ?? [])
+        }
+        func check(_ name: String, _ tensors: [(String, Tensor)], _ kind: OptimizerKind) throws {
+            try SafeTensorsWriter.write(tensors.map { (name: $0.0, tensor: $0.1) }, metadata: [:], to: path)
+            let file = try SafeTensorsFile(path: path)
+            try Checkpoint.checkMoments(name, m: try file.tensor(named: name + ".m"),
+                                        v: try file.tensor(named: name + ".v"), file: file, kind: kind,
+                                        adapters: adapters)
+        }
+        let a = "0.q_proj.A", b = "0.q_proj.B"
+        XCTAssertNoThrow(try check(a, moments(a, floats(8), floats(8)), .adamw_8bit))
+        XCTAssertNoThrow(try check(b, moments(b, codes(4096), codes(4096), scales: (16, 16)), .paged_adamw_8bit))
+        XCTAssertNoThrow(try check(b, moments(b, floats(4096), floats(4096)), .adamw))
+        let bad: [(String, [(String, Tensor)], OptimizerKind, String)] = [
+            (a, moments(a, floats(4), floats(4)), .adamw, "moments hold 4 and 4 values, expected 8 (one per weight"),
+            (a, moments(a, floats(8), floats(9)), .paged_adamw_32bit, "moments hold 8 and 9 values, expected 8"),
+            (b, moments(b, codes(2048), codes(2048), scales: (8, 8)), .adamw_8bit,
+             "moments hold 2048 and 2048 values, expected 4096"),
+            (b, moments(b, codes(4096), codes(4096), scales: (15, 16)), .adamw_8bit,
+             "absmax_m holds 15 values, expected 16 (one per block of 256)"),
+            (b, moments(b, floats(4096), floats(4096)), .adamw_8bit,
+             "moments are F32 and F32, expected 8-bit codes (U8) for a 4096-value matrix under adamw_8bit"),
+            (a, moments(a, codes(8), codes(8)), .adamw, "moments are U8 and U8, expected floats"),
+            ("0.k_proj.A", moments("0.k_proj.A", floats(8), floats(8)), .adamw,
+             "optimizer state for no adapter matrix of this run"),
+        ]
+        for (name, tensors, kind, words) in bad {
+            XCTAssertThrowsError(try check(name, tensors, kind), words) { error in
+                XCTAssertTrue("\(error)".contains("\(path): tensor '\(name)': " + words), "\(error)")
+            }
+        }
+    }
+}

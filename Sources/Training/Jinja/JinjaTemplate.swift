@@ -33,10 +33,18 @@ public struct JinjaTemplate: Sendable {
     /// evaluation steps and `maximumOutputBytes` of output.
     public func render(_ variables: [String: JinjaValue], maximumSteps: Int = Self.maximumSteps,
                        maximumOutputBytes: Int = Self.maximumOutputBytes) throws -> String {
+        try renderCountingSteps(variables, maximumSteps: maximumSteps, maximumOutputBytes: maximumOutputBytes).text
+    }
+
+    /// `render`, with the number of evaluation steps the render took (for a caller that bounds the work of
+    /// several renders together).
+    public func renderCountingSteps(_ variables: [String: JinjaValue], maximumSteps: Int = Self.maximumSteps,
+                                    maximumOutputBytes: Int = Self.maximumOutputBytes) throws
+        -> (text: String, steps: Int) {
         let renderer = JinjaRenderer(globals: variables, maximumSteps: maximumSteps,
                                      maximumOutputBytes: maximumOutputBytes)
         try renderer.run(nodes)
-        return renderer.output
+        return (renderer.output, renderer.steps)
     }
 }
 
@@ -45,7 +53,7 @@ final class JinjaRenderer {
     var output = ""
     private var outputBytes = 0
     private var scopes: [[String: JinjaValue]]
-    private var steps = 0
+    private(set) var steps = 0
     private var depth = 0
     private var evaluationDepth = 0
     private let maximumSteps: Int
