@@ -25,14 +25,7 @@ final class PackingTests: XCTestCase {
         let ref = try SafeTensorsFile(path: golden + "/qlora.safetensors")
         let ids = try ref.tensor(named: "train_batches").integers()
         let d1 = Array(ids[0..<7]), d2 = Array(ids[32..<41])
-        var lora = LoRAConfig()
-        lora.targetModules = ["all-linear"]
-        let model = try LlamaModel.load(directory: golden + "/tiny-llama", lora: lora, seed: 5)
-        // LoRA B starts at zero: give it values so that every adapter's gradient is exercised.
-        var rng = SeededGenerator(seed: 9)
-        for (key, w) in model.adapters {
-            model.adapters[key]!.b = w.b.map { _ in (rng.nextUniform() - 0.5) * 0.1 }
-        }
+        let model = try Self.tinyModel(golden)
         let packed = TextDataset.pack([TokenizedExample(inputIds: d1, labels: d1),
                                        TokenizedExample(inputIds: d2, labels: d2)], length: 16)[0]
         var r1 = SeededGenerator(seed: 1), r2 = SeededGenerator(seed: 1)
@@ -44,14 +37,7 @@ final class PackingTests: XCTestCase {
                              gradientScale: 1)
         XCTAssertEqual(one.tokenCount, two.tokenCount)
         XCTAssertEqual(one.loss * Double(one.tokenCount), two.loss * Double(two.tokenCount), accuracy: 1e-4)
-        for (key, g) in two.gradients {
-            let p = one.gradients[key]!
-            for (x, y) in [(p.a, g.a), (p.b, g.b)] {
-                let num = zip(x, y).reduce(0.0) { $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1) }
-                let den = y.reduce(0.0) { $0 + Double($1) * Double($1) }
-                XCTAssertLessThan((num / max(den, 1e-30)).squareRoot(), 1e-5, key)
-            }
-        }
+        Self.assertSameGradients(one, two)
         // Without the positions the same packed row attends across the boundary: a different loss.
         var r3 = SeededGenerator(seed: 1)
         let leaky = model.step(inputIds: packed.inputIds, labels: packed.labels, batch: 1, tokens: 16, rng: &r3,
@@ -79,13 +65,7 @@ final class PackingTests: XCTestCase {
         let padded = TokenizedDataset.collate(examples)
         XCTAssertEqual(padded.rows, 3)
         XCTAssertNil(padded.positions)
-        var lora = LoRAConfig()
-        lora.targetModules = ["all-linear"]
-        let model = try LlamaModel.load(directory: golden + "/tiny-llama", lora: lora, seed: 5)
-        var rng = SeededGenerator(seed: 9)
-        for (key, w) in model.adapters {
-            model.adapters[key]!.b = w.b.map { _ in (rng.nextUniform() - 0.5) * 0.1 }
-        }
+        let model = try Self.tinyModel(golden)
         var r1 = SeededGenerator(seed: 1), r2 = SeededGenerator(seed: 1)
         let one = model.step(inputIds: free.ids, labels: free.labels, positions: free.positions, batch: free.rows,
                              tokens: free.tokens, rng: &r1, gradientScale: 1)
@@ -93,14 +73,7 @@ final class PackingTests: XCTestCase {
                                tokens: padded.tokens, rng: &r2, gradientScale: 1)
         XCTAssertEqual(one.tokenCount, three.tokenCount)
         XCTAssertEqual(one.loss, three.loss, accuracy: 1e-5)
-        for (key, g) in three.gradients {
-            let p = one.gradients[key]!
-            for (x, y) in [(p.a, g.a), (p.b, g.b)] {
-                let num = zip(x, y).reduce(0.0) { $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1) }
-                let den = y.reduce(0.0) { $0 + Double($1) * Double($1) }
-                XCTAssertLessThan((num / max(den, 1e-30)).squareRoot(), 1e-5, key)
-            }
-        }
+        Self.assertSameGradients(one, three)
         // The row is checked by its documents' positions, not its length.
         var config = model.config
         config.maxPositionEmbeddings = 10
@@ -112,5 +85,29 @@ final class PackingTests: XCTestCase {
         XCTAssertThrowsError(try LlamaModel.checkBatch(inputIds: free.ids, labels: free.labels,
                                                        positions: free.positions, batch: 1, tokens: free.tokens,
                                                        config: config))
+    }
+
+    /// tiny-llama with LoRA on every projection; B starts at zero, so it gets values that exercise every gradient.
+    static func tinyModel(_ golden: String) throws -> LlamaModel {
+        var lora = LoRAConfig()
+        lora.targetModules = ["all-linear"]
+        let model = try LlamaModel.load(directory: golden + "/tiny-llama", lora: lora, seed: 5)
+        var rng = SeededGenerator(seed: 9)
+        for (key, w) in model.adapters {
+            model.adapters[key]!.b = w.b.map { _ in (rng.nextUniform() - 0.5) * 0.1 }
+        }
+        return model
+    }
+
+    /// Every adapter gradient of `got` within 1e-5 relative (L2) of `expected`'s.
+    static func assertSameGradients(_ got: StepResult, _ expected: StepResult) {
+        for (key, g) in expected.gradients {
+            let p = got.gradients[key]!
+            for (x, y) in [(p.a, g.a), (p.b, g.b)] {
+                let num = zip(x, y).reduce(0.0) { $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1) }
+                let den = y.reduce(0.0) { $0 + Double($1) * Double($1) }
+                XCTAssertLessThan((num / max(den, 1e-30)).squareRoot(), 1e-5, key)
+            }
+        }
     }
 }
