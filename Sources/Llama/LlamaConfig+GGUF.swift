@@ -61,11 +61,17 @@ extension LlamaConfig {
             throw ModelFileError.invalidConfig(
                 path: path, detail: "GGUF rotates \(r) of each head's \(k) dimensions; partial rotary embeddings are not supported")
         }
-        if let k = keyLength, let v = try integer("attention.value_length"), k != v {
-            throw ModelFileError.invalidConfig(
-                path: path, detail: "GGUF key heads are \(k) wide but value heads \(v); they must be equal")
-        }
         if let d = keyLength ?? rotaryWidth { json.set("head_dim", .int(d)) }
+        if let v = try integer("attention.value_length") {
+            // Against the head width the model will have: stated, or the embedding split over the heads.
+            let heads = try requiredInteger("attention.head_count")
+            let width = try keyLength ?? rotaryWidth ?? (heads > 0 ? requiredInteger("embedding_length") / heads : 0)
+            guard v == width else {
+                throw ModelFileError.invalidConfig(
+                    path: path, detail: "GGUF value heads are \(v) wide (attention.value_length) but key heads "
+                        + "\(width); they must be equal")
+            }
+        }
 
         let vocabSize: Int
         if let v = try integer("vocab_size") {
@@ -96,12 +102,26 @@ extension LlamaConfig {
                 path: path, detail: "GGUF has per-frequency RoPE factors (rope_freqs.weight, Llama 3.1 style); "
                     + "reading them back into rope_scaling is not supported")
         }
+        let scalingFactor = try number("rope.scaling.factor")
+        if value("rope.scaling.type") != nil, value("rope.scaling.type")?.string == nil {
+            throw ModelFileError.invalidConfig(
+                path: path, detail: "GGUF \(architecture).rope.scaling.type must be a string")
+        }
         if let type = value("rope.scaling.type")?.string, type != "none" {
-            guard type == "linear", let factor = try number("rope.scaling.factor") else {
+            guard type == "linear" else {
                 throw ModelFileError.invalidConfig(
-                    path: path, detail: "GGUF RoPE scaling '\(type)' is not supported (supported: linear, with rope.scaling.factor)")
+                    path: path, detail: "GGUF RoPE scaling '\(type)' is not supported (supported: linear)")
+            }
+            guard let factor = scalingFactor else {
+                throw ModelFileError.invalidConfig(
+                    path: path, detail: "GGUF RoPE scaling 'linear' needs \(architecture).rope.scaling.factor, "
+                        + "which is missing")
             }
             json.set("rope_scaling", .object([("rope_type", .string("linear")), ("factor", .double(factor))]))
+        } else if value("rope.scaling.type") == nil, let factor = scalingFactor, factor != 1 {
+            throw ModelFileError.invalidConfig(
+                path: path, detail: "GGUF gives \(architecture).rope.scaling.factor \(factor) but no "
+                    + "rope.scaling.type: which scaling it means is unknown")
         } else if let factor = try number("rope.scale_linear"), factor != 1 {
             // The older spelling of linear scaling, one key holding the factor.
             json.set("rope_scaling", .object([("rope_type", .string("linear")), ("factor", .double(factor))]))

@@ -736,6 +736,36 @@ final class GGUFTests: XCTestCase {
             guard case .invalidConfig(path, let detail)? = error as? ModelFileError else { return XCTFail("\(error)") }
             XCTAssertTrue(detail.contains("not a multiple of num_key_value_heads"), detail)
         }
+        b.metadata.removeAll { $0.0 == "llama.attention.head_count_kv" }
+        b.add("llama.attention.head_count_kv", .uint32(2))
+
+        // Metadata that would be ignored otherwise is an error naming it: value heads of another width than the key
+        // heads (stated or not), linear RoPE scaling without its factor, a factor without a scaling type.
+        func refused(_ change: (inout GGUFBuilder) -> Void, _ expected: String) {
+            var c = b
+            change(&c)
+            c.write(to: path)
+            XCTAssertThrowsError(try LlamaConfig(gguf: GGUFFile(path: path))) { error in
+                guard case .invalidConfig(path, let detail)? = error as? ModelFileError else {
+                    return XCTFail("\(error)")
+                }
+                XCTAssertTrue(detail.contains(expected), detail)
+            }
+        }
+        refused({ $0.add("llama.attention.value_length", .uint32(32)) }, "value heads are 32 wide")
+        refused({
+            $0.metadata.removeAll { $0.0 == "llama.rope.dimension_count" }
+            $0.add("llama.attention.value_length", .uint32(8))
+        }, "but key heads 16")
+        refused({ $0.metadata.removeAll { $0.0 == "llama.rope.scaling.factor" } }, "needs llama.rope.scaling.factor")
+        refused({ $0.metadata.removeAll { $0.0 == "llama.rope.scaling.type" } }, "but no rope.scaling.type")
+        refused({
+            $0.metadata.removeAll { $0.0 == "llama.rope.scaling.type" }
+            $0.add("llama.rope.scaling.type", .uint32(1))
+        }, "rope.scaling.type must be a string")
+        b.add("llama.attention.value_length", .uint32(16))
+        b.write(to: path)
+        XCTAssertEqual(try LlamaConfig(gguf: GGUFFile(path: path)).headDim, 16, "a value_length equal to the heads'")
     }
 
     /// The reference tiny Llama, written as a GGUF the way llama.cpp's converter writes it (BF16 tensors, q/k rows
