@@ -102,37 +102,29 @@ extension LlamaModel {
         let targets = Self.shiftedTargets(labels: labels, batch: batch, tokens: tokens)
         let count = targets.filter { $0 != -100 }.count
         let scale = gradientScale ?? (count > 0 ? 1 / Float(count) : 0)
-        // lm_head and the loss over the rows that have a target (all rows when the logits are kept): a row whose
-        // target is ignored adds nothing to the loss and gets a zero gradient, so its logits are never made. A
-        // chunk of those rows at a time (at most 2^25 logits, 128 MiB, a chunk; the chunks of one size), so the
-        // (N, V) logits never exist all at once for a large batch, and lm_head is read (and packed by the products)
-        // once a chunk.
-        let used = keepLogits ? Array(0..<n) : targets.indices.filter { targets[$0] != -100 }
-        let most = max(1, (1 << 25) / vocab), chunks = (used.count + most - 1) / most
-        let chunk = chunks == 0 ? 0 : (used.count + chunks - 1) / chunks
+        // lm_head and the loss a chunk of rows at a time (at most 2^25 logits, 128 MiB, a chunk; the chunks of one
+        // size), so the (N, V) logits never exist all at once for a large batch, and lm_head is read (and packed by
+        // the products) once a chunk.
+        let most = max(1, (1 << 25) / vocab), chunks = (n + most - 1) / most
+        let chunk = (n + chunks - 1) / chunks
         var lossSum = 0.0
         var keptLogits: [Float] = keepLogits ? [Float](repeating: 0, count: n * vocab) : []
         var dxf = [Float](repeating: 0, count: withGradients ? n * c : 0)
         var logitsChunk = [Float](repeating: 0, count: chunk * vocab)
         var dChunk: [Float]? = withGradients ? [Float](repeating: 0, count: chunk * vocab) : nil
-        for start in stride(from: 0, to: used.count, by: max(chunk, 1)) {
-            let rows = min(chunk, used.count - start), picked = used[start..<(start + rows)]
-            var xChunk = [Float](repeating: 0, count: rows * c)
-            for (i, row) in picked.enumerated() {
-                xChunk.replaceSubrange((i * c)..<((i + 1) * c), with: xf[(row * c)..<((row + 1) * c)])
-            }
+        for start in stride(from: 0, to: n, by: chunk) {
+            let rows = min(chunk, n - start)
+            let xChunk = Array(xf[(start * c)..<((start + rows) * c)])
             if rows < chunk { logitsChunk = [Float](repeating: 0, count: rows * vocab); if withGradients { dChunk = logitsChunk } }
             CPUOps.linearForward(&logitsChunk, xChunk, lmHead, rows: rows, inFeatures: c, outFeatures: vocab)
             if keepLogits { keptLogits.replaceSubrange((start * vocab)..<((start + rows) * vocab), with: logitsChunk) }
-            let part = CPUOps.crossEntropy(logitsChunk, targets: picked.map { targets[$0] }, vocab: vocab,
+            let part = CPUOps.crossEntropy(logitsChunk, targets: Array(targets[start..<(start + rows)]), vocab: vocab,
                                            dlogits: &dChunk, gradientScale: scale)
             lossSum += part.loss * Double(part.count)
             if withGradients, let d = dChunk {
                 var dxChunk = [Float](repeating: 0, count: rows * c)
                 CPUOps.linearBackwardInput(&dxChunk, d, lmHead, rows: rows, inFeatures: c, outFeatures: vocab)
-                for (i, row) in picked.enumerated() {
-                    dxf.replaceSubrange((row * c)..<((row + 1) * c), with: dxChunk[(i * c)..<((i + 1) * c)])
-                }
+                dxf.replaceSubrange((start * c)..<((start + rows) * c), with: dxChunk)
             }
         }
         let loss = count > 0 ? lossSum / Double(count) : 0
