@@ -33,8 +33,8 @@
 //     bf16 with k a multiple of 8: lora_down_grad_mma, the same partial sums on the tensor cores (see there).
 //   lora_down_reduce: one thread per element of dA.
 //   lora_dx, bf16: tensor cores, 16 · tiles rows × 256 columns a block of 4 warps (a strip of 64 columns each).
-//     float32: 256 threads own 32 rows × 256 columns (warp w: rows 4w…4w+3; lane l: columns 4l…4l+3 and 128+4l…) and walk
-//     r in slices of 16, each slice of A (16 × 256) and dz (32 × 16) staged in shared memory.
+//     float32: 256 threads own 32 rows × 256 columns (warp w: rows 4w…4w+3; lane l: columns 4l…4l+3 and
+//     128+4l…) and walk r in slices of 16, each slice of A (16 × 256) and dz (32 × 16) staged in shared memory.
 #include "common.cuh"
 
 #define LORA_THREADS 256
