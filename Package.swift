@@ -21,8 +21,9 @@ let package = Package(
         .target(name: "Tokenizers", dependencies: ["ModelFiles"]),
         .target(name: "CNCCLShim"),
         .target(name: "CUDABackend", dependencies: ["Tensors", "Quantization", "CNCCLShim"],
-                resources: ["common.cuh", "quantize.cu", "norm.cu", "rope.cu", "elementwise.cu", "loss.cu",
-                            "optimizer.cu", "flash_attention.cu", "lora.cu", "decode.cu"]
+                resources: ["common.cuh", "attention.cuh", "quantize.cu", "norm.cu", "rope.cu", "elementwise.cu",
+                            "loss.cu", "optimizer.cu", "flash_attention.cu", "flash_attention_sm90.cu", "lora.cu",
+                            "decode.cu"]
                     .map { .embedInCode("Kernels/" + $0) }),
         .target(name: "Training", dependencies: ["Tensors", "Quantization", "ModelFiles", "Llama", "Tokenizers",
                                                  .product(name: "Yams", package: "Yams")]),

@@ -127,6 +127,10 @@ public final class CUDADevice: @unchecked Sendable {
     public let name: String
     /// Streaming multiprocessors.
     public let multiprocessorCount: Int
+    /// Whether bf16 attention at head dim 128 runs the Hopper forward (flash_attention_sm90.cu, wgmma): true on an
+    /// sm_90 device unless `QLORA_ATTENTION=portable` asks for the mma.sync kernels every GPU runs (check-cuda
+    /// checks both; the benchmark compares them).
+    public var hopperAttention: Bool
 
     let pool: DeviceMemoryPool
     private var modules: [String: UnsafeMutableRawPointer?] = [:]
@@ -176,6 +180,7 @@ public final class CUDADevice: @unchecked Sendable {
         try driver.check(driver.cuDeviceGetAttribute(&sms, 16, dev), "cuDeviceGetAttribute(multiprocessors)")
         architecture = "sm_\(major)\(minor)"
         multiprocessorCount = Int(sms)
+        hopperAttention = architecture == "sm_90" && ProcessInfo.processInfo.environment["QLORA_ATTENTION"] != "portable"
         var ctx: UnsafeMutableRawPointer? = nil
         try driver.check(driver.cuDevicePrimaryCtxRetain(&ctx, dev), "cuDevicePrimaryCtxRetain")
         context = ctx
@@ -196,7 +201,7 @@ public final class CUDADevice: @unchecked Sendable {
         driver = nil; compiler = nil; blas = nil
         pool = DeviceMemoryPool(driver: nil)
         ordinal = 0; context = nil; stream = nil
-        architecture = "sm_90"; self.name = name; multiprocessorCount = multiprocessors
+        architecture = "sm_90"; self.name = name; multiprocessorCount = multiprocessors; hopperAttention = false
     }
 
     /// Runs `body` with its allocations counted under `tag`.
@@ -529,7 +534,7 @@ public final class CUDADevice: @unchecked Sendable {
         let moduleKey = "\(source.rawValue)/\(bf16)"
         var module = modules[moduleKey] ?? nil
         if module == nil {
-            let cubin = try compiler.cubin(source, bf16: bf16, architecture: architecture)
+            let cubin = try compiler.cubin(source, bf16: bf16, architecture: source.target(on: architecture))
             try cubin.withUnsafeBytes { try driver.check(driver.cuModuleLoadData(&module, $0.baseAddress!), "cuModuleLoadData(\(source).cu)") }
             modules[moduleKey] = module
         }

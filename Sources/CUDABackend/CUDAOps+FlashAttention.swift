@@ -21,6 +21,14 @@ extension CUDADevice {
                            rows: [("lse", lse)], starts: starts)
         guard batch > 0, tokens > 0 else { return }
         let bf16 = out.dtype == .bf16
+        if bf16 && headDim == 128 && hopperAttention {
+            try launch(.flashAttentionHopper, "flash_attention_forward_wgmma_\(Self.flashVariant(headDim, starts))",
+                       bf16: true, grid: (shape.tiles(128), heads, batch), block: 256,
+                       sharedBytes: Self.hopperSharedBytes,
+                       [.buffer(out), .buffer(lse), .buffer(q), .buffer(k), .buffer(v), .int(tokens), .int(heads),
+                        .int(kvHeads), .optional(starts)])
+            return
+        }
         try launch(.flashAttention, "flash_attention_forward_\(Self.flashVariant(headDim, starts))", bf16: bf16,
                    grid: (shape.tiles(bf16 ? 128 : 64), heads, batch), block: Self.flashThreads(bf16),
                    sharedBytes: Self.flashSharedBytes(.forward, headDim: headDim, bf16: bf16),
@@ -66,6 +74,18 @@ extension CUDADevice {
         try launch(.flashAttention, "flash_attention_backward_dot", bf16: bf16, grid: (rows + 7) / 8, block: 256,
                    [.buffer(delta), .buffer(dout), .buffer(out), .int(tokens), .int(heads), .int(headDim),
                     .long(rows)])
+        if bf16 && headDim == 128 && hopperAttention {
+            let variant = Self.flashVariant(headDim, starts)
+            try launch(.flashAttentionHopper, "flash_attention_backward_kv_wgmma_\(variant)", bf16: true,
+                       grid: (shape.tiles(128), kvHeads, batch), block: 256, sharedBytes: Self.hopperBackwardBytes,
+                       [.buffer(dk), .buffer(dv), .buffer(dout), .buffer(lse), .buffer(delta), .buffer(q), .buffer(k),
+                        .buffer(v), .int(tokens), .int(heads), .int(kvHeads), .optional(starts)] + tables)
+            try launch(.flashAttentionHopper, "flash_attention_backward_q_wgmma_\(variant)", bf16: true,
+                       grid: (shape.tiles(128), heads, batch), block: 256, sharedBytes: Self.hopperBackwardBytes,
+                       [.buffer(dq), .buffer(dout), .buffer(lse), .buffer(delta), .buffer(q), .buffer(k), .buffer(v),
+                        .int(tokens), .int(heads), .int(kvHeads), .optional(starts)] + tables)
+            return
+        }
         try launch(.flashAttention, "flash_attention_backward_kv_\(Self.flashVariant(headDim, starts))", bf16: bf16,
                    grid: (shape.tiles(64), kvHeads, batch), block: threads,
                    sharedBytes: Self.flashSharedBytes(.keysAndValues, headDim: headDim, bf16: bf16),
@@ -83,6 +103,26 @@ extension CUDADevice {
     /// The kernels' name suffix: d128 for plain causal attention, packed_d128 with document starts.
     static func flashVariant(_ headDim: Int, _ starts: DeviceBuffer?) -> String {
         (starts == nil ? "d" : "packed_d") + "\(headDim)"
+    }
+
+    /// The Hopper forward's shared memory (flash_attention_sm90.cu's header): six 16 KiB tiles (q twice, k and v two stages each), 1 KiB to align.
+    static let hopperSharedBytes = 6 * 16384 + 1024
+    /// The Hopper backward kernels': eight tiles, two stages of a query tile's lse and delta (1 KiB), 1 KiB to align.
+    static let hopperBackwardBytes = 8 * 16384 + 1024 + 1024
+
+    /// s (64 × 64, f32) = a · bkᵀ and o (64 × 128, f32) = a[:, 0..<64] · bv from bf16 a, bk, bv (64 × 128 each,
+    /// row-major), through flash_attention_sm90.cu's staging and wgmma descriptors; bv's MN-major descriptor takes
+    /// `lbo` and `sbo`. check-cuda's test of the Hopper layouts on their own (sm_90 only).
+    public func wgmmaProbe(s: DeviceBuffer, o: DeviceBuffer, a: DeviceBuffer, bk: DeviceBuffer, bv: DeviceBuffer,
+                           lbo: Int, sbo: Int) throws {
+        guard s.count >= 64 * 64, o.count >= 64 * 128, s.dtype == .f32, o.dtype == .f32,
+              [a, bk, bv].allSatisfy({ $0.dtype == .bf16 && $0.count >= 64 * 128 }) else {
+            throw CUDAError.invalidArgument("wgmmaProbe: s (4096 f32), o (8192 f32), a, bk, bv (8192 bf16 each)")
+        }
+        try launch(.flashAttentionHopper, "wgmma_probe", bf16: true, grid: (1, 1, 1), block: 128,
+                   sharedBytes: 3 * 16384 + 1024,
+                   [.buffer(s), .buffer(o), .buffer(a), .buffer(bk), .buffer(bv), .int32(Int32(lbo)),
+                    .int32(Int32(sbo))])
     }
 
     /// 4 warps of tensor-core tiles (bf16), 16 × 16 threads of plain FMAs (float32).

@@ -6,6 +6,8 @@ import Foundation
 public enum KernelSource: String, CaseIterable, Sendable {
     case quantize, norm, rope, elementwise, loss, optimizer, lora, decode
     case flashAttention = "flash_attention"
+    /// Hopper's flash attention forward (wgmma): compiled for sm_90a.
+    case flashAttentionHopper = "flash_attention_sm90"
 
     /// The `.cu` text.
     public var text: String {
@@ -20,12 +22,22 @@ public enum KernelSource: String, CaseIterable, Sendable {
         case .lora: bytes = PackageResources.lora_cu
         case .decode: bytes = PackageResources.decode_cu
         case .flashAttention: bytes = PackageResources.flash_attention_cu
+        case .flashAttentionHopper: bytes = PackageResources.flash_attention_sm90_cu
         }
         return String(decoding: bytes, as: UTF8.self)
     }
 
-    /// The shared header every source includes.
-    static var headers: [String: String] { ["common.cuh": String(decoding: PackageResources.common_cuh, as: UTF8.self)] }
+    /// What NVRTC compiles this source for on a device of `architecture`: the Hopper source needs the
+    /// architecture-specific target (wgmma exists only in sm_90a); the others take the device's own.
+    public func target(on architecture: String) -> String {
+        self == .flashAttentionHopper && architecture == "sm_90" ? "sm_90a" : architecture
+    }
+
+    /// The shared headers the sources include.
+    static var headers: [String: String] {
+        ["common.cuh": String(decoding: PackageResources.common_cuh, as: UTF8.self),
+         "attention.cuh": String(decoding: PackageResources.attention_cuh, as: UTF8.self)]
+    }
 }
 
 /// Compiles kernel sources with NVRTC and caches the cubins on disk.

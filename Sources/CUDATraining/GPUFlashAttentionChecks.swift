@@ -9,6 +9,23 @@ extension GPUOpChecks {
     /// (documents starting inside a tile, on a tile's first row, one-token documents) keep attention within each
     /// document.
     public mutating func flashAttention(_ c: inout Checker) throws {
+        if device.architecture == "sm_90" {
+            try wgmmaLayouts(&c)
+            // The Hopper forward (bf16, head dim 128) and the portable kernels it stands in for, both checked.
+            let hopper = device.hopperAttention
+            defer { device.hopperAttention = hopper }
+            for on in [true, false] {
+                device.hopperAttention = on
+                let tag = on ? "wgmma forward" : "mma.sync forward"
+                for (b, t, h, hkv) in [(2, 5, 9, 3), (1, 130, 8, 2), (2, 257, 9, 3), (1, 600, 4, 4)] {
+                    try flashAttentionCase(&c, dtype: .bf16, tolerance: 1e-2, batch: b, tokens: t, heads: h,
+                                           kvHeads: hkv, headDim: 128, kernels: tag)
+                }
+                try flashAttentionCase(&c, dtype: .bf16, tolerance: 1e-2, batch: 3, tokens: 257, heads: 4,
+                                       kvHeads: 2, headDim: 128, documents: [[30, 34, 64, 1, 128], [257],
+                                                                             [5, 150, 102]], kernels: tag)
+            }
+        }
         for dtype in [GPUDType.f32, .bf16] {
             let tol = dtype == .f32 ? 1e-5 : 1e-2
             for d in CUDADevice.flashAttentionHeadDims {
@@ -32,8 +49,9 @@ extension GPUOpChecks {
 
     mutating func flashAttentionCase(_ c: inout Checker, dtype: GPUDType, tolerance tol: Double, batch b: Int,
                                      tokens t: Int, heads h: Int, kvHeads hkv: Int, headDim d: Int,
-                                     documents: [[Int]]? = nil) throws {
+                                     documents: [[Int]]? = nil, kernels: String? = nil) throws {
         let tag = "\(dtype.rawValue) B\(b) T\(t) H\(h) Hkv\(hkv) D\(d)" + (documents == nil ? "" : " packed")
+            + (kernels.map { ", " + $0 } ?? "")
         // The row-local start of each token's document.
         let starts = documents.map { rows in
             rows.flatMap { lengths in
@@ -111,6 +129,39 @@ extension GPUOpChecks {
             c.equal("flash attention dv \(tag) with RoPE tables, same bits", try device.download(dvb).map {
                 $0.bitPattern
             }, gdv.map { $0.bitPattern })
+        }
+    }
+
+    /// flash_attention_sm90.cu's staging and wgmma descriptors on their own: s = a·bkᵀ (both operands K-major in
+    /// shared memory) and o = a[:, 0..<64]·bv (a from registers, bv MN-major) against the CPU's products of the same
+    /// bf16 values. Should the MN-major offsets the kernels use fail, the swapped pair is tried and reported, so
+    /// that one run says which layout the hardware reads.
+    mutating func wgmmaLayouts(_ c: inout Checker) throws {
+        let (a, ab) = try put(random(64 * 128), .bf16), (bk, bkb) = try put(random(64 * 128), .bf16)
+        let (bv, bvb) = try put(random(64 * 128), .bf16)
+        var s = [Float](repeating: 0, count: 64 * 64), o = [Float](repeating: 0, count: 64 * 128)
+        for i in 0..<64 {
+            for j in 0..<64 {
+                var dot = 0.0
+                for x in 0..<128 { dot += Double(a[i * 128 + x]) * Double(bk[j * 128 + x]) }
+                s[i * 64 + j] = Float(dot)
+            }
+            for n in 0..<128 {
+                var dot = 0.0
+                for x in 0..<64 { dot += Double(a[i * 128 + x]) * Double(bv[x * 128 + n]) }
+                o[i * 128 + n] = Float(dot)
+            }
+        }
+        let sb = try device.allocate(64 * 64, .f32), ob = try device.allocate(64 * 128, .f32)
+        func maxError(_ x: [Float], _ y: [Float]) -> Float { zip(x, y).map { abs($0 - $1) }.max() ?? 0 }
+        try device.wgmmaProbe(s: sb, o: ob, a: ab, bk: bkb, bv: bvb, lbo: 8192, sbo: 1024)
+        let gs = try device.download(sb), go = try device.download(ob)
+        c.close("wgmma s = a·bkᵀ (K-major shared operands, 128-byte swizzle)", gs, s, tolerance: 1e-4)
+        c.close("wgmma o = a·bv (A from registers, B MN-major: LBO 8192, SBO 1024)", go, o, tolerance: 1e-4)
+        if maxError(go, o) > 1e-3 {
+            try device.wgmmaProbe(s: sb, o: ob, a: ab, bk: bkb, bv: bvb, lbo: 1024, sbo: 8192)
+            print(String(format: "note: wgmma MN-major with LBO 1024, SBO 8192: max |error| %.3g; with 8192, 1024: " +
+                         "%.3g", maxError(try device.download(ob), o), maxError(go, o)))
         }
     }
 

@@ -12,7 +12,7 @@ final class KernelCompileTests: XCTestCase {
         print("compiling with \(compiler.description)")
         for source in KernelSource.allCases {
             for bf16 in [false, true] {
-                let cubin = try compiler.cubin(source, bf16: bf16, architecture: "sm_90")
+                let cubin = try compiler.cubin(source, bf16: bf16, architecture: source.target(on: "sm_90"))
                 XCTAssertEqual(Array(cubin.prefix(4)), [0x7F, 0x45, 0x4C, 0x46], "\(source) is not an ELF cubin")
             }
         }

@@ -1,0 +1,547 @@
+// flash_attention_sm90.cu: flash attention in bf16 at head dim 128 on Hopper, with the warpgroup matrix instructions
+// (wgmma, sm_90a: the Swift side compiles this file for "sm_90a" on an sm_90 device). The forward, dK/dV and dQ
+// kernels compute what flash_attention.cu's _d128 and _packed_d128 kernels compute, with the same arithmetic row by
+// row (64 keys or 64 query rows a step; the online softmax in base 2 with float32 running maxima and sums; dq and
+// dk leave with RoPE undone when given the tables); their CPU twins are the same: CPUOps.flashAttentionForward and
+// flashAttentionBackward. Shapes and conventions are flash_attention.cu's header's: q (B, T, H, D), k, v (B, T,
+// Hkv, D), out (B, T, H, D), lse (B, H, T, float32, natural log), causal (key j seen by query i when starts[i] ≤ j ≤
+// i; starts null: from 0); the backward's delta comes from flash_attention.cu's flash_attention_backward_dot.
+//
+// Thread mapping: a block of 256 threads is two warpgroups; warpgroup w owns query rows 64w…64w+63 of the block's
+// 128-row tile, and in it warp u rows 16u…16u+15 (the lane with g = lane/4, c = lane%4 holds rows g and g+8 and
+// columns 8n+2c, 8n+2c+1 of each 8-wide column block n: the accumulator layout of wgmma m64nNk16, the same as
+// mma.sync m16n8 a warp). Grid (query tiles, H, B), blockIdx.x counted from the last tile (the longest rows first).
+// Per 64-key step: S = Q·Kᵀ (wgmma m64n64k16, A = Q and B = K from shared memory, both K-major), the mask and the
+// online softmax in registers, then O += P·V (wgmma m64n128k16, A = P from registers, rounded to bf16; B = V from
+// shared memory, MN-major). All 256 threads stage the tiles with cp.async: q once, k and v double buffered.
+//
+// Shared memory: 64-row × 128-column bf16 tiles of 16 KiB, each two panels of 64 columns (8 KiB: 64 rows of 128
+// bytes), the 16-byte chunks of a row swizzled within each 1,024-byte group of 8 rows (chunk c of row r at c ^ (r %
+// 8): the 128-byte swizzle the wgmma descriptors name). q: two tiles; k, v: two stages each: 6 tiles + 1 KiB to
+// align = 99,328 bytes (the Swift launcher has the same numbers). The backward kernels' blocks are two warpgroups
+// too: dK/dV owns 128 keys (64 a warpgroup: k and v, two tiles each) and steps over 64-row query tiles (q and dO,
+// double buffered, with their lse and delta); dQ owns 128 query rows (q and dO, two tiles each) and steps over
+// 64-key tiles (k and v double buffered): 8 tiles + 1 KiB of lse and delta + 1 KiB to align = 133,120 bytes, one
+// block an SM. Their mapping is the forward's, with keys as the rows of dK/dV's accumulators (it computes Sᵀ and dPᵀ,
+// so that Pᵀ and dSᵀ feed dV += Pᵀ·dO and dK += dSᵀ·Q from registers).
+//
+// wgmma_probe: one warpgroup, checks the descriptors and layouts above on their own (check-cuda): s = a·bkᵀ
+// (SS, K-major) and o = a[:, 0..<64]·bv (A from registers, B MN-major with the given leading and stride offsets).
+#include "common.cuh"
+#include "attention.cuh"
+
+#if QLORA_BF16
+#define H_TILE 16384          // bytes of a 64 × 128 bf16 tile
+#define H_ROWS 128            // query rows per block
+#define H_KEYS 64             // keys per step
+#define H_MN_LBO 8192         // MN-major operand: bytes between its two 64-column panels
+#define H_MN_SBO 1024         // MN-major operand: bytes between groups of 8 rows (of the k dimension)
+#define H_KM_SBO 1024         // K-major operand: bytes between groups of 8 rows (of the m or n dimension)
+
+extern __shared__ __attribute__((aligned(1024))) unsigned char h_raw[];   // dynamic shared memory
+
+// Byte offset of 16-byte chunk c (0..<16) of row r (0..<64) in a tile.
+__device__ __forceinline__ unsigned h_offset(int r, int c) {
+    return (unsigned)((c >> 3) * 8192 + r * 128 + (((c & 7) ^ (r & 7)) << 4));
+}
+// Starts copying rows 0..<rows (a multiple of 64: rows/64 tiles back to back) of a (rows, 128) slice with row
+// stride `stride` into swizzled tiles at s; rows from `valid` on are zero-filled.
+__device__ __forceinline__ void h_load(unsigned char* s, const T* g, long long stride, int valid, int rows) {
+    for (int i = threadIdx.x; i < rows * 16; i += blockDim.x) {
+        const int r = i >> 4, c = i & 15;
+        const bool ok = r < valid;
+        cp_async16((T*)(s + (r >> 6) * H_TILE + h_offset(r & 63, c)), ok ? g + r * stride + c * 8 : g, ok);
+    }
+}
+// A shared-memory matrix descriptor: start address, leading and stride byte offsets, 128-byte swizzle.
+__device__ __forceinline__ unsigned long long h_desc(unsigned address, unsigned lbo, unsigned sbo) {
+    return (unsigned long long)((address & 0x3FFFF) >> 4) | ((unsigned long long)(lbo >> 4) << 16) |
+           ((unsigned long long)(sbo >> 4) << 32) | (1ull << 62);
+}
+// K-major operand (a tile of rows × 128 k) at k-step kk (16 columns): panel kk/4, 32 bytes a step within it.
+__device__ __forceinline__ unsigned long long h_kmajor(unsigned tile, int kk) {
+    return h_desc(tile + (kk >> 2) * 8192 + (kk & 3) * 32, 16, H_KM_SBO);
+}
+
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
+// Keeps the compiler from moving reads or writes of accumulators across the asynchronous products.
+template <int N> __device__ __forceinline__ void wg_hold(float* d) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i]) :: "memory");
+}
+__device__ __forceinline__ void proxy_fence() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+
+#define WG_D8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
+                 "+f"(d[i + 6]), "+f"(d[i + 7])
+// d (64 × 64, float32) = or += a (64 × 16) · bᵀ, a and b K-major in shared memory.
+__device__ __forceinline__ void wg_ss_n64(float* d, unsigned long long a, unsigned long long b, int accumulate) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                 "%32, %33, p, 1, 1, 0, 0;\n}\n"
+                 : WG_D8(0), WG_D8(8), WG_D8(16), WG_D8(24)
+                 : "l"(a), "l"(b), "r"(accumulate));
+}
+// d (64 × 128, float32) += a (64 × 16, bf16 from registers, mma.sync's A layout a warp) · b, b MN-major in shared
+// memory (its 128 columns contiguous in two panels).
+__device__ __forceinline__ void wg_rs_n128(float* d, const unsigned* a, unsigned long long b) {
+    asm volatile("{\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+                 "{%64, %65, %66, %67}, %68, 1, 1, 1, 1;\n}\n"
+                 : WG_D8(0), WG_D8(8), WG_D8(16), WG_D8(24), WG_D8(32), WG_D8(40), WG_D8(48), WG_D8(56)
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
+}
+
+template <bool PACKED>
+__device__ __forceinline__ void h_forward(T* out, float* lse, const T* q, const T* k, const T* v, int tokens,
+                                          int heads, int kvHeads, const int* starts) {
+    constexpr int D = 128;
+    unsigned char* sm = h_raw + ((1024u - (smem_address(h_raw) & 1023u)) & 1023u);
+    unsigned char* qs = sm;                 // two tiles: the block's 128 query rows
+    unsigned char* ks = sm + 2 * H_TILE;    // two stages
+    unsigned char* vs = sm + 4 * H_TILE;    // two stages
+    const int tile = (int)gridDim.x - 1 - (int)blockIdx.x;
+    const int h = blockIdx.y, b = blockIdx.z, kh = h / (heads / kvHeads);
+    const int i0 = tile * H_ROWS, rowEnd = min(i0 + H_ROWS, tokens);
+    const long long qStride = (long long)heads * D, kStride = (long long)kvHeads * D;
+    const T* kg = k + (long long)b * tokens * kStride + (long long)kh * D;
+    const T* vg = v + (long long)b * tokens * kStride + (long long)kh * D;
+    const int wg = threadIdx.x >> 7, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const int rowBase = i0 + 64 * wg + 16 * ((threadIdx.x >> 5) & 3);   // this warp's first row
+    const int wgLast = i0 + 64 * wg + 63;                               // this warpgroup's last row
+    const float sl2 = fa_scale(D) * FA_LOG2E;
+    const int* st = PACKED ? starts + (long long)b * tokens : nullptr;
+    const int jt0 = fa_start(st, i0) / H_KEYS, jtEnd = (rowEnd - 1) / H_KEYS;
+    const int lastStart = fa_start(st, rowEnd - 1);
+    int rs[2];   // the first key of this lane's rows
+#pragma unroll
+    for (int r = 0; r < 2; ++r) rs[r] = fa_start(st, min(rowBase + g + 8 * r, tokens - 1));
+
+    h_load(qs, q + ((long long)b * tokens + i0) * qStride + (long long)h * D, qStride, tokens - i0, H_ROWS);
+    h_load(ks, kg + (long long)jt0 * H_KEYS * kStride, kStride, tokens - jt0 * H_KEYS, H_KEYS);
+    h_load(vs, vg + (long long)jt0 * H_KEYS * kStride, kStride, tokens - jt0 * H_KEYS, H_KEYS);
+    cp_async_commit();
+
+    float o[64];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) o[i] = 0.0f;
+    float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
+    const unsigned qTile = smem_address(qs + wg * H_TILE);
+    for (int jt = jt0; jt <= jtEnd; ++jt) {
+        const int stage = (jt - jt0) & 1, j0 = jt * H_KEYS;
+        if (jt < jtEnd) {   // the next key and value tiles, behind this step's products
+            const int j1 = j0 + H_KEYS;
+            h_load(ks + (stage ^ 1) * H_TILE, kg + (long long)j1 * kStride, kStride, tokens - j1, H_KEYS);
+            h_load(vs + (stage ^ 1) * H_TILE, vg + (long long)j1 * kStride, kStride, tokens - j1, H_KEYS);
+        }
+        cp_async_commit();
+        cp_async_wait<1>();   // this step's tiles are in
+        proxy_fence();        // visible to the tensor cores' reads
+        __syncthreads();
+        if (j0 <= wgLast) {   // warpgroup-uniform: some row of this warpgroup sees a key of this tile
+            float s[32];
+#pragma unroll
+            for (int i = 0; i < 32; ++i) s[i] = 0.0f;
+            const unsigned kTile = smem_address(ks + stage * H_TILE);
+            wg_hold<32>(s);
+            wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) wg_ss_n64(s, h_kmajor(qTile, kk), h_kmajor(kTile, kk), kk > 0);
+            wg_commit();
+            wg_wait0();
+            wg_hold<32>(s);
+            if (j0 + H_KEYS - 1 > rowBase || j0 < lastStart) {
+#pragma unroll
+                for (int n = 0; n < 8; ++n)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int col = j0 + n * 8 + 2 * c + (e & 1);
+                        if (col > rowBase + g + 8 * (e >> 1) || col < rs[e >> 1]) s[4 * n + e] = -INFINITY;
+                    }
+            }
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                float mx = -INFINITY;
+#pragma unroll
+                for (int n = 0; n < 8; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                const float mnew = fmaxf(mrow[r], mx * sl2);
+                const float base = mnew == -INFINITY ? 0.0f : mnew;
+                const float alpha = fa_exp2(mrow[r] - base);
+                mrow[r] = mnew;
+                float sum = 0.0f;
+#pragma unroll
+                for (int n = 0; n < 8; ++n) {
+                    s[4 * n + 2 * r] = fa_exp2(fmaf(s[4 * n + 2 * r], sl2, -base));
+                    s[4 * n + 2 * r + 1] = fa_exp2(fmaf(s[4 * n + 2 * r + 1], sl2, -base));
+                    sum += s[4 * n + 2 * r] + s[4 * n + 2 * r + 1];
+                }
+                lrow[r] = lrow[r] * alpha + sum;
+#pragma unroll
+                for (int n = 0; n < 16; ++n) { o[4 * n + 2 * r] *= alpha; o[4 * n + 2 * r + 1] *= alpha; }
+            }
+            unsigned pa[4][4];
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk) fa_acc_to_a(pa[kk], s + 8 * kk, s + 8 * kk + 4);
+            const unsigned vTile = smem_address(vs + stage * H_TILE);
+            wg_hold<64>(o);
+            wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk) wg_rs_n128(o, pa[kk], h_desc(vTile + kk * 2048, H_MN_LBO, H_MN_SBO));
+            wg_commit();
+            wg_wait0();
+            wg_hold<64>(o);
+        }
+        __syncthreads();   // every warpgroup is done with this stage before the next step refills it
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float l = lrow[r];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        const int row = rowBase + g + 8 * r;
+        if (row < tokens) {
+            const float inv = 1.0f / l;
+            T* orow = out + ((long long)b * tokens + row) * qStride + (long long)h * D;
+#pragma unroll
+            for (int n = 0; n < 16; ++n)
+                *(unsigned*)(orow + n * 8 + 2 * c) = st2(o[4 * n + 2 * r] * inv, o[4 * n + 2 * r + 1] * inv);
+            if (c == 0) lse[((long long)b * heads + h) * tokens + row] = (mrow[r] + log2f(l)) * FA_LN2;
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2)
+flash_attention_forward_wgmma_d128(T* out, float* lse, const T* q, const T* k, const T* v, int tokens, int heads,
+                                   int kvHeads, const int* starts) {
+    h_forward<false>(out, lse, q, k, v, tokens, heads, kvHeads, starts);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+flash_attention_forward_wgmma_packed_d128(T* out, float* lse, const T* q, const T* k, const T* v, int tokens,
+                                          int heads, int kvHeads, const int* starts) {
+    h_forward<true>(out, lse, q, k, v, tokens, heads, kvHeads, starts);
+}
+
+// dK and dV: warpgroup w owns keys 64w…64w+63 of the block's 128; a step is one (query head of the KV group, 64-row
+// query tile), from the diagonal on. Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (m64n64k16, all operands K-major in shared memory),
+// Pᵀ and dSᵀ in registers, then dV += Pᵀ·dO and dK += dSᵀ·Q (m64n128k16, A from registers, dO and Q MN-major).
+template <bool PACKED>
+__device__ __forceinline__ void h_backward_kv(T* dk, T* dv, const T* dout, const float* lse, const float* delta,
+                                              const T* q, const T* k, const T* v, int tokens, int heads,
+                                              int kvHeads, const int* starts, FaRope rot) {
+    constexpr int D = 128, KEYS = 128, ROWS = 64;
+    unsigned char* sm = h_raw + ((1024u - (smem_address(h_raw) & 1023u)) & 1023u);
+    unsigned char* ks = sm;                         // two tiles: the block's 128 keys
+    unsigned char* vs = sm + 2 * H_TILE;            // two tiles
+    unsigned char* qs = sm + 4 * H_TILE;            // two stages of a query tile
+    unsigned char* os = sm + 6 * H_TILE;            // two stages of dO
+    float* stats = (float*)(sm + 8 * H_TILE);       // two stages of lse[64], delta[64]
+    const int group = heads / kvHeads;
+    const int j0 = blockIdx.x * KEYS, kh = blockIdx.y, b = blockIdx.z;
+    const long long qStride = (long long)heads * D, kStride = (long long)kvHeads * D;
+    const int wg = threadIdx.x >> 7, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const int kw = j0 + 64 * wg, kr = kw + 16 * ((threadIdx.x >> 5) & 3);   // the warpgroup's, the warp's first key
+    const float scale = fa_scale(D), sl2 = scale * FA_LOG2E;
+    const int firstTile = j0 / ROWS;
+    const int* st = PACKED ? starts + (long long)b * tokens : nullptr;
+    int queryTiles = (tokens + ROWS - 1) / ROWS - firstTile;
+    // Query tiles whose first row starts past this block's keys see none of them (nor do the tiles after them).
+    while (st && queryTiles > 1 && st[(firstTile + queryTiles - 1) * ROWS] > j0 + KEYS - 1) --queryTiles;
+    const int steps = group * queryTiles;
+
+    h_load(ks, k + ((long long)b * tokens + j0) * kStride + (long long)kh * D, kStride, tokens - j0, KEYS);
+    h_load(vs, v + ((long long)b * tokens + j0) * kStride + (long long)kh * D, kStride, tokens - j0, KEYS);
+    auto fetch = [&](int step, int buffer) {
+        const int hh = kh * group + step / queryTiles, i0 = (firstTile + step % queryTiles) * ROWS;
+        const long long at = ((long long)b * tokens + i0) * qStride + (long long)hh * D;
+        h_load(qs + buffer * H_TILE, q + at, qStride, tokens - i0, ROWS);
+        h_load(os + buffer * H_TILE, dout + at, qStride, tokens - i0, ROWS);
+        for (int x = threadIdx.x; x < 2 * ROWS; x += blockDim.x) {
+            const int r = x % ROWS;
+            const bool ok = i0 + r < tokens;
+            const float* src = (x < ROWS ? lse : delta) + ((long long)b * heads + hh) * tokens + i0 + r;
+            fa_copy4(stats + buffer * 2 * ROWS + x, ok ? src : lse, ok);
+        }
+    };
+    fetch(0, 0);
+    cp_async_commit();
+
+    float dka[64], dva[64];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) { dka[i] = 0.0f; dva[i] = 0.0f; }
+    const unsigned kTile = smem_address(ks + wg * H_TILE), vTile = smem_address(vs + wg * H_TILE);
+    for (int step = 0; step < steps; ++step) {
+        const int buffer = step & 1;
+        if (step + 1 < steps) fetch(step + 1, buffer ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+        proxy_fence();
+        __syncthreads();
+        const int i0 = (firstTile + step % queryTiles) * ROWS;
+        if (i0 + ROWS - 1 >= kw) {   // warpgroup-uniform: some query of the tile sees some key of the warpgroup
+            const unsigned qTile = smem_address(qs + buffer * H_TILE), oTile = smem_address(os + buffer * H_TILE);
+            const float* sb = stats + buffer * 2 * ROWS;
+            float sT[32], dpt[32];   // Sᵀ and dPᵀ: 64 keys × 64 queries a warpgroup
+#pragma unroll
+            for (int i = 0; i < 32; ++i) { sT[i] = 0.0f; dpt[i] = 0.0f; }
+            wg_hold<32>(sT);
+            wg_hold<32>(dpt);
+            wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) wg_ss_n64(sT, h_kmajor(kTile, kk), h_kmajor(qTile, kk), kk > 0);
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) wg_ss_n64(dpt, h_kmajor(vTile, kk), h_kmajor(oTile, kk), kk > 0);
+            wg_commit();
+            wg_wait0();
+            wg_hold<32>(sT);
+            wg_hold<32>(dpt);
+            const bool masked = i0 < kr + 15 || i0 + ROWS > tokens || fa_start(st, min(i0 + ROWS, tokens) - 1) > kr;
+#pragma unroll
+            for (int n = 0; n < ROWS / 8; ++n)
+#pragma unroll
+                for (int e2 = 0; e2 < 2; ++e2) {
+                    const int i = i0 + n * 8 + 2 * c + e2;
+                    const bool inside = i < tokens;
+                    const int si = masked && inside ? fa_start(st, i) : 0;
+                    const float l2 = sb[i - i0] * FA_LOG2E, di = sb[ROWS + i - i0];   // zeros past the end
+#pragma unroll
+                    for (int r = 0; r < 2; ++r) {
+                        const int e = 4 * n + 2 * r + e2, key = kr + g + 8 * r;
+                        float p = fa_exp2(fmaf(sT[e], sl2, -l2));
+                        if (masked && (key > i || !inside || key < si)) p = 0.0f;
+                        sT[e] = p;
+                        dpt[e] = p * (dpt[e] - di);
+                    }
+                }
+            unsigned ap[4][4], ad[4][4];
+#pragma unroll
+            for (int kq = 0; kq < 4; ++kq) {
+                fa_acc_to_a(ap[kq], sT + 8 * kq, sT + 8 * kq + 4);
+                fa_acc_to_a(ad[kq], dpt + 8 * kq, dpt + 8 * kq + 4);
+            }
+            wg_hold<64>(dva);
+            wg_hold<64>(dka);
+            wg_fence();
+#pragma unroll
+            for (int kq = 0; kq < 4; ++kq) wg_rs_n128(dva, ap[kq], h_desc(oTile + kq * 2048, H_MN_LBO, H_MN_SBO));
+#pragma unroll
+            for (int kq = 0; kq < 4; ++kq) wg_rs_n128(dka, ad[kq], h_desc(qTile + kq * 2048, H_MN_LBO, H_MN_SBO));
+            wg_commit();
+            wg_wait0();
+            wg_hold<64>(dva);
+            wg_hold<64>(dka);
+        }
+        __syncthreads();   // this stage is refilled by the next step's fetch
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int j = kr + g + 8 * r;
+        if (j < tokens) {
+            const long long at = ((long long)b * tokens + j) * kStride + (long long)kh * D;
+#pragma unroll
+            for (int n = 0; n < 16; ++n) { dka[4 * n + 2 * r] *= scale; dka[4 * n + 2 * r + 1] *= scale; }
+            if (rot.cosT) {   // column block n pairs with n + 8 (column + 64), held by the same lane
+                const long long p = fa_rope_at(rot, b, tokens, j, D);
+#pragma unroll
+                for (int n = 0; n < 8; ++n)
+#pragma unroll
+                    for (int e = 0; e < 2; ++e)
+                        fa_unrotate(dka[4 * n + 2 * r + e], dka[4 * (n + 8) + 2 * r + e], rot.cosT + p, rot.sinT + p,
+                                    n * 8 + 2 * c + e);
+            }
+#pragma unroll
+            for (int n = 0; n < 16; ++n) {
+                *(unsigned*)(dk + at + n * 8 + 2 * c) = st2(dka[4 * n + 2 * r], dka[4 * n + 2 * r + 1]);
+                *(unsigned*)(dv + at + n * 8 + 2 * c) = st2(dva[4 * n + 2 * r], dva[4 * n + 2 * r + 1]);
+            }
+        }
+    }
+}
+
+// dQ: warpgroup w owns query rows 64w…64w+63 of the block's 128, over 64-key steps up to the diagonal. S = Q·Kᵀ and
+// dP = dO·Vᵀ (m64n64k16, K-major operands), dS in registers, then dQ += dS·K (m64n128k16, K MN-major).
+template <bool PACKED>
+__device__ __forceinline__ void h_backward_q(T* dq, const T* dout, const float* lse, const float* delta, const T* q,
+                                             const T* k, const T* v, int tokens, int heads, int kvHeads,
+                                             const int* starts, FaRope rot) {
+    constexpr int D = 128;
+    unsigned char* sm = h_raw + ((1024u - (smem_address(h_raw) & 1023u)) & 1023u);
+    unsigned char* qs = sm;                 // two tiles: the block's 128 query rows
+    unsigned char* os = sm + 2 * H_TILE;    // two tiles of dO
+    unsigned char* ks = sm + 4 * H_TILE;    // two stages
+    unsigned char* vs = sm + 6 * H_TILE;    // two stages
+    const int tile = (int)gridDim.x - 1 - (int)blockIdx.x;
+    const int h = blockIdx.y, b = blockIdx.z, kh = h / (heads / kvHeads);
+    const int i0 = tile * H_ROWS, rowEnd = min(i0 + H_ROWS, tokens);
+    const long long qStride = (long long)heads * D, kStride = (long long)kvHeads * D;
+    const T* kg = k + (long long)b * tokens * kStride + (long long)kh * D;
+    const T* vg = v + (long long)b * tokens * kStride + (long long)kh * D;
+    const int wg = threadIdx.x >> 7, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const int rowBase = i0 + 64 * wg + 16 * ((threadIdx.x >> 5) & 3);
+    const int wgLast = i0 + 64 * wg + 63;
+    const float scale = fa_scale(D), sl2 = scale * FA_LOG2E;
+    const int* st = PACKED ? starts + (long long)b * tokens : nullptr;
+    const int jt0 = fa_start(st, i0) / H_KEYS, jtEnd = (rowEnd - 1) / H_KEYS;
+    const int lastStart = fa_start(st, rowEnd - 1);
+    const long long at = ((long long)b * tokens + i0) * qStride + (long long)h * D;
+    h_load(qs, q + at, qStride, tokens - i0, H_ROWS);
+    h_load(os, dout + at, qStride, tokens - i0, H_ROWS);
+    h_load(ks, kg + (long long)jt0 * H_KEYS * kStride, kStride, tokens - jt0 * H_KEYS, H_KEYS);
+    h_load(vs, vg + (long long)jt0 * H_KEYS * kStride, kStride, tokens - jt0 * H_KEYS, H_KEYS);
+    cp_async_commit();
+    float l2[2], di[2];
+    int rs[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int i = rowBase + g + 8 * r;
+        const long long li = ((long long)b * heads + h) * tokens + i;
+        l2[r] = i < tokens ? lse[li] * FA_LOG2E : 0.0f;
+        di[r] = i < tokens ? delta[li] : 0.0f;
+        rs[r] = fa_start(st, min(i, tokens - 1));
+    }
+    float dqa[64];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) dqa[i] = 0.0f;
+    const unsigned qTile = smem_address(qs + wg * H_TILE), oTile = smem_address(os + wg * H_TILE);
+    for (int jt = jt0; jt <= jtEnd; ++jt) {
+        const int stage = (jt - jt0) & 1, j0 = jt * H_KEYS;
+        if (jt < jtEnd) {
+            const int j1 = j0 + H_KEYS;
+            h_load(ks + (stage ^ 1) * H_TILE, kg + (long long)j1 * kStride, kStride, tokens - j1, H_KEYS);
+            h_load(vs + (stage ^ 1) * H_TILE, vg + (long long)j1 * kStride, kStride, tokens - j1, H_KEYS);
+        }
+        cp_async_commit();
+        cp_async_wait<1>();
+        proxy_fence();
+        __syncthreads();
+        if (j0 <= wgLast) {   // warpgroup-uniform
+            const unsigned kTile = smem_address(ks + stage * H_TILE), vTile = smem_address(vs + stage * H_TILE);
+            float s[32], dp[32];
+#pragma unroll
+            for (int i = 0; i < 32; ++i) { s[i] = 0.0f; dp[i] = 0.0f; }
+            wg_hold<32>(s);
+            wg_hold<32>(dp);
+            wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) wg_ss_n64(s, h_kmajor(qTile, kk), h_kmajor(kTile, kk), kk > 0);
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) wg_ss_n64(dp, h_kmajor(oTile, kk), h_kmajor(vTile, kk), kk > 0);
+            wg_commit();
+            wg_wait0();
+            wg_hold<32>(s);
+            wg_hold<32>(dp);
+            const bool edge = j0 + H_KEYS - 1 > rowBase || j0 < lastStart;
+#pragma unroll
+            for (int n = 0; n < 8; ++n)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int r = e >> 1, x = 4 * n + e;
+                    float p = fa_exp2(fmaf(s[x], sl2, -l2[r]));
+                    const int col = j0 + n * 8 + 2 * c + (e & 1);
+                    if (edge && (col > rowBase + g + 8 * r || col < rs[r])) p = 0.0f;
+                    s[x] = p * (dp[x] - di[r]);   // dS (the 1/√D comes at the end)
+                }
+            unsigned a[4][4];
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk) fa_acc_to_a(a[kk], s + 8 * kk, s + 8 * kk + 4);
+            wg_hold<64>(dqa);
+            wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk) wg_rs_n128(dqa, a[kk], h_desc(kTile + kk * 2048, H_MN_LBO, H_MN_SBO));
+            wg_commit();
+            wg_wait0();
+            wg_hold<64>(dqa);
+        }
+        __syncthreads();   // this stage is refilled by the next step
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int i = rowBase + g + 8 * r;
+        if (i < tokens) {
+            T* row = dq + ((long long)b * tokens + i) * qStride + (long long)h * D;
+#pragma unroll
+            for (int n = 0; n < 16; ++n) { dqa[4 * n + 2 * r] *= scale; dqa[4 * n + 2 * r + 1] *= scale; }
+            if (rot.cosT) {
+                const long long p = fa_rope_at(rot, b, tokens, i, D);
+#pragma unroll
+                for (int n = 0; n < 8; ++n)
+#pragma unroll
+                    for (int e = 0; e < 2; ++e)
+                        fa_unrotate(dqa[4 * n + 2 * r + e], dqa[4 * (n + 8) + 2 * r + e], rot.cosT + p, rot.sinT + p,
+                                    n * 8 + 2 * c + e);
+            }
+#pragma unroll
+            for (int n = 0; n < 16; ++n)
+                *(unsigned*)(row + n * 8 + 2 * c) = st2(dqa[4 * n + 2 * r], dqa[4 * n + 2 * r + 1]);
+        }
+    }
+}
+
+#define H_BACKWARD(NAME, PACKED)                                                                                     \
+    extern "C" __global__ void __launch_bounds__(256, 1) flash_attention_backward_kv_wgmma_##NAME(                  \
+        T* dk, T* dv, const T* dout, const float* lse, const float* delta, const T* q, const T* k, const T* v,      \
+        int tokens, int heads, int kvHeads, const int* starts, const float* cosT, const float* sinT,               \
+        const int* positions) {                                                                                     \
+        h_backward_kv<PACKED>(dk, dv, dout, lse, delta, q, k, v, tokens, heads, kvHeads, starts,                    \
+                              FaRope{cosT, sinT, positions});                                                       \
+    }                                                                                                               \
+    extern "C" __global__ void __launch_bounds__(256, 1) flash_attention_backward_q_wgmma_##NAME(                   \
+        T* dq, const T* dout, const float* lse, const float* delta, const T* q, const T* k, const T* v, int tokens, \
+        int heads, int kvHeads, const int* starts, const float* cosT, const float* sinT, const int* positions) {    \
+        h_backward_q<PACKED>(dq, dout, lse, delta, q, k, v, tokens, heads, kvHeads, starts,                         \
+                             FaRope{cosT, sinT, positions});                                                        \
+    }
+H_BACKWARD(d128, false)
+H_BACKWARD(packed_d128, true)
+
+// One warpgroup: s (64 × 64, float32, row-major) = a · bkᵀ and o (64 × 128) = a[:, 0..<64] · bv, with a, bk, bv
+// (64 × 128 bf16, row-major) staged as the kernels stage them; bv's descriptor takes `lbo` and `sbo`.
+extern "C" __global__ void __launch_bounds__(128) wgmma_probe(float* s, float* o, const T* a, const T* bk,
+                                                              const T* bv, unsigned lbo, unsigned sbo) {
+    unsigned char* sm = h_raw + ((1024u - (smem_address(h_raw) & 1023u)) & 1023u);
+    h_load(sm, a, 128, 64, 64);
+    h_load(sm + H_TILE, bk, 128, 64, 64);
+    h_load(sm + 2 * H_TILE, bv, 128, 64, 64);
+    cp_async_commit();
+    cp_async_wait<0>();
+    proxy_fence();
+    __syncthreads();
+    const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3, r0 = 16 * (threadIdx.x >> 5);
+    float d[32], e[64];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) d[i] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 64; ++i) e[i] = 0.0f;
+    unsigned frag[4][4];   // a[:, 16kk ..< 16kk + 16] in the A layout, from global memory
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+        const T* p = a + (r0 + g) * 128 + 16 * kk + 2 * c;
+        frag[kk][0] = *(const unsigned*)p; frag[kk][1] = *(const unsigned*)(p + 8 * 128);
+        frag[kk][2] = *(const unsigned*)(p + 8); frag[kk][3] = *(const unsigned*)(p + 8 * 128 + 8);
+    }
+    const unsigned at = smem_address(sm), bt = smem_address(sm + H_TILE), vt = smem_address(sm + 2 * H_TILE);
+    wg_hold<32>(d);
+    wg_hold<64>(e);
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) wg_ss_n64(d, h_kmajor(at, kk), h_kmajor(bt, kk), kk > 0);
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wg_rs_n128(e, frag[kk], h_desc(vt + kk * 2048, lbo, sbo));
+    wg_commit();
+    wg_wait0();
+    wg_hold<32>(d);
+    wg_hold<64>(e);
+#pragma unroll
+    for (int i = 0; i < 32; ++i) s[(r0 + g + 8 * ((i >> 1) & 1)) * 64 + (i >> 2) * 8 + 2 * c + (i & 1)] = d[i];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) o[(r0 + g + 8 * ((i >> 1) & 1)) * 128 + (i >> 2) * 8 + 2 * c + (i & 1)] = e[i];
+}
+#endif
