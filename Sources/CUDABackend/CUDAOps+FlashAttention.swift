@@ -75,13 +75,13 @@ extension CUDADevice {
                    [.buffer(delta), .buffer(dout), .buffer(out), .int(tokens), .int(heads), .int(headDim),
                     .long(rows)])
         if bf16 && headDim == 128 && hopperAttention {
-            let variant = Self.flashVariant(headDim, starts)
+            let variant = Self.flashVariant(headDim, starts), bytes = Self.hopperBackwardBytes
             try launch(.flashAttentionHopper, "flash_attention_backward_kv_wgmma_\(variant)", bf16: true,
-                       grid: (shape.tiles(128), kvHeads, batch), block: 256, sharedBytes: Self.hopperBackwardBytes,
+                       grid: (shape.tiles(128), kvHeads, batch), block: 256, sharedBytes: bytes,
                        [.buffer(dk), .buffer(dv), .buffer(dout), .buffer(lse), .buffer(delta), .buffer(q), .buffer(k),
                         .buffer(v), .int(tokens), .int(heads), .int(kvHeads), .optional(starts)] + tables)
             try launch(.flashAttentionHopper, "flash_attention_backward_q_wgmma_\(variant)", bf16: true,
-                       grid: (shape.tiles(128), heads, batch), block: 256, sharedBytes: Self.hopperBackwardBytes,
+                       grid: (shape.tiles(128), heads, batch), block: 256, sharedBytes: bytes,
                        [.buffer(dq), .buffer(dout), .buffer(lse), .buffer(delta), .buffer(q), .buffer(k), .buffer(v),
                         .int(tokens), .int(heads), .int(kvHeads), .optional(starts)] + tables)
             return

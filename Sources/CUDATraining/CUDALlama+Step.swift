@@ -112,10 +112,13 @@ extension CUDALlama {
         }
         // With checkpointing each layer keeps only its input on the GPU, or (offloaded) its input and attention
         // output in pinned host memory (`OffloadLayout`): the copies to the host run on the copy stream beside the
-        // layer's forward, which waits for them only at its end.
+        // layer's forward, and the compute stream waits for them only at the end of the next layer's forward, so
+        // that a layer whose copies outlast its compute (the link is slower than the step at times) does not
+        // stall the next one; the tensors are held on the GPU until then.
         let offload = withGradients && checkpointing && (offloadCheckpoints ?? true)
         let layout = OffloadLayout(config: config, batch: batch, tokens: tokens, dtype: dtype)
         var saved: [GPULayerActivations?] = []
+        var pending: LayerOffload? = nil   // the previous layer's copies, still in flight
         // The adapters' z stay on the GPU from the forward pass to the recompute, which then draws no dropout mask
         // and runs no down projection (a few MiB a layer).
         let savedZ = (withGradients && checkpointing) ? layers.indices.map { _ in GPUSavedZ() } : []
@@ -127,9 +130,12 @@ extension CUDALlama {
             x = try layerForward(l, x!, batch: batch, tokens: tokens, packing: packing, training: training, seed: seed,
                                  saving: act, keeps: withGradients && !checkpointing, offload: copies,
                                  savedZ: savedZ.isEmpty ? nil : savedZ[l])!
-            try copies?.finish()
+            try pending?.finish()
+            pending = copies
             if withGradients { saved.append(offload ? nil : checkpointing ? GPULayerActivations(x: act.x) : act) }
         }
+        try pending?.finish()
+        pending = nil
         let head = try headStep(x!, labels: labels, batch: batch, tokens: tokens, withGradients: withGradients,
                                 gradientScale: gradientScale, keepLogits: keepLogits)
         x = nil

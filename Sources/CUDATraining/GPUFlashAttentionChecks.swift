@@ -16,7 +16,7 @@ extension GPUOpChecks {
             defer { device.hopperAttention = hopper }
             for on in [true, false] {
                 device.hopperAttention = on
-                let tag = on ? "wgmma forward" : "mma.sync forward"
+                let tag = on ? "wgmma" : "mma.sync"
                 for (b, t, h, hkv) in [(2, 5, 9, 3), (1, 130, 8, 2), (2, 257, 9, 3), (1, 600, 4, 4)] {
                     try flashAttentionCase(&c, dtype: .bf16, tolerance: 1e-2, batch: b, tokens: t, heads: h,
                                            kvHeads: hkv, headDim: 128, kernels: tag)
