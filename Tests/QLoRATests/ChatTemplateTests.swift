@@ -268,5 +268,12 @@ final class JinjaTests: XCTestCase {
         XCTAssertEqual(error("{% set ns = namespace() %}{% set ns.me = ns %}")?.kind, .runtime)
         XCTAssertEqual(error("{% for c in 'x' * 10000000 %}{% endfor %}")?.message, "a list longer than 1048576 items")
         XCTAssertEqual(error("{{ range(10000000) | length }}")?.kind, .limit)
+        // tojson's indentation is bounded before it is made (10**12 used to fail a 1 TB allocation); a negative
+        // one indents by nothing, as Python's json.dumps does, and a scalar takes none.
+        XCTAssertEqual(error("{{ [1] | tojson(indent=10**12) }}")?.kind, .limit)
+        XCTAssertEqual(error("{{ {'a': [1]} | tojson(indent=9223372036854775807) }}")?.kind, .limit)
+        XCTAssertEqual(try render("{{ 5 | tojson(indent=10**12) }}"), "5")
+        XCTAssertEqual(try render("{{ [1, [2]] | tojson(indent=-3) }}"), "[\n1,\n[\n2\n]\n]")
+        XCTAssertEqual(try render("{{ {'a': [1]} | tojson(indent=0) }}"), "{\n\"a\": [\n1\n]\n}")
     }
 }

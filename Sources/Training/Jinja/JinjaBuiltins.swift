@@ -440,10 +440,17 @@ enum JinjaBuiltins {
 
     // MARK: JSON
 
-    /// Python's `json.dumps(v, ensure_ascii=False, indent=indent)`.
+    /// Python's `json.dumps(v, ensure_ascii=False, indent=indent)` (a negative indent, as Python's, indents by
+    /// nothing). An indentation wider than a rendered value may be is a `.limit` error, before anything is made.
     static func json(_ v: JinjaValue, indent: Int?, level: Int = 0, _ pos: JinjaPosition) throws -> String {
-        let newline = indent.map { "\n" + String(repeating: " ", count: $0 * (level + 1)) }
-        let closing = indent.map { "\n" + String(repeating: " ", count: $0 * level) } ?? ""
+        var newline: String? = nil, closing = ""
+        if let indent, v.isContainer {
+            let width = max(0, indent)
+            try checkSize(width, pos)   // bounded, so width · (level + 1) cannot overflow at any nesting depth
+            try checkSize(width * (level + 1), pos)
+            newline = "\n" + String(repeating: " ", count: width * (level + 1))
+            closing = "\n" + String(repeating: " ", count: width * level)
+        }
         let separator = indent == nil ? ", " : ","
         switch v {
         case .none: return "null"

@@ -63,6 +63,13 @@ public enum JinjaValue {
     }
 
     var isUndefined: Bool { if case .undefined = self { return true }; return false }
+    /// A list or a dict.
+    var isContainer: Bool {
+        switch self {
+        case .list, .dict: return true
+        default: return false
+        }
+    }
 
     /// Python truthiness.
     var truthy: Bool {
