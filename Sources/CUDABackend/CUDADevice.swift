@@ -180,7 +180,8 @@ public final class CUDADevice: @unchecked Sendable {
         try driver.check(driver.cuDeviceGetAttribute(&sms, 16, dev), "cuDeviceGetAttribute(multiprocessors)")
         architecture = "sm_\(major)\(minor)"
         multiprocessorCount = Int(sms)
-        hopperAttention = architecture == "sm_90" && ProcessInfo.processInfo.environment["QLORA_ATTENTION"] != "portable"
+        hopperAttention = architecture == "sm_90"
+            && ProcessInfo.processInfo.environment["QLORA_ATTENTION"] != "portable"
         var ctx: UnsafeMutableRawPointer? = nil
         try driver.check(driver.cuDevicePrimaryCtxRetain(&ctx, dev), "cuDevicePrimaryCtxRetain")
         context = ctx

@@ -105,7 +105,8 @@ extension CUDADevice {
         (starts == nil ? "d" : "packed_d") + "\(headDim)"
     }
 
-    /// The Hopper forward's shared memory (flash_attention_sm90.cu's header): six 16 KiB tiles (q twice, k and v two stages each), 1 KiB to align.
+    /// The Hopper forward's shared memory (flash_attention_sm90.cu's header): six 16 KiB tiles (q twice, k and v two
+    /// stages each), 1 KiB to align.
     static let hopperSharedBytes = 6 * 16384 + 1024
     /// The Hopper backward kernels': eight tiles, two stages of a query tile's lse and delta (1 KiB), 1 KiB to align.
     static let hopperBackwardBytes = 8 * 16384 + 1024 + 1024
