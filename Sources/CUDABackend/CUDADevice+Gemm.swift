@@ -8,22 +8,37 @@ struct GemmKey: Hashable {
     var batch, strideA, strideB, strideC: Int
 }
 
-/// A product's descriptors and the algorithm the heuristic chose, made once per shape.
+/// A product's descriptors and its algorithm, made once per shape. `candidates` are the heuristic's proposals, best
+/// guess first (cublasLtMatmulHeuristicResult_t each: the algo in the first 64 bytes, then its workspace size); the
+/// shape's second call times them and keeps the fastest whose result is bit for bit the first's (see `tune`), so
+/// the choice never changes a number. A shape met once (a one-off length) is not worth timing.
 final class GemmPlan {
     let desc: UnsafeMutableRawPointer?
     let layoutA, layoutB, layoutC: UnsafeMutableRawPointer?
-    let algo: UnsafeMutableRawPointer   // cublasLtMatmulHeuristicResult_t; the algo is its first 64 bytes
-    let workspaceSize: Int
+    let candidates: UnsafeMutableRawPointer
+    let candidateCount: Int
+    var chosen = 0
+    var tuned: Bool
+    var calls = 0
+    var algo: UnsafeMutableRawPointer { candidates + chosen * CublasLt.heuristicResultSize }
+    var workspaceSize: Int { algo.load(fromByteOffset: 64, as: Int.self) }
     init(desc: UnsafeMutableRawPointer?, layoutA: UnsafeMutableRawPointer?, layoutB: UnsafeMutableRawPointer?,
-         layoutC: UnsafeMutableRawPointer?, algo: UnsafeMutableRawPointer, workspaceSize: Int) {
+         layoutC: UnsafeMutableRawPointer?, candidates: UnsafeMutableRawPointer, candidateCount: Int) {
         self.desc = desc; self.layoutA = layoutA; self.layoutB = layoutB; self.layoutC = layoutC
-        self.algo = algo; self.workspaceSize = workspaceSize
+        self.candidates = candidates; self.candidateCount = candidateCount
+        tuned = candidateCount < 2
     }
 }
 
 extension CUDADevice {
     /// Bytes of cuBLASLt workspace (32 MiB, as NVIDIA advises for Hopper).
     static let workspaceBytes = 32 << 20
+    /// How many of the heuristic's algorithms a shape's first call times (`QLORA_GEMM_TUNE=0`: the first only).
+    static let logsTuning = ProcessInfo.processInfo.environment["QLORA_GEMM_TUNE"] == "log"
+    static let tuningCandidates = ProcessInfo.processInfo.environment["QLORA_GEMM_TUNE"] == "0" ? 1 : 8
+    /// At most this many shapes are timed in a process (lengths that change every batch would otherwise time new
+    /// shapes every step); later ones keep the heuristic's first choice.
+    static let tunedShapesLimit = 64
 
     /// Row-major C (m × n, leading dimension ldc) = alpha · op(A) · op(B) + beta · C, op(A) (m × k), op(B) (k × n);
     /// A is stored (m × k) or, with `transA`, (k × m), likewise B. A and B share a type (f32 or bf16); C is f32 or
@@ -45,22 +60,81 @@ extension CUDADevice {
                           inputs: a.dtype, output: c.dtype, batch: batch, strideA: strideA, strideB: strideB,
                           strideC: strideC)
         let plan = try gemmPlan(key)
+        // Row-major C = op(A) op(B) is column-major Cᵀ = op(B)ᵀ op(A)ᵀ: cuBLASLt's first operand is our B.
+        let run = { (algo: UnsafeMutableRawPointer) -> Int32 in
+            var alpha = alpha, beta = beta
+            return withUnsafePointer(to: &alpha) { ap in withUnsafePointer(to: &beta) { bp in
+                self.blas.cublasLtMatmul(self.blasHandle, plan.desc, ap,
+                                         UnsafeRawPointer(bitPattern: UInt(b.address(at: bOffset))), plan.layoutA,
+                                         UnsafeRawPointer(bitPattern: UInt(a.address(at: aOffset))), plan.layoutB, bp,
+                                         UnsafeRawPointer(bitPattern: UInt(c.address(at: cOffset))), plan.layoutC,
+                                         UnsafeMutableRawPointer(bitPattern: UInt(output.address(at: outputOffset))),
+                                         plan.layoutC, UnsafeRawPointer(algo),
+                                         UnsafeMutableRawPointer(bitPattern: UInt(self.workspace!.address)),
+                                         algo.load(fromByteOffset: 64, as: Int.self), self.stream)
+            } }
+        }
+        plan.calls += 1
+        if !plan.tuned && plan.calls >= 2 && gemmShapesTuned < Self.tunedShapesLimit {
+            gemmShapesTuned += 1
+            let elements = (batch > 1 ? (batch - 1) * strideC : 0) + (m - 1) * ldc + n
+            try tune(plan, bytes: elements * c.dtype.size, output: output.address(at: outputOffset), run: run)
+        }
         let started = try profileStart()
         defer { if let started { profileEnd("gemm:\(gemmLabel)", started) } }
-        var alpha = alpha, beta = beta
-        // Row-major C = op(A) op(B) is column-major Cᵀ = op(B)ᵀ op(A)ᵀ: cuBLASLt's first operand is our B.
-        let status = withUnsafePointer(to: &alpha) { ap in withUnsafePointer(to: &beta) { bp in
-            blas.cublasLtMatmul(blasHandle, plan.desc, ap,
-                                UnsafeRawPointer(bitPattern: UInt(b.address(at: bOffset))), plan.layoutA,
-                                UnsafeRawPointer(bitPattern: UInt(a.address(at: aOffset))), plan.layoutB, bp,
-                                UnsafeRawPointer(bitPattern: UInt(c.address(at: cOffset))), plan.layoutC,
-                                UnsafeMutableRawPointer(bitPattern: UInt(output.address(at: outputOffset))),
-                                plan.layoutC,
-                                UnsafeRawPointer(plan.algo),
-                                UnsafeMutableRawPointer(bitPattern: UInt(workspace!.address)), plan.workspaceSize, stream)
-        } }
-        try blas.check(status, "cublasLtMatmul(m \(m), n \(n), k \(k), \(a.dtype) → \(c.dtype), batch \(batch))")
+        try blas.check(run(plan.algo), "cublasLtMatmul(m \(m), n \(n), k \(k), \(a.dtype) → \(c.dtype), batch \(batch))")
         if Self.synchronizesEveryCall { try synchronize() }
+    }
+
+    /// Times each candidate algorithm of `plan` on this call's operands (one run to warm up, then the best of three)
+    /// and keeps the fastest whose output equals, bit for bit, the heuristic's first choice: algorithms that split
+    /// the sum over k differently round differently, and a faster product must not change what training computes.
+    /// The output region (`bytes` at `output`, which the product may also read: beta 1 in place) is saved on the
+    /// host first and put back before each compared run and at the end, so the call that follows computes what it
+    /// would have without tuning. Once per shape, in the first step.
+    func tune(_ plan: GemmPlan, bytes: Int, output: UInt64, run: (UnsafeMutableRawPointer) -> Int32) throws {
+        plan.tuned = true
+        var saved = [UInt8](repeating: 0, count: bytes)
+        try saved.withUnsafeMutableBytes { try read(output, into: $0) }
+        defer { try? saved.withUnsafeBytes { try copy(bytes: $0, to: output) } }
+        var start: UnsafeMutableRawPointer? = nil, end: UnsafeMutableRawPointer? = nil
+        try driver.check(driver.cuEventCreate(&start, 0), "cuEventCreate (gemm tuning)")
+        try driver.check(driver.cuEventCreate(&end, 0), "cuEventCreate (gemm tuning)")
+        defer { _ = driver.cuEventDestroy(start); _ = driver.cuEventDestroy(end) }
+        var times: [(ms: Float, index: Int)] = []
+        for i in 0..<plan.candidateCount {
+            let algo = plan.candidates + i * CublasLt.heuristicResultSize
+            guard run(algo) == 0 else { continue }   // a candidate that cannot run here is skipped
+            var best = Float.infinity
+            for _ in 0..<3 {
+                try driver.check(driver.cuEventRecord(start, stream), "cuEventRecord (gemm tuning)")
+                _ = run(algo)
+                try driver.check(driver.cuEventRecord(end, stream), "cuEventRecord (gemm tuning)")
+                try driver.check(driver.cuEventSynchronize(end), "cuEventSynchronize (gemm tuning)")
+                var ms: Float = 0
+                try driver.check(driver.cuEventElapsedTime(&ms, start, end), "cuEventElapsedTime")
+                best = min(best, ms)
+            }
+            times.append((best, i))
+        }
+        // The first choice must run: it is the reference. A candidate must be 2% faster to be worth the check.
+        guard let first = times.first, first.index == 0 else { return }
+        func result(_ index: Int) throws -> [UInt8] {
+            try saved.withUnsafeBytes { try copy(bytes: $0, to: output) }
+            _ = run(plan.candidates + index * CublasLt.heuristicResultSize)
+            var out = [UInt8](repeating: 0, count: bytes)
+            try out.withUnsafeMutableBytes { try read(output, into: $0) }
+            return out
+        }
+        var reference: [UInt8]? = nil
+        for t in times.sorted(by: { $0.ms < $1.ms }) where t.index != 0 && t.ms < 0.98 * first.ms {
+            if reference == nil { reference = try result(0) }
+            if try result(t.index) == reference { plan.chosen = t.index; break }
+        }
+        if Self.logsTuning {
+            let list = times.map { "\($0.index):\(String(format: "%.3f", $0.ms))" }.joined(separator: " ")
+            FileHandle.standardError.write(Data("gemm tuning \(bytes) B out: ms \(list) → \(plan.chosen)\n".utf8))
+        }
     }
 
     private static func dataType(_ t: GPUDType) -> Int32 {
@@ -98,19 +172,19 @@ extension CUDADevice {
         defer { _ = blas.cublasLtMatmulPreferenceDestroy(preference) }
         var limit = UInt64(Self.workspaceBytes)
         try blas.check(blas.cublasLtMatmulPreferenceSetAttribute(preference, CublasLt.preferenceMaxWorkspace, &limit, 8), "set MAX_WORKSPACE")
-        let result = UnsafeMutableRawPointer.allocate(byteCount: CublasLt.heuristicResultSize * 2, alignment: 16)
-        result.initializeMemory(as: UInt8.self, repeating: 0, count: CublasLt.heuristicResultSize * 2)
+        let wanted = Self.tuningCandidates
+        let result = UnsafeMutableRawPointer.allocate(byteCount: CublasLt.heuristicResultSize * wanted, alignment: 16)
+        result.initializeMemory(as: UInt8.self, repeating: 0, count: CublasLt.heuristicResultSize * wanted)
         var found: Int32 = 0
         try blas.check(blas.cublasLtMatmulAlgoGetHeuristic(blasHandle, desc, layoutA, layoutB, layoutC, layoutC, preference,
-                                                           1, result, &found),
+                                                           Int32(wanted), result, &found),
                        "cublasLtMatmulAlgoGetHeuristic(m \(key.m), n \(key.n), k \(key.k), \(key.inputs) → \(key.output))")
         guard found > 0 else {
             throw CUDAError.invalidArgument("cuBLASLt has no algorithm for m \(key.m), n \(key.n), k \(key.k), " +
                                             "\(key.inputs) → \(key.output)")
         }
-        let workspaceSize = result.load(fromByteOffset: 64, as: Int.self)
-        let plan = GemmPlan(desc: desc, layoutA: layoutA, layoutB: layoutB, layoutC: layoutC, algo: result,
-                            workspaceSize: workspaceSize)
+        let plan = GemmPlan(desc: desc, layoutA: layoutA, layoutB: layoutB, layoutC: layoutC, candidates: result,
+                            candidateCount: Int(found))
         gemmPlans[key] = plan
         return plan
     }

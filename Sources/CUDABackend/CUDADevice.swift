@@ -151,6 +151,7 @@ public final class CUDADevice: @unchecked Sendable {
     /// What the next products are, for the profile ("base", "lora", "attention", "lm_head").
     public var gemmLabel = "other"
     var gemmPlans: [GemmKey: GemmPlan] = [:]
+    var gemmShapesTuned = 0   // shapes whose algorithm was timed (`tune`)
 
     /// `QLORA_CUDA_SYNC=1` waits after every kernel and product, so that a failing one is reported where it is
     /// launched (debugging). Read once: looking the environment up costs tens of microseconds a call.

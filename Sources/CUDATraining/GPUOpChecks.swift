@@ -133,6 +133,23 @@ public struct GPUOpChecks {
                 c.close("swiglu backward dgate (in place) \(tag) \(n)", try device.download(gb), dg, tolerance: tol)
                 c.close("swiglu backward dup (in place) \(tag) \(n)", try device.download(ub), du, tolerance: tol)
             }
+            // A shape's second product times cuBLASLt's candidate algorithms (CUDADevice.tune) and may switch to a
+            // faster one: its result must be bit for bit the first call's, accumulating in place (beta 1) too
+            do {
+                let (n, inF, outF) = (2048, 1536, 2304)
+                let (_, xb) = try put(random(n * inF), dtype), (_, wb) = try put(random(outF * inF, 0.1), dtype)
+                let (y0, yb) = try put(random(n * outF), dtype)
+                var results: [[UInt32]] = []
+                for _ in 0..<3 {
+                    try device.copy(y0, to: yb)
+                    try device.gemm(m: n, n: outF, k: inF, a: xb, lda: inF, b: wb, ldb: inF, transB: true, c: yb,
+                                    ldc: outF, beta: 1)
+                    results.append(try device.download(yb).map { $0.bitPattern })
+                }
+                c.equal("linear forward \(tag) \(n)×\(inF)→\(outF) += in place: the timed call's result", results[1],
+                        results[0])
+                c.equal("linear forward \(tag) \(n)×\(inF)→\(outF) += in place: after timing", results[2], results[0])
+            }
             // Linear products through cuBLASLt
             for (n, inF, outF) in [(37, 96, 130), (128, 576, 192), (3, 17, 5)] {
                 let (x, xb) = try put(random(n * inF), dtype), (w, wb) = try put(random(outF * inF, 0.1), dtype)
