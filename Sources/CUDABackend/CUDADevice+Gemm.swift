@@ -39,6 +39,9 @@ extension CUDADevice {
     /// At most this many shapes are timed in a process (lengths that change every batch would otherwise time new
     /// shapes every step); later ones keep the heuristic's first choice.
     static let tunedShapesLimit = 64
+    /// Outputs larger than this are not timed (the host holds three copies while comparing: a vocabulary's logits
+    /// would cost more host memory than the product's few percent are worth).
+    static let tunedOutputLimit = 256 << 20
 
     /// Row-major C (m × n, leading dimension ldc) = alpha · op(A) · op(B) + beta · C, op(A) (m × k), op(B) (k × n);
     /// A is stored (m × k) or, with `transA`, (k × m), likewise B. A and B share a type (f32 or bf16); C is f32 or
@@ -76,9 +79,13 @@ extension CUDADevice {
         }
         plan.calls += 1
         if !plan.tuned && plan.calls >= 2 && gemmShapesTuned < Self.tunedShapesLimit {
-            gemmShapesTuned += 1
-            let elements = (batch > 1 ? (batch - 1) * strideC : 0) + (m - 1) * ldc + n
-            try tune(plan, bytes: elements * c.dtype.size, output: output.address(at: outputOffset), run: run)
+            let bytes = ((batch > 1 ? (batch - 1) * strideC : 0) + (m - 1) * ldc + n) * c.dtype.size
+            if bytes <= Self.tunedOutputLimit {
+                gemmShapesTuned += 1
+                try tune(plan, bytes: bytes, output: output.address(at: outputOffset), run: run)
+            } else {
+                plan.tuned = true
+            }
         }
         let started = try profileStart()
         defer { if let started { profileEnd("gemm:\(gemmLabel)", started) } }
