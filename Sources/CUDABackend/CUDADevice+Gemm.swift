@@ -89,7 +89,8 @@ extension CUDADevice {
         }
         let started = try profileStart()
         defer { if let started { profileEnd("gemm:\(gemmLabel)", started) } }
-        try blas.check(run(plan.algo), "cublasLtMatmul(m \(m), n \(n), k \(k), \(a.dtype) → \(c.dtype), batch \(batch))")
+        try blas.check(run(plan.algo),
+                       "cublasLtMatmul(m \(m), n \(n), k \(k), \(a.dtype) → \(c.dtype), batch \(batch))")
         if Self.synchronizesEveryCall { try synchronize() }
     }
 
@@ -155,37 +156,45 @@ extension CUDADevice {
     func gemmPlan(_ key: GemmKey) throws -> GemmPlan {
         if let p = gemmPlans[key] { return p }
         var desc: UnsafeMutableRawPointer? = nil
-        try blas.check(blas.cublasLtMatmulDescCreate(&desc, CublasLt.computeType32F, CublasLt.dataTypeF32), "cublasLtMatmulDescCreate")
+        try blas.check(blas.cublasLtMatmulDescCreate(&desc, CublasLt.computeType32F, CublasLt.dataTypeF32),
+                       "cublasLtMatmulDescCreate")
         var opA: Int32 = key.transB ? 1 : 0, opB: Int32 = key.transA ? 1 : 0
         try blas.check(blas.cublasLtMatmulDescSetAttribute(desc, CublasLt.descTransA, &opA, 4), "set TRANSA")
         try blas.check(blas.cublasLtMatmulDescSetAttribute(desc, CublasLt.descTransB, &opB, 4), "set TRANSB")
         func layout(_ type: GPUDType, rows: Int, cols: Int, ld: Int, stride: Int) throws -> UnsafeMutableRawPointer? {
             var l: UnsafeMutableRawPointer? = nil
-            try blas.check(blas.cublasLtMatrixLayoutCreate(&l, Self.dataType(type), UInt64(rows), UInt64(cols), Int64(ld)),
+            try blas.check(blas.cublasLtMatrixLayoutCreate(&l, Self.dataType(type), UInt64(rows), UInt64(cols),
+                                                           Int64(ld)),
                            "cublasLtMatrixLayoutCreate(\(rows) × \(cols), ld \(ld))")
             if key.batch > 1 {
                 var count = Int32(key.batch), s = Int64(stride)
-                try blas.check(blas.cublasLtMatrixLayoutSetAttribute(l, CublasLt.layoutBatchCount, &count, 4), "set BATCH_COUNT")
-                try blas.check(blas.cublasLtMatrixLayoutSetAttribute(l, CublasLt.layoutBatchStride, &s, 8), "set BATCH_STRIDE")
+                try blas.check(blas.cublasLtMatrixLayoutSetAttribute(l, CublasLt.layoutBatchCount, &count, 4),
+                               "set BATCH_COUNT")
+                try blas.check(blas.cublasLtMatrixLayoutSetAttribute(l, CublasLt.layoutBatchStride, &s, 8),
+                               "set BATCH_STRIDE")
             }
             return l
         }
         // Column-major views: our B is (n × k) unless transposed, our A is (k × m) unless transposed, C is (n × m).
-        let layoutA = try layout(key.inputs, rows: key.transB ? key.k : key.n, cols: key.transB ? key.n : key.k, ld: key.ldb, stride: key.strideB)
-        let layoutB = try layout(key.inputs, rows: key.transA ? key.m : key.k, cols: key.transA ? key.k : key.m, ld: key.lda, stride: key.strideA)
+        let layoutA = try layout(key.inputs, rows: key.transB ? key.k : key.n, cols: key.transB ? key.n : key.k,
+                                 ld: key.ldb, stride: key.strideB)
+        let layoutB = try layout(key.inputs, rows: key.transA ? key.m : key.k, cols: key.transA ? key.k : key.m,
+                                 ld: key.lda, stride: key.strideA)
         let layoutC = try layout(key.output, rows: key.n, cols: key.m, ld: key.ldc, stride: key.strideC)
         var preference: UnsafeMutableRawPointer? = nil
         try blas.check(blas.cublasLtMatmulPreferenceCreate(&preference), "cublasLtMatmulPreferenceCreate")
         defer { _ = blas.cublasLtMatmulPreferenceDestroy(preference) }
         var limit = UInt64(Self.workspaceBytes)
-        try blas.check(blas.cublasLtMatmulPreferenceSetAttribute(preference, CublasLt.preferenceMaxWorkspace, &limit, 8), "set MAX_WORKSPACE")
+        try blas.check(blas.cublasLtMatmulPreferenceSetAttribute(preference, CublasLt.preferenceMaxWorkspace,
+                                                                 &limit, 8), "set MAX_WORKSPACE")
         let wanted = Self.tuningCandidates
         let result = UnsafeMutableRawPointer.allocate(byteCount: CublasLt.heuristicResultSize * wanted, alignment: 16)
         result.initializeMemory(as: UInt8.self, repeating: 0, count: CublasLt.heuristicResultSize * wanted)
         var found: Int32 = 0
-        try blas.check(blas.cublasLtMatmulAlgoGetHeuristic(blasHandle, desc, layoutA, layoutB, layoutC, layoutC, preference,
-                                                           Int32(wanted), result, &found),
-                       "cublasLtMatmulAlgoGetHeuristic(m \(key.m), n \(key.n), k \(key.k), \(key.inputs) → \(key.output))")
+        try blas.check(blas.cublasLtMatmulAlgoGetHeuristic(blasHandle, desc, layoutA, layoutB, layoutC, layoutC,
+                                                           preference, Int32(wanted), result, &found),
+                       "cublasLtMatmulAlgoGetHeuristic(m \(key.m), n \(key.n), k \(key.k), " +
+                       "\(key.inputs) → \(key.output))")
         guard found > 0 else {
             throw CUDAError.invalidArgument("cuBLASLt has no algorithm for m \(key.m), n \(key.n), k \(key.k), " +
                                             "\(key.inputs) → \(key.output)")
