@@ -20,8 +20,12 @@ final class GemmPlan {
     var chosen = 0
     var tuned: Bool
     var calls = 0
-    var algo: UnsafeMutableRawPointer { candidates + chosen * CublasLt.heuristicResultSize }
-    var workspaceSize: Int { algo.load(fromByteOffset: 64, as: Int.self) }
+    func candidate(_ i: Int) -> UnsafeMutableRawPointer { candidates + i * CublasLt.heuristicResultSize }
+    var algo: UnsafeMutableRawPointer { candidate(chosen) }
+    /// The workspace bytes a candidate (a heuristic result) needs.
+    static func workspaceSize(_ candidate: UnsafeMutableRawPointer) -> Int {
+        candidate.load(fromByteOffset: 64, as: Int.self)
+    }
     init(desc: UnsafeMutableRawPointer?, layoutA: UnsafeMutableRawPointer?, layoutB: UnsafeMutableRawPointer?,
          layoutC: UnsafeMutableRawPointer?, candidates: UnsafeMutableRawPointer, candidateCount: Int) {
         self.desc = desc; self.layoutA = layoutA; self.layoutB = layoutB; self.layoutC = layoutC
@@ -33,8 +37,9 @@ final class GemmPlan {
 extension CUDADevice {
     /// Bytes of cuBLASLt workspace (32 MiB, as NVIDIA advises for Hopper).
     static let workspaceBytes = 32 << 20
-    /// How many of the heuristic's algorithms a shape's first call times (`QLORA_GEMM_TUNE=0`: the first only).
+    /// `QLORA_GEMM_TUNE=log` prints each timed shape's candidates and choice.
     static let logsTuning = ProcessInfo.processInfo.environment["QLORA_GEMM_TUNE"] == "log"
+    /// How many of the heuristic's algorithms a shape's second call times (`QLORA_GEMM_TUNE=0`: the first only).
     static let tuningCandidates = ProcessInfo.processInfo.environment["QLORA_GEMM_TUNE"] == "0" ? 1 : 8
     /// At most this many shapes are timed in a process (lengths that change every batch would otherwise time new
     /// shapes every step); later ones keep the heuristic's first choice.
@@ -74,7 +79,7 @@ extension CUDADevice {
                                          UnsafeMutableRawPointer(bitPattern: UInt(output.address(at: outputOffset))),
                                          plan.layoutC, UnsafeRawPointer(algo),
                                          UnsafeMutableRawPointer(bitPattern: UInt(self.workspace!.address)),
-                                         algo.load(fromByteOffset: 64, as: Int.self), self.stream)
+                                         GemmPlan.workspaceSize(algo), self.stream)
             } }
         }
         plan.calls += 1
@@ -111,7 +116,7 @@ extension CUDADevice {
         defer { _ = driver.cuEventDestroy(start); _ = driver.cuEventDestroy(end) }
         var times: [(ms: Float, index: Int)] = []
         for i in 0..<plan.candidateCount {
-            let algo = plan.candidates + i * CublasLt.heuristicResultSize
+            let algo = plan.candidate(i)
             guard run(algo) == 0 else { continue }   // a candidate that cannot run here is skipped
             var best = Float.infinity
             for _ in 0..<3 {
@@ -129,7 +134,7 @@ extension CUDADevice {
         guard let first = times.first, first.index == 0 else { return }
         func result(_ index: Int) throws -> [UInt8] {
             try saved.withUnsafeBytes { try copy(bytes: $0, to: output) }
-            _ = run(plan.candidates + index * CublasLt.heuristicResultSize)
+            _ = run(plan.candidate(index))
             var out = [UInt8](repeating: 0, count: bytes)
             try out.withUnsafeMutableBytes { try read(output, into: $0) }
             return out

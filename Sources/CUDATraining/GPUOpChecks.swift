@@ -146,9 +146,9 @@ public struct GPUOpChecks {
                                     ldc: outF, beta: 1)
                     results.append(try device.download(yb).map { $0.bitPattern })
                 }
-                c.equal("linear forward \(tag) \(n)×\(inF)→\(outF) += in place: the timed call's result", results[1],
-                        results[0])
-                c.equal("linear forward \(tag) \(n)×\(inF)→\(outF) += in place: after timing", results[2], results[0])
+                let label = "linear forward \(tag) \(n)×\(inF)→\(outF) += in place"
+                c.equal("\(label): the timed call's result", results[1], results[0])
+                c.equal("\(label): after timing", results[2], results[0])
             }
             // Linear products through cuBLASLt
             for (n, inF, outF) in [(37, 96, 130), (128, 576, 192), (3, 17, 5)] {
