@@ -127,9 +127,9 @@ public final class CUDADevice: @unchecked Sendable {
     public let name: String
     /// Streaming multiprocessors.
     public let multiprocessorCount: Int
-    /// Whether bf16 attention at head dim 128 runs the Hopper forward (flash_attention_sm90.cu, wgmma): true on an
-    /// sm_90 device unless `QLORA_ATTENTION=portable` asks for the mma.sync kernels every GPU runs (check-cuda
-    /// checks both; the benchmark compares them).
+    /// Whether bf16 attention at head dim 128 runs the Hopper kernels (flash_attention_sm90.cu, wgmma): true on an
+    /// sm_90 device (and on the planning device, which stands for one) unless `QLORA_ATTENTION=portable` asks for
+    /// the mma.sync kernels every GPU runs (check-cuda checks both; the benchmark compares them).
     public var hopperAttention: Bool
 
     let pool: DeviceMemoryPool
@@ -203,7 +203,7 @@ public final class CUDADevice: @unchecked Sendable {
         driver = nil; compiler = nil; blas = nil
         pool = DeviceMemoryPool(driver: nil)
         ordinal = 0; context = nil; stream = nil
-        architecture = "sm_90"; self.name = name; multiprocessorCount = multiprocessors; hopperAttention = false
+        architecture = "sm_90"; self.name = name; multiprocessorCount = multiprocessors; hopperAttention = true
     }
 
     /// Runs `body` with its allocations counted under `tag`.

@@ -38,7 +38,9 @@ extension CUDADevice {
 
     /// dq (B, T, H, D), dk and dv (B, T, Hkv, D), overwritten, from dout, what the forward saved (out, lse) and its
     /// inputs. Three kernels: delta = rowsum(dout ⊙ out) into a scratch buffer, then one block per key tile for dK
-    /// and dV, and one block per query tile for dQ. No atomics: the same inputs give the same bits every run.
+    /// and dV, and one block per query tile for dQ (on Hopper: one kernel for all three, adding dQ's float32 partial
+    /// sums key block by key block in a fixed order, and one that rounds them). The same inputs give the same bits
+    /// every run.
     /// `starts` as the forward had it. With `unrotating` (RoPE's float32 cos and sin tables, (positions, D), and
     /// the i32 positions of the tokens, or nil for 0 ..< T), q and k were rotated by RoPE and dq, dk come out with
     /// the rotation undone: the gradients of the unrotated q and k, with no separate inverse RoPE pass.
@@ -75,15 +77,16 @@ extension CUDADevice {
                    [.buffer(delta), .buffer(dout), .buffer(out), .int(tokens), .int(heads), .int(headDim),
                     .long(rows)])
         if bf16 && headDim == 128 && hopperAttention {
-            let variant = Self.flashVariant(headDim, starts), bytes = Self.hopperBackwardBytes
-            try launch(.flashAttentionHopper, "flash_attention_backward_kv_wgmma_\(variant)", bf16: true,
-                       grid: (shape.tiles(128), kvHeads, batch), block: 256, sharedBytes: bytes,
-                       [.buffer(dk), .buffer(dv), .buffer(dout), .buffer(lse), .buffer(delta), .buffer(q), .buffer(k),
-                        .buffer(v), .int(tokens), .int(heads), .int(kvHeads), .optional(starts)] + tables)
-            try launch(.flashAttentionHopper, "flash_attention_backward_q_wgmma_\(variant)", bf16: true,
-                       grid: (shape.tiles(128), heads, batch), block: 256, sharedBytes: bytes,
-                       [.buffer(dq), .buffer(dout), .buffer(lse), .buffer(delta), .buffer(q), .buffer(k), .buffer(v),
-                        .int(tokens), .int(heads), .int(kvHeads), .optional(starts)] + tables)
+            // One kernel for dK, dV and dQ's float32 sums (S and dP computed once), then dq rounded from the sums.
+            let variant = Self.flashVariant(headDim, starts)
+            let sums = try allocate(n, .f32), arrivals = try zeros(batch * heads * shape.tiles(64), .i32)
+            try launch(.flashAttentionHopper, "flash_attention_backward_wgmma_\(variant)", bf16: true,
+                       grid: (shape.tiles(128), kvHeads, batch), block: 256, sharedBytes: Self.hopperBackwardBytes,
+                       [.buffer(dk), .buffer(dv), .buffer(sums), .buffer(arrivals), .buffer(dout), .buffer(lse),
+                        .buffer(delta), .buffer(q), .buffer(k), .buffer(v), .int(tokens), .int(heads), .int(kvHeads),
+                        .optional(starts)] + tables)
+            try launch(.flashAttentionHopper, "flash_attention_dq_finish", bf16: true, grid: (rows + 3) / 4,
+                       block: 256, [.buffer(dq), .buffer(sums), .int(tokens), .int(heads), .long(rows)] + tables)
             return
         }
         try launch(.flashAttention, "flash_attention_backward_kv_\(Self.flashVariant(headDim, starts))", bf16: bf16,
@@ -108,8 +111,9 @@ extension CUDADevice {
     /// The Hopper forward's shared memory (flash_attention_sm90.cu's header): six 16 KiB tiles (q twice, k and v two
     /// stages each), 1 KiB to align.
     static let hopperSharedBytes = 6 * 16384 + 1024
-    /// The Hopper backward kernels': eight tiles, two stages of a query tile's lse and delta (1 KiB), 1 KiB to align.
-    static let hopperBackwardBytes = 8 * 16384 + 1024 + 1024
+    /// The Hopper backward's: eight tiles, two stages of a query tile's lse and delta (1 KiB), a dSᵀ tile (128
+    /// keys by 64 queries, 16 KiB), 1 KiB to align.
+    static let hopperBackwardBytes = 8 * 16384 + 1024 + 16384 + 1024
 
     /// s (64 × 64, f32) = a · bkᵀ and o (64 × 128, f32) = a[:, 0..<64] · bv from bf16 a, bk, bv (64 × 128 each,
     /// row-major), through flash_attention_sm90.cu's staging and wgmma descriptors; bv's MN-major descriptor takes

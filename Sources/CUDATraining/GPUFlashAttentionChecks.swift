@@ -5,13 +5,13 @@ import Foundation
 extension GPUOpChecks {
     /// Flash attention on the GPU (Kernels/flash_attention.cu) against its CPU twin and against the attention that
     /// materializes the probabilities: out, lse, dq, dk, dv on ragged lengths, grouped and plain heads, every head
-    /// dim, in both activation types; the backward run twice must give the same bits (no atomics). Packed rows
-    /// (documents starting inside a tile, on a tile's first row, one-token documents) keep attention within each
-    /// document.
+    /// dim, in both activation types; the backward run twice must give the same bits (its sums in a fixed order).
+    /// Packed rows (documents starting inside a tile, on a tile's first row, one-token documents) keep attention
+    /// within each document.
     public mutating func flashAttention(_ c: inout Checker) throws {
         if device.architecture == "sm_90" {
             try wgmmaLayouts(&c)
-            // The Hopper forward (bf16, head dim 128) and the portable kernels it stands in for, both checked.
+            // The Hopper kernels (bf16, head dim 128) and the portable kernels they stand in for, both checked.
             let hopper = device.hopperAttention
             defer { device.hopperAttention = hopper }
             for on in [true, false] {

@@ -1,8 +1,8 @@
 // flash_attention_sm90.cu: flash attention in bf16 at head dim 128 on Hopper, with the warpgroup matrix instructions
-// (wgmma, sm_90a: the Swift side compiles this file for "sm_90a" on an sm_90 device). The forward, dK/dV and dQ
-// kernels compute what flash_attention.cu's _d128 and _packed_d128 kernels compute, with the same arithmetic row by
-// row (64 keys or 64 query rows a step; the online softmax in base 2 with float32 running maxima and sums; dq and
-// dk leave with RoPE undone when given the tables); their CPU twins are the same: CPUOps.flashAttentionForward and
+// (wgmma, sm_90a: the Swift side compiles this file for "sm_90a" on an sm_90 device). The forward and the backward
+// compute what flash_attention.cu's _d128 and _packed_d128 kernels compute, with the same arithmetic row by row (64
+// keys or 64 query rows a step; the online softmax in base 2 with float32 running maxima and sums; dq and dk leave
+// with RoPE undone when given the tables); their CPU twins are the same: CPUOps.flashAttentionForward and
 // flashAttentionBackward. Shapes and conventions are flash_attention.cu's header's: q (B, T, H, D), k, v (B, T,
 // Hkv, D), out (B, T, H, D), lse (B, H, T, float32, natural log), causal (key j seen by query i when starts[i] ≤ j ≤
 // i; starts null: from 0); the backward's delta comes from flash_attention.cu's flash_attention_backward_dot.
@@ -18,12 +18,17 @@
 // Shared memory: 64-row × 128-column bf16 tiles of 16 KiB, each two panels of 64 columns (8 KiB: 64 rows of 128
 // bytes), the 16-byte chunks of a row swizzled within each 1,024-byte group of 8 rows (chunk c of row r at c ^ (r %
 // 8): the 128-byte swizzle the wgmma descriptors name). q: two tiles; k, v: two stages each: 6 tiles + 1 KiB to
-// align = 99,328 bytes (the Swift launcher has the same numbers). The backward kernels' blocks are two warpgroups
-// too: dK/dV owns 128 keys (64 a warpgroup: k and v, two tiles each) and steps over 64-row query tiles (q and dO,
-// double buffered, with their lse and delta); dQ owns 128 query rows (q and dO, two tiles each) and steps over
-// 64-key tiles (k and v double buffered): 8 tiles + 1 KiB of lse and delta + 1 KiB to align = 133,120 bytes, one
-// block an SM. Their mapping is the forward's, with keys as the rows of dK/dV's accumulators (it computes Sᵀ and dPᵀ,
-// so that Pᵀ and dSᵀ feed dV += Pᵀ·dO and dK += dSᵀ·Q from registers).
+// align = 99,328 bytes (the Swift launcher has the same numbers).
+//
+// The backward is one kernel for dK, dV and dQ, so that S and dP are computed once. Its blocks are two warpgroups
+// too, one block an SM: a block owns 128 keys (64 a warpgroup: k and v, two tiles each) and steps over the 64-row
+// query tiles that see them (q and dO double buffered, with their lse and delta). Its mapping is the forward's with
+// keys as the rows of the accumulators: it computes Sᵀ and dPᵀ, so that Pᵀ and dSᵀ feed dV += Pᵀ·dO
+// and dK += dSᵀ·Q from registers. dSᵀ also goes to shared memory (bf16, 128 keys by 64 queries: 16 KiB),
+// where warpgroup w reads it, transposed, for columns 64w…64w+63 of the tile's dQ share dS·K; the shares are
+// summed in float32 in global memory, key block after key block in a fixed order (h_dq_step), and
+// flash_attention_dq_finish rounds the sums.
+// 8 tiles + 1 KiB of lse and delta + 16 KiB of dSᵀ + 1 KiB to align = 149,504 bytes.
 //
 // wgmma_probe: one warpgroup, checks the descriptors and layouts above on their own (check-cuda): s = a·bkᵀ
 // (SS, K-major) and o = a[:, 0..<64]·bv (A from registers, B MN-major with the given leading and stride offsets).
@@ -230,20 +235,91 @@ flash_attention_forward_wgmma_packed_d128(T* out, float* lse, const T* q, const 
     h_forward<true>(out, lse, q, k, v, tokens, heads, kvHeads, starts);
 }
 
-// dK and dV: warpgroup w owns keys 64w…64w+63 of the block's 128; a step is one (query head of the KV group, 64-row
-// query tile), from the diagonal on. Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (m64n64k16, all operands K-major in shared memory),
-// Pᵀ and dSᵀ in registers, then dV += Pᵀ·dO and dK += dSᵀ·Q (m64n128k16, A from registers, dO and Q MN-major).
-template <int WGS, bool PACKED>
-__device__ __forceinline__ void h_backward_kv(T* dk, T* dv, const T* dout, const float* lse, const float* delta,
-                                              const T* q, const T* k, const T* v, int tokens, int heads,
-                                              int kvHeads, const int* starts, FaRope rot) {
-    constexpr int D = 128, KEYS = 64 * WGS, ROWS = 64;
+// d (64 × 64, float32) = or += a · b with both operands MN-major in shared memory: a (64 m × 16 k) stored k-row by
+// k-row (m contiguous), b (16 k × 64 n) likewise (n contiguous).
+__device__ __forceinline__ void wg_ss_n64_mn(float* d, unsigned long long a, unsigned long long b, int accumulate) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                 "%32, %33, p, 1, 1, 1, 1;\n}\n"
+                 : WG_D8(0), WG_D8(8), WG_D8(16), WG_D8(24)
+                 : "l"(a), "l"(b), "r"(accumulate));
+}
+
+__device__ __forceinline__ int h_acquire(const int* p) {
+    int v;
+    asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+__device__ __forceinline__ void h_release(int* p) {
+    asm volatile("red.release.gpu.global.add.s32 [%0], 1;" :: "l"(p) : "memory");
+}
+
+// The backward's dQ for one (key block, 64-row query tile) step: warpgroup w computes columns 64w…64w+63 of dS·K
+// (64 queries by 128 keys by 128 columns; dSᵀ in shared memory as `dsT` holds it, K as the block's two key tiles
+// at `kTiles`) and adds them to the float32 accumulator `dq` (row i of the tile at dq + (i0 + i)·H·128). Key blocks
+// add to a query tile one at a time, the block of the highest keys first: thread 0 waits until `arrival` reaches
+// `order` (the number of blocks with higher keys that see the tile; `seen`: what it last read there); the first
+// writes instead of adding, so the accumulator needs no clearing and the sums come in the same order every run.
+// Thread 0 counts the previous step's arrival (`pending`, its writes behind the barrier that ended that step) here,
+// a step late, so that the release finds them long done.
+__device__ __forceinline__ void h_dq_step(float* dq, const int* arrival, int order, int seen, int* pending,
+                                          const unsigned char* dsT, unsigned kTiles, int i0, int tokens, int heads) {
+    const int wg = threadIdx.x >> 7, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    if (threadIdx.x == 0) {
+        if (pending) h_release(pending);
+        while (seen < order) seen = h_acquire(arrival);
+    }
+    proxy_fence();   // dSᵀ, written by both warpgroups, visible to the tensor cores
+    __syncthreads();
+    float d[32];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) d[i] = 0.0f;
+    const unsigned ds = smem_address(dsT);
+    wg_hold<32>(d);
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk)
+        wg_ss_n64_mn(d, h_desc(ds + (kk >> 2) * 8192 + (kk & 3) * 2048, H_MN_LBO, H_MN_SBO),
+                     h_desc(kTiles + (kk >> 2) * H_TILE + wg * 8192 + (kk & 3) * 2048, H_MN_LBO, H_MN_SBO), kk > 0);
+    wg_commit();
+    wg_wait0();
+    wg_hold<32>(d);
+    // Lanes c and c ^ 1 trade halves: the even one takes columns 8n + 2c … + 3 of row g, the odd one columns
+    // 8n + 2(c − 1) … + 3 of row g + 8, so that each writes 16 bytes at a time.
+    const bool odd = c & 1;
+    const int i = i0 + 16 * ((threadIdx.x >> 5) & 3) + g + (odd ? 8 : 0);
+    float* row = dq + (long long)i * heads * 128 + 64 * wg + 2 * (c & 2);
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+        const float give0 = odd ? d[4 * n] : d[4 * n + 2], give1 = odd ? d[4 * n + 1] : d[4 * n + 3];
+        const float got0 = __shfl_xor_sync(0xffffffffu, give0, 1), got1 = __shfl_xor_sync(0xffffffffu, give1, 1);
+        const float4 v = odd ? make_float4(got0, got1, d[4 * n + 2], d[4 * n + 3])
+                             : make_float4(d[4 * n], d[4 * n + 1], got0, got1);
+        if (i >= tokens) continue;
+        if (order == 0) *(float4*)(row + 8 * n) = v;
+        else asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};"
+                          :: "l"(row + 8 * n), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w) : "memory");
+    }
+}
+
+// The backward: warpgroup w owns keys 64w…64w+63 of the block's 128; a step is one (query head of the KV group,
+// 64-row query tile), from the diagonal on. Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (m64n64k16, all operands K-major in
+// shared memory), Pᵀ and dSᵀ in registers, then dV += Pᵀ·dO and dK += dSᵀ·Q (m64n128k16, A from registers,
+// dO and Q MN-major), and dSᵀ through shared memory to h_dq_step for the tile's share of dQ.
+template <bool PACKED>
+__device__ __forceinline__ void h_backward(T* dk, T* dv, const T* dout, const float* lse, const float* delta,
+                                           const T* q, const T* k, const T* v, int tokens, int heads, int kvHeads,
+                                           const int* starts, FaRope rot, float* dqa, int* arrivals) {
+    constexpr int D = 128, KEYS = 128, ROWS = 64;
     unsigned char* sm = h_raw + ((1024u - (smem_address(h_raw) & 1023u)) & 1023u);
-    unsigned char* ks = sm;                         // WGS tiles: the block's keys
-    unsigned char* vs = ks + WGS * H_TILE;          // WGS tiles
-    unsigned char* qs = vs + WGS * H_TILE;          // two stages of a query tile
+    unsigned char* ks = sm;                         // two tiles: the block's keys
+    unsigned char* vs = ks + 2 * H_TILE;            // two tiles
+    unsigned char* qs = vs + 2 * H_TILE;            // two stages of a query tile
     unsigned char* os = qs + 2 * H_TILE;            // two stages of dO
     float* stats = (float*)(os + 2 * H_TILE);       // two stages of lse[64], delta[64]
+    unsigned char* dsT = (unsigned char*)(stats + 4 * ROWS);   // dSᵀ, 128 keys × 64 queries (two panels)
     const int group = heads / kvHeads;
     const int j0 = blockIdx.x * KEYS, kh = blockIdx.y, b = blockIdx.z;
     const long long qStride = (long long)heads * D, kStride = (long long)kvHeads * D;
@@ -256,6 +332,7 @@ __device__ __forceinline__ void h_backward_kv(T* dk, T* dv, const T* dout, const
     // Query tiles whose first row starts past this block's keys see none of them (nor do the tiles after them).
     while (st && queryTiles > 1 && st[(firstTile + queryTiles - 1) * ROWS] > j0 + KEYS - 1) --queryTiles;
     const int steps = group * queryTiles;
+    int* pending = nullptr;   // thread 0: the arrival of the last step, not yet counted
 
     h_load(ks, k + ((long long)b * tokens + j0) * kStride + (long long)kh * D, kStride, tokens - j0, KEYS);
     h_load(vs, v + ((long long)b * tokens + j0) * kStride + (long long)kh * D, kStride, tokens - j0, KEYS);
@@ -286,7 +363,14 @@ __device__ __forceinline__ void h_backward_kv(T* dk, T* dv, const T* dout, const
         proxy_fence();
         __syncthreads();
         const int i0 = (firstTile + step % queryTiles) * ROWS;
-        if (i0 + ROWS - 1 >= kw) {   // warpgroup-uniform: some query of the tile sees some key of the warpgroup
+        // This step's query tile's arrival count, read early by thread 0 (its latency behind the products).
+        const int hh = kh * group + step / queryTiles, order = (i0 / ROWS >> 1) - (int)blockIdx.x;
+        int* arrival = arrivals + ((long long)b * heads + hh) * ((tokens + ROWS - 1) / ROWS) + i0 / ROWS;
+        int seen = 0;
+        if (threadIdx.x == 0 && order > 0) seen = h_acquire(arrival);
+        // Every warpgroup computes every step, the one whose keys the tile cannot see too (its mask gives zeros), so
+        // that no branch depends on the warpgroup and the products of dV and dK run on while dQ's are issued.
+        {
             const unsigned qTile = smem_address(qs + buffer * H_TILE), oTile = smem_address(os + buffer * H_TILE);
             const float* sb = stats + buffer * 2 * ROWS;
             float sT[32], dpt[32];   // Sᵀ and dPᵀ: 64 keys × 64 queries a warpgroup
@@ -327,6 +411,16 @@ __device__ __forceinline__ void h_backward_kv(T* dk, T* dv, const T* dout, const
                 fa_acc_to_a(ap[kq], sT + 8 * kq, sT + 8 * kq + 4);
                 fa_acc_to_a(ad[kq], dpt + 8 * kq, dpt + 8 * kq + 4);
             }
+            {   // dSᵀ rows (keys) g and g + 8 of this warp, query columns 8n + 2c, + 1, in bf16
+                const int key = 64 * wg + 16 * ((threadIdx.x >> 5) & 3) + g;   // key % 8 == g
+#pragma unroll
+                for (int kq = 0; kq < 4; ++kq)
+#pragma unroll
+                    for (int x = 0; x < 4; ++x) {
+                        const int n = 2 * kq + (x >> 1), row = key + 8 * (x & 1);
+                        *(unsigned*)(dsT + (row >> 6) * 8192 + (row & 63) * 128 + ((n ^ g) << 4) + 4 * c) = ad[kq][x];
+                    }
+            }
             wg_hold<64>(dva);
             wg_hold<64>(dka);
             wg_fence();
@@ -335,12 +429,16 @@ __device__ __forceinline__ void h_backward_kv(T* dk, T* dv, const T* dout, const
 #pragma unroll
             for (int kq = 0; kq < 4; ++kq) wg_rs_n128(dka, ad[kq], h_desc(qTile + kq * 2048, H_MN_LBO, H_MN_SBO));
             wg_commit();
-            wg_wait0();
-            wg_hold<64>(dva);
-            wg_hold<64>(dka);
         }
-        __syncthreads();   // this stage is refilled by the next step's fetch
+        // h_dq_step's wait covers the products of dV and dK too.
+        h_dq_step(dqa + ((long long)b * tokens * heads + hh) * D, arrival, order, seen, pending, dsT,
+                  smem_address(ks), i0, tokens, heads);
+        wg_hold<64>(dva);
+        wg_hold<64>(dka);
+        pending = threadIdx.x == 0 ? arrival : nullptr;
+        __syncthreads();   // this stage is refilled by the next step's fetch; every thread's dq is written
     }
+    if (pending) h_release(pending);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         const int j = kr + g + 8 * r;
@@ -366,143 +464,39 @@ __device__ __forceinline__ void h_backward_kv(T* dk, T* dv, const T* dout, const
     }
 }
 
-// dQ: warpgroup w owns query rows 64w…64w+63 of the block's 128, over 64-key steps up to the diagonal. S = Q·Kᵀ and
-// dP = dO·Vᵀ (m64n64k16, K-major operands), dS in registers, then dQ += dS·K (m64n128k16, K MN-major).
-template <int WGS, bool PACKED>
-__device__ __forceinline__ void h_backward_q(T* dq, const T* dout, const float* lse, const float* delta, const T* q,
-                                             const T* k, const T* v, int tokens, int heads, int kvHeads,
-                                             const int* starts, FaRope rot) {
-    constexpr int D = 128, ROWS = 64 * WGS;
-    unsigned char* sm = h_raw + ((1024u - (smem_address(h_raw) & 1023u)) & 1023u);
-    unsigned char* qs = sm;                 // WGS tiles: the block's query rows
-    unsigned char* os = qs + WGS * H_TILE;  // WGS tiles of dO
-    unsigned char* ks = os + WGS * H_TILE;  // two stages
-    unsigned char* vs = ks + 2 * H_TILE;    // two stages
-    const int tile = (int)gridDim.x - 1 - (int)blockIdx.x;
-    const int h = blockIdx.y, b = blockIdx.z, kh = h / (heads / kvHeads);
-    const int i0 = tile * ROWS, rowEnd = min(i0 + ROWS, tokens);
-    const long long qStride = (long long)heads * D, kStride = (long long)kvHeads * D;
-    const T* kg = k + (long long)b * tokens * kStride + (long long)kh * D;
-    const T* vg = v + (long long)b * tokens * kStride + (long long)kh * D;
-    const int wg = threadIdx.x >> 7, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-    const int rowBase = i0 + 64 * wg + 16 * ((threadIdx.x >> 5) & 3);
-    const int wgLast = i0 + 64 * wg + 63;
-    const float scale = fa_scale(D), sl2 = scale * FA_LOG2E;
-    const int* st = PACKED ? starts + (long long)b * tokens : nullptr;
-    const int jt0 = fa_start(st, i0) / H_KEYS, jtEnd = (rowEnd - 1) / H_KEYS;
-    const int lastStart = fa_start(st, rowEnd - 1);
-    const long long at = ((long long)b * tokens + i0) * qStride + (long long)h * D;
-    h_load(qs, q + at, qStride, tokens - i0, ROWS);
-    h_load(os, dout + at, qStride, tokens - i0, ROWS);
-    h_load(ks, kg + (long long)jt0 * H_KEYS * kStride, kStride, tokens - jt0 * H_KEYS, H_KEYS);
-    h_load(vs, vg + (long long)jt0 * H_KEYS * kStride, kStride, tokens - jt0 * H_KEYS, H_KEYS);
-    cp_async_commit();
-    float l2[2], di[2];
-    int rs[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int i = rowBase + g + 8 * r;
-        const long long li = ((long long)b * heads + h) * tokens + i;
-        l2[r] = i < tokens ? lse[li] * FA_LOG2E : 0.0f;
-        di[r] = i < tokens ? delta[li] : 0.0f;
-        rs[r] = fa_start(st, min(i, tokens - 1));
+// The backward: dK and dV, and each step's dS·K added to the float32 dq accumulator `dqa` (B, T, H, 128), which
+// flash_attention_dq_finish turns into dq. `arrivals`: B·H·⌈T/64⌉ zeros. One block an SM.
+#define H_BACKWARD(NAME, PACKED)                                                                                    \
+    extern "C" __global__ void __launch_bounds__(256, 1) flash_attention_backward_wgmma_##NAME(                     \
+        T* dk, T* dv, float* dqa, int* arrivals, const T* dout, const float* lse, const float* delta, const T* q,   \
+        const T* k, const T* v, int tokens, int heads, int kvHeads, const int* starts, const float* cosT,           \
+        const float* sinT, const int* positions) {                                                                  \
+        h_backward<PACKED>(dk, dv, dout, lse, delta, q, k, v, tokens, heads, kvHeads, starts,                       \
+                           FaRope{cosT, sinT, positions}, dqa, arrivals);                                           \
     }
-    float dqa[64];
-#pragma unroll
-    for (int i = 0; i < 64; ++i) dqa[i] = 0.0f;
-    const unsigned qTile = smem_address(qs + wg * H_TILE), oTile = smem_address(os + wg * H_TILE);
-    for (int jt = jt0; jt <= jtEnd; ++jt) {
-        const int stage = (jt - jt0) & 1, j0 = jt * H_KEYS;
-        if (jt < jtEnd) {
-            const int j1 = j0 + H_KEYS;
-            h_load(ks + (stage ^ 1) * H_TILE, kg + (long long)j1 * kStride, kStride, tokens - j1, H_KEYS);
-            h_load(vs + (stage ^ 1) * H_TILE, vg + (long long)j1 * kStride, kStride, tokens - j1, H_KEYS);
-        }
-        cp_async_commit();
-        cp_async_wait<1>();
-        proxy_fence();
-        __syncthreads();
-        if (j0 <= wgLast) {   // warpgroup-uniform
-            const unsigned kTile = smem_address(ks + stage * H_TILE), vTile = smem_address(vs + stage * H_TILE);
-            float s[32], dp[32];
-#pragma unroll
-            for (int i = 0; i < 32; ++i) { s[i] = 0.0f; dp[i] = 0.0f; }
-            wg_hold<32>(s);
-            wg_hold<32>(dp);
-            wg_fence();
-#pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) wg_ss_n64(s, h_kmajor(qTile, kk), h_kmajor(kTile, kk), kk > 0);
-#pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) wg_ss_n64(dp, h_kmajor(oTile, kk), h_kmajor(vTile, kk), kk > 0);
-            wg_commit();
-            wg_wait0();
-            wg_hold<32>(s);
-            wg_hold<32>(dp);
-            const bool edge = j0 + H_KEYS - 1 > rowBase || j0 < lastStart;
-#pragma unroll
-            for (int n = 0; n < 8; ++n)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int r = e >> 1, x = 4 * n + e;
-                    float p = fa_exp2(fmaf(s[x], sl2, -l2[r]));
-                    const int col = j0 + n * 8 + 2 * c + (e & 1);
-                    if (edge && (col > rowBase + g + 8 * r || col < rs[r])) p = 0.0f;
-                    s[x] = p * (dp[x] - di[r]);   // dS (the 1/√D comes at the end)
-                }
-            unsigned a[4][4];
-#pragma unroll
-            for (int kk = 0; kk < 4; ++kk) fa_acc_to_a(a[kk], s + 8 * kk, s + 8 * kk + 4);
-            wg_hold<64>(dqa);
-            wg_fence();
-#pragma unroll
-            for (int kk = 0; kk < 4; ++kk) wg_rs_n128(dqa, a[kk], h_desc(kTile + kk * 2048, H_MN_LBO, H_MN_SBO));
-            wg_commit();
-            wg_wait0();
-            wg_hold<64>(dqa);
-        }
-        __syncthreads();   // this stage is refilled by the next step
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int i = rowBase + g + 8 * r;
-        if (i < tokens) {
-            T* row = dq + ((long long)b * tokens + i) * qStride + (long long)h * D;
-#pragma unroll
-            for (int n = 0; n < 16; ++n) { dqa[4 * n + 2 * r] *= scale; dqa[4 * n + 2 * r + 1] *= scale; }
-            if (rot.cosT) {
-                const long long p = fa_rope_at(rot, b, tokens, i, D);
-#pragma unroll
-                for (int n = 0; n < 8; ++n)
-#pragma unroll
-                    for (int e = 0; e < 2; ++e)
-                        fa_unrotate(dqa[4 * n + 2 * r + e], dqa[4 * (n + 8) + 2 * r + e], rot.cosT + p, rot.sinT + p,
-                                    n * 8 + 2 * c + e);
-            }
-#pragma unroll
-            for (int n = 0; n < 16; ++n)
-                *(unsigned*)(row + n * 8 + 2 * c) = st2(dqa[4 * n + 2 * r], dqa[4 * n + 2 * r + 1]);
-        }
-    }
-}
+H_BACKWARD(d128, false)
+H_BACKWARD(packed_d128, true)
 
-// Blocks of two warpgroups, one an SM (measured on llama2-7b's attention: 31.6 + 25.6 ms a step against 34.5 +
-// 29.2 with blocks of one warpgroup, two an SM).
-#define H_BACKWARD(NAME, PACKED, WGS, BLOCKS)                                                                       \
-    extern "C" __global__ void __launch_bounds__(128 * WGS, BLOCKS) flash_attention_backward_kv_wgmma_##NAME(     \
-        T* dk, T* dv, const T* dout, const float* lse, const float* delta, const T* q, const T* k, const T* v,      \
-        int tokens, int heads, int kvHeads, const int* starts, const float* cosT, const float* sinT,               \
-        const int* positions) {                                                                                     \
-        h_backward_kv<WGS, PACKED>(dk, dv, dout, lse, delta, q, k, v, tokens, heads, kvHeads, starts,               \
-                                   FaRope{cosT, sinT, positions});                                                  \
-    }                                                                                                               \
-    extern "C" __global__ void __launch_bounds__(128 * WGS, BLOCKS) flash_attention_backward_q_wgmma_##NAME(      \
-        T* dq, const T* dout, const float* lse, const float* delta, const T* q, const T* k, const T* v, int tokens, \
-        int heads, int kvHeads, const int* starts, const float* cosT, const float* sinT, const int* positions) {    \
-        h_backward_q<WGS, PACKED>(dq, dout, lse, delta, q, k, v, tokens, heads, kvHeads, starts,                    \
-                                  FaRope{cosT, sinT, positions});                                                   \
+// dq (B, T, H, 128) from the fused backward's float32 sums: scaled by 1/√128, RoPE undone with the tables (as the dQ
+// kernels leave it), rounded to bf16. Thread x of a block of 256: columns x % 64 and x % 64 + 64 of row r = 4·block +
+// x / 64, the row (b·T + t)·H + h.
+extern "C" __global__ void __launch_bounds__(256) flash_attention_dq_finish(T* dq, const float* dqa, int tokens,
+                                                                           int heads, long long rows,
+                                                                           const float* cosT, const float* sinT,
+                                                                           const int* positions) {
+    const long long r = 4ll * blockIdx.x + (threadIdx.x >> 6);
+    if (r >= rows) return;
+    const int x = threadIdx.x & 63, t = (int)((r / heads) % tokens), b = (int)(r / ((long long)heads * tokens));
+    const float scale = fa_scale(128);
+    float g1 = dqa[r * 128 + x] * scale, g2 = dqa[r * 128 + x + 64] * scale;
+    const FaRope rot{cosT, sinT, positions};
+    if (cosT) {
+        const long long p = fa_rope_at(rot, b, tokens, t, 128);
+        fa_unrotate(g1, g2, cosT + p, sinT + p, x);
     }
-H_BACKWARD(d128, false, 2, 1)
-H_BACKWARD(packed_d128, true, 2, 1)
+    dq[r * 128 + x] = st(g1);
+    dq[r * 128 + x + 64] = st(g2);
+}
 
 // One warpgroup: s (64 × 64, float32, row-major) = a · bkᵀ and o (64 × 128) = a[:, 0..<64] · bv, with a, bk, bv
 // (64 × 128 bf16, row-major) staged as the kernels stage them; bv's descriptor takes `lbo` and `sbo`.
