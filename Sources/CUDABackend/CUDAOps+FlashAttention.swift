@@ -85,7 +85,7 @@ extension CUDADevice {
                        [.buffer(dk), .buffer(dv), .buffer(sums), .buffer(arrivals), .buffer(dout), .buffer(lse),
                         .buffer(delta), .buffer(q), .buffer(k), .buffer(v), .int(tokens), .int(heads), .int(kvHeads),
                         .optional(starts)] + tables)
-            try launch(.flashAttentionHopper, "flash_attention_dq_finish", bf16: true, grid: (rows + 3) / 4,
+            try launch(.flashAttentionHopper, "flash_attention_dq_finish", bf16: true, grid: (rows + 15) / 16,
                        block: 256, [.buffer(dq), .buffer(sums), .int(tokens), .int(heads), .long(rows)] + tables)
             return
         }

@@ -477,25 +477,27 @@ __device__ __forceinline__ void h_backward(T* dk, T* dv, const T* dout, const fl
 H_BACKWARD(d128, false)
 H_BACKWARD(packed_d128, true)
 
-// dq (B, T, H, 128) from the fused backward's float32 sums: scaled by 1/√128, RoPE undone with the tables (as the dQ
-// kernels leave it), rounded to bf16. Thread x of a block of 256: columns x % 64 and x % 64 + 64 of row r = 4·block +
-// x / 64, the row (b·T + t)·H + h.
+// dq (B, T, H, 128) from the backward's float32 sums: scaled by 1/√128, RoPE undone with the tables (as the dQ
+// kernels leave it), rounded to bf16. Thread x of a block of 256: columns 4(x % 16) … + 3 and the 4 after column 64
+// (their RoPE partners) of row r = 16·block + x / 16, the row (b·T + t)·H + h: 16-byte loads, 8-byte stores.
 extern "C" __global__ void __launch_bounds__(256) flash_attention_dq_finish(T* dq, const float* dqa, int tokens,
                                                                            int heads, long long rows,
                                                                            const float* cosT, const float* sinT,
                                                                            const int* positions) {
-    const long long r = 4ll * blockIdx.x + (threadIdx.x >> 6);
+    const long long r = 16ll * blockIdx.x + (threadIdx.x >> 4);
     if (r >= rows) return;
-    const int x = threadIdx.x & 63, t = (int)((r / heads) % tokens), b = (int)(r / ((long long)heads * tokens));
+    const int x = 4 * (threadIdx.x & 15), t = (int)((r / heads) % tokens), b = (int)(r / ((long long)heads * tokens));
     const float scale = fa_scale(128);
-    float g1 = dqa[r * 128 + x] * scale, g2 = dqa[r * 128 + x + 64] * scale;
-    const FaRope rot{cosT, sinT, positions};
+    const float4 u = *(const float4*)(dqa + r * 128 + x), w = *(const float4*)(dqa + r * 128 + x + 64);
+    float g1[4] = {u.x * scale, u.y * scale, u.z * scale, u.w * scale};
+    float g2[4] = {w.x * scale, w.y * scale, w.z * scale, w.w * scale};
     if (cosT) {
-        const long long p = fa_rope_at(rot, b, tokens, t, 128);
-        fa_unrotate(g1, g2, cosT + p, sinT + p, x);
+        const long long p = fa_rope_at(FaRope{cosT, sinT, positions}, b, tokens, t, 128);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) fa_unrotate(g1[e], g2[e], cosT + p, sinT + p, x + e);
     }
-    dq[r * 128 + x] = st(g1);
-    dq[r * 128 + x + 64] = st(g2);
+    *(uint2*)(dq + r * 128 + x) = make_uint2(st2(g1[0], g1[1]), st2(g1[2], g1[3]));
+    *(uint2*)(dq + r * 128 + x + 64) = make_uint2(st2(g2[0], g2[1]), st2(g2[2], g2[3]));
 }
 
 // One warpgroup: s (64 × 64, float32, row-major) = a · bkᵀ and o (64 × 128) = a[:, 0..<64] · bv, with a, bk, bv
