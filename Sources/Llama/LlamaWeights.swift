@@ -66,6 +66,7 @@ public final class LlamaWeights: @unchecked Sendable {
         if let missing = names.first(where: { !present($0) }) {
             throw ModelFileError.missingTensor(name: missing, location: location)
         }
+        if !config.tieWordEmbeddings && !source.contains("lm_head.weight") { throw missingHead }
     }
 
     /// Drops the pages of the mapped files from resident memory.
@@ -90,10 +91,18 @@ public final class LlamaWeights: @unchecked Sendable {
         try dense("model.embed_tokens.weight", shape: [config.vocabSize, config.hiddenSize])
     }
 
-    /// lm_head (V, C), or nil when it is the embedding (tied, or absent from the file).
+    /// lm_head (V, C), or nil when it is the embedding (tied). An untied model without one is refused: using the
+    /// embedding in its place would silently compute another model.
     public func lmHead() throws -> Tensor? {
-        guard !config.tieWordEmbeddings, source.contains("lm_head.weight") else { return nil }
+        guard !config.tieWordEmbeddings else { return nil }
+        guard source.contains("lm_head.weight") else { throw missingHead }
         return try dense("lm_head.weight", shape: [config.vocabSize, config.hiddenSize])
+    }
+
+    private var missingHead: ModelFileError {
+        .invalidCheckpoint(path: location, tensor: "lm_head.weight",
+                           detail: "is missing, and the config has tie_word_embeddings false (an absent key means "
+                               + "false); set it to true if the output matrix is the embedding")
     }
 
     /// Final RMSNorm (C).

@@ -62,7 +62,11 @@ struct Quantize: ParsableCommand {
     /// two in the message (`--output`, `--model`); `insideAllowed` refuses only the folder itself.
     /// A model folder is written only where no model is: an existing folder holding a config.json or weights
     /// (another model, another merge) is refused rather than overwritten file by file.
+    /// Anything else in an existing folder is refused too (a model's files mixed into a folder of other files, or
+    /// into `/`, cannot be told apart afterwards), and so is a path that is not a folder (found before the work,
+    /// not when the first file is written).
     static func refuseExistingModel(_ output: String, flag: String = "--output") throws {
+        try refuseNonFolder(output, flag: flag)
         guard FileSystem.isDirectory(output) else { return }
         let files = (try? FileSystem.contents(of: output)) ?? []
         let holdsModel = { (f: String) in f == "config.json" || f.hasSuffix(".safetensors") || f.hasSuffix(".gguf") }
@@ -70,6 +74,19 @@ struct Quantize: ParsableCommand {
             throw ValidationError("\(flag) \(output) already holds a model (\(file)): writing there would overwrite " +
                 "it; choose a new folder or remove that one first")
         }
+        if let file = files.sorted().first {
+            throw ValidationError("\(flag) \(output) is a folder that is not empty (it holds \(file)): a model is " +
+                "written into a new or empty folder; choose one")
+        }
+    }
+
+    /// Refuses an output folder path that names something other than a folder (a file, /dev/null, a FIFO).
+    static func refuseNonFolder(_ output: String, flag: String) throws {
+        var isFolder: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: output, isDirectory: &isFolder), !isFolder.boolValue else {
+            return
+        }
+        throw ValidationError("\(flag) \(output) exists and is not a folder: name a folder to write into")
     }
 
     static func checkOutput(_ output: String, model: String, writing: String = "quantizing", flag: String = "--output",

@@ -225,6 +225,7 @@ struct Train: ParsableCommand {
         let modelPath = try modelOptions.modelPath(recipe)
         try Quantize.checkOutput(output, model: modelPath, writing: "training", flag: "--output-dir",
                                  insideAllowed: true)
+        try Quantize.refuseNonFolder(output, flag: "--output-dir")
         if let initAdapter {
             try Quantize.checkOutput(output, model: initAdapter, writing: "training", flag: "--output-dir",
                                      source: "--init-adapter", insideAllowed: true)

@@ -233,6 +233,23 @@ final class BadInputFileTests: XCTestCase {
         XCTAssertEqual(try SafeTensorsArchive(directory: dir).tensor(named: "w").floats(), [1, 2])
     }
 
+    /// A config saying the output matrix is untied, over a file without lm_head.weight, used to run with the
+    /// embedding in its place (another model, silently); it is refused, naming the tensor and the key.
+    func testUntiedModelWithoutLMHeadIsRefused() throws {
+        let golden = try Shared.requireGolden() + "/tiny-llama"
+        let dir = makeTemporaryDirectory(self)
+        let source = try SafeTensorsArchive(directory: golden)
+        let kept = try source.names.filter { $0 != "lm_head.weight" }
+            .map { (name: $0, tensor: try source.tensor(named: $0)) }
+        try SafeTensorsWriter.write(kept, metadata: ["format": "pt"], to: dir + "/model.safetensors")
+        try FileManager.default.copyItem(atPath: golden + "/config.json", toPath: dir + "/config.json")
+        let weights = try LlamaWeights.open(path: dir)
+        XCTAssertFalse(weights.config.tieWordEmbeddings)
+        assertThrows(["lm_head.weight", "tie_word_embeddings false", dir]) { try weights.checkComplete() }
+        assertThrows(["lm_head.weight", "tie_word_embeddings false"]) { _ = try weights.lmHead() }
+        XCTAssertNotNil(try LlamaWeights.open(path: golden).lmHead())
+    }
+
     // MARK: 4. peft adapters
 
     func testPEFTAdapterRankAndShapes() throws {

@@ -57,4 +57,29 @@ extension BadSettingsTests {
         }
         _ = dir
     }
+
+    /// A folder output naming a file (or /dev/null) used to be found only after the work, with a raw system error;
+    /// merge wrote its model into any existing folder that held no model (run as root, into `/`). Both are refused
+    /// before anything is read, and the file and the folder's contents stay as they were.
+    func testFolderOutputsThatAreFilesOrHoldOtherFilesAreRefused() throws {
+        let (model, dir, data) = try tinyModelAndData()
+        let adapter = try Shared.requireGolden() + "/tiny-adapter"
+        let file = dir + "/notes.txt"
+        try AtomicFile.write(text: "keep me", to: file)
+        for output in [file, "/dev/null"] {
+            try expectError(["quantize", "--model", model, "--output", output], [output, "is not a folder"])
+            try expectError(["merge", "--model", model, "--adapter", adapter, "--output", output],
+                            [output, "is not a folder"])
+            try expectError(["train", "--model", model, "--data", data, "--output-dir", output, "--max-steps", "1"],
+                            ["--output-dir", output, "is not a folder"])
+        }
+        XCTAssertEqual(try String(contentsOfFile: file, encoding: .utf8), "keep me")
+        let other = dir + "/other"
+        try FileSystem.createDirectory(other)
+        try AtomicFile.write(text: "mine", to: other + "/readme.txt")
+        try expectError(["merge", "--model", model, "--adapter", adapter, "--output", other],
+                        [other, "not empty", "readme.txt"])
+        try expectError(["quantize", "--model", model, "--output", other], [other, "not empty"])
+        XCTAssertEqual(try FileSystem.contents(of: other), ["readme.txt"])
+    }
 }
