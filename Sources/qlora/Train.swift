@@ -92,6 +92,23 @@ struct Train: ParsableCommand {
     @OptionGroup var dataOptions: DataOptions
     @OptionGroup var parallel: DataParallelOptions
 
+    /// Takes an exclusive lock on OUTPUT/.qlora-run.lock for the rest of the process (flock: released when the
+    /// process ends, however it ends), so that two runs started together into one folder cannot both pass the
+    /// check for an existing run and then write over each other's adapter, checkpoints and metrics.
+    static func lockOutput(_ output: String) throws {
+        try FileSystem.createDirectory(output)
+        let path = output + "/.qlora-run.lock"
+        let fd = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0o644)
+        guard fd >= 0 else {
+            throw ValidationError("--output-dir \(output): cannot create \(path): \(String(cString: strerror(errno)))")
+        }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            close(fd)
+            throw ValidationError("--output-dir \(output) is in use by another training run (it holds \(path)): " +
+                "wait for it to end, or choose another folder")
+        }
+    }
+
     func run() throws {
         if parallel.isLauncher { try parallel.launchWorkers() }
         let worker = try DataParallelOptions.validatedWorker()
@@ -234,6 +251,7 @@ struct Train: ParsableCommand {
         let resume = try resume(recipe)
         let overwrite = try overwriteOutputDir || (recipe.bool("overwrite_output_dir") ?? false)
         if isMain {
+            try Self.lockOutput(output)
             // Nothing lost: a second run into the same folder would replace its metrics and mix its checkpoints.
             if resume == nil, !overwrite, let existing = try Checkpoint.existingRun(in: output) {
                 throw ValidationError("\(output) already holds a run (\(existing)): continue it with " +

@@ -82,4 +82,23 @@ extension BadSettingsTests {
         try expectError(["quantize", "--model", model, "--output", other], [other, "not empty"])
         XCTAssertEqual(try FileSystem.contents(of: other), ["readme.txt"])
     }
+
+    /// Two `train` runs started together into one folder both passed the check for an existing run, and the second
+    /// wrote over the first's adapter, checkpoints and metrics while both exited 0. A run holds a lock on the folder
+    /// (here held by the test, as a running train would hold it): the second is refused and writes nothing.
+    func testTrainRefusesAnOutputFolderInUseByAnotherRun() throws {
+        let (model, dir, data) = try tinyModelAndData()
+        let out = dir + "/run"
+        try FileSystem.createDirectory(out)
+        let fd = open(out + "/.qlora-run.lock", O_CREAT | O_RDWR, 0o644)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        XCTAssertEqual(flock(fd, LOCK_EX | LOCK_NB), 0)
+        try expectError(["train", "--model", model, "--data", data, "--output-dir", out, "--max-steps", "1"],
+                        [out, "in use by another training run"])
+        XCTAssertEqual(try FileSystem.contents(of: out), [".qlora-run.lock"])
+        close(fd)
+        let (status, _, output) = try run(["train", "--model", model, "--data", data, "--output-dir", out,
+                                           "--max-steps", "1"])
+        XCTAssertEqual(status, 0, output)
+    }
 }
