@@ -96,7 +96,6 @@ struct Train: ParsableCommand {
     /// process ends, however it ends), so that two runs started together into one folder cannot both pass the
     /// check for an existing run and then write over each other's adapter, checkpoints and metrics.
     static func lockOutput(_ output: String) throws {
-        try FileSystem.createDirectory(output)
         let path = output + "/.qlora-run.lock"
         let fd = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0o644)
         guard fd >= 0 else {
@@ -250,15 +249,16 @@ struct Train: ParsableCommand {
         if let evalPath { try InputFile.requireRegular(evalPath, what: "--eval-data") }
         let resume = try resume(recipe)
         let overwrite = try overwriteOutputDir || (recipe.bool("overwrite_output_dir") ?? false)
-        if isMain {
-            try Self.lockOutput(output)
-            // Nothing lost: a second run into the same folder would replace its metrics and mix its checkpoints.
+        // Nothing lost: a second run into the same folder would replace its metrics and mix its checkpoints.
+        func refuseExistingRun() throws {
             if resume == nil, !overwrite, let existing = try Checkpoint.existingRun(in: output) {
                 throw ValidationError("\(output) already holds a run (\(existing)): continue it with " +
-                    "--resume-from-checkpoint latest, "
-                                      + "choose a new --output-dir, or pass --overwrite-output-dir (recipe " +
-                                          "overwrite_output_dir: true) to replace it")
+                    "--resume-from-checkpoint latest, choose a new --output-dir, or pass --overwrite-output-dir " +
+                    "(recipe overwrite_output_dir: true) to replace it")
             }
+        }
+        if isMain {
+            try refuseExistingRun()
             for path in try Checkpoint.removeStaleTemporaries(in: output) {
                 FileHandle.standardError.write(
                     "removed \(path), left by an interrupted checkpoint save\n".data(using: .utf8)!)
@@ -319,6 +319,10 @@ struct Train: ParsableCommand {
                                          flags: "\(flag) × examples of up to \(longest) tokens")
         }
         try FileSystem.createDirectory(output)
+        if isMain {   // the folder locked for this run, and checked again under the lock (a run started beside it)
+            try Self.lockOutput(output)
+            try refuseExistingRun()
+        }
         let optimizer = AdamW(kind: settings.optimizer, settings: AdamWSettings(weightDecay: settings.weightDecay))
         let joined = try worker.map { try DataParallelOptions.join($0) }
         let loadStarted = Date()
