@@ -28,7 +28,30 @@ struct QLoRA: ParsableCommand {
             _ = mallopt(trimThreshold, 1 << 30)
         }
         #endif
-        main(nil)
+        main(joiningNegativeValues(Array(CommandLine.arguments.dropFirst())))
+    }
+
+    /// `--seed -1` as `--seed=-1`: the argument parser takes a word that starts with a dash for an option, so a
+    /// negative value used to be reported as a missing one ("Missing value for '--seed'") instead of being checked
+    /// as the value it is. A `--name` without `=` followed by a negative number (or -inf, -nan) is joined to it;
+    /// nothing after a bare `--` is touched.
+    static func joiningNegativeValues(_ arguments: [String]) -> [String] {
+        func negativeNumber(_ s: String) -> Bool {
+            guard s.hasPrefix("-"), s.count > 1 else { return false }
+            let rest = s.dropFirst().lowercased()
+            return rest.first.map { $0.isNumber || $0 == "." } == true || ["inf", "infinity", "nan"].contains(rest)
+        }
+        var out: [String] = [], i = 0
+        while i < arguments.count {
+            let a = arguments[i]
+            if a == "--" { out += arguments[i...]; break }
+            if a.hasPrefix("--"), a.count > 2, !a.contains("="), i + 1 < arguments.count, negativeNumber(arguments[i + 1]) {
+                out.append(a + "=" + arguments[i + 1]); i += 2
+            } else {
+                out.append(a); i += 1
+            }
+        }
+        return out
     }
 }
 

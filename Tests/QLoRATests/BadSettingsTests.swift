@@ -764,3 +764,20 @@ extension BadSettingsTests {
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: adapterWeights)), adapterBefore)
     }
 }
+
+/// Negative values of numeric flags (found by an independent fuzzing pass, issue 12): the argument parser took
+/// `-1` for an option and said "Missing value for '--seed'"; the value is now checked as the value it is.
+extension BadSettingsTests {
+    func testNegativeFlagValuesAreCheckedAsValues() throws {
+        let (model, dir, data) = try tinyModelAndData()
+        let train = ["train", "--model", model, "--data", data, "--output-dir", dir + "/out", "--max-steps", "1"]
+        try expectError(train + ["--seed", "-1"], ["'-1'", "--seed"])
+        try expectError(train + ["--learning-rate", "-0"], ["--learning-rate", "-0.0", "above 0"])
+        try expectError(train + ["--learning-rate", "-inf"], ["--learning-rate"])
+        for args in [train + ["--seed", "-1"], train + ["--learning-rate", "-0"]] {
+            let (_, _, output) = try run(args)
+            XCTAssertFalse(output.contains("Missing value"), output)
+        }
+        XCTAssertFalse(FileSystem.isDirectory(dir + "/out"), "nothing written")
+    }
+}
