@@ -45,7 +45,8 @@ struct QLoRA: ParsableCommand {
         while i < arguments.count {
             let a = arguments[i]
             if a == "--" { out += arguments[i...]; break }
-            if a.hasPrefix("--"), a.count > 2, !a.contains("="), i + 1 < arguments.count, negativeNumber(arguments[i + 1]) {
+            if a.hasPrefix("--"), a.count > 2, !a.contains("="), i + 1 < arguments.count,
+               negativeNumber(arguments[i + 1]) {
                 out.append(a + "=" + arguments[i + 1]); i += 2
             } else {
                 out.append(a); i += 1
