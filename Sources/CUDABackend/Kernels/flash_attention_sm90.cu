@@ -80,15 +80,17 @@ __device__ __forceinline__ void proxy_fence() { asm volatile("fence.proxy.async.
 
 #define WG_D8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
                  "+f"(d[i + 6]), "+f"(d[i + 7])
-// d (64 × 64, float32) = or += a (64 × 16) · bᵀ, a and b K-major in shared memory.
+// d (64 × 64, float32) = or += a (64 × 16) · bᵀ from shared memory: MN = 0, a and b K-major; MN = 1, both
+// MN-major (a stored k-row by k-row, m contiguous; b likewise, n contiguous: the instruction's transpose flags).
+template <int MN>
 __device__ __forceinline__ void wg_ss_n64(float* d, unsigned long long a, unsigned long long b, int accumulate) {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
                  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
                  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-                 "%32, %33, p, 1, 1, 0, 0;\n}\n"
+                 "%32, %33, p, 1, 1, %35, %35;\n}\n"
                  : WG_D8(0), WG_D8(8), WG_D8(16), WG_D8(24)
-                 : "l"(a), "l"(b), "r"(accumulate));
+                 : "l"(a), "l"(b), "r"(accumulate), "n"(MN));
 }
 // d (64 × 128, float32) += a (64 × 16, bf16 from registers, mma.sync's A layout a warp) · b, b MN-major in shared
 // memory (its 128 columns contiguous in two panels).
@@ -158,7 +160,7 @@ __device__ __forceinline__ void h_forward(T* out, float* lse, const T* q, const 
             wg_hold<32>(s);
             wg_fence();
 #pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) wg_ss_n64(s, h_kmajor(qTile, kk), h_kmajor(kTile, kk), kk > 0);
+            for (int kk = 0; kk < D / 16; ++kk) wg_ss_n64<0>(s, h_kmajor(qTile, kk), h_kmajor(kTile, kk), kk > 0);
             wg_commit();
             wg_wait0();
             wg_hold<32>(s);
@@ -235,18 +237,6 @@ flash_attention_forward_wgmma_packed_d128(T* out, float* lse, const T* q, const 
     h_forward<true>(out, lse, q, k, v, tokens, heads, kvHeads, starts);
 }
 
-// d (64 × 64, float32) = or += a · b with both operands MN-major in shared memory: a (64 m × 16 k) stored k-row by
-// k-row (m contiguous), b (16 k × 64 n) likewise (n contiguous).
-__device__ __forceinline__ void wg_ss_n64_mn(float* d, unsigned long long a, unsigned long long b, int accumulate) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-                 "%32, %33, p, 1, 1, 1, 1;\n}\n"
-                 : WG_D8(0), WG_D8(8), WG_D8(16), WG_D8(24)
-                 : "l"(a), "l"(b), "r"(accumulate));
-}
-
 __device__ __forceinline__ int h_acquire(const int* p) {
     int v;
     asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
@@ -281,7 +271,7 @@ __device__ __forceinline__ void h_dq_step(float* dq, const int* arrival, int ord
     wg_fence();
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk)
-        wg_ss_n64_mn(d, h_desc(ds + (kk >> 2) * 8192 + (kk & 3) * 2048, H_MN_LBO, H_MN_SBO),
+        wg_ss_n64<1>(d, h_desc(ds + (kk >> 2) * 8192 + (kk & 3) * 2048, H_MN_LBO, H_MN_SBO),
                      h_desc(kTiles + (kk >> 2) * H_TILE + wg * 8192 + (kk & 3) * 2048, H_MN_LBO, H_MN_SBO), kk > 0);
     wg_commit();
     wg_wait0();
@@ -380,9 +370,9 @@ __device__ __forceinline__ void h_backward(T* dk, T* dv, const T* dout, const fl
             wg_hold<32>(dpt);
             wg_fence();
 #pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) wg_ss_n64(sT, h_kmajor(kTile, kk), h_kmajor(qTile, kk), kk > 0);
+            for (int kk = 0; kk < D / 16; ++kk) wg_ss_n64<0>(sT, h_kmajor(kTile, kk), h_kmajor(qTile, kk), kk > 0);
 #pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) wg_ss_n64(dpt, h_kmajor(vTile, kk), h_kmajor(oTile, kk), kk > 0);
+            for (int kk = 0; kk < D / 16; ++kk) wg_ss_n64<0>(dpt, h_kmajor(vTile, kk), h_kmajor(oTile, kk), kk > 0);
             wg_commit();
             wg_wait0();
             wg_hold<32>(sT);
@@ -530,7 +520,7 @@ extern "C" __global__ void __launch_bounds__(128) wgmma_probe(float* s, float* o
     wg_hold<64>(e);
     wg_fence();
 #pragma unroll
-    for (int kk = 0; kk < 8; ++kk) wg_ss_n64(d, h_kmajor(at, kk), h_kmajor(bt, kk), kk > 0);
+    for (int kk = 0; kk < 8; ++kk) wg_ss_n64<0>(d, h_kmajor(at, kk), h_kmajor(bt, kk), kk > 0);
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) wg_rs_n128(e, frag[kk], h_desc(vt + kk * 2048, lbo, sbo));
     wg_commit();
