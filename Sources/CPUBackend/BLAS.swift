@@ -14,20 +14,21 @@ public enum BLAS {
     public enum Provider: String, Sendable, CaseIterable {
         /// Ours for every product.
         case ours
-        /// The CBLAS for every product where one is installed (ours where none is): the default. Measured for issue
-        /// 15 (2 cores, `qlora bench-gemm` and `bench --device cpu`): on Zen 3 (AVX2) OpenBLAS wins the step's deep
-        /// products by 1.1–2× and ours the rank-16 ones, and the whole step is level (median of 5 interleaved
-        /// rounds 1.0–1.1× for ours, with 10–15% less CPU time); on the GPU machine's Sapphire Rapids ours
-        /// (AVX-512) beats its OpenBLAS (SSE3 kernels there) 2–5× a product, but `check-cuda`'s fp32 CPU/GPU
-        /// training comparison, made against OpenBLAS's rounding, drifts from 3.7e-6 to 1.1e-5 with it. So the
-        /// default stays the CBLAS until ours is faster in the step.
+        /// The CBLAS for every product where one is installed (ours where none is).
         case cblas
 
-        /// `QLORA_GEMM` (ours or cblas) if set, else cblas.
+        /// `QLORA_GEMM` (ours or cblas) if set, else the default for this processor (`preferred`).
         static let configured: Provider = {
             let value = ProcessInfo.processInfo.environment["QLORA_GEMM"] ?? ""
-            return Provider(rawValue: value) ?? .cblas
+            return Provider(rawValue: value) ?? preferred
         }()
+
+        /// Ours where the processor has AVX-512, the CBLAS elsewhere. Measured for issue 15 (2 cores, `qlora
+        /// bench-gemm` and `bench --device cpu`): on Zen 3 (AVX2 only) OpenBLAS wins the step's deep products by
+        /// 1.1–2× and ours the rank-16 ones, the whole step level; on Sapphire Rapids ours (AVX-512) beats that
+        /// machine's OpenBLAS 2–5× a product; on a Zen 5 EPYC (2026-12-03) ours runs the step 1.18× faster than
+        /// OpenBLAS 0.3.21 (220 against 187 tokens/s at 1 × 512).
+        static var preferred: Provider { GEMM.Kernel.bestFP32.name == "avx512" ? .ours : .cblas }
     }
 
     /// The provider asked for (`QLORA_GEMM`, for benchmarks that compare the two in one build).

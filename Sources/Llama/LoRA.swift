@@ -1,3 +1,4 @@
+import CVector
 import Tensors
 
 /// LoRA settings, as peft's `LoraConfig` names them.
@@ -81,20 +82,15 @@ public enum LoRADropout {
         let words: [UInt64]
         var wordsPerRow: Int { (width + 63) / 64 }
 
-        /// The elements `kept(key:column:threshold:)` keeps (one hash a pair of columns), rows split over the cores.
+        /// The elements `kept(key:column:threshold:)` keeps (one hash a pair of columns), rows split over the cores
+        /// (CVector's `cv_dropout_bits`: 16 hashes a vector where the processor has AVX-512, else the plain loop).
         public init(seed: UInt64, rows: Int, width: Int, keep: Float) {
             self.rows = rows; self.width = width; scale = 1 / keep
             let perRow = (width + 63) / 64, bound = threshold(keep: keep)
             words = [UInt64](unsafeUninitializedCapacity: rows * perRow) { w, initialized in
                 parallelChunks(count: rows, grain: 64) { range in
                     for r in range {
-                        let key = rowKey(seed: seed, row: r), row = w.baseAddress! + r * perRow
-                        row.update(repeating: 0, count: perRow)
-                        for c in stride(from: 0, to: width, by: 2) {
-                            let h = mix(key ^ UInt32(truncatingIfNeeded: c >> 1))
-                            if h & 0xffff < bound { row[c >> 6] |= 1 << UInt64(c & 63) }
-                            if c + 1 < width, h >> 16 < bound { row[(c + 1) >> 6] |= 1 << UInt64((c + 1) & 63) }
-                        }
+                        cv_dropout_bits(rowKey(seed: seed, row: r), width, bound, w.baseAddress! + r * perRow, 1)
                     }
                 }
                 initialized = rows * perRow
@@ -108,25 +104,22 @@ public enum LoRADropout {
 
         /// out = x ⊙ mask (each element times 1/keep where kept, else times 0; both rows × width).
         public func apply(_ x: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>) {
-            let perRow = wordsPerRow, width = width, scale = scale
-            words.withUnsafeBufferPointer { w in
-                parallelChunks(count: rows, grain: 64) { range in
-                    for r in range {
-                        let bits = w.baseAddress! + r * perRow, xr = x + r * width, o = out + r * width
-                        for c in 0..<width { o[c] = xr[c] * (bits[c >> 6] >> UInt64(c & 63) & 1 != 0 ? scale : 0) }
-                    }
-                }
-            }
+            rowsApplied(x, out, accumulate: false)
         }
 
         /// out += x ⊙ mask.
         public func accumulate(_ x: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>) {
+            rowsApplied(x, out, accumulate: true)
+        }
+
+        /// CVector's `cv_dropout_apply` on every row (16 columns a vector with AVX-512), rows split over the cores.
+        private func rowsApplied(_ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, accumulate: Bool) {
             let perRow = wordsPerRow, width = width, scale = scale
             words.withUnsafeBufferPointer { w in
                 parallelChunks(count: rows, grain: 64) { range in
                     for r in range {
-                        let bits = w.baseAddress! + r * perRow, xr = x + r * width, o = out + r * width
-                        for c in 0..<width { o[c] += xr[c] * (bits[c >> 6] >> UInt64(c & 63) & 1 != 0 ? scale : 0) }
+                        cv_dropout_apply(w.baseAddress! + r * perRow, x + r * width, out + r * width, width, scale,
+                                         accumulate ? 1 : 0, 1)
                     }
                 }
             }

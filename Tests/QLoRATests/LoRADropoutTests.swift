@@ -53,7 +53,9 @@ final class LoRADropoutTests: XCTestCase {
     /// The bits a step keeps are `mask`'s draw, on ragged widths (a row's last word partly used), and applying them
     /// multiplies by the mask.
     func testKeptBitsAreTheMask() {
-        for (rows, width, keep) in [(1, 1, Float(0.5)), (70, 130, 0.9), (3, 64, 0.95), (129, 65, 0.3)] {
+        // Ragged widths around the vector paths' 16- and 64-column steps, and a model's 576 and 1539.
+        for (rows, width, keep) in [(1, 1, Float(0.5)), (70, 130, 0.9), (3, 64, 0.95), (129, 65, 0.3),
+                                    (2, 31, 0.5), (3, 33, 0.7), (4, 576, 0.95), (5, 1539, 0.95)] {
             let mask = LoRADropout.mask(seed: 42, rows: rows, width: width, keep: keep)
             let bits = LoRADropout.KeptBits(seed: 42, rows: rows, width: width, keep: keep)
             var drawn = [Float](repeating: 0, count: rows * width)
