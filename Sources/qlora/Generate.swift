@@ -55,7 +55,7 @@ struct Generate: ParsableCommand {
             throw ValidationError("--temperature is \(temperature): must be finite and at least 0 (0: greedy)")
         }
         guard topP > 0, topP <= 1 else {
-            throw ValidationError("--top-p is \(topP): must be in (0, 1], above 0 and at most 1 (1: no cut)")
+            throw ValidationError("--top-p is \(topP): must be in (0, 1], above 0 and at most 1 (1 keeps every token)")
         }
         guard batchSize > 0 else { throw ValidationError("--batch-size is \(batchSize): must be at least 1") }
         if let limit, limit < 1 {
