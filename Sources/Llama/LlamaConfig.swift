@@ -80,10 +80,8 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
 
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        func require<T: Decodable>(_ type: T.Type, _ key: CodingKeys) throws -> T {
-            guard let v = try c.decodeIfPresent(type, forKey: key) else {
-                throw Invalid(description: "missing \"\(key.rawValue)\"")
-            }
+        func require(_ key: CodingKeys) throws -> Int {
+            guard let v = try Self.integer(c, key) else { throw Invalid(description: "missing \"\(key.rawValue)\"") }
             return v
         }
         modelType = try c.decodeIfPresent(String.self, forKey: .modelType) ?? "llama"
@@ -93,12 +91,12 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
         if let act = try c.decodeIfPresent(String.self, forKey: .hiddenAct), act != "silu" {
             throw Invalid(description: "hidden_act \"\(act)\" is not supported (Llama-family models use silu)")
         }
-        hiddenSize = try require(Int.self, .hiddenSize)
-        intermediateSize = try require(Int.self, .intermediateSize)
-        layerCount = try require(Int.self, .layerCount)
-        headCount = try require(Int.self, .headCount)
-        kvHeadCount = try c.decodeIfPresent(Int.self, forKey: .kvHeadCount) ?? headCount
-        vocabSize = try require(Int.self, .vocabSize)
+        hiddenSize = try require(.hiddenSize)
+        intermediateSize = try require(.intermediateSize)
+        layerCount = try require(.layerCount)
+        headCount = try require(.headCount)
+        kvHeadCount = try Self.integer(c, .kvHeadCount) ?? headCount
+        vocabSize = try require(.vocabSize)
         for (name, value) in [("hidden_size", hiddenSize), ("intermediate_size", intermediateSize),
                               ("num_hidden_layers", layerCount), ("num_attention_heads", headCount),
                               ("num_key_value_heads", kvHeadCount), ("vocab_size", vocabSize)] where value <= 0 {
@@ -107,7 +105,7 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
         guard headCount % kvHeadCount == 0 else {
             throw Invalid(description: "num_attention_heads (\(headCount)) is not a multiple of num_key_value_heads (\(kvHeadCount))")
         }
-        if let d = try c.decodeIfPresent(Int.self, forKey: .headDim) {
+        if let d = try Self.integer(c, .headDim) {
             headDim = d
         } else {
             guard hiddenSize % headCount == 0 else {
@@ -132,7 +130,7 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
         guard rmsNormEps > 0, rmsNormEps.isFinite else {
             throw Invalid(description: "rms_norm_eps must be positive and finite, found \(rmsNormEps)")
         }
-        maxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .maxPositionEmbeddings) ?? 2048
+        maxPositionEmbeddings = try Self.integer(c, .maxPositionEmbeddings) ?? 2048
         guard maxPositionEmbeddings > 0, maxPositionEmbeddings <= Self.maximumPositions else {
             throw Invalid(description: "\"max_position_embeddings\" must be in 1...\(Self.maximumPositions), found " +
                 "\(maxPositionEmbeddings)")
@@ -168,7 +166,7 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
                     ropeType: type, factor: factor,
                     lowFreqFactor: try r.decodeIfPresent(Double.self, forKey: .lowFreqFactor),
                     highFreqFactor: try r.decodeIfPresent(Double.self, forKey: .highFreqFactor),
-                    originalMaxPositionEmbeddings: try r.decodeIfPresent(Int.self, forKey: .originalMaxPositionEmbeddings))
+                    originalMaxPositionEmbeddings: try Self.integer(r, .originalMaxPositionEmbeddings))
                 guard factor.isFinite else { throw Invalid(description: "\(key.rawValue) has a non-finite \"factor\"") }
                 if type == "llama3" {
                     guard let low = scaling?.lowFreqFactor, let high = scaling?.highFreqFactor,
@@ -242,15 +240,85 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
         do { data = try FileSystem.readBytes(file) } catch {
             throw ModelFileError.invalidConfig(path: file, detail: "cannot read the model config: \(error)")
         }
+        // This project's parser reads the text first: a syntax error then names its byte, line and column, and a
+        // value of the wrong kind can be quoted back as the file has it.
+        let json: JSONValue
+        do { json = try JSONValue(parsing: data) } catch {
+            throw ModelFileError.invalidConfig(path: file, detail: "not valid JSON: \(error)")
+        }
         do {
             self = try JSONDecoder().decode(LlamaConfig.self, from: Data(data))
         } catch let e as Invalid {
             throw ModelFileError.invalidConfig(path: file, detail: e.description)
-        } catch DecodingError.typeMismatch(_, let context), DecodingError.valueNotFound(_, let context) {
-            let key = context.codingPath.map(\.stringValue).joined(separator: ".")
-            throw ModelFileError.invalidConfig(path: file, detail: "\"\(key)\" has the wrong type: \(context.debugDescription)")
+        } catch let e as DecodingError {
+            throw ModelFileError.invalidConfig(path: file, detail: Self.explain(e, in: json))
         } catch {
             throw ModelFileError.invalidConfig(path: file, detail: "not a valid config: \(error)")
+        }
+    }
+
+    /// The integer under `key`, or nil when absent. A number that is not an integer (192.5, or one past Int's
+    /// range) is an error naming the key and the number: Foundation's decoder throws an error of its own for it,
+    /// which reaches the caller as "not valid JSON", without either.
+    static func integer<K: CodingKey>(_ c: KeyedDecodingContainer<K>, _ key: K) throws -> Int? {
+        do { return try c.decodeIfPresent(Int.self, forKey: key) } catch {
+            guard let found = (try? c.decodeIfPresent(Double.self, forKey: key)).flatMap({ $0 }) else { throw error }
+            let name = (c.codingPath + [key]).map(\.stringValue).joined(separator: ".")
+            throw Invalid(description: "\"\(name)\" has the wrong type: expected an integer, found "
+                + JSONValue.pythonRepr(found))
+        }
+    }
+
+    /// A decoding error as a sentence naming the key, what kind of value it needs and the value the file has.
+    static func explain(_ error: DecodingError, in json: JSONValue) -> String {
+        let context: DecodingError.Context
+        var expected: String?
+        switch error {
+        case let .typeMismatch(type, c), let .valueNotFound(type, c): context = c; expected = kind(of: type)
+        case let .keyNotFound(key, c):
+            return "missing \"" + (c.codingPath + [key]).map(\.stringValue).joined(separator: ".") + "\""
+        case let .dataCorrupted(c): context = c
+        @unknown default: return "not a valid config: \(error)"
+        }
+        let key = context.codingPath.map(\.stringValue).joined(separator: ".")
+        guard !key.isEmpty else { return "not a valid config: \(context.debugDescription)" }
+        var found: JSONValue? = json
+        for step in context.codingPath {
+            if let i = step.intValue { found = found?.arrayValue.flatMap { i < $0.count ? $0[i] : nil } }
+            else { found = found?[step.stringValue] }
+        }
+        if expected == nil, case .double(let d)? = found {
+            // A number fails to decode only where an integer is wanted (192.5, or one past Int's range), or where
+            // it is NaN or infinite.
+            expected = d.isFinite ? "an integer" : "a finite number"
+        }
+        let what = found.map(describe) ?? "no value"
+        return "\"\(key)\" has the wrong type: expected \(expected ?? "another kind of value"), found \(what)"
+    }
+
+    /// "an integer", "a number", ... for a type the decoder asked for.
+    static func kind(of type: Any.Type) -> String {
+        switch type {
+        case is any BinaryInteger.Type: return "an integer"
+        case is any BinaryFloatingPoint.Type: return "a number"
+        case is String.Type: return "a string"
+        case is Bool.Type: return "true or false"
+        case is [Any].Type: return "an array"
+        case is [String: Any].Type: return "an object"
+        default: return "a \(type)"
+        }
+    }
+
+    /// A value as found in the file, shortened when long.
+    static func describe(_ value: JSONValue) -> String {
+        let text = value.compactText()
+        let shown = text.count <= 60 ? text : String(text.prefix(57)) + "..."
+        switch value {
+        case .string: return "the string " + shown
+        case .int, .double: return shown
+        case .array: return "an array " + shown
+        case .object: return "an object " + shown
+        case .null, .bool: return shown
         }
     }
 

@@ -66,22 +66,28 @@ public final class LlamaWeights: @unchecked Sendable {
         if let missing = names.first(where: { !present($0) }) {
             throw ModelFileError.missingTensor(name: missing, location: location)
         }
+        for l in 0..<config.layerCount {
+            for name in LlamaConfig.projectionNames {
+                let biasName = PEFTAdapter.modulePath(layer: l, projection: name) + ".bias"
+                if let key = requiredBiasKey(name), !source.contains(biasName) { throw missingBias(biasName, key: key) }
+            }
+        }
         if !config.tieWordEmbeddings && !source.contains("lm_head.weight") { throw missingHead }
     }
 
     /// Drops the pages of the mapped files from resident memory.
     public func evictPages() { source.evictPages() }
 
-    /// A floating-point tensor of exactly `shape`.
+    /// A floating-point tensor of exactly `shape`. One of the same size in another shape (an embedding stored flat
+    /// as [V·C], or as [C, V]) is refused, not reshaped: its values would be read in the wrong places.
     public func dense(_ name: String, shape: [Int]) throws -> Tensor {
         let t = try source.tensor(named: name)
-        guard t.dtype.isFloatingPoint, t.elementCount == shape.reduce(1, *),
-              t.shape.reduce(1, *) == t.elementCount else {
+        guard t.dtype.isFloatingPoint, t.shape == shape else {
             throw ModelFileError.invalidCheckpoint(path: location, tensor: name,
                                                    detail: "is \(t.dtype.rawValue) \(t.shape), "
                                                        + "expected a float tensor of shape \(shape)")
         }
-        return t.shape == shape ? t : t.reshaped(shape)
+        return t
     }
 
     func floats(_ name: String, count: Int) throws -> [Float] { try dense(name, shape: [count]).floats() }
@@ -147,11 +153,34 @@ public final class LlamaWeights: @unchecked Sendable {
         }
     }
 
-    /// The bias (out) of layer `l`'s projection `name`, if the file has one (Qwen2's q/k/v).
+    /// The bias (out) of layer `l`'s projection `name`, if the file has one (Qwen2's q/k/v). One the config
+    /// promises (`requiredBiasKey`) and the file lacks is an error naming it: the model would run without it.
     public func bias(layer l: Int, _ name: String) throws -> [Float]? {
         let biasName = PEFTAdapter.modulePath(layer: l, projection: name) + ".bias"
-        guard source.contains(biasName) else { return nil }
+        guard source.contains(biasName) else {
+            if let key = requiredBiasKey(name) { throw missingBias(biasName, key: key) }
+            return nil
+        }
         return try floats(biasName, count: config.projectionShape(name)!.0)
+    }
+
+    /// The config key that makes projection `name` carry a bias: attention_bias for q/k/v (true by default for
+    /// qwen2), mlp_bias for gate/up/down; nil when none is required. o_proj's bias is read when present but not
+    /// required (Qwen2 has none; Llama's attention_bias also gives it one).
+    func requiredBiasKey(_ name: String) -> String? {
+        switch name {
+        case "q_proj", "k_proj", "v_proj": return config.attentionBias ? "attention_bias" : nil
+        case "gate_proj", "up_proj", "down_proj": return config.mlpBias ? "mlp_bias" : nil
+        default: return nil
+        }
+    }
+
+    private func missingBias(_ name: String, key: String) -> ModelFileError {
+        let stated = key == "attention_bias" && config.modelType == "qwen2" ? "true (qwen2's default when absent)"
+            : "true"
+        return .invalidCheckpoint(path: location, tensor: name,
+                                  detail: "is missing, but the config has \(key) \(stated): the projection needs "
+                                      + "its bias; set \(key) to false if the model has none")
     }
 }
 

@@ -76,6 +76,24 @@ public enum PEFTAdapter {
         return lora
     }
 
+    /// The adapter's `adapter_model.safetensors` in `directory`. Where it is absent, or not a regular file, the
+    /// error says what is there instead: a folder or FIFO by that name, or a PyTorch pickle `adapter_model.bin`
+    /// (what peft writes with safe_serialization=False), which this tool does not read.
+    public static func weightsPath(directory: String) throws -> String {
+        let path = directory + "/adapter_model.safetensors"
+        if let kind = FileSystem.irregularKind(path) {
+            throw ModelFileError.cannotOpen(path: path, reason: "not a regular file (\(kind))")
+        }
+        let pickle = directory + "/adapter_model.bin"
+        if !FileSystem.isFile(path), FileSystem.isFile(pickle) || FileSystem.irregularKind(pickle) != nil {
+            throw ModelFileError.invalidConfig(
+                path: pickle, detail: "a PyTorch pickle (.bin) adapter, which is not supported: only "
+                    + "adapter_model.safetensors is read. Save the adapter with safe_serialization=True (the default "
+                    + "of peft's save_pretrained), or convert this file to adapter_model.safetensors")
+        }
+        return path
+    }
+
     /// Loads the adapter in `directory` into `model`, replacing its adapters (configuration and weights).
     public static func load(directory: String, into model: LlamaModel) throws {
         let (lora, adapters) = try read(directory: directory, config: model.config)
@@ -99,7 +117,7 @@ public enum PEFTAdapter {
     /// floating-point dtype, and no other tensor.
     public static func readWeights(directory: String, r: Int,
                                    shapes: [String: (outFeatures: Int, inFeatures: Int)]) throws -> [String: LoRAWeights] {
-        let file = try SafeTensorsFile(path: directory + "/adapter_model.safetensors")
+        let file = try SafeTensorsFile(path: try weightsPath(directory: directory))
         // A and B of every adapter must be allocatable: R × in and out × R, overflow-checked and bounded.
         for key in shapes.keys.sorted() {
             let (outFeatures, inFeatures) = shapes[key]!

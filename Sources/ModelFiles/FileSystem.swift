@@ -12,6 +12,14 @@ public enum FileSystem {
         return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFREG
     }
 
+    /// What `path` is when it exists but is no regular file ("a folder", "a FIFO (named pipe)", ...), else nil
+    /// (a regular file, or nothing there).
+    public static func irregularKind(_ path: String) -> String? {
+        var info = stat()
+        guard stat(path, &info) == 0, (info.st_mode & S_IFMT) != S_IFREG else { return nil }
+        return MappedFile.kind(info.st_mode)
+    }
+
     /// True when `path` is a directory.
     public static func isDirectory(_ path: String) -> Bool {
         var info = stat()

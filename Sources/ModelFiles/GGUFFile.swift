@@ -195,8 +195,8 @@ public final class GGUFFile: @unchecked Sendable {
         for k in 0..<metadataCount {
             let key = try reader.string("metadata key \(k)")
             let what = "metadata '\(key)'"
-            let type = try reader.valueType(what)
-            let value = try reader.value(of: type, what, depth: 0)
+            let type = try reader.valueType(what, key: key, depth: 0)
+            let value = try reader.value(of: type, what, key: key, depth: 0)
             guard metadata.updateValue(value, forKey: key) == nil else {
                 throw ModelFileError.invalidHeader(path: path, detail: "GGUF metadata key '\(key)' appears twice")
             }
@@ -355,15 +355,22 @@ private struct GGUFReader {
         return String(decoding: try bytes(Int(length), what), as: UTF8.self)
     }
 
-    mutating func valueType(_ what: String) throws -> GGUFValueType {
+    /// The type tag of metadata `key` (depth 0) or of the elements of one of its arrays `depth` arrays deep.
+    mutating func valueType(_ what: String, key: String, depth: Int) throws -> GGUFValueType {
         let raw = try u32("the type of \(what)")
         guard let type = GGUFValueType(rawValue: raw) else {
-            throw ModelFileError.invalidHeader(path: path, detail: "GGUF \(what) has unknown value type \(raw)")
+            let holder = depth == 0 ? "GGUF metadata key '\(key)' has value type \(raw)"
+                : "GGUF metadata key '\(key)' is an array" + String(repeating: " of arrays", count: depth - 1)
+                    + " whose elements have value type \(raw)"
+            let known = GGUFValueType.allCases.map { "\($0.rawValue) \($0)" }.joined(separator: ", ")
+            throw ModelFileError.invalidHeader(
+                path: path, detail: holder + ", which is not a GGUF value type (supported: \(known))")
         }
         return type
     }
 
-    mutating func value(of type: GGUFValueType, _ what: String, depth: Int) throws -> GGUFValue {
+    /// A value of `type`; `key` is the metadata key it belongs to, `depth` how many arrays it lies inside.
+    mutating func value(of type: GGUFValueType, _ what: String, key: String, depth: Int) throws -> GGUFValue {
         switch type {
         case .uint8: return .uint8(try load(UInt8.self, what))
         case .int8: return .int8(try load(Int8.self, what))
@@ -382,15 +389,19 @@ private struct GGUFReader {
         case .string: return .string(try string(what))
         case .array:
             guard depth < GGUFFile.maximumArrayDepth else {
-                throw ModelFileError.invalidHeader(path: path, detail: "GGUF \(what) nests arrays deeper than \(GGUFFile.maximumArrayDepth)")
+                throw ModelFileError.invalidHeader(
+                    path: path,
+                    detail: "GGUF metadata key '\(key)' holds arrays nested more than \(GGUFFile.maximumArrayDepth) "
+                        + "deep (arrays of arrays of ...); this reader supports at most "
+                        + "\(GGUFFile.maximumArrayDepth) levels")
             }
-            let elementType = try valueType("the elements of \(what)")
+            let elementType = try valueType("the elements of \(what)", key: key, depth: depth + 1)
             let n = try count("the element count of \(what)", minimumElementSize: elementType.minimumSize)
             var items: [GGUFValue] = []
             // The count is known to fit in the file, but a value takes more memory than its smallest encoding.
             items.reserveCapacity(min(n, 1 << 16))
             let element = "an element of \(what)"
-            for _ in 0..<n { items.append(try value(of: elementType, element, depth: depth + 1)) }
+            for _ in 0..<n { items.append(try value(of: elementType, element, key: key, depth: depth + 1)) }
             return .array(elementType, items)
         }
     }

@@ -72,7 +72,27 @@ public struct JSONParseError: Error, CustomStringConvertible {
     public let message: String
     /// Byte offset in the text.
     public let offset: Int
-    public var description: String { "invalid JSON at byte \(offset): \(message)" }
+    /// Line of that byte, from 1 (lines end at each LF).
+    public let line: Int
+    /// Column of that byte within its line, from 1, counted in bytes.
+    public let column: Int
+
+    public init(message: String, offset: Int, line: Int = 1, column: Int? = nil) {
+        self.message = message
+        self.offset = offset
+        self.line = line
+        self.column = column ?? offset + 1
+    }
+
+    /// An error at `offset` in `bytes`, with the line and column worked out from the text.
+    init(message: String, offset: Int, in bytes: [UInt8]) {
+        let end = min(max(offset, 0), bytes.count)
+        var line = 1, lineStart = 0
+        for i in 0..<end where bytes[i] == 0x0A { line += 1; lineStart = i + 1 }
+        self.init(message: message, offset: offset, line: line, column: end - lineStart + 1)
+    }
+
+    public var description: String { "invalid JSON at byte \(offset) (line \(line), column \(column)): \(message)" }
 }
 
 extension JSONValue {
@@ -82,7 +102,8 @@ extension JSONValue {
     /// otherwise trap: a `\u` escape needs exactly four hex digits; a surrogate escape that is not half of a
     /// high-low pair becomes U+FFFD (Python keeps it, but a Swift String cannot hold one); arrays and objects nest at
     /// most 512 deep. Strings must be well-formed UTF-8, as Python's decoding of the bytes requires: an invalid
-    /// byte is an error, not a U+FFFD in its place. Each error is a `JSONParseError` naming the byte offset.
+    /// byte is an error, not a U+FFFD in its place. Each error is a `JSONParseError` naming the byte offset, line and
+    /// column.
     public init(parsing bytes: some Collection<UInt8>) throws {
         var parser = JSONParser(bytes: Array(bytes))
         parser.skipWhitespace()
@@ -103,7 +124,7 @@ private struct JSONParser {
 
     init(bytes: [UInt8]) { self.bytes = bytes }
 
-    func error(_ message: String) -> JSONParseError { JSONParseError(message: message, offset: index) }
+    func error(_ message: String) -> JSONParseError { JSONParseError(message: message, offset: index, in: bytes) }
 
     mutating func skipWhitespace() {
         while index < bytes.count, [0x20, 0x0A, 0x0D, 0x09].contains(bytes[index]) { index += 1 }
@@ -243,7 +264,7 @@ private struct JSONParser {
     mutating func appendMultiByteCharacter(lead: UInt8, into out: inout [UInt8]) throws {
         let start = index - 1
         func invalid(_ why: String) -> JSONParseError {
-            JSONParseError(message: "invalid UTF-8 in a string: " + why, offset: start)
+            JSONParseError(message: "invalid UTF-8 in a string: " + why, offset: start, in: bytes)
         }
         var leadText: String { hexByte(lead) }   // only for the messages: not built for each character
         // How many continuation bytes follow, and the range the first of them must lie in (the rest: 80-BF).

@@ -15,6 +15,12 @@ public final class SafeTensorsArchive: @unchecked Sendable {
         self.directory = directory
         let single = directory + "/model.safetensors"
         let indexPath = directory + "/model.safetensors.index.json"
+        // A folder or FIFO under either name is reported as what it is, not as "no model.safetensors".
+        for path in [single, indexPath] {
+            if let kind = FileSystem.irregularKind(path) {
+                throw ModelFileError.cannotOpen(path: path, reason: "not a regular file (\(kind))")
+            }
+        }
         if FileSystem.isFile(single) {
             let file = try SafeTensorsFile(path: single)
             names = file.names

@@ -47,10 +47,15 @@ struct Generate: ParsableCommand {
 
     func validate() throws {
         guard (prompt == nil) != (promptsFrom == nil) else { throw ValidationError("give exactly one of --prompt and --prompts-from") }
+        guard maxNewTokens > 0 else {
+            throw ValidationError("--max-new-tokens is \(maxNewTokens): must be at least 1")
+        }
         // An infinite temperature (--temperature inf) sampled uniformly from the vocabulary without a word.
-        guard maxNewTokens > 0, temperature >= 0, temperature.isFinite, topP > 0, topP <= 1 else {
-            throw ValidationError("--max-new-tokens must be positive, --temperature finite and ≥ 0, --top-p in "
-                                  + "(0, 1]")
+        guard temperature >= 0, temperature.isFinite else {
+            throw ValidationError("--temperature is \(temperature): must be finite and at least 0 (0: greedy)")
+        }
+        guard topP > 0, topP <= 1 else {
+            throw ValidationError("--top-p is \(topP): must be in (0, 1], above 0 and at most 1 (1 keeps every token)")
         }
         guard batchSize > 0 else { throw ValidationError("--batch-size is \(batchSize): must be at least 1") }
         if let limit, limit < 1 {
@@ -76,10 +81,7 @@ struct Generate: ParsableCommand {
         if let promptsFrom {
             let bytes = try FileSystem.readBytes(promptsFrom)
             for (n, line) in bytes.split(separator: 0x0A).enumerated() {
-                guard let p = (try? JSONValue(parsing: line))?[promptField]?.stringValue else {
-                    throw ValidationError("\(promptsFrom):\(n + 1): no string field \"\(promptField)\"")
-                }
-                prompts.append(p)
+                prompts.append(try Self.stringField(promptField, line: line, number: n + 1, file: promptsFrom))
             }
             if let limit { prompts = Array(prompts.prefix(limit)) }
         }
@@ -125,6 +127,24 @@ struct Generate: ParsableCommand {
 }
 
 extension Generate {
+    /// The string `field` of one JSONL line, or an error naming the file and line: a line that is not UTF-8 text
+    /// (with the first bad byte), not JSON (with where), or has no such string.
+    static func stringField(_ field: String, line: ArraySlice<UInt8>, number n: Int, file: String) throws -> String {
+        let bytes = Array(line)
+        if let at = ModelText.firstInvalidUTF8(bytes) {
+            throw ValidationError("\(file):\(n): line \(n) is not valid UTF-8 text (byte "
+                + String(format: "0x%02X", bytes[at]) + " at offset \(at) of the line); save the file as UTF-8")
+        }
+        let json: JSONValue
+        do { json = try JSONValue(parsing: bytes) } catch {
+            throw ValidationError("\(file):\(n): line \(n) is not valid JSON: \(error)")
+        }
+        guard let text = json[field]?.stringValue else {
+            throw ValidationError("\(file):\(n): no string field \"\(field)\"")
+        }
+        return text
+    }
+
     /// A prompt the model can continue: at least one token (an empty prompt needs a BOS token to start from) and
     /// room left in the model's context.
     static func checkPrompt(tokenCount: Int, context: Int, prompt: String) throws {
@@ -154,9 +174,7 @@ struct Tokenize: ParsableCommand {
         guard let tok = try ModelText.load(path: tokenizer).tokenizer else { throw ValidationError("no tokenizer at \(tokenizer)") }
         func emit(_ line: ArraySlice<UInt8>, _ n: Int) throws {
             guard !line.isEmpty else { return }
-            guard let text = (try? JSONValue(parsing: Array(line)))?["text"]?.stringValue else {
-                throw ValidationError("\(input ?? "stdin"):\(n): no string field \"text\"")
-            }
+            let text = try Generate.stringField("text", line: line, number: n, file: input ?? "stdin")
             print(JSONValue.object([("ids", .array(tok.encode(text, addSpecialTokens: addSpecialTokens)
                 .map { .int($0) }))]).pythonText())
         }

@@ -72,7 +72,7 @@ struct Info: ParsableCommand {
             }
         }
         if let adapter {
-            let file = try SafeTensorsFile(path: adapter + "/adapter_model.safetensors")
+            let file = try SafeTensorsFile(path: try PEFTAdapter.weightsPath(directory: adapter))
             for e in file.entries { rows.append((e.name, e.dtype.rawValue, e.shape, e.dataRange.count)) }
         }
         let width = min(rows.map(\.0.count).max() ?? 0, 72)

@@ -250,7 +250,107 @@ final class BadInputFileTests: XCTestCase {
         XCTAssertNotNil(try LlamaWeights.open(path: golden).lmHead())
     }
 
+    /// A folder or a FIFO named model.safetensors (or its index) is reported as not a regular file, with its path;
+    /// it read as "no model.safetensors in the folder". A shard that is a FIFO is refused the same way.
+    func testAWeightsFileThatIsNotARegularFileIsNamedAsSuch() throws {
+        let golden = try Shared.requireGolden() + "/tiny-llama"
+        for (name, makeFIFO) in [("model.safetensors", false), ("model.safetensors", true),
+                                 ("model.safetensors.index.json", true)] {
+            let dir = makeTemporaryDirectory(self)
+            try FileManager.default.copyItem(atPath: golden + "/config.json", toPath: dir + "/config.json")
+            let path = dir + "/" + name
+            if makeFIFO { XCTAssertEqual(mkfifo(path, 0o644), 0) } else {
+                try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false)
+            }
+            let kind = makeFIFO ? "a FIFO (named pipe)" : "a folder"
+            assertThrows([path + ": cannot open: not a regular file (\(kind))"]) {
+                _ = try LlamaWeights.open(path: dir)
+            }
+        }
+        let dir = makeTemporaryDirectory(self)
+        let shard = dir + "/model-00001-of-00001.safetensors"
+        try AtomicFile.write(text: #"{"weight_map": {"w": "model-00001-of-00001.safetensors"}}"#,
+                             to: dir + "/model.safetensors.index.json")
+        XCTAssertEqual(mkfifo(shard, 0o644), 0)
+        assertThrows([shard + ": cannot open: not a regular file (a FIFO (named pipe))"]) {
+            _ = try SafeTensorsArchive(directory: dir).tensor(named: "w")
+        }
+    }
+
+    /// A tensor of the right size in another shape (an embedding stored flat as [V·C]) used to be reshaped and read;
+    /// it is refused, naming the tensor, the shape expected and the shape found.
+    func testATensorStoredFlatIsRefused() throws {
+        let golden = try Shared.requireGolden() + "/tiny-llama"
+        let dir = makeTemporaryDirectory(self)
+        let source = try SafeTensorsArchive(directory: golden)
+        let tensors = try source.names.map { name -> (name: String, tensor: Tensor) in
+            let t = try source.tensor(named: name)
+            return (name, name == "model.embed_tokens.weight" ? t.reshaped([t.elementCount]) : t)
+        }
+        try SafeTensorsWriter.write(tensors, to: dir + "/model.safetensors")
+        try FileManager.default.copyItem(atPath: golden + "/config.json", toPath: dir + "/config.json")
+        let weights = try LlamaWeights.open(path: dir)
+        assertThrows([dir, "tensor 'model.embed_tokens.weight'", "is BF16 [73728]",
+                      "expected a float tensor of shape [384, 192]"]) {
+            _ = try weights.embedding()
+        }
+        assertThrows(["model.embed_tokens.weight", "[73728]", "[384, 192]"]) {
+            _ = try LlamaModel.load(directory: dir, lora: LoRAConfig(), seed: 0)
+        }
+    }
+
+    /// attention_bias (or mlp_bias) true over a file without the biases used to run without them; the first missing
+    /// bias is named, with the key that asks for it. qwen2 asks for q/k/v biases by default.
+    func testABiasTheConfigPromisesMustBeInTheFile() throws {
+        let golden = try Shared.requireGolden() + "/tiny-llama"
+        let dir = makeTemporaryDirectory(self)
+        try FileManager.default.createSymbolicLink(atPath: dir + "/model.safetensors",
+                                                   withDestinationPath: golden + "/model.safetensors")
+        var config = try JSONValue(parsing: FileSystem.readBytes(golden + "/config.json"))
+        let cases: [(key: String, projection: String, tensor: String)] = [
+            ("attention_bias", "q_proj", "model.layers.0.self_attn.q_proj.bias"),
+            ("mlp_bias", "gate_proj", "model.layers.0.mlp.gate_proj.bias"),
+        ]
+        for (key, projection, tensor) in cases {
+            var edited = config
+            edited.set(key, .bool(true))
+            let words = key + " true: the projection needs its bias"
+            try AtomicFile.write(text: edited.pythonText(indent: 2), to: dir + "/config.json")
+            let weights = try LlamaWeights.open(path: dir)
+            assertThrows([dir, "tensor '\(tensor)'", "is missing", words]) { try weights.checkComplete() }
+            assertThrows([tensor, "is missing", words]) { _ = try weights.bias(layer: 0, projection) }
+        }
+        config.set("model_type", .string("qwen2"))
+        config.set("attention_bias", .null)
+        try AtomicFile.write(text: config.pythonText(indent: 2), to: dir + "/config.json")
+        assertThrows(["model.layers.0.self_attn.q_proj.bias", "attention_bias true (qwen2's default when absent)"]) {
+            try LlamaWeights.open(path: dir).checkComplete()
+        }
+        XCTAssertNoThrow(try LlamaWeights.open(path: golden).checkComplete())
+        XCTAssertNil(try LlamaWeights.open(path: golden).bias(layer: 0, "q_proj"))
+    }
+
     // MARK: 4. peft adapters
+
+    /// An adapter saved as a PyTorch pickle (adapter_model.bin) was reported as a missing adapter_model.safetensors;
+    /// the error names the .bin file, says pickles are not read, and how to save one that is. A folder by the
+    /// safetensors name is named as not a regular file.
+    func testAPickleAdapterIsNamedAsUnsupported() throws {
+        let dir = makeTemporaryDirectory(self)
+        try AtomicFile.write(text: #"{"r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]}"#,
+                             to: dir + "/adapter_config.json")
+        write([0x80, 0x02, 0x7D, 0x71, 0x00], to: dir + "/adapter_model.bin")
+        let config = try LlamaConfig(contentsOf: try Shared.requireGolden() + "/tiny-llama")
+        assertThrows([dir + "/adapter_model.bin: ", "PyTorch pickle (.bin) adapter", "not supported",
+                      "safe_serialization=True", "save_pretrained"]) {
+            _ = try PEFTAdapter.read(directory: dir, config: config)
+        }
+        let safetensors = dir + "/adapter_model.safetensors"
+        try FileManager.default.createDirectory(atPath: safetensors, withIntermediateDirectories: false)
+        assertThrows([safetensors + ": cannot open: not a regular file (a folder)"]) {
+            _ = try PEFTAdapter.read(directory: dir, config: config)
+        }
+    }
 
     func testPEFTAdapterRankAndShapes() throws {
         let dir = makeTemporaryDirectory(self)

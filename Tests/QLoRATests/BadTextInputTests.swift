@@ -238,6 +238,31 @@ extension BadSettingsTests {
         }
     }
 
+    /// A JSONL line of tokenize (or of generate --prompts-from) that is not UTF-8 text is an error naming the file,
+    /// the line and the bad byte (it read as "no string field"); a line that is not JSON says where it breaks.
+    func testTokenizeNamesALineThatIsNotUTF8() throws {
+        let folder = try GGUFExportTests.tinyLlamaWithTokenizer(self)
+        let dir = makeTemporaryDirectory(self)
+        let input = dir + "/text.jsonl"
+        var bytes = Array((#"{"text": "fine"}"# + "\n" + #"{"text": "caf"#).utf8)
+        bytes += [0xE9] + Array((#""}"# + "\n").utf8)
+        FileManager.default.createFile(atPath: input, contents: Data(bytes))
+        let message = "\(input):2: line 2 is not valid UTF-8 text (byte 0xE9 at offset 13 of the line)"
+        try expectError(["tokenize", "--tokenizer", folder, "--input", input], [message])
+        let (status, _, output) = try run(["tokenize", "--tokenizer", folder], stdin: input)
+        XCTAssertNotEqual(status, 0, output)
+        XCTAssertTrue(output.contains("stdin:2: line 2 is not valid UTF-8 text (byte 0xE9 at offset 13"), output)
+        let prompts = dir + "/prompts.jsonl"
+        FileManager.default.createFile(atPath: prompts, contents: Data(bytes))
+        try expectError(["generate", "--model", folder, "--prompts-from", prompts, "--prompt-field", "text"],
+                        ["\(prompts):2: line 2 is not valid UTF-8 text (byte 0xE9 at offset 13 of the line)"])
+        try write(#"{"prompt": "fine"}"# + "\n" + #"{"prompt": "caf"# + "\u{E9}\"}\n{\"prompt\": x}\n", prompts)
+        try expectError(["generate", "--model", folder, "--prompts-from", prompts],
+                        ["\(prompts):3: line 3 is not valid JSON: invalid JSON at byte 11 (line 1, column 12)"])
+        try write(#"{"text": 3}"# + "\n", input)
+        try expectError(["tokenize", "--tokenizer", folder, "--input", input], ["\(input):1: no string field \"text\""])
+    }
+
     /// The list form of chat_template: chat data renders with its "default" entry, export writes that one as the
     /// GGUF's tokenizer.chat_template, and merge copies tokenizer_config.json as it is.
     func testTheListFormOfChatTemplateIsUsedByEvalExportAndMerge() throws {

@@ -58,6 +58,37 @@ final class LlamaConfigTests: XCTestCase {
             }
         }
     }
+
+    /// A syntax error names where parsing stopped (byte, line and column), and a value of the wrong kind names the
+    /// key, the kind wanted and the value found (192.5 for hidden_size read as "not valid JSON").
+    func testConfigErrorsNameTheKeyAndThePlace() throws {
+        let sizes = #""intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4, "vocab_size": 10"#
+        let cases: [(String, [String])] = [
+            ("{\n  \"hidden_size\": 64,\n  \"vocab_size\" 10\n}",
+             ["not valid JSON", "invalid JSON at byte 38 (line 3, column 16): expected ':'"]),
+            ("{\"hidden_size\": 192.5, " + sizes + "}",
+             ["\"hidden_size\" has the wrong type: expected an integer, found 192.5"]),
+            ("{\"hidden_size\": 1e30, " + sizes + "}",
+             ["\"hidden_size\" has the wrong type: expected an integer, found 1e+30"]),
+            ("{\"hidden_size\": \"big\", " + sizes + "}",
+             ["\"hidden_size\" has the wrong type: expected an integer, found the string \"big\""]),
+            ("{\"hidden_size\": 64, " + sizes + ", \"rms_norm_eps\": [1]}",
+             ["\"rms_norm_eps\" has the wrong type: expected a number, found an array [1]"]),
+            ("{\"hidden_size\": 64, " + sizes + ", \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0, "
+                + "\"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 8192.5}}",
+             ["\"rope_scaling.original_max_position_embeddings\" has the wrong type: expected an integer, "
+                + "found 8192.5"]),
+        ]
+        for (json, messages) in cases {
+            XCTAssertThrowsError(try decode(json), json) { error in
+                XCTAssertTrue("\(error)".contains("config.json: "), "\(error) should name the file")
+                for message in messages {
+                    XCTAssertTrue("\(error)".contains(message), "\(error) should say \(message)")
+                }
+                XCTAssertFalse("\(error)".contains("The given data"), "\(error)")
+            }
+        }
+    }
 }
 
 final class JSONValueTests: XCTestCase {
@@ -83,6 +114,12 @@ final class JSONValueTests: XCTestCase {
                        "{\n  \"a\": [],\n  \"z\": 1\n}")
         for bad in ["{", "[1,]", "{\"a\" 1}", "tru", "\"abc", "1 2"] {
             XCTAssertThrowsError(try JSONValue(parsing: bad), bad)
+        }
+        // An error says its line and column as well as its byte offset.
+        XCTAssertThrowsError(try JSONValue(parsing: "[1,\n 2,\n  x]")) { error in
+            guard let error = error as? JSONParseError else { return XCTFail("\(error)") }
+            XCTAssertEqual([error.offset, error.line, error.column], [10, 3, 3], "\(error)")
+            XCTAssertEqual("\(error)", "invalid JSON at byte 10 (line 3, column 3): unexpected character")
         }
     }
 }

@@ -499,7 +499,33 @@ final class GGUFTests: XCTestCase {
         let unknownPath = dir + "/value-type.gguf"
         _ = FileManager.default.createFile(atPath: unknownPath, contents: Data(unknown))
         assertOpenFails(unknownPath) {
-            $0 == .invalidHeader(path: unknownPath, detail: "GGUF metadata 'general.name' has unknown value type 13")
+            $0 == .invalidHeader(path: unknownPath, detail: "GGUF metadata key 'general.name' has value type 13, "
+                + "which is not a GGUF value type (supported: 0 uint8, 1 int8, 2 uint16, 3 int16, 4 uint32, "
+                + "5 int32, 6 float32, 7 bool, 8 string, 9 array, 10 uint64, 11 int64, 12 float64)")
+        }
+        // The same in the elements of a nested array: the message names the key, not "an element of an element".
+        var inner = Array("GGUF".utf8) + littleEndianBytes(UInt32(3)) + littleEndianBytes(UInt64(0))
+            + littleEndianBytes(UInt64(1)) + encodeString("general.tags") + littleEndianBytes(UInt32(9))
+            + littleEndianBytes(UInt32(9)) + littleEndianBytes(UInt64(1)) + littleEndianBytes(UInt32(42))
+            + littleEndianBytes(UInt64(0))
+        inner += [UInt8](repeating: 0, count: 8)
+        let innerPath = dir + "/element-type.gguf"
+        _ = FileManager.default.createFile(atPath: innerPath, contents: Data(inner))
+        assertOpenFails(innerPath) {
+            guard case .invalidHeader(innerPath, let d) = $0 else { return false }
+            return d.hasPrefix("GGUF metadata key 'general.tags' is an array of arrays whose elements have value "
+                + "type 42, which is not a GGUF value type (supported: 0 uint8,")
+        }
+        // Arrays nested past the bound: the key, how deep, and the most this reader reads.
+        var deep = Array("GGUF".utf8) + littleEndianBytes(UInt32(3)) + littleEndianBytes(UInt64(0))
+            + littleEndianBytes(UInt64(1)) + encodeString("general.deep") + littleEndianBytes(UInt32(9))
+        for _ in 0..<GGUFFile.maximumArrayDepth { deep += littleEndianBytes(UInt32(9)) + littleEndianBytes(UInt64(1)) }
+        deep += [UInt8](repeating: 0, count: 64)
+        let deepPath = dir + "/deep.gguf"
+        _ = FileManager.default.createFile(atPath: deepPath, contents: Data(deep))
+        assertOpenFails(deepPath) {
+            $0 == .invalidHeader(path: deepPath, detail: "GGUF metadata key 'general.deep' holds arrays nested more "
+                + "than 16 deep (arrays of arrays of ...); this reader supports at most 16 levels")
         }
 
         // Counts of tensors and metadata that cannot fit.

@@ -169,7 +169,30 @@ extension BadSettingsTests {
     func testAnInfiniteTemperatureIsRefused() throws {
         let (model, _, _) = try tinyModelAndData()
         try expectError(["generate", "--model", model, "--prompt", "x", "--temperature", "inf"],
-                        ["--temperature finite and ≥ 0"])
+                        ["--temperature is inf: must be finite and at least 0"])
+    }
+
+    /// Each sampling flag of generate has its own message naming the flag, its value and the allowed range (one
+    /// message used to list all three whichever was wrong).
+    func testEachGenerateSamplingFlagNamesItsOwnRange() throws {
+        let (model, _, _) = try tinyModelAndData()
+        let base = ["generate", "--model", model, "--prompt", "x"]
+        let cases: [([String], String, [String])] = [
+            (["--max-new-tokens", "0"], "--max-new-tokens is 0: must be at least 1", ["--temperature", "--top-p"]),
+            (["--temperature", "-0.5"], "--temperature is -0.5: must be finite and at least 0",
+             ["--max-new-tokens", "--top-p"]),
+            (["--temperature", "nan"], "--temperature is nan: must be finite and at least 0",
+             ["--max-new-tokens", "--top-p"]),
+            (["--top-p", "0"], "--top-p is 0.0: must be in (0, 1]", ["--max-new-tokens", "--temperature"]),
+            (["--top-p", "1.5"], "--top-p is 1.5: must be in (0, 1]", ["--max-new-tokens", "--temperature"]),
+        ]
+        for (flags, message, others) in cases {
+            let (status, crashed, output) = try run(base + flags)
+            XCTAssertFalse(crashed, output)
+            XCTAssertNotEqual(status, 0, output)
+            XCTAssertTrue(output.contains(message), "\(flags): \(output)")
+            for other in others { XCTAssertFalse(output.contains(other), "\(flags) names \(other): \(output)") }
+        }
     }
 }
 
