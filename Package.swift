@@ -27,6 +27,7 @@ let package = Package(
                             "decode.cu"]
                     .map { .embedInCode("Kernels/" + $0) }),
         .target(name: "Training", dependencies: ["Tensors", "Quantization", "ModelFiles", "Llama", "Tokenizers",
+                                                 "CVector",
                                                  .product(name: "Yams", package: "Yams")]),
         .target(name: "CUDATraining", dependencies: ["CUDABackend", "CPUBackend", "Llama", "Training", "Quantization", "ModelFiles", "Tensors"]),
         .executableTarget(

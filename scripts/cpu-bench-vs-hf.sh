@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # `qlora bench --device cpu` beside the Python stack's `hf_cpu_bench.py` (transformers + peft + bitsandbytes on the
-# CPU) in one run: SmolLM2-135M shape (30 layers, random weights), r=16 on all seven projections, LoRA dropout 0.05,
-# batch 1 × 512 and 4 × 256; qlora in fp32 and bf16, each side with and without gradient checkpointing. The runs of
-# a round are interleaved (the machine's load drifts; only ratios from one run count), and the summary takes, per
-# shape and per side, the best configuration's median tokens/s over the rounds: qlora ÷ Python, and the peak RSS of
-# both (GiB; ru_maxrss for Python, the bench's peak resident size for qlora; both include loading).
+# CPU) in one run: SmolLM2-135M shape (30 layers, random weights), r=16 on all seven projections, LoRA dropout 0.05
+# on both sides (hf_cpu_bench.py's), batch 1 × 512 and 4 × 256; qlora in fp32 and bf16, each side with and without
+# gradient checkpointing. The runs of a round are interleaved (the machine's load drifts; only ratios from one run
+# count), and the summary takes, per shape and per side, the best configuration's median tokens/s over the rounds:
+# qlora ÷ Python, and the peak RSS of both (GiB; ru_maxrss for Python, the bench's peak resident size for qlora;
+# both include loading).
 # Usage: bash scripts/cpu-bench-vs-hf.sh [ROUNDS]   (default 2; ~8 minutes a round on 2 quiet cores)
 # Environment: PYTHON (with torch, transformers, peft, bitsandbytes; default /work/venv-cpu/bin/python or python3),
 # HF_BENCH (default ../shared/bench/hf_cpu_bench.py), QLORA (default .build/release/qlora), STEPS (timed steps a
@@ -32,7 +33,7 @@ for round in $(seq "$ROUNDS"); do
       hflag=$([ "$ckpt" = on ] && echo --ckpt || true)
       for dtype in fp32 bf16; do
         "$QLORA" bench --device cpu --shape smollm2-135m --targets all --batch "$batch" --seq "$seq" $qflag \
-          --compute-dtype "$dtype" --steps "$STEPS" --warmup 2 2>/dev/null | tee -a "$OUT"
+          --compute-dtype "$dtype" --lora-dropout 0.05 --steps "$STEPS" --warmup 2 2>/dev/null | tee -a "$OUT"
       done
       "$PYTHON" "$HF_BENCH" --batch "$batch" --seq "$seq" --steps "$STEPS" --targets all $hflag 2>/dev/null \
         | tail -1 | tee -a "$OUT"

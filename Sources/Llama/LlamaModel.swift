@@ -13,7 +13,10 @@ public struct ModelError: Error, CustomStringConvertible {
 public enum ComputeDType: String, Sendable, CaseIterable {
     /// float32 throughout (the conformance setting).
     case fp32
-    /// Dequantized weights rounded to bf16, as bitsandbytes gives them to a bf16 model; arithmetic in float32.
+    /// The frozen base's products in bf16, as a bf16 model's matmuls run (transformers' autocast, the GPU step):
+    /// dequantized weights rounded to bf16 (as bitsandbytes gives them to a bf16 model), each product's other input
+    /// rounded to bf16 too (nearest even), the sums in float32 (CGEMM's bf16 products: `vdpbf16ps` where the
+    /// processor has AVX512_BF16). Everything else (adapters, attention, norms) in float32.
     case bf16
 
     /// A dequantized weight as the CPU's products read it: as it is, or rounded to bf16.
@@ -70,6 +73,8 @@ public final class LlamaModel: @unchecked Sendable {
     public let lmHead: [Float]
     /// LoRA settings.
     public private(set) var loraConfig: LoRAConfig
+    /// How the frozen base's products are computed (`ComputeDType`).
+    public let compute: ComputeDType
     /// Adapters keyed by `layerIndex.projection` (e.g. `0.q_proj`).
     public var adapters: [String: LoRAWeights]
     /// RoPE tables (T, D): cos and sin of position · inverse frequency, duplicated over both halves. They grow on
@@ -80,8 +85,9 @@ public final class LlamaModel: @unchecked Sendable {
 
     /// Builds the model from loaded parts.
     public init(config: LlamaConfig, embedding: [Float], layers: [DecoderLayer], finalNorm: [Float], lmHead: [Float],
-                lora: LoRAConfig, seed: UInt64 = 0) {
+                lora: LoRAConfig, seed: UInt64 = 0, compute: ComputeDType = .fp32) {
         self.config = config
+        self.compute = compute
         self.embedding = embedding
         self.layers = layers
         self.finalNorm = finalNorm
@@ -231,7 +237,7 @@ extension LlamaModel {
     /// dequantized once to float32 for the CPU's products (rounded through bf16 with `compute` bf16).
     public convenience init(weights: LlamaWeights, compute: ComputeDType = .fp32, lora: LoRAConfig = LoRAConfig(),
                             seed: UInt64 = 0) throws {
-        try self.init(weights, lora: lora, seed: seed) { l, name in
+        try self.init(weights, lora: lora, seed: seed, compute: compute) { l, name in
             let q = try weights.quantizedProjection(layer: l, name)
             return (q, compute.cpuWeight(q.dequantizedFloat32()))
         }
@@ -240,10 +246,10 @@ extension LlamaModel {
     /// A CPU model that computes with the file's dense weights as they are, not quantized (a 4-bit file's are
     /// dequantized, a GGUF's blocks decoded from their own type): how a merged export is checked against the base
     /// and adapter it came from, and how generate and eval run a finished model. `compute` bf16 rounds the weights
-    /// to bf16 as the 4-bit path does.
+    /// to bf16 and multiplies in bf16 as the 4-bit path does.
     public convenience init(denseWeights weights: LlamaWeights, compute: ComputeDType = .fp32,
                             lora: LoRAConfig = LoRAConfig(), seed: UInt64 = 0) throws {
-        try self.init(weights, lora: lora, seed: seed) { l, name in
+        try self.init(weights, lora: lora, seed: seed, compute: compute) { l, name in
             switch try weights.projection(layer: l, name) {
             case .dense(let t): return (nil, compute.cpuWeight(t.floats()))
             case .quantized(let q): return (nil, compute.cpuWeight(q.dequantizedFloat32()))
@@ -252,7 +258,7 @@ extension LlamaModel {
     }
 
     /// The model of `weights` with each projection's 4-bit tensor (if kept) and float32 weight from `projection`.
-    private convenience init(_ weights: LlamaWeights, lora: LoRAConfig, seed: UInt64,
+    private convenience init(_ weights: LlamaWeights, lora: LoRAConfig, seed: UInt64, compute: ComputeDType,
                              projection: (Int, String) throws -> (Quantized4BitTensor?, [Float])) throws {
         let config = weights.config
         let embedding = try weights.embedding().floats()
@@ -271,6 +277,6 @@ extension LlamaModel {
         }
         let lmHead = try weights.lmHead()?.floats() ?? embedding
         self.init(config: config, embedding: embedding, layers: layers, finalNorm: try weights.finalNorm(),
-                  lmHead: lmHead, lora: lora, seed: seed)
+                  lmHead: lmHead, lora: lora, seed: seed, compute: compute)
     }
 }

@@ -12,8 +12,7 @@
 public enum GPUReciprocal {
     /// Difference in ulps between the GPU's reciprocal and the correctly rounded one, indexed by the top 10 bits of
     /// the mantissa (entries for mantissas whose low 13 bits are zero).
-    @usableFromInline
-    static let deltaByTopMantissaBits: [Int8] = [
+    public static let deltaByTopMantissaBits: [Int8] = [
         0, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 1, 0, 0, -1, 0, 0, 1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
         -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -1, 0,
         0, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, 0, 0, 1, 0, 0, 0, 0,

@@ -1,3 +1,4 @@
+import CVector
 import Foundation
 import Llama
 import Quantization
@@ -83,7 +84,8 @@ public struct AdamW: Sendable {
     /// matrices are named `layer.projection.A` / `.B`.
     public mutating func update(_ model: LlamaModel, gradients: LoRAGradients, lr: Float, gradientScale: Float = 1) {
         for key in model.adapters.keys.sorted() {
-            guard let g = gradients[key], var w = model.adapters[key] else { continue }
+            // Taken out of the dictionary while updated, so that its arrays are not copied when written.
+            guard let g = gradients[key], var w = model.adapters.removeValue(forKey: key) else { continue }
             update(key + ".A", parameter: &w.a, gradient: gradientScale == 1 ? g.a : g.a.map { $0 * gradientScale }, lr: lr)
             update(key + ".B", parameter: &w.b, gradient: gradientScale == 1 ? g.b : g.b.map { $0 * gradientScale }, lr: lr)
             model.adapters[key] = w
@@ -130,15 +132,14 @@ public struct AdamW: Sendable {
         return ([Float](repeating: 0, count: count), [Float](repeating: 0, count: count))
     }
 
-    /// bitsandbytes' blockwise 8-bit Adam kernel (`kOptimizerStatic8bit2StateBlockwise`): per block of 256, the
-    /// moments are dequantized (code × absmax), updated (fused multiply-adds, as nvcc contracts them), the parameter
-    /// updated with the new moments, and the moments requantized against the block's new absmax by the kernel's
-    /// binary search; a first-moment code whose sign differs from the value's is moved one step toward it.
+    /// bitsandbytes' blockwise 8-bit Adam kernel (`kOptimizerStatic8bit2StateBlockwise`), block by block as
+    /// `eightBitBlocks` describes.
     private mutating func bitsandbytes8Update(_ name: String, _ p: inout [Float], _ g: [Float], lr: Float, step: Int) {
         let n = p.count, bs = Self.blocksize
         let blocks = (n + bs - 1) / bs
         var cm: [UInt8], cv: [UInt8], am: [Float], av: [Float]
-        if case .eightBit(let m0, let v0, let a0, let b0)? = states[name] {
+        // Taken out of `states` so that the arrays are not copied when written.
+        if case .eightBit(let m0, let v0, let a0, let b0)? = states.removeValue(forKey: name) {
             (cm, cv, am, av) = (m0, v0, a0, b0)
         } else {
             (cm, cv, am, av) = ([UInt8](repeating: 0, count: n), [UInt8](repeating: 0, count: n),
@@ -148,45 +149,82 @@ public struct AdamW: Sendable {
         let correction1 = 1 - Foundation.powf(s.beta1, Float(step))
         let correction2 = (1 - Foundation.powf(s.beta2, Float(step))).squareRoot()
         let stepSize = (-lr * correction2) * GPUReciprocal.reciprocal(correction1)
-        // Blocks are independent (as the kernel's thread blocks are): split them over the cores.
+        // Blocks are independent (as the kernel's thread blocks are): split them over the cores. Each block's loop is
+        // CVector's cv_adam8_blocks, `eightBitBlocks` operation for operation (a test holds them equal).
         p.withUnsafeMutableBufferPointer { p in g.withUnsafeBufferPointer { g in
         cm.withUnsafeMutableBufferPointer { cm in cv.withUnsafeMutableBufferPointer { cv in
         am.withUnsafeMutableBufferPointer { am in av.withUnsafeMutableBufferPointer { av in
         DynamicMap.signed.withUnsafeBufferPointer { signedMap in DynamicMap.unsigned.withUnsafeBufferPointer { unsignedMap in
+        GPUReciprocal.deltaByTopMantissaBits.withUnsafeBufferPointer { delta in
+        Self.reciprocalDelta32.withUnsafeBufferPointer { delta32 in
+            var c = cv_adam8_settings(beta1: s.beta1, beta2: s.beta2, eps: s.eps, weight_decay: s.weightDecay, lr: lr,
+                                      correction2: correction2, step_size: stepSize,
+                                      signed_map: signedMap.baseAddress, unsigned_map: unsignedMap.baseAddress,
+                                      reciprocal_delta: delta.baseAddress, delta32: delta32.baseAddress,
+                                      vector: Self.eightBitLoop == .vector ? 1 : 0)
             parallelChunks(count: blocks, grain: 64) { blockRange in
-                var m = [Float](repeating: 0, count: bs), v = m
-                for b in blockRange {
-                    let range = (b * bs)..<min(n, (b + 1) * bs)
-                    var maxM: Float = 0, maxV: Float = 0
-                    for (j, i) in range.enumerated() {
-                        let gi = g[i]
-                        if gi.isFinite {
-                            let v0 = unsignedMap[Int(cv[i])] * av[b]
-                            v[j] = ((1 - s.beta2) * gi * gi).addingProduct(v0, s.beta2)
-                            let m0 = signedMap[Int(cm[i])] * am[b]
-                            m[j] = ((1 - s.beta1) * gi).addingProduct(m0, s.beta1)
-                        } else {
-                            m[j] = 0; v[j] = 0
-                        }
-                        maxM = max(maxM, abs(m[j])); maxV = max(maxV, abs(v[j]))
-                    }
-                    am[b] = maxM; av[b] = maxV
-                    let rm = GPUReciprocal.reciprocal(maxM), rv = GPUReciprocal.reciprocal(maxV)
-                    for (j, i) in range.enumerated() {
-                        if g[i].isFinite {
-                            let denom = v[j].squareRoot() + correction2 * s.eps
-                            p[i] = p[i] + stepSize * (m[j] * GPUReciprocal.reciprocal(denom))
-                            if s.weightDecay > 0 { p[i] = p[i] * (1 - lr * s.weightDecay) }
-                        }
-                        var c1 = Int(Self.quantize2D(m[j] * rm, map: signedMap, signed: true))
-                        if (signedMap[c1].sign == .minus) != (m[j].sign == .minus) { c1 += m[j] > 0 ? 1 : -1 }
-                        cm[i] = UInt8(clamping: c1)
-                        cv[i] = Self.quantize2D(v[j] * rv, map: unsignedMap, signed: false)
-                    }
+                if Self.eightBitLoop == .swift {
+                    Self.eightBitBlocks(settings: s, lr: lr, correction2: correction2, stepSize: stepSize, p: p, g: g,
+                                        cm: cm, cv: cv, am: am, av: av, blocks: blockRange, signedMap: signedMap,
+                                        unsignedMap: unsignedMap)
+                } else {
+                    cv_adam8_blocks(&c, p.baseAddress, g.baseAddress, cm.baseAddress, cv.baseAddress, am.baseAddress,
+                                    av.baseAddress, n, blockRange.lowerBound, blockRange.upperBound)
                 }
             }
-        } } } } } } } }
+        }
+        } } } } } } } } }
         states[name] = .eightBit(m: cm, v: cv, absmaxM: am, absmaxV: av)
+    }
+
+    /// Which loop runs the 8-bit update: CVector's (16 lanes a vector where the processor has AVX-512, the
+    /// default), CVector's plain one, or the Swift reference below (the last two for the test that holds all equal).
+    enum EightBitLoop { case vector, plain, swift }
+    nonisolated(unsafe) static var eightBitLoop = EightBitLoop.vector
+    /// GPUReciprocal's corrections as 32-bit integers, for the vector loop's gathers.
+    static let reciprocalDelta32 = GPUReciprocal.deltaByTopMantissaBits.map(Int32.init)
+
+    /// The reference of one range of blocks of the 8-bit update: per block of 256, the moments dequantized (code ×
+    /// absmax), updated (fused multiply-adds, as nvcc contracts them), the parameter updated with the new moments,
+    /// and the moments requantized against the block's new absmax by the kernel's binary search; a first-moment code
+    /// whose sign differs from the value's is moved one step toward it.
+    static func eightBitBlocks(settings s: AdamWSettings, lr: Float, correction2: Float, stepSize: Float,
+                               p: UnsafeMutableBufferPointer<Float>, g: UnsafeBufferPointer<Float>,
+                               cm: UnsafeMutableBufferPointer<UInt8>, cv: UnsafeMutableBufferPointer<UInt8>,
+                               am: UnsafeMutableBufferPointer<Float>, av: UnsafeMutableBufferPointer<Float>,
+                               blocks: Range<Int>, signedMap: UnsafeBufferPointer<Float>,
+                               unsignedMap: UnsafeBufferPointer<Float>) {
+        let bs = blocksize, n = p.count
+        var m = [Float](repeating: 0, count: bs), v = m
+        for b in blocks {
+            let range = (b * bs)..<min(n, (b + 1) * bs)
+            var maxM: Float = 0, maxV: Float = 0
+            for (j, i) in range.enumerated() {
+                let gi = g[i]
+                if gi.isFinite {
+                    let v0 = unsignedMap[Int(cv[i])] * av[b]
+                    v[j] = ((1 - s.beta2) * gi * gi).addingProduct(v0, s.beta2)
+                    let m0 = signedMap[Int(cm[i])] * am[b]
+                    m[j] = ((1 - s.beta1) * gi).addingProduct(m0, s.beta1)
+                } else {
+                    m[j] = 0; v[j] = 0
+                }
+                maxM = max(maxM, abs(m[j])); maxV = max(maxV, abs(v[j]))
+            }
+            am[b] = maxM; av[b] = maxV
+            let rm = GPUReciprocal.reciprocal(maxM), rv = GPUReciprocal.reciprocal(maxV)
+            for (j, i) in range.enumerated() {
+                if g[i].isFinite {
+                    let denom = v[j].squareRoot() + correction2 * s.eps
+                    p[i] = p[i] + stepSize * (m[j] * GPUReciprocal.reciprocal(denom))
+                    if s.weightDecay > 0 { p[i] = p[i] * (1 - lr * s.weightDecay) }
+                }
+                var c1 = Int(quantize2D(m[j] * rm, map: signedMap, signed: true))
+                if (signedMap[c1].sign == .minus) != (m[j].sign == .minus) { c1 += m[j] > 0 ? 1 : -1 }
+                cm[i] = UInt8(clamping: c1)
+                cv[i] = quantize2D(v[j] * rv, map: unsignedMap, signed: false)
+            }
+        }
     }
 
     /// The optimizer kernel's code search (`quantize_2D`): the same seven-step binary search from index 127 as

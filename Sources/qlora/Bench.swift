@@ -258,7 +258,7 @@ struct Bench: ParsableCommand {
         let embedding = random(config.vocabSize * c, 0.02)
         let lmHead = config.tieWordEmbeddings ? embedding : random(config.vocabSize * c, 0.02)
         return LlamaModel(config: config, embedding: embedding, layers: built, finalNorm: [Float](repeating: 1, count: c),
-                          lmHead: lmHead, lora: lora, seed: 1)
+                          lmHead: lmHead, lora: lora, seed: 1, compute: compute)
     }
 
 }

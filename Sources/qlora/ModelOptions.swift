@@ -33,8 +33,8 @@ struct ModelOptions: ParsableArguments {
     @Option(help: ArgumentHelp(Self.computeDTypeHelp)) var computeDtype: ComputeDType?
 
     /// --compute-dtype's help, the same for every command that takes it (train, eval, bench, plan, ...).
-    static let computeDTypeHelp = "Compute dtype: fp32 or bf16 (default fp32 on the CPU, where bf16 rounds the "
-        + "weights; bf16 on the GPU)."
+    static let computeDTypeHelp = "Compute dtype: fp32 or bf16 (default fp32 on the CPU, where bf16 multiplies the "
+        + "frozen base's products in bf16 with float32 sums; bf16 on the GPU)."
 
 
     @Option(help: ArgumentHelp("Device: \(DeviceChoice.help)."))

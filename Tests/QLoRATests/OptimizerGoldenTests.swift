@@ -1,7 +1,8 @@
+import Foundation
 import Llama
 import ModelFiles
 import Quantization
-import Training
+@testable import Training
 import XCTest
 
 final class OptimizerGoldenTests: XCTestCase {
@@ -37,6 +38,32 @@ final class OptimizerGoldenTests: XCTestCase {
             XCTAssertLessThan(relativeError(am, try file.tensor(named: key + ".final_absmax1").floats()), 1e-5)
             XCTAssertLessThan(relativeError(av, try file.tensor(named: key + ".final_absmax2").floats()), 1e-5)
             print("\(key): state1 \(same1)/\(n), state2 \(same2)/\(n) codes equal")
+        }
+    }
+
+    /// The 8-bit update's C loops (CVector's vector and plain ones) equal the plain Swift reference bit for bit: a
+    /// ragged last block, gradients of every size with non-finite ones among them, weight decay, six steps.
+    func testEightBitAdamWLoopEqualsItsReference() {
+        var rng = SeededGenerator(seed: 9)
+        let n = 4096 + 256 * 3 + 77
+        let p0 = (0..<n).map { _ in Float.random(in: -1...1, using: &rng) }
+        var grads = (0..<(6 * n)).map { i in Float.random(in: -1...1, using: &rng) * Float(pow(10, Double(i % 9) - 6)) }
+        grads[5] = .nan; grads[n + 700] = .infinity; grads[3 * n + 4100] = -.infinity
+        var runs: [([Float], AdamW)] = []
+        for loop in [AdamW.EightBitLoop.swift, .plain, .vector] {
+            AdamW.eightBitLoop = loop
+            defer { AdamW.eightBitLoop = .vector }
+            var opt = AdamW(kind: .paged_adamw_8bit, settings: AdamWSettings(weightDecay: 0.01))
+            var p = p0
+            for s in 0..<6 { opt.update("w", parameter: &p, gradient: Array(grads[(s * n)..<((s + 1) * n)]), lr: 1e-3) }
+            runs.append((p, opt))
+        }
+        for r in 1..<3 {
+            XCTAssertEqual(runs[0].0.map(\.bitPattern), runs[r].0.map(\.bitPattern), "run \(r)")
+            guard case .eightBit(let m0, let v0, let a0, let b0)? = runs[0].1.states["w"],
+                  case .eightBit(let m1, let v1, let a1, let b1)? = runs[r].1.states["w"] else { return XCTFail("state") }
+            XCTAssertEqual(m0, m1); XCTAssertEqual(v0, v1)
+            XCTAssertEqual(a0.map(\.bitPattern), a1.map(\.bitPattern)); XCTAssertEqual(b0.map(\.bitPattern), b1.map(\.bitPattern))
         }
     }
 
