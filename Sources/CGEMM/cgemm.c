@@ -331,12 +331,28 @@ static float *scratch(size_t floats) {
     return scratch_buffer;
 }
 
-/// The block rows [i_lo, i_hi) × columns [j_lo, j_hi) of C, computed with tier t.
-static void compute_block(const tier *t, const problem *p, long i_lo, long i_hi, long j_lo, long j_hi) {
-    // k blocks of equal size (even, for pair kernels), so no short last block pays for C's extra load and store.
-    long k_blocks = (p->k + t->kc - 1) / t->kc;
-    long kc_max = (p->k + k_blocks - 1) / k_blocks;
-    kc_max += kc_max & 1;
+/// The k block size for tier t and depth k: k blocks of equal size (even, for pair kernels), so no short last
+/// block pays for C's extra load and store.
+static long block_depth(const tier *t, long k) {
+    long k_blocks = (k + t->kc - 1) / t->kc;
+    long kc_max = (k + k_blocks - 1) / k_blocks;
+    return kc_max + (kc_max & 1);
+}
+
+/// Where the strip of columns s·nr … of k block `block` starts in op(B) packed whole (`cgemm_pack_b`): the blocks
+/// one after the other, each its strips one after the other (32-bit lanes: floats, or bf16 pairs).
+static long packed_offset(const tier *t, long n, long kc_max, long block, long k, long strip) {
+    long strips = (n + t->nr - 1) / t->nr, pc = block * kc_max;
+    long kc = k - pc < kc_max ? k - pc : kc_max;
+    long steps_max = t->pairs ? kc_max / 2 : kc_max, steps = t->pairs ? (kc + 1) / 2 : kc;
+    return block * steps_max * strips * t->nr + strip * steps * t->nr;
+}
+
+/// The block rows [i_lo, i_hi) × columns [j_lo, j_hi) of C, computed with tier t; op(B) from `packed` when given
+/// (packed whole by cgemm_pack_b for this tier), else packed here block by block.
+static void compute_block(const tier *t, const problem *p, const float *packed, long i_lo, long i_hi, long j_lo,
+                          long j_hi) {
+    long kc_max = block_depth(t, p->k);
     long nc_max = t->nc, mc_max = t->mc;
     long wide = t->mr > t->nr ? t->mr : t->nr;
     float *a_pack = scratch((size_t)(mc_max + t->mr) * kc_max + (size_t)(nc_max + t->nr) * kc_max + wide * kc_max);
@@ -349,7 +365,7 @@ static void compute_block(const tier *t, const problem *p, long i_lo, long i_hi,
             long kc = p->k - pc < kc_max ? p->k - pc : kc_max;
             long steps = t->pairs ? (kc + 1) / 2 : kc;
             float beta = pc == 0 ? p->beta : 1;
-            for (long jr = 0; jr < nc; jr += t->nr) {
+            for (long jr = 0; jr < nc && !packed; jr += t->nr) {
                 float *dst = b_pack + jr / t->nr * steps * t->nr;
                 int cols = nc - jr < t->nr ? (int)(nc - jr) : t->nr;
                 pack_b_strip(p, pc, kc, jc + jr, cols, t->nr, t->pairs ? strip : dst);
@@ -365,7 +381,9 @@ static void compute_block(const tier *t, const problem *p, long i_lo, long i_hi,
                 }
                 for (long jr = 0; jr < nc; jr += t->nr) {
                     int cols = nc - jr < t->nr ? (int)(nc - jr) : t->nr;
-                    const float *bs = b_pack + jr / t->nr * steps * t->nr;
+                    const float *bs = packed ? packed + packed_offset(t, p->n, kc_max, pc / kc_max, p->k,
+                                                                      (jc + jr) / t->nr)
+                                             : b_pack + jr / t->nr * steps * t->nr;
                     for (long ir = 0; ir < mc; ir += t->mr) {
                         int rows = mc - ir < t->mr ? (int)(mc - ir) : t->mr;
                         t->kernel(steps, a_pack + ir / t->mr * steps * t->mr, bs, p->c + (ic + ir) * p->ldc + jc + jr,
@@ -377,9 +395,10 @@ static void compute_block(const tier *t, const problem *p, long i_lo, long i_hi,
     }
 }
 
-void cgemm_compute(int kernel, int bf16, int trans_a, int trans_b, long m, long n, long k, float alpha,
-                   const float *a, long lda, const float *b, long ldb, float beta, float *c, long ldc,
-                   int part, int parts) {
+/// cgemm_compute and cgemm_compute_packed: op(B) from b (packed here) or from `packed`.
+static void compute(int kernel, int bf16, int trans_a, int trans_b, long m, long n, long k, float alpha,
+                    const float *a, long lda, const float *b, long ldb, const float *packed, float beta, float *c,
+                    long ldc, int part, int parts) {
     if (kernel < 0 || kernel >= tier_count || m <= 0 || n <= 0 || parts < 1 || part < 0 || part >= parts) return;
     const tier *t = &tiers[kernel];
     if (t->pairs && !bf16) return;  // a pair kernel multiplies bf16 only
@@ -403,5 +422,42 @@ void cgemm_compute(int kernel, int bf16, int trans_a, int trans_b, long m, long 
         return;
     }
     problem p = {trans_a, trans_b, bf16, kernel > 0, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c};
-    compute_block(t, &p, i_lo, i_hi, j_lo, j_hi);
+    compute_block(t, &p, packed, i_lo, i_hi, j_lo, j_hi);
+}
+
+void cgemm_compute(int kernel, int bf16, int trans_a, int trans_b, long m, long n, long k, float alpha,
+                   const float *a, long lda, const float *b, long ldb, float beta, float *c, long ldc,
+                   int part, int parts) {
+    compute(kernel, bf16, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, NULL, beta, c, ldc, part, parts);
+}
+
+long cgemm_packed_size(int kernel, long n, long k) {
+    if (kernel < 0 || kernel >= tier_count || n <= 0 || k <= 0) return 0;
+    const tier *t = &tiers[kernel];
+    long kc_max = block_depth(t, k), blocks = (k + kc_max - 1) / kc_max;
+    return packed_offset(t, n, kc_max, blocks - 1, k, (n + t->nr - 1) / t->nr);
+}
+
+void cgemm_pack_b(int kernel, int bf16, int trans_b, long n, long k, const float *b, long ldb, float *packed) {
+    if (kernel < 0 || kernel >= tier_count || n <= 0 || k <= 0) return;
+    const tier *t = &tiers[kernel];
+    if (t->pairs && !bf16) return;
+    problem p = {0, trans_b, bf16, kernel > 0, 0, n, k, 0, ldb, 0, 1, 0, NULL, b, NULL};
+    long kc_max = block_depth(t, k);
+    float *strip = t->pairs ? scratch((size_t)kc_max * t->nr) : NULL;
+    if (t->pairs && !strip) abort();
+    for (long pc = 0, block = 0; pc < k; pc += kc_max, block++) {
+        long kc = k - pc < kc_max ? k - pc : kc_max;
+        for (long j = 0; j < n; j += t->nr) {
+            float *dst = packed + packed_offset(t, n, kc_max, block, k, j / t->nr);
+            int cols = n - j < t->nr ? (int)(n - j) : t->nr;
+            pack_b_strip(&p, pc, kc, j, cols, t->nr, t->pairs ? strip : dst);
+            finish_strip(t->pairs ? strip : dst, kc, t->nr, bf16, t->pairs, dst);
+        }
+    }
+}
+
+void cgemm_compute_packed(int kernel, int bf16, int trans_a, long m, long n, long k, float alpha, const float *a,
+                          long lda, const float *packed, float beta, float *c, long ldc, int part, int parts) {
+    compute(kernel, bf16, trans_a, 0, m, n, k, alpha, a, lda, NULL, 0, packed, beta, c, ldc, part, parts);
 }

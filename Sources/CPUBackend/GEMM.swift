@@ -29,6 +29,46 @@ public enum GEMM {
         public var isPortable: Bool { index == 0 }
     }
 
+    /// op(B) packed whole for one kernel, as its products read it (`cgemm_pack_b`): a frozen matrix (a base weight)
+    /// packed once instead of in every product that reads it.
+    public final class PackedMatrix: @unchecked Sendable {
+        /// The kernel it is packed for, whether rounded to bf16, and op(B)'s shape (k × n).
+        public let kernel: Kernel, bf16: Bool, n: Int, k: Int
+        let lanes: [Float]   // 32-bit lanes: floats, or bf16 pairs for a pair kernel
+
+        /// op(B) = Bᵀ (B n×k) with `transposeB`, else B (k×n); row stride `ldb`.
+        public init(transposeB: Bool, n: Int, k: Int, b: UnsafePointer<Float>, ldb: Int, bf16: Bool,
+                    kernel: Kernel? = nil) {
+            let kernel = kernel ?? (bf16 ? Kernel.bestBF16 : Kernel.bestFP32)
+            precondition(kernel.isSupported && (bf16 || !kernel.isBF16), "GEMM kernel \(kernel) cannot pack this")
+            self.kernel = kernel; self.bf16 = bf16; self.n = n; self.k = k
+            lanes = [Float](unsafeUninitializedCapacity: max(0, cgemm_packed_size(kernel.index, n, k))) { out, count in
+                cgemm_pack_b(kernel.index, bf16 ? 1 : 0, transposeB ? 1 : 0, n, k, b, ldb, out.baseAddress)
+                count = out.count
+            }
+        }
+
+        /// Bytes held.
+        public var bytes: Int { lanes.count * 4 }
+    }
+
+    /// C (m×n) = alpha · op(A) · B + beta · C with B packed (`PackedMatrix`, whose kernel and rounding it uses): the
+    /// same result, bit for bit, as `sgemm` with that kernel on the unpacked matrix.
+    public static func sgemm(transposeA: Bool, m: Int, alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
+                             packed b: PackedMatrix, beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int,
+                             threads: Int? = nil) {
+        guard m > 0, b.n > 0 else { return }
+        let (n, k) = (b.n, b.k)
+        let parts = threads ?? (m * n * k < threadedWork ? 1 : cores)
+        b.lanes.withUnsafeBufferPointer { lanes in
+            let run = { (part: Int) in
+                cgemm_compute_packed(b.kernel.index, b.bf16 ? 1 : 0, transposeA ? 1 : 0, m, n, k, alpha, a, lda,
+                                     lanes.baseAddress, beta, c, ldc, Int32(part), Int32(parts))
+            }
+            if parts == 1 { run(0) } else { DispatchQueue.concurrentPerform(iterations: parts, execute: run) }
+        }
+    }
+
     /// The cores the products are split over.
     public static let cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
 

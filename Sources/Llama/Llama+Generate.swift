@@ -100,8 +100,12 @@ extension LlamaModel {
         var xf = [Float](repeating: 0, count: c)
         CPUOps.rmsNormForward(&xf, &rstd, x, finalNorm, rows: 1, width: c, eps: eps)
         var logits = [Float](repeating: 0, count: config.vocabSize)
-        CPUOps.linearForward(&logits, xf, lmHead, rows: 1, inFeatures: c, outFeatures: config.vocabSize,
-                             bf16: compute == .bf16)
+        if let lmHeadPacked {
+            lmHeadPacked.forward(&logits, xf, rows: 1, accumulate: false)
+        } else {
+            CPUOps.linearForward(&logits, xf, lmHead, rows: 1, inFeatures: c, outFeatures: config.vocabSize,
+                                 bf16: compute == .bf16)
+        }
         return logits
     }
 
@@ -109,8 +113,7 @@ extension LlamaModel {
     private func project(_ l: Int, _ name: String, _ x: [Float]) -> [Float] {
         let p = layers[l].projections[name]!
         var y = p.bias ?? [Float](repeating: 0, count: p.outFeatures)
-        CPUOps.linearForward(&y, x, p.weight, rows: 1, inFeatures: p.inFeatures, outFeatures: p.outFeatures, accumulate: true,
-                             bf16: compute == .bf16)
+        p.forward(&y, x, rows: 1, accumulate: true, bf16: compute == .bf16)
         if let a = adapters["\(l).\(name)"] {
             var z = [Float](repeating: 0, count: loraConfig.r)
             CPUOps.linearForward(&z, x, a.a, rows: 1, inFeatures: p.inFeatures, outFeatures: loraConfig.r)

@@ -116,16 +116,24 @@ extension LlamaModel {
             let rows = min(chunk, n - start)
             let xChunk = Array(xf[(start * c)..<((start + rows) * c)])
             if rows < chunk { logitsChunk = [Float](repeating: 0, count: rows * vocab); if withGradients { dChunk = logitsChunk } }
-            CPUOps.linearForward(&logitsChunk, xChunk, lmHead, rows: rows, inFeatures: c, outFeatures: vocab,
-                                 bf16: compute == .bf16)
+            if let lmHeadPacked {
+                lmHeadPacked.forward(&logitsChunk, xChunk, rows: rows, accumulate: false)
+            } else {
+                CPUOps.linearForward(&logitsChunk, xChunk, lmHead, rows: rows, inFeatures: c, outFeatures: vocab,
+                                     bf16: compute == .bf16)
+            }
             if keepLogits { keptLogits.replaceSubrange((start * vocab)..<((start + rows) * vocab), with: logitsChunk) }
             let part = CPUOps.crossEntropy(logitsChunk, targets: Array(targets[start..<(start + rows)]), vocab: vocab,
                                            dlogits: &dChunk, gradientScale: scale)
             lossSum += part.loss * Double(part.count)
             if withGradients, let d = dChunk {
                 var dxChunk = [Float](repeating: 0, count: rows * c)
-                CPUOps.linearBackwardInput(&dxChunk, d, lmHead, rows: rows, inFeatures: c, outFeatures: vocab,
-                                           bf16: compute == .bf16)
+                if let lmHeadPacked {
+                    lmHeadPacked.backwardInput(&dxChunk, d, rows: rows)
+                } else {
+                    CPUOps.linearBackwardInput(&dxChunk, d, lmHead, rows: rows, inFeatures: c, outFeatures: vocab,
+                                               bf16: compute == .bf16)
+                }
                 dxf.replaceSubrange((start * c)..<((start + rows) * c), with: dxChunk)
             }
         }
@@ -267,8 +275,7 @@ extension LlamaModel {
         let p = layers[l].projections[name]!
         var y = [Float](repeating: 0, count: rows * p.outFeatures)
         if let bias = p.bias { for r in 0..<rows { for o in 0..<p.outFeatures { y[r * p.outFeatures + o] = bias[o] } } }
-        CPUOps.linearForward(&y, x, p.weight, rows: rows, inFeatures: p.inFeatures, outFeatures: p.outFeatures,
-                             accumulate: p.bias != nil, bf16: compute == .bf16)
+        p.forward(&y, x, rows: rows, accumulate: p.bias != nil, bf16: compute == .bf16)
         guard let adapter = adapters["\(l).\(name)"] else { return y }
         let r = loraConfig.r
         var z = [Float](repeating: 0, count: rows * r)
@@ -293,8 +300,7 @@ extension LlamaModel {
                                     act: LayerActivations, grads: inout LoRAGradients) -> [Float] {
         let p = layers[l].projections[name]!
         var dx = [Float](repeating: 0, count: rows * p.inFeatures)
-        CPUOps.linearBackwardInput(&dx, dy, p.weight, rows: rows, inFeatures: p.inFeatures, outFeatures: p.outFeatures,
-                                   bf16: compute == .bf16)
+        p.backwardInput(&dx, dy, rows: rows, bf16: compute == .bf16)
         let key = "\(l).\(name)"
         guard let adapter = adapters[key], let z = act.loraZ[name] else { return dx }
         let r = loraConfig.r, s = loraConfig.scale

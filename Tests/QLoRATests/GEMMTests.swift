@@ -4,7 +4,8 @@ import XCTest
 
 /// Our GEMM kernels against the plain triple loop computed in Double: ragged shapes (none a multiple of the tiles,
 /// some crossing the cache blocks), all four transposition cases, padded row strides, the alpha/beta pairs the
-/// step uses, one thread and a ragged split over three. A kernel this processor lacks is skipped, saying so.
+/// step uses, one thread and a ragged split over three; each product also with B packed once (equal bits). A
+/// kernel this processor lacks is skipped, saying so.
 final class GEMMTests: XCTestCase {
     var rng = TestRandom(seed: 15)
 
@@ -69,6 +70,17 @@ final class GEMMTests: XCTestCase {
                        a: ap.baseAddress!, lda: lda, b: bp.baseAddress!, ldb: ldb, beta: beta, c: cp.baseAddress!,
                        ldc: ldc, bf16: bf16, kernel: kernel, threads: threads)
         } } }
+        // The same product with B packed once (GEMM.PackedMatrix, as a frozen weight is) gives the same bits.
+        let packed = b.withUnsafeBufferPointer {
+            GEMM.PackedMatrix(transposeB: transposeB, n: n, k: k, b: $0.baseAddress!, ldb: ldb, bf16: bf16,
+                              kernel: kernel)
+        }
+        var fromPacked = c0
+        a.withUnsafeBufferPointer { ap in fromPacked.withUnsafeMutableBufferPointer { cp in
+            GEMM.sgemm(transposeA: transposeA, m: m, alpha: alpha, a: ap.baseAddress!, lda: lda, packed: packed,
+                       beta: beta, c: cp.baseAddress!, ldc: ldc, threads: threads)
+        } }
+        XCTAssertEqual(fromPacked.map(\.bitPattern), c.map(\.bitPattern), "\(kernel) packed B, \(m)×\(n)×\(k)")
         let round: (Float) -> Double = { bf16 ? Double(float(fromBF16: bf16Bits(from: $0))) : Double($0) }
         var worst = 0.0
         for i in 0..<m {

@@ -23,4 +23,13 @@ void cgemm_compute(int kernel, int bf16, int trans_a, int trans_b, long m, long 
                    const float *a, long lda, const float *b, long ldb, float beta, float *c, long ldc,
                    int part, int parts);
 
+/// The 32-bit lanes (floats, or bf16 pairs for a pair kernel) that op(B) (k×n) takes packed whole for `kernel`.
+long cgemm_packed_size(int kernel, long n, long k);
+/// Packs op(B) (k×n; B itself is n×k when trans_b is 1, else k×n, row stride ldb) whole into `packed`
+/// (cgemm_packed_size lanes) as `kernel`'s products read it, rounded to bf16 with `bf16` 1 (a pair kernel needs it):
+/// a frozen matrix packed once instead of in every product.
+void cgemm_pack_b(int kernel, int bf16, int trans_b, long n, long k, const float *b, long ldb, float *packed);
+/// cgemm_compute with op(B) packed by cgemm_pack_b (the same kernel, bf16, n and k): the same result bit for bit.
+void cgemm_compute_packed(int kernel, int bf16, int trans_a, long m, long n, long k, float alpha, const float *a,
+                          long lda, const float *packed, float beta, float *c, long ldc, int part, int parts);
 #endif
