@@ -79,15 +79,24 @@ def train(a):
         plain = type(read)(read.config)   # the same weights in a model not marked as read from a GGUF
         plain.load_state_dict(read.state_dict())
         plain.save_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=torch.float32, device_map={"": "cpu"},
-        quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                               bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32))
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    model.config.use_cache = False
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
-                                             task_type="CAUSAL_LM"))
-    before = heldout_loss(model, heldout)
+    def build():
+        torch.manual_seed(42)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch.float32, device_map={"": "cpu"},
+            quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                   bnb_4bit_use_double_quant=True,
+                                                   bnb_4bit_compute_dtype=torch.float32))
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model.config.use_cache = False
+        return get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
+                                                task_type="CAUSAL_LM"))
+    # The held-out loss before training is taken on a model of its own. bitsandbytes' CPU path repacks the 4-bit
+    # weights for inference when a model is evaluated (`packing_format_for_cpu`) and from then on multiplies with
+    # gemv_4bit, which has no backward ("an autograd kernel was not registered"): a model trained after an evaluation
+    # gets no gradient through its base layers, trains faster and learns almost nothing (seen 2026-12-03 with
+    # bitsandbytes 0.50.2: 12 steps, held-out 1.7258 -> 1.7044 where qlora reached 1.33).
+    before = heldout_loss(build(), heldout)
+    model = build()
     params = [p for p in model.parameters() if p.requires_grad]
     try:
         import bitsandbytes as bnb

@@ -110,8 +110,9 @@ extension LlamaModel {
         var lossSum = 0.0
         var keptLogits: [Float] = keepLogits ? [Float](repeating: 0, count: n * vocab) : []
         var dxf = [Float](repeating: 0, count: withGradients ? n * c : 0)
-        var logitsChunk = [Float](repeating: 0, count: chunk * vocab)
-        var dChunk: [Float]? = withGradients ? [Float](repeating: 0, count: chunk * vocab) : nil
+        var logitsChunk = logitScratch.take(chunk * vocab)
+        var dChunk: [Float]? = withGradients ? logitScratch.take(chunk * vocab) : nil
+        defer { logitScratch.give(logitsChunk); if let dChunk { logitScratch.give(dChunk) } }
         for start in stride(from: 0, to: n, by: chunk) {
             let rows = min(chunk, n - start)
             let xChunk = Array(xf[(start * c)..<((start + rows) * c)])

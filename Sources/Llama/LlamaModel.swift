@@ -133,6 +133,9 @@ public final class LlamaModel: @unchecked Sendable {
     public let lmHead: [Float]
     /// lm_head packed for bf16 products (`FrozenMatrix`), or nil.
     let lmHeadPacked: FrozenMatrix?
+    /// The lm_head chunk's logits and their gradient (100 MiB and more each), kept from one step to the next: fresh
+    /// ones are mapped anew and cleared by the kernel, then zeroed again, every step.
+    let logitScratch = ScratchBuffers()
     /// LoRA settings.
     public private(set) var loraConfig: LoRAConfig
     /// How the frozen base's products are computed (`ComputeDType`).
@@ -343,5 +346,33 @@ extension LlamaModel {
         let lmHead = try weights.lmHead()?.floats() ?? embedding
         self.init(config: config, embedding: embedding, layers: layers, finalNorm: try weights.finalNorm(),
                   lmHead: lmHead, lora: lora, seed: seed, compute: compute)
+    }
+}
+
+/// Float buffers kept for reuse (two at most), each handed out whole to one user at a time. What it hands out holds
+/// the values last written in it: for buffers every use overwrites.
+final class ScratchBuffers: @unchecked Sendable {
+    private var free: [[Float]] = []
+    private let lock = NSLock()
+
+    /// A buffer of `count` floats: a kept one large enough (resized within its capacity), or a new one.
+    func take(_ count: Int) -> [Float] {
+        lock.lock()
+        let index = free.firstIndex { $0.capacity >= count }
+        var buffer = index.map { free.remove(at: $0) }
+        lock.unlock()
+        guard buffer != nil else { return [Float](repeating: 0, count: count) }
+        if buffer!.count > count { buffer!.removeLast(buffer!.count - count) }
+        if buffer!.count < count { buffer!.append(contentsOf: repeatElement(0, count: count - buffer!.count)) }
+        return buffer!
+    }
+
+    /// Keeps `buffer` for a later `take` (the two largest are kept).
+    func give(_ buffer: [Float]) {
+        lock.lock()
+        defer { lock.unlock() }
+        free.append(buffer)
+        free.sort { $0.capacity > $1.capacity }
+        if free.count > 2 { free.removeLast(free.count - 2) }
     }
 }
