@@ -52,8 +52,8 @@ public enum GEMM {
         public var bytes: Int { lanes.count * 4 }
     }
 
-    /// C (m×n) = alpha · op(A) · B + beta · C with B packed (`PackedMatrix`, whose kernel and rounding it uses): the
-    /// same result, bit for bit, as `sgemm` with that kernel on the unpacked matrix.
+    /// C (m×n) = alpha · op(A) · B + beta · C with B packed (`PackedMatrix`, whose kernel and rounding it
+    /// uses): the same result, bit for bit, as `sgemm` with that kernel on the unpacked matrix.
     public static func sgemm(transposeA: Bool, m: Int, alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
                              packed b: PackedMatrix, beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int,
                              threads: Int? = nil) {

@@ -120,10 +120,11 @@ public struct GPUGoldenChecks {
         do {
             var lora = LoRAConfig(); lora.r = 4; lora.alpha = 8; lora.dropout = 0.1; lora.targetModules = ["all-linear"]
             let weights = try LlamaWeights.open(path: golden + "/tiny-llama")
-            // The adapters start as trained ones do, B ≠ 0 (peft's B = 0 gives A zero gradients in the first step and
-            // near-zero ones after it, where Adam's update g / (√v + ε) turns the last bits of a sum into a change of
-            // order lr: two CPU runs whose products only sum in another order, ours and OpenBLAS, end 1e-5 apart
-            // from a zero B, 1.9e-6 from this one), so that the comparison measures the step, not that amplification.
+            // The adapters start as trained ones do, B ≠ 0 (peft's B = 0 gives A zero gradients in the first step
+            // and near-zero ones after it, where Adam's update g / (√v + ε) turns the last bits of a sum into a
+            // change of order lr: two CPU runs whose products only sum in another order, ours and OpenBLAS, end
+            // 1e-5 apart from a zero B, 1.9e-6 from this one), so that the comparison measures the step, not that
+            // amplification.
             var initial = LoRAWeights.initial(config: weights.config, lora: lora, seed: 3)
             var draw = SeededGenerator(seed: 11)
             for key in initial.keys.sorted() {

@@ -103,7 +103,8 @@ V16 static inline __m512 reciprocal16(__m512 x, const int32_t *delta32) {
     __m512 r = _mm512_div_ps(_mm512_set1_ps(1.0f), x);
     __m512i xs = _mm512_and_si512(xb, sign);
     // zero or subnormal x (exponent bits 0): ±∞ with x's sign
-    __mmask16 tiny = _mm512_cmpeq_epi32_mask(_mm512_and_si512(xb, _mm512_set1_epi32(0x7f800000)), _mm512_setzero_si512());
+    const __m512i exponent = _mm512_set1_epi32(0x7f800000), zero = _mm512_setzero_si512();
+    __mmask16 tiny = _mm512_cmpeq_epi32_mask(_mm512_and_si512(xb, exponent), zero);
     // the correction where the mantissa's low 13 bits are zero and x is finite (r computed from it)
     __m512i mant = _mm512_and_si512(xb, _mm512_set1_epi32(0x7fffff));
     __mmask16 fin = _mm512_cmp_ps_mask(_mm512_abs_ps(x), inf, _CMP_LT_OQ);
@@ -113,8 +114,8 @@ V16 static inline __m512 reciprocal16(__m512 x, const int32_t *delta32) {
     __m512i rb = _mm512_add_epi32(_mm512_castps_si512(r), d);
     // r subnormal (nonzero, exponent bits 0): ±0 with x's sign; checked on r before the correction, as the scalar
     __m512i r0 = _mm512_castps_si512(r);
-    __mmask16 rsub = _mm512_cmpeq_epi32_mask(_mm512_and_si512(r0, _mm512_set1_epi32(0x7f800000)), _mm512_setzero_si512())
-                     & _mm512_cmpneq_epi32_mask(_mm512_and_si512(r0, _mm512_set1_epi32(0x7fffffff)), _mm512_setzero_si512());
+    __mmask16 rsub = _mm512_cmpeq_epi32_mask(_mm512_and_si512(r0, exponent), zero) &
+                     _mm512_cmpneq_epi32_mask(_mm512_and_si512(r0, _mm512_set1_epi32(0x7fffffff)), zero);
     rb = _mm512_mask_mov_epi32(rb, rsub, xs);
     rb = _mm512_mask_mov_epi32(rb, tiny, _mm512_or_si512(xs, _mm512_set1_epi32(0x7f800000)));
     return _mm512_castsi512_ps(rb);
@@ -139,7 +140,8 @@ V16 static inline __m512i quantize16(__m512 x, const float *map, int is_signed) 
     __mmask16 gt = _mm512_cmp_ps_mask(x, value, _CMP_GT_OQ);
     __mmask16 above = _mm512_cmp_ps_mask(x, _mm512_mul_ps(_mm512_add_ps(upper, value), half), _CMP_GT_OQ);
     __mmask16 below = _mm512_cmp_ps_mask(x, _mm512_mul_ps(_mm512_add_ps(lower, value), half), _CMP_LT_OQ);
-    __m512i up = _mm512_mask_mov_epi32(pivot, above, upper_pivot), down = _mm512_mask_mov_epi32(pivot, below, lower_pivot);
+    __m512i up = _mm512_mask_mov_epi32(pivot, above, upper_pivot);
+    __m512i down = _mm512_mask_mov_epi32(pivot, below, lower_pivot);
     return _mm512_mask_mov_epi32(down, gt, up);
 }
 

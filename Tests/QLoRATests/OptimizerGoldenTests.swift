@@ -61,9 +61,12 @@ final class OptimizerGoldenTests: XCTestCase {
         for r in 1..<3 {
             XCTAssertEqual(runs[0].0.map(\.bitPattern), runs[r].0.map(\.bitPattern), "run \(r)")
             guard case .eightBit(let m0, let v0, let a0, let b0)? = runs[0].1.states["w"],
-                  case .eightBit(let m1, let v1, let a1, let b1)? = runs[r].1.states["w"] else { return XCTFail("state") }
+                  case .eightBit(let m1, let v1, let a1, let b1)? = runs[r].1.states["w"] else {
+                return XCTFail("state")
+            }
             XCTAssertEqual(m0, m1); XCTAssertEqual(v0, v1)
-            XCTAssertEqual(a0.map(\.bitPattern), a1.map(\.bitPattern)); XCTAssertEqual(b0.map(\.bitPattern), b1.map(\.bitPattern))
+            XCTAssertEqual(a0.map(\.bitPattern), a1.map(\.bitPattern))
+            XCTAssertEqual(b0.map(\.bitPattern), b1.map(\.bitPattern))
         }
     }
 
