@@ -79,13 +79,14 @@ def train(a):
         plain = type(read)(read.config)   # the same weights in a model not marked as read from a GGUF
         plain.load_state_dict(read.state_dict())
         plain.save_pretrained(folder)
+    compute = torch.bfloat16 if a.dtype == "bf16" else torch.float32   # the 4-bit layers' products
     def build():
         torch.manual_seed(42)
         model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=torch.float32, device_map={"": "cpu"},
             quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                    bnb_4bit_use_double_quant=True,
-                                                   bnb_4bit_compute_dtype=torch.float32))
+                                                   bnb_4bit_compute_dtype=compute))
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         model.config.use_cache = False
         return get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
@@ -133,5 +134,6 @@ t.add_argument("--limit", type=int); t.add_argument("--max-length", type=int, de
 r = sub.add_parser("train"); r.add_argument("gguf"); r.add_argument("data"); r.add_argument("--heldout", required=True)
 r.add_argument("--steps", type=int, required=True); r.add_argument("--batch", type=int, default=4)
 r.add_argument("--lr", type=float, default=3e-4)
+r.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
 a = ap.parse_args()
 tokenize(a) if a.command == "tokenize" else train(a)

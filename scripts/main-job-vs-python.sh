@@ -8,10 +8,12 @@
 # the held-out loss (the first 40 test problems) before and after on both.
 # Usage: bash scripts/main-job-vs-python.sh [STEPS]   (default 20; the main job runs 80)
 # Environment: PYTHON (with torch, transformers, peft, bitsandbytes, gguf; default /work/venv-cpu/bin/python or
-# python3), QLORA (default .build/release/qlora), OUT (default a temporary folder).
+# python3), QLORA (default .build/release/qlora), OUT (default a temporary folder), DTYPE (fp32, the main job's, or
+# bf16: the base's products in bf16 on both sides, qlora's --compute-dtype bf16 and bitsandbytes' compute dtype).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-20}
+DTYPE=${DTYPE:-fp32}
 PYTHON=${PYTHON:-$( [ -x /work/venv-cpu/bin/python ] && echo /work/venv-cpu/bin/python || echo python3 )}
 QLORA=${QLORA:-.build/release/qlora}
 OUT=${OUT:-$(mktemp -d -t main-job-vs-python.XXXXXX)}
@@ -30,17 +32,19 @@ echo "== tokenizing (the model's chat template, $((STEPS * 4)) training records,
 "$PYTHON" scripts/hf_recipe_cpu.py tokenize "$GGUF" "$DATA/test.jsonl" "$OUT/heldout-tokens.jsonl" --limit 40
 
 echo "== qlora: $STEPS steps"
-"$QLORA" eval --model "$GGUF" --base-weights 4bit --data "$OUT/heldout-tokens.jsonl" --json > "$OUT/qlora-before.json"
+"$QLORA" eval --model "$GGUF" --base-weights 4bit --compute-dtype "$DTYPE" --data "$OUT/heldout-tokens.jsonl" --json \
+  > "$OUT/qlora-before.json"
 "$QLORA" train --model "$GGUF" --data "$OUT/train-tokens.jsonl" --output-dir "$OUT/qlora" \
   --lora-r 16 --lora-alpha 32 --lora-dropout 0.05 --target-modules all-linear --optim paged_adamw_8bit \
   --batch-size 4 --max-steps "$STEPS" --learning-rate 3e-4 --lr-scheduler cosine --warmup-steps 5 \
   --max-seq-length 384 --logging-steps "$STEPS" --save-steps 100000 --seed 42 --no-shuffle --overwrite-output-dir \
-  > "$OUT/qlora-train.log"
-"$QLORA" eval --model "$GGUF" --adapter "$OUT/qlora" --data "$OUT/heldout-tokens.jsonl" --json > "$OUT/qlora-after.json"
+  --compute-dtype "$DTYPE" > "$OUT/qlora-train.log"
+"$QLORA" eval --model "$GGUF" --adapter "$OUT/qlora" --compute-dtype "$DTYPE" --data "$OUT/heldout-tokens.jsonl" \
+  --json > "$OUT/qlora-after.json"
 
 echo "== Python: $STEPS steps"
 "$PYTHON" scripts/hf_recipe_cpu.py train "$GGUF" "$OUT/train-tokens.jsonl" --heldout "$OUT/heldout-tokens.jsonl" \
-  --steps "$STEPS" 2>"$OUT/python-train.err" | tail -1 | tee "$OUT/python.json"
+  --steps "$STEPS" --dtype "$DTYPE" 2>"$OUT/python-train.err" | tail -1 | tee "$OUT/python.json"
 
 python3 - "$OUT" "$STEPS" <<'PY'
 import json, sys
