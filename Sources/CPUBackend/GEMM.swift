@@ -47,9 +47,6 @@ public enum GEMM {
                 count = out.count
             }
         }
-
-        /// Bytes held.
-        public var bytes: Int { lanes.count * 4 }
     }
 
     /// C (m×n) = alpha · op(A) · B + beta · C with B packed (`PackedMatrix`, whose kernel and rounding it

@@ -9,39 +9,24 @@ import Tensors
 public enum CPUOps {
     // MARK: Linear
 
-    /// y (N, out) = x (N, in) · Wᵀ, W (out, in); `accumulate` adds into y. `bf16` multiplies x and W rounded to
-    /// bf16 with float32 sums (`GEMM.sgemm`'s bf16 products).
+    /// y (N, out) = x (N, in) · Wᵀ, W (out, in); `accumulate` adds into y.
     public static func linearForward(_ y: inout [Float], _ x: [Float], _ w: [Float], rows: Int, inFeatures: Int,
-                                     outFeatures: Int, accumulate: Bool = false, alpha: Float = 1, bf16: Bool = false) {
+                                     outFeatures: Int, accumulate: Bool = false, alpha: Float = 1) {
         x.withUnsafeBufferPointer { xp in w.withUnsafeBufferPointer { wp in y.withUnsafeMutableBufferPointer { yp in
-            product(transposeB: true, m: rows, n: outFeatures, k: inFeatures, alpha: alpha, a: xp.baseAddress!,
-                    lda: inFeatures, b: wp.baseAddress!, ldb: inFeatures, beta: accumulate ? 1 : 0,
-                    c: yp.baseAddress!, ldc: outFeatures, bf16: bf16)
+            BLAS.sgemm(transposeA: false, transposeB: true, m: rows, n: outFeatures, k: inFeatures, alpha: alpha,
+                       a: xp.baseAddress!, lda: inFeatures, b: wp.baseAddress!, ldb: inFeatures,
+                       beta: accumulate ? 1 : 0, c: yp.baseAddress!, ldc: outFeatures)
         } } }
     }
 
-    /// dx (N, in) (+)= dy (N, out) · W, W (out, in); `bf16` as in `linearForward`.
+    /// dx (N, in) (+)= dy (N, out) · W, W (out, in).
     public static func linearBackwardInput(_ dx: inout [Float], _ dy: [Float], _ w: [Float], rows: Int, inFeatures: Int,
-                                           outFeatures: Int, accumulate: Bool = false, alpha: Float = 1,
-                                           bf16: Bool = false) {
+                                           outFeatures: Int, accumulate: Bool = false, alpha: Float = 1) {
         dy.withUnsafeBufferPointer { dp in w.withUnsafeBufferPointer { wp in dx.withUnsafeMutableBufferPointer { xp in
-            product(transposeB: false, m: rows, n: inFeatures, k: outFeatures, alpha: alpha, a: dp.baseAddress!,
-                    lda: outFeatures, b: wp.baseAddress!, ldb: inFeatures, beta: accumulate ? 1 : 0,
-                    c: xp.baseAddress!, ldc: inFeatures, bf16: bf16)
+            BLAS.sgemm(transposeA: false, transposeB: false, m: rows, n: inFeatures, k: outFeatures, alpha: alpha,
+                       a: dp.baseAddress!, lda: outFeatures, b: wp.baseAddress!, ldb: inFeatures,
+                       beta: accumulate ? 1 : 0, c: xp.baseAddress!, ldc: inFeatures)
         } } }
-    }
-
-    /// A float32 product (`BLAS.sgemm`) or a bf16 one (ours: no CBLAS rounds its inputs).
-    private static func product(transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>,
-                                lda: Int, b: UnsafePointer<Float>, ldb: Int, beta: Float,
-                                c: UnsafeMutablePointer<Float>, ldc: Int, bf16: Bool) {
-        if bf16 {
-            GEMM.sgemm(transposeA: false, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
-                       b: b, ldb: ldb, beta: beta, c: c, ldc: ldc, bf16: true)
-        } else {
-            BLAS.sgemm(transposeA: false, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
-                       b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
-        }
     }
 
     /// dW (out, in) (+)= dyᵀ (out, N) · x (N, in).

@@ -11,7 +11,7 @@ static inline uint32_t bits_of(float x) { uint32_t u; memcpy(&u, &x, 4); return 
 static inline float float_of(uint32_t u) { float x; memcpy(&x, &u, 4); return x; }
 
 /// 1/x as the GPU computes it under fast math (GPUReciprocal.reciprocal).
-static inline float gpu_reciprocal(float x, const int8_t *delta) {
+static inline float gpu_reciprocal(float x, const int32_t *delta) {
     if (x == 0 || fpclassify(x) == FP_SUBNORMAL) return signbit(x) ? -INFINITY : INFINITY;
     float r = 1 / x;
     if (fpclassify(r) == FP_SUBNORMAL) return signbit(x) ? -0.0f : 0.0f;
@@ -183,7 +183,8 @@ V16 static void blocks_avx512(const cv_adam8_settings *s, float *p, const float 
             __m512 vm = _mm512_loadu_ps(m + (i - lo)), vv = _mm512_loadu_ps(v + (i - lo));
             __m512 denom = _mm512_add_ps(_mm512_sqrt_ps(vv), ceps);
             __m512 pi = _mm512_loadu_ps(p + i);
-            __m512 np = _mm512_add_ps(pi, _mm512_mul_ps(step, _mm512_mul_ps(vm, reciprocal16(denom, s->delta32))));
+            __m512 r = reciprocal16(denom, s->reciprocal_delta);
+            __m512 np = _mm512_add_ps(pi, _mm512_mul_ps(step, _mm512_mul_ps(vm, r)));
             if (s->weight_decay > 0) np = _mm512_mul_ps(np, decay);
             _mm512_storeu_ps(p + i, _mm512_mask_mov_ps(pi, fin, np));
             __m512i q1 = quantize16(_mm512_mul_ps(vm, vrm), s->signed_map, 1);

@@ -103,8 +103,7 @@ extension LlamaModel {
         if let lmHeadPacked {
             lmHeadPacked.forward(&logits, xf, rows: 1, accumulate: false)
         } else {
-            CPUOps.linearForward(&logits, xf, lmHead, rows: 1, inFeatures: c, outFeatures: config.vocabSize,
-                                 bf16: compute == .bf16)
+            CPUOps.linearForward(&logits, xf, lmHead, rows: 1, inFeatures: c, outFeatures: config.vocabSize)
         }
         return logits
     }
@@ -113,7 +112,7 @@ extension LlamaModel {
     private func project(_ l: Int, _ name: String, _ x: [Float]) -> [Float] {
         let p = layers[l].projections[name]!
         var y = p.bias ?? [Float](repeating: 0, count: p.outFeatures)
-        p.forward(&y, x, rows: 1, accumulate: true, bf16: compute == .bf16)
+        p.forward(&y, x, rows: 1, accumulate: true)
         if let a = adapters["\(l).\(name)"] {
             var z = [Float](repeating: 0, count: loraConfig.r)
             CPUOps.linearForward(&z, x, a.a, rows: 1, inFeatures: p.inFeatures, outFeatures: loraConfig.r)

@@ -120,8 +120,7 @@ extension LlamaModel {
             if let lmHeadPacked {
                 lmHeadPacked.forward(&logitsChunk, xChunk, rows: rows, accumulate: false)
             } else {
-                CPUOps.linearForward(&logitsChunk, xChunk, lmHead, rows: rows, inFeatures: c, outFeatures: vocab,
-                                     bf16: compute == .bf16)
+                CPUOps.linearForward(&logitsChunk, xChunk, lmHead, rows: rows, inFeatures: c, outFeatures: vocab)
             }
             if keepLogits { keptLogits.replaceSubrange((start * vocab)..<((start + rows) * vocab), with: logitsChunk) }
             let part = CPUOps.crossEntropy(logitsChunk, targets: Array(targets[start..<(start + rows)]), vocab: vocab,
@@ -132,8 +131,7 @@ extension LlamaModel {
                 if let lmHeadPacked {
                     lmHeadPacked.backwardInput(&dxChunk, d, rows: rows)
                 } else {
-                    CPUOps.linearBackwardInput(&dxChunk, d, lmHead, rows: rows, inFeatures: c, outFeatures: vocab,
-                                               bf16: compute == .bf16)
+                    CPUOps.linearBackwardInput(&dxChunk, d, lmHead, rows: rows, inFeatures: c, outFeatures: vocab)
                 }
                 dxf.replaceSubrange((start * c)..<((start + rows) * c), with: dxChunk)
             }
@@ -276,7 +274,7 @@ extension LlamaModel {
         let p = layers[l].projections[name]!
         var y = [Float](repeating: 0, count: rows * p.outFeatures)
         if let bias = p.bias { for r in 0..<rows { for o in 0..<p.outFeatures { y[r * p.outFeatures + o] = bias[o] } } }
-        p.forward(&y, x, rows: rows, accumulate: p.bias != nil, bf16: compute == .bf16)
+        p.forward(&y, x, rows: rows, accumulate: p.bias != nil)
         guard let adapter = adapters["\(l).\(name)"] else { return y }
         let r = loraConfig.r
         var z = [Float](repeating: 0, count: rows * r)
@@ -301,7 +299,7 @@ extension LlamaModel {
                                     act: LayerActivations, grads: inout LoRAGradients) -> [Float] {
         let p = layers[l].projections[name]!
         var dx = [Float](repeating: 0, count: rows * p.inFeatures)
-        p.backwardInput(&dx, dy, rows: rows, bf16: compute == .bf16)
+        p.backwardInput(&dx, dy, rows: rows)
         let key = "\(l).\(name)"
         guard let adapter = adapters[key], let z = act.loraZ[name] else { return dx }
         let r = loraConfig.r, s = loraConfig.scale

@@ -42,32 +42,33 @@ public struct FrozenLinear: Sendable {
     /// Bias (out), if any (Qwen2's q/k/v).
     public let bias: [Float]?
 
-    /// Memberwise; with `pack`, W is held packed for bf16 products (`FrozenMatrix`) instead of as `weight`.
-    public init(outFeatures: Int, inFeatures: Int, quantized: Quantized4BitTensor?, weight: [Float], bias: [Float]?,
-                pack: Bool = false) {
+    /// Memberwise (W unpacked).
+    public init(outFeatures: Int, inFeatures: Int, quantized: Quantized4BitTensor?, weight: [Float], bias: [Float]?) {
         self.outFeatures = outFeatures; self.inFeatures = inFeatures; self.quantized = quantized
-        self.bias = bias
-        if pack {
-            packed = FrozenMatrix(weight, rows: outFeatures, columns: inFeatures)
-            self.weight = []
-        } else {
-            packed = nil
-            self.weight = weight
-        }
+        self.weight = weight; packed = nil; self.bias = bias
     }
 
-    /// y (N, out) (+)= x (N, in) · Wᵀ.
-    func forward(_ y: inout [Float], _ x: [Float], rows: Int, accumulate: Bool, bf16: Bool) {
+    /// This layer with W held packed for bf16 products (`FrozenMatrix`) instead of as `weight` (itself if it is).
+    func packedForBF16() -> FrozenLinear {
+        FrozenLinear(self, packed: packed ?? FrozenMatrix(weight, rows: outFeatures, columns: inFeatures))
+    }
+
+    private init(_ layer: FrozenLinear, packed: FrozenMatrix) {
+        outFeatures = layer.outFeatures; inFeatures = layer.inFeatures; quantized = layer.quantized
+        weight = []; self.packed = packed; bias = layer.bias
+    }
+
+    /// y (N, out) (+)= x (N, in) · Wᵀ: in bf16 where W is packed for it, else in float32.
+    func forward(_ y: inout [Float], _ x: [Float], rows: Int, accumulate: Bool) {
         if let packed { packed.forward(&y, x, rows: rows, accumulate: accumulate); return }
         CPUOps.linearForward(&y, x, weight, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures,
-                             accumulate: accumulate, bf16: bf16)
+                             accumulate: accumulate)
     }
 
-    /// dx (N, in) = dy (N, out) · W.
-    func backwardInput(_ dx: inout [Float], _ dy: [Float], rows: Int, bf16: Bool) {
+    /// dx (N, in) = dy (N, out) · W, as `forward` multiplies.
+    func backwardInput(_ dx: inout [Float], _ dy: [Float], rows: Int) {
         if let packed { packed.backwardInput(&dx, dy, rows: rows); return }
-        CPUOps.linearBackwardInput(&dx, dy, weight, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures,
-                                   bf16: bf16)
+        CPUOps.linearBackwardInput(&dx, dy, weight, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures)
     }
 }
 
@@ -154,7 +155,11 @@ public final class LlamaModel: @unchecked Sendable {
         self.config = config
         self.compute = compute
         self.embedding = embedding
-        self.layers = layers
+        // bf16: the base's matrices packed for bf16 products, the one way they are computed in bf16.
+        self.layers = compute == .bf16
+            ? layers.map { DecoderLayer(inputNorm: $0.inputNorm, postAttentionNorm: $0.postAttentionNorm,
+                                        projections: $0.projections.mapValues { $0.packedForBF16() }) }
+            : layers
         self.finalNorm = finalNorm
         self.lmHead = lmHead
         lmHeadPacked = compute == .bf16 ? FrozenMatrix(lmHead, rows: config.vocabSize, columns: config.hiddenSize)
@@ -336,8 +341,7 @@ extension LlamaModel {
                 let (out, inF) = config.projectionShape(name)!
                 let (q, weight) = try projection(l, name)
                 projections[name] = FrozenLinear(outFeatures: out, inFeatures: inF, quantized: q, weight: weight,
-                                                 bias: try weights.bias(layer: l, name),
-                                                 pack: compute == .bf16)
+                                                 bias: try weights.bias(layer: l, name))
             }
             let norms = try weights.norms(layer: l)
             layers.append(DecoderLayer(inputNorm: norms.input, postAttentionNorm: norms.postAttention,

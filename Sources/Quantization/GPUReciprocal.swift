@@ -12,7 +12,8 @@
 public enum GPUReciprocal {
     /// Difference in ulps between the GPU's reciprocal and the correctly rounded one, indexed by the top 10 bits of
     /// the mantissa (entries for mantissas whose low 13 bits are zero).
-    public static let deltaByTopMantissaBits: [Int8] = [
+    @usableFromInline
+    static let deltaByTopMantissaBits: [Int8] = [
         0, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 1, 0, 0, -1, 0, 0, 1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
         -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -1, 0,
         0, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, 0, 0, 1, 0, 0, 0, 0,
@@ -46,6 +47,9 @@ public enum GPUReciprocal {
         0, 0, 0, 0, 0, -1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0,
         0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0,
     ]
+
+    /// The same corrections as 32-bit integers, for C loops that apply them (CVector's 8-bit AdamW gathers them).
+    public static let corrections32: [Int32] = deltaByTopMantissaBits.map(Int32.init)
 
     /// 1/x as the GPU computes it under fast math.
     @inlinable

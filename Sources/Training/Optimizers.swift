@@ -155,12 +155,11 @@ public struct AdamW: Sendable {
         cm.withUnsafeMutableBufferPointer { cm in cv.withUnsafeMutableBufferPointer { cv in
         am.withUnsafeMutableBufferPointer { am in av.withUnsafeMutableBufferPointer { av in
         DynamicMap.signed.withUnsafeBufferPointer { signedMap in DynamicMap.unsigned.withUnsafeBufferPointer { unsignedMap in
-        GPUReciprocal.deltaByTopMantissaBits.withUnsafeBufferPointer { delta in
-        Self.reciprocalDelta32.withUnsafeBufferPointer { delta32 in
+        GPUReciprocal.corrections32.withUnsafeBufferPointer { delta in
             var c = cv_adam8_settings(beta1: s.beta1, beta2: s.beta2, eps: s.eps, weight_decay: s.weightDecay, lr: lr,
                                       correction2: correction2, step_size: stepSize,
                                       signed_map: signedMap.baseAddress, unsigned_map: unsignedMap.baseAddress,
-                                      reciprocal_delta: delta.baseAddress, delta32: delta32.baseAddress,
+                                      reciprocal_delta: delta.baseAddress,
                                       vector: Self.eightBitLoop == .vector ? 1 : 0)
             parallelChunks(count: blocks, grain: 64) { blockRange in
                 if Self.eightBitLoop == .swift {
@@ -172,7 +171,6 @@ public struct AdamW: Sendable {
                                     av.baseAddress, n, blockRange.lowerBound, blockRange.upperBound)
                 }
             }
-        }
         } } } } } } } } }
         states[name] = .eightBit(m: cm, v: cv, absmaxM: am, absmaxV: av)
     }
@@ -181,8 +179,6 @@ public struct AdamW: Sendable {
     /// default), CVector's plain one, or the Swift reference below (the last two for the test that holds all equal).
     enum EightBitLoop { case vector, plain, swift }
     nonisolated(unsafe) static var eightBitLoop = EightBitLoop.vector
-    /// GPUReciprocal's corrections as 32-bit integers, for the vector loop's gathers.
-    static let reciprocalDelta32 = GPUReciprocal.deltaByTopMantissaBits.map(Int32.init)
 
     /// The reference of one range of blocks of the 8-bit update: per block of 256, the moments dequantized (code ×
     /// absmax), updated (fused multiply-adds, as nvcc contracts them), the parameter updated with the new moments,

@@ -250,8 +250,7 @@ struct Bench: ParsableCommand {
                 let w = Tensor(random(out * inF, 0.04), shape: [out, inF], dtype: .bf16)
                 let q = try Quantized4BitTensor(quantizing: w, type: .nf4, doubleQuant: true)
                 projections[name] = FrozenLinear(outFeatures: out, inFeatures: inF, quantized: q,
-                                                 weight: compute.cpuWeight(q.dequantizedFloat32()), bias: nil,
-                                                 pack: compute == .bf16)
+                                                 weight: compute.cpuWeight(q.dequantizedFloat32()), bias: nil)
             }
             built.append(DecoderLayer(inputNorm: [Float](repeating: 1, count: c), postAttentionNorm: [Float](repeating: 1, count: c),
                                       projections: projections))

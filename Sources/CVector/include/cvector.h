@@ -24,8 +24,7 @@ typedef struct {
     float correction2;  // √(1 − β2ᵗ)
     float step_size;    // −lr · correction2 · (1 − β1ᵗ)⁻¹ (the GPU's reciprocal)
     const float *signed_map, *unsigned_map;  // DynamicMap's 256 codes each
-    const int8_t *reciprocal_delta;          // GPUReciprocal's 1,024 corrections
-    const int32_t *delta32;                  // the same, widened (for the vector gathers)
+    const int32_t *reciprocal_delta;         // GPUReciprocal's 1,024 corrections (corrections32)
     int vector;                              // 0: the plain loop (for tests)
 } cv_adam8_settings;
 
