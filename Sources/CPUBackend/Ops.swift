@@ -112,17 +112,81 @@ public enum CPUOps {
     /// square.
     public static let attentionRowBlock = 128
 
-    /// Causal grouped-query attention: out (B, T, H, D) from q (B, T, H, D), k, v (B, T, Hkv, D); saves the
-    /// probabilities P (B, H, T, T). Per (batch, head) and block of query rows (`attentionRowBlock`): S = Q Kᵀ / √D
-    /// (BLAS) over the keys the block sees, causal softmax, O = P V (BLAS). With `starts` (B·T), query (b, i) sees
-    /// keys starts[b·T + i] … i only: packed documents attend within themselves (the backward pass needs nothing
-    /// more: P is zero outside).
+    /// Where `attentionForward` keeps the probabilities: per batch row b and head h, each block of query rows
+    /// i0 ..< i1 (`attentionRowBlock`) as a (i1 − i0) × (i1 − j0) matrix over the keys j0 ..< i1 it sees (j0: its
+    /// first row's document start, 0 without packed documents), the blocks one after the other, then the next head,
+    /// then the next batch row. Only the blocks of the causal triangle are kept (about half of T × T, less with
+    /// packed documents, whose rows see their own document only) and no row is wider than its block's keys.
+    public struct AttentionProbabilities {
+        public let batch: Int, tokens: Int, heads: Int
+        let starts: [Int]?
+        let blockOffset: [Int]   // per (b, block): where the block starts in each of row b's heads
+        let headSize: [Int]      // per b: the floats of one head's blocks
+        let batchOffset: [Int]   // per b: where row b's heads start
+        public let count: Int
+
+        public init(batch: Int, tokens: Int, heads: Int, starts: [Int]?) {
+            self.batch = batch; self.tokens = tokens; self.heads = heads; self.starts = starts
+            let blocks = (tokens + attentionRowBlock - 1) / attentionRowBlock
+            var blockOffset = [Int](repeating: 0, count: batch * blocks), headSize: [Int] = [], batchOffset: [Int] = []
+            var total = 0
+            for b in 0..<batch {
+                var size = 0
+                for blk in 0..<blocks {
+                    let i0 = blk * attentionRowBlock, i1 = min(tokens, i0 + attentionRowBlock)
+                    blockOffset[b * blocks + blk] = size
+                    size += (i1 - i0) * (i1 - (starts?[b * tokens + i0] ?? 0))
+                }
+                headSize.append(size); batchOffset.append(total)
+                total += size * heads
+            }
+            self.blockOffset = blockOffset; self.headSize = headSize; self.batchOffset = batchOffset; count = total
+        }
+
+        /// The first key the block of rows from i0 sees.
+        public func firstKey(_ b: Int, _ i0: Int) -> Int { starts?[b * tokens + i0] ?? 0 }
+
+        /// Where the block of rows from i0 of (b, h) starts.
+        public func offset(_ b: Int, _ h: Int, _ i0: Int) -> Int {
+            let blocks = (tokens + attentionRowBlock - 1) / attentionRowBlock
+            return batchOffset[b] + h * headSize[b] + blockOffset[b * blocks + i0 / attentionRowBlock]
+        }
+
+        /// The probabilities as a (B, H, T, T) array (zeros where a query does not see a key), as the plain loops
+        /// (`attentionForwardReference`) write them.
+        public func expanded(_ probs: [Float]) -> [Float] {
+            let T = tokens
+            var full = [Float](repeating: 0, count: batch * heads * T * T)
+            for b in 0..<batch {
+                for h in 0..<heads {
+                    for i0 in stride(from: 0, to: T, by: attentionRowBlock) {
+                        let i1 = min(T, i0 + attentionRowBlock), j0 = firstKey(b, i0), w = i1 - j0
+                        let o = offset(b, h, i0)
+                        for i in i0..<i1 {
+                            let row = ((b * heads + h) * T + i) * T
+                            for j in j0..<i1 { full[row + j] = probs[o + (i - i0) * w + j - j0] }
+                        }
+                    }
+                }
+            }
+            return full
+        }
+    }
+
+    /// Causal grouped-query attention: out (B, T, H, D) from q (B, T, H, D), k, v (B, T, Hkv, D); `probs` is set to
+    /// the probabilities P, laid out as `AttentionProbabilities` says. Per (batch, head) and block of query rows
+    /// (`attentionRowBlock`): S = Q Kᵀ / √D (BLAS) over the keys the block sees, causal softmax, O = P V (BLAS).
+    /// With `starts` (B·T), query (b, i) sees keys starts[b·T + i] … i only: packed documents attend within
+    /// themselves (the backward pass takes the same `starts`).
     public static func attentionForward(_ out: inout [Float], _ probs: inout [Float], q: [Float], k: [Float], v: [Float],
                                         batch: Int, tokens: Int, heads: Int, kvHeads: Int, headDim: Int,
                                         starts: [Int]? = nil) {
         let scale = 1 / Float(headDim).squareRoot()
         let group = heads / kvHeads
         let T = tokens, D = headDim
+        let layout = AttentionProbabilities(batch: batch, tokens: tokens, heads: heads, starts: starts)
+        // Every element is written below (the products, then each row's softmax and zeros).
+        probs = [Float](unsafeUninitializedCapacity: layout.count) { _, n in n = layout.count }
         q.withUnsafeBufferPointer { qp in k.withUnsafeBufferPointer { kp in v.withUnsafeBufferPointer { vp in
         out.withUnsafeMutableBufferPointer { op in probs.withUnsafeMutableBufferPointer { pp in
             for b in 0..<batch {
@@ -131,27 +195,28 @@ public enum CPUOps {
                     let qh = qp.baseAddress! + (b * T * heads + h) * D
                     let kk = kp.baseAddress! + (b * T * kvHeads + kh) * D
                     let vv = vp.baseAddress! + (b * T * kvHeads + kh) * D
-                    let p = pp.baseAddress! + (b * heads + h) * T * T
                     for i0 in stride(from: 0, to: T, by: attentionRowBlock) {
-                        let i1 = min(T, i0 + attentionRowBlock), j0 = starts?[b * T + i0] ?? 0
-                        BLAS.sgemm(transposeA: false, transposeB: true, m: i1 - i0, n: i1 - j0, k: D, alpha: scale,
+                        let i1 = min(T, i0 + attentionRowBlock), j0 = layout.firstKey(b, i0), w = i1 - j0
+                        let p = pp.baseAddress! + layout.offset(b, h, i0)   // (i1 − i0) × w, keys j0 ..< i1
+                        BLAS.sgemm(transposeA: false, transposeB: true, m: i1 - i0, n: w, k: D, alpha: scale,
                                    a: qh + i0 * heads * D, lda: heads * D, b: kk + j0 * kvHeads * D, ldb: kvHeads * D,
-                                   c: p + i0 * T + j0, ldc: T)
+                                   c: p, ldc: w)
                         parallelChunks(count: i1 - i0, grain: 32) { range in
                             for i in (i0 + range.lowerBound)..<(i0 + range.upperBound) {
-                                let row = p + i * T, first = starts?[b * T + i] ?? 0
+                                // Row i's keys j0 ..< i1 at row[0 ..< w]; it sees first ... i.
+                                let row = p + (i - i0) * w, first = (starts?[b * T + i] ?? 0) - j0, last = i - j0
                                 var m = -Float.infinity
-                                for j in first...i { m = max(m, row[j]) }
+                                for j in first...last { m = max(m, row[j]) }
                                 var z: Float = 0
-                                for j in first...i { row[j] = Foundation.exp(row[j] - m); z += row[j] }
+                                for j in first...last { row[j] = Foundation.exp(row[j] - m); z += row[j] }
                                 let inv = 1 / z
-                                for j in first...i { row[j] *= inv }
+                                for j in first...last { row[j] *= inv }
                                 for j in 0..<first { row[j] = 0 }
-                                for j in (i + 1)..<T { row[j] = 0 }
+                                for j in (last + 1)..<w { row[j] = 0 }
                             }
                         }
-                        BLAS.sgemm(transposeA: false, transposeB: false, m: i1 - i0, n: D, k: i1 - j0,
-                                   a: p + i0 * T + j0, lda: T, b: vv + j0 * kvHeads * D, ldb: kvHeads * D,
+                        BLAS.sgemm(transposeA: false, transposeB: false, m: i1 - i0, n: D, k: w,
+                                   a: p, lda: w, b: vv + j0 * kvHeads * D, ldb: kvHeads * D,
                                    c: op.baseAddress! + (b * T * heads + h + i0 * heads) * D, ldc: heads * D)
                     }
                 }
@@ -159,15 +224,19 @@ public enum CPUOps {
         } } } } }
     }
 
-    /// Gradients of `attentionForward` with BLAS, per (batch, head) and block of query rows i0 ..< i1 over keys
-    /// 0 ..< i1 (P is zero past the diagonal): dP = dO Vᵀ, dV += Pᵀ dO,
-    /// dS = P ⊙ (dP − rowsum(dP ⊙ P)) / √D, dQ = dS K, dK += dSᵀ Q. dq, dk, dv are overwritten.
+    /// Gradients of `attentionForward` with BLAS (`probs` and `starts` as it took and left them), per (batch, head)
+    /// and block of query rows i0 ..< i1 over the keys j0 ..< i1 it sees (P is zero past the diagonal and before
+    /// a row's document): dP = dO Vᵀ, dV += Pᵀ dO, dS = P ⊙ (dP − rowsum(dP ⊙ P)) / √D, dQ = dS K, dK += dSᵀ Q.
+    /// dq, dk, dv are overwritten.
     public static func attentionBackward(dq: inout [Float], dk: inout [Float], dv: inout [Float], dout: [Float],
                                          probs: [Float], q: [Float], k: [Float], v: [Float],
-                                         batch: Int, tokens: Int, heads: Int, kvHeads: Int, headDim: Int) {
+                                         batch: Int, tokens: Int, heads: Int, kvHeads: Int, headDim: Int,
+                                         starts: [Int]? = nil) {
         let scale = 1 / Float(headDim).squareRoot()
         let group = heads / kvHeads
         let T = tokens, D = headDim
+        let layout = AttentionProbabilities(batch: batch, tokens: tokens, heads: heads, starts: starts)
+        precondition(probs.count == layout.count, "attention probabilities of another shape or other documents")
         for i in dk.indices { dk[i] = 0 }
         for i in dv.indices { dv[i] = 0 }
         var ds = [Float](repeating: 0, count: min(T, attentionRowBlock) * T)
@@ -182,27 +251,29 @@ public enum CPUOps {
                     let qOffset = (b * T * heads + h) * D, kvOffset = (b * T * kvHeads + kh) * D
                     for i0 in stride(from: 0, to: T, by: attentionRowBlock) {
                         let i1 = min(T, i0 + attentionRowBlock), rows = i1 - i0
-                        let p = pp.baseAddress! + (b * heads + h) * T * T + i0 * T
+                        let j0 = layout.firstKey(b, i0), w = i1 - j0
+                        let p = pp.baseAddress! + layout.offset(b, h, i0)   // rows × w, keys j0 ..< i1
                         let dO = dop.baseAddress! + qOffset + i0 * heads * D
-                        BLAS.sgemm(transposeA: false, transposeB: true, m: rows, n: i1, k: D, a: dO, lda: heads * D,
-                                   b: vp.baseAddress! + kvOffset, ldb: kvHeads * D, c: s, ldc: T)
-                        BLAS.sgemm(transposeA: true, transposeB: false, m: i1, n: D, k: rows, a: p, lda: T, b: dO,
-                                   ldb: heads * D, beta: 1, c: dvp.baseAddress! + kvOffset, ldc: kvHeads * D)
+                        let keys = kvOffset + j0 * kvHeads * D
+                        BLAS.sgemm(transposeA: false, transposeB: true, m: rows, n: w, k: D, a: dO, lda: heads * D,
+                                   b: vp.baseAddress! + keys, ldb: kvHeads * D, c: s, ldc: w)
+                        BLAS.sgemm(transposeA: true, transposeB: false, m: w, n: D, k: rows, a: p, lda: w, b: dO,
+                                   ldb: heads * D, beta: 1, c: dvp.baseAddress! + keys, ldc: kvHeads * D)
                         parallelChunks(count: rows, grain: 32) { range in
-                            for i in (i0 + range.lowerBound)..<(i0 + range.upperBound) {
-                                let prow = p + (i - i0) * T, srow = s + (i - i0) * T
+                            for r in range {
+                                let i = i0 + r, prow = p + r * w, srow = s + r * w
                                 var dot: Float = 0
-                                for j in 0...i { dot += srow[j] * prow[j] }
-                                for j in 0...i { srow[j] = prow[j] * (srow[j] - dot) * scale }
-                                for j in (i + 1)..<i1 { srow[j] = 0 }
+                                for j in 0...(i - j0) { dot += srow[j] * prow[j] }
+                                for j in 0...(i - j0) { srow[j] = prow[j] * (srow[j] - dot) * scale }
+                                for j in (i - j0 + 1)..<w { srow[j] = 0 }
                             }
                         }
-                        BLAS.sgemm(transposeA: false, transposeB: false, m: rows, n: D, k: i1, a: s, lda: T,
-                                   b: kp.baseAddress! + kvOffset, ldb: kvHeads * D,
+                        BLAS.sgemm(transposeA: false, transposeB: false, m: rows, n: D, k: w, a: s, lda: w,
+                                   b: kp.baseAddress! + keys, ldb: kvHeads * D,
                                    c: dqp.baseAddress! + qOffset + i0 * heads * D, ldc: heads * D)
-                        BLAS.sgemm(transposeA: true, transposeB: false, m: i1, n: D, k: rows, a: s, lda: T,
+                        BLAS.sgemm(transposeA: true, transposeB: false, m: w, n: D, k: rows, a: s, lda: w,
                                    b: qp.baseAddress! + qOffset + i0 * heads * D, ldb: heads * D, beta: 1,
-                                   c: dkp.baseAddress! + kvOffset, ldc: kvHeads * D)
+                                   c: dkp.baseAddress! + keys, ldc: kvHeads * D)
                     }
                 }
             }

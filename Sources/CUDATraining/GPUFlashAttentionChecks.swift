@@ -64,12 +64,12 @@ extension GPUOpChecks {
         let (v, vb) = try put(random(nkv), dtype), (dout, db) = try put(random(n), dtype)
 
         // The plain attention, and the log-sum-exp of its scores.
-        var out = [Float](repeating: 0, count: n), probs = [Float](repeating: 0, count: b * h * t * t)
+        var out = [Float](repeating: 0, count: n), probs: [Float] = []
         CPUOps.attentionForward(&out, &probs, q: q, k: k, v: v, batch: b, tokens: t, heads: h, kvHeads: hkv,
                                 headDim: d, starts: starts)
         var dq = [Float](repeating: 0, count: n), dk = [Float](repeating: 0, count: nkv), dv = dk
         CPUOps.attentionBackward(dq: &dq, dk: &dk, dv: &dv, dout: dout, probs: probs, q: q, k: k, v: v, batch: b,
-                                 tokens: t, heads: h, kvHeads: hkv, headDim: d)
+                                 tokens: t, heads: h, kvHeads: hkv, headDim: d, starts: starts)
         let lse = Self.logSumExp(q: q, k: k, batch: b, tokens: t, heads: h, kvHeads: hkv, headDim: d, starts: starts)
         // The CPU twin.
         var tOut = [Float](repeating: 0, count: n), tLSE = [Float](repeating: 0, count: b * h * t)

@@ -24,7 +24,7 @@ struct LayerActivations {
     var q: [Float] = []            // (N, H·D) after RoPE
     var k: [Float] = []            // (N, Hkv·D) after RoPE
     var v: [Float] = []            // (N, Hkv·D)
-    var probs: [Float] = []        // (B, H, T, T)
+    var probs: [Float] = []        // as CPUOps.AttentionProbabilities lays them out
     var attention: [Float] = []    // (N, H·D)
     var xMid: [Float] = []         // (N, C) after the attention residual
     var rstd2: [Float] = []        // (N)
@@ -102,38 +102,49 @@ extension LlamaModel {
         let targets = Self.shiftedTargets(labels: labels, batch: batch, tokens: tokens)
         let count = targets.filter { $0 != -100 }.count
         let scale = gradientScale ?? (count > 0 ? 1 / Float(count) : 0)
-        // lm_head and the loss a chunk of rows at a time (at most 2^25 logits, 128 MiB, a chunk; the chunks of one
-        // size), so the (N, V) logits never exist all at once for a large batch, and lm_head is read (and packed by
-        // the products) once a chunk.
-        let most = max(1, (1 << 25) / vocab), chunks = (n + most - 1) / most
-        let chunk = (n + chunks - 1) / chunks
+        // lm_head and the loss over the rows that have a target (all rows when the logits are kept): a row without
+        // one takes no loss and sends no gradient, so its logits are never needed (in a chat batch the prompts and
+        // the padding: half the rows or more). A chunk of those rows at a time (at most 2^25 logits, 128 MiB, a
+        // chunk; the chunks of one size), so the (N, V) logits never exist all at once for a large batch, and
+        // lm_head is read (and packed by the products) once a chunk. A row's logits do not depend on which other
+        // rows share its chunk (each output row of the products is its own sums).
+        let rowsWithTarget = keepLogits ? Array(0..<n) : targets.indices.filter { targets[$0] != -100 }
+        let m = rowsWithTarget.count
+        let most = max(1, (1 << 25) / vocab), chunks = max(1, (m + most - 1) / most)
+        let chunk = max(1, (m + chunks - 1) / chunks)
         var lossSum = 0.0
         var keptLogits: [Float] = keepLogits ? [Float](repeating: 0, count: n * vocab) : []
         var dxf = [Float](repeating: 0, count: withGradients ? n * c : 0)
         var logitsChunk = logitScratch.take(chunk * vocab)
         var dChunk: [Float]? = withGradients ? logitScratch.take(chunk * vocab) : nil
         defer { logitScratch.give(logitsChunk); if let dChunk { logitScratch.give(dChunk) } }
-        for start in stride(from: 0, to: n, by: chunk) {
-            let rows = min(chunk, n - start)
-            let xChunk = Array(xf[(start * c)..<((start + rows) * c)])
-            if rows < chunk { logitsChunk = [Float](repeating: 0, count: rows * vocab); if withGradients { dChunk = logitsChunk } }
+        var xChunk = [Float](repeating: 0, count: chunk * c), dxChunk = xChunk
+        for start in stride(from: 0, to: m, by: chunk) {
+            let rows = min(chunk, m - start), chunkRows = rowsWithTarget[start..<(start + rows)]
+            for (i, r) in chunkRows.enumerated() {
+                xChunk.replaceSubrange((i * c)..<((i + 1) * c), with: xf[(r * c)..<((r + 1) * c)])
+            }
             if let lmHeadPacked {
                 lmHeadPacked.forward(&logitsChunk, xChunk, rows: rows, accumulate: false)
             } else {
                 CPUOps.linearForward(&logitsChunk, xChunk, lmHead, rows: rows, inFeatures: c, outFeatures: vocab)
             }
-            if keepLogits { keptLogits.replaceSubrange((start * vocab)..<((start + rows) * vocab), with: logitsChunk) }
-            let part = CPUOps.crossEntropy(logitsChunk, targets: Array(targets[start..<(start + rows)]), vocab: vocab,
+            if keepLogits {
+                keptLogits.replaceSubrange((start * vocab)..<((start + rows) * vocab),
+                                           with: logitsChunk[0..<(rows * vocab)])
+            }
+            let part = CPUOps.crossEntropy(logitsChunk, targets: chunkRows.map { targets[$0] }, vocab: vocab,
                                            dlogits: &dChunk, gradientScale: scale)
             lossSum += part.loss * Double(part.count)
             if withGradients, let d = dChunk {
-                var dxChunk = [Float](repeating: 0, count: rows * c)
                 if let lmHeadPacked {
                     lmHeadPacked.backwardInput(&dxChunk, d, rows: rows)
                 } else {
                     CPUOps.linearBackwardInput(&dxChunk, d, lmHead, rows: rows, inFeatures: c, outFeatures: vocab)
                 }
-                dxf.replaceSubrange((start * c)..<((start + rows) * c), with: dxChunk)
+                for (i, r) in chunkRows.enumerated() {
+                    dxf.replaceSubrange((r * c)..<((r + 1) * c), with: dxChunk[(i * c)..<((i + 1) * c)])
+                }
             }
         }
         let loss = count > 0 ? lossSum / Double(count) : 0
@@ -217,7 +228,6 @@ extension LlamaModel {
         CPUOps.rope(&act.k, cos: ropeCos.prefix(positions: tokens), sin: ropeSin.prefix(positions: tokens),
             batch: batch, tokens: tokens, heads: hkv, headDim: d, positions: layout?.positions)
         act.attention = [Float](repeating: 0, count: n * h * d)
-        act.probs = [Float](repeating: 0, count: batch * h * tokens * tokens)
         CPUOps.attentionForward(&act.attention, &act.probs, q: act.q, k: act.k, v: act.v, batch: batch, tokens: tokens,
                                 heads: h, kvHeads: hkv, headDim: d, starts: layout?.starts)
         let o = projectionForward(l, "o_proj", act.attention, rows: n, training: training, seed: seed, act: &act)
@@ -250,7 +260,8 @@ extension LlamaModel {
         var dq = [Float](repeating: 0, count: act.q.count), dk = [Float](repeating: 0, count: act.k.count)
         var dv = [Float](repeating: 0, count: act.v.count)
         CPUOps.attentionBackward(dq: &dq, dk: &dk, dv: &dv, dout: dAttention, probs: act.probs, q: act.q, k: act.k,
-                                 v: act.v, batch: batch, tokens: tokens, heads: h, kvHeads: hkv, headDim: d)
+                                 v: act.v, batch: batch, tokens: tokens, heads: h, kvHeads: hkv, headDim: d,
+                                 starts: layout?.starts)
         CPUOps.rope(&dq, cos: ropeCos.prefix(positions: tokens), sin: ropeSin.prefix(positions: tokens), batch: batch,
             tokens: tokens, heads: h, headDim: d, inverse: true, positions: layout?.positions)
         CPUOps.rope(&dk, cos: ropeCos.prefix(positions: tokens), sin: ropeSin.prefix(positions: tokens), batch: batch,

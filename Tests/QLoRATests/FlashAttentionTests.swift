@@ -47,12 +47,12 @@ final class FlashAttentionTests: XCTestCase {
         let q = random(n), k = random(nkv), v = random(nkv), dout = random(n)
         let label = "B\(batch) T\(tokens) H\(heads) Hkv\(kvHeads) D\(headDim)" + (starts == nil ? "" : " packed")
 
-        var out = [Float](repeating: 0, count: n), probs = [Float](repeating: 0, count: batch * heads * tokens * tokens)
+        var out = [Float](repeating: 0, count: n), probs: [Float] = []
         CPUOps.attentionForward(&out, &probs, q: q, k: k, v: v, batch: batch, tokens: tokens, heads: heads,
                                 kvHeads: kvHeads, headDim: headDim, starts: starts)
         var dq = [Float](repeating: 0, count: n), dk = [Float](repeating: 0, count: nkv), dv = dk
         CPUOps.attentionBackward(dq: &dq, dk: &dk, dv: &dv, dout: dout, probs: probs, q: q, k: k, v: v, batch: batch,
-                                 tokens: tokens, heads: heads, kvHeads: kvHeads, headDim: headDim)
+                                 tokens: tokens, heads: heads, kvHeads: kvHeads, headDim: headDim, starts: starts)
         let lse = referenceLSE(q: q, k: k, batch: batch, tokens: tokens, heads: heads, kvHeads: kvHeads,
                                headDim: headDim, starts: starts)
 
@@ -99,7 +99,7 @@ final class FlashAttentionTests: XCTestCase {
         for (b, t) in lengths.enumerated() {
             let rows = (b * longest * width)..<((b * longest + t) * width)
             let qs = random(t * heads * d), ks = Array(allKeys[rows]), vs = Array(allValues[rows])
-            var out = [Float](repeating: 0, count: t * heads * d), probs = [Float](repeating: 0, count: heads * t * t)
+            var out = [Float](repeating: 0, count: t * heads * d), probs: [Float] = []
             CPUOps.attentionForward(&out, &probs, q: qs, k: ks, v: vs, batch: 1, tokens: t, heads: heads,
                                     kvHeads: kvHeads, headDim: d)
             q += qs.suffix(heads * d)

@@ -70,8 +70,10 @@ final class OpGradientTests: XCTestCase {
             return (out, p)
         }
         let (out, p) = forward(q, k, v), (outRef, pRef) = forward(q, k, v, reference: true)
+        let layout = CPUOps.AttentionProbabilities(batch: b, tokens: t, heads: h, starts: nil)
         XCTAssertLessThan(relativeError(out, outRef), 1e-5)
-        XCTAssertLessThan(relativeError(p, pRef), 1e-5)
+        XCTAssertEqual(p.count, layout.count)
+        XCTAssertLessThan(relativeError(layout.expanded(p), pRef), 1e-5)
         let (dq, dk, dv) = attentionBackwardAgainstReference(dout: r, probs: p, q: q, k: k, v: v,
                                                              shape: (b, t, h, hkv, d), fill: 0)
         checkGradient(q, dq, "attention dq") { dot(forward($0, k, v).0, r) }
@@ -79,24 +81,68 @@ final class OpGradientTests: XCTestCase {
         checkGradient(v, dv, "attention dv") { dot(forward(q, k, $0).0, r) }
     }
 
-    /// A sequence over three row blocks (the last one ragged): the blocked products against the plain loops.
+    /// A sequence over three row blocks (the last one ragged): the blocked products against the plain loops; with
+    /// packed documents (one starting inside a block, one at a block's start), only the blocks' keys are kept.
     func testAttentionBLASOverSeveralRowBlocksEqualsReference() {
         let (b, t, h, hkv, d) = (2, 2 * CPUOps.attentionRowBlock + 5, 3, 1, 8)
         let q = random(b * t * h * d), k = random(b * t * hkv * d), v = random(b * t * hkv * d)
         let r = random(b * t * h * d)
-        var out = [Float](repeating: 0, count: q.count), p = [Float](repeating: .nan, count: b * h * t * t)
+        var out = [Float](repeating: 0, count: q.count), p: [Float] = []
         CPUOps.attentionForward(&out, &p, q: q, k: k, v: v, batch: b, tokens: t, heads: h, kvHeads: hkv, headDim: d)
-        var outRef = out, pRef = p
+        var outRef = out, pRef = [Float](repeating: .nan, count: b * h * t * t)
         CPUOps.attentionForwardReference(&outRef, &pRef, q: q, k: k, v: v, batch: b, tokens: t, heads: h, kvHeads: hkv,
                                          headDim: d)
+        let layout = CPUOps.AttentionProbabilities(batch: b, tokens: t, heads: h, starts: nil)
         XCTAssertLessThan(relativeError(out, outRef), 1e-5)
-        XCTAssertLessThan(relativeError(p, pRef), 1e-5)   // every entry written (NaN before), zeros included
+        XCTAssertLessThan(relativeError(layout.expanded(p), pRef), 1e-5)   // zeros included
         _ = attentionBackwardAgainstReference(dout: r, probs: p, q: q, k: k, v: v, shape: (b, t, h, hkv, d),
                                               fill: .nan)   // every entry written (NaN before)
+
+        // Row 0: documents at 0, 50 and 128 (a block's first row); row 1: one document, then one from 200.
+        let starts = (0..<t).map { i in i < 50 ? 0 : i < 128 ? 50 : 128 } + (0..<t).map { i in i < 200 ? 0 : 200 }
+        CPUOps.attentionForward(&out, &p, q: q, k: k, v: v, batch: b, tokens: t, heads: h, kvHeads: hkv, headDim: d,
+                                starts: starts)
+        let packed = CPUOps.AttentionProbabilities(batch: b, tokens: t, heads: h, starts: starts)
+        XCTAssertEqual(p.count, packed.count)
+        XCTAssertLessThan(packed.count, layout.count)
+        // The plain loops per document: each one's rows and keys are a sequence of their own.
+        let full = packed.expanded(p)
+        for (row, documents) in [(0, [0..<50, 50..<128, 128..<t]), (1, [0..<200, 200..<t])] {
+            for doc in documents {
+                let n = doc.count
+                func part(_ x: [Float], _ heads: Int) -> [Float] {
+                    Array(x[((row * t + doc.lowerBound) * heads * d)..<((row * t + doc.upperBound) * heads * d)])
+                }
+                var o = [Float](repeating: 0, count: n * h * d), pd = [Float](repeating: 0, count: h * n * n)
+                CPUOps.attentionForwardReference(&o, &pd, q: part(q, h), k: part(k, hkv), v: part(v, hkv), batch: 1,
+                                                 tokens: n, heads: h, kvHeads: hkv, headDim: d)
+                XCTAssertLessThan(relativeError(part(out, h), o), 1e-5, "row \(row), document \(doc)")
+                for hh in 0..<h {
+                    for i in 0..<n {
+                        let fullRow = ((row * h + hh) * t + doc.lowerBound + i) * t, seen = fullRow + doc.lowerBound
+                        let docRow = (hh * n + i) * n
+                        XCTAssertLessThan(relativeError(Array(full[seen...(seen + i)]), Array(pd[docRow...(docRow + i)])),
+                                          1e-5)
+                        XCTAssertEqual(full[fullRow..<seen].reduce(0, +), 0)
+                    }
+                }
+            }
+        }
+        // Backward with documents against the expanded probabilities in the plain loops (zero where unseen).
+        var dq = [Float](repeating: .nan, count: q.count), dk = [Float](repeating: .nan, count: k.count), dv = dk
+        CPUOps.attentionBackward(dq: &dq, dk: &dk, dv: &dv, dout: r, probs: p, q: q, k: k, v: v, batch: b, tokens: t,
+                                 heads: h, kvHeads: hkv, headDim: d, starts: starts)
+        var dqR = dq, dkR = dk, dvR = dv
+        CPUOps.attentionBackwardReference(dq: &dqR, dk: &dkR, dv: &dvR, dout: r, probs: full, q: q, k: k, v: v,
+                                          batch: b, tokens: t, heads: h, kvHeads: hkv, headDim: d)
+        XCTAssertLessThan(relativeError(dq, dqR), 1e-5)
+        XCTAssertLessThan(relativeError(dk, dkR), 1e-5)
+        XCTAssertLessThan(relativeError(dv, dvR), 1e-5)
     }
 
     /// The blocked attention backward against the plain loops on the same inputs (the gradients start as `fill`,
-    /// the reference's as what the blocked one wrote); returns the blocked one's dq, dk, dv.
+    /// the reference's as what the blocked one wrote; the reference reads the probabilities expanded); returns the
+    /// blocked one's dq, dk, dv.
     func attentionBackwardAgainstReference(dout: [Float], probs: [Float], q: [Float], k: [Float], v: [Float],
                                            shape: (b: Int, t: Int, h: Int, hkv: Int, d: Int),
                                            fill: Float) -> (dq: [Float], dk: [Float], dv: [Float]) {
@@ -105,7 +151,8 @@ final class OpGradientTests: XCTestCase {
         CPUOps.attentionBackward(dq: &dq, dk: &dk, dv: &dv, dout: dout, probs: probs, q: q, k: k, v: v, batch: b,
                                  tokens: t, heads: h, kvHeads: hkv, headDim: d)
         var dqR = dq, dkR = dk, dvR = dv
-        CPUOps.attentionBackwardReference(dq: &dqR, dk: &dkR, dv: &dvR, dout: dout, probs: probs, q: q, k: k, v: v,
+        let full = CPUOps.AttentionProbabilities(batch: b, tokens: t, heads: h, starts: nil).expanded(probs)
+        CPUOps.attentionBackwardReference(dq: &dqR, dk: &dkR, dv: &dvR, dout: dout, probs: full, q: q, k: k, v: v,
                                           batch: b, tokens: t, heads: h, kvHeads: hkv, headDim: d)
         XCTAssertLessThan(relativeError(dq, dqR), 1e-5)
         XCTAssertLessThan(relativeError(dk, dkR), 1e-5)
