@@ -18,9 +18,9 @@ struct QLoRA: ParsableCommand {
     /// The command, with glibc's malloc told to keep what a CPU training step frees: it maps no allocation below
     /// 32 MiB (its most) on its own and gives no freed memory back, so the next step's arrays reuse the last step's
     /// pages instead of fresh ones that the kernel clears. Measured (2026-12-03, the main job's batches): keeping up
-    /// to 1 GiB, as before, still gave back the step's activations (1.2 GB) after each step, 134k page faults a
-    /// step; keeping everything, the faults stop after the first five steps. The peak is unchanged: the memory
-    /// kept is the step's own, reused.
+    /// to 1 GiB, as before, let the heap shrink by the step's activations (1.2 GB) and grow again, 134k page faults a
+    /// step over steps 3 to 6; keeping everything, 57k there and none from step 6 to 14. The peak is unchanged: the
+    /// memory kept is the steps' own, reused.
     static func main() {
         #if canImport(Glibc)
         typealias Mallopt = @convention(c) (Int32, Int32) -> Int32   // malloc.h's, which Glibc does not import
