@@ -226,8 +226,8 @@ public enum CPUOps {
 
     /// Gradients of `attentionForward` with BLAS (`probs` and `starts` as it took and left them), per (batch, head)
     /// and block of query rows i0 ..< i1 over the keys j0 ..< i1 it sees (P is zero past the diagonal and before
-    /// a row's document): dP = dO Vᵀ, dV += Pᵀ dO, dS = P ⊙ (dP − rowsum(dP ⊙ P)) / √D, dQ = dS K, dK += dSᵀ Q.
-    /// dq, dk, dv are overwritten.
+    /// a row's document): dP = dO Vᵀ, dV += Pᵀ dO, dS = P ⊙ (dP − rowsum(dP ⊙ P)) / √D, dQ = dS K,
+    /// dK += dSᵀ Q. dq, dk, dv are overwritten.
     public static func attentionBackward(dq: inout [Float], dk: inout [Float], dv: inout [Float], dout: [Float],
                                          probs: [Float], q: [Float], k: [Float], v: [Float],
                                          batch: Int, tokens: Int, heads: Int, kvHeads: Int, headDim: Int,

@@ -81,9 +81,9 @@ final class DataParallelTests: XCTestCase {
         var lora = LoRAConfig()
         lora.targetModules = ["all-linear"]; lora.dropout = 0
         let model = try LlamaModel.load(directory: try Shared.requireGolden() + "/tiny-llama", lora: lora, seed: 11)
-        // B ≠ 0, as in a trained adapter (and check-cuda's training comparison): from peft's B = 0, A's gradients are
-        // near zero in the first steps, where Adam's g / (√v + ε) turns the last bits of a sum into a change of order
-        // lr, and the two layouts' products (60 rows against 30 for lm_head) sum in different orders with OpenBLAS.
+        // B ≠ 0, as in a trained adapter (and check-cuda's training comparison): from peft's B = 0, A's gradients
+        // are near zero in the first steps, where Adam's g / (√v + ε) turns the last bits of a sum into a change of
+        // order lr, and the two layouts' products (60 rows against 30 for lm_head) sum in other orders in OpenBLAS.
         var draw = SeededGenerator(seed: 5)
         for key in model.adapters.keys.sorted() {
             model.adapters[key]!.b = model.adapters[key]!.b.map { _ in Float.random(in: -0.01...0.01, using: &draw) }

@@ -121,8 +121,8 @@ final class OpGradientTests: XCTestCase {
                     for i in 0..<n {
                         let fullRow = ((row * h + hh) * t + doc.lowerBound + i) * t, seen = fullRow + doc.lowerBound
                         let docRow = (hh * n + i) * n
-                        XCTAssertLessThan(relativeError(Array(full[seen...(seen + i)]), Array(pd[docRow...(docRow + i)])),
-                                          1e-5)
+                        let seenProbabilities = Array(full[seen...(seen + i)])
+                        XCTAssertLessThan(relativeError(seenProbabilities, Array(pd[docRow...(docRow + i)])), 1e-5)
                         XCTAssertEqual(full[fullRow..<seen].reduce(0, +), 0)
                     }
                 }
