@@ -3,7 +3,7 @@
 # on the CPU, with NF4 + double quantization, r=16, alpha=32, LoRA on all linear layers, paged 8-bit AdamW; each
 # batch of 4 padding-free (its examples one after the other in one row, each its own document: no padding computed).
 # Prints the held-out loss on a fixed GSM8K test subset and a few greedy answers, before and after.
-# Usage: bash scripts/finetune-smollm2-gsm8k.sh [OUTPUT_DIR]   (about 15 minutes on 2 cores)
+# Usage: bash scripts/finetune-smollm2-gsm8k.sh [OUTPUT_DIR]   (about 7 minutes on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/smollm2-gsm8k}
