@@ -32,8 +32,7 @@ extension LlamaModel {
         precondition(!prompt.isEmpty, "generation needs at least one prompt token")
         var cache = KVCache(keys: Array(repeating: [], count: layers.count), values: Array(repeating: [], count: layers.count))
         var rng = SeededGenerator(seed: options.seed)
-        var logits: [Float] = []
-        for id in prompt { logits = decodeStep(token: id, cache: &cache) }
+        var logits = prefill(prompt, cache: &cache)
         var out: [Int] = []
         while out.count < options.maxNewTokens && cache.length < config.maxPositionEmbeddings {
             let next = Self.pick(from: logits, options: options, rng: &rng)
@@ -64,6 +63,27 @@ extension LlamaModel {
         var u = rng.nextUniform() * total
         for i in order { u -= probs[i]; if u <= 0 { return i } }
         return order.last!
+    }
+
+    /// The prompt through every layer at once (positions 0 ..< T, the training step's forward pass without dropout
+    /// or gradients), each layer's keys (after RoPE) and values kept in the cache; returns the last position's
+    /// logits (V). One pass with products of T rows instead of T passes of one row each.
+    private func prefill(_ prompt: [Int], cache: inout KVCache) -> [Float] {
+        let c = config.hiddenSize, t = prompt.count
+        precondition(t <= config.maxPositionEmbeddings, "a prompt longer than max_position_embeddings")
+        var x = [Float](repeating: 0, count: t * c)
+        for (r, id) in prompt.enumerated() {
+            precondition(id >= 0 && id < config.vocabSize, "token id \(id) outside the vocabulary")
+            x.replaceSubrange((r * c)..<((r + 1) * c), with: embedding[(id * c)..<((id + 1) * c)])
+        }
+        for l in layers.indices {
+            var act = LayerActivations()
+            x = layerForward(l, x, batch: 1, tokens: t, layout: nil, training: false, seed: 0, saving: &act)
+            cache.keys[l] = act.k
+            cache.values[l] = act.v
+        }
+        cache.length = t
+        return logits(ofRow: Array(x[((t - 1) * c)...]))
     }
 
     /// One token through every layer at position `cache.length`; returns the logits (V).
@@ -97,8 +117,14 @@ extension LlamaModel {
             for i in 0..<c { x[i] += down[i] }
         }
         cache.length += 1
-        var xf = [Float](repeating: 0, count: c)
-        CPUOps.rmsNormForward(&xf, &rstd, x, finalNorm, rows: 1, width: c, eps: eps)
+        return logits(ofRow: x)
+    }
+
+    /// The final norm and lm_head of one row (C): its logits (V).
+    private func logits(ofRow x: [Float]) -> [Float] {
+        let c = config.hiddenSize
+        var xf = [Float](repeating: 0, count: c), rstd = [Float](repeating: 0, count: 1)
+        CPUOps.rmsNormForward(&xf, &rstd, x, finalNorm, rows: 1, width: c, eps: Float(config.rmsNormEps))
         var logits = [Float](repeating: 0, count: config.vocabSize)
         if let lmHeadPacked {
             lmHeadPacked.forward(&logits, xf, rows: 1, accumulate: false)

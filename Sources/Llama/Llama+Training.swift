@@ -210,7 +210,7 @@ extension LlamaModel {
 
     // MARK: One decoder layer
 
-    private func layerForward(_ l: Int, _ x: [Float], batch: Int, tokens: Int, layout: PackedLayout?,
+    func layerForward(_ l: Int, _ x: [Float], batch: Int, tokens: Int, layout: PackedLayout?,
                               training: Bool, seed: UInt64, saving act: inout LayerActivations) -> [Float] {
         let layer = layers[l]
         let n = batch * tokens, c = config.hiddenSize
