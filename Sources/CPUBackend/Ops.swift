@@ -120,6 +120,7 @@ public enum CPUOps {
     public struct AttentionProbabilities {
         public let batch: Int, tokens: Int, heads: Int
         let starts: [Int]?
+        let blocks: Int          // row blocks a sequence
         let blockOffset: [Int]   // per (b, block): where the block starts in each of row b's heads
         let headSize: [Int]      // per b: the floats of one head's blocks
         let batchOffset: [Int]   // per b: where row b's heads start
@@ -127,7 +128,7 @@ public enum CPUOps {
 
         public init(batch: Int, tokens: Int, heads: Int, starts: [Int]?) {
             self.batch = batch; self.tokens = tokens; self.heads = heads; self.starts = starts
-            let blocks = (tokens + attentionRowBlock - 1) / attentionRowBlock
+            blocks = (tokens + attentionRowBlock - 1) / attentionRowBlock
             var blockOffset = [Int](repeating: 0, count: batch * blocks), headSize: [Int] = [], batchOffset: [Int] = []
             var total = 0
             for b in 0..<batch {
@@ -148,8 +149,7 @@ public enum CPUOps {
 
         /// Where the block of rows from i0 of (b, h) starts.
         public func offset(_ b: Int, _ h: Int, _ i0: Int) -> Int {
-            let blocks = (tokens + attentionRowBlock - 1) / attentionRowBlock
-            return batchOffset[b] + h * headSize[b] + blockOffset[b * blocks + i0 / attentionRowBlock]
+            batchOffset[b] + h * headSize[b] + blockOffset[b * blocks + i0 / attentionRowBlock]
         }
 
         /// The probabilities as a (B, H, T, T) array (zeros where a query does not see a key), as the plain loops

@@ -71,11 +71,7 @@ extension LlamaModel {
     private func prefill(_ prompt: [Int], cache: inout KVCache) -> [Float] {
         let c = config.hiddenSize, t = prompt.count
         precondition(t <= config.maxPositionEmbeddings, "a prompt longer than max_position_embeddings")
-        var x = [Float](repeating: 0, count: t * c)
-        for (r, id) in prompt.enumerated() {
-            precondition(id >= 0 && id < config.vocabSize, "token id \(id) outside the vocabulary")
-            x.replaceSubrange((r * c)..<((r + 1) * c), with: embedding[(id * c)..<((id + 1) * c)])
-        }
+        var x = embedded(prompt)
         for l in layers.indices {
             var act = LayerActivations()
             x = layerForward(l, x, batch: 1, tokens: t, layout: nil, training: false, seed: 0, saving: &act)

@@ -81,11 +81,7 @@ extension LlamaModel {
         precondition(labels.allSatisfy { $0 == -100 || ($0 >= 0 && $0 < config.vocabSize) },
                      "a label is neither -100 nor a token id (check with LlamaModel.checkBatch)")
         let n = batch * tokens, c = config.hiddenSize, vocab = config.vocabSize
-        var x = [Float](repeating: 0, count: n * c)
-        for (r, id) in inputIds.enumerated() {
-            precondition(id >= 0 && id < vocab, "token id \(id) outside the vocabulary")
-            for i in 0..<c { x[r * c + i] = embedding[id * c + i] }
-        }
+        var x = embedded(inputIds)
         // One draw per step seeds every dropout mask (LoRADropout), as on the GPU.
         let seed = rng.next()
         let layout = positions.map { PackedLayout(positions: $0, batch: batch, tokens: tokens) }
@@ -100,15 +96,16 @@ extension LlamaModel {
         var xf = [Float](repeating: 0, count: n * c)
         CPUOps.rmsNormForward(&xf, &rstdF, x, finalNorm, rows: n, width: c, eps: Float(config.rmsNormEps))
         let targets = Self.shiftedTargets(labels: labels, batch: batch, tokens: tokens)
-        let count = targets.filter { $0 != -100 }.count
+        let targetRows = targets.indices.filter { targets[$0] != -100 }
+        let count = targetRows.count
         let scale = gradientScale ?? (count > 0 ? 1 / Float(count) : 0)
         // lm_head and the loss over the rows that have a target (all rows when the logits are kept): a row without
         // one takes no loss and sends no gradient, so its logits are never needed (in a chat batch the prompts and
         // the padding: half the rows or more). A chunk of those rows at a time (at most 2^25 logits, 128 MiB, a
         // chunk; the chunks of one size), so the (N, V) logits never exist all at once for a large batch, and
-        // lm_head is read (and packed by the products) once a chunk. A row's logits do not depend on which other
-        // rows share its chunk (each output row of the products is its own sums).
-        let rowsWithTarget = keepLogits ? Array(0..<n) : targets.indices.filter { targets[$0] != -100 }
+        // lm_head is read (and packed by the products) once a chunk. With our GEMM a row's logits do not depend on
+        // which other rows share its chunk (each output row is its own sums); OpenBLAS may sum them in another order.
+        let rowsWithTarget = keepLogits ? Array(0..<n) : targetRows
         let m = rowsWithTarget.count
         let most = max(1, (1 << 25) / vocab), chunks = max(1, (m + most - 1) / most)
         let chunk = max(1, (m + chunks - 1) / chunks)
@@ -165,6 +162,17 @@ extension LlamaModel {
         }
         result.gradients = grads
         return result
+    }
+
+    /// The embedding rows of `ids` (N, C).
+    func embedded(_ ids: [Int]) -> [Float] {
+        let c = config.hiddenSize
+        var x = [Float](repeating: 0, count: ids.count * c)
+        for (r, id) in ids.enumerated() {
+            precondition(id >= 0 && id < config.vocabSize, "token id \(id) outside the vocabulary")
+            x.replaceSubrange((r * c)..<((r + 1) * c), with: embedding[(id * c)..<((id + 1) * c)])
+        }
+        return x
     }
 
     /// Packed documents in a batch: each token's position in its document and, for attention, where its document
