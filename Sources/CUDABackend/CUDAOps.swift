@@ -10,25 +10,52 @@ extension CUDADevice {
 
     /// y (N, C), rstd (N) from x (N, C) and the float32 weight (C).
     /// y's rows lie `ldy` elements apart (default: width); the columns past width are set to zero.
+    /// `rowKernel`: nil picks the warp-per-row kernel wherever it applies (`normRowsApply`), false forces the
+    /// block-per-row one (check-cuda compares both).
     public func rmsNormForward(_ y: DeviceBuffer, _ rstd: DeviceBuffer, _ x: DeviceBuffer, _ w: DeviceBuffer,
-                               rows: Int, width: Int, eps: Float, ldy: Int? = nil) throws {
+                               rows: Int, width: Int, eps: Float, ldy: Int? = nil, rowKernel: Bool? = nil) throws {
         let ldy = ldy ?? width
         precondition(ldy >= width && y.count >= rows * ldy, "rmsNormForward: y is too small for its row stride")
-        try launch(.norm, "rmsnorm_forward", bf16: y.dtype == .bf16, grid: rows, block: Self.rowThreads(width),
-                   [.buffer(y), .buffer(rstd), .buffer(x), .buffer(w), .int(rows), .int(width), .float(eps),
-                    .int(ldy)])
+        let args: [KernelArgument] = [.buffer(y), .buffer(rstd), .buffer(x), .buffer(w), .int(rows), .int(width),
+                                      .float(eps), .int(ldy)]
+        if rowKernel ?? Self.normRowsApply(width: width, ldy: ldy, [y, x, w]) {
+            try launch(.norm, "rmsnorm_forward_rows", bf16: true,
+                       grid: (rows + Self.normRowWarps - 1) / Self.normRowWarps, block: 32 * Self.normRowWarps, args)
+        } else {
+            try launch(.norm, "rmsnorm_forward", bf16: y.dtype == .bf16, grid: rows, block: Self.rowThreads(width),
+                       args)
+        }
     }
 
     /// dx (+)= the input gradient of RMSNorm.
     public func rmsNormBackward(_ dx: DeviceBuffer, _ dy: DeviceBuffer, _ x: DeviceBuffer, _ w: DeviceBuffer,
-                                _ rstd: DeviceBuffer, rows: Int, width: Int, accumulate: Bool) throws {
-        try launch(.norm, "rmsnorm_backward", bf16: dx.dtype == .bf16, grid: rows, block: Self.rowThreads(width),
-                   [.buffer(dx), .buffer(dy), .buffer(x), .buffer(w), .buffer(rstd), .int(rows), .int(width),
-                    .int(accumulate ? 1 : 0)])
+                                _ rstd: DeviceBuffer, rows: Int, width: Int, accumulate: Bool,
+                                rowKernel: Bool? = nil) throws {
+        let args: [KernelArgument] = [.buffer(dx), .buffer(dy), .buffer(x), .buffer(w), .buffer(rstd), .int(rows),
+                                      .int(width), .int(accumulate ? 1 : 0)]
+        if rowKernel ?? Self.normRowsApply(width: width, ldy: width, [dx, dy, x, w]) {
+            try launch(.norm, "rmsnorm_backward_rows", bf16: true,
+                       grid: (rows + Self.normRowWarps - 1) / Self.normRowWarps, block: 32 * Self.normRowWarps, args)
+        } else {
+            try launch(.norm, "rmsnorm_backward", bf16: dx.dtype == .bf16, grid: rows, block: Self.rowThreads(width),
+                       args)
+        }
     }
 
     /// Threads for one row, each taking groups of 8 elements.
     static func rowThreads(_ width: Int) -> Int { width >= 8192 ? 1024 : width >= 2048 ? 256 : width >= 512 ? 64 : 32 }
+    /// Rows (warps) a block of the warp-per-row RMSNorm kernels (norm.cu's NORM_ROW_WARPS).
+    static let normRowWarps = 4
+    /// Whether the warp-per-row RMSNorm kernels (norm.cu) take these operands: bf16 activations, rows a multiple of
+    /// 8 elements up to 4,096 (NORM_GROUPS chunks of 8 a lane), every buffer 16-byte aligned. `QLORA_NORM=block`
+    /// keeps the block-per-row kernels (for comparisons).
+    static func normRowsApply(width: Int, ldy: Int, _ buffers: [DeviceBuffer]) -> Bool {
+        guard !normBlocksOnly, buffers[0].dtype == .bf16, width % 8 == 0, width <= 32 * 8 * 16, ldy % 8 == 0 else {
+            return false
+        }
+        return buffers.allSatisfy { $0.address % 16 == 0 }
+    }
+    static let normBlocksOnly = ProcessInfo.processInfo.environment["QLORA_NORM"] == "block"
 
     // MARK: RoPE
 

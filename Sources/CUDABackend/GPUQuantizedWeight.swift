@@ -126,8 +126,9 @@ public final class GPUQuantizedWeight: @unchecked Sendable {
         }
         let out = try device.allocate(rows * ld, dtype)
         func address(_ b: DeviceBuffer?) -> KernelArgument { .address(b?.address ?? 0) }
-        // 256 threads a block: 8 warps of DQ_SPAN (1024) elements each, then a thread per padding element.
-        let spanBlocks = (n + 8 * 1024 - 1) / (8 * 1024)
+        // 256 threads a block: 8 warps of DQ_SPANS · DQ_SPAN (4 · 1024) elements each, then a thread per padding
+        // element.
+        let spanBlocks = (n + 8 * 4096 - 1) / (8 * 4096)
         let padBlocks = beside == nil ? 0 : (rows * (ld - columns) + 255) / 256
         try device.launch(.quantize, "dequantize_4bit", bf16: dtype == .bf16, grid: spanBlocks + padBlocks,
                           block: 256,

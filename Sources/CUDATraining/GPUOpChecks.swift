@@ -72,30 +72,46 @@ public struct GPUOpChecks {
             let tol = dtype == .f32 ? 1e-5 : 1e-2
             let tag = dtype.rawValue
             // RMSNorm
-            for (rows, width) in [(7, 576), (33, 4096), (5, 100)] {
-                let (x, xb) = try put(random(rows * width, 2), dtype)
-                let w = random(width), wb = try device.upload(w)
-                let dyv = random(rows * width)
-                let (dy, dyb) = try put(dyv, dtype)
-                var y = [Float](repeating: 0, count: rows * width), rstd = [Float](repeating: 0, count: rows)
-                CPUOps.rmsNormForward(&y, &rstd, x, w, rows: rows, width: width, eps: 1e-5)
-                let yb = try device.allocate(rows * width, dtype), rb = try device.allocate(rows, .f32)
-                try device.rmsNormForward(yb, rb, xb, wb, rows: rows, width: width, eps: 1e-5)
-                c.close("rmsnorm forward \(tag) \(rows)×\(width)", try device.download(yb), y, tolerance: tol)
-                let ldy = width + 56   // rows with room beside them (for the adapters' z)
-                let wide = try put(random(rows * ldy), dtype).1   // junk the kernel must overwrite
-                try device.rmsNormForward(wide, rb, xb, wb, rows: rows, width: width, eps: 1e-5, ldy: ldy)
-                let gotWide = try device.download(wide)
-                c.close("rmsnorm forward \(tag) \(rows)×\(width), rows \(ldy) apart",
-                        (0..<(rows * width)).map { gotWide[($0 / width) * ldy + $0 % width] }, y, tolerance: tol)
-                c.equal("rmsnorm forward \(tag) \(rows)×\(width): the columns past the width zeroed",
-                        (0..<(rows * 56)).map { gotWide[($0 / 56) * ldy + width + $0 % 56].bitPattern },
-                        [UInt32](repeating: 0, count: rows * 56))
-                var dx = [Float](repeating: 0, count: rows * width)
-                CPUOps.rmsNormBackward(&dx, dy, x, w, rstd, rows: rows, width: width, accumulate: false)
-                let dxb = try device.allocate(rows * width, dtype)
-                try device.rmsNormBackward(dxb, dyb, xb, wb, rb, rows: rows, width: width, accumulate: false)
-                c.close("rmsnorm backward \(tag) \(rows)×\(width)", try device.download(dxb), dx, tolerance: tol)
+            // bf16: both kernels (warp per row where it applies: widths that are multiples of 8 up to 4,096).
+            for (rows, width) in [(7, 576), (33, 4096), (5, 100), (9, 1032), (3, 4104)] {
+                for rowKernel in dtype == .bf16 && width % 8 == 0 && width <= 4096 ? [true, false] : [false] {
+                    let kind = dtype == .bf16 ? (rowKernel ? ", warp per row" : ", block per row") : ""
+                    let (x, xb) = try put(random(rows * width, 2), dtype)
+                    let w = random(width), wb = try device.upload(w)
+                    let dyv = random(rows * width)
+                    let (dy, dyb) = try put(dyv, dtype)
+                    var y = [Float](repeating: 0, count: rows * width), rstd = [Float](repeating: 0, count: rows)
+                    CPUOps.rmsNormForward(&y, &rstd, x, w, rows: rows, width: width, eps: 1e-5)
+                    let yb = try device.allocate(rows * width, dtype), rb = try device.allocate(rows, .f32)
+                    try device.rmsNormForward(yb, rb, xb, wb, rows: rows, width: width, eps: 1e-5,
+                                              rowKernel: rowKernel)
+                    c.close("rmsnorm forward \(tag) \(rows)×\(width)\(kind)", try device.download(yb), y,
+                            tolerance: tol)
+                    let ldy = width + 56   // rows with room beside them (for the adapters' z)
+                    let wide = try put(random(rows * ldy), dtype).1   // junk the kernel must overwrite
+                    try device.rmsNormForward(wide, rb, xb, wb, rows: rows, width: width, eps: 1e-5, ldy: ldy,
+                                              rowKernel: rowKernel)
+                    let gotWide = try device.download(wide)
+                    c.close("rmsnorm forward \(tag) \(rows)×\(width), rows \(ldy) apart\(kind)",
+                            (0..<(rows * width)).map { gotWide[($0 / width) * ldy + $0 % width] }, y, tolerance: tol)
+                    c.equal("rmsnorm forward \(tag) \(rows)×\(width): the columns past the width zeroed\(kind)",
+                            (0..<(rows * 56)).map { gotWide[($0 / 56) * ldy + width + $0 % 56].bitPattern },
+                            [UInt32](repeating: 0, count: rows * 56))
+                    var dx = [Float](repeating: 0, count: rows * width)
+                    CPUOps.rmsNormBackward(&dx, dy, x, w, rstd, rows: rows, width: width, accumulate: false)
+                    let dxb = try device.allocate(rows * width, dtype)
+                    try device.rmsNormBackward(dxb, dyb, xb, wb, rb, rows: rows, width: width, accumulate: false,
+                                               rowKernel: rowKernel)
+                    c.close("rmsnorm backward \(tag) \(rows)×\(width)\(kind)", try device.download(dxb), dx,
+                            tolerance: tol)
+                    // Accumulating into dx, as the step does (the residual's gradient is already there).
+                    let prior = random(rows * width)
+                    let (priorRounded, accb) = try put(prior, dtype)
+                    try device.rmsNormBackward(accb, dyb, xb, wb, rb, rows: rows, width: width, accumulate: true,
+                                               rowKernel: rowKernel)
+                    c.close("rmsnorm backward \(tag) \(rows)×\(width), accumulated\(kind)", try device.download(accb),
+                            zip(priorRounded, dx).map { $0 + $1 }, tolerance: tol)
+                }
             }
             // RoPE, forward and inverse
             for (b, t, h, d) in [(2, 13, 3, 64), (1, 40, 4, 128)] {
@@ -302,31 +318,38 @@ public struct GPUOpChecks {
                         expected.map { $0.bitPattern })
             }
             // 4-bit dequantization (exact: the same float32 products, rounded once to the dtype)
-            // (blocksizes below, at and above a warp's span of 1024 elements; 300 × 77 ends inside a span)
+            // (blocksizes below, at and above a warp's span of 1024 elements; 300 × 77 goes element by element,
+            // 33 × 1024 ends with a group of one span, 64 × 200 with half a span)
             for type in QuantType.allCases {
                 for (dq, blocksize) in [(false, 64), (true, 64), (true, 32), (false, 1024), (true, 4096)] {
-                    let w = Tensor(random(300 * 77, 0.05), shape: [300, 77], dtype: .f32)
-                    let q = try Quantized4BitTensor(quantizing: w, type: type, blocksize: blocksize, doubleQuant: dq)
-                    let gw = try GPUQuantizedWeight(q, device: device)
-                    let expected = dtype == .f32 ? q.dequantizedFloat32()
-                                                 : Tensor(q.dequantizedFloat32(), shape: q.shape, dtype: .bf16).floats()
-                    c.equal("dequantize \(type) dq=\(dq) blocksize \(blocksize) \(tag) 300×77",
-                            try device.download(try gw.dequantized(dtype)).map { $0.bitPattern },
-                            expected.map { $0.bitPattern })
-                    if blocksize == 64 {   // rows 88 apart (room for adapter columns beside W)
-                        let wide = try device.download(try gw.dequantized(dtype, ld: 88))
-                        c.equal("dequantize \(type) dq=\(dq) \(tag) 300×77, rows 88 apart",
-                                (0..<(300 * 77)).map { wide[($0 / 77) * 88 + $0 % 77].bitPattern },
+                    for (rows, cols) in [(300, 77), (33, 1024), (64, 200)] {
+                        let w = Tensor(random(rows * cols, 0.05), shape: [rows, cols], dtype: .f32)
+                        let q = try Quantized4BitTensor(quantizing: w, type: type, blocksize: blocksize,
+                                                        doubleQuant: dq)
+                        let gw = try GPUQuantizedWeight(q, device: device)
+                        let expected = dtype == .f32
+                            ? q.dequantizedFloat32()
+                            : Tensor(q.dequantizedFloat32(), shape: q.shape, dtype: .bf16).floats()
+                        c.equal("dequantize \(type) dq=\(dq) blocksize \(blocksize) \(tag) \(rows)×\(cols)",
+                                try device.download(try gw.dequantized(dtype)).map { $0.bitPattern },
                                 expected.map { $0.bitPattern })
-                        let w2 = Tensor(random(40 * 128, 0.05), shape: [40, 128], dtype: .f32)
-                        let q2 = try Quantized4BitTensor(quantizing: w2, type: type, blocksize: 64, doubleQuant: dq)
-                        let e2 = dtype == .f32 ? q2.dequantizedFloat32()
-                                               : Tensor(q2.dequantizedFloat32(), shape: q2.shape, dtype: .bf16).floats()
-                        let wide2 = try device.download(try GPUQuantizedWeight(q2, device: device)
-                            .dequantized(dtype, ld: 136))
-                        c.equal("dequantize \(type) dq=\(dq) \(tag) 40×128, rows 136 apart",
-                                (0..<(40 * 128)).map { wide2[($0 / 128) * 136 + $0 % 128].bitPattern },
-                                e2.map { $0.bitPattern })
+                        if blocksize == 64 && rows == 300 {   // rows 88 apart (room for adapter columns beside W)
+                            let wide = try device.download(try gw.dequantized(dtype, ld: 88))
+                            c.equal("dequantize \(type) dq=\(dq) \(tag) 300×77, rows 88 apart",
+                                    (0..<(300 * 77)).map { wide[($0 / 77) * 88 + $0 % 77].bitPattern },
+                                    expected.map { $0.bitPattern })
+                            let w2 = Tensor(random(40 * 128, 0.05), shape: [40, 128], dtype: .f32)
+                            let q2 = try Quantized4BitTensor(quantizing: w2, type: type, blocksize: 64,
+                                                             doubleQuant: dq)
+                            let e2 = dtype == .f32
+                                ? q2.dequantizedFloat32()
+                                : Tensor(q2.dequantizedFloat32(), shape: q2.shape, dtype: .bf16).floats()
+                            let wide2 = try device.download(try GPUQuantizedWeight(q2, device: device)
+                                .dequantized(dtype, ld: 136))
+                            c.equal("dequantize \(type) dq=\(dq) \(tag) 40×128, rows 136 apart",
+                                    (0..<(40 * 128)).map { wide2[($0 / 128) * 136 + $0 % 128].bitPattern },
+                                    e2.map { $0.bitPattern })
+                        }
                     }
                 }
             }

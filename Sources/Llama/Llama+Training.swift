@@ -77,7 +77,10 @@ extension LlamaModel {
                      gradientScale: Float? = nil, keepLogits: Bool = false) -> StepResult {
         // Callers check the batch first (`checkBatch`, which throws); here a bad one is a programming error.
         precondition(inputIds.count == batch * tokens && labels.count == batch * tokens)
-        precondition(tokens <= config.maxPositionEmbeddings, "sequence longer than max_position_embeddings")
+        // A row of packed or padding-free documents may be longer than the context; each document's positions
+        // may not (`checkBatch` checks the same).
+        precondition((positions.map { ($0.max() ?? -1) + 1 } ?? tokens) <= config.maxPositionEmbeddings,
+                     "sequence longer than max_position_embeddings")
         precondition(labels.allSatisfy { $0 == -100 || ($0 >= 0 && $0 < config.vocabSize) },
                      "a label is neither -100 nor a token id (check with LlamaModel.checkBatch)")
         let n = batch * tokens, c = config.hiddenSize, vocab = config.vocabSize

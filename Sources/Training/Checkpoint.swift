@@ -61,7 +61,10 @@ public enum Checkpoint {
         }
         if let limit, limit > 0 {
             let all = try checkpoints(in: outputDirectory)
-            for old in all.dropLast(limit) { try? FileManager.default.removeItem(atPath: old.path) }
+            // The checkpoint just written is always kept (a run resumed from an earlier checkpoint saves steps
+            // below those of the abandoned run's later checkpoints, which used to win and delete it).
+            let others = all.filter { $0.step != trainer.step }
+            for old in others.dropLast(limit - 1) { try? FileManager.default.removeItem(atPath: old.path) }
         }
         return final
     }

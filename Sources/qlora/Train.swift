@@ -108,6 +108,20 @@ struct Train: ParsableCommand {
         }
     }
 
+    /// The files a run writes into an existing --output-dir replace what a symbolic link there points to (the
+    /// link is kept): a link to the run's own model, adapter or data would destroy it. Such links are refused.
+    static func refuseLinkedOutputs(_ output: String) throws {
+        for name in ["adapter_config.json", "adapter_model.safetensors", "metrics.jsonl", "loss.svg", "best",
+                     "best/adapter_config.json", "best/adapter_model.safetensors"] {
+            var info = stat()
+            let path = output + "/" + name
+            if lstat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFLNK {
+                throw ValidationError("--output-dir \(output): \(path) is a symbolic link; training would replace "
+                    + "the file it points to: remove the link, or choose another folder")
+            }
+        }
+    }
+
     func run() throws {
         if parallel.isLauncher { try parallel.launchWorkers() }
         let worker = try DataParallelOptions.validatedWorker()
@@ -242,6 +256,7 @@ struct Train: ParsableCommand {
         try Quantize.checkOutput(output, model: modelPath, writing: "training", flag: "--output-dir",
                                  insideAllowed: true)
         try Quantize.refuseNonFolder(output, flag: "--output-dir")
+        try Self.refuseLinkedOutputs(output)
         if let initAdapter {
             try Quantize.checkOutput(output, model: initAdapter, writing: "training", flag: "--output-dir",
                                      source: "--init-adapter", insideAllowed: true)

@@ -276,3 +276,66 @@ extension BadSettingsTests {
         }
     }
 }
+
+/// What `scripts/fuzz-structured.py` (settings that pass one by one, and file-system setups, combined) found.
+extension BadSettingsTests {
+    /// `--padding-free` puts a micro-batch's examples into one row: two of 200 tokens made a row of 400 on a model
+    /// of 256 positions, and the step's precondition on the row's length trapped. Each document's positions are
+    /// what the context bounds (they restart at every example), so the run trains.
+    func testAPaddingFreeRowLongerThanTheContextTrains() throws {
+        let (model, dir, _) = try tinyModelAndData()
+        let data = dir + "/long.jsonl"
+        try write((0..<4).map { i in
+            "{\"input_ids\": [\((0..<200).map { String(3 + (7 * i + $0) % 300) }.joined(separator: ", "))]}\n"
+        }.joined(), data)
+        for extra in [[], ["--gradient-checkpointing"]] {
+            let (status, crashed, output) = try run(["train", "--model", model, "--data", data, "--output-dir",
+                                                     dir + "/out", "--max-steps", "1", "--batch-size", "2",
+                                                     "--max-seq-length", "256", "--padding-free", "--lora-r", "2",
+                                                     "--overwrite-output-dir"] + extra)
+            XCTAssertFalse(crashed, output)
+            XCTAssertEqual(status, 0, output)
+        }
+    }
+
+    /// A symbolic link in an existing output folder, where the run writes a file, used to be followed: a link named
+    /// adapter_config.json pointing at the model's config.json replaced the model's config with the adapter's.
+    /// Such a link is refused, and what it points to is left as it was.
+    func testTrainRefusesSymbolicLinksWhereItWrites() throws {
+        let (_, dir, data) = try tinyModelAndData()
+        let model = dir + "/model"
+        try FileManager.default.copyItem(atPath: try Shared.requireGolden() + "/tiny-llama", toPath: model)
+        let config = try String(contentsOfFile: model + "/config.json", encoding: .utf8)
+        for name in ["adapter_config.json", "metrics.jsonl"] {
+            let out = dir + "/out-" + name
+            try FileSystem.createDirectory(out)
+            try FileManager.default.createSymbolicLink(atPath: out + "/" + name,
+                                                       withDestinationPath: model + "/config.json")
+            try expectError(["train", "--model", model, "--data", data, "--output-dir", out, "--max-steps", "1",
+                             "--overwrite-output-dir"],
+                            ["--output-dir \(out)", "\(out)/\(name) is a symbolic link"])
+            XCTAssertEqual(try String(contentsOfFile: model + "/config.json", encoding: .utf8), config)
+        }
+    }
+
+    /// Resuming from an earlier checkpoint with `--save-total-limit 1`: the abandoned run's later checkpoint-4 won
+    /// the rotation by step number and the resumed run's new checkpoint-3 was deleted as soon as it was written
+    /// (`--resume-from-checkpoint latest` would then continue the abandoned run). The checkpoint just written stays.
+    func testResumingKeepsTheCheckpointJustWrittenUnderASaveLimit() throws {
+        let (model, dir, _) = try tinyModelAndData()
+        let data = dir + "/eight.jsonl"
+        try write((0..<8).map { i in
+            "{\"input_ids\": [1, \((0..<12).map { String((7 * i + $0) % 380 + 3) }.joined(separator: ", "))]}\n"
+        }.joined(), data)
+        let out = dir + "/run"
+        let train = ["train", "--model", model, "--data", data, "--max-seq-length", "16", "--batch-size", "2",
+                     "--lora-r", "2", "--output-dir", out, "--save-steps", "1"]
+        var (status, _, output) = try run(train + ["--max-steps", "4"])
+        XCTAssertEqual(status, 0, output)
+        (status, _, output) = try run(train + ["--max-steps", "3", "--save-total-limit", "1",
+                                               "--resume-from-checkpoint", out + "/checkpoint-2"])
+        XCTAssertEqual(status, 0, output)
+        let left = try FileManager.default.contentsOfDirectory(atPath: out).filter { $0.hasPrefix("checkpoint-") }
+        XCTAssertEqual(left, ["checkpoint-3"], output)
+    }
+}

@@ -14,25 +14,85 @@ __device__ __forceinline__ float block_absmax(long long b, const float* absmax, 
     return __fadd_rn(__fmul_rn(nestedCode[codes[b]], nested[b / nestedBlocksize]), offset);
 }
 
-#define DQ_SPAN 1024   // elements a warp dequantizes: 32 lanes × 8 elements × 4 steps
+#define DQ_SPAN 1024   // elements a warp dequantizes a span: 32 lanes × 8 elements × 4 steps
+#define DQ_SPANS 4     // spans a warp
 
 // out[i] = table[code(i)] · absmax(i / blocksize), rounded to T; the double-quantized absmax is decoded inline.
-// Thread mapping: one warp per span of DQ_SPAN elements. The span's absmax values (one per quantization block
-// it covers: at most 32 when blocksize is a power of two ≥ 32) are decoded once, lane j taking block j, and
-// handed to the lanes that need them by shuffles. Then in each of 4 steps lane l takes the 8 elements at
-// 8 · (32 · step + l): one 4-byte load of codes and one 16-byte store (bf16; two in float32), so a warp reads
-// 128 contiguous bytes and writes 512 a step. A span past the end, or a blocksize that is no power of two ≥ 32,
-// goes element by element. The output's rows (of `cols` elements; a multiple of 8 for the spans) lie `ld` elements
-// apart (ld ≥ cols). With `beside` (an adapter's B, rows × r), the blocks after the spans' (one thread per element
-// of the rows × (ld − cols) padding) write the columns past cols: B's row in the r columns from cols + slot·r,
-// zeros elsewhere, so that [x | z0 z1 ... | 0] W'^T = x W^T + z_slot B^T (lora.cu's joined product); without
-// it they are left as they are.
-extern "C" __global__ void dequantize_4bit(T* out, const unsigned char* packed, const float* absmax,
-                                           const unsigned char* codes, const float* nested,
-                                           const float* nestedCode, float offset, int nestedBlocksize,
-                                           const float* table, long long n, int blocksize, int cols, int ld,
-                                           const T* beside, int slot, int r, int rows) {
-    const long long spanBlocks = (n + 8 * DQ_SPAN - 1) / (8 * DQ_SPAN);   // 8 warps a block (256 threads)
+// Thread mapping: one warp per DQ_SPANS consecutive spans of DQ_SPAN elements (4,096 elements), 8 warps a block.
+// The warp first issues all its code loads: in each of 4 steps of a span, lane l takes the 8 elements at
+// 8 · (32 · step + l), one 4-byte load (16 loads a lane in flight). Then the absmax values of the quantization
+// blocks the spans cover (at most 128 when blocksize is a power of two ≥ 32) are decoded once, lane j taking
+// blocks j, j + 32, …, the nested code book read from shared memory, and handed to the lanes that need them by
+// shuffles; then one 16-byte store a step (bf16; two in float32), so a warp writes 512 contiguous bytes a step.
+// The tensor's last group goes span by span, its last partial span element by element, as does everything for a
+// blocksize that is no power of two ≥ 32. The output's rows (of `cols` elements; a multiple of 8 for the fast
+// path) lie `ld` elements apart (ld ≥ cols). With `beside` (an adapter's B, rows × r), the blocks after the spans'
+// (one thread per element of the rows × (ld − cols) padding) write the columns past cols: B's row in the r columns
+// from cols + slot·r, zeros elsewhere, so that [x | z0 z1 ... | 0] W'^T = x W^T + z_slot B^T (lora.cu's joined
+// product); without it they are left as they are.
+
+// NS spans of DQ_SPAN elements from `first` (all inside the tensor; blocksize a power of two ≥ 32; cols and ld
+// multiples of 8), as the header says: every code load first, then the absmax values, then the stores.
+template <int NS>
+__device__ __forceinline__ void dq_spans(T* __restrict__ out, const unsigned char* __restrict__ packed,
+                                         const float* absmax, const unsigned char* codes, const float* nested,
+                                         const float* nestedBook, float offset, int nestedBlocksize,
+                                         const float* book, long long first, int blocksize, int cols, int ld,
+                                         int lane) {
+    unsigned words[NS][4];
+#pragma unroll
+    for (int sp = 0; sp < NS; ++sp)
+#pragma unroll
+        for (int step = 0; step < 4; ++step)
+            words[sp][step] = *(const unsigned*)(packed + (first + sp * DQ_SPAN + 8 * (32 * step + lane)) / 2);
+    const int shift = __ffs(blocksize) - 1;
+    const long long block0 = first >> shift;
+    const int blocks = (int)(((long long)NS * DQ_SPAN + blocksize - 1) >> shift);   // ≤ 32 · NS
+    float mine[NS];
+#pragma unroll
+    for (int q = 0; q < NS; ++q) {
+        const int b = 32 * q + lane;
+        mine[q] = 0.0f;
+        if (b < blocks) {
+            mine[q] = absmax ? absmax[block0 + b]
+                             : __fadd_rn(__fmul_rn(nestedBook[codes[block0 + b]],
+                                                   nested[(block0 + b) / nestedBlocksize]), offset);
+        }
+    }
+#pragma unroll
+    for (int sp = 0; sp < NS; ++sp) {
+        const long long span0 = first + sp * DQ_SPAN;
+        // The row and column of the span's first element; each lane's 8 never cross a row (cols % 8 == 0).
+        const long long row0 = ld == cols ? 0 : span0 / cols, col0 = span0 - row0 * cols;
+#pragma unroll
+        for (int step = 0; step < 4; ++step) {
+            const int at = 8 * (32 * step + lane);        // within the span
+            const int b = (sp * DQ_SPAN + at) >> shift;   // b / 32 is the same for the whole warp (shift ≥ 5)
+            const int q = b >> 5;   // NS ≤ 4 (a chain of selects: an indexed array would go to local memory)
+            const float pick = q == 0 ? mine[0] : q == 1 ? mine[1 % NS] : q == 2 ? mine[2 % NS] : mine[3 % NS];
+            const float scale = __shfl_sync(0xffffffffu, pick, b & 31);
+            float v[8];
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const unsigned byte = (words[sp][step] >> (8 * e)) & 255u;
+                v[2 * e] = __fmul_rn(book[byte >> 4], scale);
+                v[2 * e + 1] = __fmul_rn(book[byte & 15u], scale);
+            }
+            long long row = row0;
+            int col = (int)col0 + at;
+            if (ld != cols) while (col >= cols) { col -= cols; ++row; }   // at < 1024: once at most when cols ≥ 1024
+            store8(out + (ld == cols ? span0 + at : row * ld + col), v, 8, true);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+dequantize_4bit(T* __restrict__ out, const unsigned char* __restrict__ packed, const float* absmax,
+                const unsigned char* codes, const float* nested, const float* nestedCode, float offset,
+                int nestedBlocksize, const float* table, long long n, int blocksize, int cols, int ld,
+                const T* beside, int slot, int r, int rows) {
+    const long long group = (long long)DQ_SPAN * DQ_SPANS;
+    const long long spanBlocks = (n + 8 * group - 1) / (8 * group);   // 8 warps a block (256 threads)
     if ((long long)blockIdx.x >= spanBlocks) {   // the padding
         const int width = ld - cols;
         const long long i = ((long long)blockIdx.x - spanBlocks) * blockDim.x + threadIdx.x;
@@ -42,43 +102,26 @@ extern "C" __global__ void dequantize_4bit(T* out, const unsigned char* packed, 
         return;
     }
     __shared__ float book[16];
+    __shared__ float nestedBook[256];
     if (threadIdx.x < 16) book[threadIdx.x] = table[threadIdx.x];
+    if (!absmax) nestedBook[threadIdx.x] = nestedCode[threadIdx.x];   // blockDim.x is 256
     __syncthreads();
     const int lane = threadIdx.x & 31;
-    const long long span0 = ((long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * DQ_SPAN;
-    if (span0 >= n) return;   // the same for the whole warp
+    const long long first = ((long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * group;
+    if (first >= n) return;   // the same for the whole warp
     const bool power = blocksize >= 32 && (blocksize & (blocksize - 1)) == 0 && (cols & 7) == 0 && (ld & 7) == 0;
-    if (span0 + DQ_SPAN <= n && power) {
-        const int shift = __ffs(blocksize) - 1;
-        const long long block0 = span0 >> shift;
-        const int blocks = blocksize >= DQ_SPAN ? 1 : DQ_SPAN >> shift;   // ≤ 32
-        const float mine = lane < blocks ? block_absmax(block0 + lane, absmax, codes, nested, nestedCode, offset,
-                                                        nestedBlocksize) : 0.0f;
-        // The row and column of the span's first element; each lane's 8 never cross a row (cols % 8 == 0).
-        const long long row0 = ld == cols ? 0 : span0 / cols, col0 = span0 - row0 * cols;
-        unsigned words[4];
-#pragma unroll
-        for (int step = 0; step < 4; ++step)
-            words[step] = *(const unsigned*)(packed + (span0 + 8 * (32 * step + lane)) / 2);
-#pragma unroll
-        for (int step = 0; step < 4; ++step) {
-            const int at = 8 * (32 * step + lane);   // within the span
-            const float scale = __shfl_sync(0xffffffffu, mine, blocks == 1 ? 0 : at >> shift);
-            float v[8];
-#pragma unroll
-            for (int b = 0; b < 4; b++) {
-                const unsigned byte = (words[step] >> (8 * b)) & 255u;
-                v[2 * b] = __fmul_rn(book[byte >> 4], scale);
-                v[2 * b + 1] = __fmul_rn(book[byte & 15u], scale);
-            }
-            long long row = row0;
-            int col = (int)col0 + at;
-            if (ld != cols) while (col >= cols) { col -= cols; ++row; }   // at < 1024: once at most when cols ≥ 1024
-            store8(out + (ld == cols ? span0 + at : row * ld + col), v, 8, true);
-        }
+    if (power && first + group <= n) {
+        dq_spans<DQ_SPANS>(out, packed, absmax, codes, nested, nestedBook, offset, nestedBlocksize, book, first,
+                           blocksize, cols, ld, lane);
         return;
     }
-    for (long long i = span0 + lane; i < span0 + DQ_SPAN && i < n; i += 32) {
+    // The tensor's last group: whole spans as above, the rest element by element.
+    long long i0 = first;
+    if (power)
+        for (; i0 + DQ_SPAN <= n; i0 += DQ_SPAN)
+            dq_spans<1>(out, packed, absmax, codes, nested, nestedBook, offset, nestedBlocksize, book, i0, blocksize,
+                        cols, ld, lane);
+    for (long long i = i0 + lane; i < first + group && i < n; i += 32) {
         const unsigned char byte = packed[i / 2];
         const float code = book[(i & 1) ? (byte & 15) : (byte >> 4)];
         out[i + (i / cols) * (ld - cols)] = st(__fmul_rn(code, block_absmax(i / blocksize, absmax, codes, nested,
