@@ -192,14 +192,38 @@ extension CUDADevice {
     public func loraInputGradient(_ dx: DeviceBuffer, dz: DeviceBuffer, a: DeviceBuffer, rows: Int, k: Int, r: Int,
                                   keep: Float, seed: UInt64, accumulate: Bool = true) throws {
         try Self.checkLoRA("loraInputGradient", rows: rows, k: k, r: r, [(dx, rows * k), (dz, rows * r), (a, r * k)])
-        // bf16: tensor cores, 4 row tiles (64 rows) × 256 columns a block of 128 threads (more blocks than 8 tiles
-        // make: fewer idle SMs in the last wave); float32: FMAs, 32 × 256, 256 threads.
-        let bf16 = dx.dtype == .bf16, tiles = 4, rowsPerBlock = bf16 ? 16 * tiles : 32
+        // bf16: tensor cores, `tiles` row tiles of 16 × 256 columns a block of 128 threads (`loraDxTiles`); float32:
+        // FMAs, 32 × 256, 256 threads.
+        let bf16 = dx.dtype == .bf16
+        let tiles = Self.loraDxTiles(rowTiles: (rows + 15) / 16, strips: (k + 255) / 256,
+                                     slots: multiprocessorCount * Self.loraDxBlocksPerSM)
+        let rowsPerBlock = bf16 ? 16 * tiles : 32
         try launch(.lora, "lora_dx", bf16: bf16, grid: ((k + 255) / 256, (rows + rowsPerBlock - 1) / rowsPerBlock, 1),
                    block: bf16 ? 128 : 256, sharedBytes: 0,
                    [.buffer(dx), .buffer(dz), .buffer(a), .int(rows), .int(k), .int(r), .float(keep), .uint64(seed),
                     .int(accumulate ? 1 : 0)] + (bf16 ? [.int(tiles)] : []))
     }
+
+    /// Blocks of lora_dx (bf16) an SM runs at once: its launch bound.
+    static let loraDxBlocksPerSM = 5
+    /// Row tiles a lora_dx block walks: the number (1…16) that ends the product soonest when `slots` blocks run
+    /// at once, its length counted in tile times: waves × (tiles + 1), waves = ⌈blocks / slots⌉ (a mostly empty
+    /// last wave costs as much as a full one: 2,048 blocks of 4 tiles on 660 slots were 3.1 waves, 4 × 5, where 640
+    /// blocks of 13 take 14; the 1 is a block's start, loading its strip of A). Ties go to fewer tiles (more,
+    /// shorter blocks). `QLORA_LORA_DX_TILES` sets it (for comparisons). The tiles change which block computes a
+    /// row, not its value.
+    static func loraDxTiles(rowTiles: Int, strips: Int, slots: Int) -> Int {
+        if let forced = loraDxTilesForced { return forced }
+        var best = 1, bestLength = Int.max
+        for tiles in 1...16 {
+            let blocks = (rowTiles + tiles - 1) / tiles * strips
+            let length = (blocks + max(1, slots) - 1) / max(1, slots) * (tiles + 1)
+            if length < bestLength { best = tiles; bestLength = length }
+        }
+        return best
+    }
+    static let loraDxTilesForced = ProcessInfo.processInfo.environment["QLORA_LORA_DX_TILES"].flatMap { Int($0) }
+        .map { min(16, max(1, $0)) }
 
     /// Whether `loraUpGradient` takes dy of this type and width (bf16, a multiple of 8 columns; else two products).
     public static func loraUpGradientApplies(_ dtype: GPUDType, out: Int) -> Bool { dtype == .bf16 && out % 8 == 0 }

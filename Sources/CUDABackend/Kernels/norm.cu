@@ -5,9 +5,10 @@
 //     reductions; each thread walks its row in groups of 8 elements.
 //   rmsnorm_forward_rows / rmsnorm_backward_rows (bf16, width a multiple of 8 and at most 32 · 8 · NORM_GROUPS,
 //     16-byte aligned rows): one warp per row, NORM_ROW_WARPS rows a block of NORM_ROW_WARPS warps. Lane l holds
-//     the 16-byte chunks l, l + 32, l + 64, … of its row (x, and dy in the backward) in registers from one read, so
-//     that each element is read from memory once, every chunk's load is in flight at once, and the sums are warp
-//     shuffles (no block barrier). The same arithmetic as the block kernels, summed in another order.
+//     the 16-byte chunks l, l + 32, l + 64, … of its row of x in registers from one read, so that x is read from
+//     memory once, every chunk's load is in flight at once, and the sums are warp shuffles (no block barrier); the
+//     backward reads dy twice (the second time from the caches: holding it too would halve the warps an SM runs).
+//     The same arithmetic as the block kernels, summed in another order.
 #include "common.cuh"
 
 // Each thread walks its row in groups of 8 elements (16-byte accesses in bf16 when the width is a multiple of 8
@@ -138,12 +139,11 @@ rmsnorm_backward_rows(T* dx, const T* dy, const T* x, const float* w, const floa
     const long long base = (long long)row * width;
     const uint4* xr = (const uint4*)(x + base);
     const uint4* dyr = (const uint4*)(dy + base);
-    uint4 xv[NORM_GROUPS], dyv[NORM_GROUPS];
+    uint4 xv[NORM_GROUPS];
 #pragma unroll
     for (int g = 0; g < NORM_GROUPS; g++) {
         const int c = g * 32 + lane;
         xv[g] = c < chunks ? xr[c] : make_uint4(0u, 0u, 0u, 0u);
-        dyv[g] = c < chunks ? dyr[c] : make_uint4(0u, 0u, 0u, 0u);
     }
     const float r = rstd[row];
     float dot = 0.0f;
@@ -152,7 +152,7 @@ rmsnorm_backward_rows(T* dx, const T* dy, const T* x, const float* w, const floa
         const int c = g * 32 + lane;
         if (c >= chunks) break;
         float a[8], b[8], wv[8];
-        norm_unpack(a, dyv[g]); norm_unpack(b, xv[g]);
+        norm_unpack(a, dyr[c]); norm_unpack(b, xv[g]);
         norm_weights(wv, w + c * 8);
 #pragma unroll
         for (int e = 0; e < 8; e++) dot += wv[e] * a[e] * b[e];
@@ -164,7 +164,7 @@ rmsnorm_backward_rows(T* dx, const T* dy, const T* x, const float* w, const floa
         const int c = g * 32 + lane;
         if (c >= chunks) break;
         float a[8], b[8], wv[8], d[8];
-        norm_unpack(a, dyv[g]); norm_unpack(b, xv[g]);
+        norm_unpack(a, dyr[c]); norm_unpack(b, xv[g]);   // dy's second read: from the caches
         norm_weights(wv, w + c * 8);
         if (accumulate) load8(d, dx + base + c * 8, 8, true);
 #pragma unroll

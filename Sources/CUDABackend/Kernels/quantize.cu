@@ -23,7 +23,8 @@ __device__ __forceinline__ float block_absmax(long long b, const float* absmax, 
 // 8 · (32 · step + l), one 4-byte load (16 loads a lane in flight). Then the absmax values of the quantization
 // blocks the spans cover (at most 128 when blocksize is a power of two ≥ 32) are decoded once, lane j taking
 // blocks j, j + 32, …, the nested code book read from shared memory, and handed to the lanes that need them by
-// shuffles; then one 16-byte store a step (bf16; two in float32), so a warp writes 512 contiguous bytes a step.
+// shuffles; then, each byte's two values read at once from a 256-entry table of pairs in shared memory, one
+// 16-byte store a step (bf16; two in float32), so a warp writes 512 contiguous bytes a step.
 // The tensor's last group goes span by span, its last partial span element by element, as does everything for a
 // blocksize that is no power of two ≥ 32. The output's rows (of `cols` elements; a multiple of 8 for the fast
 // path) lie `ld` elements apart (ld ≥ cols). With `beside` (an adapter's B, rows × r), the blocks after the spans'
@@ -37,7 +38,7 @@ template <int NS>
 __device__ __forceinline__ void dq_spans(T* __restrict__ out, const unsigned char* __restrict__ packed,
                                          const float* absmax, const unsigned char* codes, const float* nested,
                                          const float* nestedBook, float offset, int nestedBlocksize,
-                                         const float* book, long long first, int blocksize, int cols, int ld,
+                                         const float2* pairs, long long first, int blocksize, int cols, int ld,
                                          int lane) {
     unsigned words[NS][4];
 #pragma unroll
@@ -74,9 +75,9 @@ __device__ __forceinline__ void dq_spans(T* __restrict__ out, const unsigned cha
             float v[8];
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                const unsigned byte = (words[sp][step] >> (8 * e)) & 255u;
-                v[2 * e] = __fmul_rn(book[byte >> 4], scale);
-                v[2 * e + 1] = __fmul_rn(book[byte & 15u], scale);
+                const float2 codes2 = pairs[(words[sp][step] >> (8 * e)) & 255u];   // both codes of the byte
+                v[2 * e] = __fmul_rn(codes2.x, scale);
+                v[2 * e + 1] = __fmul_rn(codes2.y, scale);
             }
             long long row = row0;
             int col = (int)col0 + at;
@@ -86,7 +87,7 @@ __device__ __forceinline__ void dq_spans(T* __restrict__ out, const unsigned cha
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256)
+extern "C" __global__ void __launch_bounds__(256, 4)   // ≤ 64 registers: 4 blocks (32 warps) an SM
 dequantize_4bit(T* __restrict__ out, const unsigned char* __restrict__ packed, const float* absmax,
                 const unsigned char* codes, const float* nested, const float* nestedCode, float offset,
                 int nestedBlocksize, const float* table, long long n, int blocksize, int cols, int ld,
@@ -101,17 +102,20 @@ dequantize_4bit(T* __restrict__ out, const unsigned char* __restrict__ packed, c
         out[(long long)row * ld + cols + slot * r + j] = j >= 0 && j < r ? beside[(long long)row * r + j] : (T)0;
         return;
     }
+    // The code book by byte (both of its codes: one shared-memory read per byte), and the nested one.
     __shared__ float book[16];
+    __shared__ float2 pairs[256];
     __shared__ float nestedBook[256];
     if (threadIdx.x < 16) book[threadIdx.x] = table[threadIdx.x];
-    if (!absmax) nestedBook[threadIdx.x] = nestedCode[threadIdx.x];   // blockDim.x is 256
+    pairs[threadIdx.x] = make_float2(table[threadIdx.x >> 4], table[threadIdx.x & 15]);   // blockDim.x is 256
+    if (!absmax) nestedBook[threadIdx.x] = nestedCode[threadIdx.x];
     __syncthreads();
     const int lane = threadIdx.x & 31;
     const long long first = ((long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * group;
     if (first >= n) return;   // the same for the whole warp
     const bool power = blocksize >= 32 && (blocksize & (blocksize - 1)) == 0 && (cols & 7) == 0 && (ld & 7) == 0;
     if (power && first + group <= n) {
-        dq_spans<DQ_SPANS>(out, packed, absmax, codes, nested, nestedBook, offset, nestedBlocksize, book, first,
+        dq_spans<DQ_SPANS>(out, packed, absmax, codes, nested, nestedBook, offset, nestedBlocksize, pairs, first,
                            blocksize, cols, ld, lane);
         return;
     }
@@ -119,8 +123,8 @@ dequantize_4bit(T* __restrict__ out, const unsigned char* __restrict__ packed, c
     long long i0 = first;
     if (power)
         for (; i0 + DQ_SPAN <= n; i0 += DQ_SPAN)
-            dq_spans<1>(out, packed, absmax, codes, nested, nestedBook, offset, nestedBlocksize, book, i0, blocksize,
-                        cols, ld, lane);
+            dq_spans<1>(out, packed, absmax, codes, nested, nestedBook, offset, nestedBlocksize, pairs, i0,
+                        blocksize, cols, ld, lane);
     for (long long i = i0 + lane; i < first + group && i < n; i += 32) {
         const unsigned char byte = packed[i / 2];
         const float code = book[(i & 1) ? (byte & 15) : (byte >> 4)];
