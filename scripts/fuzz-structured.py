@@ -567,8 +567,8 @@ def case_gguf(rng, base, d):
                ("tokenizer.ggml.merges", "arr", ("str", tok["model"]["merges"])),
                ("tokenizer.ggml.bos_token_id", "u32", 1), ("tokenizer.ggml.eos_token_id", "u32", 2)]
         if rng.random() < 0.5:
-            kv.append(("tokenizer.ggml.token_type", "arr", ("i32", [3 if i < 3 else 1
-                                                                    for i in range(rng.choice([n_tok] * 8 + [n_tok - 1]))])))
+            types = [3 if i < 3 else 1 for i in range(rng.choice([n_tok] * 8 + [n_tok - 1]))]
+            kv.append(("tokenizer.ggml.token_type", "arr", ("i32", types)))
         if rng.random() < 0.4:
             kv.append(("tokenizer.ggml.scores", "arr", ("f32", [0.0] * rng.choice([n_tok] * 8 + [3]))))
         if rng.random() < 0.3:

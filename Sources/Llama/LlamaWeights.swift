@@ -39,15 +39,34 @@ public final class LlamaWeights: @unchecked Sendable {
     /// A Hugging Face folder (plain or bitsandbytes 4-bit safetensors, one file or shards) or a GGUF file.
     public static func open(path: String,
                             quantization: QuantizationSettings = QuantizationSettings()) throws -> LlamaWeights {
+        let weights: LlamaWeights
         if FileSystem.isDirectory(path) {
-            return LlamaWeights(config: try LlamaConfig(contentsOf: path),
-                                source: try SafeTensorsArchive(directory: path), quantization: quantization)
+            weights = LlamaWeights(config: try LlamaConfig(contentsOf: path),
+                                   source: try SafeTensorsArchive(directory: path), quantization: quantization)
+        } else {
+            guard FileSystem.isFile(path) else {
+                throw ModelFileError.cannotOpen(path: path, reason: "no such model folder or GGUF file")
+            }
+            let archive = try GGUFArchive(path: path)
+            weights = LlamaWeights(config: try LlamaConfig(gguf: archive.file), source: archive,
+                                   quantization: quantization)
         }
-        guard FileSystem.isFile(path) else {
-            throw ModelFileError.cannotOpen(path: path, reason: "no such model folder or GGUF file")
+        try weights.checkLayerCount(path: path)
+        return weights
+    }
+
+    /// Each layer has at least 9 tensors (2 norms, 7 projections): a config that claims more layers than the file
+    /// holds tensors (num_hidden_layers 16777216 over tiny-llama's 21) is refused at once. Every name list built
+    /// from the config (`checkComplete`, merge's and export's layouts, info's inventory) used to be built first,
+    /// 150 million names: merge ran for minutes, export and quantize died failing an allocation. (Below this bound
+    /// the lists cost at most a few names per tensor held, and the missing tensor is named as before.)
+    func checkLayerCount(path: String) throws {
+        let held = source.names.count
+        guard config.layerCount <= held else {
+            throw ModelFileError.invalidConfig(
+                path: path, detail: "num_hidden_layers is \(config.layerCount), but the weights hold only \(held) "
+                    + "tensors (each layer has 9 or more: 2 norms and 7 projections)")
         }
-        let archive = try GGUFArchive(path: path)
-        return LlamaWeights(config: try LlamaConfig(gguf: archive.file), source: archive, quantization: quantization)
     }
 
     /// Where the tensors come from.

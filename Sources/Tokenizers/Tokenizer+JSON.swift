@@ -91,6 +91,12 @@ struct TokenizerJSONReader {
         try readDecoder(json["decoder"], at: "decoder", into: &spelling)
         let (prefixIds, suffixIds) = try readPostProcessor(json["post_processor"], at: "post_processor",
                                                            tokenIds: tokenIds)
+        // The ids the post-processor puts around every sequence are taken as written (TemplateProcessing's
+        // special_tokens "ids", BertProcessing's cls and sep): one outside the token table (100000, -5) reached
+        // the model's embedding with every encode(addSpecialTokens: true), a trap in generate.
+        if let bad = (prefixIds + suffixIds).first(where: { $0 < 0 || $0 >= size }) {
+            throw error("post_processor: special token id \(bad) is outside the vocabulary [0, \(size))")
+        }
 
         func configured(_ key: String) -> Int? {
             guard let value = config?[key] else { return nil }

@@ -194,6 +194,7 @@ struct Bench: ParsableCommand {
             } ?? CUDALlama(randomConfig: cfg, lora: initial, device: d, dtype: step.gpuDType)
             run = { try model.generate(prompts: prompts, options: $0) }
         } else {
+            try HostMemory.checkModelFits(cfg, what: "the model (\(step.source))")
             let model = try weights.map {
                 try LlamaModel(weights: $0, compute: step.cpuComputeDType, lora: initial, seed: 1)
             } ?? Self.randomCPUModel(cfg, compute: step.cpuComputeDType, lora: initial)

@@ -54,6 +54,13 @@ struct Eval: ParsableCommand {
                                             vocabularySize: loaded.config.vocabSize, options: options)
         if let limit { examples = Array(examples.prefix(limit)) }
         guard !examples.isEmpty else { throw ValidationError("--data \(data) holds no examples") }
+        if !modelOptions.usesGPU {
+            // As train checks its batches (`Train.run`): a forward pass of --batch-size rows as long as the longest
+            // example, more than this process may allocate, used to fail an allocation ("Fatal error").
+            let rows = min(batchSize, examples.count), longest = examples.map(\.inputIds.count).max() ?? 1
+            try HostMemory.checkStepFits(loaded.config, batch: rows, tokens: longest,
+                                         flags: "--batch-size \(batchSize) × examples of up to \(longest) tokens")
+        }
         let engine = try modelOptions.evalEngine(loaded, base: baseWeights.resolved(adapter: adapter))
         let (loss, tokens) = try Trainer.evaluate(engine: engine, examples: examples, batchSize: batchSize)
         if json {

@@ -94,19 +94,40 @@ struct Export: ParsableCommand {
         var none = LoRAConfig(); none.targetModules = []
         let loaded = try modelOptions.load(lora: none, adapter: adapter)
         let type = GGUFExportType(rawValue: self.type)!
-        let config = loaded.config
         let name = URL(fileURLWithPath: loaded.path).deletingPathExtension().lastPathComponent
         let text = try ModelText.loadIfPresent(path: loaded.path)
+        // With a check to run, the file is written beside --output and renamed onto it once the check has passed:
+        // a check that fails (an unusable --check-data, a context too short to hold a target) used to fail the run
+        // after the previous file at --output had been replaced.
+        let target = try AtomicFile.replaceableTarget(output)
+        let staged = check == "never" ? output
+            : (target as NSString).deletingPathExtension + ".check-\(getpid()).gguf"
+        do {
+            try export(loaded, type: type, name: name, text: text, to: staged)
+            if staged != output {
+                guard rename(staged, target) == 0 else {
+                    throw ModelFileError.writeFailed(path: output, reason: String(cString: strerror(errno)))
+                }
+            }
+        } catch {
+            if staged != output { unlink(staged) }
+            throw error
+        }
+    }
+
+    /// Writes and checks the export at `path`.
+    func export(_ loaded: LoadedModel, type: GGUFExportType, name: String, text: ModelText, to path: String) throws {
+        let config = loaded.config
         if adapterOnly {
             let tensors = try LlamaGGUFExport.writeAdapter(config: config, lora: loaded.lora,
                                                            adapters: loaded.adapters, type: type,
-                                                           name: name + "-lora", to: output)
+                                                           name: name + "-lora", to: path)
             print("wrote the adapter (r \(loaded.lora.r), alpha \(loaded.lora.scale * Float(loaded.lora.r))) as "
                   + "\(tensors.count) \(type.rawValue) tensors → \(output)")
             guard shouldCheck(parameters: try LlamaInventory.parameterCounts(loaded.weights,
                                                                              adapters: loaded.adapters).all)
             else { return }
-            let r = try LlamaGGUFExport.checkAdapter(exported: output, base: loaded.weights, lora: loaded.lora,
+            let r = try LlamaGGUFExport.checkAdapter(exported: path, base: loaded.weights, lora: loaded.lora,
                                                      adapters: loaded.adapters,
                                                      sequences: try checkSequences(text: text, config: config))
             report(r, what: "base + the adapter read back from \(output)", text: text)
@@ -116,10 +137,10 @@ struct Export: ParsableCommand {
         let plan = try LlamaGGUFExport.write(
             weights: loaded.weights, lora: loaded.lora, adapters: loaded.adapters, onto: onto, type: type,
             embeddings: embeddingType.flatMap(GGUFExportType.init(rawValue:)), name: name,
-            tokenizerMetadata: try tokenizerMetadata(path: loaded.path, config: config), to: output
+            tokenizerMetadata: try tokenizerMetadata(path: loaded.path, config: config), to: path
         ) { done, total, tensor in reporter.update(done: done, total: total, detail: tensor) }
         reporter.finish()
-        let bytes = (try? FileManager.default.attributesOfItem(atPath: output)[.size] as? Int) ?? 0
+        let bytes = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
         print("exported \(loaded.adapters.count) adapted projections folded onto the \(onto.rawValue) weights of "
               + "\(loaded.path) → \(output): \(plan.count) tensors (\(type.rawValue) matrices, "
               + (embeddingType.map { "\($0) token embedding and output, " } ?? "") + "f32 norms), "
@@ -128,7 +149,7 @@ struct Export: ParsableCommand {
         let parameters = plan.reduce(0) { $0 + $1.elementCount }
         guard shouldCheck(parameters: parameters) else { return }
         let sequences = try checkSequences(text: text, config: config)
-        let r = try LlamaGGUFExport.check(exported: output, base: loaded.weights, lora: loaded.lora,
+        let r = try LlamaGGUFExport.check(exported: path, base: loaded.weights, lora: loaded.lora,
                                           adapters: loaded.adapters, onto: onto, sequences: sequences)
         report(r, what: "\(output) read back", text: text)
         if type == .q8_0 {

@@ -105,6 +105,11 @@ struct Generate: ParsableCommand {
             }
             if ids.isEmpty, let bos = tokenizer.bosTokenId { ids = [bos] }
             try Self.checkPrompt(tokenCount: ids.count, context: loaded.config.maxPositionEmbeddings, prompt: p)
+            // The model indexes its embedding with every id (a precondition there, not an error).
+            if let bad = ids.first(where: { $0 < 0 || $0 >= loaded.config.vocabSize }) {
+                throw ValidationError("the prompt \"\(p)\" encodes to token id \(bad), outside the model's "
+                                      + "vocabulary [0, \(loaded.config.vocabSize)): use the model's own tokenizer")
+            }
             encoded.append(ids)
         }
         let started = Date()

@@ -37,3 +37,25 @@ extension HostMemory {
         }
     }
 }
+
+extension HostMemory {
+    /// A model on the CPU holds every projection twice, in 4 bits and dequantized to float32 for the products, and
+    /// its embedding and output matrix in float32: a lower bound of its bytes. More than this process may allocate
+    /// (`bench --shape llama2-7b --device cpu` under an 8 GB limit) is an error before the weights are drawn, not a
+    /// failed allocation that kills the process ("Fatal error: failed to allocate").
+    static func checkModelFits(_ cfg: LlamaConfig, what: String) throws {
+        let perLayer = LlamaConfig.projectionNames.reduce(0.0) { total, name in
+            let (out, inF) = cfg.projectionShape(name)!
+            return total + Double(out) * Double(inF)
+        }
+        let vocabulary = Double(cfg.vocabSize) * Double(cfg.hiddenSize) * (cfg.tieWordEmbeddings ? 1 : 2)
+        let needed = Double(cfg.layerCount) * perLayer * 4.5 + vocabulary * 4
+        let allowed = Double(FileSystem.allocatableBytes)
+        guard needed <= allowed else {
+            throw ValidationError(String(format: "%@ needs at least %.1f GB on the CPU for its weights (4-bit and "
+                                         + "float32 copies of %.2f B parameters); this process may allocate %.1f GB: "
+                                         + "use a smaller shape, or --device cuda", what, needed / 1e9,
+                                         (Double(cfg.layerCount) * perLayer + vocabulary) / 1e9, allowed / 1e9))
+        }
+    }
+}

@@ -89,28 +89,31 @@ struct Quantize: ParsableCommand {
         throw ValidationError("\(flag) \(output) exists and is not a folder: name a folder to write into")
     }
 
+    /// `path` made absolute with links and `..` resolved; a path that does not exist yet is resolved through its
+    /// nearest existing parent.
+    static func resolvedPath(_ path: String) -> String {
+        var head = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+        var tail: [String] = []
+        while true {
+            if let real = realpath(head, nil) {
+                defer { free(real) }
+                let base = String(cString: real)
+                return ([base == "/" ? "" : base] + tail.reversed()).joined(separator: "/")
+            }
+            let url = URL(fileURLWithPath: head)
+            let last = url.lastPathComponent
+            if last != "." && last != "" { tail.append(last) }
+            let parent = url.deletingLastPathComponent().path
+            if parent == head || parent.isEmpty { return path }
+            head = parent
+        }
+    }
+
     static func checkOutput(_ output: String, model: String, writing: String = "quantizing", flag: String = "--output",
                             source sourceFlag: String = "--model", insideAllowed: Bool = false) throws {
         // An empty path is no folder: the files written into it ("" + "/config.json") used to land in the root.
         guard !output.isEmpty else { throw ValidationError("\(flag) is empty: name the folder to write") }
-        func resolved(_ path: String) -> String {
-            var head = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
-            var tail: [String] = []
-            while true {
-                if let real = realpath(head, nil) {
-                    defer { free(real) }
-                    let base = String(cString: real)
-                    return ([base == "/" ? "" : base] + tail.reversed()).joined(separator: "/")
-                }
-                let url = URL(fileURLWithPath: head)
-                let last = url.lastPathComponent
-                if last != "." && last != "" { tail.append(last) }
-                let parent = url.deletingLastPathComponent().path
-                if parent == head || parent.isEmpty { return path }
-                head = parent
-            }
-        }
-        let out = resolved(output), source = resolved(model)
+        let out = resolvedPath(output), source = resolvedPath(model)
         let inside = !insideAllowed && out.hasPrefix(source.hasSuffix("/") ? source : source + "/")
         guard out != source, !inside else {
             throw ValidationError("\(flag) \(output) is " +

@@ -94,8 +94,12 @@ struct StepShapeOptions: ParsableArguments {
     /// cannot overflow).
     static let maximumStepTokens = 1 << 31
 
+    /// Most layers a planned or benchmarked step has (beyond any released model's 126).
+    static let maximumLayers = 4096
+
     /// The step fits the memory this process may allocate on the CPU (`HostMemory.checkStepFits`).
     func checkFitsHostMemory(_ cfg: LlamaConfig) throws {
+        try HostMemory.checkModelFits(cfg, what: "the model (\(source))")
         try HostMemory.checkStepFits(cfg, batch: batch, tokens: seq,
                                      flags: "--batch-size \(batch) × --max-seq-length \(seq)")
     }
@@ -136,6 +140,12 @@ struct StepShapeOptions: ParsableArguments {
                 throw ValidationError("--layers is \(layers): must be in 1 ... \(cfg.layerCount) (the shape's layers)")
             }
             cfg.layerCount = layers
+        }
+        // The step walks every layer, and a random model (or the virtual GPU's plan) keeps records of each: a
+        // 300-byte config with 2^24 layers (LlamaConfig's bound) planned for an hour or ran out of host memory.
+        guard cfg.layerCount <= Self.maximumLayers else {
+            throw ValidationError("\(source): \(cfg.layerCount) layers is more than the \(Self.maximumLayers) a step "
+                                  + "is built for here (released models have at most a few hundred); give --layers")
         }
         guard seq <= cfg.maxPositionEmbeddings else {
             throw ValidationError("--max-seq-length \(seq) is longer than the model's max_position_embeddings "

@@ -108,6 +108,20 @@ struct Train: ParsableCommand {
         }
     }
 
+    /// The folders of OUTPUT that a run writes or deletes (OUTPUT/best, OUTPUT/checkpoint-N): an --init-adapter
+    /// there (say the best adapter of an earlier run, continued with --overwrite-output-dir) was overwritten by the
+    /// new best, or by the new checkpoint of the same step, or deleted by --save-total-limit's rotation.
+    static func refuseInitAdapterInRunFolders(_ initAdapter: String, output: String) throws {
+        let adapter = Quantize.resolvedPath(initAdapter), out = Quantize.resolvedPath(output)
+        let prefix = out.hasSuffix("/") ? out : out + "/"
+        guard adapter.hasPrefix(prefix) else { return }
+        let first = adapter.dropFirst(prefix.count).split(separator: "/").first.map(String.init) ?? ""
+        guard first == "best" || first.hasPrefix("checkpoint-") else { return }
+        throw ValidationError("--init-adapter \(initAdapter) is inside \(output)/\(first), which training into "
+            + "--output-dir \(output) writes or removes (the best adapter, the checkpoints): copy the adapter "
+            + "elsewhere first, or choose another --output-dir")
+    }
+
     /// The files a run writes into an existing --output-dir replace what a symbolic link there points to (the
     /// link is kept): a link to the run's own model, adapter or data would destroy it. Such links are refused.
     static func refuseLinkedOutputs(_ output: String) throws {
@@ -260,6 +274,7 @@ struct Train: ParsableCommand {
         if let initAdapter {
             try Quantize.checkOutput(output, model: initAdapter, writing: "training", flag: "--output-dir",
                                      source: "--init-adapter", insideAllowed: true)
+            try Self.refuseInitAdapterInRunFolders(initAdapter, output: output)
         }
         if let evalPath { try InputFile.requireRegular(evalPath, what: "--eval-data") }
         let resume = try resume(recipe)
@@ -598,5 +613,15 @@ extension Train {
 struct Plot: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Draw RUN_DIR/metrics.jsonl as RUN_DIR/loss.svg.")
     @Argument(help: "A run folder (holding metrics.jsonl).") var runDirectory: String
-    func run() throws { print(try LossPlot.write(runDirectory: runDirectory)) }
+    func run() throws {
+        // As train refuses it (`Train.refuseLinkedOutputs`): writing RUN/loss.svg replaces the file a link there
+        // points to (a model's config.json, the run's own metrics.jsonl) with the SVG.
+        var info = stat()
+        let path = runDirectory + "/loss.svg"
+        if lstat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFLNK {
+            throw ValidationError("\(path) is a symbolic link; plotting would replace the file it points to: remove "
+                                  + "the link first")
+        }
+        print(try LossPlot.write(runDirectory: runDirectory))
+    }
 }
