@@ -704,7 +704,8 @@ def main():
         else:
             shutil.rmtree(d, ignore_errors=True)
     print("summary:", json.dumps(counts, sort_keys=True))
+    return 1 if any(counts.get(k, 0) for k in ("crash", "hang", "lost")) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
