@@ -88,7 +88,8 @@ public enum LlamaMerge {
                              progress: (Int, Int, String) -> Void = { _, _, _ in }) throws -> [String] {
         // Everything goes into a temporary folder beside `directory`, moved into place once complete: a failure
         // (a weight that cannot be read, a full disk) leaves nothing half written.
-        let temporary = directory + ".tmp-\(getpid())"
+        // Beside `directory` even when it is named with a final "/" (inside it, the files were moved in one by one).
+        let temporary = FileSystem.withoutTrailingSlashes(directory) + ".tmp-\(getpid())"
         try? FileManager.default.removeItem(atPath: temporary)
         do {
             var files = try writeFiles(weights: weights, lora: lora, adapters: adapters, onto: onto, dtype: dtype,
@@ -97,14 +98,17 @@ public enum LlamaMerge {
                 try AtomicFile.write(text: text, to: temporary + "/" + name)
                 files.append(name)
             }
-            if FileSystem.isDirectory(directory) {
+            // One rename onto a missing or empty folder; else (a link to a folder, say) file by file.
+            if rename(temporary, FileSystem.withoutTrailingSlashes(directory)) != 0 {
+                let reason = String(cString: strerror(errno))
+                guard FileSystem.isDirectory(directory) else {
+                    throw ModelFileError.writeFailed(path: directory, reason: reason)
+                }
                 for file in files {
                     try? FileManager.default.removeItem(atPath: directory + "/" + file)
                     try FileManager.default.moveItem(atPath: temporary + "/" + file, toPath: directory + "/" + file)
                 }
                 try FileManager.default.removeItem(atPath: temporary)
-            } else {
-                try FileManager.default.moveItem(atPath: temporary, toPath: directory)
             }
             return files
         } catch {

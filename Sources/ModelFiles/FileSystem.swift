@@ -60,6 +60,14 @@ public enum FileSystem {
     /// from it, must fit beside each other).
     public static var readLimit: Int { max(allocatableBytes / 2, 1 << 20) }
 
+    /// `path` without its final slashes ("out/" → "out"; "/" stays "/"): where a sibling such as `path + ".tmp"`
+    /// must go beside the folder, not into it.
+    public static func withoutTrailingSlashes(_ path: String) -> String {
+        var p = Substring(path)
+        while p.count > 1, p.hasSuffix("/") { p = p.dropLast() }
+        return String(p)
+    }
+
     /// Creates `path` and its parents if missing.
     public static func createDirectory(_ path: String) throws {
         // An empty path names no folder; files written "into" it (path + "/name") would land in the root folder.

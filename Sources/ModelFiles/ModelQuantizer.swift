@@ -1,3 +1,4 @@
+import Foundation
 import Quantization
 import Tensors
 
@@ -79,15 +80,36 @@ public struct ModelQuantizer {
             }
             progress(i + 1, archive.names.count, name)
         }
-        try FileSystem.createDirectory(outputDirectory)
-        try SafeTensorsWriter.write(outputs, to: outputDirectory + "/model.safetensors")
         config.set("quantization_config", BnB4BitCheckpoint.quantizationConfig(
             quantType: quantType, doubleQuant: doubleQuant, computeDType: computeDType))
-        // transformers writes config.json with json.dumps(indent=2, sort_keys=True) and a final newline.
-        try AtomicFile.write(text: config.pythonText(indent: 2, sortKeys: true) + "\n", to: outputDirectory + "/config.json")
-        for file in try FileSystem.contents(of: modelDirectory)
-        where !Self.isWeightOrConfig(file) && FileSystem.isFile(modelDirectory + "/" + file) {
-            try FileSystem.copyFile(from: modelDirectory + "/" + file, to: outputDirectory + "/" + file)
+        // Everything goes into a temporary folder beside `outputDirectory`, renamed into place once complete (as
+        // merge does): a run stopped half way used to leave model.safetensors without config.json, or a model
+        // without its tokenizer, where the next command took it for a model.
+        let temporary = FileSystem.withoutTrailingSlashes(outputDirectory) + ".tmp-\(getpid())"
+        try? FileManager.default.removeItem(atPath: temporary)
+        do {
+            try FileSystem.createDirectory(temporary)
+            try SafeTensorsWriter.write(outputs, to: temporary + "/model.safetensors")
+            // transformers writes config.json with json.dumps(indent=2, sort_keys=True) and a final newline.
+            try AtomicFile.write(text: config.pythonText(indent: 2, sortKeys: true) + "\n",
+                                 to: temporary + "/config.json")
+            var files = ["model.safetensors", "config.json"]
+            for file in try FileSystem.contents(of: modelDirectory)
+            where !Self.isWeightOrConfig(file) && FileSystem.isFile(modelDirectory + "/" + file) {
+                try FileSystem.copyFile(from: modelDirectory + "/" + file, to: temporary + "/" + file)
+                files.append(file)
+            }
+            // One rename onto a missing or empty folder; else (a link to a folder, say) file by file.
+            if rename(temporary, FileSystem.withoutTrailingSlashes(outputDirectory)) != 0 {
+                for file in files {
+                    try FileManager.default.moveItem(atPath: temporary + "/" + file,
+                                                     toPath: outputDirectory + "/" + file)
+                }
+                try FileManager.default.removeItem(atPath: temporary)
+            }
+        } catch {
+            try? FileManager.default.removeItem(atPath: temporary)
+            throw error
         }
         return summary
     }

@@ -21,44 +21,61 @@ public enum Checkpoint {
                 "step \(trainer.step)")
         }
         try? FileManager.default.removeItem(atPath: temporary)
-        try PEFTAdapter.save(weights, lora: trainer.engine.loraConfig, to: temporary)
-        let optimizer = try trainer.engine.optimizerSnapshot()
-        var tensors: [(name: String, tensor: Tensor)] = []
-        var steps: [(String, JSONValue)] = []
-        for (name, state) in optimizer.states.sorted(by: { $0.key < $1.key }) {
-            switch state {
-            case .float32(let m, let v):
-                tensors.append((name + ".m", Tensor(m, shape: [m.count])))
-                tensors.append((name + ".v", Tensor(v, shape: [v.count])))
-            case .eightBit(let m, let v, let am, let av):
-                tensors.append((name + ".m", Tensor(copying: m, shape: [m.count], dtype: .u8)))
-                tensors.append((name + ".v", Tensor(copying: v, shape: [v.count], dtype: .u8)))
-                tensors.append((name + ".absmax_m", Tensor(am, shape: [am.count])))
-                tensors.append((name + ".absmax_v", Tensor(av, shape: [av.count])))
+        // A save that fails (a full disk) takes its partial folder with it, not leaving the space taken until
+        // the next run removes it.
+        do {
+            try PEFTAdapter.save(weights, lora: trainer.engine.loraConfig, to: temporary)
+            let optimizer = try trainer.engine.optimizerSnapshot()
+            var tensors: [(name: String, tensor: Tensor)] = []
+            var steps: [(String, JSONValue)] = []
+            for (name, state) in optimizer.states.sorted(by: { $0.key < $1.key }) {
+                switch state {
+                case .float32(let m, let v):
+                    tensors.append((name + ".m", Tensor(m, shape: [m.count])))
+                    tensors.append((name + ".v", Tensor(v, shape: [v.count])))
+                case .eightBit(let m, let v, let am, let av):
+                    tensors.append((name + ".m", Tensor(copying: m, shape: [m.count], dtype: .u8)))
+                    tensors.append((name + ".v", Tensor(copying: v, shape: [v.count], dtype: .u8)))
+                    tensors.append((name + ".absmax_m", Tensor(am, shape: [am.count])))
+                    tensors.append((name + ".absmax_v", Tensor(av, shape: [av.count])))
+                }
+                steps.append((name, .int(optimizer.steps[name] ?? 0)))
             }
-            steps.append((name, .int(optimizer.steps[name] ?? 0)))
+            try SafeTensorsWriter.write(tensors, metadata: ["optim": optimizer.kind.rawValue,
+                                                            "steps": JSONValue.object(steps).compactText()],
+                                        to: temporary + "/optimizer.safetensors")
+            var fields: [(String, JSONValue)] = [
+                ("global_step", .int(trainer.step)),
+                ("total_steps", .int(trainer.totalSteps)),
+                ("rng_state", .string(String(trainer.rng.state))),
+                ("epoch", .int(trainer.data.epoch)),
+                ("data_position", .int(trainer.data.position)),
+                ("data_order", .array(trainer.data.order.map { .int($0) })),
+            ]
+            if let best = trainer.best {
+                fields += [("best_metric", .double(best.loss)), ("best_global_step", .int(best.step))]
+            }
+            fields.append(("early_stopping_patience_counter", .int(trainer.evaluationsWithoutImprovement)))
+            let state: JSONValue = .object(fields)
+            try AtomicFile.write(text: state.pythonText(indent: 2) + "\n", to: temporary + "/trainer_state.json")
+        } catch {
+            try? FileManager.default.removeItem(atPath: temporary)
+            throw error
         }
-        try SafeTensorsWriter.write(tensors, metadata: ["optim": optimizer.kind.rawValue,
-                                                        "steps": JSONValue.object(steps).compactText()],
-                                    to: temporary + "/optimizer.safetensors")
-        var fields: [(String, JSONValue)] = [
-            ("global_step", .int(trainer.step)),
-            ("total_steps", .int(trainer.totalSteps)),
-            ("rng_state", .string(String(trainer.rng.state))),
-            ("epoch", .int(trainer.data.epoch)),
-            ("data_position", .int(trainer.data.position)),
-            ("data_order", .array(trainer.data.order.map { .int($0) })),
-        ]
-        if let best = trainer.best {
-            fields += [("best_metric", .double(best.loss)), ("best_global_step", .int(best.step))]
-        }
-        fields.append(("early_stopping_patience_counter", .int(trainer.evaluationsWithoutImprovement)))
-        let state: JSONValue = .object(fields)
-        try AtomicFile.write(text: state.pythonText(indent: 2) + "\n", to: temporary + "/trainer_state.json")
-        try? FileManager.default.removeItem(atPath: final)
-        guard rename(temporary, final) == 0 else {
+        // A checkpoint of this step from an abandoned run is moved aside (one rename), not deleted file by file
+        // before the new one is in place: a run stopped in between used to leave it half deleted, and the next run
+        // then removed the complete new one as a stale temporary. `removeStaleTemporaries` puts it back.
+        let previous = final + ".old-\(getpid())"
+        try? FileManager.default.removeItem(atPath: previous)
+        if FileManager.default.fileExists(atPath: final), rename(final, previous) != 0 {
             throw ModelFileError.writeFailed(path: final, reason: String(cString: strerror(errno)))
         }
+        guard rename(temporary, final) == 0 else {
+            let reason = String(cString: strerror(errno))
+            _ = rename(previous, final)
+            throw ModelFileError.writeFailed(path: final, reason: reason)
+        }
+        try? FileManager.default.removeItem(atPath: previous)
         if let limit, limit > 0 {
             let all = try checkpoints(in: outputDirectory)
             // The checkpoint just written is always kept (a run resumed from an earlier checkpoint saves steps
@@ -70,17 +87,29 @@ public enum Checkpoint {
     }
 
     /// Removes the `checkpoint-N.tmp-PID` folders that an interrupted save left in `outputDirectory`, when the
-    /// process PID is no longer running (a live one may be saving right now). Returns the paths removed.
+    /// process PID is no longer running (a live one may be saving right now). Returns the paths removed. A
+    /// `checkpoint-N.old-PID` (the checkpoint that save was replacing, moved aside) is put back as `checkpoint-N`
+    /// when the save stopped before the new one took its place, else removed.
     @discardableResult
     public static func removeStaleTemporaries(in outputDirectory: String) throws -> [String] {
         guard FileSystem.isDirectory(outputDirectory) else { return [] }
         var removed: [String] = []
-        for name in try FileSystem.contents(of: outputDirectory) where name.hasPrefix("checkpoint-") {
-            guard let range = name.range(of: ".tmp-"), let pid = Int32(name[range.upperBound...]),
+        // The moved-aside checkpoints first: one put back makes the temporary beside it stale.
+        let names = try FileSystem.contents(of: outputDirectory).filter { $0.hasPrefix("checkpoint-") }
+            .sorted { $0.contains(".old-") && !$1.contains(".old-") }
+        for name in names {
+            guard let range = name.range(of: ".tmp-") ?? name.range(of: ".old-"),
+                  let pid = Int32(name[range.upperBound...]),
                   Int(name[name.index(name.startIndex, offsetBy: "checkpoint-".count)..<range.lowerBound]) != nil
             else { continue }
             if pid != getpid(), kill(pid, 0) == 0 || errno == EPERM { continue }   // still running
             let path = outputDirectory + "/" + name
+            let final = outputDirectory + "/" + name[..<range.lowerBound]
+            if name[range] == ".old-", !FileManager.default.fileExists(atPath: final), rename(path, final) == 0 {
+                let said = "restored \(final), which an interrupted save had moved to \(path)\n"
+                FileHandle.standardError.write(Data(said.utf8))
+                continue
+            }
             try FileManager.default.removeItem(atPath: path)
             removed.append(path)
         }

@@ -26,6 +26,10 @@ struct BenchQuantize: ParsableCommand {
     static let maximumElements = 1 << 31
     /// The memory the benchmark takes per element of the matrix, at its peak (a bound for the check).
     static let bytesPerElement = 12
+    /// Elements of the SmolLM2-135M linear weights quantized in each repeat.
+    static let smolLMElements = 30 * (576 * 576 * 2 + 192 * 576 * 2 + 1536 * 576 * 3)
+    /// Most elements quantized in all the repeats together (the default run: about 10 % of it; a minute or so).
+    static let maximumWork = 1 << 33
 
     func validate() throws {
         guard rows >= 1, cols >= 1 else {
@@ -47,6 +51,15 @@ struct BenchQuantize: ParsableCommand {
         // 2^31 repeats used to run for days: a bound a fuzzer (or a typo) cannot mistake for a hang.
         guard (1...1000).contains(repeats) else {
             throw ValidationError("--repeats is \(repeats): must be from 1 to 1000")
+        }
+        // Each repeat quantizes the matrix and the SmolLM2 weights: --repeats 1000 took about 20 minutes, so the
+        // work in all (elements quantized) is bounded too, not only the count.
+        let work = Double(repeats) * Double(4 * elements + Self.smolLMElements)
+        guard work <= Double(Self.maximumWork) else {
+            throw ValidationError(String(format: "--repeats %ld over a %ld × %ld matrix (and the %ld SmolLM2 weights) "
+                                         + "is %.3g elements quantized, more than the %.3g allowed: lower --repeats "
+                                         + "or the matrix", repeats, rows, cols, Self.smolLMElements, work,
+                                         Double(Self.maximumWork)))
         }
     }
 

@@ -26,14 +26,26 @@ extension HostMemory {
     /// layer keeps several hidden-size rows a token: more than this process may allocate (the machine's memory, or
     /// `ulimit -v`) is a clear error before any allocation, not a failed allocation that kills the process.
     /// `flags` names the settings in the message ("--batch-size 4 × --max-seq-length 512").
-    static func checkStepFits(_ cfg: LlamaConfig, batch: Int, tokens: Int, flags: String) throws {
-        let perToken = Double(cfg.vocabSize + 8 * cfg.hiddenSize * max(cfg.layerCount, 1)) * 8
-        let needed = Double(batch) * Double(tokens) * perToken
+    /// With `lora` (train), its adapters count too: each weight and its gradient in float32 (the optimizer's moments
+    /// may take 8 bits), and a token's x·Aᵀ (r floats) in every adapted projection. `--lora-r 65536
+    /// --target-modules all` was left out, and failed an allocation ("Fatal error") on data the check let through.
+    static func checkStepFits(_ cfg: LlamaConfig, batch: Int, tokens: Int, flags: String,
+                              lora: LoRAConfig? = nil) throws {
+        var perToken = Double(cfg.vocabSize + 8 * cfg.hiddenSize * max(cfg.layerCount, 1)) * 8
+        var fixed = 0.0, what = "logits and activations"
+        if let lora {
+            let shapes = lora.resolvedTargets.compactMap { cfg.projectionShape($0) }
+            let layers = Double(max(cfg.layerCount, 1)), r = Double(lora.r)
+            fixed = shapes.reduce(0.0) { $0 + r * Double($1.0 + $1.1) } * layers * 8
+            perToken += Double(shapes.count) * layers * r * 4
+            what += ", LoRA r \(lora.r) adapters and their gradients"
+        }
+        let needed = Double(batch) * Double(tokens) * perToken + fixed
         let allowed = Double(FileSystem.allocatableBytes)
         guard needed <= allowed else {
-            throw ValidationError(String(format: "%@ needs at least %.1f GB on the CPU (logits and activations); "
+            throw ValidationError(String(format: "%@ needs at least %.1f GB on the CPU (%@); "
                                          + "this process may allocate %.1f GB: lower them", flags, needed / 1e9,
-                                         allowed / 1e9))
+                                         what, allowed / 1e9))
         }
     }
 }

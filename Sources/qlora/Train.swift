@@ -122,6 +122,20 @@ struct Train: ParsableCommand {
             + "elsewhere first, or choose another --output-dir")
     }
 
+    /// A --logging-dir inside OUTPUT/checkpoint-N: the save of step N replaced that folder, and the run's TensorBoard
+    /// events with it, while the run still pointed `tensorboard --logdir` there (and rotation by --save-total-limit
+    /// removed them later). Refused.
+    static func refuseLoggingDirInCheckpoints(_ logs: String, output: String) throws {
+        let dir = Quantize.resolvedPath(logs), out = Quantize.resolvedPath(output)
+        let prefix = out.hasSuffix("/") ? out : out + "/"
+        guard dir.hasPrefix(prefix) else { return }
+        let first = dir.dropFirst(prefix.count).split(separator: "/").first.map(String.init) ?? ""
+        guard first.hasPrefix("checkpoint-") else { return }
+        throw ValidationError("--logging-dir (recipe logging_dir) \(logs) is inside \(output)/\(first), which the "
+            + "checkpoint saves of --output-dir \(output) replace or remove: the TensorBoard events would be lost; "
+            + "choose a folder outside the checkpoints (the default is \(output)/runs)")
+    }
+
     /// The files a run writes into an existing --output-dir replace what a symbolic link there points to (the
     /// link is kept): a link to the run's own model, adapter or data would destroy it. Such links are refused.
     static func refuseLinkedOutputs(_ output: String) throws {
@@ -276,6 +290,9 @@ struct Train: ParsableCommand {
                                      source: "--init-adapter", insideAllowed: true)
             try Self.refuseInitAdapterInRunFolders(initAdapter, output: output)
         }
+        if let logs = try loggingDir ?? recipe.string("logging_dir") {
+            try Self.refuseLoggingDirInCheckpoints(logs, output: output)
+        }
         if let evalPath { try InputFile.requireRegular(evalPath, what: "--eval-data") }
         let resume = try resume(recipe)
         let overwrite = try overwriteOutputDir || (recipe.bool("overwrite_output_dir") ?? false)
@@ -346,7 +363,7 @@ struct Train: ParsableCommand {
             let flag = evaluated > settings.batchSize ? "recipe \(recipe.keyName("eval_batch_size")) \(evalBatch)"
                 : "--batch-size \(settings.batchSize)"
             try HostMemory.checkStepFits(config, batch: max(settings.batchSize, evaluated), tokens: longest,
-                                         flags: "\(flag) × examples of up to \(longest) tokens")
+                                         flags: "\(flag) × examples of up to \(longest) tokens", lora: loaded.lora)
         }
         try FileSystem.createDirectory(output)
         if isMain {   // the folder locked for this run, and checked again under the lock (a run started beside it)

@@ -35,4 +35,7 @@ extension BadSettingsTests {
         try runFuzzer("fuzz-structured.py", cases: 4, seed: 41)
     }
     func testFuzzCommandsPassHasNoCrashHangOrLostFile() throws { try runFuzzer("fuzz-commands.py", cases: 3, seed: 41) }
+    func testFuzzInterruptsPassHasNoCrashHangOrLostFile() throws {
+        try runFuzzer("fuzz-interrupts.py", cases: 1, seed: 41)
+    }
 }
