@@ -32,6 +32,13 @@ extension HostMemory {
     static func checkStepFits(_ cfg: LlamaConfig, batch: Int, tokens: Int, flags: String,
                               lora: LoRAConfig? = nil) throws {
         var perToken = Double(cfg.vocabSize + 8 * cfg.hiddenSize * max(cfg.layerCount, 1)) * 8
+        // The layer being differentiated holds its own (with checkpointing too, recomputed): q, k, v, gate, up,
+        // SwiGLU's output, and its attention probabilities (a head's row over at least the keys of its 128-row
+        // block: 64 on average). Without them a model whose MLP is wide against its hidden size (512 over 192, at
+        // batch 1000 × 256) passed the check and failed an allocation ("Fatal error").
+        let layer = cfg.headCount * cfg.headDim + 2 * cfg.kvHeadCount * cfg.headDim + 3 * cfg.intermediateSize
+            + cfg.headCount * min(tokens, 128) / 2
+        perToken += Double(layer) * 4
         var fixed = 0.0, what = "logits and activations"
         if let lora {
             let shapes = lora.resolvedTargets.compactMap { cfg.projectionShape($0) }

@@ -101,3 +101,32 @@ extension BadSettingsTests {
         XCTAssertEqual(try String(contentsOfFile: dir + "/config.json", encoding: .utf8), "{}")
     }
 }
+
+extension BadSettingsTests {
+    /// tiny-llama (MLP 512 wide over hidden 192) at batch 1000 × 256 tokens under an 8 GiB address-space limit:
+    /// the memory check counted hidden-size rows only, let the run through, and the step failed an allocation
+    /// ("Fatal error", found by fuzz-commands.py's memory kind with seed 1234). It counts the layer's q, k, v, MLP
+    /// and attention rows now, and refuses.
+    func testTheMemoryCheckCountsTheWideMLPAndAttention() throws {
+        let (model, dir, _) = try tinyModelAndData()
+        let data = dir + "/long.jsonl"
+        try write((0..<500).map { i in
+            "{\"input_ids\": [\((0..<256).map { String(3 + (7 * i + $0) % 380) }.joined(separator: ", "))]}\n"
+        }.joined(), data)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/sh")
+        p.arguments = ["-c", "ulimit -v 8388608 && exec \"$0\" \"$@\"", try binary(), "train", "--model", model,
+                       "--data", data, "--batch-size", "1000", "--max-steps", "1", "--output-dir", dir + "/out"]
+        let log = dir + "/log.txt"
+        FileManager.default.createFile(atPath: log, contents: nil)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        p.standardOutput = handle; p.standardError = handle
+        try p.run()
+        p.waitUntilExit()
+        try handle.close()
+        let output = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        XCTAssertEqual(p.terminationReason, .exit, output)
+        XCTAssertEqual(p.terminationStatus, 64, output)
+        XCTAssertTrue(output.contains("--batch-size 1000 × examples of up to 256 tokens needs at least"), output)
+    }
+}
