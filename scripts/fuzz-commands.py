@@ -48,7 +48,6 @@ Needs ../shared/golden/hf-qlora (or $QLORA_SHARED/golden/hf-qlora) and scripts/f
 and runner are reused). Standard library only. Runs one case at a time, under nice.
 """
 
-import argparse
 import importlib.util
 import json
 import os
@@ -638,17 +637,7 @@ KINDS = ["tokenizer", "inside", "shape", "pipeline", "adapter", "generate", "tra
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--binary", default=os.path.join(REPO, ".build", "release", "qlora"))
-    ap.add_argument("--work", default="/tmp/qlora-fuzz3")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--cases", type=int, default=20, help="cases per kind")
-    ap.add_argument("--kinds", default=",".join(KINDS))
-    ap.add_argument("--timeout", type=int, default=60)
-    ap.add_argument("--memory-gib", type=int, default=8)
-    ap.add_argument("--only", help="run one case, KIND-N")
-    ap.add_argument("--verbose", action="store_true")
-    args = ap.parse_args()
+    args = fs.parse_args(__doc__.split("\n")[0], "/tmp/qlora-fuzz3", 20, KINDS)
     runner = fs.Runner(args)
     os.makedirs(args.work, exist_ok=True)
     base = fs.build_base(runner, args.work)

@@ -34,7 +34,6 @@ Usage:
 Standard library only; reuses fuzz-structured.py's fixtures. One case at a time, under nice.
 """
 
-import argparse
 import importlib.util
 import json
 import os
@@ -703,17 +702,7 @@ KINDS = {"interrupt": case_interrupt, "crashpoint": case_crashpoint, "damaged": 
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--binary", default=os.path.join(fs.REPO, ".build", "release", "qlora"))
-    ap.add_argument("--work", default="/tmp/qlora-fuzz4")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--cases", type=int, default=20)
-    ap.add_argument("--kinds", default=",".join(KINDS))
-    ap.add_argument("--timeout", type=int, default=60)
-    ap.add_argument("--memory-gib", type=int, default=8)
-    ap.add_argument("--only")
-    ap.add_argument("--verbose", action="store_true")
-    args = ap.parse_args()
+    args = fs.parse_args(__doc__.split("\n")[0], "/tmp/qlora-fuzz4", 20, KINDS)
     runner = fs.Runner(args)
     os.makedirs(args.work, exist_ok=True)
     base = fs.build_base(runner, args.work)

@@ -37,6 +37,7 @@ time, under nice.
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -59,64 +60,17 @@ GOLDEN = os.path.join(SHARED, "golden", "hf-qlora")
 # Small helpers and the base fixtures (tiny-llama with a byte-level BPE tokenizer, as fuzz-cli.py builds it)
 
 
-def byte_characters():
-    out, nxt = [], 256
-    for b in range(256):
-        printable = 33 <= b <= 126 or 161 <= b <= 172 or 174 <= b <= 255
-        out.append(chr(b if printable else nxt))
-        if not printable:
-            nxt += 1
-    return out
-
-
-CHAT_TEMPLATE = "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}" + \
-    "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
+# The fixtures fuzz-cli.py builds (the byte-level BPE tokenizer of tiny-llama's 384 ids, its chat template, file
+# writers), taken from it rather than written again.
+_cli_spec = importlib.util.spec_from_file_location("fuzz_cli", os.path.join(REPO, "scripts", "fuzz-cli.py"))
+_cli = importlib.util.module_from_spec(_cli_spec)
+_cli_spec.loader.exec_module(_cli)
+byte_characters, tokenizer_json, CHAT_TEMPLATE = _cli.byte_characters, _cli.tokenizer_json, _cli.CHAT_TEMPLATE
+write_json, write_bytes = _cli.write_json, _cli.write_bytes
 TEXT = ("the river rose slowly through the night and by morning the lower fields were under water farmers "
         "moved their animals to the hills while the children watched the boats drift past the church nobody "
         "had seen a flood like it in forty years and the old men argued about whether the bridge would hold a "
         "recipe for bread needs only four things flour water salt and yeast mix them and bake")
-
-
-def tokenizer_json(vocab_size=384):
-    chars = byte_characters()
-    vocab = [("<unk>", 0), ("<s>", 1), ("</s>", 2)] + [(c, 3 + b) for b, c in enumerate(chars)]
-    known = set(v for v, _ in vocab)
-    merges = []
-    done = False
-    for i, word in enumerate(TEXT.split(" ")):
-        pieces = [chars[b] for b in (("" if i == 0 else " ") + word).encode()]
-        left = pieces[0]
-        for right in pieces[1:]:
-            joined = left + right
-            if joined not in known:
-                if len(vocab) >= vocab_size:
-                    done = True
-                    break
-                merges.append(left + " " + right)
-                vocab.append((joined, len(vocab)))
-                known.add(joined)
-            left = joined
-        if done:
-            break
-    added = [{"id": i, "content": c, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
-              "special": True} for i, c in enumerate(["<unk>", "<s>", "</s>"])]
-    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-    post = {"type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-            "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}}
-    return {"version": "1.0", "added_tokens": added, "normalizer": None, "pre_tokenizer": byte_level,
-            "post_processor": post, "decoder": byte_level,
-            "model": {"type": "BPE", "unk_token": "<unk>", "vocab": dict(vocab), "merges": merges}}
-
-
-def write_json(path, value):
-    with open(path, "w") as f:
-        json.dump(value, f, indent=2, allow_nan=True)
-
-
-def write_bytes(path, data):
-    with open(path, "wb") as f:
-        f.write(data)
 
 
 def copy_tree(src, dst):
@@ -682,18 +636,23 @@ def classify(rc, out, err):
     return "ok" if rc == 0 else "error"
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_args(description, work, cases, kinds):
+    """The options every fuzzer of scripts/ takes (fuzz-commands.py and fuzz-interrupts.py call this one)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--binary", default=os.path.join(REPO, ".build", "release", "qlora"))
-    ap.add_argument("--work", default="/tmp/qlora-fuzz2")
+    ap.add_argument("--work", default=work)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--cases", type=int, default=30, help="cases per kind")
-    ap.add_argument("--kinds", default=",".join(KINDS))
+    ap.add_argument("--cases", type=int, default=cases, help="cases per kind")
+    ap.add_argument("--kinds", default=",".join(kinds))
     ap.add_argument("--timeout", type=int, default=60)
     ap.add_argument("--memory-gib", type=int, default=8)
     ap.add_argument("--only", help="run one case, KIND-N")
     ap.add_argument("--verbose", action="store_true")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main():
+    args = parse_args(__doc__.split("\n")[0], "/tmp/qlora-fuzz2", 30, KINDS)
     runner = Runner(args)
     os.makedirs(args.work, exist_ok=True)
     base = build_base(runner, args.work)

@@ -26,12 +26,17 @@ final class BadSettingsTests: XCTestCase {
         return fallback
     }
 
-    /// Runs the binary with `arguments`, killing it after `timeout` seconds (a hang fails the test).
-    func run(_ arguments: [String], timeout: TimeInterval = 60, directory: String? = nil, stdin: String? = nil) throws
+    /// Runs the binary (or `executable`: a shell, a script's interpreter) with `arguments`, killing it after
+    /// `timeout` seconds (a hang fails the test); `environment` is added to this process's.
+    func run(_ arguments: [String], timeout: TimeInterval = 60, directory: String? = nil, stdin: String? = nil,
+             executable: String? = nil, environment: [String: String] = [:]) throws
         -> (status: Int32, crashed: Bool, output: String) {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: try binary())
+        p.executableURL = URL(fileURLWithPath: try executable ?? binary())
         p.arguments = arguments
+        if !environment.isEmpty {
+            p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         if let directory { p.currentDirectoryURL = URL(fileURLWithPath: directory) }
         let log = NSTemporaryDirectory() + "qlora-bad-settings-\(UUID().uuidString).log"
         FileManager.default.createFile(atPath: log, contents: nil)

@@ -10,24 +10,13 @@ extension BadSettingsTests {
         let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent()
         let work = makeTemporaryDirectory(self)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", repo.appendingPathComponent("scripts/" + script).path, "--binary", try binary(),
-                       "--work", work, "--seed", String(seed), "--cases", String(cases)]
-        var environment = ProcessInfo.processInfo.environment
         _ = try Shared.requireGolden()
-        environment["QLORA_SHARED"] = Shared.root
-        p.environment = environment
-        let log = work + "/fuzzer.log"
-        FileManager.default.createFile(atPath: log, contents: nil)
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
-        p.standardOutput = handle; p.standardError = handle
-        try p.run()
-        p.waitUntilExit()
-        try handle.close()
-        let output = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
-        XCTAssertEqual(p.terminationStatus, 0, "\(script) --seed \(seed): \(output.suffix(4000))", file: file,
-                       line: line)
+        let (status, _, output) = try run(["python3", repo.appendingPathComponent("scripts/" + script).path,
+                                           "--binary", try binary(), "--work", work, "--seed", String(seed),
+                                           "--cases", String(cases)],
+                                          timeout: 900, executable: "/usr/bin/env",
+                                          environment: ["QLORA_SHARED": Shared.root])
+        XCTAssertEqual(status, 0, "\(script) --seed \(seed): \(output.suffix(4000))", file: file, line: line)
     }
 
     func testFuzzCLIPassHasNoCrashHangOrLostFile() throws { try runFuzzer("fuzz-cli.py", cases: 3, seed: 41) }

@@ -113,20 +113,12 @@ extension BadSettingsTests {
         try write((0..<500).map { i in
             "{\"input_ids\": [\((0..<256).map { String(3 + (7 * i + $0) % 380) }.joined(separator: ", "))]}\n"
         }.joined(), data)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/bin/sh")
-        p.arguments = ["-c", "ulimit -v 8388608 && exec \"$0\" \"$@\"", try binary(), "train", "--model", model,
-                       "--data", data, "--batch-size", "1000", "--max-steps", "1", "--output-dir", dir + "/out"]
-        let log = dir + "/log.txt"
-        FileManager.default.createFile(atPath: log, contents: nil)
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
-        p.standardOutput = handle; p.standardError = handle
-        try p.run()
-        p.waitUntilExit()
-        try handle.close()
-        let output = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
-        XCTAssertEqual(p.terminationReason, .exit, output)
-        XCTAssertEqual(p.terminationStatus, 64, output)
+        let (status, crashed, output) = try run(["-c", "ulimit -v 8388608 && exec \"$0\" \"$@\"", try binary(),
+                                                 "train", "--model", model, "--data", data, "--batch-size", "1000",
+                                                 "--max-steps", "1", "--output-dir", dir + "/out"],
+                                                executable: "/bin/sh")
+        XCTAssertFalse(crashed, output)
+        XCTAssertEqual(status, 64, output)
         XCTAssertTrue(output.contains("--batch-size 1000 × examples of up to 256 tokens needs at least"), output)
     }
 }
