@@ -58,6 +58,24 @@ __device__ __forceinline__ void h_load(unsigned char* s, const T* g, long long s
         cp_async16((T*)(s + (r >> 6) * H_TILE + h_offset(r & 63, c)), ok ? g + r * stride + c * 8 : g, ok);
     }
 }
+// h_load for the kernels' blocks of 256 threads and ROWS (a multiple of 16) known at compile time: thread x copies
+// chunk x % 16 of rows x / 16 + 16n. Its chunks' shared offsets differ by constants (2,048 bytes a step of 16 rows in
+// a tile: the swizzle's row phase r % 8 stays the thread's own), so a call costs a few instructions a chunk, where
+// h_load's loop recomputes the row, the chunk and the swizzle for each.
+template <int ROWS>
+__device__ __forceinline__ void h_load256(unsigned char* s, const T* g, long long stride, int valid) {
+    const int r0 = threadIdx.x >> 4, c = threadIdx.x & 15;
+    const unsigned d = smem_address(s) + h_offset(r0, c);
+    const T* src = g + r0 * stride + c * 8;
+    const long long step = 16 * stride;
+#pragma unroll
+    for (int n = 0; n < ROWS / 16; ++n) {
+        const bool ok = r0 + 16 * n < valid;
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;"
+                     :: "r"(d + (n >> 2) * H_TILE + (n & 3) * 2048), "l"(ok ? src + n * step : g), "r"(ok ? 16 : 0)
+                     : "memory");
+    }
+}
 // A shared-memory matrix descriptor: start address, leading and stride byte offsets, 128-byte swizzle.
 __device__ __forceinline__ unsigned long long h_desc(unsigned address, unsigned lbo, unsigned sbo) {
     return (unsigned long long)((address & 0x3FFFF) >> 4) | ((unsigned long long)(lbo >> 4) << 16) |
@@ -131,9 +149,9 @@ __device__ __forceinline__ void h_forward(T* out, float* lse, const T* q, const 
 #pragma unroll
     for (int r = 0; r < 2; ++r) rs[r] = fa_start(st, min(rowBase + g + 8 * r, tokens - 1));
 
-    h_load(qs, q + ((long long)b * tokens + i0) * qStride + (long long)h * D, qStride, tokens - i0, H_ROWS);
-    h_load(ks, kg + (long long)jt0 * H_KEYS * kStride, kStride, tokens - jt0 * H_KEYS, H_KEYS);
-    h_load(vs, vg + (long long)jt0 * H_KEYS * kStride, kStride, tokens - jt0 * H_KEYS, H_KEYS);
+    h_load256<H_ROWS>(qs, q + ((long long)b * tokens + i0) * qStride + (long long)h * D, qStride, tokens - i0);
+    h_load256<H_KEYS>(ks, kg + (long long)jt0 * H_KEYS * kStride, kStride, tokens - jt0 * H_KEYS);
+    h_load256<H_KEYS>(vs, vg + (long long)jt0 * H_KEYS * kStride, kStride, tokens - jt0 * H_KEYS);
     cp_async_commit();
 
     float o[64];
@@ -145,8 +163,8 @@ __device__ __forceinline__ void h_forward(T* out, float* lse, const T* q, const 
         const int stage = (jt - jt0) & 1, j0 = jt * H_KEYS;
         if (jt < jtEnd) {   // the next key and value tiles, behind this step's products
             const int j1 = j0 + H_KEYS;
-            h_load(ks + (stage ^ 1) * H_TILE, kg + (long long)j1 * kStride, kStride, tokens - j1, H_KEYS);
-            h_load(vs + (stage ^ 1) * H_TILE, vg + (long long)j1 * kStride, kStride, tokens - j1, H_KEYS);
+            h_load256<H_KEYS>(ks + (stage ^ 1) * H_TILE, kg + (long long)j1 * kStride, kStride, tokens - j1);
+            h_load256<H_KEYS>(vs + (stage ^ 1) * H_TILE, vg + (long long)j1 * kStride, kStride, tokens - j1);
         }
         cp_async_commit();
         cp_async_wait<1>();   // this step's tiles are in
@@ -282,16 +300,49 @@ __device__ __forceinline__ void h_dq_step(float* dq, const int* arrival, int ord
     const int i = i0 + 16 * ((threadIdx.x >> 5) & 3) + g + (odd ? 8 : 0);
     float* row = dq + (long long)i * heads * 128 + 64 * wg + 2 * (c & 2);
 #pragma unroll
-    for (int n = 0; n < 8; ++n) {
+    for (int n = 0; n < 8; ++n) {   // d[4n … 4n + 3] becomes the 4 columns this lane writes
         const float give0 = odd ? d[4 * n] : d[4 * n + 2], give1 = odd ? d[4 * n + 1] : d[4 * n + 3];
         const float got0 = __shfl_xor_sync(0xffffffffu, give0, 1), got1 = __shfl_xor_sync(0xffffffffu, give1, 1);
-        const float4 v = odd ? make_float4(got0, got1, d[4 * n + 2], d[4 * n + 3])
-                             : make_float4(d[4 * n], d[4 * n + 1], got0, got1);
-        if (i >= tokens) continue;
-        if (order == 0) *(float4*)(row + 8 * n) = v;
-        else asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};"
-                          :: "l"(row + 8 * n), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w) : "memory");
+        if (odd) { d[4 * n] = got0; d[4 * n + 1] = got1; }
+        else { d[4 * n + 2] = got0; d[4 * n + 3] = got1; }
     }
+    if (i >= tokens) return;
+    if (order == 0) {
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+            *(float4*)(row + 8 * n) = make_float4(d[4 * n], d[4 * n + 1], d[4 * n + 2], d[4 * n + 3]);
+    } else {
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+            asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};"
+                         :: "l"(row + 8 * n), "f"(d[4 * n]), "f"(d[4 * n + 1]), "f"(d[4 * n + 2]), "f"(d[4 * n + 3])
+                         : "memory");
+    }
+}
+
+// The backward's Pᵀ and dSᵀ in place of this lane's Sᵀ and dPᵀ (keys `key` and key + 8, query columns 8n + 2c and
+// + 1 of the tile at i0; `sb`: the tile's lse (natural log) and delta): p = 2^(s·sl2 − lse·log₂e), dS = p·(dP − delta).
+// MASKED zeroes p where the query does not see the key (before it, before its document, or past the sequence's end).
+template <bool MASKED, int ROWS>
+__device__ __forceinline__ void h_probabilities(float* sT, float* dpt, const float* sb, int i0, int key, int c,
+                                                int tokens, const int* st, float sl2) {
+#pragma unroll
+    for (int n = 0; n < ROWS / 8; ++n)
+#pragma unroll
+        for (int e2 = 0; e2 < 2; ++e2) {
+            const int col = n * 8 + 2 * c + e2, i = i0 + col;
+            const float l2 = sb[col] * FA_LOG2E, di = sb[ROWS + col];   // zeros past the end
+            const bool inside = !MASKED || i < tokens;
+            const int si = MASKED && inside ? fa_start(st, i) : 0;
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const int e = 4 * n + 2 * r + e2, kr = key + 8 * r;
+                float p = fa_exp2(fmaf(sT[e], sl2, -l2));
+                if (MASKED && (kr > i || !inside || kr < si)) p = 0.0f;
+                sT[e] = p;
+                dpt[e] = p * (dpt[e] - di);
+            }
+        }
 }
 
 // The backward: warpgroup w owns keys 64w…64w+63 of the block's 128; a step is one (query head of the KV group,
@@ -324,13 +375,13 @@ __device__ __forceinline__ void h_backward(T* dk, T* dv, const T* dout, const fl
     const int steps = group * queryTiles;
     int* pending = nullptr;   // thread 0: the arrival of the last step, not yet counted
 
-    h_load(ks, k + ((long long)b * tokens + j0) * kStride + (long long)kh * D, kStride, tokens - j0, KEYS);
-    h_load(vs, v + ((long long)b * tokens + j0) * kStride + (long long)kh * D, kStride, tokens - j0, KEYS);
+    h_load256<KEYS>(ks, k + ((long long)b * tokens + j0) * kStride + (long long)kh * D, kStride, tokens - j0);
+    h_load256<KEYS>(vs, v + ((long long)b * tokens + j0) * kStride + (long long)kh * D, kStride, tokens - j0);
     auto fetch = [&](int step, int buffer) {
         const int hh = kh * group + step / queryTiles, i0 = (firstTile + step % queryTiles) * ROWS;
         const long long at = ((long long)b * tokens + i0) * qStride + (long long)hh * D;
-        h_load(qs + buffer * H_TILE, q + at, qStride, tokens - i0, ROWS);
-        h_load(os + buffer * H_TILE, dout + at, qStride, tokens - i0, ROWS);
+        h_load256<ROWS>(qs + buffer * H_TILE, q + at, qStride, tokens - i0);
+        h_load256<ROWS>(os + buffer * H_TILE, dout + at, qStride, tokens - i0);
         for (int x = threadIdx.x; x < 2 * ROWS; x += blockDim.x) {
             const int r = x % ROWS;
             const bool ok = i0 + r < tokens;
@@ -377,24 +428,11 @@ __device__ __forceinline__ void h_backward(T* dk, T* dv, const T* dout, const fl
             wg_wait0();
             wg_hold<32>(sT);
             wg_hold<32>(dpt);
+            // Warp-uniform: whether some key of this warp is not seen by some query of the tile (the diagonal, the
+            // end of the sequence, documents); most steps take the plain path, without the per-element tests.
             const bool masked = i0 < kr + 15 || i0 + ROWS > tokens || fa_start(st, min(i0 + ROWS, tokens) - 1) > kr;
-#pragma unroll
-            for (int n = 0; n < ROWS / 8; ++n)
-#pragma unroll
-                for (int e2 = 0; e2 < 2; ++e2) {
-                    const int i = i0 + n * 8 + 2 * c + e2;
-                    const bool inside = i < tokens;
-                    const int si = masked && inside ? fa_start(st, i) : 0;
-                    const float l2 = sb[i - i0] * FA_LOG2E, di = sb[ROWS + i - i0];   // zeros past the end
-#pragma unroll
-                    for (int r = 0; r < 2; ++r) {
-                        const int e = 4 * n + 2 * r + e2, key = kr + g + 8 * r;
-                        float p = fa_exp2(fmaf(sT[e], sl2, -l2));
-                        if (masked && (key > i || !inside || key < si)) p = 0.0f;
-                        sT[e] = p;
-                        dpt[e] = p * (dpt[e] - di);
-                    }
-                }
+            if (masked) h_probabilities<true, ROWS>(sT, dpt, sb, i0, kr + g, c, tokens, st, sl2);
+            else h_probabilities<false, ROWS>(sT, dpt, sb, i0, kr + g, c, tokens, st, sl2);
             unsigned ap[4][4], ad[4][4];
 #pragma unroll
             for (int kq = 0; kq < 4; ++kq) {

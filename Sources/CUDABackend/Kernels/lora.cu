@@ -384,16 +384,23 @@ lora_down(T* z0, T* z1, T* z2, const T* x, const T* a0, const T* a1, const T* a2
         for (int nb = 0; nb < 2; nb++)
 #pragma unroll
             for (int q = 0; q < 4; q++) acc[t][nb][q] = 0.0f;
-    for (int c0 = warp * 32; c0 < k; c0 += DOWN_WARPS * 32) {
+    // One 32-column step of the warp: 8 columns of x and of A a lane (zeros past k or outside the rows), masked,
+    // then the products. `whole`: the step lies inside k and the loads are 16 bytes, without the edge tests (the
+    // loop over such steps is unrolled so that several steps' loads are in flight).
+    auto step = [&](int c0, bool whole) {
         int col = c0 + 8 * c, limit = k - col;
-        uint4 w0 = lora_load_packed(aLo + col, loLive ? limit : 0, vector);
-        uint4 w1 = lora_load_packed(aHi + col, hiLive ? limit : 0, vector);
+        const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+        uint4 w0 = whole ? (loLive ? *(const uint4*)(aLo + col) : zero)
+                         : lora_load_packed(aLo + col, loLive ? limit : 0, vector);
+        uint4 w1 = whole ? (hiLive ? *(const uint4*)(aHi + col) : zero)
+                         : lora_load_packed(aHi + col, hiLive ? limit : 0, vector);
         uint4 xv[DOWN_TILES][2];
 #pragma unroll
         for (int t = 0; t < DOWN_TILES; t++)
 #pragma unroll
             for (int h = 0; h < 2; h++) {
-                xv[t][h] = lora_load_packed(xrow[t][h] + col, live[t][h] ? limit : 0, xVector);
+                xv[t][h] = whole ? (live[t][h] ? *(const uint4*)(xrow[t][h] + col) : zero)
+                                 : lora_load_packed(xrow[t][h] + col, live[t][h] ? limit : 0, xVector);
                 if (dropping) xv[t][h] = lora_mask_packed(xv[t][h], key[t][h], col, threshold);
             }
 #pragma unroll
@@ -403,7 +410,12 @@ lora_down(T* z0, T* z1, T* z2, const T* x, const T* a0, const T* a1, const T* a2
             mma_bf16(acc[t][0], f0, w0.x, w0.y); mma_bf16(acc[t][0], f1, w0.z, w0.w);
             mma_bf16(acc[t][1], f0, w1.x, w1.y); mma_bf16(acc[t][1], f1, w1.z, w1.w);
         }
-    }
+    };
+    const int wholeEnd = vector && xVector ? k / 32 * 32 : 0;
+    int c0 = warp * 32;
+#pragma unroll 4
+    for (; c0 < wholeEnd; c0 += DOWN_WARPS * 32) step(c0, true);
+    for (; c0 < k; c0 += DOWN_WARPS * 32) step(c0, false);
     // acc[t][nb][q]: row 16t + g (+8 for q ≥ 2), output 8nb + 2c + (q & 1).
 #pragma unroll
     for (int t = 0; t < DOWN_TILES; t++)
@@ -452,6 +464,7 @@ extern "C" __global__ void __launch_bounds__(DXM_WARPS * 32, 5)   // ≤ 102 reg
 lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsigned long long seed,
         int accumulate, int tiles) {
     __shared__ __align__(16) float staged[DXM_WARPS * 16 * DXM_PITCH];
+    __shared__ uint4 olds[DXM_WARPS][2][16 * 8];   // a warp's two buffers of dx's old values: 16 rows × 8 chunks
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     int strip = blockIdx.x * DXM_WARPS * 64 + warp * 64;
     if (strip >= k) return;   // each warp uses only its own tile and __syncwarp: no block barriers here
@@ -463,19 +476,28 @@ lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsi
     unsigned b[8][2];
     unsigned fNext[4];   // r ≤ 16: the next row tile's dz fragment, loaded a tile ahead (its latency hidden)
     if (r <= 16) lora_dz_fragment(fNext, dz, rowStart, 0, rows, r);
-    for (int t = 0; t < tiles; t++) {
-        int base = rowStart + 16 * t;
-        if (base >= rows) break;
-        // This tile's dx (16 rows × 8 chunks of 8 columns: lane l takes chunks l, l + 32, l + 64, l + 96, row =
-        // chunk / 8), read as packed bf16 before the products, so that the reads are in flight while they run.
-        int limits[4];
-        uint4 old[4];
+    // Accumulating with k % 8 == 0, a tile's dx (16 rows × 8 chunks of 8 columns: lane l takes chunks l, l + 32,
+    // l + 64, l + 96, row = chunk / 8) is copied to the warp's buffer a tile ahead (cp.async: no registers held
+    // while the products run; each lane reads back only its own chunks).
+    const bool staging = accumulate && vector;
+    auto request = [&](int base, int buffer) {
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             int chunk = lane + 32 * i, col = strip + (chunk & 7) * 8, row = base + (chunk >> 3);
-            limits[i] = row < rows ? k - col : 0;
-            old[i] = accumulate && vector && limits[i] >= 8 ? *(const uint4*)(dx + (long long)row * k + col)
-                                                           : make_uint4(0u, 0u, 0u, 0u);
+            bool ok = row < rows && col < k;   // k % 8 == 0: a chunk is wholly inside or outside
+            cp_async16((T*)&olds[warp][buffer][chunk], ok ? dx + (long long)row * k + col : dx, ok);
+        }
+    };
+    if (staging) {
+        request(rowStart, 0);
+        cp_async_commit();
+    }
+    for (int t = 0; t < tiles; t++) {
+        int base = rowStart + 16 * t;
+        if (base >= rows) break;
+        if (staging) {
+            if (t + 1 < tiles && base + 16 < rows) request(base + 16, (t + 1) & 1);
+            cp_async_commit();
         }
         float acc[8][4];
 #pragma unroll
@@ -522,21 +544,24 @@ lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsi
             }
         }
         __syncwarp();
+        if (staging) cp_async_wait<1>();   // this tile's old values are in (the next tile's may still be on their way)
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             int chunk = lane + 32 * i, col = strip + (chunk & 7) * 8, row = base + (chunk >> 3);
+            int limit = row < rows ? k - col : 0;
             const float* src = tile + (chunk >> 3) * DXM_PITCH + (chunk & 7) * 8;
             T* p = dx + (long long)row * k + col;
-            // the packed values read above (zeros when not accumulating), or a ragged edge read here
-            float v[8] = {__uint_as_float(old[i].x << 16), __uint_as_float(old[i].x & 0xffff0000u),
-                          __uint_as_float(old[i].y << 16), __uint_as_float(old[i].y & 0xffff0000u),
-                          __uint_as_float(old[i].z << 16), __uint_as_float(old[i].z & 0xffff0000u),
-                          __uint_as_float(old[i].w << 16), __uint_as_float(old[i].w & 0xffff0000u)};
-            if (limits[i] > 0) {
-                if (accumulate && !(vector && limits[i] >= 8)) load8(v, p, limits[i], vector);
+            // the staged old values (zeros when not accumulating), or a ragged edge read here
+            const uint4 old = staging ? olds[warp][t & 1][chunk] : make_uint4(0u, 0u, 0u, 0u);
+            float v[8] = {__uint_as_float(old.x << 16), __uint_as_float(old.x & 0xffff0000u),
+                          __uint_as_float(old.y << 16), __uint_as_float(old.y & 0xffff0000u),
+                          __uint_as_float(old.z << 16), __uint_as_float(old.z & 0xffff0000u),
+                          __uint_as_float(old.w << 16), __uint_as_float(old.w & 0xffff0000u)};
+            if (limit > 0) {
+                if (accumulate && !staging) load8(v, p, limit, vector);
 #pragma unroll
                 for (int e = 0; e < 8; e++) v[e] += src[e];
-                store8(p, v, limits[i], vector);
+                store8(p, v, limit, vector);
             }
         }
     }
@@ -574,13 +599,21 @@ lora_down_grad_mma(float* partial0, float* partial1, float* partial2, const T* d
     int col0 = blockX * GRADM_COLS;
     bool dropping = keep < 1.0f;
     unsigned threshold = dropping ? lora_threshold(keep) : 0u;
+    // Thread x stages chunk x % 32 (8 columns) of rows x / 32 + 4n of a chunk of x, masks column pair x (both
+    // loops unrolled, so that each access is a base and a constant), and reads its fragments at fixed offsets.
+    const int stageRow = threadIdx.x >> 5, stageCol = (threadIdx.x & 31) * 8;
+    const bool stageOk = col0 + stageCol < k;   // k % 8 == 0: 8 columns are wholly inside or outside
+    const T* stageSrc = x + (long long)(rowStart + stageRow) * ldx + col0 + stageCol;
+    const unsigned xsAt = smem_address(xs), dztAt = smem_address(dzt);
+    const unsigned stageAt = xsAt + 2 * (stageRow * GRADM_XLD + stageCol);
     auto stage = [&](int chunk, int buffer) {
-        T* s = xs + buffer * GRADM_CHUNK * GRADM_XLD;
-        for (int e = threadIdx.x; e < GRADM_CHUNK * (GRADM_COLS / 8); e += 128) {
-            int i = e / (GRADM_COLS / 8), cc = (e % (GRADM_COLS / 8)) * 8;
-            int row = chunk * GRADM_CHUNK + i, col = col0 + cc;
-            bool ok = row < rowCount && col < k;   // k % 8 == 0: 8 columns are wholly inside or outside
-            cp_async16(s + i * GRADM_XLD + cc, ok ? x + (long long)(rowStart + row) * ldx + col : x, ok);
+        const unsigned at = stageAt + buffer * (2 * GRADM_CHUNK * GRADM_XLD);
+#pragma unroll
+        for (int n = 0; n < GRADM_CHUNK / 4; ++n) {
+            const int row = chunk * GRADM_CHUNK + stageRow + 4 * n;
+            const bool ok = stageOk && row < rowCount;
+            cp_async16_at(at + n * (2 * 4 * GRADM_XLD), ok ? stageSrc + (long long)(chunk * GRADM_CHUNK + 4 * n) * ldx
+                                                            : x, ok);
         }
     };
     stage(0, 0);
@@ -594,6 +627,10 @@ lora_down_grad_mma(float* partial0, float* partial1, float* partial2, const T* d
     float acc[8][4];
 #pragma unroll
     for (int nb = 0; nb < 8; nb++) acc[nb][0] = acc[nb][1] = acc[nb][2] = acc[nb][3] = 0.0f;
+    const int fragRow = (lane & 7) + ((lane >> 3) & 1) * 8, fragCol = (lane >> 4) * 8;
+    const unsigned aAt = dztAt + 2 * (fragRow * GRADM_DLD + fragCol);
+    const unsigned bAt = xsAt + 2 * (fragRow * GRADM_XLD + warp * 64 + fragCol);
+    const unsigned pair = (unsigned)(col0 >> 1) + threadIdx.x;   // the column pair this thread masks
     int chunks = (rowCount + GRADM_CHUNK - 1) / GRADM_CHUNK;
     for (int ch = 0; ch < chunks; ch++) {
         int buffer = ch & 1;
@@ -601,26 +638,25 @@ lora_down_grad_mma(float* partial0, float* partial1, float* partial2, const T* d
         cp_async_commit();
         cp_async_wait<1>();   // this chunk is in (the next may still be on its way)
         __syncthreads();
-        T* s = xs + buffer * GRADM_CHUNK * GRADM_XLD;
+        const unsigned bufferAt = buffer * (2 * GRADM_CHUNK * GRADM_XLD);
         if (dropping) {
-            for (int e = threadIdx.x; e < GRADM_CHUNK * (GRADM_COLS / 2); e += 128) {
-                int i = e / (GRADM_COLS / 2), cc = (e % (GRADM_COLS / 2)) * 2;
-                unsigned kept = lora_kept_pair(keys[ch * GRADM_CHUNK + i], (unsigned)(col0 + cc), threshold);
-                unsigned* p = (unsigned*)(s + i * GRADM_XLD + cc);
-                *p &= ((kept & 1u) ? 0x0000ffffu : 0u) | ((kept & 2u) ? 0xffff0000u : 0u);
+            unsigned* column = (unsigned*)(xs + buffer * GRADM_CHUNK * GRADM_XLD) + threadIdx.x;
+            const unsigned* chunkKeys = keys + ch * GRADM_CHUNK;
+#pragma unroll 8
+            for (int i = 0; i < GRADM_CHUNK; ++i) {
+                const unsigned kept = lora_kept_pair(chunkKeys[i], 2 * pair, threshold);
+                column[i * (GRADM_XLD / 2)] &= ((kept & 1u) ? 0x0000ffffu : 0u) | ((kept & 2u) ? 0xffff0000u : 0u);
             }
             __syncthreads();
         }
 #pragma unroll
         for (int kk = 0; kk < GRADM_CHUNK / 16; kk++) {
             unsigned a[4];
-            ldsm_x4(a, dzt + ((lane & 7) + ((lane >> 3) & 1) * 8) * GRADM_DLD + ch * GRADM_CHUNK + kk * 16
-                           + (lane >> 4) * 8);
+            ldsm_x4_at(a, aAt + 2 * (ch * GRADM_CHUNK + kk * 16));
 #pragma unroll
             for (int np = 0; np < 4; np++) {   // column blocks 2np and 2np + 1 of the warp's 64 columns
                 unsigned b[4];
-                ldsm_x4_trans(b, s + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * GRADM_XLD + warp * 64
-                                   + np * 16 + (lane >> 4) * 8);
+                ldsm_x4_trans_at(b, bAt + bufferAt + 2 * (kk * 16 * GRADM_XLD + np * 16));
                 mma_bf16(acc[2 * np], a, b[0], b[1]);
                 mma_bf16(acc[2 * np + 1], a, b[2], b[3]);
             }
@@ -669,13 +705,19 @@ lora_up_grad(float* partialB, float* partialZ, const T* dy, const T* z, const T*
     int j0 = blockIdx.z * 16, jn = min(16, r - j0);
     int rowStart = blockIdx.y * UP_ROWS, rowCount = min(UP_ROWS, rows - rowStart);
     int col0 = blockIdx.x * UP_COLS, wcol = col0 + warp * 64;
+    // Thread x stages chunk x % 64 (8 columns) of rows x / 64 + 4n of a chunk of dy (unrolled: a base and constants).
+    const int stageRow = threadIdx.x >> 6, stageCol = (threadIdx.x & 63) * 8;
+    const bool stageOk = col0 + stageCol < out;   // out % 8 == 0: 8 columns are wholly inside or outside
+    const T* stageSrc = dy + (long long)(rowStart + stageRow) * out + col0 + stageCol;
+    const unsigned xsAt = smem_address(xs), ztAt = smem_address(zt);
+    const unsigned stageAt = xsAt + 2 * (stageRow * UP_XLD + stageCol);
     auto stage = [&](int chunk, int buffer) {
-        T* s = xs + buffer * UP_CHUNK * UP_XLD;
-        for (int e = threadIdx.x; e < UP_CHUNK * (UP_COLS / 8); e += 256) {
-            int i = e / (UP_COLS / 8), cc = (e % (UP_COLS / 8)) * 8;
-            int row = chunk * UP_CHUNK + i, col = col0 + cc;
-            bool ok = row < rowCount && col < out;   // out % 8 == 0: 8 columns are wholly inside or outside
-            cp_async16(s + i * UP_XLD + cc, ok ? dy + (long long)(rowStart + row) * out + col : dy, ok);
+        const unsigned at = stageAt + buffer * (2 * UP_CHUNK * UP_XLD);
+#pragma unroll
+        for (int n = 0; n < UP_CHUNK / 4; ++n) {
+            const bool ok = stageOk && chunk * UP_CHUNK + stageRow + 4 * n < rowCount;
+            cp_async16_at(at + n * (2 * 4 * UP_XLD), ok ? stageSrc + (long long)(chunk * UP_CHUNK + 4 * n) * out : dy,
+                          ok);
         }
     };
     stage(0, 0);
@@ -701,6 +743,9 @@ lora_up_grad(float* partialB, float* partialZ, const T* dy, const T* z, const T*
 #pragma unroll
     for (int nb = 0; nb < 8; nb++) accB[nb][0] = accB[nb][1] = accB[nb][2] = accB[nb][3] = 0.0f;
     float* strip = partialZ + (long long)blockIdx.x * rows * r;
+    const int fragRow = (lane & 7) + ((lane >> 3) & 1) * 8, fragCol = (lane >> 4) * 8;
+    const unsigned zAt = ztAt + 2 * (fragRow * UP_ZLD + fragCol);
+    const unsigned fragAt = xsAt + 2 * (fragRow * UP_XLD + warp * 64 + fragCol);
     int chunks = (rowCount + UP_CHUNK - 1) / UP_CHUNK;
     for (int ch = 0; ch < chunks; ch++) {
         int buffer = ch & 1;
@@ -708,17 +753,16 @@ lora_up_grad(float* partialB, float* partialZ, const T* dy, const T* z, const T*
         cp_async_commit();
         cp_async_wait<1>();   // this chunk is in (the next may still be on its way)
         __syncthreads();
-        const T* s = xs + buffer * UP_CHUNK * UP_XLD;
+        const unsigned sAt = fragAt + buffer * (2 * UP_CHUNK * UP_XLD);   // this lane's fragment rows in the chunk
         // dBᵀ (16 × the warp's 64 columns) += zᵀ (16 × 32 rows) · chunk (32 rows × 64 columns)
 #pragma unroll
         for (int kk = 0; kk < UP_CHUNK / 16; kk++) {
             unsigned a[4];
-            ldsm_x4(a, zt + ((lane & 7) + ((lane >> 3) & 1) * 8) * UP_ZLD + ch * UP_CHUNK + kk * 16 + (lane >> 4) * 8);
+            ldsm_x4_at(a, zAt + 2 * (ch * UP_CHUNK + kk * 16));
 #pragma unroll
             for (int np = 0; np < 4; np++) {
                 unsigned t[4];
-                ldsm_x4_trans(t, s + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * UP_XLD + warp * 64 + np * 16
-                                   + (lane >> 4) * 8);
+                ldsm_x4_trans_at(t, sAt + 2 * (kk * 16 * UP_XLD + np * 16));
                 mma_bf16(accB[2 * np], a, t[0], t[1]);
                 mma_bf16(accB[2 * np + 1], a, t[2], t[3]);
             }
@@ -734,8 +778,7 @@ lora_up_grad(float* partialB, float* partialZ, const T* dy, const T* z, const T*
 #pragma unroll
             for (int kk = 0; kk < 4; kk++) {
                 unsigned a[4];
-                ldsm_x4(a, s + (m * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * UP_XLD + warp * 64 + kk * 16
-                               + (lane >> 4) * 8);
+                ldsm_x4_at(a, sAt + 2 * (m * 16 * UP_XLD + kk * 16));
                 mma_bf16(accZ[m][0], a, bf[kk][0][0], bf[kk][0][1]);
                 mma_bf16(accZ[m][1], a, bf[kk][1][0], bf[kk][1][1]);
             }
