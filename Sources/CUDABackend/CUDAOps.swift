@@ -166,10 +166,10 @@ extension CUDADevice {
                            grid: ((k + 63) / 64 * chunk.count, slices, (r + 15) / 16),
                            block: 256, sharedBytes: 0, arguments)
             }
-            for (p, part) in chunk.enumerated() {
-                try launch(.lora, "lora_down_reduce", grid: Self.blocks(r * k), block: 256,
-                           [.buffer(part.gradA), partials[p], .int(slices), .long(r * k), .float(1 / keep)])
-            }
+            // The parts' slices summed in one launch (blockIdx.y: the part).
+            try launch(.lora, "lora_down_reduce", bf16: false, grid: (Self.blocks(r * k), chunk.count, 1), block: 256,
+                       sharedBytes: 0, slots.map { .buffer($0.gradA) } + partials
+                       + [.int(slices), .long(r * k), .float(1 / keep)])
         }
     }
 
@@ -250,10 +250,10 @@ extension CUDADevice {
                    sharedBytes: sharedBytes,
                    [.buffer(partialB), .buffer(partialZ), .buffer(dy), .address(z.address(at: zAt)), .buffer(b),
                     .int(rows), .int(out), .int(r), .int(ldz)])
-        try launch(.lora, "lora_down_reduce", grid: Self.blocks(out * r), block: 256,
-                   [.buffer(gradB), .buffer(partialB), .int(slices), .long(out * r), .float(1)])
-        try launch(.lora, "lora_dz_reduce", bf16: true, grid: Self.blocks(rows * r), block: 256,
-                   [.buffer(dz), .buffer(partialZ), .int(strips), .long(rows * r), .float(scale)])
+        // dz's strips (blockIdx.y 0) and gradB's slices (1) summed in one launch.
+        try launch(.lora, "lora_up_reduce", bf16: true, grid: (Self.blocks(max(rows, out) * r), 2, 1), block: 256,
+                   sharedBytes: 0, [.buffer(dz), .buffer(partialZ), .int(strips), .long(rows * r), .float(scale),
+                                    .buffer(gradB), .buffer(partialB), .int(slices), .long(out * r)])
     }
 
     static func checkLoRA(_ name: String, rows: Int, k: Int, r: Int, _ buffers: [(DeviceBuffer, Int)]) throws {

@@ -81,10 +81,25 @@ __device__ __forceinline__ unsigned long long h_desc(unsigned address, unsigned 
     return (unsigned long long)((address & 0x3FFFF) >> 4) | ((unsigned long long)(lbo >> 4) << 16) |
            ((unsigned long long)(sbo >> 4) << 32) | (1ull << 62);
 }
-// K-major operand (a tile of rows × 128 k) at k-step kk (16 columns): panel kk/4, 32 bytes a step within it.
-__device__ __forceinline__ unsigned long long h_kmajor(unsigned tile, int kk) {
-    return h_desc(tile + (kk >> 2) * 8192 + (kk & 3) * 32, 16, H_KM_SBO);
+// The same in two parts, for the kernels' loops: the low word (start address and leading offset) of a tile's
+// descriptor is computed once, and the descriptor of a place `offset` bytes into the tile (a multiple of 16, inside
+// the 256 KiB shared window, so that the address field cannot carry into the offset's) is that word plus offset / 16
+// with the high word (stride offset, swizzle) beside it: one addition a product instead of the whole packing.
+__device__ __forceinline__ unsigned h_lo(unsigned address, unsigned lbo) {
+    return ((address & 0x3FFFF) >> 4) | ((lbo >> 4) << 16);
 }
+__device__ __forceinline__ unsigned long long h_at(unsigned lo, unsigned offset, unsigned sbo) {
+    return ((unsigned long long)((sbo >> 4) | (1u << 30)) << 32) | (lo + (offset >> 4));
+}
+// K-major operand (a tile of rows × 128 k, its low word `lo`) at k-step kk (16 columns): panel kk/4, 32 bytes a step
+// within it.
+__device__ __forceinline__ unsigned long long h_kmajor(unsigned lo, int kk) {
+    return h_at(lo, (kk >> 2) * 8192 + (kk & 3) * 32, H_KM_SBO);
+}
+// MN-major operand (its low word with H_MN_LBO) at `offset` bytes.
+__device__ __forceinline__ unsigned long long h_mn(unsigned lo, unsigned offset) { return h_at(lo, offset, H_MN_SBO); }
+#define H_KLO(address) h_lo(address, 16)
+#define H_MNLO(address) h_lo(address, H_MN_LBO)
 
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
@@ -159,17 +174,18 @@ __device__ __forceinline__ void h_forward(T* out, float* lse, const T* q, const 
     for (int i = 0; i < 64; ++i) o[i] = 0.0f;
     float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
     const unsigned qTile = smem_address(qs + wg * H_TILE);
+    const unsigned qLo = H_KLO(qTile);
     for (int jt = jt0; jt <= jtEnd; ++jt) {
         const int stage = (jt - jt0) & 1, j0 = jt * H_KEYS;
-        if (jt < jtEnd) {   // the next key and value tiles, behind this step's products
+        cp_async_wait<0>();   // this step's tiles are in (the only copies in flight)
+        proxy_fence();        // visible to the tensor cores' reads
+        __syncthreads();      // ... and both warpgroups are done with the other stage, which the next tiles fill
+        if (jt < jtEnd) {     // the next key and value tiles, behind this step's products
             const int j1 = j0 + H_KEYS;
             h_load256<H_KEYS>(ks + (stage ^ 1) * H_TILE, kg + (long long)j1 * kStride, kStride, tokens - j1);
             h_load256<H_KEYS>(vs + (stage ^ 1) * H_TILE, vg + (long long)j1 * kStride, kStride, tokens - j1);
         }
         cp_async_commit();
-        cp_async_wait<1>();   // this step's tiles are in
-        proxy_fence();        // visible to the tensor cores' reads
-        __syncthreads();
         if (j0 <= wgLast) {   // warpgroup-uniform: some row of this warpgroup sees a key of this tile
             float s[32];
 #pragma unroll
@@ -178,7 +194,7 @@ __device__ __forceinline__ void h_forward(T* out, float* lse, const T* q, const 
             wg_hold<32>(s);
             wg_fence();
 #pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) wg_ss_n64<0>(s, h_kmajor(qTile, kk), h_kmajor(kTile, kk), kk > 0);
+            for (int kk = 0; kk < D / 16; ++kk) wg_ss_n64<0>(s, h_kmajor(qLo, kk), h_kmajor(H_KLO(kTile), kk), kk > 0);
             wg_commit();
             wg_wait0();
             wg_hold<32>(s);
@@ -220,12 +236,11 @@ __device__ __forceinline__ void h_forward(T* out, float* lse, const T* q, const 
             wg_hold<64>(o);
             wg_fence();
 #pragma unroll
-            for (int kk = 0; kk < 4; ++kk) wg_rs_n128(o, pa[kk], h_desc(vTile + kk * 2048, H_MN_LBO, H_MN_SBO));
+            for (int kk = 0; kk < 4; ++kk) wg_rs_n128(o, pa[kk], h_mn(H_MNLO(vTile), kk * 2048));
             wg_commit();
             wg_wait0();
             wg_hold<64>(o);
         }
-        __syncthreads();   // every warpgroup is done with this stage before the next step refills it
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -289,8 +304,8 @@ __device__ __forceinline__ void h_dq_step(float* dq, const int* arrival, int ord
     wg_fence();
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk)
-        wg_ss_n64<1>(d, h_desc(ds + (kk >> 2) * 8192 + (kk & 3) * 2048, H_MN_LBO, H_MN_SBO),
-                     h_desc(kTiles + (kk >> 2) * H_TILE + wg * 8192 + (kk & 3) * 2048, H_MN_LBO, H_MN_SBO), kk > 0);
+        wg_ss_n64<1>(d, h_mn(H_MNLO(ds), (kk >> 2) * 8192 + (kk & 3) * 2048),
+                     h_mn(H_MNLO(kTiles + wg * 8192), (kk >> 2) * H_TILE + (kk & 3) * 2048), kk > 0);
     wg_commit();
     wg_wait0();
     wg_hold<32>(d);
@@ -396,13 +411,16 @@ __device__ __forceinline__ void h_backward(T* dk, T* dv, const T* dout, const fl
 #pragma unroll
     for (int i = 0; i < 64; ++i) { dka[i] = 0.0f; dva[i] = 0.0f; }
     const unsigned kTile = smem_address(ks + wg * H_TILE), vTile = smem_address(vs + wg * H_TILE);
+    const unsigned kLo = H_KLO(kTile), vLo = H_KLO(vTile);
     for (int step = 0; step < steps; ++step) {
         const int buffer = step & 1;
+        cp_async_wait<0>();   // this step's tiles are in (the only copies in flight)
+        proxy_fence();
+        // ... and every thread is done with the previous step: its stage (refilled next), its dSᵀ (written again
+        // below) and its dQ adds (which thread 0 counts in this step's h_dq_step).
+        __syncthreads();
         if (step + 1 < steps) fetch(step + 1, buffer ^ 1);
         cp_async_commit();
-        cp_async_wait<1>();
-        proxy_fence();
-        __syncthreads();
         const int i0 = (firstTile + step % queryTiles) * ROWS;
         // This step's query tile's arrival count, read early by thread 0 (its latency behind the products).
         const int hh = kh * group + step / queryTiles, order = (i0 / ROWS >> 1) - (int)blockIdx.x;
@@ -421,9 +439,10 @@ __device__ __forceinline__ void h_backward(T* dk, T* dv, const T* dout, const fl
             wg_hold<32>(dpt);
             wg_fence();
 #pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) wg_ss_n64<0>(sT, h_kmajor(kTile, kk), h_kmajor(qTile, kk), kk > 0);
+            for (int kk = 0; kk < D / 16; ++kk) wg_ss_n64<0>(sT, h_kmajor(kLo, kk), h_kmajor(H_KLO(qTile), kk), kk > 0);
 #pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) wg_ss_n64<0>(dpt, h_kmajor(vTile, kk), h_kmajor(oTile, kk), kk > 0);
+            for (int kk = 0; kk < D / 16; ++kk)
+                wg_ss_n64<0>(dpt, h_kmajor(vLo, kk), h_kmajor(H_KLO(oTile), kk), kk > 0);
             wg_commit();
             wg_wait0();
             wg_hold<32>(sT);
@@ -453,9 +472,9 @@ __device__ __forceinline__ void h_backward(T* dk, T* dv, const T* dout, const fl
             wg_hold<64>(dka);
             wg_fence();
 #pragma unroll
-            for (int kq = 0; kq < 4; ++kq) wg_rs_n128(dva, ap[kq], h_desc(oTile + kq * 2048, H_MN_LBO, H_MN_SBO));
+            for (int kq = 0; kq < 4; ++kq) wg_rs_n128(dva, ap[kq], h_mn(H_MNLO(oTile), kq * 2048));
 #pragma unroll
-            for (int kq = 0; kq < 4; ++kq) wg_rs_n128(dka, ad[kq], h_desc(qTile + kq * 2048, H_MN_LBO, H_MN_SBO));
+            for (int kq = 0; kq < 4; ++kq) wg_rs_n128(dka, ad[kq], h_mn(H_MNLO(qTile), kq * 2048));
             wg_commit();
         }
         // h_dq_step's wait covers the products of dV and dK too.
@@ -464,8 +483,8 @@ __device__ __forceinline__ void h_backward(T* dk, T* dv, const T* dout, const fl
         wg_hold<64>(dva);
         wg_hold<64>(dka);
         pending = threadIdx.x == 0 ? arrival : nullptr;
-        __syncthreads();   // this stage is refilled by the next step's fetch; every thread's dq is written
     }
+    __syncthreads();   // every thread's dQ adds of the last step are issued before thread 0 counts them
     if (pending) h_release(pending);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -558,7 +577,7 @@ extern "C" __global__ void __launch_bounds__(128) wgmma_probe(float* s, float* o
     wg_hold<64>(e);
     wg_fence();
 #pragma unroll
-    for (int kk = 0; kk < 8; ++kk) wg_ss_n64<0>(d, h_kmajor(at, kk), h_kmajor(bt, kk), kk > 0);
+    for (int kk = 0; kk < 8; ++kk) wg_ss_n64<0>(d, h_kmajor(H_KLO(at), kk), h_kmajor(H_KLO(bt), kk), kk > 0);
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) wg_rs_n128(e, frag[kk], h_desc(vt + kk * 2048, lbo, sbo));
     wg_commit();

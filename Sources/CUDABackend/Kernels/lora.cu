@@ -3,10 +3,11 @@
 // products of CPUOps). With x (rows, k), A (r, k), dz (rows, r) and m = the dropout mask of each element of x:
 //   lora_down:         z (rows, r)  = zScale · scale · (m ⊙ x) Aᵀ        (forward: the adapter's down projection)
 //   lora_down_grad:    partial[s] (r, k) = dzᵀ (m ⊙ x) over rows slice s   (backward: dA, in fixed-order slices)
-//   lora_down_reduce:  dA (r, k) += scale · Σ_s partial[s]                (the slices summed in order: no atomics)
+//   lora_down_reduce:  dA (r, k) += scale · Σ_s partial[s]                (the slices summed in order: no atomics;
+//                      the parts of one launch together)
 //   lora_dx:           dx (rows, k) (+)= scale · m ⊙ (dz A)               (backward: the gradient through m ⊙ x)
 //   lora_up_grad:      dB partials and dz partials from one read of dy    (backward: the up projection's two
-//                      gradients, bf16 only; lora_dz_reduce sums dz's strips in order)
+//                      gradients, bf16 only; lora_up_reduce sums dz's strips and dB's slices in order)
 // scale is 1/keep (the inverted-dropout factor) and m is all ones when keep = 1 (no dropout: no hashing).
 // lora_down and lora_down_grad take up to three adapters that read the same x (q, k and v; gate and up), each with
 // its own A or dz, output and mask seed (`count` of them: the slots past it are never read). The adapter is the
@@ -240,10 +241,14 @@ lora_down_grad(float* partial0, float* partial1, float* partial2, const T* dz0, 
 }
 
 // grad (r·k, float32) += scale · Σ_{s < slices} partial[s], in slice order.
-extern "C" __global__ void lora_down_reduce(float* grad, const float* partial, int slices, long long count,
+// Part blockIdx.y (of up to three that share slices and count: the adapters of one lora_down_grad launch).
+extern "C" __global__ void lora_down_reduce(float* grad0, float* grad1, float* grad2, const float* partial0,
+                                            const float* partial1, const float* partial2, int slices, long long count,
                                             float scale) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= count) return;
+    float* grad = LORA_SELECT(blockIdx.y, grad0, grad1, grad2);
+    const float* partial = LORA_SELECT(blockIdx.y, partial0, partial1, partial2);
     float s = 0.0f;
     for (int p = 0; p < slices; p++) s += partial[(long long)p * count + i];
     grad[i] += scale * s;
@@ -680,8 +685,8 @@ lora_down_grad_mma(float* partial0, float* partial1, float* partial2, const T* d
 
 // The up projection's two gradients from one read of dy (bf16, out a multiple of 8), for y += z Bᵀ with z (rows, r)
 // holding the LoRA scale already:
-//   dBᵀ partial[slice] (as (out, r)) = Σ over the slice's rows of dyᵀ z     (summed in slice order by lora_down_reduce)
-//   dz partial[strip] (rows, r)      = dy B over the strip's columns        (summed in strip order by lora_dz_reduce)
+//   dBᵀ partial[slice] (as (out, r)) = Σ over the slice's rows of dyᵀ z     (summed in slice order by lora_up_reduce)
+//   dz partial[strip] (rows, r)      = dy B over the strip's columns        (summed in strip order by lora_up_reduce)
 // A block of 8 warps owns a strip of UP_COLS columns of dy (warp w: 64 of them) and a slice of UP_ROWS rows, walked in
 // chunks of UP_CHUNK rows staged by cp.async (double buffered), and 16 of the r adapter columns (blockIdx.z). z of the
 // slice is staged once, transposed ([j][row]): dBᵀ's fragments are zᵀ (ldmatrix) times the chunk (ldmatrix.trans),
@@ -819,12 +824,20 @@ lora_up_grad(float* partialB, float* partialZ, const T* dy, const T* z, const T*
     }
 }
 
-// dz (rows, r) = scale · Σ_s partial[s] (the strips of lora_up_grad summed in order), one thread an element.
-extern "C" __global__ void lora_dz_reduce(T* dz, const float* partial, int strips, long long count, float scale) {
+// lora_up_grad's two sums in one launch, one thread an element: blockIdx.y 0, dz (rows, r) = scale · Σ_s
+// partialZ[s] (its strips in order); 1, gradB (out, r) += Σ_s partialB[s] (its slices in order).
+extern "C" __global__ void lora_up_reduce(T* dz, const float* partialZ, int strips, long long countZ, float scale,
+                                          float* gradB, const float* partialB, int slices, long long countB) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= count) return;
     float s = 0.0f;
-    for (int p = 0; p < strips; p++) s += partial[(long long)p * count + i];
-    dz[i] = st(scale * s);
+    if (blockIdx.y == 0) {
+        if (i >= countZ) return;
+        for (int p = 0; p < strips; p++) s += partialZ[(long long)p * countZ + i];
+        dz[i] = st(scale * s);
+    } else {
+        if (i >= countB) return;
+        for (int p = 0; p < slices; p++) s += partialB[(long long)p * countB + i];
+        gradB[i] += s;
+    }
 }
 #endif
