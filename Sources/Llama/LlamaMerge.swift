@@ -98,18 +98,8 @@ public enum LlamaMerge {
                 try AtomicFile.write(text: text, to: temporary + "/" + name)
                 files.append(name)
             }
-            // One rename onto a missing or empty folder; else (a link to a folder, say) file by file.
-            if rename(temporary, FileSystem.withoutTrailingSlashes(directory)) != 0 {
-                let reason = String(cString: strerror(errno))
-                guard FileSystem.isDirectory(directory) else {
-                    throw ModelFileError.writeFailed(path: directory, reason: reason)
-                }
-                for file in files {
-                    try? FileManager.default.removeItem(atPath: directory + "/" + file)
-                    try FileManager.default.moveItem(atPath: temporary + "/" + file, toPath: directory + "/" + file)
-                }
-                try FileManager.default.removeItem(atPath: temporary)
-            }
+            // One rename onto a missing or empty folder; else (a link to a folder, say) file by file, none replaced.
+            try FileSystem.installFolder(temporary, files: files, at: directory)
             return files
         } catch {
             try? FileManager.default.removeItem(atPath: temporary)

@@ -40,6 +40,35 @@ public enum FileSystem {
         return Array(file.bytes)
     }
 
+    /// The bytes of `path` up to a little over `most`, read with read(2) rather than mapped: enough to tell a file
+    /// longer than `most` from one that is not, whatever size the file system gives it. Files under /proc say they
+    /// hold 0 bytes and hold more (/proc/self/pagemap: 8 bytes for each page of the address space), so a read to
+    /// their end never ended.
+    public static func readAtMost(_ path: String, _ most: Int) throws -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw ModelFileError.cannotOpen(path: path, reason: String(cString: strerror(errno)))
+        }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else {
+            let kind = MappedFile.kind(info.st_mode)
+            throw ModelFileError.cannotOpen(path: path, reason: "not a regular file (\(kind))")
+        }
+        // Chunks of 64 KiB (a multiple of 8, which /proc/self/pagemap requires of every read).
+        var bytes: [UInt8] = [], chunk = [UInt8](repeating: 0, count: 1 << 16)
+        while bytes.count <= most {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n >= 0 else {
+                throw ModelFileError.cannotOpen(path: path, reason: String(cString: strerror(errno)))
+            }
+            if n == 0 { break }
+            bytes += chunk[..<n]
+        }
+        return bytes
+    }
+
     /// The memory this process may allocate: the machine's physical memory, or less where an address-space or
     /// data-size limit (`ulimit -v`, `ulimit -d`) is set.
     public static var allocatableBytes: Int {

@@ -99,14 +99,8 @@ public struct ModelQuantizer {
                 try FileSystem.copyFile(from: modelDirectory + "/" + file, to: temporary + "/" + file)
                 files.append(file)
             }
-            // One rename onto a missing or empty folder; else (a link to a folder, say) file by file.
-            if rename(temporary, FileSystem.withoutTrailingSlashes(outputDirectory)) != 0 {
-                for file in files {
-                    try FileManager.default.moveItem(atPath: temporary + "/" + file,
-                                                     toPath: outputDirectory + "/" + file)
-                }
-                try FileManager.default.removeItem(atPath: temporary)
-            }
+            // One rename onto a missing or empty folder; else (a link to a folder, say) file by file, none replaced.
+            try FileSystem.installFolder(temporary, files: files, at: outputDirectory)
         } catch {
             try? FileManager.default.removeItem(atPath: temporary)
             throw error

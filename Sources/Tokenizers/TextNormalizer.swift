@@ -75,11 +75,15 @@ struct TextNormalizer: Equatable {
             case .replace(let pattern, let replacement):
                 text = Self.replacing(pattern, with: replacement, in: text)
             case .prefixSpace:
-                if !text.isEmpty && !text.hasPrefix(" ") { text = " " + text }
+                // By scalar: a space followed by a combining mark is one Character, which `hasPrefix(" ")`
+                // does not see as starting with a space (and a second space was put in front).
+                if let first = text.unicodeScalars.first, first != " " { text = " " + text }
             case .metaspace(let replacement, let scheme):
                 text = Self.replacing(" ", with: replacement, in: text)
                 let prepends = scheme == .always || (scheme == .first && isStartOfInput)
-                if prepends && !text.isEmpty && !text.hasPrefix(replacement) { text = replacement + text }
+                if prepends && !text.isEmpty && !text.unicodeScalars.starts(with: replacement.unicodeScalars) {
+                    text = replacement + text
+                }
             }
         }
         return text

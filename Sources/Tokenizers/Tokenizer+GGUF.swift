@@ -94,7 +94,7 @@ struct GGUFVocabularyReader {
                 table = try mergeTable(fromMerges: merges, tokenIds: tokenIds)
             } else {
                 guard let scores else { throw error("a \"llama\" vocabulary needs tokenizer.ggml.scores") }
-                table = Self.mergeTable(fromScores: scores, tokens: tokens, tokenIds: tokenIds)
+                table = try mergeTable(fromScores: scores, tokenIds: tokenIds)
             }
             bpe = BPEModel(units: .scalars, merges: table, tokenIds: tokenIds, byteFallback: true,
                            unknownId: unknownTokenId, fusesUnknown: false, ignoresMergesForKnownWords: false)
@@ -135,20 +135,38 @@ struct GGUFVocabularyReader {
     /// the highest-scoring concatenation first and the leftmost among equal scores. The same rules as a merge
     /// table: every way of cutting a token into two tokens is a rule, ranked by the token's score, and tokens with
     /// equal scores share a rank so that position decides between them.
-    static func mergeTable(fromScores scores: [Float], tokens: [String], tokenIds: [String: Int]) -> MergeTable {
+    ///
+    /// Only cuts whose two halves have the length of some token are looked up, so a long token costs nothing
+    /// unless the vocabulary holds pieces of both lengths; every lookup spells and hashes both halves, and those
+    /// are counted against `maximumCutScalars` (one 200,000-scalar token kept `tokenize` busy for minutes).
+    func mergeTable(fromScores scores: [Float], tokenIds: [String: Int]) throws -> MergeTable {
         // A NaN score is treated as the lowest, so it cannot break the ordering.
         let cleaned = scores.map { $0.isNaN ? -Float.infinity : $0 }
         let distinct = Array(Set(cleaned)).sorted(by: >)
         var rankOfScore: [Float: Int32] = [:]
         for (rank, score) in distinct.enumerated() { rankOfScore[score] = Int32(rank) }
+        let lengths = Set(tokens.map { $0.unicodeScalars.count })
         var table = MergeTable()
+        var work = 0
         for (id, token) in tokens.enumerated() {
-            let scalars = Array(token.unicodeScalars)
-            guard scalars.count >= 2, let resultId = tokenIds[token], resultId == id else { continue }
+            let count = token.unicodeScalars.count
+            guard count >= 2, let resultId = tokenIds[token], resultId == id else { continue }
             let rank = rankOfScore[cleaned[id]]!
-            for cut in 1..<scalars.count {
-                let left = String(String.UnicodeScalarView(scalars[..<cut]))
-                let right = String(String.UnicodeScalarView(scalars[cut...]))
+            let bytes = Array(token.utf8)
+            // Where each scalar starts among the bytes: the halves are made from byte slices, which is quick.
+            var starts: [Int] = []
+            starts.reserveCapacity(count)
+            for (offset, byte) in bytes.enumerated() where byte & 0xC0 != 0x80 { starts.append(offset) }
+            for cut in 1..<count where lengths.contains(cut) && lengths.contains(count - cut) {
+                work += count
+                guard work <= Self.maximumCutScalars else {
+                    throw error("tokenizer.ggml.tokens: finding the merges of this vocabulary (it has no " +
+                                "tokenizer.ggml.merges, so every token is cut into two tokens every way it can " +
+                                "be) takes more than \(Self.maximumCutScalars) scalars of lookups, reached at " +
+                                "token \(id) (\(count) scalars long); give the file a merge list")
+                }
+                let left = String(decoding: bytes[..<starts[cut]], as: UTF8.self)
+                let right = String(decoding: bytes[starts[cut]...], as: UTF8.self)
                 if let leftId = tokenIds[left], let rightId = tokenIds[right] {
                     table.add(left: Int32(leftId), right: Int32(rightId), rank: rank, result: Int32(resultId))
                 }
@@ -156,6 +174,9 @@ struct GGUFVocabularyReader {
         }
         return table
     }
+
+    /// The most scalars the cuts of a vocabulary without merges may spell out (real ones take a few million).
+    static let maximumCutScalars = 1 << 27
 
     /// The word-splitting rules for a `tokenizer.ggml.pre` name.
     ///

@@ -70,7 +70,7 @@ public struct ChatTemplate: Sendable {
     static func variables(_ messages: [ChatMessage], _ addGenerationPrompt: Bool, _ bosToken: String?,
                           _ eosToken: String?) -> [String: JinjaValue] {
         var variables: [String: JinjaValue] = [
-            "messages": .list(messages.map { .stringDict([("role", $0.role), ("content", $0.content)]) }, depth: 2),
+            "messages": .list(messages.map { .stringDict([("role", $0.role), ("content", $0.content)]) }),
             "add_generation_prompt": .bool(addGenerationPrompt),
             "tools": .none,
         ]

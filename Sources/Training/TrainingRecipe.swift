@@ -97,9 +97,17 @@ public struct TrainingRecipe: Sendable {
             throw TrainingError(description: "\(path): the recipe is \(size) bytes; at most \(Self.maximumFileSize) " +
                 "(1 MiB) are read")
         }
-        let text: String
-        do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
-            throw TrainingError(description: "\(path): cannot read the recipe: \(error.localizedDescription)")
+        // Read up to the limit, not to the end: a /proc file says it is empty and may never end.
+        let bytes: [UInt8]
+        do { bytes = try FileSystem.readAtMost(path, Self.maximumFileSize) } catch {
+            throw TrainingError(description: "\(path): cannot read the recipe: \(error)")
+        }
+        guard bytes.count <= Self.maximumFileSize else {
+            throw TrainingError(description: "\(path): the recipe holds more than \(Self.maximumFileSize) bytes "
+                + "(1 MiB, the most that are read) although its size reads \(size) (a file of /proc or /sys?)")
+        }
+        guard let text = String(bytes: bytes, encoding: .utf8) else {
+            throw TrainingError(description: "\(path): cannot read the recipe: it is not UTF-8 text")
         }
         try Self.checkStructure(text, path: path)
         let parsed: Any?

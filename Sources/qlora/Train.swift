@@ -108,6 +108,22 @@ struct Train: ParsableCommand {
         }
     }
 
+    /// The lines of OUTPUT/metrics.jsonl up to `step`, which a resume keeps (what came after is logged again). A
+    /// file there that cannot be read (no read permission, a FIFO, a folder, a dangling link) is an error before
+    /// any step: it used to count as empty, and the resumed run then replaced it, losing every line before the
+    /// checkpoint. Bytes that are not UTF-8 (a torn write) spoil only their own line, not the whole file.
+    static func metricsHistory(_ path: String, upTo step: Int) throws -> [String] {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return [] }
+        let bytes: [UInt8]
+        do { bytes = try FileSystem.readBytes(path) } catch {
+            throw ValidationError("--resume-from-checkpoint: \(error); the metrics logged up to the checkpoint would "
+                + "be lost when the run rewrites \(path): make it readable, or move it away")
+        }
+        return String(decoding: bytes, as: UTF8.self).split(separator: "\n").map(String.init)
+            .filter { (StepMetrics(json: $0)?.step ?? .max) <= step }
+    }
+
     /// The folders of OUTPUT that a run writes or deletes (OUTPUT/best, OUTPUT/checkpoint-N): an --init-adapter
     /// there (say the best adapter of an earlier run, continued with --overwrite-output-dir) was overwritten by the
     /// new best, or by the new checkpoint of the same step, or deleted by --save-total-limit's rotation.
@@ -369,6 +385,11 @@ struct Train: ParsableCommand {
         if isMain {   // the folder locked for this run, and checked again under the lock (a run started beside it)
             try Self.lockOutput(output)
             try refuseExistingRun()
+            // metrics.jsonl is replaced at the first logged step: a FIFO or folder there is refused now, not after
+            // the run has trained up to that step.
+            do { _ = try AtomicFile.replaceableTarget(output + "/metrics.jsonl") } catch {
+                throw ValidationError("--output-dir \(output): \(error)")
+            }
         }
         let optimizer = AdamW(kind: settings.optimizer, settings: AdamWSettings(weightDecay: settings.weightDecay))
         let joined = try worker.map { try DataParallelOptions.join($0) }
@@ -391,9 +412,7 @@ struct Train: ParsableCommand {
             guard let dir else { throw ValidationError("--resume-from-checkpoint latest: no checkpoint in \(output)") }
             try Checkpoint.restore(&trainer, from: dir)
             // Keep the metrics logged up to the checkpoint; what came after it is logged again.
-            if let text = try? String(contentsOfFile: metricsPath, encoding: .utf8) {
-                history = text.split(separator: "\n").map(String.init).filter { (StepMetrics(json: $0)?.step ?? .max) <= trainer.step }
-            }
+            history = try Self.metricsHistory(metricsPath, upTo: trainer.step)
             if isMain { print("resuming from \(dir) at step \(trainer.step) of \(trainer.totalSteps)") }
         }
         // metrics.jsonl is rewritten (the lines up to the checkpoint; nothing for a new run) when the first step is
@@ -429,7 +448,7 @@ struct Train: ParsableCommand {
             // A full disk stops the run with an error (the trainer rethrows it); no trap.
             do { try openMetrics().write(contentsOf: Data((m.json + "\n").utf8)) } catch {
                 throw TrainingError(description: "\(metricsPath): cannot append step \(m.step)'s metrics " +
-                    "(\(error.localizedDescription)); stopping")
+                    "(\(error)); stopping")
             }
             try board?.add(m)
             if let loss = m.loss { lastLoss = loss }

@@ -200,7 +200,7 @@ final class JinjaTests: XCTestCase {
         let messages = ChatFixtures.messages(fixture["context"]!["messages"]!)
         let variables: [String: JinjaValue] = [
             "x": .int(1),
-            "messages": .list(messages.map { .stringDict([("role", $0.role), ("content", $0.content)]) }, depth: 2),
+            "messages": .list(messages.map { .stringDict([("role", $0.role), ("content", $0.content)]) }),
         ]
         let cases = fixture["cases"]!.arrayValue!
         XCTAssertGreaterThan(cases.count, 20)

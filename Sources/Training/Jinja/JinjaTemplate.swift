@@ -118,6 +118,27 @@ final class JinjaRenderer {
         }
     }
 
+    /// Counts the work of an operation that walks its operands (`in`, `==`, `~`, most filters) against the steps:
+    /// one step for every `weightPerStep` of their weight. Steps alone let a loop of 80,000 `-1 in l`
+    /// over a list of a million items (each a single step) run for minutes.
+    private func charge(_ values: JinjaValue..., at pos: JinjaPosition) throws {
+        var weight = 0
+        for v in values { weight = min(weight + v.weight, JinjaValue.maximumWeight) }
+        steps += weight / Self.weightPerStep
+        guard steps <= maximumSteps else {
+            throw JinjaError(kind: .limit, message: "rendering took more than \(maximumSteps) steps (an operation " +
+                "on a large value counts one step for every \(Self.weightPerStep) items or " +
+                "\(Self.weightPerStep * JinjaShape.bytesPerUnit) bytes it walks)", position: pos)
+        }
+    }
+
+    /// The weight (`JinjaShape`) one evaluation step stands for.
+    static let weightPerStep = 16
+
+    /// Filters whose work does not grow with their input.
+    private static let constantTimeFilters: Set<String> = ["length", "count", "first", "last", "default", "d",
+                                                           "safe", "int", "float", "abs"]
+
     private func write(_ s: String, _ pos: JinjaPosition) throws {
         outputBytes += s.utf8.count
         guard outputBytes <= maximumOutputBytes else {
@@ -233,7 +254,6 @@ final class JinjaRenderer {
         }
         if items.isEmpty { return try execute(otherwise) }
         let n = items.count
-        let loopDepth = 1 + items.reduce(0) { max($0, $1.depth) }
         for (index, item) in items.enumerated() {
             try step(pos)
             var info = JinjaDict()
@@ -246,7 +266,7 @@ final class JinjaRenderer {
             info["length"] = .int(n)
             info["previtem"] = index > 0 ? items[index - 1] : .undefined("loop.previtem")
             info["nextitem"] = index < n - 1 ? items[index + 1] : .undefined("loop.nextitem")
-            scopes.append(["loop": .dict(info, depth: loopDepth)])
+            scopes.append(["loop": .dict(info, shape: JinjaShape(holding: info.entries.values))])
             defer { scopes.removeLast() }
             try bind(item)
             if try execute(body) == .breakLoop { break }
@@ -309,7 +329,9 @@ final class JinjaRenderer {
             }
             return try JinjaValue.makeDict(d, at: pos)
         case .attribute(let target, let name):
-            return try JinjaBuiltins.attribute(try evaluate(target), name, pos)
+            let value = try evaluate(target)
+            if case .string = value { try charge(value, at: pos) }   // a string method walks the string
+            return try JinjaBuiltins.attribute(value, name, pos)
         case .index(let target, let index):
             return try JinjaBuiltins.item(try evaluate(target), try evaluate(index), pos)
         case .slice(let target, let a, let b, let c):
@@ -326,7 +348,9 @@ final class JinjaRenderer {
             throw JinjaError(kind: .runtime, message: "bad operand type for unary \(op): \(v.typeName)" +
                 JinjaBuiltins.undefinedNote(v), position: pos)
         case .binary(let op, let l, let r):
-            return try JinjaBuiltins.arithmetic(op, try evaluate(l), try evaluate(r), pos)
+            let result = try JinjaBuiltins.arithmetic(op, try evaluate(l), try evaluate(r), pos)
+            try charge(result, at: pos)
+            return result
         case .and(let l, let r):
             let a = try evaluate(l)
             return a.truthy ? try evaluate(r) : a
@@ -338,6 +362,7 @@ final class JinjaRenderer {
             var left = try evaluate(first)
             for (op, rightExpr) in rest {
                 let right = try evaluate(rightExpr)
+                try charge(left, right, at: rightExpr.position)
                 guard try JinjaBuiltins.compare(op, left, right, rightExpr.position) else { return .bool(false) }
                 left = right
             }
@@ -350,15 +375,21 @@ final class JinjaRenderer {
                 let why = f.isUndefined ? "'\(JinjaBuiltins.name(f))' is undefined" : "a \(f.typeName) is not callable"
                 throw JinjaError(kind: .runtime, message: why, position: pos)
             }
-            return try nested(pos) { try function.call(args, kwargs, pos) }
+            let result = try nested(pos) { try function.call(args, kwargs, pos) }
+            try charge(result, at: pos)   // range(1000000) in a loop of 60,000 made a million items each time
+            return result
         case .filter(let target, let name, let argExprs, let kwargExprs):
             let value = try evaluate(target)
             let args = try argExprs.map { try evaluate($0) }
             let kwargs = try kwargExprs.map { ($0.0, try evaluate($0.1)) }
+            let string: Bool
+            if case .string = value { string = true } else { string = false }
+            if string || !Self.constantTimeFilters.contains(name) { try charge(value, at: pos) }
             return try JinjaBuiltins.filter(name, value, args, kwargs, pos)
         case .test(let target, let name, let argExprs, let negated):
             let value = try evaluate(target)
             let args = try argExprs.map { try evaluate($0) }
+            try charge(value, at: pos)
             return .bool(try JinjaBuiltins.test(name, value, args, pos) != negated)
         case .conditional(let then, let condition, let otherwise):
             if try evaluate(condition).truthy { return try evaluate(then) }

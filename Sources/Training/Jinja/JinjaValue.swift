@@ -15,10 +15,10 @@ public enum JinjaValue {
     case float(Double)
     /// A string.
     case string(String)
-    /// A list (or tuple), with its nesting depth.
-    case list([JinjaValue], depth: Int)
-    /// A mapping with string keys in insertion order, with its nesting depth.
-    case dict(JinjaDict, depth: Int)
+    /// A list (or tuple), with its nesting depth and weight.
+    case list([JinjaValue], shape: JinjaShape)
+    /// A mapping with string keys in insertion order, with its nesting depth and weight.
+    case dict(JinjaDict, shape: JinjaShape)
     /// A `namespace()` object: attributes assignable with `{% set ns.attr = ... %}`.
     case namespace(JinjaNamespace)
     /// A function: a built-in (`raise_exception`, a string method bound to its string) or a macro.
@@ -27,38 +27,62 @@ public enum JinjaValue {
     /// The deepest nesting of lists and dicts a value may have.
     public static let maximumDepth = 64
 
-    /// A list value; throws when it would nest deeper than `maximumDepth`.
+    /// The heaviest value a list or dict may be (`JinjaShape.weight`): what printing, comparing or serializing it
+    /// visits. Lists of lists share their items, so `[a, a]` built forty times over weighs 2^40 while it holds
+    /// only forty lists; `|string` on it never finished.
+    public static let maximumWeight = 1 << 24
+
+    /// A list value; throws when it would nest deeper than `maximumDepth` or weigh more than `maximumWeight`.
     static func makeList(_ items: [JinjaValue], at pos: JinjaPosition) throws -> JinjaValue {
-        let depth = 1 + items.reduce(0) { max($0, $1.depth) }
-        guard depth <= maximumDepth else {
-            throw JinjaError(kind: .limit, message: "a value nested deeper than \(maximumDepth)", position: pos)
-        }
-        return .list(items, depth: depth)
+        .list(items, shape: try checked(JinjaShape(holding: items), at: pos))
     }
 
-    /// A dict value; throws when it would nest deeper than `maximumDepth`.
+    /// A dict value; throws when it would nest deeper than `maximumDepth` or weigh more than `maximumWeight`.
     static func makeDict(_ dict: JinjaDict, at pos: JinjaPosition) throws -> JinjaValue {
-        let depth = 1 + dict.entries.values.reduce(0) { max($0, $1.depth) }
-        guard depth <= maximumDepth else {
+        .dict(dict, shape: try checked(JinjaShape(holding: dict.entries.values), at: pos))
+    }
+
+    static func checked(_ shape: JinjaShape, at pos: JinjaPosition) throws -> JinjaShape {
+        guard shape.depth <= maximumDepth else {
             throw JinjaError(kind: .limit, message: "a value nested deeper than \(maximumDepth)", position: pos)
         }
-        return .dict(dict, depth: depth)
+        guard shape.weight <= maximumWeight else {
+            throw JinjaError(kind: .limit, message: "a value of weight \(shape.weight), more than " +
+                "\(maximumWeight) (each item counts once for every place it appears, a string once for every " +
+                "\(JinjaShape.bytesPerUnit) bytes)", position: pos)
+        }
+        return shape
     }
 
     /// A string list (each element a `.string`).
-    public static func strings(_ items: [String]) -> JinjaValue { .list(items.map { .string($0) }, depth: 1) }
+    public static func strings(_ items: [String]) -> JinjaValue {
+        let values = items.map { JinjaValue.string($0) }
+        return .list(values, shape: JinjaShape(holding: values))
+    }
+
+    /// A list of `items` (depth and weight worked out, not checked).
+    public static func list(_ items: [JinjaValue]) -> JinjaValue { .list(items, shape: JinjaShape(holding: items)) }
 
     /// A dict of string values.
     public static func stringDict(_ pairs: [(String, String)]) -> JinjaValue {
         var d = JinjaDict()
         for (k, v) in pairs { d[k] = .string(v) }
-        return .dict(d, depth: 1)
+        return .dict(d, shape: JinjaShape(holding: d.entries.values))
     }
 
     var depth: Int {
         switch self {
-        case .list(_, let d), .dict(_, let d): return d
+        case .list(_, let s), .dict(_, let s): return s.depth
         default: return 0
+        }
+    }
+
+    /// What walking the whole value costs, in `JinjaShape` units.
+    var weight: Int {
+        switch self {
+        case .list(_, let s), .dict(_, let s): return s.weight
+        case .string(let s): return 1 + s.utf8.count / JinjaShape.bytesPerUnit
+        default: return 1
         }
     }
 
@@ -122,7 +146,8 @@ public enum JinjaValue {
         case .list(let l, _): return "[" + l.map(\.repr).joined(separator: ", ") + "]"
         case .dict(let d, _):
             return "{" + d.keys.map { Self.pythonQuoted($0) + ": " + d[$0]!.repr }.joined(separator: ", ") + "}"
-        case .namespace(let ns): return "<Namespace \(JinjaValue.dict(ns.attributes, depth: 1).repr)>"
+        case .namespace(let ns):
+            return "<Namespace \(JinjaValue.dict(ns.attributes, shape: JinjaShape(depth: 1, weight: 1)).repr)>"
         case .function(let f): return "<function \(f.name)>"
         }
     }
@@ -191,6 +216,27 @@ public enum JinjaValue {
 }
 
 /// An ordered mapping of string keys to values.
+/// How deep a list or dict nests and how heavy it is: its weight counts every value reached by walking it (items
+/// shared between places counted once per place), each string as one unit per `bytesPerUnit` bytes.
+public struct JinjaShape: Equatable {
+    var depth: Int
+    var weight: Int
+    static let bytesPerUnit = 64
+
+    init(depth: Int, weight: Int) { self.depth = depth; self.weight = weight }
+
+    /// The shape of a container of `items` (the weight saturates instead of overflowing).
+    init<S: Sequence>(holding items: S) where S.Element == JinjaValue {
+        var depth = 0, weight = 1
+        for item in items {
+            depth = max(depth, item.depth)
+            weight = weight.addingReportingOverflow(item.weight).overflow ? Int.max : weight + item.weight
+        }
+        self.depth = depth + 1
+        self.weight = weight
+    }
+}
+
 public struct JinjaDict {
     /// Keys in insertion order.
     public private(set) var keys: [String] = []
