@@ -205,7 +205,7 @@ extension CUDADevice {
     }
 
     /// Blocks of lora_dx (bf16) an SM runs at once: its launch bound.
-    static let loraDxBlocksPerSM = 6
+    static let loraDxBlocksPerSM = 5
     /// Row tiles a lora_dx block walks: the number (1…16) that ends the product soonest when `slots` blocks run
     /// at once, its length counted in tile times: waves × (tiles + 1), waves = ⌈blocks / slots⌉ (a mostly empty
     /// last wave costs as much as a full one: 2,048 blocks of 4 tiles on 660 slots were 3.1 waves, 4 × 5, where 640
