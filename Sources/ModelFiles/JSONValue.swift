@@ -27,9 +27,10 @@ public indirect enum JSONValue: Equatable, Sendable {
         }
     }
 
-    /// The value under `key` of an object, or nil.
+    /// The value under `key` of an object, or nil. Keys are compared by their exact UTF-8 bytes, as JSON readers
+    /// elsewhere do (`String`'s `==` would take "é" and "e\u{301}" for one key).
     public subscript(key: String) -> JSONValue? {
-        if case .object(let pairs) = self { return pairs.last(where: { $0.0 == key })?.1 }
+        if case .object(let pairs) = self { return pairs.last(where: { $0.0.utf8.elementsEqual(key.utf8) })?.1 }
         return nil
     }
 

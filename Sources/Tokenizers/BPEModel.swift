@@ -15,8 +15,8 @@ struct BPEModel {
     let units: Units
     /// The merge rules.
     let merges: MergeTable
-    /// The id of every token, by its text.
-    let tokenIds: [String: Int]
+    /// The id of every token, by its exact text.
+    let tokenIds: [TokenKey: Int]
     /// For `.bytes`: the id of each byte's one-character token, -1 where the vocabulary lacks it.
     let idForByte: [Int32]
     /// For `.scalars`: the id of each scalar that is a token by itself.
@@ -30,7 +30,7 @@ struct BPEModel {
     /// Whether a word that is itself a token is emitted whole, before any merging (`ignore_merges`, Llama 3).
     let ignoresMergesForKnownWords: Bool
 
-    init(units: Units, merges: MergeTable, tokenIds: [String: Int], byteFallback: Bool, unknownId: Int?,
+    init(units: Units, merges: MergeTable, tokenIds: [TokenKey: Int], byteFallback: Bool, unknownId: Int?,
          fusesUnknown: Bool, ignoresMergesForKnownWords: Bool) {
         self.units = units
         self.merges = merges
@@ -43,20 +43,20 @@ struct BPEModel {
         switch units {
         case .bytes:
             for byte in 0..<256 {
-                if let id = tokenIds[String(Character(ByteLevelAlphabet.scalarForByte[byte]))] {
+                if let id = tokenIds[TokenKey(String(ByteLevelAlphabet.scalarForByte[byte]))] {
                     idForByte[byte] = Int32(id)
                 }
             }
         case .scalars:
             for (token, id) in tokenIds {
-                let scalars = token.unicodeScalars
+                let scalars = token.text.unicodeScalars
                 if let first = scalars.first, scalars.count == 1 { idForScalar[first.value] = Int32(id) }
             }
         }
         self.idForByte = idForByte
         self.idForScalar = idForScalar
         if byteFallback {
-            let ids = (0..<256).compactMap { tokenIds[Self.byteTokenName($0)].map { Int32($0) } }
+            let ids = (0..<256).compactMap { tokenIds[TokenKey(Self.byteTokenName($0))].map { Int32($0) } }
             byteFallbackIds = ids.count == 256 ? ids : nil
         } else {
             byteFallbackIds = nil
@@ -105,8 +105,8 @@ struct BPEModel {
     }
 
     /// The word as the vocabulary writes it (in the byte alphabet for byte-level vocabularies).
-    private func vocabularySpelling(of range: Range<Int>, in text: ScalarText) -> String {
+    private func vocabularySpelling(of range: Range<Int>, in text: ScalarText) -> TokenKey {
         let bytes = text.bytes(of: range)
-        return units == .bytes ? ByteLevelAlphabet.encode(bytes) : String(decoding: bytes, as: UTF8.self)
+        return TokenKey(units == .bytes ? ByteLevelAlphabet.encode(bytes) : String(decoding: bytes, as: UTF8.self))
     }
 }

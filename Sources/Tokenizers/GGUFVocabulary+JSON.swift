@@ -55,8 +55,9 @@ extension GGUFVocabulary {
                             ("special", .bool(type != GGUFVocabularyReader.TokenType.userDefined))])
         }
         var vocab: [(String, JSONValue)] = []
-        var seen = Set<String>()
-        for (id, token) in tokens.enumerated().reversed() where seen.insert(token).inserted {   // the last id wins
+        // The last id wins; texts are compared exactly, so canonically equivalent tokens both stay.
+        var seen = Set<TokenKey>()
+        for (id, token) in tokens.enumerated().reversed() where seen.insert(TokenKey(token)).inserted {
             vocab.append((token, .int(id)))
         }
         vocab.reverse()
@@ -84,7 +85,7 @@ extension GGUFVocabulary {
             ("single", .array(prefix + [sequence("A", 0)] + suffix)),
             ("pair", .array(prefix + [sequence("A", 0)] + suffix + prefix + [sequence("B", 1)] + suffix)),
             ("special_tokens", .object(prefixSpecial
-                + suffixSpecial.filter { s in !prefixSpecial.contains { $0.0 == s.0 } })),
+                + suffixSpecial.filter { s in !prefixSpecial.contains { TokenKey($0.0) == TokenKey(s.0) } })),
         ])
         let model: JSONValue = .object([
             ("type", .string("BPE")), ("dropout", .null),

@@ -56,10 +56,10 @@ struct GGUFVocabularyReader {
             }
         }
 
-        // llama.cpp keeps the last id when a text repeats.
-        var tokenIds: [String: Int] = [:]
+        // llama.cpp keeps the last id when a text repeats, comparing texts byte for byte.
+        var tokenIds: [TokenKey: Int] = [:]
         tokenIds.reserveCapacity(tokens.count)
-        for (id, token) in tokens.enumerated() { tokenIds[token] = id }
+        for (id, token) in tokens.enumerated() { tokenIds[TokenKey(token)] = id }
 
         // Without types, the named special tokens are the only ones to match whole.
         let types = tokenTypes ?? tokens.indices.map { id in
@@ -116,14 +116,14 @@ struct GGUFVocabularyReader {
     }
 
     /// Merges written "left right", ranked by position.
-    private func mergeTable(fromMerges merges: [String], tokenIds: [String: Int]) throws -> MergeTable {
+    private func mergeTable(fromMerges merges: [String], tokenIds: [TokenKey: Int]) throws -> MergeTable {
         var table = MergeTable()
         for (rank, merge) in merges.enumerated() {
             guard let (left, right) = TokenizerJSONReader.splitMerge(merge) else {
                 throw error("tokenizer.ggml.merges[\(rank)] is \(merge.debugDescription), expected \"left right\"")
             }
-            guard let leftId = tokenIds[left], let rightId = tokenIds[right], let result = tokenIds[left + right]
-            else {
+            guard let leftId = tokenIds[TokenKey(left)], let rightId = tokenIds[TokenKey(right)],
+                  let result = tokenIds[TokenKey(left + right)] else {
                 throw error("tokenizer.ggml.merges[\(rank)] joins \"\(left)\" and \"\(right)\", but it or its result is not in the vocabulary")
             }
             table.add(left: Int32(leftId), right: Int32(rightId), rank: Int32(rank), result: Int32(result))
@@ -139,7 +139,7 @@ struct GGUFVocabularyReader {
     /// Only cuts whose two halves have the length of some token are looked up, so a long token costs nothing
     /// unless the vocabulary holds pieces of both lengths; every lookup spells and hashes both halves, and those
     /// are counted against `maximumCutScalars` (one 200,000-scalar token kept `tokenize` busy for minutes).
-    func mergeTable(fromScores scores: [Float], tokenIds: [String: Int]) throws -> MergeTable {
+    func mergeTable(fromScores scores: [Float], tokenIds: [TokenKey: Int]) throws -> MergeTable {
         // A NaN score is treated as the lowest, so it cannot break the ordering.
         let cleaned = scores.map { $0.isNaN ? -Float.infinity : $0 }
         let distinct = Array(Set(cleaned)).sorted(by: >)
@@ -150,7 +150,7 @@ struct GGUFVocabularyReader {
         var work = 0
         for (id, token) in tokens.enumerated() {
             let count = token.unicodeScalars.count
-            guard count >= 2, let resultId = tokenIds[token], resultId == id else { continue }
+            guard count >= 2, let resultId = tokenIds[TokenKey(token)], resultId == id else { continue }
             let rank = rankOfScore[cleaned[id]]!
             let bytes = Array(token.utf8)
             // Where each scalar starts among the bytes: the halves are made from byte slices, which is quick.
@@ -165,8 +165,8 @@ struct GGUFVocabularyReader {
                                 "be) takes more than \(Self.maximumCutScalars) scalars of lookups, reached at " +
                                 "token \(id) (\(count) scalars long); give the file a merge list")
                 }
-                let left = String(decoding: bytes[..<starts[cut]], as: UTF8.self)
-                let right = String(decoding: bytes[starts[cut]...], as: UTF8.self)
+                let left = TokenKey(String(decoding: bytes[..<starts[cut]], as: UTF8.self))
+                let right = TokenKey(String(decoding: bytes[starts[cut]...], as: UTF8.self))
                 if let leftId = tokenIds[left], let rightId = tokenIds[right] {
                     table.add(left: Int32(leftId), right: Int32(rightId), rank: rank, result: Int32(resultId))
                 }

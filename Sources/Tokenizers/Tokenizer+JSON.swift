@@ -47,7 +47,8 @@ struct TokenizerJSONReader {
 
         // Vocabulary: the model's, then added tokens (which may lie beyond it).
         guard let vocab = model["vocab"]?.objectValue else { throw error("model.vocab is missing or not an object") }
-        var tokenIds: [String: Int] = [:]
+        // Keyed by exact text: canonically equivalent spellings ("é", "e\u{301}") are separate tokens.
+        var tokenIds: [TokenKey: Int] = [:]
         tokenIds.reserveCapacity(vocab.count)
         // Ids index the token table: each must lie below a bound on vocabularies (no model has 16 M tokens).
         let idLimit = 1 << 24
@@ -56,16 +57,18 @@ struct TokenizerJSONReader {
                 throw error("model.vocab entry \"\(token)\" has \(value.compactText()), expected an id in " +
                             "[0, \(idLimit))")
             }
-            tokenIds[token] = id
+            tokenIds[TokenKey(token)] = id
         }
         let addedTokens = try readAddedTokens(json["added_tokens"])
         if let bad = addedTokens.first(where: { $0.id < 0 || $0.id >= idLimit }) {
             throw error("added_tokens entry \"\(bad.content)\" has id \(bad.id), expected an id in [0, \(idLimit))")
         }
-        for token in addedTokens where tokenIds[token.content] == nil { tokenIds[token.content] = token.id }
+        for token in addedTokens where tokenIds[TokenKey(token.content)] == nil {
+            tokenIds[TokenKey(token.content)] = token.id
+        }
         let size = max((tokenIds.values.max() ?? -1), (addedTokens.map(\.id).max() ?? -1)) + 1
         var tokens = [String?](repeating: nil, count: size)
-        for (token, id) in tokenIds { tokens[id] = token }
+        for (token, id) in tokenIds { tokens[id] = token.text }
         for token in addedTokens { tokens[token.id] = token.content }
 
         let merges = try readMerges(model["merges"], tokenIds: tokenIds)
@@ -80,7 +83,9 @@ struct TokenizerJSONReader {
         }
         var unknownId: Int?
         if let name = model["unk_token"]?.stringValue {
-            guard let id = tokenIds[name] else { throw error("model.unk_token \"\(name)\" is not in the vocabulary") }
+            guard let id = tokenIds[TokenKey(name)] else {
+                throw error("model.unk_token \"\(name)\" is not in the vocabulary")
+            }
             unknownId = id
         }
         let bpe = BPEModel(units: byteLevel ? .bytes : .scalars, merges: merges, tokenIds: tokenIds,
@@ -101,9 +106,9 @@ struct TokenizerJSONReader {
         func configured(_ key: String) -> Int? {
             guard let value = config?[key] else { return nil }
             let name = value.stringValue ?? value["content"]?.stringValue
-            return name.flatMap { tokenIds[$0] }
+            return name.flatMap { tokenIds[TokenKey($0)] }
         }
-        func firstKnown(_ names: [String]) -> Int? { names.lazy.compactMap { tokenIds[$0] }.first }
+        func firstKnown(_ names: [String]) -> Int? { names.lazy.compactMap { tokenIds[TokenKey($0)] }.first }
         let bos = configured("bos_token") ?? prefixIds.first
             ?? firstKnown(["<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>"])
         let eos = configured("eos_token") ?? suffixIds.last
@@ -135,7 +140,7 @@ struct TokenizerJSONReader {
     }
 
     /// Merges in either spelling: `"a b"` strings (older files) or `["a", "b"]` pairs. Rank is list position.
-    private func readMerges(_ value: JSONValue?, tokenIds: [String: Int]) throws -> MergeTable {
+    private func readMerges(_ value: JSONValue?, tokenIds: [TokenKey: Int]) throws -> MergeTable {
         var table = MergeTable()
         guard let value, value != .null else { return table }
         guard let entries = value.arrayValue else { throw error("model.merges is not an array") }
@@ -152,8 +157,8 @@ struct TokenizerJSONReader {
             guard let (left, right) = pair else {
                 throw error("model.merges[\(rank)] is \(entry.compactText()), expected \"left right\" or [left, right]")
             }
-            guard let leftId = tokenIds[left], let rightId = tokenIds[right], let result = tokenIds[left + right]
-            else {
+            guard let leftId = tokenIds[TokenKey(left)], let rightId = tokenIds[TokenKey(right)],
+                  let result = tokenIds[TokenKey(left + right)] else {
                 throw error("model.merges[\(rank)] joins \"\(left)\" and \"\(right)\", but it or its result is not in the vocabulary")
             }
             table.add(left: Int32(leftId), right: Int32(rightId), rank: Int32(rank), result: Int32(result))
@@ -306,7 +311,7 @@ struct TokenizerJSONReader {
     }
 
     /// The ids put before and after a single sequence.
-    private func readPostProcessor(_ value: JSONValue?, at location: String, tokenIds: [String: Int]) throws
+    private func readPostProcessor(_ value: JSONValue?, at location: String, tokenIds: [TokenKey: Int]) throws
         -> (prefix: [Int], suffix: [Int]) {
         guard let value, value != .null else { return ([], []) }
         let type = try type(of: value, at: location)
@@ -335,7 +340,7 @@ struct TokenizerJSONReader {
                     throw error("\(location).single[\(index)] is neither a Sequence nor a SpecialToken")
                 }
                 let ids = value["special_tokens"]?[name]?["ids"]?.arrayValue?.compactMap(\.intValue)
-                    ?? tokenIds[name].map { [$0] }
+                    ?? tokenIds[TokenKey(name)].map { [$0] }
                 guard let ids else { throw error("\(location): special token \"\(name)\" is not in the vocabulary") }
                 if seenSequence { suffix += ids } else { prefix += ids }
             }

@@ -112,7 +112,7 @@ public final class Tokenizer: @unchecked Sendable {
     /// The id of the token spelled `token` as the vocabulary writes it (byte-level vocabularies write a space as
     /// "Ġ", SentencePiece ones as "▁"), or nil.
     public func id(forToken token: String) -> Int? {
-        model.tokenIds[token]
+        model.tokenIds[TokenKey(token)]
     }
 
     /// The token with id `id` as the vocabulary writes it, or nil for an id outside the vocabulary.
@@ -146,7 +146,7 @@ public final class Tokenizer: @unchecked Sendable {
             model.encode(word: word, of: text, into: &ids)
             return
         }
-        let key = String(decoding: bytes, as: UTF8.self)
+        let key = TokenKey(String(decoding: bytes, as: UTF8.self))
         if let cached = cache.ids(for: key) {
             ids.append(contentsOf: cached)
             return

@@ -88,7 +88,11 @@ public enum TextDataset {
                         throw DatasetError(path: path, line: line, "text records need a tokenizer, and the model has " +
                             "none (use pre-tokenized input_ids)")
                     }
-                    if tokenizer.addsBOS, let bos = tokenizer.bosTokenId, !(parts.first?.text.hasPrefix(tokenizer.token(forId: bos) ?? "\u{0}") ?? false) {
+                    // By bytes, as the tokenizer matches added tokens: `hasPrefix` compares characters, and a text
+                    // starting "<s>" + U+0301 does not start with the character ">" (BOS was put in twice).
+                    let bosText = tokenizer.bosTokenId.flatMap { tokenizer.token(forId: $0) } ?? "\u{0}"
+                    let startsWithBOS = parts.first?.text.utf8.starts(with: bosText.utf8) ?? false
+                    if tokenizer.addsBOS, let bos = tokenizer.bosTokenId, !startsWithBOS {
                         ids.append(bos); labels.append(options.trainOnInputs ? bos : -100)
                     }
                     if case .chat = segments {
