@@ -94,6 +94,25 @@ public final class LlamaWeights: @unchecked Sendable {
         if !config.tieWordEmbeddings && !source.contains("lm_head.weight") { throw missingHead }
     }
 
+    /// Refuses a plain model whose embedding, norms, projections or head do not have the shapes its config gives
+    /// (views only, no weight read): `quantize` used to write a checkpoint of a [0, 192] or [1, 192, 192] q_proj
+    /// and exit 0, failing only when the checkpoint was loaded (the empty one as a non-finite nested_offset).
+    public func checkShapes() throws {
+        let c = config.hiddenSize
+        var expected = [("model.embed_tokens.weight", [config.vocabSize, c]), ("model.norm.weight", [c])]
+        if !config.tieWordEmbeddings { expected.append(("lm_head.weight", [config.vocabSize, c])) }
+        for l in 0..<config.layerCount {
+            for norm in ["input_layernorm", "post_attention_layernorm"] {
+                expected.append(("model.layers.\(l).\(norm).weight", [c]))
+            }
+            for name in LlamaConfig.projectionNames {
+                guard let (out, inF) = config.projectionShape(name) else { continue }
+                expected.append((PEFTAdapter.modulePath(layer: l, projection: name) + ".weight", [out, inF]))
+            }
+        }
+        for (name, shape) in expected where source.contains(name) { _ = try dense(name, shape: shape) }
+    }
+
     /// Drops the pages of the mapped files from resident memory.
     public func evictPages() { source.evictPages() }
 

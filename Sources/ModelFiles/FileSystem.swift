@@ -89,6 +89,20 @@ public enum FileSystem {
     /// from it, must fit beside each other).
     public static var readLimit: Int { max(allocatableBytes / 2, 1 << 20) }
 
+    /// What a Git LFS pointer file is, in words, when `bytes` is one, else nil. A repository of the Hugging Face
+    /// Hub cloned without git-lfs holds such a pointer (about 130 bytes of text: "version
+    /// https://git-lfs.github.com/spec/v1", the object's sha256 and size) in place of each large file, which then
+    /// failed as a header length of billions of bytes, as JSON with a bad first character, or trained as text.
+    public static func gitLFSPointerNote(_ bytes: some Collection<UInt8>) -> String? {
+        let prefix = Array("version https://git-lfs.github.com/spec/".utf8)
+        guard bytes.count <= 1024, bytes.starts(with: prefix) else { return nil }
+        let text = String(decoding: bytes, as: UTF8.self)
+        let size = text.split(separator: "\n").first { $0.hasPrefix("size ") }.map { " of \($0.dropFirst(5)) bytes" }
+        return "the file is a Git LFS pointer (\(bytes.count) bytes of text standing for the real file\(size ?? "")), "
+            + "not its contents: the repository was cloned without git-lfs; run `git lfs install` and `git lfs pull` "
+            + "in it, or download the file itself"
+    }
+
     /// `path` without its final slashes ("out/" → "out"; "/" stays "/"): where a sibling such as `path + ".tmp"`
     /// must go beside the folder, not into it.
     public static func withoutTrailingSlashes(_ path: String) -> String {

@@ -175,6 +175,9 @@ public final class GGUFFile: @unchecked Sendable {
 
         let magic = try reader.bytes(4, "the magic")
         guard Array(magic) == Array("GGUF".utf8) else {
+            if let note = FileSystem.gitLFSPointerNote(file.bytes) {
+                throw ModelFileError.invalidHeader(path: path, detail: note)
+            }
             let shown = magic.map { (0x20..<0x7F).contains($0) ? String(UnicodeScalar($0)) : "\\x" + String($0, radix: 16) }.joined()
             throw ModelFileError.invalidHeader(path: path, detail: "not a GGUF file: the magic is \"\(shown)\", expected \"GGUF\"")
         }

@@ -107,10 +107,17 @@ extension JSONValue {
     /// column.
     public init(parsing bytes: some Collection<UInt8>) throws {
         var parser = JSONParser(bytes: Array(bytes))
-        parser.skipWhitespace()
-        self = try parser.parseValue(depth: 0)
-        parser.skipWhitespace()
-        guard parser.index == parser.bytes.count else { throw parser.error("unexpected text after the value") }
+        do {
+            parser.skipWhitespace()
+            self = try parser.parseValue(depth: 0)
+            parser.skipWhitespace()
+            guard parser.index == parser.bytes.count else { throw parser.error("unexpected text after the value") }
+        } catch let error as JSONParseError {
+            // Every JSON file of a model folder (config.json, tokenizer.json, an index) may be an LFS pointer.
+            guard let note = FileSystem.gitLFSPointerNote(parser.bytes) else { throw error }
+            throw JSONParseError(message: error.message + "; " + note, offset: error.offset, line: error.line,
+                                 column: error.column)
+        }
     }
 
     /// Parses a JSON string.

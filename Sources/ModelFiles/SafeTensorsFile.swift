@@ -42,10 +42,18 @@ public final class SafeTensorsFile: @unchecked Sendable {
         guard bytes.count >= 8 else {
             throw ModelFileError.truncated(path: path, detail: "\(bytes.count) bytes, fewer than the 8-byte header length")
         }
+        if let note = FileSystem.gitLFSPointerNote(bytes) {
+            throw ModelFileError.invalidHeader(path: path, detail: note)
+        }
         let claimed = bytes.loadUnaligned(as: UInt64.self).littleEndian
         let available = bytes.count - 8
-        guard claimed <= UInt64(available), claimed <= UInt64(Self.maximumHeaderSize) else {
+        guard claimed <= UInt64(available) else {
             throw ModelFileError.headerTooLarge(path: path, claimed: claimed, available: available)
+        }
+        // A claim the file could hold but over the limit used to be reported as more than the bytes that follow.
+        guard claimed <= UInt64(Self.maximumHeaderSize) else {
+            throw ModelFileError.invalidHeader(path: path, detail: "the header length is \(claimed) bytes, more than "
+                + "the \(Self.maximumHeaderSize) that are read (the limit of the safetensors format's own reader)")
         }
         let headerSize = Int(claimed)
         dataStart = 8 + headerSize

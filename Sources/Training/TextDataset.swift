@@ -166,6 +166,8 @@ public enum TextDataset {
         // A UTF-8 byte order mark (what some editors write first) is no part of the text: with it, a JSONL file was
         // taken for plain text and trained on with its braces and keys.
         let bytes = file.starts(with: [0xEF, 0xBB, 0xBF]) ? Array(file.dropFirst(3)) : file
+        // A pointer left by a clone without git-lfs was read as plain text and trained on.
+        if let note = FileSystem.gitLFSPointerNote(bytes) { throw DatasetError(path: path, note) }
         guard let firstNonSpace = bytes.first(where: { ![0x20, 0x0A, 0x0D, 0x09].contains($0) }) else {
             // Nothing but white space: no records (it was trained on as a text of spaces and newlines).
             throw DatasetError(path: path, "holds no examples: the file is empty or white space only")
@@ -180,13 +182,43 @@ public enum TextDataset {
             var items: [(Int, JSONValue)] = []
             for (n, line) in bytes.split(separator: 0x0A, omittingEmptySubsequences: false).enumerated() {
                 if line.allSatisfy({ [0x20, 0x0D, 0x09].contains($0) }) { continue }
-                do { items.append((n + 1, try JSONValue(parsing: line))) } catch {
-                    throw DatasetError(path: path, line: n + 1, "\(error)")
+                do { items.append((n + 1, try JSONValue(parsing: line))) } catch let error as JSONParseError {
+                    // JSON skips a CR as white space, so a file whose lines end in a lone CR (classic Mac OS) is
+                    // one line, failing at the second record.
+                    let lone = error.offset > 0 && line[line.startIndex + error.offset - 1] == 0x0D
+                    throw DatasetError(path: path, line: n + 1, "\(error)" + (lone ? " (after a carriage return "
+                        + "that ends no line: lines end with LF or CRLF here, not a lone CR; convert the file)" : ""))
                 }
             }
             return .json(items)
         }
+        // Plain text must be UTF-8, as the JSON reader requires of its strings: a binary or compressed file (say
+        // data.jsonl.gz) was trained on as text, its bytes each turned into U+FFFD.
+        if bytes.starts(with: [0x1F, 0x8B]) {
+            throw DatasetError(path: path, "is gzip-compressed (it starts with bytes 0x1F 0x8B): decompress it first")
+        }
+        if let at = firstInvalidUTF8(bytes) {
+            let line = bytes[..<at].reduce(1) { $1 == 0x0A ? $0 + 1 : $0 }
+            let hex = String(bytes[at], radix: 16, uppercase: true)
+            throw DatasetError(path: path, line: line, "plain text that is not UTF-8: byte 0x"
+                + (hex.count < 2 ? "0" : "") + hex + " at offset \(at) of the file; save it as UTF-8 (a binary "
+                + "file is no training data)")
+        }
         return .text(String(decoding: bytes, as: UTF8.self))
+    }
+
+    /// The offset of the first byte of `bytes` that is not part of well-formed UTF-8, or nil when all of it is.
+    public static func firstInvalidUTF8(_ bytes: [UInt8]) -> Int? {
+        var decoder = UTF8()
+        var iterator = bytes.makeIterator()
+        var offset = 0
+        while true {
+            switch decoder.decode(&iterator) {
+            case .scalarValue(let scalar): offset += UTF8.width(scalar)
+            case .emptyInput: return nil
+            case .error: return offset
+            }
+        }
     }
 
     /// Pre-tokenized ids and labels; text pieces tokenized one by one; or a rendered conversation, tokenized whole.

@@ -80,8 +80,9 @@ struct Generate: ParsableCommand {
         if let prompt { prompts = [prompt] }
         if let promptsFrom {
             let bytes = try FileSystem.readBytes(promptsFrom)
-            for (n, line) in bytes.split(separator: 0x0A).enumerated() {
-                prompts.append(try Self.stringField(promptField, line: line, number: n + 1, file: promptsFrom))
+            for (n, line) in bytes.split(separator: 0x0A, omittingEmptySubsequences: false).enumerated() {
+                guard let record = Self.recordLine(line, number: n + 1) else { continue }
+                prompts.append(try Self.stringField(promptField, line: record, number: n + 1, file: promptsFrom))
             }
             if let limit { prompts = Array(prompts.prefix(limit)) }
         }
@@ -134,6 +135,15 @@ struct Generate: ParsableCommand {
 extension Generate {
     /// The string `field` of one JSONL line, or an error naming the file and line: a line that is not UTF-8 text
     /// (with the first bad byte), not JSON (with where), or has no such string.
+    /// Line `number` of a JSONL file as its record, or nil when it holds none, as the training data reader reads
+    /// them: white space only (an empty line of a CRLF file is a lone CR) holds none, and the first line loses a
+    /// UTF-8 byte order mark. Empty lines used to be dropped before counting, so an error named the wrong line;
+    /// a mark or a blank line was refused as invalid JSON.
+    static func recordLine(_ line: ArraySlice<UInt8>, number: Int) -> ArraySlice<UInt8>? {
+        let record = number == 1 && line.starts(with: [0xEF, 0xBB, 0xBF]) ? line.dropFirst(3) : line
+        return record.allSatisfy({ [0x20, 0x0D, 0x09].contains($0) }) ? nil : record
+    }
+
     static func stringField(_ field: String, line: ArraySlice<UInt8>, number n: Int, file: String) throws -> String {
         let bytes = Array(line)
         if let at = ModelText.firstInvalidUTF8(bytes) {
@@ -178,7 +188,7 @@ struct Tokenize: ParsableCommand {
     func run() throws {
         guard let tok = try ModelText.load(path: tokenizer).tokenizer else { throw ValidationError("no tokenizer at \(tokenizer)") }
         func emit(_ line: ArraySlice<UInt8>, _ n: Int) throws {
-            guard !line.isEmpty else { return }
+            guard let line = Generate.recordLine(line, number: n) else { return }
             let text = try Generate.stringField("text", line: line, number: n, file: input ?? "stdin")
             print(JSONValue.object([("ids", .array(tok.encode(text, addSpecialTokens: addSpecialTokens)
                 .map { .int($0) }))]).pythonText())

@@ -177,18 +177,7 @@ struct ModelText {
 
     /// The offset of the first byte of `bytes` that starts no valid UTF-8 character (a cut-off last character
     /// included), or nil when all of it is UTF-8.
-    static func firstInvalidUTF8(_ bytes: [UInt8]) -> Int? {
-        var decoder = UTF8()
-        var iterator = bytes.makeIterator()
-        var offset = 0
-        while true {
-            switch decoder.decode(&iterator) {
-            case .scalarValue(let scalar): offset += UTF8.width(scalar)
-            case .emptyInput: return nil
-            case .error: return offset
-            }
-        }
-    }
+    static func firstInvalidUTF8(_ bytes: [UInt8]) -> Int? { TextDataset.firstInvalidUTF8(bytes) }
 
     /// Ids that end generation: EOS and the chat format's end-of-turn marker.
     var stopTokenIds: Set<Int> {

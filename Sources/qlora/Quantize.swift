@@ -125,7 +125,9 @@ struct Quantize: ParsableCommand {
 
     func run() throws {
         // Refuse configs we could not train on, and a model missing a tensor, before spending time on the weights.
-        try LlamaWeights.open(path: model).checkComplete()
+        let weights = try LlamaWeights.open(path: model)
+        try weights.checkComplete()
+        try weights.checkShapes()
         var quantizer = ModelQuantizer()
         quantizer.quantType = quantType
         quantizer.doubleQuant = doubleQuant
