@@ -135,6 +135,7 @@ public final class CUDADevice: @unchecked Sendable {
     let pool: DeviceMemoryPool
     private var modules: [String: UnsafeMutableRawPointer?] = [:]
     private var functions: [String: UnsafeMutableRawPointer?] = [:]
+    private var occupancies: [String: Int] = [:]
     /// Bytes in live buffers now, and the most there were.
     public var allocatedBytes: Int { pool.allocatedBytes }
     public var peakAllocatedBytes: Int { pool.peakAllocatedBytes }
@@ -544,6 +545,22 @@ public final class CUDADevice: @unchecked Sendable {
         try driver.check(driver.cuModuleGetFunction(&f, module, name), "cuModuleGetFunction(\(name) in \(source).cu)")
         functions[key] = f
         return f
+    }
+
+    /// How many blocks of `block` threads (and `sharedBytes` of dynamic shared memory) of kernel `name` an SM runs at
+    /// once, as the driver works it out from the compiled kernel's registers and shared memory; `fallback` on the
+    /// planning device, which compiles nothing.
+    func blocksPerSM(_ source: KernelSource, _ name: String, bf16: Bool, block: Int, sharedBytes: Int = 0,
+                     fallback: Int) throws -> Int {
+        guard !isVirtual else { return fallback }
+        let key = "\(source.rawValue)/\(bf16)/\(name)/\(block)/\(sharedBytes)"
+        if let n = occupancies[key] { return n }
+        var n: Int32 = 0
+        try driver.check(driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(
+            &n, try function(source, name, bf16: bf16), Int32(block), sharedBytes),
+                         "cuOccupancyMaxActiveBlocksPerMultiprocessor(\(name))")
+        occupancies[key] = max(1, Int(n))
+        return max(1, Int(n))
     }
 
     /// Blocks for a one-thread-per-element launch of `count` elements (grid-stride kernels cap it).

@@ -79,7 +79,8 @@ extension CUDADevice {
         if bf16 && headDim == 128 && hopperAttention {
             // One kernel for dK, dV and dQ's float32 sums (S and dP computed once), then dq rounded from the sums.
             let variant = Self.flashVariant(headDim, starts)
-            let sums = try allocate(n, .f32), arrivals = try zeros(batch * heads * shape.tiles(64), .i32)
+            let unordered = KernelCompiler.experimentDefines.contains("FA_DQ_UNORDERED=1")
+            let sums = try unordered ? zeros(n, .f32) : allocate(n, .f32), arrivals = try zeros(batch * heads * shape.tiles(64), .i32)
             try launch(.flashAttentionHopper, "flash_attention_backward_wgmma_\(variant)", bf16: true,
                        grid: (shape.tiles(128), kvHeads, batch), block: 256, sharedBytes: Self.hopperBackwardBytes,
                        [.buffer(dk), .buffer(dv), .buffer(sums), .buffer(arrivals), .buffer(dout), .buffer(lse),

@@ -195,8 +195,9 @@ extension CUDADevice {
         // bf16: tensor cores, `tiles` row tiles of 16 × 256 columns a block of 128 threads (`loraDxTiles`); float32:
         // FMAs, 32 × 256, 256 threads.
         let bf16 = dx.dtype == .bf16
-        let tiles = Self.loraDxTiles(rowTiles: (rows + 15) / 16, strips: (k + 255) / 256,
-                                     slots: multiprocessorCount * Self.loraDxBlocksPerSM)
+        let slots = bf16 ? multiprocessorCount * (try blocksPerSM(.lora, "lora_dx", bf16: true, block: 128,
+                                                                  fallback: 5)) : 1
+        let tiles = Self.loraDxTiles(rowTiles: (rows + 15) / 16, strips: (k + 255) / 256, slots: slots)
         let rowsPerBlock = bf16 ? 16 * tiles : 32
         try launch(.lora, "lora_dx", bf16: bf16, grid: ((k + 255) / 256, (rows + rowsPerBlock - 1) / rowsPerBlock, 1),
                    block: bf16 ? 128 : 256, sharedBytes: 0,
@@ -204,8 +205,6 @@ extension CUDADevice {
                     .int(accumulate ? 1 : 0)] + (bf16 ? [.int(tiles)] : []))
     }
 
-    /// Blocks of lora_dx (bf16) an SM runs at once: its launch bound.
-    static let loraDxBlocksPerSM = 5
     /// Row tiles a lora_dx block walks: the number (1…16) that ends the product soonest when `slots` blocks run
     /// at once, its length counted in tile times: waves × (tiles + 1), waves = ⌈blocks / slots⌉ (a mostly empty
     /// last wave costs as much as a full one: 2,048 blocks of 4 tiles on 660 slots were 3.1 waves, 4 × 5, where 640

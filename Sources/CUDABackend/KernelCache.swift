@@ -51,6 +51,11 @@ public final class KernelCompiler: @unchecked Sendable {
         self.cacheFolder = cacheFolder
     }
 
+    /// `QLORA_KERNEL_DEFINES="NAME=VALUE …"`: macros every kernel source is compiled with, for comparing a kernel's
+    /// variants in one binary (each source says which it reads; they are part of the cache name).
+    static let experimentDefines: [String] = (ProcessInfo.processInfo.environment["QLORA_KERNEL_DEFINES"] ?? "")
+        .split(whereSeparator: { $0 == " " || $0 == "," }).map(String.init)
+
     /// `$QLORA_KERNEL_CACHE`, else `~/.cache/qlora/kernels`.
     public static var defaultCacheFolder: String {
         ProcessInfo.processInfo.environment["QLORA_KERNEL_CACHE"] ?? NSHomeDirectory() + "/.cache/qlora/kernels"
@@ -61,7 +66,7 @@ public final class KernelCompiler: @unchecked Sendable {
 
     /// The cubin of `source` for `architecture` ("sm_90"), with `bf16` selecting the bf16 activation type.
     public func cubin(_ source: KernelSource, bf16: Bool, architecture: String) throws -> [UInt8] {
-        let options = ["-DQLORA_BF16=\(bf16 ? 1 : 0)", "--fmad=true"]
+        let options = ["-DQLORA_BF16=\(bf16 ? 1 : 0)", "--fmad=true"] + Self.experimentDefines.map { "-D" + $0 }
         let text = source.text
         var hasher = FNV1a()
         for part in [text] + KernelSource.headers.values.sorted() + options + [architecture, nvrtc.version] { hasher.add(part) }

@@ -38,6 +38,8 @@ final class CUDADriver: @unchecked Sendable {
     let cuMemPrefetchAsyncV1: (@convention(c) (UInt64, Int, Int32, Handle) -> Int32)?
     let cuModuleLoadData: @convention(c) (UnsafeMutablePointer<Handle>, UnsafeRawPointer) -> Int32
     let cuModuleGetFunction: @convention(c) (UnsafeMutablePointer<Handle>, Handle, UnsafePointer<CChar>) -> Int32
+    let cuOccupancyMaxActiveBlocksPerMultiprocessor: @convention(c) (UnsafeMutablePointer<Int32>, Handle, Int32,
+                                                                      Int) -> Int32
     let cuLaunchKernel: @convention(c) (Handle, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, Handle,
                                         UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
                                         UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Int32
@@ -78,6 +80,7 @@ final class CUDADriver: @unchecked Sendable {
         cuMemPrefetchAsyncV1 = l.optionalFunction("cuMemPrefetchAsync")
         cuModuleLoadData = try l.function("cuModuleLoadData")
         cuModuleGetFunction = try l.function("cuModuleGetFunction")
+        cuOccupancyMaxActiveBlocksPerMultiprocessor = try l.function("cuOccupancyMaxActiveBlocksPerMultiprocessor")
         cuLaunchKernel = try l.function("cuLaunchKernel")
         cuGetErrorName = try l.function("cuGetErrorName")
         cuGetErrorString = try l.function("cuGetErrorString")

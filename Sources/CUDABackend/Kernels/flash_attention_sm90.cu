@@ -290,10 +290,14 @@ __device__ __forceinline__ void h_release(int* p) {
 __device__ __forceinline__ void h_dq_step(float* dq, const int* arrival, int order, int seen, int* pending,
                                           const unsigned char* dsT, unsigned kTiles, int i0, int tokens, int heads) {
     const int wg = threadIdx.x >> 7, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+#if FA_DQ_UNORDERED   // a measurement only (QLORA_KERNEL_DEFINES): adds in any order into zeroed sums
+    order = 1;
+#else
     if (threadIdx.x == 0) {
         if (pending) h_release(pending);
         while (seen < order) seen = h_acquire(arrival);
     }
+#endif
     proxy_fence();   // dSᵀ, written by both warpgroups, visible to the tensor cores
     __syncthreads();
     float d[32];

@@ -465,7 +465,11 @@ __device__ __forceinline__ void lora_dz_fragment(unsigned* f, const T* dz, int b
 // the warp's shared-memory tile (masked and scaled on the way in) so that dx is read and written 16 bytes a lane.
 // Grid (⌈k / 256⌉, ⌈rows / (16 · tiles)⌉), 128 threads.
 #define DXM_PITCH 68   // floats per row of a warp's staged tile (64 + 4: fewer bank conflicts)
-extern "C" __global__ void __launch_bounds__(DXM_WARPS * 32, 5)   // ≤ 102 registers: 5 blocks an SM
+// LORA_DX_BLOCKS (QLORA_KERNEL_DEFINES, for comparisons): the blocks an SM must fit (5: ≤ 102 registers; 6: ≤ 85).
+#ifndef LORA_DX_BLOCKS
+#define LORA_DX_BLOCKS 5
+#endif
+extern "C" __global__ void __launch_bounds__(DXM_WARPS * 32, LORA_DX_BLOCKS)
 lora_dx(T* dx, const T* dz, const T* a, int rows, int k, int r, float keep, unsigned long long seed,
         int accumulate, int tiles) {
     __shared__ __align__(16) float staged[DXM_WARPS * 16 * DXM_PITCH];
