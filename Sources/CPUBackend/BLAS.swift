@@ -20,6 +20,12 @@ public enum BLAS {
         /// `QLORA_GEMM` (ours or cblas) if set, else the default for this processor (`preferred`).
         static let configured: Provider = {
             let value = ProcessInfo.processInfo.environment["QLORA_GEMM"] ?? ""
+            // Another value (a typo, another case) used to be ignored without a word.
+            if !value.isEmpty, Provider(rawValue: value) == nil {
+                FileHandle.standardError.write(Data(("warning: QLORA_GEMM=\(value.prefix(40)) is not one of "
+                    + "\(allCases.map(\.rawValue).joined(separator: ", ")); ignored (the products use "
+                    + "\(preferred.rawValue))\n").utf8))
+            }
             return Provider(rawValue: value) ?? preferred
         }()
 
@@ -78,7 +84,8 @@ public enum BLAS {
     }
 
     /// Whether the products go to the CBLAS.
-    static let useCBLAS: Bool = sgemmFunction != nil && provider != .ours
+    /// (QLORA_GEMM read first, so that a value it cannot take is said where no CBLAS is installed too.)
+    static let useCBLAS: Bool = provider != .ours && sgemmFunction != nil
 
     /// The CBLAS's own `cblas_sgemm` (requires `hasCBLAS`; k > 0).
     public static func cblasSgemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,

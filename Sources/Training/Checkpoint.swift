@@ -56,6 +56,7 @@ public enum Checkpoint {
                 fields += [("best_metric", .double(best.loss)), ("best_global_step", .int(best.step))]
             }
             fields.append(("early_stopping_patience_counter", .int(trainer.evaluationsWithoutImprovement)))
+            fields += runSettings(of: trainer)
             let state: JSONValue = .object(fields)
             try AtomicFile.write(text: state.pythonText(indent: 2) + "\n", to: temporary + "/trainer_state.json")
         } catch {
@@ -161,20 +162,54 @@ public enum Checkpoint {
 
     /// Restores the checkpoint in `directory` into `trainer` (the engine's adapters and optimizer; the step, generator
     /// and data position). The checkpoint's LoRA settings must be the engine's.
-    public static func restore(_ trainer: inout Trainer, from directory: String) throws {
+    /// Returns warnings: settings of this run that differ from the checkpoint's and take effect from here on.
+    @discardableResult
+    public static func restore(_ trainer: inout Trainer, from directory: String) throws -> [String] {
+        var warnings: [String] = []
         let statePath = directory + "/trainer_state.json"
         let state: JSONValue
         do { state = try JSONValue(parsing: FileSystem.readBytes(statePath)) } catch {
             throw ModelFileError.invalidCheckpoint(path: directory, tensor: "trainer_state.json", detail: "\(error)")
         }
-        guard let step = state["global_step"]?.intValue, let rngText = state["rng_state"]?.stringValue,
-              let rngState = UInt64(rngText), let order = state["data_order"]?.arrayValue?.compactMap(\.intValue),
-              let position = state["data_position"]?.intValue, let epoch = state["epoch"]?.intValue else {
-            throw ModelFileError.invalidCheckpoint(path: directory, tensor: "trainer_state.json", detail: "missing or malformed fields")
+        // Each field named with what it holds and what it should (a bare "missing or malformed fields" left the
+        // user to guess which of six).
+        func field<T>(_ key: String, _ expected: String, _ read: (JSONValue) -> T?,
+                      optional: Bool = false) throws -> T? {
+            guard let value = state[key] else {
+                if optional { return nil }
+                throw ModelFileError.invalidCheckpoint(path: directory, tensor: "trainer_state.json",
+                                                       detail: "\(key) is missing (expected \(expected))")
+            }
+            guard let read = read(value) else {
+                throw ModelFileError.invalidCheckpoint(path: directory, tensor: "trainer_state.json", detail: "\(key) "
+                    + "is \(value.compactText().prefix(80)): expected \(expected)")
+            }
+            return read
         }
-        try checkState(step: step, order: order, rawOrderCount: state["data_order"]?.arrayValue?.count ?? 0,
+        let whole = "an integer"
+        guard let step = try field("global_step", whole, \.intValue),
+              let rngState = try field("rng_state", "a decimal 64-bit unsigned integer in a string",
+                                       { $0.stringValue.flatMap { UInt64($0) } }),
+              let order = try field("data_order", "an array of integers", {
+                  $0.arrayValue.flatMap { a in a.allSatisfy { $0.intValue != nil } ? a.compactMap(\.intValue) : nil }
+              }),
+              let position = try field("data_position", whole, \.intValue),
+              let epoch = try field("epoch", whole, \.intValue) else {
+            throw ModelFileError.invalidCheckpoint(path: directory, tensor: "trainer_state.json", detail: "unreadable")
+        }
+        try checkState(step: step, order: order, rawOrderCount: order.count,
                        position: position, epoch: epoch, exampleCount: trainer.exampleCount, directory: directory)
-        let counter = state["early_stopping_patience_counter"]?.intValue ?? 0
+        // A checkpoint beyond this run's last step would train nothing and save its adapter as the run's final one,
+        // replacing the adapter and the metrics the run wrote after that step (exit status 0, "final logged loss
+        // nan").
+        guard step <= trainer.totalSteps else {
+            throw ModelFileError.invalidCheckpoint(path: directory, tensor: "trainer_state.json", detail:
+                "global_step is \(step), beyond this run's \(trainer.totalSteps) steps (--max-steps, or "
+                + "--num-train-epochs over this data): nothing would be trained; give a larger --max-steps, or resume "
+                + "from an earlier checkpoint")
+        }
+        try checkRunSettings(state, of: trainer, directory: directory, warnings: &warnings)
+        let counter = try field("early_stopping_patience_counter", whole, \.intValue, optional: true) ?? 0
         guard counter >= 0 else {
             throw ModelFileError.invalidCheckpoint(
                 path: directory, tensor: "trainer_state.json",
@@ -234,11 +269,80 @@ public enum Checkpoint {
         rng.state = rngState
         // The best validation loss and early stopping's counter (absent from checkpoints of older runs).
         var best: (loss: Double, step: Int)? = nil
-        if let loss = state["best_metric"]?.doubleValue, let at = state["best_global_step"]?.intValue {
+        if let loss = try field("best_metric", "a number", \.doubleValue, optional: true),
+           let at = try field("best_global_step", whole, \.intValue, optional: true) {
             best = (loss, at)
         }
         trainer.restore(step: step, rng: rng, data: DataPosition(order: order, position: position, epoch: epoch),
                         best: best, evaluationsWithoutImprovement: counter)
+        return warnings
+    }
+
+    /// The settings of the run a checkpoint was saved by that decide what the rest of it computes (Hugging Face's
+    /// trainer_state.json keeps train_batch_size too), and a fingerprint of its training examples.
+    static func runSettings(of trainer: Trainer) -> [(String, JSONValue)] {
+        let c = trainer.config
+        return [
+            ("train_batch_size", .int(c.batchSize * (trainer.group?.worldSize ?? 1))),
+            ("gradient_accumulation_steps", .int(c.gradientAccumulationSteps)),
+            ("learning_rate", .double(Double(c.learningRate))),
+            ("lr_scheduler_type", .string(c.schedule.rawValue)),
+            ("warmup_steps", .int(c.warmup(totalSteps: trainer.totalSteps))),
+            ("weight_decay", .double(Double(c.weightDecay))),
+            ("max_grad_norm", .double(Double(c.maxGradNorm))),
+            ("seed", .string(String(c.seed))),
+            ("train_data_fingerprint", .string(trainer.dataFingerprint)),
+        ]
+    }
+
+    /// Compares the settings a checkpoint records (`runSettings`; older checkpoints have none) with this run's. Other
+    /// training examples, or another batch per step, are refused: the saved data order and position and the step
+    /// counts belong to the run that wrote them. Another learning rate, schedule, warm-up, weight decay or clipping
+    /// takes effect from the next step, and is said; a seed has no effect (the generator comes from the checkpoint).
+    /// Resuming with any of these changed used to go on silently.
+    static func checkRunSettings(_ state: JSONValue, of trainer: Trainer, directory: String,
+                                 warnings: inout [String]) throws {
+        let saved = Dictionary(state.objectValue ?? [], uniquingKeysWith: { $1 })
+        let now = Dictionary(runSettings(of: trainer), uniquingKeysWith: { $1 })
+        func text(_ v: JSONValue) -> String {
+            if let s = v.stringValue { return s }
+            if case .double(let d) = v { return "\(Float(d))" }
+            return v.compactText()
+        }
+        func differs(_ key: String) -> (was: String, now: String)? {
+            guard let was = saved[key], let current = now[key], was != current else { return nil }
+            return (text(was), text(current))
+        }
+        if differs("train_data_fingerprint") != nil {
+            throw ModelFileError.invalidCheckpoint(path: directory, tensor: "trainer_state.json", detail:
+                "train_data_fingerprint: this run's \(trainer.exampleCount) training examples are not those of the run "
+                + "that saved it (another --data file, or another --max-seq-length, --packing, --validation-split or "
+                + "--seed with a split, prompt or chat settings): resume with the same, or start a new run from its "
+                + "adapter with --init-adapter")
+        }
+        let refused = [("train_batch_size", "--batch-size (× devices)"),
+                       ("gradient_accumulation_steps", "--gradient-accumulation-steps")]
+        for (key, flag) in refused {
+            if let (was, current) = differs(key) {
+                throw ModelFileError.invalidCheckpoint(path: directory, tensor: "trainer_state.json", detail:
+                    "\(key) is \(was), this run's \(flag) gives \(current): resume with the same batch per step "
+                    + "(the saved data position, epoch and step counts belong to it)")
+            }
+        }
+        let step = (state["global_step"]?.intValue ?? 0) + 1
+        let taking = [("learning_rate", "--learning-rate"), ("lr_scheduler_type", "--lr-scheduler"),
+                      ("warmup_steps", "--warmup-steps / --warmup-ratio"), ("weight_decay", "--weight-decay"),
+                      ("max_grad_norm", "--max-grad-norm")]
+        for (key, flag) in taking {
+            if let (was, current) = differs(key) {
+                warnings.append("\(flag): \(key) is \(current) in this run, \(was) in the run that saved "
+                    + "\(directory): the resumed run takes the new value from step \(step) on")
+            }
+        }
+        if let (was, current) = differs("seed") {
+            warnings.append("--seed \(current) has no effect on a run resumed from \(directory) (saved by a run with "
+                + "seed \(was)): the random generator's state comes from the checkpoint")
+        }
     }
 
     /// Checks the moments of optimizer tensor `name` ("LAYER.PROJECTION.A" or ".B") against the adapter matrix they

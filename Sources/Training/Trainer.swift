@@ -290,6 +290,9 @@ public struct Trainer {
     var exampleCount: Int { examples.count }
     /// Total optimizer steps of this run.
     public let totalSteps: Int
+    /// A hash of the training examples (their tokens, labels and positions, in order), which checkpoints record: a
+    /// resume over other examples is refused.
+    public let dataFingerprint: String
     /// The data-parallel group this trainer is one rank of (nil: alone).
     public let group: DataParallelGroup?
 
@@ -305,6 +308,26 @@ public struct Trainer {
         self.rng = SeededGenerator(seed: config.seed)
         let world = group?.worldSize ?? 1
         self.totalSteps = config.totalSteps(exampleCount: (examples.count + world - 1) / world)
+        self.dataFingerprint = Self.fingerprint(examples)
+    }
+
+    /// FNV-1a (64 bits) over each example's lengths, tokens, labels and positions, as 16 hex digits.
+    static func fingerprint(_ examples: [TokenizedExample]) -> String {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        func mix(_ value: Int) {
+            var v = UInt64(bitPattern: Int64(value))
+            for _ in 0..<8 {
+                hash = (hash ^ (v & 0xff)) &* 0x100_0000_01b3
+                v >>= 8
+            }
+        }
+        mix(examples.count)
+        for e in examples {
+            mix(e.inputIds.count); e.inputIds.forEach(mix)
+            mix(e.labels.count); e.labels.forEach(mix)
+            mix(e.positions?.count ?? -1); e.positions?.forEach(mix)
+        }
+        return String(hash, radix: 16)
     }
 
     /// A trainer of `model` on the CPU, with the optimizer `config` names, over `examples`.

@@ -64,7 +64,8 @@ struct DataParallelOptions: ParsableArguments {
             return Worker(rank: r, worldSize: w, rendezvous: path, deviceOrdinal: 0)   // CUDA_VISIBLE_DEVICES: one GPU
         }
         if let r = env["RANK"].flatMap(Int.init), let w = env["WORLD_SIZE"].flatMap(Int.init), w > 1,
-           let host = env["MASTER_ADDR"], let port = env["MASTER_PORT"] {
+           let host = env["MASTER_ADDR"], !host.isEmpty, let port = env["MASTER_PORT"].flatMap(Int.init),
+           (1...65535).contains(port) {
             return Worker(rank: r, worldSize: w, rendezvous: "tcp:\(host):\(port)",
                           deviceOrdinal: env["LOCAL_RANK"].flatMap(Int.init) ?? 0)
         }
@@ -74,7 +75,12 @@ struct DataParallelOptions: ParsableArguments {
     /// `worker`, checked before its numbers are used: a world size from 1 to `maximumRanks` and a rank below it.
     /// QLORA_WORLD_SIZE=9223372036854775807 used to trap on the first product of sizes.
     static func validatedWorker() throws -> Worker? {
-        guard let worker else { return nil }
+        guard let worker else {
+            if let problem = incompleteLauncherEnvironment(ProcessInfo.processInfo.environment) {
+                throw ValidationError(problem)
+            }
+            return nil
+        }
         guard (1...maximumRanks).contains(worker.worldSize), (0..<worker.worldSize).contains(worker.rank),
               worker.deviceOrdinal >= 0 else {
             throw ValidationError("this worker's environment gives rank \(worker.rank) of world size "
@@ -83,6 +89,37 @@ struct DataParallelOptions: ParsableArguments {
                 + "RANK / WORLD_SIZE / LOCAL_RANK)")
         }
         return worker
+    }
+
+    /// What is wrong with a launcher's variables that are there but make no worker (`worker` is nil): a rank or
+    /// world size that is no number, or a part missing. Such a process used to train alone, as if no launcher had
+    /// started it: under torchrun every rank trained the whole run by itself. Also a MASTER_PORT that is no port
+    /// (it was taken for a rendezvous file named tcp:HOST:PORT). nil: nothing wrong.
+    static func incompleteLauncherEnvironment(_ env: [String: String]) -> String? {
+        let ours = ["QLORA_RANK", "QLORA_WORLD_SIZE", "QLORA_RENDEZVOUS"]
+        func describe(_ names: [String]) -> String {
+            names.map { "\($0)=" + (env[$0].map { "'\($0.prefix(40))'" } ?? "(unset)") }.joined(separator: " ")
+        }
+        let numbers = "a whole number"
+        if ours.contains(where: { env[$0] != nil }), env["QLORA_RANK"].flatMap(Int.init) == nil
+            || env["QLORA_WORLD_SIZE"].flatMap(Int.init) == nil || env["QLORA_RENDEZVOUS"] == nil {
+            return "this process's environment has \(describe(ours)): a data-parallel worker needs all three (the "
+                + "rank and world size \(numbers) each); they are set by qlora train --devices, so unset them to train "
+                + "in one process"
+        }
+        let cluster = ["RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"]
+        guard let world = env["WORLD_SIZE"] else { return nil }
+        guard let size = Int(world) else {
+            return "this process's environment has \(describe(["WORLD_SIZE"])): a cluster launcher's world size must "
+                + "be \(numbers)"
+        }
+        guard size > 1 else { return nil }   // one process: nothing to join
+        if env["RANK"].flatMap(Int.init) == nil || env["MASTER_ADDR"].map({ !$0.isEmpty }) != true
+            || env["MASTER_PORT"].flatMap(Int.init).map({ (1...65535).contains($0) }) != true {
+            return "this process's environment has \(describe(cluster)): a cluster launcher's worker (WORLD_SIZE > 1) "
+                + "needs RANK (\(numbers)), MASTER_ADDR (a host) and MASTER_PORT (a port from 1 to 65535)"
+        }
+        return nil
     }
 
     /// (host, port) of a tcp:HOST:PORT rendezvous.
@@ -191,7 +228,13 @@ struct DataParallelOptions: ParsableArguments {
     /// Joins the group as the worker the environment names: the GPU, then NCCL through the rendezvous (a file, or
     /// rank 0 serving the id over TCP while it joins NCCL itself).
     static func join(_ worker: Worker) throws -> (CUDADevice, NCCLCommunicator) {
-        let device = try CUDADevice(ordinal: worker.deviceOrdinal)
+        let device: CUDADevice
+        do { device = try CUDADevice(ordinal: worker.deviceOrdinal) } catch {
+            // A worker of a launcher's making trains on its GPU whatever --device says: said, lest the error's
+            // advice (run without --device cuda) puzzle a user who gave --device cpu.
+            throw CUDAError.noDevice("rank \(worker.rank) of \(worker.worldSize) (a data-parallel worker, from "
+                + "QLORA_RANK / RANK in this process's environment) needs GPU \(worker.deviceOrdinal): \(error)")
+        }
         var id: [UInt8]
         var server: Thread? = nil
         if let (host, port) = tcpAddress(worker.rendezvous) {

@@ -410,7 +410,19 @@ struct Train: ParsableCommand {
         if let resume {
             let dir = resume == "latest" ? try Checkpoint.checkpoints(in: output).last?.path : resume
             guard let dir else { throw ValidationError("--resume-from-checkpoint latest: no checkpoint in \(output)") }
-            try Checkpoint.restore(&trainer, from: dir)
+            let warnings = try Checkpoint.restore(&trainer, from: dir)
+            if isMain { printWarnings(warnings) }
+            // The final adapter would be read from OUTPUT/best at the end, after every remaining step: a run that
+            // saved the checkpoint without --load-best-model-at-end kept none there, and the resumed run used to
+            // fail only then, writing no final adapter.
+            let bestAdapter = output + "/best/adapter_model.safetensors"
+            if settings.loadBestModelAtEnd, let best = trainer.best,
+               !FileManager.default.fileExists(atPath: bestAdapter) {
+                throw ValidationError("--load-best-model-at-end (recipe load_best_model_at_end): \(dir) records the "
+                    + "best validation loss \(String(format: "%.4f", best.loss)) at step \(best.step), but "
+                    + "\(bestAdapter) is missing (the run that saved it did not keep its best adapter): resume without "
+                    + "--load-best-model-at-end, or start a new run")
+            }
             // Keep the metrics logged up to the checkpoint; what came after it is logged again.
             history = try Self.metricsHistory(metricsPath, upTo: trainer.step)
             if isMain { print("resuming from \(dir) at step \(trainer.step) of \(trainer.totalSteps)") }
