@@ -41,8 +41,11 @@ public enum Checkpoint {
                 }
                 steps.append((name, .int(optimizer.steps[name] ?? 0)))
             }
+            // One id in both files: an optimizer file copied in from another run or step is refused on resume.
+            let id = String(UInt64.random(in: 1...UInt64.max), radix: 16)
             try SafeTensorsWriter.write(tensors, metadata: ["optim": optimizer.kind.rawValue,
-                                                            "steps": JSONValue.object(steps).compactText()],
+                                                            "steps": JSONValue.object(steps).compactText(),
+                                                            "checkpoint_id": id],
                                         to: temporary + "/optimizer.safetensors")
             var fields: [(String, JSONValue)] = [
                 ("global_step", .int(trainer.step)),
@@ -57,6 +60,7 @@ public enum Checkpoint {
             }
             fields.append(("early_stopping_patience_counter", .int(trainer.evaluationsWithoutImprovement)))
             fields += runSettings(of: trainer)
+            fields.append(("checkpoint_id", .string(id)))
             let state: JSONValue = .object(fields)
             try AtomicFile.write(text: state.pythonText(indent: 2) + "\n", to: temporary + "/trainer_state.json")
         } catch {
@@ -231,6 +235,12 @@ public enum Checkpoint {
         guard file.metadata["optim"] == current.kind.rawValue else {
             throw ModelFileError.invalidCheckpoint(path: file.path, tensor: "optimizer",
                                                    detail: "was saved by \(file.metadata["optim"] ?? "?"), this run uses \(current.kind.rawValue)")
+        }
+        // (Older checkpoints have no id.) Moments of another run or step used to be taken without a word.
+        if let id = file.metadata["checkpoint_id"], let expected = state["checkpoint_id"]?.stringValue, id != expected {
+            throw ModelFileError.invalidCheckpoint(path: file.path, tensor: "optimizer", detail: "belongs to another "
+                + "checkpoint (checkpoint_id \(id.prefix(40)), trainer_state.json's is \(expected.prefix(40))): an "
+                + "optimizer file copied from another run or step; put back the one saved with this checkpoint")
         }
         let stepsJSON = try JSONValue(parsing: file.metadata["steps"] ?? "{}")
         var states: [String: OptimizerState] = [:], steps: [String: Int] = [:]

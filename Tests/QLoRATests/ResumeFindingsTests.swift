@@ -173,4 +173,20 @@ extension BadSettingsTests {
         XCTAssertFalse(FileManager.default.fileExists(atPath: runDir + "/checkpoint-6"))
         XCTAssertEqual(try FileSystem.readBytes(runDir + "/adapter_model.safetensors"), adapter)
     }
+
+    /// An optimizer file copied in from another run (the same shapes and step counts) was resumed from without a
+    /// word, its moments those of other gradients. Each checkpoint's two files carry one id now.
+    func testAnOptimizerFileOfAnotherRunIsRefused() throws {
+        let (train, runDir, dir) = try runSavedEveryTwoSteps()
+        let other = try examples(dir, "other.jsonl", offset: 3)
+        let second = dir + "/second"
+        let (status, _, output) = try run(train.map { $0 == runDir ? second : $0 == dir + "/data.jsonl" ? other : $0 }
+                                          + ["--max-steps", "2"])
+        XCTAssertEqual(status, 0, output)
+        let target = runDir + "/checkpoint-2/optimizer.safetensors"
+        try FileManager.default.removeItem(atPath: target)
+        try FileManager.default.copyItem(atPath: second + "/checkpoint-2/optimizer.safetensors", toPath: target)
+        try expectError(train + ["--max-steps", "4", "--resume-from-checkpoint", runDir + "/checkpoint-2"],
+                        [target, "belongs to another checkpoint (checkpoint_id"])
+    }
 }
