@@ -142,16 +142,23 @@ public enum Checkpoint {
         }.sorted { $0.0 < $1.0 }
     }
 
+    /// The largest epoch a checkpoint may hold (2^53).
+    public static let maximumEpoch = 1 << 53
+
     /// Checks a checkpoint's place in the data against the data of this run, before anything is restored: the
     /// order must be empty or a permutation of this data's examples (a different data file, or another
-    /// --validation-split, gives another count), the position within it, the step and epoch not negative.
+    /// --validation-split, gives another count), the position within it, the step not negative, the epoch in
+    /// 0 ... `maximumEpoch`.
     public static func checkState(step: Int, order: [Int], rawOrderCount: Int, position: Int, epoch: Int,
                                   exampleCount: Int, directory: String) throws {
         func fail(_ detail: String) -> ModelFileError {
             ModelFileError.invalidCheckpoint(path: directory, tensor: "trainer_state.json", detail: detail)
         }
         guard step >= 0 else { throw fail("global_step is \(step): must be ≥ 0") }
-        guard epoch >= 0 else { throw fail("epoch is \(epoch): must be ≥ 0") }
+        // Bounded far beyond any run: an epoch of Int.max overflowed (a trap) at the next pass over the data.
+        guard (0...maximumEpoch).contains(epoch) else {
+            throw fail("epoch is \(epoch): must be in 0 ... \(maximumEpoch)")
+        }
         guard order.isEmpty && rawOrderCount == 0
                 || order.count == rawOrderCount && Set(order) == Set(0..<exampleCount) && order.count == exampleCount
         else {
@@ -214,10 +221,13 @@ public enum Checkpoint {
         }
         try checkRunSettings(state, of: trainer, directory: directory, warnings: &warnings)
         let counter = try field("early_stopping_patience_counter", whole, \.intValue, optional: true) ?? 0
-        guard counter >= 0 else {
+        // At most one evaluation a step: a counter of Int.max overflowed (a trap) at the next evaluation without
+        // an improvement.
+        guard (0...step).contains(counter) else {
             throw ModelFileError.invalidCheckpoint(
                 path: directory, tensor: "trainer_state.json",
-                detail: "early_stopping_patience_counter is \(counter): must be ≥ 0")
+                detail: "early_stopping_patience_counter is \(counter): must be in 0 ... global_step \(step) (one "
+                    + "evaluation a step at most)")
         }
         let engine = trainer.engine
         let lora = engine.loraConfig, saved = try PEFTAdapter.readConfig(directory: directory)

@@ -189,4 +189,24 @@ extension BadSettingsTests {
         try expectError(train + ["--max-steps", "4", "--resume-from-checkpoint", runDir + "/checkpoint-2"],
                         [target, "belongs to another checkpoint (checkpoint_id"])
     }
+
+    /// An epoch or early-stopping counter of Int.max in trainer_state.json passed the checks (≥ 0) and overflowed
+    /// (a trap, signal 4) at the next pass over the data or the next evaluation without an improvement.
+    func testAnEpochOrCounterOfIntMaxIsRefused() throws {
+        let (train, runDir, dir) = try runSavedEveryTwoSteps()
+        let eval = try examples(dir, "eval.jsonl", offset: 5)
+        let state = runDir + "/checkpoint-4/trainer_state.json"
+        let original = try JSONValue(parsing: FileSystem.readBytes(state))
+        let resume = train + ["--max-steps", "6", "--resume-from-checkpoint", "latest"]
+        var edited = original
+        edited.set("epoch", .int(Int.max)); edited.set("data_position", .int(12))
+        try write(edited.pythonText(indent: 2), state)
+        try expectError(resume, ["epoch is 9223372036854775807: must be in 0 ... 9007199254740992"])
+        edited = original
+        edited.set("early_stopping_patience_counter", .int(Int.max))
+        edited.set("best_metric", .double(-1000)); edited.set("best_global_step", .int(1))
+        try write(edited.pythonText(indent: 2), state)
+        try expectError(resume + ["--eval-data", eval, "--eval-steps", "1", "--early-stopping-patience", "100"],
+                        ["early_stopping_patience_counter is 9223372036854775807: must be in 0 ... global_step 4"])
+    }
 }
