@@ -311,6 +311,7 @@ struct Train: ParsableCommand {
         }
         if let evalPath { try InputFile.requireRegular(evalPath, what: "--eval-data") }
         let resume = try resume(recipe)
+        if let resume, resume != "latest" { try Self.checkResumeFolder(resume) }
         let overwrite = try overwriteOutputDir || (recipe.bool("overwrite_output_dir") ?? false)
         // Nothing lost: a second run into the same folder would replace its metrics and mix its checkpoints.
         func refuseExistingRun() throws {
@@ -522,6 +523,27 @@ struct Train: ParsableCommand {
 }
 
 extension Train {
+    /// A --resume-from-checkpoint that is no checkpoint folder, named before the model loads: an empty value read
+    /// /trainer_state.json, and a run's own folder was "t: tensor 'trainer_state.json': t/trainer_state.json: cannot
+    /// open", naming neither the flag nor the checkpoints it holds.
+    static func checkResumeFolder(_ path: String) throws {
+        let flag = "--resume-from-checkpoint (recipe resume_from_checkpoint)"
+        guard !path.isEmpty else {
+            throw ValidationError("\(flag) is empty: give a checkpoint folder (OUTPUT_DIR/checkpoint-N) or latest")
+        }
+        guard !FileManager.default.fileExists(atPath: path + "/trainer_state.json") else { return }
+        if let inside = try? Checkpoint.checkpoints(in: path), let last = inside.last {
+            throw ValidationError("\(flag) \(path) is a run's folder, not one of its checkpoints: give "
+                + "\(last.path)" + (inside.count > 1 ? " (or another of its \(inside.count) checkpoints)" : "")
+                + ", or latest with --output-dir \(path)")
+        }
+        guard FileSystem.isDirectory(path) else {
+            let what = FileManager.default.fileExists(atPath: path) ? "not a folder" : "no such folder"
+            throw ValidationError("\(flag) \(path): \(what) (give a checkpoint folder, OUTPUT_DIR/checkpoint-N, "
+                + "or latest)")
+        }
+    }
+
     /// --resume-from-checkpoint, else the recipe's resume_from_checkpoint.
     func resume(_ recipe: TrainingRecipe) throws -> String? {
         try resumeFromCheckpoint ?? recipe.string("resume_from_checkpoint")

@@ -209,4 +209,20 @@ extension BadSettingsTests {
         try expectError(resume + ["--eval-data", eval, "--eval-steps", "1", "--early-stopping-patience", "100"],
                         ["early_stopping_patience_counter is 9223372036854775807: must be in 0 ... global_step 4"])
     }
+
+    /// --resume-from-checkpoint "" read /trainer_state.json; the run's own folder, a file or a missing path gave
+    /// "PATH: tensor 'trainer_state.json': PATH/trainer_state.json: cannot open", naming neither the flag nor the
+    /// checkpoints there. Each names the flag now; nothing of the run is touched.
+    func testAResumePathThatIsNoCheckpointNamesTheFlag() throws {
+        let (train, runDir, dir) = try runSavedEveryTwoSteps()
+        let metrics = try FileSystem.readBytes(runDir + "/metrics.jsonl")
+        let resume = train + ["--max-steps", "6", "--resume-from-checkpoint"]
+        try expectError(resume + [""], ["--resume-from-checkpoint (recipe resume_from_checkpoint) is empty"])
+        try expectError(resume + [runDir], ["--resume-from-checkpoint (recipe resume_from_checkpoint) \(runDir) is a "
+                                            + "run's folder, not one of its checkpoints: give \(runDir)/checkpoint-4 "
+                                            + "(or another of its 2 checkpoints), or latest"])
+        try expectError(resume + [dir + "/missing"], ["\(dir)/missing: no such folder"])
+        try expectError(resume + [runDir + "/metrics.jsonl"], ["\(runDir)/metrics.jsonl: not a folder"])
+        XCTAssertEqual(try FileSystem.readBytes(runDir + "/metrics.jsonl"), metrics)
+    }
 }
