@@ -41,6 +41,18 @@ struct DataParallelOptions: ParsableArguments {
         if let rendezvous, !rendezvous.hasPrefix("file:"), Self.tcpAddress(rendezvous) == nil {
             throw ValidationError("--rendezvous \(rendezvous): use file:PATH or tcp:HOST:PORT")
         }
+        // Rank 0 replaces the file with the id and deletes it at the end: a path that is there (a user's file, a
+        // folder, a stale id of another run) used to be overwritten and deleted. Checked by node 0's launcher only
+        // (its workers, and the other nodes, find the id there).
+        if let rendezvous, rendezvous.hasPrefix("file:"), devices != nil, nodeRank == 0, Self.worker == nil {
+            let path = String(rendezvous.dropFirst(5))
+            guard !path.isEmpty else { throw ValidationError("--rendezvous file: names no path") }
+            var info = stat()
+            if lstat(path, &info) == 0 {
+                throw ValidationError("--rendezvous \(rendezvous): \(path) already exists; rank 0 would replace it "
+                    + "with NCCL's id and delete it at the end: give a fresh path (one per run)")
+            }
+        }
         // Without --devices nothing is launched, so these would be read by nobody (a cluster launcher's workers take
         // their place from RANK, WORLD_SIZE and MASTER_ADDR instead).
         let unused = [("--nnodes", nnodes != 1), ("--node-rank", nodeRank != 0), ("--rendezvous", rendezvous != nil)]

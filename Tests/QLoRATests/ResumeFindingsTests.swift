@@ -225,4 +225,18 @@ extension BadSettingsTests {
         try expectError(resume + [runDir + "/metrics.jsonl"], ["\(runDir)/metrics.jsonl: not a folder"])
         XCTAssertEqual(try FileSystem.readBytes(runDir + "/metrics.jsonl"), metrics)
     }
+
+    /// --rendezvous file:PATH naming a file that is there: rank 0 replaced it with NCCL's id and deleted it at the
+    /// end (a user's file lost). Node 0's launcher refuses it now, before any GPU is looked for.
+    func testARendezvousFileThatExistsIsRefused() throws {
+        let (model, dir, data) = try tinyModelAndData()
+        let mine = dir + "/notes.txt"
+        try write("keep me\n", mine)
+        let train = ["train", "--model", model, "--data", data, "--output-dir", dir + "/out", "--devices", "1"]
+        try expectError(train + ["--rendezvous", "file:" + mine],
+                        ["--rendezvous file:\(mine): \(mine) already exists", "give a fresh path"])
+        try expectError(train + ["--rendezvous", "file:" + dir], ["\(dir) already exists"])
+        try expectError(train + ["--rendezvous", "file:"], ["--rendezvous file: names no path"])
+        XCTAssertEqual(String(decoding: try FileSystem.readBytes(mine), as: UTF8.self), "keep me\n")
+    }
 }
