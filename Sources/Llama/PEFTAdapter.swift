@@ -1,3 +1,4 @@
+import Foundation
 import ModelFiles
 import Tensors
 
@@ -18,8 +19,9 @@ public enum PEFTAdapter {
     /// Largest rank accepted (far above any real adapter; a bigger `r` is an error before anything is allocated).
     public static let maximumRank = 1 << 16
 
-    /// Reads `adapter_config.json` into a LoRA configuration.
-    public static func readConfig(directory: String) throws -> LoRAConfig {
+    /// Reads `adapter_config.json` into a LoRA configuration. With `layerCount` (the model's), `target_modules` is
+    /// matched against the model's module paths as peft matches it (`resolveTargets`).
+    public static func readConfig(directory: String, layerCount: Int? = nil) throws -> LoRAConfig {
         let path = directory + "/adapter_config.json"
         let json: JSONValue
         do { json = try JSONValue(parsing: FileSystem.readBytes(path)) } catch let e as JSONParseError {
@@ -55,15 +57,21 @@ public enum PEFTAdapter {
         } else if let list = json["target_modules"]?.arrayValue?.compactMap(\.stringValue) {
             lora.targetModules = list
         }
+        if let layerCount {
+            lora.targetModules = try resolveTargets(json["target_modules"], layerCount: layerCount, path: path)
+        }
         if json["use_dora"] == .bool(true) { throw ModelFileError.invalidConfig(path: path, detail: "DoRA adapters are not supported") }
         // Settings that change what peft computes from the same tensors (another rank or scale for some modules,
         // layers or modules left out, extra trained weights): read as absent, an adapter with
         // "alpha_pattern": {"q_proj": 64} merged and generated with the wrong scale without a word.
+        // So do peft's LoRA variants (aLoRA, BD-LoRA, Arrow, KaSA, MonteCLoRA), a bias on B (lora_bias) and
+        // layer_replication (more layers than the base has): aLoRA's adapter was applied as plain LoRA.
         for key in ["rank_pattern", "alpha_pattern", "layers_to_transform", "exclude_modules", "modules_to_save",
-                    "trainable_token_indices", "target_parameters"] {
+                    "trainable_token_indices", "target_parameters", "layer_replication", "lora_bias",
+                    "alora_invocation_tokens", "use_bdlora", "arrow_config", "kasa_config", "monteclora_config"] {
             guard let value = json[key] else { continue }
             let empty = value == .null || value.arrayValue?.isEmpty == true || value.objectValue?.isEmpty == true
-                || value.stringValue?.isEmpty == true
+                || value.stringValue?.isEmpty == true || value == .bool(false)
             guard empty else {
                 throw ModelFileError.invalidConfig(path: path, detail: "\"\(key)\" is \(value.compactText()): this " +
                     "tool reads adapters with one rank and scale for every targeted projection of every layer, and " +
@@ -73,7 +81,71 @@ public enum PEFTAdapter {
         if let bias = json["bias"]?.stringValue, bias != "none" {
             throw ModelFileError.invalidConfig(path: path, detail: "bias \"\(bias)\" is not supported (only \"none\")")
         }
+        // PiSSA, OLoRA, CorDA, LoftQ and LoRA-GA subtract their initial B·A from the base weights (peft does it
+        // again when it loads the adapter), so the adapter belongs to a changed base: applied to the file's own
+        // weights it gave other logits without a word. MiCA is a LoRA variant of its own.
+        if let value = json["init_lora_weights"], ![.null, .bool(true), .bool(false)].contains(value) {
+            let name = value.stringValue ?? value.compactText()
+            guard ["gaussian", "eva", "orthogonal"].contains(name) else {
+                throw ModelFileError.invalidConfig(path: path, detail: "\"init_lora_weights\" is "
+                    + "\(value.compactText()), which is not supported: pissa, olora, corda, loftq and lora_ga change "
+                    + "the base model's weights as well (convert the adapter with peft's save_pretrained("
+                    + "path_initial_model_for_weight_conversion=...)), and mica is a LoRA variant; supported: true, "
+                    + "false, \"gaussian\", \"eva\", \"orthogonal\"")
+            }
+        }
         return lora
+    }
+
+    /// The projections `target_modules` adapts in a model of `layerCount` layers, matched as peft matches it: a
+    /// list entry adapts each module whose path (`model.layers.0.self_attn.q_proj`) is the entry or ends with
+    /// `.` + the entry, a string is a regular expression the whole path must match, `all-linear` is every
+    /// projection. peft 0.21.2 writes "all-linear" as the list of every module's full path, which read as no
+    /// projection at all. The result must adapt a projection in every layer or in none, and nothing else.
+    static func resolveTargets(_ value: JSONValue?, layerCount: Int, path: String) throws -> [String] {
+        guard let value, value != .null else { return LoRAConfig().targetModules }
+        let what = "\"target_modules\" \(value.compactText())"
+        let matches: (String) -> Bool
+        if let pattern = value.stringValue {
+            if pattern == "all-linear" { return ["all-linear"] }
+            guard let regex = try? NSRegularExpression(pattern: "^(?:" + pattern + ")$") else {
+                throw ModelFileError.invalidConfig(path: path, detail: "\(what) is not a regular expression this "
+                    + "tool can read (peft reads a string target_modules as one)")
+            }
+            matches = { module in
+                regex.firstMatch(in: module, range: NSRange(module.startIndex..., in: module)) != nil
+            }
+        } else if let list = value.arrayValue {
+            var entries: [String] = []
+            for item in list {
+                guard let entry = item.stringValue else {
+                    throw ModelFileError.invalidConfig(path: path, detail: "\(what) holds \(item.compactText()), "
+                        + "not a module name")
+                }
+                entries.append(entry)
+            }
+            if entries.contains("all-linear") { return ["all-linear"] }
+            matches = { module in entries.contains { module == $0 || module.hasSuffix("." + $0) } }
+        } else {
+            throw ModelFileError.invalidConfig(path: path, detail: "\(what) is neither a list of module names nor a "
+                + "regular expression")
+        }
+        for other in ["lm_head", "model.embed_tokens"] where matches(other) {
+            throw ModelFileError.invalidConfig(path: path, detail: "\(what) adapts \(other), which this tool does "
+                + "not adapt (only " + LlamaConfig.projectionNames.joined(separator: ", ") + ")")
+        }
+        var targets: [String] = []
+        for name in LlamaConfig.projectionNames {
+            let layers = (0..<layerCount).filter { matches(modulePath(layer: $0, projection: name)) }
+            if layers.count == layerCount, layerCount > 0 {
+                targets.append(name)
+            } else if !layers.isEmpty {
+                throw ModelFileError.invalidConfig(path: path, detail: "\(what) adapts \(name) in layer"
+                    + (layers.count == 1 ? " " : "s ") + layers.map(String.init).joined(separator: ", ")
+                    + " of \(layerCount) only: this tool adapts a projection in every layer or in none")
+            }
+        }
+        return targets
     }
 
     /// The adapter's `adapter_model.safetensors` in `directory`. Where it is absent, or not a regular file, the
@@ -104,7 +176,7 @@ public enum PEFTAdapter {
     /// The settings and matrices of the adapter in `directory`, for a model of architecture `config`.
     public static func read(directory: String,
                             config: LlamaConfig) throws -> (lora: LoRAConfig, adapters: [String: LoRAWeights]) {
-        let lora = try readConfig(directory: directory)
+        let lora = try readConfig(directory: directory, layerCount: config.layerCount)
         var shapes: [String: (outFeatures: Int, inFeatures: Int)] = [:]
         for l in 0..<config.layerCount {
             for name in lora.resolvedTargets { shapes["\(l).\(name)"] = config.projectionShape(name)! }
