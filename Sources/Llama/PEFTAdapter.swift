@@ -37,17 +37,25 @@ public enum PEFTAdapter {
                 detail: "\"r\" is \(r), more than this tool accepts (\(maximumRank))")
         }
         lora.r = r
-        lora.alpha = json["lora_alpha"]?.doubleValue ?? Double(r)
+        // peft's default lora_alpha is 8 whatever r is: an adapter of r 4 without one was scaled by 1 here and by
+        // 2 in peft. A value of another type (the string "16") read as absent as well, where peft fails.
+        lora.alpha = try number("lora_alpha", in: json, path: path) ?? 8
         guard lora.alpha.isFinite else {
             throw ModelFileError.invalidConfig(path: path, detail: "\"lora_alpha\" is not finite")
         }
-        lora.useRSLoRA = json["use_rslora"] == .bool(true)
+        switch json["use_rslora"] {
+        case nil, .null?, .bool(false)?: lora.useRSLoRA = false
+        case .bool(true)?: lora.useRSLoRA = true
+        case let value?:
+            throw ModelFileError.invalidConfig(path: path, detail: "\"use_rslora\" is \(value.compactText()), "
+                + "not true or false")
+        }
         // 1e308 is a finite Double whose scale (alpha / r) is float32's infinity: every merged weight NaN.
         guard lora.scale.isFinite else {
             throw ModelFileError.invalidConfig(path: path, detail: "\"lora_alpha\" \(lora.alpha) over r \(r) gives a "
                 + "scale beyond float32's range")
         }
-        lora.dropout = json["lora_dropout"]?.doubleValue ?? 0
+        lora.dropout = try number("lora_dropout", in: json, path: path) ?? 0
         guard lora.dropout >= 0, lora.dropout < 1 else {
             throw ModelFileError.invalidConfig(path: path,
                 detail: "\"lora_dropout\" must be in [0, 1), found \(lora.dropout)")
@@ -95,6 +103,16 @@ public enum PEFTAdapter {
             }
         }
         return lora
+    }
+
+    /// The number at `key` of an adapter config, nil where the key is absent; null or another type is an error
+    /// naming the key (peft fails on either).
+    private static func number(_ key: String, in json: JSONValue, path: String) throws -> Double? {
+        guard let value = json[key] else { return nil }
+        guard let number = value.doubleValue else {
+            throw ModelFileError.invalidConfig(path: path, detail: "\"\(key)\" is \(value.compactText()), not a number")
+        }
+        return number
     }
 
     /// The projections `target_modules` adapts in a model of `layerCount` layers, matched as peft matches it: a
