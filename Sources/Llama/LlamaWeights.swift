@@ -122,10 +122,20 @@ public final class LlamaWeights: @unchecked Sendable {
         let t = try source.tensor(named: name)
         guard t.dtype.isFloatingPoint, t.shape == shape else {
             throw ModelFileError.invalidCheckpoint(path: location, tensor: name,
-                                                   detail: "is \(t.dtype.rawValue) \(t.shape), "
-                                                       + "expected a float tensor of shape \(shape)")
+                                                   detail: "\(stored(name, t)), expected a float tensor of "
+                                                       + "shape \(shape)")
         }
         return t
+    }
+
+    /// What tensor `name` read as `t` is, for an error: a GGUF file's by its own name, type and dimensions
+    /// (`blk.0.ffn_down.weight`, Q4_K): the Hugging Face name and the dequantized F32 alone named a tensor and a
+    /// type the file does not hold.
+    private func stored(_ name: String, _ t: Tensor) -> String {
+        guard let archive = source as? GGUFArchive, let gguf = archive.ggufName(for: name),
+              let info = archive.file.tensorInfo(named: gguf) else { return "is \(t.dtype.rawValue) \(t.shape)" }
+        return "is GGUF tensor '\(gguf)' of type \(info.type.name) with dimensions \(info.dimensions) (fastest first), "
+            + "read as \(t.shape)"
     }
 
     func floats(_ name: String, count: Int) throws -> [Float] { try dense(name, shape: [count]).floats() }
@@ -175,8 +185,8 @@ public final class LlamaWeights: @unchecked Sendable {
         let w = try source.tensor(named: weightName)
         guard w.shape == [out, inF], w.dtype.isFloatingPoint else {
             throw ModelFileError.invalidCheckpoint(path: location, tensor: weightName,
-                                                   detail: "is \(w.dtype.rawValue) \(w.shape), "
-                                                       + "expected a float tensor [\(out), \(inF)]")
+                                                   detail: "\(stored(weightName, w)), expected a float tensor "
+                                                       + "[\(out), \(inF)]")
         }
         return .dense(w)
     }

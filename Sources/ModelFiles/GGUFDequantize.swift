@@ -8,7 +8,7 @@ public enum GGMLType: UInt32, Sendable, CaseIterable {
     case q2_K = 10, q3_K = 11, q4_K = 12, q5_K = 13, q6_K = 14, q8_K = 15
     case iq2_xxs = 16, iq2_xs = 17, iq3_xxs = 18, iq1_s = 19, iq4_nl = 20, iq3_s = 21, iq2_s = 22, iq4_xs = 23
     case i8 = 24, i16 = 25, i32 = 26, i64 = 27, f64 = 28, iq1_m = 29, bf16 = 30
-    case tq1_0 = 34, tq2_0 = 35, mxfp4 = 39
+    case tq1_0 = 34, tq2_0 = 35, mxfp4 = 39, nvfp4 = 40, q1_0 = 41
 
     /// ggml's name for the type (`Q4_K`, `BF16`).
     public var name: String { String(describing: self).uppercased() }
@@ -18,6 +18,8 @@ public enum GGMLType: UInt32, Sendable, CaseIterable {
         switch self {
         case .f32, .f16, .bf16, .f64, .i8, .i16, .i32, .i64: return 1
         case .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .iq4_nl, .mxfp4: return 32
+        case .nvfp4: return 64
+        case .q1_0: return 128
         default: return 256
         }
     }
@@ -35,6 +37,8 @@ public enum GGMLType: UInt32, Sendable, CaseIterable {
         case .q5_1: return 24
         case .q8_0: return 34
         case .mxfp4: return 17
+        case .nvfp4: return 36
+        case .q1_0: return 18
         case .q2_K: return 84
         case .q3_K, .iq3_s: return 110
         case .q4_K: return 144

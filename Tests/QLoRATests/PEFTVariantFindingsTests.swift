@@ -125,4 +125,34 @@ final class PEFTVariantFindingsTests: XCTestCase {
             assertThrows([config, "\"\(key)\" is \(value)"]) { _ = try PEFTAdapter.readConfig(directory: dir) }
         }
     }
+
+    /// A GGUF projection of the wrong shape was named by its Hugging Face name as an F32 tensor ("tensor
+    /// 'model.layers.0.mlp.down_proj.weight': is F32 [96, 512]"), a name and type the Q4_0 file does not hold. The
+    /// error now names the GGUF tensor, its ggml type and its dimensions too. ggml's newest types (NVFP4, Q1_0)
+    /// are refused by name, not as "ggml type 40".
+    func testAGGUFTensorOfTheWrongShapeIsNamedAsTheFileHoldsIt() throws {
+        let golden = try Shared.requireGolden()
+        let dir = makeTemporaryDirectory(self)
+        let good = dir + "/tiny.gguf", bad = dir + "/bad.gguf"
+        try GGUFTests.writeTinyLlamaGGUF(folder: golden + "/tiny-llama", to: good)
+        let file = try GGUFFile(path: good)
+        let target = "blk.0.ffn_down.weight"
+        let plan = file.tensors.map { info in
+            info.name == target ? GGUFTensorPlan(name: info.name, shape: [96, 512], type: .q4_0)
+                : GGUFTensorPlan(name: info.name, shape: info.shape, type: info.type)
+        }
+        try GGUFWriter.write(to: bad, metadata: file.metadataKeys.map { ($0, file.metadata[$0]!) }, tensors: plan) { i in
+            plan[i].name == target ? [UInt8](repeating: 0, count: plan[i].byteCount)
+                : file.withUnsafeData(of: file.tensors[i]) { Array($0) }
+        }
+        let weights = try LlamaWeights.open(path: bad)
+        assertThrows([bad, "model.layers.0.mlp.down_proj.weight", "GGUF tensor '\(target)'", "Q4_0",
+                      "[512, 96]", "expected a float tensor [192, 512]"]) {
+            _ = try weights.projection(layer: 0, "down_proj")
+        }
+        XCTAssertEqual(GGMLType(rawValue: 40)?.name, "NVFP4")
+        XCTAssertEqual(GGMLType(rawValue: 41)?.name, "Q1_0")
+        XCTAssertEqual(GGMLType.nvfp4.blockByteCount, 36)
+        XCTAssertEqual(GGMLType.q1_0.blockSize, 128)
+    }
 }
