@@ -125,7 +125,44 @@ public final class LlamaWeights: @unchecked Sendable {
                                                    detail: "\(stored(name, t)), expected a float tensor of "
                                                        + "shape \(shape)")
         }
+        try checkFinite(name, t)
         return t
+    }
+
+    /// Refuses a float tensor holding NaN or ±infinity, naming the element. Quantized to 4 bits, such a block
+    /// (a GGUF block whose scale is damaged) became finite codes of nothing in particular: eval, generate and
+    /// train ran on it without a word (bitsandbytes keeps the NaN); on the file's own weights the loss was nan.
+    private func checkFinite(_ name: String, _ t: Tensor) throws {
+        let n = t.elementCount
+        guard n > 0 else { return }
+        // All exponent bits set is NaN or ±infinity in each of the three float formats.
+        let (width, mask): (Int, UInt32) = t.dtype == .f32 ? (4, 0x7F80_0000)
+            : t.dtype == .f16 ? (2, 0x7C00) : (2, 0x7F80)
+        let chunks = min(64, (n + 65_535) / 65_536)
+        var firsts = [Int](repeating: Int.max, count: chunks)
+        t.withUnsafeBytes { raw in
+            firsts.withUnsafeMutableBufferPointer { out in
+                let results = out
+                DispatchQueue.concurrentPerform(iterations: chunks) { c in
+                    let range = (c * n / chunks)..<((c + 1) * n / chunks)
+                    for i in range {
+                        let bits = width == 4 ? raw.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self)
+                            : UInt32(raw.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))
+                        if bits & mask == mask { results[c] = i; return }
+                    }
+                }
+            }
+        }
+        guard let bad = firsts.min(), bad != Int.max else { return }
+        let value: Float = t.withUnsafeBytes { raw in
+            switch t.dtype {
+            case .f32: return raw.loadUnaligned(fromByteOffset: 4 * bad, as: Float.self)
+            case .f16: return Float(Float16(bitPattern: raw.loadUnaligned(fromByteOffset: 2 * bad, as: UInt16.self)))
+            default: return Float(bitPattern: UInt32(raw.loadUnaligned(fromByteOffset: 2 * bad, as: UInt16.self)) << 16)
+            }
+        }
+        throw ModelFileError.invalidCheckpoint(path: location, tensor: name,
+                                               detail: "\(stored(name, t)): element \(bad) is \(value), not finite")
     }
 
     /// What tensor `name` read as `t` is, for an error: a GGUF file's by its own name, type and dimensions
@@ -188,6 +225,7 @@ public final class LlamaWeights: @unchecked Sendable {
                                                    detail: "\(stored(weightName, w)), expected a float tensor "
                                                        + "[\(out), \(inF)]")
         }
+        try checkFinite(weightName, w)
         return .dense(w)
     }
 

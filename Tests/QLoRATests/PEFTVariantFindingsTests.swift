@@ -1,6 +1,7 @@
 import Foundation
 import Llama
 import ModelFiles
+import Tensors
 import XCTest
 
 /// What adapters written by the real peft library (0.21.2, on tiny-llama) found (issue 12): target_modules in the
@@ -154,5 +155,47 @@ final class PEFTVariantFindingsTests: XCTestCase {
         XCTAssertEqual(GGMLType(rawValue: 41)?.name, "Q1_0")
         XCTAssertEqual(GGMLType.nvfp4.blockByteCount, 36)
         XCTAssertEqual(GGMLType.q1_0.blockSize, 128)
+    }
+
+    /// A base weight holding NaN or infinity (a GGUF block whose f16 scale is damaged, a float in a safetensors
+    /// file) was quantized to 4 bits as finite codes: eval, generate and train ran on it without a word (on the
+    /// file's own weights eval printed "loss nan"). Reading such a weight is an error naming the tensor and element.
+    func testABaseWeightThatIsNotFiniteIsRefusedNamingIt() throws {
+        let golden = try Shared.requireGolden()
+        let dir = makeTemporaryDirectory(self)
+        let good = dir + "/tiny.gguf", bad = dir + "/bad.gguf"
+        try GGUFTests.writeTinyLlamaGGUF(folder: golden + "/tiny-llama", to: good)
+        let file = try GGUFFile(path: good)
+        let target = "blk.0.ffn_down.weight"
+        let plan = file.tensors.map { GGUFTensorPlan(name: $0.name, shape: $0.shape, type: $0.type) }
+        try GGUFWriter.write(to: bad, metadata: file.metadataKeys.map { ($0, file.metadata[$0]!) }, tensors: plan) { i in
+            var bytes = file.withUnsafeData(of: file.tensors[i]) { Array($0) }
+            if plan[i].name == target { bytes[6] = 0xC0; bytes[7] = 0x7F }   // element 3: a bf16 NaN
+            return bytes
+        }
+        let weights = try LlamaWeights.open(path: bad)
+        for body in [{ _ = try weights.quantizedProjection(layer: 0, "down_proj") },
+                     { _ = try weights.projection(layer: 0, "down_proj") }] {
+            assertThrows([bad, "model.layers.0.mlp.down_proj.weight", "GGUF tensor '\(target)'",
+                          "element 3 is nan, not finite"], body)
+        }
+        XCTAssertNoThrow(try weights.quantizedProjection(layer: 0, "up_proj"))
+
+        let folder = dir + "/model"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: golden + "/tiny-llama/config.json", toPath: folder + "/config.json")
+        let archive = try SafeTensorsArchive(directory: golden + "/tiny-llama")
+        let name = "model.layers.1.self_attn.q_proj.weight"
+        let tensors = try archive.names.sorted().map { key -> (name: String, tensor: Tensor) in
+            let t = try archive.tensor(named: key)
+            guard key == name else { return (key, t) }
+            var values = t.floats()
+            values[5] = -.infinity
+            return (key, Tensor(values, shape: t.shape))
+        }
+        try SafeTensorsWriter.write(tensors, to: folder + "/model.safetensors")
+        assertThrows([folder, name, "element 5 is -inf, not finite"]) {
+            _ = try LlamaWeights.open(path: folder).quantizedProjection(layer: 1, "q_proj")
+        }
     }
 }
