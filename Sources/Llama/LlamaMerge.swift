@@ -126,8 +126,16 @@ public enum LlamaMerge {
         }
         func tensor(_ i: Int) throws -> Tensor {
             let (name, shape) = layout[i]
-            return Tensor(try mergedTensor(name, shape: shape, weights: weights, lora: lora, adapters: adapters,
-                                           onto: onto), shape: shape, dtype: dtype)
+            let t = Tensor(try mergedTensor(name, shape: shape, weights: weights, lora: lora, adapters: adapters,
+                                            onto: onto), shape: shape, dtype: dtype)
+            // A merged weight past what the dtype holds (65504 in f16) was written as infinity, and the check
+            // then compared nan logits.
+            if let (bad, value) = LlamaWeights.firstNonFinite(t) {
+                throw ModelError("merged tensor '\(name)': element \(bad) is \(value) in \(dtype.rawValue) (base "
+                    + "plus adapter beyond its range): nothing was written; merge with --dtype f32 or bf16, or "
+                    + "check the adapter's weights")
+            }
+            return t
         }
         try FileSystem.createDirectory(directory)
         var files: [String] = [], weightMap: [(String, JSONValue)] = []

@@ -133,8 +133,15 @@ public final class LlamaWeights: @unchecked Sendable {
     /// (a GGUF block whose scale is damaged) became finite codes of nothing in particular: eval, generate and
     /// train ran on it without a word (bitsandbytes keeps the NaN); on the file's own weights the loss was nan.
     private func checkFinite(_ name: String, _ t: Tensor) throws {
+        guard let (bad, value) = Self.firstNonFinite(t) else { return }
+        throw ModelFileError.invalidCheckpoint(path: location, tensor: name,
+                                               detail: "\(stored(name, t)): element \(bad) is \(value), not finite")
+    }
+
+    /// The first element of float tensor `t` that is NaN or ±infinity, with its value, or nil.
+    static func firstNonFinite(_ t: Tensor) -> (index: Int, value: Float)? {
         let n = t.elementCount
-        guard n > 0 else { return }
+        guard n > 0 else { return nil }
         // All exponent bits set is NaN or ±infinity in each of the three float formats.
         let (width, mask): (Int, UInt32) = t.dtype == .f32 ? (4, 0x7F80_0000)
             : t.dtype == .f16 ? (2, 0x7C00) : (2, 0x7F80)
@@ -153,7 +160,7 @@ public final class LlamaWeights: @unchecked Sendable {
                 }
             }
         }
-        guard let bad = firsts.min(), bad != Int.max else { return }
+        guard let bad = firsts.min(), bad != Int.max else { return nil }
         let value: Float = t.withUnsafeBytes { raw in
             switch t.dtype {
             case .f32: return raw.loadUnaligned(fromByteOffset: 4 * bad, as: Float.self)
@@ -161,8 +168,7 @@ public final class LlamaWeights: @unchecked Sendable {
             default: return Float(bitPattern: UInt32(raw.loadUnaligned(fromByteOffset: 2 * bad, as: UInt16.self)) << 16)
             }
         }
-        throw ModelFileError.invalidCheckpoint(path: location, tensor: name,
-                                               detail: "\(stored(name, t)): element \(bad) is \(value), not finite")
+        return (bad, value)
     }
 
     /// What tensor `name` read as `t` is, for an error: a GGUF file's by its own name, type and dimensions

@@ -66,6 +66,14 @@ public enum BnB4BitCheckpoint {
         func fail(_ detail: String) -> ModelFileError {
             ModelFileError.invalidCheckpoint(path: location, tensor: name, detail: detail)
         }
+        // A NaN or infinite scale makes its whole block NaN: eval printed "loss nan" and merge wrote the NaN
+        // weights before its check refused them.
+        func checkFinite(_ values: [Float], _ part: String) throws {
+            if let bad = values.firstIndex(where: { !$0.isFinite }) {
+                throw ModelFileError.invalidCheckpoint(path: location, tensor: name + "." + part,
+                                                       detail: "element \(bad) is \(values[bad]), not finite")
+            }
+        }
         let stateName: String
         let quantType: QuantType
         if archive.contains(name + ".quant_state.bitsandbytes__nf4") {
@@ -135,12 +143,17 @@ public enum BnB4BitCheckpoint {
             guard nestedMap.dtype == .f32, nestedMap.elementCount == 256 else {
                 throw fail("nested_quant_map must be F32 with 256 values")
             }
+            let nested = nestedAbsmax.floats(), nestedCodes = nestedMap.floats()
+            try checkFinite(nested, "nested_absmax")
+            try checkFinite(nestedCodes, "nested_quant_map")
             scales = .doubleQuantized(DoubleQuantizedScales(
-                codes: absmaxTensor.bytesArray(), nestedAbsmax: nestedAbsmax.floats(), offset: Float(offset),
-                nestedBlocksize: nestedBlocksize, nestedCodeBook: nestedMap.floats()))
+                codes: absmaxTensor.bytesArray(), nestedAbsmax: nested, offset: Float(offset),
+                nestedBlocksize: nestedBlocksize, nestedCodeBook: nestedCodes))
         } else {
             guard absmaxTensor.dtype == .f32 else { throw fail("absmax must be F32 without double quantization") }
-            scales = .float32(absmaxTensor.floats())
+            let absmax = absmaxTensor.floats()
+            try checkFinite(absmax, "absmax")
+            scales = .float32(absmax)
         }
         return Quantized4BitTensor(quantType: quantType, blocksize: blocksize, shape: dims, dtype: dtype,
                                    packed: packedTensor.bytesArray(), scales: scales)

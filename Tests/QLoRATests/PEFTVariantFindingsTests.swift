@@ -198,4 +198,50 @@ final class PEFTVariantFindingsTests: XCTestCase {
             _ = try LlamaWeights.open(path: folder).quantizedProjection(layer: 1, "q_proj")
         }
     }
+
+    /// A bitsandbytes checkpoint whose absmax or nested_absmax holds NaN made every weight of those blocks NaN:
+    /// eval printed "loss nan" and merge wrote the NaN weights. Both now stop naming the tensor and element.
+    func testABitsandbytesScaleThatIsNotFiniteIsRefusedNamingIt() throws {
+        let golden = try Shared.requireGolden()
+        let dir = makeTemporaryDirectory(self)
+        let folder = dir + "/bnb"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: golden + "/tiny-llama-bnb-nf4/config.json",
+                                         toPath: folder + "/config.json")
+        let archive = try SafeTensorsArchive(directory: golden + "/tiny-llama-bnb-nf4")
+        let name = "model.layers.0.mlp.down_proj.weight"
+        let tensors = try archive.names.sorted().map { key -> (name: String, tensor: Tensor) in
+            let t = try archive.tensor(named: key)
+            guard key == name + ".nested_absmax" else { return (key, t) }
+            var values = t.floats()
+            values[0] = .nan
+            return (key, Tensor(values, shape: t.shape))
+        }
+        try SafeTensorsWriter.write(tensors, to: folder + "/model.safetensors")
+        let weights = try LlamaWeights.open(path: folder)
+        assertThrows([folder, name + ".nested_absmax", "element 0 is nan, not finite"]) {
+            _ = try weights.quantizedProjection(layer: 0, "down_proj")
+        }
+        XCTAssertNoThrow(try weights.quantizedProjection(layer: 0, "up_proj"))
+    }
+
+    /// merge --dtype f16 of a base plus adapter past 65504 wrote infinity into the model (and its check then
+    /// compared nan logits). It stops naming the tensor and element, and writes nothing.
+    func testAMergedWeightBeyondTheDtypesRangeIsRefused() throws {
+        let golden = try Shared.requireGolden()
+        let dir = makeTemporaryDirectory(self)
+        let weights = try LlamaWeights.open(path: golden + "/tiny-llama")
+        var (lora, adapters) = try PEFTAdapter.read(directory: golden + "/tiny-adapter", config: weights.config)
+        for (key, w) in adapters { adapters[key] = LoRAWeights(a: w.a.map { _ in 100 }, b: w.b.map { _ in 100 }) }
+        lora.alpha = 16
+        let out = dir + "/merged"
+        assertThrows(["merged tensor 'model.layers.0.self_attn.q_proj.weight'", "element 0 is inf in F16",
+                      "nothing was written"]) {
+            _ = try LlamaMerge.write(weights: weights, lora: lora, adapters: adapters, onto: .original, dtype: .f16,
+                                     to: out)
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out))
+        XCTAssertNoThrow(try LlamaMerge.write(weights: weights, lora: lora, adapters: adapters, onto: .original,
+                                              dtype: .f32, to: out))
+    }
 }
