@@ -179,7 +179,11 @@ public enum LlamaGGUFExport {
             if let heads = permutedHeads(p.name, arch: arch, config: config) {
                 values = permutedRows(values, heads: heads, rowLength: p.shape.count == 2 ? p.shape[1] : 1)
             }
-            let bytes = try p.type.encode(values)
+            let bytes: [UInt8]
+            do { bytes = try p.type.encode(values) } catch let e as GGUFEncodingError {
+                throw ModelError("tensor '\(p.name)' (\(hf), base plus adapter): \(e); export with --type f32 "
+                                 + "or check the adapter's weights")
+            }
             progress(i + 1, tensors.count, p.name)
             weights.evictPages()
             return bytes
@@ -223,7 +227,9 @@ public enum LlamaGGUFExport {
             ("adapter.lora.alpha", .float32(lora.scale * Float(lora.r))),
         ]
         try GGUFWriter.write(to: path, metadata: metadata, tensors: tensors.map(\.0), alignment: alignment) { i in
-            try tensors[i].0.type.encode(tensors[i].1)
+            do { return try tensors[i].0.type.encode(tensors[i].1) } catch let e as GGUFEncodingError {
+                throw ModelError("adapter tensor '\(tensors[i].0.name)': \(e)")
+            }
         }
         return tensors.map(\.0)
     }

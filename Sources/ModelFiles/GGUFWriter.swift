@@ -149,6 +149,18 @@ extension GGMLType {
             throw GGUFEncodingError(description: "\(values.count) values do not fill whole \(name) blocks of "
                                     + "\(blockSize)")
         }
+        // A value past the type's range was stored as infinity (merged f16 weights beyond 65504; a Q8_0 block
+        // whose f16 scale max|x| / 127 overflows), and NaN as NaN: llama.cpp then computes nan logits.
+        let largest: Float = switch self {
+        case .f16: 65504
+        case .bf16: 3.3895314e38
+        case .q8_0: 65504 * 127
+        default: .greatestFiniteMagnitude
+        }
+        if let bad = values.firstIndex(where: { !(abs($0) <= largest) }) {
+            throw GGUFEncodingError(description: "value \(bad) is \(values[bad]), which \(name) cannot store "
+                                    + "(largest magnitude \(largest))")
+        }
         var out = [UInt8](repeating: 0, count: values.count / blockSize * blockByteCount)
         guard !values.isEmpty else { return out }
         values.withUnsafeBufferPointer { x in

@@ -244,4 +244,30 @@ final class PEFTVariantFindingsTests: XCTestCase {
         XCTAssertNoThrow(try LlamaMerge.write(weights: weights, lora: lora, adapters: adapters, onto: .original,
                                               dtype: .f32, to: out))
     }
+
+    /// export --type f16 (or bf16, or Q8_0 through its f16 scale) of weights beyond the type's range wrote
+    /// infinity into the GGUF file (with --check never, exit 0). Encoding refuses such a value, and the export
+    /// names the tensor and writes nothing.
+    func testAGGUFExportOfAWeightBeyondTheTypesRangeIsRefused() throws {
+        XCTAssertThrowsError(try GGMLType.f16.encode([1, 70_000])) {
+            XCTAssertTrue("\($0)".contains("value 1 is 70000.0, which F16 cannot store"), "\($0)")
+        }
+        XCTAssertThrowsError(try GGMLType.q8_0.encode([Float](repeating: 1e7, count: 32)))
+        XCTAssertThrowsError(try GGMLType.f32.encode([.nan]))
+        XCTAssertThrowsError(try GGMLType.bf16.encode([.infinity]))
+        XCTAssertEqual(try GGMLType.f16.encode([65504]), [0xFF, 0x7B])
+
+        let golden = try Shared.requireGolden()
+        let dir = makeTemporaryDirectory(self)
+        let weights = try LlamaWeights.open(path: golden + "/tiny-llama")
+        var (lora, adapters) = try PEFTAdapter.read(directory: golden + "/tiny-adapter", config: weights.config)
+        for (key, w) in adapters { adapters[key] = LoRAWeights(a: w.a.map { _ in 100 }, b: w.b.map { _ in 100 }) }
+        lora.alpha = 16
+        let out = dir + "/model.gguf"
+        assertThrows(["tensor 'blk.0.attn_q.weight'", "F16 cannot store"]) {
+            try LlamaGGUFExport.write(weights: weights, lora: lora, adapters: adapters, onto: .original, type: .f16,
+                                      name: "tiny", tokenizerMetadata: [], to: out)
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out))
+    }
 }
