@@ -46,6 +46,13 @@ extension LlamaConfig {
             return d
         }
 
+        // Mixtral-style files are `llama` with experts (blk.N.ffn_gate_exps, ffn_gate_inp): they read as a
+        // missing model.layers.0.mlp.gate_proj.weight, or, beside dense tensors, ran as a dense model.
+        if let experts = try integer("expert_count"), experts > 0 {
+            throw ModelFileError.invalidConfig(
+                path: path, detail: "GGUF \(architecture).expert_count is \(experts): mixture-of-experts models "
+                    + "are not supported (only dense Llama and Qwen2 feed-forward layers)")
+        }
         var json = JSONValue.object([("model_type", .string(architecture))])
         json.set("hidden_size", .int(try requiredInteger("embedding_length")))
         json.set("intermediate_size", .int(try requiredInteger("feed_forward_length")))

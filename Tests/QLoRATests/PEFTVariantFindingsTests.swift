@@ -270,4 +270,23 @@ final class PEFTVariantFindingsTests: XCTestCase {
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: out))
     }
+
+    /// A Mixtral-style GGUF (`llama` with llama.expert_count and ffn_*_exps tensors) failed with "no tensor named
+    /// 'model.layers.0.mlp.gate_proj.weight'", and with dense tensors beside the count it ran as a dense model.
+    /// The count is refused by name.
+    func testAMixtureOfExpertsGGUFIsRefusedByName() throws {
+        let golden = try Shared.requireGolden()
+        let dir = makeTemporaryDirectory(self)
+        let good = dir + "/tiny.gguf", moe = dir + "/moe.gguf"
+        try GGUFTests.writeTinyLlamaGGUF(folder: golden + "/tiny-llama", to: good)
+        let file = try GGUFFile(path: good)
+        let plan = file.tensors.map { GGUFTensorPlan(name: $0.name, shape: $0.shape, type: $0.type) }
+        let metadata = file.metadataKeys.map { ($0, file.metadata[$0]!) }
+            + [("llama.expert_count", GGUFValue.uint32(2)), ("llama.expert_used_count", .uint32(1))]
+        try GGUFWriter.write(to: moe, metadata: metadata, tensors: plan) { i in
+            file.withUnsafeData(of: file.tensors[i]) { Array($0) }
+        }
+        assertThrows([moe, "llama.expert_count is 2", "mixture-of-experts"]) { _ = try LlamaWeights.open(path: moe) }
+        XCTAssertNoThrow(try LlamaWeights.open(path: good))
+    }
 }
