@@ -23,6 +23,15 @@ public enum PEFTAdapter {
     /// matched against the model's module paths as peft matches it (`resolveTargets`).
     public static func readConfig(directory: String, layerCount: Int? = nil) throws -> LoRAConfig {
         let path = directory + "/adapter_config.json"
+        // peft saves an adapter not named "default" into a folder of that name: the folder given held only it.
+        if !FileSystem.isFile(path), FileSystem.irregularKind(path) == nil, FileSystem.isDirectory(directory),
+           let inner = (try? FileManager.default.contentsOfDirectory(atPath: directory))?.sorted()
+               .filter({ FileSystem.isFile(directory + "/" + $0 + "/adapter_config.json") }), !inner.isEmpty {
+            throw ModelFileError.cannotOpen(path: path, reason: "no such file; the adapter folder"
+                + (inner.count == 1 ? " " : "s ") + inner.map { directory + "/" + $0 }.joined(separator: ", ")
+                + " inside hold" + (inner.count == 1 ? "s" : "") + " one (peft saves an adapter not named "
+                + "default there): give that folder")
+        }
         let json: JSONValue
         do { json = try JSONValue(parsing: FileSystem.readBytes(path)) } catch let e as JSONParseError {
             throw ModelFileError.invalidConfig(path: path, detail: "\(e)")
@@ -223,6 +232,7 @@ public enum PEFTAdapter {
             }
         }
         var used = Set<String>()
+        let present = Set(file.names)
         var weights: [String: LoRAWeights] = [:]
         for key in shapes.keys.sorted() {
             let parts = key.split(separator: ".")
@@ -230,6 +240,14 @@ public enum PEFTAdapter {
             let (outFeatures, inFeatures) = shapes[key]!
             func read(_ matrix: String, _ shape: [Int]) throws -> [Float] {
                 let k = Self.key(layer: layer, projection: name, matrix: matrix)
+                // peft on the bare decoder (AutoModel) names it base_model.model.layers.N...: only "no tensor
+                // named" was said.
+                let bare = "base_model.model." + k.dropFirst("base_model.model.model.".count)
+                if !present.contains(k), present.contains(bare) {
+                    throw ModelFileError.invalidCheckpoint(path: file.path, tensor: k, detail: "is missing, and the "
+                        + "file holds '\(bare)': an adapter of the bare decoder (peft on AutoModel), not of the "
+                        + "causal LM (AutoModelForCausalLM) this tool reads")
+                }
                 let t = try file.tensor(named: k)
                 guard t.shape == shape, t.dtype.isFloatingPoint else {
                     throw ModelFileError.invalidCheckpoint(path: file.path, tensor: k,

@@ -4,11 +4,13 @@ import ModelFiles
 import Tensors
 import XCTest
 
-/// What adapters written by the real peft library (0.21.2, on tiny-llama) found (issue 12): target_modules in the
-/// forms peft writes and reads (full module paths, as `"all-linear"` is now saved; a regular expression; a
-/// `self_attn.q_proj` suffix) were refused as tensors "not an adapter of a targeted projection", and LoRA variants
-/// and initializations that change what the adapter computes were applied as plain LoRA without a word.
-final class PEFTVariantFindingsTests: XCTestCase {
+/// What adapters written by the real peft library (0.21.2, on tiny-llama) and GGUF files of every ggml type
+/// written with the gguf package found (issue 12): target_modules in the forms peft writes and reads (full module
+/// paths, as `"all-linear"` is now saved; a regular expression; a `self_attn.q_proj` suffix) were refused as
+/// tensors "not an adapter of a targeted projection"; LoRA variants and initializations that change what the
+/// adapter computes were applied as plain LoRA without a word; non-finite weights and scales, and values beyond
+/// f16, went through quantization, merge and export unnoticed.
+final class PEFTAndGGUFFindingsTests: XCTestCase {
     private var count = 0
 
     private func assertThrows(_ parts: [String], file: StaticString = #filePath, line: UInt = #line,
@@ -142,7 +144,8 @@ final class PEFTVariantFindingsTests: XCTestCase {
             info.name == target ? GGUFTensorPlan(name: info.name, shape: [96, 512], type: .q4_0)
                 : GGUFTensorPlan(name: info.name, shape: info.shape, type: info.type)
         }
-        try GGUFWriter.write(to: bad, metadata: file.metadataKeys.map { ($0, file.metadata[$0]!) }, tensors: plan) { i in
+        let metadata = file.metadataKeys.map { ($0, file.metadata[$0]!) }
+        try GGUFWriter.write(to: bad, metadata: metadata, tensors: plan) { i in
             plan[i].name == target ? [UInt8](repeating: 0, count: plan[i].byteCount)
                 : file.withUnsafeData(of: file.tensors[i]) { Array($0) }
         }
@@ -168,7 +171,8 @@ final class PEFTVariantFindingsTests: XCTestCase {
         let file = try GGUFFile(path: good)
         let target = "blk.0.ffn_down.weight"
         let plan = file.tensors.map { GGUFTensorPlan(name: $0.name, shape: $0.shape, type: $0.type) }
-        try GGUFWriter.write(to: bad, metadata: file.metadataKeys.map { ($0, file.metadata[$0]!) }, tensors: plan) { i in
+        let metadata = file.metadataKeys.map { ($0, file.metadata[$0]!) }
+        try GGUFWriter.write(to: bad, metadata: metadata, tensors: plan) { i in
             var bytes = file.withUnsafeData(of: file.tensors[i]) { Array($0) }
             if plan[i].name == target { bytes[6] = 0xC0; bytes[7] = 0x7F }   // element 3: a bf16 NaN
             return bytes
@@ -288,5 +292,30 @@ final class PEFTVariantFindingsTests: XCTestCase {
         }
         assertThrows([moe, "llama.expert_count is 2", "mixture-of-experts"]) { _ = try LlamaWeights.open(path: moe) }
         XCTAssertNoThrow(try LlamaWeights.open(path: good))
+    }
+
+    /// peft saves an adapter not named "default" into a folder of that name, and one made on the bare decoder
+    /// (AutoModel) names its tensors base_model.model.layers.N...: the errors said only "adapter_config.json:
+    /// cannot open" and "no tensor named". Each now says what the folder or file holds.
+    func testANamedAdapterFolderAndADecoderOnlyAdapterSayWhatTheyHold() throws {
+        let golden = try Shared.requireGolden()
+        let config = try LlamaConfig(contentsOf: golden + "/tiny-llama")
+        let dir = makeTemporaryDirectory(self)
+        let inner = try adapter(#"["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]"#,
+                                in: dir)
+        assertThrows([dir + "/adapter_config.json", inner, "give that folder"]) {
+            _ = try PEFTAdapter.read(directory: dir, config: config)
+        }
+        let bare = dir + "/bare"
+        try FileManager.default.createDirectory(atPath: bare, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: inner + "/adapter_config.json", toPath: bare + "/adapter_config.json")
+        let file = try SafeTensorsFile(path: inner + "/adapter_model.safetensors")
+        let renamed = try file.names.sorted().map { key -> (name: String, tensor: Tensor) in
+            ("base_model.model." + String(key.dropFirst("base_model.model.model.".count)), try file.tensor(named: key))
+        }
+        try SafeTensorsWriter.write(renamed, to: bare + "/adapter_model.safetensors")
+        assertThrows([bare, "is missing, and the file holds 'base_model.model.layers.0.", "bare decoder"]) {
+            _ = try PEFTAdapter.read(directory: bare, config: config)
+        }
     }
 }
