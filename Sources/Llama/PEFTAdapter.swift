@@ -103,7 +103,8 @@ public enum PEFTAdapter {
         // weights it gave other logits without a word. MiCA is a LoRA variant of its own.
         if let value = json["init_lora_weights"], ![.null, .bool(true), .bool(false)].contains(value) {
             let name = value.stringValue ?? value.compactText()
-            guard ["gaussian", "eva", "orthogonal"].contains(name) else {
+            // Compared as peft compares them: "gaussian" in any case, the others exactly.
+            guard name.lowercased() == "gaussian" || ["eva", "orthogonal"].contains(name) else {
                 throw ModelFileError.invalidConfig(path: path, detail: "\"init_lora_weights\" is "
                     + "\(value.compactText()), which is not supported: pissa, olora, corda, loftq and lora_ga change "
                     + "the base model's weights as well (convert the adapter with peft's save_pretrained("

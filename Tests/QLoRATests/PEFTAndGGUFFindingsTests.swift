@@ -104,7 +104,7 @@ final class PEFTAndGGUFFindingsTests: XCTestCase {
             }
         }
         for accepted in [#""lora_bias": false"#, #""alora_invocation_tokens": null"#, #""init_lora_weights": true"#,
-                         #""init_lora_weights": false"#, #""init_lora_weights": "gaussian""#,
+                         #""init_lora_weights": false"#, #""init_lora_weights": "Gaussian""#,
                          #""init_lora_weights": "eva""#, #""init_lora_weights": "orthogonal""#] {
             try write(accepted)
             XCTAssertEqual(try PEFTAdapter.readConfig(directory: dir).r, 8, accepted)
