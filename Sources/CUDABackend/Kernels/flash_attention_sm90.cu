@@ -368,10 +368,11 @@ __device__ __forceinline__ void h_probabilities(float* sT, float* dpt, const flo
 // 64-row query tile), from the diagonal on. Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (m64n64k16, all operands K-major in
 // shared memory), Pᵀ and dSᵀ in registers, then dV += Pᵀ·dO and dK += dSᵀ·Q (m64n128k16, A from registers,
 // dO and Q MN-major), and dSᵀ through shared memory to h_dq_step for the tile's share of dQ.
-template <bool PACKED>
+template <bool PACKED, bool SPLIT>
 __device__ __forceinline__ void h_backward(T* dk, T* dv, const T* dout, const float* lse, const float* delta,
                                            const T* q, const T* k, const T* v, int tokens, int heads, int kvHeads,
-                                           const int* starts, FaRope rot, float* dqa, int* arrivals) {
+                                           const int* starts, FaRope rot, float* dqa, int* arrivals,
+                                           float* dkva, int* kvArrivals) {
     constexpr int D = 128, KEYS = 128, ROWS = 64;
     unsigned char* sm = h_raw + ((1024u - (smem_address(h_raw) & 1023u)) & 1023u);
     unsigned char* ks = sm;                         // two tiles: the block's keys
@@ -380,8 +381,11 @@ __device__ __forceinline__ void h_backward(T* dk, T* dv, const T* dout, const fl
     unsigned char* os = qs + 2 * H_TILE;            // two stages of dO
     float* stats = (float*)(os + 2 * H_TILE);       // two stages of lse[64], delta[64]
     unsigned char* dsT = (unsigned char*)(stats + 4 * ROWS);   // dSᵀ, 128 keys × 64 queries (two panels)
-    const int group = heads / kvHeads;
-    const int j0 = blockIdx.x * KEYS, kh = blockIdx.y, b = blockIdx.z;
+    // SPLIT: blockIdx.y is a query head, and the block's dK and dV are its share, summed over the KV group's
+    // heads in float32 (dkva) in head order; otherwise blockIdx.y is a KV head and the block takes its group's heads.
+    const int group = SPLIT ? 1 : heads / kvHeads;
+    const int j0 = blockIdx.x * KEYS, kh = SPLIT ? blockIdx.y / (heads / kvHeads) : blockIdx.y, b = blockIdx.z;
+    const int headBase = SPLIT ? blockIdx.y : kh * group;   // the block's first query head
     const long long qStride = (long long)heads * D, kStride = (long long)kvHeads * D;
     const int wg = threadIdx.x >> 7, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int kw = j0 + 64 * wg, kr = kw + 16 * ((threadIdx.x >> 5) & 3);   // the warpgroup's, the warp's first key
@@ -397,7 +401,7 @@ __device__ __forceinline__ void h_backward(T* dk, T* dv, const T* dout, const fl
     h_load256<KEYS>(ks, k + ((long long)b * tokens + j0) * kStride + (long long)kh * D, kStride, tokens - j0);
     h_load256<KEYS>(vs, v + ((long long)b * tokens + j0) * kStride + (long long)kh * D, kStride, tokens - j0);
     auto fetch = [&](int step, int buffer) {
-        const int hh = kh * group + step / queryTiles, i0 = (firstTile + step % queryTiles) * ROWS;
+        const int hh = headBase + step / queryTiles, i0 = (firstTile + step % queryTiles) * ROWS;
         const long long at = ((long long)b * tokens + i0) * qStride + (long long)hh * D;
         h_load256<ROWS>(qs + buffer * H_TILE, q + at, qStride, tokens - i0);
         h_load256<ROWS>(os + buffer * H_TILE, dout + at, qStride, tokens - i0);
@@ -427,7 +431,7 @@ __device__ __forceinline__ void h_backward(T* dk, T* dv, const T* dout, const fl
         cp_async_commit();
         const int i0 = (firstTile + step % queryTiles) * ROWS;
         // This step's query tile's arrival count, read early by thread 0 (its latency behind the products).
-        const int hh = kh * group + step / queryTiles, order = (i0 / ROWS >> 1) - (int)blockIdx.x;
+        const int hh = headBase + step / queryTiles, order = (i0 / ROWS >> 1) - (int)blockIdx.x;
         int* arrival = arrivals + ((long long)b * heads + hh) * ((tokens + ROWS - 1) / ROWS) + i0 / ROWS;
         int seen = 0;
         if (threadIdx.x == 0 && order > 0) seen = h_acquire(arrival);
@@ -490,6 +494,35 @@ __device__ __forceinline__ void h_backward(T* dk, T* dv, const T* dout, const fl
     }
     __syncthreads();   // every thread's dQ adds of the last step are issued before thread 0 counts them
     if (pending) h_release(pending);
+    if (SPLIT) {   // this head's dK and dV added to the group's float32 sums after the heads before it in the group
+        const int r = blockIdx.y % (heads / kvHeads);
+        int* arrival = kvArrivals + ((long long)b * kvHeads + kh) * gridDim.x + blockIdx.x;
+        if (threadIdx.x == 0 && r > 0) { int seen = 0; while (seen < r) seen = h_acquire(arrival); }
+        __syncthreads();
+        const long long half = (long long)gridDim.z * tokens * kStride;   // dV's sums follow dK's
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int j = kr + g + 8 * e;
+            if (j >= tokens) continue;
+            float* row = dkva + ((long long)b * tokens + j) * kStride + (long long)kh * D + 2 * c;
+#pragma unroll
+            for (int n = 0; n < 16; ++n) {
+                if (r == 0) {
+                    *(float2*)(row + n * 8) = make_float2(dka[4 * n + 2 * e], dka[4 * n + 2 * e + 1]);
+                    *(float2*)(row + half + n * 8) = make_float2(dva[4 * n + 2 * e], dva[4 * n + 2 * e + 1]);
+                } else {
+                    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};"
+                                 :: "l"(row + n * 8), "f"(dka[4 * n + 2 * e]), "f"(dka[4 * n + 2 * e + 1]) : "memory");
+                    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};"
+                                 :: "l"(row + half + n * 8), "f"(dva[4 * n + 2 * e]), "f"(dva[4 * n + 2 * e + 1])
+                                 : "memory");
+                }
+            }
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) h_release(arrival);
+        return;
+    }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         const int j = kr + g + 8 * r;
@@ -517,16 +550,22 @@ __device__ __forceinline__ void h_backward(T* dk, T* dv, const T* dout, const fl
 
 // The backward: dK and dV, and each step's dS·K added to the float32 dq accumulator `dqa` (B, T, H, 128), which
 // flash_attention_dq_finish turns into dq. `arrivals`: B·H·⌈T/64⌉ zeros. One block an SM.
-#define H_BACKWARD(NAME, PACKED)                                                                                    \
+#define H_BACKWARD(NAME, PACKED, SPLIT)                                                                             \
     extern "C" __global__ void __launch_bounds__(256, 1) flash_attention_backward_wgmma_##NAME(                     \
         T* dk, T* dv, float* dqa, int* arrivals, const T* dout, const float* lse, const float* delta, const T* q,   \
         const T* k, const T* v, int tokens, int heads, int kvHeads, const int* starts, const float* cosT,           \
-        const float* sinT, const int* positions) {                                                                  \
-        h_backward<PACKED>(dk, dv, dout, lse, delta, q, k, v, tokens, heads, kvHeads, starts,                       \
-                           FaRope{cosT, sinT, positions}, dqa, arrivals);                                           \
+        const float* sinT, const int* positions, float* dkva, int* kvArrivals) {                                    \
+        h_backward<PACKED, SPLIT>(dk, dv, dout, lse, delta, q, k, v, tokens, heads, kvHeads, starts,                \
+                                  FaRope{cosT, sinT, positions}, dqa, arrivals, dkva, kvArrivals);                  \
     }
-H_BACKWARD(d128, false)
-H_BACKWARD(packed_d128, true)
+H_BACKWARD(d128, false, false)
+H_BACKWARD(packed_d128, true, false)
+// The split form for grouped-query attention (a block a query head, not a KV group: blocks of a KV group's four
+// heads are four times as long, and the last wave's tail was ~30% of the kernel; see CUDAOps+FlashAttention.swift):
+// dK and dV leave as float32 sums in dkva (B, T, Hkv, 128, dK's then dV's), which flash_attention_dq_finish (dK:
+// scaled, RoPE undone) and a cast (dV) round. kvArrivals: B·Hkv·⌈T/128⌉ zeros.
+H_BACKWARD(split_d128, false, true)
+H_BACKWARD(split_packed_d128, true, true)
 
 // dq (B, T, H, 128) from the backward's float32 sums: scaled by 1/√128, RoPE undone with the tables (as the dQ
 // kernels leave it), rounded to bf16. Thread x of a block of 256: columns 4(x % 16) … + 3 and the 4 after column 64
