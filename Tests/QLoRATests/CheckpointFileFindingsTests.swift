@@ -1,0 +1,48 @@
+import Foundation
+import ModelFiles
+import Training
+import XCTest
+
+/// What a high-volume fuzzing round on the files qlora writes and reads back (scripts/fuzz-files.py: checkpoint
+/// folders, the model folder's small JSON files, every command's options at their edges) found (issue 12).
+extension BadSettingsTests {
+    /// A two-step run with a checkpoint after each step and a validation loss after each, on four examples.
+    func checkpointedRun() throws -> (train: [String], checkpoint: String, state: String) {
+        let (model, dir, _) = try tinyModelAndData()
+        let data = dir + "/four.jsonl"
+        try write((0..<4).map { #"{"input_ids": [1, 2, 3, \#($0 + 4)]}"# + "\n" }.joined(), data)
+        let train = ["train", "--model", model, "--data", data, "--output-dir", dir + "/out", "--batch-size", "2",
+                     "--save-steps", "1", "--eval-data", data, "--eval-steps", "1"]
+        let (status, _, output) = try run(train + ["--max-steps", "2"])
+        XCTAssertEqual(status, 0, output)
+        let checkpoint = dir + "/out/checkpoint-1"
+        return (train, checkpoint, checkpoint + "/trainer_state.json")
+    }
+
+    /// trainer_state.json with its fields changed, written as the trainer writes it.
+    func rewriteState(_ path: String, _ changes: [(String, JSONValue)]) throws {
+        var state = try JSONValue(parsing: FileSystem.readBytes(path))
+        for (key, value) in changes { state.set(key, value) }
+        try write(state.pythonText(indent: 2) + "\n", path)
+    }
+
+    /// A checkpoint whose epoch was 2^63 - 1 at the end of its data order trapped (arithmetic overflow) on the first
+    /// step of the resumed run, and one whose early-stopping counter was 2^63 - 1 behind a best loss no evaluation
+    /// beats trapped at the first evaluation. Both are refused, naming the file, the field and the range.
+    func testCheckpointCountersPastWhatARunCanReachAreRefused() throws {
+        let (train, checkpoint, state) = try checkpointedRun()
+        let resume = train + ["--max-steps", "3", "--resume-from-checkpoint", checkpoint]
+        let saved = try String(contentsOfFile: state, encoding: .utf8)
+        let order = try JSONValue(parsing: FileSystem.readBytes(state))["data_order"]?.arrayValue?.count ?? 0
+        try rewriteState(state, [("epoch", .int(Int.max)), ("data_position", .int(order))])
+        try expectError(resume, [checkpoint, "trainer_state.json",
+                                 "epoch is 9223372036854775807: must be from 0 to 2147483647"])
+        try write(saved, state)
+        try rewriteState(state, [("best_metric", .double(-1)), ("early_stopping_patience_counter", .int(Int.max))])
+        try expectError(resume, [checkpoint, "trainer_state.json", "early_stopping_patience_counter is "
+                                 + "9223372036854775807: must be from 0 to the checkpoint's global_step 1"])
+        try write(saved, state)
+        let (status, _, output) = try run(resume)
+        XCTAssertEqual(status, 0, output)
+    }
+}
