@@ -80,7 +80,14 @@ struct Export: ParsableCommand {
         if let adapter {
             try Quantize.checkOutput(output, model: adapter, writing: "exporting", source: "--adapter")
         }
-        if let checkData { try InputFile.requireRegular(checkData, what: "--check-data") }
+        if let checkData {
+            try InputFile.requireRegular(checkData, what: "--check-data")
+            // An --output that is a link to the --check-data file replaced that file with the GGUF.
+            guard Quantize.resolvedPath(checkData) != Quantize.resolvedPath(output) else {
+                throw ValidationError("--output \(output) is the --check-data file \(checkData): exporting there "
+                                      + "would replace the data the check reads; name another file")
+            }
+        }
         try dataOptions.refusePacking("export's check")
     }
 

@@ -46,3 +46,22 @@ extension BadSettingsTests {
         XCTAssertEqual(status, 0, output)
     }
 }
+
+extension BadSettingsTests {
+    /// export --output through a symbolic link onto the --check-data file read the data, checked the export on it
+    /// and then renamed the GGUF onto the data file (exit 0, the data gone). It is refused before anything is read.
+    func testExportNeverReplacesItsCheckData() throws {
+        let model = try GGUFExportTests.tinyLlamaWithTokenizer(self)
+        let dir = makeTemporaryDirectory(self)
+        let data = dir + "/check.jsonl"
+        let text = (0..<4).map { #"{"text": "the river rose \#($0)"}"# + "\n" }.joined()
+        try write(text, data)
+        try FileManager.default.createSymbolicLink(atPath: dir + "/data.gguf", withDestinationPath: data)
+        try expectError(["export", "--format", "gguf", "--model", model, "--output", dir + "/data.gguf",
+                         "--check", "always", "--check-data", dir + "/data.gguf"],
+                        ["--output \(dir)/data.gguf is the --check-data file", "name another file"])
+        try expectError(["export", "--format", "gguf", "--model", model, "--output", dir + "/data.gguf",
+                         "--check", "always", "--check-data", data], ["is the --check-data file \(data)"])
+        XCTAssertEqual(try String(contentsOfFile: data, encoding: .utf8), text)
+    }
+}
