@@ -510,7 +510,15 @@ struct Train: ParsableCommand {
             print("stopped early at step \(trainer.step): the validation loss did not improve for " +
                   "\(settings.earlyStoppingPatience ?? 0) evaluations in a row")
         }
-        if settings.loadBestModelAtEnd, let best = trainer.best {
+        if settings.loadBestModelAtEnd, let best = trainer.best,
+           !FileManager.default.fileExists(atPath: bestDirectory + "/adapter_model.safetensors") {
+            // A best loss restored from a checkpoint of a run without --load-best-model-at-end, never beaten since,
+            // has no adapter there: the run failed after its last step and saved no adapter. As the Hugging Face
+            // Trainer does when it cannot find the best model, the last step's adapter is kept, saying so.
+            printWarnings([String(format: "the best validation loss %.4f (step %ld, from the checkpoint resumed) has "
+                                  + "no adapter in %@ (the run that saved it was without --load-best-model-at-end): "
+                                  + "the final adapter is the last step's", best.loss, best.step, bestDirectory)])
+        } else if settings.loadBestModelAtEnd, let best = trainer.best {
             // The final adapter is the best one (as the Hugging Face Trainer loads the best model at the end).
             try trainer.engine.setAdapterWeights(try trainer.engine.readAdapterWeights(directory: bestDirectory))
             print(String(format: "the final adapter is the best: step %ld, validation loss %.4f (%@)", best.step,

@@ -65,3 +65,24 @@ extension BadSettingsTests {
         XCTAssertEqual(try String(contentsOfFile: data, encoding: .utf8), text)
     }
 }
+
+extension BadSettingsTests {
+    /// Resuming with --load-best-model-at-end from a checkpoint of a run without it: the checkpoint's best
+    /// validation loss came back, no evaluation of the resumed run beat it, and after its last step the run failed
+    /// on the missing OUTPUT/best/adapter_model.safetensors, saving no adapter. The last step's adapter is kept
+    /// with a warning, as the Hugging Face Trainer does when it cannot find the best model.
+    func testABestLossWithoutItsAdapterKeepsTheLastAdapter() throws {
+        let (train, checkpoint, _) = try checkpointedRun()
+        let out = (checkpoint as NSString).deletingLastPathComponent
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/best"))
+        try FileManager.default.removeItem(atPath: out + "/adapter_model.safetensors")
+        // A best loss at step 1 that the later evaluations do not beat (as when the loss rose after it).
+        try rewriteState(checkpoint + "/trainer_state.json", [("best_metric", .double(0.5))])
+        let (status, _, output) = try run(train + ["--max-steps", "2", "--load-best-model-at-end",
+                                                   "--resume-from-checkpoint", checkpoint])
+        XCTAssertEqual(status, 0, output)
+        XCTAssertTrue(output.contains("warning: the best validation loss 0.5000"), output)
+        XCTAssertTrue(output.contains("(step 1, from the checkpoint resumed) has no adapter in \(out)/best"), output)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: out + "/adapter_model.safetensors"), output)
+    }
+}
