@@ -61,6 +61,7 @@ public enum TextDataset {
         guard vocabularySize > 0 else { throw DatasetError(path: path, "the vocabulary is empty") }
         let records = try parseRecords(bytes, path: path)
         var examples: [TokenizedExample] = []
+        var cutBeforeTheirTargets = 0   // records whose every trained token lies past --max-seq-length
         switch records {
         case .text(let text):
             guard let tokenizer else {
@@ -118,11 +119,22 @@ public enum TextDataset {
                         "in [0, \(vocabularySize))")
                 }
                 if !options.packing && ids.count > options.maxSeqLength {
+                    if labels.dropFirst().contains(where: { $0 != -100 }),
+                       !labels.prefix(options.maxSeqLength).dropFirst().contains(where: { $0 != -100 }) {
+                        cutBeforeTheirTargets += 1
+                    }
                     ids = Array(ids.prefix(options.maxSeqLength)); labels = Array(labels.prefix(options.maxSeqLength))
                 }
                 guard ids.count >= 2, labels.dropFirst().contains(where: { $0 != -100 }) else { continue }
                 examples.append(TokenizedExample(inputIds: ids, labels: labels))
             }
+        }
+        // Prompts longer than --max-seq-length left no trained token: the message used to blame the records alone.
+        guard !examples.isEmpty || cutBeforeTheirTargets == 0 else {
+            let which = cutBeforeTheirTargets == 1 ? "the record" : "each of the \(cutBeforeTheirTargets) records"
+            throw DatasetError(path: path, "no usable examples: cut to \(options.maxSeqLength) tokens "
+                               + "(--max-seq-length, at most the model's context), \(which) loses every trained "
+                               + "token (raise --max-seq-length)")
         }
         guard !examples.isEmpty else {
             throw DatasetError(path: path, "no usable examples: every record has fewer than 2 tokens or no token "

@@ -86,3 +86,22 @@ extension BadSettingsTests {
         XCTAssertTrue(FileManager.default.fileExists(atPath: out + "/adapter_model.safetensors"), output)
     }
 }
+
+extension BadSettingsTests {
+    /// Prompts longer than --max-seq-length leave no trained token after the cut, and the error blamed the records
+    /// ("every record has fewer than 2 tokens or no token that takes the loss") without naming the flag.
+    func testRecordsCutBeforeTheirTargetsNameMaxSeqLength() throws {
+        let model = try GGUFExportTests.tinyLlamaWithTokenizer(self)
+        let dir = makeTemporaryDirectory(self)
+        let data = dir + "/qa.jsonl"
+        try write((0..<2).map { #"{"prompt": "the river rose slowly through the night \#($0)", "#
+                                + #""completion": "and by morning"}"# + "\n" }.joined(), data)
+        let said = "qa.jsonl: no usable examples: cut to 8 tokens (--max-seq-length, at most the model's context), "
+            + "each of the 2 records loses every trained token (raise --max-seq-length)"
+        try expectError(["eval", "--model", model, "--data", data, "--max-seq-length", "8"], [said])
+        try expectError(["train", "--model", model, "--data", data, "--output-dir", dir + "/out", "--max-steps", "1",
+                         "--max-seq-length", "8"], [said])
+        let (status, _, output) = try run(["eval", "--model", model, "--data", data, "--max-seq-length", "64"])
+        XCTAssertEqual(status, 0, output)
+    }
+}
