@@ -152,11 +152,25 @@ struct Train: ParsableCommand {
             + "choose a folder outside the checkpoints (the default is \(output)/runs)")
     }
 
+    /// Why OUTPUT/best does not hold the best adapter of `step`, or nil when it does (or when it holds an adapter
+    /// saved without its step, by an earlier version, which is taken as it always was).
+    static func bestAdapterMismatch(_ directory: String, step: Int) -> String? {
+        guard FileManager.default.fileExists(atPath: directory + "/adapter_model.safetensors") else {
+            return "the run that saved it was without --load-best-model-at-end"
+        }
+        let path = directory + "/best_state.json"
+        guard FileManager.default.fileExists(atPath: path) else { return nil }
+        let saved = (try? JSONValue(parsing: FileSystem.readBytes(path)))?["best_global_step"]?.intValue
+        guard saved != step else { return nil }
+        return saved.map { "it holds the adapter of step \($0), saved after that checkpoint" }
+            ?? "\(path) does not name the step of the adapter there"
+    }
+
     /// The files a run writes into an existing --output-dir replace what a symbolic link there points to (the
     /// link is kept): a link to the run's own model, adapter or data would destroy it. Such links are refused.
     static func refuseLinkedOutputs(_ output: String) throws {
         for name in ["adapter_config.json", "adapter_model.safetensors", "metrics.jsonl", "loss.svg", "best",
-                     "best/adapter_config.json", "best/adapter_model.safetensors"] {
+                     "best/adapter_config.json", "best/adapter_model.safetensors", "best/best_state.json"] {
             var info = stat()
             let path = output + "/" + name
             if lstat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFLNK {
@@ -491,6 +505,11 @@ struct Train: ParsableCommand {
         callbacks.saveBest = { t in
             try PEFTAdapter.save(t.engine.adapterWeights(), lora: t.engine.loraConfig, to: bestDirectory,
                                  baseModel: loaded.path)
+            // The step beside it: a run resumed from an earlier checkpoint must not take the best adapter that the
+            // abandoned rest of the run saved there for its own best.
+            let state: JSONValue = .object([("best_global_step", .int(t.step)),
+                                            ("best_metric", .double(t.best?.loss ?? .nan))])
+            try AtomicFile.write(text: state.pythonText(indent: 2) + "\n", to: bestDirectory + "/best_state.json")
         }
         if !isMain { callbacks = Trainer.Callbacks() }   // rank 0 alone logs, evaluates and saves
         do {
@@ -510,14 +529,15 @@ struct Train: ParsableCommand {
             print("stopped early at step \(trainer.step): the validation loss did not improve for " +
                   "\(settings.earlyStoppingPatience ?? 0) evaluations in a row")
         }
-        if settings.loadBestModelAtEnd, let best = trainer.best,
-           !FileManager.default.fileExists(atPath: bestDirectory + "/adapter_model.safetensors") {
-            // A best loss restored from a checkpoint of a run without --load-best-model-at-end, never beaten since,
-            // has no adapter there: the run failed after its last step and saved no adapter. As the Hugging Face
-            // Trainer does when it cannot find the best model, the last step's adapter is kept, saying so.
+        if settings.loadBestModelAtEnd, let best = trainer.best, let other = Self.bestAdapterMismatch(
+            bestDirectory, step: best.step) {
+            // A best loss restored from a checkpoint and never beaten since, whose adapter is not in OUTPUT/best: a
+            // run without --load-best-model-at-end saved none (the run failed after its last step, saving no
+            // adapter), and the abandoned rest of the run saved its own later best there (taken as this one). As
+            // the Hugging Face Trainer does when it cannot find the best model, the last step's adapter is kept.
             printWarnings([String(format: "the best validation loss %.4f (step %ld, from the checkpoint resumed) has "
-                                  + "no adapter in %@ (the run that saved it was without --load-best-model-at-end): "
-                                  + "the final adapter is the last step's", best.loss, best.step, bestDirectory)])
+                                  + "no adapter in %@ (%@): the final adapter is the last step's", best.loss,
+                                  best.step, bestDirectory, other)])
         } else if settings.loadBestModelAtEnd, let best = trainer.best {
             // The final adapter is the best one (as the Hugging Face Trainer loads the best model at the end).
             try trainer.engine.setAdapterWeights(try trainer.engine.readAdapterWeights(directory: bestDirectory))

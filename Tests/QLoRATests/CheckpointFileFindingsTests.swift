@@ -105,3 +105,34 @@ extension BadSettingsTests {
         XCTAssertEqual(status, 0, output)
     }
 }
+
+extension BadSettingsTests {
+    /// A run resumed with --load-best-model-at-end from a checkpoint before the abandoned run's best: when no
+    /// evaluation of the resumed run beat the checkpoint's best, the adapter the abandoned run had saved in
+    /// OUTPUT/best for its own later best was loaded as "the best: step 2" and saved as the final adapter. The
+    /// best adapter's step is kept beside it (best/best_state.json); another step's adapter is not taken.
+    func testAResumedRunNeverTakesTheAbandonedRunsBestAdapter() throws {
+        let (model, dir, _) = try tinyModelAndData()
+        let data = dir + "/four.jsonl", hard = dir + "/hard.jsonl"
+        try write((0..<4).map { #"{"input_ids": [1, 2, 3, \#($0 + 4)]}"# + "\n" }.joined(), data)
+        try write(["124, 306, 281, 69, 192, 312, 245, 323, 300, 36, 313, 9, 243",
+                   "135, 285, 122, 101, 370, 243, 279, 284, 246, 206, 330, 80, 121",
+                   "328, 80, 270, 202, 382, 10, 346, 35, 84, 305, 24, 157, 18"]
+            .map { #"{"input_ids": [\#($0)]}"# + "\n" }.joined(), hard)
+        let out = dir + "/out"
+        let train = ["train", "--model", model, "--data", data, "--output-dir", out, "--batch-size", "2",
+                     "--save-steps", "1", "--eval-steps", "1", "--load-best-model-at-end", "--learning-rate", "1e-3"]
+        var (status, _, output) = try run(train + ["--max-steps", "4", "--eval-data", data])
+        XCTAssertEqual(status, 0, output)
+        XCTAssertTrue(output.contains("the final adapter is the best: step 4"), output)
+        // Validation data the checkpoint's best loss (on the first file) cannot be beaten on.
+        (status, _, output) = try run(train + ["--max-steps", "3", "--eval-data", hard,
+                                               "--resume-from-checkpoint", out + "/checkpoint-2"])
+        XCTAssertEqual(status, 0, output)
+        XCTAssertFalse(output.contains("the final adapter is the best"), output)
+        XCTAssertTrue(output.contains("(step 2, from the checkpoint resumed) has no adapter in \(out)/best (it holds "
+                                      + "the adapter of step 4, saved after that checkpoint)"), output)
+        XCTAssertEqual(FileManager.default.contents(atPath: out + "/adapter_model.safetensors"),
+                       FileManager.default.contents(atPath: out + "/checkpoint-3/adapter_model.safetensors"))
+    }
+}
