@@ -36,6 +36,10 @@ public enum ModelFileError: Error, CustomStringConvertible, Equatable {
             return "\(location): no tensor named '\(name)'"
         case let .invalidConfig(path, detail):
             return "\(path): \(detail)"
+        case let .invalidCheckpoint(path, tensor, detail) where tensor.hasSuffix(".json"):
+            // A file of the checkpoint folder (trainer_state.json, adapter_config.json), named as the file it is
+            // (it was called "tensor 'trainer_state.json'").
+            return "\(path)/\(tensor): \(detail)"
         case let .invalidCheckpoint(path, tensor, detail):
             return "\(path): tensor '\(tensor)': \(detail)"
         case let .writeFailed(path, reason):

@@ -180,7 +180,10 @@ public enum Checkpoint {
         let statePath = directory + "/trainer_state.json"
         let state: JSONValue
         do { state = try JSONValue(parsing: FileSystem.readBytes(statePath)) } catch {
-            throw ModelFileError.invalidCheckpoint(path: directory, tensor: "trainer_state.json", detail: "\(error)")
+            // The error names the file already when it could not be read: not said twice.
+            let detail = "\(error)".hasPrefix(statePath + ": ") ? String("\(error)".dropFirst(statePath.count + 2))
+                : "\(error)"
+            throw ModelFileError.invalidCheckpoint(path: directory, tensor: "trainer_state.json", detail: detail)
         }
         // Each field named with what it holds and what it should (a bare "missing or malformed fields" left the
         // user to guess which of six).
@@ -243,8 +246,21 @@ public enum Checkpoint {
         let current = try engine.optimizerSnapshot()
         let file = try SafeTensorsFile(path: directory + "/optimizer.safetensors")
         guard file.metadata["optim"] == current.kind.rawValue else {
+            throw ModelFileError.invalidCheckpoint(path: file.path, tensor: "optimizer", detail: file.metadata["optim"]
+                .map { "was saved by \($0), this run uses \(current.kind.rawValue)" }
+                ?? "the metadata names no optimizer (\"optim\"); this run uses \(current.kind.rawValue)")
+        }
+        // The update counts by tensor: text that is no JSON object used to stop with a JSON error naming no file,
+        // or (a list, a number) to restore no moment at all, resuming with a fresh optimizer without a word.
+        let stepsText = file.metadata["steps"] ?? "{}"
+        let stepsJSON: JSONValue
+        do { stepsJSON = try JSONValue(parsing: Array(stepsText.utf8)) } catch {
             throw ModelFileError.invalidCheckpoint(path: file.path, tensor: "optimizer",
-                                                   detail: "was saved by \(file.metadata["optim"] ?? "?"), this run uses \(current.kind.rawValue)")
+                                                   detail: "the metadata's \"steps\" is not JSON: \(error)")
+        }
+        guard let stepCounts = stepsJSON.objectValue else {
+            throw ModelFileError.invalidCheckpoint(path: file.path, tensor: "optimizer", detail: "the metadata's "
+                + "\"steps\" is \(stepsJSON.compactText().prefix(80)), expected an object of update counts by tensor")
         }
         // (Older checkpoints have no id.) Moments of another run or step used to be taken without a word.
         if let id = file.metadata["checkpoint_id"], let expected = state["checkpoint_id"]?.stringValue, id != expected {
@@ -252,9 +268,8 @@ public enum Checkpoint {
                 + "checkpoint (checkpoint_id \(id.prefix(40)), trainer_state.json's is \(expected.prefix(40))): an "
                 + "optimizer file copied from another run or step; put back the one saved with this checkpoint")
         }
-        let stepsJSON = try JSONValue(parsing: file.metadata["steps"] ?? "{}")
         var states: [String: OptimizerState] = [:], steps: [String: Int] = [:]
-        for (name, count) in stepsJSON.objectValue ?? [] {
+        for (name, count) in stepCounts {
             // Each tensor's update count: an integer from 0 to the checkpoint's step (the next update adds one).
             guard let updates = count.intValue, (0...max(step, 0)).contains(updates) else {
                 throw ModelFileError.invalidCheckpoint(path: file.path, tensor: name, detail: "optimizer step count "

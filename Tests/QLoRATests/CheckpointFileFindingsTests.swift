@@ -35,12 +35,17 @@ extension BadSettingsTests {
         let saved = try String(contentsOfFile: state, encoding: .utf8)
         let order = try JSONValue(parsing: FileSystem.readBytes(state))["data_order"]?.arrayValue?.count ?? 0
         try rewriteState(state, [("epoch", .int(Int.max)), ("data_position", .int(order))])
-        try expectError(resume, [checkpoint, "trainer_state.json",
-                                 "epoch is 9223372036854775807: must be from 0 to 2147483647"])
+        try expectError(resume, [state + ": epoch is 9223372036854775807: must be from 0 to 2147483647"])
         try write(saved, state)
         try rewriteState(state, [("best_metric", .double(-1)), ("early_stopping_patience_counter", .int(Int.max))])
-        try expectError(resume, [checkpoint, "trainer_state.json", "early_stopping_patience_counter is "
-                                 + "9223372036854775807: must be from 0 to the checkpoint's global_step 1"])
+        try expectError(resume, [state + ": early_stopping_patience_counter is 9223372036854775807: must be from "
+                                 + "0 to the checkpoint's global_step 1"])
+        // A state file that cannot be read is named once (it was "PATH: PATH: cannot open: ...").
+        try FileManager.default.removeItem(atPath: state)
+        try FileManager.default.createSymbolicLink(atPath: state, withDestinationPath: "trainer_state.json")
+        try expectError(resume, [state + ": cannot open: Too many levels of symbolic links"])
+        XCTAssertFalse(try run(resume).output.contains(state + ": " + state))
+        try FileManager.default.removeItem(atPath: state)
         try write(saved, state)
         let (status, _, output) = try run(resume)
         XCTAssertEqual(status, 0, output)
@@ -134,5 +139,33 @@ extension BadSettingsTests {
                                       + "the adapter of step 4, saved after that checkpoint)"), output)
         XCTAssertEqual(FileManager.default.contents(atPath: out + "/adapter_model.safetensors"),
                        FileManager.default.contents(atPath: out + "/checkpoint-3/adapter_model.safetensors"))
+    }
+}
+
+extension BadSettingsTests {
+    /// optimizer.safetensors' metadata: "steps" that is not JSON stopped with "invalid JSON at byte 1" naming no
+    /// file, and "steps" that is JSON but no object (a list) restored no moment at all: the run resumed with a fresh
+    /// optimizer and exit 0. A missing "optim" was "saved by ?". Each names the file and what it expected.
+    func testOptimizerMetadataThatIsNoObjectIsRefused() throws {
+        let (train, checkpoint, _) = try checkpointedRun()
+        let resume = train + ["--max-steps", "3", "--resume-from-checkpoint", checkpoint]
+        let path = checkpoint + "/optimizer.safetensors"
+        let file = try SafeTensorsFile(path: path)
+        let tensors = try file.names.map { (name: $0, tensor: try file.tensor(named: $0)) }
+        func rewrite(_ change: (inout [String: String]) -> Void) throws {
+            var metadata = file.metadata
+            change(&metadata)
+            try SafeTensorsWriter.write(tensors, metadata: metadata, to: path)
+        }
+        try rewrite { $0["steps"] = "{" }
+        try expectError(resume, [path + ": tensor 'optimizer': the metadata's \"steps\" is not JSON"])
+        try rewrite { $0["steps"] = "[1]" }
+        try expectError(resume, [path + ": tensor 'optimizer': the metadata's \"steps\" is [1], expected an object "
+                                 + "of update counts by tensor"])
+        try rewrite { $0["optim"] = nil }
+        try expectError(resume, [path + ": tensor 'optimizer': the metadata names no optimizer (\"optim\")"])
+        try rewrite { _ in }
+        let (status, _, output) = try run(resume)
+        XCTAssertEqual(status, 0, output)
     }
 }
