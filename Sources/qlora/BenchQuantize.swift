@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Llama
 import ModelFiles
 import Quantization
 import Tensors
@@ -47,6 +48,13 @@ struct BenchQuantize: ParsableCommand {
             throw ValidationError(String(format: "--rows %ld × --cols %ld needs about %.1f GB (%ld bytes an element); "
                                          + "this process may allocate %.1f GB: lower them", rows, cols, needed / 1e9,
                                          Self.bytesPerElement, Double(FileSystem.allocatableBytes) / 1e9))
+        }
+        // An unusable --model (a missing folder, a damaged model) was found only after the whole benchmark had run
+        // (a minute by default): it is opened and checked first, as quantize checks it.
+        if let model {
+            let weights = try LlamaWeights.open(path: model)
+            try weights.checkComplete()
+            try weights.checkShapes()
         }
         // 2^31 repeats used to run for days: a bound a fuzzer (or a typo) cannot mistake for a hang.
         guard (1...1000).contains(repeats) else {

@@ -169,3 +169,17 @@ extension BadSettingsTests {
         XCTAssertEqual(status, 0, output)
     }
 }
+
+extension BadSettingsTests {
+    /// bench-quantize --model with a folder that holds no model ran the whole benchmark first (a minute by
+    /// default, minutes in a debug build) and only then failed on the folder. It is refused before the benchmark.
+    func testBenchQuantizeChecksItsModelFirst() throws {
+        let dir = makeTemporaryDirectory(self)
+        let (status, crashed, output) = try run(["bench-quantize", "--rows", "64", "--cols", "64", "--repeats", "1",
+                                                 "--model", dir + "/missing"], timeout: 30)
+        XCTAssertNotEqual(status, 0, output)
+        XCTAssertFalse(crashed, output)
+        XCTAssertTrue(output.contains(dir + "/missing"), output)
+        XCTAssertFalse(output.contains("SmolLM2-135M linear weights"), "the benchmark ran first: \(output)")
+    }
+}
