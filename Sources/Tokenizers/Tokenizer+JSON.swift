@@ -108,10 +108,27 @@ struct TokenizerJSONReader {
             let name = value.stringValue ?? value["content"]?.stringValue
             return name.flatMap { tokenIds[TokenKey($0)] }
         }
+        // A BOS or EOS that tokenizer_config.json names but the vocabulary lacks (a typo, a token of another
+        // model) used to be replaced in silence by a guess ("</s>", the post-processor's), while the chat
+        // template still wrote the configured text: training and generation stopped on another token.
+        func named(_ key: String) throws -> Int? {
+            guard let value = config?[key], value != .null else { return nil }
+            let folder = path.contains("/") ? String(path[..<path.lastIndex(of: "/")!]) : "."
+            let source = folder + "/tokenizer_config.json"
+            guard let name = value.stringValue ?? value["content"]?.stringValue else {
+                throw TokenizerError(source: source, message: "\(key) is \(value.compactText().prefix(80)), "
+                                     + "expected the token's text or an object with its \"content\"")
+            }
+            guard let id = tokenIds[TokenKey(name)] else {
+                throw TokenizerError(source: source, message: "\(key) \"\(name.prefix(80))\" is no token of "
+                                     + "\(path) (neither in model.vocab nor in added_tokens)")
+            }
+            return id
+        }
         func firstKnown(_ names: [String]) -> Int? { names.lazy.compactMap { tokenIds[TokenKey($0)] }.first }
-        let bos = configured("bos_token") ?? prefixIds.first
+        let bos = try named("bos_token") ?? prefixIds.first
             ?? firstKnown(["<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>"])
-        let eos = configured("eos_token") ?? suffixIds.last
+        let eos = try named("eos_token") ?? suffixIds.last
             ?? firstKnown(["</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>"])
         let pad = configured("pad_token") ?? json["padding"]?["pad_id"]?.intValue
 

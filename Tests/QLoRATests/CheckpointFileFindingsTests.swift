@@ -183,3 +183,30 @@ extension BadSettingsTests {
         XCTAssertFalse(output.contains("SmolLM2-135M linear weights"), "the benchmark ran first: \(output)")
     }
 }
+
+extension BadSettingsTests {
+    /// A BOS or EOS that tokenizer_config.json names but the vocabulary lacks (a typo, a token of another model),
+    /// or that is neither text nor an object with "content", was replaced in silence by a guess ("</s>"), while the
+    /// chat template still wrote the configured text. It is an error naming the file, the key and the value.
+    func testABOSOrEOSMissingFromTheVocabularyIsAnError() throws {
+        let model = try GGUFExportTests.tinyLlamaWithTokenizer(self)
+        let dir = makeTemporaryDirectory(self)
+        let data = dir + "/data.jsonl"
+        try write(#"{"text": "the river rose"}"# + "\n", data)
+        let path = model + "/tokenizer_config.json"
+        let saved = try String(contentsOfFile: path, encoding: .utf8)
+        for (key, value, said) in [("eos_token", #"{"content": "<nope>"}"#, #"eos_token "<nope>" is no token of "#),
+                                   ("bos_token", #""<|begin_of_text|>""#, #"bos_token "<|begin_of_text|>" is no"#),
+                                   ("eos_token", "5", "eos_token is 5, expected the token's text or an object")] {
+            var config = try JSONValue(parsing: saved)
+            config.set(key, try JSONValue(parsing: value))
+            try write(config.pythonText(indent: 2), path)
+            try expectError(["eval", "--model", model, "--data", data], [path + ": " + said])
+        }
+        var config = try JSONValue(parsing: saved)
+        config.set("eos_token", .null)
+        try write(config.pythonText(indent: 2), path)
+        let (status, _, output) = try run(["eval", "--model", model, "--data", data])
+        XCTAssertEqual(status, 0, output)
+    }
+}
