@@ -441,6 +441,11 @@ struct Train: ParsableCommand {
             // Keep the metrics logged up to the checkpoint; what came after it is logged again.
             history = try Self.metricsHistory(metricsPath, upTo: trainer.step)
             if isMain { print("resuming from \(dir) at step \(trainer.step) of \(trainer.totalSteps)") }
+            // A checkpoint at or past the run's last step trains nothing: said, not left to "final logged loss nan".
+            if isMain, trainer.step >= trainer.totalSteps {
+                printWarnings(["\(dir) is at step \(trainer.step), and this run ends at step \(trainer.totalSteps) "
+                               + "(--max-steps / --num-train-epochs): no step is trained"])
+            }
         }
         // metrics.jsonl is rewritten (the lines up to the checkpoint; nothing for a new run) when the first step is
         // logged, not before: a resume that fails first (a damaged checkpoint, a first step that diverges) used to
@@ -546,7 +551,8 @@ struct Train: ParsableCommand {
         }
         try PEFTAdapter.save(trainer.engine.adapterWeights(), lora: trainer.engine.loraConfig, to: output, baseModel: loaded.path)
         let plot = try LossPlot.write(runDirectory: output)
-        print("saved the adapter, metrics.jsonl and \(plot) to \(output) (final logged loss \(String(format: "%.4f", lastLoss)))")
+        let logged = lastLoss.isNaN ? "no step trained" : "final logged loss " + String(format: "%.4f", lastLoss)
+        print("saved the adapter, metrics.jsonl and \(plot) to \(output) (\(logged))")
     }
 }
 

@@ -210,3 +210,18 @@ extension BadSettingsTests {
         XCTAssertEqual(status, 0, output)
     }
 }
+
+extension BadSettingsTests {
+    /// Resuming from a checkpoint at or past the run's last step trained nothing, said nothing about it and ended
+    /// with "final logged loss nan". It warns that no step is trained, and ends saying so.
+    func testAResumeWithNothingLeftToTrainSaysSo() throws {
+        let (train, checkpoint, _) = try checkpointedRun()
+        let last = (checkpoint as NSString).deletingLastPathComponent + "/checkpoint-2"
+        let (status, _, output) = try run(train + ["--max-steps", "1", "--resume-from-checkpoint", last])
+        XCTAssertEqual(status, 0, output)
+        XCTAssertTrue(output.contains("is at step 2, and this run ends at step 1 (--max-steps / --num-train-epochs): "
+                                      + "no step is trained"), output)
+        XCTAssertTrue(output.contains("(no step trained)"), output)
+        XCTAssertFalse(output.contains("loss nan"), output)
+    }
+}
