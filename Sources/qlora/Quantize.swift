@@ -113,6 +113,9 @@ struct Quantize: ParsableCommand {
                             source sourceFlag: String = "--model", insideAllowed: Bool = false) throws {
         // An empty path is no folder: the files written into it ("" + "/config.json") used to land in the root.
         guard !output.isEmpty else { throw ValidationError("\(flag) is empty: name the folder to write") }
+        // An empty source resolved to the working folder: --adapter "" read as "--output is inside the --adapter
+        // folder" (and elsewhere as the root's /adapter_config.json).
+        guard !model.isEmpty else { throw ValidationError("\(sourceFlag) is empty: name the folder to read") }
         let out = resolvedPath(output), source = resolvedPath(model)
         let inside = !insideAllowed && out.hasPrefix(source.hasSuffix("/") ? source : source + "/")
         guard out != source, !inside else {

@@ -718,6 +718,8 @@ struct Plot: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Draw RUN_DIR/metrics.jsonl as RUN_DIR/loss.svg.")
     @Argument(help: "A run folder (holding metrics.jsonl).") var runDirectory: String
     func run() throws {
+        // "" + "/loss.svg" is the root's: an empty RUN_DIR read /metrics.jsonl and wrote /loss.svg.
+        guard !runDirectory.isEmpty else { throw ValidationError("RUN_DIR is empty: name the run folder") }
         // As train refuses it (`Train.refuseLinkedOutputs`): writing RUN/loss.svg replaces the file a link there
         // points to (a model's config.json, the run's own metrics.jsonl) with the SVG.
         var info = stat()

@@ -225,3 +225,22 @@ extension BadSettingsTests {
         XCTAssertFalse(output.contains("loss nan"), output)
     }
 }
+
+extension BadSettingsTests {
+    /// An empty path is no folder: --adapter "" (eval, generate, info, export; --init-adapter "" of train) read
+    /// /adapter_config.json and /adapter_model.safetensors, the root's, and `plot ""` read /metrics.jsonl and wrote
+    /// /loss.svg; merge --adapter "" said "--output ... is inside the --adapter folder". Each is refused.
+    func testAnEmptyAdapterOrRunFolderIsRefused() throws {
+        let (_, dir, data) = try tinyModelAndData()
+        let model = try GGUFExportTests.tinyLlamaWithTokenizer(self)
+        let adapter = "an empty path names no adapter folder"
+        try expectError(["eval", "--model", model, "--data", data, "--adapter", ""], [adapter])
+        try expectError(["generate", "--model", model, "--prompt", "the river", "--adapter", ""], [adapter])
+        try expectError(["info", model, "--adapter", ""], [adapter])
+        try expectError(["train", "--model", model, "--data", data, "--output-dir", dir + "/out", "--max-steps", "1",
+                         "--init-adapter", ""], ["--init-adapter is empty"])
+        try expectError(["merge", "--model", model, "--adapter", "", "--output", dir + "/merged"],
+                        ["--adapter is empty: name the folder to read"])
+        try expectError(["plot", ""], ["RUN_DIR is empty: name the run folder"])
+    }
+}
