@@ -186,6 +186,9 @@ struct Tokenize: ParsableCommand {
     static let lineLimit = 64 << 20
 
     func run() throws {
+        // An empty path was ": cannot open: No such file or directory", naming nothing.
+        guard !tokenizer.isEmpty else { throw ValidationError("--tokenizer is empty: name a tokenizer.json, a model "
+                                                              + "folder or a GGUF file") }
         guard let tok = try ModelText.load(path: tokenizer).tokenizer else { throw ValidationError("no tokenizer at \(tokenizer)") }
         func emit(_ line: ArraySlice<UInt8>, _ n: Int) throws {
             guard let line = Generate.recordLine(line, number: n) else { return }

@@ -92,6 +92,10 @@ struct ModelOptions: ParsableArguments {
     /// The model path, from the flag or the recipe.
     func modelPath(_ recipe: TrainingRecipe = TrainingRecipe()) throws -> String {
         guard let path = try model ?? recipe.string("model") else { throw ValidationError("missing --model (or \"model_name_or_path\" in the recipe)") }
+        // An empty path was ": cannot open: no such model folder or GGUF file", naming nothing.
+        guard !path.isEmpty else {
+            throw ValidationError("--model (recipe model_name_or_path) is empty: name the model")
+        }
         return path
     }
 

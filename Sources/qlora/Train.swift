@@ -321,6 +321,10 @@ struct Train: ParsableCommand {
             try Self.refuseInitAdapterInRunFolders(initAdapter, output: output)
         }
         if let logs = try loggingDir ?? recipe.string("logging_dir") {
+            // An empty one failed after training had started with ": cannot write: the folder path is empty".
+            guard !logs.isEmpty else {
+                throw ValidationError("--logging-dir (recipe logging_dir) is empty: name a folder")
+            }
             try Self.refuseLoggingDirInCheckpoints(logs, output: output)
         }
         if let evalPath { try InputFile.requireRegular(evalPath, what: "--eval-data") }

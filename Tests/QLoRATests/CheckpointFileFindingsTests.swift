@@ -242,5 +242,11 @@ extension BadSettingsTests {
         try expectError(["merge", "--model", model, "--adapter", "", "--output", dir + "/merged"],
                         ["--adapter is empty: name the folder to read"])
         try expectError(["plot", ""], ["RUN_DIR is empty: name the run folder"])
+        // Empty paths named nothing (": cannot open: ..."): the flag now.
+        try expectError(["eval", "--model", "", "--data", data], ["--model (recipe model_name_or_path) is empty"])
+        try expectError(["tokenize", "--tokenizer", "", "--input", data], ["--tokenizer is empty"])
+        try expectError(["train", "--model", model, "--data", data, "--output-dir", dir + "/logs", "--max-steps", "1",
+                         "--report-to", "tensorboard", "--logging-dir", ""],
+                        ["--logging-dir (recipe logging_dir) is empty"])
     }
 }
