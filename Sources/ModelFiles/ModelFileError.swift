@@ -16,6 +16,9 @@ public enum ModelFileError: Error, CustomStringConvertible, Equatable {
 
     public var description: String {
         switch self {
+        case .cannotOpen(path: "", _):
+            // It read ": cannot open: No such file or directory", naming nothing (tokenize --input "", info "").
+            return "\"\": cannot open: an empty path names no file or folder"
         case let .cannotOpen(path, reason):
             return "\(path): cannot open: \(reason)"
         case let .truncated(path, detail):
