@@ -148,8 +148,11 @@ struct StepShapeOptions: ParsableArguments {
                                   + "is built for here (released models have at most a few hundred); give --layers")
         }
         guard seq <= cfg.maxPositionEmbeddings else {
-            throw ValidationError("--max-seq-length \(seq) is longer than the model's max_position_embeddings "
-                                  + "(\(cfg.maxPositionEmbeddings))")
+            // Without the flag it named a value the user never gave (`plan --model` of any model with a context
+            // under 512 tokens failed so).
+            throw ValidationError("--max-seq-length \(seq)\(seqOption == nil ? " (the default, train's)" : "") is "
+                                  + "longer than the model's max_position_embeddings (\(cfg.maxPositionEmbeddings)): "
+                                  + "give --max-seq-length \(cfg.maxPositionEmbeddings) or less")
         }
         var lora = LoRAConfig()
         lora.r = 16; lora.alpha = 32; lora.dropout = loraDropout

@@ -253,3 +253,19 @@ extension BadSettingsTests {
                         ["--logging-dir (recipe logging_dir) is empty"])
     }
 }
+
+extension BadSettingsTests {
+    /// `plan --model` (and bench) of a model with a context under 512 tokens failed with "--max-seq-length 512 is
+    /// longer than the model's max_position_embeddings (256)", a value never given: it says it is the default and
+    /// which value fits.
+    func testPlanSaysItsDefaultSequenceLengthIsTheOneTooLong() throws {
+        let (model, _, _) = try tinyModelAndData()
+        try expectError(["plan", "--model", model], ["--max-seq-length 512 (the default, train's) is longer than the "
+                                                     + "model's max_position_embeddings (256): give --max-seq-length "
+                                                     + "256 or less"])
+        try expectError(["plan", "--model", model, "--max-seq-length", "300"],
+                        ["--max-seq-length 300 is longer than the model's max_position_embeddings (256)"])
+        let (status, _, output) = try run(["plan", "--model", model, "--max-seq-length", "256"])
+        XCTAssertEqual(status, 0, output)
+    }
+}
