@@ -67,6 +67,18 @@ public final class LlamaWeights: @unchecked Sendable {
                 path: path, detail: "num_hidden_layers is \(config.layerCount), but the weights hold only \(held) "
                     + "tensors (each layer has 9 or more: 2 norms and 7 projections)")
         }
+        // Fewer layers than the file holds: the model is computed without the rest, as transformers loads it (with
+        // its warning of weights not used); said here too, where it went without a word.
+        let layers = source.names.compactMap { name -> Int? in
+            guard name.hasPrefix("model.layers.") else { return nil }
+            return Int(name.dropFirst("model.layers.".count).prefix { $0 != "." })
+        }
+        if let last = layers.max(), last >= config.layerCount {
+            let unused = last == config.layerCount ? "layer \(last) is" : "layers \(config.layerCount) to \(last) are"
+            let said = "warning: \(path): num_hidden_layers is \(config.layerCount), but the weights hold layers up "
+                + "to model.layers.\(last): \(unused) not used\n"
+            FileHandle.standardError.write(Data(said.utf8))
+        }
     }
 
     /// Where the tensors come from.

@@ -269,3 +269,21 @@ extension BadSettingsTests {
         XCTAssertEqual(status, 0, output)
     }
 }
+
+extension BadSettingsTests {
+    /// A config.json with fewer layers than its weights hold computed the model without the rest, without a word
+    /// (a different loss from the same files). As transformers does (its "weights not used" warning), it is said.
+    func testLayersBeyondTheConfigsCountAreNamedAsUnused() throws {
+        let (golden, dir, data) = try tinyModelAndData()
+        let model = dir + "/model"
+        try FileManager.default.copyItem(atPath: golden, toPath: model)
+        var config = try JSONValue(parsing: FileSystem.readBytes(model + "/config.json"))
+        config.set("num_hidden_layers", .int(1))
+        try write(config.pythonText(indent: 2), model + "/config.json")
+        let (status, _, output) = try run(["eval", "--model", model, "--data", data])
+        XCTAssertEqual(status, 0, output)
+        XCTAssertTrue(output.contains("warning: \(model): num_hidden_layers is 1, but the weights hold layers up to "
+                                      + "model.layers.1: layer 1 is not used"), output)
+        XCTAssertFalse(try run(["eval", "--model", golden, "--data", data]).output.contains("not used"))
+    }
+}
