@@ -130,6 +130,11 @@ struct TokenizerJSONReader {
             ?? firstKnown(["<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>"])
         let eos = try named("eos_token") ?? suffixIds.last
             ?? firstKnown(["</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>"])
+        // The padding section's id is taken as written: -1 trapped in export (a GGUF's u32), 100000 was written as
+        // the GGUF's padding token, outside its vocabulary.
+        if let padId = json["padding"]?["pad_id"]?.intValue, !(0..<size).contains(padId) {
+            throw error("padding.pad_id \(padId) is outside the vocabulary [0, \(size))")
+        }
         let pad = configured("pad_token") ?? json["padding"]?["pad_id"]?.intValue
 
         return Tokenizer.Parts(

@@ -287,3 +287,26 @@ extension BadSettingsTests {
         XCTAssertFalse(try run(["eval", "--model", golden, "--data", data]).output.contains("not used"))
     }
 }
+
+extension BadSettingsTests {
+    /// tokenizer.json's padding.pad_id was taken as written: -1 trapped in export ("Negative value is not
+    /// representable", writing the GGUF's u32), and 100000 was written as the GGUF's padding token, outside its
+    /// vocabulary. An id outside the vocabulary is an error naming the file and the field.
+    func testAPaddingIdOutsideTheVocabularyIsAnError() throws {
+        let model = try GGUFExportTests.tinyLlamaWithTokenizer(self)
+        let path = model + "/tokenizer.json", gguf = makeTemporaryDirectory(self) + "/m.gguf"
+        let saved = try JSONValue(parsing: FileSystem.readBytes(path))
+        for (id, fine) in [(-1, false), (100_000, false), (384, false), (3, true)] {
+            var tokenizer = saved
+            tokenizer.set("padding", .object([("pad_id", .int(id)), ("pad_token", .string("<pad>"))]))
+            try write(tokenizer.compactText(), path)
+            let export = ["export", "--format", "gguf", "--model", model, "--output", gguf, "--check", "never"]
+            if fine {
+                let (status, _, output) = try run(export)
+                XCTAssertEqual(status, 0, output)
+            } else {
+                try expectError(export, [path + ": padding.pad_id \(id) is outside the vocabulary [0, 384)"])
+            }
+        }
+    }
+}
