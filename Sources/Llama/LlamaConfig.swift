@@ -281,6 +281,11 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
         @unknown default: return "not a valid config: \(error)"
         }
         let key = context.codingPath.map(\.stringValue).joined(separator: ".")
+        // The top level itself (null, a list, a number): Swift's own words ("Cannot get keyed decoding container --
+        // found null value instead") named no JSON kind a user would recognize.
+        if key.isEmpty, json.objectValue == nil {
+            return "the top level is \(describe(json)), expected an object of the model's settings"
+        }
         guard !key.isEmpty else { return "not a valid config: \(context.debugDescription)" }
         var found: JSONValue? = json
         for step in context.codingPath {

@@ -310,3 +310,20 @@ extension BadSettingsTests {
         }
     }
 }
+
+extension BadSettingsTests {
+    /// A config.json whose top level is null, a list or a number said "not a valid config: Cannot get keyed
+    /// decoding container -- found null value instead" (or "Expected to decode Dictionary<String, Any> but found an
+    /// array instead"): Swift's words, not the file's. It says what the top level is.
+    func testAConfigThatIsNoObjectSaysWhatItIs() throws {
+        let (golden, dir, data) = try tinyModelAndData()
+        let model = dir + "/model"
+        try FileManager.default.copyItem(atPath: golden, toPath: model)
+        for (text, said) in [("null", "null"), ("[1]", "an array [1]"), ("5", "5")] {
+            try write(text, model + "/config.json")
+            try expectError(["eval", "--model", model, "--data", data],
+                            [model + "/config.json: the top level is \(said), expected an object of the model's "
+                             + "settings"])
+        }
+    }
+}
