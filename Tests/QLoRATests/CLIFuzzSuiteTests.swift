@@ -27,4 +27,5 @@ extension BadSettingsTests {
     func testFuzzInterruptsPassHasNoCrashHangOrLostFile() throws {
         try runFuzzer("fuzz-interrupts.py", cases: 1, seed: 41)
     }
+    func testFuzzFilesPassHasNoCrashHangOrLostFile() throws { try runFuzzer("fuzz-files.py", cases: 10, seed: 41) }
 }
