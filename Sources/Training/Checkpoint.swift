@@ -121,8 +121,10 @@ public enum Checkpoint {
         return removed
     }
 
-    /// Whether `outputDirectory` already holds a run: a non-empty `metrics.jsonl` or a `checkpoint-N` folder (the
-    /// first found). An empty metrics.jsonl (a run that stopped before its first logged step) holds nothing to lose.
+    /// Whether `outputDirectory` already holds a run: a non-empty `metrics.jsonl`, an adapter
+    /// (`adapter_model.safetensors`) or a `checkpoint-N` folder (the first found). An empty metrics.jsonl (a run
+    /// that stopped before its first logged step) holds nothing to lose. An adapter folder (a fine-tune, a
+    /// checkpoint, a run's OUTPUT/best) used to count as none: the new run replaced its adapter without a word.
     public static func existingRun(in outputDirectory: String) throws -> String? {
         guard FileSystem.isDirectory(outputDirectory) else { return nil }
         let metrics = outputDirectory + "/metrics.jsonl"
@@ -130,6 +132,8 @@ public enum Checkpoint {
             size.intValue > 0 {
             return metrics
         }
+        let adapter = outputDirectory + "/adapter_model.safetensors"
+        if FileManager.default.fileExists(atPath: adapter) { return adapter }
         return try checkpoints(in: outputDirectory).first?.path
     }
 

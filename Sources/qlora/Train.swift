@@ -333,6 +333,12 @@ struct Train: ParsableCommand {
         let overwrite = try overwriteOutputDir || (recipe.bool("overwrite_output_dir") ?? false)
         // Nothing lost: a second run into the same folder would replace its metrics and mix its checkpoints.
         func refuseExistingRun() throws {
+            if resume == nil, !overwrite, let existing = try Checkpoint.existingRun(in: output),
+               existing.hasSuffix("/adapter_model.safetensors") {
+                throw ValidationError("\(output) holds an adapter (\(existing)), which this run's would replace: "
+                    + "choose a new --output-dir, or pass --overwrite-output-dir (recipe overwrite_output_dir: true) "
+                    + "to replace it")
+            }
             if resume == nil, !overwrite, let existing = try Checkpoint.existingRun(in: output) {
                 throw ValidationError("\(output) already holds a run (\(existing)): continue it with " +
                     "--resume-from-checkpoint latest, choose a new --output-dir, or pass --overwrite-output-dir " +

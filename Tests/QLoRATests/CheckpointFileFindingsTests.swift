@@ -327,3 +327,21 @@ extension BadSettingsTests {
         }
     }
 }
+
+extension BadSettingsTests {
+    /// train --output-dir naming a folder that holds an adapter (a fine-tune, a checkpoint, a run's OUTPUT/best)
+    /// replaced its adapter_config.json and adapter_model.safetensors without --overwrite-output-dir: only
+    /// metrics.jsonl and checkpoint-N folders counted as a run there. It is refused, and the adapter kept.
+    func testTrainNeverReplacesAnAdapterFolderUnasked() throws {
+        let (model, dir, data) = try tinyModelAndData()
+        let adapter = dir + "/adapter"
+        try FileManager.default.copyItem(atPath: try Shared.requireGolden() + "/tiny-adapter", toPath: adapter)
+        let weights = FileManager.default.contents(atPath: adapter + "/adapter_model.safetensors")
+        let train = ["train", "--model", model, "--data", data, "--output-dir", adapter, "--max-steps", "1"]
+        try expectError(train, ["\(adapter) holds an adapter (\(adapter)/adapter_model.safetensors), which this "
+                                + "run's would replace", "--overwrite-output-dir"])
+        XCTAssertEqual(FileManager.default.contents(atPath: adapter + "/adapter_model.safetensors"), weights)
+        let (status, _, output) = try run(train + ["--overwrite-output-dir"])
+        XCTAssertEqual(status, 0, output)
+    }
+}
