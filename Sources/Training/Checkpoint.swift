@@ -272,6 +272,14 @@ public enum Checkpoint {
                 + "checkpoint (checkpoint_id \(id.prefix(40)), trainer_state.json's is \(expected.prefix(40))): an "
                 + "optimizer file copied from another run or step; put back the one saved with this checkpoint")
         }
+        // Moments in the file that "steps" does not list were left out in silence: those matrices resumed with a
+        // fresh optimizer state (the writer lists every tensor whose moments it writes).
+        let listed = Set(stepCounts.map(\.0))
+        if let unlisted = file.names.filter({ $0.hasSuffix(".m") }).map({ String($0.dropLast(2)) })
+            .sorted().first(where: { !listed.contains($0) }) {
+            throw ModelFileError.invalidCheckpoint(path: file.path, tensor: unlisted + ".m", detail: "moments that "
+                + "the metadata's \"steps\" does not list (it gives no update count for \(unlisted))")
+        }
         var states: [String: OptimizerState] = [:], steps: [String: Int] = [:]
         for (name, count) in stepCounts {
             // Each tensor's update count: an integer from 0 to the checkpoint's step (the next update adds one).

@@ -162,6 +162,13 @@ extension BadSettingsTests {
         try rewrite { $0["steps"] = "[1]" }
         try expectError(resume, [path + ": tensor 'optimizer': the metadata's \"steps\" is [1], expected an object "
                                  + "of update counts by tensor"])
+        // An object that leaves a tensor out: its moments were dropped, its matrix resumed with a fresh state.
+        let first = try XCTUnwrap(try JSONValue(parsing: file.metadata["steps"] ?? "{}").objectValue?.first?.0)
+        try rewrite { m in
+            let rest = (try? JSONValue(parsing: m["steps"] ?? "{}"))?.objectValue?.filter { $0.0 != first } ?? []
+            m["steps"] = JSONValue.object(rest).compactText()
+        }
+        try expectError(resume, [path + ": tensor '\(first).m': moments that the metadata's \"steps\" does not list"])
         try rewrite { $0["optim"] = nil }
         try expectError(resume, [path + ": tensor 'optimizer': the metadata names no optimizer (\"optim\")"])
         try rewrite { _ in }
