@@ -22,6 +22,11 @@ public enum PEFTAdapter {
     /// Reads `adapter_config.json` into a LoRA configuration. With `layerCount` (the model's), `target_modules` is
     /// matched against the model's module paths as peft matches it (`resolveTargets`).
     public static func readConfig(directory: String, layerCount: Int? = nil) throws -> LoRAConfig {
+        // "" + "/adapter_config.json" is the root's: --adapter "" (or --init-adapter "") read an adapter from /.
+        guard !directory.isEmpty else {
+            throw ModelFileError.invalidConfig(path: "\"\"", detail: "an empty path names no adapter folder (it "
+                                               + "read /adapter_config.json, the root's): name the adapter folder")
+        }
         let path = directory + "/adapter_config.json"
         // peft saves an adapter not named "default" into a folder of that name: the folder given held only it.
         if !FileSystem.isFile(path), FileSystem.irregularKind(path) == nil, FileSystem.isDirectory(directory),

@@ -165,6 +165,13 @@ final class FuzzTests: XCTestCase {
             // Finite half-precision values (0x3C00 ± a little), so F16/BF16 reads are ordinary numbers.
             (0..<n).flatMap { _ in [UInt8(truncatingIfNeeded: rng.next()), 0x3C] }
         }
+        // Quantized blocks of random bytes with finite half-precision scales (bytes at `scales` of each block of
+        // `size` set to 0x3C.. as in `small`): a non-finite scale is a damaged file, which the weights' reader refuses.
+        func blocks(_ count: Int, size: Int, scales: [Int]) -> [UInt8] {
+            var bytes = random(count * size)
+            for b in 0..<count { for o in scales { bytes[b * size + o + 1] = 0x3C } }
+            return bytes
+        }
         var s = GGUFSpec()
         s.string("general.architecture", "llama")
         s.u32("general.alignment", 32)
@@ -193,21 +200,27 @@ final class FuzzTests: XCTestCase {
         // (name, dimensions fastest first, ggml type, bytes)
         let h = 32, ff = 256, v = 64
         s.tensors = [
-            .init(name: "token_embd.weight", dimensions: [h, v], type: 8, data: random(v * 34)),  // q8_0
+            .init(name: "token_embd.weight", dimensions: [h, v], type: 8,
+                data: blocks(v, size: 34, scales: [0])),  // q8_0
             .init(name: "output_norm.weight", dimensions: [h], type: 0,
                 data: (0..<h).flatMap { _ in fuzzLE(Float(1).bitPattern) }),
-            .init(name: "output.weight", dimensions: [h, v], type: 2, data: random(v * 18)),  // q4_0
+            .init(name: "output.weight", dimensions: [h, v], type: 2, data: blocks(v, size: 18, scales: [0])),  // q4_0
             .init(name: "blk.0.attn_norm.weight", dimensions: [h], type: 1, data: small(h)),  // f16
             .init(name: "blk.0.ffn_norm.weight", dimensions: [h], type: 30, data: small(h)),  // bf16
             .init(name: "blk.0.attn_q.weight", dimensions: [h, 32], type: 30, data: small(h * 32)),
-            .init(name: "blk.0.attn_k.weight", dimensions: [h, 16], type: 3, data: random(16 * 20)),  // q4_1
+            .init(name: "blk.0.attn_k.weight", dimensions: [h, 16], type: 3,
+                data: blocks(16, size: 20, scales: [0, 2])),  // q4_1
             .init(name: "blk.0.attn_v.weight", dimensions: [h, 16], type: 1, data: small(h * 16)),
-            .init(name: "blk.0.attn_output.weight", dimensions: [32, h], type: 8, data: random(h * 34)),
+            .init(name: "blk.0.attn_output.weight", dimensions: [32, h], type: 8,
+                data: blocks(h, size: 34, scales: [0])),
             .init(name: "blk.0.ffn_gate.weight", dimensions: [h, ff], type: 1, data: small(h * ff)),
-            .init(name: "blk.0.ffn_up.weight", dimensions: [h, ff], type: 2, data: random(ff * 18)),
-            .init(name: "blk.0.ffn_down.weight", dimensions: [ff, h], type: 12, data: random(h * 144)),  // q4_K
-            .init(name: "extra.q5k.weight", dimensions: [256, 1], type: 13, data: random(176)),  // q5_K
-            .init(name: "extra.q6k.weight", dimensions: [256, 2], type: 14, data: random(2 * 210)),  // q6_K
+            .init(name: "blk.0.ffn_up.weight", dimensions: [h, ff], type: 2, data: blocks(ff, size: 18, scales: [0])),
+            .init(name: "blk.0.ffn_down.weight", dimensions: [ff, h], type: 12,
+                data: blocks(h, size: 144, scales: [0, 2])),  // q4_K
+            .init(name: "extra.q5k.weight", dimensions: [256, 1], type: 13,
+                data: blocks(1, size: 176, scales: [0, 2])),  // q5_K
+            .init(name: "extra.q6k.weight", dimensions: [256, 2], type: 14,
+                data: blocks(2, size: 210, scales: [208])),  // q6_K
             .init(name: "extra.empty.weight", dimensions: [0, 3], type: 0, data: []),
             .init(name: "extra.iq2.weight", dimensions: [256], type: 16, data: random(66)),  // not dequantizable
         ]
