@@ -13,7 +13,7 @@ def length(units, heads_per_block, tiles, sms):
     keys = tiles // 2
     blocks = [(u, x) for u in range(units) for x in range(keys)]        # grid order: x fastest
     steps = {b: [(h, t) for h in range(heads_per_block) for t in range(2 * b[1], tiles)] for b in blocks}
-    turn = {}                                                           # (unit, head, tile) -> key block whose turn it is
+    turn = {}   # (unit, head, tile) -> the key block whose turn it is
     queue, resident, at, time, work = iter(blocks), [], {}, 0, 0
     pending = True
     while pending or resident:

@@ -80,7 +80,8 @@ extension CUDADevice {
             // One kernel for dK, dV and dQ's float32 sums (S and dP computed once), then dq rounded from the sums.
             let variant = Self.flashVariant(headDim, starts)
             let unordered = KernelCompiler.experimentDefines.contains("FA_DQ_UNORDERED=1")
-            let sums = try unordered ? zeros(n, .f32) : allocate(n, .f32), arrivals = try zeros(batch * heads * shape.tiles(64), .i32)
+            let sums = try unordered ? zeros(n, .f32) : allocate(n, .f32)
+            let arrivals = try zeros(batch * heads * shape.tiles(64), .i32)
             // Grouped-query attention: a block a query head (split), its dK and dV summed over the group in float32.
             let split = heads != kvHeads && Self.splitsGroupedBackward
             let kvSums = split ? try allocate(2 * nkv, .f32) : nil
