@@ -238,7 +238,11 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
         let file = FileSystem.isDirectory(path) ? path + "/config.json" : path
         let data: [UInt8]
         do { data = try FileSystem.readBytes(file) } catch {
-            throw ModelFileError.invalidConfig(path: file, detail: "cannot read the model config: \(error)")
+            // The reader's error names the file already: said once ("PATH: cannot read the model config: PATH:
+            // cannot open" named it twice).
+            let text = "\(error)", prefix = file + ": "
+            throw ModelFileError.invalidConfig(path: file, detail: "cannot read the model config: "
+                                               + (text.hasPrefix(prefix) ? String(text.dropFirst(prefix.count)) : text))
         }
         // This project's parser reads the text first: a syntax error then names its byte, line and column, and a
         // value of the wrong kind can be quoted back as the file has it.

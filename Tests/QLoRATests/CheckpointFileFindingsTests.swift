@@ -1,4 +1,5 @@
 import Foundation
+import Llama
 import ModelFiles
 import Training
 import XCTest
@@ -311,6 +312,14 @@ extension BadSettingsTests {
             try expectError(["eval", "--model", model, "--data", data],
                             [model + "/config.json: the top level is \(said), expected an object of the model's "
                              + "settings"])
+        }
+        // A config that cannot be read is named once (it was "PATH: cannot read the model config: PATH: cannot
+        // open: ...").
+        let missing = dir + "/nowhere/config.json"
+        XCTAssertThrowsError(try LlamaConfig(contentsOf: missing)) { error in
+            let text = "\(error)"
+            XCTAssertEqual(text.components(separatedBy: missing).count, 2, text)
+            XCTAssertTrue(text.contains("cannot read the model config"), text)
         }
     }
 }
