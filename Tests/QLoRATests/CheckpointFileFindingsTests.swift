@@ -233,7 +233,8 @@ extension BadSettingsTests {
         // Empty paths named nothing (": cannot open: ..."): the flag now.
         try expectError(["eval", "--model", "", "--data", data], ["--model (recipe model_name_or_path) is empty"])
         try expectError(["tokenize", "--tokenizer", "", "--input", data], ["--tokenizer is empty"])
-        for command in [["tokenize", "--tokenizer", model, "--input", ""], ["info", ""], ["plan", "--model-config", ""]] {
+        for command in [["tokenize", "--tokenizer", model, "--input", ""], ["info", ""],
+                        ["plan", "--model-config", ""]] {
             try expectError(command, [#""": cannot open: an empty path names no file or folder"#])
         }
         try expectError(["train", "--model", model, "--data", data, "--output-dir", dir + "/logs", "--max-steps", "1",
