@@ -333,17 +333,15 @@ struct Train: ParsableCommand {
         let overwrite = try overwriteOutputDir || (recipe.bool("overwrite_output_dir") ?? false)
         // Nothing lost: a second run into the same folder would replace its metrics and mix its checkpoints.
         func refuseExistingRun() throws {
-            if resume == nil, !overwrite, let existing = try Checkpoint.existingRun(in: output),
-               existing.hasSuffix("/adapter_model.safetensors") {
+            guard resume == nil, !overwrite, let existing = try Checkpoint.existingRun(in: output) else { return }
+            if existing.hasSuffix("/adapter_model.safetensors") {
                 throw ValidationError("\(output) holds an adapter (\(existing)), which this run's would replace: "
                     + "choose a new --output-dir, or pass --overwrite-output-dir (recipe overwrite_output_dir: true) "
                     + "to replace it")
             }
-            if resume == nil, !overwrite, let existing = try Checkpoint.existingRun(in: output) {
-                throw ValidationError("\(output) already holds a run (\(existing)): continue it with " +
-                    "--resume-from-checkpoint latest, choose a new --output-dir, or pass --overwrite-output-dir " +
-                    "(recipe overwrite_output_dir: true) to replace it")
-            }
+            throw ValidationError("\(output) already holds a run (\(existing)): continue it with " +
+                "--resume-from-checkpoint latest, choose a new --output-dir, or pass --overwrite-output-dir " +
+                "(recipe overwrite_output_dir: true) to replace it")
         }
         if isMain {
             try refuseExistingRun()
@@ -546,10 +544,10 @@ struct Train: ParsableCommand {
         }
         if settings.loadBestModelAtEnd, let best = trainer.best, let other = Self.bestAdapterMismatch(
             bestDirectory, step: best.step) {
-            // A best loss restored from a checkpoint and never beaten since, whose adapter is not in OUTPUT/best: a
-            // run without --load-best-model-at-end saved none (the run failed after its last step, saving no
-            // adapter), and the abandoned rest of the run saved its own later best there (taken as this one). As
-            // the Hugging Face Trainer does when it cannot find the best model, the last step's adapter is kept.
+            // A best loss restored from a checkpoint and never beaten since, whose adapter is not in OUTPUT/best:
+            // the abandoned rest of the run saved its own later best there (it used to be taken as this one), or
+            // the adapter was removed during the run (a resume without one is refused before training). As the
+            // Hugging Face Trainer does when it cannot find the best model, the last step's adapter is kept.
             printWarnings([String(format: "the best validation loss %.4f (step %ld, from the checkpoint resumed) has "
                                   + "no adapter in %@ (%@): the final adapter is the last step's", best.loss,
                                   best.step, bestDirectory, other)])
