@@ -953,20 +953,7 @@ def main():
                 print("    " + line[:300])
             sys.stdout.flush()
         if result in ("crash", "hang", "lost"):
-            keep = os.path.join(findings, tag)
-            shutil.rmtree(keep, ignore_errors=True)
-            shutil.copytree(d, keep, symlinks=True, ignore_dangling_symlinks=True,
-                            ignore=lambda p, names: [x for x in names if os.path.exists(os.path.join(p, x)) and
-                                                     not os.path.islink(os.path.join(p, x)) and not
-                                                     (os.path.isfile(os.path.join(p, x)) or
-                                                      os.path.isdir(os.path.join(p, x)))])
-            with open(os.path.join(keep, "cmd.sh"), "w") as f:
-                f.write("#!/bin/sh\n# %s (rc %s), seed %d; files as they were after the run\ncd %s\n%s %s\n" % (
-                    result, rc, args.seed, shlex.quote(d), "${QLORA:-%s}" % shlex.quote(runner.binary),
-                    " ".join(shlex.quote(a) for a in argv)))
-            os.chmod(os.path.join(keep, "cmd.sh"), 0o755)
-            with open(os.path.join(keep, "output.txt"), "w") as f:
-                f.write(out + "\n---- stderr ----\n" + err)
+            fs.keep_finding(os.path.join(findings, tag), d, result, rc, args.seed, runner.binary, argv, out, err)
         else:
             shutil.rmtree(d, ignore_errors=True)
     print("summary:", json.dumps(counts, sort_keys=True))

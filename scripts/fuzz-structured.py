@@ -636,6 +636,25 @@ def classify(rc, out, err):
     return "ok" if rc == 0 else "error"
 
 
+def keep_finding(keep, d, result, rc, seed, binary, argv, out, err, env=None):
+    """Keeps case folder `d` as `keep` (its regular files, folders and links; FIFOs and devices left out), with a
+    cmd.sh that runs the case again (`$QLORA`, else `binary`) and the run's output."""
+    shutil.rmtree(keep, ignore_errors=True)
+    shutil.copytree(d, keep, symlinks=True, ignore_dangling_symlinks=True,
+                    ignore=lambda p, names: [x for x in names
+                                             if not (os.path.isfile(os.path.join(p, x)) or
+                                                     os.path.isdir(os.path.join(p, x)) or
+                                                     os.path.islink(os.path.join(p, x)))])
+    with open(os.path.join(keep, "cmd.sh"), "w") as f:
+        envs = "".join("%s=%s " % (k, shlex.quote(v)) for k, v in (env or {}).items())
+        f.write("#!/bin/sh\n# %s (rc %s), seed %d; files as they were after the run\ncd %s\n%s%s %s\n" % (
+            result, rc, seed, shlex.quote(d), envs, "${QLORA:-%s}" % shlex.quote(binary),
+            " ".join(shlex.quote(a) for a in argv)))
+    os.chmod(os.path.join(keep, "cmd.sh"), 0o755)
+    with open(os.path.join(keep, "output.txt"), "w") as f:
+        f.write(out + "\n---- stderr ----\n" + err)
+
+
 def parse_args(description, work, cases, kinds):
     """The options every fuzzer of scripts/ takes (fuzz-commands.py and fuzz-interrupts.py call this one)."""
     ap = argparse.ArgumentParser(description=description)
@@ -696,21 +715,7 @@ def main():
             for line in tail:
                 print("    " + line[:300])
         if result in ("crash", "hang", "lost"):
-            keep = os.path.join(findings, tag)
-            shutil.rmtree(keep, ignore_errors=True)
-            shutil.copytree(d, keep, symlinks=True, ignore_dangling_symlinks=True,
-                            ignore=lambda p, names: [x for x in names
-                                                     if not (os.path.isfile(os.path.join(p, x)) or
-                                                             os.path.isdir(os.path.join(p, x)) or
-                                                             os.path.islink(os.path.join(p, x)))])
-            with open(os.path.join(keep, "cmd.sh"), "w") as f:
-                envs = " ".join("%s=%s" % (k, shlex.quote(v)) for k, v in env.items())
-                f.write("#!/bin/sh\n# %s (rc %s), seed %d; files as they were after the run\ncd %s\n%s %s %s\n" % (
-                    result, rc, args.seed, shlex.quote(d), envs, shlex.quote(runner.binary),
-                    " ".join(shlex.quote(a) for a in argv)))
-            os.chmod(os.path.join(keep, "cmd.sh"), 0o755)
-            with open(os.path.join(keep, "output.txt"), "w") as f:
-                f.write(out + "\n---- stderr ----\n" + err)
+            keep_finding(os.path.join(findings, tag), d, result, rc, args.seed, runner.binary, argv, out, err, env)
         else:
             shutil.rmtree(d, ignore_errors=True)
     print("summary:", json.dumps(counts, sort_keys=True))
