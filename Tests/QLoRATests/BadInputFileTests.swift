@@ -43,20 +43,6 @@ private func write(_ bytes: [UInt8], to path: String) {
 }
 
 final class BadInputFileTests: XCTestCase {
-    /// Asserts `body` throws an error whose description contains every one of `parts`.
-    private func assertThrows(_ parts: [String], file: StaticString = #filePath, line: UInt = #line,
-                              _ body: () throws -> Void) {
-        do {
-            try body()
-            XCTFail("no error; expected one naming \(parts)", file: file, line: line)
-        } catch {
-            let text = "\(error)"
-            for p in parts where !text.contains(p) {
-                XCTFail("error \"\(text)\" does not name \(p)", file: file, line: line)
-            }
-        }
-    }
-
     // MARK: 1. JSON
 
     func testJSONSurrogatesAndDeepNesting() throws {

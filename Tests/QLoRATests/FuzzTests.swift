@@ -552,20 +552,6 @@ final class FuzzTests: XCTestCase {
 
     // MARK: - Regressions: minimized mutants that once trapped
 
-    /// Asserts `body` throws (a trap would end the test process instead) and that the message says `expected`.
-    func assertThrowsNaming(_ expected: [String], file: StaticString = #filePath, line: UInt = #line,
-        _ body: () throws -> Void) {
-        do {
-            try body()
-            XCTFail("expected an error naming \(expected)", file: file, line: line)
-        } catch {
-            let text = String(describing: error)
-            for part in expected where !text.contains(part) {
-                XCTFail("error \"\(text)\" does not say \"\(part)\"", file: file, line: line)
-            }
-        }
-    }
-
     /// A header naming one tensor twice made `SafeTensorsArchive` trap building its name index
     /// (SafeTensorsArchive.swift:21, `Dictionary(uniqueKeysWithValues:)`: "Duplicate values for key").
     func testRegressionSafeTensorsDuplicateName() throws {
@@ -574,8 +560,8 @@ final class FuzzTests: XCTestCase {
         let header = Array(#"{"e.f32":\#(entry),"e.f32":\#(entry)}"#.utf8)
         try writeMutant(Fuzzer.safeTensors(header: header, data: []), to: dir + "/model.safetensors",
             kind: "regression", index: 0)
-        assertThrowsNaming([dir + "/model.safetensors", "'e.f32' twice"]) { _ = try SafeTensorsArchive(directory: dir) }
-        assertThrowsNaming(["'e.f32' twice"]) { _ = try SafeTensorsFile(path: dir + "/model.safetensors") }
+        assertThrows([dir + "/model.safetensors", "'e.f32' twice"]) { _ = try SafeTensorsArchive(directory: dir) }
+        assertThrows(["'e.f32' twice"]) { _ = try SafeTensorsFile(path: dir + "/model.safetensors") }
     }
 
     /// A GGUF `llama.attention.head_count` of 2^63 - 1 overflowed `2 * heads` undoing the rotary permutation of q
@@ -588,7 +574,7 @@ final class FuzzTests: XCTestCase {
         let path = dir + "/model.gguf"
         try writeMutant(spec.encoded().bytes, to: path, kind: "regression", index: 0)
         let archive = try GGUFArchive(path: path)
-        assertThrowsNaming([path, "blk.0.attn_q.weight", "head_count"]) {
+        assertThrows([path, "blk.0.attn_q.weight", "head_count"]) {
             _ = try archive.tensor(named: "model.layers.0.self_attn.q_proj.weight")
         }
     }
@@ -601,7 +587,7 @@ final class FuzzTests: XCTestCase {
             "lora_r: 8\nbad:\n  [q]: v\n"].enumerated() {
             let path = dir + "/r\(n).yaml"
             try writeMutant(Array(text.utf8), to: path, kind: "regression", index: n)
-            assertThrowsNaming([path, "mapping key"]) { _ = try TrainingRecipe(contentsOf: path) }
+            assertThrows([path, "mapping key"]) { _ = try TrainingRecipe(contentsOf: path) }
         }
     }
 
@@ -614,7 +600,7 @@ final class FuzzTests: XCTestCase {
                           "lora_r: 8\nsave_steps: -153722867280912930:7:0\n"].enumerated() {
             let path = dir + "/r\(n).yaml"
             try writeMutant(Array(text.utf8), to: path, kind: "regression", index: n)
-            assertThrowsNaming([path, "line", "base-60"]) { _ = try TrainingRecipe(contentsOf: path) }
+            assertThrows([path, "line", "base-60"]) { _ = try TrainingRecipe(contentsOf: path) }
         }
         let path = dir + "/ok.yaml"
         try writeMutant(Array("seed: 1:30\n".utf8), to: path, kind: "regression", index: 9)

@@ -13,17 +13,28 @@ import XCTest
 final class PEFTAndGGUFFindingsTests: XCTestCase {
     private var count = 0
 
-    private func assertThrows(_ parts: [String], file: StaticString = #filePath, line: UInt = #line,
-                              _ body: () throws -> Void) {
-        do {
-            try body()
-            XCTFail("no error; expected one naming \(parts)", file: file, line: line)
-        } catch {
-            let text = "\(error)"
-            for p in parts where !text.contains(p) {
-                XCTFail("error \"\(text)\" does not name \(p)", file: file, line: line)
-            }
+    /// A tensor's plan as the file has it.
+    private static func unchanged(_ info: GGUFTensorInfo) -> GGUFTensorPlan {
+        GGUFTensorPlan(name: info.name, shape: info.shape, type: info.type)
+    }
+
+    /// tiny-llama written as a GGUF at DIR/tiny.gguf, and a copy of it at DIR/`name` with `metadata` added, each
+    /// tensor's plan from `plan` and its bytes from `bytes` (the tensor's plan and its bytes in tiny.gguf).
+    private func tinyGGUFCopy(_ name: String, metadata extra: [(String, GGUFValue)] = [],
+                              plan: (GGUFTensorInfo) -> GGUFTensorPlan = unchanged,
+                              bytes: (GGUFTensorPlan, [UInt8]) -> [UInt8] = { $1 })
+        throws -> (good: String, copy: String) {
+        let golden = try Shared.requireGolden()
+        let dir = makeTemporaryDirectory(self)
+        let good = dir + "/tiny.gguf", copy = dir + "/" + name
+        try GGUFTests.writeTinyLlamaGGUF(folder: golden + "/tiny-llama", to: good)
+        let file = try GGUFFile(path: good)
+        let plans = file.tensors.map(plan)
+        let metadata = file.metadataKeys.map { ($0, file.metadata[$0]!) } + extra
+        try GGUFWriter.write(to: copy, metadata: metadata, tensors: plans) { i in
+            bytes(plans[i], file.withUnsafeData(of: file.tensors[i]) { Array($0) })
         }
+        return (good, copy)
     }
 
     /// tiny-adapter's weights (every projection of both layers) with `targets` as its target_modules (JSON text).
@@ -134,21 +145,11 @@ final class PEFTAndGGUFFindingsTests: XCTestCase {
     /// error now names the GGUF tensor, its ggml type and its dimensions too. ggml's newest types (NVFP4, Q1_0)
     /// are refused by name, not as "ggml type 40".
     func testAGGUFTensorOfTheWrongShapeIsNamedAsTheFileHoldsIt() throws {
-        let golden = try Shared.requireGolden()
-        let dir = makeTemporaryDirectory(self)
-        let good = dir + "/tiny.gguf", bad = dir + "/bad.gguf"
-        try GGUFTests.writeTinyLlamaGGUF(folder: golden + "/tiny-llama", to: good)
-        let file = try GGUFFile(path: good)
         let target = "blk.0.ffn_down.weight"
-        let plan = file.tensors.map { info in
+        let (_, bad) = try tinyGGUFCopy("bad.gguf", plan: { info in
             info.name == target ? GGUFTensorPlan(name: info.name, shape: [96, 512], type: .q4_0)
                 : GGUFTensorPlan(name: info.name, shape: info.shape, type: info.type)
-        }
-        let metadata = file.metadataKeys.map { ($0, file.metadata[$0]!) }
-        try GGUFWriter.write(to: bad, metadata: metadata, tensors: plan) { i in
-            plan[i].name == target ? [UInt8](repeating: 0, count: plan[i].byteCount)
-                : file.withUnsafeData(of: file.tensors[i]) { Array($0) }
-        }
+        }, bytes: { plan, bytes in plan.name == target ? [UInt8](repeating: 0, count: plan.byteCount) : bytes })
         let weights = try LlamaWeights.open(path: bad)
         assertThrows([bad, "model.layers.0.mlp.down_proj.weight", "GGUF tensor '\(target)'", "Q4_0",
                       "[512, 96]", "expected a float tensor [192, 512]"]) {
@@ -165,18 +166,13 @@ final class PEFTAndGGUFFindingsTests: XCTestCase {
     /// file's own weights eval printed "loss nan"). Reading such a weight is an error naming the tensor and element.
     func testABaseWeightThatIsNotFiniteIsRefusedNamingIt() throws {
         let golden = try Shared.requireGolden()
-        let dir = makeTemporaryDirectory(self)
-        let good = dir + "/tiny.gguf", bad = dir + "/bad.gguf"
-        try GGUFTests.writeTinyLlamaGGUF(folder: golden + "/tiny-llama", to: good)
-        let file = try GGUFFile(path: good)
         let target = "blk.0.ffn_down.weight"
-        let plan = file.tensors.map { GGUFTensorPlan(name: $0.name, shape: $0.shape, type: $0.type) }
-        let metadata = file.metadataKeys.map { ($0, file.metadata[$0]!) }
-        try GGUFWriter.write(to: bad, metadata: metadata, tensors: plan) { i in
-            var bytes = file.withUnsafeData(of: file.tensors[i]) { Array($0) }
-            if plan[i].name == target { bytes[6] = 0xC0; bytes[7] = 0x7F }   // element 3: a bf16 NaN
+        let (_, bad) = try tinyGGUFCopy("bad.gguf", bytes: { plan, bytes in
+            var bytes = bytes
+            if plan.name == target { bytes[6] = 0xC0; bytes[7] = 0x7F }   // element 3: a bf16 NaN
             return bytes
-        }
+        })
+        let dir = (bad as NSString).deletingLastPathComponent
         let weights = try LlamaWeights.open(path: bad)
         for body in [{ _ = try weights.quantizedProjection(layer: 0, "down_proj") },
                      { _ = try weights.projection(layer: 0, "down_proj") }] {
@@ -279,17 +275,8 @@ final class PEFTAndGGUFFindingsTests: XCTestCase {
     /// 'model.layers.0.mlp.gate_proj.weight'", and with dense tensors beside the count it ran as a dense model.
     /// The count is refused by name.
     func testAMixtureOfExpertsGGUFIsRefusedByName() throws {
-        let golden = try Shared.requireGolden()
-        let dir = makeTemporaryDirectory(self)
-        let good = dir + "/tiny.gguf", moe = dir + "/moe.gguf"
-        try GGUFTests.writeTinyLlamaGGUF(folder: golden + "/tiny-llama", to: good)
-        let file = try GGUFFile(path: good)
-        let plan = file.tensors.map { GGUFTensorPlan(name: $0.name, shape: $0.shape, type: $0.type) }
-        let metadata = file.metadataKeys.map { ($0, file.metadata[$0]!) }
-            + [("llama.expert_count", GGUFValue.uint32(2)), ("llama.expert_used_count", .uint32(1))]
-        try GGUFWriter.write(to: moe, metadata: metadata, tensors: plan) { i in
-            file.withUnsafeData(of: file.tensors[i]) { Array($0) }
-        }
+        let (good, moe) = try tinyGGUFCopy("moe.gguf", metadata: [("llama.expert_count", GGUFValue.uint32(2)),
+                                                                  ("llama.expert_used_count", .uint32(1))])
         assertThrows([moe, "llama.expert_count is 2", "mixture-of-experts"]) { _ = try LlamaWeights.open(path: moe) }
         XCTAssertNoThrow(try LlamaWeights.open(path: good))
     }

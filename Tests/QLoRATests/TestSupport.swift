@@ -70,3 +70,20 @@ struct TestRandom {
     /// Roughly normal (sum of uniforms).
     mutating func normal() -> Float { (0..<4).reduce(Float(0)) { s, _ in s + uniform() } * 0.866 }
 }
+
+extension XCTestCase {
+    /// Asserts `body` throws (a trap would end the test process instead) an error whose description contains every
+    /// one of `parts`.
+    func assertThrows(_ parts: [String], file: StaticString = #filePath, line: UInt = #line,
+                      _ body: () throws -> Void) {
+        do {
+            try body()
+            XCTFail("no error; expected one naming \(parts)", file: file, line: line)
+        } catch {
+            let text = "\(error)"
+            for p in parts where !text.contains(p) {
+                XCTFail("error \"\(text)\" does not name \(p)", file: file, line: line)
+            }
+        }
+    }
+}
