@@ -238,11 +238,9 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
         let file = FileSystem.isDirectory(path) ? path + "/config.json" : path
         let data: [UInt8]
         do { data = try FileSystem.readBytes(file) } catch {
-            // The reader's error names the file already: said once ("PATH: cannot read the model config: PATH:
-            // cannot open" named it twice).
-            let text = "\(error)", prefix = file + ": "
+            // Said once ("PATH: cannot read the model config: PATH: cannot open" named it twice).
             throw ModelFileError.invalidConfig(path: file, detail: "cannot read the model config: "
-                                               + (text.hasPrefix(prefix) ? String(text.dropFirst(prefix.count)) : text))
+                                               + ModelFileError.detail(of: error, droppingPath: file))
         }
         // This project's parser reads the text first: a syntax error then names its byte, line and column, and a
         // value of the wrong kind can be quoted back as the file has it.

@@ -50,3 +50,12 @@ public enum ModelFileError: Error, CustomStringConvertible, Equatable {
         }
     }
 }
+
+extension ModelFileError {
+    /// `error`'s description without a leading "`path`: ", for an error that a message naming `path` wraps (the
+    /// file's reader names it already: it was said twice).
+    public static func detail(of error: Error, droppingPath path: String) -> String {
+        let text = "\(error)", prefix = path + ": "
+        return text.hasPrefix(prefix) ? String(text.dropFirst(prefix.count)) : text
+    }
+}

@@ -184,10 +184,8 @@ public enum Checkpoint {
         let statePath = directory + "/trainer_state.json"
         let state: JSONValue
         do { state = try JSONValue(parsing: FileSystem.readBytes(statePath)) } catch {
-            // The error names the file already when it could not be read: not said twice.
-            let detail = "\(error)".hasPrefix(statePath + ": ") ? String("\(error)".dropFirst(statePath.count + 2))
-                : "\(error)"
-            throw ModelFileError.invalidCheckpoint(path: directory, tensor: "trainer_state.json", detail: detail)
+            throw ModelFileError.invalidCheckpoint(path: directory, tensor: "trainer_state.json",
+                                                   detail: ModelFileError.detail(of: error, droppingPath: statePath))
         }
         // Each field named with what it holds and what it should (a bare "missing or malformed fields" left the
         // user to guess which of six).
